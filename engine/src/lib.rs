@@ -1,0 +1,2 @@
+//! Trike engine.
+pub mod sketch;
