@@ -95,7 +95,10 @@ impl TDigest {
         // Weights beyond u32 are split; this only happens for huge pre-aggregated counts.
         while left > 0 {
             let w = left.min(u64::from(u32::MAX)) as u32;
-            self.buffer.push(Centroid { mean: value as f32, weight: w });
+            self.buffer.push(Centroid {
+                mean: value as f32,
+                weight: w,
+            });
             left -= u64::from(w);
         }
         if self.buffer.len() >= BUFFER_FACTOR * self.compression as usize {
@@ -188,14 +191,20 @@ impl TDigest {
                 cur_mean += (f64::from(c.mean) - cur_mean) * w / (cur_w + w);
                 cur_w += w;
             } else {
-                out.push(Centroid { mean: cur_mean as f32, weight: cur_w as u32 });
+                out.push(Centroid {
+                    mean: cur_mean as f32,
+                    weight: cur_w as u32,
+                });
                 w_before += cur_w;
                 limit = q_limit(w_before / total);
                 cur_mean = f64::from(c.mean);
                 cur_w = w;
             }
         }
-        out.push(Centroid { mean: cur_mean as f32, weight: cur_w as u32 });
+        out.push(Centroid {
+            mean: cur_mean as f32,
+            weight: cur_w as u32,
+        });
         self.centroids = out;
         self.buffer = all;
         self.buffer.clear();
@@ -228,7 +237,9 @@ impl TDigest {
         }
         let cs = self.flushed();
         let n: f64 = cs.iter().map(|c| f64::from(c.weight)).sum();
-        qs.iter().map(|&q| quantile_of(&cs, n, self.min, self.max, q)).collect()
+        qs.iter()
+            .map(|&q| quantile_of(&cs, n, self.min, self.max, q))
+            .collect()
     }
 
     /// Estimated fraction of samples ≤ `x`.
@@ -254,7 +265,11 @@ impl TDigest {
             let cum_mid = before + w / 2.0;
             if x < m {
                 let span = m - prev_mean;
-                let t = if span > 0.0 { (x - prev_mean) / span } else { 1.0 };
+                let t = if span > 0.0 {
+                    (x - prev_mean) / span
+                } else {
+                    1.0
+                };
                 return (prev_cum + t * (cum_mid - prev_cum)) / n;
             }
             before += w;
@@ -262,7 +277,11 @@ impl TDigest {
             prev_cum = cum_mid;
         }
         let span = self.max - prev_mean;
-        let t = if span > 0.0 { (x - prev_mean) / span } else { 1.0 };
+        let t = if span > 0.0 {
+            (x - prev_mean) / span
+        } else {
+            1.0
+        };
         (prev_cum + t * (n - prev_cum)) / n
     }
 }

@@ -83,7 +83,13 @@ fn bimodal_merged_rank_error() {
     let fast = LogNormal::new(2f64.ln(), 0.1).unwrap();
     let slow = LogNormal::new(500f64.ln(), 0.1).unwrap();
     let samples: Vec<f64> = (0..1_000_000)
-        .map(|_| if rng.random_bool(0.95) { fast.sample(&mut rng) } else { slow.sample(&mut rng) })
+        .map(|_| {
+            if rng.random_bool(0.95) {
+                fast.sample(&mut rng)
+            } else {
+                slow.sample(&mut rng)
+            }
+        })
         .collect();
     let d = merged_partials(&samples);
     let mut sorted = samples;
@@ -94,8 +100,17 @@ fn bimodal_merged_rank_error() {
         let lo = sorted.partition_point(|&x| x < v) as f64 / n;
         let hi = sorted.partition_point(|&x| x <= v) as f64 / n;
         // The rank of v is anywhere in [lo, hi]; its distance to q is the rank error.
-        let err = if q < lo { lo - q } else if q > hi { q - hi } else { 0.0 };
-        assert!(err <= 0.001, "bimodal p{q}: value {v:.3} rank [{lo:.5},{hi:.5}] error {err:.5}");
+        let err = if q < lo {
+            lo - q
+        } else if q > hi {
+            q - hi
+        } else {
+            0.0
+        };
+        assert!(
+            err <= 0.001,
+            "bimodal p{q}: value {v:.3} rank [{lo:.5},{hi:.5}] error {err:.5}"
+        );
     }
 }
 

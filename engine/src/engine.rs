@@ -1,0 +1,642 @@
+//! The engine: applies observation batches to per-series windows and answers SLI queries.
+//!
+//! `ingest(batch, now)`, `advance(now)` and the queries are the whole API. `now` is the arrival
+//! time the caller assigns; event times later than `now` are clamped to it (so a client whose
+//! clock runs ahead is still visible at once), and event times before `now − allowed_lateness`
+//! are counted and dropped.
+
+use crate::config::{EngineConfig, SignalSource};
+use crate::delta::{Delta, DeltaTracker};
+use crate::observation::{Batch, HistogramObs, SeriesKey, Temporality};
+use crate::sketch::TDigest;
+use crate::sli::{LatencyGood, Quantiles, REPORTED_QUANTILES, SliQuery, SliRow};
+use crate::time::{NANOS_PER_SEC, Span, UnixNanos, secs};
+use crate::window::{MAX_COUNTER_WINDOW_S, MAX_THRESHOLDS, SeriesState};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Version of the [`Snapshot`] layout.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Counters of what the engine did with its input (monotonic, for `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Span observations applied.
+    pub requests_applied: u64,
+    /// Metric points (histogram or counter) applied.
+    pub metric_points_applied: u64,
+    /// Observations older than the allowed lateness, dropped.
+    pub late_dropped: u64,
+    /// Observations folded into a service's overflow series.
+    pub overflowed: u64,
+    /// Observations whose event time was ahead of arrival by more than 1 s (clamped).
+    pub clock_skew_clamped: u64,
+    /// Observations dropped because another signal is the service's source.
+    pub signal_deduplicated: u64,
+    /// First cumulative points kept only as baselines.
+    pub metric_baselines: u64,
+    /// Cumulative resets detected.
+    pub metric_resets: u64,
+    /// Cumulative points not newer than their predecessor, dropped.
+    pub metric_out_of_order: u64,
+    /// Cumulative points dropped because the stream table was full.
+    pub metric_streams_full: u64,
+    /// Idle series removed.
+    pub series_evicted: u64,
+}
+
+/// What one `ingest` call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Observations applied to state.
+    pub applied: u64,
+    /// Observations dropped as too late.
+    pub late: u64,
+    /// Observations folded into an overflow series (also counted in `applied`).
+    pub overflowed: u64,
+    /// Observations dropped because the service's source is the other signal.
+    pub deduplicated: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct ServiceInfo {
+    /// Series of this service, overflow series excluded.
+    series: usize,
+    /// Arrival time of the newest span observation.
+    last_span_arrival: UnixNanos,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Entry {
+    key: SeriesKey,
+    state: SeriesState,
+}
+
+/// A key of a batch, resolved once per batch.
+#[derive(Clone, Copy)]
+struct Resolved {
+    entry: usize,
+    overflow: bool,
+    thresholds: [f64; MAX_THRESHOLDS],
+    n_thresholds: usize,
+    allow_spans: bool,
+    allow_metrics: bool,
+}
+
+impl Resolved {
+    fn within(&self, latency_ms: f64, count: u64) -> [u64; MAX_THRESHOLDS] {
+        let mut w = [0; MAX_THRESHOLDS];
+        for (w, t) in w.iter_mut().zip(&self.thresholds).take(self.n_thresholds) {
+            if latency_ms <= *t {
+                *w = count;
+            }
+        }
+        w
+    }
+}
+
+/// Everything needed to rebuild an engine: serialise it with any serde format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Layout version.
+    pub version: u32,
+    now: UnixNanos,
+    start: UnixNanos,
+    series: Vec<(SeriesKey, SeriesState)>,
+    services: Vec<(Arc<str>, ServiceInfo)>,
+    deltas: DeltaTracker,
+    stats: Stats,
+}
+
+/// The windowed SLI engine.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: Arc<EngineConfig>,
+    entries: Vec<Entry>,
+    index: HashMap<SeriesKey, usize>,
+    services: HashMap<Arc<str>, ServiceInfo>,
+    deltas: DeltaTracker,
+    now: UnixNanos,
+    start: UnixNanos,
+    last_sweep_s: u64,
+    stats: Stats,
+}
+
+impl Engine {
+    /// An empty engine.
+    pub fn new(cfg: Arc<EngineConfig>) -> Self {
+        Self {
+            cfg,
+            entries: Vec::new(),
+            index: HashMap::new(),
+            services: HashMap::new(),
+            deltas: DeltaTracker::default(),
+            now: 0,
+            start: 0,
+            last_sweep_s: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The newest `now` seen.
+    pub fn now(&self) -> UnixNanos {
+        self.now
+    }
+
+    /// Counters of what was applied and dropped.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Series tracked (overflow series included).
+    pub fn series_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Series that received data within the last `within`.
+    pub fn active_series(&self, within: Span) -> usize {
+        let since = self.now.saturating_sub(within.nanos());
+        self.entries
+            .iter()
+            .filter(|e| e.state.last_arrival >= since)
+            .count()
+    }
+
+    /// Heap bytes of all series' windows (keys excluded).
+    pub fn window_heap_bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.state.heap_bytes()).sum()
+    }
+
+    /// Heap bytes of all series, keys and index included (an estimate).
+    pub fn heap_bytes(&self) -> usize {
+        let per_entry =
+            std::mem::size_of::<Entry>() + std::mem::size_of::<(SeriesKey, usize)>() + 16;
+        self.entries
+            .iter()
+            .map(|e| e.state.heap_bytes() + e.key.heap_bytes() + per_entry)
+            .sum()
+    }
+
+    fn observe_now(&mut self, now: UnixNanos) {
+        if self.start == 0 {
+            self.start = now;
+        }
+        self.now = self.now.max(now);
+    }
+
+    fn resolve(&mut self, key: &SeriesKey) -> Resolved {
+        let thresholds_cfg = self.cfg.thresholds_for(&key.service);
+        let mut thresholds = [f64::INFINITY; MAX_THRESHOLDS];
+        thresholds[..thresholds_cfg.len()].copy_from_slice(thresholds_cfg);
+        let source = self.cfg.source_for(&key.service);
+        let spans_recent = self.services.get(&key.service).is_some_and(|s| {
+            s.last_span_arrival > 0
+                && s.last_span_arrival + self.cfg.spans_preferred_for.nanos() >= self.now
+        });
+        let (allow_spans, allow_metrics) = match source {
+            SignalSource::Spans => (true, false),
+            SignalSource::Metrics => (false, true),
+            SignalSource::Auto => (true, !spans_recent),
+        };
+        let mut r = Resolved {
+            entry: 0,
+            overflow: false,
+            thresholds,
+            n_thresholds: thresholds_cfg.len(),
+            allow_spans,
+            allow_metrics,
+        };
+        if let Some(&i) = self.index.get(key) {
+            r.entry = i;
+            r.overflow = key.is_overflow();
+            return r;
+        }
+        let info = self.services.entry(key.service.clone()).or_default();
+        let target = if info.series >= self.cfg.max_series_per_service {
+            r.overflow = true;
+            SeriesKey::overflow(&key.service)
+        } else {
+            if !key.is_overflow() {
+                info.series += 1;
+            }
+            key.clone()
+        };
+        r.entry = match self.index.get(&target) {
+            Some(&i) => i,
+            None => {
+                self.entries.push(Entry {
+                    key: target.clone(),
+                    state: SeriesState::default(),
+                });
+                self.index.insert(target, self.entries.len() - 1);
+                self.entries.len() - 1
+            }
+        };
+        r
+    }
+
+    /// Clamps an event time to `now` and checks lateness. `None` when too late.
+    fn event_second(&mut self, time: UnixNanos) -> Option<u64> {
+        let t = if time > self.now {
+            if time - self.now > NANOS_PER_SEC {
+                self.stats.clock_skew_clamped += 1;
+            }
+            self.now
+        } else {
+            time
+        };
+        if t + self.cfg.allowed_lateness.nanos() < self.now {
+            return None;
+        }
+        Some(secs(t))
+    }
+
+    /// Applies a batch that arrived at `now`.
+    pub fn ingest(&mut self, batch: &Batch, now: UnixNanos) -> IngestReport {
+        self.observe_now(now);
+        let now_s = secs(self.now);
+        let compression = self.cfg.digest_compression;
+        let resolved: Vec<Resolved> = batch.keys.iter().map(|k| self.resolve(k)).collect();
+        let mut rep = IngestReport::default();
+
+        let mut span_services: Vec<usize> = Vec::new();
+        for r in &batch.requests {
+            let res = resolved[r.key as usize];
+            if !res.allow_spans {
+                rep.deduplicated += 1;
+                continue;
+            }
+            let Some(t_s) = self.event_second(r.time) else {
+                rep.late += 1;
+                continue;
+            };
+            let within = res.within(r.latency_ms, 1);
+            let e = &mut self.entries[res.entry].state;
+            if e.apply(
+                t_s,
+                now_s,
+                1,
+                u64::from(r.bad),
+                within,
+                Some(r.latency_ms),
+                compression,
+            ) {
+                e.last_event = e.last_event.max(r.time.min(self.now));
+                e.last_arrival = self.now;
+                rep.applied += 1;
+                rep.overflowed += u64::from(res.overflow);
+                if span_services.last() != Some(&(r.key as usize)) {
+                    span_services.push(r.key as usize);
+                }
+            } else {
+                rep.late += 1;
+            }
+        }
+        for k in span_services {
+            let service = &batch.keys[k].service;
+            if let Some(info) = self.services.get_mut(service) {
+                info.last_span_arrival = self.now;
+            } else {
+                let info = ServiceInfo {
+                    series: 0,
+                    last_span_arrival: self.now,
+                };
+                self.services.insert(service.clone(), info);
+            }
+        }
+        self.stats.requests_applied += rep.applied;
+
+        let mut metric_points = 0;
+        for h in &batch.histograms {
+            let res = resolved[h.key as usize];
+            if !res.allow_metrics {
+                rep.deduplicated += 1;
+                continue;
+            }
+            let Some(counts) =
+                self.metric_delta(h.stream, h.start_time, h.time, h.temporality, &h.counts)
+            else {
+                continue;
+            };
+            let Some(t_s) = self.event_second(h.time) else {
+                rep.late += 1;
+                continue;
+            };
+            let e = &mut self.entries[res.entry].state;
+            let mut any = false;
+            for (i, &c) in counts.iter().enumerate() {
+                if c == 0 {
+                    continue;
+                }
+                let (lo, hi) = bucket_bounds(h, i);
+                let rep_ms = representative(lo, hi, h.min_ms, h.max_ms);
+                let mut within = [0u64; MAX_THRESHOLDS];
+                for (j, w) in within.iter_mut().enumerate().take(res.n_thresholds) {
+                    *w = within_count(lo, hi, res.thresholds[j], c);
+                }
+                let errors = if h.bad { c } else { 0 };
+                any |= e.apply(t_s, now_s, c, errors, within, Some(rep_ms), compression);
+            }
+            if any {
+                e.last_event = e.last_event.max(h.time.min(self.now));
+                e.last_arrival = self.now;
+                metric_points += 1;
+                rep.overflowed += u64::from(res.overflow);
+            }
+        }
+        for c in &batch.counters {
+            let res = resolved[c.key as usize];
+            if !res.allow_metrics {
+                rep.deduplicated += 1;
+                continue;
+            }
+            let value = match c.temporality {
+                Temporality::Delta => c.value,
+                Temporality::Cumulative => {
+                    match self.convert(c.stream, c.start_time, c.time, &[c.value]) {
+                        Some(v) => v[0],
+                        None => continue,
+                    }
+                }
+            };
+            let n = value.max(0.0).round() as u64;
+            if n == 0 {
+                continue;
+            }
+            let Some(t_s) = self.event_second(c.time) else {
+                rep.late += 1;
+                continue;
+            };
+            let e = &mut self.entries[res.entry].state;
+            let errors = if c.bad { n } else { 0 };
+            if e.apply(
+                t_s,
+                now_s,
+                n,
+                errors,
+                [0; MAX_THRESHOLDS],
+                None,
+                compression,
+            ) {
+                e.last_event = e.last_event.max(c.time.min(self.now));
+                e.last_arrival = self.now;
+                metric_points += 1;
+                rep.overflowed += u64::from(res.overflow);
+            }
+        }
+        self.stats.metric_points_applied += metric_points;
+        rep.applied += metric_points;
+        self.stats.late_dropped += rep.late;
+        self.stats.overflowed += rep.overflowed;
+        self.stats.signal_deduplicated += rep.deduplicated;
+        rep
+    }
+
+    fn metric_delta(
+        &mut self,
+        stream: u64,
+        start: UnixNanos,
+        time: UnixNanos,
+        temporality: Temporality,
+        counts: &[u64],
+    ) -> Option<Vec<u64>> {
+        match temporality {
+            Temporality::Delta => Some(counts.to_vec()),
+            Temporality::Cumulative => {
+                let values: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
+                let d = self.convert(stream, start, time, &values)?;
+                Some(d.into_iter().map(|v| v.max(0.0) as u64).collect())
+            }
+        }
+    }
+
+    fn convert(
+        &mut self,
+        stream: u64,
+        start: UnixNanos,
+        time: UnixNanos,
+        values: &[f64],
+    ) -> Option<Vec<f64>> {
+        let max = self.cfg.max_metric_streams;
+        match self
+            .deltas
+            .convert(stream, start, time, values, self.start, max)
+        {
+            Delta::Emit(v) => Some(v),
+            Delta::Reset(v) => {
+                self.stats.metric_resets += 1;
+                Some(v)
+            }
+            Delta::Baseline => {
+                self.stats.metric_baselines += 1;
+                None
+            }
+            Delta::OutOfOrder => {
+                self.stats.metric_out_of_order += 1;
+                None
+            }
+            Delta::TooManyStreams => {
+                self.stats.metric_streams_full += 1;
+                None
+            }
+        }
+    }
+
+    /// Moves time forward: evicts buckets out of retention (once per second of `now`), removes
+    /// series with no data left, and forgets silent metric streams.
+    pub fn advance(&mut self, now: UnixNanos) {
+        self.observe_now(now);
+        let now_s = secs(self.now);
+        if now_s <= self.last_sweep_s {
+            return;
+        }
+        self.last_sweep_s = now_s;
+        let mut i = 0;
+        while i < self.entries.len() {
+            self.entries[i].state.evict(now_s);
+            if self.entries[i].state.is_empty() {
+                let gone = self.entries.swap_remove(i);
+                self.index.remove(&gone.key);
+                if let Some(moved) = self.entries.get(i) {
+                    self.index.insert(moved.key.clone(), i);
+                }
+                if !gone.key.is_overflow()
+                    && let Some(info) = self.services.get_mut(&gone.key.service)
+                {
+                    info.series = info.series.saturating_sub(1);
+                }
+                self.stats.series_evicted += 1;
+            } else {
+                i += 1;
+            }
+        }
+        let ttl = self.cfg.metric_stream_ttl.nanos();
+        self.deltas.expire(self.now.saturating_sub(ttl));
+    }
+
+    /// SLIs per series over a window ending now. Series without requests in the window are
+    /// left out. Rows are sorted by series key.
+    pub fn slis(&self, q: &SliQuery) -> Result<Vec<SliRow>> {
+        let window_s = q.window.secs();
+        if window_s > MAX_COUNTER_WINDOW_S {
+            return Err(Error::Invalid(format!(
+                "window {}: the longest window kept is 30d",
+                q.window
+            )));
+        }
+        let now_s = secs(self.now);
+        let mut rows = Vec::new();
+        for e in &self.entries {
+            if q.service.as_deref().is_some_and(|s| s != &*e.key.service) {
+                continue;
+            }
+            let sums = e.state.sums(now_s, window_s);
+            if sums.requests == 0 {
+                continue;
+            }
+            let covered_ns = self
+                .now
+                .saturating_sub(sums.start_s * NANOS_PER_SEC)
+                .max(NANOS_PER_SEC);
+            let digest = e.state.digest(now_s, window_s, self.cfg.digest_compression);
+            let latency_ms = digest.as_ref().filter(|d| !d.is_empty()).map(quantiles_of);
+            let ratio = |x: u64| x as f64 / sums.requests as f64;
+            let latency_good = self
+                .cfg
+                .thresholds_for(&e.key.service)
+                .iter()
+                .zip(sums.within)
+                .map(|(&t, good)| LatencyGood {
+                    threshold_ms: t,
+                    good,
+                    good_ratio: Some(ratio(good)),
+                })
+                .collect();
+            rows.push(SliRow {
+                key: e.key.clone(),
+                window: q.window,
+                requests: sums.requests,
+                errors: sums.errors,
+                error_ratio: Some(ratio(sums.errors)),
+                rate_per_s: sums.requests as f64 * NANOS_PER_SEC as f64 / covered_ns as f64,
+                latency_ms,
+                latency_good,
+            });
+        }
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(rows)
+    }
+
+    /// The merged latency digest of one series over a window (None when unknown or too long).
+    pub fn series_digest(&self, key: &SeriesKey, window: Span) -> Option<TDigest> {
+        let e = &self.entries[*self.index.get(key)?];
+        e.state
+            .digest(secs(self.now), window.secs(), self.cfg.digest_compression)
+    }
+
+    /// Copies the whole state.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut series: Vec<_> = self
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), e.state.clone()))
+            .collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut services: Vec<_> = self
+            .services
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        services.sort_by(|a, b| a.0.cmp(&b.0));
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            now: self.now,
+            start: self.start,
+            series,
+            services,
+            deltas: self.deltas.clone(),
+            stats: self.stats,
+        }
+    }
+
+    /// Rebuilds an engine from a snapshot.
+    pub fn restore(cfg: Arc<EngineConfig>, snap: Snapshot) -> Result<Self> {
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(Error::SnapshotVersion {
+                found: snap.version,
+                expected: SNAPSHOT_VERSION,
+            });
+        }
+        let mut engine = Engine::new(cfg);
+        engine.now = snap.now;
+        engine.start = snap.start;
+        engine.last_sweep_s = secs(snap.now);
+        engine.deltas = snap.deltas;
+        engine.stats = snap.stats;
+        engine.services = snap.services.into_iter().collect();
+        for (key, state) in snap.series {
+            engine.index.insert(key.clone(), engine.entries.len());
+            engine.entries.push(Entry { key, state });
+        }
+        Ok(engine)
+    }
+}
+
+fn quantiles_of(d: &TDigest) -> Quantiles {
+    let v = d.quantiles(&REPORTED_QUANTILES);
+    Quantiles {
+        p50: v[0],
+        p90: v[1],
+        p95: v[2],
+        p99: v[3],
+        p999: v[4],
+    }
+}
+
+/// Bounds `(lo, hi]` of bucket `i` of an explicit-bucket histogram.
+fn bucket_bounds(h: &HistogramObs, i: usize) -> (f64, f64) {
+    let b = &h.bounds_ms;
+    let lo = if i == 0 { f64::NEG_INFINITY } else { b[i - 1] };
+    let hi = if i < b.len() { b[i] } else { f64::INFINITY };
+    (lo, hi)
+}
+
+/// The latency a bucket's requests are recorded at: its midpoint, using the point's min/max
+/// for the open-ended first and last buckets.
+fn representative(lo: f64, hi: f64, min: Option<f64>, max: Option<f64>) -> f64 {
+    let lo = if lo.is_finite() {
+        lo
+    } else {
+        min.filter(|m| *m <= hi).unwrap_or(0.0_f64.min(hi))
+    };
+    let hi = if hi.is_finite() {
+        hi
+    } else {
+        max.filter(|m| *m >= lo).unwrap_or(lo)
+    };
+    let lo = lo.max(min.unwrap_or(f64::NEG_INFINITY)).min(hi);
+    let hi = hi.min(max.unwrap_or(f64::INFINITY)).max(lo);
+    (lo + hi) / 2.0
+}
+
+/// Requests of bucket `(lo, hi]` at or under `threshold`, spreading the bucket uniformly.
+fn within_count(lo: f64, hi: f64, threshold: f64, count: u64) -> u64 {
+    if hi <= threshold {
+        count
+    } else if lo.is_finite() && hi.is_finite() && lo < threshold {
+        ((threshold - lo) / (hi - lo) * count as f64).round() as u64
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

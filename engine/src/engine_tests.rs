@@ -1,0 +1,429 @@
+//! Engine table tests with a simulated clock.
+
+use super::*;
+use crate::observation::{CounterObs, RequestObs};
+
+const S: u64 = NANOS_PER_SEC;
+const T0: u64 = 1_800_000_000 * S; // a round start time (minute- and hour-aligned)
+
+fn engine() -> Engine {
+    Engine::new(Arc::new(EngineConfig::default()))
+}
+
+fn batch(key: SeriesKey, reqs: &[(u64, f64, bool)]) -> Batch {
+    Batch {
+        keys: vec![key],
+        requests: reqs
+            .iter()
+            .map(|&(time, latency_ms, bad)| RequestObs {
+                key: 0,
+                time,
+                latency_ms,
+                bad,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn checkout() -> SeriesKey {
+    SeriesKey::new("checkout", "/pay", "1.0")
+}
+
+fn sli(e: &Engine, window: &str) -> Vec<SliRow> {
+    e.slis(&SliQuery {
+        service: None,
+        window: window.parse().unwrap(),
+    })
+    .unwrap()
+}
+
+/// Table: one request per second for 10 minutes with every 10th bad.
+/// Guarantees: each window counts exactly the seconds it covers (its first second included,
+/// second `now` included), and rate and error ratio follow.
+#[test]
+fn window_boundaries() {
+    let mut e = engine();
+    for i in 0..600u64 {
+        let t = T0 + i * S + S / 2;
+        e.ingest(&batch(checkout(), &[(t, 10.0, i % 10 == 0)]), t);
+        e.advance(t);
+    }
+    // now = T0 + 599.5 s: the 1 m window holds seconds 540..=599.
+    for (window, requests, errors) in [
+        ("1s", 1, 0),
+        ("10s", 10, 1),
+        ("1m", 60, 6),
+        ("5m", 300, 30),
+        ("1h", 600, 60),
+    ] {
+        let rows = sli(&e, window);
+        assert_eq!(rows.len(), 1, "{window}");
+        assert_eq!(
+            (rows[0].requests, rows[0].errors),
+            (requests, errors),
+            "{window}"
+        );
+    }
+    let r = &sli(&e, "1m")[0];
+    assert!(
+        (r.rate_per_s - 60.0 / 59.5).abs() < 1e-9,
+        "rate {}",
+        r.rate_per_s
+    );
+    assert_eq!(r.error_ratio, Some(0.1));
+    // Time passes with no data: the 1 m window empties, the 1 h window keeps everything.
+    e.advance(T0 + 700 * S);
+    assert!(sli(&e, "1m").is_empty());
+    assert_eq!(sli(&e, "1h")[0].requests, 600);
+    assert_eq!(sli(&e, "30d")[0].requests, 600);
+    assert!(
+        e.slis(&SliQuery {
+            service: None,
+            window: "31d".parse().unwrap()
+        })
+        .is_err()
+    );
+}
+
+/// Table: late and early data.
+/// Guarantees: data within the allowed lateness lands in its own second; older data is
+/// counted and dropped; data from the future is clamped to now (and visible at once).
+#[test]
+fn lateness_and_clock_skew() {
+    let mut e = engine(); // allowed lateness 5 m
+    let now = T0 + 1000 * S;
+    e.advance(now);
+    let rows: Vec<(u64, bool)> = vec![
+        (now - 10 * S, true),   // 10 s late: applied
+        (now - 299 * S, true),  // within lateness
+        (now - 301 * S, false), // beyond 5 m: dropped
+        (now + 30 * S, true),   // 30 s in the future: clamped to now
+    ];
+    for (t, applied) in &rows {
+        let rep = e.ingest(&batch(checkout(), &[(*t, 5.0, false)]), now);
+        assert_eq!(rep.applied == 1, *applied, "event at {t}");
+        assert_eq!(rep.late == 1, !*applied);
+    }
+    assert_eq!(e.stats().late_dropped, 1);
+    assert_eq!(e.stats().clock_skew_clamped, 1);
+    assert_eq!(
+        sli(&e, "1s")[0].requests,
+        1,
+        "the clamped event is in the current second"
+    );
+    assert_eq!(sli(&e, "11s")[0].requests, 2);
+    assert_eq!(sli(&e, "5m")[0].requests, 3);
+}
+
+/// Guarantees: beyond the cap a service's new series fold into one overflow series, counted;
+/// existing series and other services are unaffected.
+#[test]
+fn cardinality_overflow() {
+    let cfg = EngineConfig {
+        max_series_per_service: 3,
+        ..Default::default()
+    };
+    let mut e = Engine::new(Arc::new(cfg));
+    let now = T0;
+    for op in 0..5 {
+        let key = SeriesKey::new("svc", &format!("/op{op}"), "1");
+        e.ingest(&batch(key, &[(now, 1.0, false), (now, 2.0, false)]), now);
+    }
+    e.ingest(
+        &batch(SeriesKey::new("svc", "/op0", "1"), &[(now, 1.0, false)]),
+        now,
+    );
+    e.ingest(
+        &batch(SeriesKey::new("other", "/x", "1"), &[(now, 1.0, false)]),
+        now,
+    );
+    let rows = sli(&e, "1m");
+    let svc: Vec<_> = rows.iter().filter(|r| &*r.key.service == "svc").collect();
+    assert_eq!(svc.len(), 4, "3 series + overflow");
+    let overflow = svc.iter().find(|r| r.key.is_overflow()).unwrap();
+    assert_eq!(overflow.requests, 4, "ops 3 and 4, two requests each");
+    assert_eq!(e.stats().overflowed, 4);
+    assert_eq!(
+        svc.iter()
+            .find(|r| &*r.key.operation == "/op0")
+            .unwrap()
+            .requests,
+        3
+    );
+    assert_eq!(
+        rows.iter().filter(|r| &*r.key.service == "other").count(),
+        1
+    );
+}
+
+/// Guarantees: window quantiles merge the right buckets: a slow minute long ago shows in the
+/// 1 h window but not in the 1 m window; and p99 of uniform 1..=1000 ms is within 1 %.
+#[test]
+fn quantiles_per_window() {
+    let mut e = engine();
+    let key = checkout();
+    // 10 minutes ago: 1000 requests at 5 s each.
+    let old = T0 + 100 * S;
+    let slow: Vec<_> = (0..1000).map(|_| (old, 5000.0, false)).collect();
+    e.ingest(&batch(key.clone(), &slow), old);
+    // Last 50 seconds: uniform 1..=1000 ms, 20 per second.
+    let mut v = 0;
+    for s in 0..50u64 {
+        let t = T0 + 650 * S + s * S;
+        let reqs: Vec<_> = (0..20)
+            .map(|_| {
+                v = v % 1000 + 1;
+                (t, f64::from(v), false)
+            })
+            .collect();
+        e.ingest(&batch(key.clone(), &reqs), t);
+        e.advance(t);
+    }
+    let one_min = sli(&e, "1m")[0].latency_ms.unwrap();
+    assert!(
+        (one_min.p99 - 990.0).abs() / 990.0 < 0.01,
+        "p99 {}",
+        one_min.p99
+    );
+    assert!(
+        (one_min.p50 - 500.0).abs() / 500.0 < 0.01,
+        "p50 {}",
+        one_min.p50
+    );
+    let hour = sli(&e, "1h")[0].latency_ms.unwrap();
+    assert_eq!(hour.p999, 5000.0);
+    assert!(
+        hour.p50 > 1000.0,
+        "half the hour's requests were slow: {}",
+        hour.p50
+    );
+    // Beyond the 1 h digest history, counts are known but quantiles are not.
+    let day = &sli(&e, "1d")[0];
+    assert_eq!(day.requests, 2000);
+    assert!(day.latency_ms.is_none());
+}
+
+/// Guarantees: requests within each configured latency threshold are counted per window.
+#[test]
+fn latency_threshold_good_ratio() {
+    let cfg = EngineConfig {
+        latency_thresholds_ms: vec![100.0, 300.0],
+        ..Default::default()
+    };
+    let mut e = Engine::new(Arc::new(cfg));
+    let reqs: Vec<_> = [50.0, 100.0, 150.0, 250.0, 400.0]
+        .iter()
+        .map(|&l| (T0, l, false))
+        .collect();
+    e.ingest(&batch(checkout(), &reqs), T0);
+    let r = &sli(&e, "1m")[0];
+    assert_eq!(
+        r.latency_good.iter().map(|g| g.good).collect::<Vec<_>>(),
+        vec![2, 4]
+    );
+    assert_eq!(r.latency_good[1].good_ratio, Some(0.8));
+}
+
+fn histogram(
+    time: u64,
+    start: u64,
+    temporality: Temporality,
+    counts: Vec<u64>,
+    bad: bool,
+) -> Batch {
+    Batch {
+        keys: vec![checkout()],
+        histograms: vec![HistogramObs {
+            key: 0,
+            stream: 42 + u64::from(bad),
+            time,
+            start_time: start,
+            temporality,
+            bounds_ms: Arc::from(vec![10.0, 100.0, 1000.0]),
+            counts,
+            min_ms: Some(2.0),
+            max_ms: Some(3000.0),
+            bad,
+        }],
+        ..Default::default()
+    }
+}
+
+/// Table: a cumulative histogram stream with a baseline, growth, and a process restart.
+/// Guarantees: only the deltas are counted, a reset counts the new totals, and the latency
+/// distribution follows the buckets.
+#[test]
+fn cumulative_histograms_with_reset() {
+    let mut e = engine();
+    e.advance(T0);
+    let rows: Vec<(u64, u64, Vec<u64>, u64)> = vec![
+        // (time, start, cumulative counts, requests counted so far)
+        (T0 + 10 * S, T0 - 3600 * S, vec![5, 10, 0, 0], 0), // baseline (started before us)
+        (T0 + 20 * S, T0 - 3600 * S, vec![15, 20, 0, 0], 20),
+        (T0 + 30 * S, T0 - 3600 * S, vec![15, 20, 0, 1], 21),
+        (T0 + 40 * S, T0 + 35 * S, vec![3, 0, 0, 0], 24), // restart: counts since the new start
+        (T0 + 50 * S, T0 + 35 * S, vec![4, 0, 0, 0], 25),
+    ];
+    for (i, (time, start, counts, want)) in rows.into_iter().enumerate() {
+        e.ingest(
+            &histogram(time, start, Temporality::Cumulative, counts, false),
+            time,
+        );
+        let got = sli(&e, "5m").first().map_or(0, |r| r.requests);
+        assert_eq!(got, want, "row {i}");
+    }
+    assert_eq!(e.stats().metric_resets, 1);
+    assert_eq!(e.stats().metric_baselines, 1);
+    let r = &sli(&e, "5m")[0];
+    let q = r.latency_ms.unwrap();
+    assert!(q.p50 < 100.0 && q.p999 > 1000.0, "{q:?}");
+}
+
+/// Guarantees: delta histograms and counters with a bad status count as errors.
+#[test]
+fn delta_metrics_and_counters() {
+    let mut e = engine();
+    e.ingest(
+        &histogram(T0, T0 - S, Temporality::Delta, vec![1, 2, 3, 4], false),
+        T0,
+    );
+    e.ingest(
+        &histogram(T0, T0 - S, Temporality::Delta, vec![0, 0, 5, 0], true),
+        T0,
+    );
+    let mut b = Batch {
+        keys: vec![SeriesKey::new("api", "GET /", "")],
+        ..Default::default()
+    };
+    b.counters.push(CounterObs {
+        key: 0,
+        stream: 9,
+        time: T0,
+        start_time: T0 + 1,
+        temporality: Temporality::Cumulative,
+        value: 40.0,
+        bad: true,
+    });
+    e.ingest(&b, T0 + 2);
+    let rows = sli(&e, "1m");
+    let checkout = rows.iter().find(|r| &*r.key.service == "checkout").unwrap();
+    assert_eq!((checkout.requests, checkout.errors), (15, 5));
+    let api = rows.iter().find(|r| &*r.key.service == "api").unwrap();
+    assert_eq!(
+        (api.requests, api.errors),
+        (40, 40),
+        "a stream that began after us counts from its first point"
+    );
+    assert!(api.latency_ms.is_none());
+}
+
+/// Guarantees: in `auto` mode a service's metrics are ignored while it sends spans, so its
+/// requests are not counted twice; a metrics-only service is counted from metrics.
+#[test]
+fn one_signal_per_service() {
+    let mut e = engine();
+    e.ingest(&batch(checkout(), &[(T0, 10.0, false)]), T0);
+    let rep = e.ingest(
+        &histogram(T0, T0 - S, Temporality::Delta, vec![1, 2, 3, 4], false),
+        T0,
+    );
+    assert_eq!(rep.deduplicated, 1);
+    assert_eq!(sli(&e, "1m")[0].requests, 1);
+    // After `spans_preferred_for` (10 m) without spans, metrics count again.
+    let later = T0 + 11 * 60 * S;
+    e.ingest(
+        &histogram(
+            later,
+            later - S,
+            Temporality::Delta,
+            vec![1, 2, 3, 4],
+            false,
+        ),
+        later,
+    );
+    assert_eq!(sli(&e, "1m")[0].requests, 10);
+}
+
+/// Guarantees: a snapshot restored into a new engine answers every query identically and
+/// keeps cumulative baselines (no double count after restore).
+#[test]
+fn snapshot_restore_roundtrip() {
+    let mut e = engine();
+    for i in 0..120u64 {
+        let t = T0 + i * S;
+        let cart = SeriesKey::new("cart", "/add", "2.0");
+        e.ingest(&batch(cart, &[(t, (i % 37) as f64, i % 7 == 0)]), t);
+    }
+    e.ingest(
+        &histogram(
+            T0 + 100 * S,
+            1,
+            Temporality::Cumulative,
+            vec![1, 1, 1, 1],
+            false,
+        ),
+        T0 + 100 * S,
+    );
+    let json = serde_json::to_string(&e.snapshot()).unwrap();
+    let snap: Snapshot = serde_json::from_str(&json).unwrap();
+    let mut r = Engine::restore(Arc::new(EngineConfig::default()), snap).unwrap();
+    for w in ["1m", "5m", "1h"] {
+        assert_eq!(sli(&e, w), sli(&r, w), "{w}");
+    }
+    assert_eq!(e.stats(), r.stats());
+    let t = T0 + 121 * S;
+    r.ingest(
+        &histogram(t, 1, Temporality::Cumulative, vec![2, 1, 1, 1], false),
+        t,
+    );
+    assert_eq!(r.stats().metric_points_applied, 1);
+    let rows = sli(&r, "1m");
+    let checkout = rows.iter().find(|r| &*r.key.service == "checkout").unwrap();
+    assert_eq!(
+        checkout.requests, 1,
+        "the delta of 1, not the cumulative total of 5"
+    );
+}
+
+/// Guarantees: series whose buckets all expired are removed and stop counting against the cap.
+#[test]
+fn idle_series_are_evicted() {
+    let cfg = EngineConfig {
+        max_series_per_service: 1,
+        ..Default::default()
+    };
+    let mut e = Engine::new(Arc::new(cfg));
+    e.ingest(&batch(checkout(), &[(T0, 1.0, false)]), T0);
+    assert_eq!(e.series_count(), 1);
+    e.advance(T0 + 31 * 86_400 * S);
+    assert_eq!(e.series_count(), 0);
+    assert_eq!(e.stats().series_evicted, 1);
+    let now = T0 + 31 * 86_400 * S + S;
+    let rep = e.ingest(
+        &batch(
+            SeriesKey::new("checkout", "/new", "2"),
+            &[(now, 1.0, false)],
+        ),
+        now,
+    );
+    assert_eq!(rep.overflowed, 0);
+}
+
+/// Guarantees: memory per busy series with the default windows stays bounded (the figure in
+/// BENCHMARKS.md comes from the `engine` bench; this is a coarse ceiling).
+#[test]
+fn memory_per_series_is_bounded() {
+    let mut e = engine();
+    // 2 hours at 50 requests per second with spread latencies.
+    for s in 0..7200u64 {
+        let t = T0 + s * S;
+        let reqs: Vec<_> = (0..50)
+            .map(|i| (t, 1.0 + ((s * 50 + i) % 997) as f64, false))
+            .collect();
+        e.ingest(&batch(checkout(), &reqs), t);
+        e.advance(t);
+    }
+    let bytes = e.window_heap_bytes();
+    assert!(bytes < 256 * 1024, "{bytes} bytes for one series");
+}

@@ -1,0 +1,203 @@
+//! What the engine is fed: batches of observations keyed by series, already decoded from
+//! whatever wire format they came in (that happens in `trike-ingest`).
+
+use crate::time::UnixNanos;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::Arc;
+
+/// Identity of one SLI series: service, operation, version and the configured extra dimensions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeriesKey {
+    /// Resource `service.name`.
+    pub service: Arc<str>,
+    /// `http.route`, else `rpc.method`, else the span name.
+    pub operation: Arc<str>,
+    /// Resource `service.version` (or the configured version attribute); empty when unknown.
+    pub version: Arc<str>,
+    /// Configured extra dimensions, in configuration order, as (name, value).
+    pub dims: Arc<[(Arc<str>, Arc<str>)]>,
+}
+
+impl SeriesKey {
+    /// A key without extra dimensions.
+    pub fn new(service: &str, operation: &str, version: &str) -> Self {
+        Self {
+            service: service.into(),
+            operation: operation.into(),
+            version: version.into(),
+            dims: Arc::new([]),
+        }
+    }
+
+    /// The series every new series of `service` folds into once the cap is reached.
+    pub fn overflow(service: &Arc<str>) -> Self {
+        Self {
+            service: service.clone(),
+            operation: "".into(),
+            version: "".into(),
+            dims: Arc::new([("overflow".into(), "true".into())]),
+        }
+    }
+
+    /// True for the overflow series of a service.
+    pub fn is_overflow(&self) -> bool {
+        self.dims.len() == 1 && &*self.dims[0].0 == "overflow" && self.operation.is_empty()
+    }
+
+    /// Approximate heap bytes held by this key's strings (shared strings counted fully).
+    pub fn heap_bytes(&self) -> usize {
+        self.service.len()
+            + self.operation.len()
+            + self.version.len()
+            + self
+                .dims
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 32)
+                .sum::<usize>()
+    }
+}
+
+impl fmt::Display for SeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.service, self.operation, self.version)?;
+        for (k, v) in self.dims.iter() {
+            write!(f, ",{k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which telemetry signal an observation came from (one signal is the source per service).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// Entry spans.
+    Spans,
+    /// Request-duration histograms and request counters.
+    Metrics,
+}
+
+/// One request outcome (from an entry span).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RequestObs {
+    /// Index into [`Batch::keys`].
+    pub key: u32,
+    /// Event time (span end).
+    pub time: UnixNanos,
+    /// End − start, in milliseconds.
+    pub latency_ms: f64,
+    /// Span status ERROR, HTTP ≥ 500, or a configured gRPC status.
+    pub bad: bool,
+}
+
+/// Whether a metric point carries totals since a start time or the change since the last point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Temporality {
+    /// Change since the previous point.
+    Delta,
+    /// Running total since `start_time`.
+    Cumulative,
+}
+
+/// A request-duration histogram point, in explicit-bucket form (exponential histograms are
+/// converted by the decoder). Bucket `i` covers `(bounds[i-1], bounds[i]]`, with the first
+/// unbounded below and the last unbounded above; `counts.len() == bounds.len() + 1`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramObs {
+    /// Index into [`Batch::keys`].
+    pub key: u32,
+    /// Identity of the metric stream (resource, scope, name, point attributes), for
+    /// cumulative-to-delta conversion.
+    pub stream: u64,
+    /// Point time.
+    pub time: UnixNanos,
+    /// Point start time (0 when unknown).
+    pub start_time: UnixNanos,
+    /// Delta or cumulative.
+    pub temporality: Temporality,
+    /// Bucket upper bounds in milliseconds, increasing.
+    pub bounds_ms: Arc<[f64]>,
+    /// Bucket counts.
+    pub counts: Vec<u64>,
+    /// Smallest recorded value in ms, when the point carries it.
+    pub min_ms: Option<f64>,
+    /// Largest recorded value in ms, when the point carries it.
+    pub max_ms: Option<f64>,
+    /// Whether these requests failed (from the point's status attributes).
+    pub bad: bool,
+}
+
+/// A request counter point (no latency).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CounterObs {
+    /// Index into [`Batch::keys`].
+    pub key: u32,
+    /// Identity of the metric stream, for cumulative-to-delta conversion.
+    pub stream: u64,
+    /// Point time.
+    pub time: UnixNanos,
+    /// Point start time (0 when unknown).
+    pub start_time: UnixNanos,
+    /// Delta or cumulative.
+    pub temporality: Temporality,
+    /// Requests counted.
+    pub value: f64,
+    /// Whether these requests failed.
+    pub bad: bool,
+}
+
+/// A batch of observations sharing a table of series keys (one decoded request, typically).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    /// Distinct series keys referenced by index from the observations.
+    pub keys: Vec<SeriesKey>,
+    /// Request outcomes from spans.
+    pub requests: Vec<RequestObs>,
+    /// Histogram points from metrics.
+    pub histograms: Vec<HistogramObs>,
+    /// Counter points from metrics.
+    pub counters: Vec<CounterObs>,
+}
+
+impl Batch {
+    /// Index of `key` in the key table, adding it if new. Linear: batches hold few keys.
+    pub fn key_index(&mut self, key: SeriesKey) -> u32 {
+        if let Some(i) = self.keys.iter().rposition(|k| *k == key) {
+            return i as u32;
+        }
+        self.keys.push(key);
+        (self.keys.len() - 1) as u32
+    }
+
+    /// Number of observations (spans, histogram points and counter points).
+    pub fn len(&self) -> usize {
+        self.requests.len() + self.histograms.len() + self.counters.len()
+    }
+
+    /// True when the batch carries no observation.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends another batch, remapping its key indices.
+    pub fn append(&mut self, other: Batch) {
+        let map: Vec<u32> = other.keys.into_iter().map(|k| self.key_index(k)).collect();
+        self.requests
+            .extend(other.requests.into_iter().map(|mut r| {
+                r.key = map[r.key as usize];
+                r
+            }));
+        self.histograms
+            .extend(other.histograms.into_iter().map(|mut h| {
+                h.key = map[h.key as usize];
+                h
+            }));
+        self.counters
+            .extend(other.counters.into_iter().map(|mut c| {
+                c.key = map[c.key as usize];
+                c
+            }));
+    }
+}

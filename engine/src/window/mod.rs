@@ -1,0 +1,200 @@
+//! Event-time buckets at several resolutions, and how a sliding window is covered by them.
+//!
+//! Counters (requests, errors, requests within each latency threshold) are kept at 1 s for
+//! 5 min, 1 min for 6 h and 1 h for 30 d. Latency digests are kept at 1 s for 1 min, 10 s for
+//! 5 min and 1 min for 1 h. A window ending now is covered by the finest buckets that still
+//! exist, switching to a coarser tier only at one of its bucket boundaries, so nothing is
+//! counted twice; the oldest edge is therefore exact to the width of the coarsest tier used.
+
+mod ring;
+mod series_state;
+
+pub use ring::Ring;
+pub use series_state::{Counts, MAX_THRESHOLDS, SeriesState, WindowSums};
+
+use serde::{Deserialize, Serialize};
+
+/// One resolution: buckets `width_s` seconds wide, the newest `slots` of them retained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierSpec {
+    /// Bucket width in seconds.
+    pub width_s: u64,
+    /// Buckets retained (the current, partial one included).
+    pub slots: u64,
+}
+
+impl TierSpec {
+    /// Seconds of history this tier covers.
+    pub const fn retention_s(self) -> u64 {
+        self.width_s * (self.slots - 1)
+    }
+}
+
+/// Counter tiers: 1 s × 5 min, 1 min × 6 h, 1 h × 30 d (one extra slot each for the partial bucket).
+pub const COUNTER_TIERS: [TierSpec; 3] = [
+    TierSpec {
+        width_s: 1,
+        slots: 301,
+    },
+    TierSpec {
+        width_s: 60,
+        slots: 361,
+    },
+    TierSpec {
+        width_s: 3600,
+        slots: 721,
+    },
+];
+
+/// Digest tiers: 1 s × 1 min, 10 s × 5 min, 1 min × 1 h.
+pub const DIGEST_TIERS: [TierSpec; 3] = [
+    TierSpec {
+        width_s: 1,
+        slots: 61,
+    },
+    TierSpec {
+        width_s: 10,
+        slots: 31,
+    },
+    TierSpec {
+        width_s: 60,
+        slots: 61,
+    },
+];
+
+/// Longest window counters can answer.
+pub const MAX_COUNTER_WINDOW_S: u64 = 30 * 86_400;
+/// Longest window latency quantiles can answer.
+pub const MAX_DIGEST_WINDOW_S: u64 = 3600;
+
+/// A run of buckets of one tier: indices `[from_idx, to_idx)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Which tier.
+    pub tier: usize,
+    /// First bucket index (bucket start = index × width).
+    pub from_idx: u64,
+    /// One past the last bucket index.
+    pub to_idx: u64,
+}
+
+/// How the window of `window_s` seconds ending in second `now_s` (inclusive) is covered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cover {
+    /// Segments, newest first.
+    pub segments: Vec<Segment>,
+    /// Start second of the oldest bucket used.
+    pub start_s: u64,
+    /// False when the window reaches past the coarsest tier's retention.
+    pub complete: bool,
+}
+
+/// Plans which buckets of which tiers cover `[now_s + 1 − window_s, now_s]`.
+/// Each tier's width must divide the next one's.
+pub fn cover(tiers: &[TierSpec], now_s: u64, window_s: u64) -> Cover {
+    let from = (now_s + 1).saturating_sub(window_s);
+    let mut hi = now_s + 1; // exclusive, in seconds; aligned to the current tier's width
+    let mut segments = Vec::new();
+    for (i, t) in tiers.iter().enumerate() {
+        let w = t.width_s;
+        let now_idx = now_s / w;
+        let oldest_start = (now_idx + 1).saturating_sub(t.slots) * w;
+        let last = i + 1 == tiers.len();
+        if from >= oldest_start || last {
+            let lo = from.max(oldest_start);
+            let seg = Segment {
+                tier: i,
+                from_idx: lo / w,
+                to_idx: hi.div_ceil(w),
+            };
+            if seg.to_idx > seg.from_idx {
+                segments.push(seg);
+            }
+            return Cover {
+                segments,
+                start_s: (lo / w) * w,
+                complete: from >= oldest_start,
+            };
+        }
+        let next_w = tiers[i + 1].width_s;
+        let boundary = oldest_start.div_ceil(next_w) * next_w;
+        if boundary < hi {
+            segments.push(Segment {
+                tier: i,
+                from_idx: boundary / w,
+                to_idx: hi.div_ceil(w),
+            });
+            hi = boundary;
+        }
+    }
+    Cover {
+        segments,
+        start_s: hi,
+        complete: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scenario: windows of the usual lengths at a time that is not minute-aligned.
+    /// Guarantees: segments are contiguous and non-overlapping, end at now, and start at or
+    /// just before (by less than the coarsest width used) the window's first second.
+    #[test]
+    fn cover_is_contiguous_and_tight() {
+        let now_s = 1_700_000_123;
+        for window in [1, 60, 299, 300, 301, 1800, 3600, 21_600, 259_200, 2_592_000] {
+            let c = cover(&COUNTER_TIERS, now_s, window);
+            assert!(c.complete, "window {window}");
+            let mut hi = now_s + 1;
+            let mut widest = 1;
+            for s in &c.segments {
+                let w = COUNTER_TIERS[s.tier].width_s;
+                widest = widest.max(w);
+                assert_eq!(
+                    s.to_idx * w,
+                    hi.div_ceil(w) * w,
+                    "window {window}: gap or overlap"
+                );
+                hi = s.from_idx * w;
+            }
+            assert_eq!(hi, c.start_s);
+            let from = now_s + 1 - window;
+            assert!(
+                c.start_s <= from && from - c.start_s < widest,
+                "window {window}: {c:?}"
+            );
+        }
+    }
+
+    /// Table: which tiers a window uses.
+    #[test]
+    fn cover_table() {
+        let now_s = 10_000 * 3600 + 125; // 2 min 5 s into an hour
+        let t = |w| {
+            cover(&COUNTER_TIERS, now_s, w)
+                .segments
+                .iter()
+                .map(|s| s.tier)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(t(60), vec![0]);
+        assert_eq!(t(300), vec![0]);
+        assert_eq!(t(3600), vec![0, 1]);
+        assert_eq!(t(3 * 86_400), vec![0, 1, 2]);
+        let c = cover(&COUNTER_TIERS, now_s, 300);
+        assert_eq!(
+            c.segments,
+            vec![Segment {
+                tier: 0,
+                from_idx: now_s - 299,
+                to_idx: now_s + 1
+            }]
+        );
+        // Beyond 30 days the cover is marked incomplete.
+        assert!(!cover(&COUNTER_TIERS, now_s, 40 * 86_400).complete);
+        assert!(!cover(&DIGEST_TIERS, now_s, 2 * 3600).complete);
+        assert!(cover(&DIGEST_TIERS, now_s, 3600).complete);
+    }
+}

@@ -1,0 +1,122 @@
+//! A sparse ring of time buckets: only buckets that received data are stored, oldest first.
+
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// Buckets `(index, value)` sorted by index; indices older than the retention are evicted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ring<T> {
+    slots: VecDeque<(u64, T)>,
+}
+
+impl<T: Default> Ring<T> {
+    /// The bucket `idx`, created if missing. Returns `None` when `idx` is already out of
+    /// retention (`idx + slots <= now_idx`). The bool is true when a new bucket was appended
+    /// at the newest end (so the previous newest one is now closed).
+    pub fn bucket_mut(&mut self, idx: u64, now_idx: u64, slots: u64) -> Option<(&mut T, bool)> {
+        if idx + slots <= now_idx {
+            return None;
+        }
+        // Most data lands in the newest bucket; search from the back.
+        let pos = self.slots.iter().rposition(|(i, _)| *i <= idx);
+        match pos {
+            Some(p) if self.slots[p].0 == idx => Some((&mut self.slots[p].1, false)),
+            Some(p) => {
+                let appended = p + 1 == self.slots.len();
+                self.slots.insert(p + 1, (idx, T::default()));
+                Some((&mut self.slots[p + 1].1, appended))
+            }
+            None => {
+                let appended = self.slots.is_empty();
+                self.slots.push_front((idx, T::default()));
+                Some((&mut self.slots[0].1, appended))
+            }
+        }
+    }
+}
+
+impl<T> Ring<T> {
+    /// Drops buckets that fell out of retention.
+    pub fn evict(&mut self, now_idx: u64, slots: u64) {
+        while let Some((i, _)) = self.slots.front() {
+            if i + slots <= now_idx {
+                self.slots.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Buckets with `from_idx <= index < to_idx`.
+    pub fn range(&self, from_idx: u64, to_idx: u64) -> impl Iterator<Item = &T> {
+        let start = self.slots.partition_point(|(i, _)| *i < from_idx);
+        self.slots
+            .range(start..)
+            .take_while(move |(i, _)| *i < to_idx)
+            .map(|(_, v)| v)
+    }
+
+    /// The bucket just before the newest (the most recently closed one).
+    pub fn second_newest_mut(&mut self) -> Option<&mut T> {
+        let n = self.slots.len();
+        if n >= 2 {
+            Some(&mut self.slots[n - 2].1)
+        } else {
+            None
+        }
+    }
+
+    /// Stored buckets.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when no bucket is stored.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Index of the newest stored bucket.
+    pub fn newest_idx(&self) -> Option<u64> {
+        self.slots.back().map(|(i, _)| *i)
+    }
+
+    /// Iterates all stored values.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().map(|(_, v)| v)
+    }
+
+    /// Heap bytes of the slot array itself.
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<(u64, T)>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guarantees: in-order, late and duplicate bucket writes keep the ring sorted; buckets
+    /// out of retention are refused and evicted.
+    #[test]
+    fn sorted_and_bounded() {
+        let mut r: Ring<u32> = Ring::default();
+        for idx in [10, 11, 13, 12, 11, 9] {
+            *r.bucket_mut(idx, 13, 5).unwrap().0 += 1;
+        }
+        assert!(
+            r.bucket_mut(8, 13, 5).is_none(),
+            "idx 8 is out of a 5-slot retention at 13"
+        );
+        assert_eq!(
+            r.range(0, 100).copied().collect::<Vec<_>>(),
+            vec![1, 1, 2, 1, 1]
+        );
+        assert_eq!(r.range(11, 13).copied().collect::<Vec<_>>(), vec![2, 1]);
+        r.evict(15, 5);
+        assert_eq!(r.range(0, 100).count(), 3);
+        assert_eq!(r.newest_idx(), Some(13));
+        let (_, appended) = r.bucket_mut(14, 15, 5).unwrap();
+        assert!(appended);
+    }
+}

@@ -1,0 +1,182 @@
+//! The windowed state of one series: counter rings and digest rings at each resolution.
+
+use super::{COUNTER_TIERS, Cover, DIGEST_TIERS, Ring, TierSpec, cover};
+use crate::sketch::TDigest;
+use crate::time::UnixNanos;
+use serde::{Deserialize, Serialize};
+
+/// Latency thresholds tracked per series (from the service's latency SLOs).
+pub const MAX_THRESHOLDS: usize = 2;
+
+/// Counters of one bucket. `u32` saturating: 4 × 10^9 requests per bucket per series is
+/// far beyond any real series, and it halves the memory of the 30-day history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Requests.
+    pub requests: u32,
+    /// Bad requests.
+    pub errors: u32,
+    /// Requests with latency ≤ each configured threshold (in threshold order).
+    pub within: [u32; MAX_THRESHOLDS],
+}
+
+fn sat(x: u64) -> u32 {
+    u32::try_from(x).unwrap_or(u32::MAX)
+}
+
+impl Counts {
+    fn add(&mut self, requests: u64, errors: u64, within: [u64; MAX_THRESHOLDS]) {
+        self.requests = self.requests.saturating_add(sat(requests));
+        self.errors = self.errors.saturating_add(sat(errors));
+        for (w, add) in self.within.iter_mut().zip(within) {
+            *w = w.saturating_add(sat(add));
+        }
+    }
+}
+
+/// Sums over a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowSums {
+    /// Requests.
+    pub requests: u64,
+    /// Bad requests.
+    pub errors: u64,
+    /// Requests within each threshold.
+    pub within: [u64; MAX_THRESHOLDS],
+    /// Start second of the oldest bucket counted.
+    pub start_s: u64,
+    /// False when the window is longer than the retained history.
+    pub complete: bool,
+}
+
+/// What one series keeps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeriesState {
+    counts: [Ring<Counts>; 3],
+    digests: [Ring<TDigest>; 3],
+    /// Newest event time applied.
+    pub last_event: UnixNanos,
+    /// Arrival time (engine `now`) of the newest data applied.
+    pub last_arrival: UnixNanos,
+}
+
+impl SeriesState {
+    /// Applies `requests` requests (of which `errors` bad) at event second `t_s`, arriving at
+    /// `now_s`. `latency_ms` (with its per-threshold within-counts) is added to the digests when
+    /// known. Returns false when the event is older than every tier's retention.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        &mut self,
+        t_s: u64,
+        now_s: u64,
+        requests: u64,
+        errors: u64,
+        within: [u64; MAX_THRESHOLDS],
+        latency_ms: Option<f64>,
+        compression: f32,
+    ) -> bool {
+        let mut applied = false;
+        for (ring, spec) in self.counts.iter_mut().zip(COUNTER_TIERS) {
+            if let Some((c, _)) =
+                ring.bucket_mut(t_s / spec.width_s, now_s / spec.width_s, spec.slots)
+            {
+                c.add(requests, errors, within);
+                applied = true;
+            }
+        }
+        if let Some(ms) = latency_ms {
+            for (ring, spec) in self.digests.iter_mut().zip(DIGEST_TIERS) {
+                let Some((d, appended)) =
+                    ring.bucket_mut(t_s / spec.width_s, now_s / spec.width_s, spec.slots)
+                else {
+                    continue;
+                };
+                if d.is_empty() {
+                    *d = TDigest::new(compression);
+                }
+                d.add_weighted(ms, requests);
+                if appended {
+                    // The previous bucket is closed: release its merge buffer.
+                    if let Some(prev) = ring.second_newest_mut() {
+                        prev.shrink();
+                    }
+                }
+            }
+        }
+        applied
+    }
+
+    /// Drops buckets out of retention at `now_s`.
+    pub fn evict(&mut self, now_s: u64) {
+        for (ring, spec) in self.counts.iter_mut().zip(COUNTER_TIERS) {
+            ring.evict(now_s / spec.width_s, spec.slots);
+        }
+        for (ring, spec) in self.digests.iter_mut().zip(DIGEST_TIERS) {
+            ring.evict(now_s / spec.width_s, spec.slots);
+        }
+    }
+
+    /// True when no bucket remains.
+    pub fn is_empty(&self) -> bool {
+        self.counts.iter().all(Ring::is_empty)
+    }
+
+    /// Counter sums over the `window_s` seconds ending in second `now_s`.
+    pub fn sums(&self, now_s: u64, window_s: u64) -> WindowSums {
+        let c: Cover = cover(&COUNTER_TIERS, now_s, window_s);
+        let mut out = WindowSums {
+            start_s: c.start_s,
+            complete: c.complete,
+            ..Default::default()
+        };
+        for seg in &c.segments {
+            for b in self.counts[seg.tier].range(seg.from_idx, seg.to_idx) {
+                out.requests += u64::from(b.requests);
+                out.errors += u64::from(b.errors);
+                for (o, w) in out.within.iter_mut().zip(b.within) {
+                    *o += u64::from(w);
+                }
+            }
+        }
+        out
+    }
+
+    /// The merged latency digest of the window, or `None` when the window is longer than the
+    /// digest history (1 h).
+    pub fn digest(&self, now_s: u64, window_s: u64, compression: f32) -> Option<TDigest> {
+        let c = cover(&DIGEST_TIERS, now_s, window_s);
+        if !c.complete {
+            return None;
+        }
+        let mut merged = TDigest::new(compression);
+        let parts = c
+            .segments
+            .iter()
+            .flat_map(|s| self.digests[s.tier].range(s.from_idx, s.to_idx));
+        merged.merge_all(parts);
+        Some(merged)
+    }
+
+    /// Heap bytes held by this series' windows.
+    pub fn heap_bytes(&self) -> usize {
+        let rings: usize = self.counts.iter().map(Ring::heap_bytes).sum::<usize>()
+            + self.digests.iter().map(Ring::heap_bytes).sum::<usize>();
+        let digests: usize = self
+            .digests
+            .iter()
+            .flat_map(|r| r.values())
+            .map(TDigest::heap_bytes)
+            .sum();
+        rings + digests
+    }
+
+    /// Newest bucket second across the finest counter ring (for idleness checks).
+    pub fn newest_second(&self) -> Option<u64> {
+        self.counts[0].newest_idx()
+    }
+
+    /// The tiers, for documentation and tests.
+    pub fn tiers() -> (&'static [TierSpec], &'static [TierSpec]) {
+        (&COUNTER_TIERS, &DIGEST_TIERS)
+    }
+}
