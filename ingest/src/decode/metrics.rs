@@ -1,0 +1,402 @@
+//! Request-duration histograms and request counters → observations.
+//!
+//! Field semantics follow `opentelemetry/proto/metrics/v1/metrics.proto`; durations are converted
+//! to milliseconds from the metric's unit (`s`, `ms`, `us`, `ns`).
+
+use super::attrs::AttrValue;
+use super::{DecodeConfig, DecodeError, Decoded, Fnv};
+use prost::Message;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use trike_engine::{CounterObs, HistogramObs, SeriesKey, Temporality};
+use trike_proto::collector::metrics::v1::ExportMetricsServiceRequest;
+use trike_proto::common::v1::{AnyValue, KeyValue, any_value};
+use trike_proto::metrics::v1::{
+    AggregationTemporality, ExponentialHistogramDataPoint, HistogramDataPoint, Metric,
+    NumberDataPoint, metric::Data, number_data_point,
+};
+
+/// OTLP data point flag: no value was recorded.
+const FLAG_NO_RECORDED_VALUE: u32 = 1;
+
+/// Decodes an `ExportMetricsServiceRequest` in protobuf.
+pub fn metrics_proto(buf: &[u8], cfg: &DecodeConfig) -> Result<Decoded, DecodeError> {
+    let req = ExportMetricsServiceRequest::decode(buf).map_err(|e| {
+        if e.to_string().contains("buffer underflow") {
+            DecodeError::Truncated
+        } else {
+            DecodeError::Malformed(e.to_string())
+        }
+    })?;
+    Ok(metrics_request(&req, cfg))
+}
+
+pub(super) fn attr(v: &Option<AnyValue>) -> AttrValue<'_> {
+    match v.as_ref().and_then(|a| a.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => AttrValue::Str(s),
+        Some(any_value::Value::IntValue(i)) => AttrValue::Int(*i),
+        Some(any_value::Value::BoolValue(b)) => AttrValue::Bool(*b),
+        Some(any_value::Value::DoubleValue(d)) => AttrValue::Double(*d),
+        _ => AttrValue::Other,
+    }
+}
+
+fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<AttrValue<'a>> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| attr(&kv.value))
+}
+
+fn hash_attrs(h: &mut Fnv, attrs: &[KeyValue]) {
+    let mut pairs: Vec<(&str, Cow<'_, str>)> = attrs
+        .iter()
+        .map(|kv| (kv.key.as_str(), attr(&kv.value).into_text()))
+        .collect();
+    pairs.sort();
+    for (k, v) in pairs {
+        h.write(k.as_bytes());
+        h.write(v.as_bytes());
+    }
+}
+
+/// Milliseconds per unit of the metric's values.
+fn ms_per_unit(metric: &Metric) -> Option<f64> {
+    match metric.unit.as_str() {
+        "s" => Some(1000.0),
+        "ms" => Some(1.0),
+        "us" | "µs" => Some(1e-3),
+        "ns" => Some(1e-6),
+        // Semantic conventions: the stable HTTP metric is in seconds, the older ones in ms.
+        "" if metric.name == "http.server.request.duration" => Some(1000.0),
+        "" => Some(1.0),
+        _ => None,
+    }
+}
+
+struct Ctx<'a> {
+    cfg: &'a DecodeConfig,
+    service: &'a str,
+    resource: &'a [KeyValue],
+    resource_hash: Fnv,
+    keys: HashMap<SeriesKey, u32>,
+}
+
+impl Ctx<'_> {
+    fn key_and_status(&mut self, point_attrs: &[KeyValue], out: &mut Decoded) -> (u32, bool) {
+        let cfg = self.cfg;
+        let get = |k: &str| find(point_attrs, k).or_else(|| find(self.resource, k));
+        let operation = find(point_attrs, "http.route")
+            .or_else(|| find(point_attrs, "rpc.method"))
+            .map(AttrValue::into_text)
+            .unwrap_or_default();
+        let version = find(self.resource, &cfg.version_attribute)
+            .or_else(|| find(point_attrs, &cfg.version_attribute))
+            .map(AttrValue::into_text)
+            .unwrap_or_default();
+        let dims = cfg
+            .dimensions
+            .iter()
+            .map(|d| {
+                (
+                    Arc::from(d.as_str()),
+                    Arc::from(&*get(d).map(AttrValue::into_text).unwrap_or_default()),
+                )
+            })
+            .collect();
+        let key = SeriesKey {
+            service: self.service.into(),
+            operation: Arc::from(&*operation),
+            version: Arc::from(&*version),
+            dims,
+        };
+        let status = find(point_attrs, "http.response.status_code")
+            .or_else(|| find(point_attrs, "http.status_code"))
+            .and_then(|v| v.as_int());
+        let grpc = find(point_attrs, "rpc.grpc.status_code").and_then(|v| v.as_int());
+        let error_type = find(point_attrs, "error.type").is_some_and(|v| !v.into_text().is_empty());
+        let bad = status.is_some_and(|c| c >= 500)
+            || grpc.is_some_and(|c| cfg.bad_grpc_codes.contains(&c))
+            || error_type;
+        let idx = match self.keys.get(&key) {
+            Some(&i) => i,
+            None => {
+                out.batch.keys.push(key.clone());
+                let i = (out.batch.keys.len() - 1) as u32;
+                self.keys.insert(key, i);
+                i
+            }
+        };
+        (idx, bad)
+    }
+
+    fn stream(&self, scope: &str, metric: &str, point_attrs: &[KeyValue]) -> u64 {
+        let mut h = self.resource_hash;
+        h.write(scope.as_bytes());
+        h.write(metric.as_bytes());
+        hash_attrs(&mut h, point_attrs);
+        h.finish()
+    }
+}
+
+fn temporality(t: i32) -> Option<Temporality> {
+    match AggregationTemporality::try_from(t) {
+        Ok(AggregationTemporality::Delta) => Some(Temporality::Delta),
+        Ok(AggregationTemporality::Cumulative) => Some(Temporality::Cumulative),
+        _ => None,
+    }
+}
+
+/// Decodes an already-parsed request (the protobuf and JSON paths share this).
+pub(super) fn metrics_request(req: &ExportMetricsServiceRequest, cfg: &DecodeConfig) -> Decoded {
+    let mut out = Decoded::default();
+    for rm in &req.resource_metrics {
+        let resource: &[KeyValue] = rm.resource.as_ref().map_or(&[], |r| &r.attributes);
+        let service = match find(resource, "service.name") {
+            Some(AttrValue::Str(s)) if !s.is_empty() => s,
+            _ => "unknown_service",
+        };
+        let mut resource_hash = Fnv::new();
+        hash_attrs(&mut resource_hash, resource);
+        let mut ctx = Ctx {
+            cfg,
+            service,
+            resource,
+            resource_hash,
+            keys: HashMap::new(),
+        };
+        for sm in &rm.scope_metrics {
+            let scope = sm.scope.as_ref().map_or("", |s| s.name.as_str());
+            for m in &sm.metrics {
+                one_metric(m, scope, &mut ctx, &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn count_points(m: &Metric) -> u64 {
+    (match &m.data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    }) as u64
+}
+
+fn one_metric(m: &Metric, scope: &str, ctx: &mut Ctx<'_>, out: &mut Decoded) {
+    out.received += count_points(m);
+    let cfg = ctx.cfg;
+    if cfg.duration_metrics.iter().any(|n| *n == m.name) {
+        let Some(scale) = ms_per_unit(m) else {
+            for _ in 0..count_points(m) {
+                out.reject(|| format!("metric {:?}: unit {:?} is not a time unit", m.name, m.unit));
+            }
+            return;
+        };
+        match &m.data {
+            Some(Data::Histogram(h)) => {
+                let Some(t) = temporality(h.aggregation_temporality) else {
+                    reject_all(
+                        out,
+                        m,
+                        h.data_points.len(),
+                        "aggregation_temporality must be DELTA or CUMULATIVE",
+                    );
+                    return;
+                };
+                for p in &h.data_points {
+                    explicit_point(p, m, scope, t, scale, ctx, out);
+                }
+            }
+            Some(Data::ExponentialHistogram(h)) => {
+                let Some(t) = temporality(h.aggregation_temporality) else {
+                    reject_all(
+                        out,
+                        m,
+                        h.data_points.len(),
+                        "aggregation_temporality must be DELTA or CUMULATIVE",
+                    );
+                    return;
+                };
+                for p in &h.data_points {
+                    exponential_point(p, m, scope, t, scale, ctx, out);
+                }
+            }
+            _ => {}
+        }
+    } else if cfg.request_counters.iter().any(|n| *n == m.name) {
+        if let Some(Data::Sum(s)) = &m.data {
+            let Some(t) = temporality(s.aggregation_temporality) else {
+                reject_all(
+                    out,
+                    m,
+                    s.data_points.len(),
+                    "aggregation_temporality must be DELTA or CUMULATIVE",
+                );
+                return;
+            };
+            if !s.is_monotonic {
+                reject_all(
+                    out,
+                    m,
+                    s.data_points.len(),
+                    "a request counter must be a monotonic sum",
+                );
+                return;
+            }
+            for p in &s.data_points {
+                counter_point(p, m, scope, t, ctx, out);
+            }
+        }
+    }
+}
+
+fn reject_all(out: &mut Decoded, m: &Metric, n: usize, why: &str) {
+    for _ in 0..n {
+        out.reject(|| format!("metric {:?}: {why}", m.name));
+    }
+}
+
+fn explicit_point(
+    p: &HistogramDataPoint,
+    m: &Metric,
+    scope: &str,
+    temporality: Temporality,
+    scale: f64,
+    ctx: &mut Ctx<'_>,
+    out: &mut Decoded,
+) {
+    if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
+        return;
+    }
+    if p.time_unix_nano == 0 {
+        return out.reject(|| format!("metric {:?}: data point without time_unix_nano", m.name));
+    }
+    if p.bucket_counts.len() != p.explicit_bounds.len() + 1 {
+        return out.reject(|| {
+            format!(
+                "metric {:?}: {} bucket_counts for {} explicit_bounds (want bounds + 1)",
+                m.name,
+                p.bucket_counts.len(),
+                p.explicit_bounds.len()
+            )
+        });
+    }
+    if p.explicit_bounds.windows(2).any(|w| !(w[0] < w[1])) {
+        return out.reject(|| format!("metric {:?}: explicit_bounds must increase", m.name));
+    }
+    let (key, bad) = ctx.key_and_status(&p.attributes, out);
+    let stream = ctx.stream(scope, &m.name, &p.attributes);
+    out.batch.histograms.push(HistogramObs {
+        key,
+        stream,
+        time: p.time_unix_nano,
+        start_time: p.start_time_unix_nano,
+        temporality,
+        bounds_ms: p.explicit_bounds.iter().map(|b| b * scale).collect(),
+        counts: p.bucket_counts.clone(),
+        min_ms: p.min.map(|v| v * scale),
+        max_ms: p.max.map(|v| v * scale),
+        bad,
+    });
+}
+
+/// Converts an exponential histogram to explicit form: the zero bucket, then one bucket per
+/// positive index `i` covering `(base^i, base^(i+1)]` with `base = 2^(2^-scale)`.
+fn exponential_point(
+    p: &ExponentialHistogramDataPoint,
+    m: &Metric,
+    scope: &str,
+    temporality: Temporality,
+    scale: f64,
+    ctx: &mut Ctx<'_>,
+    out: &mut Decoded,
+) {
+    if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
+        return;
+    }
+    if p.time_unix_nano == 0 {
+        return out.reject(|| format!("metric {:?}: data point without time_unix_nano", m.name));
+    }
+    if !(-10..=20).contains(&p.scale) {
+        return out.reject(|| {
+            format!(
+                "metric {:?}: exponential scale {} is out of range",
+                m.name, p.scale
+            )
+        });
+    }
+    let base = 2f64.powf(2f64.powi(-p.scale));
+    let (offset, pos): (i32, &[u64]) = p
+        .positive
+        .as_ref()
+        .map_or((0, &[][..]), |b| (b.offset, &b.bucket_counts[..]));
+    if pos.len() > 4096 {
+        return out.reject(|| format!("metric {:?}: more than 4096 exponential buckets", m.name));
+    }
+    let mut bounds = Vec::with_capacity(pos.len() + 1);
+    let mut counts = Vec::with_capacity(pos.len() + 2);
+    // Bucket 0 holds the zero bucket and everything up to base^offset (which is empty).
+    bounds.push(base.powi(offset) * scale);
+    counts.push(p.zero_count);
+    for (i, &c) in pos.iter().enumerate() {
+        bounds.push(base.powi(offset + i as i32 + 1) * scale);
+        counts.push(c);
+    }
+    counts.push(0);
+    let (key, bad) = ctx.key_and_status(&p.attributes, out);
+    let stream = ctx.stream(scope, &m.name, &p.attributes);
+    out.batch.histograms.push(HistogramObs {
+        key,
+        stream,
+        time: p.time_unix_nano,
+        start_time: p.start_time_unix_nano,
+        temporality,
+        bounds_ms: Arc::from(bounds),
+        counts,
+        min_ms: p.min.map(|v| v * scale).or(Some(0.0)),
+        max_ms: p.max.map(|v| v * scale),
+        bad,
+    });
+}
+
+fn counter_point(
+    p: &NumberDataPoint,
+    m: &Metric,
+    scope: &str,
+    temporality: Temporality,
+    ctx: &mut Ctx<'_>,
+    out: &mut Decoded,
+) {
+    if p.flags & FLAG_NO_RECORDED_VALUE != 0 {
+        return;
+    }
+    let value = match p.value {
+        Some(number_data_point::Value::AsInt(i)) => i as f64,
+        Some(number_data_point::Value::AsDouble(d)) => d,
+        None => return out.reject(|| format!("metric {:?}: data point without a value", m.name)),
+    };
+    if p.time_unix_nano == 0 || !value.is_finite() || value < 0.0 {
+        return out.reject(|| {
+            format!(
+                "metric {:?}: counter point needs a time and a value ≥ 0",
+                m.name
+            )
+        });
+    }
+    let (key, bad) = ctx.key_and_status(&p.attributes, out);
+    let stream = ctx.stream(scope, &m.name, &p.attributes);
+    out.batch.counters.push(CounterObs {
+        key,
+        stream,
+        time: p.time_unix_nano,
+        start_time: p.start_time_unix_nano,
+        temporality,
+        value,
+        bad,
+    });
+}

@@ -1,0 +1,149 @@
+//! Decoding OTLP payloads into engine observations (DESIGN §2).
+//!
+//! Traces take the fast path: a wire walker reads only the fields the SLIs need (resource
+//! `service.*` and configured dimensions; span kind, name, times, status and a few attributes),
+//! without building `prost` structs. Metrics are decoded with `prost` (they are few points
+//! carrying many requests each). OTLP/JSON is parsed into the `opentelemetry-proto` types and
+//! then takes the same paths, so both encodings share one set of rules.
+
+mod attrs;
+mod json;
+mod logs;
+mod metrics;
+#[cfg(test)]
+mod tests;
+mod traces;
+pub mod wire;
+
+pub use json::{logs_json, metrics_json, traces_json};
+pub use logs::logs_proto;
+pub use metrics::metrics_proto;
+pub use traces::traces_proto;
+
+use serde::{Deserialize, Serialize};
+use trike_engine::Batch;
+
+/// Why a payload could not be decoded at all.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The protobuf ended in the middle of a field.
+    #[error("protobuf message is truncated")]
+    Truncated,
+    /// The bytes are not a valid message of the expected type.
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+}
+
+/// Span kinds, numbered as in OTLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SpanKind {
+    /// 1.
+    Internal,
+    /// 2.
+    Server,
+    /// 3.
+    Client,
+    /// 4.
+    Producer,
+    /// 5.
+    Consumer,
+}
+
+impl SpanKind {
+    /// The OTLP enum number.
+    pub const fn number(self) -> u64 {
+        match self {
+            SpanKind::Internal => 1,
+            SpanKind::Server => 2,
+            SpanKind::Client => 3,
+            SpanKind::Producer => 4,
+            SpanKind::Consumer => 5,
+        }
+    }
+}
+
+/// What the decoders extract, from the `series` and `decode` sections of the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodeConfig {
+    /// Extra series dimensions (attribute names), looked up on the span/point, then the resource.
+    pub dimensions: Vec<String>,
+    /// Attribute holding the version (resource first, then span/point).
+    pub version_attribute: String,
+    /// Span kinds that are entry spans.
+    pub entry_span_kinds: Vec<SpanKind>,
+    /// `rpc.grpc.status_code` values that make a request bad.
+    pub bad_grpc_codes: Vec<i64>,
+    /// Histogram metrics read as request durations.
+    pub duration_metrics: Vec<String>,
+    /// Monotonic sums read as request counts.
+    pub request_counters: Vec<String>,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        Self {
+            dimensions: Vec::new(),
+            version_attribute: "service.version".into(),
+            entry_span_kinds: vec![SpanKind::Server, SpanKind::Consumer],
+            // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS: the
+            // server-side failures (OTel semantic conventions for gRPC server spans).
+            bad_grpc_codes: vec![2, 4, 12, 13, 14, 15],
+            duration_metrics: vec![
+                "http.server.request.duration".into(),
+                "rpc.server.duration".into(),
+                "http.server.duration".into(),
+            ],
+            request_counters: vec![
+                "http.server.request.count".into(),
+                "http.server.requests".into(),
+                "http_server_requests_total".into(),
+            ],
+        }
+    }
+}
+
+/// The result of decoding one export request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decoded {
+    /// Observations for the engine.
+    pub batch: Batch,
+    /// Items (spans, data points, log records) in the request.
+    pub received: u64,
+    /// Items rejected as invalid (reported as OTLP partial success).
+    pub rejected: u64,
+    /// Why the first rejected item was rejected.
+    pub first_rejection: Option<String>,
+}
+
+impl Decoded {
+    fn reject(&mut self, why: impl FnOnce() -> String) {
+        self.rejected += 1;
+        if self.first_rejection.is_none() {
+            self.first_rejection = Some(why());
+        }
+    }
+}
+
+/// FNV-1a, 64 bit: a stable hash for metric stream identities (stable across restarts, so a
+/// restored snapshot's cumulative baselines still match).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fnv(u64);
+
+impl Fnv {
+    pub(crate) const fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        // Separator, so ("ab","c") and ("a","bc") differ.
+        self.0 ^= 0xff;
+        self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+    }
+    pub(crate) const fn finish(self) -> u64 {
+        self.0
+    }
+}

@@ -1,0 +1,372 @@
+//! Decoding tables: spans and metrics in protobuf and JSON, and malformed payloads.
+
+use super::*;
+use prost::Message;
+use trike_engine::Temporality;
+use trike_proto::collector::metrics::v1::ExportMetricsServiceRequest;
+use trike_proto::collector::trace::v1::ExportTraceServiceRequest;
+use trike_proto::common::v1::{AnyValue, KeyValue, any_value::Value as Av};
+use trike_proto::metrics::v1::{
+    self as pm, AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint,
+    Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
+use trike_proto::resource::v1::Resource;
+use trike_proto::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, span::SpanKind as Kind, status::StatusCode,
+};
+
+pub(crate) fn kv(k: &str, v: Av) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn s(x: &str) -> Av {
+    Av::StringValue(x.into())
+}
+
+pub(crate) fn span(
+    name: &str,
+    kind: Kind,
+    start: u64,
+    dur_ms: u64,
+    attrs: Vec<KeyValue>,
+    error: bool,
+) -> Span {
+    Span {
+        trace_id: vec![1; 16],
+        span_id: vec![2; 8],
+        name: name.into(),
+        kind: kind as i32,
+        start_time_unix_nano: start,
+        end_time_unix_nano: start + dur_ms * 1_000_000,
+        attributes: attrs,
+        status: Some(Status {
+            code: if error {
+                StatusCode::Error as i32
+            } else {
+                StatusCode::Ok as i32
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn request(resource: Vec<KeyValue>, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: resource,
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+const T: u64 = 1_800_000_000_000_000_000;
+
+fn sample_request() -> ExportTraceServiceRequest {
+    let resource = vec![
+        kv("service.name", s("checkout")),
+        kv("service.version", s("1.5.0")),
+        kv("deployment.environment", s("prod")),
+    ];
+    let mut bad_ids = span("bad ids", Kind::Server, T, 5, vec![], false);
+    bad_ids.trace_id = vec![0; 16];
+    let mut backwards = span("backwards", Kind::Server, T, 5, vec![], false);
+    backwards.end_time_unix_nano = T - 1;
+    request(
+        resource,
+        vec![
+            span(
+                "GET /pay/{id}",
+                Kind::Server,
+                T,
+                120,
+                vec![
+                    kv("http.route", s("/pay/{id}")),
+                    kv("http.response.status_code", Av::IntValue(200)),
+                ],
+                false,
+            ),
+            span(
+                "GET /pay/{id}",
+                Kind::Server,
+                T,
+                80,
+                vec![
+                    kv("http.route", s("/pay/{id}")),
+                    kv("http.response.status_code", Av::IntValue(503)),
+                ],
+                false,
+            ),
+            span(
+                "Pay",
+                Kind::Server,
+                T,
+                7,
+                vec![
+                    kv("rpc.method", s("Pay")),
+                    kv("rpc.grpc.status_code", Av::IntValue(14)),
+                ],
+                false,
+            ),
+            span(
+                "consume",
+                Kind::Consumer,
+                T,
+                3,
+                vec![kv("deployment.environment", s("canary"))],
+                true,
+            ),
+            span("db query", Kind::Client, T, 2, vec![], true),
+            span("internal", Kind::Internal, T, 2, vec![], false),
+            bad_ids,
+            backwards,
+        ],
+    )
+}
+
+fn cfg() -> DecodeConfig {
+    DecodeConfig {
+        dimensions: vec!["deployment.environment".into()],
+        ..Default::default()
+    }
+}
+
+/// Table: which spans become observations, with which key, latency and outcome.
+/// Guarantees: entry spans only; operation from `http.route`, then `rpc.method`, then the
+/// name; bad from ERROR status, HTTP ≥ 500 or a bad gRPC code; dimensions from the span
+/// first, then the resource; invalid spans rejected with a reason and the rest kept.
+#[test]
+fn spans_to_observations() {
+    let d = traces_proto(&sample_request().encode_to_vec(), &cfg()).unwrap();
+    assert_eq!(d.received, 8);
+    assert_eq!(d.rejected, 2);
+    assert!(
+        d.first_rejection.as_deref().unwrap().contains("trace_id"),
+        "{:?}",
+        d.first_rejection
+    );
+    let got: Vec<(String, f64, bool)> = d
+        .batch
+        .requests
+        .iter()
+        .map(|r| {
+            (
+                d.batch.keys[r.key as usize].to_string(),
+                r.latency_ms,
+                r.bad,
+            )
+        })
+        .collect();
+    let want = vec![
+        (
+            "checkout//pay/{id}@1.5.0,deployment.environment=prod".to_string(),
+            120.0,
+            false,
+        ),
+        (
+            "checkout//pay/{id}@1.5.0,deployment.environment=prod".to_string(),
+            80.0,
+            true,
+        ),
+        (
+            "checkout/Pay@1.5.0,deployment.environment=prod".to_string(),
+            7.0,
+            true,
+        ),
+        (
+            "checkout/consume@1.5.0,deployment.environment=canary".to_string(),
+            3.0,
+            true,
+        ),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(d.batch.keys.len(), 3, "keys are shared within a request");
+    assert_eq!(
+        d.batch.requests[0].time,
+        T + 120_000_000,
+        "event time is the span end"
+    );
+}
+
+/// Guarantees: OTLP/JSON (as the spec writes it: hex ids, camelCase, string int64s, integer
+/// enums) decodes to exactly what the protobuf does.
+#[test]
+fn json_matches_protobuf() {
+    let req = sample_request();
+    let json = serde_json::to_vec(&req).unwrap();
+    assert!(
+        String::from_utf8_lossy(&json).contains("\"traceId\":\"01010101"),
+        "hex ids in JSON"
+    );
+    let a = traces_proto(&req.encode_to_vec(), &cfg()).unwrap();
+    let b = traces_json(&json, &cfg()).unwrap();
+    assert_eq!(a, b);
+    // Hand-written, as in the OTLP specification's examples.
+    let text = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"cart"}}]},
+      "scopeSpans":[{"scope":{"name":"x"},"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+      "name":"GET /cart","kind":2,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000",
+      "attributes":[{"key":"http.response.status_code","value":{"intValue":"500"}}],"status":{}}]}]}]}"#;
+    let d = traces_json(text.as_bytes(), &DecodeConfig::default()).unwrap();
+    assert_eq!(d.batch.requests.len(), 1);
+    assert_eq!(d.batch.requests[0].latency_ms, 1000.0);
+    assert!(d.batch.requests[0].bad);
+    assert_eq!(&*d.batch.keys[0].service, "cart");
+}
+
+/// Guarantees: malformed payloads are errors naming the problem, never panics.
+#[test]
+fn malformed_payloads() {
+    let bytes = sample_request().encode_to_vec();
+    for cut in [1, 5, bytes.len() / 2, bytes.len() - 1] {
+        let err = traces_proto(&bytes[..cut], &cfg()).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Truncated | DecodeError::Malformed(_)),
+            "cut {cut}: {err}"
+        );
+    }
+    assert!(traces_json(b"{\"resourceSpans\": [", &cfg()).is_err());
+    assert!(traces_json(b"{\"resourceSpans\": 7}", &cfg()).is_err());
+    assert!(metrics_proto(&[0x0a, 0x05, 0x01], &cfg()).is_err());
+    assert!(logs_proto(&[0x0a, 0x05, 0x01]).is_err());
+}
+
+fn metric_request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", s("api")), kv("service.version", s("2"))],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn hist_point(attrs: Vec<KeyValue>, bounds: Vec<f64>, counts: Vec<u64>) -> HistogramDataPoint {
+    HistogramDataPoint {
+        attributes: attrs,
+        start_time_unix_nano: T - 10,
+        time_unix_nano: T,
+        count: counts.iter().sum(),
+        bucket_counts: counts,
+        explicit_bounds: bounds,
+        ..Default::default()
+    }
+}
+
+/// Table: duration histograms (seconds → ms, explicit and exponential), request counters,
+/// status attributes, and invalid points.
+#[test]
+fn metrics_to_observations() {
+    let route = kv("http.route", s("/users"));
+    let req = metric_request(vec![
+        Metric {
+            name: "http.server.request.duration".into(),
+            unit: "s".into(),
+            data: Some(pm::metric::Data::Histogram(Histogram {
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                data_points: vec![
+                    hist_point(
+                        vec![
+                            route.clone(),
+                            kv("http.response.status_code", Av::IntValue(200)),
+                        ],
+                        vec![0.1, 0.5],
+                        vec![5, 3, 1],
+                    ),
+                    hist_point(
+                        vec![
+                            route.clone(),
+                            kv("http.response.status_code", Av::IntValue(500)),
+                        ],
+                        vec![0.1, 0.5],
+                        vec![1, 0, 0],
+                    ),
+                    hist_point(vec![route.clone()], vec![0.1, 0.5], vec![1, 0]), // wrong count
+                ],
+            })),
+            ..Default::default()
+        },
+        Metric {
+            name: "rpc.server.duration".into(),
+            unit: "ms".into(),
+            data: Some(pm::metric::Data::ExponentialHistogram(
+                ExponentialHistogram {
+                    aggregation_temporality: AggregationTemporality::Delta as i32,
+                    data_points: vec![ExponentialHistogramDataPoint {
+                        attributes: vec![kv("rpc.method", s("Get"))],
+                        time_unix_nano: T,
+                        scale: 0,
+                        zero_count: 1,
+                        positive: Some(pm::exponential_histogram_data_point::Buckets {
+                            offset: 3,
+                            bucket_counts: vec![2, 4],
+                        }),
+                        ..Default::default()
+                    }],
+                },
+            )),
+            ..Default::default()
+        },
+        Metric {
+            name: "http.server.request.count".into(),
+            data: Some(pm::metric::Data::Sum(Sum {
+                aggregation_temporality: AggregationTemporality::Delta as i32,
+                is_monotonic: true,
+                data_points: vec![NumberDataPoint {
+                    attributes: vec![route.clone(), kv("error.type", s("timeout"))],
+                    time_unix_nano: T,
+                    value: Some(pm::number_data_point::Value::AsInt(12)),
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        },
+        Metric {
+            name: "process.cpu.time".into(),
+            ..Default::default()
+        },
+    ]);
+    let d = metrics_proto(&req.encode_to_vec(), &cfg()).unwrap();
+    assert_eq!((d.received, d.rejected), (5, 1));
+    assert!(d.first_rejection.unwrap().contains("bucket_counts"));
+    let h = &d.batch.histograms;
+    assert_eq!(h.len(), 3);
+    assert_eq!(&*h[0].bounds_ms, &[100.0, 500.0]);
+    assert_eq!(h[0].temporality, Temporality::Cumulative);
+    assert!(!h[0].bad && h[1].bad);
+    assert_ne!(
+        h[0].stream, h[1].stream,
+        "different attributes, different streams"
+    );
+    assert_eq!(
+        d.batch.keys[h[0].key as usize].to_string(),
+        "api//users@2,deployment.environment="
+    );
+    // Exponential, scale 0: buckets (8, 16] and (16, 32] after the zero bucket.
+    assert_eq!(&*h[2].bounds_ms, &[8.0, 16.0, 32.0]);
+    assert_eq!(h[2].counts, vec![1, 2, 4, 0]);
+    let c = &d.batch.counters;
+    assert_eq!(c.len(), 1);
+    assert_eq!((c[0].value, c[0].bad), (12.0, true));
+    // The same request in JSON decodes identically.
+    let j = metrics_json(&serde_json::to_vec(&req).unwrap(), &cfg()).unwrap();
+    assert_eq!(j, metrics_proto(&req.encode_to_vec(), &cfg()).unwrap());
+    // Stream identities are stable across decodes (cumulative state depends on it).
+    assert_eq!(j.batch.histograms[0].stream, h[0].stream);
+}
