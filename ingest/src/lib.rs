@@ -4,3 +4,11 @@
 //! state themselves, so overload is answered at the door (429 / `RESOURCE_EXHAUSTED`).
 
 pub mod decode;
+pub mod grpc;
+pub mod http;
+pub mod kinds;
+pub mod metrics;
+pub mod pipeline;
+
+pub use metrics::{IngestMetrics, RequestOutcome, SignalKind, Transport};
+pub use pipeline::{BatchSink, Encoding, Limits, Overloaded, Pipeline};

@@ -1,0 +1,184 @@
+//! OTLP/gRPC receiver: `TraceService`, `MetricsService` and `LogsService` `Export`.
+//!
+//! The request message is not decoded by `prost`: a codec hands the raw bytes to the same
+//! fast decoder the HTTP receiver uses. gzip request compression is accepted; the decoded
+//! (decompressed) message size is bounded.
+
+use crate::kinds::{ExportKind, Logs, Metrics, Traces};
+use crate::metrics::Transport;
+use crate::pipeline::{Encoding, ExportError, Limits, Pipeline};
+use bytes::{Buf, Bytes};
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::body::Body;
+use tonic::codec::{
+    Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
+};
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::{Request, Response, Status};
+
+/// Encodes typed responses, decodes requests to raw bytes.
+#[derive(Debug)]
+struct RawCodec<R>(PhantomData<R>);
+
+#[derive(Debug)]
+struct RawDecoder;
+
+#[derive(Debug)]
+struct MessageEncoder<R>(PhantomData<R>);
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl<R: prost::Message> Encoder for MessageEncoder<R> {
+    type Item = R;
+    type Error = Status;
+    fn encode(&mut self, item: R, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding the response: {e}")))
+    }
+}
+
+impl<R: prost::Message + Send + 'static> Codec for RawCodec<R> {
+    type Encode = R;
+    type Decode = Bytes;
+    type Encoder = MessageEncoder<R>;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> Self::Encoder {
+        MessageEncoder(PhantomData)
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+/// One OTLP export service over gRPC.
+pub struct ExportService<K> {
+    pipeline: Arc<Pipeline>,
+    limits: Limits,
+    kind: PhantomData<K>,
+}
+
+impl<K> std::fmt::Debug for ExportService<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportService").finish_non_exhaustive()
+    }
+}
+
+impl<K> Clone for ExportService<K> {
+    fn clone(&self) -> Self {
+        Self {
+            pipeline: self.pipeline.clone(),
+            limits: self.limits,
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K: ExportKind> ExportService<K> {
+    fn new(pipeline: Arc<Pipeline>, limits: Limits) -> Self {
+        Self {
+            pipeline,
+            limits,
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K: ExportKind> NamedService for ExportService<K> {
+    const NAME: &'static str = K::SERVICE;
+}
+
+struct Unary<K>(Arc<Pipeline>, PhantomData<K>);
+
+impl<K: ExportKind> UnaryService<Bytes> for Unary<K> {
+    type Response = K::Response;
+    type Future = std::future::Ready<Result<Response<K::Response>, Status>>;
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let body = request.into_inner();
+        let result = match self
+            .0
+            .export(Transport::Grpc, K::SIGNAL, Encoding::Protobuf, &body)
+        {
+            Ok(accepted) => Ok(Response::new(K::response(&accepted))),
+            Err(e @ ExportError::Malformed(_)) => Err(Status::invalid_argument(e.to_string())),
+            Err(e @ ExportError::Overloaded) => Err(Status::resource_exhausted(e.to_string())),
+        };
+        std::future::ready(result)
+    }
+}
+
+impl<K: ExportKind> tower_service::Service<http::Request<Body>> for ExportService<K> {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let pipeline = self.pipeline.clone();
+        let limits = self.limits;
+        if req.uri().path() != K::PATH {
+            return Box::pin(
+                async move { Ok(Status::unimplemented("unknown method").into_http()) },
+            );
+        }
+        Box::pin(async move {
+            let mut accept = EnabledCompressionEncodings::default();
+            accept.enable(CompressionEncoding::Gzip);
+            let mut grpc = Grpc::new(RawCodec::<K::Response>(PhantomData))
+                .apply_compression_config(accept, EnabledCompressionEncodings::default())
+                .apply_max_message_size_config(Some(limits.max_decompressed_bytes), None);
+            Ok(grpc.unary(Unary::<K>(pipeline, PhantomData), req).await)
+        })
+    }
+}
+
+/// The three export services, ready for `tonic::transport::Server::add_service`.
+pub fn services(
+    pipeline: Arc<Pipeline>,
+    limits: Limits,
+) -> (
+    ExportService<Traces>,
+    ExportService<Metrics>,
+    ExportService<Logs>,
+) {
+    (
+        ExportService::new(pipeline.clone(), limits),
+        ExportService::new(pipeline.clone(), limits),
+        ExportService::new(pipeline, limits),
+    )
+}
+
+/// Serves OTLP/gRPC on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    pipeline: Arc<Pipeline>,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (t, m, l) = services(pipeline, limits);
+    tonic::transport::Server::builder()
+        .add_service(t)
+        .add_service(m)
+        .add_service(l)
+        .serve_with_incoming_shutdown(tokio_stream_listener(listener), shutdown)
+        .await
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}

@@ -1,0 +1,166 @@
+//! OTLP/HTTP receiver: `POST /v1/traces`, `/v1/metrics`, `/v1/logs` with protobuf or JSON
+//! bodies, optionally gzip-compressed; status codes per the OTLP specification.
+
+use crate::kinds::{ExportKind, Logs, Metrics, RpcStatus, Traces};
+use crate::metrics::{RequestOutcome, Transport};
+use crate::pipeline::{Encoding, ExportError, Limits, Pipeline};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use prost::Message;
+use std::io::Read;
+use std::sync::Arc;
+
+/// gRPC code numbers used in error bodies.
+const INVALID_ARGUMENT: i32 = 3;
+const RESOURCE_EXHAUSTED: i32 = 8;
+
+#[derive(Clone)]
+struct HttpState {
+    pipeline: Arc<Pipeline>,
+    limits: Limits,
+}
+
+/// The OTLP/HTTP routes.
+pub fn router(pipeline: Arc<Pipeline>, limits: Limits) -> Router {
+    Router::new()
+        .route("/v1/traces", post(export::<Traces>))
+        .route("/v1/metrics", post(export::<Metrics>))
+        .route("/v1/logs", post(export::<Logs>))
+        // Our own limits apply (with our own error bodies), not axum's 2 MB default.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(HttpState { pipeline, limits })
+}
+
+fn encoding_of(headers: &HeaderMap) -> Option<Encoding> {
+    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let mime = ct.split(';').next()?.trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Some(Encoding::Protobuf),
+        "application/json" => Some(Encoding::Json),
+        _ => None,
+    }
+}
+
+fn encode<M: Message + serde::Serialize>(enc: Encoding, status: StatusCode, msg: &M) -> Response {
+    let (ct, body) = match enc {
+        Encoding::Protobuf => ("application/x-protobuf", msg.encode_to_vec()),
+        Encoding::Json => (
+            "application/json",
+            serde_json::to_vec(msg).unwrap_or_default(),
+        ),
+    };
+    (status, [(header::CONTENT_TYPE, ct)], body).into_response()
+}
+
+fn error(enc: Encoding, status: StatusCode, code: i32, message: String) -> Response {
+    encode(enc, status, &RpcStatus { code, message })
+}
+
+enum BodyError {
+    TooLarge(String),
+    Bad(String),
+    Unsupported(String),
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limits: Limits) -> Result<Vec<u8>, BodyError> {
+    let too_large = |what: &str, n: usize| {
+        BodyError::TooLarge(format!("{what} exceeds the limit of {n} bytes"))
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > limits.max_request_bytes
+    {
+        return Err(too_large("request body", limits.max_request_bytes));
+    }
+    let raw = axum::body::to_bytes(body, limits.max_request_bytes)
+        .await
+        .map_err(|_| too_large("request body", limits.max_request_bytes))?;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match encoding.as_str() {
+        "" | "identity" => Ok(raw.to_vec()),
+        "gzip" | "x-gzip" => {
+            let max = limits.max_decompressed_bytes;
+            let mut out = Vec::with_capacity((raw.len() * 4).min(max));
+            flate2::read::MultiGzDecoder::new(&raw[..])
+                .take(max as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| {
+                    BodyError::Bad(format!(
+                        "Content-Encoding gzip: body is not valid gzip: {e}"
+                    ))
+                })?;
+            if out.len() > max {
+                return Err(too_large("decompressed body", max));
+            }
+            Ok(out)
+        }
+        other => Err(BodyError::Unsupported(format!(
+            "Content-Encoding {other:?} is not supported: use gzip or none"
+        ))),
+    }
+}
+
+async fn export<K: ExportKind>(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let metrics = s.pipeline.metrics().clone();
+    let Some(enc) = encoding_of(&headers) else {
+        metrics.request(Transport::Http, K::SIGNAL, RequestOutcome::Unsupported);
+        let got = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("Content-Type {got:?} is not supported: use application/x-protobuf or application/json\n"),
+        )
+            .into_response();
+    };
+    let bytes = match read_body(&headers, body, s.limits).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge(m)) => {
+            metrics.request(Transport::Http, K::SIGNAL, RequestOutcome::TooLarge);
+            return error(enc, StatusCode::PAYLOAD_TOO_LARGE, INVALID_ARGUMENT, m);
+        }
+        Err(BodyError::Bad(m)) => {
+            metrics.request(Transport::Http, K::SIGNAL, RequestOutcome::Malformed);
+            return error(enc, StatusCode::BAD_REQUEST, INVALID_ARGUMENT, m);
+        }
+        Err(BodyError::Unsupported(m)) => {
+            metrics.request(Transport::Http, K::SIGNAL, RequestOutcome::Unsupported);
+            return error(enc, StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_ARGUMENT, m);
+        }
+    };
+    match s.pipeline.export(Transport::Http, K::SIGNAL, enc, &bytes) {
+        Ok(accepted) => encode(enc, StatusCode::OK, &K::response(&accepted)),
+        Err(e @ ExportError::Malformed(_)) => error(
+            enc,
+            StatusCode::BAD_REQUEST,
+            INVALID_ARGUMENT,
+            e.to_string(),
+        ),
+        Err(e @ ExportError::Overloaded) => {
+            let mut r = error(
+                enc,
+                StatusCode::TOO_MANY_REQUESTS,
+                RESOURCE_EXHAUSTED,
+                e.to_string(),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+    }
+}

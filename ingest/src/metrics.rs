@@ -1,0 +1,170 @@
+//! Counters about ingestion, with a fixed label set (transport × signal × outcome), counted
+//! once per request, rendered as Prometheus text by [`IngestMetrics::render`].
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Which OTLP signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalKind {
+    /// Spans.
+    Traces = 0,
+    /// Metric data points.
+    Metrics = 1,
+    /// Log records.
+    Logs = 2,
+}
+
+impl SignalKind {
+    const ALL: [SignalKind; 3] = [SignalKind::Traces, SignalKind::Metrics, SignalKind::Logs];
+    /// Label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SignalKind::Traces => "traces",
+            SignalKind::Metrics => "metrics",
+            SignalKind::Logs => "logs",
+        }
+    }
+}
+
+/// Which receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// OTLP/gRPC.
+    Grpc = 0,
+    /// OTLP/HTTP.
+    Http = 1,
+}
+
+impl Transport {
+    const ALL: [Transport; 2] = [Transport::Grpc, Transport::Http];
+    const fn name(self) -> &'static str {
+        match self {
+            Transport::Grpc => "grpc",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Everything accepted.
+    Ok = 0,
+    /// Accepted with some items rejected (OTLP partial success).
+    Partial = 1,
+    /// Undecodable: 400 / INVALID_ARGUMENT.
+    Malformed = 2,
+    /// Queue full: 429 / RESOURCE_EXHAUSTED.
+    Overloaded = 3,
+    /// Body or decompressed body over the limit.
+    TooLarge = 4,
+    /// Unsupported content type or encoding.
+    Unsupported = 5,
+}
+
+impl RequestOutcome {
+    const ALL: [RequestOutcome; 6] = [
+        RequestOutcome::Ok,
+        RequestOutcome::Partial,
+        RequestOutcome::Malformed,
+        RequestOutcome::Overloaded,
+        RequestOutcome::TooLarge,
+        RequestOutcome::Unsupported,
+    ];
+    const fn name(self) -> &'static str {
+        match self {
+            RequestOutcome::Ok => "ok",
+            RequestOutcome::Partial => "partial",
+            RequestOutcome::Malformed => "malformed",
+            RequestOutcome::Overloaded => "overloaded",
+            RequestOutcome::TooLarge => "too_large",
+            RequestOutcome::Unsupported => "unsupported",
+        }
+    }
+}
+
+/// Ingestion counters.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    requests: [[[AtomicU64; 6]; 3]; 2],
+    received: [AtomicU64; 3],
+    rejected: [AtomicU64; 3],
+    observations: AtomicU64,
+}
+
+impl IngestMetrics {
+    /// Counts one request.
+    pub fn request(&self, t: Transport, s: SignalKind, o: RequestOutcome) {
+        self.requests[t as usize][s as usize][o as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts items received and rejected in one accepted request.
+    pub fn items(&self, s: SignalKind, received: u64, rejected: u64, observations: u64) {
+        self.received[s as usize].fetch_add(received, Relaxed);
+        self.rejected[s as usize].fetch_add(rejected, Relaxed);
+        self.observations.fetch_add(observations, Relaxed);
+    }
+
+    /// Requests so far with this label set.
+    pub fn requests(&self, t: Transport, s: SignalKind, o: RequestOutcome) -> u64 {
+        self.requests[t as usize][s as usize][o as usize].load(Relaxed)
+    }
+
+    /// Items received so far of one signal.
+    pub fn received(&self, s: SignalKind) -> u64 {
+        self.received[s as usize].load(Relaxed)
+    }
+
+    /// Items rejected so far of one signal.
+    pub fn rejected(&self, s: SignalKind) -> u64 {
+        self.rejected[s as usize].load(Relaxed)
+    }
+
+    /// Appends the Prometheus text exposition of these counters.
+    pub fn render(&self, out: &mut String) {
+        out.push_str("# HELP trike_receiver_requests_total OTLP export requests by transport, signal and outcome.\n");
+        out.push_str("# TYPE trike_receiver_requests_total counter\n");
+        for t in Transport::ALL {
+            for s in SignalKind::ALL {
+                for o in RequestOutcome::ALL {
+                    let v = self.requests(t, s, o);
+                    let _ = writeln!(
+                        out,
+                        "trike_receiver_requests_total{{transport=\"{}\",signal=\"{}\",outcome=\"{}\"}} {v}",
+                        t.name(),
+                        s.name(),
+                        o.name()
+                    );
+                }
+            }
+        }
+        for (name, help, arr) in [
+            (
+                "trike_receiver_items_received_total",
+                "Spans, metric data points and log records received in accepted requests.",
+                &self.received,
+            ),
+            (
+                "trike_receiver_items_rejected_total",
+                "Items rejected as invalid (reported to the client as partial success).",
+                &self.rejected,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for s in SignalKind::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{signal=\"{}\"}} {}",
+                    s.name(),
+                    arr[s as usize].load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP trike_receiver_observations_total Observations handed to the engine.\n# TYPE trike_receiver_observations_total counter\ntrike_receiver_observations_total {}",
+            self.observations.load(Relaxed)
+        );
+    }
+}
