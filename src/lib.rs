@@ -1,1 +1,10 @@
-//! placeholder
+//! The `trike` binary's library: CLI, config, wiring of receivers → engine → admin API.
+//! Exposed as a library so end-to-end tests run the real processor in-process.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod synth;
+pub mod worker;

@@ -9,7 +9,7 @@ use crate::config::{EngineConfig, SignalSource};
 use crate::delta::{Delta, DeltaTracker};
 use crate::observation::{Batch, HistogramObs, SeriesKey, Temporality};
 use crate::sketch::TDigest;
-use crate::sli::{LatencyGood, Quantiles, REPORTED_QUANTILES, SliQuery, SliRow};
+use crate::sli::{LatencyGood, Quantiles, REPORTED_QUANTILES, ServiceSli, SliQuery, SliRow};
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos, secs};
 use crate::window::{MAX_COUNTER_WINDOW_S, MAX_THRESHOLDS, SeriesState};
 use crate::{Error, Result};
@@ -532,6 +532,59 @@ impl Engine {
         }
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(rows)
+    }
+
+    /// SLIs per service (all its series merged) over a window ending now, sorted by service.
+    pub fn service_slis(&self, window: Span) -> Result<Vec<ServiceSli>> {
+        if window.secs() > MAX_COUNTER_WINDOW_S {
+            return Err(Error::Invalid(format!(
+                "window {window}: the longest window kept is 30d"
+            )));
+        }
+        let now_s = secs(self.now);
+        let mut by: std::collections::BTreeMap<&str, (u64, u64, u64, Option<TDigest>)> =
+            Default::default();
+        for e in &self.entries {
+            let sums = e.state.sums(now_s, window.secs());
+            if sums.requests == 0 {
+                continue;
+            }
+            let acc = by.entry(&e.key.service).or_insert((
+                0,
+                0,
+                sums.start_s,
+                Some(TDigest::new(self.cfg.digest_compression)),
+            ));
+            acc.0 += sums.requests;
+            acc.1 += sums.errors;
+            acc.2 = acc.2.min(sums.start_s);
+            match (
+                e.state
+                    .digest(now_s, window.secs(), self.cfg.digest_compression),
+                acc.3.as_mut(),
+            ) {
+                (Some(d), Some(total)) => total.merge(&d),
+                _ => acc.3 = None,
+            }
+        }
+        Ok(by
+            .into_iter()
+            .map(|(service, (requests, errors, start_s, digest))| {
+                let covered_ns = self
+                    .now
+                    .saturating_sub(start_s * NANOS_PER_SEC)
+                    .max(NANOS_PER_SEC);
+                ServiceSli {
+                    service: service.to_string(),
+                    window,
+                    requests,
+                    errors,
+                    error_ratio: errors as f64 / requests as f64,
+                    rate_per_s: requests as f64 * NANOS_PER_SEC as f64 / covered_ns as f64,
+                    latency_ms: digest.filter(|d| !d.is_empty()).as_ref().map(quantiles_of),
+                }
+            })
+            .collect())
     }
 
     /// The merged latency digest of one series over a window (None when unknown or too long).

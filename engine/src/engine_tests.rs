@@ -427,3 +427,33 @@ fn memory_per_series_is_bounded() {
     let bytes = e.window_heap_bytes();
     assert!(bytes < 256 * 1024, "{bytes} bytes for one series");
 }
+
+/// Guarantees: service SLIs add up the service's series and merge their latency digests.
+#[test]
+fn service_level_aggregation() {
+    let mut e = engine();
+    e.ingest(
+        &batch(
+            SeriesKey::new("svc", "/a", "1"),
+            &[(T0, 10.0, false), (T0, 20.0, true)],
+        ),
+        T0,
+    );
+    e.ingest(
+        &batch(SeriesKey::new("svc", "/b", "2"), &[(T0, 1000.0, false)]),
+        T0,
+    );
+    e.ingest(
+        &batch(SeriesKey::new("zed", "/z", "1"), &[(T0, 5.0, false)]),
+        T0,
+    );
+    let rows = e.service_slis("1m".parse().unwrap()).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.service.as_str()).collect::<Vec<_>>(),
+        vec!["svc", "zed"]
+    );
+    let svc = &rows[0];
+    assert_eq!((svc.requests, svc.errors), (3, 1));
+    let q = svc.latency_ms.unwrap();
+    assert_eq!((q.p50, q.p999), (20.0, 1000.0));
+}

@@ -18,7 +18,7 @@ pub use engine::{Engine, IngestReport, Snapshot, Stats};
 pub use observation::{
     Batch, CounterObs, HistogramObs, RequestObs, SeriesKey, Signal, Temporality,
 };
-pub use sli::{Quantiles, SliQuery, SliRow};
+pub use sli::{Quantiles, ServiceSli, SliQuery, SliRow};
 pub use time::{Span, UnixNanos};
 
 /// Errors of the engine.

@@ -63,3 +63,22 @@ pub struct SliQuery {
     /// Window length.
     pub window: Span,
 }
+
+/// SLIs of a whole service (all its series merged) over one window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSli {
+    /// Service name.
+    pub service: String,
+    /// Window length.
+    pub window: Span,
+    /// Requests.
+    pub requests: u64,
+    /// Bad requests.
+    pub errors: u64,
+    /// `errors / requests`.
+    pub error_ratio: f64,
+    /// Requests per second.
+    pub rate_per_s: f64,
+    /// Latency quantiles of all its series' requests together.
+    pub latency_ms: Option<Quantiles>,
+}

@@ -1,0 +1,184 @@
+//! `/metrics`: Trike's own counters and per-service SLI gauges in Prometheus text format.
+//! Labels are fixed and small: never a series key; services are capped.
+
+use super::AdminState;
+use crate::worker::DELAY_BUCKETS_S;
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+use trike_engine::Span;
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+/// Renders the whole exposition.
+pub fn render(s: &AdminState) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    s.ingest.render(&mut out);
+    let engine = s.worker.engine().lock();
+    let st = engine.stats();
+    for (name, help, v) in [
+        (
+            "trike_engine_requests_applied_total",
+            "Span observations applied to SLI state.",
+            st.requests_applied,
+        ),
+        (
+            "trike_engine_metric_points_applied_total",
+            "Histogram and counter points applied.",
+            st.metric_points_applied,
+        ),
+        (
+            "trike_engine_late_dropped_total",
+            "Observations older than the allowed lateness, dropped.",
+            st.late_dropped,
+        ),
+        (
+            "trike_engine_overflowed_total",
+            "Observations folded into a service's overflow series.",
+            st.overflowed,
+        ),
+        (
+            "trike_engine_clock_skew_clamped_total",
+            "Observations from more than 1 s in the future, clamped to now.",
+            st.clock_skew_clamped,
+        ),
+        (
+            "trike_engine_signal_deduplicated_total",
+            "Observations dropped because the service's other signal is its source.",
+            st.signal_deduplicated,
+        ),
+        (
+            "trike_engine_metric_resets_total",
+            "Cumulative metric resets detected.",
+            st.metric_resets,
+        ),
+        (
+            "trike_engine_metric_baselines_total",
+            "First cumulative points kept as baselines only.",
+            st.metric_baselines,
+        ),
+        (
+            "trike_engine_metric_out_of_order_total",
+            "Cumulative points not newer than their predecessor, dropped.",
+            st.metric_out_of_order,
+        ),
+        (
+            "trike_engine_metric_streams_full_total",
+            "Cumulative points dropped because the stream table was full.",
+            st.metric_streams_full,
+        ),
+        (
+            "trike_engine_series_evicted_total",
+            "Series removed after all their data expired.",
+            st.series_evicted,
+        ),
+    ] {
+        counter(&mut out, name, help, v);
+    }
+    gauge(
+        &mut out,
+        "trike_engine_series",
+        "Series held (overflow series included).",
+        engine.series_count() as f64,
+    );
+    gauge(
+        &mut out,
+        "trike_engine_active_series",
+        "Series with data in the last 5 minutes.",
+        engine.active_series(Span::minutes(5)) as f64,
+    );
+    gauge(
+        &mut out,
+        "trike_engine_window_bytes",
+        "Heap bytes of all series' windows and digests.",
+        engine.window_heap_bytes() as f64,
+    );
+    let ws = s.worker.stats();
+    gauge(
+        &mut out,
+        "trike_engine_queue_observations",
+        "Observations waiting for the engine.",
+        ws.queued.load(Relaxed) as f64,
+    );
+    gauge(
+        &mut out,
+        "trike_engine_queue_capacity_observations",
+        "Queue bound; beyond it receivers answer 429 / RESOURCE_EXHAUSTED.",
+        s.worker.sink().capacity() as f64,
+    );
+    let name = "trike_engine_queue_delay_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time from a request's acceptance to its observations being applied.\n# TYPE {name} histogram"
+    );
+    let mut cum = 0;
+    for (i, b) in DELAY_BUCKETS_S.iter().enumerate() {
+        cum += ws.delay_counts[i].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+    }
+    cum += ws.delay_counts[DELAY_BUCKETS_S.len()].load(Relaxed);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+    let _ = writeln!(
+        out,
+        "{name}_sum {}",
+        ws.delay_sum_ns.load(Relaxed) as f64 / 1e9
+    );
+    let _ = writeln!(out, "{name}_count {cum}");
+
+    let _ = writeln!(
+        out,
+        "# HELP trike_sli_requests Requests in the window, per service.\n# TYPE trike_sli_requests gauge"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trike_sli_error_ratio Bad / all requests in the window, per service.\n# TYPE trike_sli_error_ratio gauge"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trike_sli_rate_per_second Requests per second over the window, per service.\n# TYPE trike_sli_rate_per_second gauge"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trike_sli_latency_milliseconds Latency quantiles over the window, per service.\n# TYPE trike_sli_latency_milliseconds gauge"
+    );
+    for w in &s.metrics_windows {
+        let Ok(rows) = engine.service_slis(*w) else {
+            continue;
+        };
+        for r in rows.iter().take(s.metrics_max_services) {
+            let l = format!("service=\"{}\",window=\"{w}\"", escape(&r.service));
+            let _ = writeln!(out, "trike_sli_requests{{{l}}} {}", r.requests);
+            let _ = writeln!(out, "trike_sli_error_ratio{{{l}}} {}", r.error_ratio);
+            let _ = writeln!(out, "trike_sli_rate_per_second{{{l}}} {}", r.rate_per_s);
+            if let Some(q) = r.latency_ms {
+                for (qn, v) in [
+                    ("0.5", q.p50),
+                    ("0.9", q.p90),
+                    ("0.95", q.p95),
+                    ("0.99", q.p99),
+                    ("0.999", q.p999),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "trike_sli_latency_milliseconds{{{l},quantile=\"{qn}\"}} {v}"
+                    );
+                }
+            }
+        }
+    }
+    out
+}

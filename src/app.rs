@@ -1,0 +1,162 @@
+//! Wiring: binds the listeners, starts the engine thread, the receivers and the admin API,
+//! and stops them all on shutdown (every task is joined).
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::worker::EngineWorker;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use trike_ingest::{IngestMetrics, Pipeline};
+
+/// A running processor.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound OTLP/gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Bound OTLP/HTTP address.
+    pub http_addr: SocketAddr,
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+    /// Shared with the admin handlers.
+    pub state: Arc<AdminState>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+}
+
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} for {what}: is another process using it? Change it with {flag}"
+        )
+    })
+}
+
+fn signal(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Starts everything `cfg` describes.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    let grpc = bind(cfg.grpc_addr, "OTLP/gRPC", "--otlp-grpc-addr").await?;
+    let http = bind(cfg.http_addr, "OTLP/HTTP", "--otlp-http-addr").await?;
+    let admin_l = bind(cfg.admin_addr, "the admin API", "--admin-addr").await?;
+    let (grpc_addr, http_addr, admin_addr) = (
+        grpc.local_addr()?,
+        http.local_addr()?,
+        admin_l.local_addr()?,
+    );
+
+    let worker = EngineWorker::start(cfg.engine.clone(), cfg.queue_observations)
+        .context("starting the engine thread")?;
+    let ingest = Arc::new(IngestMetrics::default());
+    let pipeline = Arc::new(Pipeline::new(
+        Arc::new(cfg.decode.clone()),
+        worker.sink(),
+        ingest.clone(),
+    ));
+    let state = Arc::new(AdminState {
+        worker,
+        ingest,
+        ready: AtomicBool::new(false),
+        metrics_windows: cfg.metrics_windows.clone(),
+        metrics_max_services: cfg.metrics_max_services,
+    });
+    let (tx, rx) = watch::channel(false);
+    let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+    {
+        let (p, stop) = (pipeline.clone(), signal(&rx));
+        let limits = cfg.limits;
+        tasks.push((
+            "otlp-grpc",
+            tokio::spawn(async move {
+                trike_ingest::grpc::serve(grpc, p, limits, stop)
+                    .await
+                    .context("OTLP/gRPC receiver")
+            }),
+        ));
+    }
+    {
+        let router = trike_ingest::http::router(pipeline, cfg.limits);
+        let stop = signal(&rx);
+        tasks.push((
+            "otlp-http",
+            tokio::spawn(async move {
+                axum::serve(http, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                    .context("OTLP/HTTP receiver")
+            }),
+        ));
+    }
+    {
+        let router = admin::router(state.clone());
+        let stop = signal(&rx);
+        tasks.push((
+            "admin",
+            tokio::spawn(async move {
+                axum::serve(admin_l, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                    .context("admin API")
+            }),
+        ));
+    }
+    state.ready.store(true, Relaxed);
+    tracing::info!(%grpc_addr, %http_addr, %admin_addr, "Trike is listening");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        admin_addr,
+        state,
+        shutdown: tx,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Stops receiving, joins every task, then stops the engine thread.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.state.ready.store(false, Relaxed);
+        let _ = self.shutdown.send(true);
+        let mut first_err = None;
+        for (name, t) in self.tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(task = name, error = %e, "task failed");
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(anyhow::anyhow!("{name} panicked: {e}"));
+                }
+            }
+        }
+        match Arc::try_unwrap(self.state) {
+            Ok(state) => state.worker.stop(),
+            Err(_) => tracing::warn!(
+                "admin state still referenced at shutdown; engine thread stops on exit"
+            ),
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Resolves when a task ends on its own (a failure: they run until shutdown).
+    pub async fn any_task_ended(&mut self) -> String {
+        loop {
+            for (name, t) in &self.tasks {
+                if t.is_finished() {
+                    return (*name).to_string();
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}

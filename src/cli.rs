@@ -1,0 +1,89 @@
+//! Command line: `trike run`, `trike check-config`. Flags override the config file and
+//! `TRIKE_*` environment variables override it too (a flag wins over its variable).
+
+use crate::config::validate::Overrides;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Trike: OTLP in, windowed SLIs out.
+#[derive(Debug, Parser)]
+#[command(name = "trike", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the processor (OTLP receivers, engine, admin API).
+    Run(RunArgs),
+    /// Validate a config file and print the settings it yields.
+    CheckConfig {
+        /// The YAML config file.
+        #[arg(long, env = "TRIKE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the processor with synthetic services sending it real OTLP (a baseline and a
+    /// canary that degrades), printing their SLIs as they move.
+    Demo(DemoArgs),
+}
+
+/// Address flags shared by `run` and `demo`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct AddrArgs {
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
+    #[arg(long, env = "TRIKE_OTLP_GRPC_ADDR")]
+    pub otlp_grpc_addr: Option<String>,
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318].
+    #[arg(long, env = "TRIKE_OTLP_HTTP_ADDR")]
+    pub otlp_http_addr: Option<String>,
+    /// Admin API listen address [default: 127.0.0.1:8480].
+    #[arg(long, env = "TRIKE_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "TRIKE_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Control topic [default: trike.control].
+    #[arg(long, env = "TRIKE_CONTROL_TOPIC")]
+    pub control_topic: Option<String>,
+}
+
+impl AddrArgs {
+    /// As config overrides.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            otlp_grpc_addr: self.otlp_grpc_addr.clone(),
+            otlp_http_addr: self.otlp_http_addr.clone(),
+            admin_addr: self.admin_addr.clone(),
+            kafka_brokers: self.kafka_brokers.clone(),
+            control_topic: self.control_topic.clone(),
+        }
+    }
+}
+
+/// `trike run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The YAML config file (defaults apply without one).
+    #[arg(long, env = "TRIKE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address overrides.
+    #[command(flatten)]
+    pub addrs: AddrArgs,
+}
+
+/// `trike demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address overrides.
+    #[command(flatten)]
+    pub addrs: AddrArgs,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration_s: Option<u64>,
+    /// Seconds before the canary starts failing.
+    #[arg(long, default_value_t = 30)]
+    pub degrade_after_s: u64,
+}

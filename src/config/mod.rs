@@ -1,0 +1,184 @@
+//! The configuration file (YAML, DESIGN §5): parsed with serde, then validated purely into a
+//! [`Config`] that reports every problem at once, naming the field.
+
+pub mod validate;
+
+pub use validate::{Config, SliKind, SloSpec};
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use trike_engine::{SignalSource, Span};
+use trike_ingest::decode::SpanKind;
+
+/// The file as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// OTLP receivers.
+    pub receivers: RawReceivers,
+    /// Admin API listen address.
+    pub admin: Option<String>,
+    /// How series are keyed.
+    pub series: RawSeries,
+    /// Windowing and source selection.
+    pub engine: RawEngine,
+    /// Which spans and metrics become observations.
+    pub decode: RawDecode,
+    /// Kafka (source, control topic): read by the Kafka-enabled build; kept so configs written
+    /// for it load here.
+    pub kafka: Option<RawKafka>,
+    /// Service level objectives. Latency SLO thresholds are tracked per series now; burn-rate
+    /// evaluation builds on them.
+    pub slos: Vec<RawSlo>,
+    /// Canary comparisons (evaluated by the decisions engine).
+    pub canary: Option<serde_yaml_ng::Value>,
+    /// Policies (evaluated by the decisions engine).
+    pub policies: Option<serde_yaml_ng::Value>,
+    /// Output sinks.
+    pub sinks: Option<serde_yaml_ng::Value>,
+}
+
+/// `receivers:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReceivers {
+    /// OTLP/gRPC listen address (default `127.0.0.1:4317`).
+    pub otlp_grpc: Option<String>,
+    /// OTLP/HTTP listen address (default `127.0.0.1:4318`).
+    pub otlp_http: Option<String>,
+    /// Largest request body on the wire, bytes (default 8 MiB).
+    pub max_request_bytes: Option<usize>,
+    /// Largest body after decompression, bytes (default 32 MiB; also the gRPC message limit).
+    pub max_decompressed_bytes: Option<usize>,
+    /// Observations queued for the engine before receivers answer 429 / RESOURCE_EXHAUSTED
+    /// (default 1 000 000).
+    pub queue_observations: Option<usize>,
+}
+
+/// `series:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSeries {
+    /// Extra dimensions (attribute names), e.g. `deployment.environment`.
+    pub dimensions: Vec<String>,
+    /// Attribute that holds the version (default `service.version`).
+    pub version_attribute: Option<String>,
+    /// Series per service before new ones fold into the overflow series (default 10 000).
+    pub max_series_per_service: Option<usize>,
+}
+
+/// `engine:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEngine {
+    /// Late data older than this is dropped (default `5m`).
+    pub allowed_lateness: Option<Span>,
+    /// Which signal counts for a service sending both (default `auto`: spans when present).
+    pub signal_source: Option<SignalSource>,
+    /// Per-service override of `signal_source`.
+    pub signal_source_per_service: BTreeMap<String, SignalSource>,
+    /// t-digest compression (default 200).
+    pub digest_compression: Option<f32>,
+    /// Windows exported as SLI gauges on `/metrics` (default `[1m, 5m, 1h]`).
+    pub metrics_windows: Option<Vec<Span>>,
+    /// Services exported as SLI gauges on `/metrics`, at most (default 500).
+    pub metrics_max_services: Option<usize>,
+}
+
+/// `decode:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDecode {
+    /// Span kinds that are entry spans (default `[SERVER, CONSUMER]`).
+    pub entry_span_kinds: Option<Vec<SpanKind>>,
+    /// `rpc.grpc.status_code` values that count as bad.
+    pub bad_grpc_codes: Option<Vec<i64>>,
+    /// Histogram metric names read as request durations.
+    pub duration_metrics: Option<Vec<String>>,
+    /// Monotonic sum metric names read as request counts.
+    pub request_counters: Option<Vec<String>>,
+}
+
+/// `kafka:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKafka {
+    /// Bootstrap servers.
+    pub brokers: Option<String>,
+    /// Control topic (default `trike.control`).
+    pub control_topic: Option<String>,
+    /// Ingest settings.
+    pub ingest: Option<serde_yaml_ng::Value>,
+}
+
+/// One SLO as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlo {
+    /// Unique name.
+    pub name: String,
+    /// Service it applies to.
+    pub service: String,
+    /// Target good ratio, in (0, 1).
+    pub objective: f64,
+    /// Rolling period (default `30d`).
+    #[serde(default)]
+    pub period: Option<Span>,
+    /// `availability`, or `{latency: {threshold_ms: N}}`.
+    pub sli: RawSli,
+    /// Alerting tiers (evaluated by the decisions engine).
+    #[serde(default)]
+    pub tiers: Option<serde_yaml_ng::Value>,
+}
+
+/// The SLI of an SLO: `availability`, or `{latency: {threshold_ms: N}}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "`availability` or `{latency: {threshold_ms: N}}`"
+)]
+pub enum RawSli {
+    /// A named SLI.
+    Named(NamedSli),
+    /// Good = latency ≤ threshold.
+    Latency {
+        /// The threshold.
+        latency: RawLatency,
+    },
+}
+
+/// SLIs written as a bare name.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamedSli {
+    /// Good = not bad.
+    Availability,
+}
+
+/// `latency:` of an SLI.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLatency {
+    /// Threshold in milliseconds.
+    pub threshold_ms: f64,
+}
+
+/// Default OTLP/gRPC address.
+pub const DEFAULT_GRPC: &str = "127.0.0.1:4317";
+/// Default OTLP/HTTP address.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:4318";
+/// Default admin address.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8480";
+
+impl RawConfig {
+    /// Parses YAML text.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| format!("config: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

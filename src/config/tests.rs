@@ -1,0 +1,98 @@
+//! Config loading and validation.
+
+use super::validate::Overrides;
+use super::*;
+
+fn load(text: &str) -> Result<Config, Vec<String>> {
+    Config::validate(
+        RawConfig::from_yaml(text).map_err(|e| vec![e])?,
+        &Overrides::default(),
+    )
+}
+
+/// Guarantees: no config means the DESIGN §5 defaults.
+#[test]
+fn defaults() {
+    let c = load("").unwrap();
+    assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:4317");
+    assert_eq!(c.http_addr.to_string(), "127.0.0.1:4318");
+    assert_eq!(c.admin_addr.to_string(), "127.0.0.1:8480");
+    assert_eq!(c.engine.max_series_per_service, 10_000);
+    assert_eq!(c.control_topic, "trike.control");
+}
+
+/// Guarantees: the example configs under deploy/ load and validate, so they never rot.
+#[test]
+fn deploy_examples_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let c = Config::load(Some(&path), &Overrides::default());
+            assert!(c.is_ok(), "{}: {:?}", path.display(), c.err());
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected example configs in {}", dir.display());
+    let full = Config::load(Some(&dir.join("trike.yaml")), &Overrides::default()).unwrap();
+    assert_eq!(full.engine.thresholds_for("checkout"), &[300.0]);
+    assert_eq!(
+        full.decode.dimensions,
+        vec!["deployment.environment".to_string()]
+    );
+    assert_eq!(full.slos.len(), 2);
+}
+
+/// Guarantees: every problem is reported at once, each naming its field and what is wrong.
+#[test]
+fn all_problems_at_once() {
+    let text = r#"
+receivers: { otlp_grpc: "nowhere", max_request_bytes: 10 }
+series: { max_series_per_service: 0, dimensions: [service.name] }
+slos:
+  - { name: a, service: s, objective: 1.5, sli: availability }
+  - { name: a, service: s, objective: 0.99, period: 90d, sli: { latency: { threshold_ms: -3 } } }
+"#;
+    let problems = load(text).unwrap_err();
+    let joined = problems.join("\n");
+    for want in [
+        "receivers.otlp_grpc: \"nowhere\" is not a listen address",
+        "receivers.max_request_bytes: 10 is below the minimum",
+        "series.max_series_per_service: must be at least 1",
+        "series.dimensions[0]: \"service.name\" is already part",
+        "slos[0].objective: 1.5 is not in (0, 1)",
+        "slos[1].name: \"a\" is used by another SLO",
+        "slos[1].period: 90d is not between 1h and 30d",
+        "slos[1].sli.latency.threshold_ms: -3 is not a positive number",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+    }
+}
+
+/// Guarantees: unknown keys are errors that name the key (typos don't silently do nothing).
+#[test]
+fn unknown_keys_are_named() {
+    let err = load("receivers: { otlp_grcp: \"127.0.0.1:1\" }")
+        .unwrap_err()
+        .join("");
+    assert!(err.contains("otlp_grcp"), "{err}");
+    let err = load("engine: { allowed_lateness: soon }")
+        .unwrap_err()
+        .join("");
+    assert!(err.contains("\"soon\" is not a duration"), "{err}");
+}
+
+/// Guarantees: flags and TRIKE_* values override the file.
+#[test]
+fn overrides_win() {
+    let raw = RawConfig::from_yaml("admin: \"127.0.0.1:9000\"\nkafka: { brokers: a:1 }").unwrap();
+    let o = Overrides {
+        admin_addr: Some("127.0.0.1:9100".into()),
+        kafka_brokers: Some("b:2".into()),
+        ..Default::default()
+    };
+    let c = Config::validate(raw, &o).unwrap();
+    assert_eq!(c.admin_addr.to_string(), "127.0.0.1:9100");
+    assert_eq!(c.kafka_brokers.as_deref(), Some("b:2"));
+}

@@ -1,0 +1,338 @@
+//! Validation: pure, reports all problems at once, each as `path: value: what is wrong`.
+
+use super::{DEFAULT_ADMIN, DEFAULT_GRPC, DEFAULT_HTTP, NamedSli, RawConfig, RawLatency, RawSli};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use trike_engine::{EngineConfig, Span};
+use trike_ingest::Limits;
+use trike_ingest::decode::DecodeConfig;
+
+/// Largest number of extra series dimensions.
+pub const MAX_DIMENSIONS: usize = 8;
+
+/// What an SLO measures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SliKind {
+    /// Good = not bad.
+    Availability,
+    /// Good = latency ≤ threshold (ms).
+    Latency(f64),
+}
+
+/// A validated SLO.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SloSpec {
+    /// Name.
+    pub name: String,
+    /// Service.
+    pub service: String,
+    /// Objective in (0, 1).
+    pub objective: f64,
+    /// Rolling period.
+    pub period: Span,
+    /// What is measured.
+    pub sli: SliKind,
+}
+
+/// A validated configuration: everything needed to build the process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// OTLP/gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// OTLP/HTTP address.
+    pub http_addr: SocketAddr,
+    /// Admin API address.
+    pub admin_addr: SocketAddr,
+    /// Receiver body limits.
+    pub limits: Limits,
+    /// Engine queue bound, in observations.
+    pub queue_observations: usize,
+    /// Decoding rules.
+    pub decode: DecodeConfig,
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// SLOs.
+    pub slos: Vec<SloSpec>,
+    /// Windows exported as SLI gauges.
+    pub metrics_windows: Vec<Span>,
+    /// Services exported as SLI gauges, at most.
+    pub metrics_max_services: usize,
+    /// Kafka bootstrap servers, when configured.
+    pub kafka_brokers: Option<String>,
+    /// Control topic.
+    pub control_topic: String,
+    /// Sections read and kept for later stages (named in a start-up notice).
+    pub deferred_sections: Vec<&'static str>,
+}
+
+/// Values from flags and `TRIKE_*` variables, which win over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--otlp-grpc-addr`.
+    pub otlp_grpc_addr: Option<String>,
+    /// `--otlp-http-addr`.
+    pub otlp_http_addr: Option<String>,
+    /// `--admin-addr`.
+    pub admin_addr: Option<String>,
+    /// `--kafka-brokers`.
+    pub kafka_brokers: Option<String>,
+    /// `--control-topic`.
+    pub control_topic: Option<String>,
+}
+
+fn addr(problems: &mut Vec<String>, field: &str, value: &str) -> SocketAddr {
+    value.parse().unwrap_or_else(|_| {
+        problems.push(format!(
+            "{field}: {value:?} is not a listen address: write host:port, like 127.0.0.1:4317"
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+impl Config {
+    /// Validates a parsed file plus overrides.
+    pub fn validate(raw: RawConfig, o: &Overrides) -> Result<Config, Vec<String>> {
+        let mut p = Vec::new();
+        let grpc = o
+            .otlp_grpc_addr
+            .clone()
+            .or(raw.receivers.otlp_grpc)
+            .unwrap_or_else(|| DEFAULT_GRPC.into());
+        let http = o
+            .otlp_http_addr
+            .clone()
+            .or(raw.receivers.otlp_http)
+            .unwrap_or_else(|| DEFAULT_HTTP.into());
+        let admin = o
+            .admin_addr
+            .clone()
+            .or(raw.admin)
+            .unwrap_or_else(|| DEFAULT_ADMIN.into());
+        let grpc_addr = addr(&mut p, "receivers.otlp_grpc", &grpc);
+        let http_addr = addr(&mut p, "receivers.otlp_http", &http);
+        let admin_addr = addr(&mut p, "admin", &admin);
+        let distinct: BTreeSet<_> = [grpc_addr, http_addr, admin_addr]
+            .into_iter()
+            .filter(|a| a.port() != 0)
+            .collect();
+        let nonzero = [grpc_addr, http_addr, admin_addr]
+            .iter()
+            .filter(|a| a.port() != 0)
+            .count();
+        if distinct.len() != nonzero {
+            p.push(format!("receivers.otlp_grpc, receivers.otlp_http, admin: {grpc}, {http}, {admin} must be different addresses"));
+        }
+        let mut limits = Limits::default();
+        if let Some(n) = raw.receivers.max_request_bytes {
+            limits.max_request_bytes = n;
+        }
+        if let Some(n) = raw.receivers.max_decompressed_bytes {
+            limits.max_decompressed_bytes = n;
+        }
+        if limits.max_request_bytes < 1024 {
+            p.push(format!(
+                "receivers.max_request_bytes: {} is below the minimum of 1024",
+                limits.max_request_bytes
+            ));
+        }
+        if limits.max_decompressed_bytes < limits.max_request_bytes {
+            p.push(format!(
+                "receivers.max_decompressed_bytes: {} is smaller than max_request_bytes ({})",
+                limits.max_decompressed_bytes, limits.max_request_bytes
+            ));
+        }
+        let queue_observations = raw.receivers.queue_observations.unwrap_or(1_000_000);
+        if queue_observations == 0 {
+            p.push("receivers.queue_observations: must be at least 1".into());
+        }
+
+        let mut decode = DecodeConfig::default();
+        if raw.series.dimensions.len() > MAX_DIMENSIONS {
+            p.push(format!(
+                "series.dimensions: {} given, at most {MAX_DIMENSIONS} are supported",
+                raw.series.dimensions.len()
+            ));
+        }
+        for (i, d) in raw.series.dimensions.iter().enumerate() {
+            if d.trim().is_empty() {
+                p.push(format!(
+                    "series.dimensions[{i}]: an attribute name must not be empty"
+                ));
+            }
+            if ["service.name", "http.route", "rpc.method"].contains(&d.as_str()) {
+                p.push(format!(
+                    "series.dimensions[{i}]: {d:?} is already part of every series key"
+                ));
+            }
+        }
+        decode.dimensions = raw.series.dimensions;
+        if let Some(v) = raw.series.version_attribute {
+            decode.version_attribute = v;
+        }
+        if let Some(k) = raw.decode.entry_span_kinds {
+            if k.is_empty() {
+                p.push("decode.entry_span_kinds: at least one span kind is needed".into());
+            }
+            decode.entry_span_kinds = k;
+        }
+        if let Some(c) = raw.decode.bad_grpc_codes {
+            for (i, code) in c.iter().enumerate() {
+                if !(0..=16).contains(code) {
+                    p.push(format!(
+                        "decode.bad_grpc_codes[{i}]: {code} is not a gRPC status code (0-16)"
+                    ));
+                }
+            }
+            decode.bad_grpc_codes = c;
+        }
+        if let Some(m) = raw.decode.duration_metrics {
+            decode.duration_metrics = m;
+        }
+        if let Some(m) = raw.decode.request_counters {
+            decode.request_counters = m;
+        }
+
+        let mut slos = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut thresholds: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for (i, s) in raw.slos.into_iter().enumerate() {
+            let f = format!("slos[{i}]");
+            if s.name.trim().is_empty() {
+                p.push(format!("{f}.name: must not be empty"));
+            } else if !names.insert(s.name.clone()) {
+                p.push(format!("{f}.name: {:?} is used by another SLO", s.name));
+            }
+            if s.service.trim().is_empty() {
+                p.push(format!("{f}.service: must not be empty"));
+            }
+            if !(s.objective > 0.0 && s.objective < 1.0) {
+                p.push(format!(
+                    "{f}.objective: {} is not in (0, 1); write 0.999 for 99.9 %",
+                    s.objective
+                ));
+            }
+            let period = s.period.unwrap_or(Span::days(30));
+            if period.secs() > 30 * 86_400 || period.secs() < 3600 {
+                p.push(format!("{f}.period: {period} is not between 1h and 30d"));
+            }
+            let sli = match s.sli {
+                RawSli::Named(NamedSli::Availability) => SliKind::Availability,
+                RawSli::Latency {
+                    latency: RawLatency { threshold_ms },
+                } => {
+                    if !(threshold_ms.is_finite() && threshold_ms > 0.0) {
+                        p.push(format!(
+                            "{f}.sli.latency.threshold_ms: {threshold_ms} is not a positive number"
+                        ));
+                    }
+                    let list = thresholds.entry(s.service.clone()).or_default();
+                    if !list.contains(&threshold_ms) {
+                        list.push(threshold_ms);
+                    }
+                    SliKind::Latency(threshold_ms)
+                }
+            };
+            slos.push(SloSpec {
+                name: s.name,
+                service: s.service,
+                objective: s.objective,
+                period,
+                sli,
+            });
+        }
+
+        let mut engine = EngineConfig {
+            latency_thresholds_per_service: thresholds,
+            ..Default::default()
+        };
+        if let Some(n) = raw.series.max_series_per_service {
+            engine.max_series_per_service = n;
+        }
+        if let Some(l) = raw.engine.allowed_lateness {
+            if l.secs() > 300 {
+                p.push(format!(
+                    "engine.allowed_lateness: {l} is longer than the 5m of 1-second history kept"
+                ));
+            }
+            engine.allowed_lateness = l;
+        }
+        if let Some(s) = raw.engine.signal_source {
+            engine.signal_source = s;
+        }
+        engine.signal_source_per_service = raw.engine.signal_source_per_service;
+        if let Some(c) = raw.engine.digest_compression {
+            engine.digest_compression = c;
+        }
+        for problem in engine.problems("engine") {
+            // Map engine field names back to where users write them.
+            p.push(
+                problem
+                    .replace(
+                        "engine.max_series_per_service",
+                        "series.max_series_per_service",
+                    )
+                    .replace(
+                        "engine.latency_thresholds_per_service.",
+                        "slos (latency thresholds of service ",
+                    ),
+            );
+        }
+        let metrics_windows = raw
+            .engine
+            .metrics_windows
+            .unwrap_or_else(|| vec![Span::minutes(1), Span::minutes(5), Span::hours(1)]);
+        for (i, w) in metrics_windows.iter().enumerate() {
+            if w.secs() > 30 * 86_400 {
+                p.push(format!(
+                    "engine.metrics_windows[{i}]: {w} is longer than 30d"
+                ));
+            }
+        }
+        let kafka = raw.kafka.unwrap_or_default();
+        let mut deferred = Vec::new();
+        for (name, present) in [
+            ("canary", raw.canary.is_some()),
+            ("policies", raw.policies.is_some()),
+            ("sinks", raw.sinks.is_some()),
+        ] {
+            if present {
+                deferred.push(name);
+            }
+        }
+        if !p.is_empty() {
+            return Err(p);
+        }
+        Ok(Config {
+            grpc_addr,
+            http_addr,
+            admin_addr,
+            limits,
+            queue_observations,
+            decode,
+            engine,
+            slos,
+            metrics_windows,
+            metrics_max_services: raw.engine.metrics_max_services.unwrap_or(500),
+            kafka_brokers: o.kafka_brokers.clone().or(kafka.brokers),
+            control_topic: o
+                .control_topic
+                .clone()
+                .or(kafka.control_topic)
+                .unwrap_or_else(|| "trike.control".into()),
+            deferred_sections: deferred,
+        })
+    }
+
+    /// Loads and validates a YAML file (or the defaults when `path` is None).
+    pub fn load(path: Option<&std::path::Path>, o: &Overrides) -> Result<Config, Vec<String>> {
+        let raw = match path {
+            None => RawConfig::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| vec![format!("config file {}: {e}", p.display())])?;
+                RawConfig::from_yaml(&text).map_err(|e| vec![e])?
+            }
+        };
+        Config::validate(raw, o)
+    }
+}
