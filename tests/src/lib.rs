@@ -1,1 +1,81 @@
-//! placeholder
+//! Helpers for the end-to-end tests: run the real processor in-process on ephemeral ports
+//! and read its admin API.
+
+use std::time::{Duration, Instant};
+use trike::app::Running;
+use trike::config::validate::Overrides;
+use trike::config::{Config, RawConfig};
+
+/// Starts `trike run` in this process with `yaml` as its config, on `127.0.0.1:0` ports.
+pub async fn start_trike(yaml: &str) -> Running {
+    let raw = RawConfig::from_yaml(yaml).expect("test config parses");
+    let o = Overrides {
+        otlp_grpc_addr: Some("127.0.0.1:0".into()),
+        otlp_http_addr: Some("127.0.0.1:0".into()),
+        admin_addr: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    };
+    let cfg = Config::validate(raw, &o).expect("test config validates");
+    trike::app::start(cfg).await.expect("trike starts")
+}
+
+/// GETs `/api/v1/slis` for one service and window.
+pub async fn slis(running: &Running, service: &str, window: &str) -> serde_json::Value {
+    let url = format!(
+        "http://{}/api/v1/slis?service={service}&window={window}",
+        running.admin_addr
+    );
+    reqwest::get(url)
+        .await
+        .expect("admin API answers")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+/// Total requests over all series of `service` in the 5m window.
+pub async fn total_requests(running: &Running, service: &str) -> u64 {
+    let doc = slis(running, service, "5m").await;
+    doc["series"].as_array().map_or(0, |s| {
+        s.iter().map(|r| r["requests"].as_u64().unwrap_or(0)).sum()
+    })
+}
+
+/// Polls until `service` has `want` requests in its 5m window (or `timeout` passes); returns
+/// what it saw last.
+pub async fn wait_for_requests(
+    running: &Running,
+    service: &str,
+    want: u64,
+    timeout: Duration,
+) -> u64 {
+    let start = Instant::now();
+    loop {
+        let got = total_requests(running, service).await;
+        if got >= want || start.elapsed() > timeout {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// GETs `/metrics`.
+pub async fn metrics_text(running: &Running) -> String {
+    reqwest::get(format!("http://{}/metrics", running.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one sample line (`name{labels}`) in a Prometheus exposition.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
