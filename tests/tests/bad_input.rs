@@ -103,7 +103,8 @@ async fn http_bad_requests() {
     e.write_all(&vec![0u8; 1 << 20]).unwrap();
     let zeros = e.finish().unwrap();
     assert!(zeros.len() < 4096);
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "truncated protobuf",
             "application/x-protobuf",
@@ -294,9 +295,17 @@ async fn overload_is_refused_with_retry() {
     let first = spans("load", 8, 0).encode_to_vec();
     let second = spans("load", 8, 0).encode_to_vec();
     {
-        // Hold the engine: the worker takes the first batch and blocks on the lock, so the
-        // queue stays full of it.
-        let guard = running.state.worker.engine().lock();
+        // Hold the engine from another thread: the worker takes the first batch and blocks on
+        // the lock, so the queue stays full of it.
+        let engine = running.state.worker.engine().clone();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _guard = engine.lock();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        locked_rx.recv().unwrap();
         let (s1, _, _) = post(&url, "application/x-protobuf", None, first).await;
         assert_eq!(s1, 200);
         let (s2, retry, body) = post(&url, "application/x-protobuf", None, second.clone()).await;
@@ -313,7 +322,8 @@ async fn overload_is_refused_with_retry() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
-        drop(guard);
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
     }
     assert_eq!(
         wait_for_requests(&running, "load", 8, Duration::from_secs(5)).await,

@@ -18,8 +18,8 @@ const N: usize = 200;
 /// Latency (ms), route, status error, HTTP status of span `i`.
 fn plan(i: usize) -> (u64, &'static str, bool, i64) {
     let latency = (i % 100) as u64 + 1;
-    let route = if i % 2 == 0 { "/a" } else { "/b" };
-    let status_error = i % 10 == 0;
+    let route = if i.is_multiple_of(2) { "/a" } else { "/b" };
+    let status_error = i.is_multiple_of(10);
     let http = if i % 25 == 1 { 503 } else { 200 };
     (latency, route, status_error, http)
 }

@@ -190,7 +190,7 @@ fn count_points(m: &Metric) -> u64 {
 fn one_metric(m: &Metric, scope: &str, ctx: &mut Ctx<'_>, out: &mut Decoded) {
     out.received += count_points(m);
     let cfg = ctx.cfg;
-    if cfg.duration_metrics.iter().any(|n| *n == m.name) {
+    if cfg.duration_metrics.contains(&m.name) {
         let Some(scale) = ms_per_unit(m) else {
             for _ in 0..count_points(m) {
                 out.reject(|| format!("metric {:?}: unit {:?} is not a time unit", m.name, m.unit));
@@ -228,29 +228,29 @@ fn one_metric(m: &Metric, scope: &str, ctx: &mut Ctx<'_>, out: &mut Decoded) {
             }
             _ => {}
         }
-    } else if cfg.request_counters.iter().any(|n| *n == m.name) {
-        if let Some(Data::Sum(s)) = &m.data {
-            let Some(t) = temporality(s.aggregation_temporality) else {
-                reject_all(
-                    out,
-                    m,
-                    s.data_points.len(),
-                    "aggregation_temporality must be DELTA or CUMULATIVE",
-                );
-                return;
-            };
-            if !s.is_monotonic {
-                reject_all(
-                    out,
-                    m,
-                    s.data_points.len(),
-                    "a request counter must be a monotonic sum",
-                );
-                return;
-            }
-            for p in &s.data_points {
-                counter_point(p, m, scope, t, ctx, out);
-            }
+    } else if cfg.request_counters.contains(&m.name)
+        && let Some(Data::Sum(s)) = &m.data
+    {
+        let Some(t) = temporality(s.aggregation_temporality) else {
+            reject_all(
+                out,
+                m,
+                s.data_points.len(),
+                "aggregation_temporality must be DELTA or CUMULATIVE",
+            );
+            return;
+        };
+        if !s.is_monotonic {
+            reject_all(
+                out,
+                m,
+                s.data_points.len(),
+                "a request counter must be a monotonic sum",
+            );
+            return;
+        }
+        for p in &s.data_points {
+            counter_point(p, m, scope, t, ctx, out);
         }
     }
 }
@@ -286,7 +286,10 @@ fn explicit_point(
             )
         });
     }
-    if p.explicit_bounds.windows(2).any(|w| !(w[0] < w[1])) {
+    if p.explicit_bounds
+        .windows(2)
+        .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
+    {
         return out.reject(|| format!("metric {:?}: explicit_bounds must increase", m.name));
     }
     let (key, bad) = ctx.key_and_status(&p.attributes, out);
