@@ -112,7 +112,11 @@ pub struct EngineWorker {
 impl EngineWorker {
     /// Starts the engine thread with a queue bounded to `capacity` observations.
     pub fn start(cfg: EngineConfig, capacity: usize) -> std::io::Result<Self> {
-        let engine = Arc::new(Mutex::new(Engine::new(Arc::new(cfg))));
+        let mut e = Engine::new(Arc::new(cfg));
+        // The engine's start time: cumulative metric streams that began after it are counted
+        // from their first point.
+        e.advance(now_nanos());
+        let engine = Arc::new(Mutex::new(e));
         let stats = Arc::new(WorkerStats::default());
         // Batches are bounded by the observation count; the channel only needs room for many
         // small ones.

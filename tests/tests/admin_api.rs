@@ -1,0 +1,167 @@
+//! The admin API contract (DESIGN §5): health, readiness, the SLI document's shape, errors for
+//! bad parameters, and the Prometheus exposition with per-service SLI gauges.
+
+use prost::Message;
+use rand::SeedableRng;
+use std::time::Duration;
+use trike::synth::{Behaviour, Service};
+use trike_tests::{metrics_text, sample, start_trike, wait_for_requests};
+
+async fn send(running: &trike::app::Running, svc: &Service, n: usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let body = svc
+        .request(n, trike::worker::now_nanos(), 1_000_000, &mut rng)
+        .encode_to_vec();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", running.http_addr))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+fn svc(name: &str, version: &str, error_ratio: f64) -> Service {
+    Service {
+        name: name.into(),
+        version: version.into(),
+        routes: vec!["/r".into()],
+        behaviour: Behaviour {
+            median_ms: 20.0,
+            sigma: 0.3,
+            error_ratio,
+        },
+    }
+}
+
+/// Guarantees: /healthz and /readyz answer 200 on a running processor; the SLI document has
+/// the DESIGN §5 fields; unknown windows are a 400 naming the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slis_document_and_health() {
+    let running = start_trike(
+        "series: { dimensions: [deployment.environment] }\nslos:\n  - { name: l, service: shop, objective: 0.99, sli: { latency: { threshold_ms: 1000 } } }",
+    )
+    .await;
+    let base = format!("http://{}", running.admin_addr);
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            reqwest::get(format!("{base}{path}"))
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+    send(&running, &svc("shop", "1.0", 0.0), 50).await;
+    send(&running, &svc("shop", "1.1", 1.0), 10).await;
+    send(&running, &svc("other", "9", 0.0), 5).await;
+    assert_eq!(
+        wait_for_requests(&running, "shop", 60, Duration::from_secs(5)).await,
+        60
+    );
+
+    let doc: serde_json::Value = reqwest::get(format!("{base}/api/v1/slis?service=shop&window=1m"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["window"], "1m");
+    let as_of = doc["as_of"].as_str().unwrap();
+    assert!(
+        as_of.len() == 24 && as_of.ends_with('Z') && as_of.as_bytes()[10] == b'T',
+        "{as_of}"
+    );
+    let series = doc["series"].as_array().unwrap();
+    assert_eq!(series.len(), 2, "only the requested service");
+    let canary = series.iter().find(|s| s["version"] == "1.1").unwrap();
+    for field in [
+        "service",
+        "operation",
+        "version",
+        "requests",
+        "errors",
+        "error_ratio",
+        "rate_per_s",
+        "latency_ms",
+    ] {
+        assert!(!canary[field].is_null(), "field {field} in {canary}");
+    }
+    for q in ["p50", "p90", "p95", "p99", "p999"] {
+        assert!(canary["latency_ms"][q].as_f64().unwrap() > 0.0, "{q}");
+    }
+    assert_eq!(canary["operation"], "/r");
+    assert_eq!(canary["requests"], 10);
+    assert_eq!(canary["errors"], 10);
+    assert_eq!(canary["error_ratio"], 1.0);
+    assert_eq!(canary["dimensions"]["deployment.environment"], "demo");
+    assert_eq!(canary["latency_good"][0]["threshold_ms"], 1000.0);
+    assert_eq!(canary["latency_good"][0]["good"], 10);
+    let all: serde_json::Value = reqwest::get(format!("{base}/api/v1/slis"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["window"], "5m", "default window");
+    assert_eq!(all["series"].as_array().unwrap().len(), 3);
+
+    for bad in ["5x", "31d"] {
+        let r = reqwest::get(format!("{base}/api/v1/slis?window={bad}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert!(e["error"].as_str().unwrap().contains(bad), "{e}");
+    }
+    running.stop().await.unwrap();
+}
+
+/// Guarantees: /metrics carries ingest counters, engine state and per-service SLI gauges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_exposition() {
+    let running = start_trike("").await;
+    send(&running, &svc("pay", "1", 0.5), 40).await;
+    assert_eq!(
+        wait_for_requests(&running, "pay", 40, Duration::from_secs(5)).await,
+        40
+    );
+    let m = metrics_text(&running).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"trike_receiver_items_received_total{signal="traces"}"#
+        ),
+        Some(40.0)
+    );
+    assert_eq!(
+        sample(&m, "trike_engine_requests_applied_total"),
+        Some(40.0)
+    );
+    assert_eq!(sample(&m, "trike_engine_series"), Some(1.0));
+    assert_eq!(sample(&m, "trike_engine_late_dropped_total"), Some(0.0));
+    assert_eq!(
+        sample(&m, r#"trike_sli_requests{service="pay",window="1m"}"#),
+        Some(40.0)
+    );
+    let ratio = sample(&m, r#"trike_sli_error_ratio{service="pay",window="5m"}"#).unwrap();
+    assert!((0.2..0.8).contains(&ratio), "{ratio}");
+    let p50 = sample(
+        &m,
+        r#"trike_sli_latency_milliseconds{service="pay",window="1m",quantile="0.5"}"#,
+    )
+    .unwrap();
+    assert!((10.0..40.0).contains(&p50), "{p50}");
+    assert_eq!(
+        sample(&m, "trike_engine_queue_delay_seconds_count"),
+        Some(1.0)
+    );
+    // Every sample line parses: name{labels} value.
+    for line in m.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "unparseable sample: {line}");
+    }
+    running.stop().await.unwrap();
+}
