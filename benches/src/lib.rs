@@ -1,1 +1,94 @@
-//! placeholder
+//! Shared fixtures for the benchmarks: realistic OTLP payloads.
+
+use trike_proto::collector::trace::v1::ExportTraceServiceRequest;
+use trike_proto::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};
+use trike_proto::resource::v1::Resource;
+use trike_proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind};
+
+fn kv(k: &str, v: Value) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+fn s(x: &str) -> Value {
+    Value::StringValue(x.into())
+}
+
+/// A request of `n` server spans, about 500 bytes each on the wire (the attribute set of a
+/// typical instrumented HTTP server), over `routes` routes.
+pub fn trace_request(n: usize, routes: usize, end_ns: u64) -> ExportTraceServiceRequest {
+    let spans = (0..n)
+        .map(|i| {
+            let route = format!("/api/v1/items/{}", i % routes.max(1));
+            Span {
+                trace_id: (0..16)
+                    .map(|b| (b as u8).wrapping_mul(i as u8 | 1))
+                    .collect(),
+                span_id: (0..8)
+                    .map(|b| (b as u8).wrapping_add(i as u8) | 1)
+                    .collect(),
+                parent_span_id: vec![9; 8],
+                name: format!("GET {route}"),
+                kind: SpanKind::Server as i32,
+                start_time_unix_nano: end_ns - 1_000_000 * (1 + (i as u64 % 300)),
+                end_time_unix_nano: end_ns - (i as u64 % 1000),
+                attributes: vec![
+                    kv("http.request.method", s("GET")),
+                    kv("http.route", s(&route)),
+                    kv(
+                        "http.response.status_code",
+                        Value::IntValue(if i % 50 == 0 { 503 } else { 200 }),
+                    ),
+                    kv(
+                        "url.path",
+                        s(&format!("/api/v1/items/{}/details", i % 9973)),
+                    ),
+                    kv("url.scheme", s("https")),
+                    kv("server.address", s("checkout.prod.svc.cluster.local")),
+                    kv("server.port", Value::IntValue(8443)),
+                    kv("network.protocol.version", s("1.1")),
+                    kv(
+                        "user_agent.original",
+                        s("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
+                    ),
+                    kv("client.address", s("10.12.34.56")),
+                ],
+                status: Some(Status {
+                    code: if i % 50 == 0 { 2 } else { 0 },
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", s("checkout")),
+                    kv("service.version", s("1.5.0")),
+                    kv("deployment.environment", s("prod")),
+                    kv("host.name", s("checkout-7d9f8b6c5-x2x9p")),
+                    kv("k8s.pod.name", s("checkout-7d9f8b6c5-x2x9p")),
+                    kv("k8s.namespace.name", s("shop")),
+                    kv("telemetry.sdk.name", s("opentelemetry")),
+                    kv("telemetry.sdk.language", s("rust")),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "axum-otel".into(),
+                    version: "0.9".into(),
+                    ..Default::default()
+                }),
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}

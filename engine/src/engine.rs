@@ -174,6 +174,14 @@ impl Engine {
         self.entries.iter().map(|e| e.state.heap_bytes()).sum()
     }
 
+    /// Heap bytes of all series' counter rings and digest rings, separately.
+    pub fn window_heap_split(&self) -> (usize, usize) {
+        self.entries
+            .iter()
+            .map(|e| e.state.heap_bytes_split())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
     /// Heap bytes of all series, keys and index included (an estimate).
     pub fn heap_bytes(&self) -> usize {
         let per_entry =

@@ -159,15 +159,21 @@ impl SeriesState {
 
     /// Heap bytes held by this series' windows.
     pub fn heap_bytes(&self) -> usize {
-        let rings: usize = self.counts.iter().map(Ring::heap_bytes).sum::<usize>()
-            + self.digests.iter().map(Ring::heap_bytes).sum::<usize>();
-        let digests: usize = self
-            .digests
-            .iter()
-            .flat_map(|r| r.values())
-            .map(TDigest::heap_bytes)
-            .sum();
-        rings + digests
+        let (counters, digests) = self.heap_bytes_split();
+        counters + digests
+    }
+
+    /// Heap bytes of the counter rings and of the digest rings (with their centroids).
+    pub fn heap_bytes_split(&self) -> (usize, usize) {
+        let counters = self.counts.iter().map(Ring::heap_bytes).sum::<usize>();
+        let digests = self.digests.iter().map(Ring::heap_bytes).sum::<usize>()
+            + self
+                .digests
+                .iter()
+                .flat_map(|r| r.values())
+                .map(TDigest::heap_bytes)
+                .sum::<usize>();
+        (counters, digests)
     }
 
     /// Newest bucket second across the finest counter ring (for idleness checks).
