@@ -1,1 +1,93 @@
-//! placeholder
+//! Where Trike's output goes. Today: JSON lines (one record per line, flushed per batch), the
+//! format of the default stdout sink. The Kafka control topic, webhook and Parquet archive
+//! sinks join as variants of the sink configuration enum when control events exist.
+//!
+//! Must not: decide anything (that is the engine's job) or block the engine thread on I/O
+//! beyond one batch write.
+
+use serde::Serialize;
+use std::io::Write;
+
+/// Errors of the sinks.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The destination refused the write (closed pipe, full disk); retrying may help.
+    #[error("writing to the sink: {0}")]
+    Io(#[from] std::io::Error),
+    /// A record could not be encoded: a bug, not retryable.
+    #[error("encoding a record as JSON: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Result with the sinks' error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Writes records as JSON lines.
+#[derive(Debug)]
+pub struct JsonLines<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+    written: u64,
+}
+
+impl<W: Write> JsonLines<W> {
+    /// A writer over `out` (e.g. `std::io::stdout().lock()`).
+    pub fn new(out: W) -> Self {
+        Self { out, buf: Vec::with_capacity(4096), written: 0 }
+    }
+
+    /// Encodes and writes a batch of records, then flushes: one `write` per batch.
+    pub fn write_batch<T: Serialize>(&mut self, records: &[T]) -> Result<()> {
+        self.buf.clear();
+        for r in records {
+            serde_json::to_writer(&mut self.buf, r)?;
+            self.buf.push(b'\n');
+        }
+        self.out.write_all(&self.buf)?;
+        self.out.flush()?;
+        self.written += records.len() as u64;
+        Ok(())
+    }
+
+    /// Records written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The underlying writer.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guarantees: one line per record, newlines inside strings escaped, counts kept.
+    #[test]
+    fn one_line_per_record() {
+        let mut s = JsonLines::new(Vec::new());
+        s.write_batch(&[serde_json::json!({"a": "x\ny"}), serde_json::json!({"b": 2})]).unwrap();
+        assert_eq!(s.written(), 2);
+        let text = String::from_utf8(s.into_inner()).unwrap();
+        assert_eq!(text, "{\"a\":\"x\\ny\"}\n{\"b\":2}\n");
+    }
+
+    /// Guarantees: a failing destination is an error, not a panic or a silent loss.
+    #[test]
+    fn io_errors_surface() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "closed"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut s = JsonLines::new(Broken);
+        assert!(matches!(s.write_batch(&[1]), Err(Error::Io(_))));
+        assert_eq!(s.written(), 0);
+    }
+}
