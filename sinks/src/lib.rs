@@ -33,7 +33,11 @@ pub struct JsonLines<W: Write> {
 impl<W: Write> JsonLines<W> {
     /// A writer over `out` (e.g. `std::io::stdout().lock()`).
     pub fn new(out: W) -> Self {
-        Self { out, buf: Vec::with_capacity(4096), written: 0 }
+        Self {
+            out,
+            buf: Vec::with_capacity(4096),
+            written: 0,
+        }
     }
 
     /// Encodes and writes a batch of records, then flushes: one `write` per batch.
@@ -68,7 +72,11 @@ mod tests {
     #[test]
     fn one_line_per_record() {
         let mut s = JsonLines::new(Vec::new());
-        s.write_batch(&[serde_json::json!({"a": "x\ny"}), serde_json::json!({"b": 2})]).unwrap();
+        s.write_batch(&[
+            serde_json::json!({"a": "x\ny"}),
+            serde_json::json!({"b": 2}),
+        ])
+        .unwrap();
         assert_eq!(s.written(), 2);
         let text = String::from_utf8(s.into_inner()).unwrap();
         assert_eq!(text, "{\"a\":\"x\\ny\"}\n{\"b\":2}\n");
@@ -80,7 +88,10 @@ mod tests {
         struct Broken;
         impl Write for Broken {
             fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-                Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "closed"))
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "closed",
+                ))
             }
             fn flush(&mut self) -> std::io::Result<()> {
                 Ok(())

@@ -425,3 +425,30 @@ async fn grpc_bad_requests() {
     );
     running.stop().await.unwrap();
 }
+
+/// Guarantees: over gRPC a message larger than the decompressed-size limit is refused with a
+/// status naming the limit, and smaller messages still go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_oversized_message() {
+    let running =
+        start_trike("receivers: { max_request_bytes: 2048, max_decompressed_bytes: 4096 }").await;
+    let mut c = raw_client(running.grpc_addr).await;
+    let big = spans("grpc-big", 200, 0).encode_to_vec();
+    assert!(big.len() > 4096);
+    let err = export_raw(&mut c, Bytes::from(big)).await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{err}"
+    );
+    assert!(err.message().contains("4096"), "{}", err.message());
+    let small = spans("grpc-big", 2, 0).encode_to_vec();
+    export_raw(&mut c, Bytes::from(small)).await.unwrap();
+    assert_eq!(
+        wait_for_requests(&running, "grpc-big", 2, Duration::from_secs(5)).await,
+        2
+    );
+    running.stop().await.unwrap();
+}

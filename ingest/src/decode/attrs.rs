@@ -41,32 +41,50 @@ impl<'a> AttrValue<'a> {
     }
 }
 
-/// Decodes one `KeyValue` message.
-pub fn key_value(buf: &[u8]) -> Result<(&str, AttrValue<'_>), DecodeError> {
+/// An attribute value whose string is not yet UTF-8 validated: the trace decoder validates
+/// only the values it uses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RawValue<'a> {
+    /// `string_value`, unvalidated.
+    Str(&'a [u8]),
+    /// Any other value.
+    Val(AttrValue<'a>),
+}
+
+impl<'a> RawValue<'a> {
+    /// Validates a string value.
+    pub fn check(self) -> Result<AttrValue<'a>, DecodeError> {
+        match self {
+            RawValue::Str(b) => Ok(AttrValue::Str(utf8(b, "attribute value")?)),
+            RawValue::Val(v) => Ok(v),
+        }
+    }
+}
+
+/// Decodes one `KeyValue` message without validating strings (keys are compared as bytes).
+pub fn key_value_raw(buf: &[u8]) -> Result<(&[u8], RawValue<'_>), DecodeError> {
     let mut r = Reader::new(buf);
-    let mut key = "";
-    let mut value = AttrValue::Other;
+    let mut key: &[u8] = b"";
+    let mut value = RawValue::Val(AttrValue::Other);
     while let Some((f, v)) = r.next()? {
         match (f, v) {
-            (1, Value::Bytes(b)) => key = utf8(b, "attribute key")?,
-            (2, Value::Bytes(b)) => value = any_value(b)?,
+            (1, Value::Bytes(b)) => key = b,
+            (2, Value::Bytes(b)) => {
+                let mut ar = Reader::new(b);
+                while let Some((f, v)) = ar.next()? {
+                    value = match (f, v) {
+                        (1, Value::Bytes(s)) => RawValue::Str(s),
+                        (2, Value::Varint(x)) => RawValue::Val(AttrValue::Bool(x != 0)),
+                        (3, Value::Varint(x)) => RawValue::Val(AttrValue::Int(x as i64)),
+                        (4, Value::Fixed64(x)) => {
+                            RawValue::Val(AttrValue::Double(f64::from_bits(x)))
+                        }
+                        _ => RawValue::Val(AttrValue::Other),
+                    };
+                }
+            }
             _ => {}
         }
     }
     Ok((key, value))
-}
-
-fn any_value(buf: &[u8]) -> Result<AttrValue<'_>, DecodeError> {
-    let mut r = Reader::new(buf);
-    let mut out = AttrValue::Other;
-    while let Some((f, v)) = r.next()? {
-        out = match (f, v) {
-            (1, Value::Bytes(b)) => AttrValue::Str(utf8(b, "attribute value")?),
-            (2, Value::Varint(x)) => AttrValue::Bool(x != 0),
-            (3, Value::Varint(x)) => AttrValue::Int(x as i64),
-            (4, Value::Fixed64(x)) => AttrValue::Double(f64::from_bits(x)),
-            _ => AttrValue::Other,
-        };
-    }
-    Ok(out)
 }

@@ -1,24 +1,28 @@
 //! Entry spans → request observations, read straight off the protobuf wire.
 //!
 //! Field numbers are those of `opentelemetry/proto/trace/v1/trace.proto` and
-//! `collector/trace/v1/trace_service.proto`.
+//! `collector/trace/v1/trace_service.proto`. Only the values used are UTF-8 validated; keys
+//! are compared as bytes; no allocation per span unless it starts a new series key.
 
-use super::attrs::{AttrValue, key_value};
+use super::attrs::{AttrValue, RawValue, key_value_raw};
 use super::wire::{Reader, Value, utf8};
-use super::{DecodeConfig, DecodeError, Decoded};
+use super::{DecodeConfig, DecodeError, Decoded, Fnv};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use trike_engine::{RequestObs, SeriesKey};
 
 const STATUS_ERROR: u64 = 2;
+/// Most extra dimensions a series key can have (the config validates this).
+pub const MAX_DIMS: usize = 8;
+
+type Dims<'a> = [Option<RawValue<'a>>; MAX_DIMS];
 
 /// Resource-level facts shared by all spans of a `ResourceSpans`.
-#[derive(Default)]
 struct ResourceFacts<'a> {
     service: &'a str,
-    version: Option<AttrValue<'a>>,
-    dims: Vec<Option<AttrValue<'a>>>,
+    version: Option<RawValue<'a>>,
+    dims: Dims<'a>,
 }
 
 /// Span fields the SLIs need.
@@ -27,31 +31,34 @@ struct SpanFacts<'a> {
     trace_id_len: usize,
     trace_id_zero: bool,
     span_id_len: usize,
-    name: &'a str,
+    name: &'a [u8],
     kind: u64,
     start: u64,
     end: u64,
     status_error: bool,
-    http_route: Option<&'a str>,
-    rpc_method: Option<&'a str>,
-    http_status: Option<i64>,
-    grpc_status: Option<i64>,
-    version: Option<AttrValue<'a>>,
-    dims: Vec<Option<AttrValue<'a>>>,
+    http_route: Option<RawValue<'a>>,
+    rpc_method: Option<RawValue<'a>>,
+    http_status: Option<RawValue<'a>>,
+    grpc_status: Option<RawValue<'a>>,
+    version: Option<RawValue<'a>>,
+    dims: Dims<'a>,
 }
 
-type KeyParts<'a> = (&'a str, &'a str, Cow<'a, str>, Vec<Cow<'a, str>>);
-
-/// Builds series keys, sharing one key per distinct (service, operation, version, dims).
-struct Keys<'a> {
-    index: HashMap<KeyParts<'a>, u32>,
+/// Series keys of one request, found by a hash of their parts.
+struct Keys {
+    by_hash: HashMap<u64, u32>,
 }
 
 /// Decodes an `ExportTraceServiceRequest`.
 pub fn traces_proto(buf: &[u8], cfg: &DecodeConfig) -> Result<Decoded, DecodeError> {
+    if cfg.dimensions.len() > MAX_DIMS {
+        return Err(DecodeError::Malformed(format!(
+            "more than {MAX_DIMS} dimensions configured"
+        )));
+    }
     let mut out = Decoded::default();
     let mut keys = Keys {
-        index: HashMap::new(),
+        by_hash: HashMap::new(),
     };
     let mut r = Reader::new(buf);
     while let Some((f, v)) = r.next()? {
@@ -62,16 +69,21 @@ pub fn traces_proto(buf: &[u8], cfg: &DecodeConfig) -> Result<Decoded, DecodeErr
     Ok(out)
 }
 
-fn resource_spans<'a>(
-    buf: &'a [u8],
+fn dim_index(cfg: &DecodeConfig, key: &[u8]) -> Option<usize> {
+    cfg.dimensions.iter().position(|d| d.as_bytes() == key)
+}
+
+fn resource_spans(
+    buf: &[u8],
     cfg: &DecodeConfig,
     out: &mut Decoded,
-    keys: &mut Keys<'a>,
+    keys: &mut Keys,
 ) -> Result<(), DecodeError> {
     // The resource may come after the scope spans on the wire: read it first.
     let mut res = ResourceFacts {
-        dims: vec![None; cfg.dimensions.len()],
-        ..Default::default()
+        service: "",
+        version: None,
+        dims: [None; MAX_DIMS],
     };
     let mut r = Reader::new(buf);
     while let Some((f, v)) = r.next()? {
@@ -79,15 +91,15 @@ fn resource_spans<'a>(
             let mut rr = Reader::new(resource);
             while let Some((f, v)) = rr.next()? {
                 if let (1, Value::Bytes(kv)) = (f, v) {
-                    let (k, val) = key_value(kv)?;
-                    if k == "service.name" {
-                        if let AttrValue::Str(s) = val {
+                    let (k, val) = key_value_raw(kv)?;
+                    if k == b"service.name" {
+                        if let AttrValue::Str(s) = val.check()? {
                             res.service = s;
                         }
-                    } else if k == cfg.version_attribute {
+                    } else if k == cfg.version_attribute.as_bytes() {
                         res.version = Some(val);
                     }
-                    if let Some(i) = cfg.dimensions.iter().position(|d| d == k) {
+                    if let Some(i) = dim_index(cfg, k) {
                         res.dims[i] = Some(val);
                     }
                 }
@@ -113,17 +125,14 @@ fn resource_spans<'a>(
     Ok(())
 }
 
-fn one_span<'a>(
-    buf: &'a [u8],
+fn one_span(
+    buf: &[u8],
     cfg: &DecodeConfig,
-    res: &ResourceFacts<'a>,
+    res: &ResourceFacts<'_>,
     out: &mut Decoded,
-    keys: &mut Keys<'a>,
+    keys: &mut Keys,
 ) -> Result<(), DecodeError> {
-    let mut s = SpanFacts {
-        dims: vec![None; cfg.dimensions.len()],
-        ..Default::default()
-    };
+    let mut s = SpanFacts::default();
     let mut r = Reader::new(buf);
     while let Some((f, v)) = r.next()? {
         match (f, v) {
@@ -132,25 +141,23 @@ fn one_span<'a>(
                 s.trace_id_zero = b.iter().all(|&x| x == 0);
             }
             (2, Value::Bytes(b)) => s.span_id_len = b.len(),
-            (5, Value::Bytes(b)) => s.name = utf8(b, "span name")?,
+            (5, Value::Bytes(b)) => s.name = b,
             (6, Value::Varint(k)) => s.kind = k,
             (7, Value::Fixed64(t)) => s.start = t,
             (8, Value::Fixed64(t)) => s.end = t,
             (9, Value::Bytes(kv)) => {
-                let (k, val) = key_value(kv)?;
+                let (k, val) = key_value_raw(kv)?;
                 match k {
-                    "http.route" => s.http_route = as_str(val),
-                    "rpc.method" => s.rpc_method = as_str(val),
-                    "http.response.status_code" | "http.status_code" => {
-                        s.http_status = val.as_int()
-                    }
-                    "rpc.grpc.status_code" => s.grpc_status = val.as_int(),
+                    b"http.route" => s.http_route = Some(val),
+                    b"rpc.method" => s.rpc_method = Some(val),
+                    b"http.response.status_code" | b"http.status_code" => s.http_status = Some(val),
+                    b"rpc.grpc.status_code" => s.grpc_status = Some(val),
                     _ => {}
                 }
-                if k == cfg.version_attribute {
+                if k == cfg.version_attribute.as_bytes() {
                     s.version = Some(val);
                 }
-                if let Some(i) = cfg.dimensions.iter().position(|d| d == k) {
+                if let Some(i) = dim_index(cfg, k) {
                     s.dims[i] = Some(val);
                 }
             }
@@ -168,45 +175,45 @@ fn one_span<'a>(
     if !cfg.entry_span_kinds.iter().any(|k| k.number() == s.kind) {
         return Ok(());
     }
+    let name = utf8(s.name, "span name")?;
     if s.trace_id_len != 16 || s.trace_id_zero {
-        out.reject(|| {
-            format!(
-                "span {:?}: trace_id must be 16 bytes and not all zero",
-                s.name
-            )
-        });
+        out.reject(|| format!("span {name:?}: trace_id must be 16 bytes and not all zero"));
         return Ok(());
     }
     if s.span_id_len != 8 {
-        out.reject(|| format!("span {:?}: span_id must be 8 bytes", s.name));
+        out.reject(|| format!("span {name:?}: span_id must be 8 bytes"));
         return Ok(());
     }
     if s.start == 0 || s.end < s.start {
         out.reject(|| {
             format!(
-                "span {:?}: end_time_unix_nano ({}) must be set and not before start_time_unix_nano ({})",
-                s.name, s.end, s.start
+                "span {name:?}: end_time_unix_nano ({}) must be set and not before start_time_unix_nano ({})",
+                s.end, s.start
             )
         });
         return Ok(());
     }
-    let operation = s.http_route.or(s.rpc_method).unwrap_or(s.name);
-    let version = s
-        .version
-        .or(res.version)
-        .map(AttrValue::into_text)
-        .unwrap_or_default();
-    let dims: Vec<Cow<'a, str>> = s
-        .dims
-        .iter()
-        .zip(&res.dims)
-        .map(|(sv, rv)| sv.or(*rv).map(AttrValue::into_text).unwrap_or_default())
-        .collect();
+    let operation = match nonempty(s.http_route)? {
+        Some(r) => r,
+        None => nonempty(s.rpc_method)?.unwrap_or(name),
+    };
+    let version = s.version.or(res.version).map(RawValue::check).transpose()?;
+    let mut dims: [Option<AttrValue<'_>>; MAX_DIMS] = [None; MAX_DIMS];
+    for (i, d) in dims.iter_mut().enumerate().take(cfg.dimensions.len()) {
+        *d = s.dims[i].or(res.dims[i]).map(RawValue::check).transpose()?;
+    }
+    let int = |v: Option<RawValue<'_>>| v.and_then(|v| v.check().ok()).and_then(|v| v.as_int());
     let bad = s.status_error
-        || s.http_status.is_some_and(|c| c >= 500)
-        || s.grpc_status
-            .is_some_and(|c| cfg.bad_grpc_codes.contains(&c));
-    let key = keys.index_of(res.service, operation, version, dims, cfg, out);
+        || int(s.http_status).is_some_and(|c| c >= 500)
+        || int(s.grpc_status).is_some_and(|c| cfg.bad_grpc_codes.contains(&c));
+    let key = keys.index_of(
+        res.service,
+        operation,
+        version,
+        &dims[..cfg.dimensions.len()],
+        cfg,
+        out,
+    );
     out.batch.requests.push(RequestObs {
         key,
         time: s.end,
@@ -216,42 +223,69 @@ fn one_span<'a>(
     Ok(())
 }
 
-fn as_str(v: AttrValue<'_>) -> Option<&str> {
-    match v {
-        AttrValue::Str(s) if !s.is_empty() => Some(s),
+fn nonempty(v: Option<RawValue<'_>>) -> Result<Option<&str>, DecodeError> {
+    Ok(match v.map(RawValue::check).transpose()? {
+        Some(AttrValue::Str(x)) if !x.is_empty() => Some(x),
         _ => None,
+    })
+}
+
+fn text(v: Option<AttrValue<'_>>) -> Cow<'_, str> {
+    v.map(AttrValue::into_text).unwrap_or_default()
+}
+
+fn hash_value(h: &mut Fnv, v: Option<AttrValue<'_>>) {
+    match v {
+        None => h.write(b"\x00"),
+        Some(AttrValue::Str(s)) => h.write(s.as_bytes()),
+        Some(other) => h.write(other.into_text().as_bytes()),
     }
 }
 
-impl<'a> Keys<'a> {
+impl Keys {
     fn index_of(
         &mut self,
-        service: &'a str,
-        operation: &'a str,
-        version: Cow<'a, str>,
-        dims: Vec<Cow<'a, str>>,
+        service: &str,
+        operation: &str,
+        version: Option<AttrValue<'_>>,
+        dims: &[Option<AttrValue<'_>>],
         cfg: &DecodeConfig,
         out: &mut Decoded,
     ) -> u32 {
-        let parts = (service, operation, version, dims);
-        if let Some(&i) = self.index.get(&parts) {
-            return i;
+        let mut h = Fnv::new();
+        h.write(service.as_bytes());
+        h.write(operation.as_bytes());
+        hash_value(&mut h, version);
+        for d in dims {
+            hash_value(&mut h, *d);
         }
-        let (service, operation, version, dims) = parts.clone();
+        let hash = h.finish();
+        if let Some(&i) = self.by_hash.get(&hash) {
+            let k = &out.batch.keys[i as usize];
+            // Verify: FNV is not collision-proof against crafted input.
+            let same = &*k.service == service
+                && &*k.operation == operation
+                && *k.version == *text(version)
+                && k.dims.iter().zip(dims).all(|((_, v), d)| **v == *text(*d));
+            if same {
+                return i;
+            }
+        }
         let key = SeriesKey {
             service: service.into(),
             operation: operation.into(),
-            version: Arc::from(&*version),
+            version: Arc::from(&*text(version)),
             dims: cfg
                 .dimensions
                 .iter()
                 .zip(dims)
-                .map(|(k, v)| (Arc::from(k.as_str()), Arc::from(&*v)))
+                .map(|(k, v)| (Arc::from(k.as_str()), Arc::from(&*text(*v))))
                 .collect(),
         };
         out.batch.keys.push(key);
         let i = (out.batch.keys.len() - 1) as u32;
-        self.index.insert(parts, i);
+        // On a (crafted) collision the newer key wins the slot; both stay correct.
+        self.by_hash.insert(hash, i);
         i
     }
 }

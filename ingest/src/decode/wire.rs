@@ -3,6 +3,32 @@
 
 use super::DecodeError;
 
+/// Why the wire walker stopped: small and `Copy`, so the hot path returns it in registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// The message ended inside a field.
+    Truncated,
+    /// A varint longer than 10 bytes.
+    LongVarint,
+    /// Field number 0 or beyond 2^29.
+    BadField(u64),
+    /// A wire type OTLP never uses (groups, or 6/7).
+    BadWireType(u8, u64),
+}
+
+impl From<WireError> for DecodeError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated => DecodeError::Truncated,
+            WireError::LongVarint => DecodeError::Malformed("varint longer than 10 bytes".into()),
+            WireError::BadField(f) => DecodeError::Malformed(format!("invalid field number {f}")),
+            WireError::BadWireType(wt, f) => {
+                DecodeError::Malformed(format!("wire type {wt} (field {f}) is not used by OTLP"))
+            }
+        }
+    }
+}
+
 /// One field's value, borrowed from the buffer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Value<'a> {
@@ -29,11 +55,24 @@ impl<'a> Reader<'a> {
         Self { buf, pos: 0 }
     }
 
-    fn varint(&mut self) -> Result<u64, DecodeError> {
+    #[inline(always)]
+    fn varint(&mut self) -> Result<u64, WireError> {
+        // Fast path: most keys and lengths fit in one byte.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
+        self.varint_slow()
+    }
+
+    #[cold]
+    fn varint_slow(&mut self) -> Result<u64, WireError> {
         let mut out: u64 = 0;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {
-                return Err(DecodeError::Truncated);
+                return Err(WireError::Truncated);
             };
             self.pos += 1;
             out |= u64::from(b & 0x7f) << (7 * i);
@@ -41,27 +80,28 @@ impl<'a> Reader<'a> {
                 return Ok(out);
             }
         }
-        Err(DecodeError::Malformed("varint longer than 10 bytes".into()))
+        Err(WireError::LongVarint)
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
-        let s = self.buf.get(self.pos..end).ok_or(DecodeError::Truncated)?;
+    #[inline(always)]
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self.pos.checked_add(n).ok_or(WireError::Truncated)?;
+        let s = self.buf.get(self.pos..end).ok_or(WireError::Truncated)?;
         self.pos = end;
         Ok(s)
     }
 
     /// The next field, `None` at the end of the message.
     #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, DecodeError> {
+    #[inline(always)]
+    pub fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, WireError> {
         if self.pos >= self.buf.len() {
             return Ok(None);
         }
         let key = self.varint()?;
-        let field = u32::try_from(key >> 3)
-            .map_err(|_| DecodeError::Malformed(format!("field number {} too large", key >> 3)))?;
+        let field = u32::try_from(key >> 3).map_err(|_| WireError::BadField(key >> 3))?;
         if field == 0 {
-            return Err(DecodeError::Malformed("field number 0".into()));
+            return Err(WireError::BadField(0));
         }
         let v = match key & 7 {
             0 => Value::Varint(self.varint()?),
@@ -69,17 +109,13 @@ impl<'a> Reader<'a> {
                 self.take(8)?.try_into().expect("8 bytes"),
             )),
             2 => {
-                let len = usize::try_from(self.varint()?).map_err(|_| DecodeError::Truncated)?;
+                let len = usize::try_from(self.varint()?).map_err(|_| WireError::Truncated)?;
                 Value::Bytes(self.take(len)?)
             }
             5 => Value::Fixed32(u32::from_le_bytes(
                 self.take(4)?.try_into().expect("4 bytes"),
             )),
-            wt => {
-                return Err(DecodeError::Malformed(format!(
-                    "wire type {wt} (field {field}) is not used by OTLP"
-                )));
-            }
+            wt => return Err(WireError::BadWireType(wt as u8, u64::from(field))),
         };
         Ok(Some((field, v)))
     }
