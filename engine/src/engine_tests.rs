@@ -425,7 +425,8 @@ fn memory_per_series_is_bounded() {
         e.advance(t);
     }
     let bytes = e.window_heap_bytes();
-    assert!(bytes < 256 * 1024, "{bytes} bytes for one series");
+    // Measured 2026-11-22: ~70 KiB (digests of 50 req/s dominate; BENCHMARKS.md has the curve).
+    assert!(bytes < 96 * 1024, "{bytes} bytes for one series");
 }
 
 /// Guarantees: service SLIs add up the service's series and merge their latency digests.

@@ -1,9 +1,9 @@
 //! Event-time buckets at several resolutions, and how a sliding window is covered by them.
 //!
 //! Counters (requests, errors, requests within each latency threshold) are kept at 1 s for
-//! 5 min, 1 min for 6 h and 1 h for 30 d. Latency digests are kept at 1 s for 1 min, 10 s for
-//! 5 min and 1 min for 1 h. A window ending now is covered by the finest buckets that still
-//! exist, switching to a coarser tier only at one of its bucket boundaries, so nothing is
+//! 5 min, 1 min for 1 h, 10 min for 6 h, 1 h for 3 d and 6 h for 30 d (593 buckets at most).
+//! Latency digests are kept at 1 s for 10 s, 10 s for 5 min and 5 min for 1 h. A window
+//! ending now is covered by the finest buckets that still exist, switching to a coarser tier only at one of its bucket boundaries, so nothing is
 //! counted twice; the oldest edge is therefore exact to the width of the coarsest tier used.
 
 mod ring;
@@ -30,36 +30,27 @@ impl TierSpec {
     }
 }
 
-/// Counter tiers: 1 s × 5 min, 1 min × 6 h, 1 h × 30 d (one extra slot each for the partial bucket).
-pub const COUNTER_TIERS: [TierSpec; 3] = [
-    TierSpec {
-        width_s: 1,
-        slots: 301,
-    },
-    TierSpec {
-        width_s: 60,
-        slots: 361,
-    },
-    TierSpec {
-        width_s: 3600,
-        slots: 721,
-    },
+/// Counter tiers: 1 s × 5 min, 1 min × 1 h, 10 min × 6 h, 1 h × 3 d, 6 h × 30 d (one extra
+/// slot each for the partial bucket). A window's oldest edge is thus exact to at most 1/60 of
+/// its length for the standard SLO windows (5m, 30m, 1h, 6h, 3d, 30d).
+#[rustfmt::skip]
+pub const COUNTER_TIERS: [TierSpec; 5] = [
+    TierSpec { width_s: 1, slots: 301 },
+    TierSpec { width_s: 60, slots: 61 },
+    TierSpec { width_s: 600, slots: 37 },
+    TierSpec { width_s: 3600, slots: 73 },
+    TierSpec { width_s: 21_600, slots: 121 },
 ];
 
-/// Digest tiers: 1 s × 1 min, 10 s × 5 min, 1 min × 1 h.
+/// Digest tiers: 1 s × 10 s, 10 s × 5 min, 5 min × 1 h. Latency digests cost far more than
+/// counters (up to ~1.6 KB each at default compression), so they are kept coarser: a quantile
+/// window's oldest edge is exact to 1 s for windows up to 10 s, to 10 s up to 5 min, and to
+/// 5 min up to 1 h (counts and error ratios stay exact to the finer counter tiers).
+#[rustfmt::skip]
 pub const DIGEST_TIERS: [TierSpec; 3] = [
-    TierSpec {
-        width_s: 1,
-        slots: 61,
-    },
-    TierSpec {
-        width_s: 10,
-        slots: 31,
-    },
-    TierSpec {
-        width_s: 60,
-        slots: 61,
-    },
+    TierSpec { width_s: 1, slots: 11 },
+    TierSpec { width_s: 10, slots: 31 },
+    TierSpec { width_s: 300, slots: 13 },
 ];
 
 /// Longest window counters can answer.
@@ -182,7 +173,9 @@ mod tests {
         assert_eq!(t(60), vec![0]);
         assert_eq!(t(300), vec![0]);
         assert_eq!(t(3600), vec![0, 1]);
-        assert_eq!(t(3 * 86_400), vec![0, 1, 2]);
+        assert_eq!(t(6 * 3600), vec![0, 1, 2]);
+        assert_eq!(t(3 * 86_400), vec![0, 1, 2, 3]);
+        assert_eq!(t(30 * 86_400), vec![0, 1, 2, 3, 4]);
         let c = cover(&COUNTER_TIERS, now_s, 300);
         assert_eq!(
             c.segments,

@@ -4,9 +4,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 /// Buckets `(index, value)` sorted by index; indices older than the retention are evicted.
+/// Indices are stored as `u32` (a 1 s index fits until 2106) to keep slots small, and the
+/// capacity never grows beyond the retention.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ring<T> {
-    slots: VecDeque<(u64, T)>,
+    slots: VecDeque<(u32, T)>,
+}
+
+fn narrow(idx: u64) -> u32 {
+    u32::try_from(idx).unwrap_or(u32::MAX)
 }
 
 impl<T: Default> Ring<T> {
@@ -16,6 +22,13 @@ impl<T: Default> Ring<T> {
     pub fn bucket_mut(&mut self, idx: u64, now_idx: u64, slots: u64) -> Option<(&mut T, bool)> {
         if idx + slots <= now_idx {
             return None;
+        }
+        let idx = narrow(idx);
+        if self.slots.len() == self.slots.capacity() {
+            // Double while small, but never past the retention (+1 for a late insert).
+            let len = self.slots.len();
+            let want = (len * 2).max(4).min(slots as usize + 1).max(len + 1);
+            self.slots.reserve_exact(want - len);
         }
         // Most data lands in the newest bucket; search from the back.
         let pos = self.slots.iter().rposition(|(i, _)| *i <= idx);
@@ -39,7 +52,7 @@ impl<T> Ring<T> {
     /// Drops buckets that fell out of retention.
     pub fn evict(&mut self, now_idx: u64, slots: u64) {
         while let Some((i, _)) = self.slots.front() {
-            if i + slots <= now_idx {
+            if u64::from(*i) + slots <= now_idx {
                 self.slots.pop_front();
             } else {
                 break;
@@ -49,10 +62,12 @@ impl<T> Ring<T> {
 
     /// Buckets with `from_idx <= index < to_idx`.
     pub fn range(&self, from_idx: u64, to_idx: u64) -> impl Iterator<Item = &T> {
-        let start = self.slots.partition_point(|(i, _)| *i < from_idx);
+        let start = self
+            .slots
+            .partition_point(|(i, _)| u64::from(*i) < from_idx);
         self.slots
             .range(start..)
-            .take_while(move |(i, _)| *i < to_idx)
+            .take_while(move |(i, _)| u64::from(*i) < to_idx)
             .map(|(_, v)| v)
     }
 
@@ -78,7 +93,7 @@ impl<T> Ring<T> {
 
     /// Index of the newest stored bucket.
     pub fn newest_idx(&self) -> Option<u64> {
-        self.slots.back().map(|(i, _)| *i)
+        self.slots.back().map(|(i, _)| u64::from(*i))
     }
 
     /// Iterates all stored values.
@@ -88,7 +103,7 @@ impl<T> Ring<T> {
 
     /// Heap bytes of the slot array itself.
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<(u64, T)>()
+        self.slots.capacity() * std::mem::size_of::<(u32, T)>()
     }
 }
 

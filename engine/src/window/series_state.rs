@@ -52,8 +52,8 @@ pub struct WindowSums {
 /// What one series keeps.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SeriesState {
-    counts: [Ring<Counts>; 3],
-    digests: [Ring<TDigest>; 3],
+    counts: [Ring<Counts>; COUNTER_TIERS.len()],
+    digests: [Ring<TDigest>; DIGEST_TIERS.len()],
     /// Newest event time applied.
     pub last_event: UnixNanos,
     /// Arrival time (engine `now`) of the newest data applied.
