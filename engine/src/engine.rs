@@ -43,6 +43,8 @@ pub struct Stats {
     pub metric_out_of_order: u64,
     /// Cumulative points dropped because the stream table was full.
     pub metric_streams_full: u64,
+    /// Cumulative points whose bucket layout changed (kept as the new baseline, not counted).
+    pub metric_layout_changes: u64,
     /// Idle series removed.
     pub series_evicted: u64,
 }
@@ -324,13 +326,15 @@ impl Engine {
         let mut metric_points = 0;
         for h in &batch.histograms {
             let res = resolved[h.key as usize];
+            // Convert first, even when the point is then dropped: the cumulative baseline
+            // must keep moving, or the next counted point would carry everything since.
+            let layout = layout_hash(&h.bounds_ms);
+            let counts = self.metric_delta(h.stream, h.start_time, h.time, h.temporality, layout, &h.counts);
             if !res.allow_metrics {
                 rep.deduplicated += 1;
                 continue;
             }
-            let Some(counts) =
-                self.metric_delta(h.stream, h.start_time, h.time, h.temporality, &h.counts)
-            else {
+            let Some(counts) = counts else {
                 continue;
             };
             let Some(t_s) = self.event_second(h.time) else {
@@ -361,18 +365,18 @@ impl Engine {
         }
         for c in &batch.counters {
             let res = resolved[c.key as usize];
+            let value = match c.temporality {
+                Temporality::Delta => Some(c.value),
+                Temporality::Cumulative => {
+                    self.convert(c.stream, c.start_time, c.time, 0, &[c.value]).map(|v| v[0])
+                }
+            };
             if !res.allow_metrics {
                 rep.deduplicated += 1;
                 continue;
             }
-            let value = match c.temporality {
-                Temporality::Delta => c.value,
-                Temporality::Cumulative => {
-                    match self.convert(c.stream, c.start_time, c.time, &[c.value]) {
-                        Some(v) => v[0],
-                        None => continue,
-                    }
-                }
+            let Some(value) = value else {
+                continue;
             };
             let n = value.max(0.0).round() as u64;
             if n == 0 {
@@ -413,13 +417,14 @@ impl Engine {
         start: UnixNanos,
         time: UnixNanos,
         temporality: Temporality,
+        layout: u64,
         counts: &[u64],
     ) -> Option<Vec<u64>> {
         match temporality {
             Temporality::Delta => Some(counts.to_vec()),
             Temporality::Cumulative => {
                 let values: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
-                let d = self.convert(stream, start, time, &values)?;
+                let d = self.convert(stream, start, time, layout, &values)?;
                 Some(d.into_iter().map(|v| v.max(0.0) as u64).collect())
             }
         }
@@ -430,13 +435,15 @@ impl Engine {
         stream: u64,
         start: UnixNanos,
         time: UnixNanos,
+        layout: u64,
         values: &[f64],
     ) -> Option<Vec<f64>> {
         let max = self.cfg.max_metric_streams;
-        match self
-            .deltas
-            .convert(stream, start, time, values, self.start, max)
-        {
+        // Point times are the client's: clamp them, as the windows do, so one point from
+        // the future cannot block its stream.
+        let time = time.min(self.now);
+        let point = crate::delta::Point { start, time, layout, values };
+        match self.deltas.convert(stream, point, self.start, self.now, max) {
             Delta::Emit(v) => Some(v),
             Delta::Reset(v) => {
                 self.stats.metric_resets += 1;
@@ -444,6 +451,10 @@ impl Engine {
             }
             Delta::Baseline => {
                 self.stats.metric_baselines += 1;
+                None
+            }
+            Delta::Rebaseline => {
+                self.stats.metric_layout_changes += 1;
                 None
             }
             Delta::OutOfOrder => {
@@ -648,6 +659,17 @@ impl Engine {
         }
         Ok(engine)
     }
+}
+
+/// Identity of a histogram's bucket layout (bounds), so a changed layout is never subtracted
+/// bucket by bucket from the old one.
+fn layout_hash(bounds: &[f64]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bounds {
+        h ^= b.to_bits();
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 fn quantiles_of(d: &TDigest) -> Quantiles {

@@ -458,3 +458,32 @@ fn service_level_aggregation() {
     let q = svc.latency_ms.unwrap();
     assert_eq!((q.p50, q.p999), (20.0, 1000.0));
 }
+
+/// Guarantees: cumulative metrics ignored while the service sends spans still move their
+/// baseline, so when spans stop, the metrics count what happened since, not a burst of
+/// everything held back.
+#[test]
+fn deduplicated_metrics_keep_their_baseline() {
+    let mut e = engine();
+    e.advance(T0);
+    e.ingest(&batch(checkout(), &[(T0, 10.0, false)]), T0);
+    let start = T0 - 3600 * S;
+    for (t, total) in [(T0 + 10 * S, 10), (T0 + 60 * S, 20)] {
+        let rep = e.ingest(&histogram(t, start, Temporality::Cumulative, vec![total, 0, 0, 0], false), t);
+        assert_eq!(rep.deduplicated, 1);
+    }
+    let later = T0 + 11 * 60 * S;
+    e.ingest(&histogram(later, start, Temporality::Cumulative, vec![25, 0, 0, 0], false), later);
+    assert_eq!(sli(&e, "1m")[0].requests, 5, "only the 5 requests since the last point");
+}
+
+/// Guarantees: a pre-aggregated count beyond what a centroid holds is absorbed in bounded
+/// memory and time (it saturates), never a loop per 2^32 requests.
+#[test]
+fn huge_weights_are_bounded() {
+    let mut d = crate::sketch::TDigest::default();
+    d.add_weighted(5.0, u64::MAX);
+    d.add_weighted(7.0, 3);
+    assert!(d.heap_bytes() < 64 * 1024);
+    assert_eq!(d.quantile(0.0), 5.0);
+}

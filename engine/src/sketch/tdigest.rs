@@ -83,24 +83,19 @@ impl TDigest {
         self.add_weighted(value, 1);
     }
 
-    /// Adds `weight` samples of `value`. Non-finite values and zero weights are ignored.
+    /// Adds `weight` samples of `value` (at most `u32::MAX` at once). Non-finite values and
+    /// zero weights are ignored.
     pub fn add_weighted(&mut self, value: f64, weight: u64) {
         if !value.is_finite() || weight == 0 {
             return;
         }
         self.min = self.min.min(value);
         self.max = self.max.max(value);
-        self.count = self.count.saturating_add(weight);
-        let mut left = weight;
-        // Weights beyond u32 are split; this only happens for huge pre-aggregated counts.
-        while left > 0 {
-            let w = left.min(u64::from(u32::MAX)) as u32;
-            self.buffer.push(Centroid {
-                mean: value as f32,
-                weight: w,
-            });
-            left -= u64::from(w);
-        }
+        // A centroid holds at most u32::MAX samples; a larger pre-aggregated count (only ever
+        // seen from broken or hostile clients) saturates instead of looping per 2^32.
+        let w = weight.min(u64::from(u32::MAX)) as u32;
+        self.count = self.count.saturating_add(u64::from(w));
+        self.buffer.push(Centroid { mean: value as f32, weight: w });
         if self.buffer.len() >= BUFFER_FACTOR * self.compression as usize {
             self.compress();
         }
