@@ -24,6 +24,8 @@ pub enum SignalSource {
 pub struct EngineConfig {
     /// New series of a service beyond this many fold into its overflow series.
     pub max_series_per_service: usize,
+    /// Services beyond this many fold into one shared overflow series.
+    pub max_services: usize,
     /// Data older than `now − allowed_lateness` is counted and dropped.
     pub allowed_lateness: Span,
     /// In `auto` mode, how long after the last span a service's metrics stay ignored.
@@ -48,6 +50,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             max_series_per_service: 10_000,
+            max_services: 10_000,
             allowed_lateness: Span::minutes(5),
             spans_preferred_for: Span::minutes(10),
             signal_source: SignalSource::Auto,
@@ -65,6 +68,9 @@ impl EngineConfig {
     /// Every problem with these settings, each naming its field under `prefix`.
     pub fn problems(&self, prefix: &str) -> Vec<String> {
         let mut out = Vec::new();
+        if self.max_services == 0 {
+            out.push(format!("{prefix}.max_services: must be at least 1"));
+        }
         if self.max_series_per_service == 0 {
             out.push(format!(
                 "{prefix}.max_series_per_service: must be at least 1"

@@ -74,12 +74,23 @@ impl DeltaTracker {
         now: UnixNanos,
         max_streams: usize,
     ) -> Delta<Vec<f64>> {
-        let Point { start, time, layout, values } = p;
+        let Point {
+            start,
+            time,
+            layout,
+            values,
+        } = p;
         let Some(last) = self.streams.get_mut(&stream) else {
             if self.streams.len() >= max_streams {
                 return Delta::TooManyStreams;
             }
-            let last = Last { start, time, layout, values: values.to_vec(), seen: now };
+            let last = Last {
+                start,
+                time,
+                layout,
+                values: values.to_vec(),
+                seen: now,
+            };
             self.streams.insert(stream, last);
             if start != 0 && start >= engine_start {
                 return Delta::Emit(values.to_vec());
@@ -99,9 +110,21 @@ impl DeltaTracker {
         } else if went_down {
             Delta::Reset(values.to_vec())
         } else {
-            Delta::Emit(values.iter().zip(&last.values).map(|(v, l)| v - l).collect())
+            Delta::Emit(
+                values
+                    .iter()
+                    .zip(&last.values)
+                    .map(|(v, l)| v - l)
+                    .collect(),
+            )
         };
-        *last = Last { start, time, layout, values: values.to_vec(), seen: now };
+        *last = Last {
+            start,
+            time,
+            layout,
+            values: values.to_vec(),
+            seen: now,
+        };
         out
     }
 
@@ -154,7 +177,12 @@ mod tests {
         ];
         for (i, (start, time, values, want)) in rows.into_iter().enumerate() {
             let layout = values.len() as u64;
-            let p = Point { start, time, layout, values: &values };
+            let p = Point {
+                start,
+                time,
+                layout,
+                values: &values,
+            };
             assert_eq!(t.convert(7, p, engine_start, time, 10), want, "row {i}");
         }
     }
@@ -164,11 +192,22 @@ mod tests {
     #[test]
     fn new_streams_and_bounds() {
         let mut t = DeltaTracker::default();
-        let p = |start, values: &'static [f64]| Point { start, time: 610 * S, layout: 0, values };
+        let p = |start, values: &'static [f64]| Point {
+            start,
+            time: 610 * S,
+            layout: 0,
+            values,
+        };
         let now = 620 * S;
-        assert_eq!(t.convert(1, p(600 * S, &[4.0]), 500 * S, now, 2), Delta::Emit(vec![4.0]));
+        assert_eq!(
+            t.convert(1, p(600 * S, &[4.0]), 500 * S, now, 2),
+            Delta::Emit(vec![4.0])
+        );
         assert_eq!(t.convert(2, p(0, &[4.0]), 500 * S, now, 2), Delta::Baseline);
-        assert_eq!(t.convert(3, p(0, &[4.0]), 500 * S, now, 2), Delta::TooManyStreams);
+        assert_eq!(
+            t.convert(3, p(0, &[4.0]), 500 * S, now, 2),
+            Delta::TooManyStreams
+        );
         assert_eq!(t.expire(now), 0);
         assert_eq!(t.expire(now + 1), 2);
         assert!(t.is_empty());

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Service name of the series that new services fold into beyond `max_services`.
+pub const OVERFLOW_SERVICE: &str = "__trike_overflow__";
+
 /// Version of the [`Snapshot`] layout.
 pub const SNAPSHOT_VERSION: u32 = 1;
 
@@ -228,6 +231,24 @@ impl Engine {
             r.overflow = key.is_overflow();
             return r;
         }
+        if !self.services.contains_key(&key.service) && self.services.len() >= self.cfg.max_services
+        {
+            // Too many services: fold the newcomer into one shared overflow series.
+            r.overflow = true;
+            let target = SeriesKey::overflow(&Arc::from(OVERFLOW_SERVICE));
+            r.entry = match self.index.get(&target) {
+                Some(&i) => i,
+                None => {
+                    self.entries.push(Entry {
+                        key: target.clone(),
+                        state: SeriesState::default(),
+                    });
+                    self.index.insert(target, self.entries.len() - 1);
+                    self.entries.len() - 1
+                }
+            };
+            return r;
+        }
         let info = self.services.entry(key.service.clone()).or_default();
         let target = if info.series >= self.cfg.max_series_per_service {
             r.overflow = true;
@@ -329,7 +350,14 @@ impl Engine {
             // Convert first, even when the point is then dropped: the cumulative baseline
             // must keep moving, or the next counted point would carry everything since.
             let layout = layout_hash(&h.bounds_ms);
-            let counts = self.metric_delta(h.stream, h.start_time, h.time, h.temporality, layout, &h.counts);
+            let counts = self.metric_delta(
+                h.stream,
+                h.start_time,
+                h.time,
+                h.temporality,
+                layout,
+                &h.counts,
+            );
             if !res.allow_metrics {
                 rep.deduplicated += 1;
                 continue;
@@ -367,9 +395,9 @@ impl Engine {
             let res = resolved[c.key as usize];
             let value = match c.temporality {
                 Temporality::Delta => Some(c.value),
-                Temporality::Cumulative => {
-                    self.convert(c.stream, c.start_time, c.time, 0, &[c.value]).map(|v| v[0])
-                }
+                Temporality::Cumulative => self
+                    .convert(c.stream, c.start_time, c.time, 0, &[c.value])
+                    .map(|v| v[0]),
             };
             if !res.allow_metrics {
                 rep.deduplicated += 1;
@@ -442,8 +470,16 @@ impl Engine {
         // Point times are the client's: clamp them, as the windows do, so one point from
         // the future cannot block its stream.
         let time = time.min(self.now);
-        let point = crate::delta::Point { start, time, layout, values };
-        match self.deltas.convert(stream, point, self.start, self.now, max) {
+        let point = crate::delta::Point {
+            start,
+            time,
+            layout,
+            values,
+        };
+        match self
+            .deltas
+            .convert(stream, point, self.start, self.now, max)
+        {
             Delta::Emit(v) => Some(v),
             Delta::Reset(v) => {
                 self.stats.metric_resets += 1;
@@ -496,6 +532,12 @@ impl Engine {
                 i += 1;
             }
         }
+        // Forget services with no series left and no recent spans.
+        let recent = self
+            .now
+            .saturating_sub(self.cfg.spans_preferred_for.nanos());
+        self.services
+            .retain(|_, info| info.series > 0 || info.last_span_arrival >= recent);
         let ttl = self.cfg.metric_stream_ttl.nanos();
         self.deltas.expire(self.now.saturating_sub(ttl));
     }

@@ -469,12 +469,34 @@ fn deduplicated_metrics_keep_their_baseline() {
     e.ingest(&batch(checkout(), &[(T0, 10.0, false)]), T0);
     let start = T0 - 3600 * S;
     for (t, total) in [(T0 + 10 * S, 10), (T0 + 60 * S, 20)] {
-        let rep = e.ingest(&histogram(t, start, Temporality::Cumulative, vec![total, 0, 0, 0], false), t);
+        let rep = e.ingest(
+            &histogram(
+                t,
+                start,
+                Temporality::Cumulative,
+                vec![total, 0, 0, 0],
+                false,
+            ),
+            t,
+        );
         assert_eq!(rep.deduplicated, 1);
     }
     let later = T0 + 11 * 60 * S;
-    e.ingest(&histogram(later, start, Temporality::Cumulative, vec![25, 0, 0, 0], false), later);
-    assert_eq!(sli(&e, "1m")[0].requests, 5, "only the 5 requests since the last point");
+    e.ingest(
+        &histogram(
+            later,
+            start,
+            Temporality::Cumulative,
+            vec![25, 0, 0, 0],
+            false,
+        ),
+        later,
+    );
+    assert_eq!(
+        sli(&e, "1m")[0].requests,
+        5,
+        "only the 5 requests since the last point"
+    );
 }
 
 /// Guarantees: a pre-aggregated count beyond what a centroid holds is absorbed in bounded
@@ -486,4 +508,30 @@ fn huge_weights_are_bounded() {
     d.add_weighted(7.0, 3);
     assert!(d.heap_bytes() < 64 * 1024);
     assert_eq!(d.quantile(0.0), 5.0);
+}
+
+/// Guarantees: beyond `max_services`, new services fold into one shared overflow series
+/// (bounded memory against a client inventing service names); known services still count.
+#[test]
+fn service_cap() {
+    let cfg = EngineConfig {
+        max_services: 2,
+        ..Default::default()
+    };
+    let mut e = Engine::new(Arc::new(cfg));
+    for svc in ["a", "b", "c", "d"] {
+        e.ingest(
+            &batch(SeriesKey::new(svc, "/", "1"), &[(T0, 1.0, false)]),
+            T0,
+        );
+    }
+    e.ingest(
+        &batch(SeriesKey::new("a", "/x", "1"), &[(T0, 1.0, false)]),
+        T0,
+    );
+    let rows = sli(&e, "1m");
+    let services: Vec<&str> = rows.iter().map(|r| &*r.key.service).collect();
+    assert_eq!(services, vec!["__trike_overflow__", "a", "a", "b"]);
+    assert_eq!(rows[0].requests, 2);
+    assert_eq!(e.stats().overflowed, 2);
 }

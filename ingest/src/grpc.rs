@@ -18,6 +18,7 @@ use tonic::codec::{
 };
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// Encodes typed responses, decodes requests to raw bytes.
 #[derive(Debug)]
@@ -109,7 +110,12 @@ impl<K: ExportKind> UnaryService<Bytes> for Unary<K> {
         {
             Ok(accepted) => Ok(Response::new(K::response(&accepted))),
             Err(e @ ExportError::Malformed(_)) => Err(Status::invalid_argument(e.to_string())),
-            Err(e @ ExportError::Overloaded) => Err(Status::resource_exhausted(e.to_string())),
+            // OTLP: RESOURCE_EXHAUSTED is retryable only with RetryInfo, so say when.
+            Err(e @ ExportError::Overloaded) => Err(Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
+            )),
         };
         std::future::ready(result)
     }
@@ -140,8 +146,29 @@ impl<K: ExportKind> tower_service::Service<http::Request<Body>> for ExportServic
             let mut grpc = Grpc::new(RawCodec::<K::Response>(PhantomData))
                 .apply_compression_config(accept, EnabledCompressionEncodings::default())
                 .apply_max_message_size_config(Some(limits.max_decompressed_bytes), None);
-            Ok(grpc.unary(Unary::<K>(pipeline, PhantomData), req).await)
+            let mut resp = grpc.unary(Unary::<K>(pipeline, PhantomData), req).await;
+            permanent_errors_are_invalid_argument(&mut resp);
+            Ok(resp)
         })
+    }
+}
+
+/// tonic refuses an oversized message with OUT_OF_RANGE and a corrupt compressed one with
+/// INTERNAL; OTLP clients retry both, forever, for a request that can never succeed. They are
+/// the client's fault: answer INVALID_ARGUMENT (never retried), keeping tonic's message.
+fn permanent_errors_are_invalid_argument(resp: &mut http::Response<Body>) {
+    let headers = resp.headers_mut();
+    let status = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0");
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let client_fault = status == "11" || (status == "13" && message.contains("ecompress"));
+    if client_fault {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
     }
 }
 

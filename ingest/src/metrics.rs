@@ -1,6 +1,7 @@
 //! Counters about ingestion, with a fixed label set (transport × signal × outcome), counted
 //! once per request, rendered as Prometheus text by [`IngestMetrics::render`].
 
+use crate::decode::Reason;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -89,7 +90,7 @@ impl RequestOutcome {
 pub struct IngestMetrics {
     requests: [[[AtomicU64; 6]; 3]; 2],
     received: [AtomicU64; 3],
-    rejected: [AtomicU64; 3],
+    rejected: [[AtomicU64; 4]; 3],
     observations: AtomicU64,
 }
 
@@ -99,10 +100,14 @@ impl IngestMetrics {
         self.requests[t as usize][s as usize][o as usize].fetch_add(1, Relaxed);
     }
 
-    /// Counts items received and rejected in one accepted request.
-    pub fn items(&self, s: SignalKind, received: u64, rejected: u64, observations: u64) {
+    /// Counts items received and rejected (by reason) in one accepted request.
+    pub fn items(&self, s: SignalKind, received: u64, rejected_by: [u64; 4], observations: u64) {
         self.received[s as usize].fetch_add(received, Relaxed);
-        self.rejected[s as usize].fetch_add(rejected, Relaxed);
+        for (slot, n) in self.rejected[s as usize].iter().zip(rejected_by) {
+            if n > 0 {
+                slot.fetch_add(n, Relaxed);
+            }
+        }
         self.observations.fetch_add(observations, Relaxed);
     }
 
@@ -116,9 +121,12 @@ impl IngestMetrics {
         self.received[s as usize].load(Relaxed)
     }
 
-    /// Items rejected so far of one signal.
+    /// Items rejected so far of one signal, all reasons.
     pub fn rejected(&self, s: SignalKind) -> u64 {
-        self.rejected[s as usize].load(Relaxed)
+        self.rejected[s as usize]
+            .iter()
+            .map(|a| a.load(Relaxed))
+            .sum()
     }
 
     /// Appends the Prometheus text exposition of these counters.
@@ -139,25 +147,32 @@ impl IngestMetrics {
                 }
             }
         }
-        for (name, help, arr) in [
-            (
-                "trike_receiver_items_received_total",
-                "Spans, metric data points and log records received in accepted requests.",
-                &self.received,
-            ),
-            (
-                "trike_receiver_items_rejected_total",
-                "Items rejected as invalid (reported to the client as partial success).",
-                &self.rejected,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for s in SignalKind::ALL {
+        let name = "trike_receiver_items_received_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Spans, metric data points and log records received in accepted requests.\n# TYPE {name} counter"
+        );
+        for s in SignalKind::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{signal=\"{}\"}} {}",
+                s.name(),
+                self.received[s as usize].load(Relaxed)
+            );
+        }
+        let name = "trike_receiver_items_rejected_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Items rejected as invalid, reported to the client as partial success.\n# TYPE {name} counter"
+        );
+        for s in SignalKind::ALL {
+            for r in Reason::ALL {
+                let v = self.rejected[s as usize][r as usize].load(Relaxed);
                 let _ = writeln!(
                     out,
-                    "{name}{{signal=\"{}\"}} {}",
+                    "{name}{{signal=\"{}\",reason=\"{}\"}} {v}",
                     s.name(),
-                    arr[s as usize].load(Relaxed)
+                    r.label()
                 );
             }
         }

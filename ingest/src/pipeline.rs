@@ -107,7 +107,7 @@ impl Pipeline {
             return Err(ExportError::Overloaded);
         }
         self.metrics
-            .items(signal, d.received, d.rejected, observations);
+            .items(signal, d.received, d.rejected_by, observations);
         let outcome = if d.rejected > 0 {
             RequestOutcome::Partial
         } else {

@@ -96,7 +96,9 @@ async fn slis_handler(State(s): State<Arc<AdminState>>, Query(p): Query<SliParam
         Ok(w) => w,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("window: {e}")),
     };
-    match slis::document(&s.worker.engine().lock(), p.service, window) {
+    // `?service=` (empty) means every service.
+    let service = p.service.filter(|s| !s.is_empty());
+    match slis::document(&s.worker.engine().lock(), service, window) {
         Ok(doc) => axum::Json(doc).into_response(),
         Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
     }

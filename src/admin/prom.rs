@@ -139,44 +139,63 @@ pub fn render(s: &AdminState) -> String {
     );
     let _ = writeln!(out, "{name}_count {cum}");
 
-    let _ = writeln!(
-        out,
-        "# HELP trike_sli_requests Requests in the window, per service.\n# TYPE trike_sli_requests gauge"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP trike_sli_error_ratio Bad / all requests in the window, per service.\n# TYPE trike_sli_error_ratio gauge"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP trike_sli_rate_per_second Requests per second over the window, per service.\n# TYPE trike_sli_rate_per_second gauge"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP trike_sli_latency_milliseconds Latency quantiles over the window, per service.\n# TYPE trike_sli_latency_milliseconds gauge"
-    );
+    // Compute once, then write each family's samples together (the text format wants a
+    // family's samples contiguous).
+    let mut rows = Vec::new();
     for w in &s.metrics_windows {
-        let Ok(rows) = engine.service_slis(*w) else {
-            continue;
-        };
-        for r in rows.iter().take(s.metrics_max_services) {
-            let l = format!("service=\"{}\",window=\"{w}\"", escape(&r.service));
-            let _ = writeln!(out, "trike_sli_requests{{{l}}} {}", r.requests);
-            let _ = writeln!(out, "trike_sli_error_ratio{{{l}}} {}", r.error_ratio);
-            let _ = writeln!(out, "trike_sli_rate_per_second{{{l}}} {}", r.rate_per_s);
-            if let Some(q) = r.latency_ms {
-                for (qn, v) in [
-                    ("0.5", q.p50),
-                    ("0.9", q.p90),
-                    ("0.95", q.p95),
-                    ("0.99", q.p99),
-                    ("0.999", q.p999),
-                ] {
-                    let _ = writeln!(
-                        out,
-                        "trike_sli_latency_milliseconds{{{l},quantile=\"{qn}\"}} {v}"
-                    );
-                }
+        if let Ok(r) = engine.service_slis(*w) {
+            rows.extend(r.into_iter().take(s.metrics_max_services).map(|r| (*w, r)));
+        }
+    }
+    drop(engine);
+    let label = |w: &Span, service: &str| format!("service=\"{}\",window=\"{w}\"", escape(service));
+    type Family = (
+        &'static str,
+        &'static str,
+        fn(&trike_engine::ServiceSli) -> f64,
+    );
+    let families: [Family; 3] = [
+        (
+            "trike_sli_requests",
+            "Requests in the window, per service.",
+            |r| r.requests as f64,
+        ),
+        (
+            "trike_sli_error_ratio",
+            "Bad / all requests in the window, per service.",
+            |r| r.error_ratio,
+        ),
+        (
+            "trike_sli_rate_per_second",
+            "Requests per second over the window, per service.",
+            |r| r.rate_per_s,
+        ),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (w, r) in &rows {
+            let _ = writeln!(out, "{name}{{{}}} {}", label(w, &r.service), value(r));
+        }
+    }
+    let name = "trike_sli_latency_milliseconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Latency quantiles over the window, per service.\n# TYPE {name} gauge"
+    );
+    for (w, r) in &rows {
+        if let Some(q) = r.latency_ms {
+            for (qn, v) in [
+                ("0.5", q.p50),
+                ("0.9", q.p90),
+                ("0.95", q.p95),
+                ("0.99", q.p99),
+                ("0.999", q.p999),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{{},quantile=\"{qn}\"}} {v}",
+                    label(w, &r.service)
+                );
             }
         }
     }

@@ -65,6 +65,8 @@ pub struct RawSeries {
     pub version_attribute: Option<String>,
     /// Series per service before new ones fold into the overflow series (default 10 000).
     pub max_series_per_service: Option<usize>,
+    /// Services before new ones fold into one shared overflow series (default 10 000).
+    pub max_services: Option<usize>,
 }
 
 /// `engine:`.

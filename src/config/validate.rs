@@ -248,6 +248,9 @@ impl Config {
         if let Some(n) = raw.series.max_series_per_service {
             engine.max_series_per_service = n;
         }
+        if let Some(n) = raw.series.max_services {
+            engine.max_services = n;
+        }
         if let Some(l) = raw.engine.allowed_lateness {
             if l.secs() > 300 {
                 p.push(format!(

@@ -271,7 +271,7 @@ async fn http_partial_success() {
     assert_eq!(
         sample(
             &m,
-            r#"trike_receiver_items_rejected_total{signal="traces"}"#
+            r#"trike_receiver_items_rejected_total{signal="traces",reason="invalid_id"}"#
         ),
         Some(3.0)
     );
@@ -322,6 +322,11 @@ async fn overload_is_refused_with_retry() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+        // Retryable per OTLP only because it carries RetryInfo.
+        assert!(
+            !err.details().is_empty(),
+            "RESOURCE_EXHAUSTED must carry RetryInfo details"
+        );
         release_tx.send(()).unwrap();
         holder.join().unwrap();
     }
@@ -436,12 +441,10 @@ async fn grpc_oversized_message() {
     let big = spans("grpc-big", 200, 0).encode_to_vec();
     assert!(big.len() > 4096);
     let err = export_raw(&mut c, Bytes::from(big)).await.unwrap_err();
-    assert!(
-        matches!(
-            err.code(),
-            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-        ),
-        "{err}"
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "not retryable: {err}"
     );
     assert!(err.message().contains("4096"), "{}", err.message());
     let small = spans("grpc-big", 2, 0).encode_to_vec();

@@ -95,7 +95,10 @@ impl TDigest {
         // seen from broken or hostile clients) saturates instead of looping per 2^32.
         let w = weight.min(u64::from(u32::MAX)) as u32;
         self.count = self.count.saturating_add(u64::from(w));
-        self.buffer.push(Centroid { mean: value as f32, weight: w });
+        self.buffer.push(Centroid {
+            mean: value as f32,
+            weight: w,
+        });
         if self.buffer.len() >= BUFFER_FACTOR * self.compression as usize {
             self.compress();
         }

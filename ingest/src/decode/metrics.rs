@@ -4,7 +4,7 @@
 //! to milliseconds from the metric's unit (`s`, `ms`, `us`, `ns`).
 
 use super::attrs::AttrValue;
-use super::{DecodeConfig, DecodeError, Decoded, Fnv};
+use super::{DecodeConfig, DecodeError, Decoded, Fnv, Reason, clip};
 use prost::Message;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -16,6 +16,11 @@ use trike_proto::metrics::v1::{
     AggregationTemporality, ExponentialHistogramDataPoint, HistogramDataPoint, Metric,
     NumberDataPoint, metric::Data, number_data_point,
 };
+
+/// Most buckets a histogram point may have.
+pub const MAX_BUCKETS: usize = 4096;
+/// Most requests one data point may carry (2^32, far above any real interval).
+pub const MAX_POINT_COUNT: u64 = 1 << 32;
 
 /// OTLP data point flag: no value was recorded.
 const FLAG_NO_RECORDED_VALUE: u32 = 1;
@@ -101,14 +106,14 @@ impl Ctx<'_> {
             .map(|d| {
                 (
                     Arc::from(d.as_str()),
-                    Arc::from(&*get(d).map(AttrValue::into_text).unwrap_or_default()),
+                    Arc::from(clip(&get(d).map(AttrValue::into_text).unwrap_or_default())),
                 )
             })
             .collect();
         let key = SeriesKey {
-            service: self.service.into(),
-            operation: Arc::from(&*operation),
-            version: Arc::from(&*version),
+            service: clip(self.service).into(),
+            operation: Arc::from(clip(&operation)),
+            version: Arc::from(clip(&version)),
             dims,
         };
         let status = find(point_attrs, "http.response.status_code")
@@ -193,7 +198,9 @@ fn one_metric(m: &Metric, scope: &str, ctx: &mut Ctx<'_>, out: &mut Decoded) {
     if cfg.duration_metrics.contains(&m.name) {
         let Some(scale) = ms_per_unit(m) else {
             for _ in 0..count_points(m) {
-                out.reject(|| format!("metric {:?}: unit {:?} is not a time unit", m.name, m.unit));
+                out.reject(Reason::UnsupportedMetric, || {
+                    format!("metric {:?}: unit {:?} is not a time unit", m.name, m.unit)
+                });
             }
             return;
         };
@@ -257,7 +264,9 @@ fn one_metric(m: &Metric, scope: &str, ctx: &mut Ctx<'_>, out: &mut Decoded) {
 
 fn reject_all(out: &mut Decoded, m: &Metric, n: usize, why: &str) {
     for _ in 0..n {
-        out.reject(|| format!("metric {:?}: {why}", m.name));
+        out.reject(Reason::UnsupportedMetric, || {
+            format!("metric {:?}: {why}", m.name)
+        });
     }
 }
 
@@ -274,10 +283,33 @@ fn explicit_point(
         return;
     }
     if p.time_unix_nano == 0 {
-        return out.reject(|| format!("metric {:?}: data point without time_unix_nano", m.name));
+        return out.reject(Reason::InvalidTime, || {
+            format!("metric {:?}: data point without time_unix_nano", m.name)
+        });
+    }
+    if p.bucket_counts.is_empty() && p.explicit_bounds.is_empty() {
+        // A histogram without buckets still counts requests.
+        return counts_only(p, m, scope, temporality, ctx, out);
+    }
+    if p.bucket_counts.len() > MAX_BUCKETS {
+        return out.reject(Reason::InvalidPoint, || {
+            format!("metric {:?}: more than {MAX_BUCKETS} buckets", m.name)
+        });
+    }
+    let total = p
+        .bucket_counts
+        .iter()
+        .try_fold(0u64, |a, &c| a.checked_add(c));
+    if total != Some(p.count) || p.count > MAX_POINT_COUNT {
+        return out.reject(Reason::InvalidPoint, || {
+            format!(
+                "metric {:?}: count {} must equal the sum of bucket_counts ({total:?}) and be at most {MAX_POINT_COUNT}",
+                m.name, p.count
+            )
+        });
     }
     if p.bucket_counts.len() != p.explicit_bounds.len() + 1 {
-        return out.reject(|| {
+        return out.reject(Reason::InvalidPoint, || {
             format!(
                 "metric {:?}: {} bucket_counts for {} explicit_bounds (want bounds + 1)",
                 m.name,
@@ -290,7 +322,9 @@ fn explicit_point(
         .windows(2)
         .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
     {
-        return out.reject(|| format!("metric {:?}: explicit_bounds must increase", m.name));
+        return out.reject(Reason::InvalidPoint, || {
+            format!("metric {:?}: explicit_bounds must increase", m.name)
+        });
     }
     let (key, bad) = ctx.key_and_status(&p.attributes, out);
     let stream = ctx.stream(scope, &m.name, &p.attributes);
@@ -304,6 +338,36 @@ fn explicit_point(
         counts: p.bucket_counts.clone(),
         min_ms: p.min.map(|v| v * scale),
         max_ms: p.max.map(|v| v * scale),
+        bad,
+    });
+}
+
+/// A histogram point without buckets: its `count` is a request count without latencies.
+fn counts_only(
+    p: &HistogramDataPoint,
+    m: &Metric,
+    scope: &str,
+    temporality: Temporality,
+    ctx: &mut Ctx<'_>,
+    out: &mut Decoded,
+) {
+    if p.count > MAX_POINT_COUNT {
+        return out.reject(Reason::InvalidPoint, || {
+            format!(
+                "metric {:?}: count {} is over {MAX_POINT_COUNT}",
+                m.name, p.count
+            )
+        });
+    }
+    let (key, bad) = ctx.key_and_status(&p.attributes, out);
+    let stream = ctx.stream(scope, &m.name, &p.attributes);
+    out.batch.counters.push(CounterObs {
+        key,
+        stream,
+        time: p.time_unix_nano,
+        start_time: p.start_time_unix_nano,
+        temporality,
+        value: p.count as f64,
         bad,
     });
 }
@@ -323,34 +387,61 @@ fn exponential_point(
         return;
     }
     if p.time_unix_nano == 0 {
-        return out.reject(|| format!("metric {:?}: data point without time_unix_nano", m.name));
+        return out.reject(Reason::InvalidTime, || {
+            format!("metric {:?}: data point without time_unix_nano", m.name)
+        });
     }
     if !(-10..=20).contains(&p.scale) {
-        return out.reject(|| {
+        return out.reject(Reason::InvalidPoint, || {
             format!(
-                "metric {:?}: exponential scale {} is out of range",
+                "metric {:?}: exponential scale {} is not in [-10, 20]",
                 m.name, p.scale
             )
         });
     }
-    let base = 2f64.powf(2f64.powi(-p.scale));
     let (offset, pos): (i32, &[u64]) = p
         .positive
         .as_ref()
         .map_or((0, &[][..]), |b| (b.offset, &b.bucket_counts[..]));
-    if pos.len() > 4096 {
-        return out.reject(|| format!("metric {:?}: more than 4096 exponential buckets", m.name));
+    if pos.len() > MAX_BUCKETS {
+        return out.reject(Reason::InvalidPoint, || {
+            format!(
+                "metric {:?}: more than {MAX_BUCKETS} exponential buckets",
+                m.name
+            )
+        });
     }
+    if p.count > MAX_POINT_COUNT {
+        return out.reject(Reason::InvalidPoint, || {
+            format!(
+                "metric {:?}: count {} is over {MAX_POINT_COUNT}",
+                m.name, p.count
+            )
+        });
+    }
+    // Bucket index i covers (base^i, base^(i+1)], base = 2^(2^-scale): computed as
+    // 2^(i · 2^-scale) in f64 so no integer arithmetic can overflow.
+    let step = 2f64.powi(-p.scale);
+    let bound = |i: i64| (i as f64 * step).exp2() * scale;
     let mut bounds = Vec::with_capacity(pos.len() + 1);
     let mut counts = Vec::with_capacity(pos.len() + 2);
     // Bucket 0 holds the zero bucket and everything up to base^offset (which is empty).
-    bounds.push(base.powi(offset) * scale);
+    bounds.push(bound(i64::from(offset)));
     counts.push(p.zero_count);
     for (i, &c) in pos.iter().enumerate() {
-        bounds.push(base.powi(offset + i as i32 + 1) * scale);
+        bounds.push(bound(i64::from(offset) + i as i64 + 1));
         counts.push(c);
     }
     counts.push(0);
+    let increasing = bounds.windows(2).all(|w| w[0] < w[1]);
+    if !increasing || bounds.iter().any(|b| !b.is_finite()) {
+        return out.reject(Reason::InvalidPoint, || {
+            format!(
+                "metric {:?}: exponential buckets (scale {}, offset {offset}) do not map to finite latencies",
+                m.name, p.scale
+            )
+        });
+    }
     let (key, bad) = ctx.key_and_status(&p.attributes, out);
     let stream = ctx.stream(scope, &m.name, &p.attributes);
     out.batch.histograms.push(HistogramObs {
@@ -381,10 +472,14 @@ fn counter_point(
     let value = match p.value {
         Some(number_data_point::Value::AsInt(i)) => i as f64,
         Some(number_data_point::Value::AsDouble(d)) => d,
-        None => return out.reject(|| format!("metric {:?}: data point without a value", m.name)),
+        None => {
+            return out.reject(Reason::InvalidPoint, || {
+                format!("metric {:?}: data point without a value", m.name)
+            });
+        }
     };
     if p.time_unix_nano == 0 || !value.is_finite() || value < 0.0 {
-        return out.reject(|| {
+        return out.reject(Reason::InvalidPoint, || {
             format!(
                 "metric {:?}: counter point needs a time and a value ≥ 0",
                 m.name

@@ -103,6 +103,55 @@ impl Default for DecodeConfig {
     }
 }
 
+/// Why an item was rejected (a fixed set: it is a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Trace or span id of the wrong length or all zero.
+    InvalidId = 0,
+    /// Missing time, or end before start.
+    InvalidTime = 1,
+    /// A histogram or counter point that contradicts itself (bucket counts vs bounds vs
+    /// count, bounds not increasing, too many buckets, negative or huge values).
+    InvalidPoint = 2,
+    /// A metric Trike reads, in a form it cannot use (unit, temporality, non-monotonic sum).
+    UnsupportedMetric = 3,
+}
+
+impl Reason {
+    /// Every reason, in label order.
+    pub const ALL: [Reason; 4] = [
+        Reason::InvalidId,
+        Reason::InvalidTime,
+        Reason::InvalidPoint,
+        Reason::UnsupportedMetric,
+    ];
+    /// The label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Reason::InvalidId => "invalid_id",
+            Reason::InvalidTime => "invalid_time",
+            Reason::InvalidPoint => "invalid_point",
+            Reason::UnsupportedMetric => "unsupported_metric",
+        }
+    }
+}
+
+/// Longest series-key part (service, operation, version, dimension value) kept, in bytes;
+/// longer values are cut at a character boundary.
+pub const MAX_KEY_PART_BYTES: usize = 256;
+
+/// Cuts `s` to at most [`MAX_KEY_PART_BYTES`], at a character boundary.
+pub fn clip(s: &str) -> &str {
+    if s.len() <= MAX_KEY_PART_BYTES {
+        return s;
+    }
+    let mut end = MAX_KEY_PART_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// The result of decoding one export request.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Decoded {
@@ -112,13 +161,16 @@ pub struct Decoded {
     pub received: u64,
     /// Items rejected as invalid (reported as OTLP partial success).
     pub rejected: u64,
+    /// Rejected items by reason (indexed by `Reason as usize`).
+    pub rejected_by: [u64; 4],
     /// Why the first rejected item was rejected.
     pub first_rejection: Option<String>,
 }
 
 impl Decoded {
-    fn reject(&mut self, why: impl FnOnce() -> String) {
+    fn reject(&mut self, reason: Reason, why: impl FnOnce() -> String) {
         self.rejected += 1;
+        self.rejected_by[reason as usize] += 1;
         if self.first_rejection.is_none() {
             self.first_rejection = Some(why());
         }

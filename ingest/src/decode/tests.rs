@@ -370,3 +370,104 @@ fn metrics_to_observations() {
     // Stream identities are stable across decodes (cumulative state depends on it).
     assert_eq!(j.batch.histograms[0].stream, h[0].stream);
 }
+
+fn duration_metric(data: pm::metric::Data) -> ExportMetricsServiceRequest {
+    metric_request(vec![Metric {
+        name: "http.server.request.duration".into(),
+        unit: "s".into(),
+        data: Some(data),
+        ..Default::default()
+    }])
+}
+
+/// Table: hostile or inconsistent histogram points are rejected with a reason (never a panic
+/// or a huge allocation); a point without buckets still counts its requests.
+#[test]
+fn hostile_histogram_points() {
+    let hist = |p: HistogramDataPoint| {
+        pm::metric::Data::Histogram(Histogram {
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+            data_points: vec![p],
+        })
+    };
+    let exp = |scale: i32, offset: i32, counts: Vec<u64>| {
+        pm::metric::Data::ExponentialHistogram(ExponentialHistogram {
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+            data_points: vec![ExponentialHistogramDataPoint {
+                time_unix_nano: T,
+                scale,
+                count: counts.iter().sum(),
+                positive: Some(pm::exponential_histogram_data_point::Buckets {
+                    offset,
+                    bucket_counts: counts,
+                }),
+                ..Default::default()
+            }],
+        })
+    };
+    let mut lying = hist_point(vec![], vec![0.1], vec![1, 1]);
+    lying.count = 5;
+    let mut huge = hist_point(vec![], vec![0.1], vec![u64::MAX, 0]);
+    huge.count = u64::MAX;
+    let too_many = hist_point(vec![], (1..=5000).map(f64::from).collect(), vec![0; 5001]);
+    let cases: Vec<(&str, pm::metric::Data, Option<Reason>)> = vec![
+        (
+            "count disagrees with buckets",
+            hist(lying),
+            Some(Reason::InvalidPoint),
+        ),
+        ("u64::MAX requests", hist(huge), Some(Reason::InvalidPoint)),
+        ("5001 buckets", hist(too_many), Some(Reason::InvalidPoint)),
+        (
+            "offset near i32::MAX",
+            exp(0, i32::MAX - 1, vec![1, 1, 1]),
+            Some(Reason::InvalidPoint),
+        ),
+        (
+            "scale -10: infinite bounds",
+            exp(-10, 1, vec![1]),
+            Some(Reason::InvalidPoint),
+        ),
+        ("scale 3, ordinary", exp(3, -20, vec![1, 2, 3]), None),
+    ];
+    for (name, data, want) in cases {
+        let d = metrics_proto(&duration_metric(data).encode_to_vec(), &cfg()).unwrap();
+        match want {
+            Some(r) => {
+                assert_eq!(d.rejected, 1, "{name}");
+                assert_eq!(d.rejected_by[r as usize], 1, "{name}");
+                assert!(d.batch.histograms.is_empty(), "{name}");
+            }
+            None => assert_eq!((d.rejected, d.batch.histograms.len()), (0, 1), "{name}"),
+        }
+    }
+    // No buckets at all: the point's count is still requests (as a counter, no latency).
+    let mut bare = hist_point(vec![], vec![], vec![]);
+    bare.count = 7;
+    let d = metrics_proto(&duration_metric(hist(bare)).encode_to_vec(), &cfg()).unwrap();
+    assert_eq!(d.rejected, 0);
+    assert_eq!(d.batch.counters.len(), 1);
+    assert_eq!(d.batch.counters[0].value, 7.0);
+}
+
+/// Guarantees: series-key parts from clients are bounded in length (cut at a character boundary).
+#[test]
+fn key_parts_are_clipped() {
+    let long = "é".repeat(400); // 800 bytes
+    let req = request(
+        vec![kv("service.name", s(&long))],
+        vec![span(
+            "x",
+            Kind::Server,
+            T,
+            1,
+            vec![kv("http.route", s(&long))],
+            false,
+        )],
+    );
+    let d = traces_proto(&req.encode_to_vec(), &cfg()).unwrap();
+    let k = &d.batch.keys[0];
+    assert_eq!(k.service.len(), MAX_KEY_PART_BYTES);
+    assert_eq!(k.operation.len(), MAX_KEY_PART_BYTES);
+    assert!(k.service.chars().all(|c| c == 'é'));
+}

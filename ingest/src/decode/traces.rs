@@ -6,7 +6,7 @@
 
 use super::attrs::{AttrValue, RawValue, key_value_raw};
 use super::wire::{Reader, Value, utf8};
-use super::{DecodeConfig, DecodeError, Decoded, Fnv};
+use super::{DecodeConfig, DecodeError, Decoded, Fnv, Reason, clip};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -177,15 +177,19 @@ fn one_span(
     }
     let name = utf8(s.name, "span name")?;
     if s.trace_id_len != 16 || s.trace_id_zero {
-        out.reject(|| format!("span {name:?}: trace_id must be 16 bytes and not all zero"));
+        out.reject(Reason::InvalidId, || {
+            format!("span {name:?}: trace_id must be 16 bytes and not all zero")
+        });
         return Ok(());
     }
     if s.span_id_len != 8 {
-        out.reject(|| format!("span {name:?}: span_id must be 8 bytes"));
+        out.reject(Reason::InvalidId, || {
+            format!("span {name:?}: span_id must be 8 bytes")
+        });
         return Ok(());
     }
     if s.start == 0 || s.end < s.start {
-        out.reject(|| {
+        out.reject(Reason::InvalidTime, || {
             format!(
                 "span {name:?}: end_time_unix_nano ({}) must be set and not before start_time_unix_nano ({})",
                 s.end, s.start
@@ -207,8 +211,8 @@ fn one_span(
         || int(s.http_status).is_some_and(|c| c >= 500)
         || int(s.grpc_status).is_some_and(|c| cfg.bad_grpc_codes.contains(&c));
     let key = keys.index_of(
-        res.service,
-        operation,
+        clip(res.service),
+        clip(operation),
         version,
         &dims[..cfg.dimensions.len()],
         cfg,
@@ -231,7 +235,10 @@ fn nonempty(v: Option<RawValue<'_>>) -> Result<Option<&str>, DecodeError> {
 }
 
 fn text(v: Option<AttrValue<'_>>) -> Cow<'_, str> {
-    v.map(AttrValue::into_text).unwrap_or_default()
+    match v.map(AttrValue::into_text).unwrap_or_default() {
+        Cow::Borrowed(b) => Cow::Borrowed(clip(b)),
+        Cow::Owned(o) => Cow::Owned(clip(&o).to_string()),
+    }
 }
 
 fn hash_value(h: &mut Fnv, v: Option<AttrValue<'_>>) {
