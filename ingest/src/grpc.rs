@@ -6,7 +6,7 @@
 
 use crate::kinds::{ExportKind, Logs, Metrics, Traces};
 use crate::metrics::Transport;
-use crate::pipeline::{Encoding, ExportError, Limits, Pipeline};
+use crate::pipeline::{Encoding, ExportError, Limits, Pipeline, export_async};
 use bytes::{Buf, Bytes};
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -101,23 +101,32 @@ struct Unary<K>(Arc<Pipeline>, PhantomData<K>);
 
 impl<K: ExportKind> UnaryService<Bytes> for Unary<K> {
     type Response = K::Response;
-    type Future = std::future::Ready<Result<Response<K::Response>, Status>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<K::Response>, Status>> + Send>,
+    >;
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let body = request.into_inner();
-        let result = match self
-            .0
-            .export(Transport::Grpc, K::SIGNAL, Encoding::Protobuf, &body)
-        {
-            Ok(accepted) => Ok(Response::new(K::response(&accepted))),
-            Err(e @ ExportError::Malformed(_)) => Err(Status::invalid_argument(e.to_string())),
-            // OTLP: RESOURCE_EXHAUSTED is retryable only with RetryInfo, so say when.
-            Err(e @ ExportError::Overloaded) => Err(Status::with_error_details(
-                tonic::Code::ResourceExhausted,
-                e.to_string(),
-                ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
-            )),
-        };
-        std::future::ready(result)
+        let pipeline = self.0.clone();
+        Box::pin(async move {
+            let body = request.into_inner();
+            match export_async(
+                &pipeline,
+                Transport::Grpc,
+                K::SIGNAL,
+                Encoding::Protobuf,
+                body,
+            )
+            .await
+            {
+                Ok(accepted) => Ok(Response::new(K::response(&accepted))),
+                Err(e @ ExportError::Malformed(_)) => Err(Status::invalid_argument(e.to_string())),
+                // OTLP: RESOURCE_EXHAUSTED is retryable only with RetryInfo, so say when.
+                Err(e @ ExportError::Overloaded) => Err(Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    e.to_string(),
+                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
+                )),
+            }
+        })
     }
 }
 

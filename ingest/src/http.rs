@@ -3,7 +3,7 @@
 
 use crate::kinds::{ExportKind, Logs, Metrics, RpcStatus, Traces};
 use crate::metrics::{RequestOutcome, Transport};
-use crate::pipeline::{Encoding, ExportError, Limits, Pipeline};
+use crate::pipeline::{Encoding, ExportError, Limits, Pipeline, export_async};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
@@ -143,7 +143,7 @@ async fn export<K: ExportKind>(
             return error(enc, StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_ARGUMENT, m);
         }
     };
-    match s.pipeline.export(Transport::Http, K::SIGNAL, enc, &bytes) {
+    match export_async(&s.pipeline, Transport::Http, K::SIGNAL, enc, bytes.into()).await {
         Ok(accepted) => encode(enc, StatusCode::OK, &K::response(&accepted)),
         Err(e @ ExportError::Malformed(_)) => error(
             enc,

@@ -127,6 +127,29 @@ impl Pipeline {
     }
 }
 
+/// Bodies at least this large are decoded on the blocking pool, so a big request cannot stall
+/// the async workers that serve everyone else (and the API reads that measure freshness).
+pub const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
+
+/// [`Pipeline::export`] from async code: small bodies inline, large ones on the blocking pool.
+pub async fn export_async(
+    pipeline: &Arc<Pipeline>,
+    transport: Transport,
+    signal: SignalKind,
+    encoding: Encoding,
+    body: bytes::Bytes,
+) -> Result<Accepted, ExportError> {
+    if body.len() < BLOCKING_DECODE_BYTES {
+        return pipeline.export(transport, signal, encoding, &body);
+    }
+    let p = pipeline.clone();
+    match tokio::task::spawn_blocking(move || p.export(transport, signal, encoding, &body)).await {
+        Ok(r) => r,
+        // Only on runtime shutdown: tell the client to come back.
+        Err(_) => Err(ExportError::Overloaded),
+    }
+}
+
 /// Limits on request bodies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
