@@ -5,9 +5,11 @@
 //!   started (then everything it counts happened while we were watching, and it is emitted);
 //! - a later point whose start time changed, or any of whose counts went down, is a reset: the
 //!   point's own counts are the delta since the reset;
-//! - a point whose bucket layout changed (exponential histograms re-scale and move their
-//!   offset as they see new values) cannot be subtracted bucket by bucket: it becomes the new
-//!   baseline and one interval is not counted (never the whole total twice);
+//! - exponential histograms re-scale and move their offset as they see new values: the old
+//!   point is down-scaled and aligned to the new one by absolute bucket index before
+//!   subtracting;
+//! - an explicit-bucket point whose bounds changed cannot be subtracted bucket by bucket: it
+//!   becomes the new baseline and one interval is not counted (never the whole total twice);
 //! - a point not newer than the last one is a duplicate or out of order, and is dropped.
 //!
 //! The number of streams is bounded; streams not seen (by arrival time) for longer than the
@@ -39,6 +41,8 @@ struct Last {
     start: UnixNanos,
     time: UnixNanos,
     layout: u64,
+    #[serde(default)]
+    exp: Option<(i32, i32)>,
     values: Vec<f64>,
     /// Engine time when last seen (for expiry: the client's clock is not trusted).
     seen: UnixNanos,
@@ -53,6 +57,8 @@ pub struct Point<'a> {
     pub time: UnixNanos,
     /// Identity of the bucket layout (0 for counters).
     pub layout: u64,
+    /// Exponential histograms: `(scale, offset)`; values are `[zero, positive…, 0]`.
+    pub exp: Option<(i32, i32)>,
     /// Cumulative values.
     pub values: &'a [f64],
 }
@@ -78,6 +84,7 @@ impl DeltaTracker {
             start,
             time,
             layout,
+            exp,
             values,
         } = p;
         let Some(last) = self.streams.get_mut(&stream) else {
@@ -88,6 +95,7 @@ impl DeltaTracker {
                 start,
                 time,
                 layout,
+                exp,
                 values: values.to_vec(),
                 seen: now,
             };
@@ -105,6 +113,8 @@ impl DeltaTracker {
         let went_down = values.iter().zip(&last.values).any(|(v, l)| v < l);
         let out = if restarted {
             Delta::Reset(values.to_vec())
+        } else if let (Some(old), Some(new), true) = (last.exp, exp, relaid) {
+            exp_delta(old, &last.values, new, values)
         } else if relaid {
             Delta::Rebaseline
         } else if went_down {
@@ -122,6 +132,7 @@ impl DeltaTracker {
             start,
             time,
             layout,
+            exp,
             values: values.to_vec(),
             seen: now,
         };
@@ -144,6 +155,36 @@ impl DeltaTracker {
     pub fn is_empty(&self) -> bool {
         self.streams.is_empty()
     }
+}
+
+/// Delta between two cumulative exponential points whose layout differs. The old point is
+/// down-scaled to the new scale (bucket `i` at scale `s` lies in bucket `i >> (s − s')` at the
+/// coarser `s'`) and aligned by absolute index; the delta is expressed in the new point's layout.
+/// A count that went down is a reset; a finer new scale (SDKs only ever coarsen) re-baselines.
+fn exp_delta(old: (i32, i32), old_v: &[f64], new: (i32, i32), new_v: &[f64]) -> Delta<Vec<f64>> {
+    let ((old_scale, old_off), (new_scale, new_off)) = (old, new);
+    if new_scale > old_scale || old_v.len() < 2 || new_v.len() < 2 {
+        return Delta::Rebaseline;
+    }
+    let shift = (old_scale - new_scale) as u32;
+    let mut delta = new_v.to_vec();
+    delta[0] -= old_v[0];
+    let new_n = new_v.len() - 2;
+    for (j, &c) in old_v[1..old_v.len() - 1].iter().enumerate() {
+        if c == 0.0 {
+            continue;
+        }
+        let idx = (i64::from(old_off) + j as i64) >> shift.min(63);
+        let k = idx - i64::from(new_off);
+        if k < 0 || k >= new_n as i64 {
+            return Delta::Reset(new_v.to_vec());
+        }
+        delta[1 + k as usize] -= c;
+    }
+    if delta.iter().any(|d| *d < 0.0) {
+        return Delta::Reset(new_v.to_vec());
+    }
+    Delta::Emit(delta)
 }
 
 #[cfg(test)]
@@ -181,6 +222,7 @@ mod tests {
                 start,
                 time,
                 layout,
+                exp: None,
                 values: &values,
             };
             assert_eq!(t.convert(7, p, engine_start, time, 10), want, "row {i}");
@@ -196,6 +238,7 @@ mod tests {
             start,
             time: 610 * S,
             layout: 0,
+            exp: None,
             values,
         };
         let now = 620 * S;
@@ -211,5 +254,41 @@ mod tests {
         assert_eq!(t.expire(now), 0);
         assert_eq!(t.expire(now + 1), 2);
         assert!(t.is_empty());
+    }
+
+    /// Table: cumulative exponential points through an offset move and a re-scale (what SDKs
+    /// do as new extremes arrive). Guarantees: only the new requests are emitted, in the new
+    /// point's layout; counts going down are a reset.
+    #[test]
+    fn exponential_alignment() {
+        let mut t = DeltaTracker::default();
+        let at = |time: u64, exp: (i32, i32), values: &'static [f64]| Point {
+            start: 1,
+            time: time * S,
+            layout: time, // layouts differ at every step
+            exp: Some(exp),
+            values,
+        };
+        type Row = (u64, (i32, i32), &'static [f64], Delta<Vec<f64>>);
+        #[rustfmt::skip]
+        let rows: Vec<Row> = vec![
+            // zero=1, buckets 10, 11 at scale 2.
+            (10, (2, 10), &[1.0, 4.0, 2.0, 0.0], Delta::Baseline),
+            // Offset moves down to 8 (a smaller value arrived): new bucket 8 has 1.
+            (20, (2, 8), &[1.0, 1.0, 0.0, 5.0, 2.0, 0.0], Delta::Emit(vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0])),
+            // Re-scale to 1: old buckets 8..=11 at scale 2 become 4, 4, 5, 5 at scale 1.
+            (30, (1, 4), &[2.0, 2.0, 8.0, 0.0], Delta::Emit(vec![1.0, 1.0, 1.0, 0.0])),
+            // A count goes down: the process restarted without a new start time.
+            (40, (1, 4), &[0.0, 1.0, 0.0, 0.0], Delta::Reset(vec![0.0, 1.0, 0.0, 0.0])),
+            // A finer scale than before: cannot be aligned, new baseline.
+            (50, (3, 40), &[0.0, 2.0, 0.0], Delta::Rebaseline),
+        ];
+        for (i, (time, exp, values, want)) in rows.into_iter().enumerate() {
+            assert_eq!(
+                t.convert(9, at(time, exp, values), 2, time * S, 10),
+                want,
+                "row {i}"
+            );
+        }
     }
 }

@@ -355,7 +355,7 @@ impl Engine {
                 h.start_time,
                 h.time,
                 h.temporality,
-                layout,
+                (layout, h.exp),
                 &h.counts,
             );
             if !res.allow_metrics {
@@ -396,7 +396,7 @@ impl Engine {
             let value = match c.temporality {
                 Temporality::Delta => Some(c.value),
                 Temporality::Cumulative => self
-                    .convert(c.stream, c.start_time, c.time, 0, &[c.value])
+                    .convert(c.stream, c.start_time, c.time, (0, None), &[c.value])
                     .map(|v| v[0]),
             };
             if !res.allow_metrics {
@@ -445,7 +445,7 @@ impl Engine {
         start: UnixNanos,
         time: UnixNanos,
         temporality: Temporality,
-        layout: u64,
+        layout: (u64, Option<(i32, i32)>),
         counts: &[u64],
     ) -> Option<Vec<u64>> {
         match temporality {
@@ -463,7 +463,7 @@ impl Engine {
         stream: u64,
         start: UnixNanos,
         time: UnixNanos,
-        layout: u64,
+        layout: (u64, Option<(i32, i32)>),
         values: &[f64],
     ) -> Option<Vec<f64>> {
         let max = self.cfg.max_metric_streams;
@@ -473,7 +473,8 @@ impl Engine {
         let point = crate::delta::Point {
             start,
             time,
-            layout,
+            layout: layout.0,
+            exp: layout.1,
             values,
         };
         match self

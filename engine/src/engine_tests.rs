@@ -245,6 +245,7 @@ fn histogram(
             min_ms: Some(2.0),
             max_ms: Some(3000.0),
             bad,
+            exp: None,
         }],
         ..Default::default()
     }

@@ -127,6 +127,10 @@ pub struct HistogramObs {
     pub max_ms: Option<f64>,
     /// Whether these requests failed (from the point's status attributes).
     pub bad: bool,
+    /// For exponential histograms: `(scale, offset)` of the positive buckets. Then `counts` is
+    /// `[zero_count, positive buckets…, 0]`, so cumulative points can be aligned when the SDK
+    /// re-scales or moves its offset.
+    pub exp: Option<(i32, i32)>,
 }
 
 /// A request counter point (no latency).

@@ -339,6 +339,7 @@ fn explicit_point(
         min_ms: p.min.map(|v| v * scale),
         max_ms: p.max.map(|v| v * scale),
         bad,
+        exp: None,
     });
 }
 
@@ -455,6 +456,7 @@ fn exponential_point(
         min_ms: p.min.map(|v| v * scale).or(Some(0.0)),
         max_ms: p.max.map(|v| v * scale),
         bad,
+        exp: Some((p.scale, offset)),
     });
 }
 
