@@ -11,7 +11,7 @@ use crate::observation::{Batch, HistogramObs, SeriesKey, Temporality};
 use crate::sketch::TDigest;
 use crate::sli::{LatencyGood, Quantiles, REPORTED_QUANTILES, ServiceSli, SliQuery, SliRow};
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos, secs};
-use crate::window::{MAX_COUNTER_WINDOW_S, MAX_THRESHOLDS, SeriesState};
+use crate::window::{MAX_COUNTER_WINDOW_S, MAX_THRESHOLDS, ProratedSums, SeriesState};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -647,6 +647,27 @@ impl Engine {
                 }
             })
             .collect())
+    }
+
+    /// Counter sums of all series of `service` over a window ending now, exact to the second at
+    /// the oldest edge (see [`crate::window::SeriesState::sums_prorated`]).
+    pub fn service_sums_prorated(&self, service: &str, window: Span) -> ProratedSums {
+        let now_s = secs(self.now);
+        let mut out = ProratedSums {
+            complete: true,
+            ..Default::default()
+        };
+        for e in self.entries.iter().filter(|e| &*e.key.service == service) {
+            out += e.state.sums_prorated(now_s, window.secs());
+        }
+        out
+    }
+
+    /// Services with data (sorted).
+    pub fn services(&self) -> Vec<Arc<str>> {
+        let mut v: Vec<Arc<str>> = self.services.keys().cloned().collect();
+        v.sort();
+        v
     }
 
     /// The merged latency digest of one series over a window (None when unknown or too long).

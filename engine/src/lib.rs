@@ -10,6 +10,7 @@ pub mod engine;
 pub mod observation;
 pub mod sketch;
 pub mod sli;
+pub mod slo;
 pub mod time;
 pub mod window;
 

@@ -10,7 +10,7 @@ mod ring;
 mod series_state;
 
 pub use ring::Ring;
-pub use series_state::{Counts, MAX_THRESHOLDS, SeriesState, WindowSums};
+pub use series_state::{Counts, MAX_THRESHOLDS, ProratedSums, SeriesState, WindowSums};
 
 use serde::{Deserialize, Serialize};
 

@@ -71,6 +71,17 @@ impl<T> Ring<T> {
             .map(|(_, v)| v)
     }
 
+    /// `(index, bucket)` with `from_idx <= index < to_idx`.
+    pub fn range_indexed(&self, from_idx: u64, to_idx: u64) -> impl Iterator<Item = (u64, &T)> {
+        let start = self
+            .slots
+            .partition_point(|(i, _)| u64::from(*i) < from_idx);
+        self.slots
+            .range(start..)
+            .take_while(move |(i, _)| u64::from(*i) < to_idx)
+            .map(|(i, v)| (u64::from(*i), v))
+    }
+
     /// The bucket just before the newest (the most recently closed one).
     pub fn second_newest_mut(&mut self) -> Option<&mut T> {
         let n = self.slots.len();

@@ -18,6 +18,9 @@ pub struct Counts {
     pub errors: u32,
     /// Requests with latency ≤ each configured threshold (in threshold order).
     pub within: [u32; MAX_THRESHOLDS],
+    /// Requests whose latency is known (counters from metrics carry none): the denominator
+    /// of latency SLIs.
+    pub timed: u32,
 }
 
 fn sat(x: u64) -> u32 {
@@ -25,7 +28,8 @@ fn sat(x: u64) -> u32 {
 }
 
 impl Counts {
-    fn add(&mut self, requests: u64, errors: u64, within: [u64; MAX_THRESHOLDS]) {
+    fn add(&mut self, requests: u64, errors: u64, within: [u64; MAX_THRESHOLDS], timed: u64) {
+        self.timed = self.timed.saturating_add(sat(timed));
         self.requests = self.requests.saturating_add(sat(requests));
         self.errors = self.errors.saturating_add(sat(errors));
         for (w, add) in self.within.iter_mut().zip(within) {
@@ -43,10 +47,39 @@ pub struct WindowSums {
     pub errors: u64,
     /// Requests within each threshold.
     pub within: [u64; MAX_THRESHOLDS],
+    /// Requests with a known latency.
+    pub timed: u64,
     /// Start second of the oldest bucket counted.
     pub start_s: u64,
     /// False when the window is longer than the retained history.
     pub complete: bool,
+}
+
+/// Window sums exact at the oldest edge (see [`SeriesState::sums_prorated`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProratedSums {
+    /// Requests.
+    pub requests: f64,
+    /// Bad requests.
+    pub errors: f64,
+    /// Requests with a known latency.
+    pub timed: f64,
+    /// Requests within each threshold.
+    pub within: [f64; MAX_THRESHOLDS],
+    /// False when the window is longer than the retained history.
+    pub complete: bool,
+}
+
+impl std::ops::AddAssign for ProratedSums {
+    fn add_assign(&mut self, o: Self) {
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.timed += o.timed;
+        for (a, b) in self.within.iter_mut().zip(o.within) {
+            *a += b;
+        }
+        self.complete &= o.complete;
+    }
 }
 
 /// What one series keeps.
@@ -80,7 +113,12 @@ impl SeriesState {
             if let Some((c, _)) =
                 ring.bucket_mut(t_s / spec.width_s, now_s / spec.width_s, spec.slots)
             {
-                c.add(requests, errors, within);
+                c.add(
+                    requests,
+                    errors,
+                    within,
+                    if latency_ms.is_some() { requests } else { 0 },
+                );
                 applied = true;
             }
         }
@@ -133,8 +171,40 @@ impl SeriesState {
             for b in self.counts[seg.tier].range(seg.from_idx, seg.to_idx) {
                 out.requests += u64::from(b.requests);
                 out.errors += u64::from(b.errors);
+                out.timed += u64::from(b.timed);
                 for (o, w) in out.within.iter_mut().zip(b.within) {
                     *o += u64::from(w);
+                }
+            }
+        }
+        out
+    }
+
+    /// Like [`SeriesState::sums`], but exact to the second at the window's oldest edge: a
+    /// coarse bucket that straddles the edge counts in proportion to its overlap (requests are
+    /// assumed uniform within a bucket). This is what burn rates use, so a long window is not
+    /// diluted by up to one coarse bucket of older traffic.
+    pub fn sums_prorated(&self, now_s: u64, window_s: u64) -> ProratedSums {
+        let c: Cover = cover(&COUNTER_TIERS, now_s, window_s);
+        let from = (now_s + 1).saturating_sub(window_s);
+        let mut out = ProratedSums {
+            complete: c.complete,
+            ..Default::default()
+        };
+        for seg in &c.segments {
+            let w = COUNTER_TIERS[seg.tier].width_s;
+            for (idx, b) in self.counts[seg.tier].range_indexed(seg.from_idx, seg.to_idx) {
+                let start = idx * w;
+                let f = if start < from {
+                    (start + w).saturating_sub(from) as f64 / w as f64
+                } else {
+                    1.0
+                };
+                out.requests += f * f64::from(b.requests);
+                out.errors += f * f64::from(b.errors);
+                out.timed += f * f64::from(b.timed);
+                for (o, x) in out.within.iter_mut().zip(b.within) {
+                    *o += f * f64::from(x);
                 }
             }
         }

@@ -1,0 +1,308 @@
+//! SLOs: error budgets and multi-window, multi-burn-rate alerting (the SRE workbook, ch. 5).
+//!
+//! Burn rate = bad ratio ÷ (1 − objective). A tier fires when the burn rate over its long
+//! window AND over its short window reach its factor, and the long window holds at least
+//! `min_events` events. The default tiers are the workbook's for 30 days (page 14.4× over
+//! 1 h / 5 m, page 6× over 6 h / 30 m, ticket 1× over 3 d / 6 h); for other periods the factor
+//! is derived as budget fraction × period ÷ long window. A faster firing tier inhibits slower
+//! ones. Pure: reads the engine's windows at the engine's `now`.
+
+use crate::engine::Engine;
+use crate::time::Span;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What counts as good.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SloSli {
+    /// Good = not bad.
+    Availability,
+    /// Good = latency ≤ threshold (requests with a known latency only).
+    Latency {
+        /// Threshold in milliseconds.
+        threshold_ms: f64,
+    },
+}
+
+/// Who is told when a tier fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Someone is woken up.
+    Page,
+    /// Someone looks next working day.
+    Ticket,
+}
+
+/// One alerting tier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BurnTier {
+    /// Name, as reported in `firing` (e.g. `page_fast`).
+    pub name: String,
+    /// Burn-rate threshold.
+    pub factor: f64,
+    /// Long window.
+    pub long: Span,
+    /// Short window (confirms the burn is still going on).
+    pub short: Span,
+    /// Severity.
+    pub severity: Severity,
+    /// Events the long window must hold before the tier may fire.
+    pub min_events: u64,
+}
+
+/// Events a long window must hold, by default, before a tier may fire.
+pub const DEFAULT_MIN_EVENTS: u64 = 100;
+
+/// The workbook's tiers for `period`: (name, severity, share of the budget, long, short).
+const DEFAULT_TIERS: [(&str, Severity, f64, Span, Span); 3] = [
+    (
+        "page_fast",
+        Severity::Page,
+        0.02,
+        Span::hours(1),
+        Span::minutes(5),
+    ),
+    (
+        "page_slow",
+        Severity::Page,
+        0.05,
+        Span::hours(6),
+        Span::minutes(30),
+    ),
+    (
+        "ticket",
+        Severity::Ticket,
+        0.10,
+        Span::days(3),
+        Span::hours(6),
+    ),
+];
+
+impl BurnTier {
+    /// The default tiers, their factors derived for `period` (14.4 / 6 / 1 for 30 d).
+    pub fn defaults(period: Span) -> Vec<BurnTier> {
+        DEFAULT_TIERS
+            .iter()
+            .map(|&(name, severity, share, long, short)| BurnTier {
+                name: name.to_string(),
+                factor: share * period.secs() as f64 / long.secs() as f64,
+                long,
+                short,
+                severity,
+                min_events: DEFAULT_MIN_EVENTS,
+            })
+            .collect()
+    }
+}
+
+/// One SLO.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Slo {
+    /// Unique name.
+    pub name: String,
+    /// Service.
+    pub service: String,
+    /// Target good ratio in (0, 1).
+    pub objective: f64,
+    /// Rolling period.
+    pub period: Span,
+    /// What is measured.
+    pub sli: SloSli,
+    /// Alerting tiers, fastest first.
+    pub tiers: Vec<BurnTier>,
+}
+
+/// The state of one tier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TierStatus {
+    /// Tier name.
+    pub name: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Threshold.
+    pub factor: f64,
+    /// Long window.
+    pub long: Span,
+    /// Short window.
+    pub short: Span,
+    /// Burn rate over the long window.
+    pub burn_long: f64,
+    /// Burn rate over the short window.
+    pub burn_short: f64,
+    /// Events in the long window.
+    pub events_long: f64,
+    /// Both windows at or over the factor, with enough events.
+    pub over: bool,
+    /// Over, and not inhibited by a faster tier of the same SLO.
+    pub firing: bool,
+}
+
+/// The state of one SLO.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SloStatus {
+    /// Name.
+    pub name: String,
+    /// Service.
+    pub service: String,
+    /// Objective.
+    pub objective: f64,
+    /// Period.
+    pub period: Span,
+    /// Share of the period's error budget left (1 = untouched, ≤ 0 = spent).
+    pub budget_remaining: f64,
+    /// Burn rates over the standard windows (`5m`, `30m`, `1h`, `6h`, `3d`).
+    pub burn_rates: BTreeMap<String, f64>,
+    /// Names of the firing tiers.
+    pub firing: Vec<String>,
+    /// Seconds until the budget is spent at the 1 h burn rate (None when not burning).
+    pub exhaustion_eta_s: Option<f64>,
+    /// Every tier's numbers.
+    pub tiers: Vec<TierStatus>,
+    /// Good and total events over the period.
+    pub period_events: (f64, f64),
+}
+
+/// The standard windows reported in `burn_rates`.
+pub const REPORTED_WINDOWS: [Span; 5] = [
+    Span::minutes(5),
+    Span::minutes(30),
+    Span::hours(1),
+    Span::hours(6),
+    Span::days(3),
+];
+
+/// Bad and total events of `slo` over `window`.
+fn bad_total(engine: &Engine, slo: &Slo, window: Span) -> (f64, f64) {
+    let s = engine.service_sums_prorated(&slo.service, window);
+    match slo.sli {
+        SloSli::Availability => (s.errors, s.requests),
+        SloSli::Latency { threshold_ms } => {
+            let i = engine
+                .config()
+                .thresholds_for(&slo.service)
+                .iter()
+                .position(|t| *t == threshold_ms);
+            match i {
+                Some(i) => ((s.timed - s.within[i]).max(0.0), s.timed),
+                // The threshold is not tracked: nothing can be said.
+                None => (0.0, 0.0),
+            }
+        }
+    }
+}
+
+fn burn(bad: f64, total: f64, objective: f64) -> f64 {
+    if total <= 0.0 {
+        0.0
+    } else {
+        bad / total / (1.0 - objective)
+    }
+}
+
+/// Evaluates `slo` at the engine's `now`.
+pub fn evaluate(engine: &Engine, slo: &Slo) -> SloStatus {
+    let mut cache: BTreeMap<Span, (f64, f64)> = BTreeMap::new();
+    let mut window = |w: Span| *cache.entry(w).or_insert_with(|| bad_total(engine, slo, w));
+    let mut tiers: Vec<TierStatus> = slo
+        .tiers
+        .iter()
+        .map(|t| {
+            let (bl, tl) = window(t.long);
+            let (bs, ts) = window(t.short);
+            let burn_long = burn(bl, tl, slo.objective);
+            let burn_short = burn(bs, ts, slo.objective);
+            let over = tl >= t.min_events as f64 && burn_long >= t.factor && burn_short >= t.factor;
+            TierStatus {
+                name: t.name.clone(),
+                severity: t.severity,
+                factor: t.factor,
+                long: t.long,
+                short: t.short,
+                burn_long,
+                burn_short,
+                events_long: tl,
+                over,
+                firing: over,
+            }
+        })
+        .collect();
+    // A faster tier (shorter long window) that is over inhibits the slower ones.
+    let fastest_over = tiers.iter().filter(|t| t.over).map(|t| t.long).min();
+    if let Some(fast) = fastest_over {
+        for t in tiers.iter_mut().filter(|t| t.long > fast) {
+            t.firing = false;
+        }
+    }
+    let burn_rates = REPORTED_WINDOWS
+        .iter()
+        .map(|&w| {
+            let (b, t) = window(w);
+            (w.to_string(), burn(b, t, slo.objective))
+        })
+        .collect();
+    let (bad_p, total_p) = window(slo.period);
+    let budget = (1.0 - slo.objective) * total_p;
+    let budget_remaining = if total_p <= 0.0 {
+        1.0
+    } else {
+        1.0 - bad_p / budget
+    };
+    let (b1, t1) = window(Span::hours(1));
+    let burn_1h = burn(b1, t1, slo.objective);
+    let exhaustion_eta_s = if burn_1h <= 0.0 {
+        None
+    } else {
+        Some((budget_remaining.max(0.0) * slo.period.secs() as f64 / burn_1h).max(0.0))
+    };
+    SloStatus {
+        name: slo.name.clone(),
+        service: slo.service.clone(),
+        objective: slo.objective,
+        period: slo.period,
+        budget_remaining,
+        burn_rates,
+        firing: tiers
+            .iter()
+            .filter(|t| t.firing)
+            .map(|t| t.name.clone())
+            .collect(),
+        exhaustion_eta_s,
+        tiers,
+        period_events: (total_p - bad_p, total_p),
+    }
+}
+
+/// Rollout strategy allowed by the error budget left (DESIGN §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// More than 50 % of the budget left.
+    Aggressive,
+    /// 20–50 % left.
+    Conservative,
+    /// 5–20 % left.
+    UltraConservative,
+    /// Less than 5 % left: no deploys.
+    Frozen,
+}
+
+impl Strategy {
+    /// The strategy for `budget_remaining` (a share of the budget, 1 = untouched).
+    pub fn for_budget(budget_remaining: f64) -> Strategy {
+        if budget_remaining > 0.5 {
+            Strategy::Aggressive
+        } else if budget_remaining >= 0.2 {
+            Strategy::Conservative
+        } else if budget_remaining >= 0.05 {
+            Strategy::UltraConservative
+        } else {
+            Strategy::Frozen
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "slo_tests.rs"]
+mod tests;

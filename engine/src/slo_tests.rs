@@ -1,0 +1,210 @@
+//! SLO and burn-rate tests in event time.
+
+use super::*;
+use crate::config::EngineConfig;
+use crate::observation::{Batch, CounterObs, SeriesKey, Temporality};
+use std::sync::Arc;
+
+const S: u64 = 1_000_000_000;
+const T0: u64 = 1_800_000_000 * S;
+const R: f64 = 10_000.0; // requests per second
+
+fn slo() -> Slo {
+    Slo {
+        name: "checkout-availability".into(),
+        service: "checkout".into(),
+        objective: 0.999,
+        period: Span::days(30),
+        sli: SloSli::Availability,
+        tiers: BurnTier::defaults(Span::days(30)),
+    }
+}
+
+/// One second (or minute) of traffic: `good` and `bad` requests at event time `t`.
+fn traffic(e: &mut Engine, t: u64, good: f64, bad: f64) {
+    let mut b = Batch {
+        keys: vec![SeriesKey::new("checkout", "/pay", "1")],
+        ..Default::default()
+    };
+    for (value, is_bad, stream) in [(good, false, 1), (bad, true, 2)] {
+        if value > 0.0 {
+            b.counters.push(CounterObs {
+                key: 0,
+                stream,
+                time: t,
+                start_time: 0,
+                temporality: Temporality::Delta,
+                value,
+                bad: is_bad,
+            });
+        }
+    }
+    e.ingest(&b, t);
+    e.advance(t);
+}
+
+/// Three days of clean traffic before T0 (per minute, then per second for the last 2 hours).
+fn clean_history(e: &mut Engine) {
+    let mut t = T0 - (3 * 86_400 + 3600) * S;
+    while t < T0 - 7200 * S {
+        traffic(e, t + 30 * S, R * 60.0, 0.0);
+        t += 60 * S;
+    }
+    while t < T0 {
+        traffic(e, t + S / 2, R, 0.0);
+        t += S;
+    }
+}
+
+/// Table (SRE workbook, ch. 5): a 99.9 % SLO with the default tiers, clean traffic for the
+/// 3 days before, then a constant error ratio from t = 0.
+/// Guarantees: the first tier to fire and when, to ±1 s: (1 − SLO) × factor × long ÷ ratio.
+#[test]
+fn burn_rate_timing_matches_the_workbook() {
+    let rows: [(f64, Option<&str>, f64); 6] = [
+        (1.0, Some("page_fast"), 51.84),
+        (0.10, Some("page_fast"), 8.64 * 60.0),
+        (0.02, Some("page_fast"), 43.2 * 60.0),
+        (0.01, Some("page_slow"), 3.6 * 3600.0),
+        (0.005, Some("ticket"), 14.4 * 3600.0),
+        (0.0005, None, 86_400.0),
+    ];
+    let cfg = Arc::new(EngineConfig::default());
+    for (ratio, want_tier, want_s) in rows {
+        let mut e = Engine::new(cfg.clone());
+        clean_history(&mut e);
+        let status = evaluate(&e, &slo());
+        assert!(
+            status.firing.is_empty(),
+            "{ratio}: nothing fires on clean traffic"
+        );
+        assert!((status.budget_remaining - 1.0).abs() < 1e-12);
+        let limit = (want_s + 120.0) as u64;
+        let mut fired = None;
+        for k in 0..limit {
+            traffic(&mut e, T0 + k * S + S / 2, R * (1.0 - ratio), R * ratio);
+            // Evaluate at the end of second k: k + 1 seconds of errors so far.
+            e.advance(T0 + (k + 1) * S - 1);
+            let st = evaluate(&e, &slo());
+            if let Some(first) = st.firing.first() {
+                fired = Some((first.clone(), (k + 1) as f64));
+                break;
+            }
+        }
+        match (want_tier, fired) {
+            (Some(tier), Some((got, at))) => {
+                assert_eq!(got, tier, "ratio {ratio}");
+                assert!(
+                    (at - want_s).abs() <= 1.0,
+                    "ratio {ratio}: fired at {at} s, expected {want_s} s"
+                );
+            }
+            (None, None) => {}
+            (want, got) => panic!("ratio {ratio}: expected {want:?}, got {got:?}"),
+        }
+    }
+}
+
+/// Guarantees: a faster firing tier inhibits slower ones; budget and exhaustion follow.
+#[test]
+fn inhibition_budget_and_eta() {
+    let mut e = Engine::new(Arc::new(EngineConfig::default()));
+    clean_history(&mut e);
+    // 100 % errors for 8 hours: every tier is over; only the fastest fires.
+    let mut t = T0;
+    while t < T0 + 8 * 3600 * S {
+        traffic(&mut e, t + 30 * S, 0.0, R * 60.0);
+        t += 60 * S;
+    }
+    let st = evaluate(&e, &slo());
+    assert!(st.tiers.iter().all(|t| t.over), "{:?}", st.tiers);
+    assert_eq!(st.firing, vec!["page_fast".to_string()]);
+    // 8 h of 100 % errors at a 0.1 % budget over (3 d + 8 h) of traffic: spent many times over.
+    assert!(st.budget_remaining < 0.0);
+    assert_eq!(st.exhaustion_eta_s, Some(0.0));
+    assert!(
+        (st.burn_rates["1h"] - 1000.0).abs() < 1e-6,
+        "{:?}",
+        st.burn_rates
+    );
+}
+
+/// Guarantees: below the minimum events a tier cannot fire (3 failed requests of 3 do not page).
+#[test]
+fn minimum_events_guard() {
+    let mut e = Engine::new(Arc::new(EngineConfig::default()));
+    traffic(&mut e, T0, 0.0, 3.0);
+    let st = evaluate(&e, &slo());
+    assert!(st.tiers[0].burn_long > 14.4);
+    assert!(st.firing.is_empty());
+    assert_eq!(st.tiers[0].events_long, 3.0);
+}
+
+/// Guarantees: factors for other periods follow budget share × period ÷ long window.
+#[test]
+fn derived_factors() {
+    let f = |p: Span| {
+        BurnTier::defaults(p)
+            .iter()
+            .map(|t| t.factor)
+            .collect::<Vec<_>>()
+    };
+    let close = |a: Vec<f64>, b: [f64; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9);
+    assert!(close(f(Span::days(30)), [14.4, 6.0, 1.0]));
+    assert!(close(f(Span::days(7)), [3.36, 1.4, 7.0 * 0.1 / 3.0]));
+    assert!(close(f(Span::days(28)), [13.44, 5.6, 28.0 * 0.1 / 3.0]));
+}
+
+/// Table: the deploy gate's strategy from the budget left.
+#[test]
+fn gate_strategies() {
+    for (budget, want) in [
+        (1.0, Strategy::Aggressive),
+        (0.51, Strategy::Aggressive),
+        (0.5, Strategy::Conservative),
+        (0.2, Strategy::Conservative),
+        (0.19, Strategy::UltraConservative),
+        (0.05, Strategy::UltraConservative),
+        (0.049, Strategy::Frozen),
+        (-3.0, Strategy::Frozen),
+    ] {
+        assert_eq!(Strategy::for_budget(budget), want, "{budget}");
+    }
+}
+
+/// Guarantees: a latency SLO counts requests over the threshold as bad, among timed requests.
+#[test]
+fn latency_slo() {
+    let cfg = EngineConfig {
+        latency_thresholds_ms: vec![300.0],
+        ..Default::default()
+    };
+    let mut e = Engine::new(Arc::new(cfg));
+    let mut b = Batch {
+        keys: vec![SeriesKey::new("checkout", "/pay", "1")],
+        ..Default::default()
+    };
+    for i in 0..1000 {
+        let latency_ms = if i % 100 == 0 { 900.0 } else { 50.0 };
+        b.requests.push(crate::RequestObs {
+            key: 0,
+            time: T0,
+            latency_ms,
+            bad: false,
+        });
+    }
+    e.ingest(&b, T0);
+    let s = Slo {
+        sli: SloSli::Latency {
+            threshold_ms: 300.0,
+        },
+        objective: 0.99,
+        ..slo()
+    };
+    let st = evaluate(&e, &s);
+    assert!(
+        (st.burn_rates["5m"] - 1.0).abs() < 1e-9,
+        "1 % slow at a 1 % budget burns at 1×"
+    );
+    assert_eq!(st.period_events, (990.0, 1000.0));
+}
