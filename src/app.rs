@@ -68,6 +68,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         ready: AtomicBool::new(false),
         metrics_windows: cfg.metrics_windows.clone(),
         metrics_max_services: cfg.metrics_max_services,
+        slos: cfg.slos.clone(),
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();

@@ -30,6 +30,8 @@ pub struct AdminState {
     pub metrics_windows: Vec<Span>,
     /// Services exported as SLI gauges, at most.
     pub metrics_max_services: usize,
+    /// The SLOs evaluated by `/api/v1/slos` and `/api/v1/gate`.
+    pub slos: Vec<trike_engine::slo::Slo>,
 }
 
 /// The admin routes.
@@ -40,6 +42,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/slis", get(slis_handler))
+        .route("/api/v1/slos", get(slos_handler))
+        .route("/api/v1/gate", get(gate_handler))
         .with_state(state)
 }
 
@@ -48,7 +52,9 @@ async fn index() -> impl IntoResponse {
      GET /healthz                          liveness\n\
      GET /readyz                           readiness (receivers bound, engine running)\n\
      GET /metrics                          Prometheus text\n\
-     GET /api/v1/slis?service=S&window=5m  SLIs per series (JSON)\n"
+     GET /api/v1/slis?service=S&window=5m  SLIs per series (JSON)\n\
+     GET /api/v1/slos                      SLO status: budget, burn rates, firing tiers (JSON)\n\
+     GET /api/v1/gate?service=S            deploy strategy from the error budget left (JSON)\n"
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
@@ -102,4 +108,81 @@ async fn slis_handler(State(s): State<Arc<AdminState>>, Query(p): Query<SliParam
         Ok(doc) => axum::Json(doc).into_response(),
         Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
     }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ServiceParam {
+    service: Option<String>,
+}
+
+async fn slos_handler(State(s): State<Arc<AdminState>>, Query(p): Query<ServiceParam>) -> Response {
+    let service = p.service.filter(|s| !s.is_empty());
+    let engine = s.worker.engine().lock();
+    let slos: Vec<_> = s
+        .slos
+        .iter()
+        .filter(|slo| service.as_deref().is_none_or(|svc| svc == slo.service))
+        .map(|slo| trike_engine::slo::evaluate(&engine, slo))
+        .collect();
+    drop(engine);
+    axum::Json(serde_json::json!({ "slos": slos.iter().map(slo_json).collect::<Vec<_>>() }))
+        .into_response()
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// One `/api/v1/slos` entry (DESIGN §5 names; tiers added).
+fn slo_json(st: &trike_engine::slo::SloStatus) -> serde_json::Value {
+    serde_json::json!({
+        "name": st.name,
+        "service": st.service,
+        "objective": st.objective,
+        "period": st.period.to_string(),
+        "budget_remaining": finite(st.budget_remaining),
+        "burn_rates": st.burn_rates.iter().map(|(k, v)| (k.clone(), finite(*v))).collect::<std::collections::BTreeMap<_, _>>(),
+        "firing": st.firing,
+        "exhaustion_eta_s": st.exhaustion_eta_s.and_then(finite),
+        "tiers": st.tiers.iter().map(|t| serde_json::json!({
+            "name": t.name,
+            "severity": t.severity,
+            "factor": t.factor,
+            "long": t.long.to_string(),
+            "short": t.short.to_string(),
+            "burn_long": finite(t.burn_long),
+            "burn_short": finite(t.burn_short),
+            "events_long": t.events_long,
+            "firing": t.firing,
+            "inhibited": t.over && !t.firing,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn gate_handler(State(s): State<Arc<AdminState>>, Query(p): Query<ServiceParam>) -> Response {
+    let Some(service) = p.service.filter(|s| !s.is_empty()) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "service: give ?service=NAME".into(),
+        );
+    };
+    let engine = s.worker.engine().lock();
+    // The tightest SLO of the service decides; a service without SLOs has its whole budget.
+    let budget = s
+        .slos
+        .iter()
+        .filter(|slo| slo.service == service)
+        .map(|slo| trike_engine::slo::evaluate(&engine, slo).budget_remaining)
+        .fold(None, |acc: Option<f64>, b| {
+            Some(acc.map_or(b, |a| a.min(b)))
+        });
+    drop(engine);
+    let strategy = trike_engine::slo::Strategy::for_budget(budget.unwrap_or(1.0));
+    axum::Json(serde_json::json!({
+        "service": service,
+        "budget_remaining": budget.and_then(finite),
+        "strategy": strategy,
+        "slos": s.slos.iter().filter(|slo| slo.service == service).count(),
+    }))
+    .into_response()
 }

@@ -3,7 +3,7 @@
 
 pub mod validate;
 
-pub use validate::{Config, SliKind, SloSpec};
+pub use validate::Config;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -128,9 +128,36 @@ pub struct RawSlo {
     pub period: Option<Span>,
     /// `availability`, or `{latency: {threshold_ms: N}}`.
     pub sli: RawSli,
-    /// Alerting tiers (evaluated by the decisions engine).
+    /// Alerting tiers (default: the SRE workbook's page 14.4× 1h/5m, page 6× 6h/30m,
+    /// ticket 1× 3d/6h for 30 d, factors derived for other periods).
     #[serde(default)]
-    pub tiers: Option<serde_yaml_ng::Value>,
+    pub tiers: Option<Vec<RawTier>>,
+}
+
+/// One alerting tier as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// Name reported when firing.
+    pub name: String,
+    /// Burn-rate threshold.
+    #[serde(default)]
+    pub factor: Option<f64>,
+    /// Or: share of the period's budget spent within the long window.
+    #[serde(default)]
+    pub budget_share: Option<f64>,
+    /// Long window.
+    pub long: Span,
+    /// Short window.
+    pub short: Span,
+    /// `page` or `ticket`.
+    pub severity: trike_engine::slo::Severity,
+    /// Events needed in the long window (default 100).
+    #[serde(default)]
+    pub min_events: Option<u64>,
+    /// Drop this tier.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// The SLI of an SLO: `availability`, or `{latency: {threshold_ms: N}}`.

@@ -96,3 +96,34 @@ fn overrides_win() {
     assert_eq!(c.admin_addr.to_string(), "127.0.0.1:9100");
     assert_eq!(c.kafka_brokers.as_deref(), Some("b:2"));
 }
+
+/// Guarantees: SLO tiers default to the workbook's, can be replaced, and are validated.
+#[test]
+fn slo_tiers() {
+    let c =
+        load("slos:\n  - { name: a, service: s, objective: 0.999, period: 7d, sli: availability }")
+            .unwrap();
+    let factors: Vec<f64> = c.slos[0].tiers.iter().map(|t| t.factor).collect();
+    assert!((factors[0] - 3.36).abs() < 1e-9, "{factors:?}");
+    let c = load(
+        "slos:\n  - name: a\n    service: s\n    objective: 0.99\n    sli: availability\n    tiers:\n      - { name: fast, factor: 10, long: 1h, short: 5m, severity: page, min_events: 5 }\n      - { name: slow, budget_share: 0.1, long: 3d, short: 6h, severity: ticket }\n      - { name: off, factor: 2, long: 6h, short: 30m, severity: page, disabled: true }",
+    )
+    .unwrap();
+    let t = &c.slos[0].tiers;
+    assert_eq!(t.len(), 2);
+    assert_eq!((t[0].factor, t[0].min_events), (10.0, 5));
+    assert!((t[1].factor - 1.0).abs() < 1e-9);
+    let err = load(
+        "slos:\n  - name: a\n    service: s\n    objective: 0.99\n    sli: availability\n    tiers:\n      - { name: bad, long: 5m, short: 1h, severity: page }",
+    )
+    .unwrap_err()
+    .join("\n");
+    assert!(
+        err.contains("slos[0].tiers[0].short: 1h must be shorter than long (5m)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("slos[0].tiers[0]: give exactly one of factor or budget_share"),
+        "{err}"
+    );
+}

@@ -3,36 +3,13 @@
 use super::{DEFAULT_ADMIN, DEFAULT_GRPC, DEFAULT_HTTP, NamedSli, RawConfig, RawLatency, RawSli};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use trike_engine::slo::{BurnTier, DEFAULT_MIN_EVENTS, Slo, SloSli};
 use trike_engine::{EngineConfig, Span};
 use trike_ingest::Limits;
 use trike_ingest::decode::DecodeConfig;
 
 /// Largest number of extra series dimensions.
 pub const MAX_DIMENSIONS: usize = 8;
-
-/// What an SLO measures.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum SliKind {
-    /// Good = not bad.
-    Availability,
-    /// Good = latency ≤ threshold (ms).
-    Latency(f64),
-}
-
-/// A validated SLO.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SloSpec {
-    /// Name.
-    pub name: String,
-    /// Service.
-    pub service: String,
-    /// Objective in (0, 1).
-    pub objective: f64,
-    /// Rolling period.
-    pub period: Span,
-    /// What is measured.
-    pub sli: SliKind,
-}
 
 /// A validated configuration: everything needed to build the process.
 #[derive(Clone, Debug)]
@@ -52,7 +29,7 @@ pub struct Config {
     /// Engine settings.
     pub engine: EngineConfig,
     /// SLOs.
-    pub slos: Vec<SloSpec>,
+    pub slos: Vec<Slo>,
     /// Windows exported as SLI gauges.
     pub metrics_windows: Vec<Span>,
     /// Services exported as SLI gauges, at most.
@@ -87,6 +64,52 @@ fn addr(problems: &mut Vec<String>, field: &str, value: &str) -> SocketAddr {
         ));
         SocketAddr::from(([127, 0, 0, 1], 0))
     })
+}
+
+/// Tiers as written: each needs a name, a long and a short window, a severity, and a factor
+/// or a budget share (`factor = budget_share × period ÷ long`); `disabled: true` drops it.
+fn tiers(p: &mut Vec<String>, f: &str, list: Vec<super::RawTier>, period: Span) -> Vec<BurnTier> {
+    let mut out = Vec::new();
+    for (i, t) in list.into_iter().enumerate() {
+        let f = format!("{f}.tiers[{i}]");
+        if t.disabled {
+            continue;
+        }
+        if t.short >= t.long {
+            p.push(format!(
+                "{f}.short: {} must be shorter than long ({})",
+                t.short, t.long
+            ));
+        }
+        if t.long.secs() > 30 * 86_400 {
+            p.push(format!("{f}.long: {} is longer than 30d", t.long));
+        }
+        let factor = match (t.factor, t.budget_share) {
+            (Some(x), None) => x,
+            (None, Some(share)) => share * period.secs() as f64 / t.long.secs() as f64,
+            _ => {
+                p.push(format!("{f}: give exactly one of factor or budget_share"));
+                1.0
+            }
+        };
+        if !(factor.is_finite() && factor > 0.0) {
+            p.push(format!("{f}.factor: {factor} is not a positive number"));
+        }
+        out.push(BurnTier {
+            name: t.name,
+            factor,
+            long: t.long,
+            short: t.short,
+            severity: t.severity,
+            min_events: t.min_events.unwrap_or(DEFAULT_MIN_EVENTS),
+        });
+    }
+    if out.is_empty() {
+        p.push(format!(
+            "{f}.tiers: every tier is disabled; remove the SLO or keep one tier"
+        ));
+    }
+    out
 }
 
 impl Config {
@@ -216,7 +239,7 @@ impl Config {
                 p.push(format!("{f}.period: {period} is not between 1h and 30d"));
             }
             let sli = match s.sli {
-                RawSli::Named(NamedSli::Availability) => SliKind::Availability,
+                RawSli::Named(NamedSli::Availability) => SloSli::Availability,
                 RawSli::Latency {
                     latency: RawLatency { threshold_ms },
                 } => {
@@ -229,15 +252,20 @@ impl Config {
                     if !list.contains(&threshold_ms) {
                         list.push(threshold_ms);
                     }
-                    SliKind::Latency(threshold_ms)
+                    SloSli::Latency { threshold_ms }
                 }
             };
-            slos.push(SloSpec {
+            let tiers = match s.tiers {
+                None => BurnTier::defaults(period),
+                Some(list) => tiers(&mut p, &f, list, period),
+            };
+            slos.push(Slo {
                 name: s.name,
                 service: s.service,
                 objective: s.objective,
                 period,
                 sli,
+                tiers,
             });
         }
 

@@ -165,3 +165,83 @@ async fn prometheus_exposition() {
     }
     running.stop().await.unwrap();
 }
+
+/// Guarantees: `/api/v1/slos` reports budget, burn rates per window and firing tiers from live
+/// traffic (DESIGN §5 shape), and `/api/v1/gate` maps the budget left to a rollout strategy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slos_and_gate() {
+    let running = start_trike(
+        "slos:\n  - { name: shop-availability, service: shop, objective: 0.99, sli: availability }\n  - { name: calm-availability, service: calm, objective: 0.99, sli: availability }",
+    )
+    .await;
+    send(&running, &svc("shop", "1.0", 0.5), 400).await;
+    send(&running, &svc("calm", "1.0", 0.0), 400).await;
+    assert_eq!(
+        wait_for_requests(&running, "shop", 400, Duration::from_secs(5)).await,
+        400
+    );
+    assert_eq!(
+        wait_for_requests(&running, "calm", 400, Duration::from_secs(5)).await,
+        400
+    );
+    let base = format!("http://{}", running.admin_addr);
+    let doc: serde_json::Value = reqwest::get(format!("{base}/api/v1/slos"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let slos = doc["slos"].as_array().unwrap();
+    assert_eq!(slos.len(), 2);
+    let shop = slos
+        .iter()
+        .find(|s| s["name"] == "shop-availability")
+        .unwrap();
+    for field in [
+        "name",
+        "service",
+        "objective",
+        "period",
+        "budget_remaining",
+        "burn_rates",
+        "firing",
+        "exhaustion_eta_s",
+    ] {
+        assert!(shop.get(field).is_some(), "{field} in {shop}");
+    }
+    for w in ["5m", "30m", "1h", "6h", "3d"] {
+        assert!(shop["burn_rates"][w].as_f64().is_some(), "burn rate {w}");
+    }
+    let ratio = shop["burn_rates"]["5m"].as_f64().unwrap() * 0.01;
+    assert!((0.35..0.65).contains(&ratio), "bad ratio {ratio}");
+    assert_eq!(shop["firing"], serde_json::json!(["page_fast"]), "{shop}");
+    assert_eq!(shop["period"], "30d");
+    let calm = slos
+        .iter()
+        .find(|s| s["name"] == "calm-availability")
+        .unwrap();
+    assert_eq!(calm["firing"], serde_json::json!([]));
+    assert_eq!(calm["budget_remaining"], 1.0);
+    assert!(calm["exhaustion_eta_s"].is_null());
+
+    let gate = |service: &'static str| {
+        let base = base.clone();
+        async move {
+            reqwest::get(format!("{base}/api/v1/gate?service={service}"))
+                .await
+                .unwrap()
+        }
+    };
+    let g: serde_json::Value = gate("shop").await.json().await.unwrap();
+    assert_eq!(g["strategy"], "frozen", "{g}");
+    assert!(g["budget_remaining"].as_f64().unwrap() < 0.05);
+    let g: serde_json::Value = gate("calm").await.json().await.unwrap();
+    assert_eq!(
+        (g["strategy"].as_str(), g["budget_remaining"].as_f64()),
+        (Some("aggressive"), Some(1.0))
+    );
+    let g: serde_json::Value = gate("unknown").await.json().await.unwrap();
+    assert_eq!(g["strategy"], "aggressive");
+    assert_eq!(gate("").await.status(), 400);
+    running.stop().await.unwrap();
+}
