@@ -663,6 +663,40 @@ impl Engine {
         out
     }
 
+    /// Requests, errors and the merged latency digest of all series of one service version
+    /// over a window ending now (the digest is None beyond the 1 h digest history).
+    pub fn version_totals(
+        &self,
+        service: &str,
+        version: &str,
+        window: Span,
+    ) -> (u64, u64, Option<TDigest>) {
+        let now_s = secs(self.now);
+        let (mut requests, mut errors) = (0, 0);
+        let mut digest = Some(TDigest::new(self.cfg.digest_compression));
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| &*e.key.service == service && &*e.key.version == version)
+        {
+            let s = e.state.sums(now_s, window.secs());
+            requests += s.requests;
+            errors += s.errors;
+            match (
+                e.state
+                    .digest(now_s, window.secs(), self.cfg.digest_compression),
+                digest.as_mut(),
+            ) {
+                (Some(d), Some(total)) => total.merge(&d),
+                _ => digest = None,
+            }
+        }
+        if let Some(d) = digest.as_mut() {
+            d.compress();
+        }
+        (requests, errors, digest)
+    }
+
     /// Services with data (sorted).
     pub fn services(&self) -> Vec<Arc<str>> {
         let mut v: Vec<Arc<str>> = self.services.keys().cloned().collect();

@@ -4,6 +4,7 @@
 //! nanoseconds); nothing reads a clock, spawns a task, or touches the network. Wire formats
 //! (protobuf, JSON, Arrow) stay outside: callers decode into [`observation::Batch`].
 
+pub mod canary;
 pub mod config;
 pub mod delta;
 pub mod engine;
@@ -11,6 +12,7 @@ pub mod observation;
 pub mod sketch;
 pub mod sli;
 pub mod slo;
+pub mod stats;
 pub mod time;
 pub mod window;
 

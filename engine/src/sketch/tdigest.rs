@@ -219,6 +219,11 @@ impl TDigest {
         }
     }
 
+    /// The centroids, merged (a copy is compressed when the buffer holds data).
+    pub fn centroids_view(&self) -> std::borrow::Cow<'_, [Centroid]> {
+        self.flushed()
+    }
+
     /// Estimated value at quantile `q` in [0, 1]; NaN when empty.
     pub fn quantile(&self, q: f64) -> f64 {
         if self.is_empty() || q.is_nan() {

@@ -1,0 +1,323 @@
+//! The canary judge: compares a canary version of a service with its baseline over the same
+//! time range, per metric, and says pass, fail or inconclusive.
+//!
+//! - Error ratio: a one-sided exact test, conditional on the total errors (valid for the
+//!   sparse counts canaries have), of "the canary's error rate exceeds the baseline's".
+//! - Latency: a Mann-Whitney test computed from the two arms' t-digests (probability that a
+//!   canary request is slower than a baseline one), one-sided.
+//!
+//! A metric fails only when the test is significant AND the effect exceeds its tolerance; it is
+//! inconclusive while either arm has fewer than `min_requests`. Two one-sided tests at
+//! α = 0.02 and 0.01 keep the A/A failure rate near 2 % (the tests in this module measure it).
+
+use crate::engine::Engine;
+use crate::sketch::TDigest;
+use crate::stats::{error_rate_excess_p, mann_whitney_digests};
+use crate::time::Span;
+use serde::{Deserialize, Serialize};
+
+/// What to compare and how strictly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CanarySpec {
+    /// Service.
+    pub service: String,
+    /// Baseline version.
+    pub baseline: String,
+    /// Canary version.
+    pub canary: String,
+    /// Time range compared (ending now).
+    pub window: Span,
+    /// Requests each arm needs before a verdict.
+    pub min_requests: u64,
+    /// Significance level of the error-ratio test.
+    pub error_alpha: f64,
+    /// Significance level of the latency test.
+    pub latency_alpha: f64,
+    /// Error-ratio increase (absolute, e.g. 0.0005 = 0.05 points) tolerated.
+    pub error_tolerance: f64,
+    /// Median latency increase (relative, e.g. 0.05 = 5 %) tolerated.
+    pub latency_tolerance: f64,
+}
+
+impl CanarySpec {
+    /// A spec with the default thresholds.
+    pub fn new(service: &str, baseline: &str, canary: &str) -> Self {
+        Self {
+            service: service.into(),
+            baseline: baseline.into(),
+            canary: canary.into(),
+            window: Span::minutes(10),
+            min_requests: 500,
+            error_alpha: 0.02,
+            latency_alpha: 0.01,
+            error_tolerance: 0.0005,
+            latency_tolerance: 0.05,
+        }
+    }
+}
+
+/// A verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// No evidence the canary is worse.
+    Pass,
+    /// Not enough data.
+    Inconclusive,
+    /// The canary is worse beyond tolerance, significantly.
+    Fail,
+}
+
+/// One metric's comparison (the evidence).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricResult {
+    /// `error_ratio` or `latency`.
+    pub metric: String,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Baseline value (error ratio, or median ms).
+    pub baseline: Option<f64>,
+    /// Canary value.
+    pub canary: Option<f64>,
+    /// Effect: canary − baseline (error ratio) or canary ÷ baseline − 1 (median latency);
+    /// for latency also the AUC in `auc`.
+    pub effect: Option<f64>,
+    /// P(canary request slower than a baseline one), latency only.
+    pub auc: Option<f64>,
+    /// One-sided p-value.
+    pub p_value: Option<f64>,
+    /// Requests in the baseline arm.
+    pub baseline_n: u64,
+    /// Requests in the canary arm.
+    pub canary_n: u64,
+}
+
+/// The judge's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CanaryResult {
+    /// Service.
+    pub service: String,
+    /// Baseline version.
+    pub baseline: String,
+    /// Canary version.
+    pub canary: String,
+    /// Overall: fail if any metric fails, else inconclusive if any is, else pass.
+    pub verdict: Verdict,
+    /// Share of metrics passing, 0–100.
+    pub score: f64,
+    /// Per metric.
+    pub metrics: Vec<MetricResult>,
+}
+
+/// One arm's data.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Arm {
+    /// Requests.
+    pub requests: u64,
+    /// Bad requests.
+    pub errors: u64,
+    /// Latency digest (None when the window is longer than the digest history).
+    pub digest: Option<TDigest>,
+}
+
+/// Reads one version's arm from the engine: all its series over the window ending now.
+pub fn arm(engine: &Engine, service: &str, version: &str, window: Span) -> Arm {
+    let (requests, errors, digest) = engine.version_totals(service, version, window);
+    Arm {
+        requests,
+        errors,
+        digest,
+    }
+}
+
+/// Judges the canary of `spec` at the engine's now.
+pub fn judge(engine: &Engine, spec: &CanarySpec) -> CanaryResult {
+    let b = arm(engine, &spec.service, &spec.baseline, spec.window);
+    let c = arm(engine, &spec.service, &spec.canary, spec.window);
+    judge_arms(spec, &b, &c)
+}
+
+/// Judges two arms.
+pub fn judge_arms(spec: &CanarySpec, baseline: &Arm, canary: &Arm) -> CanaryResult {
+    let enough = baseline.requests >= spec.min_requests && canary.requests >= spec.min_requests;
+    let ratio = |a: &Arm| (a.requests > 0).then(|| a.errors as f64 / a.requests as f64);
+    let (rb, rc) = (ratio(baseline), ratio(canary));
+    let errors = {
+        let p = error_rate_excess_p(
+            canary.errors,
+            canary.requests,
+            baseline.errors,
+            baseline.requests,
+            1.0,
+        );
+        let effect = rc.zip(rb).map(|(c, b)| c - b);
+        let verdict = if !enough {
+            Verdict::Inconclusive
+        } else if p < spec.error_alpha && effect.is_some_and(|e| e > spec.error_tolerance) {
+            Verdict::Fail
+        } else {
+            Verdict::Pass
+        };
+        MetricResult {
+            metric: "error_ratio".into(),
+            verdict,
+            baseline: rb,
+            canary: rc,
+            effect,
+            auc: None,
+            p_value: Some(p),
+            baseline_n: baseline.requests,
+            canary_n: canary.requests,
+        }
+    };
+    let latency = match (&baseline.digest, &canary.digest) {
+        (Some(db), Some(dc)) if !db.is_empty() && !dc.is_empty() => {
+            let (auc, p) = mann_whitney_digests(dc, db);
+            let (mb, mc) = (db.quantile(0.5), dc.quantile(0.5));
+            let effect = if mb > 0.0 { mc / mb - 1.0 } else { 0.0 };
+            let (nb, nc) = (db.count(), dc.count());
+            let verdict = if nb < spec.min_requests || nc < spec.min_requests {
+                Verdict::Inconclusive
+            } else if p < spec.latency_alpha && effect > spec.latency_tolerance {
+                Verdict::Fail
+            } else {
+                Verdict::Pass
+            };
+            MetricResult {
+                metric: "latency".into(),
+                verdict,
+                baseline: Some(mb),
+                canary: Some(mc),
+                effect: Some(effect),
+                auc: Some(auc),
+                p_value: Some(p),
+                baseline_n: nb,
+                canary_n: nc,
+            }
+        }
+        _ => MetricResult {
+            metric: "latency".into(),
+            verdict: Verdict::Inconclusive,
+            baseline: None,
+            canary: None,
+            effect: None,
+            auc: None,
+            p_value: None,
+            baseline_n: baseline.digest.as_ref().map_or(0, TDigest::count),
+            canary_n: canary.digest.as_ref().map_or(0, TDigest::count),
+        },
+    };
+    let metrics = vec![errors, latency];
+    let verdict = metrics
+        .iter()
+        .map(|m| m.verdict)
+        .max()
+        .unwrap_or(Verdict::Inconclusive);
+    let score = 100.0
+        * metrics
+            .iter()
+            .filter(|m| m.verdict == Verdict::Pass)
+            .count() as f64
+        / metrics.len() as f64;
+    CanaryResult {
+        service: spec.service.clone(),
+        baseline: spec.baseline.clone(),
+        canary: spec.canary.clone(),
+        verdict,
+        score,
+        metrics,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Distribution, LogNormal};
+
+    fn simulate(rng: &mut StdRng, n: u64, median_ms: f64, error_ratio: f64) -> Arm {
+        let dist = LogNormal::new(median_ms.ln(), 0.6).unwrap();
+        let mut d = TDigest::default();
+        let mut errors = 0;
+        for _ in 0..n {
+            d.add(dist.sample(rng));
+            errors += u64::from(rng.random_bool(error_ratio));
+        }
+        Arm {
+            requests: n,
+            errors,
+            digest: Some(d),
+        }
+    }
+
+    fn spec() -> CanarySpec {
+        CanarySpec::new("checkout", "1.4.0", "1.5.0")
+    }
+
+    /// Scenario: 200 seeded A/A runs, 2000 requests per arm, identical distributions.
+    /// Guarantees: the judge fails ≤ 5 % of them.
+    #[test]
+    fn aa_false_failures() {
+        let mut fails = 0;
+        for seed in 0..200 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let b = simulate(&mut rng, 2000, 50.0, 0.001);
+            let c = simulate(&mut rng, 2000, 50.0, 0.001);
+            fails += u32::from(judge_arms(&spec(), &b, &c).verdict == Verdict::Fail);
+        }
+        eprintln!("A/A failures: {fails}/200");
+        assert!(fails <= 10, "A/A failures {fails}/200");
+    }
+
+    /// Scenario: 200 seeded A/B runs, canary median 20 % higher.
+    /// Guarantees: ≥ 95 % caught, by the latency metric.
+    #[test]
+    fn ab_latency_regression() {
+        let mut caught = 0;
+        for seed in 0..200 {
+            let mut rng = StdRng::seed_from_u64(1000 + seed);
+            let b = simulate(&mut rng, 2000, 50.0, 0.001);
+            let c = simulate(&mut rng, 2000, 60.0, 0.001);
+            let r = judge_arms(&spec(), &b, &c);
+            caught += u32::from(r.metrics[1].verdict == Verdict::Fail);
+        }
+        eprintln!("latency +20 %: caught {caught}/200");
+        assert!(caught >= 190, "caught {caught}/200");
+    }
+
+    /// Scenario: 200 seeded A/B runs, error ratio 0.1 % → 1 %.
+    /// Guarantees: ≥ 95 % caught, by the error metric.
+    #[test]
+    fn ab_error_regression() {
+        let mut caught = 0;
+        for seed in 0..200 {
+            let mut rng = StdRng::seed_from_u64(5000 + seed);
+            let b = simulate(&mut rng, 2000, 50.0, 0.001);
+            let c = simulate(&mut rng, 2000, 50.0, 0.01);
+            let r = judge_arms(&spec(), &b, &c);
+            caught += u32::from(r.metrics[0].verdict == Verdict::Fail);
+        }
+        eprintln!("errors 0.1 % -> 1 %: caught {caught}/200");
+        assert!(caught >= 190, "caught {caught}/200");
+    }
+
+    /// Guarantees: below the minimum sample size the verdict is inconclusive, even for a
+    /// canary that fails every request; evidence still carries the numbers.
+    #[test]
+    fn inconclusive_below_minimum() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let b = simulate(&mut rng, 2000, 50.0, 0.001);
+        let c = simulate(&mut rng, 100, 500.0, 1.0);
+        let r = judge_arms(&spec(), &b, &c);
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert_eq!(r.metrics[0].canary, Some(1.0));
+        assert_eq!(r.metrics[0].canary_n, 100);
+        assert_eq!(r.score, 0.0);
+        // With enough requests the same canary fails both metrics.
+        let c = simulate(&mut rng, 600, 500.0, 1.0);
+        let r = judge_arms(&spec(), &b, &c);
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert!(r.metrics.iter().all(|m| m.verdict == Verdict::Fail));
+    }
+}
