@@ -9,6 +9,7 @@ pub mod config;
 pub mod delta;
 pub mod engine;
 pub mod observation;
+pub mod policy;
 pub mod sketch;
 pub mod sli;
 pub mod slo;

@@ -1,0 +1,600 @@
+//! Policy: rules that turn signals (burn-rate tiers, canary verdicts, stale telemetry, budget
+//! left) into decisions, with hysteresis (`for`), cool-down, a cap on actions per window,
+//! deduplication (one action per target and episode), a hold on stale data, dry runs, and a
+//! `resolved` decision when an acted-on condition clears.
+//!
+//! Pure and deterministic: [`PolicyEngine::step`] takes the facts at `now` and returns the
+//! decisions; decision ids are a hash of (rule, service, version, action, episode start), so a
+//! replay of the same input yields the same ids.
+
+use crate::canary::{CanaryResult, Verdict};
+use crate::slo::{Severity, SloStatus, TierStatus};
+use crate::time::{NANOS_PER_SEC, Span, UnixNanos};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+
+/// What a decision asks the actuators to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Roll the version back.
+    Rollback,
+    /// Change the traffic weight (`params.weight`).
+    SetWeight,
+    /// Rate-limit (`params.rate_limit`).
+    Throttle,
+    /// Page a human.
+    Page,
+    /// Open a ticket.
+    Ticket,
+    /// Stop deploys to the service.
+    FreezeDeploys,
+    /// A previous decision's condition cleared.
+    Resolved,
+}
+
+impl Action {
+    /// The CloudEvents type suffix and `data.action` value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Rollback => "rollback",
+            Action::SetWeight => "set_weight",
+            Action::Throttle => "throttle",
+            Action::Page => "page",
+            Action::Ticket => "ticket",
+            Action::FreezeDeploys => "freeze_deploys",
+            Action::Resolved => "resolved",
+        }
+    }
+}
+
+/// Which burn-rate tiers a rule listens to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TierSelector {
+    /// Any firing tier of this severity (`burn_rate.page`, `burn_rate.ticket`).
+    Severity(Severity),
+    /// The tier with this name (`burn_rate.page_fast`).
+    Named(String),
+}
+
+/// A rule's condition, written as a string in the config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum When {
+    /// `burn_rate.page`, `burn_rate.ticket` or `burn_rate.<tier name>`.
+    BurnRate(TierSelector),
+    /// `canary.fail`, `canary.inconclusive` or `canary.pass`.
+    Canary(Verdict),
+    /// `stale`: the service's telemetry stopped or lags.
+    Stale,
+    /// `budget < 0.2`: an SLO's budget left is below the share.
+    BudgetBelow(f64),
+}
+
+/// Why a `when` string did not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a condition: write burn_rate.page, burn_rate.ticket, burn_rate.<tier>, canary.fail, canary.inconclusive, stale, or budget < 0.2"
+)]
+pub struct WhenParseError(pub String);
+
+impl FromStr for When {
+    type Err = WhenParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let err = || WhenParseError(s.to_string());
+        if let Some(tier) = t.strip_prefix("burn_rate.") {
+            return Ok(When::BurnRate(match tier {
+                "page" => TierSelector::Severity(Severity::Page),
+                "ticket" => TierSelector::Severity(Severity::Ticket),
+                "" => return Err(err()),
+                name => TierSelector::Named(name.to_string()),
+            }));
+        }
+        if let Some(v) = t.strip_prefix("canary.") {
+            return Ok(When::Canary(match v {
+                "fail" => Verdict::Fail,
+                "inconclusive" => Verdict::Inconclusive,
+                "pass" => Verdict::Pass,
+                _ => return Err(err()),
+            }));
+        }
+        if t == "stale" {
+            return Ok(When::Stale);
+        }
+        if let Some(x) = t
+            .strip_prefix("budget")
+            .map(str::trim)
+            .and_then(|r| r.strip_prefix('<'))
+        {
+            let v: f64 = x.trim().parse().map_err(|_| err())?;
+            return Ok(When::BudgetBelow(v));
+        }
+        Err(err())
+    }
+}
+
+impl fmt::Display for When {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            When::BurnRate(TierSelector::Severity(Severity::Page)) => f.write_str("burn_rate.page"),
+            When::BurnRate(TierSelector::Severity(Severity::Ticket)) => {
+                f.write_str("burn_rate.ticket")
+            }
+            When::BurnRate(TierSelector::Named(n)) => write!(f, "burn_rate.{n}"),
+            When::Canary(v) => write!(f, "canary.{}", serde_json_verdict(*v)),
+            When::Stale => f.write_str("stale"),
+            When::BudgetBelow(x) => write!(f, "budget < {x}"),
+        }
+    }
+}
+
+fn serde_json_verdict(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "pass",
+        Verdict::Inconclusive => "inconclusive",
+        Verdict::Fail => "fail",
+    }
+}
+
+/// One rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Unique name.
+    pub name: String,
+    /// Condition.
+    pub when: When,
+    /// What to do.
+    pub action: Action,
+    /// The condition must hold this long before acting (hysteresis).
+    pub for_: Span,
+    /// After acting, the same rule does not act on the same target again for this long.
+    pub cooldown: Span,
+    /// At most this many actions of this rule per `max_actions_window`.
+    pub max_actions: u32,
+    /// Window of the cap.
+    pub max_actions_window: Span,
+    /// Severity reported (default: page for page/rollback, ticket otherwise).
+    pub severity: Severity,
+    /// Decide and record, but mark `dry_run` so actuators only log.
+    pub dry_run: bool,
+    /// Action parameters (e.g. `weight`, `rate_limit`).
+    pub params: BTreeMap<String, f64>,
+    /// Only these services (all when empty).
+    pub services: Vec<String>,
+    /// Act even when the service's telemetry is stale.
+    pub act_on_stale: bool,
+}
+
+/// The rules and their revision (a content hash, stamped on every decision).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Rules, in order.
+    pub rules: Vec<Rule>,
+    /// Content hash of the rules.
+    pub revision: String,
+}
+
+impl Policy {
+    /// A policy whose revision is the hash of `rules`' debug rendering (stable for equal rules).
+    pub fn new(rules: Vec<Rule>) -> Self {
+        let revision = format!("{:016x}", fnv64(0, format!("{rules:?}").as_bytes()));
+        Self { rules, revision }
+    }
+}
+
+/// What a decision is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Target {
+    /// Service.
+    pub service: String,
+    /// Version ("" when the signal is about the whole service).
+    pub version: String,
+}
+
+/// The numbers behind a decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Evidence {
+    /// A burn-rate tier fired.
+    BurnRate {
+        /// SLO name.
+        slo: String,
+        /// Objective.
+        objective: f64,
+        /// Budget left.
+        budget_remaining: f64,
+        /// The tier with its burn rates and threshold.
+        tier: TierStatus,
+    },
+    /// The canary judge's result.
+    Canary(CanaryResult),
+    /// Telemetry stopped or lags.
+    Stale {
+        /// Seconds since data last arrived.
+        silent_s: f64,
+        /// Seconds the newest event time lags its arrival.
+        lag_s: f64,
+    },
+    /// Budget below the rule's share.
+    Budget {
+        /// SLO name.
+        slo: String,
+        /// Budget left.
+        budget_remaining: f64,
+        /// The rule's threshold.
+        below: f64,
+    },
+}
+
+/// Facts about one service at `now`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceFacts {
+    /// Service.
+    pub service: String,
+    /// Why its telemetry is stale (None when fresh).
+    pub stale: Option<Evidence>,
+    /// Its SLOs.
+    pub slos: Vec<SloStatus>,
+    /// Its canary comparisons.
+    pub canaries: Vec<CanaryResult>,
+    /// Event time of the newest data.
+    pub observed_until: UnixNanos,
+}
+
+/// One decision (the control event's content; its wire form is built in `trike-sinks`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Deterministic id.
+    pub decision_id: String,
+    /// Action (`Resolved` for a clearing).
+    pub action: Action,
+    /// Target.
+    pub target: Target,
+    /// Parameters.
+    pub params: BTreeMap<String, f64>,
+    /// Severity.
+    pub severity: Severity,
+    /// One human sentence.
+    pub reason: String,
+    /// Rule name.
+    pub rule: String,
+    /// SLO involved, if any.
+    pub slo: Option<String>,
+    /// Policy revision.
+    pub policy_revision: String,
+    /// Dry run.
+    pub dry_run: bool,
+    /// The numbers behind it.
+    pub evidence: Evidence,
+    /// When it was decided (engine time).
+    pub detected_at: UnixNanos,
+    /// Event time of the newest data used.
+    pub observed_until: UnixNanos,
+    /// For `resolved`: the decision it resolves.
+    pub resolves: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct RuleTarget {
+    /// Condition true (and not held) since.
+    pending_since: Option<UnixNanos>,
+    /// The open episode: start and decision.
+    episode: Option<(UnixNanos, Decision)>,
+    /// When this rule last acted on this target.
+    last_action: Option<UnixNanos>,
+}
+
+/// Counters of what the policy held back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStats {
+    /// Actions held because the data was stale.
+    pub held_stale: u64,
+    /// Actions skipped in cool-down.
+    pub cooled_down: u64,
+    /// Actions skipped by the cap.
+    pub capped: u64,
+    /// Actions skipped because another rule already acted on the same target the same way.
+    pub deduplicated: u64,
+}
+
+/// The policy and its state.
+#[derive(Clone, Debug)]
+pub struct PolicyEngine {
+    policy: Policy,
+    state: HashMap<(usize, Target), RuleTarget>,
+    recent: Vec<VecDeque<UnixNanos>>,
+    stats: PolicyStats,
+}
+
+fn fnv64(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A deterministic UUID-shaped id from the parts of a decision's identity.
+pub fn decision_id(
+    rule: &str,
+    target: &Target,
+    action: Action,
+    episode_start: UnixNanos,
+) -> String {
+    let key = format!(
+        "{rule}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{episode_start}",
+        target.service,
+        target.version,
+        action.name()
+    );
+    let (a, b) = (fnv64(1, key.as_bytes()), fnv64(2, key.as_bytes()));
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2} %", x * 100.0)
+}
+
+impl PolicyEngine {
+    /// A policy with fresh state.
+    pub fn new(policy: Policy) -> Self {
+        let recent = vec![VecDeque::new(); policy.rules.len()];
+        Self {
+            policy,
+            state: HashMap::new(),
+            recent,
+            stats: PolicyStats::default(),
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// What was held back so far.
+    pub fn stats(&self) -> PolicyStats {
+        self.stats
+    }
+
+    /// The rule's conditions that hold for `f`: (target, evidence, reason, slo).
+    fn conditions(
+        rule: &Rule,
+        f: &ServiceFacts,
+    ) -> Vec<(Target, Evidence, String, Option<String>)> {
+        let svc = |version: &str| Target {
+            service: f.service.clone(),
+            version: version.to_string(),
+        };
+        match &rule.when {
+            When::BurnRate(sel) => f
+                .slos
+                .iter()
+                .find_map(|s| {
+                    let tier = s.tiers.iter().find(|t| {
+                        t.firing
+                            && match sel {
+                                TierSelector::Severity(sev) => t.severity == *sev,
+                                TierSelector::Named(n) => &t.name == n,
+                            }
+                    })?;
+                    let reason = format!(
+                        "{} is burning its error budget at {:.1}x over {} and {:.1}x over {} (tier {} fires at {:.1}x); {} of the budget left",
+                        s.name, tier.burn_long, tier.long, tier.burn_short, tier.short, tier.name, tier.factor, pct(s.budget_remaining.max(0.0))
+                    );
+                    let ev = Evidence::BurnRate {
+                        slo: s.name.clone(),
+                        objective: s.objective,
+                        budget_remaining: s.budget_remaining,
+                        tier: tier.clone(),
+                    };
+                    Some((svc(""), ev, reason, Some(s.name.clone())))
+                })
+                .into_iter()
+                .collect(),
+            When::Canary(v) => f
+                .canaries
+                .iter()
+                .filter(|c| c.verdict == *v)
+                .map(|c| {
+                    let detail: Vec<String> = c
+                        .metrics
+                        .iter()
+                        .filter(|m| m.verdict == *v)
+                        .map(|m| match m.metric.as_str() {
+                            "error_ratio" => format!(
+                                "error ratio {} vs {} (p = {:.1e})",
+                                pct(m.canary.unwrap_or(0.0)),
+                                pct(m.baseline.unwrap_or(0.0)),
+                                m.p_value.unwrap_or(1.0)
+                            ),
+                            _ => format!(
+                                "median latency {:.1} ms vs {:.1} ms (p = {:.1e})",
+                                m.canary.unwrap_or(0.0),
+                                m.baseline.unwrap_or(0.0),
+                                m.p_value.unwrap_or(1.0)
+                            ),
+                        })
+                        .collect();
+                    let reason = format!(
+                        "{} {} {} canary analysis against {}: {}",
+                        c.service,
+                        c.canary,
+                        match v {
+                            Verdict::Fail => "failed",
+                            Verdict::Pass => "passed",
+                            Verdict::Inconclusive => "is inconclusive in",
+                        },
+                        c.baseline,
+                        if detail.is_empty() { "no metric decided".to_string() } else { detail.join(", ") }
+                    );
+                    (svc(&c.canary), Evidence::Canary(c.clone()), reason, None)
+                })
+                .collect(),
+            When::Stale => f
+                .stale
+                .iter()
+                .map(|ev| {
+                    let reason = match ev {
+                        Evidence::Stale { silent_s, lag_s } => format!(
+                            "{} telemetry is stale: no data for {silent_s:.0} s, newest event {lag_s:.0} s behind its arrival",
+                            f.service
+                        ),
+                        _ => format!("{} telemetry is stale", f.service),
+                    };
+                    (svc(""), ev.clone(), reason, None)
+                })
+                .collect(),
+            When::BudgetBelow(x) => f
+                .slos
+                .iter()
+                .find(|s| s.budget_remaining < *x)
+                .map(|s| {
+                    let reason = format!("{} has {} of its error budget left, below {}", s.name, pct(s.budget_remaining.max(0.0)), pct(*x));
+                    let ev = Evidence::Budget { slo: s.name.clone(), budget_remaining: s.budget_remaining, below: *x };
+                    (svc(""), ev, reason, Some(s.name.clone()))
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Evaluates every rule against the facts at `now`; returns the new decisions (actions
+    /// whose hysteresis elapsed, and `resolved` for acted-on conditions that cleared).
+    pub fn step(&mut self, now: UnixNanos, facts: &[ServiceFacts]) -> Vec<Decision> {
+        let mut out: Vec<Decision> = Vec::new();
+        for (ri, rule) in self.policy.rules.iter().enumerate() {
+            let window = rule.max_actions_window.nanos();
+            while self.recent[ri].front().is_some_and(|t| t + window <= now) {
+                self.recent[ri].pop_front();
+            }
+            let mut active: BTreeMap<Target, (Evidence, String, Option<String>, UnixNanos)> =
+                BTreeMap::new();
+            let mut held_services: Vec<&str> = Vec::new();
+            for f in facts
+                .iter()
+                .filter(|f| rule.services.is_empty() || rule.services.contains(&f.service))
+            {
+                let conditions = Self::conditions(rule, f);
+                if f.stale.is_some() && !rule.act_on_stale && rule.when != When::Stale {
+                    // Never act, nor resolve, on stale data: the state stays as it was.
+                    self.stats.held_stale += conditions.len() as u64;
+                    held_services.push(&f.service);
+                    continue;
+                }
+                for (target, ev, reason, slo) in conditions {
+                    active.insert(target, (ev, reason, slo, f.observed_until));
+                }
+            }
+            // Targets with state but no condition now: clear, and resolve an open episode.
+            let known: Vec<Target> = self
+                .state
+                .keys()
+                .filter(|(r, _)| *r == ri)
+                .map(|(_, t)| t.clone())
+                .collect();
+            for t in known {
+                if active.contains_key(&t) || held_services.contains(&t.service.as_str()) {
+                    continue;
+                }
+                let st = self.state.get_mut(&(ri, t.clone())).expect("known target");
+                st.pending_since = None;
+                if let Some((start, d)) = st.episode.take() {
+                    let what = if t.version.is_empty() {
+                        t.service.clone()
+                    } else {
+                        format!("{} {}", t.service, t.version)
+                    };
+                    out.push(Decision {
+                        decision_id: decision_id(&rule.name, &t, Action::Resolved, start),
+                        action: Action::Resolved,
+                        reason: format!(
+                            "resolved: the condition of rule {} ({}) no longer holds for {what}",
+                            rule.name, rule.when
+                        ),
+                        detected_at: now,
+                        resolves: Some(d.decision_id.clone()),
+                        ..d
+                    });
+                }
+                if st
+                    .last_action
+                    .is_none_or(|a| a + rule.cooldown.nanos() <= now)
+                {
+                    self.state.remove(&(ri, t));
+                }
+            }
+            for (t, (ev, reason, slo, observed_until)) in active {
+                // One action per (target, action) episode across rules: the first rule wins.
+                let duplicate = out.iter().any(|o| o.target == t && o.action == rule.action)
+                    || self.state.iter().any(|((r, tt), s)| {
+                        *r != ri
+                            && *tt == t
+                            && s.episode
+                                .as_ref()
+                                .is_some_and(|(_, e)| e.action == rule.action)
+                    });
+                let st = self.state.entry((ri, t.clone())).or_default();
+                let since = *st.pending_since.get_or_insert(now);
+                if st.episode.is_some() || now < since + rule.for_.nanos() {
+                    continue;
+                }
+                if duplicate {
+                    self.stats.deduplicated += 1;
+                    continue;
+                }
+                if st
+                    .last_action
+                    .is_some_and(|a| a + rule.cooldown.nanos() > now)
+                {
+                    self.stats.cooled_down += 1;
+                    continue;
+                }
+                if self.recent[ri].len() >= rule.max_actions as usize {
+                    self.stats.capped += 1;
+                    continue;
+                }
+                let d = Decision {
+                    decision_id: decision_id(&rule.name, &t, rule.action, since),
+                    action: rule.action,
+                    target: t.clone(),
+                    params: rule.params.clone(),
+                    severity: rule.severity,
+                    reason,
+                    rule: rule.name.clone(),
+                    slo,
+                    policy_revision: self.policy.revision.clone(),
+                    dry_run: rule.dry_run,
+                    evidence: ev,
+                    detected_at: now,
+                    observed_until,
+                    resolves: None,
+                };
+                st.last_action = Some(now);
+                st.episode = Some((since, d.clone()));
+                self.recent[ri].push_back(now);
+                out.push(d);
+            }
+        }
+        out
+    }
+}
+
+/// Seconds between two engine times.
+pub fn seconds(a: UnixNanos, b: UnixNanos) -> f64 {
+    a.saturating_sub(b) as f64 / NANOS_PER_SEC as f64
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

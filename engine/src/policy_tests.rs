@@ -1,0 +1,323 @@
+//! Policy tables with a simulated clock.
+
+use super::*;
+use crate::canary::{CanaryResult, MetricResult};
+
+const S: u64 = NANOS_PER_SEC;
+const T0: u64 = 1_800_000_000 * S;
+
+fn rule(name: &str, when: &str, action: Action) -> Rule {
+    Rule {
+        name: name.into(),
+        when: when.parse().unwrap(),
+        action,
+        for_: Span(0),
+        cooldown: Span::minutes(10),
+        max_actions: 100,
+        max_actions_window: Span::hours(1),
+        severity: Severity::Page,
+        dry_run: false,
+        params: BTreeMap::new(),
+        services: vec![],
+        act_on_stale: false,
+    }
+}
+
+fn canary(verdict: Verdict) -> CanaryResult {
+    CanaryResult {
+        service: "checkout".into(),
+        baseline: "1.4.0".into(),
+        canary: "1.5.0".into(),
+        verdict,
+        score: 0.0,
+        metrics: vec![MetricResult {
+            metric: "error_ratio".into(),
+            verdict,
+            baseline: Some(0.001),
+            canary: Some(0.05),
+            effect: Some(0.049),
+            auc: None,
+            p_value: Some(1e-9),
+            baseline_n: 9000,
+            canary_n: 1000,
+        }],
+    }
+}
+
+fn facts(verdict: Option<Verdict>, stale: bool) -> Vec<ServiceFacts> {
+    vec![ServiceFacts {
+        service: "checkout".into(),
+        stale: stale.then_some(Evidence::Stale {
+            silent_s: 90.0,
+            lag_s: 0.0,
+        }),
+        slos: vec![],
+        canaries: verdict.map(canary).into_iter().collect(),
+        observed_until: T0,
+    }]
+}
+
+/// Runs `steps` (second, canary verdict or None, stale) and returns (second, action) per decision.
+fn run(p: &mut PolicyEngine, steps: &[(u64, Option<Verdict>, bool)]) -> Vec<(u64, Action)> {
+    let mut out = Vec::new();
+    for &(sec, v, stale) in steps {
+        for d in p.step(T0 + sec * S, &facts(v, stale)) {
+            out.push((sec, d.action));
+        }
+    }
+    out
+}
+
+const F: Option<Verdict> = Some(Verdict::Fail);
+const P: Option<Verdict> = Some(Verdict::Pass);
+
+/// Table: `for` (30 s of hysteresis), one rollback per episode, resolved when it clears.
+#[test]
+fn hysteresis_dedupe_and_resolved() {
+    let mut r = rule("rollback-bad-canary", "canary.fail", Action::Rollback);
+    r.for_ = Span(30);
+    let mut p = PolicyEngine::new(Policy::new(vec![r]));
+    let got = run(
+        &mut p,
+        &[
+            (0, F, false),
+            (10, F, false),
+            (20, P, false),
+            (25, F, false),
+            (54, F, false),
+            (55, F, false),
+            (56, F, false),
+            (90, F, false),
+            (100, P, false),
+            (101, P, false),
+        ],
+    );
+    // The flap at 20 s restarts the clock: 25 + 30 = 55.
+    assert_eq!(got, vec![(55, Action::Rollback), (100, Action::Resolved)]);
+}
+
+/// Guarantees: ids are deterministic (same input, same ids), the resolved event names the
+/// decision it resolves, and the decision carries revision, evidence and target.
+#[test]
+fn deterministic_ids_and_contents() {
+    let mk = || {
+        PolicyEngine::new(Policy::new(vec![rule(
+            "r",
+            "canary.fail",
+            Action::Rollback,
+        )]))
+    };
+    let (mut a, mut b) = (mk(), mk());
+    let da = a.step(T0, &facts(F, false));
+    let db = b.step(T0, &facts(F, false));
+    assert_eq!(da, db);
+    let d = &da[0];
+    assert_eq!(
+        d.target,
+        Target {
+            service: "checkout".into(),
+            version: "1.5.0".into()
+        }
+    );
+    assert_eq!(d.policy_revision, a.policy().revision);
+    assert!(
+        d.reason
+            .contains("checkout 1.5.0 failed canary analysis against 1.4.0"),
+        "{}",
+        d.reason
+    );
+    assert!(matches!(d.evidence, Evidence::Canary(_)));
+    let r = a.step(T0 + S, &facts(P, false));
+    assert_eq!(r[0].action, Action::Resolved);
+    assert_eq!(r[0].resolves.as_deref(), Some(d.decision_id.as_str()));
+    assert_ne!(r[0].decision_id, d.decision_id);
+    // A different policy gets a different revision.
+    let other = Policy::new(vec![rule("r", "canary.fail", Action::Page)]);
+    assert_ne!(other.revision, a.policy().revision);
+}
+
+/// Table: cool-down (10 min) keeps a new episode from acting again too soon.
+#[test]
+fn cooldown() {
+    let mut p = PolicyEngine::new(Policy::new(vec![rule("r", "canary.fail", Action::Page)]));
+    let got = run(
+        &mut p,
+        &[
+            (0, F, false),
+            (5, P, false),
+            (60, F, false),
+            (300, P, false),
+            (700, F, false),
+        ],
+    );
+    assert_eq!(
+        got,
+        vec![
+            (0, Action::Page),
+            (5, Action::Resolved),
+            (700, Action::Page)
+        ]
+    );
+    assert!(p.stats().cooled_down >= 1);
+}
+
+/// Guarantees: at most `max_actions` per window, across targets.
+#[test]
+fn cap_per_window() {
+    let mut r = rule("r", "canary.fail", Action::Page);
+    r.max_actions = 1;
+    r.cooldown = Span(1);
+    let mut p = PolicyEngine::new(Policy::new(vec![r]));
+    let got = run(
+        &mut p,
+        &[
+            (0, F, false),
+            (2, P, false),
+            (4, F, false),
+            (3700, F, false),
+        ],
+    );
+    assert_eq!(
+        got,
+        vec![
+            (0, Action::Page),
+            (2, Action::Resolved),
+            (3700, Action::Page)
+        ]
+    );
+    assert!(p.stats().capped >= 1);
+}
+
+/// Guarantees: two rules asking for the same action on the same target act once.
+#[test]
+fn dedupe_across_rules() {
+    let mut p = PolicyEngine::new(Policy::new(vec![
+        rule("a", "canary.fail", Action::Rollback),
+        rule("b", "canary.fail", Action::Rollback),
+        rule("c", "canary.fail", Action::Page),
+    ]));
+    let d = p.step(T0, &facts(F, false));
+    let names: Vec<_> = d.iter().map(|d| (d.rule.as_str(), d.action)).collect();
+    assert_eq!(names, vec![("a", Action::Rollback), ("c", Action::Page)]);
+    assert!(p.step(T0 + S, &facts(F, false)).is_empty());
+    assert!(p.stats().deduplicated >= 1);
+}
+
+/// Table: stale data holds actions (and resolutions) unless the rule allows it; a `stale` rule
+/// fires on staleness itself.
+#[test]
+fn stale_hold() {
+    let mut brave = rule("brave", "canary.fail", Action::Page);
+    brave.act_on_stale = true;
+    let mut p = PolicyEngine::new(Policy::new(vec![
+        rule("careful", "canary.fail", Action::Rollback),
+        brave,
+        rule("hold-on-stale", "stale", Action::Page),
+    ]));
+    let d = p.step(T0, &facts(F, true));
+    let got: Vec<_> = d.iter().map(|d| d.rule.as_str()).collect();
+    assert_eq!(got, vec!["brave", "hold-on-stale"]);
+    assert!(p.stats().held_stale >= 1);
+    // Fresh again: the careful rule acts now; the stale rule resolves.
+    let d = p.step(T0 + S, &facts(F, false));
+    let got: Vec<_> = d.iter().map(|d| (d.rule.as_str(), d.action)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("careful", Action::Rollback),
+            ("hold-on-stale", Action::Resolved)
+        ]
+    );
+}
+
+/// Guarantees: dry-run rules decide and record, marked `dry_run`.
+#[test]
+fn dry_run_is_marked() {
+    let mut r = rule("r", "canary.fail", Action::Rollback);
+    r.dry_run = true;
+    let mut p = PolicyEngine::new(Policy::new(vec![r]));
+    let d = p.step(T0, &facts(F, false));
+    assert!(d[0].dry_run);
+}
+
+/// Guarantees: the `when` grammar parses what DESIGN §5 writes, and rejects the rest.
+#[test]
+fn when_grammar() {
+    for (text, want) in [
+        (
+            "burn_rate.page",
+            When::BurnRate(TierSelector::Severity(Severity::Page)),
+        ),
+        (
+            "burn_rate.page_fast",
+            When::BurnRate(TierSelector::Named("page_fast".into())),
+        ),
+        ("canary.fail", When::Canary(Verdict::Fail)),
+        ("stale", When::Stale),
+        ("budget < 0.2", When::BudgetBelow(0.2)),
+    ] {
+        assert_eq!(text.parse::<When>().unwrap(), want);
+        assert_eq!(want.to_string(), text);
+    }
+    for bad in ["burn_rate.", "canary.maybe", "budget > 3", "anything"] {
+        assert!(bad.parse::<When>().is_err(), "{bad}");
+    }
+}
+
+/// Guarantees: only firing (not inhibited) tiers of the selected severity trigger burn rules.
+#[test]
+fn burn_rate_rules_follow_firing_tiers() {
+    use crate::slo::{SloStatus, TierStatus};
+    let tier = |name: &str, severity, firing| TierStatus {
+        name: name.into(),
+        severity,
+        factor: 14.4,
+        long: Span::hours(1),
+        short: Span::minutes(5),
+        burn_long: 20.0,
+        burn_short: 30.0,
+        events_long: 1000.0,
+        over: true,
+        firing,
+    };
+    let slo = SloStatus {
+        name: "checkout-availability".into(),
+        service: "checkout".into(),
+        objective: 0.999,
+        period: Span::days(30),
+        budget_remaining: 0.4,
+        burn_rates: BTreeMap::new(),
+        firing: vec!["page_fast".into()],
+        exhaustion_eta_s: Some(100.0),
+        tiers: vec![
+            tier("page_fast", Severity::Page, true),
+            tier("ticket", Severity::Ticket, false),
+        ],
+        period_events: (0.0, 0.0),
+    };
+    let f = vec![ServiceFacts {
+        service: "checkout".into(),
+        slos: vec![slo],
+        observed_until: T0,
+        ..Default::default()
+    }];
+    let mut p = PolicyEngine::new(Policy::new(vec![
+        rule("page", "burn_rate.page", Action::Page),
+        rule("ticket", "burn_rate.ticket", Action::Ticket),
+        rule("budget", "budget < 0.5", Action::FreezeDeploys),
+    ]));
+    let d = p.step(T0, &f);
+    let got: Vec<_> = d.iter().map(|d| d.rule.as_str()).collect();
+    assert_eq!(
+        got,
+        vec!["page", "budget"],
+        "the inhibited ticket tier does not act"
+    );
+    assert!(
+        d[0].reason
+            .contains("burning its error budget at 20.0x over 1h"),
+        "{}",
+        d[0].reason
+    );
+    assert_eq!(d[0].slo.as_deref(), Some("checkout-availability"));
+}
