@@ -3,6 +3,7 @@
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::decide::{Decider, DecisionStore, SinkWriter};
 use crate::worker::EngineWorker;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ pub struct Running {
     pub state: Arc<AdminState>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    sinks: Option<SinkWriter>,
 }
 
 async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
@@ -54,7 +56,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         admin_l.local_addr()?,
     );
 
-    let worker = EngineWorker::start(cfg.engine.clone(), cfg.queue_observations)
+    let store = Arc::new(DecisionStore::default());
+    let (sinks, events) =
+        SinkWriter::start(&cfg.sinks, store.clone()).context("opening the sinks")?;
+    let decider = Decider::new(
+        cfg.slos.clone(),
+        cfg.canaries.clone(),
+        cfg.stale,
+        cfg.policy.clone(),
+        cfg.instance.clone(),
+        store.clone(),
+        events,
+    );
+    let worker = EngineWorker::start(cfg.engine.clone(), cfg.queue_observations, Some(decider))
         .context("starting the engine thread")?;
     let ingest = Arc::new(IngestMetrics::default());
     let pipeline = Arc::new(Pipeline::new(
@@ -69,6 +83,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         metrics_windows: cfg.metrics_windows.clone(),
         metrics_max_services: cfg.metrics_max_services,
         slos: cfg.slos.clone(),
+        decisions: store,
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
@@ -119,12 +134,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         state,
         shutdown: tx,
         tasks,
+        sinks: Some(sinks),
     })
 }
 
 impl Running {
     /// Stops receiving, joins every task, then stops the engine thread.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         self.state.ready.store(false, Relaxed);
         let _ = self.shutdown.send(true);
         let mut first_err = None;
@@ -141,7 +157,14 @@ impl Running {
             }
         }
         match Arc::try_unwrap(self.state) {
-            Ok(state) => state.worker.stop(),
+            Ok(state) => {
+                state.worker.stop();
+                // The engine thread (and its decider, the queue's last sender) is gone: the
+                // writer drains what is queued and ends.
+                if let Some(s) = self.sinks.take() {
+                    s.join();
+                }
+            }
             Err(_) => tracing::warn!(
                 "admin state still referenced at shutdown; engine thread stops on exit"
             ),

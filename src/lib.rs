@@ -5,6 +5,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod decide;
 pub mod demo;
 pub mod synth;
 pub mod worker;

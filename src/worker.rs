@@ -4,6 +4,7 @@
 //! bound, the batch is refused and the client is told to retry (429 / RESOURCE_EXHAUSTED).
 //! This is the one place that reads the wall clock for the engine.
 
+use crate::decide::Decider;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -110,8 +111,13 @@ pub struct EngineWorker {
 }
 
 impl EngineWorker {
-    /// Starts the engine thread with a queue bounded to `capacity` observations.
-    pub fn start(cfg: EngineConfig, capacity: usize) -> std::io::Result<Self> {
+    /// Starts the engine thread with a queue bounded to `capacity` observations, deciding with
+    /// `decider` when given.
+    pub fn start(
+        cfg: EngineConfig,
+        capacity: usize,
+        decider: Option<Decider>,
+    ) -> std::io::Result<Self> {
         let mut e = Engine::new(Arc::new(cfg));
         // The engine's start time: cumulative metric streams that began after it are counted
         // from their first point.
@@ -126,7 +132,7 @@ impl EngineWorker {
             let (engine, stats, stop) = (engine.clone(), stats.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("trike-engine".into())
-                .spawn(move || run(&engine, &rx, &stats, &stop))?
+                .spawn(move || run(&engine, &rx, &stats, &stop, decider))?
         };
         let sink = Arc::new(QueueSink {
             tx,
@@ -177,9 +183,15 @@ impl Drop for EngineWorker {
     }
 }
 
-fn run(engine: &Mutex<Engine>, rx: &Receiver<Queued>, stats: &WorkerStats, stop: &AtomicBool) {
+fn run(
+    engine: &Mutex<Engine>,
+    rx: &Receiver<Queued>,
+    stats: &WorkerStats,
+    stop: &AtomicBool,
+    mut decider: Option<Decider>,
+) {
     loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
+        match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(first) => {
                 let mut e = engine.lock();
                 let now = now_nanos();
@@ -199,12 +211,19 @@ fn run(engine: &Mutex<Engine>, rx: &Receiver<Queued>, stats: &WorkerStats, stop:
                     };
                 }
                 e.advance(now);
+                if let Some(d) = decider.as_mut() {
+                    d.tick(&e);
+                }
             }
             Err(RecvTimeoutError::Timeout) => {
                 if stop.load(Relaxed) {
                     return;
                 }
-                engine.lock().advance(now_nanos());
+                let mut e = engine.lock();
+                e.advance(now_nanos());
+                if let Some(d) = decider.as_mut() {
+                    d.tick(&e);
+                }
             }
             Err(RecvTimeoutError::Disconnected) => return,
         }

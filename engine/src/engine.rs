@@ -697,6 +697,15 @@ impl Engine {
         (requests, errors, digest)
     }
 
+    /// Newest event time and newest arrival over all series of `service` (None when unknown).
+    pub fn service_freshness(&self, service: &str) -> Option<(UnixNanos, UnixNanos)> {
+        self.entries
+            .iter()
+            .filter(|e| &*e.key.service == service)
+            .map(|e| (e.state.last_event, e.state.last_arrival))
+            .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)))
+    }
+
     /// Services with data (sorted).
     pub fn services(&self) -> Vec<Arc<str>> {
         let mut v: Vec<Arc<str>> = self.services.keys().cloned().collect();

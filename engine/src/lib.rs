@@ -8,6 +8,7 @@ pub mod canary;
 pub mod config;
 pub mod delta;
 pub mod engine;
+pub mod facts;
 pub mod observation;
 pub mod policy;
 pub mod sketch;

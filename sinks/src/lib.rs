@@ -1,12 +1,32 @@
-//! Where Trike's output goes. Today: JSON lines (one record per line, flushed per batch), the
-//! format of the default stdout sink. The Kafka control topic, webhook and Parquet archive
-//! sinks join as variants of the sink configuration enum when control events exist.
+//! Where Trike's output goes: control events (CloudEvents 1.0, DESIGN §4) built from the
+//! engine's decisions, written as JSON lines to stdout or a file. The Kafka control topic,
+//! webhook and Parquet archive join as variants of [`SinkConfig`].
 //!
-//! Must not: decide anything (that is the engine's job) or block the engine thread on I/O
-//! beyond one batch write.
+//! Must not: decide anything (that is the engine's job) or block the engine thread on I/O.
 
-use serde::Serialize;
+mod control_event;
+mod rfc3339;
+
+pub use control_event::control_event;
+pub use rfc3339::rfc3339;
+
+use serde::{Deserialize, Serialize};
 use std::io::Write;
+
+/// A configured sink.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// JSON lines on standard output (the default).
+    Stdout,
+    /// JSON lines appended to a file.
+    File {
+        /// Path of the file.
+        path: std::path::PathBuf,
+    },
+    /// The Kafka control topic (`kafka.brokers`, `kafka.control_topic`).
+    Kafka,
+}
 
 /// Errors of the sinks.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,9 @@
 //! Admin HTTP API on `127.0.0.1:8480`: health, readiness, Prometheus metrics, SLI JSON.
 
 mod prom;
-mod rfc3339;
 mod slis;
 
-pub use rfc3339::rfc3339;
+pub use trike_sinks::rfc3339;
 
 use crate::worker::EngineWorker;
 use axum::Router;
@@ -32,6 +31,8 @@ pub struct AdminState {
     pub metrics_max_services: usize,
     /// The SLOs evaluated by `/api/v1/slos` and `/api/v1/gate`.
     pub slos: Vec<trike_engine::slo::Slo>,
+    /// Recent control events.
+    pub decisions: Arc<crate::decide::DecisionStore>,
 }
 
 /// The admin routes.
@@ -44,6 +45,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/slis", get(slis_handler))
         .route("/api/v1/slos", get(slos_handler))
         .route("/api/v1/gate", get(gate_handler))
+        .route("/api/v1/decisions", get(decisions_handler))
         .with_state(state)
 }
 
@@ -54,7 +56,8 @@ async fn index() -> impl IntoResponse {
      GET /metrics                          Prometheus text\n\
      GET /api/v1/slis?service=S&window=5m  SLIs per series (JSON)\n\
      GET /api/v1/slos                      SLO status: budget, burn rates, firing tiers (JSON)\n\
-     GET /api/v1/gate?service=S            deploy strategy from the error budget left (JSON)\n"
+     GET /api/v1/gate?service=S            deploy strategy from the error budget left (JSON)\n\
+     GET /api/v1/decisions?service=S&limit=N  recent control events, newest first (JSON)\n"
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
@@ -185,4 +188,20 @@ async fn gate_handler(State(s): State<Arc<AdminState>>, Query(p): Query<ServiceP
         "slos": s.slos.iter().filter(|slo| slo.service == service).count(),
     }))
     .into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DecisionParams {
+    service: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn decisions_handler(
+    State(s): State<Arc<AdminState>>,
+    Query(p): Query<DecisionParams>,
+) -> Response {
+    let service = p.service.filter(|s| !s.is_empty());
+    let limit = p.limit.unwrap_or(100).min(crate::decide::STORE_CAPACITY);
+    let decisions = s.decisions.recent(service.as_deref(), limit);
+    axum::Json(serde_json::json!({ "decisions": decisions })).into_response()
 }

@@ -107,6 +107,45 @@ pub fn render(s: &AdminState) -> String {
         "Heap bytes of all series' windows and digests.",
         engine.window_heap_bytes() as f64,
     );
+    let name = "trike_decisions_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Control events decided, by action.\n# TYPE {name} counter"
+    );
+    for (i, a) in crate::decide::ACTIONS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{name}{{action=\"{}\"}} {}",
+            a.name(),
+            s.decisions.by_action[i].load(Relaxed)
+        );
+    }
+    let ps = *s.decisions.policy_stats.lock();
+    let name = "trike_policy_held_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Actions the policy held back, by reason.\n# TYPE {name} counter"
+    );
+    for (reason, v) in [
+        ("stale", ps.held_stale),
+        ("cooldown", ps.cooled_down),
+        ("cap", ps.capped),
+        ("duplicate", ps.deduplicated),
+    ] {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {v}");
+    }
+    counter(
+        &mut out,
+        "trike_sink_dropped_total",
+        "Control events the sink queue had no room for.",
+        s.decisions.sink_dropped.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "trike_sink_errors_total",
+        "Control events a sink failed to write.",
+        s.decisions.sink_errors.load(Relaxed),
+    );
     let ws = s.worker.stats();
     gauge(
         &mut out,

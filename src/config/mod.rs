@@ -27,15 +27,91 @@ pub struct RawConfig {
     /// Kafka (source, control topic): read by the Kafka-enabled build; kept so configs written
     /// for it load here.
     pub kafka: Option<RawKafka>,
-    /// Service level objectives. Latency SLO thresholds are tracked per series now; burn-rate
-    /// evaluation builds on them.
+    /// Service level objectives.
     pub slos: Vec<RawSlo>,
-    /// Canary comparisons (evaluated by the decisions engine).
-    pub canary: Option<serde_yaml_ng::Value>,
-    /// Policies (evaluated by the decisions engine).
-    pub policies: Option<serde_yaml_ng::Value>,
-    /// Output sinks.
-    pub sinks: Option<serde_yaml_ng::Value>,
+    /// Canary comparisons.
+    pub canary: Vec<RawCanary>,
+    /// Policy rules.
+    pub policies: Vec<RawRule>,
+    /// When telemetry counts as stale.
+    pub stale: RawStale,
+    /// Where control events go (default: stdout).
+    pub sinks: Option<Vec<trike_sinks::SinkConfig>>,
+    /// This instance's name, in control events' `source` (`trike://<instance>`; default: host name).
+    pub instance: Option<String>,
+}
+
+/// One canary comparison as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    /// Service.
+    pub service: String,
+    /// Baseline version.
+    pub baseline: String,
+    /// Canary version.
+    pub canary: String,
+    /// Time range compared, ending now (default 10m).
+    #[serde(default)]
+    pub window: Option<Span>,
+    /// Requests per arm before a verdict (default 500).
+    #[serde(default)]
+    pub min_requests: Option<u64>,
+    /// Error-ratio increase tolerated, absolute (default 0.0005).
+    #[serde(default)]
+    pub error_tolerance: Option<f64>,
+    /// Median latency increase tolerated, relative (default 0.05).
+    #[serde(default)]
+    pub latency_tolerance: Option<f64>,
+}
+
+/// One policy rule as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Unique name.
+    pub name: String,
+    /// Condition: `burn_rate.page`, `burn_rate.<tier>`, `canary.fail`, `stale`, `budget < 0.2`.
+    pub when: String,
+    /// `rollback`, `set_weight`, `throttle`, `page`, `ticket` or `freeze_deploys`.
+    pub action: trike_engine::policy::Action,
+    /// Hysteresis (default 0s).
+    #[serde(default, rename = "for")]
+    pub for_: Option<Span>,
+    /// Cool-down (default 10m).
+    #[serde(default)]
+    pub cooldown: Option<Span>,
+    /// Actions per window, at most (default 10).
+    #[serde(default)]
+    pub max_actions: Option<u32>,
+    /// Window of the cap (default 1h).
+    #[serde(default)]
+    pub max_actions_window: Option<Span>,
+    /// `page` or `ticket` (default: page for rollback and page, ticket otherwise).
+    #[serde(default)]
+    pub severity: Option<trike_engine::slo::Severity>,
+    /// Record and emit marked `dry_run` (default false).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Parameters, e.g. `{weight: 0}`.
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, f64>,
+    /// Only these services (default: all).
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Act even on stale telemetry (default false).
+    #[serde(default)]
+    pub act_on_stale: bool,
+}
+
+/// `stale:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStale {
+    /// No data for this long (default 1m).
+    pub after: Option<Span>,
+    /// Newest event time lagging its arrival by more than this (default 1m).
+    pub max_lag: Option<Span>,
 }
 
 /// `receivers:`.

@@ -3,10 +3,14 @@
 use super::{DEFAULT_ADMIN, DEFAULT_GRPC, DEFAULT_HTTP, NamedSli, RawConfig, RawLatency, RawSli};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use trike_engine::slo::{BurnTier, DEFAULT_MIN_EVENTS, Slo, SloSli};
+use trike_engine::canary::CanarySpec;
+use trike_engine::facts::StaleRule;
+use trike_engine::policy::{Action, Policy, Rule, When};
+use trike_engine::slo::{BurnTier, DEFAULT_MIN_EVENTS, Severity, Slo, SloSli};
 use trike_engine::{EngineConfig, Span};
 use trike_ingest::Limits;
 use trike_ingest::decode::DecodeConfig;
+use trike_sinks::SinkConfig;
 
 /// Largest number of extra series dimensions.
 pub const MAX_DIMENSIONS: usize = 8;
@@ -40,6 +44,16 @@ pub struct Config {
     pub control_topic: String,
     /// Sections read and kept for later stages (named in a start-up notice).
     pub deferred_sections: Vec<&'static str>,
+    /// Canary comparisons.
+    pub canaries: Vec<CanarySpec>,
+    /// Policy rules and revision.
+    pub policy: Policy,
+    /// When telemetry counts as stale.
+    pub stale: StaleRule,
+    /// Where control events go.
+    pub sinks: Vec<SinkConfig>,
+    /// Instance name for control events' source.
+    pub instance: String,
 }
 
 /// Values from flags and `TRIKE_*` variables, which win over the file.
@@ -108,6 +122,85 @@ fn tiers(p: &mut Vec<String>, f: &str, list: Vec<super::RawTier>, period: Span) 
         p.push(format!(
             "{f}.tiers: every tier is disabled; remove the SLO or keep one tier"
         ));
+    }
+    out
+}
+
+fn default_instance() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "trike".into())
+}
+
+fn canaries(p: &mut Vec<String>, raw: Vec<super::RawCanary>) -> Vec<CanarySpec> {
+    let mut out = Vec::new();
+    for (i, c) in raw.into_iter().enumerate() {
+        let f = format!("canary[{i}]");
+        if c.baseline == c.canary {
+            p.push(format!("{f}: baseline and canary are both {:?}", c.canary));
+        }
+        let mut spec = CanarySpec::new(&c.service, &c.baseline, &c.canary);
+        if let Some(w) = c.window {
+            if w.secs() > 3600 {
+                p.push(format!(
+                    "{f}.window: {w} is longer than the 1h of latency history"
+                ));
+            }
+            spec.window = w;
+        }
+        if let Some(n) = c.min_requests {
+            spec.min_requests = n;
+        }
+        if let Some(t) = c.error_tolerance {
+            spec.error_tolerance = t;
+        }
+        if let Some(t) = c.latency_tolerance {
+            spec.latency_tolerance = t;
+        }
+        out.push(spec);
+    }
+    out
+}
+
+fn rules(p: &mut Vec<String>, raw: Vec<super::RawRule>) -> Vec<Rule> {
+    let mut out: Vec<Rule> = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let f = format!("policies[{i}]");
+        if out.iter().any(|o| o.name == r.name) {
+            p.push(format!("{f}.name: {:?} is used by another rule", r.name));
+        }
+        let when: When = match r.when.parse() {
+            Ok(w) => w,
+            Err(e) => {
+                p.push(format!("{f}.when: {e}"));
+                When::Stale
+            }
+        };
+        if r.action == Action::Resolved {
+            p.push(format!(
+                "{f}.action: resolved is emitted by Trike, not a rule's action"
+            ));
+        }
+        let severity = r.severity.unwrap_or(match r.action {
+            Action::Rollback | Action::Page => Severity::Page,
+            _ => Severity::Ticket,
+        });
+        out.push(Rule {
+            name: r.name,
+            when,
+            action: r.action,
+            for_: r.for_.unwrap_or(Span(0)),
+            cooldown: r.cooldown.unwrap_or(Span::minutes(10)),
+            max_actions: r.max_actions.unwrap_or(10),
+            max_actions_window: r.max_actions_window.unwrap_or(Span::hours(1)),
+            severity,
+            dry_run: r.dry_run,
+            params: r.params,
+            services: r.services,
+            act_on_stale: r.act_on_stale,
+        });
     }
     out
 }
@@ -321,15 +414,24 @@ impl Config {
         }
         let kafka = raw.kafka.unwrap_or_default();
         let mut deferred = Vec::new();
-        for (name, present) in [
-            ("canary", raw.canary.is_some()),
-            ("policies", raw.policies.is_some()),
-            ("sinks", raw.sinks.is_some()),
-        ] {
-            if present {
-                deferred.push(name);
+        let canaries = canaries(&mut p, raw.canary);
+        let rules = rules(&mut p, raw.policies);
+        let stale = StaleRule {
+            after: raw.stale.after.unwrap_or(StaleRule::default().after),
+            max_lag: raw.stale.max_lag.unwrap_or(StaleRule::default().max_lag),
+        };
+        let sinks = raw.sinks.unwrap_or_else(|| vec![SinkConfig::Stdout]);
+        if sinks.contains(&SinkConfig::Kafka) {
+            deferred.push("sinks[type=kafka]");
+        }
+        for (i, s) in sinks.iter().enumerate() {
+            if let SinkConfig::File { path } = s
+                && path.as_os_str().is_empty()
+            {
+                p.push(format!("sinks[{i}].path: must not be empty"));
             }
         }
+        let instance = raw.instance.unwrap_or_else(default_instance);
         if !p.is_empty() {
             return Err(p);
         }
@@ -351,6 +453,11 @@ impl Config {
                 .or(kafka.control_topic)
                 .unwrap_or_else(|| "trike.control".into()),
             deferred_sections: deferred,
+            canaries,
+            policy: Policy::new(rules),
+            stale,
+            sinks,
+            instance,
         })
     }
 

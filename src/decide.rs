@@ -1,0 +1,201 @@
+//! The decision loop: on the engine thread, at most every `DECIDE_EVERY`, gathers the facts
+//! (SLOs, canaries, staleness), steps the policy, and hands the control events to the sinks and
+//! to the store behind `/api/v1/decisions`.
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use trike_engine::canary::CanarySpec;
+use trike_engine::facts::{StaleRule, gather};
+use trike_engine::policy::{Action, Policy, PolicyEngine};
+use trike_engine::slo::Slo;
+use trike_engine::{Engine, UnixNanos};
+use trike_sinks::{JsonLines, SinkConfig, control_event};
+
+/// How often decisions are evaluated (engine time).
+pub const DECIDE_EVERY: Duration = Duration::from_millis(200);
+/// Control events kept for `/api/v1/decisions`.
+pub const STORE_CAPACITY: usize = 1000;
+/// Control events queued for the sinks before new ones are dropped (and counted).
+pub const SINK_QUEUE: usize = 10_000;
+
+/// Recent control events and counters.
+#[derive(Debug, Default)]
+pub struct DecisionStore {
+    events: Mutex<VecDeque<Value>>,
+    /// Decisions by action (index: position in [`ACTIONS`]).
+    pub by_action: [AtomicU64; 7],
+    /// Events the sink queue had no room for.
+    pub sink_dropped: AtomicU64,
+    /// Events the sinks failed to write.
+    pub sink_errors: AtomicU64,
+    /// What the policy held back (copied after each evaluation).
+    pub policy_stats: Mutex<trike_engine::policy::PolicyStats>,
+}
+
+/// Actions in metric order.
+pub const ACTIONS: [Action; 7] = [
+    Action::Rollback,
+    Action::SetWeight,
+    Action::Throttle,
+    Action::Page,
+    Action::Ticket,
+    Action::FreezeDeploys,
+    Action::Resolved,
+];
+
+impl DecisionStore {
+    fn push(&self, e: Value) {
+        let mut q = self.events.lock();
+        if q.len() == STORE_CAPACITY {
+            q.pop_front();
+        }
+        q.push_back(e);
+    }
+
+    /// The newest `limit` events, optionally of one service, newest first.
+    pub fn recent(&self, service: Option<&str>, limit: usize) -> Vec<Value> {
+        self.events
+            .lock()
+            .iter()
+            .rev()
+            .filter(|e| service.is_none_or(|s| e["subject"] == s))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
+/// The policy and what it reads, owned by the engine thread.
+#[derive(Debug)]
+pub struct Decider {
+    slos: Vec<Slo>,
+    canaries: Vec<CanarySpec>,
+    stale: StaleRule,
+    policy: PolicyEngine,
+    instance: String,
+    store: Arc<DecisionStore>,
+    out: SyncSender<Value>,
+    last: UnixNanos,
+}
+
+impl Decider {
+    /// A decider writing to `out`.
+    pub fn new(
+        slos: Vec<Slo>,
+        canaries: Vec<CanarySpec>,
+        stale: StaleRule,
+        policy: Policy,
+        instance: String,
+        store: Arc<DecisionStore>,
+        out: SyncSender<Value>,
+    ) -> Self {
+        Self {
+            slos,
+            canaries,
+            stale,
+            policy: PolicyEngine::new(policy),
+            instance,
+            store,
+            out,
+            last: 0,
+        }
+    }
+
+    /// Evaluates when `DECIDE_EVERY` has passed since the last evaluation.
+    pub fn tick(&mut self, engine: &Engine) {
+        let now = engine.now();
+        if self.policy.policy().rules.is_empty() || now < self.last + DECIDE_EVERY.as_nanos() as u64
+        {
+            return;
+        }
+        self.last = now;
+        let facts = gather(engine, &self.slos, &self.canaries, self.stale);
+        let decisions = self.policy.step(now, &facts);
+        *self.store.policy_stats.lock() = self.policy.stats();
+        for d in decisions {
+            if let Some(i) = ACTIONS.iter().position(|a| *a == d.action) {
+                self.store.by_action[i].fetch_add(1, Relaxed);
+            }
+            let event = control_event(&d, &self.instance);
+            tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, "{}", d.reason);
+            self.store.push(event.clone());
+            match self.out.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.store.sink_dropped.fetch_add(1, Relaxed);
+                    tracing::error!(id = %d.decision_id, "sink queue full: control event not written to the sinks");
+                }
+            }
+        }
+    }
+}
+
+/// The sink writer thread: drains control events into every configured sink.
+#[derive(Debug)]
+pub struct SinkWriter {
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SinkWriter {
+    /// Opens the sinks and starts the writer; returns it and the queue's sending side.
+    pub fn start(
+        sinks: &[SinkConfig],
+        store: Arc<DecisionStore>,
+    ) -> std::io::Result<(Self, SyncSender<Value>)> {
+        let mut outs: Vec<JsonLines<Box<dyn Write + Send>>> = Vec::new();
+        for s in sinks {
+            match s {
+                SinkConfig::Stdout => outs.push(JsonLines::new(Box::new(std::io::stdout()))),
+                SinkConfig::File { path } => {
+                    let f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)?;
+                    outs.push(JsonLines::new(Box::new(f)));
+                }
+                SinkConfig::Kafka => {}
+            }
+        }
+        let (tx, rx) = sync_channel(SINK_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("trike-sinks".into())
+            .spawn(move || write_all(rx, outs, &store))?;
+        Ok((
+            Self {
+                thread: Some(thread),
+            },
+            tx,
+        ))
+    }
+
+    /// Waits for the queue to drain (every sender must be dropped first).
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn write_all(
+    rx: Receiver<Value>,
+    mut outs: Vec<JsonLines<Box<dyn Write + Send>>>,
+    store: &DecisionStore,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(255));
+        for o in &mut outs {
+            if let Err(e) = o.write_batch(&batch) {
+                store.sink_errors.fetch_add(batch.len() as u64, Relaxed);
+                tracing::error!(error = %e, "writing control events");
+            }
+        }
+    }
+}
