@@ -4,6 +4,7 @@
 //! nanoseconds); nothing reads a clock, spawns a task, or touches the network. Wire formats
 //! (protobuf, JSON, Arrow) stay outside: callers decode into [`observation::Batch`].
 
+pub mod anomaly;
 pub mod canary;
 pub mod config;
 pub mod delta;

@@ -1,0 +1,245 @@
+//! Anomaly detection on synthetic series with known injected anomalies (spikes, level shifts,
+//! variance changes) on top of daily seasonality and noise. Prints precision, recall and
+//! detection delay (the figures in BENCHMARKS.md) and fails if they regress.
+
+use super::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+
+const STEP_S: u64 = 300; // 5-minute samples
+const DAY: u64 = 86_400 / STEP_S;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Spike,
+    LevelShift,
+    Variance,
+}
+
+struct Event {
+    kind: Kind,
+    start: usize,
+    /// Index after which a first flag no longer counts as detecting it.
+    detect_by: usize,
+    /// End of the anomalous stretch.
+    end: usize,
+}
+
+/// 14 days of a daily-seasonal series with noise σ = 3 and injected anomalies.
+fn series(seed: u64) -> (Vec<(u64, f64)>, Vec<Event>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = (14 * DAY) as usize;
+    let sigma = 3.0;
+    let noise = Normal::new(0.0, 1.0).unwrap();
+    let mut events = Vec::new();
+    let mut level_extra = vec![0.0; n];
+    let mut var_mult = vec![1.0; n];
+    let mut spike = vec![0.0; n];
+    // Anomalies start after the first two days (warm-up and one seasonal cycle).
+    for d in 2..14 {
+        let base = (d * DAY) as usize;
+        // A spike every day, at a random time of day.
+        let at = base + rng.random_range(0..DAY as usize);
+        let sign = if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+        spike[at] = sign * sigma * rng.random_range(7.0..12.0);
+        events.push(Event {
+            kind: Kind::Spike,
+            start: at,
+            detect_by: at + 1,
+            end: at + 1,
+        });
+        if d % 4 == 1 {
+            // A level shift of 8σ lasting 8 hours (its return is a level shift too).
+            let s = base + rng.random_range(0..(DAY / 2) as usize);
+            let e = s + (8 * 3600 / STEP_S) as usize;
+            for x in &mut level_extra[s..e] {
+                *x = 8.0 * sigma;
+            }
+            events.push(Event {
+                kind: Kind::LevelShift,
+                start: s,
+                detect_by: s + 6,
+                end: s + 12,
+            });
+            events.push(Event {
+                kind: Kind::LevelShift,
+                start: e,
+                detect_by: e + 6,
+                end: e + 12,
+            });
+        }
+        if d % 4 == 3 {
+            // Variance × 6 for 2 hours.
+            let s = base + rng.random_range(0..(DAY / 2) as usize);
+            let e = s + (2 * 3600 / STEP_S) as usize;
+            for x in &mut var_mult[s..e] {
+                *x = 6.0;
+            }
+            events.push(Event {
+                kind: Kind::Variance,
+                start: s,
+                detect_by: e,
+                end: e,
+            });
+        }
+    }
+    let t0 = 1_800_000_000 - 1_800_000_000 % 86_400;
+    let points = (0..n)
+        .map(|i| {
+            let t = t0 + i as u64 * STEP_S;
+            let phase = 2.0 * std::f64::consts::PI * (i as f64 / DAY as f64);
+            let v = 100.0
+                + 30.0 * phase.sin()
+                + level_extra[i]
+                + spike[i]
+                + sigma * var_mult[i] * noise.sample(&mut rng);
+            (t, v)
+        })
+        .collect();
+    events.sort_by_key(|e| e.start);
+    (points, events)
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    events: usize,
+    detected: usize,
+    alerts: usize,
+    true_alerts: usize,
+    delays_steps: Vec<usize>,
+    by_kind: Vec<(Kind, usize, usize)>,
+}
+
+fn run(seed: u64) -> Report {
+    let (points, events) = series(seed);
+    let mut d = Detector::new(DetectorConfig::default());
+    let flags: Vec<bool> = points
+        .iter()
+        .map(|&(t, v)| d.observe(t, v).anomaly)
+        .collect();
+    // Alerts: runs of flags with gaps of at most 2 samples.
+    let mut alerts: Vec<(usize, usize)> = Vec::new();
+    for (i, f) in flags.iter().enumerate() {
+        if !f {
+            continue;
+        }
+        match alerts.last_mut() {
+            Some((_, end)) if i <= *end + 3 => *end = i,
+            _ => alerts.push((i, i)),
+        }
+    }
+    let mut r = Report {
+        events: events.len(),
+        alerts: alerts.len(),
+        ..Default::default()
+    };
+    for (s, e) in &alerts {
+        if events.iter().any(|ev| *s <= ev.end + 3 && *e >= ev.start) {
+            r.true_alerts += 1;
+        }
+    }
+    for kind in [Kind::Spike, Kind::LevelShift, Kind::Variance] {
+        let (mut n, mut hit) = (0, 0);
+        for ev in events.iter().filter(|e| e.kind == kind) {
+            n += 1;
+            if let Some(first) = (ev.start..=ev.detect_by.min(flags.len() - 1)).find(|&i| flags[i])
+            {
+                hit += 1;
+                r.delays_steps.push(first - ev.start);
+            } else if std::env::var("TRIKE_DEBUG_ANOMALY").is_ok() {
+                let near = &points[ev.start.saturating_sub(2)..(ev.start + 4).min(points.len())];
+                let vals: Vec<i64> = near.iter().map(|p| p.1 as i64).collect();
+                eprintln!(
+                    "missed {kind:?} at {} (day {:.2}): {vals:?}",
+                    ev.start,
+                    ev.start as f64 / DAY as f64
+                );
+            }
+        }
+        r.detected += hit;
+        r.by_kind.push((kind, hit, n));
+    }
+    r
+}
+
+/// Scenario: 5 seeded 14-day series, 5-minute samples, daily seasonality (amplitude 10σ),
+/// 12 spikes, 6–8 level-shift edges and 3 variance changes each.
+/// Guarantees (measured 2026-11-22: recall 0.905, precision 0.950, delay 0.28 samples):
+/// recall ≥ 0.88, precision ≥ 0.9, mean detection delay ≤ 1 sample.
+#[test]
+fn precision_recall_delay() {
+    let (mut events, mut detected, mut alerts, mut true_alerts, mut delays) =
+        (0, 0, 0, 0, Vec::new());
+    let mut kinds: Vec<(Kind, usize, usize)> = Vec::new();
+    for seed in 0..5 {
+        let r = run(seed);
+        events += r.events;
+        detected += r.detected;
+        alerts += r.alerts;
+        true_alerts += r.true_alerts;
+        delays.extend(r.delays_steps);
+        for (k, h, n) in r.by_kind {
+            match kinds.iter_mut().find(|x| x.0 == k) {
+                Some(x) => {
+                    x.1 += h;
+                    x.2 += n;
+                }
+                None => kinds.push((k, h, n)),
+            }
+        }
+    }
+    let recall = detected as f64 / events as f64;
+    let precision = true_alerts as f64 / alerts.max(1) as f64;
+    let mean_delay = delays.iter().sum::<usize>() as f64 / delays.len().max(1) as f64;
+    eprintln!(
+        "anomaly detection over 5 series: {events} events, {detected} detected, {alerts} alerts, {true_alerts} true"
+    );
+    eprintln!(
+        "recall {recall:.3}  precision {precision:.3}  mean delay {mean_delay:.2} samples ({:.1} min)",
+        mean_delay * 5.0
+    );
+    for (k, h, n) in &kinds {
+        eprintln!("  {k:?}: {h}/{n} detected");
+    }
+    assert!(recall >= 0.88, "recall {recall}");
+    assert!(precision >= 0.9, "precision {precision}");
+    assert!(mean_delay <= 1.0, "delay {mean_delay}");
+}
+
+/// Guarantees: a clean seasonal series raises (almost) no alarm after warm-up, and memory is
+/// bounded by the seasonal bins.
+#[test]
+fn quiet_on_clean_data() {
+    let mut rng = StdRng::seed_from_u64(77);
+    let noise = Normal::new(0.0, 3.0).unwrap();
+    let mut d = Detector::new(DetectorConfig::default());
+    let mut flagged = 0;
+    for i in 0..(7 * DAY) {
+        let phase = 2.0 * std::f64::consts::PI * (i as f64 / DAY as f64);
+        let v = 100.0 + 30.0 * phase.sin() + noise.sample(&mut rng);
+        flagged += u32::from(d.observe(i * STEP_S, v).anomaly);
+    }
+    assert!(
+        flagged <= 4,
+        "{flagged} false alarms in a week of clean data"
+    );
+    assert_eq!(d.season.len(), 96);
+}
+
+/// Guarantees: scores are in [0, 1) and grow with the deviation; non-finite input is ignored.
+#[test]
+fn score_range() {
+    let mut d = Detector::new(DetectorConfig {
+        season_s: 0,
+        ..Default::default()
+    });
+    for i in 0..50 {
+        d.observe(i, 10.0 + (i % 3) as f64);
+    }
+    let a = d.observe(51, 12.0).score;
+    let b = d.observe(52, 40.0).score;
+    let c = d.observe(53, 4000.0).score;
+    assert!(a < b && b < c && c < 1.0 && a >= 0.0, "{a} {b} {c}");
+    assert!(!d.observe(54, f64::NAN).anomaly);
+}
