@@ -25,6 +25,19 @@ pub enum Command {
         #[arg(long, env = "TRIKE_CONFIG")]
         config: PathBuf,
     },
+    /// Run the anomaly detector offline on `timestamp,value` CSV; writes
+    /// `timestamp,value,anomaly_score,label` to stdout.
+    Detect {
+        /// The CSV file (`-` for stdin).
+        #[arg(long)]
+        input: PathBuf,
+        /// Standard deviations at which a point is labelled anomalous.
+        #[arg(long, default_value_t = 4.0)]
+        sensitivity: f64,
+        /// Length of the seasonal cycle (e.g. 1d, 1w); `none` disables seasonality.
+        #[arg(long, default_value = "1d")]
+        season: String,
+    },
     /// Run the processor with synthetic services sending it real OTLP (a baseline and a
     /// canary that degrades), printing their SLIs as they move.
     Demo(DemoArgs),

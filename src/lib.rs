@@ -7,5 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod demo;
+pub mod detect;
 pub mod synth;
 pub mod worker;

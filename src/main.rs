@@ -89,6 +89,61 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Detect {
+            input,
+            sensitivity,
+            season,
+        } => {
+            let season_s = if season == "none" {
+                0
+            } else {
+                match season.parse::<trike_engine::Span>() {
+                    Ok(s) => s.secs(),
+                    Err(e) => {
+                        eprintln!("trike detect: --season: {e}, or none");
+                        return ExitCode::from(2);
+                    }
+                }
+            };
+            if !(sensitivity.is_finite() && sensitivity > 0.0) {
+                eprintln!("trike detect: --sensitivity: {sensitivity} is not a positive number");
+                return ExitCode::from(2);
+            }
+            let cfg = trike_engine::anomaly::DetectorConfig {
+                sensitivity,
+                season_s,
+                ..Default::default()
+            };
+            let reader: Box<dyn std::io::BufRead> = if input.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                match std::fs::File::open(&input) {
+                    Ok(f) => Box::new(std::io::BufReader::new(f)),
+                    Err(e) => {
+                        eprintln!("trike detect: {}: {e}", input.display());
+                        return ExitCode::from(2);
+                    }
+                }
+            };
+            let out = std::io::BufWriter::new(std::io::stdout().lock());
+            match trike::detect::run(reader, out, std::io::stderr(), cfg) {
+                Ok(sum) => {
+                    eprintln!(
+                        "trike detect: {} rows, {} anomalies, {} rows skipped",
+                        sum.rows, sum.anomalies, sum.bad_rows
+                    );
+                    if sum.bad_rows > 0 {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("trike detect: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo(args) => match trike::demo::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
