@@ -214,6 +214,124 @@ impl Detector {
     }
 }
 
+/// The SLI streams watched per service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SliMetric {
+    /// Requests per second over the last minute.
+    RequestRate,
+    /// Error ratio over the last minute.
+    ErrorRatio,
+    /// p99 latency over the last minute.
+    LatencyP99,
+}
+
+impl SliMetric {
+    /// Every metric.
+    pub const ALL: [SliMetric; 3] = [
+        SliMetric::RequestRate,
+        SliMetric::ErrorRatio,
+        SliMetric::LatencyP99,
+    ];
+    /// The name in `when: anomaly.<name>`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SliMetric::RequestRate => "request_rate",
+            SliMetric::ErrorRatio => "error_ratio",
+            SliMetric::LatencyP99 => "latency_p99",
+        }
+    }
+}
+
+/// The latest verdict on one stream.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyPoint {
+    /// Which stream.
+    pub metric: SliMetric,
+    /// Observed value.
+    pub value: f64,
+    /// Expected value.
+    pub expected: f64,
+    /// Score in [0, 1).
+    pub score: f64,
+    /// Labelled anomalous.
+    pub anomaly: bool,
+    /// Sample time (Unix seconds).
+    pub at_s: u64,
+}
+
+/// Detectors over every service's SLI streams, sampled every `every_s` of engine time.
+#[derive(Clone, Debug)]
+pub struct SliWatch {
+    cfg: DetectorConfig,
+    every_s: u64,
+    last_s: u64,
+    max_streams: usize,
+    streams: std::collections::BTreeMap<(String, SliMetric), (Detector, Option<AnomalyPoint>)>,
+}
+
+impl SliWatch {
+    /// Watches with `cfg`, sampling every `every_s` seconds, at most `max_streams` streams.
+    pub fn new(cfg: DetectorConfig, every_s: u64, max_streams: usize) -> Self {
+        Self {
+            cfg,
+            every_s: every_s.max(1),
+            last_s: 0,
+            max_streams,
+            streams: Default::default(),
+        }
+    }
+
+    /// Samples every service's 1-minute SLIs when a sampling period has passed.
+    pub fn sample(&mut self, engine: &crate::engine::Engine) {
+        let now_s = crate::time::secs(engine.now());
+        if now_s < self.last_s + self.every_s {
+            return;
+        }
+        self.last_s = now_s;
+        let Ok(rows) = engine.service_slis(crate::time::Span::minutes(1)) else {
+            return;
+        };
+        for r in rows {
+            let values = [
+                (SliMetric::RequestRate, Some(r.rate_per_s)),
+                (SliMetric::ErrorRatio, Some(r.error_ratio)),
+                (SliMetric::LatencyP99, r.latency_ms.map(|q| q.p99)),
+            ];
+            for (metric, value) in values {
+                let Some(v) = value else { continue };
+                let key = (r.service.clone(), metric);
+                if !self.streams.contains_key(&key) && self.streams.len() >= self.max_streams {
+                    continue;
+                }
+                let cfg = self.cfg;
+                let (d, last) = self
+                    .streams
+                    .entry(key)
+                    .or_insert_with(|| (Detector::new(cfg), None));
+                let s = d.observe(now_s, v);
+                *last = Some(AnomalyPoint {
+                    metric,
+                    value: v,
+                    expected: s.expected,
+                    score: s.score,
+                    anomaly: s.anomaly,
+                    at_s: now_s,
+                });
+            }
+        }
+    }
+
+    /// The latest points of `service`'s streams that are no older than two sampling periods.
+    pub fn latest(&self, service: &str, now_s: u64) -> Vec<AnomalyPoint> {
+        SliMetric::ALL
+            .iter()
+            .filter_map(|m| self.streams.get(&(service.to_string(), *m))?.1)
+            .filter(|p| p.at_s + 2 * self.every_s >= now_s)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 #[path = "anomaly_tests.rs"]
 mod tests;

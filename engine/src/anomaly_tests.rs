@@ -243,3 +243,63 @@ fn score_range() {
     assert!(a < b && b < c && c < 1.0 && a >= 0.0, "{a} {b} {c}");
     assert!(!d.observe(54, f64::NAN).anomaly);
 }
+
+/// Guarantees: the live watch samples every service's 1-minute SLIs on its period and flags
+/// an error-ratio jump; stale points expire.
+#[test]
+fn sli_watch_flags_an_error_jump() {
+    use crate::{Batch, Engine, EngineConfig, RequestObs, SeriesKey};
+    let s = 1_000_000_000u64;
+    let t0 = 1_800_000_000 * s;
+    let mut e = Engine::new(std::sync::Arc::new(EngineConfig::default()));
+    let mut w = SliWatch::new(
+        DetectorConfig {
+            season_s: 0,
+            ..Default::default()
+        },
+        10,
+        100,
+    );
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut flagged_at = None;
+    for sec in 0..1200u64 {
+        let t = t0 + sec * s;
+        let bad_ratio = if sec < 900 { 0.01 } else { 0.3 };
+        let requests = (0..100)
+            .map(|_| RequestObs {
+                key: 0,
+                time: t,
+                latency_ms: 20.0,
+                bad: rng.random_bool(bad_ratio),
+            })
+            .collect();
+        let b = Batch {
+            keys: vec![SeriesKey::new("checkout", "/pay", "1")],
+            requests,
+            ..Default::default()
+        };
+        e.ingest(&b, t);
+        w.sample(&e);
+        let latest = w.latest("checkout", sec + 1_800_000_000);
+        if flagged_at.is_none()
+            && latest
+                .iter()
+                .any(|p| p.metric == SliMetric::ErrorRatio && p.anomaly)
+        {
+            flagged_at = Some(sec);
+        }
+        if sec < 900 {
+            assert!(
+                !latest.iter().any(|p| p.anomaly),
+                "false alarm at {sec}: {latest:?}"
+            );
+        }
+    }
+    let at = flagged_at.expect("the jump is flagged");
+    assert!((900..930).contains(&at), "flagged at {at}");
+    assert_eq!(
+        w.latest("checkout", 1_800_000_000 + 5000),
+        vec![],
+        "old points expire"
+    );
+}

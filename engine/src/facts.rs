@@ -1,6 +1,7 @@
 //! Gathering the facts the policy decides on: per service, its SLO status, its canary
 //! comparisons and whether its telemetry is stale. Pure: reads the engine at its `now`.
 
+use crate::anomaly::SliWatch;
 use crate::canary::{CanarySpec, judge};
 use crate::engine::Engine;
 use crate::policy::{Evidence, ServiceFacts, seconds};
@@ -32,6 +33,7 @@ pub fn gather(
     slos: &[Slo],
     canaries: &[CanarySpec],
     stale: StaleRule,
+    watch: Option<&SliWatch>,
 ) -> Vec<ServiceFacts> {
     let mut names: Vec<String> = engine.services().iter().map(|s| s.to_string()).collect();
     names.extend(slos.iter().map(|s| s.service.clone()));
@@ -67,6 +69,9 @@ pub fn gather(
                     .map(|c| judge(engine, c))
                     .collect(),
                 observed_until: last_event,
+                anomalies: watch
+                    .map(|w| w.latest(&service, crate::time::secs(now)))
+                    .unwrap_or_default(),
                 service,
             }
         })

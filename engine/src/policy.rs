@@ -7,6 +7,7 @@
 //! decisions; decision ids are a hash of (rule, service, version, action, episode start), so a
 //! replay of the same input yields the same ids.
 
+use crate::anomaly::{AnomalyPoint, SliMetric};
 use crate::canary::{CanaryResult, Verdict};
 use crate::slo::{Severity, SloStatus, TierStatus};
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos};
@@ -70,12 +71,14 @@ pub enum When {
     Stale,
     /// `budget < 0.2`: an SLO's budget left is below the share.
     BudgetBelow(f64),
+    /// `anomaly` (any SLI stream) or `anomaly.<request_rate|error_ratio|latency_p99>`.
+    Anomaly(Option<SliMetric>),
 }
 
 /// Why a `when` string did not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{0:?} is not a condition: write burn_rate.page, burn_rate.ticket, burn_rate.<tier>, canary.fail, canary.inconclusive, stale, or budget < 0.2"
+    "{0:?} is not a condition: write burn_rate.page, burn_rate.ticket, burn_rate.<tier>, canary.fail, canary.inconclusive, stale, budget < 0.2, anomaly, or anomaly.<request_rate|error_ratio|latency_p99>"
 )]
 pub struct WhenParseError(pub String);
 
@@ -103,6 +106,16 @@ impl FromStr for When {
         if t == "stale" {
             return Ok(When::Stale);
         }
+        if t == "anomaly" {
+            return Ok(When::Anomaly(None));
+        }
+        if let Some(m) = t.strip_prefix("anomaly.") {
+            let metric = SliMetric::ALL
+                .into_iter()
+                .find(|x| x.name() == m)
+                .ok_or_else(err)?;
+            return Ok(When::Anomaly(Some(metric)));
+        }
         if let Some(x) = t
             .strip_prefix("budget")
             .map(str::trim)
@@ -126,6 +139,8 @@ impl fmt::Display for When {
             When::Canary(v) => write!(f, "canary.{}", serde_json_verdict(*v)),
             When::Stale => f.write_str("stale"),
             When::BudgetBelow(x) => write!(f, "budget < {x}"),
+            When::Anomaly(None) => f.write_str("anomaly"),
+            When::Anomaly(Some(m)) => write!(f, "anomaly.{}", m.name()),
         }
     }
 }
@@ -217,6 +232,8 @@ pub enum Evidence {
         /// Seconds the newest event time lags its arrival.
         lag_s: f64,
     },
+    /// An SLI stream deviates from what the detector expects.
+    Anomaly(AnomalyPoint),
     /// Budget below the rule's share.
     Budget {
         /// SLO name.
@@ -241,6 +258,8 @@ pub struct ServiceFacts {
     pub canaries: Vec<CanaryResult>,
     /// Event time of the newest data.
     pub observed_until: UnixNanos,
+    /// The latest anomaly-detector verdicts on its SLI streams.
+    pub anomalies: Vec<AnomalyPoint>,
 }
 
 /// One decision (the control event's content; its wire form is built in `trike-sinks`).
@@ -454,6 +473,23 @@ impl PolicyEngine {
                     };
                     (svc(""), ev.clone(), reason, None)
                 })
+                .collect(),
+            When::Anomaly(metric) => f
+                .anomalies
+                .iter()
+                .find(|p| p.anomaly && metric.is_none_or(|m| m == p.metric))
+                .map(|p| {
+                    let reason = format!(
+                        "{} {} is anomalous: {:.4} where {:.4} was expected (score {:.2})",
+                        f.service,
+                        p.metric.name(),
+                        p.value,
+                        p.expected,
+                        p.score
+                    );
+                    (svc(""), Evidence::Anomaly(*p), reason, None)
+                })
+                .into_iter()
                 .collect(),
             When::BudgetBelow(x) => f
                 .slos

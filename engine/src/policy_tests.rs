@@ -1,6 +1,7 @@
 //! Policy tables with a simulated clock.
 
 use super::*;
+use crate::anomaly::{AnomalyPoint, SliMetric};
 use crate::canary::{CanaryResult, MetricResult};
 
 const S: u64 = NANOS_PER_SEC;
@@ -54,6 +55,7 @@ fn facts(verdict: Option<Verdict>, stale: bool) -> Vec<ServiceFacts> {
         slos: vec![],
         canaries: verdict.map(canary).into_iter().collect(),
         observed_until: T0,
+        anomalies: vec![],
     }]
 }
 
@@ -255,11 +257,22 @@ fn when_grammar() {
         ("canary.fail", When::Canary(Verdict::Fail)),
         ("stale", When::Stale),
         ("budget < 0.2", When::BudgetBelow(0.2)),
+        ("anomaly", When::Anomaly(None)),
+        (
+            "anomaly.error_ratio",
+            When::Anomaly(Some(SliMetric::ErrorRatio)),
+        ),
     ] {
         assert_eq!(text.parse::<When>().unwrap(), want);
         assert_eq!(want.to_string(), text);
     }
-    for bad in ["burn_rate.", "canary.maybe", "budget > 3", "anything"] {
+    for bad in [
+        "burn_rate.",
+        "canary.maybe",
+        "budget > 3",
+        "anything",
+        "anomaly.cpu",
+    ] {
         assert!(bad.parse::<When>().is_err(), "{bad}");
     }
 }
@@ -320,4 +333,47 @@ fn burn_rate_rules_follow_firing_tiers() {
         d[0].reason
     );
     assert_eq!(d[0].slo.as_deref(), Some("checkout-availability"));
+}
+
+/// Guarantees: `anomaly` rules act on flagged streams (of the named metric) with the
+/// detector's numbers as evidence.
+#[test]
+fn anomaly_rules() {
+    let point = |metric, anomaly| AnomalyPoint {
+        metric,
+        value: 0.2,
+        expected: 0.001,
+        score: 0.97,
+        anomaly,
+        at_s: 1,
+    };
+    let f = vec![ServiceFacts {
+        service: "checkout".into(),
+        anomalies: vec![
+            point(SliMetric::ErrorRatio, true),
+            point(SliMetric::RequestRate, false),
+        ],
+        observed_until: T0,
+        ..Default::default()
+    }];
+    let mut p = PolicyEngine::new(Policy::new(vec![
+        rule("any", "anomaly", Action::Page),
+        rule("errors", "anomaly.error_ratio", Action::Ticket),
+        rule("rate", "anomaly.request_rate", Action::Throttle),
+    ]));
+    let d = p.step(T0, &f);
+    let got: Vec<_> = d.iter().map(|d| d.rule.as_str()).collect();
+    assert_eq!(got, vec!["any", "errors"]);
+    assert!(matches!(
+        d[0].evidence,
+        Evidence::Anomaly(AnomalyPoint {
+            metric: SliMetric::ErrorRatio,
+            ..
+        })
+    ));
+    assert!(
+        d[0].reason.contains("checkout error_ratio is anomalous"),
+        "{}",
+        d[0].reason
+    );
 }
