@@ -1,6 +1,7 @@
 //! The configuration file (YAML, DESIGN §5): parsed with serde, then validated purely into a
 //! [`Config`] that reports every problem at once, naming the field.
 
+mod openslo;
 pub mod validate;
 
 pub use validate::Config;
@@ -29,6 +30,8 @@ pub struct RawConfig {
     pub kafka: Option<RawKafka>,
     /// Service level objectives.
     pub slos: Vec<RawSlo>,
+    /// OpenSLO files or directories (`kind: SLO` documents), relative to the config file.
+    pub openslo: Vec<std::path::PathBuf>,
     /// Canary comparisons.
     pub canary: Vec<RawCanary>,
     /// Policy rules.

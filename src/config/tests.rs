@@ -41,7 +41,12 @@ fn deploy_examples_validate() {
         full.decode.dimensions,
         vec!["deployment.environment".to_string()]
     );
-    assert_eq!(full.slos.len(), 2);
+    assert_eq!(full.slos.len(), 5, "3 in the file, 2 from deploy/openslo");
+    assert!(full.slos.iter().any(|s| s.name == "payments-latency"));
+    assert_eq!(full.engine.thresholds_for("payments"), &[250.0]);
+    assert_eq!(full.policy.rules.len(), 5);
+    assert_eq!(full.canaries.len(), 1);
+    assert_eq!(full.instance, "trike-0");
 }
 
 /// Guarantees: every problem is reported at once, each naming its field and what is wrong.

@@ -463,7 +463,7 @@ impl Config {
 
     /// Loads and validates a YAML file (or the defaults when `path` is None).
     pub fn load(path: Option<&std::path::Path>, o: &Overrides) -> Result<Config, Vec<String>> {
-        let raw = match path {
+        let mut raw = match path {
             None => RawConfig::default(),
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -471,6 +471,13 @@ impl Config {
                 RawConfig::from_yaml(&text).map_err(|e| vec![e])?
             }
         };
+        if !raw.openslo.is_empty() {
+            let base = path
+                .and_then(|p| p.parent())
+                .unwrap_or(std::path::Path::new("."));
+            let extra = super::openslo::load(&raw.openslo, base)?;
+            raw.slos.extend(extra);
+        }
         Config::validate(raw, o)
     }
 }
