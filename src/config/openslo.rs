@@ -201,7 +201,7 @@ spec:
 "#,
         )
         .unwrap();
-        let slos = load(&[dir.clone()], Path::new("/")).unwrap();
+        let slos = load(std::slice::from_ref(&dir), Path::new("/")).unwrap();
         assert_eq!(slos.len(), 2);
         assert_eq!(
             (slos[0].name.as_str(), slos[0].objective),
@@ -216,7 +216,7 @@ spec:
         );
         assert!((slos[1].objective - 0.99).abs() < 1e-12);
         std::fs::write(dir.join("z-bad.yaml"), "apiVersion: openslo/v1\nkind: SLO\nmetadata: { name: x }\nspec: { service: s, objectives: [] }\n").unwrap();
-        let err = load(&[dir.clone()], Path::new("/")).unwrap_err().join("\n");
+        let err = load(std::slice::from_ref(&dir), Path::new("/")).unwrap_err().join("\n");
         assert!(
             err.contains("z-bad.yaml (document 1): spec.objectives is empty"),
             "{err}"
