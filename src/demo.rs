@@ -1,7 +1,8 @@
 //! `trike demo`: the processor on its default addresses, fed by synthetic services over real
 //! OTLP/HTTP on loopback: `checkout` 1.4.0 (baseline, ~90 % of traffic) and 1.5.0 (canary,
 //! ~10 %) which starts failing and slowing down after `--degrade-after-s`. Every 5 s it prints
-//! the SLIs it reads back from the admin API.
+//! the SLIs it reads back from the admin API; the canary judge fails the canary, and the
+//! `rollback-bad-canary` policy writes a rollback control event (CloudEvents JSON) to stdout.
 
 use crate::cli::DemoArgs;
 use crate::config::{Config, RawConfig};
@@ -30,7 +31,17 @@ fn degraded() -> Behaviour {
 
 /// Runs the demo until Ctrl-C or `--duration-s`.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let yaml = "slos:\n  - { name: checkout-latency, service: checkout, objective: 0.99, sli: { latency: { threshold_ms: 300 } } }\n";
+    let yaml = r#"
+slos:
+  - { name: checkout-availability, service: checkout, objective: 0.999, sli: availability }
+  - { name: checkout-latency, service: checkout, objective: 0.99, sli: { latency: { threshold_ms: 300 } } }
+canary:
+  - { service: checkout, baseline: "1.4.0", canary: "1.5.0", window: 1m, min_requests: 300 }
+policies:
+  - { name: rollback-bad-canary, when: canary.fail, action: rollback, for: 5s, params: { weight: 0 } }
+  - { name: page-fast-burn, when: burn_rate.page, action: page }
+instance: demo
+"#;
     let raw = RawConfig::from_yaml(yaml).map_err(anyhow::Error::msg)?;
     let cfg = Config::validate(raw, &args.addrs.overrides())
         .map_err(|p| anyhow::anyhow!("configuration: {}", p.join("; ")))?;
@@ -43,6 +54,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         running.grpc_addr
     );
     println!("  SLIs:      curl 'http://{admin}/api/v1/slis?service=checkout&window=1m'");
+    println!("  SLOs:      curl http://{admin}/api/v1/slos");
+    println!("  decisions: curl http://{admin}/api/v1/decisions   (control events also print below as JSON lines)");
     println!("  metrics:   curl http://{admin}/metrics");
     println!(
         "Synthetic traffic: checkout 1.4.0 (baseline, ~180 req/s) and 1.5.0 (canary, ~20 req/s); the canary degrades after {} s.\n",
