@@ -59,15 +59,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let store = Arc::new(DecisionStore::default());
     let (sinks, events) =
         SinkWriter::start(&cfg.sinks, store.clone()).context("opening the sinks")?;
-    let decider = Decider::new(
-        cfg.slos.clone(),
-        cfg.canaries.clone(),
-        cfg.stale,
-        cfg.policy.clone(),
-        cfg.instance.clone(),
-        store.clone(),
-        events,
-    );
+    // The key: from the file (tests, demos) or the environment (production).
+    let key = cfg
+        .signing_key
+        .clone()
+        .or_else(|| {
+            std::env::var(&cfg.signing_key_env)
+                .ok()
+                .filter(|k| !k.is_empty())
+        })
+        .map(String::into_bytes);
+    if key.is_some() {
+        tracing::info!("control events are signed (trikesignature, HMAC-SHA256)");
+    }
+    let decider = Decider::new(&cfg, store.clone(), events, key);
     let worker = EngineWorker::start(cfg.engine.clone(), cfg.queue_observations, Some(decider))
         .context("starting the engine thread")?;
     let ingest = Arc::new(IngestMetrics::default());

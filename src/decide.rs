@@ -14,7 +14,7 @@ use std::time::Duration;
 use trike_engine::anomaly::{DetectorConfig, SliWatch};
 use trike_engine::canary::CanarySpec;
 use trike_engine::facts::{StaleRule, gather};
-use trike_engine::policy::{Action, Policy, PolicyEngine};
+use trike_engine::policy::{Action, PolicyEngine};
 use trike_engine::slo::Slo;
 use trike_engine::{Engine, UnixNanos};
 use trike_sinks::{JsonLines, SinkConfig, control_event};
@@ -85,32 +85,31 @@ pub struct Decider {
     out: SyncSender<Value>,
     last: UnixNanos,
     watch: SliWatch,
+    key: Option<Vec<u8>>,
 }
 
 impl Decider {
-    /// A decider writing to `out`.
+    /// A decider for `cfg`'s SLOs, canaries and policy, writing to `out`, signing with `key`.
     pub fn new(
-        slos: Vec<Slo>,
-        canaries: Vec<CanarySpec>,
-        stale: StaleRule,
-        policy: Policy,
-        instance: String,
+        cfg: &crate::config::Config,
         store: Arc<DecisionStore>,
         out: SyncSender<Value>,
+        key: Option<Vec<u8>>,
     ) -> Self {
         // Every service's request rate, error ratio and p99, sampled every 10 s (bounded: at
         // most 3 × 10 000 streams of ~1 KiB).
         let watch = SliWatch::new(DetectorConfig::default(), 10, 30_000);
         Self {
-            slos,
-            canaries,
-            stale,
-            policy: PolicyEngine::new(policy),
-            instance,
+            slos: cfg.slos.clone(),
+            canaries: cfg.canaries.clone(),
+            stale: cfg.stale,
+            policy: PolicyEngine::new(cfg.policy.clone()),
+            instance: cfg.instance.clone(),
             store,
             out,
             last: 0,
             watch,
+            key,
         }
     }
 
@@ -136,7 +135,10 @@ impl Decider {
             if let Some(i) = ACTIONS.iter().position(|a| *a == d.action) {
                 self.store.by_action[i].fetch_add(1, Relaxed);
             }
-            let event = control_event(&d, &self.instance);
+            let mut event = control_event(&d, &self.instance);
+            if let Some(k) = &self.key {
+                trike_sinks::signing::sign(&mut event, k);
+            }
             tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, "{}", d.reason);
             self.store.push(event.clone());
             match self.out.try_send(event) {

@@ -55,7 +55,9 @@ instance: demo
     );
     println!("  SLIs:      curl 'http://{admin}/api/v1/slis?service=checkout&window=1m'");
     println!("  SLOs:      curl http://{admin}/api/v1/slos");
-    println!("  decisions: curl http://{admin}/api/v1/decisions   (control events also print below as JSON lines)");
+    println!(
+        "  decisions: curl http://{admin}/api/v1/decisions   (control events also print below as JSON lines)"
+    );
     println!("  metrics:   curl http://{admin}/metrics");
     println!(
         "Synthetic traffic: checkout 1.4.0 (baseline, ~180 req/s) and 1.5.0 (canary, ~20 req/s); the canary degrades after {} s.\n",

@@ -6,6 +6,7 @@
 
 mod control_event;
 mod rfc3339;
+pub mod signing;
 
 pub use control_event::control_event;
 pub use rfc3339::rfc3339;

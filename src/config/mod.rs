@@ -42,6 +42,19 @@ pub struct RawConfig {
     pub sinks: Option<Vec<trike_sinks::SinkConfig>>,
     /// This instance's name, in control events' `source` (`trike://<instance>`; default: host name).
     pub instance: Option<String>,
+    /// Control-event signing (HMAC-SHA256, extension `trikesignature`).
+    pub signing: RawSigning,
+}
+
+/// `signing:`. The key comes from the environment variable `key_env` (default
+/// `TRIKE_SIGNING_KEY`); `key` in the file is for tests and demos only.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSigning {
+    /// Environment variable holding the key.
+    pub key_env: Option<String>,
+    /// The key itself (avoid in production: config files leak).
+    pub key: Option<String>,
 }
 
 /// One canary comparison as written.

@@ -216,7 +216,9 @@ spec:
         );
         assert!((slos[1].objective - 0.99).abs() < 1e-12);
         std::fs::write(dir.join("z-bad.yaml"), "apiVersion: openslo/v1\nkind: SLO\nmetadata: { name: x }\nspec: { service: s, objectives: [] }\n").unwrap();
-        let err = load(std::slice::from_ref(&dir), Path::new("/")).unwrap_err().join("\n");
+        let err = load(std::slice::from_ref(&dir), Path::new("/"))
+            .unwrap_err()
+            .join("\n");
         assert!(
             err.contains("z-bad.yaml (document 1): spec.objectives is empty"),
             "{err}"

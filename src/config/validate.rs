@@ -54,6 +54,10 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// Instance name for control events' source.
     pub instance: String,
+    /// Environment variable holding the signing key.
+    pub signing_key_env: String,
+    /// A signing key given in the file.
+    pub signing_key: Option<String>,
 }
 
 /// Values from flags and `TRIKE_*` variables, which win over the file.
@@ -458,6 +462,11 @@ impl Config {
             stale,
             sinks,
             instance,
+            signing_key_env: raw
+                .signing
+                .key_env
+                .unwrap_or_else(|| "TRIKE_SIGNING_KEY".into()),
+            signing_key: raw.signing.key.filter(|k| !k.is_empty()),
         })
     }
 

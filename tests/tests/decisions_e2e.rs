@@ -43,6 +43,7 @@ policies:
   - {{ name: rollback-bad-canary, when: canary.fail, action: rollback, for: 2s, params: {{ weight: 0 }} }}
 sinks: [{{ type: file, path: "{}" }}]
 instance: e2e
+signing: {{ key: e2e-secret }}
 "#,
         sink.display()
     ))
@@ -115,6 +116,11 @@ instance: e2e
     assert_eq!(rollbacks.len(), 1, "exactly one rollback: {ev:#?}");
     let r = rollbacks[0];
     assert_eq!(r["specversion"], "1.0");
+    assert!(
+        trike_sinks::signing::verify(r, b"e2e-secret"),
+        "valid trikesignature"
+    );
+    assert!(!trike_sinks::signing::verify(r, b"forged"));
     assert_eq!(r["source"], "trike://e2e");
     assert_eq!(r["subject"], "checkout");
     assert_eq!(r["data"]["target"]["version"], "1.5.0");
