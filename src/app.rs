@@ -45,6 +45,15 @@ fn signal(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> +
     }
 }
 
+fn kafka_sink_config(cfg: &Config) -> Option<trike_sinks::kafka::KafkaSinkConfig> {
+    Some(trike_sinks::kafka::KafkaSinkConfig {
+        brokers: cfg.kafka_brokers.clone()?,
+        topic: cfg.control_topic.clone(),
+        partitions: cfg.control_partitions,
+        replication: cfg.control_replication,
+    })
+}
+
 /// Starts everything `cfg` describes.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let grpc = bind(cfg.grpc_addr, "OTLP/gRPC", "--otlp-grpc-addr").await?;
@@ -57,8 +66,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
 
     let store = Arc::new(DecisionStore::default());
-    let (sinks, events) =
-        SinkWriter::start(&cfg.sinks, store.clone()).context("opening the sinks")?;
+    let (sinks, events) = SinkWriter::start(&cfg.sinks, kafka_sink_config(&cfg), store.clone())
+        .context("opening the sinks")?;
     // The key: from the file (tests, demos) or the environment (production).
     let key = cfg
         .signing_key

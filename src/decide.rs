@@ -17,6 +17,7 @@ use trike_engine::facts::{StaleRule, gather};
 use trike_engine::policy::{Action, PolicyEngine};
 use trike_engine::slo::Slo;
 use trike_engine::{Engine, UnixNanos};
+use trike_sinks::kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkStats, ensure_topic};
 use trike_sinks::{JsonLines, SinkConfig, control_event};
 
 /// How often decisions are evaluated (engine time).
@@ -38,6 +39,8 @@ pub struct DecisionStore {
     pub sink_errors: AtomicU64,
     /// What the policy held back (copied after each evaluation).
     pub policy_stats: Mutex<trike_engine::policy::PolicyStats>,
+    /// Kafka control-topic deliveries (all zero without a Kafka sink).
+    pub kafka: Arc<KafkaSinkStats>,
 }
 
 /// Actions in metric order.
@@ -158,24 +161,45 @@ pub struct SinkWriter {
     thread: Option<JoinHandle<()>>,
 }
 
+enum Out {
+    Lines(JsonLines<Box<dyn Write + Send>>),
+    Kafka(KafkaSink),
+}
+
 impl SinkWriter {
-    /// Opens the sinks and starts the writer; returns it and the queue's sending side.
+    /// Opens the sinks (creating the Kafka control topic if missing) and starts the writer;
+    /// returns it and the queue's sending side.
     pub fn start(
         sinks: &[SinkConfig],
+        kafka: Option<KafkaSinkConfig>,
         store: Arc<DecisionStore>,
     ) -> std::io::Result<(Self, SyncSender<Value>)> {
-        let mut outs: Vec<JsonLines<Box<dyn Write + Send>>> = Vec::new();
+        let mut outs: Vec<Out> = Vec::new();
         for s in sinks {
             match s {
-                SinkConfig::Stdout => outs.push(JsonLines::new(Box::new(std::io::stdout()))),
+                SinkConfig::Stdout => {
+                    outs.push(Out::Lines(JsonLines::new(Box::new(std::io::stdout()))))
+                }
                 SinkConfig::File { path } => {
                     let f = std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
                         .open(path)?;
-                    outs.push(JsonLines::new(Box::new(f)));
+                    outs.push(Out::Lines(JsonLines::new(Box::new(f))));
                 }
-                SinkConfig::Kafka => {}
+                SinkConfig::Kafka => {
+                    let cfg = kafka
+                        .clone()
+                        .ok_or_else(|| std::io::Error::other("kafka sink without kafka.brokers"))?;
+                    if let Err(e) = ensure_topic(&cfg) {
+                        // Brokers without topic creation rights (or test brokers) still work
+                        // when the topic exists.
+                        tracing::warn!(topic = %cfg.topic, error = %e, "could not create the control topic; producing anyway");
+                    }
+                    let sink = KafkaSink::new(&cfg, store.kafka.clone())
+                        .map_err(|e| std::io::Error::other(format!("kafka producer: {e}")))?;
+                    outs.push(Out::Kafka(sink));
+                }
             }
         }
         let (tx, rx) = sync_channel(SINK_QUEUE);
@@ -198,19 +222,32 @@ impl SinkWriter {
     }
 }
 
-fn write_all(
-    rx: Receiver<Value>,
-    mut outs: Vec<JsonLines<Box<dyn Write + Send>>>,
-    store: &DecisionStore,
-) {
+fn write_all(rx: Receiver<Value>, mut outs: Vec<Out>, store: &DecisionStore) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(255));
         for o in &mut outs {
-            if let Err(e) = o.write_batch(&batch) {
+            let result = match o {
+                Out::Lines(l) => l.write_batch(&batch).map_err(|e| e.to_string()),
+                Out::Kafka(k) => batch
+                    .iter()
+                    .try_for_each(|e| {
+                        let key = e["subject"].as_str().unwrap_or("");
+                        k.send(key, e.to_string().as_bytes())
+                    })
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = result {
                 store.sink_errors.fetch_add(batch.len() as u64, Relaxed);
                 tracing::error!(error = %e, "writing control events");
             }
+        }
+    }
+    for o in &outs {
+        if let Out::Kafka(k) = o
+            && let Err(e) = k.flush(Duration::from_secs(10))
+        {
+            tracing::error!(error = %e, "flushing control events to Kafka at shutdown");
         }
     }
 }

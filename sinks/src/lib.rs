@@ -5,6 +5,7 @@
 //! Must not: decide anything (that is the engine's job) or block the engine thread on I/O.
 
 mod control_event;
+pub mod kafka;
 mod rfc3339;
 pub mod signing;
 

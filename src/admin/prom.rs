@@ -146,6 +146,18 @@ pub fn render(s: &AdminState) -> String {
         "Control events a sink failed to write.",
         s.decisions.sink_errors.load(Relaxed),
     );
+    counter(
+        &mut out,
+        "trike_kafka_control_delivered_total",
+        "Control events acknowledged by the Kafka control topic.",
+        s.decisions.kafka.delivered.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "trike_kafka_control_failed_total",
+        "Control events that failed to reach the Kafka control topic after retries.",
+        s.decisions.kafka.failed.load(Relaxed),
+    );
     let ws = s.worker.stats();
     gauge(
         &mut out,

@@ -201,6 +201,10 @@ pub struct RawKafka {
     pub brokers: Option<String>,
     /// Control topic (default `trike.control`).
     pub control_topic: Option<String>,
+    /// Partitions of the control topic when Trike creates it (default 3).
+    pub control_partitions: Option<i32>,
+    /// Replication factor of the control topic when Trike creates it (default 1).
+    pub control_replication: Option<i32>,
     /// Ingest settings.
     pub ingest: Option<serde_yaml_ng::Value>,
 }

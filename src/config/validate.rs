@@ -54,6 +54,10 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// Instance name for control events' source.
     pub instance: String,
+    /// Partitions of the control topic when created.
+    pub control_partitions: i32,
+    /// Replication factor of the control topic when created.
+    pub control_replication: i32,
     /// Environment variable holding the signing key.
     pub signing_key_env: String,
     /// A signing key given in the file.
@@ -418,6 +422,10 @@ impl Config {
         }
         let kafka = raw.kafka.unwrap_or_default();
         let mut deferred = Vec::new();
+        if kafka.ingest.is_some() {
+            // The Kafka source is not built yet: say so at start-up rather than ignore it.
+            deferred.push("kafka.ingest");
+        }
         let canaries = canaries(&mut p, raw.canary);
         let rules = rules(&mut p, raw.policies);
         let stale = StaleRule {
@@ -425,8 +433,18 @@ impl Config {
             max_lag: raw.stale.max_lag.unwrap_or(StaleRule::default().max_lag),
         };
         let sinks = raw.sinks.unwrap_or_else(|| vec![SinkConfig::Stdout]);
-        if sinks.contains(&SinkConfig::Kafka) {
-            deferred.push("sinks[type=kafka]");
+        let brokers = o.kafka_brokers.clone().or(kafka.brokers.clone());
+        if let Some(i) = sinks.iter().position(|s| *s == SinkConfig::Kafka)
+            && brokers.is_none()
+        {
+            p.push(format!("sinks[{i}]: type kafka needs kafka.brokers (or --kafka-brokers / TRIKE_KAFKA_BROKERS)"));
+        }
+        let control_partitions = kafka.control_partitions.unwrap_or(3);
+        let control_replication = kafka.control_replication.unwrap_or(1);
+        if control_partitions < 1 || control_replication < 1 {
+            p.push(
+                "kafka.control_partitions, kafka.control_replication: must be at least 1".into(),
+            );
         }
         for (i, s) in sinks.iter().enumerate() {
             if let SinkConfig::File { path } = s
@@ -462,6 +480,8 @@ impl Config {
             stale,
             sinks,
             instance,
+            control_partitions,
+            control_replication,
             signing_key_env: raw
                 .signing
                 .key_env
