@@ -28,6 +28,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
     sinks: Option<SinkWriter>,
+    kafka_source: Option<trike_ingest::kafka::KafkaSource>,
 }
 
 async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
@@ -90,6 +91,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         worker.sink(),
         ingest.clone(),
     ));
+    let pipeline_for_kafka = pipeline.clone();
     let state = Arc::new(AdminState {
         worker,
         ingest,
@@ -139,6 +141,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             }),
         ));
     }
+    let kafka_source = match cfg.kafka_ingest.clone() {
+        None => None,
+        Some(kc) => {
+            let topics = kc.topics.join(", ");
+            let src = trike_ingest::kafka::KafkaSource::start(kc, pipeline_for_kafka.clone())
+                .context("starting the Kafka source")?;
+            tracing::info!(%topics, "consuming OTLP from Kafka");
+            Some(src)
+        }
+    };
     state.ready.store(true, Relaxed);
     tracing::info!(%grpc_addr, %http_addr, %admin_addr, "Trike is listening");
     Ok(Running {
@@ -149,6 +161,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         shutdown: tx,
         tasks,
         sinks: Some(sinks),
+        kafka_source,
     })
 }
 
@@ -157,6 +170,10 @@ impl Running {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.state.ready.store(false, Relaxed);
         let _ = self.shutdown.send(true);
+        if let Some(src) = self.kafka_source.take() {
+            // Stops consuming and commits what the engine applied.
+            tokio::task::spawn_blocking(move || src.stop()).await.ok();
+        }
         let mut first_err = None;
         for (name, t) in self.tasks {
             match t.await {

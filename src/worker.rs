@@ -12,6 +12,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use trike_engine::{Batch, Engine, EngineConfig, UnixNanos};
+use trike_ingest::pipeline::Ack;
 use trike_ingest::{BatchSink, Overloaded};
 
 /// Upper bounds (seconds) of the queue-delay histogram buckets.
@@ -54,6 +55,7 @@ impl WorkerStats {
 struct Queued {
     at: Instant,
     batch: Batch,
+    ack: Option<Ack>,
 }
 
 /// The receivers' side of the queue.
@@ -80,7 +82,7 @@ impl QueueSink {
 }
 
 impl BatchSink for QueueSink {
-    fn submit(&self, batch: Batch) -> Result<(), Overloaded> {
+    fn submit(&self, batch: Batch, ack: Option<Ack>) -> Result<(), Overloaded> {
         let n = batch.len();
         let before = self.stats.queued.fetch_add(n, Relaxed);
         if before + n > self.capacity && before > 0 {
@@ -90,6 +92,7 @@ impl BatchSink for QueueSink {
         match self.tx.try_send(Queued {
             at: Instant::now(),
             batch,
+            ack,
         }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -200,6 +203,9 @@ fn run(
                 // Apply what is already queued under one lock, but not forever.
                 while let Some(q) = next {
                     e.ingest(&q.batch, now);
+                    if let Some(ack) = q.ack {
+                        ack();
+                    }
                     stats.queued.fetch_sub(q.batch.len(), Relaxed);
                     stats.batches.fetch_add(1, Relaxed);
                     stats.record_delay(q.at.elapsed());

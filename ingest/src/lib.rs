@@ -6,6 +6,7 @@
 pub mod decode;
 pub mod grpc;
 pub mod http;
+pub mod kafka;
 pub mod kinds;
 pub mod metrics;
 pub mod pipeline;

@@ -35,14 +35,17 @@ pub enum Transport {
     Grpc = 0,
     /// OTLP/HTTP.
     Http = 1,
+    /// OTLP records from Kafka.
+    Kafka = 2,
 }
 
 impl Transport {
-    const ALL: [Transport; 2] = [Transport::Grpc, Transport::Http];
+    const ALL: [Transport; 3] = [Transport::Grpc, Transport::Http, Transport::Kafka];
     const fn name(self) -> &'static str {
         match self {
             Transport::Grpc => "grpc",
             Transport::Http => "http",
+            Transport::Kafka => "kafka",
         }
     }
 }
@@ -88,7 +91,7 @@ impl RequestOutcome {
 /// Ingestion counters.
 #[derive(Debug, Default)]
 pub struct IngestMetrics {
-    requests: [[[AtomicU64; 6]; 3]; 2],
+    requests: [[[AtomicU64; 6]; 3]; 3],
     received: [AtomicU64; 3],
     rejected: [[AtomicU64; 4]; 3],
     observations: AtomicU64,

@@ -11,10 +11,14 @@ use trike_engine::Batch;
 #[error("ingest queue is full")]
 pub struct Overloaded;
 
+/// Called once the engine has applied a batch (the Kafka source commits offsets on it).
+pub type Ack = Box<dyn FnOnce() + Send>;
+
 /// Where decoded batches go (the engine's input queue, in the binary).
 pub trait BatchSink: Send + Sync + 'static {
-    /// Hands over a batch without blocking; refuses it when the queue is full.
-    fn submit(&self, batch: Batch) -> Result<(), Overloaded>;
+    /// Hands over a batch without blocking; refuses it when the queue is full. `ack`, when
+    /// given, runs after the batch is applied to the engine's state.
+    fn submit(&self, batch: Batch, ack: Option<Ack>) -> Result<(), Overloaded>;
 }
 
 /// Payload encoding.
@@ -84,6 +88,19 @@ impl Pipeline {
         encoding: Encoding,
         body: &[u8],
     ) -> Result<Accepted, ExportError> {
+        self.export_acked(transport, signal, encoding, body, None)
+    }
+
+    /// Like [`Pipeline::export`]; `ack` runs once the observations are applied (at once when
+    /// there are none). Not run when the export is refused.
+    pub fn export_acked(
+        &self,
+        transport: Transport,
+        signal: SignalKind,
+        encoding: Encoding,
+        body: &[u8],
+        ack: Option<Ack>,
+    ) -> Result<Accepted, ExportError> {
         let decoded: Result<Decoded, DecodeError> = match (signal, encoding) {
             (SignalKind::Traces, Encoding::Protobuf) => decode::traces_proto(body, &self.cfg),
             (SignalKind::Traces, Encoding::Json) => decode::traces_json(body, &self.cfg),
@@ -101,7 +118,11 @@ impl Pipeline {
             }
         };
         let observations = d.batch.len() as u64;
-        if !d.batch.is_empty() && self.sink.submit(d.batch).is_err() {
+        if d.batch.is_empty() {
+            if let Some(a) = ack {
+                a();
+            }
+        } else if self.sink.submit(d.batch, ack).is_err() {
             self.metrics
                 .request(transport, signal, RequestOutcome::Overloaded);
             return Err(ExportError::Overloaded);

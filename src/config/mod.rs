@@ -205,8 +205,20 @@ pub struct RawKafka {
     pub control_partitions: Option<i32>,
     /// Replication factor of the control topic when Trike creates it (default 1).
     pub control_replication: Option<i32>,
-    /// Ingest settings.
-    pub ingest: Option<serde_yaml_ng::Value>,
+    /// The Kafka source of OTLP records (off unless given).
+    pub ingest: Option<RawKafkaIngest>,
+}
+
+/// `kafka.ingest:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKafkaIngest {
+    /// Topics (default the Collector's: `otlp_spans`, `otlp_metrics`, `otlp_logs`).
+    pub topics: Option<Vec<String>>,
+    /// `otlp_proto` (default) or `otlp_json`.
+    pub encoding: Option<String>,
+    /// Consumer group (default `trike`).
+    pub group_id: Option<String>,
 }
 
 /// One SLO as written.

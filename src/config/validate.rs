@@ -8,8 +8,9 @@ use trike_engine::facts::StaleRule;
 use trike_engine::policy::{Action, Policy, Rule, When};
 use trike_engine::slo::{BurnTier, DEFAULT_MIN_EVENTS, Severity, Slo, SloSli};
 use trike_engine::{EngineConfig, Span};
-use trike_ingest::Limits;
 use trike_ingest::decode::DecodeConfig;
+use trike_ingest::kafka::KafkaSourceConfig;
+use trike_ingest::{Encoding, Limits};
 use trike_sinks::SinkConfig;
 
 /// Largest number of extra series dimensions.
@@ -54,6 +55,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// Instance name for control events' source.
     pub instance: String,
+    /// The Kafka source, when configured.
+    pub kafka_ingest: Option<KafkaSourceConfig>,
     /// Partitions of the control topic when created.
     pub control_partitions: i32,
     /// Replication factor of the control topic when created.
@@ -421,11 +424,44 @@ impl Config {
             }
         }
         let kafka = raw.kafka.unwrap_or_default();
-        let mut deferred = Vec::new();
-        if kafka.ingest.is_some() {
-            // The Kafka source is not built yet: say so at start-up rather than ignore it.
-            deferred.push("kafka.ingest");
-        }
+        let deferred = Vec::new();
+        let kafka_ingest = match kafka.ingest.clone() {
+            None => None,
+            Some(ki) => {
+                let encoding = match ki.encoding.as_deref().unwrap_or("otlp_proto") {
+                    "otlp_proto" => Encoding::Protobuf,
+                    "otlp_json" => Encoding::Json,
+                    other => {
+                        p.push(format!(
+                            "kafka.ingest.encoding: {other:?} is not otlp_proto or otlp_json"
+                        ));
+                        Encoding::Protobuf
+                    }
+                };
+                let topics = ki.topics.unwrap_or_else(|| {
+                    ["otlp_spans", "otlp_metrics", "otlp_logs"]
+                        .map(String::from)
+                        .to_vec()
+                });
+                for (i, t) in topics.iter().enumerate() {
+                    if trike_ingest::kafka::signal_of(t).is_none() {
+                        p.push(format!("kafka.ingest.topics[{i}]: {t:?} must end in spans, traces, metrics or logs (that names its signal)"));
+                    }
+                }
+                match o.kafka_brokers.clone().or(kafka.brokers.clone()) {
+                    Some(brokers) => Some(KafkaSourceConfig {
+                        brokers,
+                        group_id: ki.group_id.unwrap_or_else(|| "trike".into()),
+                        topics,
+                        encoding,
+                    }),
+                    None => {
+                        p.push("kafka.ingest: needs kafka.brokers (or --kafka-brokers / TRIKE_KAFKA_BROKERS)".into());
+                        None
+                    }
+                }
+            }
+        };
         let canaries = canaries(&mut p, raw.canary);
         let rules = rules(&mut p, raw.policies);
         let stale = StaleRule {
@@ -482,6 +518,7 @@ impl Config {
             instance,
             control_partitions,
             control_replication,
+            kafka_ingest,
             signing_key_env: raw
                 .signing
                 .key_env
