@@ -38,6 +38,15 @@ pub enum Command {
         #[arg(long, default_value = "1d")]
         season: String,
     },
+    /// Run an actuator worker: consume control events and carry them out.
+    Actuate {
+        /// The YAML config file (its `kafka`, `signing` and `actuator` sections).
+        #[arg(long, env = "TRIKE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address overrides (Kafka brokers, control topic).
+        #[command(flatten)]
+        addrs: AddrArgs,
+    },
     /// Run the processor with synthetic services sending it real OTLP (a baseline and a
     /// canary that degrades), printing their SLIs as they move.
     Demo(DemoArgs),

@@ -144,6 +144,61 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Actuate { config, addrs } => {
+            let cfg = match load(config.as_deref(), &addrs.overrides()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Some(brokers) = cfg.kafka_brokers.clone() else {
+                eprintln!(
+                    "trike actuate: needs kafka.brokers (or --kafka-brokers / TRIKE_KAFKA_BROKERS)"
+                );
+                return ExitCode::from(2);
+            };
+            let key = cfg
+                .signing_key
+                .clone()
+                .or_else(|| {
+                    std::env::var(&cfg.signing_key_env)
+                        .ok()
+                        .filter(|k| !k.is_empty())
+                })
+                .map(String::into_bytes);
+            let settings = trike::actuate::ActuatorSettings {
+                brokers,
+                control_topic: cfg.control_topic.clone(),
+                key,
+                instance: cfg.instance.clone(),
+                actuator: cfg.actuator.clone(),
+            };
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut worker = {
+                let stop = stop.clone();
+                tokio::task::spawn_blocking(move || trike::actuate::run(settings, stop))
+            };
+            // Runs until Ctrl-C, or until the worker stops by itself (an error).
+            let result = tokio::select! {
+                _ = tokio::signal::ctrl_c() => {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    worker.await
+                }
+                r = &mut worker => r,
+            };
+            match result {
+                Ok(Ok(stats)) => {
+                    eprintln!("trike actuate: stopped: {stats:?}");
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(e)) => {
+                    eprintln!("trike actuate: {e:#}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("trike actuate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo(args) => match trike::demo::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -44,6 +44,8 @@ pub struct RawConfig {
     pub instance: Option<String>,
     /// Control-event signing (HMAC-SHA256, extension `trikesignature`).
     pub signing: RawSigning,
+    /// `trike actuate`: executors per action and service.
+    pub actuator: crate::actuate::config::ActuatorConfig,
 }
 
 /// `signing:`. The key comes from the environment variable `key_env` (default

@@ -47,6 +47,7 @@ fn deploy_examples_validate() {
     assert_eq!(full.policy.rules.len(), 5);
     assert_eq!(full.canaries.len(), 1);
     assert_eq!(full.instance, "trike-0");
+    assert_eq!(full.actuator.executors.len(), 4);
 }
 
 /// Guarantees: every problem is reported at once, each naming its field and what is wrong.

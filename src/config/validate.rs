@@ -65,6 +65,8 @@ pub struct Config {
     pub signing_key_env: String,
     /// A signing key given in the file.
     pub signing_key: Option<String>,
+    /// The actuator's settings.
+    pub actuator: crate::actuate::config::ActuatorConfig,
 }
 
 /// Values from flags and `TRIKE_*` variables, which win over the file.
@@ -425,6 +427,24 @@ impl Config {
         }
         let kafka = raw.kafka.unwrap_or_default();
         let deferred = Vec::new();
+        for (i, e) in raw.actuator.executors.iter().enumerate() {
+            use crate::actuate::config::ExecutorKind;
+            let f = format!("actuator.executors[{i}]");
+            if e.actions.is_empty() {
+                p.push(format!("{f}.actions: name at least one action"));
+            }
+            match &e.kind {
+                ExecutorKind::Command { argv } if argv.is_empty() => {
+                    p.push(format!("{f}.argv: must name a program"))
+                }
+                ExecutorKind::Webhook { url, .. }
+                    if !(url.starts_with("http://") || url.starts_with("https://")) =>
+                {
+                    p.push(format!("{f}.url: {url:?} is not an http(s) URL"))
+                }
+                _ => {}
+            }
+        }
         let kafka_ingest = match kafka.ingest.clone() {
             None => None,
             Some(ki) => {
@@ -519,6 +539,7 @@ impl Config {
             control_partitions,
             control_replication,
             kafka_ingest,
+            actuator: raw.actuator.clone(),
             signing_key_env: raw
                 .signing
                 .key_env
