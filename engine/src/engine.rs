@@ -235,18 +235,7 @@ impl Engine {
         {
             // Too many services: fold the newcomer into one shared overflow series.
             r.overflow = true;
-            let target = SeriesKey::overflow(&Arc::from(OVERFLOW_SERVICE));
-            r.entry = match self.index.get(&target) {
-                Some(&i) => i,
-                None => {
-                    self.entries.push(Entry {
-                        key: target.clone(),
-                        state: SeriesState::default(),
-                    });
-                    self.index.insert(target, self.entries.len() - 1);
-                    self.entries.len() - 1
-                }
-            };
+            r.entry = self.entry_for(SeriesKey::overflow(&Arc::from(OVERFLOW_SERVICE)));
             return r;
         }
         let info = self.services.entry(key.service.clone()).or_default();
@@ -259,18 +248,21 @@ impl Engine {
             }
             key.clone()
         };
-        r.entry = match self.index.get(&target) {
-            Some(&i) => i,
-            None => {
-                self.entries.push(Entry {
-                    key: target.clone(),
-                    state: SeriesState::default(),
-                });
-                self.index.insert(target, self.entries.len() - 1);
-                self.entries.len() - 1
-            }
-        };
+        r.entry = self.entry_for(target);
         r
+    }
+
+    /// The entry of `key`, created empty if missing.
+    fn entry_for(&mut self, key: SeriesKey) -> usize {
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        self.entries.push(Entry {
+            key: key.clone(),
+            state: SeriesState::default(),
+        });
+        self.index.insert(key, self.entries.len() - 1);
+        self.entries.len() - 1
     }
 
     /// Clamps an event time to `now` and checks lateness. `None` when too late.

@@ -79,3 +79,17 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// A synthetic `checkout` service version with the given error ratio (30 ms median latency).
+pub fn checkout(version: &str, error_ratio: f64) -> trike::synth::Service {
+    trike::synth::Service {
+        name: "checkout".into(),
+        version: version.into(),
+        routes: vec!["/pay".into()],
+        behaviour: trike::synth::Behaviour {
+            median_ms: 30.0,
+            sigma: 0.4,
+            error_ratio,
+        },
+    }
+}

@@ -6,21 +6,9 @@
 use prost::Message;
 use rand::SeedableRng;
 use std::time::{Duration, Instant};
-use trike::synth::{Behaviour, Service};
 use trike_tests::start_trike;
 
-fn svc(version: &str, error_ratio: f64) -> Service {
-    Service {
-        name: "checkout".into(),
-        version: version.into(),
-        routes: vec!["/pay".into()],
-        behaviour: Behaviour {
-            median_ms: 30.0,
-            sigma: 0.4,
-            error_ratio,
-        },
-    }
-}
+use trike_tests::checkout as svc;
 
 fn events(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
@@ -51,7 +39,7 @@ signing: {{ key: e2e-secret }}
     let url = format!("http://{}/v1/traces", running.http_addr);
     let client = reqwest::Client::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let send = |svc: Service, n: usize, rng: &mut rand::rngs::StdRng| {
+    let send = |svc: trike::synth::Service, n: usize, rng: &mut rand::rngs::StdRng| {
         let body = svc
             .request(n, trike::worker::now_nanos(), 50_000_000, rng)
             .encode_to_vec();

@@ -11,21 +11,9 @@ use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
-use trike::synth::{Behaviour, Service};
 use trike_tests::start_trike;
 
-fn svc(version: &str, error_ratio: f64) -> Service {
-    Service {
-        name: "checkout".into(),
-        version: version.into(),
-        routes: vec!["/pay".into()],
-        behaviour: Behaviour {
-            median_ms: 30.0,
-            sigma: 0.4,
-            error_ratio,
-        },
-    }
-}
+use trike_tests::checkout as svc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_lands_on_the_control_topic() {

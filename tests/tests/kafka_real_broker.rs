@@ -14,7 +14,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
-use trike::synth::{Behaviour, Service};
 use trike_sinks::kafka::{KafkaSinkConfig, ensure_topic};
 use trike_tests::{start_trike, wait_for_requests};
 
@@ -33,18 +32,7 @@ fn brokers() -> Option<String> {
     }
 }
 
-fn svc(version: &str, error_ratio: f64) -> Service {
-    Service {
-        name: "checkout".into(),
-        version: version.into(),
-        routes: vec!["/pay".into()],
-        behaviour: Behaviour {
-            median_ms: 30.0,
-            sigma: 0.4,
-            error_ratio,
-        },
-    }
-}
+use trike_tests::checkout as svc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_topic_to_signed_rollback_on_control_topic() {
