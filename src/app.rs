@@ -69,16 +69,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let store = Arc::new(DecisionStore::default());
     let (sinks, events) = SinkWriter::start(&cfg.sinks, kafka_sink_config(&cfg), store.clone())
         .context("opening the sinks")?;
-    // The key: from the file (tests, demos) or the environment (production).
-    let key = cfg
-        .signing_key
-        .clone()
-        .or_else(|| {
-            std::env::var(&cfg.signing_key_env)
-                .ok()
-                .filter(|k| !k.is_empty())
-        })
-        .map(String::into_bytes);
+    let key = cfg.resolve_signing_key();
     if key.is_some() {
         tracing::info!("control events are signed (trikesignature, HMAC-SHA256)");
     }

@@ -155,15 +155,7 @@ async fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             };
-            let key = cfg
-                .signing_key
-                .clone()
-                .or_else(|| {
-                    std::env::var(&cfg.signing_key_env)
-                        .ok()
-                        .filter(|k| !k.is_empty())
-                })
-                .map(String::into_bytes);
+            let key = cfg.resolve_signing_key();
             let settings = trike::actuate::ActuatorSettings {
                 brokers,
                 control_topic: cfg.control_topic.clone(),

@@ -139,6 +139,21 @@ fn tiers(p: &mut Vec<String>, f: &str, list: Vec<super::RawTier>, period: Span) 
     out
 }
 
+impl Config {
+    /// The control-event signing key: from the file (tests, demos) or the environment variable
+    /// `signing_key_env` (production). Reads the environment, so it is not part of validation.
+    pub fn resolve_signing_key(&self) -> Option<Vec<u8>> {
+        self.signing_key
+            .clone()
+            .or_else(|| {
+                std::env::var(&self.signing_key_env)
+                    .ok()
+                    .filter(|k| !k.is_empty())
+            })
+            .map(String::into_bytes)
+    }
+}
+
 fn default_instance() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()

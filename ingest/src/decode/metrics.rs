@@ -80,6 +80,15 @@ fn ms_per_unit(metric: &Metric) -> Option<f64> {
     }
 }
 
+/// The bucket layout of one histogram point, in milliseconds.
+struct Buckets {
+    bounds_ms: Arc<[f64]>,
+    counts: Vec<u64>,
+    min_ms: Option<f64>,
+    max_ms: Option<f64>,
+    exp: Option<(i32, i32)>,
+}
+
 struct Ctx<'a> {
     cfg: &'a DecodeConfig,
     service: &'a str,
@@ -134,6 +143,35 @@ impl Ctx<'_> {
             }
         };
         (idx, bad)
+    }
+
+    /// Appends one histogram point (explicit or converted exponential) for `m`.
+    #[allow(clippy::too_many_arguments)]
+    fn push_histogram(
+        &mut self,
+        out: &mut Decoded,
+        m: &Metric,
+        scope: &str,
+        attrs: &[KeyValue],
+        (time, start_time): (u64, u64),
+        temporality: Temporality,
+        b: Buckets,
+    ) {
+        let (key, bad) = self.key_and_status(attrs, out);
+        let stream = self.stream(scope, &m.name, attrs);
+        out.batch.histograms.push(HistogramObs {
+            key,
+            stream,
+            time,
+            start_time,
+            temporality,
+            bounds_ms: b.bounds_ms,
+            counts: b.counts,
+            min_ms: b.min_ms,
+            max_ms: b.max_ms,
+            bad,
+            exp: b.exp,
+        });
     }
 
     fn stream(&self, scope: &str, metric: &str, point_attrs: &[KeyValue]) -> u64 {
@@ -326,21 +364,15 @@ fn explicit_point(
             format!("metric {:?}: explicit_bounds must increase", m.name)
         });
     }
-    let (key, bad) = ctx.key_and_status(&p.attributes, out);
-    let stream = ctx.stream(scope, &m.name, &p.attributes);
-    out.batch.histograms.push(HistogramObs {
-        key,
-        stream,
-        time: p.time_unix_nano,
-        start_time: p.start_time_unix_nano,
-        temporality,
+    let buckets = Buckets {
         bounds_ms: p.explicit_bounds.iter().map(|b| b * scale).collect(),
         counts: p.bucket_counts.clone(),
         min_ms: p.min.map(|v| v * scale),
         max_ms: p.max.map(|v| v * scale),
-        bad,
         exp: None,
-    });
+    };
+    let times = (p.time_unix_nano, p.start_time_unix_nano);
+    ctx.push_histogram(out, m, scope, &p.attributes, times, temporality, buckets);
 }
 
 /// A histogram point without buckets: its `count` is a request count without latencies.
@@ -443,21 +475,15 @@ fn exponential_point(
             )
         });
     }
-    let (key, bad) = ctx.key_and_status(&p.attributes, out);
-    let stream = ctx.stream(scope, &m.name, &p.attributes);
-    out.batch.histograms.push(HistogramObs {
-        key,
-        stream,
-        time: p.time_unix_nano,
-        start_time: p.start_time_unix_nano,
-        temporality,
+    let buckets = Buckets {
         bounds_ms: Arc::from(bounds),
         counts,
         min_ms: p.min.map(|v| v * scale).or(Some(0.0)),
         max_ms: p.max.map(|v| v * scale),
-        bad,
         exp: Some((p.scale, offset)),
-    });
+    };
+    let times = (p.time_unix_nano, p.start_time_unix_nano);
+    ctx.push_histogram(out, m, scope, &p.attributes, times, temporality, buckets);
 }
 
 fn counter_point(
