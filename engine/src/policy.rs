@@ -295,7 +295,7 @@ pub struct Decision {
     pub resolves: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct RuleTarget {
     /// Condition true (and not held) since.
     pending_since: Option<UnixNanos>,
@@ -623,6 +623,71 @@ impl PolicyEngine {
             }
         }
         out
+    }
+}
+
+/// The policy's state (episodes, hysteresis, cool-downs, caps), keyed by rule name so that it
+/// survives edits to the rule list. Restoring it after a restart means an ongoing condition
+/// keeps its episode, and so its decision id, and is not acted on again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicySnapshot {
+    rules: Vec<RuleSnapshot>,
+    stats: PolicyStats,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct RuleSnapshot {
+    rule: String,
+    recent: Vec<UnixNanos>,
+    targets: Vec<(Target, RuleTarget)>,
+}
+
+impl PolicyEngine {
+    /// Copies the state.
+    pub fn snapshot(&self) -> PolicySnapshot {
+        let rules = self
+            .policy
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(ri, rule)| {
+                let mut targets: Vec<(Target, RuleTarget)> = self
+                    .state
+                    .iter()
+                    .filter(|((r, _), _)| *r == ri)
+                    .map(|((_, t), st)| (t.clone(), st.clone()))
+                    .collect();
+                targets.sort_by(|a, b| a.0.cmp(&b.0));
+                RuleSnapshot {
+                    rule: rule.name.clone(),
+                    recent: self.recent[ri].iter().copied().collect(),
+                    targets,
+                }
+            })
+            .collect();
+        PolicySnapshot {
+            rules,
+            stats: self.stats,
+        }
+    }
+
+    /// Takes over the state of `snap` for the rules that still exist (by name); returns the
+    /// names of the rules it dropped state for.
+    pub fn restore(&mut self, snap: PolicySnapshot) -> Vec<String> {
+        let mut dropped = Vec::new();
+        self.state.clear();
+        for r in snap.rules {
+            let Some(ri) = self.policy.rules.iter().position(|x| x.name == r.rule) else {
+                dropped.push(r.rule);
+                continue;
+            };
+            self.recent[ri] = r.recent.into();
+            for (t, st) in r.targets {
+                self.state.insert((ri, t), st);
+            }
+        }
+        self.stats = snap.stats;
+        dropped
     }
 }
 

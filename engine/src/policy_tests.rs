@@ -377,3 +377,43 @@ fn anomaly_rules() {
         d[0].reason
     );
 }
+
+/// Guarantees: a policy restored from a snapshot (here through JSON, as a checkpoint would
+/// store it) keeps the open episode: the ongoing condition is not acted on again, and its
+/// `resolved` event carries the original decision's id. State of a removed rule is dropped.
+#[test]
+fn restored_state_keeps_episodes_and_ids() {
+    let mut r = rule("rollback-bad-canary", "canary.fail", Action::Rollback);
+    r.for_ = Span(5);
+    let policy = Policy::new(vec![r.clone()]);
+    let mut p = PolicyEngine::new(policy.clone());
+    p.step(T0, &facts(F, false));
+    let first = p.step(T0 + 6 * S, &facts(F, false));
+    assert_eq!(first.len(), 1);
+    let text = serde_json::to_string(&p.snapshot()).unwrap();
+
+    let mut q = PolicyEngine::new(Policy::new(vec![
+        r,
+        rule("gone-tomorrow", "canary.fail", Action::Page),
+    ]));
+    let snap: PolicySnapshot = serde_json::from_str(&text).unwrap();
+    assert!(q.restore(snap).is_empty());
+    assert!(
+        q.step(T0 + 20 * S, &facts(F, false))
+            .iter()
+            .all(|d| d.action != Action::Rollback)
+    );
+    let resolved = q.step(T0 + 30 * S, &facts(P, false));
+    let rid = resolved
+        .iter()
+        .find(|d| d.action == Action::Resolved && d.rule == "rollback-bad-canary")
+        .expect("resolved");
+    assert_eq!(rid.resolves.as_deref(), Some(first[0].decision_id.as_str()));
+
+    let mut only_other = PolicyEngine::new(Policy::new(vec![rule("x", "stale", Action::Page)]));
+    let snap: PolicySnapshot = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        only_other.restore(snap),
+        vec!["rollback-bad-canary".to_string()]
+    );
+}
