@@ -2,6 +2,7 @@
 //! and stops them all on shutdown (every task is joined).
 
 use crate::admin::{self, AdminState};
+use crate::checkpoint::Checkpointer;
 use crate::config::Config;
 use crate::decide::{Decider, DecisionStore, SinkWriter};
 use crate::worker::EngineWorker;
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use trike_ingest::kafka::progress::Progress;
 use trike_ingest::{IngestMetrics, Pipeline};
 
 /// A running processor.
@@ -73,9 +75,33 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if key.is_some() {
         tracing::info!("control events are signed (trikesignature, HMAC-SHA256)");
     }
-    let decider = Decider::new(&cfg, store.clone(), events, key);
-    let worker = EngineWorker::start(cfg.engine.clone(), cfg.queue_observations, Some(decider))
-        .context("starting the engine thread")?;
+    let mut decider = Decider::new(&cfg, store.clone(), events, key);
+    let engine_cfg = Arc::new(cfg.engine.clone());
+    let mut engine = trike_engine::Engine::new(engine_cfg.clone());
+    let mut progress = Progress::new(cfg.state_dir.is_some());
+    let mut checkpointer = None;
+    if let Some(dir) = &cfg.state_dir {
+        if let Some(c) = crate::checkpoint::load_engine(dir)? {
+            engine = trike_engine::Engine::restore(engine_cfg, c.engine)
+                .with_context(|| format!("restoring the engine checkpoint in {}", dir.display()))?;
+            tracing::info!(dir = %dir.display(), series = engine.series_count(), partitions = c.offsets.len(), "engine state restored from its checkpoint");
+            progress = Progress::restored(&c.offsets);
+        }
+        if let Some(c) = crate::checkpoint::load_policy(dir)? {
+            decider.restore(c);
+        }
+    }
+    let progress = Arc::new(progress);
+    if let Some(dir) = &cfg.state_dir {
+        let every = std::time::Duration::from_secs(cfg.checkpoint_every.secs());
+        let c = Checkpointer::start(dir.clone(), every, Some(progress.clone()))
+            .with_context(|| format!("state.dir {}", dir.display()))?;
+        checkpointer = Some(c);
+    }
+    let checkpoint_stats = checkpointer.as_ref().map(|c| c.stats.clone());
+    let worker =
+        EngineWorker::start_with(engine, cfg.queue_observations, Some(decider), checkpointer)
+            .context("starting the engine thread")?;
     let ingest = Arc::new(IngestMetrics::default());
     let pipeline = Arc::new(Pipeline::new(
         Arc::new(cfg.decode.clone()),
@@ -91,6 +117,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         metrics_max_services: cfg.metrics_max_services,
         slos: cfg.slos.clone(),
         decisions: store,
+        kafka_source: Default::default(),
+        checkpoints: checkpoint_stats,
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
@@ -136,9 +164,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         None => None,
         Some(kc) => {
             let topics = kc.topics.join(", ");
-            let src = trike_ingest::kafka::KafkaSource::start(kc, pipeline_for_kafka.clone())
-                .context("starting the Kafka source")?;
+            let src = trike_ingest::kafka::KafkaSource::start(
+                kc,
+                pipeline_for_kafka.clone(),
+                progress.clone(),
+            )
+            .context("starting the Kafka source")?;
             tracing::info!(%topics, "consuming OTLP from Kafka");
+            *state.kafka_source.lock() = Some((src.stats.clone(), src.progress.clone()));
             Some(src)
         }
     };

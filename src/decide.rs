@@ -89,7 +89,16 @@ pub struct Decider {
     last: UnixNanos,
     watch: SliWatch,
     key: Option<Vec<u8>>,
+    /// Where the policy checkpoint goes (`state.dir`), if anywhere.
+    persist: Option<std::path::PathBuf>,
+    /// Control events of the last [`OUTBOX_AGE`], published again after a crash.
+    outbox: VecDeque<(UnixNanos, Value)>,
 }
+
+/// How long control events stay in the outbox of the policy checkpoint.
+pub const OUTBOX_AGE: Duration = Duration::from_secs(60);
+/// Control events in the outbox, at most.
+pub const OUTBOX_MAX: usize = 100;
 
 impl Decider {
     /// A decider for `cfg`'s SLOs, canaries and policy, writing to `out`, signing with `key`.
@@ -113,6 +122,48 @@ impl Decider {
             last: 0,
             watch,
             key,
+            persist: cfg.state_dir.clone(),
+            outbox: VecDeque::new(),
+        }
+    }
+
+    /// Takes over the policy state of a checkpoint and publishes its outbox again (the same
+    /// events, with the same ids: a crash may have caught them before delivery).
+    pub fn restore(&mut self, c: crate::checkpoint::PolicyCheckpoint) {
+        for rule in self.policy.restore(c.policy) {
+            tracing::warn!(%rule, "checkpointed policy state of a rule no longer configured dropped");
+        }
+        for (at, text) in c.outbox {
+            let Ok(event) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            tracing::info!(id = %event["id"], "control event from before the restart published again");
+            self.store.push(event.clone());
+            self.outbox.push_back((at, event.clone()));
+            if self.out.try_send(event).is_err() {
+                self.store.sink_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Writes the policy checkpoint; with `clean`, the outbox is written empty (the sinks are
+    /// about to be flushed by a clean shutdown).
+    pub fn save(&self, clean: bool) {
+        let Some(dir) = &self.persist else { return };
+        let c = crate::checkpoint::PolicyCheckpoint {
+            version: crate::checkpoint::VERSION,
+            policy: self.policy.snapshot(),
+            outbox: if clean {
+                Vec::new()
+            } else {
+                self.outbox
+                    .iter()
+                    .map(|(at, e)| (*at, e.to_string()))
+                    .collect()
+            },
+        };
+        if let Err(e) = crate::checkpoint::save_policy(dir, &c) {
+            tracing::error!(dir = %dir.display(), error = %e, "writing the policy checkpoint");
         }
     }
 
@@ -134,13 +185,31 @@ impl Decider {
         );
         let decisions = self.policy.step(now, &facts);
         *self.store.policy_stats.lock() = self.policy.stats();
-        for d in decisions {
+        if decisions.is_empty() {
+            return;
+        }
+        let events: Vec<Value> = decisions
+            .iter()
+            .map(|d| {
+                let mut event = control_event(d, &self.instance);
+                if let Some(k) = &self.key {
+                    trike_sinks::signing::sign(&mut event, k);
+                }
+                event
+            })
+            .collect();
+        let age = OUTBOX_AGE.as_nanos() as u64;
+        self.outbox.extend(events.iter().map(|e| (now, e.clone())));
+        while self.outbox.len() > OUTBOX_MAX
+            || self.outbox.front().is_some_and(|(t, _)| t + age < now)
+        {
+            self.outbox.pop_front();
+        }
+        // Write-ahead: durable before anyone can see the events.
+        self.save(false);
+        for (d, event) in decisions.into_iter().zip(events) {
             if let Some(i) = ACTIONS.iter().position(|a| *a == d.action) {
                 self.store.by_action[i].fetch_add(1, Relaxed);
-            }
-            let mut event = control_event(&d, &self.instance);
-            if let Some(k) = &self.key {
-                trike_sinks::signing::sign(&mut event, k);
             }
             tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, "{}", d.reason);
             self.store.push(event.clone());

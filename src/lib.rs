@@ -4,6 +4,7 @@
 pub mod actuate;
 pub mod admin;
 pub mod app;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod decide;

@@ -4,6 +4,7 @@
 //! bound, the batch is refused and the client is told to retry (429 / RESOURCE_EXHAUSTED).
 //! This is the one place that reads the wall clock for the engine.
 
+use crate::checkpoint::Checkpointer;
 use crate::decide::Decider;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -121,7 +122,17 @@ impl EngineWorker {
         capacity: usize,
         decider: Option<Decider>,
     ) -> std::io::Result<Self> {
-        let mut e = Engine::new(Arc::new(cfg));
+        Self::start_with(Engine::new(Arc::new(cfg)), capacity, decider, None)
+    }
+
+    /// Like [`EngineWorker::start`], from a given (e.g. restored) engine, checkpointing with
+    /// `checkpointer` when given.
+    pub fn start_with(
+        mut e: Engine,
+        capacity: usize,
+        decider: Option<Decider>,
+        checkpointer: Option<Checkpointer>,
+    ) -> std::io::Result<Self> {
         // The engine's start time: cumulative metric streams that began after it are counted
         // from their first point.
         e.advance(now_nanos());
@@ -135,7 +146,18 @@ impl EngineWorker {
             let (engine, stats, stop) = (engine.clone(), stats.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("trike-engine".into())
-                .spawn(move || run(&engine, &rx, &stats, &stop, decider))?
+                .spawn(move || {
+                    let (mut decider, checkpointer) =
+                        run(&engine, &rx, &stats, &stop, decider, checkpointer);
+                    // A clean stop: a last checkpoint, so a restart loses nothing.
+                    let e = engine.lock();
+                    if let Some(c) = checkpointer {
+                        c.finish(&e);
+                    }
+                    if let Some(d) = decider.as_mut() {
+                        d.save(true);
+                    }
+                })?
         };
         let sink = Arc::new(QueueSink {
             tx,
@@ -192,7 +214,8 @@ fn run(
     stats: &WorkerStats,
     stop: &AtomicBool,
     mut decider: Option<Decider>,
-) {
+    mut checkpointer: Option<Checkpointer>,
+) -> (Option<Decider>, Option<Checkpointer>) {
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(first) => {
@@ -220,18 +243,24 @@ fn run(
                 if let Some(d) = decider.as_mut() {
                     d.tick(&e);
                 }
+                if let Some(c) = checkpointer.as_mut() {
+                    c.maybe(&e);
+                }
             }
             Err(RecvTimeoutError::Timeout) => {
                 if stop.load(Relaxed) {
-                    return;
+                    return (decider, checkpointer);
                 }
                 let mut e = engine.lock();
                 e.advance(now_nanos());
                 if let Some(d) = decider.as_mut() {
                     d.tick(&e);
                 }
+                if let Some(c) = checkpointer.as_mut() {
+                    c.maybe(&e);
+                }
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => return (decider, checkpointer),
         }
     }
 }

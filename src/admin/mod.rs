@@ -33,7 +33,17 @@ pub struct AdminState {
     pub slos: Vec<trike_engine::slo::Slo>,
     /// Recent control events.
     pub decisions: Arc<crate::decide::DecisionStore>,
+    /// The Kafka source's counters and per-partition progress, when it runs.
+    pub kafka_source: parking_lot::Mutex<Option<KafkaSourceHandles>>,
+    /// Checkpoint counters, when `state.dir` is set.
+    pub checkpoints: Option<Arc<crate::checkpoint::CheckpointStats>>,
 }
+
+/// What `/metrics` reads of the Kafka source.
+pub type KafkaSourceHandles = (
+    Arc<trike_ingest::kafka::KafkaSourceStats>,
+    Arc<trike_ingest::kafka::progress::Progress>,
+);
 
 /// The admin routes.
 pub fn router(state: Arc<AdminState>) -> Router {

@@ -24,6 +24,64 @@ fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
 }
 
+/// The Kafka source's counters and per-partition lag (topic and partition labels: a bounded set).
+fn kafka_source(out: &mut String, s: &AdminState) {
+    let Some((stats, progress)) = s.kafka_source.lock().clone() else {
+        return;
+    };
+    for (name, help, v) in [
+        (
+            "trike_kafka_source_messages_total",
+            "Kafka messages applied to the engine or skipped as undecodable.",
+            &stats.messages,
+        ),
+        (
+            "trike_kafka_source_undecodable_total",
+            "Undecodable Kafka messages skipped.",
+            &stats.undecodable,
+        ),
+        (
+            "trike_kafka_source_dead_lettered_total",
+            "Undecodable Kafka messages copied to the dead-letter topic.",
+            &stats.dead_lettered,
+        ),
+        (
+            "trike_kafka_source_dead_letter_failures_total",
+            "Undecodable Kafka messages the dead-letter topic did not take.",
+            &stats.dead_letter_failed,
+        ),
+        (
+            "trike_kafka_source_pauses_total",
+            "Times a partition was paused because the engine queue was full.",
+            &stats.pauses,
+        ),
+        (
+            "trike_kafka_source_already_applied_total",
+            "Messages read again after a restart whose data the checkpoint already held.",
+            &stats.already_applied,
+        ),
+    ] {
+        counter(out, name, help, v.load(Relaxed));
+    }
+    gauge(
+        out,
+        "trike_kafka_source_paused_partitions",
+        "Partitions paused now (back-pressure).",
+        stats.paused.load(Relaxed) as f64,
+    );
+    let name = "trike_kafka_consumer_lag_messages";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Messages on the broker not yet applied, per partition.\n# TYPE {name} gauge"
+    );
+    for (topic, partition, lag) in progress.lag() {
+        let _ = writeln!(
+            out,
+            "{name}{{topic=\"{topic}\",partition=\"{partition}\"}} {lag}"
+        );
+    }
+}
+
 /// Renders the whole exposition.
 pub fn render(s: &AdminState) -> String {
     let mut out = String::with_capacity(16 * 1024);
@@ -158,6 +216,33 @@ pub fn render(s: &AdminState) -> String {
         "Control events that failed to reach the Kafka control topic after retries.",
         s.decisions.kafka.failed.load(Relaxed),
     );
+    kafka_source(&mut out, s);
+    if let Some(c) = &s.checkpoints {
+        counter(
+            &mut out,
+            "trike_checkpoints_total",
+            "Engine checkpoints written to state.dir.",
+            c.written.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "trike_checkpoint_failures_total",
+            "Engine checkpoints that failed to write.",
+            c.failed.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "trike_checkpoint_bytes",
+            "Size of the newest engine checkpoint.",
+            c.last_bytes.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "trike_checkpoint_duration_seconds",
+            "Time the newest engine checkpoint took to encode and write.",
+            c.last_ms.load(Relaxed) as f64 / 1000.0,
+        );
+    }
     let ws = s.worker.stats();
     gauge(
         &mut out,

@@ -46,6 +46,8 @@ pub struct RawConfig {
     pub signing: RawSigning,
     /// `trike actuate`: executors per action and service.
     pub actuator: crate::actuate::config::ActuatorConfig,
+    /// Checkpoints of the processor's state.
+    pub state: RawState,
 }
 
 /// `signing:`. The key comes from the environment variable `key_env` (default
@@ -221,6 +223,21 @@ pub struct RawKafkaIngest {
     pub encoding: Option<String>,
     /// Consumer group (default `trike`).
     pub group_id: Option<String>,
+    /// Topic that undecodable messages are copied to (default: none; they are counted,
+    /// logged and skipped).
+    pub dead_letter_topic: Option<String>,
+}
+
+/// `state:`: where the processor checkpoints its state, so a restart (or a crash) resumes
+/// where it was instead of from empty windows.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawState {
+    /// Directory for checkpoints (default: none, state lives in memory only).
+    pub dir: Option<std::path::PathBuf>,
+    /// How often the engine state is checkpointed (default 10s). Kafka offsets are committed
+    /// only up to the newest checkpoint.
+    pub checkpoint_every: Option<Span>,
 }
 
 /// One SLO as written.

@@ -67,6 +67,10 @@ pub struct Config {
     pub signing_key: Option<String>,
     /// The actuator's settings.
     pub actuator: crate::actuate::config::ActuatorConfig,
+    /// Checkpoint directory (none: state in memory only).
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Checkpoint interval.
+    pub checkpoint_every: Span,
 }
 
 /// Values from flags and `TRIKE_*` variables, which win over the file.
@@ -489,6 +493,7 @@ impl Config {
                         group_id: ki.group_id.unwrap_or_else(|| "trike".into()),
                         topics,
                         encoding,
+                        dead_letter_topic: ki.dead_letter_topic.filter(|t| !t.is_empty()),
                     }),
                     None => {
                         p.push("kafka.ingest: needs kafka.brokers (or --kafka-brokers / TRIKE_KAFKA_BROKERS)".into());
@@ -525,6 +530,20 @@ impl Config {
             }
         }
         let instance = raw.instance.unwrap_or_else(default_instance);
+        let checkpoint_every = raw.state.checkpoint_every.unwrap_or(Span(10));
+        if checkpoint_every.secs() < 1 {
+            p.push(format!(
+                "state.checkpoint_every: {checkpoint_every} is under 1s"
+            ));
+        }
+        if raw
+            .state
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            p.push("state.dir: must not be empty".into());
+        }
         if !p.is_empty() {
             return Err(p);
         }
@@ -555,6 +574,8 @@ impl Config {
             control_replication,
             kafka_ingest,
             actuator: raw.actuator.clone(),
+            state_dir: raw.state.dir.clone(),
+            checkpoint_every,
             signing_key_env: raw
                 .signing
                 .key_env

@@ -1,0 +1,189 @@
+//! The Kafka source: OTLP records as the OTel Collector's Kafka exporter writes them (one
+//! `Export*ServiceRequest` per message, `otlp_proto` or `otlp_json`), consumed in group
+//! `trike`.
+//!
+//! - Offsets are committed only for messages whose observations the engine has applied, and,
+//!   when the processor checkpoints its state, only up to the newest durable checkpoint
+//!   ([`progress`]): a crash loses nothing, and a restart from a checkpoint skips what the
+//!   checkpoint already holds instead of counting it twice.
+//! - An undecodable message is counted, logged with topic, partition and offset, copied to the
+//!   dead-letter topic when one is configured ([`dead_letter`]), and skipped without stalling
+//!   its partition or the others.
+//! - A full engine queue pauses the partition whose message did not fit (pause/resume), so
+//!   memory stays bounded by the client's prefetch limit and one parked message per partition.
+//! - Consumer lag per partition (high watermark − applied) comes from the client's statistics.
+
+mod dead_letter;
+pub mod progress;
+mod source;
+
+use crate::metrics::SignalKind;
+use crate::pipeline::{Encoding, Pipeline};
+use progress::Progress;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::thread::JoinHandle;
+
+/// Settings of the Kafka source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Consumer group (default `trike`).
+    pub group_id: String,
+    /// Topics; the signal is read from the name (`…spans`/`…traces`, `…metrics`, `…logs`).
+    pub topics: Vec<String>,
+    /// Payload encoding.
+    pub encoding: Encoding,
+    /// Where undecodable messages are copied (none: they are only counted and logged).
+    pub dead_letter_topic: Option<String>,
+}
+
+/// Counters of the source.
+#[derive(Debug, Default)]
+pub struct KafkaSourceStats {
+    /// Messages applied (or skipped as undecodable) and committable.
+    pub messages: AtomicU64,
+    /// Undecodable messages skipped.
+    pub undecodable: AtomicU64,
+    /// Undecodable messages copied to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Undecodable messages the dead-letter topic did not take (logged, then skipped).
+    pub dead_letter_failed: AtomicU64,
+    /// Times a partition was paused because the engine queue was full.
+    pub pauses: AtomicU64,
+    /// Partitions paused now.
+    pub paused: AtomicU64,
+    /// Messages read again after a restart whose data the restored checkpoint already held.
+    pub already_applied: AtomicU64,
+}
+
+/// Which signal a topic carries.
+pub fn signal_of(topic: &str) -> Option<SignalKind> {
+    if topic.ends_with("spans") || topic.ends_with("traces") {
+        Some(SignalKind::Traces)
+    } else if topic.ends_with("metrics") {
+        Some(SignalKind::Metrics)
+    } else if topic.ends_with("logs") {
+        Some(SignalKind::Logs)
+    } else {
+        None
+    }
+}
+
+/// The consumer's context: statistics (every second) feed the lag gauges.
+struct SourceContext {
+    progress: Arc<Progress>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, s: Statistics) {
+        let mut highs = Vec::new();
+        for (name, t) in &s.topics {
+            for (id, p) in &t.partitions {
+                if *id >= 0 && p.desired && p.hi_offset >= 0 {
+                    highs.push((name.clone(), *id, p.hi_offset));
+                }
+            }
+        }
+        self.progress.set_highs(&highs);
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+/// The running source.
+#[derive(Debug)]
+pub struct KafkaSource {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Counters.
+    pub stats: Arc<KafkaSourceStats>,
+    /// Per-partition progress (shared with the checkpointer and `/metrics`).
+    pub progress: Arc<Progress>,
+}
+
+impl KafkaSource {
+    /// Subscribes and starts consuming into `pipeline`, tracking offsets in `progress`.
+    pub fn start(
+        cfg: KafkaSourceConfig,
+        pipeline: Arc<Pipeline>,
+        progress: Arc<Progress>,
+    ) -> Result<Self, KafkaError> {
+        for t in &cfg.topics {
+            if signal_of(t).is_none() {
+                return Err(KafkaError::Subscription(format!(
+                    "topic {t:?}: its name must end in spans, traces, metrics or logs"
+                )));
+            }
+        }
+        let consumer: BaseConsumer<SourceContext> = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            // Bounds the prefetch buffer (per partition, and so the memory paused partitions hold).
+            .set("queued.max.messages.kbytes", "16384")
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(SourceContext {
+                progress: progress.clone(),
+            })?;
+        let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let stats = Arc::new(KafkaSourceStats::default());
+        let dead = match &cfg.dead_letter_topic {
+            Some(t) => Some(dead_letter::DeadLetters::new(
+                &cfg.brokers,
+                t,
+                progress.clone(),
+                stats.clone(),
+            )?),
+            None => None,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, stats, progress) = (stop.clone(), stats.clone(), progress.clone());
+            let encoding = cfg.encoding;
+            std::thread::Builder::new()
+                .name("trike-kafka-source".into())
+                .spawn(move || {
+                    source::Loop {
+                        consumer,
+                        encoding,
+                        pipeline,
+                        progress,
+                        stats,
+                        dead,
+                    }
+                    .run(&stop);
+                })
+                .map_err(|e| KafkaError::Subscription(format!("source thread: {e}")))?
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            stats,
+            progress,
+        })
+    }
+
+    /// Stops consuming (committing what may be committed) and joins the thread.
+    pub fn stop(mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+    }
+}

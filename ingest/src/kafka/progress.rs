@@ -1,0 +1,220 @@
+//! Per-partition progress of the Kafka source: offsets read but not yet applied, the offset
+//! below which everything is applied, the offset a durable checkpoint covers, and the broker's
+//! high watermark (for lag).
+//!
+//! The commit rule lives here. Without checkpoints, an offset is committable once the engine
+//! applied every message below it. With checkpoints, it must also be covered by a durable
+//! checkpoint: the in-memory state dies with the process, so committing past the checkpoint
+//! would lose the data in between. After a restart from a checkpoint, messages below the
+//! checkpoint's offsets are already in the restored state: they are skipped, not applied again.
+
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A topic partition.
+pub type PartitionKey = (String, i32);
+
+/// One partition's progress.
+#[derive(Clone, Debug, Default)]
+struct Part {
+    /// Read, not yet applied (or skipped).
+    pending: BTreeSet<i64>,
+    /// One past the newest offset read.
+    next: i64,
+    /// Offset covered by the newest durable checkpoint (commits stop there).
+    durable: i64,
+    /// Offsets below this are already in the restored state.
+    skip_below: i64,
+    /// High watermark last reported by the client, while assigned.
+    high: Option<i64>,
+}
+
+impl Part {
+    /// Everything below this is applied.
+    fn applied(&self) -> i64 {
+        self.pending.first().copied().unwrap_or(self.next)
+    }
+}
+
+/// What [`Progress::read`] says to do with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Apply it; call [`Progress::done`] once it is applied or skipped as undecodable.
+    Apply,
+    /// Its data is already in the state restored from a checkpoint: drop it.
+    AlreadyApplied,
+}
+
+/// Progress of every partition this source has read.
+#[derive(Debug, Default)]
+pub struct Progress {
+    parts: Mutex<BTreeMap<PartitionKey, Part>>,
+    /// Commits wait for durable checkpoints.
+    checkpointed: bool,
+}
+
+impl Progress {
+    /// Progress whose commits are bounded by durable checkpoints when `checkpointed`.
+    pub fn new(checkpointed: bool) -> Self {
+        Self {
+            parts: Mutex::default(),
+            checkpointed,
+        }
+    }
+
+    /// Restored from a checkpoint that covers `offsets` (next offset to apply, per partition).
+    pub fn restored(offsets: &[(String, i32, i64)]) -> Self {
+        let parts = offsets
+            .iter()
+            .map(|(t, p, o)| {
+                let part = Part {
+                    next: *o,
+                    durable: *o,
+                    skip_below: *o,
+                    ..Part::default()
+                };
+                ((t.clone(), *p), part)
+            })
+            .collect();
+        Self {
+            parts: Mutex::new(parts),
+            checkpointed: true,
+        }
+    }
+
+    /// A message was read.
+    pub fn read(&self, topic: &str, partition: i32, offset: i64) -> Read {
+        let mut parts = self.parts.lock();
+        let part = parts.entry((topic.to_string(), partition)).or_default();
+        if offset < part.skip_below {
+            return Read::AlreadyApplied;
+        }
+        part.pending.insert(offset);
+        part.next = part.next.max(offset + 1);
+        Read::Apply
+    }
+
+    /// A message read earlier is applied (or skipped as undecodable).
+    pub fn done(&self, topic: &str, partition: i32, offset: i64) {
+        if let Some(p) = self.parts.lock().get_mut(&(topic.to_string(), partition)) {
+            p.pending.remove(&offset);
+        }
+    }
+
+    /// Per partition, the offset below which every message is applied. Read on the engine
+    /// thread between batches, this matches the engine's state exactly (acks run there).
+    pub fn applied(&self) -> Vec<(String, i32, i64)> {
+        self.parts
+            .lock()
+            .iter()
+            .map(|((t, p), part)| (t.clone(), *p, part.applied()))
+            .collect()
+    }
+
+    /// A checkpoint covering `offsets` is durable.
+    pub fn durable(&self, offsets: &[(String, i32, i64)]) {
+        let mut parts = self.parts.lock();
+        for (t, p, o) in offsets {
+            let part = parts.entry((t.clone(), *p)).or_default();
+            part.durable = part.durable.max(*o);
+        }
+    }
+
+    /// What may be committed to the consumer group now.
+    pub fn committable(&self) -> Vec<(String, i32, i64)> {
+        self.parts
+            .lock()
+            .iter()
+            .map(|((t, p), part)| {
+                let upto = if self.checkpointed {
+                    part.applied().min(part.durable)
+                } else {
+                    part.applied()
+                };
+                (t.clone(), *p, upto)
+            })
+            .filter(|(_, _, o)| *o > 0)
+            .collect()
+    }
+
+    /// The client's latest high watermarks for the partitions it holds (others are cleared).
+    pub fn set_highs(&self, highs: &[(String, i32, i64)]) {
+        let mut parts = self.parts.lock();
+        for part in parts.values_mut() {
+            part.high = None;
+        }
+        for (t, p, h) in highs {
+            parts.entry((t.clone(), *p)).or_default().high = Some(*h);
+        }
+    }
+
+    /// Messages not yet applied, per held partition: high watermark − applied offset.
+    pub fn lag(&self) -> Vec<(String, i32, i64)> {
+        self.parts
+            .lock()
+            .iter()
+            .filter_map(|((t, p), part)| {
+                let h = part.high?;
+                Some((t.clone(), *p, (h - part.applied()).max(0)))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guarantees: without checkpoints the commit follows what was applied, never past a
+    /// message still in flight.
+    #[test]
+    fn commits_stop_at_the_oldest_unapplied_message() {
+        let p = Progress::new(false);
+        for o in 0..5 {
+            assert_eq!(p.read("t", 0, o), Read::Apply);
+        }
+        p.done("t", 0, 0);
+        p.done("t", 0, 1);
+        p.done("t", 0, 3);
+        assert_eq!(p.committable(), vec![("t".into(), 0, 2)]);
+        p.done("t", 0, 2);
+        p.done("t", 0, 4);
+        assert_eq!(p.committable(), vec![("t".into(), 0, 5)]);
+    }
+
+    /// Guarantees: with checkpoints, commits wait for a durable checkpoint; after a restore,
+    /// messages the checkpoint covers are skipped and the commit never moves backwards.
+    #[test]
+    fn checkpoints_bound_commits_and_restores_skip_applied_messages() {
+        let p = Progress::new(true);
+        for o in 0..4 {
+            p.read("t", 1, o);
+            p.done("t", 1, o);
+        }
+        assert!(p.committable().is_empty(), "nothing durable yet");
+        p.durable(&p.applied());
+        assert_eq!(p.committable(), vec![("t".into(), 1, 4)]);
+
+        let r = Progress::restored(&[("t".into(), 1, 4)]);
+        assert_eq!(r.read("t", 1, 2), Read::AlreadyApplied);
+        assert_eq!(r.read("t", 1, 3), Read::AlreadyApplied);
+        assert_eq!(r.committable(), vec![("t".into(), 1, 4)]);
+        assert_eq!(r.read("t", 1, 4), Read::Apply);
+        r.done("t", 1, 4);
+        assert_eq!(r.applied(), vec![("t".into(), 1, 5)]);
+        assert_eq!(r.committable(), vec![("t".into(), 1, 4)], "not durable yet");
+    }
+
+    /// Guarantees: lag is reported for held partitions only, as high watermark − applied.
+    #[test]
+    fn lag_is_high_watermark_minus_applied() {
+        let p = Progress::new(false);
+        p.read("t", 0, 0);
+        p.read("t", 0, 1);
+        p.done("t", 0, 0);
+        p.set_highs(&[("t".into(), 0, 10), ("t".into(), 1, 3)]);
+        assert_eq!(p.lag(), vec![("t".into(), 0, 9), ("t".into(), 1, 3)]);
+        p.set_highs(&[("t".into(), 1, 3)]);
+        assert_eq!(p.lag(), vec![("t".into(), 1, 3)]);
+    }
+}

@@ -1,0 +1,180 @@
+//! The consuming loop: read, decode and submit; pause a partition whose message did not fit
+//! in the engine queue and resume it once the message is in; commit what [`Progress`] allows.
+
+use super::dead_letter::DeadLetters;
+use super::progress::{Progress, Read};
+use super::{KafkaSourceStats, SourceContext, signal_of};
+use crate::metrics::{SignalKind, Transport};
+use crate::pipeline::{Ack, Encoding, ExportError, Pipeline};
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// How often applied offsets are committed.
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
+
+/// A message waiting for room in the engine queue.
+struct Parked {
+    offset: i64,
+    payload: Vec<u8>,
+}
+
+pub(super) struct Loop {
+    pub consumer: BaseConsumer<SourceContext>,
+    pub encoding: Encoding,
+    pub pipeline: Arc<Pipeline>,
+    pub progress: Arc<Progress>,
+    pub stats: Arc<KafkaSourceStats>,
+    pub dead: Option<DeadLetters>,
+}
+
+/// What became of one submission.
+enum Submitted {
+    Done,
+    Full,
+}
+
+impl Loop {
+    fn ack(&self, topic: &str, partition: i32, offset: i64) -> Ack {
+        let (progress, stats, topic) =
+            (self.progress.clone(), self.stats.clone(), topic.to_string());
+        Box::new(move || {
+            progress.done(&topic, partition, offset);
+            stats.messages.fetch_add(1, Relaxed);
+        })
+    }
+
+    fn submit(&self, topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Submitted {
+        let signal = signal_of(topic).unwrap_or(SignalKind::Traces);
+        let ack = self.ack(topic, partition, offset);
+        match self.pipeline.export_acked(
+            Transport::Kafka,
+            signal,
+            self.encoding,
+            payload,
+            Some(ack),
+        ) {
+            Ok(_) => Submitted::Done,
+            Err(ExportError::Malformed(why)) => {
+                self.stats.undecodable.fetch_add(1, Relaxed);
+                tracing::warn!(%topic, partition, offset, %why, "undecodable Kafka message skipped");
+                match &self.dead {
+                    // Committable once the dead-letter copy is delivered.
+                    Some(d) => d.send(topic, partition, offset, payload, &why),
+                    None => self.progress.done(topic, partition, offset),
+                }
+                self.stats.messages.fetch_add(1, Relaxed);
+                Submitted::Done
+            }
+            Err(ExportError::Overloaded) => Submitted::Full,
+        }
+    }
+
+    fn pause(&self, topic: &str, partition: i32) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(%topic, partition, error = %e, "pausing a partition");
+        }
+        self.stats.pauses.fetch_add(1, Relaxed);
+        self.stats.paused.fetch_add(1, Relaxed);
+    }
+
+    fn resume(&self, topic: &str, partition: i32) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        if let Err(e) = self.consumer.resume(&tpl) {
+            tracing::warn!(%topic, partition, error = %e, "resuming a partition");
+        }
+        self.stats.paused.fetch_sub(1, Relaxed);
+    }
+
+    fn commit(&self, mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, upto) in self.progress.committable() {
+            let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(upto));
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, mode)
+        {
+            tracing::warn!(error = %e, "committing Kafka offsets");
+        }
+    }
+
+    /// Retries parked messages in order; resumes the partitions that emptied.
+    fn retry_parked(&self, parked: &mut BTreeMap<(String, i32), VecDeque<Parked>>) {
+        parked.retain(|(topic, partition), q| {
+            while let Some(m) = q.front() {
+                match self.submit(topic, *partition, m.offset, &m.payload) {
+                    Submitted::Done => {
+                        q.pop_front();
+                    }
+                    Submitted::Full => return true,
+                }
+            }
+            self.resume(topic, *partition);
+            false
+        });
+    }
+
+    pub(super) fn run(self, stop: &AtomicBool) {
+        let mut parked: BTreeMap<(String, i32), VecDeque<Parked>> = BTreeMap::new();
+        let mut last_commit = Instant::now();
+        while !stop.load(Relaxed) {
+            if last_commit.elapsed() > COMMIT_EVERY {
+                self.commit(CommitMode::Async);
+                last_commit = Instant::now();
+            }
+            if !parked.is_empty() {
+                self.retry_parked(&mut parked);
+            }
+            let wait = if parked.is_empty() { 100 } else { 10 };
+            let Some(result) = self.consumer.poll(Duration::from_millis(wait)) else {
+                continue;
+            };
+            let m = match result {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Kafka consumer");
+                    continue;
+                }
+            };
+            let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+            if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
+                self.stats.already_applied.fetch_add(1, Relaxed);
+                continue;
+            }
+            let payload = m.payload().unwrap_or(&[]);
+            let key = (topic.to_string(), partition);
+            if let Some(q) = parked.get_mut(&key) {
+                // Prefetched before the pause took effect: keep the partition's order.
+                q.push_back(Parked {
+                    offset,
+                    payload: payload.to_vec(),
+                });
+                continue;
+            }
+            if let Submitted::Full = self.submit(topic, partition, offset, payload) {
+                self.pause(topic, partition);
+                parked.insert(
+                    key,
+                    VecDeque::from([Parked {
+                        offset,
+                        payload: payload.to_vec(),
+                    }]),
+                );
+            }
+        }
+        // Give the engine a moment to apply what is queued (and a last checkpoint to land),
+        // then commit what may be committed.
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(d) = &self.dead {
+            d.flush();
+        }
+        self.commit(CommitMode::Sync);
+    }
+}

@@ -1,0 +1,267 @@
+//! Checkpoints of the processor's state in `state.dir`, so a restart, or a crash, resumes where
+//! the process was instead of from empty windows.
+//!
+//! Two files, each written atomically (temporary file, fsync, rename, fsync of the directory:
+//! a reader sees the old file or the new one, never half of one):
+//! - `engine.ckpt`: the engine's state together with the Kafka offsets it covers, written every
+//!   `state.checkpoint_every` on a writer thread. The Kafka source commits offsets only up to
+//!   the newest durable one, and after a restart skips the messages it already holds, so data
+//!   read from Kafka is counted exactly once across a crash.
+//! - `policy.ckpt`: the policy's episodes and cool-downs and the control events of the last
+//!   minute (the outbox). It is written *before* new control events go to the sinks, so a
+//!   restarted processor never decides the same thing again under a new id; the outbox is
+//!   published again after a crash (same ids: actuators execute an id once), so an event the
+//!   crash caught before delivery is not lost.
+//!
+//! The encoding is CBOR (serde): compact, self-describing, and versioned by [`VERSION`].
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use trike_engine::policy::PolicySnapshot;
+use trike_engine::{Engine, Snapshot, UnixNanos};
+use trike_ingest::kafka::progress::Progress;
+
+/// Format version of both files.
+pub const VERSION: u32 = 1;
+/// The engine checkpoint's file name.
+pub const ENGINE_FILE: &str = "engine.ckpt";
+/// The policy checkpoint's file name.
+pub const POLICY_FILE: &str = "policy.ckpt";
+
+/// Kafka offsets: (topic, partition, next offset to apply).
+pub type Offsets = Vec<(String, i32, i64)>;
+
+/// `engine.ckpt`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EngineCheckpoint {
+    /// [`VERSION`].
+    pub version: u32,
+    /// The engine's state.
+    pub engine: Snapshot,
+    /// The Kafka offsets whose messages the state holds.
+    pub offsets: Offsets,
+}
+
+/// `policy.ckpt`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PolicyCheckpoint {
+    /// [`VERSION`].
+    pub version: u32,
+    /// The policy's state.
+    pub policy: PolicySnapshot,
+    /// Control events of the last minute, as JSON text, with their engine time.
+    pub outbox: Vec<(UnixNanos, String)>,
+}
+
+/// Writes `bytes` to `path` so that readers see the old content or the new, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).map_err(std::io::Error::other)?;
+    Ok(out)
+}
+
+fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!("reading checkpoint {}: {e}", path.display()),
+    };
+    ciborium::from_reader(bytes.as_slice())
+        .map(Some)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "checkpoint {} is unreadable ({e}); move it away to start with empty state",
+                path.display()
+            )
+        })
+}
+
+/// Loads `dir/engine.ckpt` when there is one.
+pub fn load_engine(dir: &Path) -> anyhow::Result<Option<EngineCheckpoint>> {
+    let c: Option<EngineCheckpoint> = load(&dir.join(ENGINE_FILE))?;
+    match c {
+        Some(c) if c.version != VERSION => anyhow::bail!(
+            "checkpoint {} has format {} (this build reads {VERSION}); move it away to start with empty state",
+            dir.join(ENGINE_FILE).display(),
+            c.version
+        ),
+        c => Ok(c),
+    }
+}
+
+/// Loads `dir/policy.ckpt` when there is one.
+pub fn load_policy(dir: &Path) -> anyhow::Result<Option<PolicyCheckpoint>> {
+    let c: Option<PolicyCheckpoint> = load(&dir.join(POLICY_FILE))?;
+    match c {
+        Some(c) if c.version != VERSION => anyhow::bail!(
+            "checkpoint {} has format {} (this build reads {VERSION}); move it away to start with empty state",
+            dir.join(POLICY_FILE).display(),
+            c.version
+        ),
+        c => Ok(c),
+    }
+}
+
+/// Writes `policy.ckpt` now (on the caller's thread: it is small, and must be durable before
+/// the events it lists are published).
+pub fn save_policy(dir: &Path, c: &PolicyCheckpoint) -> std::io::Result<()> {
+    write_atomic(&dir.join(POLICY_FILE), &encode(c)?)
+}
+
+/// Checkpoint counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct CheckpointStats {
+    /// Engine checkpoints written.
+    pub written: AtomicU64,
+    /// Engine checkpoints that failed.
+    pub failed: AtomicU64,
+    /// Size of the newest engine checkpoint, bytes.
+    pub last_bytes: AtomicU64,
+    /// Time the newest engine checkpoint took to encode and write, milliseconds.
+    pub last_ms: AtomicU64,
+}
+
+/// Takes engine checkpoints on the engine thread and writes them on its own thread.
+#[derive(Debug)]
+pub struct Checkpointer {
+    dir: PathBuf,
+    every: Duration,
+    last: Instant,
+    progress: Option<Arc<Progress>>,
+    tx: Option<SyncSender<EngineCheckpoint>>,
+    thread: Option<JoinHandle<()>>,
+    /// Counters.
+    pub stats: Arc<CheckpointStats>,
+    busy: Arc<Mutex<()>>,
+}
+
+fn write_engine(
+    dir: &Path,
+    c: &EngineCheckpoint,
+    progress: Option<&Progress>,
+    stats: &CheckpointStats,
+) {
+    let started = Instant::now();
+    let result = encode(c).and_then(|bytes| {
+        write_atomic(&dir.join(ENGINE_FILE), &bytes)?;
+        Ok(bytes.len())
+    });
+    match result {
+        Ok(n) => {
+            if let Some(p) = progress {
+                p.durable(&c.offsets);
+            }
+            stats.written.fetch_add(1, Relaxed);
+            stats.last_bytes.store(n as u64, Relaxed);
+            stats
+                .last_ms
+                .store(started.elapsed().as_millis() as u64, Relaxed);
+        }
+        Err(e) => {
+            stats.failed.fetch_add(1, Relaxed);
+            tracing::error!(dir = %dir.display(), error = %e, "writing the engine checkpoint");
+        }
+    }
+}
+
+impl Checkpointer {
+    /// A checkpointer writing to `dir` every `every`; `progress` (the Kafka source's) supplies
+    /// the offsets and learns when they are durable.
+    pub fn start(
+        dir: PathBuf,
+        every: Duration,
+        progress: Option<Arc<Progress>>,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let stats = Arc::new(CheckpointStats::default());
+        let busy = Arc::new(Mutex::new(()));
+        // Room for one: when the writer is still busy with the last one, this round is skipped.
+        let (tx, rx) = sync_channel::<EngineCheckpoint>(0);
+        let thread = {
+            let (dir, progress, stats, busy) =
+                (dir.clone(), progress.clone(), stats.clone(), busy.clone());
+            std::thread::Builder::new()
+                .name("trike-checkpoint".into())
+                .spawn(move || {
+                    while let Ok(c) = rx.recv() {
+                        let _g = busy.lock();
+                        write_engine(&dir, &c, progress.as_deref(), &stats);
+                    }
+                })?
+        };
+        Ok(Self {
+            dir,
+            every,
+            last: Instant::now(),
+            progress,
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+            busy,
+        })
+    }
+
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn take(&self, engine: &Engine) -> EngineCheckpoint {
+        // Read on the engine thread between batches: the offsets match the state exactly.
+        let offsets = self
+            .progress
+            .as_ref()
+            .map(|p| p.applied())
+            .unwrap_or_default();
+        EngineCheckpoint {
+            version: VERSION,
+            engine: engine.snapshot(),
+            offsets,
+        }
+    }
+
+    /// Hands a checkpoint to the writer when one is due and the writer is idle.
+    pub fn maybe(&mut self, engine: &Engine) {
+        if self.last.elapsed() < self.every {
+            return;
+        }
+        let Some(tx) = &self.tx else { return };
+        if self.busy.try_lock().is_none() {
+            return;
+        }
+        self.last = Instant::now();
+        match tx.try_send(self.take(engine)) {
+            Ok(()) | Err(TrySendError::Full(_)) => {}
+            Err(TrySendError::Disconnected(_)) => self.tx = None,
+        }
+    }
+
+    /// Writes a last checkpoint synchronously and stops the writer (at shutdown).
+    pub fn finish(mut self, engine: &Engine) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let c = self.take(engine);
+        write_engine(&self.dir, &c, self.progress.as_deref(), &self.stats);
+    }
+}
