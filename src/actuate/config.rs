@@ -64,7 +64,11 @@ pub struct ActuatorConfig {
     pub group_id: Option<String>,
     /// Outcome topic (default `trike.actions`).
     pub actions_topic: Option<String>,
-    /// Where executed event ids are recorded before executing (default `./trike-actuator-state`).
+    /// The shared claim log all actuators of the group write to before executing (default
+    /// `trike.actuator.claims`; created with 3 partitions if missing).
+    pub claims_topic: Option<String>,
+    /// Where this actuator records executed event ids before executing (default
+    /// `./trike-actuator-state`): a fast local check in front of the claim log.
     pub state_dir: Option<PathBuf>,
     /// Consecutive failures after which an executor's circuit opens (default 3).
     pub breaker_failures: Option<u32>,

@@ -2,7 +2,10 @@
 //! webhook server: a signed rollback is executed exactly once (also when redelivered, and
 //! after a restart), forged and unsigned events are rejected and never executed, a dry run is
 //! logged only, every control event gets an outcome on `trike.actions`, offsets are committed,
-//! and a failing executor's circuit opens and pages instead.
+//! and a failing executor's circuit opens and pages instead. The shared claim log: an
+//! actuator with empty local state (another group here, as after a rebalance) finds the first
+//! claim and does not execute again, and a claim the broker refuses is retried, never executed
+//! without a winning claim.
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -18,9 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trike::actuate::config::ActuatorConfig;
-use trike::actuate::{ActuatorSettings, run};
+use trike::actuate::{ActuatorSettings, ActuatorStats, run};
 
 const KEY: &[u8] = b"actuator-secret";
+const CLAIMS: &str = "trike.actuator.claims";
 
 fn event(id: &str, action: &str, dry_run: bool, sign: bool) -> Value {
     let mut e = json!({
@@ -59,8 +63,19 @@ async fn webhook_server(calls: Arc<Mutex<Vec<String>>>) -> std::net::SocketAddr 
 }
 
 fn settings(brokers: &str, web: std::net::SocketAddr, state: &std::path::Path) -> ActuatorSettings {
+    settings_as(brokers, web, state, "test", "trike-actuators")
+}
+
+fn settings_as(
+    brokers: &str,
+    web: std::net::SocketAddr,
+    state: &std::path::Path,
+    instance: &str,
+    group: &str,
+) -> ActuatorSettings {
     let yaml = format!(
         r#"
+group_id: "{group}"
 state_dir: "{}"
 breaker_failures: 2
 executors:
@@ -76,14 +91,65 @@ executors:
         brokers: brokers.into(),
         control_topic: "trike.control".into(),
         key: Some(KEY.to_vec()),
-        instance: "test".into(),
+        instance: instance.into(),
         actuator,
     }
 }
 
-fn outcomes(reader: &BaseConsumer, want: usize, seen: &mut Vec<Value>) {
+fn start(s: ActuatorSettings) -> (Arc<AtomicBool>, std::thread::JoinHandle<ActuatorStats>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || run(s, stop).unwrap())
+    };
+    (stop, worker)
+}
+
+/// Every claim record on the claim log, as (event id, claimant), partitions in turn.
+fn claims(brokers: &str, want: usize) -> Vec<(String, String)> {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "claims-reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset(CLAIMS, p, Offset::Beginning)
+            .unwrap();
+    }
+    reader.assign(&tpl).unwrap();
+    let mut seen = Vec::new();
     let start = Instant::now();
-    while seen.len() < want && start.elapsed() < Duration::from_secs(60) {
+    // Past `want`, keep reading briefly: there must be no more.
+    let mut quiet_since = None;
+    while start.elapsed() < Duration::from_secs(30) {
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                let key = std::str::from_utf8(m.key().unwrap()).unwrap();
+                assert_eq!(v["id"], key, "a claim's key is its event id");
+                assert!(v["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
+                seen.push((key.to_string(), v["claimant"].as_str().unwrap().to_string()));
+            }
+            _ if seen.len() >= want => {
+                let q = *quiet_since.get_or_insert_with(Instant::now);
+                if q.elapsed() > Duration::from_secs(2) {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    seen
+}
+
+fn outcomes(reader: &BaseConsumer, want: usize, seen: &mut Vec<Value>) {
+    outcomes_within(reader, want, seen, Duration::from_secs(60));
+}
+
+fn outcomes_within(reader: &BaseConsumer, want: usize, seen: &mut Vec<Value>, max: Duration) {
+    let start = Instant::now();
+    while seen.len() < want && start.elapsed() < max {
         if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
             seen.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
         }
@@ -95,6 +161,8 @@ async fn actuator_executes_once_rejects_forgeries_and_breaks_circuits() {
     let mock = MockCluster::new(1).unwrap();
     mock.create_topic("trike.control", 1, 1).unwrap();
     mock.create_topic("trike.actions", 1, 1).unwrap();
+    // The mock cannot create topics through the admin API: the claim log is made here.
+    mock.create_topic(CLAIMS, 3, 1).unwrap();
     let brokers = mock.bootstrap_servers();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let web = webhook_server(calls.clone()).await;
@@ -214,6 +282,166 @@ async fn actuator_executes_once_rejects_forgeries_and_breaks_circuits() {
         .committed_offsets(tpl, Duration::from_secs(10))
         .unwrap();
     assert_eq!(offsets.elements()[0].offset(), Offset::Offset(9));
+    // The claim log: one claim per event that reached an executor (redeliveries were caught
+    // by the local ledger first), all by the first run's one claimant; rejections, the dry run
+    // and the restart's redelivery claimed nothing.
+    let mut claimed = tokio::task::block_in_place(|| claims(&brokers, 4));
+    claimed.sort();
+    let ids: Vec<&str> = claimed.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["e-1", "w-0", "w-1", "w-2"], "{claimed:?}");
+    assert!(
+        claimed
+            .iter()
+            .all(|(_, c)| *c == claimed[0].1 && c.starts_with("test/")),
+        "{claimed:?}"
+    );
     drop((reader, committed, producer));
     let _ = std::fs::remove_dir_all(&state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_log_stops_a_second_actuator_and_refused_claims_are_retried() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("trike.control", 1, 1).unwrap();
+    mock.create_topic("trike.actions", 1, 1).unwrap();
+    mock.create_topic(CLAIMS, 3, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let web = webhook_server(calls.clone()).await;
+    let dir = |n: &str| {
+        let d = std::env::temp_dir().join(format!("trike-claims-{n}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    };
+    let (state_a, state_b) = (dir("a"), dir("b"));
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let send = |e: &Value| {
+        producer
+            .send(
+                BaseRecord::to("trike.control")
+                    .key("checkout")
+                    .payload(&e.to_string()),
+            )
+            .unwrap();
+        producer.flush(Duration::from_secs(5)).unwrap();
+    };
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("trike.actions", 0, Offset::Beginning)
+        .unwrap();
+    reader.assign(&tpl).unwrap();
+    let mut seen = Vec::new();
+
+    // Actuator a executes e-1.
+    send(&event("e-1", "rollback", false, true));
+    let (stop_a, a) = start(settings_as(&brokers, web, &state_a, "a", "group-a"));
+    tokio::task::block_in_place(|| outcomes(&reader, 1, &mut seen));
+    assert_eq!(seen[0]["data"]["outcome"], "succeeded", "{seen:#?}");
+    assert_eq!(seen[0]["source"], "trike-actuator://a");
+    assert_eq!(calls.lock().unwrap().len(), 1);
+
+    // Actuator b, empty state dir, gets the same event (its own group here; a rebalance or a
+    // crash hands it over the same way): the claim log says a was first.
+    let (stop_b, b) = start(settings_as(&brokers, web, &state_b, "b", "group-b"));
+    tokio::task::block_in_place(|| outcomes(&reader, 2, &mut seen));
+    assert_eq!(seen[1]["source"], "trike-actuator://b");
+    assert_eq!(seen[1]["data"]["outcome"], "skipped_duplicate", "{seen:#?}");
+    assert_eq!(seen[1]["data"]["seen_in"], "claims");
+    assert_eq!(seen[1]["data"]["executed"], false);
+    let claimed_by = seen[1]["data"]["claimed_by"].as_str().unwrap().to_string();
+    assert!(claimed_by.starts_with("a/"), "{claimed_by}");
+    assert_eq!(calls.lock().unwrap().len(), 1, "b did not call the webhook");
+    stop_b.store(true, Relaxed);
+    let stats_b = b.join().unwrap();
+    assert_eq!(
+        (stats_b.succeeded, stats_b.duplicates),
+        (0, 1),
+        "{stats_b:?}"
+    );
+    stop_a.store(true, Relaxed);
+    let stats_a = a.join().unwrap();
+    assert_eq!(
+        (stats_a.succeeded, stats_a.claim_retries),
+        (1, 0),
+        "{stats_a:?}"
+    );
+
+    // The broker refuses the next two produce requests (a restarted a's first two claims for
+    // e-2): not executed, no outcome, retried; the third claim wins and e-2 runs once. e-3,
+    // behind it in the partition, is not passed over meanwhile: it comes after e-2.
+    send(&event("e-2", "rollback", false, true));
+    send(&event("e-3", "rollback", false, true));
+    let refused = RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+    mock.request_errors(RDKafkaApiKey::Produce, &[refused, refused]);
+    let (stop_a, a) = start(settings_as(&brokers, web, &state_a, "a", "group-a"));
+    tokio::task::block_in_place(|| outcomes(&reader, 4, &mut seen));
+    let ids: Vec<&Value> = seen[2..]
+        .iter()
+        .map(|o| &o["data"]["control_event_id"])
+        .collect();
+    assert_eq!(ids, ["e-2", "e-3"], "{seen:#?}");
+    assert!(
+        seen[2..]
+            .iter()
+            .all(|o| o["data"]["outcome"] == "succeeded"),
+        "{seen:#?}"
+    );
+    assert_eq!(calls.lock().unwrap().len(), 3);
+    stop_a.store(true, Relaxed);
+    let stats_a = a.join().unwrap();
+    assert_eq!(
+        (stats_a.succeeded, stats_a.claim_retries),
+        (2, 2),
+        "two refused claims, retried: {stats_a:?}"
+    );
+    let quiet = Duration::from_secs(2);
+    tokio::task::block_in_place(|| outcomes_within(&reader, 5, &mut seen, quiet));
+    assert_eq!(seen.len(), 4, "no other outcome: {seen:#?}");
+
+    // On the log: e-1 claimed by a then by b; e-2 and e-3 once each, by the restarted a (the
+    // refused claims were not written).
+    let claimed = tokio::task::block_in_place(|| claims(&brokers, 4));
+    let by = |want: &str| -> Vec<&str> {
+        claimed
+            .iter()
+            .filter(|(id, _)| id == want)
+            .map(|(_, c)| c.as_str())
+            .collect()
+    };
+    let e1 = by("e-1");
+    assert_eq!(e1.len(), 2, "{claimed:?}");
+    assert_eq!(e1[0], claimed_by);
+    assert!(e1[1].starts_with("b/"), "{claimed:?}");
+    let (e2, e3) = (by("e-2"), by("e-3"));
+    assert_eq!((e2.len(), e3.len()), (1, 1), "{claimed:?}");
+    assert!(
+        e2[0].starts_with("a/") && e2[0] != claimed_by && e3[0] == e2[0],
+        "a new run, a new claimant: {claimed:?}"
+    );
+    assert_eq!(claimed.len(), 4);
+
+    // a committed all three events.
+    let committed: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "group-a")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("trike.control", 0);
+    let offsets = committed
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(offsets.elements()[0].offset(), Offset::Offset(3));
+    drop((reader, committed, producer));
+    for d in [state_a, state_b] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

@@ -1,0 +1,335 @@
+//! Kill the actuator between executing and committing: after a restart the webhook is not
+//! called again.
+//!
+//! The actuator runs in a child process (this test binary re-executed with `--exact
+//! child_actuator` and its settings in an environment variable) so it can really die. The test
+//! webhook SIGKILLs the child on its first call, before answering: the rollback was executed,
+//! but no outcome was written and the offset was never committed. A new child, with a
+//! *different*, empty state directory (so its local ledger knows nothing), gets the event again
+//! and must report `skipped_duplicate` because the claim log (on librdkafka's mock cluster,
+//! reached over loopback) names the dead run as first claimant. The webhook count stays 1.
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trike::actuate::config::ActuatorConfig;
+use trike::actuate::{ActuatorSettings, run};
+
+const KEY: &[u8] = b"crash-secret";
+const CHILD_ENV: &str = "TRIKE_TEST_ACTUATOR_CHILD";
+const CLAIMS: &str = "crash.claims";
+
+fn settings(brokers: &str, instance: &str, web: &str, state: &str) -> ActuatorSettings {
+    let yaml = format!(
+        r#"
+group_id: crash-actuators
+actions_topic: crash.actions
+claims_topic: {CLAIMS}
+state_dir: "{state}"
+executors:
+  - {{ name: rollouts, type: webhook, actions: [rollback], url: "http://{web}/rollback", retries: 0, timeout: 5s }}
+"#
+    );
+    let actuator: ActuatorConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+    ActuatorSettings {
+        brokers: brokers.into(),
+        control_topic: "crash.control".into(),
+        key: Some(KEY.to_vec()),
+        instance: instance.into(),
+        actuator,
+    }
+}
+
+/// The child process's entry point; an ordinary test run (no environment variable) passes
+/// at once. Runs the actuator until its stdin closes, then prints its stats.
+#[test]
+fn child_actuator() {
+    let Ok(cfg) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let cfg: Value = serde_json::from_str(&cfg).unwrap();
+    let arg = |k: &str| cfg[k].as_str().unwrap().to_string();
+    let s = settings(
+        &arg("brokers"),
+        &arg("instance"),
+        &arg("web"),
+        &arg("state"),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            stop.store(true, Relaxed);
+        });
+    }
+    let stats = run(s, stop).unwrap();
+    println!(
+        "STATS {}",
+        json!({ "succeeded": stats.succeeded, "duplicates": stats.duplicates,
+                "failed": stats.failed, "claim_retries": stats.claim_retries })
+    );
+}
+
+/// A child actuator; killed on drop if still running.
+struct ChildGuard(Arc<Mutex<Option<Child>>>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_child(brokers: &str, instance: &str, web: &str, state: &std::path::Path) -> Child {
+    let cfg = json!({ "brokers": brokers, "instance": instance, "web": web,
+                      "state": state.display().to_string() });
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_actuator",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, cfg.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn signed_rollback(id: &str) -> Value {
+    let mut e = json!({
+        "specversion": "1.0", "id": id, "source": "trike://test", "type": "io.trike.control.rollback",
+        "subject": "checkout", "time": "2026-11-22T00:00:00.000Z", "datacontenttype": "application/json",
+        "data": { "decision_id": id, "action": "rollback", "target": { "service": "checkout", "version": "1.5.0" },
+                  "params": {}, "reason": "checkout 1.5.0 failed canary analysis", "dry_run": false }
+    });
+    trike_sinks::signing::sign(&mut e, KEY);
+    e
+}
+
+fn poll_all(reader: &BaseConsumer, want: usize, within: Duration) -> Vec<(Option<String>, Value)> {
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while seen.len() < want && start.elapsed() < within {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+            seen.push((key, serde_json::from_slice(m.payload().unwrap()).unwrap()));
+        }
+    }
+    seen
+}
+
+fn reader_of(brokers: &str, topic: &str, partitions: i32) -> BaseConsumer {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{topic}"))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    reader.assign(&tpl).unwrap();
+    reader
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_executing_and_committing_the_webhook_is_not_called_again() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("crash.control", 1, 1).unwrap();
+    mock.create_topic("crash.actions", 1, 1).unwrap();
+    mock.create_topic(CLAIMS, 3, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+
+    // The webhook: the first call kills the child that made it, before answering.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let victim: Arc<Mutex<Option<Child>>> = Arc::new(Mutex::new(None));
+    let killed: Arc<Mutex<Option<std::process::ExitStatus>>> = Arc::new(Mutex::new(None));
+    let app = {
+        let (calls, victim, killed) = (calls.clone(), victim.clone(), killed.clone());
+        Router::new().route(
+            "/rollback",
+            post(move || {
+                let (calls, victim, killed) = (calls.clone(), victim.clone(), killed.clone());
+                async move {
+                    if calls.fetch_add(1, Relaxed) == 0
+                        && let Some(mut child) = victim.lock().unwrap().take()
+                    {
+                        child.kill().unwrap(); // SIGKILL
+                        *killed.lock().unwrap() = Some(child.wait().unwrap());
+                    }
+                    StatusCode::OK
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let base = std::env::temp_dir().join(format!("trike-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (state_1, state_2) = (base.join("first"), base.join("second"));
+
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let send = |e: &Value| {
+        producer
+            .send(
+                BaseRecord::to("crash.control")
+                    .key("checkout")
+                    .payload(&e.to_string()),
+            )
+            .unwrap();
+        producer.flush(Duration::from_secs(5)).unwrap();
+    };
+
+    // First life: executes e-1 and is killed inside the webhook call.
+    *victim.lock().unwrap() = Some(spawn_child(&brokers, "crash-1", &web, &state_1));
+    let _first = ChildGuard(victim.clone());
+    send(&signed_rollback("e-1"));
+    let start = Instant::now();
+    while killed.lock().unwrap().is_none() && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = killed
+        .lock()
+        .unwrap()
+        .expect("the first actuator called the webhook");
+    assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status:?}");
+    assert_eq!(calls.load(Relaxed), 1);
+
+    let (actions, claims) = tokio::task::block_in_place(|| {
+        let actions = reader_of(&brokers, "crash.actions", 1);
+        let claims = reader_of(&brokers, CLAIMS, 3);
+        (actions, claims)
+    });
+    // It died before writing an outcome or committing; its claim and ledger entry are there.
+    let none = tokio::task::block_in_place(|| poll_all(&actions, 1, Duration::from_secs(2)));
+    assert!(
+        none.is_empty(),
+        "no outcome from the killed actuator: {none:?}"
+    );
+    let first_claims =
+        tokio::task::block_in_place(|| poll_all(&claims, 1, Duration::from_secs(10)));
+    assert_eq!(first_claims.len(), 1);
+    let first_claimant = first_claims[0].1["claimant"].as_str().unwrap().to_string();
+    assert_eq!(first_claims[0].0.as_deref(), Some("e-1"));
+    assert!(first_claimant.starts_with("crash-1/"), "{first_claimant}");
+    let ledger = std::fs::read_to_string(state_1.join("executed.log")).unwrap();
+    assert_eq!(ledger.lines().collect::<Vec<_>>(), ["e-1"]);
+    let group = tokio::task::block_in_place(|| {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "crash-actuators")
+            .create()
+            .unwrap();
+        c
+    });
+    let committed = |c: &BaseConsumer| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("crash.control", 0);
+        c.committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap()
+            .elements()[0]
+            .offset()
+    };
+    assert_eq!(
+        tokio::task::block_in_place(|| committed(&group)),
+        Offset::Invalid,
+        "nothing committed"
+    );
+
+    // Second life, with an empty state directory: e-1 comes back (never committed) and the
+    // claim log, not the local ledger, stops it.
+    let second = Arc::new(Mutex::new(Some(spawn_child(
+        &brokers, "crash-2", &web, &state_2,
+    ))));
+    let _second_guard = ChildGuard(second.clone());
+    let mut seen = tokio::task::block_in_place(|| poll_all(&actions, 1, Duration::from_secs(60)));
+    assert_eq!(seen.len(), 1, "the redelivered event got an outcome");
+    let o = &seen[0].1;
+    assert_eq!(o["data"]["control_event_id"], "e-1");
+    assert_eq!(o["data"]["outcome"], "skipped_duplicate", "{o:#}");
+    assert_eq!(o["data"]["seen_in"], "claims");
+    assert_eq!(o["data"]["claimed_by"], first_claimant.as_str());
+    assert_eq!(o["source"], "trike-actuator://crash-2");
+    assert_eq!(calls.load(Relaxed), 1, "the webhook was not called again");
+
+    // The second life still executes new events.
+    send(&signed_rollback("e-2"));
+    seen.extend(tokio::task::block_in_place(|| {
+        poll_all(&actions, 1, Duration::from_secs(30))
+    }));
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].1["data"]["control_event_id"], "e-2");
+    assert_eq!(seen[1].1["data"]["outcome"], "succeeded");
+    assert_eq!(calls.load(Relaxed), 2);
+
+    // Stop it (close its stdin) and read its stats.
+    let mut child = second.lock().unwrap().take().unwrap();
+    drop(child.stdin.take());
+    let stdout = child.stdout.take().unwrap();
+    let status = tokio::task::block_in_place(|| child.wait().unwrap());
+    assert!(status.success(), "{status:?}");
+    let out: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let stats: Value = out
+        .iter()
+        .find_map(|l| {
+            l.split_once("STATS ")
+                .map(|(_, j)| serde_json::from_str(j).unwrap())
+        })
+        .unwrap_or_else(|| panic!("the child printed its stats: {out:?}"));
+    assert_eq!(
+        stats,
+        json!({ "succeeded": 1, "duplicates": 1, "failed": 0, "claim_retries": 0 })
+    );
+
+    // Claims: e-1 by each life, e-2 by the second; offsets: both events committed.
+    let more = tokio::task::block_in_place(|| poll_all(&claims, 2, Duration::from_secs(10)));
+    let mut ids: Vec<(String, String)> = more
+        .iter()
+        .map(|(k, v)| {
+            let c = v["claimant"].as_str().unwrap();
+            (k.clone().unwrap(), c.split('/').next().unwrap().to_string())
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            ("e-1".to_string(), "crash-2".to_string()),
+            ("e-2".to_string(), "crash-2".to_string())
+        ]
+    );
+    assert_eq!(
+        tokio::task::block_in_place(|| committed(&group)),
+        Offset::Offset(2)
+    );
+    drop((actions, claims, group, producer));
+    let _ = std::fs::remove_dir_all(&base);
+}
