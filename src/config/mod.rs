@@ -226,6 +226,9 @@ pub struct RawKafkaIngest {
     /// Topic that undecodable messages are copied to (default: none; they are counted,
     /// logged and skipped).
     pub dead_letter_topic: Option<String>,
+    /// Static group membership id (`group.instance.id`): stable and unique per processor, so a
+    /// restart takes its partitions back at once (default: none, dynamic membership).
+    pub group_instance_id: Option<String>,
 }
 
 /// `state:`: where the processor checkpoints its state, so a restart (or a crash) resumes

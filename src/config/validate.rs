@@ -494,6 +494,7 @@ impl Config {
                         topics,
                         encoding,
                         dead_letter_topic: ki.dead_letter_topic.filter(|t| !t.is_empty()),
+                        group_instance_id: ki.group_instance_id.filter(|t| !t.is_empty()),
                     }),
                     None => {
                         p.push("kafka.ingest: needs kafka.brokers (or --kafka-brokers / TRIKE_KAFKA_BROKERS)".into());

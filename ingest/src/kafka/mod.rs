@@ -42,6 +42,10 @@ pub struct KafkaSourceConfig {
     pub encoding: Encoding,
     /// Where undecodable messages are copied (none: they are only counted and logged).
     pub dead_letter_topic: Option<String>,
+    /// Static group membership (`group.instance.id`, KIP-345): a restarted process with the
+    /// same id takes its partitions back at once instead of waiting for its old session to
+    /// expire. Give each processor a stable, unique id (e.g. the StatefulSet pod name).
+    pub group_instance_id: Option<String>,
 }
 
 /// Counters of the source.
@@ -122,12 +126,20 @@ impl KafkaSource {
                 )));
             }
         }
-        let consumer: BaseConsumer<SourceContext> = ClientConfig::new()
+        let mut client = ClientConfig::new();
+        if let Some(id) = &cfg.group_instance_id {
+            client.set("group.instance.id", id);
+        }
+        let consumer: BaseConsumer<SourceContext> = client
             .set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
+            // Also bounds how long a rebalance waits for a member that died without leaving
+            // (brokers that expire members only by the rebalance timeout); the loop polls at
+            // least every 100 ms, so a live member is never taken for dead.
+            .set("max.poll.interval.ms", "15000")
             // Bounds the prefetch buffer (per partition, and so the memory paused partitions hold).
             .set("queued.max.messages.kbytes", "16384")
             .set("statistics.interval.ms", "1000")
