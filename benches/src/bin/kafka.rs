@@ -1,0 +1,260 @@
+//! Kafka benchmarks.
+//!
+//! 1. **Source throughput**: `--records` OTLP protobuf records (one export request with one
+//!    server span each, as the Collector's Kafka exporter writes them) are produced into a
+//!    topic; then Trike (the real processor, in this process) consumes them through its Kafka
+//!    source, decoder and engine. Reported: records/s (wall) and records per CPU-second of this
+//!    process. Baseline, same run, same topic: a bare rdkafka `BaseConsumer` that only counts
+//!    messages (the client's own ceiling).
+//! 2. **Decision → acknowledged**: `--events` control events sent one at a time through Trike's
+//!    Kafka control sink (idempotent, `acks=all`, `linger.ms=5`); each sample is the time from
+//!    `send` to the broker's acknowledgement (delivery callback). p50/p99.
+//!
+//! The broker is librdkafka's in-process mock cluster by default (it serves ~1M msgs/s here, so
+//! it measures our code, not a broker); `--brokers HOST:PORT` uses a real one instead.
+//!
+//! Run: `cargo run --release -p trike-benches --bin kafka -- --records 200000 --events 300`
+
+use clap::Parser;
+use prost::Message as _;
+use rand::SeedableRng;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use trike::config::validate::Overrides;
+use trike::config::{Config, RawConfig};
+use trike_sinks::kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkStats};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Records for the source benchmark.
+    #[arg(long, default_value_t = 200_000)]
+    records: usize,
+    /// Control events for the latency benchmark.
+    #[arg(long, default_value_t = 300)]
+    events: usize,
+    /// A real broker (default: the in-process mock cluster).
+    #[arg(long)]
+    brokers: Option<String>,
+}
+
+/// CPU time (user + system) of this process so far, from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields after the name: state is 0, utime is 11, stime is 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn produce(brokers: &str, topic: &str, n: usize) -> f64 {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let svc = trike::synth::Service {
+        name: "bench-kafka-checkout".into(),
+        version: "2026.11.23-build.4711".into(),
+        routes: (0..20)
+            .map(|i| format!("/api/v2/storefront/{{tenant}}/cart/items/{{item}}/checkout/confirm-payment-and-reserve-inventory/{i}"))
+            .collect(),
+        behaviour: trike::synth::Behaviour {
+            median_ms: 30.0,
+            sigma: 0.5,
+            error_ratio: 0.01,
+        },
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut bytes = 0usize;
+    let now = trike::worker::now_nanos();
+    for i in 0..n {
+        let body = svc
+            .request(1, now, 60_000_000_000, &mut rng)
+            .encode_to_vec();
+        bytes += body.len();
+        let key = (i % 64).to_string();
+        let mut rec = BaseRecord::to(topic).key(&key).payload(&body);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    bytes as f64 / n as f64
+}
+
+fn baseline(brokers: &str, topic: &str, n: usize) -> (f64, f64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-baseline")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    // The group join is not part of the measurement: wait for the first message.
+    let mut got = 0usize;
+    let mut start = None;
+    let mut cpu0 = 0.0;
+    while got < n {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            if start.is_none() {
+                start = Some(Instant::now());
+                cpu0 = cpu_seconds();
+            }
+            got += 1;
+        }
+    }
+    let wall = start.unwrap().elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    (n as f64 / wall, n as f64 / cpu.max(1e-9))
+}
+
+async fn trike_source(brokers: &str, topic: &str, n: usize) -> (f64, f64) {
+    let yaml = format!(
+        "kafka: {{ brokers: \"{brokers}\", ingest: {{ topics: [\"{topic}\"], group_id: bench-trike }} }}\nsinks: []\n"
+    );
+    let raw = RawConfig::from_yaml(&yaml).expect("config");
+    let o = Overrides {
+        otlp_grpc_addr: Some("127.0.0.1:0".into()),
+        otlp_http_addr: Some("127.0.0.1:0".into()),
+        admin_addr: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    };
+    let cfg = Config::validate(raw, &o).expect("valid");
+    let running = trike::app::start(cfg).await.expect("trike starts");
+    let (stats, _) = running
+        .state
+        .kafka_source
+        .lock()
+        .clone()
+        .expect("kafka source");
+    let mut start = None;
+    let mut cpu0 = 0.0;
+    loop {
+        let m = stats.messages.load(Relaxed) as usize;
+        if m > 0 && start.is_none() {
+            start = Some(Instant::now());
+            cpu0 = cpu_seconds();
+        }
+        if m >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let wall = start.unwrap().elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    running.stop().await.expect("stops");
+    (n as f64 / wall, n as f64 / cpu.max(1e-9))
+}
+
+fn latency(brokers: &str, topic: &str, n: usize) -> Vec<f64> {
+    let cfg = KafkaSinkConfig {
+        brokers: brokers.into(),
+        topic: topic.into(),
+        partitions: 3,
+        replication: 1,
+    };
+    let stats = Arc::new(KafkaSinkStats::default());
+    let sink = KafkaSink::new(&cfg, stats.clone()).expect("sink");
+    let event = serde_json::json!({"specversion": "1.0", "type": "io.trike.control.rollback", "data": {"reason": "x".repeat(1500)}}).to_string();
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + 10 {
+        let before = stats.delivered.load(Relaxed);
+        let t = Instant::now();
+        sink.send("checkout", event.as_bytes()).expect("send");
+        while stats.delivered.load(Relaxed) == before {
+            std::hint::spin_loop();
+            if t.elapsed() > Duration::from_secs(30) {
+                panic!("no acknowledgement in 30 s");
+            }
+        }
+        if i >= 10 {
+            samples.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    samples
+}
+
+fn pct(v: &[f64], q: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let mock = if args.brokers.is_none() {
+        Some(MockCluster::new(1).expect("mock cluster"))
+    } else {
+        None
+    };
+    let brokers = args
+        .brokers
+        .clone()
+        .unwrap_or_else(|| mock.as_ref().unwrap().bootstrap_servers());
+    let run = std::process::id();
+    let topic = format!("bench{run}_otlp_spans");
+    let control = format!("bench{run}.control");
+    match &mock {
+        Some(m) => {
+            m.create_topic(&topic, 4, 1).expect("topic");
+            m.create_topic(&control, 3, 1).expect("topic");
+        }
+        None => {
+            for (t, p) in [(&topic, 4), (&control, 3)] {
+                trike_sinks::kafka::ensure_topic(&KafkaSinkConfig {
+                    brokers: brokers.clone(),
+                    topic: t.clone(),
+                    partitions: p,
+                    replication: 1,
+                })
+                .expect("topic");
+            }
+        }
+    }
+    let size = produce(&brokers, &topic, args.records);
+    println!(
+        "source: {} records of {size:.0} B (one span each), 4 partitions, broker {}",
+        args.records,
+        if mock.is_some() {
+            "mock (in-process)"
+        } else {
+            brokers.as_str()
+        }
+    );
+    let (b_wall, b_cpu) = tokio::task::block_in_place(|| baseline(&brokers, &topic, args.records));
+    let (t_wall, t_cpu) = trike_source(&brokers, &topic, args.records).await;
+    println!(
+        "  bare rdkafka consumer (baseline): {b_wall:>10.0} records/s  {b_cpu:>10.0} records/CPU-s"
+    );
+    println!(
+        "  trike kafka source → engine:      {t_wall:>10.0} records/s  {t_cpu:>10.0} records/CPU-s"
+    );
+    println!(
+        "  ratio trike/baseline:              {:>10.2}             {:>10.2}",
+        t_wall / b_wall,
+        t_cpu / b_cpu
+    );
+    let lat = tokio::task::block_in_place(|| latency(&brokers, &control, args.events));
+    println!(
+        "decision → acknowledged by the broker ({} events, one at a time): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat[lat.len() - 1]
+    );
+    drop(mock);
+}
