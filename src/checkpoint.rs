@@ -95,30 +95,44 @@ fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> 
         })
 }
 
-/// Loads `dir/engine.ckpt` when there is one.
-pub fn load_engine(dir: &Path) -> anyhow::Result<Option<EngineCheckpoint>> {
-    let c: Option<EngineCheckpoint> = load(&dir.join(ENGINE_FILE))?;
-    match c {
-        Some(c) if c.version != VERSION => anyhow::bail!(
+/// A checkpoint file's format version.
+trait Versioned {
+    fn version(&self) -> u32;
+}
+
+impl Versioned for EngineCheckpoint {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl Versioned for PolicyCheckpoint {
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+fn load_versioned<T: for<'de> Deserialize<'de> + Versioned>(
+    path: &Path,
+) -> anyhow::Result<Option<T>> {
+    match load::<T>(path)? {
+        Some(c) if c.version() != VERSION => anyhow::bail!(
             "checkpoint {} has format {} (this build reads {VERSION}); move it away to start with empty state",
-            dir.join(ENGINE_FILE).display(),
-            c.version
+            path.display(),
+            c.version()
         ),
         c => Ok(c),
     }
 }
 
+/// Loads `dir/engine.ckpt` when there is one.
+pub fn load_engine(dir: &Path) -> anyhow::Result<Option<EngineCheckpoint>> {
+    load_versioned(&dir.join(ENGINE_FILE))
+}
+
 /// Loads `dir/policy.ckpt` when there is one.
 pub fn load_policy(dir: &Path) -> anyhow::Result<Option<PolicyCheckpoint>> {
-    let c: Option<PolicyCheckpoint> = load(&dir.join(POLICY_FILE))?;
-    match c {
-        Some(c) if c.version != VERSION => anyhow::bail!(
-            "checkpoint {} has format {} (this build reads {VERSION}); move it away to start with empty state",
-            dir.join(POLICY_FILE).display(),
-            c.version
-        ),
-        c => Ok(c),
-    }
+    load_versioned(&dir.join(POLICY_FILE))
 }
 
 /// Writes `policy.ckpt` now (on the caller's thread: it is small, and must be durable before
@@ -263,5 +277,62 @@ impl Checkpointer {
         }
         let c = self.take(engine);
         write_engine(&self.dir, &c, self.progress.as_deref(), &self.stats);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trike_engine::policy::{Policy, PolicyEngine};
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("trike-ckpt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Guarantees: a policy checkpoint reads back as written; a half-written temporary file
+    /// left by a crash is ignored (the rename is the commit point).
+    #[test]
+    fn policy_checkpoint_round_trips_and_ignores_leftover_temporaries() {
+        let d = dir("roundtrip");
+        let c = PolicyCheckpoint {
+            version: VERSION,
+            policy: PolicyEngine::new(Policy::new(vec![])).snapshot(),
+            outbox: vec![(7, "{\"id\":\"a\"}".into())],
+        };
+        save_policy(&d, &c).unwrap();
+        std::fs::write(d.join("policy.tmp"), b"\xff\x00half").unwrap();
+        let back = load_policy(&d).unwrap().unwrap();
+        assert_eq!(back.outbox, c.outbox);
+        assert_eq!(back.policy, c.policy);
+        assert!(
+            load_engine(&d).unwrap().is_none(),
+            "no engine checkpoint yet"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Guarantees: an unreadable or foreign-version checkpoint stops the start with an error
+    /// that names the file and what to do, instead of silently starting empty.
+    #[test]
+    fn unreadable_or_other_version_checkpoints_are_clear_errors() {
+        let d = dir("bad");
+        std::fs::write(d.join(ENGINE_FILE), b"not cbor at all").unwrap();
+        let e = load_engine(&d).unwrap_err().to_string();
+        assert!(
+            e.contains("engine.ckpt") && e.contains("move it away"),
+            "{e}"
+        );
+        let c = PolicyCheckpoint {
+            version: VERSION + 1,
+            policy: PolicyEngine::new(Policy::new(vec![])).snapshot(),
+            outbox: vec![],
+        };
+        save_policy(&d, &c).unwrap();
+        let e = load_policy(&d).unwrap_err().to_string();
+        assert!(e.contains(&format!("format {}", VERSION + 1)), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

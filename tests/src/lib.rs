@@ -93,3 +93,21 @@ pub fn checkout(version: &str, error_ratio: f64) -> trike::synth::Service {
         },
     }
 }
+
+/// The real Kafka-protocol broker for tests (`TRIKE_TEST_KAFKA_BROKERS`, set by `scripts/test`,
+/// which starts tansu). Without it: `None` and a SKIPPED line locally; a panic under CI, where
+/// the broker must be there.
+pub fn real_brokers() -> Option<String> {
+    match std::env::var("TRIKE_TEST_KAFKA_BROKERS") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ if std::env::var("CI").is_ok() => {
+            panic!("CI must provide TRIKE_TEST_KAFKA_BROKERS (scripts/test starts tansu)")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED: set TRIKE_TEST_KAFKA_BROKERS to a Kafka-protocol broker (scripts/test starts one)"
+            );
+            None
+        }
+    }
+}

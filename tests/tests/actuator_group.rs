@@ -28,21 +28,6 @@ use trike_sinks::kafka::{KafkaSinkConfig, ensure_topic};
 const KEY: &[u8] = b"group-secret";
 const CONTROL_PARTITIONS: i32 = 4;
 
-fn brokers() -> Option<String> {
-    match std::env::var("TRIKE_TEST_KAFKA_BROKERS") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ if std::env::var("CI").is_ok() => {
-            panic!("CI must provide TRIKE_TEST_KAFKA_BROKERS (scripts/test starts tansu)")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: set TRIKE_TEST_KAFKA_BROKERS to a Kafka-protocol broker (scripts/test starts one)"
-            );
-            None
-        }
-    }
-}
-
 fn rollback(id: &str, service: &str) -> Value {
     let mut e = json!({
         "specversion": "1.0", "id": id, "source": "trike://test", "type": "io.trike.control.rollback",
@@ -56,7 +41,9 @@ fn rollback(id: &str, service: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_actuators_split_the_partitions_and_execute_each_event_once() {
-    let Some(brokers) = brokers() else { return };
+    let Some(brokers) = trike_tests::real_brokers() else {
+        return;
+    };
     // tansu keeps data between runs: unique names per run.
     let run_id = format!(
         "{}x{}",

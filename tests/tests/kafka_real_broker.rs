@@ -26,26 +26,13 @@ use trike::actuate::config::ActuatorConfig;
 use trike_sinks::kafka::{KafkaSinkConfig, ensure_topic};
 use trike_tests::{start_trike, wait_for_requests};
 
-fn brokers() -> Option<String> {
-    match std::env::var("TRIKE_TEST_KAFKA_BROKERS") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ if std::env::var("CI").is_ok() => {
-            panic!("CI must provide TRIKE_TEST_KAFKA_BROKERS (scripts/test starts tansu)")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: set TRIKE_TEST_KAFKA_BROKERS to a Kafka-protocol broker (scripts/test starts one)"
-            );
-            None
-        }
-    }
-}
-
 use trike_tests::checkout as svc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_topic_to_signed_rollback_to_webhook_and_outcome() {
-    let Some(brokers) = brokers() else { return };
+    let Some(brokers) = trike_tests::real_brokers() else {
+        return;
+    };
     // tansu keeps data between runs: unique names per run.
     let run = format!(
         "{}x{}",

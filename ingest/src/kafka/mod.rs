@@ -141,7 +141,7 @@ impl KafkaSource {
             // least every 100 ms, so a live member is never taken for dead.
             .set("max.poll.interval.ms", "15000")
             // Bounds the prefetch buffer (per partition, and so the memory paused partitions hold).
-            .set("queued.max.messages.kbytes", "16384")
+            .set("queued.max.messages.kbytes", "65536")
             .set("statistics.interval.ms", "1000")
             .create_with_context(SourceContext {
                 progress: progress.clone(),

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 /// How often applied offsets are committed.
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 
+/// Milliseconds a message waits for room in the engine queue before its partition is paused.
+const SHORT_WAITS: usize = 5;
+
 /// A message waiting for room in the engine queue.
 struct Parked {
     offset: i64,
@@ -158,7 +161,17 @@ impl Loop {
                 });
                 continue;
             }
-            if let Submitted::Full = self.submit(topic, partition, offset, payload) {
+            // A full queue is often full for a moment only (the engine drains it in batches):
+            // wait a little before pausing, since a resumed partition must fetch again.
+            let mut submitted = self.submit(topic, partition, offset, payload);
+            for _ in 0..SHORT_WAITS {
+                if !matches!(submitted, Submitted::Full) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                submitted = self.submit(topic, partition, offset, payload);
+            }
+            if let Submitted::Full = submitted {
                 self.pause(topic, partition);
                 parked.insert(
                     key,
