@@ -7,7 +7,7 @@
 //!    process. Baseline, same run, same topic: a bare rdkafka `BaseConsumer` that only counts
 //!    messages (the client's own ceiling).
 //! 2. **Decision → acknowledged**: `--events` control events sent one at a time through Trike's
-//!    Kafka control sink (idempotent, `acks=all`, `linger.ms=5`); each sample is the time from
+//!    Kafka control sink (idempotent, `acks=all`, `linger.ms=1`); each sample is the time from
 //!    `send` to the broker's acknowledgement (delivery callback). p50/p99.
 //!
 //! The broker is librdkafka's in-process mock cluster by default (it serves ~1M msgs/s here, so
