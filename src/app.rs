@@ -5,6 +5,7 @@ use crate::admin::{self, AdminState};
 use crate::checkpoint::Checkpointer;
 use crate::config::Config;
 use crate::decide::{Decider, DecisionStore, SinkWriter};
+use crate::embedded_broker::EmbeddedBroker;
 use crate::worker::EngineWorker;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -27,10 +28,15 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// Shared with the admin handlers.
     pub state: Arc<AdminState>,
+    /// The Kafka bootstrap servers in use (the embedded broker's address when
+    /// `kafka.brokers: embedded`).
+    pub kafka_brokers: Option<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
     sinks: Option<SinkWriter>,
     kafka_source: Option<trike_ingest::kafka::KafkaSource>,
+    /// Stopped last, after every Kafka client.
+    embedded_broker: Option<EmbeddedBroker>,
 }
 
 async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
@@ -58,7 +64,8 @@ fn kafka_sink_config(cfg: &Config) -> Option<trike_sinks::kafka::KafkaSinkConfig
 }
 
 /// Starts everything `cfg` describes.
-pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
+    let embedded_broker = EmbeddedBroker::for_config(&mut cfg)?;
     let grpc = bind(cfg.grpc_addr, "OTLP/gRPC", "--otlp-grpc-addr").await?;
     let http = bind(cfg.http_addr, "OTLP/HTTP", "--otlp-http-addr").await?;
     let admin_l = bind(cfg.admin_addr, "the admin API", "--admin-addr").await?;
@@ -182,10 +189,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         http_addr,
         admin_addr,
         state,
+        kafka_brokers: cfg.kafka_brokers.clone(),
         shutdown: tx,
         tasks,
         sinks: Some(sinks),
         kafka_source,
+        embedded_broker,
     })
 }
 
@@ -223,6 +232,9 @@ impl Running {
             Err(_) => tracing::warn!(
                 "admin state still referenced at shutdown; engine thread stops on exit"
             ),
+        }
+        if let Some(b) = self.embedded_broker.take() {
+            tokio::task::spawn_blocking(move || drop(b)).await.ok();
         }
         first_err.map_or(Ok(()), Err)
     }

@@ -1,17 +1,29 @@
-//! `trike demo`: the processor on its default addresses, fed by synthetic services over real
-//! OTLP/HTTP on loopback: `checkout` 1.4.0 (baseline, ~90 % of traffic) and 1.5.0 (canary,
-//! ~10 %) which starts failing and slowing down after `--degrade-after-s`. Every 5 s it prints
-//! the SLIs it reads back from the admin API; the canary judge fails the canary, and the
-//! `rollback-bad-canary` policy writes a rollback control event (CloudEvents JSON) to stdout.
+//! `trike demo`: the whole loop in one process, on embedded defaults, with nothing installed.
+//!
+//! - An embedded Kafka-protocol broker ([`crate::embedded_broker`]) carries the real control
+//!   topic `trike.control` and the actuators' topics.
+//! - The processor (`trike run`) on its default addresses, signing its control events.
+//! - Synthetic `checkout` services send real OTLP/HTTP over loopback: 1.4.0 (baseline, 90 % of
+//!   traffic) and 1.5.0 (canary, 10 %), which starts failing and slowing down after
+//!   `--degrade-after-s`.
+//! - An actuator worker (`trike actuate`) consumes the control topic, checks signatures and
+//!   carries out a `rollback` by calling a webhook: the demo's stand-in for a rollout
+//!   controller, which sets the canary's traffic weight to 0. Traffic recovers.
+//!
+//! It prints the SLIs every 5 s and narrates each step; Ctrl-C stops everything cleanly.
 
+use crate::actuate::ActuatorSettings;
 use crate::cli::DemoArgs;
 use crate::config::{Config, RawConfig};
 use crate::synth::{Behaviour, Service};
 use anyhow::Context;
 use prost::Message;
 use rand::SeedableRng;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 fn healthy() -> Behaviour {
     Behaviour {
@@ -29,85 +41,249 @@ fn degraded() -> Behaviour {
     }
 }
 
-/// Runs the demo until Ctrl-C or `--duration-s`.
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let yaml = r#"
-slos:
-  - { name: checkout-availability, service: checkout, objective: 0.999, sli: availability }
-  - { name: checkout-latency, service: checkout, objective: 0.99, sli: { latency: { threshold_ms: 300 } } }
-canary:
-  - { service: checkout, baseline: "1.4.0", canary: "1.5.0", window: 1m, min_requests: 300 }
-policies:
-  - { name: rollback-bad-canary, when: canary.fail, action: rollback, for: 5s, params: { weight: 0 } }
-  - { name: page-fast-burn, when: burn_rate.page, action: page }
-instance: demo
-"#;
-    let raw = RawConfig::from_yaml(yaml).map_err(anyhow::Error::msg)?;
-    let cfg = Config::validate(raw, &args.addrs.overrides())
-        .map_err(|p| anyhow::anyhow!("configuration: {}", p.join("; ")))?;
-    let running = crate::app::start(cfg).await?;
-    let http = running.http_addr;
-    let admin = running.admin_addr;
-    println!("Trike demo");
-    println!(
-        "  OTLP/gRPC  {}   OTLP/HTTP  http://{http}   admin  http://{admin}",
-        running.grpc_addr
-    );
-    println!("  SLIs:      curl 'http://{admin}/api/v1/slis?service=checkout&window=1m'");
-    println!("  SLOs:      curl http://{admin}/api/v1/slos");
-    println!(
-        "  decisions: curl http://{admin}/api/v1/decisions   (control events also print below as JSON lines)"
-    );
-    println!("  metrics:   curl http://{admin}/metrics");
-    println!(
-        "Synthetic traffic: checkout 1.4.0 (baseline, ~180 req/s) and 1.5.0 (canary, ~20 req/s); the canary degrades after {} s.\n",
-        args.degrade_after_s
-    );
+/// Requests per 100 ms tick, all versions together (200 req/s).
+const PER_TICK: usize = 20;
+/// The canary's share of traffic before any action, in percent.
+const CANARY_WEIGHT: u64 = 10;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let client = reqwest::Client::new();
-    let url = format!("http://{http}/v1/traces");
-    let started = Instant::now();
-    let degrade_after = Duration::from_secs(args.degrade_after_s);
-    let mut senders = Vec::new();
-    for (version, per_tick, canary) in [("1.4.0", 18usize, false), ("1.5.0", 2usize, true)] {
-        let (client, url, mut stop) = (client.clone(), url.clone(), stop_rx.clone());
-        senders.push(tokio::spawn(async move {
-            let mut svc = Service {
-                name: "checkout".into(),
-                version: version.into(),
-                routes: vec!["/cart".into(), "/pay".into()],
-                behaviour: healthy(),
-            };
-            let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(canary));
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            let mut announced = false;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                if canary && started.elapsed() >= degrade_after && !announced {
-                    svc.behaviour = degraded();
-                    announced = true;
-                    println!(">>> canary 1.5.0 starts failing (8 % errors) and slowing down (×3 latency)\n");
-                }
-                let body = svc.request(per_tick, crate::worker::now_nanos(), 100_000_000, &mut rng).encode_to_vec();
-                let sent = client
-                    .post(&url)
-                    .header("content-type", "application/x-protobuf")
-                    .body(body)
-                    .send()
+/// The processor's config for the demo; `controller` is the rollout controller's webhook URL.
+fn config_yaml(controller: &str) -> String {
+    format!(
+        r#"
+kafka: {{ brokers: embedded }}
+sinks: [ {{ type: stdout }}, {{ type: kafka }} ]
+signing: {{ key: trike-demo-signing-key }}
+instance: demo
+slos:
+  - {{ name: checkout-availability, service: checkout, objective: 0.999, sli: availability }}
+  - {{ name: checkout-latency, service: checkout, objective: 0.99, sli: {{ latency: {{ threshold_ms: 300 }} }} }}
+canary:
+  - {{ service: checkout, baseline: "1.4.0", canary: "1.5.0", window: 1m, min_requests: 300 }}
+policies:
+  - {{ name: rollback-bad-canary, when: canary.fail, action: rollback, for: 5s, params: {{ weight: 0 }} }}
+  - {{ name: page-fast-burn, when: burn_rate.page, action: page }}
+actuator:
+  executors:
+    - name: rollout-controller
+      type: webhook
+      actions: [rollback, set_weight]
+      url: "{controller}"
+      body: '{{"service":"{{{{service}}}}","version":"{{{{version}}}}","action":"{{{{action}}}}","weight":"{{{{params.weight}}}}","event":"{{{{id}}}}"}}'
+      timeout: 5s
+      retries: 2
+    - {{ name: pager, type: log, actions: [page, ticket, freeze_deploys, throttle, resolved] }}
+"#
+    )
+}
+
+/// The demo's stand-in for a rollout controller (Argo Rollouts, Flagger): the actuator's
+/// webhook sets the canary's traffic weight here, and the synthetic traffic obeys it.
+#[derive(Debug)]
+pub struct Controller {
+    /// The canary's share of traffic, percent.
+    pub canary_weight: AtomicU64,
+    /// Webhook calls received.
+    pub calls: AtomicU64,
+}
+
+async fn controller_hook(
+    axum::extract::State(c): axum::extract::State<Arc<Controller>>,
+    body: String,
+) -> &'static str {
+    c.calls.fetch_add(1, Relaxed);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let weight = v["weight"]
+        .as_str()
+        .and_then(|w| w.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        .clamp(0.0, 100.0) as u64;
+    c.canary_weight.store(weight, Relaxed);
+    println!(
+        ">>> actuator → rollout controller: {} {} {} (control event {}); canary traffic now {weight} %\n",
+        v["action"].as_str().unwrap_or("?"),
+        v["service"].as_str().unwrap_or("?"),
+        v["version"].as_str().unwrap_or("?"),
+        v["event"].as_str().unwrap_or("?"),
+    );
+    "ok\n"
+}
+
+/// A running demo.
+#[derive(Debug)]
+pub struct Demo {
+    /// The processor.
+    pub running: crate::app::Running,
+    /// The embedded broker's bootstrap servers.
+    pub brokers: String,
+    /// The control topic.
+    pub control_topic: String,
+    /// The rollout controller the actuator calls.
+    pub controller: Arc<Controller>,
+    started: Instant,
+    stop_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    actuator_stop: Arc<AtomicBool>,
+    actuator: Option<std::thread::JoinHandle<anyhow::Result<crate::actuate::ActuatorStats>>>,
+    actuator_dir: std::path::PathBuf,
+}
+
+impl Demo {
+    /// Starts everything; the canary degrades `args.degrade_after_s` from now.
+    pub async fn start(args: &DemoArgs) -> anyhow::Result<Self> {
+        let controller = Arc::new(Controller {
+            canary_weight: AtomicU64::new(CANARY_WEIGHT),
+            calls: AtomicU64::new(0),
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let hook = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the demo rollout controller")?;
+        let hook_url = format!("http://{}/rollout", hook.local_addr()?);
+        {
+            let router = axum::Router::new()
+                .route("/rollout", axum::routing::post(controller_hook))
+                .with_state(controller.clone());
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(hook, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
                     .await;
-                if let Err(e) = sent {
-                    eprintln!("synthetic {version}: export failed: {e}");
+            }));
+        }
+
+        let raw = RawConfig::from_yaml(&config_yaml(&hook_url)).map_err(anyhow::Error::msg)?;
+        let cfg = Config::validate(raw, &args.addrs.overrides())
+            .map_err(|p| anyhow::anyhow!("configuration: {}", p.join("; ")))?;
+        let control_topic = cfg.control_topic.clone();
+        let key = cfg.resolve_signing_key();
+        let mut actuator_cfg = cfg.actuator.clone();
+        let running = crate::app::start(cfg).await?;
+        let brokers = running
+            .kafka_brokers
+            .clone()
+            .context("the demo's embedded broker")?;
+
+        // The actuator, as `trike actuate` runs it, against the same broker.
+        let actuator_dir =
+            std::env::temp_dir().join(format!("trike-demo-actuator-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&actuator_dir);
+        actuator_cfg.state_dir = Some(actuator_dir.clone());
+        let settings = ActuatorSettings {
+            brokers: brokers.clone(),
+            control_topic: control_topic.clone(),
+            key,
+            instance: "demo-actuator".into(),
+            actuator: actuator_cfg,
+        };
+        let actuator_stop = Arc::new(AtomicBool::new(false));
+        let actuator = {
+            let stop = actuator_stop.clone();
+            std::thread::Builder::new()
+                .name("trike-demo-actuator".into())
+                .spawn(move || crate::actuate::run(settings, stop))
+                .context("starting the actuator")?
+        };
+
+        let started = Instant::now();
+        let degrade_after = Duration::from_secs(args.degrade_after_s);
+        let url = format!("http://{}/v1/traces", running.http_addr);
+        let client = reqwest::Client::new();
+        for (version, canary) in [("1.4.0", false), ("1.5.0", true)] {
+            let (client, url, mut stop) = (client.clone(), url.clone(), stop_rx.clone());
+            let controller = controller.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut svc = Service {
+                    name: "checkout".into(),
+                    version: version.into(),
+                    routes: vec!["/cart".into(), "/pay".into()],
+                    behaviour: healthy(),
+                };
+                let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(canary));
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                let mut carry = 0.0;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    if canary && started.elapsed() >= degrade_after && svc.behaviour == healthy() {
+                        svc.behaviour = degraded();
+                        println!(">>> canary 1.5.0 starts failing (8 % errors) and slowing down (×3 latency)\n");
+                    }
+                    let weight = controller.canary_weight.load(Relaxed) as f64 / 100.0;
+                    let share = if canary { weight } else { 1.0 - weight };
+                    carry += PER_TICK as f64 * share;
+                    let n = carry.floor();
+                    carry -= n;
+                    if n < 1.0 {
+                        continue;
+                    }
+                    let body = svc.request(n as usize, crate::worker::now_nanos(), 100_000_000, &mut rng).encode_to_vec();
+                    let sent = client
+                        .post(&url)
+                        .header("content-type", "application/x-protobuf")
+                        .body(body)
+                        .send()
+                        .await;
+                    if let Err(e) = sent {
+                        eprintln!("synthetic {version}: export failed: {e}");
+                    }
                 }
-            }
-        }));
+            }));
+        }
+        Ok(Self {
+            running,
+            brokers,
+            control_topic,
+            controller,
+            started,
+            stop_tx,
+            tasks,
+            actuator_stop,
+            actuator: Some(actuator),
+            actuator_dir,
+        })
     }
-    let printer = {
-        let (client, mut stop) = (client.clone(), stop_rx.clone());
-        tokio::spawn(async move {
+
+    /// Prints the addresses and what to try.
+    pub fn print_banner(&self, args: &DemoArgs) {
+        let r = &self.running;
+        let admin = r.admin_addr;
+        println!("Trike demo");
+        println!(
+            "  OTLP/gRPC  {}   OTLP/HTTP  http://{}   admin  http://{admin}",
+            r.grpc_addr, r.http_addr
+        );
+        println!(
+            "  Kafka      {} (embedded broker; control events on {}, outcomes on trike.actions)",
+            self.brokers, self.control_topic
+        );
+        println!("  SLIs:      curl 'http://{admin}/api/v1/slis?service=checkout&window=1m'");
+        println!("  SLOs:      curl http://{admin}/api/v1/slos");
+        println!(
+            "  decisions: curl http://{admin}/api/v1/decisions   (control events also print below as JSON lines)"
+        );
+        println!("  metrics:   curl http://{admin}/metrics");
+        println!(
+            "Synthetic traffic: checkout 1.4.0 (baseline, ~180 req/s) and 1.5.0 (canary, ~20 req/s); the canary degrades after {} s.",
+            args.degrade_after_s
+        );
+        println!(
+            "An actuator consumes {} and rolls the canary back through a webhook when Trike decides to.\n",
+            self.control_topic
+        );
+    }
+
+    /// Prints the SLIs every 5 s until stopped.
+    pub fn spawn_printer(&mut self) {
+        let admin = self.running.admin_addr;
+        let started = self.started;
+        let mut stop = self.stop_tx.subscribe();
+        self.tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             tick.tick().await;
             loop {
@@ -119,20 +295,39 @@ instance: demo
                     eprintln!("reading SLIs: {e:#}");
                 }
             }
-        })
-    };
+        }));
+    }
 
+    /// Stops the traffic, the actuator, then the processor and the broker.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop_tx.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        self.actuator_stop.store(true, Relaxed);
+        if let Some(a) = self.actuator.take() {
+            match tokio::task::spawn_blocking(move || a.join()).await {
+                Ok(Ok(Ok(stats))) => tracing::info!(?stats, "demo actuator stopped"),
+                Ok(Ok(Err(e))) => eprintln!("demo actuator: {e:#}"),
+                _ => eprintln!("demo actuator: panicked"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.actuator_dir);
+        self.running.stop().await
+    }
+}
+
+/// Runs the demo until Ctrl-C or `--duration-s`.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let mut demo = Demo::start(&args).await?;
+    demo.print_banner(&args);
+    demo.spawn_printer();
     let limit = args.duration_s.map(Duration::from_secs);
     tokio::select! {
         _ = tokio::signal::ctrl_c() => println!("\nCtrl-C: stopping"),
         _ = async { match limit { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {}
     }
-    let _ = stop_tx.send(true);
-    for s in senders {
-        let _ = s.await;
-    }
-    let _ = printer.await;
-    running.stop().await
+    demo.stop().await
 }
 
 async fn print_slis(

@@ -10,5 +10,6 @@ pub mod config;
 pub mod decide;
 pub mod demo;
 pub mod detect;
+pub mod embedded_broker;
 pub mod synth;
 pub mod worker;

@@ -73,6 +73,7 @@ async fn main() -> ExitCode {
                     "config section accepted but not acted on by this version"
                 );
             }
+            let embedded = cfg.kafka_brokers.as_deref() == Some(trike::embedded_broker::EMBEDDED);
             let mut running = match trike::app::start(cfg).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -80,6 +81,11 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            if let (Some(b), true) = (&running.kafka_brokers, embedded) {
+                eprintln!(
+                    "trike: embedded Kafka-protocol broker at {b} (in memory); actuators: trike actuate --kafka-brokers {b}"
+                );
+            }
             until_stopped(&mut running).await;
             match running.stop().await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -155,6 +161,12 @@ async fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             };
+            if brokers == trike::embedded_broker::EMBEDDED {
+                eprintln!(
+                    "trike actuate: kafka.brokers: embedded starts a broker inside `trike run` or `trike demo`; give the actuator the address they print"
+                );
+                return ExitCode::from(2);
+            }
             let key = cfg.resolve_signing_key();
             let settings = trike::actuate::ActuatorSettings {
                 brokers,

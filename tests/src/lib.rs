@@ -111,3 +111,37 @@ pub fn real_brokers() -> Option<String> {
         }
     }
 }
+
+/// Every record on `topic` (all partitions, from the beginning) as JSON, with its key: reads
+/// until nothing new arrives for `idle` (or 30 s pass).
+pub fn read_topic(brokers: &str, topic: &str, idle: Duration) -> Vec<(String, serde_json::Value)> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "trike-tests-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a Kafka reader");
+    let md = reader
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .expect("topic metadata");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .expect("partition");
+    }
+    reader.assign(&tpl).expect("assign");
+    let (start, mut last) = (Instant::now(), Instant::now());
+    let mut out = Vec::new();
+    while last.elapsed() < idle && start.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let value = serde_json::from_slice(m.payload().unwrap_or_default())
+                .unwrap_or(serde_json::Value::Null);
+            out.push((key, value));
+            last = Instant::now();
+        }
+    }
+    out
+}

@@ -11,6 +11,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use trike::synth::{Behaviour, Service};
 use trike_tests::{metrics_text, sample, start_trike, wait_for_requests};
@@ -158,11 +159,34 @@ async fn backpressure_pauses_partitions_and_poison_goes_to_dead_letters() {
         "receivers: {{ queue_observations: 100 }}\nkafka: {{ brokers: \"{brokers}\", ingest: {{ topics: [otlp_spans], dead_letter_topic: otlp_spans.dlq }} }}"
     ))
     .await;
+    // Stall the engine (hold its lock) until the source has had to pause a partition: the
+    // engine drains its queue within microseconds, so without a stall whether a message ever
+    // finds the queue full is a race.
+    let stall = {
+        let state = running.state.clone();
+        std::thread::spawn(move || {
+            let engine = state.worker.engine().lock();
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                let pauses = state
+                    .kafka_source
+                    .lock()
+                    .as_ref()
+                    .map_or(0, |(stats, _)| stats.pauses.load(Relaxed));
+                if pauses > 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(engine);
+        })
+    };
     assert_eq!(
         wait_for_requests(&running, "bp-svc", 3600, Duration::from_secs(60)).await,
         3600,
         "every good span applied"
     );
+    stall.join().unwrap();
     let start = std::time::Instant::now();
     let m = loop {
         let m = metrics_text(&running).await;

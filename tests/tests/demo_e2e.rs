@@ -1,0 +1,101 @@
+//! `trike demo`, headless with a shortened timeline: the whole loop on the embedded broker.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use trike::cli::{AddrArgs, DemoArgs};
+use trike::demo::Demo;
+use trike_tests::read_topic;
+
+/// Canary requests in the 10 s window, over all its series.
+async fn canary_requests(admin: std::net::SocketAddr) -> u64 {
+    let doc: serde_json::Value = reqwest::get(format!(
+        "http://{admin}/api/v1/slis?service=checkout&window=10s"
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    doc["series"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["version"] == "1.5.0")
+        .map(|s| s["requests"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Scenario: the demo with the canary degrading 2 s in. Guarantees: exactly one signed
+/// `rollback` for checkout 1.5.0 lands on the embedded broker's control topic; the actuator
+/// calls the rollout controller once and writes a `succeeded` outcome naming that event to
+/// `trike.actions`; the canary's traffic then stops (no canary request in the last 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_rolls_the_canary_back_through_kafka() {
+    let any = Some("127.0.0.1:0".to_string());
+    let args = DemoArgs {
+        addrs: AddrArgs {
+            otlp_grpc_addr: any.clone(),
+            otlp_http_addr: any.clone(),
+            admin_addr: any,
+            ..Default::default()
+        },
+        duration_s: None,
+        degrade_after_s: 2,
+    };
+    let demo = Demo::start(&args).await.expect("the demo starts");
+    let admin = demo.running.admin_addr;
+    let start = Instant::now();
+    while demo.controller.calls.load(Relaxed) == 0 && start.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rolled_back_after = start.elapsed();
+    assert_eq!(
+        demo.controller.calls.load(Relaxed),
+        1,
+        "the actuator called the rollout controller"
+    );
+    assert_eq!(demo.controller.canary_weight.load(Relaxed), 0);
+    // The canary gets no more traffic: its 10 s window empties.
+    let drained = loop {
+        let n = canary_requests(admin).await;
+        if n == 0 || start.elapsed() > rolled_back_after + Duration::from_secs(20) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(drained, 0, "canary traffic stopped after the rollback");
+
+    let (brokers, topic) = (demo.brokers.clone(), demo.control_topic.clone());
+    let (control, actions) = tokio::task::spawn_blocking(move || {
+        (
+            read_topic(&brokers, &topic, Duration::from_secs(2)),
+            read_topic(&brokers, "trike.actions", Duration::from_secs(2)),
+        )
+    })
+    .await
+    .unwrap();
+    let rollbacks: Vec<_> = control
+        .iter()
+        .filter(|(_, e)| e["type"] == "io.trike.control.rollback")
+        .collect();
+    assert_eq!(
+        rollbacks.len(),
+        1,
+        "one rollback on the control topic: {control:?}"
+    );
+    let (key, event) = rollbacks[0];
+    assert_eq!(key, "checkout");
+    assert_eq!(event["data"]["target"]["version"], "1.5.0");
+    assert!(trike_sinks::signing::verify(
+        event,
+        b"trike-demo-signing-key"
+    ));
+    assert_eq!(demo.controller.calls.load(Relaxed), 1, "called once, still");
+    let outcomes: Vec<_> = actions
+        .iter()
+        .filter(|(_, o)| o["data"]["control_event_id"] == event["id"])
+        .collect();
+    assert_eq!(outcomes.len(), 1, "{actions:?}");
+    assert_eq!(outcomes[0].1["type"], "io.trike.action.succeeded");
+    demo.stop().await.unwrap();
+}
