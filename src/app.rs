@@ -123,6 +123,8 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         metrics_windows: cfg.metrics_windows.clone(),
         metrics_max_services: cfg.metrics_max_services,
         slos: cfg.slos.clone(),
+        canaries: cfg.canaries.clone(),
+        history: Default::default(),
         decisions: store,
         kafka_source: Default::default(),
         checkpoints: checkpoint_stats,
@@ -164,6 +166,28 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
                     .with_graceful_shutdown(stop)
                     .await
                     .context("admin API")
+            }),
+        ));
+    }
+    {
+        // The dashboard's history: a sample of every service version's SLIs every 2 s.
+        let (state, mut stop) = (state.clone(), rx.clone());
+        tasks.push((
+            "history",
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::admin::history::STEP);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                    }
+                    let state = state.clone();
+                    tokio::task::spawn_blocking(move || {
+                        state.history.sample(&state.worker.engine().lock());
+                    })
+                    .await
+                    .context("history sampler")?;
+                }
             }),
         ));
     }

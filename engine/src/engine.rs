@@ -590,20 +590,31 @@ impl Engine {
 
     /// SLIs per service (all its series merged) over a window ending now, sorted by service.
     pub fn service_slis(&self, window: Span) -> Result<Vec<ServiceSli>> {
+        self.grouped_slis(window, false)
+    }
+
+    /// SLIs per service version (all its series merged) over a window ending now, sorted by
+    /// service, then version.
+    pub fn version_slis(&self, window: Span) -> Result<Vec<ServiceSli>> {
+        self.grouped_slis(window, true)
+    }
+
+    fn grouped_slis(&self, window: Span, by_version: bool) -> Result<Vec<ServiceSli>> {
         if window.secs() > MAX_COUNTER_WINDOW_S {
             return Err(Error::Invalid(format!(
                 "window {window}: the longest window kept is 30d"
             )));
         }
         let now_s = secs(self.now);
-        let mut by: std::collections::BTreeMap<&str, (u64, u64, u64, Option<TDigest>)> =
-            Default::default();
+        type Acc = (u64, u64, u64, Option<TDigest>);
+        let mut by: std::collections::BTreeMap<(&str, Option<&str>), Acc> = Default::default();
         for e in &self.entries {
             let sums = e.state.sums(now_s, window.secs());
             if sums.requests == 0 {
                 continue;
             }
-            let acc = by.entry(&e.key.service).or_insert((
+            let group = (&*e.key.service, by_version.then_some(&*e.key.version));
+            let acc = by.entry(group).or_insert((
                 0,
                 0,
                 sums.start_s,
@@ -623,21 +634,24 @@ impl Engine {
         }
         Ok(by
             .into_iter()
-            .map(|(service, (requests, errors, start_s, digest))| {
-                let covered_ns = self
-                    .now
-                    .saturating_sub(start_s * NANOS_PER_SEC)
-                    .max(NANOS_PER_SEC);
-                ServiceSli {
-                    service: service.to_string(),
-                    window,
-                    requests,
-                    errors,
-                    error_ratio: errors as f64 / requests as f64,
-                    rate_per_s: requests as f64 * NANOS_PER_SEC as f64 / covered_ns as f64,
-                    latency_ms: digest.filter(|d| !d.is_empty()).as_ref().map(quantiles_of),
-                }
-            })
+            .map(
+                |((service, version), (requests, errors, start_s, digest))| {
+                    let covered_ns = self
+                        .now
+                        .saturating_sub(start_s * NANOS_PER_SEC)
+                        .max(NANOS_PER_SEC);
+                    ServiceSli {
+                        service: service.to_string(),
+                        version: version.map(str::to_string),
+                        window,
+                        requests,
+                        errors,
+                        error_ratio: errors as f64 / requests as f64,
+                        rate_per_s: requests as f64 * NANOS_PER_SEC as f64 / covered_ns as f64,
+                        latency_ms: digest.filter(|d| !d.is_empty()).as_ref().map(quantiles_of),
+                    }
+                },
+            )
             .collect())
     }
 

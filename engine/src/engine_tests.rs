@@ -460,6 +460,42 @@ fn service_level_aggregation() {
     assert_eq!((q.p50, q.p999), (20.0, 1000.0));
 }
 
+/// Guarantees: version SLIs add up the series of one service version (across operations) and
+/// keep versions apart.
+#[test]
+fn version_level_aggregation() {
+    let mut e = engine();
+    for (op, version, latency, bad) in [
+        ("/a", "1", 10.0, false),
+        ("/b", "1", 30.0, true),
+        ("/a", "2", 500.0, false),
+    ] {
+        e.ingest(
+            &batch(SeriesKey::new("svc", op, version), &[(T0, latency, bad)]),
+            T0,
+        );
+    }
+    let rows = e.version_slis("1m".parse().unwrap()).unwrap();
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.service.as_str(),
+                r.version.as_deref(),
+                r.requests,
+                r.errors,
+            )
+        })
+        .collect();
+    assert_eq!(got, [("svc", Some("1"), 2, 1), ("svc", Some("2"), 1, 0)]);
+    assert_eq!(rows[1].latency_ms.unwrap().p50, 500.0);
+    assert!(
+        e.service_slis("1m".parse().unwrap()).unwrap()[0]
+            .version
+            .is_none()
+    );
+}
+
 /// Guarantees: cumulative metrics ignored while the service sends spans still move their
 /// baseline, so when spans stop, the metrics count what happened since, not a burst of
 /// everything held back.

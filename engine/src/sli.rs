@@ -69,6 +69,8 @@ pub struct SliQuery {
 pub struct ServiceSli {
     /// Service name.
     pub service: String,
+    /// The version, when grouped by version ([`crate::Engine::version_slis`]).
+    pub version: Option<String>,
     /// Window length.
     pub window: Span,
     /// Requests.

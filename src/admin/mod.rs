@@ -1,5 +1,6 @@
 //! Admin HTTP API on `127.0.0.1:8480`: health, readiness, Prometheus metrics, SLI JSON.
 
+pub mod history;
 mod prom;
 mod slis;
 
@@ -31,6 +32,10 @@ pub struct AdminState {
     pub metrics_max_services: usize,
     /// The SLOs evaluated by `/api/v1/slos` and `/api/v1/gate`.
     pub slos: Vec<trike_engine::slo::Slo>,
+    /// The canary comparisons judged by `/api/v1/canaries`.
+    pub canaries: Vec<trike_engine::canary::CanarySpec>,
+    /// Recent SLIs per service version, for the dashboard's charts.
+    pub history: history::History,
     /// Recent control events.
     pub decisions: Arc<crate::decide::DecisionStore>,
     /// The Kafka source's counters and per-partition progress, when it runs.
@@ -48,7 +53,8 @@ pub type KafkaSourceHandles = (
 /// The admin routes.
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
-        .route("/", get(index))
+        .route("/", get(dashboard))
+        .route("/api", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -56,18 +62,38 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/slos", get(slos_handler))
         .route("/api/v1/gate", get(gate_handler))
         .route("/api/v1/decisions", get(decisions_handler))
+        .route("/api/v1/canaries", get(canaries_handler))
+        .route("/api/v1/history", get(history_handler))
+        .route("/api/v1/services", get(services_handler))
         .with_state(state)
+}
+
+/// The dashboard: one self-contained page (no external assets; the machine may be offline).
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD_HTML,
+    )
 }
 
 async fn index() -> impl IntoResponse {
     "Trike admin API\n\n\
+     GET /                                 dashboard (HTML)\n\
      GET /healthz                          liveness\n\
      GET /readyz                           readiness (receivers bound, engine running)\n\
      GET /metrics                          Prometheus text\n\
      GET /api/v1/slis?service=S&window=5m  SLIs per series (JSON)\n\
      GET /api/v1/slos                      SLO status: budget, burn rates, firing tiers (JSON)\n\
      GET /api/v1/gate?service=S            deploy strategy from the error budget left (JSON)\n\
-     GET /api/v1/decisions?service=S&limit=N  recent control events, newest first (JSON)\n"
+     GET /api/v1/decisions?service=S&limit=N  recent control events, newest first (JSON)\n\
+     GET /api/v1/canaries?service=S       canary verdicts with their statistics (JSON)\n\
+     GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
+     GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n"
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
@@ -214,4 +240,42 @@ async fn decisions_handler(
     let limit = p.limit.unwrap_or(100).min(crate::decide::STORE_CAPACITY);
     let decisions = s.decisions.recent(service.as_deref(), limit);
     axum::Json(serde_json::json!({ "decisions": decisions })).into_response()
+}
+
+async fn canaries_handler(
+    State(s): State<Arc<AdminState>>,
+    Query(p): Query<ServiceParam>,
+) -> Response {
+    let service = p.service.filter(|s| !s.is_empty());
+    let engine = s.worker.engine().lock();
+    let results: Vec<_> = s
+        .canaries
+        .iter()
+        .filter(|c| service.as_deref().is_none_or(|svc| svc == c.service))
+        .map(|c| trike_engine::canary::judge(&engine, c))
+        .collect();
+    drop(engine);
+    axum::Json(serde_json::json!({ "canaries": results })).into_response()
+}
+
+async fn history_handler(
+    State(s): State<Arc<AdminState>>,
+    Query(p): Query<ServiceParam>,
+) -> Response {
+    let Some(service) = p.service.filter(|s| !s.is_empty()) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "service: give ?service=NAME".into(),
+        );
+    };
+    axum::Json(s.history.document(&service)).into_response()
+}
+
+async fn services_handler(State(s): State<Arc<AdminState>>) -> Response {
+    let mut services = s.history.services();
+    services.extend(s.slos.iter().map(|x| x.service.clone()));
+    services.extend(s.canaries.iter().map(|x| x.service.clone()));
+    services.sort();
+    services.dedup();
+    axum::Json(serde_json::json!({ "services": services })).into_response()
 }

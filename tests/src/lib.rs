@@ -145,3 +145,66 @@ pub fn read_topic(brokers: &str, topic: &str, idle: Duration) -> Vec<(String, se
     }
     out
 }
+
+/// Headless Chromium for browser tests (`TRIKE_TEST_CHROMIUM`, else `/usr/bin/chromium`, which
+/// `.ci/run` installs). Without it: `None` and a SKIPPED line locally; a panic under CI.
+pub fn chromium() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("TRIKE_TEST_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok() {
+        panic!(
+            "CI must provide Chromium at {} (.ci/run installs it)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: no Chromium at {} (apt-get install chromium)",
+        path.display()
+    );
+    None
+}
+
+/// Runs headless Chromium on `url` with `extra` arguments (e.g. `--dump-dom`), letting the
+/// page's scripts run for `budget_ms` of virtual time; returns stdout.
+pub fn run_chromium(
+    chromium: &std::path::Path,
+    url: &str,
+    budget_ms: u64,
+    extra: &[&str],
+) -> String {
+    let profile = std::env::temp_dir().join(format!(
+        "trike-chromium-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1400,1600",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("chromium runs");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,102 @@
+//! The dashboard in a real browser (headless Chromium) while the demo runs.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use trike::cli::{AddrArgs, DemoArgs};
+use trike::demo::Demo;
+use trike_tests::{chromium, run_chromium};
+
+/// Number of `<polyline>` points in the chart `id` of a dumped DOM, per series.
+fn chart_series(dom: &str, id: &str) -> Vec<(String, usize)> {
+    let Some(start) = dom.find(&format!("id=\"{id}\"")) else {
+        return Vec::new();
+    };
+    let body = &dom[start..dom[start..].find("</svg>").map_or(dom.len(), |e| start + e)];
+    body.split("<polyline")
+        .skip(1)
+        .filter_map(|p| {
+            let attr = |name: &str| {
+                let i = p.find(&format!("{name}=\""))? + name.len() + 2;
+                Some(p[i..i + p[i..].find('"')?].to_string())
+            };
+            Some((attr("data-series")?, attr("data-n")?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Scenario: the demo runs (canary degrading 2 s in) until the actuator has rolled the canary
+/// back; headless Chromium then loads the dashboard. Guarantees: the page's scripts ran
+/// against the live API — the rate, error and latency charts draw lines with data for both
+/// versions, the SLO cards and the canary verdict show, and the rollback appears in the
+/// decisions timeline with its evidence. A screenshot is kept as a test artifact
+/// (`target/dashboard.png`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_renders_charts_and_the_rollback() {
+    let Some(chromium) = chromium() else { return };
+    let any = Some("127.0.0.1:0".to_string());
+    let args = DemoArgs {
+        addrs: AddrArgs {
+            otlp_grpc_addr: any.clone(),
+            otlp_http_addr: any.clone(),
+            admin_addr: any,
+            ..Default::default()
+        },
+        duration_s: None,
+        degrade_after_s: 2,
+    };
+    let demo = Demo::start(&args).await.expect("the demo starts");
+    let start = Instant::now();
+    while demo.controller.calls.load(Relaxed) == 0 && start.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(demo.controller.calls.load(Relaxed), 1, "rolled back");
+    let url = format!("http://{}/?service=checkout", demo.running.admin_addr);
+    let dom = {
+        let (c, u) = (chromium.clone(), url.clone());
+        tokio::task::spawn_blocking(move || run_chromium(&c, &u, 5000, &["--dump-dom"]))
+            .await
+            .unwrap()
+    };
+    for chart in ["chart-rate", "chart-errors", "chart-latency"] {
+        let series = chart_series(&dom, chart);
+        for version in ["1.4.0", "1.5.0"] {
+            assert!(
+                series
+                    .iter()
+                    .any(|(name, n)| name.starts_with(version) && *n >= 3),
+                "{chart} has a line with data for {version}: {series:?}"
+            );
+        }
+    }
+    assert!(
+        dom.contains("data-slo=\"checkout-availability\""),
+        "SLO card"
+    );
+    assert!(dom.contains("data-verdict=\"fail\""), "the canary verdict");
+    assert!(
+        dom.contains("class=\"decision sev-page\" data-action=\"rollback\""),
+        "the rollback in the timeline"
+    );
+    assert!(dom.contains("\"p_value\""), "its evidence (canary statistics)");
+    assert!(
+        dom.contains("badge b-ok\">live"),
+        "the page reached the API"
+    );
+
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("target");
+    let shot = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or(target, std::path::PathBuf::from)
+        .join("dashboard.png");
+    let arg = format!("--screenshot={}", shot.display());
+    tokio::task::spawn_blocking(move || run_chromium(&chromium, &url, 5000, &[&arg]))
+        .await
+        .unwrap();
+    let png = std::fs::read(&shot).expect("the screenshot was written");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 20_000, "a real picture: {} bytes", png.len());
+    eprintln!("screenshot: {}", shot.display());
+    demo.stop().await.unwrap();
+}
