@@ -105,7 +105,10 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     pub duration_s: Option<u64>,
-    /// Seconds before the canary starts failing.
+    /// Seconds before the scenario's trouble starts.
     #[arg(long, default_value_t = 30)]
     pub degrade_after_s: u64,
+    /// The story to tell.
+    #[arg(long, value_enum, default_value_t)]
+    pub scenario: crate::demo::Scenario,
 }

@@ -25,19 +25,79 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Well inside the 99.9 % availability SLO (a burn rate of 0.2).
 fn healthy() -> Behaviour {
     Behaviour {
         median_ms: 40.0,
         sigma: 0.5,
-        error_ratio: 0.001,
+        error_ratio: 0.0002,
     }
 }
 
-fn degraded() -> Behaviour {
-    Behaviour {
-        median_ms: 120.0,
-        sigma: 0.7,
-        error_ratio: 0.08,
+/// The built-in stories `trike demo --scenario` can tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// The canary (10 % of traffic) starts failing and slowing down; the canary judge fails
+    /// it and the actuator rolls it back.
+    #[default]
+    Canary,
+    /// The canary gets slower but no less reliable: the latency comparison alone fails it.
+    Latency,
+    /// One version serves everything and starts failing 0.4 % of requests: a 4× burn of the
+    /// 99.9 % SLO, too slow to page, so the ticket tier fires and a ticket is raised.
+    SlowBurn,
+    /// The service stops reporting (a broken telemetry pipeline): its data goes stale, the
+    /// rollback rule holds, and a page about the stale telemetry goes out instead.
+    Stale,
+}
+
+impl Scenario {
+    /// What happens at the degrade time: (the canary's new behaviour, the baseline's).
+    fn degrade(self) -> (Option<Behaviour>, Option<Behaviour>) {
+        match self {
+            Self::Canary => (
+                Some(Behaviour {
+                    median_ms: 120.0,
+                    sigma: 0.7,
+                    error_ratio: 0.08,
+                }),
+                None,
+            ),
+            Self::Latency => (
+                Some(Behaviour {
+                    median_ms: 100.0,
+                    ..healthy()
+                }),
+                None,
+            ),
+            Self::SlowBurn => (
+                None,
+                Some(Behaviour {
+                    error_ratio: 0.004,
+                    ..healthy()
+                }),
+            ),
+            Self::Stale => (None, None),
+        }
+    }
+
+    /// The canary's starting share of traffic, percent.
+    fn canary_weight(self) -> u64 {
+        match self {
+            Self::SlowBurn => 0,
+            _ => CANARY_WEIGHT,
+        }
+    }
+
+    fn story(self) -> &'static str {
+        match self {
+            Self::Canary => "the canary starts failing (8 % errors) and slowing down (×3 latency)",
+            Self::Latency => "the canary slows down (median 40 → 100 ms) without failing more",
+            Self::SlowBurn => {
+                "1.4.0 starts failing 0.4 % of requests (a 4× burn of the 99.9 % SLO)"
+            }
+            Self::Stale => "the telemetry pipeline stalls: checkout stops reporting",
+        }
     }
 }
 
@@ -50,6 +110,7 @@ const CANARY_WEIGHT: u64 = 10;
 fn config_yaml(controller: &str) -> String {
     format!(
         r#"
+stale: {{ after: 15s }}
 kafka: {{ brokers: embedded }}
 sinks: [ {{ type: stdout }}, {{ type: kafka }} ]
 signing: {{ key: trike-demo-signing-key }}
@@ -62,6 +123,8 @@ canary:
 policies:
   - {{ name: rollback-bad-canary, when: canary.fail, action: rollback, for: 5s, params: {{ weight: 0 }} }}
   - {{ name: page-fast-burn, when: burn_rate.page, action: page }}
+  - {{ name: ticket-slow-burn, when: burn_rate.ticket, action: ticket }}
+  - {{ name: page-on-stale-telemetry, when: stale, action: page }}
 actuator:
   executors:
     - name: rollout-controller
@@ -130,8 +193,9 @@ pub struct Demo {
 impl Demo {
     /// Starts everything; the canary degrades `args.degrade_after_s` from now.
     pub async fn start(args: &DemoArgs) -> anyhow::Result<Self> {
+        let scenario = args.scenario;
         let controller = Arc::new(Controller {
-            canary_weight: AtomicU64::new(CANARY_WEIGHT),
+            canary_weight: AtomicU64::new(scenario.canary_weight()),
             calls: AtomicU64::new(0),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -204,14 +268,24 @@ impl Demo {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(canary));
                 let mut tick = tokio::time::interval(Duration::from_millis(100));
                 let mut carry = 0.0;
+                let mut degraded = false;
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
                         _ = stop.wait_for(|s| *s) => return,
                     }
-                    if canary && started.elapsed() >= degrade_after && svc.behaviour == healthy() {
-                        svc.behaviour = degraded();
-                        println!(">>> canary 1.5.0 starts failing (8 % errors) and slowing down (×3 latency)\n");
+                    if started.elapsed() >= degrade_after && !degraded {
+                        degraded = true;
+                        let (to_canary, to_baseline) = scenario.degrade();
+                        if let Some(b) = if canary { to_canary } else { to_baseline } {
+                            svc.behaviour = b;
+                        }
+                        if !canary {
+                            println!(">>> {}\n", scenario.story());
+                        }
+                    }
+                    if degraded && scenario == Scenario::Stale {
+                        continue;
                     }
                     let weight = controller.canary_weight.load(Relaxed) as f64 / 100.0;
                     let share = if canary { weight } else { 1.0 - weight };
@@ -221,7 +295,14 @@ impl Demo {
                     if n < 1.0 {
                         continue;
                     }
-                    let body = svc.request(n as usize, crate::worker::now_nanos(), 100_000_000, &mut rng).encode_to_vec();
+                    let body = svc
+                        .request(
+                            n as usize,
+                            crate::worker::now_nanos(),
+                            100_000_000,
+                            &mut rng,
+                        )
+                        .encode_to_vec();
                     let sent = client
                         .post(&url)
                         .header("content-type", "application/x-protobuf")
@@ -252,7 +333,7 @@ impl Demo {
     pub fn print_banner(&self, args: &DemoArgs) {
         let r = &self.running;
         let admin = r.admin_addr;
-        println!("Trike demo");
+        println!("Trike demo — open the dashboard: http://{admin}/");
         println!(
             "  OTLP/gRPC  {}   OTLP/HTTP  http://{}   admin  http://{admin}",
             r.grpc_addr, r.http_addr
@@ -267,10 +348,16 @@ impl Demo {
             "  decisions: curl http://{admin}/api/v1/decisions   (control events also print below as JSON lines)"
         );
         println!("  metrics:   curl http://{admin}/metrics");
+        let weight = args.scenario.canary_weight();
         println!(
-            "Synthetic traffic: checkout 1.4.0 (baseline, ~180 req/s) and 1.5.0 (canary, ~20 req/s); the canary degrades after {} s.",
-            args.degrade_after_s
+            "Scenario {:?}: checkout 1.4.0 ({} req/s) and 1.5.0 (canary, {} req/s); after {} s, {}.",
+            args.scenario,
+            PER_TICK as u64 * (100 - weight) / 10,
+            PER_TICK as u64 * weight / 10,
+            args.degrade_after_s,
+            args.scenario.story()
         );
+        println!("  dashboard: http://{admin}/");
         println!(
             "An actuator consumes {} and rolls the canary back through a webhook when Trike decides to.\n",
             self.control_topic

@@ -113,7 +113,8 @@ pub fn real_brokers() -> Option<String> {
 }
 
 /// Every record on `topic` (all partitions, from the beginning) as JSON, with its key: reads
-/// until nothing new arrives for `idle` (or 30 s pass).
+/// until nothing new arrives for `idle` after the first record (or 15 s pass with none, or 30 s
+/// in all).
 pub fn read_topic(brokers: &str, topic: &str, idle: Duration) -> Vec<(String, serde_json::Value)> {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -134,7 +135,14 @@ pub fn read_topic(brokers: &str, topic: &str, idle: Duration) -> Vec<(String, se
     reader.assign(&tpl).expect("assign");
     let (start, mut last) = (Instant::now(), Instant::now());
     let mut out = Vec::new();
-    while last.elapsed() < idle && start.elapsed() < Duration::from_secs(30) {
+    let wait = |out: &Vec<_>| {
+        if out.is_empty() {
+            Duration::from_secs(15)
+        } else {
+            idle
+        }
+    };
+    while last.elapsed() < wait(&out) && start.elapsed() < Duration::from_secs(30) {
         if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
             let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
             let value = serde_json::from_slice(m.payload().unwrap_or_default())

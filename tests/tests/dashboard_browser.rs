@@ -43,6 +43,7 @@ async fn dashboard_renders_charts_and_the_rollback() {
         },
         duration_s: None,
         degrade_after_s: 2,
+        scenario: trike::demo::Scenario::Canary,
     };
     let demo = Demo::start(&args).await.expect("the demo starts");
     let start = Instant::now();
@@ -77,7 +78,10 @@ async fn dashboard_renders_charts_and_the_rollback() {
         dom.contains("class=\"decision sev-page\" data-action=\"rollback\""),
         "the rollback in the timeline"
     );
-    assert!(dom.contains("\"p_value\""), "its evidence (canary statistics)");
+    assert!(
+        dom.contains("\"p_value\""),
+        "its evidence (canary statistics)"
+    );
     assert!(
         dom.contains("badge b-ok\">live"),
         "the page reached the API"

@@ -41,6 +41,7 @@ async fn demo_rolls_the_canary_back_through_kafka() {
         },
         duration_s: None,
         degrade_after_s: 2,
+        scenario: trike::demo::Scenario::Canary,
     };
     let demo = Demo::start(&args).await.expect("the demo starts");
     let admin = demo.running.admin_addr;
@@ -98,4 +99,117 @@ async fn demo_rolls_the_canary_back_through_kafka() {
     assert_eq!(outcomes.len(), 1, "{actions:?}");
     assert_eq!(outcomes[0].1["type"], "io.trike.action.succeeded");
     demo.stop().await.unwrap();
+}
+
+/// Starts `scenario` with its trouble 1 s in, waits for a control event of `action` on the
+/// embedded broker's control topic, and returns the whole topic and the actions topic.
+async fn scenario_events(
+    scenario: trike::demo::Scenario,
+    action: &str,
+) -> (
+    Vec<(String, serde_json::Value)>,
+    Vec<(String, serde_json::Value)>,
+) {
+    let any = Some("127.0.0.1:0".to_string());
+    let args = DemoArgs {
+        addrs: AddrArgs {
+            otlp_grpc_addr: any.clone(),
+            otlp_http_addr: any.clone(),
+            admin_addr: any,
+            ..Default::default()
+        },
+        duration_s: None,
+        degrade_after_s: 1,
+        scenario,
+    };
+    let demo = Demo::start(&args).await.expect("the demo starts");
+    let start = Instant::now();
+    while demo
+        .running
+        .state
+        .decisions
+        .recent(None, 100)
+        .iter()
+        .all(|e| e["data"]["action"] != action)
+        && start.elapsed() < Duration::from_secs(90)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Room for the actuator to write its outcome.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (brokers, topic) = (demo.brokers.clone(), demo.control_topic.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        (
+            read_topic(&brokers, &topic, Duration::from_secs(2)),
+            read_topic(&brokers, "trike.actions", Duration::from_secs(2)),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        demo.controller.calls.load(Relaxed),
+        0,
+        "nothing rolled back"
+    );
+    demo.stop().await.unwrap();
+    read
+}
+
+/// Scenario: `--scenario slow-burn` (one version failing 0.4 %: a 4× burn). Guarantees: a
+/// `ticket` from the ticket tier reaches the control topic, no page and no rollback, and the
+/// actuator records a `succeeded` outcome for it (its log executor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_burn_scenario_raises_a_ticket() {
+    let (control, actions) = scenario_events(trike::demo::Scenario::SlowBurn, "ticket").await;
+    let actions_of = |a: &str| {
+        control
+            .iter()
+            .filter(|(_, e)| e["data"]["action"] == a)
+            .count()
+    };
+    assert_eq!(actions_of("ticket"), 1, "{control:?}");
+    assert_eq!(
+        (actions_of("page"), actions_of("rollback")),
+        (0, 0),
+        "{control:?}"
+    );
+    let ticket = &control
+        .iter()
+        .find(|(_, e)| e["data"]["action"] == "ticket")
+        .unwrap()
+        .1;
+    assert_eq!(ticket["data"]["rule"], "ticket-slow-burn");
+    assert!(
+        actions
+            .iter()
+            .any(|(_, o)| o["data"]["control_event_id"] == ticket["id"]
+                && o["type"] == "io.trike.action.succeeded"),
+        "{actions:?}"
+    );
+}
+
+/// Scenario: `--scenario stale` (checkout stops reporting). Guarantees: a `page` from the
+/// stale-telemetry rule reaches the control topic with the stale evidence, and nothing is
+/// rolled back on the stale data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_scenario_pages_and_holds() {
+    let (control, _) = scenario_events(trike::demo::Scenario::Stale, "page").await;
+    let pages: Vec<_> = control
+        .iter()
+        .filter(|(_, e)| e["data"]["action"] == "page")
+        .collect();
+    assert_eq!(pages.len(), 1, "{control:?}");
+    assert_eq!(pages[0].1["data"]["rule"], "page-on-stale-telemetry");
+    assert!(
+        pages[0].1["data"]["evidence"]
+            .to_string()
+            .contains("silent_s"),
+        "{}",
+        pages[0].1
+    );
+    assert!(
+        control
+            .iter()
+            .all(|(_, e)| e["data"]["action"] != "rollback")
+    );
 }
