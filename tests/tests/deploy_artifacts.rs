@@ -22,8 +22,13 @@ fn deploy_artifacts_render_and_validate() {
         .parent()
         .unwrap()
         .to_path_buf();
+    let dump = std::env::temp_dir().join(format!("trike-chart-configs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dump);
+    std::fs::create_dir_all(&dump).unwrap();
     let out = std::process::Command::new(&python)
         .arg(root.join("deploy/check_deploy.py"))
+        .arg("--dump-configs")
+        .arg(&dump)
         .current_dir(&root)
         .output()
         .expect("the deploy checker runs");
@@ -38,4 +43,19 @@ fn deploy_artifacts_render_and_validate() {
     assert!(last.ends_with(" passed, 0 failed"), "{stdout}");
     let passed: u32 = last.split(' ').next().unwrap().parse().unwrap();
     assert!(passed >= 10, "only {passed} checks ran:\n{stdout}");
+
+    // The configs the chart renders into its ConfigMaps are ones Trike accepts.
+    let mut validated = 0;
+    for entry in std::fs::read_dir(&dump).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let raw = trike::config::RawConfig::from_yaml(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let Err(problems) = trike::config::Config::validate(raw, &Default::default()) {
+            panic!("{}: {}", path.display(), problems.join("; "));
+        }
+        validated += 1;
+    }
+    assert!(validated >= 6, "{validated} rendered configs validated");
+    let _ = std::fs::remove_dir_all(&dump);
 }
