@@ -131,3 +131,31 @@ pub fn execute(exec: &ExecutorConfig, event: &Value) -> Result<u32, (String, u32
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// Scenario: a webhook executor pointed at an `https://` URL, served by a plain socket that
+    /// records the first byte it receives. Guarantees: the executor speaks TLS (a handshake
+    /// record, 0x16, arrives) instead of refusing the scheme — production webhooks are HTTPS.
+    #[test]
+    fn webhooks_speak_tls_to_https_urls() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut first = [0u8; 1];
+            conn.read_exact(&mut first).unwrap();
+            first[0]
+        });
+        let exec: ExecutorConfig = serde_yaml_ng::from_str(&format!(
+            "{{ name: tls, type: webhook, actions: [rollback], url: \"https://127.0.0.1:{port}/hook\", retries: 0, timeout: 2s }}"
+        ))
+        .unwrap();
+        let result = execute(&exec, &serde_json::json!({"id": "x", "data": {}}));
+        assert!(result.is_err(), "no TLS server there: {result:?}");
+        assert_eq!(server.join().unwrap(), 0x16, "a TLS handshake record");
+    }
+}
