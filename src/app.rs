@@ -63,6 +63,25 @@ fn kafka_sink_config(cfg: &Config) -> Option<trike_sinks::kafka::KafkaSinkConfig
     })
 }
 
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+        _ = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
 /// Starts everything `cfg` describes.
 pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     let embedded_broker = EmbeddedBroker::for_config(&mut cfg)?;
@@ -176,6 +195,8 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
             "history",
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(crate::admin::history::STEP);
+                // A slow sample delays the next one instead of bunching them up.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
@@ -253,9 +274,13 @@ impl Running {
                     s.join();
                 }
             }
-            Err(_) => tracing::warn!(
-                "admin state still referenced at shutdown; engine thread stops on exit"
-            ),
+            Err(_) => {
+                tracing::warn!(
+                    "admin state still referenced at shutdown; engine thread stops on exit"
+                );
+                // Its Kafka clients still run: the embedded broker must outlive them.
+                std::mem::forget(self.embedded_broker.take());
+            }
         }
         if let Some(b) = self.embedded_broker.take() {
             tokio::task::spawn_blocking(move || drop(b)).await.ok();

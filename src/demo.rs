@@ -46,8 +46,9 @@ pub enum Scenario {
     /// One version serves everything and starts failing 0.4 % of requests: a 4× burn of the
     /// 99.9 % SLO, too slow to page, so the ticket tier fires and a ticket is raised.
     SlowBurn,
-    /// The service stops reporting (a broken telemetry pipeline): its data goes stale, the
-    /// rollback rule holds, and a page about the stale telemetry goes out instead.
+    /// The telemetry pipeline stalls, then delivers [`PIPELINE_LAG`] behind, while the canary
+    /// goes bad: the data is stale, so the rollback is held (policies never act on stale data
+    /// unless told to) and a page about the stale telemetry goes out instead.
     Stale,
 }
 
@@ -77,7 +78,7 @@ impl Scenario {
                     ..healthy()
                 }),
             ),
-            Self::Stale => (None, None),
+            Self::Stale => (Self::Canary.degrade().0, None),
         }
     }
 
@@ -96,10 +97,15 @@ impl Scenario {
             Self::SlowBurn => {
                 "1.4.0 starts failing 0.4 % of requests (a 4× burn of the 99.9 % SLO)"
             }
-            Self::Stale => "the telemetry pipeline stalls: checkout stops reporting",
+            Self::Stale => {
+                "the telemetry pipeline stalls, then runs 20 s behind, while the canary starts failing"
+            }
         }
     }
 }
+
+/// How far behind the stalled pipeline of [`Scenario::Stale`] delivers (beyond `stale.max_lag`).
+pub const PIPELINE_LAG: Duration = Duration::from_secs(20);
 
 /// Requests per 100 ms tick, all versions together (200 req/s).
 const PER_TICK: usize = 20;
@@ -110,7 +116,7 @@ const CANARY_WEIGHT: u64 = 10;
 fn config_yaml(controller: &str) -> String {
     format!(
         r#"
-stale: {{ after: 15s }}
+stale: {{ after: 15s, max_lag: 10s }}
 kafka: {{ brokers: embedded }}
 sinks: [ {{ type: stdout }}, {{ type: kafka }} ]
 signing: {{ key: trike-demo-signing-key }}
@@ -204,6 +210,20 @@ impl Demo {
             .await
             .context("binding the demo rollout controller")?;
         let hook_url = format!("http://{}/rollout", hook.local_addr()?);
+        let raw = RawConfig::from_yaml(&config_yaml(&hook_url)).map_err(anyhow::Error::msg)?;
+        let cfg = Config::validate(raw, &args.addrs.overrides())
+            .map_err(|p| anyhow::anyhow!("configuration: {}", p.join("; ")))?;
+        let control_topic = cfg.control_topic.clone();
+        let key = cfg.resolve_signing_key();
+        let mut actuator_cfg = cfg.actuator.clone();
+        let running = crate::app::start(cfg).await?;
+        // The dashboard's charts show the demo from its first second.
+        running.state.history.pin("checkout");
+        let Some(brokers) = running.kafka_brokers.clone() else {
+            running.stop().await?;
+            anyhow::bail!("the demo's embedded broker did not start");
+        };
+        // Nothing is spawned before this point, so the errors above leave nothing running.
         {
             let router = axum::Router::new()
                 .route("/rollout", axum::routing::post(controller_hook))
@@ -218,21 +238,14 @@ impl Demo {
             }));
         }
 
-        let raw = RawConfig::from_yaml(&config_yaml(&hook_url)).map_err(anyhow::Error::msg)?;
-        let cfg = Config::validate(raw, &args.addrs.overrides())
-            .map_err(|p| anyhow::anyhow!("configuration: {}", p.join("; ")))?;
-        let control_topic = cfg.control_topic.clone();
-        let key = cfg.resolve_signing_key();
-        let mut actuator_cfg = cfg.actuator.clone();
-        let running = crate::app::start(cfg).await?;
-        let brokers = running
-            .kafka_brokers
-            .clone()
-            .context("the demo's embedded broker")?;
-
-        // The actuator, as `trike actuate` runs it, against the same broker.
-        let actuator_dir =
-            std::env::temp_dir().join(format!("trike-demo-actuator-{}", std::process::id()));
+        // The actuator, as `trike actuate` runs it, against the same broker. Its executed-id
+        // record is this demo's own (several demos may run in one process, e.g. tests).
+        static DEMOS: AtomicU64 = AtomicU64::new(0);
+        let actuator_dir = std::env::temp_dir().join(format!(
+            "trike-demo-actuator-{}-{}",
+            std::process::id(),
+            DEMOS.fetch_add(1, Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&actuator_dir);
         actuator_cfg.state_dir = Some(actuator_dir.clone());
         let settings = ActuatorSettings {
@@ -243,12 +256,22 @@ impl Demo {
             actuator: actuator_cfg,
         };
         let actuator_stop = Arc::new(AtomicBool::new(false));
-        let actuator = {
+        let spawned = {
             let stop = actuator_stop.clone();
             std::thread::Builder::new()
                 .name("trike-demo-actuator".into())
                 .spawn(move || crate::actuate::run(settings, stop))
-                .context("starting the actuator")?
+        };
+        let actuator = match spawned {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = stop_tx.send(true);
+                for t in tasks {
+                    let _ = t.await;
+                }
+                running.stop().await?;
+                return Err(e).context("starting the actuator");
+            }
         };
 
         let started = Instant::now();
@@ -284,8 +307,13 @@ impl Demo {
                             println!(">>> {}\n", scenario.story());
                         }
                     }
+                    // The stalled pipeline: nothing for PIPELINE_LAG, then data that far behind.
+                    let mut end_ns = crate::worker::now_nanos();
                     if degraded && scenario == Scenario::Stale {
-                        continue;
+                        if started.elapsed() < degrade_after + PIPELINE_LAG {
+                            continue;
+                        }
+                        end_ns -= PIPELINE_LAG.as_nanos() as u64;
                     }
                     let weight = controller.canary_weight.load(Relaxed) as f64 / 100.0;
                     let share = if canary { weight } else { 1.0 - weight };
@@ -296,12 +324,7 @@ impl Demo {
                         continue;
                     }
                     let body = svc
-                        .request(
-                            n as usize,
-                            crate::worker::now_nanos(),
-                            100_000_000,
-                            &mut rng,
-                        )
+                        .request(n as usize, end_ns, 100_000_000, &mut rng)
                         .encode_to_vec();
                     let sent = client
                         .post(&url)
@@ -385,12 +408,9 @@ impl Demo {
         }));
     }
 
-    /// Stops the traffic, the actuator, then the processor and the broker.
+    /// Stops the actuator (while the controller it calls still answers), then the traffic,
+    /// the controller and the printer, then the processor and the broker.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        let _ = self.stop_tx.send(true);
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
-        }
         self.actuator_stop.store(true, Relaxed);
         if let Some(a) = self.actuator.take() {
             match tokio::task::spawn_blocking(move || a.join()).await {
@@ -398,6 +418,10 @@ impl Demo {
                 Ok(Ok(Err(e))) => eprintln!("demo actuator: {e:#}"),
                 _ => eprintln!("demo actuator: panicked"),
             }
+        }
+        let _ = self.stop_tx.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
         }
         let _ = std::fs::remove_dir_all(&self.actuator_dir);
         self.running.stop().await
@@ -411,10 +435,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     demo.spawn_printer();
     let limit = args.duration_s.map(Duration::from_secs);
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => println!("\nCtrl-C: stopping"),
+        _ = crate::app::shutdown_signal() => println!("\nstopping (press Ctrl-C again to exit at once)"),
+        name = demo.running.any_task_ended() => eprintln!("a component stopped ({name}): stopping"),
         _ = async { match limit { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {}
     }
-    demo.stop().await
+    // A second Ctrl-C while stopping exits at once.
+    let force = tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("second Ctrl-C: exiting");
+            std::process::exit(130);
+        }
+    });
+    let result = demo.stop().await;
+    force.abort();
+    result
 }
 
 async fn print_slis(

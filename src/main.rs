@@ -31,20 +31,8 @@ fn load(
 }
 
 async fn until_stopped(running: &mut trike::app::Running) {
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
-        _ = term => tracing::info!("SIGTERM: shutting down"),
+        _ = trike::app::shutdown_signal() => {}
         name = running.any_task_ended() => tracing::error!(task = %name, "a component stopped: shutting down"),
     }
 }

@@ -590,16 +590,21 @@ impl Engine {
 
     /// SLIs per service (all its series merged) over a window ending now, sorted by service.
     pub fn service_slis(&self, window: Span) -> Result<Vec<ServiceSli>> {
-        self.grouped_slis(window, false)
+        self.grouped_slis(None, window, false)
     }
 
-    /// SLIs per service version (all its series merged) over a window ending now, sorted by
-    /// service, then version.
-    pub fn version_slis(&self, window: Span) -> Result<Vec<ServiceSli>> {
-        self.grouped_slis(window, true)
+    /// SLIs per service version (all its series merged) over a window ending now, of one
+    /// service (all when None), sorted by service, then version.
+    pub fn version_slis(&self, service: Option<&str>, window: Span) -> Result<Vec<ServiceSli>> {
+        self.grouped_slis(service, window, true)
     }
 
-    fn grouped_slis(&self, window: Span, by_version: bool) -> Result<Vec<ServiceSli>> {
+    fn grouped_slis(
+        &self,
+        service: Option<&str>,
+        window: Span,
+        by_version: bool,
+    ) -> Result<Vec<ServiceSli>> {
         if window.secs() > MAX_COUNTER_WINDOW_S {
             return Err(Error::Invalid(format!(
                 "window {window}: the longest window kept is 30d"
@@ -609,6 +614,9 @@ impl Engine {
         type Acc = (u64, u64, u64, Option<TDigest>);
         let mut by: std::collections::BTreeMap<(&str, Option<&str>), Acc> = Default::default();
         for e in &self.entries {
+            if service.is_some_and(|s| s != &*e.key.service) {
+                continue;
+            }
             let sums = e.state.sums(now_s, window.secs());
             if sums.requests == 0 {
                 continue;

@@ -475,7 +475,11 @@ fn version_level_aggregation() {
             T0,
         );
     }
-    let rows = e.version_slis("1m".parse().unwrap()).unwrap();
+    e.ingest(
+        &batch(SeriesKey::new("other", "/a", "1"), &[(T0, 1.0, false)]),
+        T0,
+    );
+    let rows = e.version_slis(Some("svc"), "1m".parse().unwrap()).unwrap();
     let got: Vec<_> = rows
         .iter()
         .map(|r| {

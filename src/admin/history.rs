@@ -1,10 +1,13 @@
-//! A short history of every service version's SLIs, for the dashboard's charts
+//! A short history of service versions' SLIs, for the dashboard's charts
 //! (`/api/v1/history?service=S`): sampled every [`STEP`] over the trailing [`WINDOW`], kept
 //! for [`POINTS`] samples (10 minutes), for at most [`MAX_STREAMS`] service versions.
 //!
 //! The engine keeps exact windows ending *now*; a chart needs the past as well, so the admin
-//! side records what the engine said at each step. It must not grow with traffic: the number
-//! of streams and points are both capped, and streams idle for the whole history are dropped.
+//! side records what the engine said at each step. It must cost nothing when nobody looks and
+//! must not grow with traffic: only *watched* services are sampled — those whose history was
+//! asked for in the last [`WATCH_FOR`] (at most [`MAX_WATCHED`]), plus pinned ones (the demo's)
+//! — so each sample holds the engine lock only for their series; streams and points are
+//! capped, and streams idle for the whole history are dropped.
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -20,6 +23,10 @@ pub const WINDOW: Span = Span(10);
 pub const POINTS: usize = 300;
 /// Service versions recorded, at most (further ones are counted, not recorded).
 pub const MAX_STREAMS: usize = 200;
+/// How long a service stays watched after its history was last asked for, in milliseconds.
+pub const WATCH_FOR: u64 = 10 * 60 * 1000;
+/// Services watched at once, at most.
+pub const MAX_WATCHED: usize = 50;
 
 /// One sample of one service version.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -42,17 +49,49 @@ pub struct Point {
 #[derive(Debug, Default)]
 pub struct History {
     streams: Mutex<BTreeMap<(String, String), VecDeque<Point>>>,
-    /// Service versions not recorded because [`MAX_STREAMS`] were already.
+    /// Watched services and until when (Unix ms; `u64::MAX`: pinned).
+    watched: Mutex<BTreeMap<String, u64>>,
+    /// Service versions not recorded because [`MAX_STREAMS`] were already, and services not
+    /// watched because [`MAX_WATCHED`] were.
     pub refused: std::sync::atomic::AtomicU64,
 }
 
 impl History {
-    /// Records one sample of every service version from `engine` (at its `now`).
+    /// Samples `service` from now on for [`WATCH_FOR`] after `now_ms`; false when
+    /// [`MAX_WATCHED`] services are watched already.
+    pub fn watch(&self, service: &str, now_ms: u64) -> bool {
+        let mut w = self.watched.lock();
+        w.retain(|_, until| *until > now_ms);
+        if let Some(until) = w.get_mut(service) {
+            *until = (*until).max(now_ms + WATCH_FOR);
+            return true;
+        }
+        if w.len() >= MAX_WATCHED {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        w.insert(service.to_string(), now_ms + WATCH_FOR);
+        true
+    }
+
+    /// Samples `service` for as long as the process runs.
+    pub fn pin(&self, service: &str) {
+        self.watched.lock().insert(service.to_string(), u64::MAX);
+    }
+
+    /// Records one sample of every watched service's versions from `engine` (at its `now`).
     pub fn sample(&self, engine: &Engine) {
         let t_ms = engine.now() / 1_000_000;
-        let Ok(rows) = engine.version_slis(WINDOW) else {
-            return;
+        let services: Vec<String> = {
+            let mut w = self.watched.lock();
+            w.retain(|_, until| *until > t_ms);
+            w.keys().cloned().collect()
         };
+        let mut rows = Vec::new();
+        for s in &services {
+            rows.extend(engine.version_slis(Some(s), WINDOW).unwrap_or_default());
+        }
         let mut streams = self.streams.lock();
         for r in rows {
             let key = (r.service, r.version.unwrap_or_default());
@@ -140,6 +179,7 @@ mod tests {
     fn samples_each_version_and_forgets_idle_streams() {
         let mut e = Engine::new(Arc::new(EngineConfig::default()));
         let h = History::default();
+        assert!(h.watch("svc", T0 / 1_000_000));
         requests(&mut e, "1", T0, 100, 10);
         requests(&mut e, "2", T0, 10, 0);
         h.sample(&e);
@@ -161,5 +201,37 @@ mod tests {
         e.advance(later);
         h.sample(&e);
         assert_eq!(h.document("svc")["versions"], serde_json::json!({}));
+    }
+
+    /// Guarantees: only watched services are sampled; a watch expires after [`WATCH_FOR`]
+    /// unless renewed; pinned services stay; at most [`MAX_WATCHED`] are watched.
+    #[test]
+    fn samples_only_watched_services() {
+        let mut e = Engine::new(Arc::new(EngineConfig::default()));
+        let h = History::default();
+        requests(&mut e, "1", T0, 10, 0);
+        h.sample(&e);
+        assert!(h.services().is_empty(), "nobody watches svc");
+        let now_ms = T0 / 1_000_000;
+        h.watch("svc", now_ms);
+        h.sample(&e);
+        assert_eq!(h.services(), ["svc"]);
+        // The watch lapses: no new point for svc (and its old one has aged out).
+        let later = T0 + (WATCH_FOR / 1000 + 1) * S;
+        requests(&mut e, "1", later, 10, 0);
+        h.sample(&e);
+        assert_eq!(h.document("svc")["versions"], serde_json::json!({}));
+        h.pin("svc");
+        h.sample(&e);
+        h.sample(&e);
+        let points = h.document("svc")["versions"]["1"].as_array().unwrap().len();
+        assert_eq!(points, 2, "pinned: sampled again");
+        for i in 1..MAX_WATCHED {
+            // svc holds the first slot.
+
+            h.watch(&format!("s{i}"), now_ms);
+        }
+        assert!(!h.watch("one-too-many", now_ms), "bounded");
+        assert_eq!(h.refused.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }

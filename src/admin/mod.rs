@@ -247,15 +247,20 @@ async fn canaries_handler(
     Query(p): Query<ServiceParam>,
 ) -> Response {
     let service = p.service.filter(|s| !s.is_empty());
-    let engine = s.worker.engine().lock();
-    let results: Vec<_> = s
-        .canaries
-        .iter()
-        .filter(|c| service.as_deref().is_none_or(|svc| svc == c.service))
-        .map(|c| trike_engine::canary::judge(&engine, c))
-        .collect();
-    drop(engine);
-    axum::Json(serde_json::json!({ "canaries": results })).into_response()
+    // Judging merges digests under the engine lock: off the async workers.
+    let judged = tokio::task::spawn_blocking(move || {
+        let engine = s.worker.engine().lock();
+        s.canaries
+            .iter()
+            .filter(|c| service.as_deref().is_none_or(|svc| svc == c.service))
+            .map(|c| trike_engine::canary::judge(&engine, c))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match judged {
+        Ok(results) => axum::Json(serde_json::json!({ "canaries": results })).into_response(),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn history_handler(
@@ -268,6 +273,8 @@ async fn history_handler(
             "service: give ?service=NAME".into(),
         );
     };
+    s.history
+        .watch(&service, crate::worker::now_nanos() / 1_000_000);
     axum::Json(s.history.document(&service)).into_response()
 }
 

@@ -194,6 +194,12 @@ pub fn render(s: &AdminState) -> String {
     }
     counter(
         &mut out,
+        "trike_dashboard_history_refused_total",
+        "Dashboard history streams or watched services refused at their caps.",
+        s.history.refused.load(Relaxed),
+    );
+    counter(
+        &mut out,
         "trike_sink_dropped_total",
         "Control events the sink queue had no room for.",
         s.decisions.sink_dropped.load(Relaxed),

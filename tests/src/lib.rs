@@ -177,19 +177,20 @@ pub fn chromium() -> Option<std::path::PathBuf> {
 }
 
 /// Runs headless Chromium on `url` with `extra` arguments (e.g. `--dump-dom`), letting the
-/// page's scripts run for `budget_ms` of virtual time; returns stdout.
+/// page's scripts run for `budget_ms` of virtual time; returns stdout. Killed after 90 s (a
+/// fetch that never completes stops virtual time, and Chromium would wait for ever).
 pub fn run_chromium(
     chromium: &std::path::Path,
     url: &str,
     budget_ms: u64,
     extra: &[&str],
 ) -> String {
-    let profile = std::env::temp_dir().join(format!(
-        "trike-chromium-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    ));
-    let out = std::process::Command::new(chromium)
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = std::env::temp_dir().join(format!("trike-chromium-{}-{run}", std::process::id()));
+    let (profile, stdout) = (base.join("profile"), base.join("stdout"));
+    std::fs::create_dir_all(&profile).expect("chromium's profile directory");
+    let mut child = std::process::Command::new(chromium)
         .args([
             "--headless",
             "--no-sandbox",
@@ -206,13 +207,24 @@ pub fn run_chromium(
         .arg(format!("--virtual-time-budget={budget_ms}"))
         .args(extra)
         .arg(url)
-        .output()
+        .stdout(std::fs::File::create(&stdout).expect("chromium's output file"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .expect("chromium runs");
-    let _ = std::fs::remove_dir_all(&profile);
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for chromium") {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within 90 s on {url}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&base);
+    assert!(status.success(), "chromium failed ({status}) on {url}");
+    out
 }

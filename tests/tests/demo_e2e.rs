@@ -101,15 +101,16 @@ async fn demo_rolls_the_canary_back_through_kafka() {
     demo.stop().await.unwrap();
 }
 
-/// Starts `scenario` with its trouble 1 s in, waits for a control event of `action` on the
-/// embedded broker's control topic, and returns the whole topic and the actions topic.
-async fn scenario_events(
-    scenario: trike::demo::Scenario,
-    action: &str,
-) -> (
-    Vec<(String, serde_json::Value)>,
-    Vec<(String, serde_json::Value)>,
-) {
+/// What a scenario run left behind.
+struct Ran {
+    control: Vec<(String, serde_json::Value)>,
+    actions: Vec<(String, serde_json::Value)>,
+    held_stale: u64,
+}
+
+/// Starts `scenario` with its trouble 1 s in, waits (at most 120 s) until `done` says so, and
+/// returns the control and actions topics of the embedded broker.
+async fn run_scenario(scenario: trike::demo::Scenario, done: impl Fn(&Demo) -> bool) -> Ran {
     let any = Some("127.0.0.1:0".to_string());
     let args = DemoArgs {
         addrs: AddrArgs {
@@ -124,21 +125,13 @@ async fn scenario_events(
     };
     let demo = Demo::start(&args).await.expect("the demo starts");
     let start = Instant::now();
-    while demo
-        .running
-        .state
-        .decisions
-        .recent(None, 100)
-        .iter()
-        .all(|e| e["data"]["action"] != action)
-        && start.elapsed() < Duration::from_secs(90)
-    {
+    while !done(&demo) && start.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Room for the actuator to write its outcome.
+    // Room for the actuator to write its outcomes.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (brokers, topic) = (demo.brokers.clone(), demo.control_topic.clone());
-    let read = tokio::task::spawn_blocking(move || {
+    let (control, actions) = tokio::task::spawn_blocking(move || {
         (
             read_topic(&brokers, &topic, Duration::from_secs(2)),
             read_topic(&brokers, "trike.actions", Duration::from_secs(2)),
@@ -151,8 +144,22 @@ async fn scenario_events(
         0,
         "nothing rolled back"
     );
+    let held_stale = demo.running.state.decisions.policy_stats.lock().held_stale;
     demo.stop().await.unwrap();
-    read
+    Ran {
+        control,
+        actions,
+        held_stale,
+    }
+}
+
+fn decided(demo: &Demo, action: &str) -> bool {
+    demo.running
+        .state
+        .decisions
+        .recent(None, 100)
+        .iter()
+        .any(|e| e["data"]["action"] == action)
 }
 
 /// Scenario: `--scenario slow-burn` (one version failing 0.4 %: a 4× burn). Guarantees: a
@@ -160,7 +167,8 @@ async fn scenario_events(
 /// actuator records a `succeeded` outcome for it (its log executor).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_burn_scenario_raises_a_ticket() {
-    let (control, actions) = scenario_events(trike::demo::Scenario::SlowBurn, "ticket").await;
+    let ran = run_scenario(trike::demo::Scenario::SlowBurn, |d| decided(d, "ticket")).await;
+    let control = &ran.control;
     let actions_of = |a: &str| {
         control
             .iter()
@@ -180,20 +188,42 @@ async fn slow_burn_scenario_raises_a_ticket() {
         .1;
     assert_eq!(ticket["data"]["rule"], "ticket-slow-burn");
     assert!(
-        actions
+        ran.actions
             .iter()
             .any(|(_, o)| o["data"]["control_event_id"] == ticket["id"]
                 && o["type"] == "io.trike.action.succeeded"),
-        "{actions:?}"
+        "{:?}",
+        ran.actions
     );
 }
 
-/// Scenario: `--scenario stale` (checkout stops reporting). Guarantees: a `page` from the
-/// stale-telemetry rule reaches the control topic with the stale evidence, and nothing is
-/// rolled back on the stale data.
+/// Scenario: `--scenario stale` (the pipeline stalls, then delivers 20 s behind, while the
+/// canary fails). Guarantees: a `page` from the stale-telemetry rule reaches the control topic
+/// with the stale evidence; the failing canary's rollback is held on the stale data (the
+/// policy counts it) and never emitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_scenario_pages_and_holds() {
-    let (control, _) = scenario_events(trike::demo::Scenario::Stale, "page").await;
+async fn stale_scenario_pages_and_holds_the_rollback() {
+    // Done once the page is out and the canary has been failing for longer than the rollback
+    // rule's `for: 5s`: a rollback would have been emitted by then, were it not held.
+    let failing_since = std::sync::Mutex::new(None::<Instant>);
+    let ran = run_scenario(trike::demo::Scenario::Stale, |d| {
+        let state = &d.running.state;
+        let verdict = {
+            let engine = state.worker.engine().lock();
+            trike_engine::canary::judge(&engine, &state.canaries[0]).verdict
+        };
+        let mut since = failing_since.lock().unwrap();
+        if verdict == trike_engine::canary::Verdict::Fail {
+            since.get_or_insert_with(Instant::now);
+        }
+        decided(d, "page") && since.is_some_and(|t| t.elapsed() > Duration::from_secs(8))
+    })
+    .await;
+    assert!(
+        failing_since.lock().unwrap().is_some(),
+        "the canary failed while its data was stale"
+    );
+    let control = &ran.control;
     let pages: Vec<_> = control
         .iter()
         .filter(|(_, e)| e["data"]["action"] == "page")
@@ -207,9 +237,11 @@ async fn stale_scenario_pages_and_holds() {
         "{}",
         pages[0].1
     );
+    assert!(ran.held_stale > 0, "the failing canary's rollback was held");
     assert!(
         control
             .iter()
-            .all(|(_, e)| e["data"]["action"] != "rollback")
+            .all(|(_, e)| e["data"]["action"] != "rollback"),
+        "{control:?}"
     );
 }

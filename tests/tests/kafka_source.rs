@@ -119,6 +119,37 @@ async fn backpressure_pauses_partitions_and_poison_goes_to_dead_letters() {
     mock.create_topic("otlp_spans", 2, 1).unwrap();
     mock.create_topic("otlp_spans.dlq", 1, 1).unwrap();
     let brokers = mock.bootstrap_servers();
+    // Room for one message of 60 spans at a time.
+    let running = start_trike(&format!(
+        "receivers: {{ queue_observations: 100 }}\nkafka: {{ brokers: \"{brokers}\", ingest: {{ topics: [otlp_spans], dead_letter_topic: otlp_spans.dlq }} }}"
+    ))
+    .await;
+    // Stall the engine (hold its lock) until the source has had to pause a partition: the
+    // engine drains its queue within microseconds, so without a stall whether a message ever
+    // finds the queue full is a race. The stall holds before anything is produced.
+    let stall = {
+        let state = running.state.clone();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let engine = state.worker.engine().lock();
+            let _ = held_tx.send(());
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                let pauses = state
+                    .kafka_source
+                    .lock()
+                    .as_ref()
+                    .map_or(0, |(stats, _)| stats.pauses.load(Relaxed));
+                if pauses > 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(engine);
+        });
+        held_rx.recv().unwrap();
+        t
+    };
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .create()
@@ -154,33 +185,6 @@ async fn backpressure_pauses_partitions_and_poison_goes_to_dead_letters() {
     producer.flush(Duration::from_secs(10)).unwrap();
     drop(producer);
 
-    // Room for one message of 60 spans at a time.
-    let running = start_trike(&format!(
-        "receivers: {{ queue_observations: 100 }}\nkafka: {{ brokers: \"{brokers}\", ingest: {{ topics: [otlp_spans], dead_letter_topic: otlp_spans.dlq }} }}"
-    ))
-    .await;
-    // Stall the engine (hold its lock) until the source has had to pause a partition: the
-    // engine drains its queue within microseconds, so without a stall whether a message ever
-    // finds the queue full is a race.
-    let stall = {
-        let state = running.state.clone();
-        std::thread::spawn(move || {
-            let engine = state.worker.engine().lock();
-            let start = std::time::Instant::now();
-            while start.elapsed() < Duration::from_secs(30) {
-                let pauses = state
-                    .kafka_source
-                    .lock()
-                    .as_ref()
-                    .map_or(0, |(stats, _)| stats.pauses.load(Relaxed));
-                if pauses > 0 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            drop(engine);
-        })
-    };
     assert_eq!(
         wait_for_requests(&running, "bp-svc", 3600, Duration::from_secs(60)).await,
         3600,
