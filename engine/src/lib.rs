@@ -22,7 +22,7 @@ pub mod window;
 pub use config::{EngineConfig, SignalSource};
 pub use engine::{Engine, IngestReport, Snapshot, Stats};
 pub use observation::{
-    Batch, CounterObs, HistogramObs, RequestObs, SeriesKey, Signal, Temporality,
+    Batch, CounterObs, HistogramObs, RequestObs, SecondObs, SeriesKey, Signal, Temporality,
 };
 pub use sli::{Quantiles, ServiceSli, SliQuery, SliRow};
 pub use time::{Span, UnixNanos};

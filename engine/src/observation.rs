@@ -205,3 +205,26 @@ impl Batch {
             }));
     }
 }
+
+/// One series' whole second: what the archive stores per series and second, and what a
+/// backtest replays ([`crate::Engine::second_rows`], [`crate::Engine::apply_seconds`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecondObs {
+    /// The series.
+    pub key: SeriesKey,
+    /// Event second (Unix seconds).
+    pub second: u64,
+    /// Requests.
+    pub requests: u64,
+    /// Bad requests.
+    pub errors: u64,
+    /// Requests with a known latency.
+    pub timed: u64,
+    /// Latency thresholds (ms) the `within` counts were taken against (the service's latency
+    /// SLOs when archived).
+    pub thresholds_ms: Vec<f64>,
+    /// Requests at or under each threshold.
+    pub within: Vec<u64>,
+    /// The second's latency digest (None without latency data).
+    pub digest: Option<crate::sketch::TDigest>,
+}

@@ -224,6 +224,62 @@ impl TDigest {
         self.flushed()
     }
 
+    /// Compact little-endian bytes for archives (`from_bytes` reads them): a format byte (1),
+    /// compression (f32), min and max (f64), the centroid count (u32), then each centroid's
+    /// mean (f32) and weight (u32): 25 + 8 bytes per centroid.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let c = self.flushed();
+        let mut out = Vec::with_capacity(25 + 8 * c.len());
+        out.push(1u8);
+        out.extend_from_slice(&self.compression.to_le_bytes());
+        out.extend_from_slice(&self.min.to_le_bytes());
+        out.extend_from_slice(&self.max.to_le_bytes());
+        out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+        for x in c.iter() {
+            out.extend_from_slice(&x.mean.to_le_bytes());
+            out.extend_from_slice(&x.weight.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads [`TDigest::to_bytes`]; `None` when the bytes are not such a digest.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let (head, rest) = (b.get(..25)?, &b[25..]);
+        if head[0] != 1 {
+            return None;
+        }
+        let f32_at = |i: usize, s: &[u8]| {
+            s.get(i..i + 4)
+                .map(|x| f32::from_le_bytes(x.try_into().unwrap_or_default()))
+        };
+        let compression = f32_at(1, head)?;
+        let min = f64::from_le_bytes(head[5..13].try_into().ok()?);
+        let max = f64::from_le_bytes(head[13..21].try_into().ok()?);
+        let n = u32::from_le_bytes(head[21..25].try_into().ok()?) as usize;
+        if rest.len() != n.checked_mul(8)? || !compression.is_finite() {
+            return None;
+        }
+        let mut d = Self::new(compression);
+        d.centroids = rest
+            .chunks_exact(8)
+            .map(|c| Centroid {
+                mean: f32::from_le_bytes(c[..4].try_into().unwrap_or_default()),
+                weight: u32::from_le_bytes(c[4..].try_into().unwrap_or_default()),
+            })
+            .collect();
+        if d.centroids
+            .windows(2)
+            .any(|w| w[0].mean > w[1].mean || w[0].mean.is_nan())
+        {
+            return None;
+        }
+        d.count = d.centroids.iter().map(|c| u64::from(c.weight)).sum();
+        if d.count > 0 {
+            (d.min, d.max) = (min, max);
+        }
+        Some(d)
+    }
+
     /// Estimated value at quantile `q` in [0, 1]; NaN when empty.
     pub fn quantile(&self, q: f64) -> f64 {
         if self.is_empty() || q.is_nan() {

@@ -173,3 +173,24 @@ proptest! {
         }
     }
 }
+
+/// Guarantees: the archive bytes of a digest read back to the same quantiles, count, min and
+/// max; truncated or foreign bytes are refused, not misread.
+#[test]
+fn bytes_round_trip_and_refuse_garbage() {
+    let mut d = TDigest::new(200.0);
+    for i in 0..10_000 {
+        d.add(f64::from(i % 977) * 1.5 + 0.25);
+    }
+    let b = d.to_bytes();
+    let r = TDigest::from_bytes(&b).expect("reads back");
+    assert_eq!(r.count(), d.count());
+    assert_eq!((r.min(), r.max()), (d.min(), d.max()));
+    for q in [0.01, 0.5, 0.9, 0.99, 0.999] {
+        assert_eq!(r.quantile(q), d.quantile(q), "q{q}");
+    }
+    assert!(TDigest::from_bytes(&b[..b.len() - 3]).is_none());
+    assert!(TDigest::from_bytes(b"not a digest at all, no no no").is_none());
+    let empty = TDigest::new(100.0);
+    assert!(TDigest::from_bytes(&empty.to_bytes()).unwrap().is_empty());
+}

@@ -28,6 +28,18 @@ fn sat(x: u64) -> u32 {
 }
 
 impl Counts {
+    /// Counters from totals (saturating at `u32::MAX` each).
+    pub fn from_totals(
+        requests: u64,
+        errors: u64,
+        within: [u64; MAX_THRESHOLDS],
+        timed: u64,
+    ) -> Self {
+        let mut c = Self::default();
+        c.add(requests, errors, within, timed);
+        c
+    }
+
     fn add(&mut self, requests: u64, errors: u64, within: [u64; MAX_THRESHOLDS], timed: u64) {
         self.timed = self.timed.saturating_add(sat(timed));
         self.requests = self.requests.saturating_add(sat(requests));
@@ -138,6 +150,66 @@ impl SeriesState {
                     if let Some(prev) = ring.second_newest_mut() {
                         prev.shrink();
                     }
+                }
+            }
+        }
+        applied
+    }
+
+    /// Second `t_s` as the 1 s tiers hold it: its counters (None when the second is out of
+    /// the 5-minute 1 s history or empty) and its latency digest (only within the 10-second
+    /// 1 s digest history).
+    pub fn second(&self, t_s: u64) -> Option<(Counts, Option<&TDigest>)> {
+        let (_, c) = self.counts[0].range_indexed(t_s, t_s + 1).next()?;
+        if c.requests == 0 {
+            return None;
+        }
+        let d = self.digests[0]
+            .range_indexed(t_s, t_s + 1)
+            .next()
+            .map(|(_, d)| d)
+            .filter(|d| !d.is_empty());
+        Some((*c, d))
+    }
+
+    /// Applies a whole second at once (a replayed archive row): `counts` added to every
+    /// counter tier and `digest` merged into every digest tier at event second `t_s`, arriving
+    /// at `now_s`. Returns false when the second is older than every tier's retention.
+    pub fn apply_second(
+        &mut self,
+        t_s: u64,
+        now_s: u64,
+        counts: &Counts,
+        digest: Option<&TDigest>,
+        compression: f32,
+    ) -> bool {
+        let mut applied = false;
+        for (ring, spec) in self.counts.iter_mut().zip(COUNTER_TIERS) {
+            if let Some((c, _)) =
+                ring.bucket_mut(t_s / spec.width_s, now_s / spec.width_s, spec.slots)
+            {
+                c.add(
+                    u64::from(counts.requests),
+                    u64::from(counts.errors),
+                    counts.within.map(u64::from),
+                    u64::from(counts.timed),
+                );
+                applied = true;
+            }
+        }
+        if let Some(digest) = digest.filter(|d| !d.is_empty()) {
+            for (ring, spec) in self.digests.iter_mut().zip(DIGEST_TIERS) {
+                let Some((d, appended)) =
+                    ring.bucket_mut(t_s / spec.width_s, now_s / spec.width_s, spec.slots)
+                else {
+                    continue;
+                };
+                if d.is_empty() {
+                    *d = TDigest::new(compression);
+                }
+                d.merge(digest);
+                if appended && let Some(prev) = ring.second_newest_mut() {
+                    prev.shrink();
                 }
             }
         }
