@@ -37,6 +37,8 @@ pub struct Running {
     kafka_source: Option<trike_ingest::kafka::KafkaSource>,
     /// Stopped last, after every Kafka client.
     embedded_broker: Option<EmbeddedBroker>,
+    /// Stopped after the engine thread (which feeds it); writes what it buffered.
+    archive: Option<trike_sql::archive::ArchiveWriter>,
 }
 
 async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
@@ -101,7 +103,17 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     if key.is_some() {
         tracing::info!("control events are signed (trikesignature, HMAC-SHA256)");
     }
+    let archive = match &cfg.archive {
+        Some(a) => Some(
+            trike_sql::archive::ArchiveWriter::start(a.clone())
+                .with_context(|| format!("archive.dir {}", a.dir.display()))?,
+        ),
+        None => None,
+    };
     let mut decider = Decider::new(&cfg, store.clone(), events, key);
+    if let Some(a) = &archive {
+        decider = decider.with_archive(a.handle());
+    }
     let engine_cfg = Arc::new(cfg.engine.clone());
     let mut engine = trike_engine::Engine::new(engine_cfg.clone());
     let mut progress = Progress::new(cfg.state_dir.is_some());
@@ -125,9 +137,15 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         checkpointer = Some(c);
     }
     let checkpoint_stats = checkpointer.as_ref().map(|c| c.stats.clone());
-    let worker =
-        EngineWorker::start_with(engine, cfg.queue_observations, Some(decider), checkpointer)
-            .context("starting the engine thread")?;
+    let hooks = crate::worker::Hooks {
+        decider: Some(decider),
+        checkpointer,
+        archiver: archive
+            .as_ref()
+            .map(|a| crate::archiver::Archiver::new(a.handle())),
+    };
+    let worker = EngineWorker::start_with(engine, cfg.queue_observations, hooks)
+        .context("starting the engine thread")?;
     let ingest = Arc::new(IngestMetrics::default());
     let pipeline = Arc::new(Pipeline::new(
         Arc::new(cfg.decode.clone()),
@@ -144,6 +162,10 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         slos: cfg.slos.clone(),
         canaries: cfg.canaries.clone(),
         history: Default::default(),
+        archive: archive
+            .as_ref()
+            .zip(cfg.archive.as_ref())
+            .map(|(w, c)| (c.dir.clone(), w.handle().stats)),
         decisions: store,
         kafka_source: Default::default(),
         checkpoints: checkpoint_stats,
@@ -240,6 +262,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         sinks: Some(sinks),
         kafka_source,
         embedded_broker,
+        archive,
     })
 }
 
@@ -272,6 +295,9 @@ impl Running {
                 // writer drains what is queued and ends.
                 if let Some(s) = self.sinks.take() {
                     s.join();
+                }
+                if let Some(a) = self.archive.take() {
+                    tokio::task::spawn_blocking(move || a.stop()).await.ok();
                 }
             }
             Err(_) => {

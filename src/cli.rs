@@ -50,6 +50,53 @@ pub enum Command {
     /// Run the processor with synthetic services sending it real OTLP (a baseline and a
     /// canary that degrades), printing their SLIs as they move.
     Demo(DemoArgs),
+    /// Run SQL over a running processor's live tables and archive (through its admin API), or
+    /// over an archive directory (`--archive`).
+    Query {
+        /// The SQL, e.g. "SELECT service, error_ratio FROM slis WHERE time_window = '5m'".
+        sql: String,
+        /// Query this archive directory here instead of asking a running processor.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+        /// The running processor's admin address.
+        #[arg(long, env = "TRIKE_ADMIN_ADDR", default_value = "127.0.0.1:8480")]
+        admin_addr: String,
+        /// Output: a text table or JSON rows.
+        #[arg(long, value_enum, default_value_t)]
+        format: QueryFormat,
+        /// Rows at most.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
+    /// Replay an archive through a config's SLOs and policy; print the decisions it would
+    /// have made (JSON lines), or with `--against`, a diff against the archived decisions.
+    Backtest {
+        /// The config whose SLOs, canaries, stale rule and policy are replayed.
+        #[arg(long, env = "TRIKE_CONFIG")]
+        config: PathBuf,
+        /// The archive directory (`archive.dir`).
+        #[arg(long)]
+        archive: PathBuf,
+        /// Start (RFC 3339 or Unix seconds; default: the archive's first second).
+        #[arg(long)]
+        from: Option<String>,
+        /// End, exclusive (default: after the archive's last second).
+        #[arg(long)]
+        to: Option<String>,
+        /// Print a diff against the decisions archived in the same range.
+        #[arg(long)]
+        against: bool,
+    },
+}
+
+/// `trike query --format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueryFormat {
+    /// An aligned text table.
+    #[default]
+    Table,
+    /// One JSON object per row, in an array.
+    Json,
 }
 
 /// Address flags shared by `run` and `demo`.

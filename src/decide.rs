@@ -93,6 +93,8 @@ pub struct Decider {
     persist: Option<std::path::PathBuf>,
     /// Control events of the last [`OUTBOX_AGE`], published again after a crash.
     outbox: VecDeque<(UnixNanos, Value)>,
+    /// The archive, when configured.
+    archive: Option<trike_sql::archive::ArchiveHandle>,
 }
 
 /// How long control events stay in the outbox of the policy checkpoint.
@@ -124,7 +126,14 @@ impl Decider {
             key,
             persist: cfg.state_dir.clone(),
             outbox: VecDeque::new(),
+            archive: None,
         }
+    }
+
+    /// Also writes every control event to the archive.
+    pub fn with_archive(mut self, archive: trike_sql::archive::ArchiveHandle) -> Self {
+        self.archive = Some(archive);
+        self
     }
 
     /// Takes over the policy state of a checkpoint and publishes its outbox again (the same
@@ -213,6 +222,9 @@ impl Decider {
             }
             tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, "{}", d.reason);
             self.store.push(event.clone());
+            if let Some(a) = &self.archive {
+                a.decision(event.clone());
+            }
             match self.out.try_send(event) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {

@@ -4,6 +4,8 @@
 pub mod actuate;
 pub mod admin;
 pub mod app;
+pub mod archiver;
+pub mod backtest;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -11,5 +13,6 @@ pub mod decide;
 pub mod demo;
 pub mod detect;
 pub mod embedded_broker;
+pub mod query;
 pub mod synth;
 pub mod worker;

@@ -191,6 +191,44 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Query {
+            sql,
+            archive,
+            admin_addr,
+            format,
+            limit,
+        } => match trike::query::run(&sql, archive, &admin_addr, format, limit).await {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("trike query: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Backtest {
+            config,
+            archive,
+            from,
+            to,
+            against,
+        } => {
+            let cfg = match load(Some(&config), &Default::default()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match trike::backtest::report(&cfg, &archive, from.as_deref(), to.as_deref(), against) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("trike backtest: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo(args) => match trike::demo::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -122,17 +122,16 @@ impl EngineWorker {
         capacity: usize,
         decider: Option<Decider>,
     ) -> std::io::Result<Self> {
-        Self::start_with(Engine::new(Arc::new(cfg)), capacity, decider, None)
+        let hooks = Hooks {
+            decider,
+            ..Hooks::default()
+        };
+        Self::start_with(Engine::new(Arc::new(cfg)), capacity, hooks)
     }
 
-    /// Like [`EngineWorker::start`], from a given (e.g. restored) engine, checkpointing with
-    /// `checkpointer` when given.
-    pub fn start_with(
-        mut e: Engine,
-        capacity: usize,
-        decider: Option<Decider>,
-        checkpointer: Option<Checkpointer>,
-    ) -> std::io::Result<Self> {
+    /// Like [`EngineWorker::start`], from a given (e.g. restored) engine, running `hooks`
+    /// after each batch and on every idle tick.
+    pub fn start_with(mut e: Engine, capacity: usize, hooks: Hooks) -> std::io::Result<Self> {
         // The engine's start time: cumulative metric streams that began after it are counted
         // from their first point.
         e.advance(now_nanos());
@@ -147,16 +146,8 @@ impl EngineWorker {
             std::thread::Builder::new()
                 .name("trike-engine".into())
                 .spawn(move || {
-                    let (mut decider, checkpointer) =
-                        run(&engine, &rx, &stats, &stop, decider, checkpointer);
-                    // A clean stop: a last checkpoint, so a restart loses nothing.
-                    let e = engine.lock();
-                    if let Some(c) = checkpointer {
-                        c.finish(&e);
-                    }
-                    if let Some(d) = decider.as_mut() {
-                        d.save(true);
-                    }
+                    let hooks = run(&engine, &rx, &stats, &stop, hooks);
+                    hooks.finish(&engine.lock());
                 })?
         };
         let sink = Arc::new(QueueSink {
@@ -208,14 +199,51 @@ impl Drop for EngineWorker {
     }
 }
 
+/// What runs on the engine thread besides ingestion: decisions, checkpoints, the archive.
+#[derive(Debug, Default)]
+pub struct Hooks {
+    /// The policy.
+    pub decider: Option<Decider>,
+    /// Checkpoints of the engine.
+    pub checkpointer: Option<Checkpointer>,
+    /// Seals seconds into the archive.
+    pub archiver: Option<crate::archiver::Archiver>,
+}
+
+impl Hooks {
+    fn tick(&mut self, e: &Engine) {
+        if let Some(d) = self.decider.as_mut() {
+            d.tick(e);
+        }
+        if let Some(c) = self.checkpointer.as_mut() {
+            c.maybe(e);
+        }
+        if let Some(a) = self.archiver.as_mut() {
+            a.tick(e);
+        }
+    }
+
+    /// A clean stop: a last checkpoint (so a restart loses nothing) and the policy's state.
+    fn finish(mut self, e: &Engine) {
+        if let Some(c) = self.checkpointer {
+            c.finish(e);
+        }
+        if let Some(d) = self.decider.as_mut() {
+            d.save(true);
+        }
+        if let Some(a) = self.archiver {
+            a.finish(e);
+        }
+    }
+}
+
 fn run(
     engine: &Mutex<Engine>,
     rx: &Receiver<Queued>,
     stats: &WorkerStats,
     stop: &AtomicBool,
-    mut decider: Option<Decider>,
-    mut checkpointer: Option<Checkpointer>,
-) -> (Option<Decider>, Option<Checkpointer>) {
+    mut hooks: Hooks,
+) -> Hooks {
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(first) => {
@@ -240,27 +268,17 @@ fn run(
                     };
                 }
                 e.advance(now);
-                if let Some(d) = decider.as_mut() {
-                    d.tick(&e);
-                }
-                if let Some(c) = checkpointer.as_mut() {
-                    c.maybe(&e);
-                }
+                hooks.tick(&e);
             }
             Err(RecvTimeoutError::Timeout) => {
                 if stop.load(Relaxed) {
-                    return (decider, checkpointer);
+                    return hooks;
                 }
                 let mut e = engine.lock();
                 e.advance(now_nanos());
-                if let Some(d) = decider.as_mut() {
-                    d.tick(&e);
-                }
-                if let Some(c) = checkpointer.as_mut() {
-                    c.maybe(&e);
-                }
+                hooks.tick(&e);
             }
-            Err(RecvTimeoutError::Disconnected) => return (decider, checkpointer),
+            Err(RecvTimeoutError::Disconnected) => return hooks,
         }
     }
 }

@@ -336,15 +336,18 @@ fn fnv64(seed: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-/// A deterministic UUID-shaped id from the parts of a decision's identity.
+/// A deterministic UUID-shaped id from the parts of a decision's identity. The episode start
+/// counts to the second: a backtest, which evaluates once per second of event time, then
+/// derives the same id as the live evaluation (every 200 ms) for the same episode.
 pub fn decision_id(
     rule: &str,
     target: &Target,
     action: Action,
     episode_start: UnixNanos,
 ) -> String {
+    let start_s = episode_start / crate::time::NANOS_PER_SEC;
     let key = format!(
-        "{rule}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{episode_start}",
+        "{rule}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{start_s}",
         target.service,
         target.version,
         action.name()

@@ -2,6 +2,7 @@
 
 pub mod history;
 mod prom;
+pub mod query;
 mod slis;
 
 pub use trike_sinks::rfc3339;
@@ -36,6 +37,8 @@ pub struct AdminState {
     pub canaries: Vec<trike_engine::canary::CanarySpec>,
     /// Recent SLIs per service version, for the dashboard's charts.
     pub history: history::History,
+    /// The archive's directory and its writer's counters, when configured.
+    pub archive: Option<(std::path::PathBuf, Arc<trike_sql::archive::ArchiveStats>)>,
     /// Recent control events.
     pub decisions: Arc<crate::decide::DecisionStore>,
     /// The Kafka source's counters and per-partition progress, when it runs.
@@ -65,6 +68,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/canaries", get(canaries_handler))
         .route("/api/v1/history", get(history_handler))
         .route("/api/v1/services", get(services_handler))
+        .route("/api/v1/query", axum::routing::post(query::handler))
         .with_state(state)
 }
 
@@ -93,7 +97,8 @@ async fn index() -> impl IntoResponse {
      GET /api/v1/decisions?service=S&limit=N  recent control events, newest first (JSON)\n\
      GET /api/v1/canaries?service=S       canary verdicts with their statistics (JSON)\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
-     GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n"
+     GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\
+     POST /api/v1/query?limit=N            SQL (body) over live tables and the archive; JSON rows\n"
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
@@ -132,7 +137,7 @@ struct SliParams {
     window: Option<String>,
 }
 
-fn json_error(status: StatusCode, message: String) -> Response {
+pub(crate) fn json_error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
 

@@ -192,6 +192,42 @@ pub fn render(s: &AdminState) -> String {
     ] {
         let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {v}");
     }
+    if let Some((_, a)) = &s.archive {
+        for (name, help, v) in [
+            (
+                "trike_archive_files_total",
+                "Archive files written.",
+                &a.files,
+            ),
+            (
+                "trike_archive_rows_total",
+                "Rows written to the archive.",
+                &a.rows,
+            ),
+            (
+                "trike_archive_bytes_total",
+                "Bytes written to the archive.",
+                &a.bytes,
+            ),
+            (
+                "trike_archive_dropped_rows_total",
+                "Rows the archive writer's queue had no room for.",
+                &a.dropped_rows,
+            ),
+            (
+                "trike_archive_write_errors_total",
+                "Archive files that could not be written.",
+                &a.write_errors,
+            ),
+            (
+                "trike_archive_removed_files_total",
+                "Archive files removed by retention.",
+                &a.removed_files,
+            ),
+        ] {
+            counter(&mut out, name, help, v.load(Relaxed));
+        }
+    }
     counter(
         &mut out,
         "trike_dashboard_history_refused_total",

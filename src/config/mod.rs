@@ -48,6 +48,28 @@ pub struct RawConfig {
     pub actuator: crate::actuate::config::ActuatorConfig,
     /// Checkpoints of the processor's state.
     pub state: RawState,
+    /// The Parquet archive of SLI seconds and decisions (`trike query`, `trike backtest`).
+    pub archive: Option<RawArchive>,
+}
+
+/// `archive:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArchive {
+    /// Directory of the archive (required).
+    pub dir: std::path::PathBuf,
+    /// Buffered rows are written at least this often (default 60s).
+    #[serde(default)]
+    pub flush_every: Option<Span>,
+    /// Rows per file, at most (default 500000).
+    #[serde(default)]
+    pub max_file_rows: Option<usize>,
+    /// Files are removed after this long (default 7d).
+    #[serde(default)]
+    pub retention: Option<Span>,
+    /// Total size kept, in bytes (default 10 GiB; the oldest files go first).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
 }
 
 /// `signing:`. The key comes from the environment variable `key_env` (default

@@ -71,6 +71,8 @@ pub struct Config {
     pub state_dir: Option<std::path::PathBuf>,
     /// Checkpoint interval.
     pub checkpoint_every: Span,
+    /// The archive, when configured.
+    pub archive: Option<trike_sql::archive::ArchiveConfig>,
 }
 
 /// Values from flags and `TRIKE_*` variables, which win over the file.
@@ -545,6 +547,34 @@ impl Config {
         {
             p.push("state.dir: must not be empty".into());
         }
+        let archive = raw.archive.as_ref().map(|a| {
+            let mut c = trike_sql::archive::ArchiveConfig::new(a.dir.clone());
+            if a.dir.as_os_str().is_empty() {
+                p.push("archive.dir: must not be empty".into());
+            }
+            if let Some(f) = a.flush_every {
+                if f.secs() < 1 {
+                    p.push(format!("archive.flush_every: {f} is under 1s"));
+                }
+                c.flush_every = std::time::Duration::from_secs(f.secs());
+            }
+            if let Some(n) = a.max_file_rows {
+                if n == 0 {
+                    p.push("archive.max_file_rows: must be at least 1".into());
+                }
+                c.max_file_rows = n;
+            }
+            if let Some(r) = a.retention {
+                if r.secs() < 3600 {
+                    p.push(format!("archive.retention: {r} is under 1h"));
+                }
+                c.retention = std::time::Duration::from_secs(r.secs());
+            }
+            if let Some(b) = a.max_bytes {
+                c.max_bytes = b;
+            }
+            c
+        });
         if !p.is_empty() {
             return Err(p);
         }
@@ -577,6 +607,7 @@ impl Config {
             actuator: raw.actuator.clone(),
             state_dir: raw.state.dir.clone(),
             checkpoint_every,
+            archive,
             signing_key_env: raw
                 .signing
                 .key_env

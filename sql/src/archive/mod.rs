@@ -165,12 +165,9 @@ impl ArchiveWriter {
         self.handle.clone().expect("running")
     }
 
-    /// Writes what is buffered and stops (other handles must be gone for the thread to end).
+    /// Writes what is buffered and waits for the thread, which ends once every other handle
+    /// is gone too.
     pub fn stop(mut self) {
-        self.finish();
-    }
-
-    fn finish(&mut self) {
         if let Some(h) = self.handle.take() {
             h.flush();
         }
@@ -181,8 +178,11 @@ impl ArchiveWriter {
 }
 
 impl Drop for ArchiveWriter {
+    /// Writes what is buffered; the thread ends by itself when the last handle goes.
     fn drop(&mut self) {
-        self.finish();
+        if let Some(h) = self.handle.take() {
+            h.flush();
+        }
     }
 }
 

@@ -1,0 +1,62 @@
+//! The engine thread's side of the archive: each second is sealed [`SEAL_DELAY_S`] after it
+//! ends — late data within that delay is included, later data is in the live windows but not
+//! in the archive — and its rows (one per series, with the second's latency digest) are
+//! handed to the archive writer, which writes them on its own thread.
+
+use trike_engine::Engine;
+use trike_sql::archive::ArchiveHandle;
+
+/// Seconds after a second ends before it is archived. The engine keeps 1 s digests for 10 s,
+/// so this must stay well under that.
+pub const SEAL_DELAY_S: u64 = 5;
+/// Seconds sealed in one tick, at most (after a long stall, older seconds are skipped: the
+/// 1 s counters only reach back 5 minutes anyway).
+const MAX_SEAL: u64 = 300;
+
+/// Seals seconds into the archive.
+#[derive(Debug)]
+pub struct Archiver {
+    handle: ArchiveHandle,
+    /// The newest second sealed.
+    sealed: Option<u64>,
+}
+
+impl Archiver {
+    /// An archiver handing rows to `handle`; it starts with the second it first sees.
+    pub fn new(handle: ArchiveHandle) -> Self {
+        Self {
+            handle,
+            sealed: None,
+        }
+    }
+
+    /// Seals every second that ended at least [`SEAL_DELAY_S`] before the engine's `now`.
+    pub fn tick(&mut self, engine: &Engine) {
+        let now_s = engine.now() / 1_000_000_000;
+        let Some(upto) = now_s.checked_sub(SEAL_DELAY_S + 1) else {
+            return;
+        };
+        self.seal(engine, upto);
+    }
+
+    /// At a clean stop: seals everything up to the current (partial) second, so the archive
+    /// holds all the processor applied.
+    pub fn finish(mut self, engine: &Engine) {
+        self.seal(engine, engine.now() / 1_000_000_000);
+    }
+
+    fn seal(&mut self, engine: &Engine, upto: u64) {
+        let from = match self.sealed {
+            Some(s) if s >= upto => return,
+            Some(s) => (s + 1).max(upto.saturating_sub(MAX_SEAL)),
+            // Start with the first whole second after start-up.
+            None => upto,
+        };
+        let mut rows = Vec::new();
+        for s in from..=upto {
+            rows.extend(engine.second_rows(s));
+        }
+        self.sealed = Some(upto);
+        self.handle.seconds(rows);
+    }
+}
