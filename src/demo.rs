@@ -113,9 +113,10 @@ const PER_TICK: usize = 20;
 const CANARY_WEIGHT: u64 = 10;
 
 /// The processor's config for the demo; `controller` is the rollout controller's webhook URL.
-fn config_yaml(controller: &str) -> String {
+fn config_yaml(controller: &str, archive: &std::path::Path) -> String {
     format!(
         r#"
+archive: {{ dir: "{}", flush_every: 5s }}
 stale: {{ after: 15s, max_lag: 10s }}
 kafka: {{ brokers: embedded }}
 sinks: [ {{ type: stdout }}, {{ type: kafka }} ]
@@ -141,7 +142,8 @@ actuator:
       timeout: 5s
       retries: 2
     - {{ name: pager, type: log, actions: [page, ticket, freeze_deploys, throttle, resolved] }}
-"#
+"#,
+        archive.display()
     )
 }
 
@@ -188,6 +190,8 @@ pub struct Demo {
     pub control_topic: String,
     /// The rollout controller the actuator calls.
     pub controller: Arc<Controller>,
+    /// The demo's archive directory (kept after it ends).
+    pub archive: std::path::PathBuf,
     started: Instant,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -210,7 +214,11 @@ impl Demo {
             .await
             .context("binding the demo rollout controller")?;
         let hook_url = format!("http://{}/rollout", hook.local_addr()?);
-        let raw = RawConfig::from_yaml(&config_yaml(&hook_url)).map_err(anyhow::Error::msg)?;
+        // The demo's history: kept after it ends, for `trike query --archive` and `trike backtest`.
+        let archive =
+            std::env::temp_dir().join(format!("trike-demo-archive-{}", std::process::id()));
+        let raw =
+            RawConfig::from_yaml(&config_yaml(&hook_url, &archive)).map_err(anyhow::Error::msg)?;
         let cfg = Config::validate(raw, &args.addrs.overrides())
             .map_err(|p| anyhow::anyhow!("configuration: {}", p.join("; ")))?;
         let control_topic = cfg.control_topic.clone();
@@ -343,6 +351,7 @@ impl Demo {
             brokers,
             control_topic,
             controller,
+            archive,
             started,
             stop_tx,
             tasks,
@@ -371,6 +380,9 @@ impl Demo {
             "  decisions: curl http://{admin}/api/v1/decisions   (control events also print below as JSON lines)"
         );
         println!("  metrics:   curl http://{admin}/metrics");
+        println!(
+            "  SQL:       cargo run --release -- query --admin-addr {admin} \"SELECT service, version, time_window, requests, error_ratio, p99_ms FROM slis WHERE time_window = '1m'\""
+        );
         let weight = args.scenario.canary_weight();
         println!(
             "Scenario {:?}: checkout 1.4.0 ({} req/s) and 1.5.0 (canary, {} req/s); after {} s, {}.",
@@ -446,8 +458,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     });
+    let archive = demo.archive.clone();
     let result = demo.stop().await;
     force.abort();
+    if result.is_ok() {
+        println!(
+            "This run's history is in {0}; for example:\n  cargo run --release -- query --archive {0} \"SELECT time, action, reason FROM archive_decisions\"",
+            archive.display()
+        );
+    }
     result
 }
 
