@@ -46,24 +46,34 @@ pub async fn run(
             format!("no processor answers at {admin_addr} (start `trike run`, or pass --admin-addr or --archive)")
         })?;
     let status = resp.status();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (truncated, columns) = (
+        header(crate::admin::query::TRUNCATED) == "true",
+        header(crate::admin::query::COLUMNS),
+    );
     let doc: Value = resp.json().await.context("the processor's answer")?;
     if !status.is_success() {
         anyhow::bail!("{}", doc["error"].as_str().unwrap_or("query failed"));
     }
-    let rows = doc["rows"].as_array().cloned().unwrap_or_default();
+    let rows = doc.as_array().cloned().unwrap_or_default();
     let mut text = match format {
         QueryFormat::Json => serde_json::to_string_pretty(&rows)?,
         QueryFormat::Table => {
-            let columns: Vec<String> = doc["columns"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.as_str().map(str::to_string))
+            let columns: Vec<String> = columns
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
                 .collect();
             table(&columns, &rows)
         }
     };
-    if doc["truncated"] == true {
+    if truncated {
         text.push_str(&format!("\n(cut at {} rows: --limit)", limits.max_rows));
     }
     Ok(text)

@@ -1,6 +1,7 @@
-//! `POST /api/v1/query`: SQL text in, JSON rows out (DESIGN §5), over the live tables and the
-//! archive, within a row limit (`?limit=N`, default 10 000, at most 100 000) and a time
-//! limit (30 s).
+//! `POST /api/v1/query`: SQL text in, JSON rows out (DESIGN §5: an array of objects), over the
+//! live tables and the archive, within a row limit (`?limit=N`, default 10 000, at most
+//! 100 000; header `trike-truncated: true` when cut) and a time limit (30 s). Header
+//! `trike-columns` gives the column order.
 
 use super::{AdminState, json_error};
 use axum::extract::{Query, State};
@@ -14,6 +15,11 @@ use trike_sql::query::{Limits, LiveTables};
 pub const MAX_ROWS: usize = 100_000;
 /// A query's time limit.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Response header: `true` when the rows were cut at the limit.
+pub const TRUNCATED: &str = "trike-truncated";
+/// Response header: the result's column names, comma-separated, in order.
+pub const COLUMNS: &str = "trike-columns";
 
 /// `?limit=N`.
 #[derive(Debug, serde::Deserialize)]
@@ -66,16 +72,36 @@ pub async fn handler(
     };
     match trike_sql::query::run(&ctx, &sql, limits).await {
         Ok(out) => match out.json_rows() {
-            Ok(rows) => axum::Json(serde_json::json!({
-                "columns": out
+            // The body is the rows (DESIGN §5: "JSON rows back"); the column order and whether
+            // the rows were cut at the limit travel in headers.
+            Ok(rows) => {
+                let columns = out
                     .batches
                     .first()
-                    .map(|b| b.schema().fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>())
-                    .unwrap_or_default(),
-                "rows": rows,
-                "truncated": out.truncated,
-            }))
-            .into_response(),
+                    .map(|b| {
+                        b.schema()
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().clone())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                let mut resp = axum::Json(rows).into_response();
+                let h = resp.headers_mut();
+                h.insert(
+                    TRUNCATED,
+                    axum::http::HeaderValue::from_static(if out.truncated {
+                        "true"
+                    } else {
+                        "false"
+                    }),
+                );
+                if let Ok(v) = axum::http::HeaderValue::from_str(&columns) {
+                    h.insert(COLUMNS, v);
+                }
+                resp
+            }
             Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
         Err(e @ trike_sql::Error::Timeout(_)) => {

@@ -86,7 +86,7 @@ async fn archive_query_and_backtest() {
          AND time_window = '5m' GROUP BY version ORDER BY version",
     )
     .await;
-    let live_total: u64 = live["rows"]
+    let live_total: u64 = live
         .as_array()
         .unwrap()
         .iter()
@@ -95,13 +95,36 @@ async fn archive_query_and_backtest() {
     assert_eq!(live_total, sent, "{live}");
     let decisions = query(admin, "SELECT action, rule FROM decisions").await;
     assert_eq!(
-        decisions["rows"],
+        decisions,
         serde_json::json!([{"action": "rollback", "rule": "rollback-bad-canary"}]),
         "{decisions}"
     );
+    // The row limit cuts and says so; bad SQL is a 400 naming the problem.
+    let cut = reqwest::Client::new()
+        .post(format!("http://{admin}/api/v1/query?limit=1"))
+        .body("SELECT * FROM slis")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cut.headers()["trike-truncated"], "true");
+    assert!(
+        cut.headers()["trike-columns"]
+            .to_str()
+            .unwrap()
+            .starts_with("service,operation,version,time_window")
+    );
+    assert_eq!(cut.json::<Vec<serde_json::Value>>().await.unwrap().len(), 1);
+    let bad = reqwest::Client::new()
+        .post(format!("http://{admin}/api/v1/query"))
+        .body("SELECT nope FROM slis")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("nope"));
     // Archived while running (sealed 5 s behind, flushed every second).
     let archived = query(admin, "SELECT count(*) AS n FROM archive_slis").await;
-    assert!(archived["rows"][0]["n"].as_u64().unwrap() > 0, "{archived}");
+    assert!(archived[0]["n"].as_u64().unwrap() > 0, "{archived}");
     running.stop().await.unwrap();
 
     // After a clean stop, the archive holds every request and the decision with its evidence.

@@ -312,3 +312,24 @@ async fn live_tables_limits_and_errors() {
         .unwrap_err();
     assert!(missing.to_string().contains("nope"), "{missing}");
 }
+
+/// Guarantees: the README's example queries plan against the archive's tables (types of
+/// `time` against `now() - INTERVAL`, the quantile aggregate, the decisions table).
+#[tokio::test]
+async fn readme_examples_plan() {
+    let dir = tempfile::Builder::new()
+        .prefix("trike-readme")
+        .tempdir()
+        .unwrap();
+    let ctx = session(None, Some(dir.path())).unwrap();
+    for sql in [
+        "SELECT date_trunc('minute', time) AS minute, sum(errors) * 1.0 / sum(requests) AS error_ratio, \
+         tdigest_quantile(digest, 0.99) AS p99_ms FROM archive_slis WHERE service = 'checkout' \
+         AND time >= now() - INTERVAL '1 day' GROUP BY 1 ORDER BY 1",
+        "SELECT time, action, reason, evidence FROM archive_decisions WHERE service = 'checkout'",
+    ] {
+        let out = run(&ctx, sql, Limits::default()).await;
+        assert!(out.is_ok(), "{sql}: {out:?}");
+        assert!(out.unwrap().json_rows().unwrap().is_empty());
+    }
+}
