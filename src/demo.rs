@@ -130,7 +130,7 @@ canary:
 policies:
   - {{ name: rollback-bad-canary, when: canary.fail, action: rollback, for: 5s, params: {{ weight: 0 }} }}
   - {{ name: page-fast-burn, when: burn_rate.page, action: page }}
-  - {{ name: ticket-slow-burn, when: burn_rate.ticket, action: ticket }}
+  - {{ name: ticket-slow-burn, when: burn_rate.ticket, action: ticket, for: 10s }}
   - {{ name: page-on-stale-telemetry, when: stale, action: page }}
 actuator:
   executors:

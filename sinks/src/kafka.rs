@@ -85,7 +85,22 @@ pub fn ensure_topic(cfg: &KafkaSinkConfig) -> Result<(), KafkaError> {
             .spawn(|| {
                 let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
                     .set("bootstrap.servers", &cfg.brokers)
+                    // Asking for the topic's metadata must not create it with the broker's
+                    // defaults instead of ours.
+                    .set("allow.auto.create.topics", "false")
                     .create()?;
+                // Already there (the usual case after the first start, and always with the
+                // embedded broker, which cannot create topics through the admin API): done.
+                if let Ok(md) = admin
+                    .inner()
+                    .fetch_metadata(Some(&cfg.topic), Duration::from_secs(5))
+                    && md
+                        .topics()
+                        .first()
+                        .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
+                {
+                    return Ok(());
+                }
                 let topic = NewTopic::new(
                     &cfg.topic,
                     cfg.partitions,
