@@ -142,7 +142,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         checkpointer,
         archiver: archive
             .as_ref()
-            .map(|a| crate::archiver::Archiver::new(a.handle())),
+            .map(|a| crate::archiver::Archiver::new(a.handle(), cfg.archive_sample_observations)),
     };
     let worker = EngineWorker::start_with(engine, cfg.queue_observations, hooks)
         .context("starting the engine thread")?;

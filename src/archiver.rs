@@ -1,10 +1,11 @@
 //! The engine thread's side of the archive: each second is sealed [`SEAL_DELAY_S`] after it
 //! ends — late data within that delay is included, later data is in the live windows but not
 //! in the archive — and its rows (one per series, with the second's latency digest) are
-//! handed to the archive writer, which writes them on its own thread.
+//! handed to the archive writer, which writes them on its own thread. With
+//! `archive.sample_observations`, a systematic sample of the raw requests goes with them.
 
-use trike_engine::Engine;
-use trike_sql::archive::ArchiveHandle;
+use trike_engine::{Batch, Engine};
+use trike_sql::archive::{ArchiveHandle, RawObservation};
 
 /// Seconds after a second ends before it is archived. The engine keeps 1 s digests for 10 s,
 /// so this must stay well under that.
@@ -13,20 +14,59 @@ pub const SEAL_DELAY_S: u64 = 5;
 /// 1 s counters only reach back 5 minutes anyway).
 const MAX_SEAL: u64 = 300;
 
-/// Seals seconds into the archive.
+/// Sampled raw requests held between ticks, at most (more are dropped and counted).
+const MAX_PENDING_OBSERVATIONS: usize = 1_000_000;
+
+/// Seals seconds into the archive, and samples raw requests into it.
 #[derive(Debug)]
 pub struct Archiver {
     handle: ArchiveHandle,
     /// The newest second sealed.
     sealed: Option<u64>,
+    /// Share of requests kept in the `observations` table.
+    sample: f64,
+    /// Systematic sampling: a request is kept each time this reaches 1.
+    carry: f64,
+    pending: Vec<RawObservation>,
 }
 
 impl Archiver {
-    /// An archiver handing rows to `handle`; it starts with the second it first sees.
-    pub fn new(handle: ArchiveHandle) -> Self {
+    /// An archiver handing rows to `handle`, keeping a `sample` share (0 to 1) of raw
+    /// requests; it starts with the second it first sees.
+    pub fn new(handle: ArchiveHandle, sample: f64) -> Self {
         Self {
             handle,
             sealed: None,
+            sample: sample.clamp(0.0, 1.0),
+            carry: 0.0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Samples the requests of a batch the engine just applied.
+    pub fn observe(&mut self, batch: &Batch) {
+        if self.sample <= 0.0 {
+            return;
+        }
+        for r in &batch.requests {
+            self.carry += self.sample;
+            if self.carry < 1.0 {
+                continue;
+            }
+            self.carry -= 1.0;
+            if self.pending.len() >= MAX_PENDING_OBSERVATIONS {
+                self.handle
+                    .stats
+                    .dropped_rows
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
+            self.pending.push(RawObservation {
+                key: batch.keys[r.key as usize].clone(),
+                time: r.time,
+                latency_ms: r.latency_ms,
+                bad: r.bad,
+            });
         }
     }
 
@@ -58,5 +98,6 @@ impl Archiver {
         }
         self.sealed = Some(upto);
         self.handle.seconds(rows);
+        self.handle.observations(std::mem::take(&mut self.pending));
     }
 }

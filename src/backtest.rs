@@ -4,8 +4,9 @@
 //!
 //! Each second `s` is applied whole, then the policy is evaluated at the end of that second
 //! (`s` + 999 ms): the live processor evaluates every 200 ms on partial seconds, so a decision
-//! can come up to about a second apart, but an episode that starts within the same second gets
-//! the same decision id (ids count the episode start to the second). The replay reads no clock
+//! can come up to about a second apart. Ids count the episode start to the second, so a
+//! replayed decision carries the live id when both place the start in the same second (usual,
+//! not certain: the diff reports `other id`). The replay reads no clock
 //! and no randomness: the same archive and config give byte-identical output.
 
 use crate::config::Config;

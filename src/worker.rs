@@ -254,6 +254,9 @@ fn run(
                 // Apply what is already queued under one lock, but not forever.
                 while let Some(q) = next {
                     e.ingest(&q.batch, now);
+                    if let Some(a) = hooks.archiver.as_mut() {
+                        a.observe(&q.batch);
+                    }
                     if let Some(ack) = q.ack {
                         ack();
                     }

@@ -337,8 +337,8 @@ fn fnv64(seed: u64, bytes: &[u8]) -> u64 {
 }
 
 /// A deterministic UUID-shaped id from the parts of a decision's identity. The episode start
-/// counts to the second: a backtest, which evaluates once per second of event time, then
-/// derives the same id as the live evaluation (every 200 ms) for the same episode.
+/// counts to the second, so a backtest, which evaluates once per second of event time, derives
+/// the live evaluation's id (every 200 ms) whenever both place the start in the same second.
 pub fn decision_id(
     rule: &str,
     target: &Target,

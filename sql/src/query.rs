@@ -4,7 +4,8 @@
 //! - live tables, snapshotted when the query starts: `slis` (one row per series and window),
 //!   `slo_status` (one row per SLO, as `/api/v1/slos`), `decisions` (recent control events);
 //! - the archive's tables, read from its Parquet files: `archive_slis` (one row per series and
-//!   second, with a serialised latency digest) and `archive_decisions`;
+//!   second, with a serialised latency digest), `archive_decisions` and `archive_observations`
+//!   (sampled raw requests, when the processor samples them);
 //! - `tdigest_quantile(digest, q)`: an aggregate merging archived digests, so a quantile over
 //!   any time range comes from the digests, not from raw data.
 //!
@@ -341,6 +342,11 @@ pub fn session(live: Option<LiveTables>, archive: Option<&Path>) -> Result<Sessi
                 "archive_decisions",
                 crate::archive::DECISIONS,
                 schema::DECISIONS.clone(),
+            ),
+            (
+                "archive_observations",
+                crate::archive::OBSERVATIONS,
+                schema::OBSERVATIONS.clone(),
             ),
         ] {
             let path = dir.join(table);

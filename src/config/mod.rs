@@ -70,6 +70,10 @@ pub struct RawArchive {
     /// Total size kept, in bytes (default 10 GiB; the oldest files go first).
     #[serde(default)]
     pub max_bytes: Option<u64>,
+    /// Share of raw requests (from spans) kept in the `observations` table, 0 to 1 (default 0:
+    /// none). Sampling is systematic: every 1/share-th request.
+    #[serde(default)]
+    pub sample_observations: Option<f64>,
 }
 
 /// `signing:`. The key comes from the environment variable `key_env` (default

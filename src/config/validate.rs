@@ -73,6 +73,8 @@ pub struct Config {
     pub checkpoint_every: Span,
     /// The archive, when configured.
     pub archive: Option<trike_sql::archive::ArchiveConfig>,
+    /// Share of raw requests archived (0: none).
+    pub archive_sample_observations: f64,
 }
 
 /// Values from flags and `TRIKE_*` variables, which win over the file.
@@ -573,8 +575,20 @@ impl Config {
             if let Some(b) = a.max_bytes {
                 c.max_bytes = b;
             }
+            if a.sample_observations.is_some_and(|x| !(0.0..=1.0).contains(&x)) {
+                p.push(format!(
+                    "archive.sample_observations: {} is not in [0, 1]; write 0.01 to keep 1 % of requests",
+                    a.sample_observations.unwrap_or_default()
+                ));
+            }
             c
         });
+        let archive_sample_observations = raw
+            .archive
+            .as_ref()
+            .and_then(|a| a.sample_observations)
+            .unwrap_or(0.0)
+            .clamp(0.0, 1.0);
         if !p.is_empty() {
             return Err(p);
         }
@@ -608,6 +622,7 @@ impl Config {
             state_dir: raw.state.dir.clone(),
             checkpoint_every,
             archive,
+            archive_sample_observations,
             signing_key_env: raw
                 .signing
                 .key_env

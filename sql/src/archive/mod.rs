@@ -27,6 +27,23 @@ use trike_engine::SecondObs;
 pub const SLIS: &str = "slis";
 /// The `decisions` table's directory name.
 pub const DECISIONS: &str = "decisions";
+/// The `observations` table's directory name (sampled raw requests).
+pub const OBSERVATIONS: &str = "observations";
+/// Every table.
+pub const TABLES: [&str; 3] = [SLIS, DECISIONS, OBSERVATIONS];
+
+/// One raw request, as the `observations` table keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawObservation {
+    /// The series.
+    pub key: trike_engine::SeriesKey,
+    /// Event time (span end), Unix nanoseconds.
+    pub time: u64,
+    /// Latency, ms.
+    pub latency_ms: f64,
+    /// Bad (error).
+    pub bad: bool,
+}
 /// Messages queued for the writer, at most.
 pub const QUEUE: usize = 1024;
 
@@ -80,6 +97,7 @@ pub struct ArchiveStats {
 enum Msg {
     Seconds(Vec<SecondObs>),
     Decision(serde_json::Value),
+    Observations(Vec<RawObservation>),
     /// Write everything buffered now, then answer.
     Flush(SyncSender<()>),
 }
@@ -109,6 +127,17 @@ impl ArchiveHandle {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
             self.tx.try_send(Msg::Seconds(rows))
         {
+            self.stats.dropped_rows.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Hands over sampled raw requests (dropped and counted when the queue is full).
+    pub fn observations(&self, rows: Vec<RawObservation>) {
+        if rows.is_empty() {
+            return;
+        }
+        let n = rows.len() as u64;
+        if self.tx.try_send(Msg::Observations(rows)).is_err() {
             self.stats.dropped_rows.fetch_add(n, Relaxed);
         }
     }
@@ -191,6 +220,7 @@ impl Drop for ArchiveWriter {
 struct Buffer {
     seconds: Vec<SecondObs>,
     decisions: Vec<serde_json::Value>,
+    observations: Vec<RawObservation>,
     since: Option<Instant>,
     first_s: u64,
     last_s: u64,
@@ -198,7 +228,7 @@ struct Buffer {
 
 impl Buffer {
     fn len(&self) -> usize {
-        self.seconds.len() + self.decisions.len()
+        self.seconds.len() + self.decisions.len() + self.observations.len()
     }
 
     fn note(&mut self, s: u64) {
@@ -250,6 +280,17 @@ impl Writer {
                         b.seconds.push(r);
                     }
                 }
+                Ok(Msg::Observations(rows)) => {
+                    for r in rows {
+                        let s = r.time / 1_000_000_000;
+                        let b = self
+                            .buffers
+                            .entry((OBSERVATIONS, s - s % 3600))
+                            .or_default();
+                        b.note(s);
+                        b.observations.push(r);
+                    }
+                }
                 Ok(Msg::Decision(e)) => {
                     let s = event_second(&e);
                     let b = self.buffers.entry((DECISIONS, s - s % 3600)).or_default();
@@ -277,7 +318,7 @@ impl Writer {
                     .map_or(0, |d| d.as_secs());
                 let removed = files::enforce_retention(
                     &self.cfg.dir,
-                    &[SLIS, DECISIONS],
+                    &TABLES,
                     now_s,
                     self.cfg.retention.as_secs(),
                     self.cfg.max_bytes,
@@ -308,6 +349,10 @@ impl Writer {
                 let part = Buffer {
                     seconds: b.seconds.drain(..max.min(b.seconds.len())).collect(),
                     decisions: b.decisions.drain(..max.min(b.decisions.len())).collect(),
+                    observations: b
+                        .observations
+                        .drain(..max.min(b.observations.len()))
+                        .collect(),
                     since: b.since,
                     first_s: b.first_s,
                     last_s: b.last_s,
@@ -319,13 +364,19 @@ impl Writer {
 
     fn write(&mut self, (table, hour): (&'static str, u64), mut b: Buffer) {
         let rows = b.len() as u64;
-        let batch: Result<RecordBatch> = if table == SLIS {
-            // By series, then time: a file's row groups then cover few services each.
-            b.seconds
-                .sort_by(|x, y| (&x.key, x.second).cmp(&(&y.key, y.second)));
-            schema::slis_batch(&b.seconds)
-        } else {
-            schema::decisions_batch(&b.decisions)
+        // By series, then time: a file's row groups then cover few services each.
+        let batch: Result<RecordBatch> = match table {
+            SLIS => {
+                b.seconds
+                    .sort_by(|x, y| (&x.key, x.second).cmp(&(&y.key, y.second)));
+                schema::slis_batch(&b.seconds)
+            }
+            OBSERVATIONS => {
+                b.observations
+                    .sort_by(|x, y| (&x.key, x.time).cmp(&(&y.key, y.time)));
+                schema::observations_batch(&b.observations)
+            }
+            _ => schema::decisions_batch(&b.decisions),
         };
         self.seq += 1;
         let name = format!("{}-{}-{:06}.parquet", b.first_s, b.last_s, self.seq);

@@ -39,6 +39,50 @@ pub static SLIS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// `observations`: sampled raw requests.
+pub static OBSERVATIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new(
+            "time",
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("service", DataType::Utf8, false),
+        Field::new("operation", DataType::Utf8, false),
+        Field::new("version", DataType::Utf8, false),
+        Field::new("dimensions", DataType::Utf8, false),
+        Field::new("latency_ms", DataType::Float64, false),
+        Field::new("bad", DataType::Boolean, false),
+    ]))
+});
+
+/// `observations` rows as one batch (in the given order).
+pub fn observations_batch(rows: &[super::RawObservation]) -> Result<RecordBatch> {
+    let mut time = datafusion::arrow::array::TimestampNanosecondBuilder::with_capacity(rows.len())
+        .with_timezone("UTC");
+    let mut strings: Vec<StringBuilder> = (0..4).map(|_| StringBuilder::new()).collect();
+    let mut latency = Float64Builder::with_capacity(rows.len());
+    let mut bad = BooleanBuilder::with_capacity(rows.len());
+    for r in rows {
+        time.append_value(r.time as i64);
+        let dims = dims_json(&r.key);
+        for (b, v) in
+            strings
+                .iter_mut()
+                .zip([&*r.key.service, &*r.key.operation, &*r.key.version, &dims])
+        {
+            b.append_value(v);
+        }
+        latency.append_value(r.latency_ms);
+        bad.append_value(r.bad);
+    }
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(time.finish())];
+    cols.extend(strings.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    cols.push(Arc::new(latency.finish()));
+    cols.push(Arc::new(bad.finish()));
+    Ok(RecordBatch::try_new(OBSERVATIONS.clone(), cols)?)
+}
+
 /// `decisions`: every control event, with its evidence.
 pub static DECISIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![

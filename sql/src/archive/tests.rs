@@ -246,3 +246,41 @@ fn killed_writer_leaves_no_unreadable_file() {
         }
     }
 }
+
+/// Guarantees: sampled raw requests land in `observations/…` per hour and answer SQL as
+/// `archive_observations` with their series, time, latency and outcome.
+#[tokio::test]
+async fn raw_observations_are_archived_and_queryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = ArchiveWriter::start(cfg(dir.path())).unwrap();
+    let obs: Vec<RawObservation> = (0..100u64)
+        .map(|i| RawObservation {
+            key: SeriesKey::new(if i % 2 == 0 { "a" } else { "b" }, "/x", "1"),
+            time: (T0 + i * 60) * 1_000_000_000 + 123,
+            latency_ms: i as f64,
+            bad: i % 10 == 0,
+        })
+        .collect();
+    w.handle().observations(obs);
+    w.stop();
+    assert_eq!(files::files(dir.path(), OBSERVATIONS).len(), 2, "two hours");
+    let ctx = crate::query::session(None, Some(dir.path())).unwrap();
+    let rows = crate::query::run(
+        &ctx,
+        "SELECT service, count(*) AS n, sum(CASE WHEN bad THEN 1 ELSE 0 END) AS bad, \
+         max(latency_ms) AS max_ms, min(time) AS first FROM archive_observations \
+         GROUP BY service ORDER BY service",
+        Default::default(),
+    )
+    .await
+    .unwrap()
+    .json_rows()
+    .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        (rows[0]["n"].as_u64(), rows[0]["bad"].as_u64()),
+        (Some(50), Some(10))
+    );
+    assert_eq!(rows[1]["max_ms"], 99.0);
+    assert_eq!(rows[0]["first"], "2026-12-02T07:00:00.000000123Z");
+}
