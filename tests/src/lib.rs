@@ -228,3 +228,34 @@ pub fn run_chromium(
     assert!(status.success(), "chromium failed ({status}) on {url}");
     out
 }
+
+/// `trike demo`'s arguments for a test: ephemeral loopback ports, `scenario`, its trouble
+/// starting `degrade_after_s` in.
+pub fn demo_args(scenario: trike::demo::Scenario, degrade_after_s: u64) -> trike::cli::DemoArgs {
+    let any = Some("127.0.0.1:0".to_string());
+    trike::cli::DemoArgs {
+        addrs: trike::cli::AddrArgs {
+            otlp_grpc_addr: any.clone(),
+            otlp_http_addr: any.clone(),
+            admin_addr: any,
+            ..Default::default()
+        },
+        duration_s: None,
+        degrade_after_s,
+        scenario,
+    }
+}
+
+/// Waits (at most 120 s) until the demo's actuator has called its rollout controller.
+pub async fn wait_for_rollback(demo: &trike::demo::Demo) {
+    let start = Instant::now();
+    while demo
+        .controller
+        .calls
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+        && start.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

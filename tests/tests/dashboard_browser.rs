@@ -1,10 +1,8 @@
 //! The dashboard in a real browser (headless Chromium) while the demo runs.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
-use trike::cli::{AddrArgs, DemoArgs};
 use trike::demo::Demo;
-use trike_tests::{chromium, run_chromium};
+use trike_tests::{chromium, demo_args, run_chromium, wait_for_rollback};
 
 /// Number of `<polyline>` points in the chart `id` of a dumped DOM, per series.
 fn chart_series(dom: &str, id: &str) -> Vec<(String, usize)> {
@@ -33,23 +31,9 @@ fn chart_series(dom: &str, id: &str) -> Vec<(String, usize)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_renders_charts_and_the_rollback() {
     let Some(chromium) = chromium() else { return };
-    let any = Some("127.0.0.1:0".to_string());
-    let args = DemoArgs {
-        addrs: AddrArgs {
-            otlp_grpc_addr: any.clone(),
-            otlp_http_addr: any.clone(),
-            admin_addr: any,
-            ..Default::default()
-        },
-        duration_s: None,
-        degrade_after_s: 2,
-        scenario: trike::demo::Scenario::Canary,
-    };
+    let args = demo_args(trike::demo::Scenario::Canary, 2);
     let demo = Demo::start(&args).await.expect("the demo starts");
-    let start = Instant::now();
-    while demo.controller.calls.load(Relaxed) == 0 && start.elapsed() < Duration::from_secs(120) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_rollback(&demo).await;
     assert_eq!(demo.controller.calls.load(Relaxed), 1, "rolled back");
     let url = format!("http://{}/?service=checkout", demo.running.admin_addr);
     let dom = {

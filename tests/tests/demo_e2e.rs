@@ -2,9 +2,8 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use trike::cli::{AddrArgs, DemoArgs};
 use trike::demo::Demo;
-use trike_tests::read_topic;
+use trike_tests::{demo_args, read_topic, wait_for_rollback};
 
 /// Canary requests in the 10 s window, over all its series.
 async fn canary_requests(admin: std::net::SocketAddr) -> u64 {
@@ -31,24 +30,11 @@ async fn canary_requests(admin: std::net::SocketAddr) -> u64 {
 /// `trike.actions`; the canary's traffic then stops (no canary request in the last 10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_rolls_the_canary_back_through_kafka() {
-    let any = Some("127.0.0.1:0".to_string());
-    let args = DemoArgs {
-        addrs: AddrArgs {
-            otlp_grpc_addr: any.clone(),
-            otlp_http_addr: any.clone(),
-            admin_addr: any,
-            ..Default::default()
-        },
-        duration_s: None,
-        degrade_after_s: 2,
-        scenario: trike::demo::Scenario::Canary,
-    };
+    let args = demo_args(trike::demo::Scenario::Canary, 2);
     let demo = Demo::start(&args).await.expect("the demo starts");
     let admin = demo.running.admin_addr;
     let start = Instant::now();
-    while demo.controller.calls.load(Relaxed) == 0 && start.elapsed() < Duration::from_secs(120) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_rollback(&demo).await;
     let rolled_back_after = start.elapsed();
     assert_eq!(
         demo.controller.calls.load(Relaxed),
@@ -111,18 +97,7 @@ struct Ran {
 /// Starts `scenario` with its trouble 1 s in, waits (at most 120 s) until `done` says so, and
 /// returns the control and actions topics of the embedded broker.
 async fn run_scenario(scenario: trike::demo::Scenario, done: impl Fn(&Demo) -> bool) -> Ran {
-    let any = Some("127.0.0.1:0".to_string());
-    let args = DemoArgs {
-        addrs: AddrArgs {
-            otlp_grpc_addr: any.clone(),
-            otlp_http_addr: any.clone(),
-            admin_addr: any,
-            ..Default::default()
-        },
-        duration_s: None,
-        degrade_after_s: 1,
-        scenario,
-    };
+    let args = demo_args(scenario, 1);
     let demo = Demo::start(&args).await.expect("the demo starts");
     let start = Instant::now();
     while !done(&demo) && start.elapsed() < Duration::from_secs(120) {
