@@ -1,7 +1,9 @@
 //! Engine table tests with a simulated clock.
 
 use super::*;
+use crate::observation::SecondObs;
 use crate::observation::{CounterObs, RequestObs};
+use crate::sli::{SliQuery, SliRow};
 
 const S: u64 = NANOS_PER_SEC;
 const T0: u64 = 1_800_000_000 * S; // a round start time (minute- and hour-aligned)

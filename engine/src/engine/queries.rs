@@ -1,0 +1,224 @@
+//! The engine's read side: SLIs per series, service and version over windows ending now, and
+//! the sums, digests and freshness the SLO, canary and staleness evaluations read. Nothing here
+//! changes state.
+
+use super::Engine;
+use crate::observation::SeriesKey;
+use crate::sketch::TDigest;
+use crate::sli::{LatencyGood, Quantiles, REPORTED_QUANTILES, ServiceSli, SliQuery, SliRow};
+use crate::time::{NANOS_PER_SEC, Span, UnixNanos, secs};
+use crate::window::{MAX_COUNTER_WINDOW_S, ProratedSums};
+use crate::{Error, Result};
+use std::sync::Arc;
+
+impl Engine {
+    /// SLIs per series over a window ending now. Series without requests in the window are
+    /// left out. Rows are sorted by series key.
+    pub fn slis(&self, q: &SliQuery) -> Result<Vec<SliRow>> {
+        let window_s = q.window.secs();
+        if window_s > MAX_COUNTER_WINDOW_S {
+            return Err(Error::Invalid(format!(
+                "window {}: the longest window kept is 30d",
+                q.window
+            )));
+        }
+        let now_s = secs(self.now);
+        let mut rows = Vec::new();
+        for e in &self.entries {
+            if q.service.as_deref().is_some_and(|s| s != &*e.key.service) {
+                continue;
+            }
+            let sums = e.state.sums(now_s, window_s);
+            if sums.requests == 0 {
+                continue;
+            }
+            let covered_ns = self
+                .now
+                .saturating_sub(sums.start_s * NANOS_PER_SEC)
+                .max(NANOS_PER_SEC);
+            let digest = e.state.digest(now_s, window_s, self.cfg.digest_compression);
+            let latency_ms = digest.as_ref().filter(|d| !d.is_empty()).map(quantiles_of);
+            let ratio = |x: u64| x as f64 / sums.requests as f64;
+            let latency_good = self
+                .cfg
+                .thresholds_for(&e.key.service)
+                .iter()
+                .zip(sums.within)
+                .map(|(&t, good)| LatencyGood {
+                    threshold_ms: t,
+                    good,
+                    good_ratio: Some(ratio(good)),
+                })
+                .collect();
+            rows.push(SliRow {
+                key: e.key.clone(),
+                window: q.window,
+                requests: sums.requests,
+                errors: sums.errors,
+                error_ratio: Some(ratio(sums.errors)),
+                rate_per_s: sums.requests as f64 * NANOS_PER_SEC as f64 / covered_ns as f64,
+                latency_ms,
+                latency_good,
+            });
+        }
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(rows)
+    }
+
+    /// SLIs per service (all its series merged) over a window ending now, sorted by service.
+    pub fn service_slis(&self, window: Span) -> Result<Vec<ServiceSli>> {
+        self.grouped_slis(None, window, false)
+    }
+
+    /// SLIs per service version (all its series merged) over a window ending now, of one
+    /// service (all when None), sorted by service, then version.
+    pub fn version_slis(&self, service: Option<&str>, window: Span) -> Result<Vec<ServiceSli>> {
+        self.grouped_slis(service, window, true)
+    }
+
+    fn grouped_slis(
+        &self,
+        service: Option<&str>,
+        window: Span,
+        by_version: bool,
+    ) -> Result<Vec<ServiceSli>> {
+        if window.secs() > MAX_COUNTER_WINDOW_S {
+            return Err(Error::Invalid(format!(
+                "window {window}: the longest window kept is 30d"
+            )));
+        }
+        let now_s = secs(self.now);
+        type Acc = (u64, u64, u64, Option<TDigest>);
+        let mut by: std::collections::BTreeMap<(&str, Option<&str>), Acc> = Default::default();
+        for e in &self.entries {
+            if service.is_some_and(|s| s != &*e.key.service) {
+                continue;
+            }
+            let sums = e.state.sums(now_s, window.secs());
+            if sums.requests == 0 {
+                continue;
+            }
+            let group = (&*e.key.service, by_version.then_some(&*e.key.version));
+            let acc = by.entry(group).or_insert((
+                0,
+                0,
+                sums.start_s,
+                Some(TDigest::new(self.cfg.digest_compression)),
+            ));
+            acc.0 += sums.requests;
+            acc.1 += sums.errors;
+            acc.2 = acc.2.min(sums.start_s);
+            match (
+                e.state
+                    .digest(now_s, window.secs(), self.cfg.digest_compression),
+                acc.3.as_mut(),
+            ) {
+                (Some(d), Some(total)) => total.merge(&d),
+                _ => acc.3 = None,
+            }
+        }
+        Ok(by
+            .into_iter()
+            .map(
+                |((service, version), (requests, errors, start_s, digest))| {
+                    let covered_ns = self
+                        .now
+                        .saturating_sub(start_s * NANOS_PER_SEC)
+                        .max(NANOS_PER_SEC);
+                    ServiceSli {
+                        service: service.to_string(),
+                        version: version.map(str::to_string),
+                        window,
+                        requests,
+                        errors,
+                        error_ratio: errors as f64 / requests as f64,
+                        rate_per_s: requests as f64 * NANOS_PER_SEC as f64 / covered_ns as f64,
+                        latency_ms: digest.filter(|d| !d.is_empty()).as_ref().map(quantiles_of),
+                    }
+                },
+            )
+            .collect())
+    }
+
+    /// Counter sums of all series of `service` over a window ending now, exact to the second at
+    /// the oldest edge (see [`crate::window::SeriesState::sums_prorated`]).
+    pub fn service_sums_prorated(&self, service: &str, window: Span) -> ProratedSums {
+        let now_s = secs(self.now);
+        let mut out = ProratedSums {
+            complete: true,
+            ..Default::default()
+        };
+        for e in self.entries.iter().filter(|e| &*e.key.service == service) {
+            out += e.state.sums_prorated(now_s, window.secs());
+        }
+        out
+    }
+
+    /// Requests, errors and the merged latency digest of all series of one service version
+    /// over a window ending now (the digest is None beyond the 1 h digest history).
+    pub fn version_totals(
+        &self,
+        service: &str,
+        version: &str,
+        window: Span,
+    ) -> (u64, u64, Option<TDigest>) {
+        let now_s = secs(self.now);
+        let (mut requests, mut errors) = (0, 0);
+        let mut digest = Some(TDigest::new(self.cfg.digest_compression));
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| &*e.key.service == service && &*e.key.version == version)
+        {
+            let s = e.state.sums(now_s, window.secs());
+            requests += s.requests;
+            errors += s.errors;
+            match (
+                e.state
+                    .digest(now_s, window.secs(), self.cfg.digest_compression),
+                digest.as_mut(),
+            ) {
+                (Some(d), Some(total)) => total.merge(&d),
+                _ => digest = None,
+            }
+        }
+        if let Some(d) = digest.as_mut() {
+            d.compress();
+        }
+        (requests, errors, digest)
+    }
+
+    /// Newest event time and newest arrival over all series of `service` (None when unknown).
+    pub fn service_freshness(&self, service: &str) -> Option<(UnixNanos, UnixNanos)> {
+        self.entries
+            .iter()
+            .filter(|e| &*e.key.service == service)
+            .map(|e| (e.state.last_event, e.state.last_arrival))
+            .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)))
+    }
+
+    /// Services with data (sorted).
+    pub fn services(&self) -> Vec<Arc<str>> {
+        let mut v: Vec<Arc<str>> = self.services.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The merged latency digest of one series over a window (None when unknown or too long).
+    pub fn series_digest(&self, key: &SeriesKey, window: Span) -> Option<TDigest> {
+        let e = &self.entries[*self.index.get(key)?];
+        e.state
+            .digest(secs(self.now), window.secs(), self.cfg.digest_compression)
+    }
+}
+
+fn quantiles_of(d: &TDigest) -> Quantiles {
+    let v = d.quantiles(&REPORTED_QUANTILES);
+    Quantiles {
+        p50: v[0],
+        p90: v[1],
+        p95: v[2],
+        p99: v[3],
+        p999: v[4],
+    }
+}

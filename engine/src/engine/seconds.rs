@@ -1,0 +1,87 @@
+//! Whole seconds of every series: what the archive stores ([`Engine::second_rows`]) and what a
+//! backtest replays ([`Engine::apply_seconds`]).
+
+use super::Engine;
+use crate::engine::IngestReport;
+use crate::observation::SecondObs;
+use crate::time::{NANOS_PER_SEC, UnixNanos, secs};
+use crate::window::MAX_THRESHOLDS;
+
+impl Engine {
+    /// The archived form of second `s`: one row per series with requests in it, from the 1 s
+    /// tiers (sorted by series). Digests are included only while `s` is within the 10-second
+    /// 1 s digest history, so archive a second a few seconds after it ends.
+    pub fn second_rows(&self, s: u64) -> Vec<SecondObs> {
+        let mut rows: Vec<SecondObs> = self
+            .entries
+            .iter()
+            .filter_map(|e| {
+                let (c, d) = e.state.second(s)?;
+                let thresholds = self.cfg.thresholds_for(&e.key.service);
+                Some(SecondObs {
+                    key: e.key.clone(),
+                    second: s,
+                    requests: u64::from(c.requests),
+                    errors: u64::from(c.errors),
+                    timed: u64::from(c.timed),
+                    thresholds_ms: thresholds.to_vec(),
+                    within: c.within[..thresholds.len()]
+                        .iter()
+                        .map(|&w| u64::from(w))
+                        .collect(),
+                    digest: d.cloned(),
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        rows
+    }
+
+    /// Applies archived seconds (a backtest's replay) arriving at `now`: each row counts in its
+    /// own second, through the same series caps and lateness rules as live data. Counts within
+    /// a latency threshold are taken from the row when it was archived against the same
+    /// thresholds as this engine's, and estimated from its digest otherwise.
+    pub fn apply_seconds(&mut self, rows: &[SecondObs], now: UnixNanos) -> IngestReport {
+        self.observe_now(now);
+        let now_s = secs(self.now);
+        let compression = self.cfg.digest_compression;
+        let mut rep = IngestReport::default();
+        for row in rows {
+            let res = self.resolve(&row.key);
+            let Some(t_s) = self.event_second(row.second * NANOS_PER_SEC) else {
+                rep.late += row.requests;
+                continue;
+            };
+            let mut within = [0u64; MAX_THRESHOLDS];
+            let same = row.thresholds_ms.len() == res.n_thresholds
+                && row
+                    .thresholds_ms
+                    .iter()
+                    .zip(&res.thresholds)
+                    .all(|(a, b)| a == b);
+            for (i, w) in within.iter_mut().enumerate().take(res.n_thresholds) {
+                *w = if same {
+                    row.within.get(i).copied().unwrap_or(0)
+                } else {
+                    row.digest.as_ref().map_or(0, |d| {
+                        (d.cdf(res.thresholds[i]) * row.timed as f64).round() as u64
+                    })
+                };
+            }
+            let counts =
+                crate::window::Counts::from_totals(row.requests, row.errors, within, row.timed);
+            let e = &mut self.entries[res.entry].state;
+            if e.apply_second(t_s, now_s, &counts, row.digest.as_ref(), compression) {
+                let end = (t_s + 1) * NANOS_PER_SEC - 1;
+                e.last_event = e.last_event.max(end.min(self.now));
+                e.last_arrival = self.now;
+                rep.applied += row.requests;
+                rep.overflowed += if res.overflow { row.requests } else { 0 };
+            } else {
+                rep.late += row.requests;
+            }
+        }
+        self.stats.requests_applied += rep.applied;
+        rep
+    }
+}
