@@ -5,6 +5,22 @@ use std::time::{Duration, Instant};
 use trike::demo::Demo;
 use trike_tests::{demo_args, read_topic, wait_for_rollback};
 
+/// Every record of the demo's control topic and of `trike.actions`, from its embedded broker.
+async fn control_and_actions(demo: &Demo) -> (Vec<Record>, Vec<Record>) {
+    let (brokers, topic) = (demo.brokers.clone(), demo.control_topic.clone());
+    tokio::task::spawn_blocking(move || {
+        (
+            read_topic(&brokers, &topic, Duration::from_secs(2)),
+            read_topic(&brokers, "trike.actions", Duration::from_secs(2)),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// One record: key and JSON value.
+type Record = (String, serde_json::Value);
+
 /// Canary requests in the 10 s window, over all its series.
 async fn canary_requests(admin: std::net::SocketAddr) -> u64 {
     let doc: serde_json::Value = reqwest::get(format!(
@@ -52,15 +68,7 @@ async fn demo_rolls_the_canary_back_through_kafka() {
     };
     assert_eq!(drained, 0, "canary traffic stopped after the rollback");
 
-    let (brokers, topic) = (demo.brokers.clone(), demo.control_topic.clone());
-    let (control, actions) = tokio::task::spawn_blocking(move || {
-        (
-            read_topic(&brokers, &topic, Duration::from_secs(2)),
-            read_topic(&brokers, "trike.actions", Duration::from_secs(2)),
-        )
-    })
-    .await
-    .unwrap();
+    let (control, actions) = control_and_actions(&demo).await;
     let rollbacks: Vec<_> = control
         .iter()
         .filter(|(_, e)| e["type"] == "io.trike.control.rollback")
@@ -105,15 +113,7 @@ async fn run_scenario(scenario: trike::demo::Scenario, done: impl Fn(&Demo) -> b
     }
     // Room for the actuator to write its outcomes.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (brokers, topic) = (demo.brokers.clone(), demo.control_topic.clone());
-    let (control, actions) = tokio::task::spawn_blocking(move || {
-        (
-            read_topic(&brokers, &topic, Duration::from_secs(2)),
-            read_topic(&brokers, "trike.actions", Duration::from_secs(2)),
-        )
-    })
-    .await
-    .unwrap();
+    let (control, actions) = control_and_actions(&demo).await;
     assert_eq!(
         demo.controller.calls.load(Relaxed),
         0,
