@@ -104,12 +104,18 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         tracing::info!("control events are signed (trikesignature, HMAC-SHA256)");
     }
     let archive = match &cfg.archive {
-        Some(a) => Some(
-            trike_sql::archive::ArchiveWriter::start(a.clone())
-                .with_context(|| format!("archive.dir {}", a.dir.display()))?,
-        ),
+        Some(a) => {
+            let w = trike_sql::archive::ArchiveWriter::start(a.clone())
+                .with_context(|| format!("archive.dir {}", a.dir.display()))?;
+            // The rule set beside the decisions it makes, so an audit can read it.
+            admin::revisions::archive(&a.dir, &cfg.policy.revision, &cfg.rule_set).with_context(
+                || format!("writing the rule set to archive.dir {}", a.dir.display()),
+            )?;
+            Some(w)
+        }
         None => None,
     };
+    tracing::info!(revision = %cfg.policy.revision, "rule set (GET /api/v1/revisions/{{revision}})");
     let mut decider = Decider::new(&cfg, store.clone(), events, key);
     if let Some(a) = &archive {
         decider = decider.with_archive(a.handle());
@@ -169,6 +175,8 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         decisions: store,
         kafka_source: Default::default(),
         checkpoints: checkpoint_stats,
+        revision: cfg.policy.revision.clone(),
+        rule_set: cfg.rule_set.clone(),
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();

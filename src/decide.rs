@@ -37,6 +37,9 @@ pub struct DecisionStore {
     pub sink_dropped: AtomicU64,
     /// Events the sinks failed to write.
     pub sink_errors: AtomicU64,
+    /// True while the newest batch failed to reach a JSON-lines sink (stdout, file); Kafka
+    /// delivery failures are in `kafka.failing`. `/readyz` answers 503 while either is set.
+    pub sinks_failing: std::sync::atomic::AtomicBool,
     /// What the policy held back (copied after each evaluation).
     pub policy_stats: Mutex<trike_engine::policy::PolicyStats>,
     /// Kafka control-topic deliveries (all zero without a Kafka sink).
@@ -307,6 +310,7 @@ fn write_all(rx: Receiver<Value>, mut outs: Vec<Out>, store: &DecisionStore) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(255));
+        let mut failed = false;
         for o in &mut outs {
             let result = match o {
                 Out::Lines(l) => l.write_batch(&batch).map_err(|e| e.to_string()),
@@ -319,10 +323,12 @@ fn write_all(rx: Receiver<Value>, mut outs: Vec<Out>, store: &DecisionStore) {
                     .map_err(|e| e.to_string()),
             };
             if let Err(e) = result {
+                failed = true;
                 store.sink_errors.fetch_add(batch.len() as u64, Relaxed);
                 tracing::error!(error = %e, "writing control events");
             }
         }
+        store.sinks_failing.store(failed, Relaxed);
     }
     for o in &outs {
         if let Out::Kafka(k) = o

@@ -112,8 +112,13 @@ const PER_TICK: usize = 20;
 /// The canary's share of traffic before any action, in percent.
 const CANARY_WEIGHT: u64 = 10;
 
+/// The demo SLOs' tiers: the workbook's shape (a fast page, a slow ticket) over windows of
+/// the demo's length.
+const DEMO_TIERS: &str = "[ { name: page_fast, factor: 14.4, long: 1m, short: 10s, severity: page }, { name: ticket, factor: 2, long: 1m, short: 15s, severity: ticket } ]";
+
 /// The processor's config for the demo; `controller` is the rollout controller's webhook URL.
 fn config_yaml(controller: &str, archive: &std::path::Path) -> String {
+    let tiers = DEMO_TIERS;
     format!(
         r#"
 archive: {{ dir: "{}", flush_every: 5s }}
@@ -122,9 +127,11 @@ kafka: {{ brokers: embedded }}
 sinks: [ {{ type: stdout }}, {{ type: kafka }} ]
 signing: {{ key: trike-demo-signing-key }}
 instance: demo
+# Burn-rate tiers at the demo's scale: a tier fires only once its long window is covered by
+# history (90 %), so the workbook's 1h/6h/3d windows would stay silent for the demo's minutes.
 slos:
-  - {{ name: checkout-availability, service: checkout, objective: 0.999, sli: availability }}
-  - {{ name: checkout-latency, service: checkout, objective: 0.99, sli: {{ latency: {{ threshold_ms: 300 }} }} }}
+  - {{ name: checkout-availability, service: checkout, objective: 0.999, sli: availability, tiers: {tiers} }}
+  - {{ name: checkout-latency, service: checkout, objective: 0.99, sli: {{ latency: {{ threshold_ms: 300 }} }}, tiers: {tiers} }}
 canary:
   - {{ service: checkout, baseline: "1.4.0", canary: "1.5.0", window: 1m, min_requests: 300 }}
 policies:

@@ -184,6 +184,16 @@ impl EngineWorker {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
+    /// Stops the engine thread and waits until it has ended, leaving the handle in place (as
+    /// a dead thread would): for tests of what notices.
+    #[cfg(test)]
+    pub(crate) fn halt_for_test(&self) {
+        self.stop.store(true, Relaxed);
+        while self.is_alive() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Applies what is queued, then stops the thread.
     pub fn stop(mut self) {
         self.stop.store(true, Relaxed);

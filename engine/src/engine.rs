@@ -153,6 +153,12 @@ impl Engine {
         self.now
     }
 
+    /// When the engine began collecting (its first `now`; kept across checkpoints): the
+    /// windows before it hold no history.
+    pub fn history_start(&self) -> UnixNanos {
+        self.start
+    }
+
     /// Counters of what was applied and dropped.
     pub fn stats(&self) -> Stats {
         self.stats

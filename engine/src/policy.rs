@@ -187,12 +187,14 @@ pub struct Rule {
 pub struct Policy {
     /// Rules, in order.
     pub rules: Vec<Rule>,
-    /// Content hash of the rules.
+    /// The revision stamped on every decision. The processor sets it to the revision of the
+    /// whole rule set (SLOs, canaries, stale rule and rules: `trike::config::revision`).
     pub revision: String,
 }
 
 impl Policy {
-    /// A policy whose revision is the hash of `rules`' debug rendering (stable for equal rules).
+    /// A policy of `rules` alone, its revision a hash of their debug rendering (for the
+    /// engine's own tests and tools; the processor stamps the rule set's revision instead).
     pub fn new(rules: Vec<Rule>) -> Self {
         let revision = format!("{:016x}", fnv64(0, format!("{rules:?}").as_bytes()));
         Self { rules, revision }
@@ -411,8 +413,8 @@ impl PolicyEngine {
                             }
                     })?;
                     let reason = format!(
-                        "{} is burning its error budget at {:.1}x over {} and {:.1}x over {} (tier {} fires at {:.1}x); {} of the budget left",
-                        s.name, tier.burn_long, tier.long, tier.burn_short, tier.short, tier.name, tier.factor, pct(s.budget_remaining.max(0.0))
+                        "{} is burning its error budget at {:.1}x over {} and {:.1}x over {} (tier {} fires at {:.1}x; history covers {} of the {} window); {} of the budget left",
+                        s.name, tier.burn_long, tier.long, tier.burn_short, tier.short, tier.name, tier.factor, pct(tier.coverage_long), tier.long, pct(s.budget_remaining.max(0.0))
                     );
                     let ev = Evidence::BurnRate {
                         slo: s.name.clone(),
@@ -575,10 +577,16 @@ impl PolicyEngine {
             }
             for (t, (ev, reason, slo, observed_until)) in active {
                 // One action per (target, action) episode across rules: the first rule wins.
-                let duplicate = out.iter().any(|o| o.target == t && o.action == rule.action)
+                // Shadow (dry-run) and live decisions are independent: a dry-run rule never
+                // suppresses a live one, nor the other way round.
+                let rules = &self.policy.rules;
+                let duplicate = out
+                    .iter()
+                    .any(|o| o.target == t && o.action == rule.action && o.dry_run == rule.dry_run)
                     || self.state.iter().any(|((r, tt), s)| {
                         *r != ri
                             && *tt == t
+                            && rules[*r].dry_run == rule.dry_run
                             && s.episode
                                 .as_ref()
                                 .is_some_and(|(_, e)| e.action == rule.action)

@@ -232,6 +232,37 @@ fn stale_hold() {
     );
 }
 
+/// Scenario: a dry-run (shadow) rule is listed before a live rule with the same action.
+/// Guarantees: the live rule still acts; the shadow rule still records its own decision; and
+/// a shadow episode already open does not suppress a live rule that starts later (nor the
+/// reverse).
+#[test]
+fn dry_run_rules_never_suppress_live_ones() {
+    let mut shadow = rule("shadow", "canary.fail", Action::Rollback);
+    shadow.dry_run = true;
+    let live = rule("live", "canary.fail", Action::Rollback);
+    let mut p = PolicyEngine::new(Policy::new(vec![shadow.clone(), live.clone()]));
+    let d = p.step(T0, &facts(F, false));
+    let got: Vec<_> = d.iter().map(|d| (d.rule.as_str(), d.dry_run)).collect();
+    assert_eq!(got, vec![("shadow", true), ("live", false)]);
+    assert_eq!(p.stats().deduplicated, 0);
+
+    // The shadow episode opens first; the live rule's hysteresis ends a step later.
+    let mut slow_live = live;
+    slow_live.for_ = Span(1);
+    let mut p = PolicyEngine::new(Policy::new(vec![shadow, slow_live]));
+    assert_eq!(p.step(T0, &facts(F, false)).len(), 1, "the shadow decision");
+    let d = p.step(T0 + S, &facts(F, false));
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].rule.as_str(), d[0].dry_run), ("live", false));
+    // Two live rules still deduplicate.
+    let mut p = PolicyEngine::new(Policy::new(vec![
+        rule("a", "canary.fail", Action::Rollback),
+        rule("b", "canary.fail", Action::Rollback),
+    ]));
+    assert_eq!(p.step(T0, &facts(F, false)).len(), 1);
+}
+
 /// Guarantees: dry-run rules decide and record, marked `dry_run`.
 #[test]
 fn dry_run_is_marked() {
@@ -290,6 +321,8 @@ fn burn_rate_rules_follow_firing_tiers() {
         burn_long: 20.0,
         burn_short: 30.0,
         events_long: 1000.0,
+        coverage_long: 1.0,
+        coverage_short: 1.0,
         over: true,
         firing,
     };

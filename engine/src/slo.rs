@@ -6,6 +6,12 @@
 //! 1 h / 5 m, page 6× over 6 h / 30 m, ticket 1× over 3 d / 6 h); for other periods the factor
 //! is derived as budget fraction × period ÷ long window. A faster firing tier inhibits slower
 //! ones. Pure: reads the engine's windows at the engine's `now`.
+//!
+//! A tier never fires on history that is not there: a window is *covered* as far as the
+//! engine has been collecting (since its start, restored from a checkpoint across restarts),
+//! and a tier may fire only once its long window is covered to at least `min_coverage`
+//! (default [`DEFAULT_MIN_COVERAGE`]). One minute of data at 1.7× says nothing about 3 days.
+//! Each tier's status reports the coverage of both its windows.
 
 use crate::engine::Engine;
 use crate::time::Span;
@@ -50,6 +56,17 @@ pub struct BurnTier {
     pub severity: Severity,
     /// Events the long window must hold before the tier may fire.
     pub min_events: u64,
+    /// Share of the long window the engine must have been collecting for before the tier may
+    /// fire (0 to 1).
+    #[serde(default = "default_min_coverage")]
+    pub min_coverage: f64,
+}
+
+/// Share of a tier's long window that must be covered by history before it may fire.
+pub const DEFAULT_MIN_COVERAGE: f64 = 0.9;
+
+const fn default_min_coverage() -> f64 {
+    DEFAULT_MIN_COVERAGE
 }
 
 /// Events a long window must hold, by default, before a tier may fire.
@@ -92,6 +109,7 @@ impl BurnTier {
                 short,
                 severity,
                 min_events: DEFAULT_MIN_EVENTS,
+                min_coverage: DEFAULT_MIN_COVERAGE,
             })
             .collect()
     }
@@ -133,7 +151,13 @@ pub struct TierStatus {
     pub burn_short: f64,
     /// Events in the long window.
     pub events_long: f64,
-    /// Both windows at or over the factor, with enough events.
+    /// Share of the long window covered by history (0 to 1).
+    #[serde(default = "one")]
+    pub coverage_long: f64,
+    /// Share of the short window covered by history (0 to 1).
+    #[serde(default = "one")]
+    pub coverage_short: f64,
+    /// Both windows at or over the factor, with enough events and enough coverage.
     pub over: bool,
     /// Over, and not inhibited by a faster tier of the same SLO.
     pub firing: bool,
@@ -193,6 +217,20 @@ fn bad_total(engine: &Engine, slo: &Slo, window: Span) -> (f64, f64) {
     }
 }
 
+const fn one() -> f64 {
+    1.0
+}
+
+/// Share of `window` (ending at the engine's now) that the engine's history covers.
+pub fn coverage(engine: &Engine, window: Span) -> f64 {
+    let start = engine.history_start();
+    if start == 0 || window.secs() == 0 {
+        return 0.0;
+    }
+    let have = engine.now().saturating_sub(start) as f64 / window.nanos() as f64;
+    have.clamp(0.0, 1.0)
+}
+
 fn burn(bad: f64, total: f64, objective: f64) -> f64 {
     if total <= 0.0 {
         0.0
@@ -213,7 +251,11 @@ pub fn evaluate(engine: &Engine, slo: &Slo) -> SloStatus {
             let (bs, ts) = window(t.short);
             let burn_long = burn(bl, tl, slo.objective);
             let burn_short = burn(bs, ts, slo.objective);
-            let over = tl >= t.min_events as f64 && burn_long >= t.factor && burn_short >= t.factor;
+            let coverage_long = coverage(engine, t.long);
+            let over = tl >= t.min_events as f64
+                && coverage_long >= t.min_coverage
+                && burn_long >= t.factor
+                && burn_short >= t.factor;
             TierStatus {
                 name: t.name.clone(),
                 severity: t.severity,
@@ -223,6 +265,8 @@ pub fn evaluate(engine: &Engine, slo: &Slo) -> SloStatus {
                 burn_long,
                 burn_short,
                 events_long: tl,
+                coverage_long,
+                coverage_short: coverage(engine, t.short),
                 over,
                 firing: over,
             }

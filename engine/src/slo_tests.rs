@@ -140,6 +140,64 @@ fn minimum_events_guard() {
     assert_eq!(st.tiers[0].events_long, 3.0);
 }
 
+/// Scenario: a fresh engine (no history) sees one minute of 0.17 % errors, which burns a
+/// 99.9 % budget at 1.7× over every window it has data for.
+/// Guarantees: no tier fires until its long window is covered to its `min_coverage`: the
+/// 3-day ticket tier does not fire on one minute of data, each tier reports how much of its
+/// windows is covered, and a tier with a short long window fires once that is covered.
+#[test]
+fn tiers_wait_until_their_long_window_is_covered() {
+    let mut e = Engine::new(Arc::new(EngineConfig::default()));
+    let ratio = 0.0017;
+    let mut slo = slo();
+    // Besides the defaults, a tier over 2 minutes at 1.5×.
+    slo.tiers.push(BurnTier {
+        name: "short".into(),
+        factor: 1.5,
+        long: Span::minutes(2),
+        short: Span(30),
+        severity: Severity::Ticket,
+        min_events: 100,
+        min_coverage: DEFAULT_MIN_COVERAGE,
+    });
+    slo.tiers
+        .retain(|t| t.name != "page_fast" && t.name != "page_slow");
+    for k in 0..60 {
+        traffic(&mut e, T0 + k * S, R * (1.0 - ratio), R * ratio);
+    }
+    let st = evaluate(&e, &slo);
+    let ticket = &st.tiers[0];
+    assert_eq!(ticket.name, "ticket");
+    assert!(
+        ticket.burn_long > 1.6 && ticket.burn_short > 1.6,
+        "{ticket:?}"
+    );
+    assert!(st.firing.is_empty(), "{:?}", st.firing);
+    assert!(
+        ticket.coverage_long < 0.001,
+        "59 s of 3 d: {}",
+        ticket.coverage_long
+    );
+    assert!(ticket.coverage_short < 0.01);
+    let short = &st.tiers[1];
+    assert!(
+        (short.coverage_long - 59.0 / 120.0).abs() < 1e-9,
+        "{short:?}"
+    );
+    assert!((short.coverage_short - 1.0).abs() < 1e-9);
+    // Another minute: the 2-minute tier is covered (≥ 90 %) and fires; the 3-day one still not.
+    for k in 60..110 {
+        traffic(&mut e, T0 + k * S, R * (1.0 - ratio), R * ratio);
+    }
+    let st = evaluate(&e, &slo);
+    assert_eq!(st.firing, vec!["short".to_string()]);
+    assert!(!st.tiers[0].over);
+    // A tier that accepts any coverage is over on what there is (and inhibited by the faster).
+    slo.tiers[0].min_coverage = 0.0;
+    let st = evaluate(&e, &slo);
+    assert!(st.tiers[0].over && !st.tiers[0].firing, "{:?}", st.tiers[0]);
+}
+
 /// Guarantees: factors for other periods follow budget share × period ÷ long window.
 #[test]
 fn derived_factors() {

@@ -3,6 +3,7 @@
 pub mod history;
 mod prom;
 pub mod query;
+pub mod revisions;
 mod slis;
 
 pub use trike_sinks::rfc3339;
@@ -45,6 +46,10 @@ pub struct AdminState {
     pub kafka_source: parking_lot::Mutex<Option<KafkaSourceHandles>>,
     /// Checkpoint counters, when `state.dir` is set.
     pub checkpoints: Option<Arc<crate::checkpoint::CheckpointStats>>,
+    /// The running rule set's revision (stamped on its decisions).
+    pub revision: String,
+    /// The running rule set's canonical text.
+    pub rule_set: String,
 }
 
 /// What `/metrics` reads of the Kafka source.
@@ -58,7 +63,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/api", get(index))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/slis", get(slis_handler))
@@ -69,6 +74,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/history", get(history_handler))
         .route("/api/v1/services", get(services_handler))
         .route("/api/v1/query", axum::routing::post(query::handler))
+        .route("/api/v1/revisions", get(revisions::list))
+        .route("/api/v1/revisions/{revision}", get(revisions::show))
         .with_state(state)
 }
 
@@ -88,8 +95,8 @@ async fn dashboard() -> impl IntoResponse {
 async fn index() -> impl IntoResponse {
     "Trike admin API\n\n\
      GET /                                 dashboard (HTML)\n\
-     GET /healthz                          liveness\n\
-     GET /readyz                           readiness (receivers bound, engine running)\n\
+     GET /healthz                          liveness (503 once the engine thread has died)\n\
+     GET /readyz                           readiness (receivers bound, engine running, control sinks delivering)\n\
      GET /metrics                          Prometheus text\n\
      GET /api/v1/slis?service=S&window=5m  SLIs per series (JSON)\n\
      GET /api/v1/slos                      SLO status: budget, burn rates, firing tiers (JSON)\n\
@@ -98,25 +105,60 @@ async fn index() -> impl IntoResponse {
      GET /api/v1/canaries?service=S       canary verdicts with their statistics (JSON)\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\
-     POST /api/v1/query?limit=N            SQL (body) over live tables and the archive; JSON rows\n"
+     POST /api/v1/query?limit=N            SQL (body) over live tables and the archive; JSON rows\n\
+     GET /api/v1/revisions                 the running rule set's revision and the archived ones (JSON)\n\
+     GET /api/v1/revisions/R               the rule set (SLOs, canaries, stale, policies) of revision R (JSON)\n"
 }
 
-async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+/// Liveness: the process is useless once its engine thread has died, so a supervisor should
+/// restart it.
+pub fn health(s: &AdminState) -> (StatusCode, &'static str) {
+    if s.worker.is_alive() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine thread has stopped: restart the process\n",
+        )
+    }
+}
+
+/// Readiness: listeners bound, engine running, and the control sinks delivering (a processor
+/// whose decisions cannot reach the control topic must not look ready).
+pub fn readiness(s: &AdminState) -> (StatusCode, &'static str) {
     if !s.ready.load(Relaxed) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "starting: receivers are not bound yet\n",
-        )
-            .into_response();
+        );
     }
     if !s.worker.is_alive() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "engine thread has stopped\n",
-        )
-            .into_response();
+        );
     }
-    (StatusCode::OK, "ready\n").into_response()
+    if s.decisions.kafka.failing.load(Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "control sink failing: the last control event was not delivered to Kafka\n",
+        );
+    }
+    if s.decisions.sinks_failing.load(Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "control sink failing: the last control events could not be written\n",
+        );
+    }
+    (StatusCode::OK, "ready\n")
+}
+
+async fn healthz(State(s): State<Arc<AdminState>>) -> Response {
+    health(&s).into_response()
+}
+
+async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+    readiness(&s).into_response()
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
@@ -291,3 +333,6 @@ async fn services_handler(State(s): State<Arc<AdminState>>) -> Response {
     services.dedup();
     axum::Json(serde_json::json!({ "services": services })).into_response()
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,6 +2,7 @@
 //! [`Config`] that reports every problem at once, naming the field.
 
 mod openslo;
+pub mod revision;
 pub mod validate;
 
 pub use validate::Config;
@@ -311,6 +312,10 @@ pub struct RawTier {
     /// Events needed in the long window (default 100).
     #[serde(default)]
     pub min_events: Option<u64>,
+    /// Share of the long window that must be covered by history before the tier may fire,
+    /// 0 to 1 (default 0.9).
+    #[serde(default)]
+    pub min_coverage: Option<f64>,
     /// Drop this tier.
     #[serde(default)]
     pub disabled: bool,

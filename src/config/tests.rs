@@ -133,3 +133,47 @@ fn slo_tiers() {
         "{err}"
     );
 }
+
+/// Guarantees: the policy revision covers the whole rule set in a canonical form: the same
+/// rules written in another key order share it; a change to an SLO, a canary, the stale rule
+/// or a policy rule changes it; the canonical text is what it is the hash of.
+#[test]
+fn revision_covers_the_whole_rule_set() {
+    let base = r#"
+slos: [ { name: a, service: s, objective: 0.999, sli: availability } ]
+canary: [ { service: s, baseline: "1", canary: "2" } ]
+policies: [ { name: r, when: canary.fail, action: rollback } ]
+"#;
+    let rev = |text: &str| load(text).unwrap().policy.revision;
+    let c = load(base).unwrap();
+    assert!(revision::is_revision(&c.policy.revision));
+    assert_eq!(revision::revision_of(&c.rule_set), c.policy.revision);
+    assert!(
+        c.rule_set.contains(r#""objective":0.999"#),
+        "{}",
+        c.rule_set
+    );
+    let reordered = r#"
+policies: [ { action: rollback, when: canary.fail, name: r } ]
+canary: [ { canary: "2", baseline: "1", service: s } ]
+slos: [ { sli: availability, objective: 0.999, service: s, name: a } ]
+"#;
+    assert_eq!(
+        rev(reordered),
+        c.policy.revision,
+        "key order does not matter"
+    );
+    let changed = [
+        base.replace("0.999", "0.99"),
+        base.replace(r#"canary: "2""#, r#"canary: "3""#),
+        format!("{base}stale: {{ after: 2m }}\n"),
+        base.replace("action: rollback", "action: rollback, for: 30s"),
+    ];
+    for (i, text) in changed.iter().enumerate() {
+        assert_ne!(
+            rev(text),
+            c.policy.revision,
+            "change {i} must change the revision"
+        );
+    }
+}

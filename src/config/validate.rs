@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use trike_engine::canary::CanarySpec;
 use trike_engine::facts::StaleRule;
 use trike_engine::policy::{Action, Policy, Rule, When};
-use trike_engine::slo::{BurnTier, DEFAULT_MIN_EVENTS, Severity, Slo, SloSli};
+use trike_engine::slo::{
+    BurnTier, DEFAULT_MIN_COVERAGE, DEFAULT_MIN_EVENTS, Severity, Slo, SloSli,
+};
 use trike_engine::{EngineConfig, Span};
 use trike_ingest::decode::DecodeConfig;
 use trike_ingest::kafka::KafkaSourceConfig;
@@ -47,8 +49,11 @@ pub struct Config {
     pub deferred_sections: Vec<&'static str>,
     /// Canary comparisons.
     pub canaries: Vec<CanarySpec>,
-    /// Policy rules and revision.
+    /// Policy rules, and the revision of the whole rule set (see [`super::revision`]).
     pub policy: Policy,
+    /// The canonical text of the rule set (SLOs, canaries, stale rule, policy rules) whose
+    /// revision `policy.revision` is.
+    pub rule_set: String,
     /// When telemetry counts as stale.
     pub stale: StaleRule,
     /// Where control events go.
@@ -130,6 +135,12 @@ fn tiers(p: &mut Vec<String>, f: &str, list: Vec<super::RawTier>, period: Span) 
         if !(factor.is_finite() && factor > 0.0) {
             p.push(format!("{f}.factor: {factor} is not a positive number"));
         }
+        let min_coverage = t.min_coverage.unwrap_or(DEFAULT_MIN_COVERAGE);
+        if !(0.0..=1.0).contains(&min_coverage) {
+            p.push(format!(
+                "{f}.min_coverage: {min_coverage} is not in [0, 1]; write 0.9 to wait for 90 % of the long window"
+            ));
+        }
         out.push(BurnTier {
             name: t.name,
             factor,
@@ -137,6 +148,7 @@ fn tiers(p: &mut Vec<String>, f: &str, list: Vec<super::RawTier>, period: Span) 
             short: t.short,
             severity: t.severity,
             min_events: t.min_events.unwrap_or(DEFAULT_MIN_EVENTS),
+            min_coverage,
         });
     }
     if out.is_empty() {
@@ -592,6 +604,14 @@ impl Config {
         if !p.is_empty() {
             return Err(p);
         }
+        let rule_set = super::revision::RuleSet {
+            slos: &slos,
+            canaries: &canaries,
+            stale: &stale,
+            policies: &rules,
+        }
+        .canonical();
+        let revision = super::revision::revision_of(&rule_set);
         Ok(Config {
             grpc_addr,
             http_addr,
@@ -610,8 +630,9 @@ impl Config {
                 .or(kafka.control_topic)
                 .unwrap_or_else(|| "trike.control".into()),
             deferred_sections: deferred,
+            rule_set,
             canaries,
-            policy: Policy::new(rules),
+            policy: Policy { rules, revision },
             stale,
             sinks,
             instance,

@@ -1,0 +1,74 @@
+//! Health and readiness as the process's supervisors see them.
+
+use super::*;
+use crate::decide::{DecisionStore, SinkWriter};
+use std::time::{Duration, Instant};
+use trike_engine::EngineConfig;
+
+fn state(decisions: Arc<DecisionStore>) -> AdminState {
+    AdminState {
+        worker: EngineWorker::start(EngineConfig::default(), 1000, None).unwrap(),
+        ingest: Default::default(),
+        ready: AtomicBool::new(true),
+        metrics_windows: vec![],
+        metrics_max_services: 10,
+        slos: vec![],
+        canaries: vec![],
+        history: Default::default(),
+        archive: None,
+        decisions,
+        kafka_source: Default::default(),
+        checkpoints: None,
+        revision: "0123456789abcdef".into(),
+        rule_set: "{}".into(),
+    }
+}
+
+/// Scenario: the engine thread ends while the admin API still serves.
+/// Guarantees: `/healthz` turns 503 (a supervisor restarts the process), and so does `/readyz`.
+#[test]
+fn healthz_fails_once_the_engine_thread_has_died() {
+    let s = state(Default::default());
+    assert_eq!(health(&s).0, StatusCode::OK);
+    assert_eq!(readiness(&s).0, StatusCode::OK);
+    s.worker.halt_for_test();
+    assert_eq!(health(&s).0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(readiness(&s).0, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// Scenario: a control sink cannot write (a file sink on a full disk: `/dev/full`), then a
+/// Kafka sink reports a failed delivery.
+/// Guarantees: `/readyz` answers 503 naming the control sink while it fails, and 200 again
+/// once it delivers; `/healthz` stays 200 (the process itself is fine).
+#[test]
+fn readyz_fails_while_a_control_sink_fails() {
+    let store = Arc::new(DecisionStore::default());
+    let sinks = [trike_sinks::SinkConfig::File {
+        path: "/dev/full".into(),
+    }];
+    let (writer, tx) = SinkWriter::start(&sinks, None, store.clone()).unwrap();
+    let s = state(store.clone());
+    assert_eq!(readiness(&s).0, StatusCode::OK);
+    tx.send(serde_json::json!({"id": "e1", "subject": "checkout"}))
+        .unwrap();
+    let start = Instant::now();
+    while !store.sinks_failing.load(Relaxed) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (code, why) = readiness(&s);
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(why.contains("control sink"), "{why}");
+    assert_eq!(health(&s).0, StatusCode::OK);
+    assert_eq!(store.sink_errors.load(Relaxed), 1);
+    drop(tx);
+    writer.join();
+
+    let store = Arc::new(DecisionStore::default());
+    let s = state(store.clone());
+    store.kafka.failing.store(true, Relaxed);
+    let (code, why) = readiness(&s);
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(why.contains("Kafka"), "{why}");
+    store.kafka.failing.store(false, Relaxed);
+    assert_eq!(readiness(&s).0, StatusCode::OK);
+}
