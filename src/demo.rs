@@ -12,7 +12,6 @@
 //!
 //! It prints the SLIs every 5 s and narrates each step; Ctrl-C stops everything cleanly.
 
-use crate::actuate::ActuatorSettings;
 use crate::cli::DemoArgs;
 use crate::config::{Config, RawConfig};
 use crate::synth::{Behaviour, Service};
@@ -24,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use trike_actuate::ActuatorSettings;
 
 /// Well inside the 99.9 % availability SLO (a burn rate of 0.2).
 fn healthy() -> Behaviour {
@@ -203,7 +203,7 @@ pub struct Demo {
     stop_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     actuator_stop: Arc<AtomicBool>,
-    actuator: Option<std::thread::JoinHandle<anyhow::Result<crate::actuate::ActuatorStats>>>,
+    actuator: Option<std::thread::JoinHandle<anyhow::Result<trike_actuate::ActuatorStats>>>,
     actuator_dir: std::path::PathBuf,
 }
 
@@ -275,7 +275,7 @@ impl Demo {
             let stop = actuator_stop.clone();
             std::thread::Builder::new()
                 .name("trike-demo-actuator".into())
-                .spawn(move || crate::actuate::run(settings, stop))
+                .spawn(move || trike_actuate::run(settings, stop))
         };
         let actuator = match spawned {
             Ok(a) => a,

@@ -113,8 +113,8 @@ pub fn topics_of(cfg: &Config) -> Vec<(String, i32)> {
             cfg.actuator
                 .claims_topic
                 .clone()
-                .unwrap_or_else(|| crate::actuate::claims::DEFAULT_TOPIC.into()),
-            crate::actuate::claims::PARTITIONS,
+                .unwrap_or_else(|| trike_actuate::claims::DEFAULT_TOPIC.into()),
+            trike_actuate::claims::PARTITIONS,
         ),
     ];
     match &cfg.kafka_ingest {

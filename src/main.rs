@@ -156,7 +156,7 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let key = cfg.resolve_signing_key();
-            let settings = trike::actuate::ActuatorSettings {
+            let settings = trike_actuate::ActuatorSettings {
                 brokers,
                 control_topic: cfg.control_topic.clone(),
                 key,
@@ -166,7 +166,7 @@ async fn main() -> ExitCode {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let mut worker = {
                 let stop = stop.clone();
-                tokio::task::spawn_blocking(move || trike::actuate::run(settings, stop))
+                tokio::task::spawn_blocking(move || trike_actuate::run(settings, stop))
             };
             // Runs until Ctrl-C, or until the worker stops by itself (an error).
             let result = tokio::select! {

@@ -11,6 +11,8 @@ pub mod signing;
 
 pub use control_event::control_event;
 pub use rfc3339::rfc3339;
+/// The action and duration types of control events and their consumers' configs.
+pub use trike_engine::{Span, policy::Action};
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;

@@ -46,7 +46,7 @@ pub struct RawConfig {
     /// Control-event signing (HMAC-SHA256, extension `trikesignature`).
     pub signing: RawSigning,
     /// `trike actuate`: executors per action and service.
-    pub actuator: crate::actuate::config::ActuatorConfig,
+    pub actuator: trike_actuate::config::ActuatorConfig,
     /// Checkpoints of the processor's state.
     pub state: RawState,
     /// The Parquet archive of SLI seconds and decisions (`trike query`, `trike backtest`).

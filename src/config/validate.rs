@@ -71,7 +71,7 @@ pub struct Config {
     /// A signing key given in the file.
     pub signing_key: Option<String>,
     /// The actuator's settings.
-    pub actuator: crate::actuate::config::ActuatorConfig,
+    pub actuator: trike_actuate::config::ActuatorConfig,
     /// Checkpoint directory (none: state in memory only).
     pub state_dir: Option<std::path::PathBuf>,
     /// Checkpoint interval.
@@ -463,7 +463,7 @@ impl Config {
         let kafka = raw.kafka.unwrap_or_default();
         let deferred = Vec::new();
         for (i, e) in raw.actuator.executors.iter().enumerate() {
-            use crate::actuate::config::ExecutorKind;
+            use trike_actuate::config::ExecutorKind;
             let f = format!("actuator.executors[{i}]");
             if e.actions.is_empty() {
                 p.push(format!("{f}.actions: name at least one action"));

@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use trike::actuate::config::ActuatorConfig;
-use trike::actuate::{ActuatorSettings, ActuatorStats, run};
+use trike_actuate::config::ActuatorConfig;
+use trike_actuate::{ActuatorSettings, ActuatorStats, run};
 
 const KEY: &[u8] = b"actuator-secret";
 const CLAIMS: &str = "trike.actuator.claims";

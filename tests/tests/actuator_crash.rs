@@ -25,8 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use trike::actuate::config::ActuatorConfig;
-use trike::actuate::{ActuatorSettings, run};
+use trike_actuate::config::ActuatorConfig;
+use trike_actuate::{ActuatorSettings, run};
 
 const KEY: &[u8] = b"crash-secret";
 const CHILD_ENV: &str = "TRIKE_TEST_ACTUATOR_CHILD";

@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use trike::actuate::config::ActuatorConfig;
-use trike::actuate::{ActuatorSettings, run};
+use trike_actuate::config::ActuatorConfig;
+use trike_actuate::{ActuatorSettings, run};
 use trike_sinks::kafka::{KafkaSinkConfig, ensure_topic};
 
 const KEY: &[u8] = b"group-secret";

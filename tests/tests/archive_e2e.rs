@@ -123,6 +123,40 @@ async fn archive_query_and_backtest() {
         .unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("nope"));
+    // The decision's policy revision names a rule set an audit can read, live and archived.
+    let events: serde_json::Value = reqwest::get(format!("http://{admin}/api/v1/decisions"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let revision = events["decisions"][0]["data"]["policy_revision"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let doc: serde_json::Value =
+        reqwest::get(format!("http://{admin}/api/v1/revisions/{revision}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(doc["current"], true, "{doc}");
+    assert_eq!(
+        doc["rule_set"]["policies"][0]["name"],
+        "rollback-bad-canary"
+    );
+    assert_eq!(doc["rule_set"]["slos"][0]["objective"], 0.999);
+    assert_eq!(doc["rule_set"]["canaries"][0]["canary"], "1.5.0");
+    let archived_rule_set: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("revisions").join(format!("{revision}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(archived_rule_set, doc["rule_set"]);
+    let missing = reqwest::get(format!("http://{admin}/api/v1/revisions/ffffffffffffffff"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
     // Archived while running (sealed 5 s behind, flushed every second).
     let archived = query(admin, "SELECT count(*) AS n FROM archive_slis").await;
     assert!(archived[0]["n"].as_u64().unwrap() > 0, "{archived}");

@@ -21,8 +21,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use trike::actuate::ActuatorSettings;
-use trike::actuate::config::ActuatorConfig;
+use trike_actuate::ActuatorSettings;
+use trike_actuate::config::ActuatorConfig;
 use trike_sinks::kafka::{KafkaSinkConfig, ensure_topic};
 use trike_tests::{start_trike, wait_for_requests};
 
@@ -183,7 +183,7 @@ executors:
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
         let stop = stop.clone();
-        std::thread::spawn(move || trike::actuate::run(settings, stop))
+        std::thread::spawn(move || trike_actuate::run(settings, stop))
     };
     let outcomes: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)

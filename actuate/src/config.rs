@@ -3,8 +3,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use trike_engine::Span;
-use trike_engine::policy::Action;
+use trike_sinks::{Action, Span};
 
 /// An executor as written.
 #[derive(Clone, Debug, Deserialize, PartialEq)]

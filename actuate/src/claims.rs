@@ -218,7 +218,7 @@ impl ClaimLog {
         let payload = json!({
             "id": id,
             "claimant": self.claimant,
-            "at": trike_sinks::rfc3339(crate::worker::now_nanos()),
+            "at": trike_sinks::rfc3339(crate::now_nanos()),
         })
         .to_string();
         let delivered = rt.block_on(self.producer.send(

@@ -103,7 +103,7 @@ fn outcome_event(instance: &str, event: &Value, outcome: &str, detail: Value) ->
         "source": format!("trike-actuator://{instance}"),
         "type": format!("io.trike.action.{outcome}"),
         "subject": event["subject"],
-        "time": trike_sinks::rfc3339(crate::worker::now_nanos()),
+        "time": trike_sinks::rfc3339(now_nanos()),
         "datacontenttype": "application/json",
         "data": data,
     })
@@ -403,4 +403,11 @@ fn decide(c: &mut Ctx<'_>, event: &Value) -> Decision {
             )
         }
     }
+}
+
+/// Wall-clock now in Unix nanoseconds (outcome and claim timestamps).
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
