@@ -262,7 +262,7 @@ impl Demo {
             DEMOS.fetch_add(1, Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&actuator_dir);
-        actuator_cfg.state_dir = Some(actuator_dir.clone());
+        actuator_cfg.state_dir = actuator_dir.clone();
         let settings = ActuatorSettings {
             brokers: brokers.clone(),
             control_topic: control_topic.clone(),

@@ -102,18 +102,9 @@ impl EmbeddedBroker {
 pub fn topics_of(cfg: &Config) -> Vec<(String, i32)> {
     let mut topics = vec![
         (cfg.control_topic.clone(), cfg.control_partitions),
+        (cfg.actuator.actions_topic.clone(), 3),
         (
-            cfg.actuator
-                .actions_topic
-                .clone()
-                .unwrap_or_else(|| "trike.actions".into()),
-            3,
-        ),
-        (
-            cfg.actuator
-                .claims_topic
-                .clone()
-                .unwrap_or_else(|| trike_actuate::claims::DEFAULT_TOPIC.into()),
+            cfg.actuator.claims_topic.clone(),
             trike_actuate::claims::PARTITIONS,
         ),
     ];

@@ -168,9 +168,10 @@ async fn main() -> ExitCode {
                 let stop = stop.clone();
                 tokio::task::spawn_blocking(move || trike_actuate::run(settings, stop))
             };
-            // Runs until Ctrl-C, or until the worker stops by itself (an error).
+            // Runs until SIGTERM or Ctrl-C (the event in flight is finished, its outcome
+            // written and its offset committed), or until the worker stops by itself (an error).
             let result = tokio::select! {
-                _ = tokio::signal::ctrl_c() => {
+                _ = trike::app::shutdown_signal() => {
                     stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     worker.await
                 }

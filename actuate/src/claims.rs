@@ -25,9 +25,13 @@
 //!   (consumer lag, offset resets) well inside that bound.
 //! - Retention: the claims topic must keep claims at least as long as the control topic keeps
 //!   events (a redelivered event must still find its claim).
-//! - A claimant that wins and then dies before executing leaves the id claimed and unexecuted:
-//!   the next actuator reports `skipped_duplicate` (naming the claimant) rather than risk a
-//!   second execution. At most once, by design.
+//! - A claimant that wins and then dies before recording an outcome leaves the id claimed and
+//!   unfinished. After executing (whatever the result) the winner writes a *finish* record for
+//!   the id (same key, `"done": true`, the outcome). A later claimant that loses to a claim
+//!   with no finish record waits while the claim is younger than the lease (its claimant may
+//!   still be executing: a rebalance moved the partition mid-execution), then reports the
+//!   event `skipped_duplicate` with `unfinished_claim: true` and pages a human: the event may
+//!   or may not have run, and is never executed twice. At most once, by design; never silent.
 
 use anyhow::{Context, anyhow};
 use rdkafka::config::ClientConfig;
@@ -58,13 +62,28 @@ pub enum Claim {
     Lost {
         /// The first claimant.
         claimant: String,
+        /// When it claimed (Unix milliseconds; 0 when the claim did not say).
+        at_ms: u64,
+        /// Whether it wrote a finish record (it executed and recorded an outcome).
+        finished: bool,
     },
+}
+
+/// The first claim of one id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct First {
+    /// Its claimant.
+    pub claimant: Arc<str>,
+    /// When it claimed (Unix milliseconds).
+    pub at_ms: u64,
+    /// Whether that claimant wrote a finish record for the id.
+    pub finished: bool,
 }
 
 /// The first claimant of each id seen, bounded to `cap` ids (oldest evicted first).
 #[derive(Debug)]
 pub struct FirstClaims {
-    first: HashMap<Arc<str>, Arc<str>>,
+    first: HashMap<Arc<str>, First>,
     order: VecDeque<Arc<str>>,
     cap: usize,
     last_claimant: Option<Arc<str>>,
@@ -81,9 +100,17 @@ impl FirstClaims {
         }
     }
 
-    /// Notes a claim read from the log; only the first claim for an id counts.
-    pub fn observe(&mut self, id: &str, claimant: &str) {
-        if self.first.contains_key(id) {
+    /// Notes a claim read from the log; only the first claim for an id counts. A finish
+    /// record (`done`) counts only from the first claimant.
+    pub fn observe(&mut self, id: &str, claimant: &str, at_ms: u64, done: bool) {
+        if let Some(f) = self.first.get_mut(id) {
+            if done && &*f.claimant == claimant {
+                f.finished = true;
+            }
+            return;
+        }
+        if done {
+            // The claim itself was evicted (or never read): nothing to attach it to.
             return;
         }
         while self.first.len() >= self.cap {
@@ -105,12 +132,19 @@ impl FirstClaims {
         };
         let id: Arc<str> = id.into();
         self.order.push_back(id.clone());
-        self.first.insert(id, claimant);
+        self.first.insert(
+            id,
+            First {
+                claimant,
+                at_ms,
+                finished: false,
+            },
+        );
     }
 
-    /// The first claimant of `id`, if remembered.
-    pub fn get(&self, id: &str) -> Option<&str> {
-        self.first.get(id).map(|c| &**c)
+    /// The first claim of `id`, if remembered.
+    pub fn get(&self, id: &str) -> Option<&First> {
+        self.first.get(id)
     }
 
     /// Ids remembered.
@@ -198,12 +232,14 @@ impl ClaimLog {
         )
     }
 
-    fn verdict(&self, first: &str) -> Claim {
-        if first == self.claimant {
+    fn verdict(&self, first: &First) -> Claim {
+        if *first.claimant == *self.claimant {
             Claim::Won
         } else {
             Claim::Lost {
-                claimant: first.to_string(),
+                claimant: first.claimant.to_string(),
+                at_ms: first.at_ms,
+                finished: first.finished,
             }
         }
     }
@@ -211,32 +247,59 @@ impl ClaimLog {
     /// Claims `id` and says whether this actuator may execute it. An error means the claim
     /// could not be written or read back: the caller must not execute (and should retry).
     pub fn claim(&mut self, rt: &tokio::runtime::Runtime, id: &str) -> anyhow::Result<Claim> {
-        // An id whose first claim was already read is decided for good.
-        if let Some(first) = self.first.get(id) {
+        // An id whose first claim was already read is decided for good, unless it is another
+        // claimant's unfinished claim: then the log is read again for its finish record.
+        if let Some(first) = self.first.get(id)
+            && (first.finished || *first.claimant == *self.claimant)
+        {
             return Ok(self.verdict(first));
         }
-        let payload = json!({
+        let (partition, offset) = self.write(rt, id, None)?;
+        self.read_until(id, partition, offset)
+    }
+
+    /// Writes the finish record of an id this actuator won and executed (its outcome is
+    /// `outcome`). Advisory: a lost finish record makes a later claimant page, never execute.
+    pub fn finish(&mut self, rt: &tokio::runtime::Runtime, id: &str, outcome: &str) {
+        if let Err(e) = self.write(rt, id, Some(outcome)) {
+            tracing::warn!(%id, error = %e, "finish record not written: a redelivery of this event will page instead of skipping quietly");
+        }
+    }
+
+    /// Produces a claim (or, with `outcome`, a finish record) for `id`; its partition and offset.
+    fn write(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        id: &str,
+        outcome: Option<&str>,
+    ) -> anyhow::Result<(i32, i64)> {
+        let now = crate::now_nanos();
+        let mut record = json!({
             "id": id,
             "claimant": self.claimant,
-            "at": trike_sinks::rfc3339(crate::now_nanos()),
-        })
-        .to_string();
+            "at": trike_sinks::rfc3339(now),
+            "at_ms": now / 1_000_000,
+        });
+        if let Some(o) = outcome {
+            record["done"] = json!(true);
+            record["outcome"] = json!(o);
+        }
+        let payload = record.to_string();
         let delivered = rt.block_on(self.producer.send(
             FutureRecord::to(&self.topic).key(id).payload(&payload),
             Duration::from_secs(1),
         ));
-        let (partition, offset) = match delivered {
-            Ok(d) => (d.partition, d.offset),
+        match delivered {
+            Ok(d) => Ok((d.partition, d.offset)),
             Err((e, _)) => {
                 if let Some((code, why)) = self.producer.client().fatal_error() {
                     // A fatal idempotence error poisons the producer: start a fresh one.
                     tracing::warn!(?code, %why, "claims producer failed fatally; recreating it");
                     self.producer = claims_producer(&self.brokers)?;
                 }
-                return Err(anyhow!("writing the claim to {}: {e}", self.topic));
+                Err(anyhow!("writing to the claim log {}: {e}", self.topic))
             }
-        };
-        self.read_until(id, partition, offset)
+        }
     }
 
     /// Assigns every claims partition (new ones from the beginning, known ones where we are).
@@ -277,8 +340,8 @@ impl ClaimLog {
             self.assign(partition)?;
         }
         let deadline = Instant::now() + CLAIM_TIMEOUT;
-        // The first claimant of `id` as first seen in this pass (immune to eviction).
-        let mut decided: Option<String> = self.first.get(id).map(str::to_string);
+        // The first claim of `id` as first seen in this pass (immune to eviction).
+        let mut decided: Option<First> = self.first.get(id).cloned();
         while self.next.get(&partition).is_none_or(|n| *n <= offset) {
             if Instant::now() >= deadline {
                 return Err(anyhow!(
@@ -310,9 +373,15 @@ impl ClaimLog {
                 );
                 continue;
             };
-            self.first.observe(key, claimant);
-            if key == id && decided.is_none() {
-                decided = self.first.get(id).map(str::to_string);
+            let done = value["done"].as_bool() == Some(true);
+            self.first
+                .observe(key, claimant, value["at_ms"].as_u64().unwrap_or(0), done);
+            if key == id {
+                match &mut decided {
+                    None => decided = self.first.get(id).cloned(),
+                    Some(d) if done && *d.claimant == *claimant => d.finished = true,
+                    Some(_) => {}
+                }
             }
         }
         match decided {
@@ -332,18 +401,27 @@ mod tests {
     #[test]
     fn first_claim_wins_and_memory_is_bounded() {
         let mut f = FirstClaims::new(3);
-        f.observe("a", "x");
-        f.observe("a", "y");
-        f.observe("b", "y");
-        f.observe("c", "x");
-        assert_eq!(f.get("a"), Some("x"), "the first claim wins");
-        assert_eq!(f.get("b"), Some("y"));
+        let who = |f: &FirstClaims, id: &str| f.get(id).map(|c| c.claimant.to_string());
+        f.observe("a", "x", 1, false);
+        f.observe("a", "y", 2, false);
+        f.observe("b", "y", 3, false);
+        f.observe("c", "x", 4, false);
+        assert_eq!(who(&f, "a").as_deref(), Some("x"), "the first claim wins");
+        assert_eq!(f.get("a").unwrap().at_ms, 1);
+        assert_eq!(who(&f, "b").as_deref(), Some("y"));
         assert_eq!(f.len(), 3);
-        f.observe("d", "z");
+        // Finish records: only the first claimant's count.
+        f.observe("a", "y", 5, true);
+        assert!(!f.get("a").unwrap().finished, "y did not win a");
+        f.observe("a", "x", 6, true);
+        assert!(f.get("a").unwrap().finished);
+        f.observe("d", "z", 7, false);
         assert_eq!(f.len(), 3, "never more than the cap");
         assert_eq!(f.get("a"), None, "the oldest id is evicted first");
-        assert_eq!(f.get("d"), Some("z"));
-        assert_eq!(f.get("c"), Some("x"));
+        assert_eq!(who(&f, "d").as_deref(), Some("z"));
+        assert_eq!(who(&f, "c").as_deref(), Some("x"));
+        f.observe("e", "z", 8, true);
+        assert_eq!(f.get("e"), None, "a finish record alone is no claim");
     }
 
     #[test]

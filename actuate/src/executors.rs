@@ -39,9 +39,7 @@ pub fn render(template: &str, event: &Value) -> String {
 
 /// Runs `exec` for `event`; `Ok(attempts)` or `Err((why, attempts))`.
 pub fn execute(exec: &ExecutorConfig, event: &Value) -> Result<u32, (String, u32)> {
-    let timeout = exec
-        .timeout
-        .map_or(Duration::from_secs(10), |t| Duration::from_secs(t.secs()));
+    let timeout = exec.attempt_timeout();
     match &exec.kind {
         ExecutorKind::Log => {
             tracing::info!(executor = %exec.name, event = %event, "control event");
@@ -65,7 +63,7 @@ pub fn execute(exec: &ExecutorConfig, event: &Value) -> Result<u32, (String, u32
                 .as_deref()
                 .map_or_else(|| event.to_string(), |t| render(t, event));
             let mut last = String::new();
-            let tries = retries.unwrap_or(3) + 1;
+            let tries = retries.unwrap_or(super::config::DEFAULT_WEBHOOK_RETRIES) + 1;
             for attempt in 1..=tries {
                 let mut req = client
                     .request(method.clone(), url)

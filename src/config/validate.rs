@@ -71,7 +71,7 @@ pub struct Config {
     /// A signing key given in the file.
     pub signing_key: Option<String>,
     /// The actuator's settings.
-    pub actuator: trike_actuate::config::ActuatorConfig,
+    pub actuator: trike_actuate::config::Validated,
     /// Checkpoint directory (none: state in memory only).
     pub state_dir: Option<std::path::PathBuf>,
     /// Checkpoint interval.
@@ -462,24 +462,15 @@ impl Config {
         }
         let kafka = raw.kafka.unwrap_or_default();
         let deferred = Vec::new();
-        for (i, e) in raw.actuator.executors.iter().enumerate() {
-            use trike_actuate::config::ExecutorKind;
-            let f = format!("actuator.executors[{i}]");
-            if e.actions.is_empty() {
-                p.push(format!("{f}.actions: name at least one action"));
-            }
-            match &e.kind {
-                ExecutorKind::Command { argv } if argv.is_empty() => {
-                    p.push(format!("{f}.argv: must name a program"))
-                }
-                ExecutorKind::Webhook { url, .. }
-                    if !(url.starts_with("http://") || url.starts_with("https://")) =>
-                {
-                    p.push(format!("{f}.url: {url:?} is not an http(s) URL"))
-                }
-                _ => {}
-            }
-        }
+        let actuator = raw
+            .actuator
+            .validate("actuator")
+            .unwrap_or_else(|problems| {
+                p.extend(problems);
+                trike_actuate::config::ActuatorConfig::default()
+                    .validate("actuator")
+                    .expect("the defaults are valid")
+            });
         let kafka_ingest = match kafka.ingest.clone() {
             None => None,
             Some(ki) => {
@@ -639,7 +630,7 @@ impl Config {
             control_partitions,
             control_replication,
             kafka_ingest,
-            actuator: raw.actuator.clone(),
+            actuator,
             state_dir: raw.state.dir.clone(),
             checkpoint_every,
             archive,

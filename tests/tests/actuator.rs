@@ -2,7 +2,8 @@
 //! webhook server: a signed rollback is executed exactly once (also when redelivered, and
 //! after a restart), forged and unsigned events are rejected and never executed, a dry run is
 //! logged only, every control event gets an outcome on `trike.actions`, offsets are committed,
-//! and a failing executor's circuit opens and pages instead. The shared claim log: an
+//! and a failing executor's circuit opens (paging), holds its next event unclaimed through the
+//! cool-down, probes with it and closes when the probe succeeds. The shared claim log: an
 //! actuator with empty local state (another group here, as after a rebalance) finds the first
 //! claim and does not execute again, and a claim the broker refuses is retried, never executed
 //! without a winning claim.
@@ -40,6 +41,13 @@ fn event(id: &str, action: &str, dry_run: bool, sign: bool) -> Value {
 }
 
 async fn webhook_server(calls: Arc<Mutex<Vec<String>>>) -> std::net::SocketAddr {
+    webhook_server_with(calls, Default::default()).await
+}
+
+async fn webhook_server_with(
+    calls: Arc<Mutex<Vec<String>>>,
+    flaky_calls: Arc<Mutex<Vec<Instant>>>,
+) -> std::net::SocketAddr {
     let ok_calls = calls.clone();
     let app = Router::new()
         .route(
@@ -53,8 +61,20 @@ async fn webhook_server(calls: Arc<Mutex<Vec<String>>>) -> std::net::SocketAddr 
             }),
         )
         .route(
-            "/fail",
-            post(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+            "/flaky",
+            post(move |_: String| {
+                // Fails its first two calls, then recovers.
+                let calls = flaky_calls.clone();
+                async move {
+                    let mut calls = calls.lock().unwrap();
+                    calls.push(Instant::now());
+                    if calls.len() <= 2 {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::OK
+                    }
+                }
+            }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -78,10 +98,11 @@ fn settings_as(
 group_id: "{group}"
 state_dir: "{}"
 breaker_failures: 2
+breaker_cooldown: 1s
 executors:
   - {{ name: rollouts, type: webhook, actions: [rollback], services: ["check*"], url: "http://{web}/rollback",
        body: '{{"rollout": "{{{{service}}}}", "version": "{{{{version}}}}", "weight": {{{{params.weight}}}}, "why": "{{{{reason}}}}"}}', retries: 0 }}
-  - {{ name: weights, type: webhook, actions: [set_weight], url: "http://{web}/fail", retries: 0, timeout: 2s }}
+  - {{ name: weights, type: webhook, actions: [set_weight], url: "http://{web}/flaky", retries: 0, timeout: 2s }}
   - {{ name: pager, type: log, actions: [page] }}
 "#,
         state.display()
@@ -92,7 +113,7 @@ executors:
         control_topic: "trike.control".into(),
         key: Some(KEY.to_vec()),
         instance: instance.into(),
-        actuator,
+        actuator: actuator.validate("actuator").unwrap(),
     }
 }
 
@@ -126,6 +147,10 @@ fn claims(brokers: &str, want: usize) -> Vec<(String, String)> {
         match reader.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                if v["done"] == true {
+                    // A finish record (executed, outcome recorded), not a claim.
+                    continue;
+                }
                 let key = std::str::from_utf8(m.key().unwrap()).unwrap();
                 assert_eq!(v["id"], key, "a claim's key is its event id");
                 assert!(v["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
@@ -165,7 +190,8 @@ async fn actuator_executes_once_rejects_forgeries_and_breaks_circuits() {
     mock.create_topic(CLAIMS, 3, 1).unwrap();
     let brokers = mock.bootstrap_servers();
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let web = webhook_server(calls.clone()).await;
+    let flaky = Arc::new(Mutex::new(Vec::new()));
+    let web = webhook_server_with(calls.clone(), flaky.clone()).await;
     let state = std::env::temp_dir().join(format!("trike-actuator-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
 
@@ -191,8 +217,9 @@ async fn actuator_executes_once_rejects_forgeries_and_breaks_circuits() {
     send(&event("e-3", "rollback", false, false)); // unsigned
     send(&event("e-4", "rollback", true, true)); // dry run
     send(&rollback); // redelivered
-    for i in 0..3 {
-        send(&event(&format!("w-{i}"), "set_weight", false, true)); // the webhook fails
+    for i in 0..4 {
+        // The webhook fails twice, then recovers.
+        send(&event(&format!("w-{i}"), "set_weight", false, true));
     }
 
     let reader: BaseConsumer = ClientConfig::new()
@@ -212,7 +239,7 @@ async fn actuator_executes_once_rejects_forgeries_and_breaks_circuits() {
         std::thread::spawn(move || run(s, stop).unwrap())
     };
     let mut seen = Vec::new();
-    tokio::task::block_in_place(|| outcomes(&reader, 8, &mut seen));
+    tokio::task::block_in_place(|| outcomes(&reader, 9, &mut seen));
     let kinds: Vec<(String, String)> = seen
         .iter()
         .map(|o| {
@@ -230,7 +257,8 @@ async fn actuator_executes_once_rejects_forgeries_and_breaks_circuits() {
         ("e-1", "skipped_duplicate"),
         ("w-0", "failed"),
         ("w-1", "failed"),
-        ("w-2", "failed"),
+        ("w-2", "succeeded"),
+        ("w-3", "succeeded"),
     ]
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -239,11 +267,20 @@ async fn actuator_executes_once_rejects_forgeries_and_breaks_circuits() {
     assert_eq!(seen[3]["data"]["dry_run"], true);
     assert_eq!(seen[3]["data"]["executed"], false);
     assert_eq!(seen[0]["type"], "io.trike.action.succeeded");
-    assert_eq!(
-        seen[7]["data"]["error"], "circuit open",
-        "after 2 failures the circuit opens"
-    );
-    assert_eq!(seen[7]["data"]["paged"], true);
+    // After 2 failures the circuit opens and a human is paged.
+    assert_eq!(seen[5]["data"]["circuit"], Value::Null, "{:#}", seen[5]);
+    assert_eq!(seen[6]["data"]["circuit"], "open", "{:#}", seen[6]);
+    assert_eq!(seen[6]["data"]["paged"], true);
+    // w-2 was held, unclaimed, through the 1 s cool-down, then ran as the probe; its success
+    // closed the circuit, so w-3 ran at once.
+    assert_eq!(seen[7]["data"]["probe"], true, "{:#}", seen[7]);
+    assert_eq!(seen[8]["data"]["probe"], false, "{:#}", seen[8]);
+    {
+        let flaky = flaky.lock().unwrap();
+        assert_eq!(flaky.len(), 4, "each set_weight event ran once");
+        let held = flaky[2] - flaky[1];
+        assert!(held >= Duration::from_millis(900), "held {held:?}");
+    }
     {
         let calls = calls.lock().unwrap();
         assert_eq!(calls.len(), 1, "the rollback webhook ran exactly once");
@@ -254,7 +291,9 @@ async fn actuator_executes_once_rejects_forgeries_and_breaks_circuits() {
         );
     }
     stop.store(true, Relaxed);
-    worker.join().unwrap();
+    let stats = worker.join().unwrap();
+    assert!(stats.held >= 1, "{stats:?}");
+    assert_eq!((stats.pages, stats.failed), (1, 2), "{stats:?}");
 
     // Restart with the same state: a redelivered event is still not executed again.
     send(&rollback);
@@ -264,8 +303,8 @@ async fn actuator_executes_once_rejects_forgeries_and_breaks_circuits() {
         let stop = stop.clone();
         std::thread::spawn(move || run(s, stop).unwrap())
     };
-    tokio::task::block_in_place(|| outcomes(&reader, 9, &mut seen));
-    assert_eq!(seen[8]["data"]["outcome"], "skipped_duplicate");
+    tokio::task::block_in_place(|| outcomes(&reader, 10, &mut seen));
+    assert_eq!(seen[9]["data"]["outcome"], "skipped_duplicate");
     assert_eq!(calls.lock().unwrap().len(), 1);
     stop.store(true, Relaxed);
     worker.join().unwrap();
@@ -281,14 +320,14 @@ async fn actuator_executes_once_rejects_forgeries_and_breaks_circuits() {
     let offsets = committed
         .committed_offsets(tpl, Duration::from_secs(10))
         .unwrap();
-    assert_eq!(offsets.elements()[0].offset(), Offset::Offset(9));
+    assert_eq!(offsets.elements()[0].offset(), Offset::Offset(10));
     // The claim log: one claim per event that reached an executor (redeliveries were caught
-    // by the local ledger first), all by the first run's one claimant; rejections, the dry run
-    // and the restart's redelivery claimed nothing.
-    let mut claimed = tokio::task::block_in_place(|| claims(&brokers, 4));
+    // by the local ledger first; the held w-2 was claimed once, when it ran), all by the first
+    // run's one claimant; rejections, the dry run and the restart's redelivery claimed nothing.
+    let mut claimed = tokio::task::block_in_place(|| claims(&brokers, 5));
     claimed.sort();
     let ids: Vec<&str> = claimed.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(ids, ["e-1", "w-0", "w-1", "w-2"], "{claimed:?}");
+    assert_eq!(ids, ["e-1", "w-0", "w-1", "w-2", "w-3"], "{claimed:?}");
     assert!(
         claimed
             .iter()

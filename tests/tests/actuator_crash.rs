@@ -7,7 +7,10 @@
 //! but no outcome was written and the offset was never committed. A new child, with a
 //! *different*, empty state directory (so its local ledger knows nothing), gets the event again
 //! and must report `skipped_duplicate` because the claim log (on librdkafka's mock cluster,
-//! reached over loopback) names the dead run as first claimant. The webhook count stays 1.
+//! reached over loopback) names the dead run as first claimant. The dead run never wrote a
+//! finish record, so once the claim's lease (1 s here) has passed the new run pages a human
+//! (the event may or may not have run) instead of skipping it silently. The webhook count
+//! stays 1.
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -39,8 +42,10 @@ group_id: crash-actuators
 actions_topic: crash.actions
 claims_topic: {CLAIMS}
 state_dir: "{state}"
+claim_lease: 1s
 executors:
   - {{ name: rollouts, type: webhook, actions: [rollback], url: "http://{web}/rollback", retries: 0, timeout: 5s }}
+  - {{ name: pager, type: log, actions: [page] }}
 "#
     );
     let actuator: ActuatorConfig = serde_yaml_ng::from_str(&yaml).unwrap();
@@ -49,7 +54,7 @@ executors:
         control_topic: "crash.control".into(),
         key: Some(KEY.to_vec()),
         instance: instance.into(),
-        actuator,
+        actuator: actuator.validate("actuator").unwrap(),
     }
 }
 
@@ -80,7 +85,7 @@ fn child_actuator() {
     println!(
         "STATS {}",
         json!({ "succeeded": stats.succeeded, "duplicates": stats.duplicates,
-                "failed": stats.failed, "claim_retries": stats.claim_retries })
+                "failed": stats.failed, "pages": stats.pages })
     );
 }
 
@@ -274,6 +279,8 @@ async fn killed_between_executing_and_committing_the_webhook_is_not_called_again
     assert_eq!(o["data"]["outcome"], "skipped_duplicate", "{o:#}");
     assert_eq!(o["data"]["seen_in"], "claims");
     assert_eq!(o["data"]["claimed_by"], first_claimant.as_str());
+    assert_eq!(o["data"]["unfinished_claim"], true, "{o:#}");
+    assert_eq!(o["data"]["paged"], true, "a human was told: {o:#}");
     assert_eq!(o["source"], "trike-actuator://crash-2");
     assert_eq!(calls.load(Relaxed), 1, "the webhook was not called again");
 
@@ -306,25 +313,32 @@ async fn killed_between_executing_and_committing_the_webhook_is_not_called_again
         .unwrap_or_else(|| panic!("the child printed its stats: {out:?}"));
     assert_eq!(
         stats,
-        json!({ "succeeded": 1, "duplicates": 1, "failed": 0, "claim_retries": 0 })
+        json!({ "succeeded": 1, "duplicates": 1, "failed": 0, "pages": 1 })
     );
 
-    // Claims: e-1 by each life, e-2 by the second; offsets: both events committed.
-    let more = tokio::task::block_in_place(|| poll_all(&claims, 2, Duration::from_secs(10)));
-    let mut ids: Vec<(String, String)> = more
+    // Claims: e-1 by each life (the second may have claimed again while it waited out the
+    // lease), e-2 by the second, which also finished it; e-1 has no finish record. Offsets:
+    // both events committed.
+    let more = tokio::task::block_in_place(|| poll_all(&claims, 100, Duration::from_secs(5)));
+    let mut ids: Vec<(String, String, bool)> = more
         .iter()
         .map(|(k, v)| {
             let c = v["claimant"].as_str().unwrap();
-            (k.clone().unwrap(), c.split('/').next().unwrap().to_string())
+            let done = v["done"] == true;
+            (
+                k.clone().unwrap(),
+                c.split('/').next().unwrap().to_string(),
+                done,
+            )
         })
         .collect();
     ids.sort();
+    ids.dedup();
+    let own = |id: &str, done: bool| (id.to_string(), "crash-2".to_string(), done);
     assert_eq!(
         ids,
-        [
-            ("e-1".to_string(), "crash-2".to_string()),
-            ("e-2".to_string(), "crash-2".to_string())
-        ]
+        [own("e-1", false), own("e-2", false), own("e-2", true)],
+        "{more:?}"
     );
     assert_eq!(
         tokio::task::block_in_place(|| committed(&group)),

@@ -109,7 +109,7 @@ executors:
             control_topic: control.clone(),
             key: Some(KEY.to_vec()),
             instance: instance.into(),
-            actuator,
+            actuator: actuator.validate("actuator").unwrap(),
         };
         let stop = stop.clone();
         std::thread::spawn(move || run(s, stop).unwrap())

@@ -178,7 +178,7 @@ executors:
         control_topic: control_topic.clone(),
         key: Some(b"real-broker-secret".to_vec()),
         instance: "tansu-e2e-actuator".into(),
-        actuator,
+        actuator: actuator.validate("actuator").unwrap(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {

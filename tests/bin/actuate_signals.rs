@@ -1,0 +1,183 @@
+//! The real `trike actuate` binary, as Kubernetes stops it: SIGTERM while a webhook call is in
+//! flight. (Root-package test so that Cargo builds the binary and tells us where.)
+//!
+//! Scenario: a signed rollback reaches the actuator; its webhook takes 1.5 s to answer; SIGTERM
+//! arrives while the call is in flight.
+//! Guarantees: the process finishes that event (the webhook answers, a `succeeded` outcome is
+//! written to `trike.actions`, the offset is committed) and exits 0, instead of ignoring the
+//! signal until it is killed.
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "sigterm-test-key";
+
+/// A one-connection HTTP server that answers 200 after `delay`; says "started" and "answered".
+fn slow_webhook(delay: Duration) -> (u16, mpsc::Receiver<&'static str>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Headers, then as many body bytes as content-length says.
+        loop {
+            let Ok(n) = conn.read(&mut chunk) else { return };
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+        let _ = tx.send("started");
+        std::thread::sleep(delay);
+        let _ =
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        let _ = conn.flush();
+        let _ = tx.send("answered");
+    });
+    (port, rx)
+}
+
+#[test]
+fn sigterm_finishes_the_event_in_flight_and_exits_cleanly() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("trike.control", 1, 1).unwrap();
+    mock.create_topic("trike.actions", 1, 1).unwrap();
+    mock.create_topic("trike.actuator.claims", 3, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let (port, webhook) = slow_webhook(Duration::from_millis(1500));
+    let dir = std::env::temp_dir().join(format!("trike-sigterm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("actuator.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"signing: {{ key: {KEY} }}
+instance: sigterm-test
+actuator:
+  state_dir: "{}"
+  executors:
+    - {{ name: rollouts, type: webhook, actions: [rollback], url: "http://127.0.0.1:{port}/rollback", retries: 0, timeout: 10s }}
+"#,
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trike"))
+        .args(["actuate", "--config"])
+        .arg(&config)
+        .args(["--kafka-brokers", &brokers])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the trike binary starts");
+
+    let mut event = json!({
+        "specversion": "1.0", "id": "sig-1", "source": "trike://test", "type": "io.trike.control.rollback",
+        "subject": "checkout", "time": "2026-12-02T00:00:00.000Z", "datacontenttype": "application/json",
+        "data": { "decision_id": "sig-1", "action": "rollback", "target": { "service": "checkout", "version": "1.5.0" },
+                  "params": {}, "reason": "checkout 1.5.0 failed canary analysis", "dry_run": false }
+    });
+    trike_sinks::signing::sign(&mut event, KEY.as_bytes());
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::to("trike.control")
+                .key("checkout")
+                .payload(&event.to_string()),
+        )
+        .unwrap();
+    producer.flush(Duration::from_secs(5)).unwrap();
+
+    // SIGTERM once the webhook call is in flight.
+    assert_eq!(
+        webhook.recv_timeout(Duration::from_secs(60)),
+        Ok("started"),
+        "the actuator called the webhook"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = status.expect("trike actuate exits on SIGTERM");
+    assert!(status.success(), "a clean exit: {status:?}");
+    assert_eq!(
+        webhook.try_recv(),
+        Ok("answered"),
+        "the call in flight was finished before exiting"
+    );
+
+    // Its outcome was written, and its offset committed.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("trike.actions", 0, Offset::Beginning)
+        .unwrap();
+    reader.assign(&tpl).unwrap();
+    let mut outcome = None;
+    let start = Instant::now();
+    while outcome.is_none() && start.elapsed() < Duration::from_secs(20) {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            outcome = serde_json::from_slice::<Value>(m.payload().unwrap()).ok();
+        }
+    }
+    let outcome = outcome.expect("an outcome on trike.actions");
+    assert_eq!(outcome["data"]["control_event_id"], "sig-1");
+    assert_eq!(outcome["data"]["outcome"], "succeeded", "{outcome:#}");
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "trike-actuators")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("trike.control", 0);
+    let committed = group
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(committed.elements()[0].offset(), Offset::Offset(1));
+    drop((reader, group, producer));
+    let _ = std::fs::remove_dir_all(&dir);
+}
