@@ -15,13 +15,12 @@
 //!
 //! The encoding is CBOR (serde): compact, self-describing, and versioned by [`VERSION`].
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use trike_engine::policy::PolicySnapshot;
@@ -154,6 +153,71 @@ pub struct CheckpointStats {
     pub last_ms: AtomicU64,
 }
 
+/// The hand-off between the engine thread and the writer: room for one checkpoint. It holds
+/// one from the moment the engine thread offers it until the writer has written it, so the
+/// engine thread takes a snapshot only when the writer can take it, and a due round is never
+/// dropped: while one is pending the round is retried on the next tick.
+#[derive(Debug, Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    /// Offered, not yet taken by the writer.
+    offered: Option<EngineCheckpoint>,
+    /// Taken, being written.
+    writing: bool,
+    /// No more offers: the writer ends once the slot is empty.
+    closed: bool,
+}
+
+impl Slot {
+    /// True when nothing is offered or being written.
+    fn is_free(&self) -> bool {
+        let s = self.state.lock();
+        s.offered.is_none() && !s.writing
+    }
+
+    fn offer(&self, c: EngineCheckpoint) {
+        self.state.lock().offered = Some(c);
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// The writer's side: the next checkpoint, or None once closed and empty.
+    fn take(&self) -> Option<EngineCheckpoint> {
+        let mut s = self.state.lock();
+        s.writing = false;
+        loop {
+            if let Some(c) = s.offered.take() {
+                s.writing = true;
+                return Some(c);
+            }
+            if s.closed {
+                return None;
+            }
+            self.changed.wait(&mut s);
+        }
+    }
+}
+
+/// What [`Checkpointer::maybe`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// Not due yet.
+    NotDue,
+    /// Due, but the writer still has the previous one: retried on the next call.
+    Pending,
+    /// Taken and handed to the writer.
+    Sent,
+}
+
 /// Takes engine checkpoints on the engine thread and writes them on its own thread.
 #[derive(Debug)]
 pub struct Checkpointer {
@@ -161,11 +225,10 @@ pub struct Checkpointer {
     every: Duration,
     last: Instant,
     progress: Option<Arc<Progress>>,
-    tx: Option<SyncSender<EngineCheckpoint>>,
+    slot: Arc<Slot>,
     thread: Option<JoinHandle<()>>,
     /// Counters.
     pub stats: Arc<CheckpointStats>,
-    busy: Arc<Mutex<()>>,
 }
 
 fn write_engine(
@@ -207,17 +270,14 @@ impl Checkpointer {
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         let stats = Arc::new(CheckpointStats::default());
-        let busy = Arc::new(Mutex::new(()));
-        // Room for one: when the writer is still busy with the last one, this round is skipped.
-        let (tx, rx) = sync_channel::<EngineCheckpoint>(0);
+        let slot = Arc::new(Slot::default());
         let thread = {
-            let (dir, progress, stats, busy) =
-                (dir.clone(), progress.clone(), stats.clone(), busy.clone());
+            let (dir, progress, stats, slot) =
+                (dir.clone(), progress.clone(), stats.clone(), slot.clone());
             std::thread::Builder::new()
                 .name("trike-checkpoint".into())
                 .spawn(move || {
-                    while let Ok(c) = rx.recv() {
-                        let _g = busy.lock();
+                    while let Some(c) = slot.take() {
                         write_engine(&dir, &c, progress.as_deref(), &stats);
                     }
                 })?
@@ -227,10 +287,9 @@ impl Checkpointer {
             every,
             last: Instant::now(),
             progress,
-            tx: Some(tx),
+            slot,
             thread: Some(thread),
             stats,
-            busy,
         })
     }
 
@@ -253,25 +312,23 @@ impl Checkpointer {
         }
     }
 
-    /// Hands a checkpoint to the writer when one is due and the writer is idle.
-    pub fn maybe(&mut self, engine: &Engine) {
+    /// Hands a checkpoint to the writer when one is due and the writer is free; a due round
+    /// the writer cannot take yet stays due.
+    pub fn maybe(&mut self, engine: &Engine) -> Handoff {
         if self.last.elapsed() < self.every {
-            return;
+            return Handoff::NotDue;
         }
-        let Some(tx) = &self.tx else { return };
-        if self.busy.try_lock().is_none() {
-            return;
+        if !self.slot.is_free() {
+            return Handoff::Pending;
         }
         self.last = Instant::now();
-        match tx.try_send(self.take(engine)) {
-            Ok(()) | Err(TrySendError::Full(_)) => {}
-            Err(TrySendError::Disconnected(_)) => self.tx = None,
-        }
+        self.slot.offer(self.take(engine));
+        Handoff::Sent
     }
 
     /// Writes a last checkpoint synchronously and stops the writer (at shutdown).
     pub fn finish(mut self, engine: &Engine) {
-        drop(self.tx.take());
+        self.slot.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -311,6 +368,39 @@ mod tests {
             load_engine(&d).unwrap().is_none(),
             "no engine checkpoint yet"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Scenario: the engine thread asks for a checkpoint on every tick (due every time) while
+    /// the writer is busy writing the last one.
+    /// Guarantees: a round is either handed over or stays due (`Pending`), never dropped:
+    /// every checkpoint handed over is written, and the last one written holds the newest
+    /// state. (The old rendezvous hand-off dropped a round whenever the writer was not
+    /// waiting at that instant, and then waited a whole interval.)
+    #[test]
+    fn due_rounds_are_written_or_stay_due() {
+        let d = dir("handoff");
+        let mut c = Checkpointer::start(d.clone(), Duration::ZERO, None).unwrap();
+        let mut e = Engine::new(Arc::new(trike_engine::EngineConfig::default()));
+        let (mut sent, mut pending) = (0u64, 0u64);
+        let started = Instant::now();
+        let mut t = 1_800_000_000_000_000_000u64;
+        while started.elapsed() < Duration::from_millis(300) {
+            t += 1_000_000;
+            e.advance(t);
+            match c.maybe(&e) {
+                Handoff::Sent => sent += 1,
+                Handoff::Pending => pending += 1,
+                Handoff::NotDue => panic!("due every time"),
+            }
+        }
+        assert!(sent >= 2, "{sent} sent, {pending} pending");
+        let stats = c.stats.clone();
+        c.finish(&e);
+        assert_eq!(stats.written.load(Relaxed), sent + 1, "every hand-off was written");
+        assert_eq!(stats.failed.load(Relaxed), 0);
+        let back = load_engine(&d).unwrap().unwrap();
+        assert_eq!(back.engine, e.snapshot(), "the final state was written last");
         let _ = std::fs::remove_dir_all(&d);
     }
 
