@@ -397,10 +397,18 @@ mod tests {
         assert!(sent >= 2, "{sent} sent, {pending} pending");
         let stats = c.stats.clone();
         c.finish(&e);
-        assert_eq!(stats.written.load(Relaxed), sent + 1, "every hand-off was written");
+        assert_eq!(
+            stats.written.load(Relaxed),
+            sent + 1,
+            "every hand-off was written"
+        );
         assert_eq!(stats.failed.load(Relaxed), 0);
         let back = load_engine(&d).unwrap().unwrap();
-        assert_eq!(back.engine, e.snapshot(), "the final state was written last");
+        assert_eq!(
+            back.engine,
+            e.snapshot(),
+            "the final state was written last"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 

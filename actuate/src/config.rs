@@ -5,7 +5,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use trike_sinks::{Action, Span};
+use trike_sinks::{Action, Secret, Span};
 
 /// An executor as written.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -25,7 +25,7 @@ pub enum ExecutorKind {
         body: Option<String>,
         /// Headers.
         #[serde(default)]
-        headers: BTreeMap<String, String>,
+        headers: BTreeMap<String, Secret>,
         /// Attempts after the first (default 3), with exponential backoff and jitter.
         #[serde(default)]
         retries: Option<u32>,

@@ -70,14 +70,14 @@ pub fn execute(exec: &ExecutorConfig, event: &Value) -> Result<u32, (String, u32
                     .header("content-type", "application/json")
                     .body(payload.clone());
                 for (k, v) in headers {
-                    let value = match v.strip_prefix("env:") {
+                    let value = match v.expose().strip_prefix("env:") {
                         Some(var) => std::env::var(var).map_err(|_| {
                             (
                                 format!("header {k}: environment variable {var} is not set"),
                                 attempt - 1,
                             )
                         })?,
-                        None => v.clone(),
+                        None => v.expose().to_string(),
                     };
                     req = req.header(k, value);
                 }

@@ -16,6 +16,38 @@ use crate::stats::{error_rate_excess_p, mann_whitney_digests};
 use crate::time::Span;
 use serde::{Deserialize, Serialize};
 
+/// A metric the canary judge compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryMetric {
+    /// The error ratio (a one-sided test of rates suited to sparse counts).
+    ErrorRatio,
+    /// The latency distribution (Mann-Whitney U over the merged digests; effect on the median).
+    Latency,
+}
+
+impl CanaryMetric {
+    /// Every metric, in the judge's order.
+    pub const ALL: [CanaryMetric; 2] = [CanaryMetric::ErrorRatio, CanaryMetric::Latency];
+
+    /// The name in configs and evidence.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CanaryMetric::ErrorRatio => "error_ratio",
+            CanaryMetric::Latency => "latency",
+        }
+    }
+
+    /// The metric named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+fn all_metrics() -> Vec<CanaryMetric> {
+    CanaryMetric::ALL.to_vec()
+}
+
 /// What to compare and how strictly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CanarySpec {
@@ -37,6 +69,9 @@ pub struct CanarySpec {
     pub error_tolerance: f64,
     /// Median latency increase (relative, e.g. 0.05 = 5 %) tolerated.
     pub latency_tolerance: f64,
+    /// The metrics compared (default: all).
+    #[serde(default = "all_metrics")]
+    pub metrics: Vec<CanaryMetric>,
 }
 
 impl CanarySpec {
@@ -52,6 +87,7 @@ impl CanarySpec {
             latency_alpha: 0.01,
             error_tolerance: 0.0005,
             latency_tolerance: 0.05,
+            metrics: all_metrics(),
         }
     }
 }
@@ -72,7 +108,7 @@ pub enum Verdict {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricResult {
     /// `error_ratio` or `latency`.
-    pub metric: String,
+    pub metric: CanaryMetric,
     /// Verdict.
     pub verdict: Verdict,
     /// Baseline value (error ratio, or median ms).
@@ -159,7 +195,7 @@ pub fn judge_arms(spec: &CanarySpec, baseline: &Arm, canary: &Arm) -> CanaryResu
             Verdict::Pass
         };
         MetricResult {
-            metric: "error_ratio".into(),
+            metric: CanaryMetric::ErrorRatio,
             verdict,
             baseline: rb,
             canary: rc,
@@ -184,7 +220,7 @@ pub fn judge_arms(spec: &CanarySpec, baseline: &Arm, canary: &Arm) -> CanaryResu
                 Verdict::Pass
             };
             MetricResult {
-                metric: "latency".into(),
+                metric: CanaryMetric::Latency,
                 verdict,
                 baseline: Some(mb),
                 canary: Some(mc),
@@ -196,7 +232,7 @@ pub fn judge_arms(spec: &CanarySpec, baseline: &Arm, canary: &Arm) -> CanaryResu
             }
         }
         _ => MetricResult {
-            metric: "latency".into(),
+            metric: CanaryMetric::Latency,
             verdict: Verdict::Inconclusive,
             baseline: None,
             canary: None,
@@ -207,7 +243,10 @@ pub fn judge_arms(spec: &CanarySpec, baseline: &Arm, canary: &Arm) -> CanaryResu
             canary_n: canary.digest.as_ref().map_or(0, TDigest::count),
         },
     };
-    let metrics = vec![errors, latency];
+    let metrics: Vec<MetricResult> = [errors, latency]
+        .into_iter()
+        .filter(|m| spec.metrics.contains(&m.metric))
+        .collect();
     let verdict = metrics
         .iter()
         .map(|m| m.verdict)
@@ -218,7 +257,7 @@ pub fn judge_arms(spec: &CanarySpec, baseline: &Arm, canary: &Arm) -> CanaryResu
             .iter()
             .filter(|m| m.verdict == Verdict::Pass)
             .count() as f64
-        / metrics.len() as f64;
+        / metrics.len().max(1) as f64;
     CanaryResult {
         service: spec.service.clone(),
         baseline: spec.baseline.clone(),

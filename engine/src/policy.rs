@@ -435,14 +435,14 @@ impl PolicyEngine {
                         .metrics
                         .iter()
                         .filter(|m| m.verdict == *v)
-                        .map(|m| match m.metric.as_str() {
-                            "error_ratio" => format!(
+                        .map(|m| match m.metric {
+                            crate::canary::CanaryMetric::ErrorRatio => format!(
                                 "error ratio {} vs {} (p = {:.1e})",
                                 pct(m.canary.unwrap_or(0.0)),
                                 pct(m.baseline.unwrap_or(0.0)),
                                 m.p_value.unwrap_or(1.0)
                             ),
-                            _ => format!(
+                            crate::canary::CanaryMetric::Latency => format!(
                                 "median latency {:.1} ms vs {:.1} ms (p = {:.1e})",
                                 m.canary.unwrap_or(0.0),
                                 m.baseline.unwrap_or(0.0),

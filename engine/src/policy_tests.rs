@@ -32,7 +32,7 @@ fn canary(verdict: Verdict) -> CanaryResult {
         verdict,
         score: 0.0,
         metrics: vec![MetricResult {
-            metric: "error_ratio".into(),
+            metric: crate::canary::CanaryMetric::ErrorRatio,
             verdict,
             baseline: Some(0.001),
             canary: Some(0.05),

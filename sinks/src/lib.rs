@@ -7,10 +7,12 @@
 mod control_event;
 pub mod kafka;
 mod rfc3339;
+pub mod secret;
 pub mod signing;
 
 pub use control_event::control_event;
 pub use rfc3339::rfc3339;
+pub use secret::Secret;
 /// The action and duration types of control events and their consumers' configs.
 pub use trike_engine::{Span, policy::Action};
 

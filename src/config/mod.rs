@@ -110,6 +110,9 @@ pub struct RawCanary {
     /// Median latency increase tolerated, relative (default 0.05).
     #[serde(default)]
     pub latency_tolerance: Option<f64>,
+    /// Metrics compared: `error_ratio`, `latency` (default both).
+    #[serde(default)]
+    pub metrics: Option<Vec<String>>,
 }
 
 /// One policy rule as written.

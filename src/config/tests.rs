@@ -177,3 +177,62 @@ slos: [ { sli: availability, objective: 0.999, service: s, name: a } ]
         );
     }
 }
+
+/// Guarantees: rules must mean something: a tier name no SLO has, `set_weight` without a
+/// weight in 0–100, `throttle` without a rate limit, a budget share outside (0, 1] and an
+/// unknown canary metric are each an error naming the field.
+#[test]
+fn rules_and_canaries_must_mean_something() {
+    let text = r#"
+slos: [ { name: a, service: s, objective: 0.999, sli: availability } ]
+canary: [ { service: s, baseline: "1", canary: "2", metrics: [error_ratio, cpu] } ]
+policies:
+  - { name: r0, when: burn_rate.page_fastt, action: page }
+  - { name: r1, when: canary.fail, action: set_weight }
+  - { name: r2, when: canary.fail, action: set_weight, params: { weight: 150 } }
+  - { name: r3, when: canary.fail, action: throttle }
+  - { name: r4, when: "budget < 20", action: freeze_deploys }
+  - { name: r5, when: burn_rate.page_fast, action: set_weight, params: { weight: 0 } }
+"#;
+    let problems = load(text).unwrap_err();
+    for want in [
+        "policies[0].when: burn_rate.page_fastt: no SLO has a tier named \"page_fastt\" (tiers: page_fast, page_slow, ticket)",
+        "policies[1].params.weight: set_weight needs a weight",
+        "policies[2].params.weight: 150 is not a percentage (0 to 100)",
+        "policies[3].params.rate_limit: throttle needs a rate limit",
+        "policies[4].when: budget < 20: the threshold is a share of the budget, in (0, 1]",
+        "canary[0].metrics[1]: \"cpu\" is not a canary metric: write error_ratio or latency",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(want)),
+            "{want} in {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), 6, "r5 is fine: {problems:#?}");
+    let ok = load(r#"canary: [ { service: s, baseline: "1", canary: "2", metrics: [latency] } ]"#)
+        .unwrap();
+    assert_eq!(
+        ok.canaries[0].metrics,
+        vec![trike_engine::canary::CanaryMetric::Latency]
+    );
+}
+
+/// Guarantees: `check-config` (which prints the validated config) shows secrets as `***`:
+/// the signing key and literal webhook header values.
+#[test]
+fn secrets_print_as_stars() {
+    let c = load(
+        r#"
+signing: { key: s3cret-signing-key }
+actuator:
+  executors:
+    - { name: w, type: webhook, actions: [page], url: "https://pager.example/x", headers: { Authorization: "Bearer t0ken-value" } }
+"#,
+    )
+    .unwrap();
+    let printed = format!("{c:#?}");
+    assert!(!printed.contains("s3cret-signing-key"), "{printed}");
+    assert!(!printed.contains("t0ken-value"), "{printed}");
+    assert!(printed.contains("***"));
+    assert_eq!(c.resolve_signing_key().unwrap(), b"s3cret-signing-key");
+}

@@ -3,9 +3,9 @@
 use super::{DEFAULT_ADMIN, DEFAULT_GRPC, DEFAULT_HTTP, NamedSli, RawConfig, RawLatency, RawSli};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use trike_engine::canary::CanarySpec;
+use trike_engine::canary::{CanaryMetric, CanarySpec};
 use trike_engine::facts::StaleRule;
-use trike_engine::policy::{Action, Policy, Rule, When};
+use trike_engine::policy::{Action, Policy, Rule, TierSelector, When};
 use trike_engine::slo::{
     BurnTier, DEFAULT_MIN_COVERAGE, DEFAULT_MIN_EVENTS, Severity, Slo, SloSli,
 };
@@ -69,7 +69,7 @@ pub struct Config {
     /// Environment variable holding the signing key.
     pub signing_key_env: String,
     /// A signing key given in the file.
-    pub signing_key: Option<String>,
+    pub signing_key: Option<trike_sinks::Secret>,
     /// The actuator's settings.
     pub actuator: trike_actuate::config::Validated,
     /// Checkpoint directory (none: state in memory only).
@@ -164,7 +164,8 @@ impl Config {
     /// `signing_key_env` (production). Reads the environment, so it is not part of validation.
     pub fn resolve_signing_key(&self) -> Option<Vec<u8>> {
         self.signing_key
-            .clone()
+            .as_ref()
+            .map(|k| k.expose().to_string())
             .or_else(|| {
                 std::env::var(&self.signing_key_env)
                     .ok()
@@ -207,12 +208,74 @@ fn canaries(p: &mut Vec<String>, raw: Vec<super::RawCanary>) -> Vec<CanarySpec> 
         if let Some(t) = c.latency_tolerance {
             spec.latency_tolerance = t;
         }
+        if let Some(list) = c.metrics {
+            if list.is_empty() {
+                p.push(format!(
+                    "{f}.metrics: name at least one metric: error_ratio, latency"
+                ));
+            }
+            spec.metrics = Vec::new();
+            for (j, m) in list.iter().enumerate() {
+                match CanaryMetric::from_name(m) {
+                    Some(m) if !spec.metrics.contains(&m) => spec.metrics.push(m),
+                    Some(_) => p.push(format!("{f}.metrics[{j}]: {m:?} is listed twice")),
+                    None => p.push(format!(
+                        "{f}.metrics[{j}]: {m:?} is not a canary metric: write error_ratio or latency"
+                    )),
+                }
+            }
+        }
         out.push(spec);
     }
     out
 }
 
-fn rules(p: &mut Vec<String>, raw: Vec<super::RawRule>) -> Vec<Rule> {
+/// A rule's meaning: its condition names something that exists, and its action has the
+/// parameters it needs.
+fn check_rule(
+    p: &mut Vec<String>,
+    f: &str,
+    r: &super::RawRule,
+    when: &When,
+    tiers: &BTreeSet<&str>,
+) {
+    match when {
+        When::BurnRate(TierSelector::Named(n)) if !tiers.contains(n.as_str()) => {
+            let known: Vec<&str> = tiers.iter().copied().collect();
+            p.push(format!(
+                "{f}.when: burn_rate.{n}: no SLO has a tier named {n:?} (tiers: {}); write burn_rate.page, burn_rate.ticket or one of those",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ));
+        }
+        When::BudgetBelow(x) if !(*x > 0.0 && *x <= 1.0) => p.push(format!(
+            "{f}.when: budget < {x}: the threshold is a share of the budget, in (0, 1]; write budget < 0.2 for 20 %"
+        )),
+        _ => {}
+    }
+    match r.action {
+        Action::SetWeight => match r.params.get("weight") {
+            None => p.push(format!(
+                "{f}.params.weight: set_weight needs a weight, 0 to 100 (percent of traffic), e.g. params: {{ weight: 0 }}"
+            )),
+            Some(w) if !(0.0..=100.0).contains(w) => p.push(format!(
+                "{f}.params.weight: {w} is not a percentage (0 to 100)"
+            )),
+            _ => {}
+        },
+        Action::Throttle => match r.params.get("rate_limit") {
+            None => p.push(format!(
+                "{f}.params.rate_limit: throttle needs a rate limit (requests per second), e.g. params: {{ rate_limit: 100 }}"
+            )),
+            Some(x) if !(x.is_finite() && *x >= 0.0) => p.push(format!(
+                "{f}.params.rate_limit: {x} is not a rate (requests per second, 0 or more)"
+            )),
+            _ => {}
+        },
+        _ => {}
+    }
+}
+
+fn rules(p: &mut Vec<String>, raw: Vec<super::RawRule>, tiers: &BTreeSet<&str>) -> Vec<Rule> {
     let mut out: Vec<Rule> = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
         let f = format!("policies[{i}]");
@@ -226,6 +289,7 @@ fn rules(p: &mut Vec<String>, raw: Vec<super::RawRule>) -> Vec<Rule> {
                 When::Stale
             }
         };
+        check_rule(p, &f, &r, &when, tiers);
         if r.action == Action::Resolved {
             p.push(format!(
                 "{f}.action: resolved is emitted by Trike, not a rule's action"
@@ -511,7 +575,11 @@ impl Config {
             }
         };
         let canaries = canaries(&mut p, raw.canary);
-        let rules = rules(&mut p, raw.policies);
+        let tier_names: BTreeSet<&str> = slos
+            .iter()
+            .flat_map(|s| s.tiers.iter().map(|t| t.name.as_str()))
+            .collect();
+        let rules = rules(&mut p, raw.policies, &tier_names);
         let stale = StaleRule {
             after: raw.stale.after.unwrap_or(StaleRule::default().after),
             max_lag: raw.stale.max_lag.unwrap_or(StaleRule::default().max_lag),
@@ -639,7 +707,11 @@ impl Config {
                 .signing
                 .key_env
                 .unwrap_or_else(|| "TRIKE_SIGNING_KEY".into()),
-            signing_key: raw.signing.key.filter(|k| !k.is_empty()),
+            signing_key: raw
+                .signing
+                .key
+                .filter(|k| !k.is_empty())
+                .map(trike_sinks::Secret::new),
         })
     }
 
