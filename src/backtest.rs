@@ -11,10 +11,10 @@
 
 use crate::config::Config;
 use crate::decide::{Decider, DecisionStore};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use trike_engine::{Engine, SecondObs};
+use trike_sinks::ControlEvent;
 
 const NANOS: u64 = 1_000_000_000;
 
@@ -22,7 +22,7 @@ const NANOS: u64 = 1_000_000_000;
 #[derive(Debug, Default)]
 pub struct Replay {
     /// The control events, as the processor would have emitted them (unsigned).
-    pub events: Vec<Value>,
+    pub events: Vec<ControlEvent>,
     /// Seconds of event time replayed.
     pub seconds: u64,
     /// Archived rows applied.
@@ -56,20 +56,14 @@ pub fn replay(cfg: &Config, rows: &[SecondObs], from_s: u64, to_s: u64) -> Repla
 }
 
 /// A decision's identity for diffs: rule, action and target.
-fn identity(e: &Value) -> (String, String, String, String) {
-    let d = &e["data"];
-    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+fn identity(e: &ControlEvent) -> (String, String, String, String) {
+    let d = &e.data;
     (
-        s(&d["rule"]),
-        s(&d["action"]),
-        s(&d["target"]["service"]),
-        s(&d["target"]["version"]),
+        d.rule.clone(),
+        d.action.name().to_string(),
+        d.target.service.clone(),
+        e.version().to_string(),
     )
-}
-
-/// An RFC 3339 time as Unix milliseconds.
-fn millis(v: &Value) -> Option<i64> {
-    rfc3339_millis(v.as_str()?)
 }
 
 fn rfc3339_millis(t: &str) -> Option<i64> {
@@ -84,46 +78,46 @@ pub enum Change {
     /// In both, alike; `dt_ms` = replayed − archived detection time.
     Same {
         /// The replayed event.
-        event: Value,
+        event: ControlEvent,
         /// Detection time difference.
         dt_ms: i64,
         /// The ids are equal.
         same_id: bool,
     },
     /// Only the replay decided it.
-    Added(Value),
+    Added(ControlEvent),
     /// Only the archive has it.
-    Removed(Value),
+    Removed(ControlEvent),
     /// Both, but with other parameters, severity or dry-run flag.
     Changed {
         /// Replayed.
-        new: Value,
+        new: ControlEvent,
         /// Archived.
-        old: Value,
+        old: ControlEvent,
         /// Detection time difference.
         dt_ms: i64,
     },
 }
 
 /// Pairs replayed and archived decisions by rule, action and target, in order of detection.
-pub fn diff(replayed: &[Value], archived: &[Value]) -> Vec<Change> {
+pub fn diff(replayed: &[ControlEvent], archived: &[ControlEvent]) -> Vec<Change> {
     type Key = (String, String, String, String);
-    let mut old: BTreeMap<Key, std::collections::VecDeque<&Value>> = BTreeMap::new();
+    let mut old: BTreeMap<Key, std::collections::VecDeque<&ControlEvent>> = BTreeMap::new();
     for e in archived {
         old.entry(identity(e)).or_default().push_back(e);
     }
-    let detected = |e: &Value| millis(&e["data"]["detected_at"]).unwrap_or(0);
+    let detected = |e: &ControlEvent| rfc3339_millis(&e.data.detected_at).unwrap_or(0);
     let mut out = Vec::new();
     for e in replayed {
         match old.get_mut(&identity(e)).and_then(|q| q.pop_front()) {
             Some(o) => {
                 let dt_ms = detected(e) - detected(o);
-                let alike = |k: &str| e["data"][k] == o["data"][k];
-                if alike("params") && alike("severity") && alike("dry_run") {
+                let (n, a) = (&e.data, &o.data);
+                if n.params == a.params && n.severity == a.severity && n.dry_run == a.dry_run {
                     out.push(Change::Same {
                         event: e.clone(),
                         dt_ms,
-                        same_id: e["id"] == o["id"],
+                        same_id: e.id == o.id,
                     });
                 } else {
                     out.push(Change::Changed {
@@ -136,23 +130,30 @@ pub fn diff(replayed: &[Value], archived: &[Value]) -> Vec<Change> {
             None => out.push(Change::Added(e.clone())),
         }
     }
-    let mut removed: Vec<&Value> = old.into_values().flatten().collect();
+    let mut removed: Vec<&ControlEvent> = old.into_values().flatten().collect();
     removed.sort_by_key(|e| detected(e));
     out.extend(removed.into_iter().map(|e| Change::Removed(e.clone())));
     out
 }
 
-fn summary(e: &Value) -> String {
-    let d = &e["data"];
+fn severity(e: &ControlEvent) -> String {
+    serde_json::to_value(e.data.severity)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn summary(e: &ControlEvent) -> String {
+    let d = &e.data;
     format!(
         "{} {} {}/{} rule={} at {} id={}",
-        d["action"].as_str().unwrap_or(""),
-        d["severity"].as_str().unwrap_or(""),
-        d["target"]["service"].as_str().unwrap_or(""),
-        d["target"]["version"].as_str().unwrap_or(""),
-        d["rule"].as_str().unwrap_or(""),
-        d["detected_at"].as_str().unwrap_or(""),
-        e["id"].as_str().unwrap_or(""),
+        d.action.name(),
+        severity(e),
+        d.target.service,
+        e.version(),
+        d.rule,
+        d.detected_at,
+        e.id,
     )
 }
 
@@ -189,9 +190,9 @@ pub fn render_diff(changes: &[Change]) -> String {
                     "~ {} (Δt {:+.1} s; was params={} severity={} dry_run={})\n",
                     summary(new),
                     *dt_ms as f64 / 1000.0,
-                    old["data"]["params"],
-                    old["data"]["severity"],
-                    old["data"]["dry_run"],
+                    serde_json::to_string(&old.data.params).unwrap_or_default(),
+                    severity(old),
+                    old.data.dry_run,
                 ));
             }
         }
@@ -255,21 +256,25 @@ pub fn report(
     if !against {
         let mut out = String::new();
         for e in &replay.events {
-            out.push_str(&e.to_string());
+            out.push_str(&e.to_json());
             out.push('\n');
         }
         return Ok(out);
     }
-    let in_range = |e: &serde_json::Value| {
-        e["data"]["detected_at"]
-            .as_str()
-            .and_then(|t| parse_time(t).ok())
-            .is_some_and(|s| (from_s..to_s).contains(&s))
+    let in_range = |e: &ControlEvent| {
+        parse_time(&e.data.detected_at).is_ok_and(|s| (from_s..to_s).contains(&s))
     };
-    let archived: Vec<serde_json::Value> = trike_sql::archive::read_decisions(archive)?
+    let mut archived = Vec::new();
+    for (i, v) in trike_sql::archive::read_decisions(archive)?
         .into_iter()
-        .filter(in_range)
-        .collect();
+        .enumerate()
+    {
+        let e = ControlEvent::from_value(v)
+            .map_err(|e| anyhow::anyhow!("archived decision {i} in {}: {e}", archive.display()))?;
+        if in_range(&e) {
+            archived.push(e);
+        }
+    }
     Ok(render_diff(&diff(&replay.events, &archived)))
 }
 
@@ -290,10 +295,15 @@ mod tests {
         assert!(parse_time("yesterday").is_err());
     }
 
-    fn ev(id: &str, rule: &str, at: &str, weight: f64) -> Value {
-        serde_json::json!({"id": id, "data": {"rule": rule, "action": "rollback",
-            "target": {"service": "checkout", "version": "1.5.0"}, "params": {"weight": weight},
-            "severity": "page", "dry_run": false, "detected_at": at}})
+    fn ev(id: &str, rule: &str, at: &str, weight: f64) -> ControlEvent {
+        ControlEvent::from_value(serde_json::json!({
+            "specversion": "1.0", "id": id, "source": "trike://t", "type": "io.trike.control.rollback",
+            "subject": "checkout", "time": at, "datacontenttype": "application/json",
+            "data": {"decision_id": id, "rule": rule, "action": "rollback",
+                "target": {"service": "checkout", "version": "1.5.0"}, "params": {"weight": weight},
+                "severity": "page", "reason": "r", "slo": null, "policy_revision": "p",
+                "dry_run": false, "evidence": {}, "detected_at": at, "observed_until": at}}))
+        .unwrap()
     }
 
     /// Guarantees: decisions pair by rule, action and target in order; unpaired ones are
@@ -326,11 +336,8 @@ mod tests {
             matches!(&d[1], Change::Changed { dt_ms: 2000, .. }),
             "{d:?}"
         );
-        assert!(matches!(&d[2], Change::Added(e) if e["id"] == "y"), "{d:?}");
-        assert!(
-            matches!(&d[3], Change::Removed(e) if e["id"] == "b"),
-            "{d:?}"
-        );
+        assert!(matches!(&d[2], Change::Added(e) if e.id == "y"), "{d:?}");
+        assert!(matches!(&d[3], Change::Removed(e) if e.id == "b"), "{d:?}");
         assert!(render_diff(&d).ends_with("1 same, 1 added, 1 removed, 1 changed\n"));
     }
 }

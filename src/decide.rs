@@ -3,7 +3,6 @@
 //! to the store behind `/api/v1/decisions`.
 
 use parking_lot::Mutex;
-use serde_json::Value;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use trike_engine::policy::{Action, PolicyEngine};
 use trike_engine::slo::Slo;
 use trike_engine::{Engine, UnixNanos};
 use trike_sinks::kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkStats, ensure_topic};
-use trike_sinks::{JsonLines, SinkConfig, control_event};
+use trike_sinks::{ControlEvent, JsonLines, SinkConfig};
 
 /// How often decisions are evaluated (engine time).
 pub const DECIDE_EVERY: Duration = Duration::from_millis(200);
@@ -30,7 +29,7 @@ pub const SINK_QUEUE: usize = 10_000;
 /// Recent control events and counters.
 #[derive(Debug, Default)]
 pub struct DecisionStore {
-    events: Mutex<VecDeque<Value>>,
+    events: Mutex<VecDeque<ControlEvent>>,
     /// Decisions by action (index: position in [`ACTIONS`]).
     pub by_action: [AtomicU64; 7],
     /// Events the sink queue had no room for.
@@ -58,7 +57,7 @@ pub const ACTIONS: [Action; 7] = [
 ];
 
 impl DecisionStore {
-    fn push(&self, e: Value) {
+    fn push(&self, e: ControlEvent) {
         let mut q = self.events.lock();
         if q.len() == STORE_CAPACITY {
             q.pop_front();
@@ -67,12 +66,12 @@ impl DecisionStore {
     }
 
     /// The newest `limit` events, optionally of one service, newest first.
-    pub fn recent(&self, service: Option<&str>, limit: usize) -> Vec<Value> {
+    pub fn recent(&self, service: Option<&str>, limit: usize) -> Vec<ControlEvent> {
         self.events
             .lock()
             .iter()
             .rev()
-            .filter(|e| service.is_none_or(|s| e["subject"] == s))
+            .filter(|e| service.is_none_or(|s| e.subject == s))
             .take(limit)
             .cloned()
             .collect()
@@ -88,14 +87,14 @@ pub struct Decider {
     policy: PolicyEngine,
     instance: String,
     store: Arc<DecisionStore>,
-    out: SyncSender<Value>,
+    out: SyncSender<ControlEvent>,
     last: UnixNanos,
     watch: SliWatch,
     key: Option<Vec<u8>>,
     /// Where the policy checkpoint goes (`state.dir`), if anywhere.
     persist: Option<std::path::PathBuf>,
     /// Control events of the last [`OUTBOX_AGE`], published again after a crash.
-    outbox: VecDeque<(UnixNanos, Value)>,
+    outbox: VecDeque<(UnixNanos, ControlEvent)>,
     /// The archive, when configured.
     archive: Option<trike_sql::archive::ArchiveHandle>,
 }
@@ -110,7 +109,7 @@ impl Decider {
     pub fn new(
         cfg: &crate::config::Config,
         store: Arc<DecisionStore>,
-        out: SyncSender<Value>,
+        out: SyncSender<ControlEvent>,
         key: Option<Vec<u8>>,
     ) -> Self {
         // Every service's request rate, error ratio and p99, sampled every 10 s (bounded: at
@@ -146,10 +145,14 @@ impl Decider {
             tracing::warn!(%rule, "checkpointed policy state of a rule no longer configured dropped");
         }
         for (at, text) in c.outbox {
-            let Ok(event) = serde_json::from_str::<Value>(&text) else {
-                continue;
+            let event = match ControlEvent::parse(text.as_bytes()) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "a control event in the policy checkpoint's outbox is unreadable: not published again");
+                    continue;
+                }
             };
-            tracing::info!(id = %event["id"], "control event from before the restart published again");
+            tracing::info!(id = %event.id, "control event from before the restart published again");
             self.store.push(event.clone());
             self.outbox.push_back((at, event.clone()));
             if self.out.try_send(event).is_err() {
@@ -170,7 +173,7 @@ impl Decider {
             } else {
                 self.outbox
                     .iter()
-                    .map(|(at, e)| (*at, e.to_string()))
+                    .map(|(at, e)| (*at, e.to_json()))
                     .collect()
             },
         };
@@ -200,12 +203,12 @@ impl Decider {
         if decisions.is_empty() {
             return;
         }
-        let events: Vec<Value> = decisions
+        let events: Vec<ControlEvent> = decisions
             .iter()
             .map(|d| {
-                let mut event = control_event(d, &self.instance);
+                let mut event = ControlEvent::from_decision(d, &self.instance);
                 if let Some(k) = &self.key {
-                    trike_sinks::signing::sign(&mut event, k);
+                    trike_sinks::signing::sign_event(&mut event, k);
                 }
                 event
             })
@@ -226,7 +229,7 @@ impl Decider {
             tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, "{}", d.reason);
             self.store.push(event.clone());
             if let Some(a) = &self.archive {
-                a.decision(event.clone());
+                a.decision(event.to_value());
             }
             match self.out.try_send(event) {
                 Ok(()) => {}
@@ -257,7 +260,7 @@ impl SinkWriter {
         sinks: &[SinkConfig],
         kafka: Option<KafkaSinkConfig>,
         store: Arc<DecisionStore>,
-    ) -> std::io::Result<(Self, SyncSender<Value>)> {
+    ) -> std::io::Result<(Self, SyncSender<ControlEvent>)> {
         let mut outs: Vec<Out> = Vec::new();
         for s in sinks {
             match s {
@@ -306,20 +309,20 @@ impl SinkWriter {
     }
 }
 
-fn write_all(rx: Receiver<Value>, mut outs: Vec<Out>, store: &DecisionStore) {
+fn write_all(rx: Receiver<ControlEvent>, mut outs: Vec<Out>, store: &DecisionStore) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(255));
         let mut failed = false;
         for o in &mut outs {
             let result = match o {
-                Out::Lines(l) => l.write_batch(&batch).map_err(|e| e.to_string()),
+                // The wire form everywhere: keys sorted, as signed.
+                Out::Lines(l) => l
+                    .write_batch(&batch.iter().map(ControlEvent::to_value).collect::<Vec<_>>())
+                    .map_err(|e| e.to_string()),
                 Out::Kafka(k) => batch
                     .iter()
-                    .try_for_each(|e| {
-                        let key = e["subject"].as_str().unwrap_or("");
-                        k.send(key, e.to_string().as_bytes())
-                    })
+                    .try_for_each(|e| k.send(&e.subject, e.to_json().as_bytes()))
                     .map_err(|e| e.to_string()),
             };
             if let Err(e) = result {

@@ -54,6 +54,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+use trike_sinks::{ControlEvent, Outcome};
 
 /// Everything the actuator needs.
 #[derive(Clone, Debug)]
@@ -95,7 +96,7 @@ pub struct ActuatorStats {
 /// What to do with a control event.
 enum Verdict {
     /// Publish this outcome (with details), then commit.
-    Outcome(&'static str, Value),
+    Outcome(Outcome, Value),
     /// The claim could not be decided: not executed, no outcome, not committed; retry.
     Retry(String),
     /// The executor's circuit is open: not claimed, not committed; poll it again until then.
@@ -142,7 +143,7 @@ fn executor_for<'a>(
     })
 }
 
-fn outcome(o: &'static str, detail: Value) -> Verdict {
+fn outcome(o: Outcome, detail: Value) -> Verdict {
     Verdict::Outcome(o, detail)
 }
 
@@ -282,7 +283,7 @@ impl<'a> Actuator<'a> {
         &self,
         (topic, partition, offset): (&str, i32, i64),
         event: &Value,
-        o: &'static str,
+        o: Outcome,
         detail: Value,
     ) {
         let out = outcome::event(&self.s.instance, event, o, detail);
@@ -329,26 +330,30 @@ impl<'a> Actuator<'a> {
 
     /// Decides what to do with one event, executing it when it is due.
     fn handle(&mut self, event: &Value) -> Verdict {
-        let id = match self.admissible(event) {
-            Ok(id) => id,
+        let typed = match self.admissible(event) {
+            Ok(e) => e,
             Err(v) => return v,
         };
+        let id = typed.id.as_str();
         if self.ledger.contains(id) {
             self.stats.duplicates += 1;
             return outcome(
-                "skipped_duplicate",
+                Outcome::SkippedDuplicate,
                 json!({ "executed": false, "seen_in": "ledger" }),
             );
         }
-        let data = &event["data"];
-        let action = data["action"].as_str().unwrap_or("");
-        let service = data["target"]["service"].as_str().unwrap_or("");
-        let reason = data["reason"].as_str().unwrap_or("");
-        if data["dry_run"].as_bool() == Some(true) {
+        let data = &typed.data;
+        let action = data.action.name();
+        let service = data.target.service.as_str();
+        let reason = data.reason.as_str();
+        if data.dry_run {
             self.stats.logged += 1;
             tracing::info!(%id, action, service, "dry run: not executed; {reason}");
             let _ = self.ledger.record(id);
-            return outcome("succeeded", json!({ "executed": false, "dry_run": true }));
+            return outcome(
+                Outcome::Succeeded,
+                json!({ "executed": false, "dry_run": true }),
+            );
         }
         let s = self.s;
         let Some(exec) = executor_for(&s.actuator.executors, action, service) else {
@@ -356,11 +361,11 @@ impl<'a> Actuator<'a> {
                 self.stats.logged += 1;
                 let _ = self.ledger.record(id);
                 tracing::info!(%id, service, "{}", if reason.is_empty() { "resolved" } else { reason });
-                return outcome("succeeded", json!({ "executed": false }));
+                return outcome(Outcome::Succeeded, json!({ "executed": false }));
             }
             self.stats.failed += 1;
             return outcome(
-                "failed",
+                Outcome::Failed,
                 json!({ "error": format!("no executor for action {action} on service {service}") }),
             );
         };
@@ -376,42 +381,42 @@ impl<'a> Actuator<'a> {
         if let Err(e) = self.ledger.record(id) {
             self.stats.failed += 1;
             return outcome(
-                "failed",
+                Outcome::Failed,
                 json!({ "executor": exec.name, "error": format!("recording the event id: {e}") }),
             );
         }
         let verdict = self.execute(exec, id, event, probe);
         if let Verdict::Outcome(o, _) = &verdict {
-            self.claims.finish(&self.rt, id, o);
+            self.claims.finish(&self.rt, id, o.name());
         }
         verdict
     }
 
-    /// The event's id when it is a control event with a valid signature (when a key is set).
-    fn admissible<'e>(&mut self, event: &'e Value) -> Result<&'e str, Verdict> {
-        let Some(id) = event["id"].as_str().filter(|_| {
-            event["type"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("io.trike.control."))
-        }) else {
-            self.stats.rejected += 1;
-            tracing::warn!("rejected a message that is not a Trike control event");
-            return Err(outcome(
-                "rejected",
-                json!({ "error": "not a Trike control event" }),
-            ));
+    /// The typed event when the message is a whole control event with a valid signature (when
+    /// a key is set). The signature is checked on the event as received.
+    fn admissible(&mut self, raw: &Value) -> Result<ControlEvent, Verdict> {
+        let event = match ControlEvent::from_value(raw.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                self.stats.rejected += 1;
+                tracing::warn!(error = %e, "rejected a message");
+                return Err(outcome(
+                    Outcome::Rejected,
+                    json!({ "error": e.to_string() }),
+                ));
+            }
         };
         if let Some(k) = &self.s.key
-            && !trike_sinks::signing::verify(event, k)
+            && !trike_sinks::signing::verify(raw, k)
         {
             self.stats.rejected += 1;
-            tracing::warn!(%id, "rejected a control event with a missing or wrong signature");
+            tracing::warn!(id = %event.id, "rejected a control event with a missing or wrong signature");
             return Err(outcome(
-                "rejected",
+                Outcome::Rejected,
                 json!({ "error": "missing or invalid trikesignature" }),
             ));
         }
-        Ok(id)
+        Ok(event)
     }
 
     /// Claims `id` on the shared log; None when this actuator won and may execute.
@@ -439,7 +444,7 @@ impl<'a> Actuator<'a> {
         if !unfinished {
             tracing::info!(%id, claimed_by = %claimant, "claimed first by another actuator: not executed");
             return Some(outcome(
-                "skipped_duplicate",
+                Outcome::SkippedDuplicate,
                 json!({ "executed": false, "seen_in": "claims", "claimed_by": claimant }),
             ));
         }
@@ -453,7 +458,7 @@ impl<'a> Actuator<'a> {
         tracing::error!(%id, claimed_by = %claimant, "{reason}");
         let paged = self.page(None, event, reason);
         Some(outcome(
-            "skipped_duplicate",
+            Outcome::SkippedDuplicate,
             json!({ "executed": false, "seen_in": "claims", "claimed_by": claimant,
                     "unfinished_claim": true, "paged": paged }),
         ))
@@ -471,7 +476,7 @@ impl<'a> Actuator<'a> {
                 self.stats.succeeded += 1;
                 tracing::info!(%id, executor = %exec.name, action, service, probe, "executed");
                 outcome(
-                    "succeeded",
+                    Outcome::Succeeded,
                     json!({ "executor": exec.name, "attempts": attempts, "executed": true,
                             "probe": probe, "duration_ms": started.elapsed().as_millis() as u64 }),
                 )
@@ -497,7 +502,7 @@ impl<'a> Actuator<'a> {
                         detail["circuit"] = json!("open");
                     }
                 }
-                outcome("failed", detail)
+                outcome(Outcome::Failed, detail)
             }
         }
     }

@@ -2,9 +2,11 @@
 //! referencing the control event by id.
 
 use serde_json::{Value, json};
+use trike_sinks::Outcome;
 
 /// The outcome event for `event`, from actuator `instance`, with `detail` merged into `data`.
-pub fn event(instance: &str, event: &Value, outcome: &str, detail: Value) -> Value {
+pub fn event(instance: &str, event: &Value, outcome: Outcome, detail: Value) -> Value {
+    let outcome = outcome.name();
     let id = event["id"].as_str().unwrap_or("");
     let mut data = json!({
         "control_event_id": id,

@@ -4,17 +4,17 @@
 //!
 //! Must not: decide anything (that is the engine's job) or block the engine thread on I/O.
 
-mod control_event;
+pub mod control_event;
 pub mod kafka;
 mod rfc3339;
 pub mod secret;
 pub mod signing;
 
-pub use control_event::control_event;
+pub use control_event::{ControlData, ControlEvent, EventError, Outcome, Target};
 pub use rfc3339::rfc3339;
 pub use secret::Secret;
 /// The action and duration types of control events and their consumers' configs.
-pub use trike_engine::{Span, policy::Action};
+pub use trike_engine::{Span, policy::Action, slo::Severity};
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;

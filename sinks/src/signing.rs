@@ -31,6 +31,14 @@ pub fn sign(event: &mut Value, key: &[u8]) {
     }
 }
 
+/// Signs a control event (sets `trikesignature` over its canonical form without it).
+pub fn sign_event(event: &mut crate::ControlEvent, key: &[u8]) {
+    event.trikesignature = None;
+    if let Some(d) = digest(&event.to_value(), key) {
+        event.trikesignature = Some(hex(&d));
+    }
+}
+
 /// True when `event` carries a valid signature for `key` (constant-time comparison).
 pub fn verify(event: &Value, key: &[u8]) -> bool {
     let Some(given) = event.get(SIGNATURE_ATTRIBUTE).and_then(Value::as_str) else {
@@ -75,6 +83,35 @@ mod tests {
         // Key order does not matter: the canonical form sorts keys.
         let reordered: Value = serde_json::from_str(&e.to_string()).unwrap();
         assert!(verify(&reordered, b"secret"));
+        // A typed event signs exactly as its JSON value does.
+        let d = trike_engine::policy::Decision {
+            decision_id: "d".into(),
+            action: trike_engine::policy::Action::Page,
+            target: trike_engine::policy::Target {
+                service: "s".into(),
+                version: String::new(),
+            },
+            params: Default::default(),
+            severity: trike_engine::slo::Severity::Page,
+            reason: "r".into(),
+            rule: "x".into(),
+            slo: None,
+            policy_revision: "p".into(),
+            dry_run: false,
+            evidence: trike_engine::policy::Evidence::Stale {
+                silent_s: 1.0,
+                lag_s: 0.0,
+            },
+            detected_at: 0,
+            observed_until: 0,
+            resolves: None,
+        };
+        let mut typed = crate::ControlEvent::from_decision(&d, "i");
+        sign_event(&mut typed, b"secret");
+        assert!(verify(&typed.to_value(), b"secret"));
+        let mut as_value = crate::ControlEvent::from_decision(&d, "i").to_value();
+        sign(&mut as_value, b"secret");
+        assert_eq!(as_value, typed.to_value());
         // RFC 4231 test case 2 shape: HMAC-SHA256("Jefe", "what do ya want for nothing?").
         let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
         mac.update(b"what do ya want for nothing?");

@@ -285,7 +285,12 @@ async fn decisions_handler(
 ) -> Response {
     let service = p.service.filter(|s| !s.is_empty());
     let limit = p.limit.unwrap_or(100).min(crate::decide::STORE_CAPACITY);
-    let decisions = s.decisions.recent(service.as_deref(), limit);
+    let decisions: Vec<serde_json::Value> = s
+        .decisions
+        .recent(service.as_deref(), limit)
+        .iter()
+        .map(trike_sinks::ControlEvent::to_value)
+        .collect();
     axum::Json(serde_json::json!({ "decisions": decisions })).into_response()
 }
 

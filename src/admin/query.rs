@@ -30,7 +30,12 @@ pub struct QueryParams {
 /// Snapshots the live tables: SLIs per series and window, SLO status, recent decisions.
 pub fn live_tables(s: &AdminState) -> trike_sql::Result<LiveTables> {
     let decisions = {
-        let mut d = s.decisions.recent(None, crate::decide::STORE_CAPACITY);
+        let mut d: Vec<serde_json::Value> = s
+            .decisions
+            .recent(None, crate::decide::STORE_CAPACITY)
+            .iter()
+            .map(trike_sinks::ControlEvent::to_value)
+            .collect();
         d.reverse(); // oldest first
         d
     };

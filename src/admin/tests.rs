@@ -49,8 +49,16 @@ fn readyz_fails_while_a_control_sink_fails() {
     let (writer, tx) = SinkWriter::start(&sinks, None, store.clone()).unwrap();
     let s = state(store.clone());
     assert_eq!(readiness(&s).0, StatusCode::OK);
-    tx.send(serde_json::json!({"id": "e1", "subject": "checkout"}))
-        .unwrap();
+    let event = trike_sinks::ControlEvent::from_value(serde_json::json!({
+        "specversion": "1.0", "id": "e1", "source": "trike://t", "type": "io.trike.control.page",
+        "subject": "checkout", "time": "2026-12-02T00:00:00.000Z", "datacontenttype": "application/json",
+        "data": { "decision_id": "e1", "action": "page", "target": { "service": "checkout" }, "params": {},
+                  "severity": "page", "reason": "r", "rule": "x", "slo": null, "policy_revision": "p",
+                  "dry_run": false, "evidence": {}, "detected_at": "2026-12-02T00:00:00.000Z",
+                  "observed_until": "2026-12-02T00:00:00.000Z" }
+    }))
+    .unwrap();
+    tx.send(event).unwrap();
     let start = Instant::now();
     while !store.sinks_failing.load(Relaxed) && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(10));

@@ -32,7 +32,7 @@ fn event(id: &str, action: &str, dry_run: bool, sign: bool) -> Value {
         "specversion": "1.0", "id": id, "source": "trike://test", "type": format!("io.trike.control.{action}"),
         "subject": "checkout", "time": "2026-11-22T00:00:00.000Z", "datacontenttype": "application/json",
         "data": { "decision_id": id, "action": action, "target": { "service": "checkout", "version": "1.5.0" },
-                  "params": { "weight": 0 }, "reason": "checkout 1.5.0 failed \"canary\" analysis", "dry_run": dry_run }
+                  "params": { "weight": 0 }, "reason": "checkout 1.5.0 failed \"canary\" analysis", "dry_run": dry_run, "severity": "page", "rule": "rollback-bad-canary", "slo": null, "policy_revision": "0123456789abcdef", "evidence": {"kind": "stale", "silent_s": 0.0, "lag_s": 0.0}, "detected_at": "2026-11-22T00:00:00.000Z", "observed_until": "2026-11-22T00:00:00.000Z" }
     });
     if sign {
         trike_sinks::signing::sign(&mut e, KEY);

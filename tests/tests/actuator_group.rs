@@ -33,7 +33,7 @@ fn rollback(id: &str, service: &str) -> Value {
         "specversion": "1.0", "id": id, "source": "trike://test", "type": "io.trike.control.rollback",
         "subject": service, "time": "2026-11-22T00:00:00.000Z", "datacontenttype": "application/json",
         "data": { "decision_id": id, "action": "rollback", "target": { "service": service, "version": "2.0.0" },
-                  "params": {}, "reason": format!("{service} 2.0.0 failed canary analysis"), "dry_run": false }
+                  "params": {}, "reason": format!("{service} 2.0.0 failed canary analysis"), "dry_run": false, "severity": "page", "rule": "rollback-bad-canary", "slo": null, "policy_revision": "0123456789abcdef", "evidence": {"kind": "stale", "silent_s": 0.0, "lag_s": 0.0}, "detected_at": "2026-11-22T00:00:00.000Z", "observed_until": "2026-11-22T00:00:00.000Z" }
     });
     trike_sinks::signing::sign(&mut e, KEY);
     e

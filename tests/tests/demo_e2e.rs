@@ -134,7 +134,7 @@ fn decided(demo: &Demo, action: &str) -> bool {
         .decisions
         .recent(None, 100)
         .iter()
-        .any(|e| e["data"]["action"] == action)
+        .any(|e| e.data.action.name() == action)
 }
 
 /// Scenario: `--scenario slow-burn` (one version failing 0.4 %: a 4× burn). Guarantees: a
