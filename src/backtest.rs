@@ -91,9 +91,9 @@ pub enum Change {
     /// Both, but with other parameters, severity or dry-run flag.
     Changed {
         /// Replayed.
-        new: ControlEvent,
+        new: Box<ControlEvent>,
         /// Archived.
-        old: ControlEvent,
+        old: Box<ControlEvent>,
         /// Detection time difference.
         dt_ms: i64,
     },
@@ -121,8 +121,8 @@ pub fn diff(replayed: &[ControlEvent], archived: &[ControlEvent]) -> Vec<Change>
                     });
                 } else {
                     out.push(Change::Changed {
-                        new: e.clone(),
-                        old: o.clone(),
+                        new: Box::new(e.clone()),
+                        old: Box::new(o.clone()),
                         dt_ms,
                     });
                 }

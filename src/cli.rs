@@ -1,5 +1,6 @@
-//! Command line: `trike run`, `trike check-config`. Flags override the config file and
-//! `TRIKE_*` environment variables override it too (a flag wins over its variable).
+//! Command line: `trike run`, `check-config`, `detect`, `actuate`, `demo`, `query` and
+//! `backtest`. Flags override the config file and `TRIKE_*` environment variables override it
+//! too (a flag wins over its variable).
 
 use crate::config::validate::Overrides;
 use clap::{Args, Parser, Subcommand};

@@ -238,7 +238,7 @@ impl Demo {
             running.stop().await?;
             anyhow::bail!("the demo's embedded broker did not start");
         };
-        // Nothing is spawned before this point, so the errors above leave nothing running.
+        // Only the processor runs before this point, and the errors above stop it.
         {
             let router = axum::Router::new()
                 .route("/rollout", axum::routing::post(controller_hook))
@@ -504,7 +504,7 @@ async fn print_slis(
         let req = s["requests"].as_u64().unwrap_or(0);
         v.0 += req;
         v.1 += s["errors"].as_u64().unwrap_or(0);
-        // Request-weighted quantiles across routes are only indicative; the API has exact per-series values.
+        // The largest of the routes' quantiles: an upper bound (the API has exact per-series values).
         v.2 = v.2.max(s["latency_ms"]["p50"].as_f64().unwrap_or(0.0));
         v.3 = v.3.max(s["latency_ms"]["p99"].as_f64().unwrap_or(0.0));
         v.4 += s["latency_good"][0]["good"].as_u64().unwrap_or(0);

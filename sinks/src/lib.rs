@@ -1,6 +1,7 @@
-//! Where Trike's output goes: control events (CloudEvents 1.0, DESIGN §4) built from the
-//! engine's decisions, written as JSON lines to stdout or a file. The Kafka control topic,
-//! webhook and Parquet archive join as variants of [`SinkConfig`].
+//! Where Trike's output goes: the typed control event (CloudEvents 1.0, DESIGN §4) built from
+//! the engine's decisions and its signature, written as JSON lines to stdout or a file, or to
+//! the Kafka control topic ([`SinkConfig`]). The Parquet archive lives in `trike-sql`; webhooks
+//! are the actuator's (`trike-actuate`).
 //!
 //! Must not: decide anything (that is the engine's job) or block the engine thread on I/O.
 

@@ -26,8 +26,7 @@ pub struct RawConfig {
     pub engine: RawEngine,
     /// Which spans and metrics become observations.
     pub decode: RawDecode,
-    /// Kafka (source, control topic): read by the Kafka-enabled build; kept so configs written
-    /// for it load here.
+    /// Kafka: brokers, the control topic and the OTLP source.
     pub kafka: Option<RawKafka>,
     /// Service level objectives.
     pub slos: Vec<RawSlo>,
