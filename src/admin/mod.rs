@@ -239,6 +239,8 @@ fn slo_json(st: &trike_engine::slo::SloStatus) -> serde_json::Value {
             "burn_long": finite(t.burn_long),
             "burn_short": finite(t.burn_short),
             "events_long": t.events_long,
+            "coverage_long": finite(t.coverage_long),
+            "coverage_short": finite(t.coverage_short),
             "firing": t.firing,
             "inhibited": t.over && !t.firing,
         })).collect::<Vec<_>>(),

@@ -15,7 +15,8 @@ fn policy(extra: &str) -> String {
     format!(
         r#"
 canary: [{{ service: checkout, baseline: "1.4.0", canary: "1.5.0", window: 10s, min_requests: 100 }}]
-slos: [{{ name: checkout-availability, service: checkout, objective: 0.999, sli: availability }}]
+slos: [{{ name: checkout-availability, service: checkout, objective: 0.999, sli: availability,
+          tiers: [{{ name: page_fast, factor: 14.4, long: 1h, short: 5m, severity: page, min_coverage: 0 }}] }}]
 policies:
   - {{ name: rollback-bad-canary, when: canary.fail, action: rollback, for: 2s, params: {{ weight: 0 }} }}
 {extra}instance: archive-e2e
