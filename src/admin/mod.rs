@@ -203,14 +203,20 @@ struct ServiceParam {
 
 async fn slos_handler(State(s): State<Arc<AdminState>>, Query(p): Query<ServiceParam>) -> Response {
     let service = p.service.filter(|s| !s.is_empty());
-    let engine = s.worker.engine().lock();
-    let slos: Vec<_> = s
-        .slos
-        .iter()
-        .filter(|slo| service.as_deref().is_none_or(|svc| svc == slo.service))
-        .map(|slo| trike_engine::slo::evaluate(&engine, slo))
-        .collect();
-    drop(engine);
+    // SLO evaluation reads the windows under the engine lock: off the async workers.
+    let evaluated = tokio::task::spawn_blocking(move || {
+        let engine = s.worker.engine().lock();
+        s.slos
+            .iter()
+            .filter(|slo| service.as_deref().is_none_or(|svc| svc == slo.service))
+            .map(|slo| trike_engine::slo::evaluate(&engine, slo))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let slos = match evaluated {
+        Ok(slos) => slos,
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     axum::Json(serde_json::json!({ "slos": slos.iter().map(slo_json).collect::<Vec<_>>() }))
         .into_response()
 }
@@ -254,17 +260,26 @@ async fn gate_handler(State(s): State<Arc<AdminState>>, Query(p): Query<ServiceP
             "service: give ?service=NAME".into(),
         );
     };
-    let engine = s.worker.engine().lock();
     // The tightest SLO of the service decides; a service without SLOs has its whole budget.
-    let budget = s
-        .slos
-        .iter()
-        .filter(|slo| slo.service == service)
-        .map(|slo| trike_engine::slo::evaluate(&engine, slo).budget_remaining)
-        .fold(None, |acc: Option<f64>, b| {
-            Some(acc.map_or(b, |a| a.min(b)))
-        });
-    drop(engine);
+    // Evaluated off the async workers (it reads the windows under the engine lock).
+    let budget = {
+        let (s, service) = (s.clone(), service.clone());
+        tokio::task::spawn_blocking(move || {
+            let engine = s.worker.engine().lock();
+            s.slos
+                .iter()
+                .filter(|slo| slo.service == service)
+                .map(|slo| trike_engine::slo::evaluate(&engine, slo).budget_remaining)
+                .fold(None, |acc: Option<f64>, b| {
+                    Some(acc.map_or(b, |a| a.min(b)))
+                })
+        })
+        .await
+    };
+    let budget = match budget {
+        Ok(b) => b,
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     let strategy = trike_engine::slo::Strategy::for_budget(budget.unwrap_or(1.0));
     axum::Json(serde_json::json!({
         "service": service,
