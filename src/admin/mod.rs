@@ -179,6 +179,18 @@ struct SliParams {
     window: Option<String>,
 }
 
+/// Runs `f` with the engine locked, on a blocking thread: SLO evaluation and canary judging
+/// read windows and merge digests, which must not run on (or stall) the async workers.
+async fn with_engine<T: Send + 'static>(
+    s: &Arc<AdminState>,
+    f: impl FnOnce(&AdminState, &trike_engine::Engine) -> T + Send + 'static,
+) -> Result<T, Response> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || f(&s, &s.worker.engine().lock()))
+        .await
+        .map_err(|e| json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
 pub(crate) fn json_error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
@@ -203,19 +215,17 @@ struct ServiceParam {
 
 async fn slos_handler(State(s): State<Arc<AdminState>>, Query(p): Query<ServiceParam>) -> Response {
     let service = p.service.filter(|s| !s.is_empty());
-    // SLO evaluation reads the windows under the engine lock: off the async workers.
-    let evaluated = tokio::task::spawn_blocking(move || {
-        let engine = s.worker.engine().lock();
+    let evaluated = with_engine(&s, move |s, engine| {
         s.slos
             .iter()
             .filter(|slo| service.as_deref().is_none_or(|svc| svc == slo.service))
-            .map(|slo| trike_engine::slo::evaluate(&engine, slo))
+            .map(|slo| trike_engine::slo::evaluate(engine, slo))
             .collect::<Vec<_>>()
     })
     .await;
     let slos = match evaluated {
         Ok(slos) => slos,
-        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return e,
     };
     axum::Json(serde_json::json!({ "slos": slos.iter().map(slo_json).collect::<Vec<_>>() }))
         .into_response()
@@ -261,15 +271,13 @@ async fn gate_handler(State(s): State<Arc<AdminState>>, Query(p): Query<ServiceP
         );
     };
     // The tightest SLO of the service decides; a service without SLOs has its whole budget.
-    // Evaluated off the async workers (it reads the windows under the engine lock).
     let budget = {
-        let (s, service) = (s.clone(), service.clone());
-        tokio::task::spawn_blocking(move || {
-            let engine = s.worker.engine().lock();
+        let service = service.clone();
+        with_engine(&s, move |s, engine| {
             s.slos
                 .iter()
                 .filter(|slo| slo.service == service)
-                .map(|slo| trike_engine::slo::evaluate(&engine, slo).budget_remaining)
+                .map(|slo| trike_engine::slo::evaluate(engine, slo).budget_remaining)
                 .fold(None, |acc: Option<f64>, b| {
                     Some(acc.map_or(b, |a| a.min(b)))
                 })
@@ -278,7 +286,7 @@ async fn gate_handler(State(s): State<Arc<AdminState>>, Query(p): Query<ServiceP
     };
     let budget = match budget {
         Ok(b) => b,
-        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return e,
     };
     let strategy = trike_engine::slo::Strategy::for_budget(budget.unwrap_or(1.0));
     axum::Json(serde_json::json!({
@@ -316,19 +324,17 @@ async fn canaries_handler(
     Query(p): Query<ServiceParam>,
 ) -> Response {
     let service = p.service.filter(|s| !s.is_empty());
-    // Judging merges digests under the engine lock: off the async workers.
-    let judged = tokio::task::spawn_blocking(move || {
-        let engine = s.worker.engine().lock();
+    let judged = with_engine(&s, move |s, engine| {
         s.canaries
             .iter()
             .filter(|c| service.as_deref().is_none_or(|svc| svc == c.service))
-            .map(|c| trike_engine::canary::judge(&engine, c))
+            .map(|c| trike_engine::canary::judge(engine, c))
             .collect::<Vec<_>>()
     })
     .await;
     match judged {
         Ok(results) => axum::Json(serde_json::json!({ "canaries": results })).into_response(),
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => e,
     }
 }
 
