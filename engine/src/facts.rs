@@ -45,8 +45,10 @@ pub fn gather(
         .into_iter()
         .map(|service| {
             let (last_event, last_arrival) = engine.service_freshness(&service).unwrap_or((0, 0));
+            // A service that never sent data has been silent since the engine began: at
+            // start-up it is not stale until `after` has passed with nothing from it.
             let silent_s = if last_arrival == 0 {
-                f64::INFINITY
+                seconds(now, engine.history_start())
             } else {
                 seconds(now, last_arrival)
             };
@@ -54,10 +56,7 @@ pub fn gather(
             let is_stale =
                 silent_s > stale.after.secs() as f64 || lag_s > stale.max_lag.secs() as f64;
             ServiceFacts {
-                stale: is_stale.then_some(Evidence::Stale {
-                    silent_s: silent_s.min(1e12),
-                    lag_s,
-                }),
+                stale: is_stale.then_some(Evidence::Stale { silent_s, lag_s }),
                 slos: slos
                     .iter()
                     .filter(|s| s.service == service)
@@ -76,4 +75,62 @@ pub fn gather(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EngineConfig;
+    use crate::observation::{Batch, RequestObs, SeriesKey};
+    use crate::time::NANOS_PER_SEC;
+    use std::sync::Arc;
+
+    const S: u64 = NANOS_PER_SEC;
+    const T0: u64 = 1_800_000_000 * S;
+
+    fn stale_of(engine: &Engine, canaries: &[CanarySpec], service: &str) -> Option<Evidence> {
+        gather(engine, &[], canaries, StaleRule::default(), None)
+            .into_iter()
+            .find(|f| f.service == service)
+            .and_then(|f| f.stale)
+    }
+
+    /// Scenario: a processor starts with a canary spec for a service that has sent nothing yet.
+    /// Guarantees: the service is not stale at start-up (it has been silent for no time); it
+    /// turns stale once `stale.after` (1 min) passes with no data, its silence counted from
+    /// the engine's start; data from it makes it fresh again.
+    #[test]
+    fn a_service_without_data_is_stale_only_after_the_grace() {
+        let mut engine = Engine::new(Arc::new(EngineConfig::default()));
+        let specs = [CanarySpec::new("checkout", "1.0", "1.1")];
+        engine.advance(T0);
+        assert_eq!(
+            stale_of(&engine, &specs, "checkout"),
+            None,
+            "fresh at start"
+        );
+        engine.advance(T0 + 30 * S);
+        assert_eq!(stale_of(&engine, &specs, "checkout"), None, "30 s in");
+        engine.advance(T0 + 61 * S);
+        assert_eq!(
+            stale_of(&engine, &specs, "checkout"),
+            Some(Evidence::Stale {
+                silent_s: 61.0,
+                lag_s: 0.0
+            })
+        );
+        let t = T0 + 62 * S;
+        let batch = Batch {
+            keys: vec![SeriesKey::new("checkout", "/pay", "1.0")],
+            requests: vec![RequestObs {
+                key: 0,
+                time: t,
+                latency_ms: 10.0,
+                bad: false,
+            }],
+            ..Default::default()
+        };
+        engine.ingest(&batch, t);
+        assert_eq!(stale_of(&engine, &specs, "checkout"), None, "data arrived");
+    }
 }
