@@ -2,11 +2,8 @@
 //! and stops them all on shutdown (every task is joined).
 
 use crate::admin::{self, AdminState};
-use crate::checkpoint::Checkpointer;
 use crate::config::Config;
-use crate::decide::{Decider, DecisionStore, SinkWriter};
 use crate::embedded_broker::EmbeddedBroker;
-use crate::worker::EngineWorker;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +13,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use trike_ingest::kafka::progress::Progress;
 use trike_ingest::{IngestMetrics, Pipeline};
+use trike_runtime::hooks::archive::Archiver;
+use trike_runtime::hooks::checkpoint::Checkpointer;
+use trike_runtime::hooks::decide::Decider;
+use trike_runtime::hooks::outbox::{DecisionStore, Outbox};
+use trike_runtime::sink_writer::SinkWriter;
+use trike_runtime::worker::EngineWorker;
+use trike_runtime::{Shard, SystemClock};
 
 /// A running processor.
 #[derive(Debug)]
@@ -33,6 +37,8 @@ pub struct Running {
     pub kafka_brokers: Option<String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    /// The engine thread: owned here, so stopping always runs its hooks' finish.
+    worker: Option<EngineWorker>,
     sinks: Option<SinkWriter>,
     kafka_source: Option<trike_ingest::kafka::KafkaSource>,
     /// Stopped last, after every Kafka client.
@@ -116,42 +122,49 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         None => None,
     };
     tracing::info!(revision = %cfg.policy.revision, "rule set (GET /api/v1/revisions/{{revision}})");
-    let mut decider = Decider::new(&cfg, store.clone(), events, key);
+    let mut decider = Decider::new(cfg.decide_spec(), store.clone());
+    let mut outbox = Outbox::new(
+        &cfg.instance,
+        key,
+        store.clone(),
+        events,
+        cfg.state_dir.clone(),
+    );
     if let Some(a) = &archive {
-        decider = decider.with_archive(a.handle());
+        outbox = outbox.with_archive(a.handle());
     }
     let engine_cfg = Arc::new(cfg.engine.clone());
     let mut engine = trike_engine::Engine::new(engine_cfg.clone());
     let mut progress = Progress::new(cfg.state_dir.is_some());
-    let mut checkpointer = None;
     if let Some(dir) = &cfg.state_dir {
-        if let Some(c) = crate::checkpoint::load_engine(dir)? {
+        if let Some(c) = trike_runtime::checkpoint::load_engine(dir)? {
             engine = trike_engine::Engine::restore(engine_cfg, c.engine)
                 .with_context(|| format!("restoring the engine checkpoint in {}", dir.display()))?;
             tracing::info!(dir = %dir.display(), series = engine.series_count(), partitions = c.offsets.len(), "engine state restored from its checkpoint");
             progress = Progress::restored(&c.offsets);
         }
-        if let Some(c) = crate::checkpoint::load_policy(dir)? {
-            decider.restore(c);
+        if let Some(c) = trike_runtime::checkpoint::load_policy(dir)? {
+            decider.restore(c.policy);
+            outbox.restore(c.outbox);
         }
     }
     let progress = Arc::new(progress);
+    let mut shard = Shard::new(engine, Arc::new(SystemClock))
+        .with_hook(decider)
+        .with_hook(outbox);
+    let mut checkpoint_stats = None;
     if let Some(dir) = &cfg.state_dir {
         let every = std::time::Duration::from_secs(cfg.checkpoint_every.secs());
         let c = Checkpointer::start(dir.clone(), every, Some(progress.clone()))
             .with_context(|| format!("state.dir {}", dir.display()))?;
-        checkpointer = Some(c);
+        checkpoint_stats = Some(c.stats.clone());
+        shard = shard.with_hook(c);
     }
-    let checkpoint_stats = checkpointer.as_ref().map(|c| c.stats.clone());
-    let hooks = crate::worker::Hooks {
-        decider: Some(decider),
-        checkpointer,
-        archiver: archive
-            .as_ref()
-            .map(|a| crate::archiver::Archiver::new(a.handle(), cfg.archive_sample_observations)),
-    };
-    let worker = EngineWorker::start_with(engine, cfg.queue_observations, hooks)
-        .context("starting the engine thread")?;
+    if let Some(a) = &archive {
+        shard = shard.with_hook(Archiver::new(a.handle(), cfg.archive_sample_observations));
+    }
+    let worker =
+        EngineWorker::start(shard, cfg.queue_observations).context("starting the engine thread")?;
     let ingest = Arc::new(IngestMetrics::default());
     let pipeline = Arc::new(Pipeline::new(
         Arc::new(cfg.decode.clone()),
@@ -160,7 +173,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     ));
     let pipeline_for_kafka = pipeline.clone();
     let state = Arc::new(AdminState {
-        worker,
+        worker: worker.handle(),
         ingest,
         ready: AtomicBool::new(false),
         metrics_windows: cfg.metrics_windows.clone(),
@@ -267,6 +280,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         kafka_brokers: cfg.kafka_brokers.clone(),
         shutdown: tx,
         tasks,
+        worker: Some(worker),
         sinks: Some(sinks),
         kafka_source,
         embedded_broker,
@@ -296,25 +310,17 @@ impl Running {
                 }
             }
         }
-        match Arc::try_unwrap(self.state) {
-            Ok(state) => {
-                state.worker.stop();
-                // The engine thread (and its decider, the queue's last sender) is gone: the
-                // writer drains what is queued and ends.
-                if let Some(s) = self.sinks.take() {
-                    s.join();
-                }
-                if let Some(a) = self.archive.take() {
-                    tokio::task::spawn_blocking(move || a.stop()).await.ok();
-                }
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "admin state still referenced at shutdown; engine thread stops on exit"
-                );
-                // Its Kafka clients still run: the embedded broker must outlive them.
-                std::mem::forget(self.embedded_broker.take());
-            }
+        if let Some(w) = self.worker.take() {
+            // Applies what is queued, then the hooks' finish: the final checkpoint and the
+            // policy's state. The outbox (the queue's last sender) goes with the thread.
+            tokio::task::spawn_blocking(move || w.stop()).await.ok();
+        }
+        // The writer drains what is queued and ends.
+        if let Some(s) = self.sinks.take() {
+            tokio::task::spawn_blocking(move || s.join()).await.ok();
+        }
+        if let Some(a) = self.archive.take() {
+            tokio::task::spawn_blocking(move || a.stop()).await.ok();
         }
         if let Some(b) = self.embedded_broker.take() {
             tokio::task::spawn_blocking(move || drop(b)).await.ok();

@@ -1,6 +1,7 @@
 //! `trike backtest`: replays an archive's SLI seconds through a config's SLOs, canaries, stale
-//! rule and policy — the same [`Decider`] the processor runs — in event time, as fast as the
-//! machine allows, and reports the decisions it would have made.
+//! rule and policy — the same runtime [`Shard`] with the same decide and outbox hooks the
+//! processor runs, on a simulated clock set to event time — as fast as the machine allows, and
+//! reports the decisions it would have made.
 //!
 //! Each second `s` is applied whole, then the policy is evaluated at the end of that second
 //! (`s` + 999 ms): the live processor evaluates every 200 ms on partial seconds, so a decision
@@ -10,10 +11,12 @@
 //! and no randomness: the same archive and config give byte-identical output.
 
 use crate::config::Config;
-use crate::decide::{Decider, DecisionStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use trike_engine::{Engine, SecondObs};
+use trike_runtime::hooks::decide::Decider;
+use trike_runtime::hooks::outbox::{DecisionStore, Outbox, SINK_QUEUE};
+use trike_runtime::{Shard, SimClock};
 use trike_sinks::ControlEvent;
 
 const NANOS: u64 = 1_000_000_000;
@@ -31,23 +34,26 @@ pub struct Replay {
 
 /// Replays `rows` (sorted by second) over `[from_s, to_s)` through `cfg`'s policy.
 pub fn replay(cfg: &Config, rows: &[SecondObs], from_s: u64, to_s: u64) -> Replay {
-    let mut cfg = cfg.clone();
-    // A backtest keeps no state and writes nowhere.
-    cfg.state_dir = None;
-    let (tx, rx) = std::sync::mpsc::sync_channel(crate::decide::SINK_QUEUE);
-    let mut decider = Decider::new(&cfg, Arc::new(DecisionStore::default()), tx, None);
-    let mut engine = Engine::new(Arc::new(cfg.engine.clone()));
+    // Each second is evaluated at its end.
+    let end_of = |s: u64| s * NANOS + NANOS - 1_000_000;
+    let clock = SimClock::at(end_of(from_s));
+    let store = Arc::new(DecisionStore::default());
+    // A backtest keeps no state (no checkpoint directory) and signs nothing.
+    let (tx, rx) = std::sync::mpsc::sync_channel(SINK_QUEUE);
+    let outbox = Outbox::new(&cfg.instance, None, store.clone(), tx, None);
+    let engine = Engine::new(Arc::new(cfg.engine.clone()));
+    let mut shard = Shard::new(engine, Arc::new(clock.clone()))
+        .with_hook(Decider::new(cfg.decide_spec(), store))
+        .with_hook(outbox);
     let mut out = Replay::default();
     let mut i = rows.partition_point(|r| r.second < from_s);
     for s in from_s..to_s {
-        let now = s * NANOS + NANOS - 1_000_000;
+        clock.set(end_of(s));
         let start = i;
         while i < rows.len() && rows[i].second == s {
             i += 1;
         }
-        engine.apply_seconds(&rows[start..i], now);
-        engine.advance(now);
-        decider.tick(&engine);
+        shard.apply_seconds(&rows[start..i]);
         out.events.extend(rx.try_iter());
         out.rows += (i - start) as u64;
         out.seconds += 1;

@@ -323,7 +323,7 @@ impl Demo {
                         }
                     }
                     // The stalled pipeline: nothing for PIPELINE_LAG, then data that far behind.
-                    let mut end_ns = crate::worker::now_nanos();
+                    let mut end_ns = trike_runtime::clock::now_nanos();
                     if degraded && scenario == Scenario::Stale {
                         if started.elapsed() < degrade_after + PIPELINE_LAG {
                             continue;

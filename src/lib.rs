@@ -3,15 +3,11 @@
 
 pub mod admin;
 pub mod app;
-pub mod archiver;
 pub mod backtest;
-pub mod checkpoint;
 pub mod cli;
 pub mod config;
-pub mod decide;
 pub mod demo;
 pub mod detect;
 pub mod embedded_broker;
 pub mod query;
 pub mod synth;
-pub mod worker;

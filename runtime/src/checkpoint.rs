@@ -14,18 +14,15 @@
 //!   crash caught before delivery is not lost.
 //!
 //! The encoding is CBOR (serde): compact, self-describing, and versioned by [`VERSION`].
+//! This module holds the files; the hooks that write them are `hooks::checkpoint` (the
+//! engine's) and `hooks::outbox` (the policy's).
 
-use parking_lot::{Condvar, Mutex};
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::path::Path;
 use trike_engine::policy::PolicySnapshot;
-use trike_engine::{Engine, Snapshot, UnixNanos};
-use trike_ingest::kafka::progress::Progress;
+use trike_engine::{Snapshot, UnixNanos};
 
 /// Format version of both files.
 pub const VERSION: u32 = 1;
@@ -72,25 +69,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     ciborium::into_writer(value, &mut out).map_err(std::io::Error::other)?;
     Ok(out)
 }
 
-fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> {
+fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => anyhow::bail!("reading checkpoint {}: {e}", path.display()),
+        Err(source) => {
+            return Err(Error::ReadCheckpoint {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     };
     ciborium::from_reader(bytes.as_slice())
         .map(Some)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "checkpoint {} is unreadable ({e}); move it away to start with empty state",
-                path.display()
-            )
+        .map_err(|e| Error::BadCheckpoint {
+            path: path.to_path_buf(),
+            problem: format!("is unreadable ({e})"),
         })
 }
 
@@ -111,26 +111,23 @@ impl Versioned for PolicyCheckpoint {
     }
 }
 
-fn load_versioned<T: for<'de> Deserialize<'de> + Versioned>(
-    path: &Path,
-) -> anyhow::Result<Option<T>> {
+fn load_versioned<T: for<'de> Deserialize<'de> + Versioned>(path: &Path) -> Result<Option<T>> {
     match load::<T>(path)? {
-        Some(c) if c.version() != VERSION => anyhow::bail!(
-            "checkpoint {} has format {} (this build reads {VERSION}); move it away to start with empty state",
-            path.display(),
-            c.version()
-        ),
+        Some(c) if c.version() != VERSION => Err(Error::BadCheckpoint {
+            path: path.to_path_buf(),
+            problem: format!("has format {} (this build reads {VERSION})", c.version()),
+        }),
         c => Ok(c),
     }
 }
 
 /// Loads `dir/engine.ckpt` when there is one.
-pub fn load_engine(dir: &Path) -> anyhow::Result<Option<EngineCheckpoint>> {
+pub fn load_engine(dir: &Path) -> Result<Option<EngineCheckpoint>> {
     load_versioned(&dir.join(ENGINE_FILE))
 }
 
 /// Loads `dir/policy.ckpt` when there is one.
-pub fn load_policy(dir: &Path) -> anyhow::Result<Option<PolicyCheckpoint>> {
+pub fn load_policy(dir: &Path) -> Result<Option<PolicyCheckpoint>> {
     load_versioned(&dir.join(POLICY_FILE))
 }
 
@@ -140,209 +137,12 @@ pub fn save_policy(dir: &Path, c: &PolicyCheckpoint) -> std::io::Result<()> {
     write_atomic(&dir.join(POLICY_FILE), &encode(c)?)
 }
 
-/// Checkpoint counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct CheckpointStats {
-    /// Engine checkpoints written.
-    pub written: AtomicU64,
-    /// Engine checkpoints that failed.
-    pub failed: AtomicU64,
-    /// Size of the newest engine checkpoint, bytes.
-    pub last_bytes: AtomicU64,
-    /// Time the newest engine checkpoint took to encode and write, milliseconds.
-    pub last_ms: AtomicU64,
-}
-
-/// The hand-off between the engine thread and the writer: room for one checkpoint. It holds
-/// one from the moment the engine thread offers it until the writer has written it, so the
-/// engine thread takes a snapshot only when the writer can take it, and a due round is never
-/// dropped: while one is pending the round is retried on the next tick.
-#[derive(Debug, Default)]
-struct Slot {
-    state: Mutex<SlotState>,
-    changed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct SlotState {
-    /// Offered, not yet taken by the writer.
-    offered: Option<EngineCheckpoint>,
-    /// Taken, being written.
-    writing: bool,
-    /// No more offers: the writer ends once the slot is empty.
-    closed: bool,
-}
-
-impl Slot {
-    /// True when nothing is offered or being written.
-    fn is_free(&self) -> bool {
-        let s = self.state.lock();
-        s.offered.is_none() && !s.writing
-    }
-
-    fn offer(&self, c: EngineCheckpoint) {
-        self.state.lock().offered = Some(c);
-        self.changed.notify_all();
-    }
-
-    fn close(&self) {
-        self.state.lock().closed = true;
-        self.changed.notify_all();
-    }
-
-    /// The writer's side: the next checkpoint, or None once closed and empty.
-    fn take(&self) -> Option<EngineCheckpoint> {
-        let mut s = self.state.lock();
-        s.writing = false;
-        loop {
-            if let Some(c) = s.offered.take() {
-                s.writing = true;
-                return Some(c);
-            }
-            if s.closed {
-                return None;
-            }
-            self.changed.wait(&mut s);
-        }
-    }
-}
-
-/// What [`Checkpointer::maybe`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Handoff {
-    /// Not due yet.
-    NotDue,
-    /// Due, but the writer still has the previous one: retried on the next call.
-    Pending,
-    /// Taken and handed to the writer.
-    Sent,
-}
-
-/// Takes engine checkpoints on the engine thread and writes them on its own thread.
-#[derive(Debug)]
-pub struct Checkpointer {
-    dir: PathBuf,
-    every: Duration,
-    last: Instant,
-    progress: Option<Arc<Progress>>,
-    slot: Arc<Slot>,
-    thread: Option<JoinHandle<()>>,
-    /// Counters.
-    pub stats: Arc<CheckpointStats>,
-}
-
-fn write_engine(
-    dir: &Path,
-    c: &EngineCheckpoint,
-    progress: Option<&Progress>,
-    stats: &CheckpointStats,
-) {
-    let started = Instant::now();
-    let result = encode(c).and_then(|bytes| {
-        write_atomic(&dir.join(ENGINE_FILE), &bytes)?;
-        Ok(bytes.len())
-    });
-    match result {
-        Ok(n) => {
-            if let Some(p) = progress {
-                p.durable(&c.offsets);
-            }
-            stats.written.fetch_add(1, Relaxed);
-            stats.last_bytes.store(n as u64, Relaxed);
-            stats
-                .last_ms
-                .store(started.elapsed().as_millis() as u64, Relaxed);
-        }
-        Err(e) => {
-            stats.failed.fetch_add(1, Relaxed);
-            tracing::error!(dir = %dir.display(), error = %e, "writing the engine checkpoint");
-        }
-    }
-}
-
-impl Checkpointer {
-    /// A checkpointer writing to `dir` every `every`; `progress` (the Kafka source's) supplies
-    /// the offsets and learns when they are durable.
-    pub fn start(
-        dir: PathBuf,
-        every: Duration,
-        progress: Option<Arc<Progress>>,
-    ) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
-        let stats = Arc::new(CheckpointStats::default());
-        let slot = Arc::new(Slot::default());
-        let thread = {
-            let (dir, progress, stats, slot) =
-                (dir.clone(), progress.clone(), stats.clone(), slot.clone());
-            std::thread::Builder::new()
-                .name("trike-checkpoint".into())
-                .spawn(move || {
-                    while let Some(c) = slot.take() {
-                        write_engine(&dir, &c, progress.as_deref(), &stats);
-                    }
-                })?
-        };
-        Ok(Self {
-            dir,
-            every,
-            last: Instant::now(),
-            progress,
-            slot,
-            thread: Some(thread),
-            stats,
-        })
-    }
-
-    /// The checkpoint directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn take(&self, engine: &Engine) -> EngineCheckpoint {
-        // Read on the engine thread between batches: the offsets match the state exactly.
-        let offsets = self
-            .progress
-            .as_ref()
-            .map(|p| p.applied())
-            .unwrap_or_default();
-        EngineCheckpoint {
-            version: VERSION,
-            engine: engine.snapshot(),
-            offsets,
-        }
-    }
-
-    /// Hands a checkpoint to the writer when one is due and the writer is free; a due round
-    /// the writer cannot take yet stays due.
-    pub fn maybe(&mut self, engine: &Engine) -> Handoff {
-        if self.last.elapsed() < self.every {
-            return Handoff::NotDue;
-        }
-        if !self.slot.is_free() {
-            return Handoff::Pending;
-        }
-        self.last = Instant::now();
-        self.slot.offer(self.take(engine));
-        Handoff::Sent
-    }
-
-    /// Writes a last checkpoint synchronously and stops the writer (at shutdown).
-    pub fn finish(mut self, engine: &Engine) {
-        self.slot.close();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let c = self.take(engine);
-        write_engine(&self.dir, &c, self.progress.as_deref(), &self.stats);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use trike_engine::policy::{Policy, PolicyEngine};
 
-    fn dir(name: &str) -> PathBuf {
+    fn dir(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("trike-ckpt-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
@@ -367,47 +167,6 @@ mod tests {
         assert!(
             load_engine(&d).unwrap().is_none(),
             "no engine checkpoint yet"
-        );
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    /// Scenario: the engine thread asks for a checkpoint on every tick (due every time) while
-    /// the writer is busy writing the last one.
-    /// Guarantees: a round is either handed over or stays due (`Pending`), never dropped:
-    /// every checkpoint handed over is written, and the last one written holds the newest
-    /// state. (The old rendezvous hand-off dropped a round whenever the writer was not
-    /// waiting at that instant, and then waited a whole interval.)
-    #[test]
-    fn due_rounds_are_written_or_stay_due() {
-        let d = dir("handoff");
-        let mut c = Checkpointer::start(d.clone(), Duration::ZERO, None).unwrap();
-        let mut e = Engine::new(Arc::new(trike_engine::EngineConfig::default()));
-        let (mut sent, mut pending) = (0u64, 0u64);
-        let started = Instant::now();
-        let mut t = 1_800_000_000_000_000_000u64;
-        while started.elapsed() < Duration::from_millis(300) {
-            t += 1_000_000;
-            e.advance(t);
-            match c.maybe(&e) {
-                Handoff::Sent => sent += 1,
-                Handoff::Pending => pending += 1,
-                Handoff::NotDue => panic!("due every time"),
-            }
-        }
-        assert!(sent >= 2, "{sent} sent, {pending} pending");
-        let stats = c.stats.clone();
-        c.finish(&e);
-        assert_eq!(
-            stats.written.load(Relaxed),
-            sent + 1,
-            "every hand-off was written"
-        );
-        assert_eq!(stats.failed.load(Relaxed), 0);
-        let back = load_engine(&d).unwrap().unwrap();
-        assert_eq!(
-            back.engine,
-            e.snapshot(),
-            "the final state was written last"
         );
         let _ = std::fs::remove_dir_all(&d);
     }

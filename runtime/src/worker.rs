@@ -2,17 +2,17 @@
 //!
 //! Receivers submit batches without blocking; when the queued observations would exceed the
 //! bound, the batch is refused and the client is told to retry (429 / RESOURCE_EXHAUSTED).
-//! This is the one place that reads the wall clock for the engine.
+//! The thread owns its [`Shard`] (the engine and its hooks); everyone else gets a
+//! [`WorkerHandle`]. Stopping the worker always runs the hooks' finish (the final checkpoint),
+//! whoever still holds a handle.
 
-use crate::checkpoint::Checkpointer;
-use crate::decide::Decider;
-use parking_lot::Mutex;
+use crate::shard::{EngineHandle, Shard};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use trike_engine::{Batch, Engine, EngineConfig, UnixNanos};
+use std::time::{Duration, Instant};
+use trike_engine::Batch;
 use trike_ingest::pipeline::Ack;
 use trike_ingest::{BatchSink, Overloaded};
 
@@ -21,12 +21,10 @@ pub const DELAY_BUCKETS_S: [f64; 10] = [
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-/// Wall-clock now in Unix nanoseconds.
-pub fn now_nanos() -> UnixNanos {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
+/// How long the engine thread waits for a batch before an idle tick.
+pub const IDLE_TICK: Duration = Duration::from_millis(50);
+/// Batches applied under one lock, at most.
+pub const DRAIN_MAX: usize = 256;
 
 /// Queue and apply statistics.
 #[derive(Debug, Default)]
@@ -104,74 +102,28 @@ impl BatchSink for QueueSink {
     }
 }
 
-/// The engine thread and its handles.
+/// The engine thread: owns the shard, drains the queue into it, ticks it when idle.
 #[derive(Debug)]
 pub struct EngineWorker {
-    engine: Arc<Mutex<Engine>>,
+    handle: WorkerHandle,
     sink: Arc<QueueSink>,
-    stats: Arc<WorkerStats>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl EngineWorker {
-    /// Starts the engine thread with a queue bounded to `capacity` observations, deciding with
-    /// `decider` when given.
-    pub fn start(
-        cfg: EngineConfig,
-        capacity: usize,
-        decider: Option<Decider>,
-    ) -> std::io::Result<Self> {
-        let hooks = Hooks {
-            decider,
-            ..Hooks::default()
-        };
-        Self::start_with(Engine::new(Arc::new(cfg)), capacity, hooks)
-    }
+/// What others may do with a running worker: read its engine, its statistics, whether it runs.
+#[derive(Clone, Debug)]
+pub struct WorkerHandle {
+    engine: EngineHandle,
+    stats: Arc<WorkerStats>,
+    capacity: usize,
+    alive: Arc<AtomicBool>,
+}
 
-    /// Like [`EngineWorker::start`], from a given (e.g. restored) engine, running `hooks`
-    /// after each batch and on every idle tick.
-    pub fn start_with(mut e: Engine, capacity: usize, hooks: Hooks) -> std::io::Result<Self> {
-        // The engine's start time: cumulative metric streams that began after it are counted
-        // from their first point.
-        e.advance(now_nanos());
-        let engine = Arc::new(Mutex::new(e));
-        let stats = Arc::new(WorkerStats::default());
-        // Batches are bounded by the observation count; the channel only needs room for many
-        // small ones.
-        let (tx, rx) = sync_channel(4096);
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (engine, stats, stop) = (engine.clone(), stats.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("trike-engine".into())
-                .spawn(move || {
-                    let hooks = run(&engine, &rx, &stats, &stop, hooks);
-                    hooks.finish(&engine.lock());
-                })?
-        };
-        let sink = Arc::new(QueueSink {
-            tx,
-            capacity,
-            stats: stats.clone(),
-        });
-        Ok(Self {
-            engine,
-            sink,
-            stats,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
+impl WorkerHandle {
     /// The engine, for queries.
-    pub fn engine(&self) -> &Arc<Mutex<Engine>> {
+    pub fn engine(&self) -> &EngineHandle {
         &self.engine
-    }
-
-    /// The queue's submitting side.
-    pub fn sink(&self) -> Arc<QueueSink> {
-        self.sink.clone()
     }
 
     /// Queue statistics.
@@ -179,22 +131,75 @@ impl EngineWorker {
         &self.stats
     }
 
+    /// Observations the queue holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// True while the engine thread runs.
     pub fn is_alive(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        self.alive.load(Relaxed)
+    }
+}
+
+/// Clears `alive` when the engine thread ends, by return or by panic.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Relaxed);
+    }
+}
+
+impl EngineWorker {
+    /// Starts the engine thread owning `shard`, with a queue bounded to `capacity` observations.
+    pub fn start(mut shard: Shard, capacity: usize) -> std::io::Result<Self> {
+        let stats = Arc::new(WorkerStats::default());
+        // Batches are bounded by the observation count; the channel only needs room for many
+        // small ones.
+        let (tx, rx) = sync_channel(4096);
+        let stop = Arc::new(AtomicBool::new(false));
+        let alive = Arc::new(AtomicBool::new(true));
+        let handle = WorkerHandle {
+            engine: shard.handle(),
+            stats: stats.clone(),
+            capacity,
+            alive: alive.clone(),
+        };
+        let thread = {
+            let (stats, stop) = (stats.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("trike-engine".into())
+                .spawn(move || {
+                    let _alive = AliveGuard(alive);
+                    run(&mut shard, &rx, &stats, &stop);
+                    shard.finish();
+                })?
+        };
+        let sink = Arc::new(QueueSink {
+            tx,
+            capacity,
+            stats,
+        });
+        Ok(Self {
+            handle,
+            sink,
+            stop,
+            thread: Some(thread),
+        })
     }
 
-    /// Stops the engine thread and waits until it has ended, leaving the handle in place (as
-    /// a dead thread would): for tests of what notices.
-    #[cfg(test)]
-    pub(crate) fn halt_for_test(&self) {
-        self.stop.store(true, Relaxed);
-        while self.is_alive() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    /// Read access for others.
+    pub fn handle(&self) -> WorkerHandle {
+        self.handle.clone()
     }
 
-    /// Applies what is queued, then stops the thread.
+    /// The queue's submitting side.
+    pub fn sink(&self) -> Arc<QueueSink> {
+        self.sink.clone()
+    }
+
+    /// Applies what is queued, runs the hooks' finish, and waits for the thread to end.
     pub fn stop(mut self) {
         self.stop.store(true, Relaxed);
         if let Some(t) = self.thread.take() {
@@ -209,89 +214,31 @@ impl Drop for EngineWorker {
     }
 }
 
-/// What runs on the engine thread besides ingestion: decisions, checkpoints, the archive.
-#[derive(Debug, Default)]
-pub struct Hooks {
-    /// The policy.
-    pub decider: Option<Decider>,
-    /// Checkpoints of the engine.
-    pub checkpointer: Option<Checkpointer>,
-    /// Seals seconds into the archive.
-    pub archiver: Option<crate::archiver::Archiver>,
-}
-
-impl Hooks {
-    fn tick(&mut self, e: &Engine) {
-        if let Some(d) = self.decider.as_mut() {
-            d.tick(e);
-        }
-        if let Some(c) = self.checkpointer.as_mut() {
-            c.maybe(e);
-        }
-        if let Some(a) = self.archiver.as_mut() {
-            a.tick(e);
-        }
-    }
-
-    /// A clean stop: a last checkpoint (so a restart loses nothing) and the policy's state.
-    fn finish(mut self, e: &Engine) {
-        if let Some(c) = self.checkpointer {
-            c.finish(e);
-        }
-        if let Some(d) = self.decider.as_mut() {
-            d.save(true);
-        }
-        if let Some(a) = self.archiver {
-            a.finish(e);
-        }
-    }
-}
-
-fn run(
-    engine: &Mutex<Engine>,
-    rx: &Receiver<Queued>,
-    stats: &WorkerStats,
-    stop: &AtomicBool,
-    mut hooks: Hooks,
-) -> Hooks {
+fn run(shard: &mut Shard, rx: &Receiver<Queued>, stats: &WorkerStats, stop: &AtomicBool) {
+    let mut drained = Vec::with_capacity(DRAIN_MAX);
     loop {
-        match rx.recv_timeout(Duration::from_millis(50)) {
+        match rx.recv_timeout(IDLE_TICK) {
             Ok(first) => {
-                let mut e = engine.lock();
-                let now = now_nanos();
-                let mut next = Some(first);
-                let mut drained = 0;
                 // Apply what is already queued under one lock, but not forever.
-                while let Some(q) = next {
-                    e.ingest(&q.batch, now);
-                    if let Some(a) = hooks.archiver.as_mut() {
-                        a.observe(&q.batch);
-                    }
+                drained.push(first);
+                drained.extend(rx.try_iter().take(DRAIN_MAX - 1));
+                shard.apply(drained.iter().map(|q| &q.batch));
+                for q in drained.drain(..) {
                     if let Some(ack) = q.ack {
                         ack();
                     }
                     stats.queued.fetch_sub(q.batch.len(), Relaxed);
                     stats.batches.fetch_add(1, Relaxed);
                     stats.record_delay(q.at.elapsed());
-                    drained += 1;
-                    next = if drained < 256 {
-                        rx.try_recv().ok()
-                    } else {
-                        None
-                    };
                 }
-                e.advance(now);
-                hooks.tick(&e);
             }
             Err(RecvTimeoutError::Timeout) => {
                 if stop.load(Relaxed) {
-                    return hooks;
+                    return;
                 }
-                let mut e = engine.lock();
-                e.advance(now_nanos());
-                hooks.tick(&e);
+                shard.tick();
             }
-            Err(RecvTimeoutError::Disconnected) => return hooks,
+            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }

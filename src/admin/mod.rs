@@ -8,7 +8,6 @@ mod slis;
 
 pub use trike_sinks::rfc3339;
 
-use crate::worker::EngineWorker;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
@@ -18,12 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use trike_engine::Span;
 use trike_ingest::IngestMetrics;
+use trike_runtime::worker::WorkerHandle;
 
 /// What the admin handlers read.
 #[derive(Debug)]
 pub struct AdminState {
-    /// The engine thread (and the engine behind it).
-    pub worker: EngineWorker,
+    /// The engine thread (read access to the engine behind it).
+    pub worker: WorkerHandle,
     /// Ingestion counters.
     pub ingest: Arc<IngestMetrics>,
     /// Set once every listener is bound.
@@ -41,11 +41,11 @@ pub struct AdminState {
     /// The archive's directory and its writer's counters, when configured.
     pub archive: Option<(std::path::PathBuf, Arc<trike_sql::archive::ArchiveStats>)>,
     /// Recent control events.
-    pub decisions: Arc<crate::decide::DecisionStore>,
+    pub decisions: Arc<trike_runtime::hooks::outbox::DecisionStore>,
     /// The Kafka source's counters and per-partition progress, when it runs.
     pub kafka_source: parking_lot::Mutex<Option<KafkaSourceHandles>>,
     /// Checkpoint counters, when `state.dir` is set.
-    pub checkpoints: Option<Arc<crate::checkpoint::CheckpointStats>>,
+    pub checkpoints: Option<Arc<trike_runtime::hooks::checkpoint::CheckpointStats>>,
     /// The running rule set's revision (stamped on its decisions).
     pub revision: String,
     /// The running rule set's canonical text.
@@ -309,7 +309,10 @@ async fn decisions_handler(
     Query(p): Query<DecisionParams>,
 ) -> Response {
     let service = p.service.filter(|s| !s.is_empty());
-    let limit = p.limit.unwrap_or(100).min(crate::decide::STORE_CAPACITY);
+    let limit = p
+        .limit
+        .unwrap_or(100)
+        .min(trike_runtime::hooks::outbox::STORE_CAPACITY);
     let decisions: Vec<serde_json::Value> = s
         .decisions
         .recent(service.as_deref(), limit)
@@ -349,7 +352,7 @@ async fn history_handler(
         );
     };
     s.history
-        .watch(&service, crate::worker::now_nanos() / 1_000_000);
+        .watch(&service, trike_runtime::clock::now_nanos() / 1_000_000);
     axum::Json(s.history.document(&service)).into_response()
 }
 

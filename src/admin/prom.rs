@@ -2,10 +2,10 @@
 //! Labels are fixed and small: never a series key; services are capped.
 
 use super::AdminState;
-use crate::worker::DELAY_BUCKETS_S;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use trike_engine::Span;
+use trike_runtime::worker::DELAY_BUCKETS_S;
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -170,7 +170,7 @@ pub fn render(s: &AdminState) -> String {
         out,
         "# HELP {name} Control events decided, by action.\n# TYPE {name} counter"
     );
-    for (i, a) in crate::decide::ACTIONS.iter().enumerate() {
+    for (i, a) in trike_runtime::hooks::outbox::ACTIONS.iter().enumerate() {
         let _ = writeln!(
             out,
             "{name}{{action=\"{}\"}} {}",
@@ -296,7 +296,7 @@ pub fn render(s: &AdminState) -> String {
         &mut out,
         "trike_engine_queue_capacity_observations",
         "Queue bound; beyond it receivers answer 429 / RESOURCE_EXHAUSTED.",
-        s.worker.sink().capacity() as f64,
+        s.worker.capacity() as f64,
     );
     let name = "trike_engine_queue_delay_seconds";
     let _ = writeln!(

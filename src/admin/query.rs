@@ -32,7 +32,7 @@ pub fn live_tables(s: &AdminState) -> trike_sql::Result<LiveTables> {
     let decisions = {
         let mut d: Vec<serde_json::Value> = s
             .decisions
-            .recent(None, crate::decide::STORE_CAPACITY)
+            .recent(None, trike_runtime::hooks::outbox::STORE_CAPACITY)
             .iter()
             .map(trike_sinks::ControlEvent::to_value)
             .collect();

@@ -22,7 +22,7 @@ pub fn archive(archive: &std::path::Path, revision: &str, text: &str) -> std::io
     if path.exists() {
         return Ok(());
     }
-    crate::checkpoint::write_atomic(&path, text.as_bytes())
+    trike_runtime::checkpoint::write_atomic(&path, text.as_bytes())
 }
 
 fn archived(s: &AdminState) -> Vec<String> {

@@ -1,13 +1,21 @@
 //! Health and readiness as the process's supervisors see them.
 
 use super::*;
-use crate::decide::{DecisionStore, SinkWriter};
 use std::time::{Duration, Instant};
-use trike_engine::EngineConfig;
+use trike_engine::{Engine, EngineConfig};
+use trike_runtime::hooks::outbox::DecisionStore;
+use trike_runtime::sink_writer::SinkWriter;
+use trike_runtime::worker::EngineWorker;
+use trike_runtime::{Shard, SystemClock};
 
-fn state(decisions: Arc<DecisionStore>) -> AdminState {
+fn worker() -> EngineWorker {
+    let engine = Engine::new(Arc::new(EngineConfig::default()));
+    EngineWorker::start(Shard::new(engine, Arc::new(SystemClock)), 1000).unwrap()
+}
+
+fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
     AdminState {
-        worker: EngineWorker::start(EngineConfig::default(), 1000, None).unwrap(),
+        worker: worker.handle(),
         ingest: Default::default(),
         ready: AtomicBool::new(true),
         metrics_windows: vec![],
@@ -28,10 +36,11 @@ fn state(decisions: Arc<DecisionStore>) -> AdminState {
 /// Guarantees: `/healthz` turns 503 (a supervisor restarts the process), and so does `/readyz`.
 #[test]
 fn healthz_fails_once_the_engine_thread_has_died() {
-    let s = state(Default::default());
+    let w = worker();
+    let s = state(&w, Default::default());
     assert_eq!(health(&s).0, StatusCode::OK);
     assert_eq!(readiness(&s).0, StatusCode::OK);
-    s.worker.halt_for_test();
+    w.stop();
     assert_eq!(health(&s).0, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(readiness(&s).0, StatusCode::SERVICE_UNAVAILABLE);
 }
@@ -47,7 +56,8 @@ fn readyz_fails_while_a_control_sink_fails() {
         path: "/dev/full".into(),
     }];
     let (writer, tx) = SinkWriter::start(&sinks, None, store.clone()).unwrap();
-    let s = state(store.clone());
+    let w = worker();
+    let s = state(&w, store.clone());
     assert_eq!(readiness(&s).0, StatusCode::OK);
     let event = trike_sinks::ControlEvent::from_value(serde_json::json!({
         "specversion": "1.0", "id": "e1", "source": "trike://t", "type": "io.trike.control.page",
@@ -72,7 +82,7 @@ fn readyz_fails_while_a_control_sink_fails() {
     writer.join();
 
     let store = Arc::new(DecisionStore::default());
-    let s = state(store.clone());
+    let s = state(&w, store.clone());
     store.kafka.failing.store(true, Relaxed);
     let (code, why) = readiness(&s);
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);

@@ -160,6 +160,16 @@ fn tiers(p: &mut Vec<String>, f: &str, list: Vec<super::RawTier>, period: Span) 
 }
 
 impl Config {
+    /// What the decide hook reads: SLOs, canaries, the stale rule and the policy.
+    pub fn decide_spec(&self) -> trike_runtime::hooks::decide::DecideSpec {
+        trike_runtime::hooks::decide::DecideSpec {
+            slos: self.slos.clone(),
+            canaries: self.canaries.clone(),
+            stale: self.stale,
+            policy: self.policy.clone(),
+        }
+    }
+
     /// The control-event signing key: from the file (tests, demos) or the environment variable
     /// `signing_key_env` (production). Reads the environment, so it is not part of validation.
     pub fn resolve_signing_key(&self) -> Option<Vec<u8>> {

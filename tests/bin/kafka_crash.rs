@@ -261,7 +261,7 @@ instance: crash-b
                     (svc("1.5.0", 0.4), CANARY * 2)
                 };
                 let body = s
-                    .request(n, trike::worker::now_nanos(), 100_000_000, &mut rng)
+                    .request(n, trike_runtime::clock::now_nanos(), 100_000_000, &mut rng)
                     .encode_to_vec();
                 let key = format!("{i}");
                 producer

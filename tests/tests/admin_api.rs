@@ -10,7 +10,7 @@ use trike_tests::{metrics_text, sample, start_trike, wait_for_requests};
 async fn send(running: &trike::app::Running, svc: &Service, n: usize) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let body = svc
-        .request(n, trike::worker::now_nanos(), 1_000_000, &mut rng)
+        .request(n, trike_runtime::clock::now_nanos(), 1_000_000, &mut rng)
         .encode_to_vec();
     let resp = reqwest::Client::new()
         .post(format!("http://{}/v1/traces", running.http_addr))

@@ -67,7 +67,7 @@ async fn archive_query_and_backtest() {
         };
         for (s, n) in [(svc("1.4.0", 0.001), 60), (svc("1.5.0", canary_err), 20)] {
             let body = s
-                .request(n, trike::worker::now_nanos(), 50_000_000, &mut rng)
+                .request(n, trike_runtime::clock::now_nanos(), 50_000_000, &mut rng)
                 .encode_to_vec();
             let r = client
                 .post(&url)

@@ -41,7 +41,7 @@ signing: {{ key: e2e-secret }}
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let send = |svc: trike::synth::Service, n: usize, rng: &mut rand::rngs::StdRng| {
         let body = svc
-            .request(n, trike::worker::now_nanos(), 50_000_000, rng)
+            .request(n, trike_runtime::clock::now_nanos(), 50_000_000, rng)
             .encode_to_vec();
         client
             .post(&url)

@@ -62,7 +62,12 @@ async fn spans_topic_to_signed_rollback_to_webhook_and_outcome() {
     for i in 0..30 {
         for (s, n) in [(svc("1.4.0", 0.001), 60), (svc("1.5.0", 0.5), 20)] {
             let body = s
-                .request(n, trike::worker::now_nanos(), 1_000_000_000, &mut rng)
+                .request(
+                    n,
+                    trike_runtime::clock::now_nanos(),
+                    1_000_000_000,
+                    &mut rng,
+                )
                 .encode_to_vec();
             let key = format!("{i}");
             producer

@@ -38,7 +38,7 @@ async fn otlp_records_are_applied_then_committed() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     for i in 0..20 {
         let body = svc
-            .request(10, trike::worker::now_nanos(), 1_000_000, &mut rng)
+            .request(10, trike_runtime::clock::now_nanos(), 1_000_000, &mut rng)
             .encode_to_vec();
         let key = format!("k{i}");
         producer
@@ -167,7 +167,7 @@ async fn backpressure_pauses_partitions_and_poison_goes_to_dead_letters() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for i in 0..60 {
         let body = svc
-            .request(60, trike::worker::now_nanos(), 1_000_000, &mut rng)
+            .request(60, trike_runtime::clock::now_nanos(), 1_000_000, &mut rng)
             .encode_to_vec();
         let key = format!("k{i}");
         producer

@@ -77,7 +77,7 @@ fn produce(brokers: &str, topic: &str, n: usize) -> f64 {
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut bytes = 0usize;
-    let now = trike::worker::now_nanos();
+    let now = trike_runtime::clock::now_nanos();
     for i in 0..n {
         let body = svc
             .request(1, now, 60_000_000_000, &mut rng)

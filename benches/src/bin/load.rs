@@ -35,7 +35,7 @@ struct Args {
 }
 
 fn now_ns() -> u64 {
-    trike::worker::now_nanos()
+    trike_runtime::clock::now_nanos()
 }
 
 fn cpu_seconds() -> f64 {

@@ -1,9 +1,10 @@
-//! The engine thread's side of the archive: each second is sealed [`SEAL_DELAY_S`] after it
+//! The archive hook, the engine thread's side of the archive: each second is sealed [`SEAL_DELAY_S`] after it
 //! ends — late data within that delay is included, later data is in the live windows but not
 //! in the archive — and its rows (one per series, with the second's latency digest) are
 //! handed to the archive writer, which writes them on its own thread. With
 //! `archive.sample_observations`, a systematic sample of the raw requests goes with them.
 
+use crate::hook::{Hook, Tick};
 use trike_engine::{Batch, Engine};
 use trike_sql::archive::{ArchiveHandle, RawObservation};
 
@@ -44,7 +45,7 @@ impl Archiver {
     }
 
     /// Samples the requests of a batch the engine just applied.
-    pub fn observe(&mut self, batch: &Batch) {
+    fn observe(&mut self, batch: &Batch) {
         if self.sample <= 0.0 {
             return;
         }
@@ -71,7 +72,7 @@ impl Archiver {
     }
 
     /// Seals every second that ended at least [`SEAL_DELAY_S`] before the engine's `now`.
-    pub fn tick(&mut self, engine: &Engine) {
+    fn tick(&mut self, engine: &Engine) {
         let now_s = engine.now() / 1_000_000_000;
         let Some(upto) = now_s.checked_sub(SEAL_DELAY_S + 1) else {
             return;
@@ -81,7 +82,7 @@ impl Archiver {
 
     /// At a clean stop: seals everything up to the current (partial) second, so the archive
     /// holds all the processor applied.
-    pub fn finish(mut self, engine: &Engine) {
+    fn finish(&mut self, engine: &Engine) {
         self.seal(engine, engine.now() / 1_000_000_000);
     }
 
@@ -99,5 +100,19 @@ impl Archiver {
         self.sealed = Some(upto);
         self.handle.seconds(rows);
         self.handle.observations(std::mem::take(&mut self.pending));
+    }
+}
+
+impl Hook for Archiver {
+    fn on_batch(&mut self, batch: &Batch) {
+        self.observe(batch);
+    }
+
+    fn on_tick(&mut self, tick: &mut Tick<'_>) {
+        self.tick(tick.engine);
+    }
+
+    fn on_finish(&mut self, tick: &mut Tick<'_>) {
+        self.finish(tick.engine);
     }
 }

@@ -1,0 +1,220 @@
+//! The outbox hook: turns the decide hook's decisions into control events (signed when a key
+//! is set), makes them durable *before* anyone can see them (the policy checkpoint holds the
+//! policy's state and the events of the last [`OUTBOX_AGE`]), then hands them to the store
+//! behind `/api/v1/decisions`, the archive and the sink writer's queue. After a crash the
+//! checkpointed events are published again under the same ids: actuators execute an id once.
+
+use crate::checkpoint::{self, PolicyCheckpoint};
+use crate::hook::{Decided, Hook, Tick};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Duration;
+use trike_engine::UnixNanos;
+use trike_engine::policy::{Action, PolicySnapshot, PolicyStats};
+use trike_sinks::ControlEvent;
+use trike_sinks::kafka::KafkaSinkStats;
+
+/// Control events kept for `/api/v1/decisions`.
+pub const STORE_CAPACITY: usize = 1000;
+/// Control events queued for the sinks before new ones are dropped (and counted).
+pub const SINK_QUEUE: usize = 10_000;
+/// How long control events stay in the outbox of the policy checkpoint.
+pub const OUTBOX_AGE: Duration = Duration::from_secs(60);
+/// Control events in the outbox, at most.
+pub const OUTBOX_MAX: usize = 100;
+
+/// Recent control events and counters.
+#[derive(Debug, Default)]
+pub struct DecisionStore {
+    events: Mutex<VecDeque<ControlEvent>>,
+    /// Decisions by action (index: position in [`ACTIONS`]).
+    pub by_action: [AtomicU64; 7],
+    /// Events the sink queue had no room for.
+    pub sink_dropped: AtomicU64,
+    /// Events the sinks failed to write.
+    pub sink_errors: AtomicU64,
+    /// True while the newest batch failed to reach a JSON-lines sink (stdout, file); Kafka
+    /// delivery failures are in `kafka.failing`. `/readyz` answers 503 while either is set.
+    pub sinks_failing: AtomicBool,
+    /// What the policy held back (copied after each evaluation).
+    pub policy_stats: Mutex<PolicyStats>,
+    /// Kafka control-topic deliveries (all zero without a Kafka sink).
+    pub kafka: Arc<KafkaSinkStats>,
+}
+
+/// Actions in metric order.
+pub const ACTIONS: [Action; 7] = [
+    Action::Rollback,
+    Action::SetWeight,
+    Action::Throttle,
+    Action::Page,
+    Action::Ticket,
+    Action::FreezeDeploys,
+    Action::Resolved,
+];
+
+impl DecisionStore {
+    pub(crate) fn push(&self, e: ControlEvent) {
+        let mut q = self.events.lock();
+        if q.len() == STORE_CAPACITY {
+            q.pop_front();
+        }
+        q.push_back(e);
+    }
+
+    /// The newest `limit` events, optionally of one service, newest first.
+    pub fn recent(&self, service: Option<&str>, limit: usize) -> Vec<ControlEvent> {
+        self.events
+            .lock()
+            .iter()
+            .rev()
+            .filter(|e| service.is_none_or(|s| e.subject == s))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Makes decisions durable, then publishes them.
+#[derive(Debug)]
+pub struct Outbox {
+    instance: String,
+    key: Option<Vec<u8>>,
+    store: Arc<DecisionStore>,
+    out: SyncSender<ControlEvent>,
+    /// Where the policy checkpoint goes (`state.dir`), if anywhere.
+    persist: Option<PathBuf>,
+    /// Control events of the last [`OUTBOX_AGE`], with the engine time they were decided.
+    recent: VecDeque<(UnixNanos, ControlEvent)>,
+    /// The archive, when configured.
+    archive: Option<trike_sql::archive::ArchiveHandle>,
+}
+
+impl Outbox {
+    /// An outbox publishing as `trike://<instance>` to `out` and `store`, signing with `key`,
+    /// checkpointing to `persist`.
+    pub fn new(
+        instance: &str,
+        key: Option<Vec<u8>>,
+        store: Arc<DecisionStore>,
+        out: SyncSender<ControlEvent>,
+        persist: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            instance: instance.to_string(),
+            key,
+            store,
+            out,
+            persist,
+            recent: VecDeque::new(),
+            archive: None,
+        }
+    }
+
+    /// Also writes every control event to the archive.
+    pub fn with_archive(mut self, archive: trike_sql::archive::ArchiveHandle) -> Self {
+        self.archive = Some(archive);
+        self
+    }
+
+    /// Publishes a checkpoint's outbox again (the same events, with the same ids: a crash may
+    /// have caught them before delivery).
+    pub fn restore(&mut self, outbox: Vec<(UnixNanos, String)>) {
+        for (at, text) in outbox {
+            let event = match ControlEvent::parse(text.as_bytes()) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "a control event in the policy checkpoint's outbox is unreadable: not published again");
+                    continue;
+                }
+            };
+            tracing::info!(id = %event.id, "control event from before the restart published again");
+            self.store.push(event.clone());
+            self.recent.push_back((at, event.clone()));
+            self.send(event);
+        }
+    }
+
+    fn send(&self, event: ControlEvent) {
+        match self.out.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => {
+                self.store.sink_dropped.fetch_add(1, Relaxed);
+                tracing::error!(id = %e.id, "sink queue full: control event not written to the sinks");
+            }
+        }
+    }
+
+    /// Writes the policy checkpoint: `policy` with the recent events, or with none on a clean
+    /// stop (the sinks are about to be flushed).
+    fn save(&self, policy: PolicySnapshot, clean: bool) {
+        let Some(dir) = &self.persist else { return };
+        let c = PolicyCheckpoint {
+            version: checkpoint::VERSION,
+            policy,
+            outbox: if clean {
+                Vec::new()
+            } else {
+                self.recent
+                    .iter()
+                    .map(|(at, e)| (*at, e.to_json()))
+                    .collect()
+            },
+        };
+        if let Err(e) = checkpoint::save_policy(dir, &c) {
+            tracing::error!(dir = %dir.display(), error = %e, "writing the policy checkpoint");
+        }
+    }
+
+    fn publish(&mut self, now: UnixNanos, decided: Decided) {
+        let events: Vec<ControlEvent> = decided
+            .decisions
+            .iter()
+            .map(|d| {
+                let mut event = ControlEvent::from_decision(d, &self.instance);
+                if let Some(k) = &self.key {
+                    trike_sinks::signing::sign_event(&mut event, k);
+                }
+                event
+            })
+            .collect();
+        let age = OUTBOX_AGE.as_nanos() as u64;
+        self.recent.extend(events.iter().map(|e| (now, e.clone())));
+        while self.recent.len() > OUTBOX_MAX
+            || self.recent.front().is_some_and(|(t, _)| t + age < now)
+        {
+            self.recent.pop_front();
+        }
+        // Write-ahead: durable before anyone can see the events.
+        self.save(decided.policy, false);
+        for (d, event) in decided.decisions.into_iter().zip(events) {
+            if let Some(i) = ACTIONS.iter().position(|a| *a == d.action) {
+                self.store.by_action[i].fetch_add(1, Relaxed);
+            }
+            tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, "{}", d.reason);
+            self.store.push(event.clone());
+            if let Some(a) = &self.archive {
+                a.decision(event.to_value());
+            }
+            self.send(event);
+        }
+    }
+}
+
+impl Hook for Outbox {
+    fn on_tick(&mut self, tick: &mut Tick<'_>) {
+        if let Some(decided) = tick.decided.take() {
+            self.publish(tick.engine.now(), decided);
+        }
+    }
+
+    fn on_finish(&mut self, tick: &mut Tick<'_>) {
+        if let Some(decided) = tick.decided.take() {
+            self.save(decided.policy, true);
+        }
+    }
+}
