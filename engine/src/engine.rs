@@ -635,8 +635,11 @@ fn within_count(lo: f64, hi: f64, threshold: f64, count: u64) -> u64 {
     }
 }
 
+mod metrics;
 mod queries;
 mod seconds;
+
+pub use metrics::Gauges;
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

@@ -9,6 +9,7 @@ pub mod canary;
 pub mod config;
 pub mod delta;
 pub mod engine;
+pub mod expo;
 pub mod facts;
 pub mod observation;
 pub mod policy;

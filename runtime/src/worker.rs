@@ -13,6 +13,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use trike_engine::Batch;
+use trike_engine::expo::{gauge, header};
 use trike_ingest::pipeline::Ack;
 use trike_ingest::{BatchSink, Overloaded};
 
@@ -40,6 +41,39 @@ pub struct WorkerStats {
 }
 
 impl WorkerStats {
+    /// Renders the queue's families (`capacity`: the queue's bound).
+    pub fn render(&self, capacity: usize, out: &mut String) {
+        use std::fmt::Write;
+        gauge(
+            out,
+            "trike_engine_queue_observations",
+            "Observations waiting for the engine.",
+            self.queued.load(Relaxed) as f64,
+        );
+        gauge(
+            out,
+            "trike_engine_queue_capacity_observations",
+            "Queue bound; beyond it receivers answer 429 / RESOURCE_EXHAUSTED.",
+            capacity as f64,
+        );
+        let name = "trike_engine_queue_delay_seconds";
+        header(
+            out,
+            name,
+            "Time from a request's acceptance to its observations being applied.",
+            "histogram",
+        );
+        let mut cum = 0;
+        for (i, b) in DELAY_BUCKETS_S.iter().enumerate() {
+            cum += self.delay_counts[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += self.delay_counts[DELAY_BUCKETS_S.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let sum = self.delay_sum_ns.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cum}");
+    }
+
     fn record_delay(&self, d: Duration) {
         let s = d.as_secs_f64();
         let i = DELAY_BUCKETS_S
@@ -139,6 +173,14 @@ impl WorkerHandle {
     /// True while the engine thread runs.
     pub fn is_alive(&self) -> bool {
         self.alive.load(Relaxed)
+    }
+
+    /// Renders the engine's and the queue's `/metrics` families. The engine is locked only to
+    /// copy its counters and sizes; no SLI is computed.
+    pub fn render(&self, out: &mut String) {
+        let gauges = self.engine.lock().gauges();
+        gauges.render(out);
+        self.stats.render(self.capacity, out);
     }
 }
 

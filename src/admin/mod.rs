@@ -162,7 +162,11 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
-    let body = prom::render(&s);
+    // The SLI gauges merge digests: off the async workers.
+    let body = match tokio::task::spawn_blocking(move || prom::render(&s)).await {
+        Ok(b) => b,
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     (
         [(
             header::CONTENT_TYPE,
@@ -202,9 +206,10 @@ async fn slis_handler(State(s): State<Arc<AdminState>>, Query(p): Query<SliParam
     };
     // `?service=` (empty) means every service.
     let service = p.service.filter(|s| !s.is_empty());
-    match slis::document(&s.worker.engine().lock(), service, window) {
-        Ok(doc) => axum::Json(doc).into_response(),
-        Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
+    match with_engine(&s, move |_, engine| slis::document(engine, service, window)).await {
+        Ok(Ok(doc)) => axum::Json(doc).into_response(),
+        Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(r) => r,
     }
 }
 

@@ -90,3 +90,53 @@ fn readyz_fails_while_a_control_sink_fails() {
     store.kafka.failing.store(false, Relaxed);
     assert_eq!(readiness(&s).0, StatusCode::OK);
 }
+
+/// Scenario: `/metrics` put together from every subsystem's own families (ingest, engine and
+/// queue, decisions, archive, Kafka source, checkpoints, SLI gauges).
+/// Guarantees: each family is declared once (one `# TYPE`), its samples follow its header
+/// contiguously (as the text format requires), and every sample has a numeric value.
+#[test]
+fn every_family_is_declared_once_and_contiguous() {
+    let w = worker();
+    let mut s = state(&w, Default::default());
+    s.archive = Some(("/tmp".into(), Default::default()));
+    s.checkpoints = Some(Default::default());
+    s.metrics_windows = vec![Span::minutes(1)];
+    *s.kafka_source.lock() = Some((
+        Default::default(),
+        Arc::new(trike_ingest::kafka::progress::Progress::new(false)),
+    ));
+    let text = super::prom::render(&s);
+    let mut declared = std::collections::BTreeSet::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap().to_string();
+            assert!(declared.insert(name.clone()), "{name} declared twice");
+            current = name;
+        } else if !line.starts_with('#') {
+            let series = line.split([' ', '{']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| series.strip_suffix(s))
+                .filter(|f| *f == current)
+                .unwrap_or(series);
+            assert_eq!(family, current, "sample outside its family: {line}");
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+    for family in [
+        "trike_receiver_items_received_total",
+        "trike_engine_requests_applied_total",
+        "trike_engine_queue_delay_seconds",
+        "trike_decisions_total",
+        "trike_archive_files_total",
+        "trike_kafka_consumer_lag_messages",
+        "trike_checkpoints_total",
+        "trike_sli_requests",
+    ] {
+        assert!(declared.contains(family), "{family} missing:\n{text}");
+    }
+    w.stop();
+}

@@ -67,6 +67,69 @@ pub struct KafkaSourceStats {
     pub already_applied: AtomicU64,
 }
 
+impl KafkaSourceStats {
+    /// Renders the source's counters and, from `progress`, the lag per partition (topic and
+    /// partition labels: a bounded set).
+    pub fn render(&self, progress: &progress::Progress, out: &mut String) {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        use trike_engine::expo::{counter, gauge, header};
+        for (name, help, v) in [
+            (
+                "trike_kafka_source_messages_total",
+                "Kafka messages applied to the engine or skipped as undecodable.",
+                &self.messages,
+            ),
+            (
+                "trike_kafka_source_undecodable_total",
+                "Undecodable Kafka messages skipped.",
+                &self.undecodable,
+            ),
+            (
+                "trike_kafka_source_dead_lettered_total",
+                "Undecodable Kafka messages copied to the dead-letter topic.",
+                &self.dead_lettered,
+            ),
+            (
+                "trike_kafka_source_dead_letter_failures_total",
+                "Undecodable Kafka messages the dead-letter topic did not take.",
+                &self.dead_letter_failed,
+            ),
+            (
+                "trike_kafka_source_pauses_total",
+                "Times a partition was paused because the engine queue was full.",
+                &self.pauses,
+            ),
+            (
+                "trike_kafka_source_already_applied_total",
+                "Messages read again after a restart whose data the checkpoint already held.",
+                &self.already_applied,
+            ),
+        ] {
+            counter(out, name, help, v.load(Relaxed));
+        }
+        gauge(
+            out,
+            "trike_kafka_source_paused_partitions",
+            "Partitions paused now (back-pressure).",
+            self.paused.load(Relaxed) as f64,
+        );
+        let name = "trike_kafka_consumer_lag_messages";
+        header(
+            out,
+            name,
+            "Messages on the broker not yet applied, per partition.",
+            "gauge",
+        );
+        for (topic, partition, lag) in progress.lag() {
+            let _ = writeln!(
+                out,
+                "{name}{{topic=\"{topic}\",partition=\"{partition}\"}} {lag}"
+            );
+        }
+    }
+}
+
 /// Which signal a topic carries.
 pub fn signal_of(topic: &str) -> Option<SignalKind> {
     if topic.ends_with("spans") || topic.ends_with("traces") {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use trike_engine::expo::{counter, gauge};
 use trike_engine::{Engine, UnixNanos};
 use trike_ingest::kafka::progress::Progress;
 
@@ -24,6 +25,36 @@ pub struct CheckpointStats {
     pub last_bytes: AtomicU64,
     /// Time the newest engine checkpoint took to encode and write, milliseconds.
     pub last_ms: AtomicU64,
+}
+
+impl CheckpointStats {
+    /// Renders the checkpoint families.
+    pub fn render(&self, out: &mut String) {
+        counter(
+            out,
+            "trike_checkpoints_total",
+            "Engine checkpoints written to state.dir.",
+            self.written.load(Relaxed),
+        );
+        counter(
+            out,
+            "trike_checkpoint_failures_total",
+            "Engine checkpoints that failed to write.",
+            self.failed.load(Relaxed),
+        );
+        gauge(
+            out,
+            "trike_checkpoint_bytes",
+            "Size of the newest engine checkpoint.",
+            self.last_bytes.load(Relaxed) as f64,
+        );
+        gauge(
+            out,
+            "trike_checkpoint_duration_seconds",
+            "Time the newest engine checkpoint took to encode and write.",
+            self.last_ms.load(Relaxed) as f64 / 1000.0,
+        );
+    }
 }
 
 /// The hand-off between the engine thread and the writer: room for one checkpoint. It holds

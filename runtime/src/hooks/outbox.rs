@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 use trike_engine::UnixNanos;
+use trike_engine::expo::{counter, header};
 use trike_engine::policy::{Action, PolicySnapshot, PolicyStats};
 use trike_sinks::ControlEvent;
 use trike_sinks::kafka::KafkaSinkStats;
@@ -64,6 +65,57 @@ impl DecisionStore {
             q.pop_front();
         }
         q.push_back(e);
+    }
+
+    /// Renders the decision, policy and sink families.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let name = "trike_decisions_total";
+        header(out, name, "Control events decided, by action.", "counter");
+        for (i, a) in ACTIONS.iter().enumerate() {
+            let v = self.by_action[i].load(Relaxed);
+            let _ = writeln!(out, "{name}{{action=\"{}\"}} {v}", a.name());
+        }
+        let ps = *self.policy_stats.lock();
+        let name = "trike_policy_held_total";
+        header(
+            out,
+            name,
+            "Actions the policy held back, by reason.",
+            "counter",
+        );
+        for (reason, v) in [
+            ("stale", ps.held_stale),
+            ("cooldown", ps.cooled_down),
+            ("cap", ps.capped),
+            ("duplicate", ps.deduplicated),
+        ] {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {v}");
+        }
+        for (name, help, v) in [
+            (
+                "trike_sink_dropped_total",
+                "Control events the sink queue had no room for.",
+                &self.sink_dropped,
+            ),
+            (
+                "trike_sink_errors_total",
+                "Control events a sink failed to write.",
+                &self.sink_errors,
+            ),
+            (
+                "trike_kafka_control_delivered_total",
+                "Control events acknowledged by the Kafka control topic.",
+                &self.kafka.delivered,
+            ),
+            (
+                "trike_kafka_control_failed_total",
+                "Control events that failed to reach the Kafka control topic after retries.",
+                &self.kafka.failed,
+            ),
+        ] {
+            counter(out, name, help, v.load(Relaxed));
+        }
     }
 
     /// The newest `limit` events, optionally of one service, newest first.

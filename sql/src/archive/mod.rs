@@ -94,6 +94,51 @@ pub struct ArchiveStats {
     pub removed_files: AtomicU64,
 }
 
+impl ArchiveStats {
+    /// Renders the archive writer's families.
+    pub fn render(&self, out: &mut String) {
+        for (name, help, v) in [
+            (
+                "trike_archive_files_total",
+                "Archive files written.",
+                &self.files,
+            ),
+            (
+                "trike_archive_rows_total",
+                "Rows written to the archive.",
+                &self.rows,
+            ),
+            (
+                "trike_archive_bytes_total",
+                "Bytes written to the archive.",
+                &self.bytes,
+            ),
+            (
+                "trike_archive_dropped_rows_total",
+                "Rows the archive writer's queue had no room for.",
+                &self.dropped_rows,
+            ),
+            (
+                "trike_archive_write_errors_total",
+                "Archive files that could not be written.",
+                &self.write_errors,
+            ),
+            (
+                "trike_archive_removed_files_total",
+                "Archive files removed by retention.",
+                &self.removed_files,
+            ),
+        ] {
+            trike_engine::expo::counter(
+                out,
+                name,
+                help,
+                v.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
+    }
+}
+
 enum Msg {
     Seconds(Vec<SecondObs>),
     Decision(serde_json::Value),
