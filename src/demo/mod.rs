@@ -12,21 +12,24 @@
 //!
 //! It prints the SLIs every 5 s and narrates each step; Ctrl-C stops everything cleanly.
 
+pub mod sim;
+pub mod traffic;
+
 use crate::cli::DemoArgs;
 use crate::config::{Config, RawConfig};
-use crate::synth::{Behaviour, Service};
+use crate::synth::Behaviour;
 use anyhow::Context;
 use prost::Message;
-use rand::SeedableRng;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use traffic::{TICK, Traffic};
 use trike_actuate::ActuatorSettings;
 
 /// Well inside the 99.9 % availability SLO (a burn rate of 0.2).
-fn healthy() -> Behaviour {
+pub(crate) fn healthy() -> Behaviour {
     Behaviour {
         median_ms: 40.0,
         sigma: 0.5,
@@ -54,7 +57,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// What happens at the degrade time: (the canary's new behaviour, the baseline's).
-    fn degrade(self) -> (Option<Behaviour>, Option<Behaviour>) {
+    pub(crate) fn degrade(self) -> (Option<Behaviour>, Option<Behaviour>) {
         match self {
             Self::Canary => (
                 Some(Behaviour {
@@ -83,7 +86,7 @@ impl Scenario {
     }
 
     /// The canary's starting share of traffic, percent.
-    fn canary_weight(self) -> u64 {
+    pub fn canary_weight(self) -> u64 {
         match self {
             Self::SlowBurn => 0,
             _ => CANARY_WEIGHT,
@@ -108,7 +111,7 @@ impl Scenario {
 pub const PIPELINE_LAG: Duration = Duration::from_secs(20);
 
 /// Requests per 100 ms tick, all versions together (200 req/s).
-const PER_TICK: usize = 20;
+pub(crate) const PER_TICK: usize = 20;
 /// The canary's share of traffic before any action, in percent.
 const CANARY_WEIGHT: u64 = 10;
 
@@ -117,7 +120,7 @@ const CANARY_WEIGHT: u64 = 10;
 const DEMO_TIERS: &str = "[ { name: page_fast, factor: 14.4, long: 1m, short: 10s, severity: page }, { name: ticket, factor: 2, long: 1m, short: 15s, severity: ticket } ]";
 
 /// The processor's config for the demo; `controller` is the rollout controller's webhook URL.
-fn config_yaml(controller: &str, archive: &std::path::Path) -> String {
+pub(crate) fn config_yaml(controller: &str, archive: &std::path::Path) -> String {
     let tiers = DEMO_TIERS;
     format!(
         r#"
@@ -296,55 +299,27 @@ impl Demo {
         for (version, canary) in [("1.4.0", false), ("1.5.0", true)] {
             let (client, url, mut stop) = (client.clone(), url.clone(), stop_rx.clone());
             let controller = controller.clone();
+            let mut traffic = Traffic::new(scenario, version, canary, degrade_after);
             tasks.push(tokio::spawn(async move {
-                let mut svc = Service {
-                    name: "checkout".into(),
-                    version: version.into(),
-                    routes: vec!["/cart".into(), "/pay".into()],
-                    behaviour: healthy(),
-                };
-                let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(canary));
-                let mut tick = tokio::time::interval(Duration::from_millis(100));
-                let mut carry = 0.0;
-                let mut degraded = false;
+                let mut tick = tokio::time::interval(TICK);
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
                         _ = stop.wait_for(|s| *s) => return,
                     }
-                    if started.elapsed() >= degrade_after && !degraded {
-                        degraded = true;
-                        let (to_canary, to_baseline) = scenario.degrade();
-                        if let Some(b) = if canary { to_canary } else { to_baseline } {
-                            svc.behaviour = b;
-                        }
-                        if !canary {
-                            println!(">>> {}\n", scenario.story());
-                        }
+                    let (request, began) = traffic.tick(
+                        started.elapsed(),
+                        trike_runtime::clock::now_nanos(),
+                        controller.canary_weight.load(Relaxed),
+                    );
+                    if began && !canary {
+                        println!(">>> {}\n", scenario.story());
                     }
-                    // The stalled pipeline: nothing for PIPELINE_LAG, then data that far behind.
-                    let mut end_ns = trike_runtime::clock::now_nanos();
-                    if degraded && scenario == Scenario::Stale {
-                        if started.elapsed() < degrade_after + PIPELINE_LAG {
-                            continue;
-                        }
-                        end_ns -= PIPELINE_LAG.as_nanos() as u64;
-                    }
-                    let weight = controller.canary_weight.load(Relaxed) as f64 / 100.0;
-                    let share = if canary { weight } else { 1.0 - weight };
-                    carry += PER_TICK as f64 * share;
-                    let n = carry.floor();
-                    carry -= n;
-                    if n < 1.0 {
-                        continue;
-                    }
-                    let body = svc
-                        .request(n as usize, end_ns, 100_000_000, &mut rng)
-                        .encode_to_vec();
+                    let Some(request) = request else { continue };
                     let sent = client
                         .post(&url)
                         .header("content-type", "application/x-protobuf")
-                        .body(body)
+                        .body(request.encode_to_vec())
                         .send()
                         .await;
                     if let Err(e) = sent {
