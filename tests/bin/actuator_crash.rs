@@ -1,8 +1,8 @@
 //! Kill the actuator between executing and committing: after a restart the webhook is not
 //! called again.
 //!
-//! The actuator runs in a child process (this test binary re-executed with `--exact
-//! child_actuator` and its settings in an environment variable) so it can really die. The test
+//! The actuator is the real `trike actuate` binary, in a child process, so it can really die
+//! (a root-package test, so that Cargo builds the binary and tells us where). The test
 //! webhook SIGKILLs the child on its first call, before answering: the rollback was executed,
 //! but no outcome was written and the offset was never committed. A new child, with a
 //! *different*, empty state directory (so its local ledger knows nothing), gets the event again
@@ -22,71 +22,48 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use trike_actuate::config::ActuatorConfig;
-use trike_actuate::{ActuatorSettings, run};
 
-const KEY: &[u8] = b"crash-secret";
-const CHILD_ENV: &str = "TRIKE_TEST_ACTUATOR_CHILD";
+const KEY: &str = "crash-secret";
 const CLAIMS: &str = "crash.claims";
 
-fn settings(brokers: &str, instance: &str, web: &str, state: &str) -> ActuatorSettings {
-    let yaml = format!(
-        r#"
-group_id: crash-actuators
-actions_topic: crash.actions
-claims_topic: {CLAIMS}
-state_dir: "{state}"
-claim_lease: 1s
-executors:
-  - {{ name: rollouts, type: webhook, actions: [rollback], url: "http://{web}/rollback", retries: 0, timeout: 5s }}
-  - {{ name: pager, type: log, actions: [page] }}
-"#
-    );
-    let actuator: ActuatorConfig = serde_yaml_ng::from_str(&yaml).unwrap();
-    ActuatorSettings {
-        brokers: brokers.into(),
-        control_topic: "crash.control".into(),
-        key: Some(KEY.to_vec()),
-        instance: instance.into(),
-        actuator: actuator.validate("actuator").unwrap(),
-    }
-}
-
-/// The child process's entry point; an ordinary test run (no environment variable) passes
-/// at once. Runs the actuator until its stdin closes, then prints its stats.
-#[test]
-fn child_actuator() {
-    let Ok(cfg) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let cfg: Value = serde_json::from_str(&cfg).unwrap();
-    let arg = |k: &str| cfg[k].as_str().unwrap().to_string();
-    let s = settings(
-        &arg("brokers"),
-        &arg("instance"),
-        &arg("web"),
-        &arg("state"),
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let _ = std::io::stdin().read_to_end(&mut Vec::new());
-            stop.store(true, Relaxed);
-        });
-    }
-    let stats = run(s, stop).unwrap();
-    println!(
-        "STATS {}",
-        json!({ "succeeded": stats.succeeded, "duplicates": stats.duplicates,
-                "failed": stats.failed, "pages": stats.pages })
-    );
+/// `trike actuate` with its own config file (in `state`'s parent) and state directory.
+fn spawn_child(brokers: &str, instance: &str, web: &str, state: &std::path::Path) -> Child {
+    let config = state.with_extension("yaml");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            r#"signing: {{ key: {KEY} }}
+instance: {instance}
+kafka: {{ control_topic: crash.control }}
+actuator:
+  group_id: crash-actuators
+  actions_topic: crash.actions
+  claims_topic: {CLAIMS}
+  state_dir: "{}"
+  claim_lease: 1s
+  executors:
+    - {{ name: rollouts, type: webhook, actions: [rollback], url: "http://{web}/rollback", retries: 0, timeout: 5s }}
+    - {{ name: pager, type: log, actions: [page] }}
+"#,
+            state.display()
+        ),
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_trike"))
+        .args(["actuate", "--config"])
+        .arg(&config)
+        .args(["--kafka-brokers", brokers])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the trike binary starts")
 }
 
 /// A child actuator; killed on drop if still running.
@@ -101,24 +78,6 @@ impl Drop for ChildGuard {
     }
 }
 
-fn spawn_child(brokers: &str, instance: &str, web: &str, state: &std::path::Path) -> Child {
-    let cfg = json!({ "brokers": brokers, "instance": instance, "web": web,
-                      "state": state.display().to_string() });
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_actuator",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, cfg.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
-
 fn signed_rollback(id: &str) -> Value {
     let mut e = json!({
         "specversion": "1.0", "id": id, "source": "trike://test", "type": "io.trike.control.rollback",
@@ -126,7 +85,7 @@ fn signed_rollback(id: &str) -> Value {
         "data": { "decision_id": id, "action": "rollback", "target": { "service": "checkout", "version": "1.5.0" },
                   "params": {}, "reason": "checkout 1.5.0 failed canary analysis", "dry_run": false, "severity": "page", "rule": "rollback-bad-canary", "slo": null, "policy_revision": "0123456789abcdef", "evidence": {"kind": "stale", "silent_s": 0.0, "lag_s": 0.0}, "detected_at": "2026-11-22T00:00:00.000Z", "observed_until": "2026-11-22T00:00:00.000Z" }
     });
-    trike_sinks::signing::sign(&mut e, KEY);
+    trike_sinks::signing::sign(&mut e, KEY.as_bytes());
     e
 }
 
@@ -294,27 +253,27 @@ async fn killed_between_executing_and_committing_the_webhook_is_not_called_again
     assert_eq!(seen[1].1["data"]["outcome"], "succeeded");
     assert_eq!(calls.load(Relaxed), 2);
 
-    // Stop it (close its stdin) and read its stats.
+    // Stop it as Kubernetes does (SIGTERM) and read the stats it prints on the way out.
     let mut child = second.lock().unwrap().take().unwrap();
-    drop(child.stdin.take());
-    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
     let status = tokio::task::block_in_place(|| child.wait().unwrap());
     assert!(status.success(), "{status:?}");
-    let out: Vec<String> = BufReader::new(stdout)
+    let err: Vec<String> = BufReader::new(stderr)
         .lines()
         .map_while(Result::ok)
         .collect();
-    let stats: Value = out
+    let stopped = err
         .iter()
-        .find_map(|l| {
-            l.split_once("STATS ")
-                .map(|(_, j)| serde_json::from_str(j).unwrap())
-        })
-        .unwrap_or_else(|| panic!("the child printed its stats: {out:?}"));
-    assert_eq!(
-        stats,
-        json!({ "succeeded": 1, "duplicates": 1, "failed": 0, "pages": 1 })
-    );
+        .find(|l| l.contains("trike actuate: stopped:"))
+        .unwrap_or_else(|| panic!("the actuator printed its stats: {err:?}"));
+    for count in ["succeeded: 1", "duplicates: 1", "failed: 0", "pages: 1"] {
+        assert!(stopped.contains(count), "{count} in {stopped}");
+    }
 
     // Claims: e-1 by each life (the second may have claimed again while it waited out the
     // lease), e-2 by the second, which also finished it; e-1 has no finish record. Offsets:
