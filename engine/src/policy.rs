@@ -153,6 +153,13 @@ fn serde_json_verdict(v: Verdict) -> &'static str {
     }
 }
 
+/// A rule's cool-down unless it sets one.
+pub const DEFAULT_COOLDOWN: Span = Span::minutes(10);
+/// A rule's cap on actions per window unless it sets one.
+pub const DEFAULT_MAX_ACTIONS: u32 = 10;
+/// The window of that cap unless the rule sets one.
+pub const DEFAULT_MAX_ACTIONS_WINDOW: Span = Span::hours(1);
+
 /// One rule.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rule {
@@ -180,6 +187,31 @@ pub struct Rule {
     pub services: Vec<String>,
     /// Act even when the service's telemetry is stale.
     pub act_on_stale: bool,
+}
+
+impl Rule {
+    /// A live rule with the defaults: no hysteresis, [`DEFAULT_COOLDOWN`], at most
+    /// [`DEFAULT_MAX_ACTIONS`] per [`DEFAULT_MAX_ACTIONS_WINDOW`], severity page for rollbacks
+    /// and pages (ticket otherwise), no parameters, every service, never on stale data.
+    pub fn new(name: &str, when: When, action: Action) -> Self {
+        Self {
+            name: name.into(),
+            when,
+            action,
+            for_: Span(0),
+            cooldown: DEFAULT_COOLDOWN,
+            max_actions: DEFAULT_MAX_ACTIONS,
+            max_actions_window: DEFAULT_MAX_ACTIONS_WINDOW,
+            severity: match action {
+                Action::Rollback | Action::Page => Severity::Page,
+                _ => Severity::Ticket,
+            },
+            dry_run: false,
+            params: BTreeMap::new(),
+            services: vec![],
+            act_on_stale: false,
+        }
+    }
 }
 
 /// The rules and their revision (a content hash, stamped on every decision).

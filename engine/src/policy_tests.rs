@@ -9,18 +9,9 @@ const T0: u64 = 1_800_000_000 * S;
 
 fn rule(name: &str, when: &str, action: Action) -> Rule {
     Rule {
-        name: name.into(),
-        when: when.parse().unwrap(),
-        action,
-        for_: Span(0),
-        cooldown: Span::minutes(10),
         max_actions: 100,
-        max_actions_window: Span::hours(1),
         severity: Severity::Page,
-        dry_run: false,
-        params: BTreeMap::new(),
-        services: vec![],
-        act_on_stale: false,
+        ..Rule::new(name, when.parse().unwrap(), action)
     }
 }
 

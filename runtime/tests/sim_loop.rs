@@ -1,14 +1,12 @@
 //! The whole decision loop — engine, decide, outbox, checkpoint — on a simulated clock: ten
 //! minutes of a canary going bad run in well under a second of wall time, deterministically.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 use trike_engine::canary::CanarySpec;
 use trike_engine::facts::StaleRule;
 use trike_engine::policy::{Action, Policy, Rule};
-use trike_engine::slo::Severity;
 use trike_engine::{Batch, Engine, EngineConfig, RequestObs, SeriesKey, Span};
 use trike_runtime::hooks::checkpoint::Checkpointer;
 use trike_runtime::hooks::decide::{DecideSpec, Decider};
@@ -26,18 +24,8 @@ const STEP: Duration = Duration::from_millis(100);
 
 fn rule(name: &str, when: &str, action: Action, for_s: u64) -> Rule {
     Rule {
-        name: name.into(),
-        when: when.parse().unwrap(),
-        action,
         for_: Span(for_s),
-        cooldown: Span::minutes(10),
-        max_actions: 10,
-        max_actions_window: Span::hours(1),
-        severity: Severity::Page,
-        dry_run: false,
-        params: BTreeMap::new(),
-        services: vec![],
-        act_on_stale: false,
+        ..Rule::new(name, when.parse().unwrap(), action)
     }
 }
 
@@ -92,9 +80,9 @@ fn traffic(rng: &mut Lcg, now: u64, bad: bool) -> Batch {
     b
 }
 
-/// Runs `minutes` of simulated time; returns the control events in order and the shard's
-/// checkpoint directory.
-fn run(minutes: u64, ckpt: &std::path::Path) -> (Vec<ControlEvent>, u64) {
+/// Runs `minutes` of simulated time; returns the control events in order, each with the
+/// simulated seconds since the start at which it was published, and the checkpoints written.
+fn run(minutes: u64, ckpt: &std::path::Path) -> (Vec<(f64, ControlEvent)>, u64) {
     let clock = SimClock::at(T0);
     let store = Arc::new(DecisionStore::default());
     let (tx, rx): (_, Receiver<ControlEvent>) = std::sync::mpsc::sync_channel(1000);
@@ -110,6 +98,7 @@ fn run(minutes: u64, ckpt: &std::path::Path) -> (Vec<ControlEvent>, u64) {
     .with_hook(checkpointer);
     let mut rng = Lcg(7);
     let end = T0 + minutes * 60 * S;
+    let mut events = Vec::new();
     while clock.now() < end {
         clock.advance(STEP);
         let since = Duration::from_nanos(clock.now() - T0);
@@ -118,35 +107,13 @@ fn run(minutes: u64, ckpt: &std::path::Path) -> (Vec<ControlEvent>, u64) {
         } else {
             shard.apply([traffic(&mut rng, clock.now(), since >= BAD_AFTER)]);
         }
+        events.extend(rx.try_iter().map(|e| (since.as_secs_f64(), e)));
     }
     shard.finish();
-    let events = rx.try_iter().collect();
     (
         events,
         written.written.load(std::sync::atomic::Ordering::Relaxed),
     )
-}
-
-fn secs_after_start(e: &ControlEvent) -> f64 {
-    let t = chrono_free_parse(&e.data.detected_at);
-    (t - T0 as f64 / 1e9).max(0.0)
-}
-
-/// Seconds since the epoch of an RFC 3339 `YYYY-MM-DDTHH:MM:SS.mmmZ` UTC time.
-fn chrono_free_parse(t: &str) -> f64 {
-    let (date, time) = t.trim_end_matches('Z').split_once('T').unwrap();
-    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
-    let (y, m, day) = (d[0], d[1], d[2]);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let hms: Vec<f64> = time.split(':').map(|x| x.parse().unwrap()).collect();
-    days as f64 * 86400.0 + hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]
 }
 
 /// Scenario: a service silent for its first 5 s, then 200 req/s with a 10 % canary that starts
@@ -162,13 +129,12 @@ fn a_bad_canary_is_rolled_back_once_on_simulated_time() {
     let wall = Instant::now();
     let (events, checkpoints) = run(10, &dir.join("a"));
     let took = wall.elapsed();
-    let actions: Vec<&str> = events.iter().map(|e| e.data.action.name()).collect();
+    let actions: Vec<&str> = events.iter().map(|(_, e)| e.data.action.name()).collect();
     assert_eq!(actions, ["rollback"], "{events:?}");
-    let rollback = &events[0];
+    let (at, rollback) = &events[0];
     assert_eq!(rollback.data.target.service, "checkout");
     assert_eq!(rollback.version(), "1.5.0");
-    let at = secs_after_start(rollback);
-    let bad = BAD_AFTER.as_secs_f64();
+    let (at, bad) = (*at, BAD_AFTER.as_secs_f64());
     assert!(
         at >= bad + 5.0 && at <= bad + 60.0,
         "rollback {at} s in; the canary went bad at {bad} s"
@@ -181,7 +147,7 @@ fn a_bad_canary_is_rolled_back_once_on_simulated_time() {
         "{checkpoints} checkpoints written"
     );
     let (again, _) = run(10, &dir.join("b"));
-    let json = |v: &[ControlEvent]| v.iter().map(ControlEvent::to_json).collect::<Vec<_>>();
+    let json = |v: &[(f64, ControlEvent)]| v.iter().map(|(_, e)| e.to_json()).collect::<Vec<_>>();
     assert_eq!(json(&events), json(&again), "deterministic");
     println!("10 simulated minutes (6000 steps) took {took:?} of wall time");
     let _ = std::fs::remove_dir_all(&dir);

@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use trike_engine::canary::{CanaryMetric, CanarySpec};
 use trike_engine::facts::StaleRule;
 use trike_engine::policy::{Action, Policy, Rule, TierSelector, When};
-use trike_engine::slo::{
-    BurnTier, DEFAULT_MIN_COVERAGE, DEFAULT_MIN_EVENTS, Severity, Slo, SloSli,
-};
+use trike_engine::slo::{BurnTier, DEFAULT_MIN_COVERAGE, DEFAULT_MIN_EVENTS, Slo, SloSli};
 use trike_engine::{EngineConfig, Span};
 use trike_ingest::decode::DecodeConfig;
 use trike_ingest::kafka::KafkaSourceConfig;
@@ -305,23 +303,18 @@ fn rules(p: &mut Vec<String>, raw: Vec<super::RawRule>, tiers: &BTreeSet<&str>) 
                 "{f}.action: resolved is emitted by Trike, not a rule's action"
             ));
         }
-        let severity = r.severity.unwrap_or(match r.action {
-            Action::Rollback | Action::Page => Severity::Page,
-            _ => Severity::Ticket,
-        });
+        let d = Rule::new(&r.name, when, r.action);
         out.push(Rule {
-            name: r.name,
-            when,
-            action: r.action,
-            for_: r.for_.unwrap_or(Span(0)),
-            cooldown: r.cooldown.unwrap_or(Span::minutes(10)),
-            max_actions: r.max_actions.unwrap_or(10),
-            max_actions_window: r.max_actions_window.unwrap_or(Span::hours(1)),
-            severity,
+            for_: r.for_.unwrap_or(d.for_),
+            cooldown: r.cooldown.unwrap_or(d.cooldown),
+            max_actions: r.max_actions.unwrap_or(d.max_actions),
+            max_actions_window: r.max_actions_window.unwrap_or(d.max_actions_window),
+            severity: r.severity.unwrap_or(d.severity),
             dry_run: r.dry_run,
             params: r.params,
             services: r.services,
             act_on_stale: r.act_on_stale,
+            ..d
         });
     }
     out
