@@ -6,6 +6,7 @@
 //! [`WorkerHandle`]. Stopping the worker always runs the hooks' finish (the final checkpoint),
 //! whoever still holds a handle.
 
+use crate::clock::SharedClock;
 use crate::shard::{EngineHandle, Shard};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -149,6 +150,7 @@ pub struct EngineWorker {
 #[derive(Clone, Debug)]
 pub struct WorkerHandle {
     engine: EngineHandle,
+    clock: SharedClock,
     stats: Arc<WorkerStats>,
     capacity: usize,
     alive: Arc<AtomicBool>,
@@ -163,6 +165,11 @@ impl WorkerHandle {
     /// Queue statistics.
     pub fn stats(&self) -> &Arc<WorkerStats> {
         &self.stats
+    }
+
+    /// The clock the engine runs on: the admin API reads time from it too.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     /// Observations the queue holds at most.
@@ -204,6 +211,7 @@ impl EngineWorker {
         let alive = Arc::new(AtomicBool::new(true));
         let handle = WorkerHandle {
             engine: shard.handle(),
+            clock: shard.clock().clone(),
             stats: stats.clone(),
             capacity,
             alive: alive.clone(),

@@ -357,7 +357,7 @@ async fn history_handler(
         );
     };
     s.history
-        .watch(&service, trike_runtime::clock::now_nanos() / 1_000_000);
+        .watch(&service, s.worker.clock().now() / 1_000_000);
     axum::Json(s.history.document(&service)).into_response()
 }
 
