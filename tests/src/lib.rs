@@ -6,6 +6,30 @@ use trike::app::Running;
 use trike::config::validate::Overrides;
 use trike::config::{Config, RawConfig};
 
+/// Exports `n` spans of `svc`, ending now and spread over the preceding `spread_ns`, to
+/// `running` over OTLP/HTTP (protobuf), as an SDK exporter would; panics unless it is accepted.
+pub async fn post_spans(
+    client: &reqwest::Client,
+    running: &Running,
+    svc: &trike::synth::Service,
+    n: usize,
+    spread_ns: u64,
+    rng: &mut impl rand::Rng,
+) {
+    use prost::Message;
+    let body = svc
+        .request(n, trike_runtime::clock::now_nanos(), spread_ns, rng)
+        .encode_to_vec();
+    let r = client
+        .post(format!("http://{}/v1/traces", running.http_addr))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .expect("the OTLP/HTTP receiver answers");
+    assert!(r.status().is_success(), "export refused: {}", r.status());
+}
+
 /// Starts `trike run` in this process with `yaml` as its config, on `127.0.0.1:0` ports.
 pub async fn start_trike(yaml: &str) -> Running {
     let raw = RawConfig::from_yaml(yaml).expect("test config parses");

@@ -1,25 +1,15 @@
 //! The admin API contract (DESIGN §5): health, readiness, the SLI document's shape, errors for
 //! bad parameters, and the Prometheus exposition with per-service SLI gauges.
 
-use prost::Message;
 use rand::SeedableRng;
 use std::time::Duration;
 use trike::synth::{Behaviour, Service};
-use trike_tests::{metrics_text, sample, start_trike, wait_for_requests};
+use trike_tests::{metrics_text, post_spans, sample, start_trike, wait_for_requests};
 
 async fn send(running: &trike::app::Running, svc: &Service, n: usize) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let body = svc
-        .request(n, trike_runtime::clock::now_nanos(), 1_000_000, &mut rng)
-        .encode_to_vec();
-    let resp = reqwest::Client::new()
-        .post(format!("http://{}/v1/traces", running.http_addr))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let client = reqwest::Client::new();
+    post_spans(&client, running, svc, n, 1_000_000, &mut rng).await;
 }
 
 fn svc(name: &str, version: &str, error_ratio: f64) -> Service {

@@ -5,10 +5,9 @@
 //! rule, action, target and parameters, detected within 2 s of the live one), a
 //! stricter policy shows its extra decision in the diff, and the replay is deterministic.
 
-use prost::Message;
 use rand::SeedableRng;
 use std::time::{Duration, Instant};
-use trike_tests::{checkout as svc, start_trike};
+use trike_tests::{checkout as svc, post_spans, start_trike};
 
 /// The processor's policy, with `extra` rules after its own.
 fn policy(extra: &str) -> String {
@@ -54,7 +53,6 @@ async fn archive_query_and_backtest() {
     );
     let running = start_trike(&config).await;
     let admin = running.admin_addr;
-    let url = format!("http://{}/v1/traces", running.http_addr);
     let client = reqwest::Client::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let start = Instant::now();
@@ -66,17 +64,7 @@ async fn archive_query_and_backtest() {
             0.5
         };
         for (s, n) in [(svc("1.4.0", 0.001), 60), (svc("1.5.0", canary_err), 20)] {
-            let body = s
-                .request(n, trike_runtime::clock::now_nanos(), 50_000_000, &mut rng)
-                .encode_to_vec();
-            let r = client
-                .post(&url)
-                .header("content-type", "application/x-protobuf")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
+            post_spans(&client, &running, &s, n, 50_000_000, &mut rng).await;
             sent += n as u64;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -2,7 +2,6 @@
 //! failing canary's rollback lands on `trike.control` keyed by service, in CloudEvents
 //! structured mode, with a valid signature, once.
 
-use prost::Message as _;
 use rand::SeedableRng;
 use rdkafka::Message;
 use rdkafka::config::ClientConfig;
@@ -11,7 +10,7 @@ use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
-use trike_tests::start_trike;
+use trike_tests::{post_spans, start_trike};
 
 use trike_tests::checkout as svc;
 
@@ -44,24 +43,13 @@ instance: kafka-e2e
     }
     consumer.assign(&tpl).unwrap();
 
-    let url = format!("http://{}/v1/traces", running.http_addr);
     let client = reqwest::Client::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let start = Instant::now();
     let mut events = Vec::new();
     while start.elapsed() < Duration::from_secs(25) {
         for (s, n) in [(svc("1.4.0", 0.001), 60), (svc("1.5.0", 0.5), 20)] {
-            let body = s
-                .request(n, trike_runtime::clock::now_nanos(), 50_000_000, &mut rng)
-                .encode_to_vec();
-            let r = client
-                .post(&url)
-                .header("content-type", "application/x-protobuf")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
+            post_spans(&client, &running, &s, n, 50_000_000, &mut rng).await;
         }
         while let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
             let ct = m.headers().and_then(|h| {
