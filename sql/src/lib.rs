@@ -27,6 +27,12 @@ pub enum Error {
     /// A query failed (the user's SQL, usually).
     #[error("{0}")]
     Query(#[from] datafusion::error::DataFusionError),
+    /// A statement that is not a query, or a file used as a table (refused before planning).
+    #[error("{0}")]
+    Refused(#[from] crate::query::guard::Refused),
+    /// A query needed more memory than its limit.
+    #[error("query over its memory limit: {0}")]
+    OverMemory(String),
     /// A query ran past its time limit.
     #[error("query ran past its time limit of {0:?}")]
     Timeout(std::time::Duration),

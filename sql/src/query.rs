@@ -320,10 +320,34 @@ fn listing(dir: &Path, schema: datafusion::arrow::datatypes::SchemaRef) -> Resul
     Ok(ListingTable::try_new(cfg)?)
 }
 
+/// Memory one query may use unless configured (`query.memory_limit`).
+pub const DEFAULT_MEMORY_LIMIT: usize = 256 << 20;
+/// Threads one query's plan is split over: queries share the machine with ingestion.
+pub const QUERY_PARTITIONS: usize = 2;
+
 /// A session with the live tables (when given), the archive's tables (when `archive` is
-/// given; empty until files exist) and `tdigest_quantile`.
+/// given; empty until files exist) and `tdigest_quantile`, within [`DEFAULT_MEMORY_LIMIT`].
 pub fn session(live: Option<LiveTables>, archive: Option<&Path>) -> Result<SessionContext> {
-    let ctx = SessionContext::new();
+    session_limited(live, archive, DEFAULT_MEMORY_LIMIT)
+}
+
+/// Like [`session`], with at most `memory_limit` bytes for a query's sorts, joins and
+/// aggregates; nothing spills to disk (a query over its memory fails, saying so).
+pub fn session_limited(
+    live: Option<LiveTables>,
+    archive: Option<&Path>,
+    memory_limit: usize,
+) -> Result<SessionContext> {
+    use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(memory_limit, 1.0)
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
+        .build_arc()?;
+    let config = datafusion::prelude::SessionConfig::new().with_target_partitions(QUERY_PARTITIONS);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.register_udaf(AggregateUDF::from(TDigestQuantile::default()));
     if let Some(live) = live {
         for (name, batch) in [
@@ -409,10 +433,16 @@ impl Output {
     }
 }
 
-/// Runs `sql` in `ctx` within `limits`.
+/// Runs `sql` in `ctx` within `limits`; anything but a query is refused before planning
+/// ([`guard`]).
 pub async fn run(ctx: &SessionContext, sql: &str, limits: Limits) -> Result<Output> {
+    guard::check(sql)?;
+    let options = datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
     let work = async {
-        let df = ctx.sql(sql).await?;
+        let df = ctx.sql_with_options(sql, options).await?;
         // EXPLAIN must stay the plan's root; its output is small anyway.
         let explain = matches!(
             df.logical_plan(),
@@ -428,7 +458,13 @@ pub async fn run(ctx: &SessionContext, sql: &str, limits: Limits) -> Result<Outp
     };
     let mut batches = tokio::time::timeout(limits.timeout, work)
         .await
-        .map_err(|_| Error::Timeout(limits.timeout))??;
+        .map_err(|_| Error::Timeout(limits.timeout))?
+        .map_err(|e| match e.find_root() {
+            datafusion::error::DataFusionError::ResourcesExhausted(why) => {
+                Error::OverMemory(why.clone())
+            }
+            _ => Error::Query(e),
+        })?;
     let mut left = limits.max_rows;
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
     for b in &mut batches {
@@ -442,6 +478,8 @@ pub async fn run(ctx: &SessionContext, sql: &str, limits: Limits) -> Result<Outp
         truncated: total > limits.max_rows,
     })
 }
+
+pub mod guard;
 
 #[cfg(test)]
 mod tests;

@@ -333,3 +333,60 @@ async fn readme_examples_plan() {
         assert!(out.unwrap().json_rows().unwrap().is_empty());
     }
 }
+
+/// Scenario: a query whose sort needs far more than the session's memory limit (1 MiB).
+/// Guarantees: it fails with `OverMemory` (nothing spills to disk), and a small query in a
+/// session with the same limit still runs.
+#[tokio::test]
+async fn queries_over_their_memory_limit_fail_saying_so() {
+    let ctx = crate::query::session_limited(None, None, 1 << 20).unwrap();
+    let big = run(
+        &ctx,
+        "SELECT v FROM generate_series(1, 2000000) AS t(v) ORDER BY v DESC",
+        Limits::default(),
+    )
+    .await;
+    assert!(matches!(big, Err(Error::OverMemory(_))), "{big:?}");
+    assert!(
+        big.unwrap_err().to_string().contains("memory limit"),
+        "says why"
+    );
+    let small = run(
+        &ctx,
+        "SELECT count(*) AS n FROM generate_series(1, 1000)",
+        Limits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(small.json_rows().unwrap()[0]["n"], 1000);
+}
+
+/// Guarantees: `run` refuses what is not a query before planning, with the statement named,
+/// and `COPY … TO` writes no file.
+#[tokio::test]
+async fn run_refuses_statements_before_planning() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = session(None, None).unwrap();
+    let target = dir.path().join("pwned.csv");
+    let copy = format!(
+        "COPY (SELECT 1 AS x) TO '{}' STORED AS CSV",
+        target.display()
+    );
+    let e = run(&ctx, &copy, Limits::default()).await.unwrap_err();
+    assert!(matches!(e, Error::Refused(_)), "{e:?}");
+    assert!(e.to_string().starts_with("COPY is not allowed"), "{e}");
+    assert!(!target.exists(), "no file written");
+    let e = run(
+        &ctx,
+        "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'",
+        Limits::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("CREATE EXTERNAL TABLE is not allowed")
+            && !e.to_string().contains("root:"),
+        "{e}"
+    );
+}
