@@ -190,6 +190,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         checkpoints: checkpoint_stats,
         revision: cfg.policy.revision.clone(),
         rule_set: cfg.rule_set.clone(),
+        query: admin::query::QueryService::new(cfg.query).context("starting the query threads")?,
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();

@@ -381,6 +381,30 @@ pub fn session_limited(
     Ok(ctx)
 }
 
+/// Limits of the query service (`query:` in the config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueryConfig {
+    /// Memory for one query, bytes.
+    pub memory_limit: usize,
+    /// Wall time of one query.
+    pub timeout: Duration,
+    /// Queries running at once.
+    pub max_concurrent: usize,
+    /// Rows returned at most.
+    pub max_rows: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            timeout: Duration::from_secs(30),
+            max_concurrent: 2,
+            max_rows: 10_000,
+        }
+    }
+}
+
 /// Limits on one query.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

@@ -50,6 +50,8 @@ pub struct AdminState {
     pub revision: String,
     /// The running rule set's canonical text.
     pub rule_set: String,
+    /// SQL queries: limits, gate and threads.
+    pub query: query::QueryService,
 }
 
 /// What `/metrics` reads of the Kafka source.

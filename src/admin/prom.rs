@@ -30,6 +30,7 @@ pub fn render(s: &AdminState) -> String {
     if let Some(c) = &s.checkpoints {
         c.render(&mut out);
     }
+    s.query.render(&mut out);
     sli_gauges(s, &mut out);
     out
 }

@@ -29,6 +29,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         checkpoints: None,
         revision: "0123456789abcdef".into(),
         rule_set: "{}".into(),
+        query: super::query::QueryService::new(Default::default()).unwrap(),
     }
 }
 

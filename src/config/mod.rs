@@ -1,6 +1,7 @@
 //! The configuration file (YAML, DESIGN §5): parsed with serde, then validated purely into a
 //! [`Config`] that reports every problem at once, naming the field.
 
+pub mod bytes;
 mod openslo;
 pub mod revision;
 pub mod validate;
@@ -50,6 +51,23 @@ pub struct RawConfig {
     pub state: RawState,
     /// The Parquet archive of SLI seconds and decisions (`trike query`, `trike backtest`).
     pub archive: Option<RawArchive>,
+    /// Limits on SQL queries (`POST /api/v1/query`).
+    pub query: RawQuery,
+}
+
+/// `query:`: what one SQL query may take, and how many run at once.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQuery {
+    /// Memory for one query's sorts, joins and aggregates (default 256MiB); over it the query
+    /// fails (400), nothing spills to disk.
+    pub memory_limit: Option<bytes::ByteSize>,
+    /// Wall time of one query (default 30s; 504 past it).
+    pub timeout: Option<Span>,
+    /// Queries running at once (default 2); more are refused with 429 and `Retry-After`.
+    pub max_concurrent: Option<usize>,
+    /// Rows returned at most (default 10000; `?limit=` may ask for fewer).
+    pub max_rows: Option<usize>,
 }
 
 /// `archive:`.

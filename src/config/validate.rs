@@ -78,6 +78,8 @@ pub struct Config {
     pub archive: Option<trike_sql::archive::ArchiveConfig>,
     /// Share of raw requests archived (0: none).
     pub archive_sample_observations: f64,
+    /// Limits of SQL queries.
+    pub query: trike_sql::query::QueryConfig,
 }
 
 /// Values from flags and `TRIKE_*` variables, which win over the file.
@@ -663,6 +665,7 @@ impl Config {
             .and_then(|a| a.sample_observations)
             .unwrap_or(0.0)
             .clamp(0.0, 1.0);
+        let query = validate_query(&raw.query, &mut p);
         if !p.is_empty() {
             return Err(p);
         }
@@ -706,6 +709,7 @@ impl Config {
             checkpoint_every,
             archive,
             archive_sample_observations,
+            query,
             signing_key_env: raw
                 .signing
                 .key_env
@@ -736,5 +740,39 @@ impl Config {
             raw.slos.extend(extra);
         }
         Config::validate(raw, o)
+    }
+}
+
+/// `query:`, with its defaults.
+fn validate_query(q: &super::RawQuery, p: &mut Vec<String>) -> trike_sql::query::QueryConfig {
+    let d = trike_sql::query::QueryConfig::default();
+    let memory_limit = q.memory_limit.map_or(d.memory_limit, |b| b.as_usize());
+    if memory_limit < 1 << 20 {
+        p.push(format!(
+            "query.memory_limit: {} is below the minimum of 1MiB",
+            super::bytes::ByteSize(memory_limit as u64)
+        ));
+    }
+    let max_concurrent = q.max_concurrent.unwrap_or(d.max_concurrent);
+    if !(1..=64).contains(&max_concurrent) {
+        p.push(format!(
+            "query.max_concurrent: {max_concurrent} is not in 1..=64"
+        ));
+    }
+    let max_rows = q.max_rows.unwrap_or(d.max_rows);
+    if !(1..=1_000_000).contains(&max_rows) {
+        p.push(format!("query.max_rows: {max_rows} is not in 1..=1000000"));
+    }
+    let timeout = q
+        .timeout
+        .map_or(d.timeout, |t| std::time::Duration::from_secs(t.secs()));
+    if timeout.is_zero() {
+        p.push("query.timeout: must be at least 1s".into());
+    }
+    trike_sql::query::QueryConfig {
+        memory_limit,
+        timeout,
+        max_concurrent,
+        max_rows,
     }
 }
