@@ -166,6 +166,11 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     let worker =
         EngineWorker::start(shard, cfg.queue_observations).context("starting the engine thread")?;
     let ingest = Arc::new(IngestMetrics::default());
+    let auth_stats = Arc::new(trike_ingest::auth::AuthStats::default());
+    let ingest_auth = trike_ingest::auth::IngestAuth {
+        tokens: Arc::new(cfg.auth.ingest.clone()),
+        stats: auth_stats.clone(),
+    };
     let pipeline = Arc::new(Pipeline::new(
         Arc::new(cfg.decode.clone()),
         worker.sink(),
@@ -191,23 +196,24 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         revision: cfg.policy.revision.clone(),
         rule_set: cfg.rule_set.clone(),
         query: admin::query::QueryService::new(cfg.query).context("starting the query threads")?,
+        auth: admin::auth::AdminAuth::new(&cfg.auth.admin_read, &cfg.auth.admin_write, auth_stats),
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
     {
         let (p, stop) = (pipeline.clone(), signal(&rx));
-        let limits = cfg.limits;
+        let (limits, auth) = (cfg.limits, ingest_auth.clone());
         tasks.push((
             "otlp-grpc",
             tokio::spawn(async move {
-                trike_ingest::grpc::serve(grpc, p, limits, stop)
+                trike_ingest::grpc::serve(grpc, p, limits, auth, stop)
                     .await
                     .context("OTLP/gRPC receiver")
             }),
         ));
     }
     {
-        let router = trike_ingest::http::router(pipeline, cfg.limits);
+        let router = trike_ingest::http::router(pipeline, cfg.limits, ingest_auth);
         let stop = signal(&rx);
         tasks.push((
             "otlp-http",

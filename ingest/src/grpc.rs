@@ -4,6 +4,7 @@
 //! fast decoder the HTTP receiver uses. gzip request compression is accepted; the decoded
 //! (decompressed) message size is bounded.
 
+use crate::auth::{IngestAuth, Surface};
 use crate::kinds::{ExportKind, Logs, Metrics, Traces};
 use crate::metrics::Transport;
 use crate::pipeline::{Encoding, ExportError, Limits, Pipeline, export_async};
@@ -64,6 +65,7 @@ impl<R: prost::Message + Send + 'static> Codec for RawCodec<R> {
 pub struct ExportService<K> {
     pipeline: Arc<Pipeline>,
     limits: Limits,
+    auth: IngestAuth,
     kind: PhantomData<K>,
 }
 
@@ -78,16 +80,18 @@ impl<K> Clone for ExportService<K> {
         Self {
             pipeline: self.pipeline.clone(),
             limits: self.limits,
+            auth: self.auth.clone(),
             kind: PhantomData,
         }
     }
 }
 
 impl<K: ExportKind> ExportService<K> {
-    fn new(pipeline: Arc<Pipeline>, limits: Limits) -> Self {
+    fn new(pipeline: Arc<Pipeline>, limits: Limits, auth: IngestAuth) -> Self {
         Self {
             pipeline,
             limits,
+            auth,
             kind: PhantomData,
         }
     }
@@ -149,6 +153,15 @@ impl<K: ExportKind> tower_service::Service<http::Request<Body>> for ExportServic
                 async move { Ok(Status::unimplemented("unknown method").into_http()) },
             );
         }
+        // gRPC metadata `authorization: Bearer T`, checked before the message is read.
+        let authorization = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Err(why) = crate::auth::check(&self.auth.tokens, authorization) {
+            self.auth.stats.refused(Surface::OtlpGrpc, why);
+            return Box::pin(async move { Ok(Status::unauthenticated(why.message()).into_http()) });
+        }
         Box::pin(async move {
             let mut accept = EnabledCompressionEncodings::default();
             accept.enable(CompressionEncoding::Gzip);
@@ -185,15 +198,16 @@ fn permanent_errors_are_invalid_argument(resp: &mut http::Response<Body>) {
 pub fn services(
     pipeline: Arc<Pipeline>,
     limits: Limits,
+    auth: IngestAuth,
 ) -> (
     ExportService<Traces>,
     ExportService<Metrics>,
     ExportService<Logs>,
 ) {
     (
-        ExportService::new(pipeline.clone(), limits),
-        ExportService::new(pipeline.clone(), limits),
-        ExportService::new(pipeline, limits),
+        ExportService::new(pipeline.clone(), limits, auth.clone()),
+        ExportService::new(pipeline.clone(), limits, auth.clone()),
+        ExportService::new(pipeline, limits, auth),
     )
 }
 
@@ -202,9 +216,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     pipeline: Arc<Pipeline>,
     limits: Limits,
+    auth: IngestAuth,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (t, m, l) = services(pipeline, limits);
+    let (t, m, l) = services(pipeline, limits, auth);
     tonic::transport::Server::builder()
         .add_service(t)
         .add_service(m)

@@ -1,6 +1,7 @@
 //! OTLP/HTTP receiver: `POST /v1/traces`, `/v1/metrics`, `/v1/logs` with protobuf or JSON
 //! bodies, optionally gzip-compressed; status codes per the OTLP specification.
 
+use crate::auth::{IngestAuth, Surface};
 use crate::kinds::{ExportKind, Logs, Metrics, RpcStatus, Traces};
 use crate::metrics::{RequestOutcome, Transport};
 use crate::pipeline::{Encoding, ExportError, Limits, Pipeline, export_async};
@@ -24,15 +25,40 @@ struct HttpState {
     limits: Limits,
 }
 
-/// The OTLP/HTTP routes.
-pub fn router(pipeline: Arc<Pipeline>, limits: Limits) -> Router {
+/// The OTLP/HTTP routes; with ingest tokens configured, a request without one of them is
+/// refused with 401 and `WWW-Authenticate: Bearer` before its body is read.
+pub fn router(pipeline: Arc<Pipeline>, limits: Limits, auth: IngestAuth) -> Router {
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/metrics", post(export::<Metrics>))
         .route("/v1/logs", post(export::<Logs>))
         // Our own limits apply (with our own error bodies), not axum's 2 MB default.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(auth, require_token))
         .with_state(HttpState { pipeline, limits })
+}
+
+async fn require_token(
+    State(auth): State<IngestAuth>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match crate::auth::check(&auth.tokens, header) {
+        Ok(()) => next.run(req).await,
+        Err(why) => {
+            auth.stats.refused(Surface::OtlpHttp, why);
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                why.message(),
+            )
+                .into_response()
+        }
+    }
 }
 
 fn encoding_of(headers: &HeaderMap) -> Option<Encoding> {

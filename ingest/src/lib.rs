@@ -3,6 +3,7 @@
 //! Receivers hand decoded batches to a [`pipeline::BatchSink`]; they never touch engine
 //! state themselves, so overload is answered at the door (429 / `RESOURCE_EXHAUSTED`).
 
+pub mod auth;
 pub mod decode;
 pub mod grpc;
 pub mod http;

@@ -1,5 +1,6 @@
 //! Admin HTTP API on `127.0.0.1:8480`: health, readiness, Prometheus metrics, SLI JSON.
 
+pub mod auth;
 pub mod history;
 mod prom;
 pub mod query;
@@ -52,6 +53,8 @@ pub struct AdminState {
     pub rule_set: String,
     /// SQL queries: limits, gate and threads.
     pub query: query::QueryService,
+    /// Who may call what.
+    pub auth: auth::AdminAuth,
 }
 
 /// What `/metrics` reads of the Kafka source.
@@ -78,6 +81,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/query", axum::routing::post(query::handler))
         .route("/api/v1/revisions", get(revisions::list))
         .route("/api/v1/revisions/{revision}", get(revisions::show))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         .with_state(state)
 }
 

@@ -31,6 +31,7 @@ pub fn render(s: &AdminState) -> String {
         c.render(&mut out);
     }
     s.query.render(&mut out);
+    s.auth.stats.render(&mut out);
     sli_gauges(s, &mut out);
     out
 }

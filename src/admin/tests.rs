@@ -30,6 +30,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         revision: "0123456789abcdef".into(),
         rule_set: "{}".into(),
         query: super::query::QueryService::new(Default::default()).unwrap(),
+        auth: Default::default(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! [`Config`] that reports every problem at once, naming the field.
 
 pub mod bytes;
+pub mod env;
 mod openslo;
 pub mod revision;
 pub mod validate;
@@ -53,6 +54,21 @@ pub struct RawConfig {
     pub archive: Option<RawArchive>,
     /// Limits on SQL queries (`POST /api/v1/query`).
     pub query: RawQuery,
+    /// Bearer tokens per scope.
+    pub auth: RawAuth,
+}
+
+/// `auth:`: bearer tokens (DESIGN §8). Once a list is set, calls of its scope without one of
+/// its tokens are refused. Write `${VAR}` to keep a token out of the file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// OTLP over gRPC and HTTP.
+    pub ingest_tokens: Vec<trike_sinks::Secret>,
+    /// Every GET under the admin API (`/api`, `/metrics`, the dashboard) and `POST /api/v1/query`.
+    pub admin_read_tokens: Vec<trike_sinks::Secret>,
+    /// Every state-changing admin call; implies read.
+    pub admin_write_tokens: Vec<trike_sinks::Secret>,
 }
 
 /// `query:`: what one SQL query may take, and how many run at once.
@@ -381,12 +397,27 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:4318";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8480";
 
 impl RawConfig {
-    /// Parses YAML text.
+    /// Parses YAML text, replacing `${VAR}` from the environment ([`env`]).
     pub fn from_yaml(text: &str) -> Result<Self, String> {
+        Self::from_yaml_with(text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses YAML text, replacing `${VAR}` with `lookup(VAR)`.
+    pub fn from_yaml_with(
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml_ng::from_str(text).map_err(|e| format!("config: {e}"))
+        // Parsed as text first, so a syntax error points at the line.
+        let mut value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| format!("config: {e}"))?;
+        let unset = env::expand(&mut value, lookup);
+        if !unset.is_empty() {
+            return Err(format!("config: {}", unset.join("; ")));
+        }
+        serde_yaml_ng::from_value(value).map_err(|e| format!("config: {e}"))
     }
 }
 

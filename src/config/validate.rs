@@ -80,6 +80,46 @@ pub struct Config {
     pub archive_sample_observations: f64,
     /// Limits of SQL queries.
     pub query: trike_sql::query::QueryConfig,
+    /// Bearer tokens.
+    pub auth: AuthConfig,
+}
+
+/// Bearer tokens per scope (none configured: that scope is open).
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    /// OTLP ingest.
+    pub ingest: trike_ingest::auth::Tokens,
+    /// Admin reads.
+    pub admin_read: trike_ingest::auth::Tokens,
+    /// Admin writes (which also read).
+    pub admin_write: trike_ingest::auth::Tokens,
+}
+
+/// Tokens shorter than this are refused: a token must not be guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+fn validate_auth(a: &super::RawAuth, p: &mut Vec<String>) -> AuthConfig {
+    for (field, list) in [
+        ("ingest_tokens", &a.ingest_tokens),
+        ("admin_read_tokens", &a.admin_read_tokens),
+        ("admin_write_tokens", &a.admin_write_tokens),
+    ] {
+        for (i, t) in list.iter().enumerate() {
+            if t.expose().len() < MIN_TOKEN_LEN {
+                p.push(format!(
+                    "auth.{field}[{i}]: shorter than {MIN_TOKEN_LEN} characters; use a random token (e.g. openssl rand -hex 32)"
+                ));
+            }
+        }
+    }
+    let tokens = |l: &Vec<trike_sinks::Secret>| {
+        trike_ingest::auth::Tokens::new(l.iter().map(|s| s.expose().as_bytes()))
+    };
+    AuthConfig {
+        ingest: tokens(&a.ingest_tokens),
+        admin_read: tokens(&a.admin_read_tokens),
+        admin_write: tokens(&a.admin_write_tokens),
+    }
 }
 
 /// Values from flags and `TRIKE_*` variables, which win over the file.
@@ -666,6 +706,7 @@ impl Config {
             .unwrap_or(0.0)
             .clamp(0.0, 1.0);
         let query = validate_query(&raw.query, &mut p);
+        let auth = validate_auth(&raw.auth, &mut p);
         if !p.is_empty() {
             return Err(p);
         }
@@ -710,6 +751,7 @@ impl Config {
             archive,
             archive_sample_observations,
             query,
+            auth,
             signing_key_env: raw
                 .signing
                 .key_env
@@ -724,12 +766,21 @@ impl Config {
 
     /// Loads and validates a YAML file (or the defaults when `path` is None).
     pub fn load(path: Option<&std::path::Path>, o: &Overrides) -> Result<Config, Vec<String>> {
+        Self::load_with(path, o, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::load`], with `${VAR}` replaced by `lookup(VAR)`.
+    pub fn load_with(
+        path: Option<&std::path::Path>,
+        o: &Overrides,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<String>> {
         let mut raw = match path {
             None => RawConfig::default(),
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| vec![format!("config file {}: {e}", p.display())])?;
-                RawConfig::from_yaml(&text).map_err(|e| vec![e])?
+                RawConfig::from_yaml_with(&text, lookup).map_err(|e| vec![e])?
             }
         };
         if !raw.openslo.is_empty() {
