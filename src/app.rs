@@ -105,7 +105,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     let store = Arc::new(DecisionStore::default());
     let (sinks, events) = SinkWriter::start(&cfg.sinks, kafka_sink_config(&cfg), store.clone())
         .context("opening the sinks")?;
-    let key = cfg.resolve_signing_key();
+    let key = cfg.signing_key();
     if key.is_some() {
         tracing::info!("control events are signed (trikesignature, HMAC-SHA256)");
     }

@@ -155,11 +155,10 @@ async fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            let key = cfg.resolve_signing_key();
             let settings = trike_actuate::ActuatorSettings {
                 brokers,
                 control_topic: cfg.control_topic.clone(),
-                key,
+                keys: cfg.verify_keys(),
                 instance: cfg.instance.clone(),
                 actuator: cfg.actuator.clone(),
             };

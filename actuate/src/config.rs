@@ -81,9 +81,18 @@ pub struct ActuatorConfig {
     /// as dead (then a human is paged; the event is never executed twice). Default 2m: longer
     /// than an executor's attempts take.
     pub claim_lease: Option<Span>,
+    /// Control events older than this (by their `time`) are rejected, never executed: a
+    /// replayed old signed rollback must not act again (default 10m).
+    pub max_event_age: Option<Span>,
+    /// Run without a signing key, executing unsigned events (default false: `trike actuate`
+    /// refuses to start without a key).
+    pub allow_unsigned: bool,
     /// Executors, first match wins.
     pub executors: Vec<ExecutorConfig>,
 }
+
+/// Default maximum age of a control event.
+pub const DEFAULT_MAX_EVENT_AGE: Duration = Duration::from_secs(600);
 
 /// Default consumer group of the actuators.
 pub const DEFAULT_GROUP: &str = "trike-actuators";
@@ -120,6 +129,10 @@ pub struct Validated {
     pub breaker: BreakerConfig,
     /// Lease of a claim without an outcome.
     pub claim_lease: Duration,
+    /// Older control events are rejected.
+    pub max_event_age: Duration,
+    /// Unsigned operation is allowed.
+    pub allow_unsigned: bool,
     /// Executors, first match wins.
     pub executors: Vec<ExecutorConfig>,
 }
@@ -149,6 +162,10 @@ impl ActuatorConfig {
         let claim_lease = self.claim_lease.map_or(DEFAULT_CLAIM_LEASE, duration);
         if claim_lease.is_zero() {
             p.push(format!("{field}.claim_lease: must be at least 1s"));
+        }
+        let max_event_age = self.max_event_age.map_or(DEFAULT_MAX_EVENT_AGE, duration);
+        if max_event_age.is_zero() {
+            p.push(format!("{field}.max_event_age: must be at least 1s"));
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, e) in self.executors.iter().enumerate() {
@@ -210,6 +227,8 @@ impl ActuatorConfig {
                 max_cooldown: MAX_BREAKER_COOLDOWN.max(cooldown),
             },
             claim_lease,
+            max_event_age,
+            allow_unsigned: self.allow_unsigned,
             executors: self.executors.clone(),
         })
     }

@@ -63,8 +63,10 @@ pub struct ActuatorSettings {
     pub brokers: String,
     /// Control topic.
     pub control_topic: String,
-    /// Signing key (events without a valid signature are rejected when set).
-    pub key: Option<Vec<u8>>,
+    /// The keys a control event may be signed with (`signing.key` and `signing.verify_keys`);
+    /// events without a valid signature are rejected. Empty: only with
+    /// `actuator.allow_unsigned`, and then nothing is checked.
+    pub keys: trike_sinks::signing::VerifyKeys,
     /// Instance name (outcome events' source).
     pub instance: String,
     /// The `actuator:` section, validated.
@@ -112,6 +114,12 @@ const HOLD_POLL: Duration = Duration::from_secs(1);
 
 /// Runs until `stop` is set; the event in flight is finished first.
 pub fn run(s: ActuatorSettings, stop: std::sync::Arc<AtomicBool>) -> anyhow::Result<ActuatorStats> {
+    anyhow::ensure!(
+        !s.keys.is_empty() || s.actuator.allow_unsigned,
+        "no signing key: an actuator executes only signed control events. Set the key the \
+         processors sign with (signing.key_env, default TRIKE_SIGNING_KEY) or list \
+         signing.verify_keys; for a trusted test setup, set actuator.allow_unsigned: true"
+    );
     let mut a = Actuator::connect(&s)?;
     while !stop.load(Relaxed) {
         a.step(&stop);
@@ -406,15 +414,32 @@ impl<'a> Actuator<'a> {
                 ));
             }
         };
-        if let Some(k) = &self.s.key
-            && !trike_sinks::signing::verify(raw, k)
+        if !self.s.keys.is_empty()
+            && let Err(why) = self.s.keys.verify(raw)
         {
             self.stats.rejected += 1;
-            tracing::warn!(id = %event.id, "rejected a control event with a missing or wrong signature");
+            tracing::warn!(id = %event.id, reason = %why, "rejected a control event");
             return Err(outcome(
                 Outcome::Rejected,
-                json!({ "error": "missing or invalid trikesignature" }),
+                json!({ "error": format!("signature: {why}") }),
             ));
+        }
+        // A replay of an old (validly signed) event must not act again.
+        let max_age = self.s.actuator.max_event_age;
+        let age_ms = trike_sinks::parse_rfc3339(&event.time)
+            .map(|t| (now_nanos() / 1_000_000).saturating_sub(t.saturating_mul(1000)));
+        if age_ms.is_none_or(|a| u128::from(a) > max_age.as_millis()) {
+            self.stats.rejected += 1;
+            let why = match age_ms {
+                Some(a) => format!(
+                    "the event is {:.0} s old, older than actuator.max_event_age ({} s)",
+                    a as f64 / 1000.0,
+                    max_age.as_secs()
+                ),
+                None => format!("the event's time {:?} is not an RFC 3339 time", event.time),
+            };
+            tracing::warn!(id = %event.id, reason = %why, "rejected a control event");
+            return Err(outcome(Outcome::Rejected, json!({ "error": why })));
         }
         Ok(event)
     }

@@ -1,4 +1,5 @@
-//! RFC 3339 timestamps (UTC, milliseconds) from Unix nanoseconds.
+//! RFC 3339 timestamps: written as UTC with milliseconds from Unix nanoseconds, and read
+//! (any offset, any fraction) into Unix seconds.
 
 /// Formats Unix nanoseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn rfc3339(nanos: u64) -> String {
@@ -24,6 +25,47 @@ pub fn rfc3339(nanos: u64) -> String {
     )
 }
 
+/// Unix seconds of an RFC 3339 time (`2026-12-03T10:00:00Z`, `…+01:00`, a fraction ignored);
+/// None when it is not one.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b' ' || b[10] == b't')
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &frac[n..];
+    }
+    let offset = match rest {
+        "" | "Z" | "z" => 0,
+        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) => {
+            let sign = if tz.starts_with('-') { -1 } else { 1 };
+            sign * (tz[1..3].parse::<i64>().ok()? * 3600 + tz[4..6].parse::<i64>().ok()? * 60)
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + mi * 60 + se - offset).ok()
+}
+
 #[cfg(test)]
 mod tests {
     /// Guarantees: known instants format as RFC 3339.
@@ -38,5 +80,16 @@ mod tests {
             super::rfc3339(1_795_346_452_000_000_000),
             "2026-11-22T11:20:52.000Z"
         );
+        for t in [0, 951_782_400, 1_795_346_452] {
+            assert_eq!(
+                super::parse_rfc3339(&super::rfc3339(t * 1_000_000_000)),
+                Some(t)
+            );
+        }
+        assert_eq!(
+            super::parse_rfc3339("2026-11-22T12:20:52+01:00"),
+            Some(1_795_346_452)
+        );
+        assert_eq!(super::parse_rfc3339("yesterday"), None);
     }
 }

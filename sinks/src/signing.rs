@@ -39,6 +39,121 @@ pub fn sign_event(event: &mut crate::ControlEvent, key: &[u8]) {
     }
 }
 
+/// The attribute naming the key that signed.
+pub const KEY_ID_ATTRIBUTE: &str = "trikekeyid";
+
+/// A key that signs: its id (sent as `trikekeyid`, so actuators know which key to check) and
+/// its secret, which `Debug` never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKey {
+    /// The key's id (`signing.key_id`).
+    pub id: Option<String>,
+    secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey {{ id: {:?}, secret: *** }}", self.id)
+    }
+}
+
+impl SigningKey {
+    /// A key named `id` (or unnamed).
+    pub fn new(id: Option<String>, secret: impl Into<Vec<u8>>) -> Self {
+        Self {
+            id,
+            secret: secret.into(),
+        }
+    }
+
+    /// Signs `event`: sets `trikekeyid` (covered by the signature), then `trikesignature`.
+    pub fn sign(&self, event: &mut crate::ControlEvent) {
+        event.trikekeyid = self.id.clone();
+        sign_event(event, &self.secret);
+    }
+}
+
+/// Why an event's signature is not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// No `trikesignature`.
+    #[error("unsigned: no trikesignature")]
+    Unsigned,
+    /// `trikekeyid` names a key this actuator does not have.
+    #[error("signed with key {0:?}, which is not among signing.verify_keys")]
+    UnknownKey(String),
+    /// The signature does not match.
+    #[error("trikesignature does not match the event")]
+    BadSignature,
+}
+
+/// The keys an actuator accepts: any of them verifies an event (rotation without downtime:
+/// list the new key beside the old, move the processors to it, then drop the old one). An
+/// event naming its key (`trikekeyid`) is checked against that key only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct VerifyKeys {
+    keys: Vec<(Option<String>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for VerifyKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<_> = self.keys.iter().map(|(id, _)| id).collect();
+        write!(f, "VerifyKeys {{ ids: {ids:?}, secrets: *** }}")
+    }
+}
+
+impl VerifyKeys {
+    /// One unnamed key.
+    pub fn single(secret: impl Into<Vec<u8>>) -> Self {
+        Self::default().with(None, secret)
+    }
+
+    /// Adds a key named `id` (or unnamed).
+    pub fn with(mut self, id: Option<&str>, secret: impl Into<Vec<u8>>) -> Self {
+        self.keys.push((id.map(str::to_string), secret.into()));
+        self
+    }
+
+    /// True when no key is configured (events are not checked).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Checks `event`'s signature against the keys.
+    pub fn verify(&self, event: &Value) -> Result<(), Rejection> {
+        if event
+            .get(SIGNATURE_ATTRIBUTE)
+            .and_then(Value::as_str)
+            .is_none()
+        {
+            return Err(Rejection::Unsigned);
+        }
+        match event.get(KEY_ID_ATTRIBUTE).and_then(Value::as_str) {
+            Some(id) => {
+                let named: Vec<_> = self
+                    .keys
+                    .iter()
+                    .filter(|(k, _)| k.as_deref() == Some(id))
+                    .collect();
+                if named.is_empty() {
+                    return Err(Rejection::UnknownKey(id.to_string()));
+                }
+                named
+                    .iter()
+                    .any(|(_, s)| verify(event, s))
+                    .then_some(())
+                    .ok_or(Rejection::BadSignature)
+            }
+            None => self
+                .keys
+                .iter()
+                .any(|(_, s)| verify(event, s))
+                .then_some(())
+                .ok_or(Rejection::BadSignature),
+        }
+    }
+}
+
 /// True when `event` carries a valid signature for `key` (constant-time comparison).
 pub fn verify(event: &Value, key: &[u8]) -> bool {
     let Some(given) = event.get(SIGNATURE_ATTRIBUTE).and_then(Value::as_str) else {
@@ -112,6 +227,36 @@ mod tests {
         let mut as_value = crate::ControlEvent::from_decision(&d, "i").to_value();
         sign(&mut as_value, b"secret");
         assert_eq!(as_value, typed.to_value());
+        // Named keys and rotation: an event names its key; any listed key verifies.
+        let old = SigningKey::new(Some("2026-11".into()), b"old-secret".to_vec());
+        let new = SigningKey::new(Some("2026-12".into()), b"new-secret".to_vec());
+        let keys = VerifyKeys::default()
+            .with(Some("2026-11"), b"old-secret".to_vec())
+            .with(Some("2026-12"), b"new-secret".to_vec());
+        for k in [&old, &new] {
+            let mut e = crate::ControlEvent::from_decision(&d, "i");
+            k.sign(&mut e);
+            assert_eq!(e.trikekeyid, k.id);
+            assert_eq!(keys.verify(&e.to_value()), Ok(()));
+        }
+        let mut e = crate::ControlEvent::from_decision(&d, "i");
+        SigningKey::new(Some("2025-01".into()), b"retired".to_vec()).sign(&mut e);
+        assert_eq!(
+            keys.verify(&e.to_value()),
+            Err(Rejection::UnknownKey("2025-01".into()))
+        );
+        let mut e = crate::ControlEvent::from_decision(&d, "i");
+        old.sign(&mut e);
+        e.trikekeyid = Some("2026-12".into()); // the id is covered by the signature
+        assert_eq!(keys.verify(&e.to_value()), Err(Rejection::BadSignature));
+        assert_eq!(
+            keys.verify(&crate::ControlEvent::from_decision(&d, "i").to_value()),
+            Err(Rejection::Unsigned)
+        );
+        assert!(
+            !format!("{old:?}{keys:?}").contains("secret\""),
+            "never printed"
+        );
         // RFC 4231 test case 2 shape: HMAC-SHA256("Jefe", "what do ya want for nothing?").
         let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
         mac.update(b"what do ya want for nothing?");

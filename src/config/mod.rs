@@ -117,8 +117,13 @@ pub struct RawArchive {
 pub struct RawSigning {
     /// Environment variable holding the key.
     pub key_env: Option<String>,
-    /// The key itself (avoid in production: config files leak).
-    pub key: Option<String>,
+    /// The key itself (avoid in production: config files leak; `${VAR}` keeps it out).
+    pub key: Option<trike_sinks::Secret>,
+    /// The key's id, sent as `trikekeyid` so actuators know which key to check.
+    pub key_id: Option<String>,
+    /// More keys actuators accept, by id (rotation: list the new key here, move the
+    /// processors to it, then drop the old one).
+    pub verify_keys: BTreeMap<String, trike_sinks::Secret>,
 }
 
 /// One canary comparison as written.

@@ -68,6 +68,10 @@ pub struct Config {
     pub signing_key_env: String,
     /// A signing key given in the file.
     pub signing_key: Option<trike_sinks::Secret>,
+    /// The signing key's id (`trikekeyid`).
+    pub signing_key_id: Option<String>,
+    /// Further keys actuators accept, by id.
+    pub verify_keys: Vec<(String, trike_sinks::Secret)>,
     /// The actuator's settings.
     pub actuator: trike_actuate::config::Validated,
     /// Checkpoint directory (none: state in memory only).
@@ -222,6 +226,24 @@ impl Config {
                     .filter(|k| !k.is_empty())
             })
             .map(String::into_bytes)
+    }
+
+    /// The key processors sign with, and its id.
+    pub fn signing_key(&self) -> Option<trike_sinks::signing::SigningKey> {
+        self.resolve_signing_key()
+            .map(|k| trike_sinks::signing::SigningKey::new(self.signing_key_id.clone(), k))
+    }
+
+    /// The keys actuators accept: the signing key and `signing.verify_keys`.
+    pub fn verify_keys(&self) -> trike_sinks::signing::VerifyKeys {
+        let mut keys = trike_sinks::signing::VerifyKeys::default();
+        if let Some(k) = self.resolve_signing_key() {
+            keys = keys.with(self.signing_key_id.as_deref(), k);
+        }
+        for (id, k) in &self.verify_keys {
+            keys = keys.with(Some(id), k.expose().as_bytes().to_vec());
+        }
+        keys
     }
 }
 
@@ -756,11 +778,9 @@ impl Config {
                 .signing
                 .key_env
                 .unwrap_or_else(|| "TRIKE_SIGNING_KEY".into()),
-            signing_key: raw
-                .signing
-                .key
-                .filter(|k| !k.is_empty())
-                .map(trike_sinks::Secret::new),
+            signing_key: raw.signing.key.filter(|k| !k.is_empty()),
+            signing_key_id: raw.signing.key_id.filter(|k| !k.is_empty()),
+            verify_keys: raw.signing.verify_keys.into_iter().collect(),
         })
     }
 

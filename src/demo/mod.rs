@@ -232,7 +232,7 @@ impl Demo {
         let cfg = Config::validate(raw, &args.addrs.overrides())
             .map_err(|p| anyhow::anyhow!("configuration: {}", p.join("; ")))?;
         let control_topic = cfg.control_topic.clone();
-        let key = cfg.resolve_signing_key();
+        let keys = cfg.verify_keys();
         let mut actuator_cfg = cfg.actuator.clone();
         let running = crate::app::start(cfg).await?;
         // The dashboard's charts show the demo from its first second.
@@ -269,7 +269,7 @@ impl Demo {
         let settings = ActuatorSettings {
             brokers: brokers.clone(),
             control_topic: control_topic.clone(),
-            key,
+            keys,
             instance: "demo-actuator".into(),
             actuator: actuator_cfg,
         };

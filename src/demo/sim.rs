@@ -77,13 +77,7 @@ pub fn simulate(scenario: Scenario, degrade_after: Duration, duration: Duration)
     let clock = SimClock::at(START_NS);
     let store = Arc::new(DecisionStore::default());
     let (tx, rx) = std::sync::mpsc::sync_channel(SINK_QUEUE);
-    let outbox = Outbox::new(
-        &cfg.instance,
-        cfg.resolve_signing_key(),
-        store.clone(),
-        tx,
-        None,
-    );
+    let outbox = Outbox::new(&cfg.instance, cfg.signing_key(), store.clone(), tx, None);
     let mut shard = Shard::new(
         Engine::new(Arc::new(cfg.engine.clone())),
         Arc::new(clock.clone()),

@@ -98,7 +98,7 @@ actuator:
 
     let mut event = json!({
         "specversion": "1.0", "id": "sig-1", "source": "trike://test", "type": "io.trike.control.rollback",
-        "subject": "checkout", "time": "2026-12-02T00:00:00.000Z", "datacontenttype": "application/json",
+        "subject": "checkout", "time": trike_sinks::rfc3339(trike_runtime::clock::now_nanos()), "datacontenttype": "application/json",
         "data": { "decision_id": "sig-1", "action": "rollback", "target": { "service": "checkout", "version": "1.5.0" },
                   "params": {}, "reason": "checkout 1.5.0 failed canary analysis", "dry_run": false, "severity": "page", "rule": "rollback-bad-canary", "slo": null, "policy_revision": "0123456789abcdef", "evidence": {"kind": "stale", "silent_s": 0.0, "lag_s": 0.0}, "detected_at": "2026-11-22T00:00:00.000Z", "observed_until": "2026-11-22T00:00:00.000Z" }
     });

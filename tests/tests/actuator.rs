@@ -30,7 +30,7 @@ const CLAIMS: &str = "trike.actuator.claims";
 fn event(id: &str, action: &str, dry_run: bool, sign: bool) -> Value {
     let mut e = json!({
         "specversion": "1.0", "id": id, "source": "trike://test", "type": format!("io.trike.control.{action}"),
-        "subject": "checkout", "time": "2026-11-22T00:00:00.000Z", "datacontenttype": "application/json",
+        "subject": "checkout", "time": trike_sinks::rfc3339(trike_runtime::clock::now_nanos()), "datacontenttype": "application/json",
         "data": { "decision_id": id, "action": action, "target": { "service": "checkout", "version": "1.5.0" },
                   "params": { "weight": 0 }, "reason": "checkout 1.5.0 failed \"canary\" analysis", "dry_run": dry_run, "severity": "page", "rule": "rollback-bad-canary", "slo": null, "policy_revision": "0123456789abcdef", "evidence": {"kind": "stale", "silent_s": 0.0, "lag_s": 0.0}, "detected_at": "2026-11-22T00:00:00.000Z", "observed_until": "2026-11-22T00:00:00.000Z" }
     });
@@ -111,7 +111,7 @@ executors:
     ActuatorSettings {
         brokers: brokers.into(),
         control_topic: "trike.control".into(),
-        key: Some(KEY.to_vec()),
+        keys: trike_sinks::signing::VerifyKeys::single(KEY.to_vec()),
         instance: instance.into(),
         actuator: actuator.validate("actuator").unwrap(),
     }
@@ -483,4 +483,111 @@ async fn claim_log_stops_a_second_actuator_and_refused_claims_are_retried() {
     for d in [state_a, state_b] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// Scenario: processors sign with named keys during a rotation (`2026-11` old, `2026-12` new);
+/// the actuator lists both. Then a retired key, a replay of an old signed event, and an
+/// actuator started without any key.
+/// Guarantees: events signed with either listed key run; one naming a key the actuator does
+/// not have is rejected saying so; a validly signed event older than `max_event_age` is
+/// rejected as a replay, never executed; `run` refuses to start without a key unless
+/// `allow_unsigned` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_and_replays_of_old_events_are_rejected() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("trike.control", 1, 1).unwrap();
+    mock.create_topic("trike.actions", 1, 1).unwrap();
+    mock.create_topic(CLAIMS, 3, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let web = webhook_server(Default::default()).await;
+    let state = std::env::temp_dir().join(format!("trike-actuator-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let signed_with = |id: &str, key_id: &str, secret: &[u8], age: Duration| {
+        let mut e = event(id, "page", false, false);
+        let at = trike_runtime::clock::now_nanos() - age.as_nanos() as u64;
+        e["time"] = json!(trike_sinks::rfc3339(at));
+        e["trikekeyid"] = json!(key_id);
+        trike_sinks::signing::sign(&mut e, secret);
+        e
+    };
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for e in [
+        signed_with("k-old", "2026-11", b"old-secret", Duration::ZERO),
+        signed_with("k-new", "2026-12", b"new-secret", Duration::ZERO),
+        signed_with("k-retired", "2025-01", b"retired-secret", Duration::ZERO),
+        signed_with(
+            "k-replay",
+            "2026-12",
+            b"new-secret",
+            Duration::from_secs(3600),
+        ),
+    ] {
+        producer
+            .send(
+                BaseRecord::to("trike.control")
+                    .key("checkout")
+                    .payload(&e.to_string()),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(5)).unwrap();
+
+    let mut s = settings(&brokers, web, &state);
+    s.keys = trike_sinks::signing::VerifyKeys::default()
+        .with(Some("2026-11"), b"old-secret".to_vec())
+        .with(Some("2026-12"), b"new-secret".to_vec());
+    let reader = tokio::task::block_in_place(|| {
+        let r: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "keys-reader")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("trike.actions", 0, Offset::Beginning)
+            .unwrap();
+        r.assign(&tpl).unwrap();
+        r
+    });
+    let (stop, worker) = start(s.clone());
+    let mut seen = Vec::new();
+    tokio::task::block_in_place(|| outcomes(&reader, 4, &mut seen));
+    stop.store(true, Relaxed);
+    let stats = tokio::task::block_in_place(|| worker.join().unwrap());
+    let got: Vec<(String, String, String)> = seen
+        .iter()
+        .map(|o| {
+            (
+                o["data"]["control_event_id"].as_str().unwrap().to_string(),
+                o["data"]["outcome"].as_str().unwrap().to_string(),
+                o["data"]["error"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got[0].0, "k-old");
+    assert_eq!(got[0].1, "succeeded");
+    assert_eq!(got[1].0, "k-new");
+    assert_eq!(got[1].1, "succeeded");
+    assert_eq!(got[2].0, "k-retired");
+    assert_eq!(got[2].1, "rejected");
+    assert!(got[2].2.contains("2025-01"), "{:?}", got[2]);
+    assert_eq!(got[3].0, "k-replay");
+    assert_eq!(got[3].1, "rejected");
+    assert!(got[3].2.contains("max_event_age"), "{:?}", got[3]);
+    assert_eq!((stats.succeeded, stats.rejected), (2, 2));
+
+    // No key: refused at start, unless unsigned operation is asked for.
+    let mut unsigned = s.clone();
+    unsigned.keys = Default::default();
+    // (Each run owns a runtime of its own: off the test's async workers.)
+    let e = tokio::task::block_in_place(|| {
+        run(unsigned.clone(), Arc::new(AtomicBool::new(true))).unwrap_err()
+    });
+    assert!(e.to_string().contains("allow_unsigned"), "{e}");
+    unsigned.actuator.allow_unsigned = true;
+    let ok = tokio::task::block_in_place(|| run(unsigned, Arc::new(AtomicBool::new(true))));
+    assert!(ok.is_ok(), "{ok:?}");
+    let _ = std::fs::remove_dir_all(&state);
 }

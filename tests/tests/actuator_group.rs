@@ -31,7 +31,7 @@ const CONTROL_PARTITIONS: i32 = 4;
 fn rollback(id: &str, service: &str) -> Value {
     let mut e = json!({
         "specversion": "1.0", "id": id, "source": "trike://test", "type": "io.trike.control.rollback",
-        "subject": service, "time": "2026-11-22T00:00:00.000Z", "datacontenttype": "application/json",
+        "subject": service, "time": trike_sinks::rfc3339(trike_runtime::clock::now_nanos()), "datacontenttype": "application/json",
         "data": { "decision_id": id, "action": "rollback", "target": { "service": service, "version": "2.0.0" },
                   "params": {}, "reason": format!("{service} 2.0.0 failed canary analysis"), "dry_run": false, "severity": "page", "rule": "rollback-bad-canary", "slo": null, "policy_revision": "0123456789abcdef", "evidence": {"kind": "stale", "silent_s": 0.0, "lag_s": 0.0}, "detected_at": "2026-11-22T00:00:00.000Z", "observed_until": "2026-11-22T00:00:00.000Z" }
     });
@@ -107,7 +107,7 @@ executors:
         let s = ActuatorSettings {
             brokers: brokers.clone(),
             control_topic: control.clone(),
-            key: Some(KEY.to_vec()),
+            keys: trike_sinks::signing::VerifyKeys::single(KEY.to_vec()),
             instance: instance.into(),
             actuator: actuator.validate("actuator").unwrap(),
         };

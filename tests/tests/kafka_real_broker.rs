@@ -181,7 +181,7 @@ executors:
     let settings = ActuatorSettings {
         brokers: brokers.clone(),
         control_topic: control_topic.clone(),
-        key: Some(b"real-broker-secret".to_vec()),
+        keys: trike_sinks::signing::VerifyKeys::single(b"real-broker-secret".to_vec()),
         instance: "tansu-e2e-actuator".into(),
         actuator: actuator.validate("actuator").unwrap(),
     };

@@ -135,7 +135,7 @@ impl DecisionStore {
 #[derive(Debug)]
 pub struct Outbox {
     instance: String,
-    key: Option<Vec<u8>>,
+    key: Option<trike_sinks::signing::SigningKey>,
     store: Arc<DecisionStore>,
     out: SyncSender<ControlEvent>,
     /// Where the policy checkpoint goes (`state.dir`), if anywhere.
@@ -151,7 +151,7 @@ impl Outbox {
     /// checkpointing to `persist`.
     pub fn new(
         instance: &str,
-        key: Option<Vec<u8>>,
+        key: Option<trike_sinks::signing::SigningKey>,
         store: Arc<DecisionStore>,
         out: SyncSender<ControlEvent>,
         persist: Option<PathBuf>,
@@ -229,7 +229,7 @@ impl Outbox {
             .map(|d| {
                 let mut event = ControlEvent::from_decision(d, &self.instance);
                 if let Some(k) = &self.key {
-                    trike_sinks::signing::sign_event(&mut event, k);
+                    k.sign(&mut event);
                 }
                 event
             })
