@@ -18,6 +18,9 @@ pub enum SignalSource {
     Metrics,
 }
 
+/// Series across all services, unless configured (`series.max_series`).
+pub const DEFAULT_MAX_SERIES: usize = 200_000;
+
 /// Engine settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +29,10 @@ pub struct EngineConfig {
     pub max_series_per_service: usize,
     /// Services beyond this many fold into one shared overflow series.
     pub max_services: usize,
+    /// Series across all services (DESIGN §7): beyond this many, a new series of a known
+    /// service folds into that service's overflow series and a new service into the shared
+    /// one, so a cardinality flood never grows memory nor changes existing series' counts.
+    pub max_series: usize,
     /// Data older than `now − allowed_lateness` is counted and dropped.
     pub allowed_lateness: Span,
     /// In `auto` mode, how long after the last span a service's metrics stay ignored.
@@ -51,6 +58,7 @@ impl Default for EngineConfig {
         Self {
             max_series_per_service: 10_000,
             max_services: 10_000,
+            max_series: DEFAULT_MAX_SERIES,
             allowed_lateness: Span::minutes(5),
             spans_preferred_for: Span::minutes(10),
             signal_source: SignalSource::Auto,

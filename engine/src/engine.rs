@@ -235,15 +235,18 @@ impl Engine {
             r.overflow = key.is_overflow();
             return r;
         }
-        if !self.services.contains_key(&key.service) && self.services.len() >= self.cfg.max_services
+        // At the global cap, new series fold into overflow series (bounded by max_services).
+        let full = self.entries.len() >= self.cfg.max_series;
+        if !self.services.contains_key(&key.service)
+            && (self.services.len() >= self.cfg.max_services || full)
         {
-            // Too many services: fold the newcomer into one shared overflow series.
+            // Too many services (or series): fold the newcomer into one shared overflow series.
             r.overflow = true;
             r.entry = self.entry_for(SeriesKey::overflow(&Arc::from(OVERFLOW_SERVICE)));
             return r;
         }
         let info = self.services.entry(key.service.clone()).or_default();
-        let target = if info.series >= self.cfg.max_series_per_service {
+        let target = if info.series >= self.cfg.max_series_per_service || full {
             r.overflow = true;
             SeriesKey::overflow(&key.service)
         } else {

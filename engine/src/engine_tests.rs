@@ -579,6 +579,58 @@ fn service_cap() {
     assert_eq!(e.stats().overflowed, 2);
 }
 
+/// Scenario: a global cap of 50 series; service `a` has 10 series, then a flood of 2 000 new
+/// routes across 40 new services and `a` itself, then more traffic to `a`'s series.
+/// Guarantees: series stay within the cap plus one overflow series per known service and the
+/// shared one; `a`'s existing series keep exactly their own counts; the flood is counted as
+/// overflowed, never dropped.
+#[test]
+fn global_series_cap_holds_under_a_flood() {
+    let cfg = EngineConfig {
+        max_series: 50,
+        ..Default::default()
+    };
+    let mut e = Engine::new(Arc::new(cfg));
+    for i in 0..10 {
+        let key = SeriesKey::new("a", &format!("/r{i}"), "1");
+        e.ingest(&batch(key, &[(T0, 1.0, false), (T0, 2.0, true)]), T0);
+    }
+    for i in 0..2000 {
+        let svc = if i % 50 == 0 {
+            "a".to_string()
+        } else {
+            format!("s{}", i % 40)
+        };
+        let key = SeriesKey::new(&svc, &format!("/flood/{i}"), "1");
+        e.ingest(&batch(key, &[(T0, 1.0, false)]), T0);
+    }
+    for i in 0..10 {
+        let key = SeriesKey::new("a", &format!("/r{i}"), "1");
+        e.ingest(&batch(key, &[(T0, 3.0, false)]), T0);
+    }
+    let services = e.services().len();
+    assert!(
+        e.series_count() <= 50 + services + 1,
+        "{} series for {services} services",
+        e.series_count()
+    );
+    let rows = sli(&e, "1m");
+    for i in 0..10 {
+        let r = rows
+            .iter()
+            .find(|r| &*r.key.service == "a" && *r.key.operation == format!("/r{i}"))
+            .unwrap();
+        assert_eq!((r.requests, r.errors), (3, 1), "/r{i}");
+    }
+    let total: u64 = rows.iter().map(|r| r.requests).sum();
+    assert_eq!(total, 30 + 2000, "nothing dropped");
+    assert!(
+        e.stats().overflowed >= 2000 - 40,
+        "{}",
+        e.stats().overflowed
+    );
+}
+
 /// Scenario: live traffic over 3 seconds in two series, archived a few seconds later with
 /// `second_rows`, then replayed into a fresh engine with `apply_seconds`. Guarantees: the
 /// replayed engine answers the same counts, error ratios, latency-threshold counts and

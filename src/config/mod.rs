@@ -231,6 +231,8 @@ pub struct RawSeries {
     pub max_series_per_service: Option<usize>,
     /// Services before new ones fold into one shared overflow series (default 10 000).
     pub max_services: Option<usize>,
+    /// Series across all services before new ones fold into overflow series (default 200 000).
+    pub max_series: Option<usize>,
 }
 
 /// `engine:`.

@@ -551,6 +551,12 @@ impl Config {
         if let Some(n) = raw.series.max_services {
             engine.max_services = n;
         }
+        if let Some(n) = raw.series.max_series {
+            if n == 0 {
+                p.push("series.max_series: must be at least 1".into());
+            }
+            engine.max_series = n;
+        }
         if let Some(l) = raw.engine.allowed_lateness {
             if l.secs() > 300 {
                 p.push(format!(
