@@ -56,6 +56,37 @@ pub struct RawConfig {
     pub query: RawQuery,
     /// Bearer tokens per scope.
     pub auth: RawAuth,
+    /// What is scrubbed from operation names and dimension values before they become keys.
+    pub scrub: RawScrub,
+}
+
+/// `scrub:`: telemetry hygiene (PII and cardinality).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawScrub {
+    /// Collapse ids in operation names: digits, UUIDs, long hex, e-mail addresses (default true).
+    pub collapse_ids: bool,
+    /// Regex rules, applied in order to operation names and dimension values.
+    pub rules: Vec<RawScrubRule>,
+}
+
+impl Default for RawScrub {
+    fn default() -> Self {
+        Self {
+            collapse_ids: true,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One `scrub.rules` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScrubRule {
+    /// A regular expression (Rust `regex` syntax).
+    pub pattern: String,
+    /// What each match becomes (`$1`, `${name}` refer to groups).
+    pub replacement: String,
 }
 
 /// `auth:`: bearer tokens (DESIGN §8). Once a list is set, calls of its scope without one of

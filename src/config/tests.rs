@@ -64,6 +64,9 @@ fn all_problems_at_once() {
     let text = r#"
 receivers: { otlp_grpc: "nowhere", max_request_bytes: 10 }
 series: { max_series_per_service: 0, dimensions: [service.name] }
+scrub: { rules: [ { pattern: "(unclosed", replacement: x } ] }
+query: { memory_limit: 1KiB, max_concurrent: 0 }
+auth: { ingest_tokens: [short] }
 slos:
   - { name: a, service: s, objective: 1.5, sli: availability }
   - { name: a, service: s, objective: 0.99, period: 90d, sli: { latency: { threshold_ms: -3 } } }
@@ -74,6 +77,10 @@ slos:
         "receivers.otlp_grpc: \"nowhere\" is not a listen address",
         "receivers.max_request_bytes: 10 is below the minimum",
         "series.max_series_per_service: must be at least 1",
+        "scrub.rules[0].pattern: regex parse error",
+        "query.memory_limit: 1KiB is below the minimum of 1MiB",
+        "query.max_concurrent: 0 is not in 1..=64",
+        "auth.ingest_tokens[0]: shorter than 16 characters",
         "series.dimensions[0]: \"service.name\" is already part",
         "slos[0].objective: 1.5 is not in (0, 1)",
         "slos[1].name: \"a\" is used by another SLO",

@@ -486,6 +486,16 @@ impl Config {
         if let Some(m) = raw.decode.request_counters {
             decode.request_counters = m;
         }
+        decode.scrub.collapse_ids = raw.scrub.collapse_ids;
+        for (i, r) in raw.scrub.rules.iter().enumerate() {
+            match regex::Regex::new(&r.pattern) {
+                Ok(pattern) => decode.scrub.rules.push(trike_ingest::decode::scrub::Rule {
+                    pattern,
+                    replacement: r.replacement.clone(),
+                }),
+                Err(e) => p.push(format!("scrub.rules[{i}].pattern: {e}")),
+            }
+        }
 
         let mut slos = Vec::new();
         let mut names = BTreeSet::new();

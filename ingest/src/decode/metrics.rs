@@ -92,36 +92,45 @@ struct Buckets {
 struct Ctx<'a> {
     cfg: &'a DecodeConfig,
     service: &'a str,
-    resource: &'a [KeyValue],
     resource_hash: Fnv,
+    /// The resource's version and dimension values, looked up once per `ResourceMetrics`
+    /// (not once per point: a hostile request with many points and attributes stays linear).
+    res_version: Option<AttrValue<'a>>,
+    res_dims: Vec<Option<AttrValue<'a>>>,
     keys: HashMap<SeriesKey, u32>,
 }
 
 impl Ctx<'_> {
     fn key_and_status(&mut self, point_attrs: &[KeyValue], out: &mut Decoded) -> (u32, bool) {
         let cfg = self.cfg;
-        let get = |k: &str| find(point_attrs, k).or_else(|| find(self.resource, k));
         let operation = find(point_attrs, "http.route")
             .or_else(|| find(point_attrs, "rpc.method"))
             .map(AttrValue::into_text)
             .unwrap_or_default();
-        let version = find(self.resource, &cfg.version_attribute)
+        let operation = cfg.scrub.operation(clip(&operation)).into_owned();
+        let version = self
+            .res_version
             .or_else(|| find(point_attrs, &cfg.version_attribute))
             .map(AttrValue::into_text)
             .unwrap_or_default();
         let dims = cfg
             .dimensions
             .iter()
-            .map(|d| {
+            .zip(&self.res_dims)
+            .map(|(d, res)| {
+                let v = find(point_attrs, d)
+                    .or(*res)
+                    .map(AttrValue::into_text)
+                    .unwrap_or_default();
                 (
                     Arc::from(d.as_str()),
-                    Arc::from(clip(&get(d).map(AttrValue::into_text).unwrap_or_default())),
+                    Arc::from(&*cfg.scrub.value(clip(&v))),
                 )
             })
             .collect();
         let key = SeriesKey {
             service: clip(self.service).into(),
-            operation: Arc::from(clip(&operation)),
+            operation: Arc::from(operation.as_str()),
             version: Arc::from(clip(&version)),
             dims,
         };
@@ -205,8 +214,9 @@ pub(super) fn metrics_request(req: &ExportMetricsServiceRequest, cfg: &DecodeCon
         let mut ctx = Ctx {
             cfg,
             service,
-            resource,
             resource_hash,
+            res_version: find(resource, &cfg.version_attribute),
+            res_dims: cfg.dimensions.iter().map(|d| find(resource, d)).collect(),
             keys: HashMap::new(),
         };
         for sm in &rm.scope_metrics {

@@ -10,6 +10,7 @@ mod attrs;
 mod json;
 mod logs;
 mod metrics;
+pub mod scrub;
 #[cfg(test)]
 mod tests;
 mod traces;
@@ -78,6 +79,8 @@ pub struct DecodeConfig {
     pub duration_metrics: Vec<String>,
     /// Monotonic sums read as request counts.
     pub request_counters: Vec<String>,
+    /// What is scrubbed from operation names and dimension values.
+    pub scrub: scrub::Scrub,
 }
 
 impl Default for DecodeConfig {
@@ -99,6 +102,7 @@ impl Default for DecodeConfig {
                 "http.server.requests".into(),
                 "http_server_requests_total".into(),
             ],
+            scrub: scrub::Scrub::default(),
         }
     }
 }

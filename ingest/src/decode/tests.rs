@@ -471,3 +471,84 @@ fn key_parts_are_clipped() {
     assert_eq!(k.operation.len(), MAX_KEY_PART_BYTES);
     assert!(k.service.chars().all(|c| c == 'é'));
 }
+
+/// Scenario: spans whose names carry raw paths with ids and e-mail addresses (no
+/// `http.route`), a dimension holding a host name, and metric points with a raw route; a
+/// scrub rule for the host names.
+/// Guarantees: the series keys carry `{id}` instead of the ids and the rule's replacement
+/// instead of the host, for spans and metric points alike; spans that differ only by id
+/// share one key.
+#[test]
+fn ids_and_rule_matches_are_scrubbed_before_keys() {
+    let mut cfg = cfg();
+    cfg.scrub.rules.push(scrub::Rule {
+        pattern: regex::Regex::new(r"^ip-\d+-\d+-\d+-\d+$").unwrap(),
+        replacement: "ip-host".into(),
+    });
+    let env = |v: &str| kv("deployment.environment", s(v));
+    let req = request(
+        vec![kv("service.name", s("users"))],
+        vec![
+            span(
+                "GET /users/123",
+                Kind::Server,
+                T,
+                5,
+                vec![env("ip-10-0-0-1")],
+                false,
+            ),
+            span(
+                "GET /users/456",
+                Kind::Server,
+                T,
+                5,
+                vec![env("ip-10-0-0-2")],
+                false,
+            ),
+            span(
+                "POST /mail/jane.doe@example.com",
+                Kind::Server,
+                T,
+                5,
+                vec![env("prod")],
+                false,
+            ),
+        ],
+    );
+    let d = traces_proto(&req.encode_to_vec(), &cfg).unwrap();
+    let keys: Vec<String> = d
+        .batch
+        .requests
+        .iter()
+        .map(|r| d.batch.keys[r.key as usize].to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "users/GET /users/{id}@,deployment.environment=ip-host",
+            "users/GET /users/{id}@,deployment.environment=ip-host",
+            "users/POST /mail/{id}@,deployment.environment=prod",
+        ]
+    );
+    assert_eq!(d.batch.keys.len(), 2, "ids no longer split series");
+    let m = duration_metric(pm::metric::Data::Histogram(Histogram {
+        data_points: vec![hist_point(
+            vec![
+                kv(
+                    "http.route",
+                    s("/orders/3f2b8c1e-9a4d-4e6f-8b7a-1c2d3e4f5a6b"),
+                ),
+                env("ip-10-0-0-3"),
+            ],
+            vec![10.0],
+            vec![1, 0],
+        )],
+        aggregation_temporality: AggregationTemporality::Delta as i32,
+    }));
+    let d = metrics_proto(&m.encode_to_vec(), &cfg).unwrap();
+    let key = d.batch.keys[0].to_string();
+    assert!(
+        key.contains("/orders/{id}") && key.contains("deployment.environment=ip-host"),
+        "{key}"
+    );
+}

@@ -206,13 +206,27 @@ fn one_span(
     for (i, d) in dims.iter_mut().enumerate().take(cfg.dimensions.len()) {
         *d = s.dims[i].or(res.dims[i]).map(RawValue::check).transpose()?;
     }
+    let operation = cfg.scrub.operation(clip(operation));
+    // Rules on dimension values (rare): their scrubbed texts stand in for the values.
+    let scrubbed: [Option<String>; MAX_DIMS] = if cfg.scrub.has_rules() {
+        std::array::from_fn(|i| dims[i].map(|v| cfg.scrub.value(&text(Some(v))).into_owned()))
+    } else {
+        std::array::from_fn(|_| None)
+    };
+    if cfg.scrub.has_rules() {
+        for (d, t) in dims.iter_mut().zip(&scrubbed) {
+            if let Some(t) = t {
+                *d = Some(AttrValue::Str(t));
+            }
+        }
+    }
     let int = |v: Option<RawValue<'_>>| v.and_then(|v| v.check().ok()).and_then(|v| v.as_int());
     let bad = s.status_error
         || int(s.http_status).is_some_and(|c| c >= 500)
         || int(s.grpc_status).is_some_and(|c| cfg.bad_grpc_codes.contains(&c));
     let key = keys.index_of(
         clip(res.service),
-        clip(operation),
+        &operation,
         version,
         &dims[..cfg.dimensions.len()],
         cfg,
