@@ -177,14 +177,22 @@ pub async fn handler(
     let Some(rt) = q.runtime.as_ref() else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
     };
-    let result = rt
-        .spawn(async move {
-            let _held = (permit, running);
-            let ctx =
-                trike_sql::query::session_limited(Some(live), archive.as_deref(), memory_limit)?;
-            trike_sql::query::run(&ctx, &sql, limits).await
-        })
-        .await;
+    let mut task = rt.spawn(async move {
+        let _held = (permit, running);
+        let ctx = trike_sql::query::session_limited(Some(live), archive.as_deref(), memory_limit)?;
+        trike_sql::query::run(&ctx, &sql, limits).await
+    });
+    // The query enforces its own time limit wherever its plan yields; this guard, on the admin
+    // runtime, answers on time even when a plan does not (the task is aborted at its next
+    // yield; until then it holds one of the query threads, never an ingest one).
+    let guard = limits.timeout + std::time::Duration::from_secs(1);
+    let result = match tokio::time::timeout(guard, &mut task).await {
+        Ok(r) => r,
+        Err(_) => {
+            task.abort();
+            Ok(Err(trike_sql::Error::Timeout(limits.timeout)))
+        }
+    };
     let out = match result {
         Ok(Ok(out)) => out,
         Ok(Err(e @ trike_sql::Error::Timeout(_))) => {

@@ -78,16 +78,16 @@ async fn only_queries_run_and_no_file_is_touched() {
     running.stop().await.unwrap();
 }
 
-/// Scenario: `query: { max_concurrent: 1, memory_limit: 1MiB, timeout: 5s }`; one query that
-/// cannot finish in 5 s runs while a second arrives, then one sorts far more than 1 MiB.
+/// Scenario: `query: { max_concurrent: 1, memory_limit: 4MiB, timeout: 5s }`; one query that
+/// cannot finish in 5 s runs while a second arrives, then one groups far more than 4 MiB.
 /// Guarantees: the second gets 429 with `Retry-After` while the first runs; the first ends
-/// with 504 at its time limit, after which queries are accepted again; the big sort fails
+/// with 504 at its time limit, after which queries are accepted again; the big grouping fails
 /// with 400 saying it is over its memory limit; `/metrics` counts each refusal and shows no
 /// query running at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_time_and_memory_are_bounded() {
     let running =
-        start_trike("query: { max_concurrent: 1, memory_limit: 1MiB, timeout: 5s }").await;
+        start_trike("query: { max_concurrent: 1, memory_limit: 4MiB, timeout: 5s }").await;
     let admin = running.admin_addr;
     let slow = tokio::spawn(async move {
         post(
@@ -118,7 +118,7 @@ async fn concurrency_time_and_memory_are_bounded() {
     assert_eq!(after.status(), 200);
     let big = post(
         admin,
-        "SELECT v FROM generate_series(1, 3000000) AS t(v) ORDER BY v DESC",
+        "SELECT v % 2000003 AS k, count(*) FROM generate_series(1, 3000000) AS t(v) GROUP BY v % 2000003",
     )
     .await;
     assert_eq!(big.status(), 400);
