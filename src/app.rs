@@ -171,11 +171,10 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         tokens: Arc::new(cfg.auth.ingest.clone()),
         stats: auth_stats.clone(),
     };
-    let pipeline = Arc::new(Pipeline::new(
-        Arc::new(cfg.decode.clone()),
-        worker.sink(),
-        ingest.clone(),
-    ));
+    let pipeline = Arc::new(
+        Pipeline::new(Arc::new(cfg.decode.clone()), worker.sink(), ingest.clone())
+            .with_inflight_budget(cfg.limits.inflight_bytes),
+    );
     let pipeline_for_kafka = pipeline.clone();
     let state = Arc::new(AdminState {
         worker: worker.handle(),
@@ -196,6 +195,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         revision: cfg.policy.revision.clone(),
         rule_set: cfg.rule_set.clone(),
         query: admin::query::QueryService::new(cfg.query).context("starting the query threads")?,
+        inflight: pipeline.inflight().clone(),
         auth: admin::auth::AdminAuth::new(&cfg.auth.admin_read, &cfg.auth.admin_write, auth_stats),
     });
     let (tx, rx) = watch::channel(false);

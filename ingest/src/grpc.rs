@@ -112,6 +112,19 @@ impl<K: ExportKind> UnaryService<Bytes> for Unary<K> {
         let pipeline = self.0.clone();
         Box::pin(async move {
             let body = request.into_inner();
+            // Admission before decoding: the message's bytes against the in-flight budget.
+            let Some(_held) = pipeline.inflight().try_reserve(body.len()) else {
+                pipeline.metrics().request(
+                    Transport::Grpc,
+                    K::SIGNAL,
+                    crate::RequestOutcome::Overloaded,
+                );
+                return Err(Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    "Trike is busy: request bytes in flight are at limits.inflight_bytes, retry later",
+                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
+                ));
+            };
             match export_async(
                 &pipeline,
                 Transport::Grpc,

@@ -25,6 +25,24 @@ struct HttpState {
     limits: Limits,
 }
 
+/// 429 with `Retry-After`: the in-flight byte budget is spent.
+fn inflight_full(
+    metrics: &crate::IngestMetrics,
+    enc: Encoding,
+    signal: crate::SignalKind,
+) -> Response {
+    metrics.request(Transport::Http, signal, RequestOutcome::Overloaded);
+    let mut r = error(
+        enc,
+        StatusCode::TOO_MANY_REQUESTS,
+        RESOURCE_EXHAUSTED,
+        "Trike is busy: request bytes in flight are at limits.inflight_bytes, retry later".into(),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
 /// The OTLP/HTTP routes; with ingest tokens configured, a request without one of them is
 /// refused with 401 and `WWW-Authenticate: Bearer` before its body is read.
 pub fn router(pipeline: Arc<Pipeline>, limits: Limits, auth: IngestAuth) -> Router {
@@ -154,6 +172,15 @@ async fn export<K: ExportKind>(
         )
             .into_response();
     };
+    // Admission before a byte is read: the declared length (or the largest allowed body).
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(s.limits.max_request_bytes)
+        .min(s.limits.max_request_bytes);
+    let Some(_read) = s.pipeline.inflight().try_reserve(declared) else {
+        return inflight_full(&metrics, enc, K::SIGNAL);
+    };
     let bytes = match read_body(&headers, body, s.limits).await {
         Ok(b) => b,
         Err(BodyError::TooLarge(m)) => {
@@ -168,6 +195,14 @@ async fn export<K: ExportKind>(
             metrics.request(Transport::Http, K::SIGNAL, RequestOutcome::Unsupported);
             return error(enc, StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_ARGUMENT, m);
         }
+    };
+    // Decompressed beyond what was reserved: reserve the rest before decoding.
+    let _decoded = match bytes.len().checked_sub(declared) {
+        Some(more) if more > 0 => match s.pipeline.inflight().try_reserve(more) {
+            Some(p) => Some(p),
+            None => return inflight_full(&metrics, enc, K::SIGNAL),
+        },
+        _ => None,
     };
     match export_async(&s.pipeline, Transport::Http, K::SIGNAL, enc, bytes.into()).await {
         Ok(accepted) => encode(enc, StatusCode::OK, &K::response(&accepted)),

@@ -4,6 +4,7 @@
 use crate::decode::{self, DecodeConfig, DecodeError, Decoded};
 use crate::metrics::{IngestMetrics, RequestOutcome, SignalKind, Transport};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use trike_engine::Batch;
 
 /// The sink refused the batch because its queue is full; the client should retry later.
@@ -55,6 +56,7 @@ pub struct Pipeline {
     cfg: Arc<DecodeConfig>,
     sink: Arc<dyn BatchSink>,
     metrics: Arc<IngestMetrics>,
+    inflight: Arc<Inflight>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -72,7 +74,23 @@ impl Pipeline {
         sink: Arc<dyn BatchSink>,
         metrics: Arc<IngestMetrics>,
     ) -> Self {
-        Self { cfg, sink, metrics }
+        Self {
+            cfg,
+            sink,
+            metrics,
+            inflight: Inflight::new(Limits::default().inflight_bytes),
+        }
+    }
+
+    /// With an in-flight byte budget of `bytes` (shared by every receiver of this pipeline).
+    pub fn with_inflight_budget(mut self, bytes: usize) -> Self {
+        self.inflight = Inflight::new(bytes);
+        self
+    }
+
+    /// The in-flight byte budget.
+    pub fn inflight(&self) -> &Arc<Inflight> {
+        &self.inflight
     }
 
     /// The ingestion counters.
@@ -178,6 +196,105 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Largest accepted body after decompression, in bytes.
     pub max_decompressed_bytes: usize,
+    /// Request bytes being read or decoded at once, across all requests (DESIGN §7
+    /// `limits.inflight_bytes`).
+    pub inflight_bytes: usize,
+}
+
+/// The in-flight byte budget: a request reserves its bytes *before* its body is read (HTTP:
+/// its `Content-Length`, or the largest allowed body when it has none) or decoded (gRPC: the
+/// message), and holds them until its observations are queued. A request that does not fit
+/// is refused with 429 / `RESOURCE_EXHAUSTED` and `Retry-After`, so memory for requests stays
+/// bounded however many clients send at once. One request larger than the whole budget is
+/// admitted only while nothing else is in flight (so it is slow, never impossible).
+#[derive(Debug)]
+pub struct Inflight {
+    budget: usize,
+    used: AtomicUsize,
+    /// Requests refused for the budget.
+    pub refused: AtomicU64,
+}
+
+/// Bytes reserved from an [`Inflight`] budget; returned on drop.
+#[derive(Debug)]
+pub struct InflightPermit {
+    inflight: Arc<Inflight>,
+    bytes: usize,
+}
+
+impl Drop for InflightPermit {
+    fn drop(&mut self) {
+        self.inflight.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl Inflight {
+    /// A budget of `budget` bytes.
+    pub fn new(budget: usize) -> Arc<Self> {
+        Arc::new(Self {
+            budget,
+            used: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The budget.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Renders `trike_receiver_inflight_bytes` (and its limit) and the refusals.
+    pub fn render(&self, out: &mut String) {
+        use trike_engine::expo::{counter, gauge};
+        gauge(
+            out,
+            "trike_receiver_inflight_bytes",
+            "Request bytes being read or decoded now.",
+            self.used() as f64,
+        );
+        gauge(
+            out,
+            "trike_receiver_inflight_limit_bytes",
+            "limits.inflight_bytes: beyond it requests are refused with 429 / RESOURCE_EXHAUSTED.",
+            self.budget as f64,
+        );
+        counter(
+            out,
+            "trike_receiver_inflight_refused_total",
+            "Requests refused because the in-flight byte budget was spent.",
+            self.refused.load(Ordering::Relaxed),
+        );
+    }
+
+    /// Reserves `bytes`; None (and counted) when they do not fit.
+    pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<InflightPermit> {
+        let mut cur = self.used.load(Ordering::Acquire);
+        loop {
+            if cur > 0 && cur.saturating_add(bytes) > self.budget {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            match self.used.compare_exchange_weak(
+                cur,
+                cur + bytes,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Some(InflightPermit {
+                        inflight: self.clone(),
+                        bytes,
+                    });
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
 }
 
 impl Default for Limits {
@@ -185,6 +302,35 @@ impl Default for Limits {
         Self {
             max_request_bytes: 8 << 20,
             max_decompressed_bytes: 32 << 20,
+            inflight_bytes: 64 << 20,
         }
+    }
+}
+
+#[cfg(test)]
+mod inflight_tests {
+    use super::*;
+
+    /// Guarantees: reservations fit the budget or are refused (and counted); released bytes
+    /// come back; one request larger than the budget passes only when nothing else is in flight.
+    #[test]
+    fn budget_holds() {
+        let b = Inflight::new(100);
+        let a = b.try_reserve(60).unwrap();
+        assert!(b.try_reserve(50).is_none());
+        let c = b.try_reserve(40).unwrap();
+        assert_eq!(b.used(), 100);
+        drop(a);
+        assert_eq!(b.used(), 40);
+        assert!(
+            b.try_reserve(500).is_none(),
+            "too big while others are in flight"
+        );
+        drop(c);
+        let big = b.try_reserve(500).unwrap();
+        assert!(b.try_reserve(1).is_none());
+        drop(big);
+        assert_eq!(b.used(), 0);
+        assert_eq!(b.refused.load(Ordering::Relaxed), 3);
     }
 }

@@ -55,6 +55,8 @@ pub struct AdminState {
     pub query: query::QueryService,
     /// Who may call what.
     pub auth: auth::AdminAuth,
+    /// The receivers' in-flight byte budget.
+    pub inflight: Arc<trike_ingest::pipeline::Inflight>,
 }
 
 /// What `/metrics` reads of the Kafka source.

@@ -13,6 +13,7 @@ use trike_engine::expo::{counter, escape, header};
 pub fn render(s: &AdminState) -> String {
     let mut out = String::with_capacity(16 * 1024);
     s.ingest.render(&mut out);
+    s.inflight.render(&mut out);
     s.worker.render(&mut out);
     s.decisions.render(&mut out);
     if let Some((_, a)) = &s.archive {

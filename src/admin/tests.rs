@@ -31,6 +31,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         rule_set: "{}".into(),
         query: super::query::QueryService::new(Default::default()).unwrap(),
         auth: Default::default(),
+        inflight: trike_ingest::pipeline::Inflight::new(1 << 20),
     }
 }
 

@@ -58,6 +58,17 @@ pub struct RawConfig {
     pub auth: RawAuth,
     /// What is scrubbed from operation names and dimension values before they become keys.
     pub scrub: RawScrub,
+    /// Overload limits.
+    pub limits: RawLimits,
+}
+
+/// `limits:` (DESIGN §7).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Request bytes being read or decoded at once, across all receivers (default 64MiB);
+    /// checked before a body is read. Beyond it: 429 / RESOURCE_EXHAUSTED with Retry-After.
+    pub inflight_bytes: Option<bytes::ByteSize>,
 }
 
 /// `scrub:`: telemetry hygiene (PII and cardinality).

@@ -436,6 +436,16 @@ impl Config {
                 limits.max_decompressed_bytes, limits.max_request_bytes
             ));
         }
+        if let Some(b) = raw.limits.inflight_bytes {
+            limits.inflight_bytes = b.as_usize();
+        }
+        if limits.inflight_bytes < limits.max_request_bytes {
+            p.push(format!(
+                "limits.inflight_bytes: {} is smaller than receivers.max_request_bytes ({}): one request could never be admitted alongside another",
+                super::bytes::ByteSize(limits.inflight_bytes as u64),
+                limits.max_request_bytes
+            ));
+        }
         let queue_observations = raw.receivers.queue_observations.unwrap_or(1_000_000);
         if queue_observations == 0 {
             p.push("receivers.queue_observations: must be at least 1".into());
