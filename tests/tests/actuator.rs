@@ -126,6 +126,40 @@ fn start(s: ActuatorSettings) -> (Arc<AtomicBool>, std::thread::JoinHandle<Actua
     (stop, worker)
 }
 
+/// A producer to the test's mock cluster.
+fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap()
+}
+
+/// Sends `e` to `trike.control` (key `checkout`) and waits until the broker has it.
+fn send_control(producer: &ThreadedProducer<DefaultProducerContext>, e: &Value) {
+    producer
+        .send(
+            BaseRecord::to("trike.control")
+                .key("checkout")
+                .payload(&e.to_string()),
+        )
+        .unwrap();
+    producer.flush(Duration::from_secs(5)).unwrap();
+}
+
+/// A reader of `trike.actions` from its beginning, in consumer group `group`.
+fn actions_reader(brokers: &str, group: &str) -> BaseConsumer {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("trike.actions", 0, Offset::Beginning)
+        .unwrap();
+    reader.assign(&tpl).unwrap();
+    reader
+}
+
 /// Every claim record on the claim log, as (event id, claimant), partitions in turn.
 fn claims(brokers: &str, want: usize) -> Vec<(String, String)> {
     let reader: BaseConsumer = ClientConfig::new()
@@ -195,20 +229,8 @@ async fn actuator_executes_once_rejects_forgeries_and_breaks_circuits() {
     let state = std::env::temp_dir().join(format!("trike-actuator-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
 
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let send = |e: &Value| {
-        producer
-            .send(
-                BaseRecord::to("trike.control")
-                    .key("checkout")
-                    .payload(&e.to_string()),
-            )
-            .unwrap();
-        producer.flush(Duration::from_secs(5)).unwrap();
-    };
+    let producer = producer(&brokers);
+    let send = |e: &Value| send_control(&producer, e);
     let rollback = event("e-1", "rollback", false, true);
     let mut forged = event("e-2", "rollback", false, true);
     forged["data"]["target"]["version"] = json!("1.4.0"); // changed after signing
@@ -222,15 +244,7 @@ async fn actuator_executes_once_rejects_forgeries_and_breaks_circuits() {
         send(&event(&format!("w-{i}"), "set_weight", false, true));
     }
 
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "reader")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("trike.actions", 0, Offset::Beginning)
-        .unwrap();
-    reader.assign(&tpl).unwrap();
+    let reader = actions_reader(&brokers, "reader");
 
     let stop = Arc::new(AtomicBool::new(false));
     let s = settings(&brokers, web, &state);
@@ -510,10 +524,7 @@ async fn keys_rotate_and_replays_of_old_events_are_rejected() {
         trike_sinks::signing::sign(&mut e, secret);
         e
     };
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
+    let producer = producer(&brokers);
     for e in [
         signed_with("k-old", "2026-11", b"old-secret", Duration::ZERO),
         signed_with("k-new", "2026-12", b"new-secret", Duration::ZERO),
@@ -525,32 +536,14 @@ async fn keys_rotate_and_replays_of_old_events_are_rejected() {
             Duration::from_secs(3600),
         ),
     ] {
-        producer
-            .send(
-                BaseRecord::to("trike.control")
-                    .key("checkout")
-                    .payload(&e.to_string()),
-            )
-            .unwrap();
+        send_control(&producer, &e);
     }
-    producer.flush(Duration::from_secs(5)).unwrap();
 
     let mut s = settings(&brokers, web, &state);
     s.keys = trike_sinks::signing::VerifyKeys::default()
         .with(Some("2026-11"), b"old-secret".to_vec())
         .with(Some("2026-12"), b"new-secret".to_vec());
-    let reader = tokio::task::block_in_place(|| {
-        let r: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", "keys-reader")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("trike.actions", 0, Offset::Beginning)
-            .unwrap();
-        r.assign(&tpl).unwrap();
-        r
-    });
+    let reader = tokio::task::block_in_place(|| actions_reader(&brokers, "keys-reader"));
     let (stop, worker) = start(s.clone());
     let mut seen = Vec::new();
     tokio::task::block_in_place(|| outcomes(&reader, 4, &mut seen));
