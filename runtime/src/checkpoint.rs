@@ -138,11 +138,12 @@ pub fn save_policy(dir: &Path, c: &PolicyCheckpoint) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use trike_engine::policy::{Policy, PolicyEngine};
 
-    fn dir(name: &str) -> std::path::PathBuf {
+    /// An empty directory for a test's checkpoint files (also used by the hook's tests).
+    pub(crate) fn dir(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("trike-ckpt-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();

@@ -368,29 +368,9 @@ async fn claim_log_stops_a_second_actuator_and_refused_claims_are_retried() {
         d
     };
     let (state_a, state_b) = (dir("a"), dir("b"));
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let send = |e: &Value| {
-        producer
-            .send(
-                BaseRecord::to("trike.control")
-                    .key("checkout")
-                    .payload(&e.to_string()),
-            )
-            .unwrap();
-        producer.flush(Duration::from_secs(5)).unwrap();
-    };
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "reader")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("trike.actions", 0, Offset::Beginning)
-        .unwrap();
-    reader.assign(&tpl).unwrap();
+    let producer = producer(&brokers);
+    let send = |e: &Value| send_control(&producer, e);
+    let reader = actions_reader(&brokers, "reader");
     let mut seen = Vec::new();
 
     // Actuator a executes e-1.

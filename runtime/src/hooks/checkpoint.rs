@@ -261,13 +261,7 @@ impl Hook for Checkpointer {
 mod tests {
     use super::*;
     use crate::checkpoint::load_engine;
-
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("trike-hook-ckpt-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use crate::checkpoint::tests::dir;
 
     /// Scenario: the engine thread asks for a checkpoint on every tick (due every time) while
     /// the writer is busy writing the last one.
