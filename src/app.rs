@@ -12,6 +12,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use trike_ingest::kafka::progress::Progress;
+use trike_ingest::listen::{ConnStats, ListenOptions, Listener};
+use trike_ingest::serve_http;
+use trike_ingest::tls::{Alpn, ClientCerts};
 use trike_ingest::{IngestMetrics, Pipeline};
 use trike_runtime::hooks::archive::Archiver;
 use trike_runtime::hooks::checkpoint::Checkpointer;
@@ -47,6 +50,9 @@ pub struct Running {
     archive: Option<trike_sql::archive::ArchiveWriter>,
 }
 
+/// How long open HTTP requests may take to finish at shutdown.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!(
@@ -68,6 +74,7 @@ fn kafka_sink_config(cfg: &Config) -> Option<trike_sinks::kafka::KafkaSinkConfig
         topic: cfg.control_topic.clone(),
         partitions: cfg.control_partitions,
         replication: cfg.control_replication,
+        client: cfg.kafka_client.clone(),
     })
 }
 
@@ -101,6 +108,31 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         http.local_addr()?,
         admin_l.local_addr()?,
     );
+
+    // TLS and the connection limits, per listener (DESIGN §7, §8).
+    let listener_stats: Vec<(&'static str, Arc<ConnStats>)> = ["otlp_grpc", "otlp_http", "admin"]
+        .into_iter()
+        .map(|n| (n, Arc::new(ConnStats::default())))
+        .collect();
+    let listen = |tcp: TcpListener, i: usize, certs: ClientCerts, alpn: Alpn| {
+        let opts = ListenOptions {
+            tls: None,
+            max_connections: cfg.limits.max_connections,
+            handshake_timeout: cfg.limits.header_read_timeout,
+        }
+        .with_tls(cfg.tls.as_ref(), certs, alpn)
+        .map_err(anyhow::Error::from)?;
+        Listener::new(tcp, opts, listener_stats[i].1.clone()).map_err(anyhow::Error::from)
+    };
+    let grpc = listen(grpc, 0, ClientCerts::Required, Alpn::H2)?;
+    let http = listen(http, 1, ClientCerts::Required, Alpn::Http)?;
+    let admin_l = listen(admin_l, 2, ClientCerts::Optional, Alpn::Http)?;
+    if let Some(t) = &cfg.tls {
+        tracing::info!(
+            mtls = t.client_ca_file.is_some(),
+            "OTLP/gRPC, OTLP/HTTP and the admin API are served over TLS"
+        );
+    }
 
     let store = Arc::new(DecisionStore::default());
     let (sinks, events) = SinkWriter::start(&cfg.sinks, kafka_sink_config(&cfg), store.clone())
@@ -196,7 +228,9 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         rule_set: cfg.rule_set.clone(),
         query: admin::query::QueryService::new(cfg.query).context("starting the query threads")?,
         inflight: pipeline.inflight().clone(),
-        auth: admin::auth::AdminAuth::new(&cfg.auth.admin_read, &cfg.auth.admin_write, auth_stats),
+        auth: admin::auth::AdminAuth::new(&cfg.auth.admin_read, &cfg.auth.admin_write, auth_stats)
+            .with_client_certs(cfg.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some())),
+        listeners: listener_stats.clone(),
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
@@ -215,26 +249,24 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     {
         let router = trike_ingest::http::router(pipeline, cfg.limits, ingest_auth);
         let stop = signal(&rx);
+        let header_timeout = cfg.limits.header_read_timeout;
         tasks.push((
             "otlp-http",
             tokio::spawn(async move {
-                axum::serve(http, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-                    .context("OTLP/HTTP receiver")
+                serve_http::serve(http, router, header_timeout, DRAIN, stop).await;
+                Ok(())
             }),
         ));
     }
     {
         let router = admin::router(state.clone());
         let stop = signal(&rx);
+        let header_timeout = cfg.limits.header_read_timeout;
         tasks.push((
             "admin",
             tokio::spawn(async move {
-                axum::serve(admin_l, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-                    .context("admin API")
+                serve_http::serve(admin_l, router, header_timeout, DRAIN, stop).await;
+                Ok(())
             }),
         ));
     }

@@ -88,7 +88,10 @@ impl EmbeddedBroker {
         }
         if let Some(k) = cfg.kafka_ingest.as_mut().filter(|k| k.brokers == EMBEDDED) {
             k.brokers = servers;
+            k.client = k.client.without_security();
         }
+        // The embedded broker speaks plain text: TLS and SASL settings are for real brokers.
+        cfg.kafka_client = cfg.kafka_client.without_security();
         tracing::info!(
             bootstrap_servers = broker.bootstrap_servers(),
             "embedded Kafka-protocol broker started (in memory; for demos and tests)"

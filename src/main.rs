@@ -161,6 +161,7 @@ async fn main() -> ExitCode {
                 keys: cfg.verify_keys(),
                 instance: cfg.instance.clone(),
                 actuator: cfg.actuator.clone(),
+                client: cfg.kafka_client.clone(),
             };
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let mut worker = {

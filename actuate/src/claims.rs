@@ -42,6 +42,7 @@ use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use trike_sinks::kafka_client::ClientProps;
 
 /// Default topic of the claim log.
 pub const DEFAULT_TOPIC: &str = "trike.actuator.claims";
@@ -161,6 +162,7 @@ impl FirstClaims {
 /// This actuator's handle on the claim log.
 pub struct ClaimLog {
     brokers: String,
+    client: ClientProps,
     topic: String,
     claimant: String,
     producer: FutureProducer,
@@ -181,14 +183,17 @@ impl std::fmt::Debug for ClaimLog {
     }
 }
 
-fn claims_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "0")
-        .set("message.timeout.ms", CLAIM_TIMEOUT.as_millis().to_string())
+fn claims_producer(brokers: &str, client: &ClientProps) -> anyhow::Result<FutureProducer> {
+    client
+        .apply(
+            ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("partitioner", "murmur2_random")
+                .set("linger.ms", "0")
+                .set("message.timeout.ms", CLAIM_TIMEOUT.as_millis().to_string()),
+        )
         .create()
         .context("claims producer")
 }
@@ -196,22 +201,31 @@ fn claims_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
 impl ClaimLog {
     /// Connects to the claim log `topic`; claims are made as `claimant`. Nothing is read
     /// until the first claim.
-    pub fn new(brokers: &str, topic: &str, claimant: String) -> anyhow::Result<Self> {
-        let reader: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            // librdkafka wants a group id even for `assign`; it never joins nor commits.
-            .set("group.id", format!("{claimant}/claims-reader"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "50")
+    pub fn new(
+        brokers: &str,
+        client: &ClientProps,
+        topic: &str,
+        claimant: String,
+    ) -> anyhow::Result<Self> {
+        let reader: BaseConsumer = client
+            .apply(
+                ClientConfig::new()
+                    .set("bootstrap.servers", brokers)
+                    // librdkafka wants a group id even for `assign`; it never joins nor commits.
+                    .set("group.id", format!("{claimant}/claims-reader"))
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.offset.reset", "earliest")
+                    .set("fetch.wait.max.ms", "50"),
+            )
             .create()
             .context("claims reader")?;
         Ok(Self {
             brokers: brokers.into(),
+            client: client.clone(),
             topic: topic.into(),
             claimant,
-            producer: claims_producer(brokers)?,
+            producer: claims_producer(brokers, client)?,
             reader,
             next: HashMap::new(),
             first: FirstClaims::new(MAX_REMEMBERED),
@@ -295,7 +309,7 @@ impl ClaimLog {
                 if let Some((code, why)) = self.producer.client().fatal_error() {
                     // A fatal idempotence error poisons the producer: start a fresh one.
                     tracing::warn!(?code, %why, "claims producer failed fatally; recreating it");
-                    self.producer = claims_producer(&self.brokers)?;
+                    self.producer = claims_producer(&self.brokers, &self.client)?;
                 }
                 Err(anyhow!("writing to the claim log {}: {e}", self.topic))
             }

@@ -71,6 +71,8 @@ pub struct ActuatorSettings {
     pub instance: String,
     /// The `actuator:` section, validated.
     pub actuator: Validated,
+    /// `kafka.client`: TLS, SASL and tuning properties for every client.
+    pub client: trike_sinks::kafka_client::ClientProps,
 }
 
 /// What a run did (for logs and tests).
@@ -167,6 +169,7 @@ fn ensure_topics(s: &ActuatorSettings) {
                 topic: topic.clone(),
                 partitions,
                 replication: 1,
+                client: s.client.clone(),
             };
             scope.spawn(move || {
                 if let Err(e) = trike_sinks::kafka::ensure_topic(&cfg) {
@@ -187,26 +190,36 @@ impl<'a> Actuator<'a> {
         ensure_topics(s);
         let claims = ClaimLog::new(
             &s.brokers,
+            &s.client,
             &a.claims_topic,
             ClaimLog::new_claimant(&s.instance),
         )?;
         tracing::info!(claimant = claims.claimant(), topic = %a.claims_topic, "actuator claims as");
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &s.brokers)
-            .set("group.id", &a.group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            // Short sessions: a restarted or added actuator takes over partitions in seconds.
-            .set("session.timeout.ms", "6000")
+        let consumer: BaseConsumer = s
+            .client
+            .apply(
+                ClientConfig::new()
+                    .set("bootstrap.servers", &s.brokers)
+                    .set("group.id", &a.group_id)
+                    .set("enable.auto.commit", "false")
+                    .set("auto.offset.reset", "earliest")
+                    // Short sessions: a restarted or added actuator takes over partitions in
+                    // seconds.
+                    .set("session.timeout.ms", "6000"),
+            )
             .create()
             .context("actuator consumer")?;
         consumer
             .subscribe(&[&s.control_topic])
             .context("subscribing to the control topic")?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &s.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
+        let producer: FutureProducer = s
+            .client
+            .apply(
+                ClientConfig::new()
+                    .set("bootstrap.servers", &s.brokers)
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all"),
+            )
             .create()
             .context("actuator producer")?;
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -73,6 +73,9 @@ pub enum Refusal {
     Invalid,
     /// A valid token without the scope the call needs (a read token on a write call).
     Scope,
+    /// No client certificate on a connection where `tls.client_ca_file` requires one (the
+    /// admin API lets probes in without one; everything else is refused).
+    ClientCert,
 }
 
 impl Refusal {
@@ -82,6 +85,7 @@ impl Refusal {
             Self::Missing => "missing",
             Self::Invalid => "invalid",
             Self::Scope => "scope",
+            Self::ClientCert => "client_cert",
         }
     }
 
@@ -91,6 +95,9 @@ impl Refusal {
             Self::Missing => "a bearer token is required (Authorization: Bearer <token>)",
             Self::Invalid => "the bearer token is not valid",
             Self::Scope => "the token does not allow this call (it needs an admin write token)",
+            Self::ClientCert => {
+                "a client certificate is required (tls.client_ca_file): only /healthz and /readyz are open without one"
+            }
         }
     }
 }
@@ -124,12 +131,17 @@ const SURFACES: [(Surface, &str); 3] = [
     (Surface::OtlpHttp, "otlp_http"),
     (Surface::Admin, "admin"),
 ];
-const REFUSALS: [Refusal; 3] = [Refusal::Missing, Refusal::Invalid, Refusal::Scope];
+const REFUSALS: [Refusal; 4] = [
+    Refusal::Missing,
+    Refusal::Invalid,
+    Refusal::Scope,
+    Refusal::ClientCert,
+];
 
 /// Refusals by surface and reason, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct AuthStats {
-    refused: [[AtomicU64; 3]; 3],
+    refused: [[AtomicU64; 4]; 3],
 }
 
 impl AuthStats {
@@ -160,7 +172,7 @@ impl AuthStats {
         trike_engine::expo::header(
             out,
             name,
-            "Calls refused for a missing or invalid bearer token or a token without the scope.",
+            "Calls refused for a missing or invalid bearer token, a token without the scope, or no client certificate.",
             "counter",
         );
         for (s, (_, surface)) in SURFACES.iter().enumerate() {

@@ -226,7 +226,7 @@ pub fn services(
 
 /// Serves OTLP/gRPC on `listener` until `shutdown` resolves.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: crate::listen::Listener,
     pipeline: Arc<Pipeline>,
     limits: Limits,
     auth: IngestAuth,
@@ -234,15 +234,12 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let (t, m, l) = services(pipeline, limits, auth);
     tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_grpc_streams)
+        // The whole call, message included: a client trickling its message is cut off.
+        .timeout(limits.body_read_timeout)
         .add_service(t)
         .add_service(m)
         .add_service(l)
-        .serve_with_incoming_shutdown(tokio_stream_listener(listener), shutdown)
+        .serve_with_incoming_shutdown(listener, shutdown)
         .await
-}
-
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
 }

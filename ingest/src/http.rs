@@ -18,6 +18,7 @@ use std::sync::Arc;
 /// gRPC code numbers used in error bodies.
 const INVALID_ARGUMENT: i32 = 3;
 const RESOURCE_EXHAUSTED: i32 = 8;
+const UNAVAILABLE: i32 = 14;
 
 #[derive(Clone)]
 struct HttpState {
@@ -106,6 +107,7 @@ fn error(enc: Encoding, status: StatusCode, code: i32, message: String) -> Respo
 
 enum BodyError {
     TooLarge(String),
+    TooSlow(String),
     Bad(String),
     Unsupported(String),
 }
@@ -121,9 +123,18 @@ async fn read_body(headers: &HeaderMap, body: Body, limits: Limits) -> Result<Ve
     {
         return Err(too_large("request body", limits.max_request_bytes));
     }
-    let raw = axum::body::to_bytes(body, limits.max_request_bytes)
-        .await
-        .map_err(|_| too_large("request body", limits.max_request_bytes))?;
+    let raw = tokio::time::timeout(
+        limits.body_read_timeout,
+        axum::body::to_bytes(body, limits.max_request_bytes),
+    )
+    .await
+    .map_err(|_| {
+        BodyError::TooSlow(format!(
+            "the request body was not received within limits.body_read_timeout ({} s)",
+            limits.body_read_timeout.as_secs_f64()
+        ))
+    })?
+    .map_err(|_| too_large("request body", limits.max_request_bytes))?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -186,6 +197,10 @@ async fn export<K: ExportKind>(
         Err(BodyError::TooLarge(m)) => {
             metrics.request(Transport::Http, K::SIGNAL, RequestOutcome::TooLarge);
             return error(enc, StatusCode::PAYLOAD_TOO_LARGE, INVALID_ARGUMENT, m);
+        }
+        Err(BodyError::TooSlow(m)) => {
+            metrics.request(Transport::Http, K::SIGNAL, RequestOutcome::TimedOut);
+            return error(enc, StatusCode::REQUEST_TIMEOUT, UNAVAILABLE, m);
         }
         Err(BodyError::Bad(m)) => {
             metrics.request(Transport::Http, K::SIGNAL, RequestOutcome::Malformed);

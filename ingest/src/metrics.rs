@@ -65,16 +65,19 @@ pub enum RequestOutcome {
     TooLarge = 4,
     /// Unsupported content type or encoding.
     Unsupported = 5,
+    /// The body was not received within `limits.body_read_timeout`: 408.
+    TimedOut = 6,
 }
 
 impl RequestOutcome {
-    const ALL: [RequestOutcome; 6] = [
+    const ALL: [RequestOutcome; 7] = [
         RequestOutcome::Ok,
         RequestOutcome::Partial,
         RequestOutcome::Malformed,
         RequestOutcome::Overloaded,
         RequestOutcome::TooLarge,
         RequestOutcome::Unsupported,
+        RequestOutcome::TimedOut,
     ];
     const fn name(self) -> &'static str {
         match self {
@@ -84,6 +87,7 @@ impl RequestOutcome {
             RequestOutcome::Overloaded => "overloaded",
             RequestOutcome::TooLarge => "too_large",
             RequestOutcome::Unsupported => "unsupported",
+            RequestOutcome::TimedOut => "timed_out",
         }
     }
 }
@@ -91,7 +95,7 @@ impl RequestOutcome {
 /// Ingestion counters.
 #[derive(Debug, Default)]
 pub struct IngestMetrics {
-    requests: [[[AtomicU64; 6]; 3]; 3],
+    requests: [[[AtomicU64; 7]; 3]; 3],
     received: [AtomicU64; 3],
     rejected: [[AtomicU64; 4]; 3],
     observations: AtomicU64,

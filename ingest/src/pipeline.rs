@@ -199,6 +199,16 @@ pub struct Limits {
     /// Request bytes being read or decoded at once, across all requests (DESIGN §7
     /// `limits.inflight_bytes`).
     pub inflight_bytes: usize,
+    /// Connections open at once, per listener (`limits.max_connections`).
+    pub max_connections: usize,
+    /// Concurrent gRPC streams per connection (`limits.max_grpc_streams`).
+    pub max_grpc_streams: u32,
+    /// Longest time to receive a request's headers, and a TLS handshake
+    /// (`limits.header_read_timeout`).
+    pub header_read_timeout: std::time::Duration,
+    /// Longest time to receive a request's body (`limits.body_read_timeout`): a client that
+    /// trickles its body is cut off instead of holding its in-flight bytes.
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// The in-flight byte budget: a request reserves its bytes *before* its body is read (HTTP:
@@ -303,6 +313,10 @@ impl Default for Limits {
             max_request_bytes: 8 << 20,
             max_decompressed_bytes: 32 << 20,
             inflight_bytes: 64 << 20,
+            max_connections: 4096,
+            max_grpc_streams: 100,
+            header_read_timeout: std::time::Duration::from_secs(10),
+            body_read_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct KafkaSinkConfig {
     pub partitions: i32,
     /// Replication factor when the topic is created.
     pub replication: i32,
+    /// `kafka.client`: TLS, SASL and tuning properties.
+    pub client: crate::kafka_client::ClientProps,
 }
 
 /// Delivery counters, shared with `/metrics` and `/readyz`.
@@ -83,11 +85,15 @@ pub fn ensure_topic(cfg: &KafkaSinkConfig) -> Result<(), KafkaError> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-                    .set("bootstrap.servers", &cfg.brokers)
-                    // Asking for the topic's metadata must not create it with the broker's
-                    // defaults instead of ours.
-                    .set("allow.auto.create.topics", "false")
+                let admin: AdminClient<DefaultClientContext> = cfg
+                    .client
+                    .apply(
+                        ClientConfig::new()
+                            .set("bootstrap.servers", &cfg.brokers)
+                            // Asking for the topic's metadata must not create it with the
+                            // broker's defaults instead of ours.
+                            .set("allow.auto.create.topics", "false"),
+                    )
                     .create()?;
                 // Already there (the usual case after the first start, and always with the
                 // embedded broker, which cannot create topics through the admin API): done.
@@ -136,15 +142,19 @@ pub fn ensure_topic(cfg: &KafkaSinkConfig) -> Result<(), KafkaError> {
 impl KafkaSink {
     /// Connects an idempotent producer for `cfg.topic`.
     pub fn new(cfg: &KafkaSinkConfig, stats: Arc<KafkaSinkStats>) -> Result<Self, KafkaError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // Decisions are rare and urgent: 1 ms of batching bounds the added latency; bursts
-            // still batch, and sends never wait for each other.
-            .set("linger.ms", "1")
-            .set("delivery.timeout.ms", "30000")
-            .set("compression.type", "lz4")
+        let producer = cfg
+            .client
+            .apply(
+                ClientConfig::new()
+                    .set("bootstrap.servers", &cfg.brokers)
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all")
+                    // Decisions are rare and urgent: 1 ms of batching bounds the added latency;
+                    // bursts still batch, and sends never wait for each other.
+                    .set("linger.ms", "1")
+                    .set("delivery.timeout.ms", "30000")
+                    .set("compression.type", "lz4"),
+            )
             .create_with_context(Context {
                 stats: stats.clone(),
             })?;
@@ -209,6 +219,7 @@ mod tests {
             topic: "trike.control".into(),
             partitions: 2,
             replication: 1,
+            client: Default::default(),
         };
         let stats = Arc::new(KafkaSinkStats::default());
         let sink = KafkaSink::new(&cfg, stats.clone()).unwrap();

@@ -7,6 +7,7 @@
 
 pub mod control_event;
 pub mod kafka;
+pub mod kafka_client;
 mod rfc3339;
 pub mod secret;
 pub mod signing;

@@ -19,6 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use trike_ingest::auth::{AuthStats, Refusal, Surface, Tokens, bearer};
+use trike_ingest::listen::PeerInfo;
 
 /// The dashboard's cookie.
 pub const COOKIE: &str = "trike_token";
@@ -32,6 +33,9 @@ pub struct AdminAuth {
     write: Tokens,
     /// Refusal counters (shared with the receivers).
     pub stats: Arc<AuthStats>,
+    /// `tls.client_ca_file` is set: every call but the probes needs a verified client
+    /// certificate on its connection.
+    client_cert_required: bool,
 }
 
 impl AdminAuth {
@@ -41,7 +45,14 @@ impl AdminAuth {
             read: read.union(write),
             write: write.clone(),
             stats,
+            client_cert_required: false,
         }
+    }
+
+    /// Requires a verified client certificate on every call but `/healthz` and `/readyz`.
+    pub fn with_client_certs(mut self, required: bool) -> Self {
+        self.client_cert_required = required;
+        self
     }
 
     fn is_open(&self) -> bool {
@@ -81,14 +92,15 @@ fn cookie_token(req: &Request) -> Option<String> {
 
 fn refuse(auth: &AdminAuth, why: Refusal) -> Response {
     auth.stats.refused(Surface::Admin, why);
-    let status = if why == Refusal::Scope {
-        StatusCode::FORBIDDEN
-    } else {
-        StatusCode::UNAUTHORIZED
+    let status = match why {
+        Refusal::Scope | Refusal::ClientCert => StatusCode::FORBIDDEN,
+        Refusal::Missing | Refusal::Invalid => StatusCode::UNAUTHORIZED,
     };
     let mut r = super::json_error(status, why.message().into());
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     r
 }
 
@@ -96,6 +108,17 @@ fn refuse(auth: &AdminAuth, why: Refusal) -> Response {
 pub async fn require(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
     let auth = &s.auth;
     let scope = scope_of(req.method(), req.uri().path());
+    if auth.client_cert_required && scope != Scope::Open {
+        // Set by the listener for each connection; absent (a router served some other way)
+        // counts as no certificate.
+        let verified = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<PeerInfo>>()
+            .is_some_and(|c| c.0.client_cert);
+        if !verified {
+            return refuse(auth, Refusal::ClientCert);
+        }
+    }
     if auth.is_open() || scope == Scope::Open {
         return next.run(req).await;
     }

@@ -57,6 +57,8 @@ pub struct AdminState {
     pub auth: auth::AdminAuth,
     /// The receivers' in-flight byte budget.
     pub inflight: Arc<trike_ingest::pipeline::Inflight>,
+    /// Connection counters per listener.
+    pub listeners: Vec<(&'static str, Arc<trike_ingest::listen::ConnStats>)>,
 }
 
 /// What `/metrics` reads of the Kafka source.

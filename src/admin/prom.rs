@@ -33,6 +33,10 @@ pub fn render(s: &AdminState) -> String {
     }
     s.query.render(&mut out);
     s.auth.stats.render(&mut out);
+    let listeners: Vec<_> = s.listeners.iter().map(|(n, c)| (*n, c.as_ref())).collect();
+    if !listeners.is_empty() {
+        trike_ingest::listen::ConnStats::render(&listeners, &mut out);
+    }
     sli_gauges(s, &mut out);
     out
 }

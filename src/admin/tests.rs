@@ -32,6 +32,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         query: super::query::QueryService::new(Default::default()).unwrap(),
         auth: Default::default(),
         inflight: trike_ingest::pipeline::Inflight::new(1 << 20),
+        listeners: vec![("admin", Default::default())],
     }
 }
 

@@ -60,6 +60,23 @@ pub struct RawConfig {
     pub scrub: RawScrub,
     /// Overload limits.
     pub limits: RawLimits,
+    /// TLS for the OTLP receivers and the admin API.
+    pub tls: Option<RawTls>,
+}
+
+/// `tls:` (DESIGN §8): PEM files, paths relative to the working directory (as the OTel
+/// Collector's). With `client_ca_file` every OTLP client must present a certificate signed by
+/// it (mTLS); the admin API requires one too, except on `/healthz` and `/readyz` (probes).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// The server certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// Its private key.
+    pub key_file: std::path::PathBuf,
+    /// CA certificates that sign client certificates (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<std::path::PathBuf>,
 }
 
 /// `limits:` (DESIGN §7).
@@ -69,6 +86,16 @@ pub struct RawLimits {
     /// Request bytes being read or decoded at once, across all receivers (default 64MiB);
     /// checked before a body is read. Beyond it: 429 / RESOURCE_EXHAUSTED with Retry-After.
     pub inflight_bytes: Option<bytes::ByteSize>,
+    /// Connections open at once per listener (default 4096); beyond it new connections wait
+    /// in the kernel's backlog until one closes.
+    pub max_connections: Option<usize>,
+    /// Concurrent gRPC streams per connection (default 100).
+    pub max_grpc_streams: Option<u32>,
+    /// Longest time for a client to send its request headers, or finish a TLS handshake
+    /// (default 10s; slowloris).
+    pub header_read_timeout: Option<Span>,
+    /// Longest time for a client to send a request body (default 30s): 408 after it.
+    pub body_read_timeout: Option<Span>,
 }
 
 /// `scrub:`: telemetry hygiene (PII and cardinality).
@@ -323,6 +350,10 @@ pub struct RawKafka {
     pub control_replication: Option<i32>,
     /// The Kafka source of OTLP records (off unless given).
     pub ingest: Option<RawKafkaIngest>,
+    /// librdkafka properties for every Kafka client (TLS, SASL, compression, tuning); `${VAR}`
+    /// for secrets.
+    #[serde(default)]
+    pub client: trike_sinks::kafka_client::ClientProps,
 }
 
 /// `kafka.ingest:`.

@@ -67,6 +67,8 @@ series: { max_series_per_service: 0, dimensions: [service.name] }
 scrub: { rules: [ { pattern: "(unclosed", replacement: x } ] }
 query: { memory_limit: 1KiB, max_concurrent: 0 }
 auth: { ingest_tokens: [short] }
+limits: { max_connections: 0, max_grpc_streams: 0 }
+tls: { cert_file: /nonexistent/tls.crt, key_file: /nonexistent/tls.key }
 slos:
   - { name: a, service: s, objective: 1.5, sli: availability }
   - { name: a, service: s, objective: 0.99, period: 90d, sli: { latency: { threshold_ms: -3 } } }
@@ -81,6 +83,9 @@ slos:
         "query.memory_limit: 1KiB is below the minimum of 1MiB",
         "query.max_concurrent: 0 is not in 1..=64",
         "auth.ingest_tokens[0]: shorter than 16 characters",
+        "limits.max_connections: must be at least 1",
+        "limits.max_grpc_streams: must be at least 1",
+        "tls.cert_file /nonexistent/tls.crt: cannot read it",
         "series.dimensions[0]: \"service.name\" is already part",
         "slos[0].objective: 1.5 is not in (0, 1)",
         "slos[1].name: \"a\" is used by another SLO",
@@ -250,4 +255,41 @@ actuator:
     assert!(!printed.contains("t0ken-value"), "{printed}");
     assert!(printed.contains("***"));
     assert_eq!(c.resolve_signing_key().unwrap(), b"s3cret-signing-key");
+}
+
+/// Guarantees: `kafka.client` reaches every client config (the source's too), secrets from
+/// `${VAR}` never show in `check-config`'s output, and properties Trike manages are refused
+/// naming the key and what to use instead.
+#[test]
+fn kafka_client_properties() {
+    let yaml = r#"
+kafka:
+  brokers: "b1:9093"
+  client: { security.protocol: SASL_SSL, sasl.mechanism: SCRAM-SHA-512, sasl.username: trike, sasl.password: "${KAFKA_PASSWORD}", linger.ms: 5 }
+  ingest: { topics: [otlp_spans] }
+"#;
+    let env = |name: &str| (name == "KAFKA_PASSWORD").then(|| "pa55-w0rd-secret".to_string());
+    let c = Config::validate(
+        RawConfig::from_yaml_with(yaml, &env).unwrap(),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.kafka_client.get("sasl.password"),
+        Some("pa55-w0rd-secret")
+    );
+    assert_eq!(c.kafka_client.get("linger.ms"), Some("5"));
+    let source = c.kafka_ingest.as_ref().unwrap();
+    assert_eq!(source.client.get("security.protocol"), Some("SASL_SSL"));
+    let printed = format!("{c:?}");
+    assert!(!printed.contains("pa55-w0rd"), "the password is printed");
+    assert!(printed.contains("SCRAM-SHA-512"));
+    let err = load("kafka: { brokers: b, client: { group.id: mine, bootstrap.servers: x } }")
+        .unwrap_err()
+        .join("\n");
+    assert!(
+        err.contains("kafka.client.group.id: Trike sets this property itself"),
+        "{err}"
+    );
+    assert!(err.contains("kafka.client.bootstrap.servers: Trike sets this property itself (its delivery and offset guarantees depend on it); use kafka.brokers"), "{err}");
 }

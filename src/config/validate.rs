@@ -41,6 +41,8 @@ pub struct Config {
     pub metrics_max_services: usize,
     /// Kafka bootstrap servers, when configured.
     pub kafka_brokers: Option<String>,
+    /// `kafka.client`: librdkafka properties for every Kafka client (secrets print as `***`).
+    pub kafka_client: trike_sinks::kafka_client::ClientProps,
     /// Control topic.
     pub control_topic: String,
     /// Sections read and kept for later stages (named in a start-up notice).
@@ -86,6 +88,8 @@ pub struct Config {
     pub query: trike_sql::query::QueryConfig,
     /// Bearer tokens.
     pub auth: AuthConfig,
+    /// TLS for the receivers and the admin API (checked: the files load).
+    pub tls: Option<trike_ingest::tls::TlsFiles>,
 }
 
 /// Bearer tokens per scope (none configured: that scope is open).
@@ -446,6 +450,7 @@ impl Config {
                 limits.max_request_bytes
             ));
         }
+        validate_limits(&raw.limits, &mut limits, &mut p);
         let queue_observations = raw.receivers.queue_observations.unwrap_or(1_000_000);
         if queue_observations == 0 {
             p.push("receivers.queue_observations: must be at least 1".into());
@@ -628,6 +633,7 @@ impl Config {
                     .validate("actuator")
                     .expect("the defaults are valid")
             });
+        p.extend(kafka.client.problems());
         let kafka_ingest = match kafka.ingest.clone() {
             None => None,
             Some(ki) => {
@@ -659,6 +665,7 @@ impl Config {
                         encoding,
                         dead_letter_topic: ki.dead_letter_topic.filter(|t| !t.is_empty()),
                         group_instance_id: ki.group_instance_id.filter(|t| !t.is_empty()),
+                        client: kafka.client.clone(),
                     }),
                     None => {
                         p.push("kafka.ingest: needs kafka.brokers (or --kafka-brokers / TRIKE_KAFKA_BROKERS)".into());
@@ -755,6 +762,7 @@ impl Config {
             .clamp(0.0, 1.0);
         let query = validate_query(&raw.query, &mut p);
         let auth = validate_auth(&raw.auth, &mut p);
+        let tls = validate_tls(raw.tls.as_ref(), &mut p);
         if !p.is_empty() {
             return Err(p);
         }
@@ -778,6 +786,7 @@ impl Config {
             metrics_windows,
             metrics_max_services: raw.engine.metrics_max_services.unwrap_or(500),
             kafka_brokers: o.kafka_brokers.clone().or(kafka.brokers),
+            kafka_client: kafka.client,
             control_topic: o
                 .control_topic
                 .clone()
@@ -800,6 +809,7 @@ impl Config {
             archive_sample_observations,
             query,
             auth,
+            tls,
             signing_key_env: raw
                 .signing
                 .key_env
@@ -838,6 +848,49 @@ impl Config {
         }
         Config::validate(raw, o)
     }
+}
+
+/// `limits:` connection and read-time keys (the byte budget is checked with the receivers).
+fn validate_limits(raw: &super::RawLimits, limits: &mut Limits, p: &mut Vec<String>) {
+    if let Some(n) = raw.max_connections {
+        if n == 0 {
+            p.push("limits.max_connections: must be at least 1".into());
+        }
+        limits.max_connections = n;
+    }
+    if let Some(n) = raw.max_grpc_streams {
+        if n == 0 {
+            p.push("limits.max_grpc_streams: must be at least 1".into());
+        }
+        limits.max_grpc_streams = n;
+    }
+    for (value, slot) in [
+        (raw.header_read_timeout, &mut limits.header_read_timeout),
+        (raw.body_read_timeout, &mut limits.body_read_timeout),
+    ] {
+        // A `Span` is never zero (the parser refuses `0s`).
+        if let Some(t) = value {
+            *slot = std::time::Duration::from_secs(t.secs());
+        }
+    }
+}
+
+/// `tls:`: the files must load now, not at the first connection.
+fn validate_tls(
+    raw: Option<&super::RawTls>,
+    p: &mut Vec<String>,
+) -> Option<trike_ingest::tls::TlsFiles> {
+    use trike_ingest::tls::{Alpn, ClientCerts, TlsFiles, server_config};
+    let raw = raw?;
+    let files = TlsFiles {
+        cert_file: raw.cert_file.clone(),
+        key_file: raw.key_file.clone(),
+        client_ca_file: raw.client_ca_file.clone(),
+    };
+    if let Err(e) = server_config(&files, ClientCerts::Required, Alpn::H2) {
+        p.push(e.to_string());
+    }
+    Some(files)
 }
 
 /// `query:`, with its defaults.

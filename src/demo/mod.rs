@@ -272,6 +272,7 @@ impl Demo {
             keys,
             instance: "demo-actuator".into(),
             actuator: actuator_cfg,
+            client: Default::default(),
         };
         let actuator_stop = Arc::new(AtomicBool::new(false));
         let spawned = {

@@ -211,6 +211,7 @@ fn sigkill_mid_stream_loses_nothing_and_never_changes_decision_ids() {
             topic: t.clone(),
             partitions: 2,
             replication: 1,
+            client: Default::default(),
         })
         .expect("the broker creates topics");
     }

@@ -114,6 +114,7 @@ executors:
         keys: trike_sinks::signing::VerifyKeys::single(KEY.to_vec()),
         instance: instance.into(),
         actuator: actuator.validate("actuator").unwrap(),
+        client: Default::default(),
     }
 }
 

@@ -63,6 +63,7 @@ async fn two_actuators_split_the_partitions_and_execute_each_event_once() {
             topic: topic.clone(),
             partitions,
             replication: 1,
+            client: Default::default(),
         })
         .expect("the broker creates topics");
     }
@@ -110,6 +111,7 @@ executors:
             keys: trike_sinks::signing::VerifyKeys::single(KEY.to_vec()),
             instance: instance.into(),
             actuator: actuator.validate("actuator").unwrap(),
+            client: Default::default(),
         };
         let stop = stop.clone();
         std::thread::spawn(move || run(s, stop).unwrap())

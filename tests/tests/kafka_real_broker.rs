@@ -49,6 +49,7 @@ async fn spans_topic_to_signed_rollback_to_webhook_and_outcome() {
         topic: name.into(),
         partitions: 2,
         replication: 1,
+        client: Default::default(),
     };
     ensure_topic(&topic(&spans_topic)).expect("the broker creates topics");
 
@@ -184,6 +185,7 @@ executors:
         keys: trike_sinks::signing::VerifyKeys::single(b"real-broker-secret".to_vec()),
         instance: "tansu-e2e-actuator".into(),
         actuator: actuator.validate("actuator").unwrap(),
+        client: Default::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {

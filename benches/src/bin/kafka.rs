@@ -174,6 +174,7 @@ fn latency(brokers: &str, topic: &str, n: usize) -> Vec<f64> {
         topic: topic.into(),
         partitions: 3,
         replication: 1,
+        client: Default::default(),
     };
     let stats = Arc::new(KafkaSinkStats::default());
     let sink = KafkaSink::new(&cfg, stats.clone()).expect("sink");
@@ -228,6 +229,7 @@ async fn main() {
                     topic: t.clone(),
                     partitions: p,
                     replication: 1,
+                    client: Default::default(),
                 })
                 .expect("topic");
             }

@@ -46,16 +46,20 @@ pub(super) struct DeadLetters {
 impl DeadLetters {
     pub(super) fn new(
         brokers: &str,
+        client: &trike_sinks::kafka_client::ClientProps,
         topic: &str,
         progress: Arc<Progress>,
         stats: Arc<KafkaSourceStats>,
     ) -> Result<Self, KafkaError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "20")
-            .set("delivery.timeout.ms", "30000")
+        let producer = client
+            .apply(
+                ClientConfig::new()
+                    .set("bootstrap.servers", brokers)
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all")
+                    .set("linger.ms", "20")
+                    .set("delivery.timeout.ms", "30000"),
+            )
             .create_with_context(Context { progress, stats })?;
         Ok(Self {
             producer,

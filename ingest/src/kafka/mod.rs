@@ -46,6 +46,9 @@ pub struct KafkaSourceConfig {
     /// same id takes its partitions back at once instead of waiting for its old session to
     /// expire. Give each processor a stable, unique id (e.g. the StatefulSet pod name).
     pub group_instance_id: Option<String>,
+    /// `kafka.client`: TLS, SASL and tuning properties for the consumer and the dead-letter
+    /// producer.
+    pub client: trike_sinks::kafka_client::ClientProps,
 }
 
 /// Counters of the source.
@@ -193,7 +196,7 @@ impl KafkaSource {
         if let Some(id) = &cfg.group_instance_id {
             client.set("group.instance.id", id);
         }
-        let consumer: BaseConsumer<SourceContext> = client
+        client
             .set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
@@ -205,7 +208,10 @@ impl KafkaSource {
             .set("max.poll.interval.ms", "15000")
             // Bounds the prefetch buffer (per partition, and so the memory paused partitions hold).
             .set("queued.max.messages.kbytes", "65536")
-            .set("statistics.interval.ms", "1000")
+            .set("statistics.interval.ms", "1000");
+        let consumer: BaseConsumer<SourceContext> = cfg
+            .client
+            .apply(&mut client)
             .create_with_context(SourceContext {
                 progress: progress.clone(),
             })?;
@@ -215,6 +221,7 @@ impl KafkaSource {
         let dead = match &cfg.dead_letter_topic {
             Some(t) => Some(dead_letter::DeadLetters::new(
                 &cfg.brokers,
+                &cfg.client,
                 t,
                 progress.clone(),
                 stats.clone(),

@@ -1,0 +1,175 @@
+//! TLS for the listeners (DESIGN §8 `tls:`): the server's certificate chain and key, and
+//! optionally a CA whose client certificates are verified (mTLS). Files are PEM, as
+//! Kubernetes TLS secrets and cert-manager write them. Every error names the file.
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The `tls:` section's files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server certificate chain (leaf first).
+    pub cert_file: PathBuf,
+    /// The server certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// When set, client certificates are verified against these CAs.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Whether a connection must present a client certificate (when `client_ca_file` is set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// The handshake fails without a valid client certificate (the OTLP receivers).
+    Required,
+    /// A presented certificate is verified (an invalid one fails the handshake); a connection
+    /// without one is let through and marked, so the admin API can keep `/healthz` and
+    /// `/readyz` open to probes that have no certificate and refuse everything else.
+    Optional,
+}
+
+/// Which protocols a listener speaks, offered by ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    /// gRPC: HTTP/2 only.
+    H2,
+    /// HTTP/2 or HTTP/1.1 (the OTLP/HTTP receiver and the admin API).
+    Http,
+}
+
+/// A TLS file that cannot be used, with the file and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("tls.{field} {path}: {reason}")]
+pub struct TlsError {
+    /// The config field.
+    pub field: &'static str,
+    /// The file.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError {
+        field,
+        path: path.display().to_string(),
+        reason: format!("cannot read it: {e}"),
+    })
+}
+
+fn certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(field, path)?;
+    let err = |reason: String| TlsError {
+        field,
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(err("no CERTIFICATE block in it".into()));
+    }
+    Ok(certs)
+}
+
+/// The rustls server configuration for `files`.
+pub fn server_config(
+    files: &TlsFiles,
+    client_certs: ClientCerts,
+    alpn: Alpn,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = certs("cert_file", &files.cert_file)?;
+    let key_pem = read("key_file", &files.key_file)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError {
+        field: "key_file",
+        path: files.key_file.display().to_string(),
+        // Never the key's bytes: only what kind of problem it is.
+        reason: format!("no usable private key in it ({e})"),
+    })?;
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| TlsError {
+        field: "cert_file",
+        path: files.cert_file.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let builder = match &files.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in certs("client_ca_file", ca)? {
+                roots.add(c).map_err(|e| TlsError {
+                    field: "client_ca_file",
+                    path: ca.display().to_string(),
+                    reason: format!("not a usable CA certificate: {e}"),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+            let verifier = match client_certs {
+                ClientCerts::Required => verifier,
+                ClientCerts::Optional => verifier.allow_unauthenticated(),
+            };
+            let verifier = verifier.build().map_err(|e| TlsError {
+                field: "client_ca_file",
+                path: ca.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| TlsError {
+        field: "key_file",
+        path: files.key_file.display().to_string(),
+        reason: format!("does not match tls.cert_file or is unusable: {e}"),
+    })?;
+    config.alpn_protocols = match alpn {
+        Alpn::H2 => vec![b"h2".to_vec()],
+        Alpn::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    };
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Missing files, a key file without a key and a certificate file without a certificate
+    /// are each refused with the field and the file named (and never the file's content).
+    #[test]
+    fn bad_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("trike-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "secret-material-not-pem\n").unwrap();
+        let files = |cert: &Path, key: &Path| TlsFiles {
+            cert_file: cert.to_path_buf(),
+            key_file: key.to_path_buf(),
+            client_ca_file: None,
+        };
+        let missing = dir.join("missing.pem");
+        let e = server_config(&files(&missing, &junk), ClientCerts::Required, Alpn::H2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("tls.cert_file ")
+                && e.contains("missing.pem")
+                && e.contains("cannot read"),
+            "{e}"
+        );
+        let e = server_config(&files(&junk, &junk), ClientCerts::Required, Alpn::H2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("tls.cert_file ") && e.contains("no CERTIFICATE"),
+            "{e}"
+        );
+        assert!(!e.contains("secret-material"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
