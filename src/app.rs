@@ -181,7 +181,12 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         }
     }
     let progress = Arc::new(progress);
+    let memory = Arc::new(trike_ingest::memory::MemoryLimiter::new(cfg.memory_limit));
+    memory
+        .start_sampling()
+        .context("starting the memory limiter")?;
     let mut shard = Shard::new(engine, Arc::new(SystemClock))
+        .with_memory_limiter(memory.clone())
         .with_hook(decider)
         .with_hook(outbox);
     let mut checkpoint_stats = None;
@@ -205,7 +210,8 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     };
     let pipeline = Arc::new(
         Pipeline::new(Arc::new(cfg.decode.clone()), worker.sink(), ingest.clone())
-            .with_inflight_budget(cfg.limits.inflight_bytes),
+            .with_inflight_budget(cfg.limits.inflight_bytes)
+            .with_memory_limiter(memory.clone()),
     );
     let pipeline_for_kafka = pipeline.clone();
     let state = Arc::new(AdminState {
@@ -231,6 +237,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         auth: admin::auth::AdminAuth::new(&cfg.auth.admin_read, &cfg.auth.admin_write, auth_stats)
             .with_client_certs(cfg.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some())),
         listeners: listener_stats.clone(),
+        memory: Some(memory),
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();

@@ -125,6 +125,8 @@ pub struct Engine {
     start: UnixNanos,
     last_sweep_s: u64,
     stats: Stats,
+    /// Memory is short: new series fold into overflow series, as at the global cap.
+    shedding: bool,
 }
 
 impl Engine {
@@ -140,6 +142,7 @@ impl Engine {
             start: 0,
             last_sweep_s: 0,
             stats: Stats::default(),
+            shedding: false,
         }
     }
 
@@ -162,6 +165,13 @@ impl Engine {
     /// Counters of what was applied and dropped.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// While `on`, new series fold into their service's overflow series (and new services into
+    /// the shared one), exactly as at the global series cap: observations are all counted,
+    /// only new cardinality is refused. The memory limiter sets it above its hard limit.
+    pub fn set_shedding(&mut self, on: bool) {
+        self.shedding = on;
     }
 
     /// Series tracked (overflow series included).
@@ -236,7 +246,7 @@ impl Engine {
             return r;
         }
         // At the global cap, new series fold into overflow series (bounded by max_services).
-        let full = self.entries.len() >= self.cfg.max_series;
+        let full = self.entries.len() >= self.cfg.max_series || self.shedding;
         if !self.services.contains_key(&key.service)
             && (self.services.len() >= self.cfg.max_services || full)
         {

@@ -631,6 +631,50 @@ fn global_series_cap_holds_under_a_flood() {
     );
 }
 
+/// Scenario: memory is short (shedding on) while service `a` has two series and new routes and
+/// a new service arrive; then memory recovers (shedding off).
+/// Guarantees: while shedding, no new series is created (the newcomers fold into `a`'s overflow
+/// series and the shared one) and every observation is counted; existing series keep their
+/// exact counts; once it is off, new series are created again.
+#[test]
+fn shedding_folds_new_series_and_counts_everything() {
+    let mut e = Engine::new(Arc::new(EngineConfig::default()));
+    for r in ["/x", "/y"] {
+        e.ingest(&batch(SeriesKey::new("a", r, "1"), &[(T0, 1.0, false)]), T0);
+    }
+    e.set_shedding(true);
+    for i in 0..100 {
+        let key = SeriesKey::new("a", &format!("/new/{i}"), "1");
+        e.ingest(&batch(key, &[(T0, 1.0, true)]), T0);
+        let key = SeriesKey::new(&format!("n{i}"), "/", "1");
+        e.ingest(&batch(key, &[(T0, 1.0, false)]), T0);
+    }
+    e.ingest(
+        &batch(SeriesKey::new("a", "/x", "1"), &[(T0, 1.0, false)]),
+        T0,
+    );
+    assert_eq!(
+        e.series_count(),
+        2 + 2,
+        "a's two, a's overflow, the shared overflow"
+    );
+    let rows = sli(&e, "1m");
+    let x = rows.iter().find(|r| &*r.key.operation == "/x").unwrap();
+    assert_eq!(x.requests, 2);
+    assert_eq!(rows.iter().map(|r| r.requests).sum::<u64>(), 2 + 200 + 1);
+    let a: (u64, u64) = rows
+        .iter()
+        .filter(|r| &*r.key.service == "a")
+        .fold((0, 0), |s, r| (s.0 + r.requests, s.1 + r.errors));
+    assert_eq!(a, (103, 100), "a's SLO counts are whole");
+    e.set_shedding(false);
+    e.ingest(
+        &batch(SeriesKey::new("a", "/z", "1"), &[(T0, 1.0, false)]),
+        T0,
+    );
+    assert_eq!(e.series_count(), 5);
+}
+
 /// Scenario: live traffic over 3 seconds in two series, archived a few seconds later with
 /// `second_rows`, then replayed into a fresh engine with `apply_seconds`. Guarantees: the
 /// replayed engine answers the same counts, error ratios, latency-threshold counts and

@@ -103,6 +103,19 @@ impl<K: ExportKind> NamedService for ExportService<K> {
 
 struct Unary<K>(Arc<Pipeline>, PhantomData<K>);
 
+/// OTLP: RESOURCE_EXHAUSTED is retryable only with RetryInfo, so say when.
+fn exhausted(e: ExportError) -> Status {
+    let after = match &e {
+        ExportError::Overloaded { retry_after, .. } => *retry_after,
+        ExportError::Malformed(_) => std::time::Duration::from_secs(1),
+    };
+    Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        e.to_string(),
+        ErrorDetails::with_retry_info(Some(after)),
+    )
+}
+
 impl<K: ExportKind> UnaryService<Bytes> for Unary<K> {
     type Response = K::Response;
     type Future = std::pin::Pin<
@@ -112,6 +125,9 @@ impl<K: ExportKind> UnaryService<Bytes> for Unary<K> {
         let pipeline = self.0.clone();
         Box::pin(async move {
             let body = request.into_inner();
+            if let Some(e) = pipeline.memory_refusal(Transport::Grpc, K::SIGNAL) {
+                return Err(exhausted(e));
+            }
             // Admission before decoding: the message's bytes against the in-flight budget.
             let Some(_held) = pipeline.inflight().try_reserve(body.len()) else {
                 pipeline.metrics().request(
@@ -136,12 +152,7 @@ impl<K: ExportKind> UnaryService<Bytes> for Unary<K> {
             {
                 Ok(accepted) => Ok(Response::new(K::response(&accepted))),
                 Err(e @ ExportError::Malformed(_)) => Err(Status::invalid_argument(e.to_string())),
-                // OTLP: RESOURCE_EXHAUSTED is retryable only with RetryInfo, so say when.
-                Err(e @ ExportError::Overloaded) => Err(Status::with_error_details(
-                    tonic::Code::ResourceExhausted,
-                    e.to_string(),
-                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1))),
-                )),
+                Err(e @ ExportError::Overloaded { .. }) => Err(exhausted(e)),
             }
         })
     }

@@ -44,6 +44,23 @@ fn inflight_full(
     r
 }
 
+/// 429 with `Retry-After` (whole seconds, rounded up): the queue is full or memory is short.
+fn busy(enc: Encoding, e: ExportError) -> Response {
+    let after = match &e {
+        ExportError::Overloaded { retry_after, .. } => retry_after.as_secs_f64().ceil().max(1.0),
+        ExportError::Malformed(_) => 1.0,
+    };
+    let mut r = error(
+        enc,
+        StatusCode::TOO_MANY_REQUESTS,
+        RESOURCE_EXHAUSTED,
+        e.to_string(),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(after as u64));
+    r
+}
+
 /// The OTLP/HTTP routes; with ingest tokens configured, a request without one of them is
 /// refused with 401 and `WWW-Authenticate: Bearer` before its body is read.
 pub fn router(pipeline: Arc<Pipeline>, limits: Limits, auth: IngestAuth) -> Router {
@@ -189,6 +206,9 @@ async fn export<K: ExportKind>(
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .unwrap_or(s.limits.max_request_bytes)
         .min(s.limits.max_request_bytes);
+    if let Some(e) = s.pipeline.memory_refusal(Transport::Http, K::SIGNAL) {
+        return busy(enc, e);
+    }
     let Some(_read) = s.pipeline.inflight().try_reserve(declared) else {
         return inflight_full(&metrics, enc, K::SIGNAL);
     };
@@ -227,16 +247,6 @@ async fn export<K: ExportKind>(
             INVALID_ARGUMENT,
             e.to_string(),
         ),
-        Err(e @ ExportError::Overloaded) => {
-            let mut r = error(
-                enc,
-                StatusCode::TOO_MANY_REQUESTS,
-                RESOURCE_EXHAUSTED,
-                e.to_string(),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
+        Err(e @ ExportError::Overloaded { .. }) => busy(enc, e),
     }
 }

@@ -10,10 +10,11 @@ pub mod http;
 pub mod kafka;
 pub mod kinds;
 pub mod listen;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod serve_http;
 pub mod tls;
 
 pub use metrics::{IngestMetrics, RequestOutcome, SignalKind, Transport};
-pub use pipeline::{BatchSink, Encoding, Limits, Overloaded, Pipeline};
+pub use pipeline::{BatchSink, Busy, Encoding, Limits, Overloaded, Pipeline};

@@ -5,22 +5,65 @@ use crate::decode::{self, DecodeConfig, DecodeError, Decoded};
 use crate::metrics::{IngestMetrics, RequestOutcome, SignalKind, Transport};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 use trike_engine::Batch;
 
-/// The sink refused the batch because its queue is full; the client should retry later.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("ingest queue is full")]
-pub struct Overloaded;
+/// The sink refused a batch because its queue is full; the batch and its ack come back, so
+/// the caller can offer them again without decoding again.
+pub struct Overloaded {
+    /// The refused batch.
+    pub batch: Batch,
+    /// Its ack (not run).
+    pub ack: Option<Ack>,
+}
+
+impl std::fmt::Debug for Overloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overloaded")
+            .field("observations", &self.batch.len())
+            .finish_non_exhaustive()
+    }
+}
 
 /// Called once the engine has applied a batch (the Kafka source commits offsets on it).
 pub type Ack = Box<dyn FnOnce() + Send>;
 
 /// Where decoded batches go (the engine's input queue, in the binary).
 pub trait BatchSink: Send + Sync + 'static {
-    /// Hands over a batch without blocking; refuses it when the queue is full. `ack`, when
-    /// given, runs after the batch is applied to the engine's state.
+    /// Hands over a batch without blocking; refuses it (giving it back) when the queue is
+    /// full. `ack`, when given, runs after the batch is applied to the engine's state.
     fn submit(&self, batch: Batch, ack: Option<Ack>) -> Result<(), Overloaded>;
+
+    /// When a refused sender should come back: how long the queue takes to drain at its
+    /// current rate (at least 1 s).
+    fn retry_after(&self) -> Duration {
+        Duration::from_secs(1)
+    }
 }
+
+/// What is busy when a request is refused for load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// The engine queue is full.
+    Queue,
+    /// Resident memory is above 80 % of `limits.memory_limit`.
+    Memory,
+}
+
+impl Busy {
+    /// What the client is told.
+    pub const fn message(self) -> &'static str {
+        match self {
+            Busy::Queue => "Trike is overloaded: ingest queue is full, retry later",
+            Busy::Memory => {
+                "Trike is over its memory soft limit (80 % of limits.memory_limit), retry later"
+            }
+        }
+    }
+}
+
+/// How long a client refused for memory waits: memory falls as windows age, not at once.
+pub const MEMORY_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// Payload encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,9 +89,43 @@ pub enum ExportError {
     /// The payload could not be decoded: nothing was applied.
     #[error("{0}")]
     Malformed(String),
-    /// The engine queue is full: nothing was applied; retry.
-    #[error("Trike is overloaded: ingest queue is full, retry later")]
-    Overloaded,
+    /// The engine queue is full, or memory is short: nothing was applied; retry after
+    /// `retry_after`.
+    #[error("{}", .why.message())]
+    Overloaded {
+        /// What is busy.
+        why: Busy,
+        /// When to come back.
+        retry_after: Duration,
+    },
+}
+
+/// A decoded request the sink had no room for: offer it again with [`Pipeline::offer`]
+/// (nothing is decoded twice).
+pub struct Pending {
+    transport: Transport,
+    signal: SignalKind,
+    decoded: Box<Decoded>,
+    ack: Option<Ack>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("observations", &self.decoded.batch.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`Pipeline::export_or_hold`] did not accept a request.
+#[derive(Debug)]
+pub enum Held {
+    /// Undecodable: nothing was applied (and nothing will be).
+    Malformed(String),
+    /// Refused for memory before decoding: offer the payload again later.
+    Memory,
+    /// Decoded, but the queue is full: offer it again later.
+    Full(Pending),
 }
 
 /// Decodes exports and feeds the sink.
@@ -57,6 +134,7 @@ pub struct Pipeline {
     sink: Arc<dyn BatchSink>,
     metrics: Arc<IngestMetrics>,
     inflight: Arc<Inflight>,
+    memory: Option<Arc<crate::memory::MemoryLimiter>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -79,7 +157,34 @@ impl Pipeline {
             sink,
             metrics,
             inflight: Inflight::new(Limits::default().inflight_bytes),
+            memory: None,
         }
+    }
+
+    /// With a memory limiter: above its soft limit, new data is refused before decoding.
+    pub fn with_memory_limiter(mut self, limiter: Arc<crate::memory::MemoryLimiter>) -> Self {
+        self.memory = Some(limiter);
+        self
+    }
+
+    /// The memory limiter, when configured.
+    pub fn memory_limiter(&self) -> Option<&Arc<crate::memory::MemoryLimiter>> {
+        self.memory.as_ref()
+    }
+
+    /// The refusal for a request arriving now, when memory is short (checked before its body
+    /// is read or decoded); counted as an overloaded request of `transport` and `signal`.
+    pub fn memory_refusal(&self, transport: Transport, signal: SignalKind) -> Option<ExportError> {
+        let m = self.memory.as_ref()?;
+        if m.admit() {
+            return None;
+        }
+        self.metrics
+            .request(transport, signal, RequestOutcome::Overloaded);
+        Some(ExportError::Overloaded {
+            why: Busy::Memory,
+            retry_after: MEMORY_RETRY_AFTER,
+        })
     }
 
     /// With an in-flight byte budget of `bytes` (shared by every receiver of this pipeline).
@@ -119,6 +224,33 @@ impl Pipeline {
         body: &[u8],
         ack: Option<Ack>,
     ) -> Result<Accepted, ExportError> {
+        match self.export_or_hold(transport, signal, encoding, body, ack) {
+            Ok(a) => Ok(a),
+            Err(Held::Malformed(m)) => Err(ExportError::Malformed(m)),
+            Err(Held::Memory) => Err(ExportError::Overloaded {
+                why: Busy::Memory,
+                retry_after: MEMORY_RETRY_AFTER,
+            }),
+            Err(Held::Full(_)) => Err(ExportError::Overloaded {
+                why: Busy::Queue,
+                retry_after: self.sink.retry_after(),
+            }),
+        }
+    }
+
+    /// Like [`Pipeline::export_acked`], but a decoded request that found the queue full comes
+    /// back as [`Held::Full`], to be offered again with [`Pipeline::offer`].
+    pub fn export_or_hold(
+        &self,
+        transport: Transport,
+        signal: SignalKind,
+        encoding: Encoding,
+        body: &[u8],
+        ack: Option<Ack>,
+    ) -> Result<Accepted, Held> {
+        if self.memory_refusal(transport, signal).is_some() {
+            return Err(Held::Memory);
+        }
         let decoded: Result<Decoded, DecodeError> = match (signal, encoding) {
             (SignalKind::Traces, Encoding::Protobuf) => decode::traces_proto(body, &self.cfg),
             (SignalKind::Traces, Encoding::Json) => decode::traces_json(body, &self.cfg),
@@ -127,24 +259,51 @@ impl Pipeline {
             (SignalKind::Logs, Encoding::Protobuf) => decode::logs_proto(body),
             (SignalKind::Logs, Encoding::Json) => decode::logs_json(body),
         };
-        let d = match decoded {
-            Ok(d) => d,
+        match decoded {
+            Ok(decoded) => self
+                .offer(Pending {
+                    transport,
+                    signal,
+                    decoded: Box::new(decoded),
+                    ack,
+                })
+                .map_err(Held::Full),
             Err(e) => {
                 self.metrics
                     .request(transport, signal, RequestOutcome::Malformed);
-                return Err(ExportError::Malformed(e.to_string()));
+                Err(Held::Malformed(e.to_string()))
             }
-        };
-        let observations = d.batch.len() as u64;
-        if d.batch.is_empty() {
+        }
+    }
+
+    /// Offers a decoded request to the sink; when the queue is still full it comes back.
+    pub fn offer(&self, p: Pending) -> Result<Accepted, Pending> {
+        let Pending {
+            transport,
+            signal,
+            mut decoded,
+            ack,
+        } = p;
+        let observations = decoded.batch.len() as u64;
+        if decoded.batch.is_empty() {
             if let Some(a) = ack {
                 a();
             }
-        } else if self.sink.submit(d.batch, ack).is_err() {
-            self.metrics
-                .request(transport, signal, RequestOutcome::Overloaded);
-            return Err(ExportError::Overloaded);
+        } else {
+            let batch = std::mem::take(&mut decoded.batch);
+            if let Err(refused) = self.sink.submit(batch, ack) {
+                self.metrics
+                    .request(transport, signal, RequestOutcome::Overloaded);
+                decoded.batch = refused.batch;
+                return Err(Pending {
+                    transport,
+                    signal,
+                    decoded,
+                    ack: refused.ack,
+                });
+            }
         }
+        let d = *decoded;
         self.metrics
             .items(signal, d.received, d.rejected_by, observations);
         let outcome = if d.rejected > 0 {
@@ -185,7 +344,10 @@ pub async fn export_async(
     match tokio::task::spawn_blocking(move || p.export(transport, signal, encoding, &body)).await {
         Ok(r) => r,
         // Only on runtime shutdown: tell the client to come back.
-        Err(_) => Err(ExportError::Overloaded),
+        Err(_) => Err(ExportError::Overloaded {
+            why: Busy::Queue,
+            retry_after: Duration::from_secs(1),
+        }),
     }
 }
 
@@ -346,5 +508,151 @@ mod inflight_tests {
         drop(big);
         assert_eq!(b.used(), 0);
         assert_eq!(b.refused.load(Ordering::Relaxed), 3);
+    }
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use super::*;
+    use crate::decode::tests::{kv, request, s, span};
+    use parking_lot::Mutex;
+    use prost::Message;
+    use trike_proto::trace::v1::span::SpanKind;
+
+    /// A sink that refuses its first `refuse` batches, then keeps them.
+    struct Stubborn {
+        refuse: Mutex<usize>,
+        kept: Mutex<Vec<Batch>>,
+    }
+
+    impl BatchSink for Stubborn {
+        fn submit(&self, batch: Batch, ack: Option<Ack>) -> Result<(), Overloaded> {
+            let mut r = self.refuse.lock();
+            if *r > 0 {
+                *r -= 1;
+                return Err(Overloaded { batch, ack });
+            }
+            self.kept.lock().push(batch);
+            if let Some(a) = ack {
+                a();
+            }
+            Ok(())
+        }
+    }
+
+    /// Guarantees: a request the queue has no room for comes back decoded, with its ack; it is
+    /// offered again without its payload until it fits, then applied once, its ack run once,
+    /// and its items counted once (each refusal counted as an overloaded attempt).
+    #[test]
+    fn a_held_request_is_offered_again_without_decoding() {
+        let sink = Arc::new(Stubborn {
+            refuse: Mutex::new(3),
+            kept: Mutex::new(Vec::new()),
+        });
+        let metrics = Arc::new(IngestMetrics::default());
+        let p = Pipeline::new(
+            Arc::new(DecodeConfig::default()),
+            sink.clone(),
+            metrics.clone(),
+        );
+        let body = request(
+            vec![kv("service.name", s("checkout"))],
+            (0..5)
+                .map(|_| {
+                    span(
+                        "GET /",
+                        SpanKind::Server,
+                        1_800_000_000_000_000_000,
+                        3,
+                        vec![],
+                        false,
+                    )
+                })
+                .collect(),
+        )
+        .encode_to_vec();
+        let acks = Arc::new(AtomicU64::new(0));
+        let a = acks.clone();
+        let ack: Ack = Box::new(move || {
+            a.fetch_add(1, Ordering::Relaxed);
+        });
+        let held = p.export_or_hold(
+            Transport::Kafka,
+            SignalKind::Traces,
+            Encoding::Protobuf,
+            &body,
+            Some(ack),
+        );
+        let Err(Held::Full(mut pending)) = held else {
+            panic!("the first offer is refused")
+        };
+        drop(body);
+        let mut offers = 1;
+        let accepted = loop {
+            match p.offer(pending) {
+                Ok(a) => break a,
+                Err(back) => {
+                    offers += 1;
+                    pending = back;
+                }
+            }
+        };
+        assert_eq!(offers, 3);
+        assert_eq!(accepted.rejected, 0);
+        assert_eq!(acks.load(Ordering::Relaxed), 1);
+        let kept = sink.kept.lock();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].requests.len(), 5);
+        let mut out = String::new();
+        metrics.render(&mut out);
+        assert!(
+            out.contains("trike_receiver_items_received_total{signal=\"traces\"} 5"),
+            "{out}"
+        );
+        assert!(
+            out.contains("trike_receiver_requests_total{transport=\"kafka\",signal=\"traces\",outcome=\"overloaded\"} 3"),
+            "{out}"
+        );
+    }
+
+    /// Guarantees: with memory over the soft limit, a request is refused before it is decoded
+    /// (a payload that is not even OTLP is not looked at), with a retry hint of 5 s.
+    #[test]
+    fn memory_pressure_refuses_before_decoding() {
+        let sink = Arc::new(Stubborn {
+            refuse: Mutex::new(0),
+            kept: Mutex::new(Vec::new()),
+        });
+        let limiter = Arc::new(crate::memory::MemoryLimiter::new(100));
+        limiter.update(90);
+        let p = Pipeline::new(
+            Arc::new(DecodeConfig::default()),
+            sink,
+            Arc::new(IngestMetrics::default()),
+        )
+        .with_memory_limiter(limiter.clone());
+        let r = p.export(
+            Transport::Http,
+            SignalKind::Traces,
+            Encoding::Protobuf,
+            b"\xff\xff not protobuf",
+        );
+        assert_eq!(
+            r,
+            Err(ExportError::Overloaded {
+                why: Busy::Memory,
+                retry_after: MEMORY_RETRY_AFTER
+            })
+        );
+        limiter.update(10);
+        assert!(matches!(
+            p.export(
+                Transport::Http,
+                SignalKind::Traces,
+                Encoding::Protobuf,
+                b"\xff\xff"
+            ),
+            Err(ExportError::Malformed(_))
+        ));
     }
 }

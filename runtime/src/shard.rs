@@ -9,6 +9,7 @@ use std::borrow::Borrow;
 use std::ops::Deref;
 use std::sync::Arc;
 use trike_engine::{Batch, Engine, SecondObs};
+use trike_ingest::memory::{MemoryLimiter, Pressure};
 
 /// An engine, its hooks and its clock.
 #[derive(Debug)]
@@ -16,6 +17,7 @@ pub struct Shard {
     engine: Arc<Mutex<Engine>>,
     hooks: Vec<Box<dyn Hook>>,
     clock: SharedClock,
+    memory: Option<Arc<MemoryLimiter>>,
 }
 
 /// Read access to a shard's engine, for queries (the admin API, SQL, the dashboard). It cannot
@@ -50,7 +52,15 @@ impl Shard {
             engine: Arc::new(Mutex::new(engine)),
             hooks: Vec::new(),
             clock,
+            memory: None,
         }
+    }
+
+    /// With a memory limiter: above its hard limit the engine sheds new series into overflow
+    /// series (every observation still counted) until memory is back under it.
+    pub fn with_memory_limiter(mut self, limiter: Arc<MemoryLimiter>) -> Self {
+        self.memory = Some(limiter);
+        self
     }
 
     /// Adds a hook; hooks run in the order they are added.
@@ -74,6 +84,9 @@ impl Shard {
     pub fn apply<B: Borrow<Batch>>(&mut self, batches: impl IntoIterator<Item = B>) {
         let now = self.clock.now();
         let mut e = self.engine.lock();
+        if let Some(m) = &self.memory {
+            e.set_shedding(m.pressure() == Pressure::Hard);
+        }
         for b in batches {
             let b = b.borrow();
             e.ingest(b, now);

@@ -35,6 +35,8 @@ pub struct WorkerStats {
     pub queued: AtomicUsize,
     /// Batches applied.
     pub batches: AtomicU64,
+    /// Observations applied (the drain rate, for `Retry-After`).
+    pub drained: AtomicU64,
     /// Histogram of submit → applied delay: per bucket counts (cumulative at render time).
     pub delay_counts: [AtomicU64; DELAY_BUCKETS_S.len() + 1],
     /// Sum of delays in nanoseconds.
@@ -98,6 +100,28 @@ pub struct QueueSink {
     tx: SyncSender<Queued>,
     capacity: usize,
     stats: Arc<WorkerStats>,
+    rate: parking_lot::Mutex<DrainRate>,
+}
+
+/// The queue's drain rate, measured between refusals.
+#[derive(Debug)]
+struct DrainRate {
+    at: Instant,
+    drained: u64,
+    per_s: f64,
+}
+
+/// `Retry-After` bounds: at least 1 s (HTTP's unit), at most 30 s (a client must not give up).
+const RETRY_AFTER_S: (f64, f64) = (1.0, 30.0);
+
+/// How long `queued` observations take to drain at `per_s` (unknown rate: the minimum).
+fn drain_time(queued: f64, per_s: f64) -> Duration {
+    let secs = if per_s > 0.0 {
+        queued / per_s
+    } else {
+        RETRY_AFTER_S.0
+    };
+    Duration::from_secs_f64(secs.clamp(RETRY_AFTER_S.0, RETRY_AFTER_S.1))
 }
 
 impl std::fmt::Debug for Queued {
@@ -121,7 +145,7 @@ impl BatchSink for QueueSink {
         let before = self.stats.queued.fetch_add(n, Relaxed);
         if before + n > self.capacity && before > 0 {
             self.stats.queued.fetch_sub(n, Relaxed);
-            return Err(Overloaded);
+            return Err(Overloaded { batch, ack });
         }
         match self.tx.try_send(Queued {
             at: Instant::now(),
@@ -129,11 +153,34 @@ impl BatchSink for QueueSink {
             ack,
         }) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Full(q) | TrySendError::Disconnected(q)) => {
                 self.stats.queued.fetch_sub(n, Relaxed);
-                Err(Overloaded)
+                Err(Overloaded {
+                    batch: q.batch,
+                    ack: q.ack,
+                })
             }
         }
+    }
+
+    /// The time the queued observations take to drain at the rate measured since the last
+    /// refusal (smoothed), within 1–30 s.
+    fn retry_after(&self) -> Duration {
+        let drained = self.stats.drained.load(Relaxed);
+        let queued = self.stats.queued.load(Relaxed) as f64;
+        let mut r = self.rate.lock();
+        let dt = r.at.elapsed();
+        if dt >= Duration::from_millis(200) {
+            let now_rate = drained.saturating_sub(r.drained) as f64 / dt.as_secs_f64();
+            r.per_s = if r.per_s > 0.0 {
+                0.5 * r.per_s + 0.5 * now_rate
+            } else {
+                now_rate
+            };
+            r.at = Instant::now();
+            r.drained = drained;
+        }
+        drain_time(queued, r.per_s)
     }
 }
 
@@ -230,6 +277,11 @@ impl EngineWorker {
             tx,
             capacity,
             stats,
+            rate: parking_lot::Mutex::new(DrainRate {
+                at: Instant::now(),
+                drained: 0,
+                per_s: 0.0,
+            }),
         });
         Ok(Self {
             handle,
@@ -278,6 +330,7 @@ fn run(shard: &mut Shard, rx: &Receiver<Queued>, stats: &WorkerStats, stop: &Ato
                         ack();
                     }
                     stats.queued.fetch_sub(q.batch.len(), Relaxed);
+                    stats.drained.fetch_add(q.batch.len() as u64, Relaxed);
                     stats.batches.fetch_add(1, Relaxed);
                     stats.record_delay(q.at.elapsed());
                 }
@@ -289,6 +342,29 @@ fn run(shard: &mut Shard, rx: &Receiver<Queued>, stats: &WorkerStats, stop: &Ato
                 shard.tick();
             }
             Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Table: `Retry-After` is the queue's drain time at the measured rate, within 1–30 s.
+    #[test]
+    fn retry_after_follows_the_drain_rate() {
+        for (queued, per_s, want_s) in [
+            (1_000_000.0, 200_000.0, 5.0),
+            (1_000_000.0, 2_000_000.0, 1.0),
+            (1_000_000.0, 1_000.0, 30.0),
+            (500.0, 0.0, 1.0),
+            (0.0, 10.0, 1.0),
+        ] {
+            assert_eq!(
+                drain_time(queued, per_s).as_secs_f64(),
+                want_s,
+                "{queued} at {per_s}/s"
+            );
         }
     }
 }

@@ -59,6 +59,8 @@ pub struct AdminState {
     pub inflight: Arc<trike_ingest::pipeline::Inflight>,
     /// Connection counters per listener.
     pub listeners: Vec<(&'static str, Arc<trike_ingest::listen::ConnStats>)>,
+    /// The memory limiter.
+    pub memory: Option<Arc<trike_ingest::memory::MemoryLimiter>>,
 }
 
 /// What `/metrics` reads of the Kafka source.

@@ -33,6 +33,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         auth: Default::default(),
         inflight: trike_ingest::pipeline::Inflight::new(1 << 20),
         listeners: vec![("admin", Default::default())],
+        memory: Some(Arc::new(trike_ingest::memory::MemoryLimiter::new(1 << 30))),
     }
 }
 

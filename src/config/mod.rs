@@ -86,6 +86,10 @@ pub struct RawLimits {
     /// Request bytes being read or decoded at once, across all receivers (default 64MiB);
     /// checked before a body is read. Beyond it: 429 / RESOURCE_EXHAUSTED with Retry-After.
     pub inflight_bytes: Option<bytes::ByteSize>,
+    /// The process's resident memory stays under it: above 80 % new data is refused (429 /
+    /// RESOURCE_EXHAUSTED), above it new series are shed into overflow series (default 80 % of
+    /// the container's memory, or of the machine's).
+    pub memory_limit: Option<bytes::ByteSize>,
     /// Connections open at once per listener (default 4096); beyond it new connections wait
     /// in the kernel's backlog until one closes.
     pub max_connections: Option<usize>,

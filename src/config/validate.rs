@@ -88,6 +88,8 @@ pub struct Config {
     pub query: trike_sql::query::QueryConfig,
     /// Bearer tokens.
     pub auth: AuthConfig,
+    /// `limits.memory_limit` in bytes.
+    pub memory_limit: u64,
     /// TLS for the receivers and the admin API (checked: the files load).
     pub tls: Option<trike_ingest::tls::TlsFiles>,
 }
@@ -763,6 +765,17 @@ impl Config {
         let query = validate_query(&raw.query, &mut p);
         let auth = validate_auth(&raw.auth, &mut p);
         let tls = validate_tls(raw.tls.as_ref(), &mut p);
+        let memory_limit = match raw.limits.memory_limit {
+            Some(b) if b.0 < MIN_MEMORY_LIMIT => {
+                p.push(format!(
+                    "limits.memory_limit: {b} is below the minimum of {}",
+                    super::bytes::ByteSize(MIN_MEMORY_LIMIT)
+                ));
+                MIN_MEMORY_LIMIT
+            }
+            Some(b) => b.0,
+            None => trike_ingest::memory::default_limit(),
+        };
         if !p.is_empty() {
             return Err(p);
         }
@@ -810,6 +823,7 @@ impl Config {
             query,
             auth,
             tls,
+            memory_limit,
             signing_key_env: raw
                 .signing
                 .key_env
@@ -849,6 +863,9 @@ impl Config {
         Config::validate(raw, o)
     }
 }
+
+/// The smallest `limits.memory_limit`: below it the process cannot even start its threads.
+const MIN_MEMORY_LIMIT: u64 = 32 << 20;
 
 /// `limits:` connection and read-time keys (the byte budget is checked with the receivers).
 fn validate_limits(raw: &super::RawLimits, limits: &mut Limits, p: &mut Vec<String>) {

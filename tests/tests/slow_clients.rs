@@ -124,3 +124,52 @@ async fn connections_beyond_the_limit_wait() {
     );
     running.stop().await.unwrap();
 }
+
+/// Scenario: `limits.memory_limit` far below what the process already holds (32 MiB).
+/// Guarantees: OTLP/HTTP exports are refused before their bodies are read, with 429,
+/// `RESOURCE_EXHAUSTED` and `Retry-After: 5`, nothing is counted, and `/metrics` shows the
+/// limit, the hard pressure and the refusals; the admin API still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_memory_limit_new_data_is_refused() {
+    let running = start_trike("limits:\n  memory_limit: 32MiB\n").await;
+    let client = reqwest::Client::new();
+    let body = {
+        use prost::Message;
+        trike_tests::checkout("v1", 0.0)
+            .request(
+                5,
+                trike_runtime::clock::now_nanos(),
+                1_000_000,
+                &mut rand::rng(),
+            )
+            .encode_to_vec()
+    };
+    let r = client
+        .post(format!("http://{}/v1/traces", running.http_addr))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "5");
+    let status = {
+        use prost::Message;
+        trike_ingest::kinds::RpcStatus::decode(r.bytes().await.unwrap()).unwrap()
+    };
+    assert_eq!(status.code, 8, "RESOURCE_EXHAUSTED");
+    assert!(
+        status.message.contains("limits.memory_limit"),
+        "{}",
+        status.message
+    );
+    let metrics = metrics_text(&running).await;
+    assert_eq!(
+        sample(&metrics, "trike_memory_limit_bytes"),
+        Some((32u64 << 20) as f64)
+    );
+    assert_eq!(sample(&metrics, "trike_memory_pressure"), Some(2.0));
+    assert!(sample(&metrics, "trike_memory_refused_total").unwrap() >= 1.0);
+    assert_eq!(trike_tests::total_requests(&running, "checkout").await, 0);
+    running.stop().await.unwrap();
+}

@@ -12,7 +12,7 @@ mod logs;
 mod metrics;
 pub mod scrub;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod traces;
 pub mod wire;
 

@@ -5,7 +5,7 @@ use super::dead_letter::DeadLetters;
 use super::progress::{Progress, Read};
 use super::{KafkaSourceStats, SourceContext, signal_of};
 use crate::metrics::{SignalKind, Transport};
-use crate::pipeline::{Ack, Encoding, ExportError, Pipeline};
+use crate::pipeline::{Ack, Encoding, Held, Pending, Pipeline};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -20,10 +20,16 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// Milliseconds a message waits for room in the engine queue before its partition is paused.
 const SHORT_WAITS: usize = 5;
 
-/// A message waiting for room in the engine queue.
+/// A message waiting for room in the engine queue: decoded once, when it was first offered
+/// (a message refused for memory, or read after its partition was paused, waits undecoded).
 struct Parked {
     offset: i64,
-    payload: Vec<u8>,
+    item: Item,
+}
+
+enum Item {
+    Raw(Vec<u8>),
+    Decoded(Pending),
 }
 
 pub(super) struct Loop {
@@ -38,7 +44,8 @@ pub(super) struct Loop {
 /// What became of one submission.
 enum Submitted {
     Done,
-    Full,
+    /// No room: the decoded request, when it was decoded.
+    Full(Option<Pending>),
 }
 
 impl Loop {
@@ -54,7 +61,7 @@ impl Loop {
     fn submit(&self, topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Submitted {
         let signal = signal_of(topic).unwrap_or(SignalKind::Traces);
         let ack = self.ack(topic, partition, offset);
-        match self.pipeline.export_acked(
+        match self.pipeline.export_or_hold(
             Transport::Kafka,
             signal,
             self.encoding,
@@ -62,7 +69,7 @@ impl Loop {
             Some(ack),
         ) {
             Ok(_) => Submitted::Done,
-            Err(ExportError::Malformed(why)) => {
+            Err(Held::Malformed(why)) => {
                 self.stats.undecodable.fetch_add(1, Relaxed);
                 tracing::warn!(%topic, partition, offset, %why, "undecodable Kafka message skipped");
                 match &self.dead {
@@ -73,8 +80,36 @@ impl Loop {
                 self.stats.messages.fetch_add(1, Relaxed);
                 Submitted::Done
             }
-            Err(ExportError::Overloaded) => Submitted::Full,
+            Err(Held::Memory) => Submitted::Full(None),
+            Err(Held::Full(p)) => Submitted::Full(Some(p)),
         }
+    }
+
+    /// Offers a parked message again.
+    fn retry(&self, topic: &str, partition: i32, m: Parked) -> Result<(), Parked> {
+        let offset = m.offset;
+        let pending = match m.item {
+            Item::Decoded(p) => p,
+            Item::Raw(payload) => match self.submit(topic, partition, offset, &payload) {
+                Submitted::Done => return Ok(()),
+                Submitted::Full(None) => {
+                    return Err(Parked {
+                        offset,
+                        item: Item::Raw(payload),
+                    });
+                }
+                Submitted::Full(Some(p)) => {
+                    return Err(Parked {
+                        offset,
+                        item: Item::Decoded(p),
+                    });
+                }
+            },
+        };
+        self.pipeline.offer(pending).map(drop).map_err(|p| Parked {
+            offset,
+            item: Item::Decoded(p),
+        })
     }
 
     fn pause(&self, topic: &str, partition: i32) {
@@ -111,12 +146,10 @@ impl Loop {
     /// Retries parked messages in order; resumes the partitions that emptied.
     fn retry_parked(&self, parked: &mut BTreeMap<(String, i32), VecDeque<Parked>>) {
         parked.retain(|(topic, partition), q| {
-            while let Some(m) = q.front() {
-                match self.submit(topic, *partition, m.offset, &m.payload) {
-                    Submitted::Done => {
-                        q.pop_front();
-                    }
-                    Submitted::Full => return true,
+            while let Some(m) = q.pop_front() {
+                if let Err(m) = self.retry(topic, *partition, m) {
+                    q.push_front(m);
+                    return true;
                 }
             }
             self.resume(topic, *partition);
@@ -157,29 +190,32 @@ impl Loop {
                 // Prefetched before the pause took effect: keep the partition's order.
                 q.push_back(Parked {
                     offset,
-                    payload: payload.to_vec(),
+                    item: Item::Raw(payload.to_vec()),
                 });
                 continue;
             }
             // A full queue is often full for a moment only (the engine drains it in batches):
             // wait a little before pausing, since a resumed partition must fetch again.
-            let mut submitted = self.submit(topic, partition, offset, payload);
+            let waiting = match self.submit(topic, partition, offset, payload) {
+                Submitted::Done => continue,
+                Submitted::Full(Some(p)) => Parked {
+                    offset,
+                    item: Item::Decoded(p),
+                },
+                Submitted::Full(None) => Parked {
+                    offset,
+                    item: Item::Raw(payload.to_vec()),
+                },
+            };
+            let mut waiting = Some(waiting);
             for _ in 0..SHORT_WAITS {
-                if !matches!(submitted, Submitted::Full) {
-                    break;
-                }
+                let Some(m) = waiting.take() else { break };
                 std::thread::sleep(Duration::from_millis(1));
-                submitted = self.submit(topic, partition, offset, payload);
+                waiting = self.retry(topic, partition, m).err();
             }
-            if let Submitted::Full = submitted {
+            if let Some(m) = waiting {
                 self.pause(topic, partition);
-                parked.insert(
-                    key,
-                    VecDeque::from([Parked {
-                        offset,
-                        payload: payload.to_vec(),
-                    }]),
-                );
+                parked.insert(key, VecDeque::from([m]));
             }
         }
         // Give the engine a moment to apply what is queued (and a last checkpoint to land),
