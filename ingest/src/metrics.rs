@@ -98,6 +98,7 @@ pub struct IngestMetrics {
     requests: [[[AtomicU64; 7]; 3]; 3],
     received: [AtomicU64; 3],
     rejected: [[AtomicU64; 4]; 3],
+    attributes_dropped: [AtomicU64; 3],
     observations: AtomicU64,
 }
 
@@ -105,6 +106,13 @@ impl IngestMetrics {
     /// Counts one request.
     pub fn request(&self, t: Transport, s: SignalKind, o: RequestOutcome) {
         self.requests[t as usize][s as usize][o as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts attributes not read (limits.max_attributes, max_attribute_bytes).
+    pub fn attributes_dropped(&self, s: SignalKind, n: u64) {
+        if n > 0 {
+            self.attributes_dropped[s as usize].fetch_add(n, Relaxed);
+        }
     }
 
     /// Counts items received and rejected (by reason) in one accepted request.
@@ -182,6 +190,15 @@ impl IngestMetrics {
                     r.label()
                 );
             }
+        }
+        let name = "trike_receiver_attributes_dropped_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Attributes not read: over limits.max_attributes in their list, or longer than limits.max_attribute_bytes.\n# TYPE {name} counter"
+        );
+        for s in SignalKind::ALL {
+            let v = self.attributes_dropped[s as usize].load(Relaxed);
+            let _ = writeln!(out, "{name}{{signal=\"{}\"}} {v}", s.name());
         }
         let _ = writeln!(
             out,

@@ -306,6 +306,8 @@ impl Pipeline {
         let d = *decoded;
         self.metrics
             .items(signal, d.received, d.rejected_by, observations);
+        self.metrics
+            .attributes_dropped(signal, d.attributes_dropped);
         let outcome = if d.rejected > 0 {
             RequestOutcome::Partial
         } else {

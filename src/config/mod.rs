@@ -90,6 +90,12 @@ pub struct RawLimits {
     /// RESOURCE_EXHAUSTED), above it new series are shed into overflow series (default 80 % of
     /// the container's memory, or of the machine's).
     pub memory_limit: Option<bytes::ByteSize>,
+    /// Attributes read per resource, span or data point (default 128); the rest are not read
+    /// and are counted.
+    pub max_attributes: Option<usize>,
+    /// Longest attribute read, key and value together (default 4KiB); longer ones are not
+    /// read and are counted.
+    pub max_attribute_bytes: Option<bytes::ByteSize>,
     /// Connections open at once per listener (default 4096); beyond it new connections wait
     /// in the kernel's backlog until one closes.
     pub max_connections: Option<usize>,

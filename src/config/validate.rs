@@ -459,6 +459,20 @@ impl Config {
         }
 
         let mut decode = DecodeConfig::default();
+        if let Some(n) = raw.limits.max_attributes {
+            if n == 0 {
+                p.push("limits.max_attributes: must be at least 1 (service.name is one)".into());
+            }
+            decode.attrs.max_attributes = n;
+        }
+        if let Some(b) = raw.limits.max_attribute_bytes {
+            if b.0 < 64 {
+                p.push(format!(
+                    "limits.max_attribute_bytes: {b} is below the minimum of 64B"
+                ));
+            }
+            decode.attrs.max_attribute_bytes = b.as_usize();
+        }
         if raw.series.dimensions.len() > MAX_DIMENSIONS {
             p.push(format!(
                 "series.dimensions: {} given, at most {MAX_DIMENSIONS} are supported",

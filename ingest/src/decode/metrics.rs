@@ -4,7 +4,7 @@
 //! to milliseconds from the metric's unit (`s`, `ms`, `us`, `ns`).
 
 use super::attrs::AttrValue;
-use super::{DecodeConfig, DecodeError, Decoded, Fnv, Reason, clip};
+use super::{AttrLimits, DecodeConfig, DecodeError, Decoded, Fnv, Reason, clip};
 use prost::Message;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -45,6 +45,24 @@ pub(super) fn attr(v: &Option<AnyValue>) -> AttrValue<'_> {
         Some(any_value::Value::DoubleValue(d)) => AttrValue::Double(*d),
         _ => AttrValue::Other,
     }
+}
+
+/// The attributes read of `attrs` (`lim`), counting those not read in `dropped`. Borrowed
+/// unless something is dropped.
+fn capped<'a>(attrs: &'a [KeyValue], lim: &AttrLimits, dropped: &mut u64) -> Cow<'a, [KeyValue]> {
+    let mut read = 0;
+    let fits = |kv: &KeyValue, read: &mut usize| lim.admits(read, kv.encoded_len());
+    if attrs.iter().all(|kv| fits(kv, &mut read)) {
+        return Cow::Borrowed(attrs);
+    }
+    let mut read = 0;
+    let kept: Vec<KeyValue> = attrs
+        .iter()
+        .filter(|kv| fits(kv, &mut read))
+        .cloned()
+        .collect();
+    *dropped += (attrs.len() - kept.len()) as u64;
+    Cow::Owned(kept)
 }
 
 fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<AttrValue<'a>> {
@@ -101,6 +119,20 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The series key, whether the point is bad, and its stream identity, from the point's
+    /// attributes as far as they are read (`cfg.attrs`).
+    fn key_stream(
+        &mut self,
+        scope: &str,
+        metric: &str,
+        point_attrs: &[KeyValue],
+        out: &mut Decoded,
+    ) -> (u32, bool, u64) {
+        let attrs = capped(point_attrs, &self.cfg.attrs, &mut out.attributes_dropped);
+        let (key, bad) = self.key_and_status(&attrs, out);
+        (key, bad, self.stream(scope, metric, &attrs))
+    }
+
     fn key_and_status(&mut self, point_attrs: &[KeyValue], out: &mut Decoded) -> (u32, bool) {
         let cfg = self.cfg;
         let operation = find(point_attrs, "http.route")
@@ -166,8 +198,7 @@ impl Ctx<'_> {
         temporality: Temporality,
         b: Buckets,
     ) {
-        let (key, bad) = self.key_and_status(attrs, out);
-        let stream = self.stream(scope, &m.name, attrs);
+        let (key, bad, stream) = self.key_stream(scope, &m.name, attrs, out);
         out.batch.histograms.push(HistogramObs {
             key,
             stream,
@@ -204,7 +235,12 @@ fn temporality(t: i32) -> Option<Temporality> {
 pub(super) fn metrics_request(req: &ExportMetricsServiceRequest, cfg: &DecodeConfig) -> Decoded {
     let mut out = Decoded::default();
     for rm in &req.resource_metrics {
-        let resource: &[KeyValue] = rm.resource.as_ref().map_or(&[], |r| &r.attributes);
+        let resource = capped(
+            rm.resource.as_ref().map_or(&[], |r| &r.attributes),
+            &cfg.attrs,
+            &mut out.attributes_dropped,
+        );
+        let resource: &[KeyValue] = &resource;
         let service = match find(resource, "service.name") {
             Some(AttrValue::Str(s)) if !s.is_empty() => s,
             _ => "unknown_service",
@@ -402,8 +438,7 @@ fn counts_only(
             )
         });
     }
-    let (key, bad) = ctx.key_and_status(&p.attributes, out);
-    let stream = ctx.stream(scope, &m.name, &p.attributes);
+    let (key, bad, stream) = ctx.key_stream(scope, &m.name, &p.attributes, out);
     out.batch.counters.push(CounterObs {
         key,
         stream,
@@ -524,8 +559,7 @@ fn counter_point(
             )
         });
     }
-    let (key, bad) = ctx.key_and_status(&p.attributes, out);
-    let stream = ctx.stream(scope, &m.name, &p.attributes);
+    let (key, bad, stream) = ctx.key_stream(scope, &m.name, &p.attributes, out);
     out.batch.counters.push(CounterObs {
         key,
         stream,

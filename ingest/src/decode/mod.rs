@@ -81,6 +81,45 @@ pub struct DecodeConfig {
     pub request_counters: Vec<String>,
     /// What is scrubbed from operation names and dimension values.
     pub scrub: scrub::Scrub,
+    /// How much of each attribute list is read.
+    pub attrs: AttrLimits,
+}
+
+/// Caps on the attributes read (DESIGN §7: a hostile request costs bytes, never more):
+/// per resource, scope, span and data point at most `max_attributes` are read, in wire order;
+/// an attribute whose key and value together are longer than `max_attribute_bytes` is not
+/// read. Attributes not read are counted (`trike_receiver_attributes_dropped_total`); a
+/// value that is read is still cut to 256 bytes when it becomes part of a series key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttrLimits {
+    /// Attributes read per resource, span or data point (`limits.max_attributes`).
+    pub max_attributes: usize,
+    /// Longest attribute read, key and value together (`limits.max_attribute_bytes`).
+    pub max_attribute_bytes: usize,
+}
+
+impl AttrLimits {
+    /// Whether the next attribute of a list is read: `read` counts those read so far (and is
+    /// counted up when it is), `encoded_len` is the size of its encoded `KeyValue` (key, value
+    /// and a few bytes of framing, allowed for).
+    #[inline]
+    pub fn admits(&self, read: &mut usize, encoded_len: usize) -> bool {
+        if *read >= self.max_attributes || encoded_len > self.max_attribute_bytes + 16 {
+            return false;
+        }
+        *read += 1;
+        true
+    }
+}
+
+impl Default for AttrLimits {
+    /// The OpenTelemetry SDKs' default attribute count limit, and 4 KiB.
+    fn default() -> Self {
+        Self {
+            max_attributes: 128,
+            max_attribute_bytes: 4096,
+        }
+    }
 }
 
 impl Default for DecodeConfig {
@@ -103,6 +142,7 @@ impl Default for DecodeConfig {
                 "http_server_requests_total".into(),
             ],
             scrub: scrub::Scrub::default(),
+            attrs: AttrLimits::default(),
         }
     }
 }
@@ -169,6 +209,8 @@ pub struct Decoded {
     pub rejected_by: [u64; 4],
     /// Why the first rejected item was rejected.
     pub first_rejection: Option<String>,
+    /// Attributes not read (over `max_attributes`, or longer than `max_attribute_bytes`).
+    pub attributes_dropped: u64,
 }
 
 impl Decoded {

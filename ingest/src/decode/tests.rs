@@ -552,3 +552,59 @@ fn ids_and_rule_matches_are_scrubbed_before_keys() {
         "{key}"
     );
 }
+
+/// Scenario: a span with 200 attributes where `http.route` comes 150th, a resource whose
+/// `deployment.environment` value is 8 KiB, and a metric point with 200 attributes where its
+/// `http.route` comes last; the default caps (128 attributes, 4 KiB).
+/// Guarantees: attributes beyond the count cap and over-long ones are not read (the span's
+/// operation falls back to its name, the dimension is empty) and are counted; the spans and
+/// points themselves are kept; a request within the caps reads every attribute.
+#[test]
+fn attribute_caps_bound_what_is_read() {
+    let mut attrs: Vec<KeyValue> = (0..149).map(|i| kv(&format!("a{i}"), s("v"))).collect();
+    attrs.push(kv("http.route", s("/r")));
+    attrs.extend((0..50).map(|i| kv(&format!("b{i}"), s("v"))));
+    let req = request(
+        vec![
+            kv("service.name", s("svc")),
+            kv("deployment.environment", s(&"x".repeat(8192))),
+        ],
+        vec![span("GET", Kind::Server, T, 1, attrs, false)],
+    );
+    let d = traces_proto(&req.encode_to_vec(), &cfg()).unwrap();
+    assert_eq!(d.batch.requests.len(), 1);
+    assert_eq!(
+        d.batch.keys[0].to_string(),
+        "svc/GET@,deployment.environment="
+    );
+    assert_eq!(d.attributes_dropped, 200 - 128 + 1);
+
+    let mut point_attrs: Vec<KeyValue> = (0..199).map(|i| kv(&format!("a{i}"), s("v"))).collect();
+    point_attrs.push(kv("http.route", s("/late")));
+    let m = duration_metric(pm::metric::Data::Histogram(Histogram {
+        data_points: vec![hist_point(point_attrs, vec![10.0], vec![1, 0])],
+        aggregation_temporality: AggregationTemporality::Delta as i32,
+    }));
+    let d = metrics_proto(&m.encode_to_vec(), &cfg()).unwrap();
+    assert_eq!(d.attributes_dropped, 200 - 128);
+    assert_eq!(d.batch.histograms.len(), 1);
+    let key = d.batch.keys[d.batch.histograms[0].key as usize].to_string();
+    assert!(!key.contains("/late"), "{key}");
+
+    let ok = request(
+        vec![kv("service.name", s("svc"))],
+        vec![span(
+            "GET",
+            Kind::Server,
+            T,
+            1,
+            vec![kv("http.route", s("/r"))],
+            false,
+        )],
+    );
+    let d = traces_proto(&ok.encode_to_vec(), &cfg()).unwrap();
+    assert_eq!(
+        (d.attributes_dropped, d.batch.keys[0].operation.as_ref()),
+        (0, "/r")
+    );
+}

@@ -89,8 +89,13 @@ fn resource_spans(
     while let Some((f, v)) = r.next()? {
         if let (1, Value::Bytes(resource)) = (f, v) {
             let mut rr = Reader::new(resource);
+            let mut read = 0;
             while let Some((f, v)) = rr.next()? {
                 if let (1, Value::Bytes(kv)) = (f, v) {
+                    if !cfg.attrs.admits(&mut read, kv.len()) {
+                        out.attributes_dropped += 1;
+                        continue;
+                    }
                     let (k, val) = key_value_raw(kv)?;
                     if k == b"service.name" {
                         if let AttrValue::Str(s) = val.check()? {
@@ -133,6 +138,7 @@ fn one_span(
     keys: &mut Keys,
 ) -> Result<(), DecodeError> {
     let mut s = SpanFacts::default();
+    let mut read = 0;
     let mut r = Reader::new(buf);
     while let Some((f, v)) = r.next()? {
         match (f, v) {
@@ -145,6 +151,9 @@ fn one_span(
             (6, Value::Varint(k)) => s.kind = k,
             (7, Value::Fixed64(t)) => s.start = t,
             (8, Value::Fixed64(t)) => s.end = t,
+            (9, Value::Bytes(kv)) if !cfg.attrs.admits(&mut read, kv.len()) => {
+                out.attributes_dropped += 1;
+            }
             (9, Value::Bytes(kv)) => {
                 let (k, val) = key_value_raw(kv)?;
                 match k {
