@@ -1,4 +1,6 @@
-//! Shared fixtures for the benchmarks: realistic OTLP payloads.
+//! Shared fixtures for the benchmarks: realistic OTLP payloads; and the fuzz harness.
+
+pub mod fuzz;
 
 use trike_proto::collector::trace::v1::ExportTraceServiceRequest;
 use trike_proto::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};

@@ -75,7 +75,36 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+/// Decodes a checkpoint's bytes, checking its format version; the error says what is wrong.
+fn decode<T: for<'de> Deserialize<'de> + Versioned>(
+    bytes: &[u8],
+) -> std::result::Result<T, String> {
+    let c: T = ciborium::from_reader(bytes).map_err(|e| format!("is unreadable ({e})"))?;
+    if c.version() != VERSION {
+        return Err(format!(
+            "has format {} (this build reads {VERSION})",
+            c.version()
+        ));
+    }
+    Ok(c)
+}
+
+/// Decodes the bytes of an `engine.ckpt` (the fuzz harness feeds it arbitrary bytes).
+pub fn decode_engine(bytes: &[u8]) -> std::result::Result<EngineCheckpoint, String> {
+    decode(bytes)
+}
+
+/// Decodes the bytes of a `policy.ckpt`.
+pub fn decode_policy(bytes: &[u8]) -> std::result::Result<PolicyCheckpoint, String> {
+    decode(bytes)
+}
+
+/// Encodes an engine checkpoint as `engine.ckpt` holds it.
+pub fn encode_engine(c: &EngineCheckpoint) -> std::io::Result<Vec<u8>> {
+    encode(c)
+}
+
+fn load_versioned<T: for<'de> Deserialize<'de> + Versioned>(path: &Path) -> Result<Option<T>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -86,11 +115,11 @@ fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
             });
         }
     };
-    ciborium::from_reader(bytes.as_slice())
+    decode(&bytes)
         .map(Some)
-        .map_err(|e| Error::BadCheckpoint {
+        .map_err(|problem| Error::BadCheckpoint {
             path: path.to_path_buf(),
-            problem: format!("is unreadable ({e})"),
+            problem,
         })
 }
 
@@ -108,16 +137,6 @@ impl Versioned for EngineCheckpoint {
 impl Versioned for PolicyCheckpoint {
     fn version(&self) -> u32 {
         self.version
-    }
-}
-
-fn load_versioned<T: for<'de> Deserialize<'de> + Versioned>(path: &Path) -> Result<Option<T>> {
-    match load::<T>(path)? {
-        Some(c) if c.version() != VERSION => Err(Error::BadCheckpoint {
-            path: path.to_path_buf(),
-            problem: format!("has format {} (this build reads {VERSION})", c.version()),
-        }),
-        c => Ok(c),
     }
 }
 
