@@ -51,6 +51,10 @@ pub struct EngineConfig {
     pub max_metric_streams: usize,
     /// Cumulative streams silent this long are forgotten.
     pub metric_stream_ttl: Span,
+    /// A series without new data for this long is folded into its service version's aggregate
+    /// (its history kept in the aggregate's counts; None: series stay until their data ages
+    /// out of the 30-day history).
+    pub idle_series_after: Option<Span>,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +72,7 @@ impl Default for EngineConfig {
             digest_compression: crate::sketch::DEFAULT_COMPRESSION,
             max_metric_streams: 200_000,
             metric_stream_ttl: Span::hours(1),
+            idle_series_after: Some(Span::minutes(15)),
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct Stats {
     pub metric_layout_changes: u64,
     /// Idle series removed.
     pub series_evicted: u64,
+    /// Idle series folded into their service version's aggregate (`idle_series_after`).
+    #[serde(default)]
+    pub series_folded: u64,
 }
 
 /// What one `ingest` call did.
@@ -542,6 +545,7 @@ impl Engine {
                 i += 1;
             }
         }
+        self.fold_idle();
         // Forget services with no series left and no recent spans.
         let recent = self
             .now
@@ -550,6 +554,40 @@ impl Engine {
             .retain(|_, info| info.series > 0 || info.last_span_arrival >= recent);
         let ttl = self.cfg.metric_stream_ttl.nanos();
         self.deltas.expire(self.now.saturating_sub(ttl));
+    }
+
+    /// Folds series without new data for `idle_series_after` into their service version's
+    /// aggregate series (an overflow series carrying the version): the aggregate absorbs their
+    /// whole history, so every window's counts of the service and of each version stay exactly
+    /// what they were; only the per-operation (and per-dimension) breakdown of idle history goes.
+    fn fold_idle(&mut self) {
+        let Some(idle) = self.cfg.idle_series_after else {
+            return;
+        };
+        let cutoff = self.now.saturating_sub(idle.nanos());
+        let mut idle_entries: Vec<usize> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.key.is_overflow() && e.state.last_arrival < cutoff)
+            .map(|(i, _)| i)
+            .collect();
+        // From the back: a swap_remove then only moves an entry already looked at (or a new
+        // aggregate, found by key).
+        idle_entries.sort_unstable_by(|a, b| b.cmp(a));
+        for i in idle_entries {
+            let gone = self.entries.swap_remove(i);
+            self.index.remove(&gone.key);
+            if let Some(moved) = self.entries.get(i) {
+                self.index.insert(moved.key.clone(), i);
+            }
+            let agg = self.entry_for(SeriesKey::aggregate(&gone.key.service, &gone.key.version));
+            self.entries[agg].state.absorb(&gone.state);
+            if let Some(info) = self.services.get_mut(&gone.key.service) {
+                info.series = info.series.saturating_sub(1);
+            }
+            self.stats.series_folded += 1;
+        }
     }
 
     /// Copies the whole state.

@@ -631,6 +631,45 @@ fn global_series_cap_holds_under_a_flood() {
     );
 }
 
+/// Scenario: service `a` with routes `/x`, `/y` of version 1 and `/z` of version 2, each with
+/// traffic at T0; `/x` keeps receiving data, the others go quiet for 16 minutes (idle after 15).
+/// Guarantees: the quiet series fold into one aggregate per version, the active one stays; the
+/// service's and each version's counts over 5 m, 1 h and 1 d are exactly what they were before
+/// the fold; a folded route that sends again comes back as its own series.
+#[test]
+fn idle_series_fold_into_aggregates_without_changing_counts() {
+    let mut e = Engine::new(Arc::new(EngineConfig::default()));
+    for (route, version, errors) in [("/x", "1", 1), ("/y", "1", 2), ("/z", "2", 3)] {
+        let mut obs: Vec<(u64, f64, bool)> = (0..10).map(|i| (T0, 10.0 + i as f64, false)).collect();
+        for o in obs.iter_mut().take(errors) {
+            o.2 = true;
+        }
+        e.ingest(&batch(SeriesKey::new("a", route, version), &obs), T0);
+    }
+    let totals = |e: &Engine, w: Span| {
+        e.version_slis(Some("a"), w)
+            .unwrap()
+            .iter()
+            .map(|v| (v.version.clone(), v.requests, v.errors))
+            .collect::<Vec<_>>()
+    };
+    let now = T0 + 16 * 60 * NANOS_PER_SEC;
+    for t in (T0..=now).step_by(60 * NANOS_PER_SEC as usize) {
+        e.ingest(&batch(SeriesKey::new("a", "/x", "1"), &[(t, 5.0, false)]), t);
+    }
+    e.advance(now - 2 * 60 * NANOS_PER_SEC);
+    assert_eq!(e.series_count(), 3, "nothing idle for 15 minutes yet");
+    let before: Vec<_> = [Span::hours(1), Span::days(1)].map(|w| totals(&e, w)).to_vec();
+    e.advance(now);
+    assert_eq!(e.stats().series_folded, 2);
+    assert_eq!(e.series_count(), 3, "/x, and one aggregate per version");
+    let after: Vec<_> = [Span::hours(1), Span::days(1)].map(|w| totals(&e, w)).to_vec();
+    assert_eq!(before, after);
+    assert_eq!(after[0], vec![(Some("1".into()), 37, 3), (Some("2".into()), 10, 3)]);
+    e.ingest(&batch(SeriesKey::new("a", "/y", "1"), &[(now, 1.0, false)]), now);
+    assert_eq!(e.series_count(), 4, "/y is back as its own series");
+}
+
 /// Scenario: memory is short (shedding on) while service `a` has two series and new routes and
 /// a new service arrive; then memory recovers (shedding off).
 /// Guarantees: while shedding, no new series is created (the newcomers fold into `a`'s overflow

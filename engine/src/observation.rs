@@ -40,7 +40,18 @@ impl SeriesKey {
         }
     }
 
-    /// True for the overflow series of a service.
+    /// The aggregate of `service`'s idle series of `version`: an overflow series that keeps
+    /// the version (so per-version totals, and canary verdicts, stay exact).
+    pub fn aggregate(service: &Arc<str>, version: &Arc<str>) -> Self {
+        Self {
+            service: service.clone(),
+            operation: "".into(),
+            version: version.clone(),
+            dims: Arc::new([("overflow".into(), "true".into())]),
+        }
+    }
+
+    /// True for the overflow series of a service (and its per-version idle aggregates).
     pub fn is_overflow(&self) -> bool {
         self.dims.len() == 1 && &*self.dims[0].0 == "overflow" && self.operation.is_empty()
     }

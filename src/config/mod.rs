@@ -330,6 +330,9 @@ pub struct RawEngine {
     pub metrics_windows: Option<Vec<Span>>,
     /// Services exported as SLI gauges on `/metrics`, at most (default 500).
     pub metrics_max_services: Option<usize>,
+    /// A series without new data this long folds into its service version's aggregate, its
+    /// history kept there (default `15m`; at least `5m`).
+    pub idle_series_after: Option<Span>,
 }
 
 /// `decode:`.

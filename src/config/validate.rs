@@ -598,6 +598,14 @@ impl Config {
             }
             engine.max_series = n;
         }
+        if let Some(idle) = raw.engine.idle_series_after {
+            if idle.secs() < 300 {
+                p.push(format!(
+                    "engine.idle_series_after: {idle} is shorter than 5m (a series would fold between two requests of a quiet route)"
+                ));
+            }
+            engine.idle_series_after = Some(idle);
+        }
         if let Some(l) = raw.engine.allowed_lateness {
             if l.secs() > 300 {
                 p.push(format!(

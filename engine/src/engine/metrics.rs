@@ -90,6 +90,11 @@ impl Gauges {
                 "Series removed after all their data expired.",
                 st.series_evicted,
             ),
+            (
+                "trike_engine_series_folded_total",
+                "Idle series folded into their service version's aggregate (engine.idle_series_after).",
+                st.series_folded,
+            ),
         ] {
             counter(out, name, help, v);
         }

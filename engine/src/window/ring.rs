@@ -48,6 +48,37 @@ impl<T: Default> Ring<T> {
     }
 }
 
+impl<T: Clone> Ring<T> {
+    /// Adds `other`'s buckets into this ring (`add` combines two buckets of one index), in one
+    /// pass over both: O(buckets), whatever their order.
+    pub fn absorb(&mut self, other: &Ring<T>, add: impl Fn(&mut T, &T)) {
+        if other.slots.is_empty() {
+            return;
+        }
+        let mut mine = std::mem::take(&mut self.slots).into_iter().peekable();
+        let mut theirs = other.slots.iter().peekable();
+        let mut out = VecDeque::with_capacity(self.slots.capacity().max(other.slots.len()));
+        loop {
+            match (mine.peek(), theirs.peek()) {
+                (Some((a, _)), Some((b, _))) if a == b => {
+                    let (i, mut v) = mine.next().expect("peeked");
+                    let (_, w) = theirs.next().expect("peeked");
+                    add(&mut v, w);
+                    out.push_back((i, v));
+                }
+                (Some((a, _)), Some((b, _))) if a < b => out.push_back(mine.next().expect("peeked")),
+                (Some(_), Some(_)) | (None, Some(_)) => {
+                    let (i, w) = theirs.next().expect("peeked");
+                    out.push_back((*i, w.clone()));
+                }
+                (Some(_), None) => out.push_back(mine.next().expect("peeked")),
+                (None, None) => break,
+            }
+        }
+        self.slots = out;
+    }
+}
+
 impl<T> Ring<T> {
     /// Drops buckets that fell out of retention.
     pub fn evict(&mut self, now_idx: u64, slots: u64) {

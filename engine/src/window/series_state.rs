@@ -216,6 +216,33 @@ impl SeriesState {
         applied
     }
 
+    /// Adds all of `other`'s history into this state (counts add up bucket by bucket, digests
+    /// merge): window sums over both afterwards equal the sums of the two before. Used to fold
+    /// an idle series into its service version's aggregate.
+    pub fn absorb(&mut self, other: &SeriesState) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            mine.absorb(theirs, |a, b| {
+                a.add(
+                    u64::from(b.requests),
+                    u64::from(b.errors),
+                    b.within.map(u64::from),
+                    u64::from(b.timed),
+                );
+            });
+        }
+        for (mine, theirs) in self.digests.iter_mut().zip(&other.digests) {
+            mine.absorb(theirs, |a, b| {
+                if a.is_empty() {
+                    *a = b.clone();
+                } else if !b.is_empty() {
+                    a.merge(b);
+                }
+            });
+        }
+        self.last_event = self.last_event.max(other.last_event);
+        self.last_arrival = self.last_arrival.max(other.last_arrival);
+    }
+
     /// Drops buckets out of retention at `now_s`.
     pub fn evict(&mut self, now_s: u64) {
         for (ring, spec) in self.counts.iter_mut().zip(COUNTER_TIERS) {
