@@ -640,7 +640,8 @@ fn global_series_cap_holds_under_a_flood() {
 fn idle_series_fold_into_aggregates_without_changing_counts() {
     let mut e = Engine::new(Arc::new(EngineConfig::default()));
     for (route, version, errors) in [("/x", "1", 1), ("/y", "1", 2), ("/z", "2", 3)] {
-        let mut obs: Vec<(u64, f64, bool)> = (0..10).map(|i| (T0, 10.0 + i as f64, false)).collect();
+        let mut obs: Vec<(u64, f64, bool)> =
+            (0..10).map(|i| (T0, 10.0 + i as f64, false)).collect();
         for o in obs.iter_mut().take(errors) {
             o.2 = true;
         }
@@ -655,18 +656,31 @@ fn idle_series_fold_into_aggregates_without_changing_counts() {
     };
     let now = T0 + 16 * 60 * NANOS_PER_SEC;
     for t in (T0..=now).step_by(60 * NANOS_PER_SEC as usize) {
-        e.ingest(&batch(SeriesKey::new("a", "/x", "1"), &[(t, 5.0, false)]), t);
+        e.ingest(
+            &batch(SeriesKey::new("a", "/x", "1"), &[(t, 5.0, false)]),
+            t,
+        );
     }
     e.advance(now - 2 * 60 * NANOS_PER_SEC);
     assert_eq!(e.series_count(), 3, "nothing idle for 15 minutes yet");
-    let before: Vec<_> = [Span::hours(1), Span::days(1)].map(|w| totals(&e, w)).to_vec();
+    let before: Vec<_> = [Span::hours(1), Span::days(1)]
+        .map(|w| totals(&e, w))
+        .to_vec();
     e.advance(now);
     assert_eq!(e.stats().series_folded, 2);
     assert_eq!(e.series_count(), 3, "/x, and one aggregate per version");
-    let after: Vec<_> = [Span::hours(1), Span::days(1)].map(|w| totals(&e, w)).to_vec();
+    let after: Vec<_> = [Span::hours(1), Span::days(1)]
+        .map(|w| totals(&e, w))
+        .to_vec();
     assert_eq!(before, after);
-    assert_eq!(after[0], vec![(Some("1".into()), 37, 3), (Some("2".into()), 10, 3)]);
-    e.ingest(&batch(SeriesKey::new("a", "/y", "1"), &[(now, 1.0, false)]), now);
+    assert_eq!(
+        after[0],
+        vec![(Some("1".into()), 37, 3), (Some("2".into()), 10, 3)]
+    );
+    e.ingest(
+        &batch(SeriesKey::new("a", "/y", "1"), &[(now, 1.0, false)]),
+        now,
+    );
     assert_eq!(e.series_count(), 4, "/y is back as its own series");
 }
 

@@ -66,7 +66,9 @@ impl<T: Clone> Ring<T> {
                     add(&mut v, w);
                     out.push_back((i, v));
                 }
-                (Some((a, _)), Some((b, _))) if a < b => out.push_back(mine.next().expect("peeked")),
+                (Some((a, _)), Some((b, _))) if a < b => {
+                    out.push_back(mine.next().expect("peeked"))
+                }
                 (Some(_), Some(_)) | (None, Some(_)) => {
                     let (i, w) = theirs.next().expect("peeked");
                     out.push_back((*i, w.clone()));
