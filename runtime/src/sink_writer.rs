@@ -5,7 +5,7 @@ use crate::hooks::outbox::{DecisionStore, SINK_QUEUE};
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use trike_sinks::kafka::{KafkaSink, KafkaSinkConfig, ensure_topic};
@@ -78,8 +78,28 @@ impl SinkWriter {
     }
 }
 
+/// How often events whose Kafka delivery failed are sent again.
+const RESEND_EVERY: Duration = Duration::from_secs(1);
+
 fn write_all(rx: Receiver<ControlEvent>, mut outs: Vec<Out>, store: &DecisionStore) {
-    while let Ok(first) = rx.recv() {
+    let mut last_resend = std::time::Instant::now();
+    loop {
+        if last_resend.elapsed() >= RESEND_EVERY {
+            last_resend = std::time::Instant::now();
+            for o in &outs {
+                if let Out::Kafka(k) = o {
+                    let n = k.resend_failed();
+                    if n > 0 {
+                        tracing::warn!(events = n, "sending undelivered control events again");
+                    }
+                }
+            }
+        }
+        let first = match rx.recv_timeout(RESEND_EVERY) {
+            Ok(e) => e,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(255));
         let mut failed = false;

@@ -5,6 +5,7 @@
 //! unhealthy until a later delivery succeeds. The topic is created when missing.
 
 use rdkafka::ClientContext;
+use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -43,7 +44,17 @@ pub struct KafkaSinkStats {
 
 struct Context {
     stats: Arc<KafkaSinkStats>,
+    /// Events whose delivery failed after the producer's own retries (a broker away longer
+    /// than `delivery.timeout.ms`): sent again by [`KafkaSink::resend_failed`], never dropped.
+    undelivered: Undelivered,
 }
+
+/// Events (key, payload) waiting to be sent again.
+type Undelivered = Arc<parking_lot::Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
+
+/// Undelivered events kept for another attempt, at most (control events are rare: beyond this
+/// the broker has been away for hours, and the oldest are dropped, counted and logged).
+const MAX_UNDELIVERED: usize = 10_000;
 
 impl ClientContext for Context {}
 
@@ -55,10 +66,23 @@ impl ProducerContext for Context {
                 self.stats.delivered.fetch_add(1, Relaxed);
                 self.stats.failing.store(false, Relaxed);
             }
-            Err((e, _)) => {
+            Err((e, m)) => {
                 self.stats.failed.fetch_add(1, Relaxed);
                 self.stats.failing.store(true, Relaxed);
-                eprintln!("trike: control event not delivered to Kafka: {e}");
+                let mut q = self.undelivered.lock();
+                if q.len() >= MAX_UNDELIVERED {
+                    q.remove(0);
+                    eprintln!(
+                        "trike: {MAX_UNDELIVERED} control events wait for Kafka: dropping the oldest"
+                    );
+                }
+                q.push((
+                    m.key().unwrap_or_default().to_vec(),
+                    m.payload().unwrap_or_default().to_vec(),
+                ));
+                eprintln!(
+                    "trike: control event not delivered to Kafka yet ({e}): it will be sent again"
+                );
             }
         }
     }
@@ -69,6 +93,7 @@ pub struct KafkaSink {
     producer: ThreadedProducer<Context>,
     topic: String,
     stats: Arc<KafkaSinkStats>,
+    undelivered: Undelivered,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -142,6 +167,7 @@ pub fn ensure_topic(cfg: &KafkaSinkConfig) -> Result<(), KafkaError> {
 impl KafkaSink {
     /// Connects an idempotent producer for `cfg.topic`.
     pub fn new(cfg: &KafkaSinkConfig, stats: Arc<KafkaSinkStats>) -> Result<Self, KafkaError> {
+        let undelivered = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let producer = cfg
             .client
             .apply(
@@ -157,8 +183,10 @@ impl KafkaSink {
             )
             .create_with_context(Context {
                 stats: stats.clone(),
+                undelivered: undelivered.clone(),
             })?;
         Ok(Self {
+            undelivered,
             producer,
             topic: cfg.topic.clone(),
             stats,
@@ -192,6 +220,27 @@ impl KafkaSink {
         self.stats.failed.fetch_add(1, Relaxed);
         self.stats.failing.store(true, Relaxed);
         Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+    }
+
+    /// Sends again the events whose delivery failed (the broker was away longer than the
+    /// producer's retries); returns how many. Call it now and then: each event is sent until
+    /// it is delivered (actuators run an event id once, so a copy that did land is harmless).
+    pub fn resend_failed(&self) -> usize {
+        let events = std::mem::take(&mut *self.undelivered.lock());
+        let n = events.len();
+        for (key, payload) in events {
+            let key = String::from_utf8_lossy(&key).into_owned();
+            if self.send(&key, &payload).is_err() {
+                // Not even queued: keep it for the next round.
+                self.undelivered.lock().push((key.into_bytes(), payload));
+            }
+        }
+        n
+    }
+
+    /// Events waiting to be sent again.
+    pub fn undelivered(&self) -> usize {
+        self.undelivered.lock().len()
     }
 
     /// Waits up to `timeout` for queued events to be delivered.
@@ -260,5 +309,66 @@ mod tests {
             assert_eq!(ct.as_deref(), Some(&b"application/cloudevents+json"[..]));
         }
         drop(consumer);
+    }
+
+    /// Scenario: the broker goes away for longer than the producer's delivery timeout (3 s
+    /// here, through `kafka.client`), an event is sent meanwhile, then the broker returns.
+    /// Guarantees: the failed delivery is counted and the event kept; sent again, it lands on
+    /// the control topic once the broker is back (a control event is never dropped).
+    #[test]
+    fn an_event_that_failed_delivery_is_sent_again() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("trike.control", 1, 1).unwrap();
+        let cfg = KafkaSinkConfig {
+            brokers: mock.bootstrap_servers(),
+            topic: "trike.control".into(),
+            partitions: 1,
+            replication: 1,
+            client: crate::kafka_client::ClientProps::new([
+                ("delivery.timeout.ms", "3000"),
+                ("reconnect.backoff.max.ms", "500"),
+            ]),
+        };
+        let stats = Arc::new(KafkaSinkStats::default());
+        let sink = KafkaSink::new(&cfg, stats.clone()).unwrap();
+        sink.send("warmup", b"{}").unwrap();
+        sink.flush(Duration::from_secs(10)).unwrap();
+        mock.broker_down(1).unwrap();
+        sink.send("checkout", b"{\"id\":\"rollback-1\"}").unwrap();
+        let start = std::time::Instant::now();
+        while sink.undelivered() == 0 {
+            assert!(start.elapsed() < Duration::from_secs(20), "never failed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(stats.failing.load(Relaxed));
+        assert_eq!(stats.failed.load(Relaxed), 1);
+        mock.broker_up(1).unwrap();
+        // As the sink writer does: send again every second until it lands (the producer
+        // reconnects to the returned broker within its backoff).
+        let start = std::time::Instant::now();
+        let mut resent = 0;
+        while stats.delivered.load(Relaxed) < 2 {
+            assert!(start.elapsed() < Duration::from_secs(40), "never delivered");
+            resent += sink.resend_failed();
+            let _ = sink.flush(Duration::from_secs(1));
+        }
+        assert!(resent >= 1);
+        assert_eq!(sink.undelivered(), 0);
+        assert_eq!(stats.delivered.load(Relaxed), 2);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", "resend")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["trike.control"]).unwrap();
+        let mut keys = Vec::new();
+        let start = std::time::Instant::now();
+        while keys.len() < 2 && start.elapsed() < Duration::from_secs(20) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                keys.push(m.key().map(|k| String::from_utf8_lossy(k).into_owned()));
+            }
+        }
+        assert_eq!(keys, vec![Some("warmup".into()), Some("checkout".into())]);
     }
 }

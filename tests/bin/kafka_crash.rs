@@ -1,8 +1,9 @@
 //! Fault test with the real `trike run` binary and a real Kafka-protocol broker (tansu, started
 //! by `scripts/test`): OTLP spans stream into a spans topic (as the Collector's Kafka exporter
 //! writes them) for a baseline and a failing canary. Process A checkpoints its state
-//! (`state.dir`) and is SIGKILLed mid-stream, after its rollback went out, then restarted;
-//! process B consumes the same topic in another group without interruption.
+//! (`state.dir`) and is SIGKILLed mid-stream ten times (first after its rollback went out, then
+//! at seeded random points 0.2–2 s after each restart), and restarted each time; process B
+//! consumes the same topic in another group without interruption.
 //!
 //! Guarantees: afterwards A's SLIs equal B's (requests and errors exactly, latency quantiles
 //! within the sketch's tolerance): nothing lost, nothing counted twice. Every rollback on the
@@ -25,7 +26,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use trike::synth::{Behaviour, Service};
 
-const MESSAGES: usize = 120;
+const MESSAGES: usize = 300;
+/// SIGKILLs of process A, and the seed of their timing.
+const KILLS: usize = 10;
+const KILL_SEED: u64 = 20_261_203;
 const BASELINE: usize = 60;
 const CANARY: usize = 20;
 
@@ -193,7 +197,7 @@ fn rollbacks(events: &[Value]) -> Vec<&Value> {
 }
 
 #[test]
-fn sigkill_mid_stream_loses_nothing_and_never_changes_decision_ids() {
+fn ten_sigkills_mid_stream_lose_nothing_and_never_change_decision_ids() {
     let Some(brokers) = brokers() else { return };
     let run = format!(
         "{}x{}",
@@ -304,6 +308,20 @@ instance: crash-b
         "killed mid-stream: {before_kill} of {expected} applied"
     );
     let mut a = spawn(&config_a, admin_a);
+    // Nine more, at seeded random points after each restart (catching up, mid-stream).
+    let mut kill_rng = rand::rngs::StdRng::seed_from_u64(KILL_SEED);
+    let mut kills_at = vec![before_kill];
+    for _ in 1..KILLS {
+        std::thread::sleep(Duration::from_millis(rand::Rng::random_range(
+            &mut kill_rng,
+            200..2000,
+        )));
+        kills_at.push(total(&a));
+        a.child.kill().expect("SIGKILL");
+        a.child.wait().unwrap();
+        a = spawn(&config_a, admin_a);
+    }
+    eprintln!("SIGKILLs with {kills_at:?} of {expected} spans applied");
 
     producer_thread.join().unwrap();
     let got_a = wait_total(&a, expected, Duration::from_secs(90));

@@ -1,0 +1,205 @@
+//! The fault matrix's broker outage (issue: "the broker stopped for 20 s while a decision is
+//! made — the control event arrives after it returns"), on a real Kafka-protocol broker: this
+//! test starts its own tansu (the binary `.ci/run` installs) so it can stop and restart it.
+//!
+//! Without the tansu binary the test says SKIPPED locally and fails under CI (`CI` set).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use trike_tests::{post_spans, read_topic, start_trike};
+
+fn tansu() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("TANSU")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/tansu/bin/tansu")
+        });
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok() {
+        panic!(
+            "CI must have tansu at {} (.ci/run installs it)",
+            path.display()
+        );
+    }
+    eprintln!("SKIPPED: no tansu binary at {} (set TANSU)", path.display());
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts tansu on `port` with its data in `dir`; returns once it accepts connections.
+fn start_broker(bin: &std::path::Path, dir: &std::path::Path, port: u16) -> Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(bin)
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu starts");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "tansu did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// SIGTERM, as an orchestrator stops a broker, and wait for the exit.
+fn stop_broker(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    while child.try_wait().ok().flatten().is_none() {
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Scenario: Trike publishes control events to a broker that is stopped; while it is down a
+/// canary fails and Trike decides to roll it back; the broker comes back 20 s after it stopped.
+/// Guarantees: the decision is made during the outage (the API shows it); after the broker
+/// returns, its control event lands on the control topic, signed, and only under that one
+/// decision id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_made_while_the_broker_is_down_arrives_after_it_returns() {
+    let Some(bin) = tansu() else { return };
+    let dir = std::env::temp_dir().join(format!("trike-outage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let broker = start_broker(&bin, &dir, port);
+    let control = "trike.control.outage";
+    let b = brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        trike_sinks::kafka::ensure_topic(&trike_sinks::kafka::KafkaSinkConfig {
+            brokers: b,
+            topic: control.into(),
+            partitions: 1,
+            replication: 1,
+            client: Default::default(),
+        })
+    })
+    .await
+    .unwrap()
+    .expect("the broker creates topics");
+    let running = start_trike(&format!(
+        r#"
+kafka: {{ brokers: "{brokers}", control_topic: "{control}" }}
+canary: [{{ service: checkout, baseline: "1.4.0", canary: "1.5.0", window: 5m, min_requests: 100 }}]
+policies: [{{ name: rollback-bad-canary, when: canary.fail, action: rollback, for: 1s }}]
+sinks: [{{ type: kafka }}]
+signing: {{ key: outage-secret }}
+instance: outage
+"#
+    ))
+    .await;
+
+    let stopped_at = Instant::now();
+    tokio::task::spawn_blocking(move || stop_broker(broker))
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut rng = rand::rng();
+    let (baseline, canary) = (
+        trike_tests::checkout("1.4.0", 0.001),
+        trike_tests::checkout("1.5.0", 0.5),
+    );
+    let (decided, decided_after) = loop {
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(15),
+            "no decision while the broker was down"
+        );
+        post_spans(&client, &running, &baseline, 200, 500_000_000, &mut rng).await;
+        post_spans(&client, &running, &canary, 100, 500_000_000, &mut rng).await;
+        let doc: serde_json::Value = reqwest::get(format!(
+            "http://{}/api/v1/decisions?service=checkout",
+            running.admin_addr
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let ids: Vec<String> = doc["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "io.trike.control.rollback")
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect();
+        if let Some(id) = ids.first() {
+            break (id.clone(), stopped_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    // The outage lasts 20 s from the stop.
+    if let Some(left) = Duration::from_secs(20).checked_sub(stopped_at.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
+    let broker = start_broker(&bin, &dir, port);
+    let returned = Instant::now();
+    let b = brokers.clone();
+    let events = tokio::task::spawn_blocking(move || {
+        loop {
+            let got = read_topic(&b, control, Duration::from_secs(2));
+            if got
+                .iter()
+                .any(|(_, e)| e["type"] == "io.trike.control.rollback")
+                || returned.elapsed() > Duration::from_secs(60)
+            {
+                return got;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let rollbacks: Vec<&serde_json::Value> = events
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e["type"] == "io.trike.control.rollback")
+        .collect();
+    assert!(!rollbacks.is_empty(), "the rollback never arrived");
+    for e in &rollbacks {
+        assert_eq!(
+            e["id"].as_str(),
+            Some(decided.as_str()),
+            "one decision, one id"
+        );
+        assert!(trike_sinks::signing::verify(e, b"outage-secret"));
+    }
+    eprintln!(
+        "decided {:.1} s into the outage; delivered {:.1} s after the broker returned ({} cop{})",
+        decided_after.as_secs_f64(),
+        returned.elapsed().as_secs_f64(),
+        rollbacks.len(),
+        if rollbacks.len() == 1 { "y" } else { "ies" }
+    );
+    running.stop().await.unwrap();
+    tokio::task::spawn_blocking(move || stop_broker(broker))
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
