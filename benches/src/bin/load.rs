@@ -5,6 +5,13 @@
 //! 100 ms a probe sends one span for a fresh service and polls `/api/v1/slis` until it is
 //! visible; the time from sending to visible is one freshness sample.
 //!
+//! Options for the trust-boundary measurements: `--tls` (server TLS with generated
+//! certificates) and `--token` (an ingest token) for the cost of both, `--memory-limit` and
+//! `--rate` for overload (2× the sustainable rate: every accepted span must be applied, the
+//! refusals carry `Retry-After`, resident memory stays under the limit, and freshness is
+//! probed again for `--recovery-s` after the load stops), `--queries N` for N heavy SQL queries
+//! running back to back during the load (freshness under queries).
+//!
 //! Run: `cargo run --release -p trike-benches --bin load -- --duration-s 20`
 
 use clap::Parser;
@@ -32,6 +39,28 @@ struct Args {
     /// Target spans/s across all clients (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Serve OTLP/HTTP and the admin API over TLS (generated certificates).
+    #[arg(long)]
+    tls: bool,
+    /// Require an ingest bearer token (and send it).
+    #[arg(long)]
+    token: bool,
+    /// `limits.memory_limit` (e.g. 512MiB); default: Trike's default.
+    #[arg(long)]
+    memory_limit: Option<String>,
+    /// Heavy SQL queries kept running back to back during the load.
+    #[arg(long, default_value_t = 0)]
+    queries: usize,
+    /// Seconds of freshness probes after the load stops (recovery).
+    #[arg(long, default_value_t = 0)]
+    recovery_s: u64,
+}
+
+const TOKEN: &str = "load-ingest-token-0123456789abcdef";
+
+/// This process's resident memory (bytes).
+fn rss() -> u64 {
+    trike_ingest::memory::process_rss().unwrap_or(0)
 }
 
 fn now_ns() -> u64 {
@@ -68,24 +97,73 @@ async fn main() -> anyhow::Result<()> {
         admin_addr: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
-    let cfg =
-        Config::validate(RawConfig::default(), &o).map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let mut yaml = String::new();
+    let pki_dir = std::env::temp_dir().join(format!("trike-load-pki-{}", std::process::id()));
+    let pki = args.tls.then(|| trike_tests::pki::Pki::write(&pki_dir));
+    if let Some(p) = &pki {
+        yaml.push_str(&p.yaml(false));
+    }
+    if args.token {
+        yaml.push_str(&format!("auth: {{ ingest_tokens: [\"{TOKEN}\"] }}\n"));
+    }
+    if let Some(m) = &args.memory_limit {
+        yaml.push_str(&format!("limits: {{ memory_limit: {m} }}\n"));
+    }
+    let cfg = Config::validate(RawConfig::from_yaml(&yaml).map_err(anyhow::Error::msg)?, &o)
+        .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let memory_limit = cfg.memory_limit;
     let running = trike::app::start(cfg).await?;
-    let url = format!("http://{}/v1/traces", running.http_addr);
-    let admin = running.admin_addr;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()?;
+    let scheme = if args.tls { "https" } else { "http" };
+    let host = |a: std::net::SocketAddr| {
+        if args.tls {
+            format!("localhost:{}", a.port())
+        } else {
+            a.to_string()
+        }
+    };
+    let url = format!("{scheme}://{}/v1/traces", host(running.http_addr));
+    let admin = host(running.admin_addr);
+    let mut builder = reqwest::Client::builder().pool_max_idle_per_host(64);
+    if let Some(p) = &pki {
+        builder =
+            builder.add_root_certificate(reqwest::Certificate::from_pem(p.ca_pem.as_bytes())?);
+    }
+    if args.token {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {TOKEN}").parse()?,
+        );
+        builder = builder.default_headers(h);
+    }
+    let client = builder.build()?;
     let sent = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
+    let retry_after = Arc::new(parking_lot::Mutex::new(Vec::<u64>::new()));
+    let peak_rss = Arc::new(AtomicU64::new(rss()));
+    {
+        let peak = peak_rss.clone();
+        std::thread::spawn(move || {
+            loop {
+                peak.fetch_max(rss(), Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+    let queries_run = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
 
     let mut senders = Vec::new();
     for c in 0..args.clients {
-        let (client, url, sent, refused) =
-            (client.clone(), url.clone(), sent.clone(), refused.clone());
+        let (client, url, sent, refused, retry_after) = (
+            client.clone(),
+            url.clone(),
+            sent.clone(),
+            refused.clone(),
+            retry_after.clone(),
+        );
         let (n, routes) = (args.spans_per_request, args.routes);
         let per_client_rate = args.rate as f64 / args.clients as f64;
         senders.push(tokio::spawn(async move {
@@ -126,6 +204,12 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Ok(r) if r.status().as_u16() == 429 => {
                         refused.fetch_add(n as u64, Relaxed);
+                        let after = r
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                        retry_after.lock().push(after.unwrap_or(0));
+                        // A real exporter backs off; this one only briefly, to keep pressing.
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Ok(r) => anyhow::bail!("unexpected status {}", r.status()),
@@ -133,6 +217,23 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }));
+    }
+
+    // Heavy queries on the query threads, back to back.
+    let mut query_tasks = Vec::new();
+    for _ in 0..args.queries {
+        let (client, admin, n) = (client.clone(), admin.clone(), queries_run.clone());
+        query_tasks.push(tokio::spawn(async move {
+            let url = format!("{scheme}://{admin}/api/v1/query");
+            while Instant::now() < deadline {
+                let _ = client
+                    .post(&url)
+                    .body("SELECT count(*) AS n, sum(value % 7) AS s FROM generate_series(1, 30000000)")
+                    .send()
+                    .await;
+                n.fetch_add(1, Relaxed);
+            }
         }));
     }
 
@@ -161,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
         if !r.status().is_success() {
             continue; // refused under overload: not a freshness sample
         }
-        let probe_url = format!("http://{admin}/api/v1/slis?service={service}&window=1m");
+        let probe_url = format!("{scheme}://{admin}/api/v1/slis?service={service}&window=1m");
         loop {
             let doc: serde_json::Value = client.get(&probe_url).send().await?.json().await?;
             if doc["series"].as_array().is_some_and(|s| !s.is_empty()) {
@@ -181,6 +282,48 @@ async fn main() -> anyhow::Result<()> {
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    for q in query_tasks {
+        let _ = q.await;
+    }
+    // Recovery: freshness once the load has stopped.
+    let mut recovery_ms = Vec::new();
+    let recovery_end = Instant::now() + Duration::from_secs(args.recovery_s);
+    while Instant::now() < recovery_end {
+        probe += 1;
+        let service = format!("probe-{probe}");
+        let mut req = trike_benches::trace_request(1, 1, now_ns());
+        req.resource_spans[0].resource.as_mut().unwrap().attributes[0].value =
+            Some(trike_proto::common::v1::AnyValue {
+                value: Some(trike_proto::common::v1::any_value::Value::StringValue(
+                    service.clone(),
+                )),
+            });
+        let start = Instant::now();
+        let r = client
+            .post(&url)
+            .header("content-type", "application/x-protobuf")
+            .body(req.encode_to_vec())
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let probe_url = format!("{scheme}://{admin}/api/v1/slis?service={service}&window=1m");
+        loop {
+            let doc: serde_json::Value = client.get(&probe_url).send().await?.json().await?;
+            if doc["series"].as_array().is_some_and(|s| !s.is_empty()) {
+                recovery_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                recovery_ms.push(5000.0);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Let the queue drain, then check every accepted span was applied.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let applied = running
@@ -216,6 +359,43 @@ async fn main() -> anyhow::Result<()> {
         percentile(&fresh_ms, 0.99),
         fresh_ms.last().copied().unwrap_or(f64::NAN)
     );
+    let probes = (fresh_ms.len() + recovery_ms.len()) as u64;
+    println!(
+        "acknowledged, not applied: {} (applied − accepted − probes)",
+        accepted as i64 + probes as i64 - applied as i64
+    );
+    let ra = retry_after.lock();
+    if !ra.is_empty() {
+        println!(
+            "429 answers: {}, Retry-After min {} s, max {} s, missing {}",
+            ra.len(),
+            ra.iter().filter(|&&x| x > 0).min().copied().unwrap_or(0),
+            ra.iter().max().copied().unwrap_or(0),
+            ra.iter().filter(|&&x| x == 0).count()
+        );
+    }
+    println!(
+        "resident memory: peak {:.0} MiB (limits.memory_limit {:.0} MiB)",
+        peak_rss.load(Relaxed) as f64 / 1048576.0,
+        memory_limit as f64 / 1048576.0
+    );
+    if args.queries > 0 {
+        println!(
+            "heavy SQL queries run: {} ({} at a time)",
+            queries_run.load(Relaxed),
+            args.queries
+        );
+    }
+    if !recovery_ms.is_empty() {
+        recovery_ms.sort_by(f64::total_cmp);
+        println!(
+            "freshness after the load stopped, {} samples: p50 {:.1} ms, p99 {:.1} ms",
+            recovery_ms.len(),
+            percentile(&recovery_ms, 0.5),
+            percentile(&recovery_ms, 0.99)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&pki_dir);
     running.stop().await?;
     Ok(())
 }
