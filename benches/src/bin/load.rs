@@ -364,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
         "acknowledged, not applied: {} (applied − accepted − probes)",
         accepted as i64 + probes as i64 - applied as i64
     );
-    let ra = retry_after.lock();
+    let ra = retry_after.lock().clone();
     if !ra.is_empty() {
         println!(
             "429 answers: {}, Retry-After min {} s, max {} s, missing {}",
