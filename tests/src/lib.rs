@@ -376,3 +376,111 @@ pub mod pki {
         }
     }
 }
+
+/// A tansu broker of a test's own (to stop, restart, or run with authentication), from the
+/// binary `.ci/run` installs (`$TANSU`, else `~/.cache/tansu/bin/tansu`).
+pub mod tansu {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// The tansu binary; None (and SKIPPED) locally without one; a panic in CI.
+    pub fn tansu() -> Option<std::path::PathBuf> {
+        let path = std::env::var_os("TANSU")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                    .join(".cache/tansu/bin/tansu")
+            });
+        if path.exists() {
+            return Some(path);
+        }
+        if std::env::var("CI").is_ok() {
+            panic!(
+                "CI must have tansu at {} (.ci/run installs it)",
+                path.display()
+            );
+        }
+        eprintln!("SKIPPED: no tansu binary at {} (set TANSU)", path.display());
+        None
+    }
+
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Starts tansu on `port` with its data in `dir` (with `extra` arguments, e.g.
+    /// `--authentication`); returns once it accepts connections.
+    pub fn start_broker(
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        port: u16,
+        extra: &[&str],
+    ) -> Child {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .current_dir(dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "tansu did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    /// SIGTERM, as an orchestrator stops a broker, and wait for the exit.
+    pub fn stop_broker(mut child: Child) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while child.try_wait().ok().flatten().is_none() {
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Creates a SCRAM user on the (unauthenticated) broker at `port`.
+    pub fn create_user(
+        bin: &std::path::Path,
+        port: u16,
+        name: &str,
+        password: &str,
+        mechanism: &str,
+    ) {
+        let ok = Command::new(bin)
+            .args([
+                "user",
+                "create",
+                "--broker",
+                &format!("tcp://127.0.0.1:{port}"),
+            ])
+            .args(["--mechanism", mechanism, name, password])
+            .stdout(Stdio::null())
+            .status()
+            .expect("tansu user create runs")
+            .success();
+        assert!(ok, "tansu user create {name}");
+    }
+}

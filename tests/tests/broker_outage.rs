@@ -4,79 +4,9 @@
 //!
 //! Without the tansu binary the test says SKIPPED locally and fails under CI (`CI` set).
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use trike_tests::tansu::{free_port, start_broker, stop_broker, tansu};
 use trike_tests::{post_spans, read_topic, start_trike};
-
-fn tansu() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("TANSU")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/tansu/bin/tansu")
-        });
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("CI").is_ok() {
-        panic!(
-            "CI must have tansu at {} (.ci/run installs it)",
-            path.display()
-        );
-    }
-    eprintln!("SKIPPED: no tansu binary at {} (set TANSU)", path.display());
-    None
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts tansu on `port` with its data in `dir`; returns once it accepts connections.
-fn start_broker(bin: &std::path::Path, dir: &std::path::Path, port: u16) -> Child {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(bin)
-        .current_dir(dir)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu starts");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "tansu did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-/// SIGTERM, as an orchestrator stops a broker, and wait for the exit.
-fn stop_broker(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let start = Instant::now();
-    while child.try_wait().ok().flatten().is_none() {
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Scenario: Trike publishes control events to a broker that is stopped; while it is down a
 /// canary fails and Trike decides to roll it back; the broker comes back 20 s after it stopped.
@@ -90,7 +20,7 @@ async fn a_decision_made_while_the_broker_is_down_arrives_after_it_returns() {
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
     let brokers = format!("127.0.0.1:{port}");
-    let broker = start_broker(&bin, &dir, port);
+    let broker = start_broker(&bin, &dir, port, &[]);
     let control = "trike.control.outage";
     let b = brokers.clone();
     tokio::task::spawn_blocking(move || {
@@ -159,7 +89,7 @@ instance: outage
     if let Some(left) = Duration::from_secs(20).checked_sub(stopped_at.elapsed()) {
         tokio::time::sleep(left).await;
     }
-    let broker = start_broker(&bin, &dir, port);
+    let broker = start_broker(&bin, &dir, port, &[]);
     let returned = Instant::now();
     let b = brokers.clone();
     let events = tokio::task::spawn_blocking(move || {
