@@ -102,6 +102,8 @@ DASHBOARD_REQUIRED = [
 # src/actuate/config.rs, sinks SinkConfig). `[]` marks list items.
 EXTRA_KEYS = {
     "signing", "signing.key_env", "signing.key",
+    # Commented out in trike.yaml (its files must exist where Trike runs).
+    "tls", "tls.cert_file", "tls.key_file", "tls.client_ca_file",
     "canary[].error_tolerance", "canary[].latency_tolerance",
     "policies[].max_actions", "policies[].max_actions_window", "policies[].severity",
     "policies[].act_on_stale",
@@ -336,8 +338,9 @@ def check_processor(docs: list[tuple[str, dict]], persistence: bool) -> None:
     cfg_path = c["args"][c["args"].index("--config") + 1]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert {"otlp-grpc", "otlp-http", "admin"} <= set(ports), f"container ports {sorted(ports)}"
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}, "liveness is not /healthz on admin"
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}, "readiness is not /readyz on admin"
+    def probe(kind: str) -> dict:
+        g = dict(c[kind]["httpGet"])
+        return {k: g[k] for k in ("path", "port")} | ({"scheme": g["scheme"]} if "scheme" in g else {})
     pod_labels = sts["spec"]["template"]["metadata"]["labels"]
     for svc in by_kind(docs, "Service"):
         if matches(svc["spec"]["selector"], pod_labels):
@@ -347,6 +350,17 @@ def check_processor(docs: list[tuple[str, dict]], persistence: bool) -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     cm = one(docs, "ConfigMap", volumes[mounts[str(Path(cfg_path).parent)]]["configMap"]["name"])
     cfg = yaml.safe_load(cm["data"][Path(cfg_path).name])
+    https = {"scheme": "HTTPS"} if cfg.get("tls") else {}
+    assert probe("livenessProbe") == {"path": "/healthz", "port": "admin"} | https, "liveness is not /healthz on admin"
+    assert probe("readinessProbe") == {"path": "/readyz", "port": "admin"} | https, "readiness is not /readyz on admin"
+    assert probe("startupProbe") == {"path": "/healthz", "port": "admin"} | https, "startup is not /healthz on admin"
+    # TLS: the config's files are in a mounted Secret.
+    for field in ("cert_file", "key_file", "client_ca_file"):
+        path = (cfg.get("tls") or {}).get(field)
+        if path:
+            mount = str(Path(path).parent)
+            assert mount in mounts, f"tls.{field} {path} is not in a mounted volume"
+            assert "secret" in volumes[mounts[mount]], f"tls.{field}: volume {mounts[mount]} is not a Secret"
     state_dir = (cfg.get("state") or {}).get("dir")
     assert state_dir in mounts, f"state.dir {state_dir} is not a mounted volume"
     data = mounts[state_dir]
@@ -395,6 +409,10 @@ def rendered_configs(docs: list[tuple[str, dict]]) -> dict[str, Any]:
 SCENARIOS: list[tuple[str, dict, dict]] = [
     # name, values, expectations
     ("default", {}, {"persistence": True, "servicemonitor": True}),
+    ("tls",
+     {"tls": {"existingSecret": "trike-tls", "clientCA": True},
+      "serviceMonitor": {"tlsConfig": {"insecureSkipVerify": True}}},
+     {"persistence": True, "servicemonitor": True}),
     ("no-persistence-no-servicemonitor",
      {"persistence": {"enabled": False}, "serviceMonitor": {"enabled": False}},
      {"persistence": False, "servicemonitor": False}),
