@@ -129,6 +129,25 @@ enum BodyError {
     Unsupported(String),
 }
 
+/// Reads a refused request's body and throws it away, chunk by chunk (no memory is held), so
+/// the client reads a clean 429 instead of a connection reset mid-upload (an HTTP/1.1 server
+/// that answers without reading the body must close the connection under the sender). Bounded
+/// by the request size limit and `limits.body_read_timeout`.
+async fn discard(body: Body, limits: Limits) {
+    use tokio_stream::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(limits.body_read_timeout, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > limits.max_request_bytes {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn read_body(headers: &HeaderMap, body: Body, limits: Limits) -> Result<Vec<u8>, BodyError> {
     let too_large = |what: &str, n: usize| {
         BodyError::TooLarge(format!("{what} exceeds the limit of {n} bytes"))
@@ -207,9 +226,11 @@ async fn export<K: ExportKind>(
         .unwrap_or(s.limits.max_request_bytes)
         .min(s.limits.max_request_bytes);
     if let Some(e) = s.pipeline.memory_refusal(Transport::Http, K::SIGNAL) {
+        discard(body, s.limits).await;
         return busy(enc, e);
     }
     let Some(_read) = s.pipeline.inflight().try_reserve(declared) else {
+        discard(body, s.limits).await;
         return inflight_full(&metrics, enc, K::SIGNAL);
     };
     let bytes = match read_body(&headers, body, s.limits).await {

@@ -126,7 +126,8 @@ async fn connections_beyond_the_limit_wait() {
 }
 
 /// Scenario: `limits.memory_limit` far below what the process already holds (32 MiB).
-/// Guarantees: OTLP/HTTP exports are refused before their bodies are read, with 429,
+/// Guarantees: OTLP/HTTP exports are refused before their bodies are decoded (or held: a 6 MiB
+/// body is read and thrown away, so its sender gets the answer, not a reset), with 429,
 /// `RESOURCE_EXHAUSTED` and `Retry-After: 5`, nothing is counted, and `/metrics` shows the
 /// limit, the hard pressure and the refusals; the admin API still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,6 +164,18 @@ async fn over_the_memory_limit_new_data_is_refused() {
         "{}",
         status.message
     );
+    // A large body is read and thrown away, so its sender reads the 429 (an answer before the
+    // body is read would close the connection under it: a reset, not a refusal).
+    for _ in 0..3 {
+        let big = client
+            .post(format!("http://{}/v1/traces", running.http_addr))
+            .header("content-type", "application/x-protobuf")
+            .body(vec![0u8; 6 << 20])
+            .send()
+            .await
+            .expect("a 429, not a reset");
+        assert_eq!(big.status(), 429);
+    }
     let metrics = metrics_text(&running).await;
     assert_eq!(
         sample(&metrics, "trike_memory_limit_bytes"),

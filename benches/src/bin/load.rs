@@ -151,18 +151,20 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let queries_run = Arc::new(AtomicU64::new(0));
+    let send_errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
 
     let mut senders = Vec::new();
     for c in 0..args.clients {
-        let (client, url, sent, refused, retry_after) = (
+        let (client, url, sent, refused, retry_after, send_errors) = (
             client.clone(),
             url.clone(),
             sent.clone(),
             refused.clone(),
             retry_after.clone(),
+            send_errors.clone(),
         );
         let (n, routes) = (args.spans_per_request, args.routes);
         let per_client_rate = args.rate as f64 / args.clients as f64;
@@ -213,7 +215,14 @@ async fn main() -> anyhow::Result<()> {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Ok(r) => anyhow::bail!("unexpected status {}", r.status()),
-                    Err(e) => anyhow::bail!("send failed: {e}"),
+                    Err(e) => {
+                        // Counted, as an exporter would count a failed export and retry it.
+                        send_errors.fetch_add(1, Relaxed);
+                        if send_errors.load(Relaxed) == 1 {
+                            eprintln!("first send error: {e}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
             Ok(())
@@ -344,6 +353,7 @@ async fn main() -> anyhow::Result<()> {
         accepted as f64 / wall
     );
     println!("refused (429) spans:  {}", refused.load(Relaxed));
+    println!("failed sends (no answer): {}", send_errors.load(Relaxed));
     println!(
         "applied by engine:    {applied} (accepted + {} probes)",
         fresh_ms.len()
