@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use trike::cli::{Cli, Command};
 use trike::config::Config;
 
+/// jemalloc returns freed memory to the OS, so resident memory (what `limits.memory_limit`
+/// bounds) falls again after a burst.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIKE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -56,6 +56,10 @@ struct Args {
     recovery_s: u64,
 }
 
+/// The allocator `trike` runs with (resident memory falls again after a burst).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const TOKEN: &str = "load-ingest-token-0123456789abcdef";
 
 /// This process's resident memory (bytes).
