@@ -108,6 +108,15 @@ fn run(minutes: u64, ckpt: &std::path::Path) -> (Vec<(f64, ControlEvent)>, u64) 
             shard.apply([traffic(&mut rng, clock.now(), since >= BAD_AFTER)]);
         }
         events.extend(rx.try_iter().map(|e| (since.as_secs_f64(), e)));
+        // The writer thread runs on wall time: let it finish a round before simulated time
+        // moves past the next one (a loaded machine's slow fsync must not merge rounds).
+        let due = ((since.as_secs_f64() - 0.1) / 30.0).floor().max(0.0) as u64;
+        let wait = Instant::now();
+        while written.written.load(std::sync::atomic::Ordering::Relaxed) < due
+            && wait.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     shard.finish();
     (
