@@ -45,8 +45,10 @@ fn produce(brokers: &str, topic: &str, codec: &str, service: &str, messages: usi
 }
 
 /// Scenario: one spans topic on tansu holding records compressed with none, gzip, lz4 and
-/// zstd (a service per codec); Trike consumes it with `kafka.client` tuning set.
-/// Guarantees: every span of every codec is counted, exactly.
+/// zstd (a service per codec), and a second subscribed topic that does not exist; Trike
+/// consumes with `kafka.client` tuning set.
+/// Guarantees: every span of every codec is counted, exactly; the missing topic's error is
+/// counted in `trike_kafka_source_errors_total` and blocks nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_codec_is_read_from_the_real_broker() {
     let Some(brokers) = trike_tests::real_brokers() else {
@@ -79,7 +81,7 @@ kafka:
   brokers: "{brokers}"
   control_topic: "trike.control.{run}"
   client: {{ client.id: trike-codecs, fetch.wait.max.ms: 50, compression.type: zstd }}
-  ingest: {{ topics: ["{topic}"], group_id: "trike-{run}" }}
+  ingest: {{ topics: ["{topic}", "missing{run}_otlp_spans"], group_id: "trike-{run}" }}
 "#
     ))
     .await;
@@ -99,6 +101,14 @@ kafka:
             "{codec}: counted once"
         );
     }
+    // The topic that does not exist is reported by the consumer: counted, never blocking.
+    let metrics = trike_tests::metrics_text(&running).await;
+    let errors: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("trike_kafka_source_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(errors >= 1.0, "consumer errors counted:\n{metrics}");
     running.stop().await.unwrap();
 }
 

@@ -68,6 +68,27 @@ pub struct KafkaSourceStats {
     pub paused: AtomicU64,
     /// Messages read again after a restart whose data the restored checkpoint already held.
     pub already_applied: AtomicU64,
+    /// Errors the consumer reported instead of a message, by librdkafka error code (a missing
+    /// topic, an unreachable broker, a batch it cannot decompress).
+    pub errors: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl KafkaSourceStats {
+    /// Counts one consumer error; true when it should be logged (the 1st, 2nd, 4th, 8th… of
+    /// its code: a broker error repeats every poll, the log must not).
+    pub fn consumer_error(&self, e: &rdkafka::error::KafkaError) -> bool {
+        let code = match e {
+            rdkafka::error::KafkaError::MessageConsumption(c) => format!("{c:?}"),
+            rdkafka::error::KafkaError::MessageConsumptionFatal(c) => format!("{c:?}"),
+            other => other
+                .rdkafka_error_code()
+                .map_or_else(|| "Other".to_string(), |c| format!("{c:?}")),
+        };
+        let mut m = self.errors.lock();
+        let n = m.entry(code).or_insert(0);
+        *n += 1;
+        n.is_power_of_two()
+    }
 }
 
 impl KafkaSourceStats {
@@ -110,6 +131,16 @@ impl KafkaSourceStats {
             ),
         ] {
             counter(out, name, help, v.load(Relaxed));
+        }
+        let name = "trike_kafka_source_errors_total";
+        header(
+            out,
+            name,
+            "Errors the Kafka consumer reported instead of a message, by librdkafka error code.",
+            "counter",
+        );
+        for (code, n) in self.errors.lock().iter() {
+            let _ = writeln!(out, "{name}{{code=\"{code}\"}} {n}");
         }
         gauge(
             out,
@@ -267,5 +298,27 @@ impl KafkaSource {
 impl Drop for KafkaSource {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+    /// Guarantees: consumer errors are counted by code and rendered; only the 1st, 2nd, 4th…
+    /// of a code asks to be logged.
+    #[test]
+    fn consumer_errors_are_counted_by_code() {
+        let s = KafkaSourceStats::default();
+        let e = KafkaError::MessageConsumption(RDKafkaErrorCode::BadCompression);
+        let logged: Vec<bool> = (0..5).map(|_| s.consumer_error(&e)).collect();
+        assert_eq!(logged, [true, true, false, true, false]);
+        let mut out = String::new();
+        s.render(&progress::Progress::new(false), &mut out);
+        assert!(
+            out.contains("trike_kafka_source_errors_total{code=\"BadCompression\"} 5"),
+            "{out}"
+        );
     }
 }

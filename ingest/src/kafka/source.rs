@@ -175,7 +175,9 @@ impl Loop {
             let m = match result {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(error = %e, "Kafka consumer");
+                    if self.stats.consumer_error(&e) {
+                        tracing::warn!(error = %e, "Kafka consumer (counted in trike_kafka_source_errors_total)");
+                    }
                     continue;
                 }
             };
