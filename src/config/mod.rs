@@ -1,6 +1,7 @@
 //! The configuration file (YAML, DESIGN §5): parsed with serde, then validated purely into a
 //! [`Config`] that reports every problem at once, naming the field.
 
+mod boundaries;
 pub mod bytes;
 pub mod env;
 mod openslo;

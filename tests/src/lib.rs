@@ -32,7 +32,17 @@ pub async fn post_spans(
 
 /// Starts `trike run` in this process with `yaml` as its config, on `127.0.0.1:0` ports.
 pub async fn start_trike(yaml: &str) -> Running {
-    let raw = RawConfig::from_yaml(yaml).expect("test config parses");
+    start_trike_with_env(yaml, &|_| None, &[]).await
+}
+
+/// Like [`start_trike`], with `${VAR}` replaced by `env(VAR)`; panics when the validated
+/// config's printed form (`check-config`'s output) shows any of `secrets`.
+pub async fn start_trike_with_env(
+    yaml: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: &[&str],
+) -> Running {
+    let raw = RawConfig::from_yaml_with(yaml, env).expect("test config parses");
     let o = Overrides {
         otlp_grpc_addr: Some("127.0.0.1:0".into()),
         otlp_http_addr: Some("127.0.0.1:0".into()),
@@ -40,7 +50,49 @@ pub async fn start_trike(yaml: &str) -> Running {
         ..Default::default()
     };
     let cfg = Config::validate(raw, &o).expect("test config validates");
+    let printed = format!("{cfg:?}");
+    for s in secrets {
+        assert!(
+            !printed.contains(s),
+            "a secret shows in check-config's output"
+        );
+    }
     trike::app::start(cfg).await.expect("trike starts")
+}
+
+/// Sends `n` server spans (`GET /pay`) of `service` with the real OpenTelemetry SDK through the
+/// exporter `make` builds, and waits for the export to end. Runs on a blocking thread: an HTTP
+/// exporter's client is a blocking one.
+pub async fn emit_spans(
+    make: impl FnOnce() -> opentelemetry_otlp::SpanExporter + Send + 'static,
+    service: &'static str,
+    n: usize,
+) {
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
+    tokio::task::spawn_blocking(move || {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(make())
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(service)
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer("trike-tests");
+        for _ in 0..n {
+            let mut span = tracer
+                .span_builder("GET /pay")
+                .with_kind(SpanKind::Server)
+                .with_attributes(vec![KeyValue::new("http.route", "/pay")])
+                .start(&tracer);
+            span.end();
+        }
+        let _ = provider.force_flush();
+        let _ = provider.shutdown();
+    })
+    .await
+    .unwrap();
 }
 
 /// GETs `/api/v1/slis` for one service and window.

@@ -3,18 +3,12 @@
 //! token and refused without it; the admin API's read and write scopes; the dashboard's cookie;
 //! every refusal counted on `/metrics`.
 
-use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
 use opentelemetry_otlp::{
     Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use reqwest::StatusCode;
 use std::time::Duration;
-use trike::config::RawConfig;
-use trike::config::validate::{Config, Overrides};
-use trike_tests::sample;
+use trike_tests::{emit_spans, sample};
 
 const INGEST: &str = "ingest-token-0123456789abcdef";
 const READ: &str = "read-token-0123456789abcdef";
@@ -38,44 +32,7 @@ auth:
             .to_string(),
         )
     };
-    let raw = RawConfig::from_yaml_with(yaml, &env).unwrap();
-    let any = Some("127.0.0.1:0".to_string());
-    let o = Overrides {
-        otlp_grpc_addr: any.clone(),
-        otlp_http_addr: any.clone(),
-        admin_addr: any,
-        ..Default::default()
-    };
-    let cfg = Config::validate(raw, &o).unwrap();
-    let printed = format!("{cfg:?}");
-    assert!(
-        !printed.contains(INGEST) && !printed.contains(READ) && !printed.contains(WRITE),
-        "no token in check-config's output"
-    );
-    trike::app::start(cfg).await.unwrap()
-}
-
-/// Sends `n` server spans of `service` through `exporter` and waits for the export to end.
-async fn emit(exporter: SpanExporter, service: &'static str, n: usize) {
-    tokio::task::spawn_blocking(move || {
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(Resource::builder().with_service_name(service).build())
-            .build();
-        let tracer = provider.tracer("auth-e2e");
-        for _ in 0..n {
-            let mut span = tracer
-                .span_builder("GET /pay")
-                .with_kind(SpanKind::Server)
-                .with_attributes(vec![KeyValue::new("http.route", "/pay")])
-                .start(&tracer);
-            span.end();
-        }
-        let _ = provider.force_flush();
-        let _ = provider.shutdown();
-    })
-    .await
-    .unwrap();
+    trike_tests::start_trike_with_env(yaml, &env, &[INGEST, READ, WRITE]).await
 }
 
 fn grpc(running: &trike::app::Running, token: Option<&str>) -> SpanExporter {
@@ -145,11 +102,16 @@ async fn tokens_guard_ingest_and_admin() {
     let running = start().await;
     let admin = format!("http://{}", running.admin_addr);
 
-    emit(grpc(&running, Some(INGEST)), "grpc-ok", 30).await;
-    emit(http(&running, Some(INGEST)), "http-ok", 20).await;
-    emit(grpc(&running, None), "grpc-none", 10).await;
-    emit(grpc(&running, Some(READ)), "grpc-wrong", 10).await;
-    emit(http(&running, None), "http-none", 10).await;
+    let e = grpc(&running, Some(INGEST));
+    emit_spans(move || e, "grpc-ok", 30).await;
+    let e = http(&running, Some(INGEST));
+    emit_spans(move || e, "http-ok", 20).await;
+    let e = grpc(&running, None);
+    emit_spans(move || e, "grpc-none", 10).await;
+    let e = grpc(&running, Some(READ));
+    emit_spans(move || e, "grpc-wrong", 10).await;
+    let e = http(&running, None);
+    emit_spans(move || e, "http-none", 10).await;
     let start = std::time::Instant::now();
     while requests_of(&running, "grpc-ok").await < 30 || requests_of(&running, "http-ok").await < 20
     {

@@ -13,8 +13,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use std::time::{Duration, Instant};
-use trike::config::RawConfig;
-use trike::config::validate::{Config, Overrides};
 use trike_sinks::kafka_client::ClientProps;
 use trike_tests::tansu::{create_user, free_port, start_broker, stop_broker, tansu};
 use trike_tests::{total_requests, wait_for_requests};
@@ -53,18 +51,7 @@ instance: sasl
     );
     let password = password.to_string();
     let env = move |name: &str| (name == "KAFKA_PASSWORD").then(|| password.clone());
-    let raw = RawConfig::from_yaml_with(&yaml, &env).unwrap();
-    let any = Some("127.0.0.1:0".to_string());
-    let o = Overrides {
-        otlp_grpc_addr: any.clone(),
-        otlp_http_addr: any.clone(),
-        admin_addr: any,
-        ..Default::default()
-    };
-    let cfg = Config::validate(raw, &o).unwrap();
-    let printed = format!("{cfg:?}");
-    assert!(!printed.contains(PASSWORD), "the password is printed");
-    trike::app::start(cfg).await.unwrap()
+    trike_tests::start_trike_with_env(&yaml, &env, &[PASSWORD]).await
 }
 
 /// Scenario: a broker that requires SCRAM; OTLP spans of a baseline and a failing canary on

@@ -6,17 +6,12 @@
 //! open to probes without a certificate and refuses everything else without one. Every refusal
 //! is counted on `/metrics`.
 
-use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
 use opentelemetry_otlp::{
     Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::time::Duration;
-use trike::config::RawConfig;
-use trike::config::validate::{Config, Overrides};
+use trike_tests::emit_spans;
 use trike_tests::pki::Pki;
 use trike_tests::sample;
 
@@ -28,17 +23,7 @@ async fn start(pki: &Pki, mtls: bool) -> trike::app::Running {
         "{}auth:\n  ingest_tokens: [\"{INGEST}\"]\n  admin_read_tokens: [\"{READ}\"]\n",
         pki.yaml(mtls)
     );
-    let raw = RawConfig::from_yaml(&yaml).unwrap();
-    let any = Some("127.0.0.1:0".to_string());
-    let o = Overrides {
-        otlp_grpc_addr: any.clone(),
-        otlp_http_addr: any.clone(),
-        admin_addr: any,
-        ..Default::default()
-    };
-    trike::app::start(Config::validate(raw, &o).unwrap())
-        .await
-        .unwrap()
+    trike_tests::start_trike(&yaml).await
 }
 
 /// Who a client says it is.
@@ -98,34 +83,6 @@ fn http(addr: std::net::SocketAddr, pki: &Pki, cert: Cert, token: &str) -> SpanE
         .unwrap()
 }
 
-/// Sends `n` server spans of `service` through the exporter `make` builds (on a blocking
-/// thread: the HTTP exporter's client is a blocking one) and waits for the export to end.
-async fn emit(
-    make: impl FnOnce() -> SpanExporter + Send + 'static,
-    service: &'static str,
-    n: usize,
-) {
-    tokio::task::spawn_blocking(move || {
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(make())
-            .with_resource(Resource::builder().with_service_name(service).build())
-            .build();
-        let tracer = provider.tracer("tls-e2e");
-        for _ in 0..n {
-            let mut span = tracer
-                .span_builder("GET /pay")
-                .with_kind(SpanKind::Server)
-                .with_attributes(vec![KeyValue::new("http.route", "/pay")])
-                .start(&tracer);
-            span.end();
-        }
-        let _ = provider.force_flush();
-        let _ = provider.shutdown();
-    })
-    .await
-    .unwrap();
-}
-
 /// A GET on the admin API over HTTPS with `cert` (status, body).
 async fn admin_get(
     running: &trike::app::Running,
@@ -183,44 +140,44 @@ async fn mtls_and_tokens_guard_every_port() {
     let (g, h) = (running.grpc_addr, running.http_addr);
 
     let p = pki.clone();
-    emit(
+    emit_spans(
         move || grpc(g, &p, true, Cert::Trusted, INGEST),
         "grpc-mtls",
         30,
     )
     .await;
     let p = pki.clone();
-    emit(move || http(h, &p, Cert::Trusted, INGEST), "http-mtls", 20).await;
+    emit_spans(move || http(h, &p, Cert::Trusted, INGEST), "http-mtls", 20).await;
     let p = pki.clone();
-    emit(
+    emit_spans(
         move || grpc(g, &p, false, Cert::None, INGEST),
         "grpc-plain",
         10,
     )
     .await;
     let p = pki.clone();
-    emit(
+    emit_spans(
         move || grpc(g, &p, true, Cert::None, INGEST),
         "grpc-nocert",
         10,
     )
     .await;
     let p = pki.clone();
-    emit(
+    emit_spans(
         move || grpc(g, &p, true, Cert::Rogue, INGEST),
         "grpc-rogue",
         10,
     )
     .await;
     let p = pki.clone();
-    emit(
+    emit_spans(
         move || grpc(g, &p, true, Cert::Trusted, READ),
         "grpc-scope",
         10,
     )
     .await;
     let p = pki.clone();
-    emit(move || http(h, &p, Cert::None, INGEST), "http-nocert", 10).await;
+    emit_spans(move || http(h, &p, Cert::None, INGEST), "http-nocert", 10).await;
 
     let t0 = std::time::Instant::now();
     while requests_of(&running, &pki, "grpc-mtls").await < 30
@@ -327,14 +284,14 @@ async fn server_tls_without_client_certificates() {
     let running = start(&pki, false).await;
     let (g, h) = (running.grpc_addr, running.http_addr);
     let p = pki.clone();
-    emit(
+    emit_spans(
         move || grpc(g, &p, true, Cert::None, INGEST),
         "grpc-tls",
         12,
     )
     .await;
     let p = pki.clone();
-    emit(move || http(h, &p, Cert::None, INGEST), "http-tls", 8).await;
+    emit_spans(move || http(h, &p, Cert::None, INGEST), "http-tls", 8).await;
     let t0 = std::time::Instant::now();
     while requests_of(&running, &pki, "grpc-tls").await < 12
         || requests_of(&running, &pki, "http-tls").await < 8

@@ -92,6 +92,46 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// One freshness sample: sends one span for a fresh service `probe-N` and polls the SLI API
+/// until it is visible; milliseconds from sending to visible (5 000 when it never shows), or
+/// None when the span was refused.
+async fn freshness(
+    client: &reqwest::Client,
+    url: &str,
+    slis_url: &str,
+    probe: u64,
+) -> anyhow::Result<Option<f64>> {
+    let service = format!("probe-{probe}");
+    let mut req = trike_benches::trace_request(1, 1, now_ns());
+    req.resource_spans[0].resource.as_mut().unwrap().attributes[0].value =
+        Some(trike_proto::common::v1::AnyValue {
+            value: Some(trike_proto::common::v1::any_value::Value::StringValue(
+                service.clone(),
+            )),
+        });
+    let start = Instant::now();
+    let r = client
+        .post(url)
+        .header("content-type", "application/x-protobuf")
+        .body(req.encode_to_vec())
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        return Ok(None);
+    }
+    let probe_url = format!("{slis_url}{service}");
+    loop {
+        let doc: serde_json::Value = client.get(&probe_url).send().await?.json().await?;
+        if doc["series"].as_array().is_some_and(|s| !s.is_empty()) {
+            return Ok(Some(start.elapsed().as_secs_f64() * 1000.0));
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            return Ok(Some(5000.0));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -251,42 +291,15 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Freshness probe.
+    let slis_url = format!("{scheme}://{admin}/api/v1/slis?window=1m&service=");
     let mut fresh_ms = Vec::new();
     let mut probe = 0u64;
     tokio::time::sleep(Duration::from_millis(500)).await;
     while Instant::now() + Duration::from_millis(500) < deadline {
         probe += 1;
-        let service = format!("probe-{probe}");
-        let mut req = trike_benches::trace_request(1, 1, now_ns());
-        req.resource_spans[0].resource.as_mut().unwrap().attributes[0].value =
-            Some(trike_proto::common::v1::AnyValue {
-                value: Some(trike_proto::common::v1::any_value::Value::StringValue(
-                    service.clone(),
-                )),
-            });
-        let body = req.encode_to_vec();
-        let start = Instant::now();
-        let r = client
-            .post(&url)
-            .header("content-type", "application/x-protobuf")
-            .body(body)
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            continue; // refused under overload: not a freshness sample
-        }
-        let probe_url = format!("{scheme}://{admin}/api/v1/slis?service={service}&window=1m");
-        loop {
-            let doc: serde_json::Value = client.get(&probe_url).send().await?.json().await?;
-            if doc["series"].as_array().is_some_and(|s| !s.is_empty()) {
-                fresh_ms.push(start.elapsed().as_secs_f64() * 1000.0);
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(5) {
-                fresh_ms.push(5000.0);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        // Refused under overload: not a freshness sample.
+        if let Some(ms) = freshness(&client, &url, &slis_url, probe).await? {
+            fresh_ms.push(ms);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -303,37 +316,8 @@ async fn main() -> anyhow::Result<()> {
     let recovery_end = Instant::now() + Duration::from_secs(args.recovery_s);
     while Instant::now() < recovery_end {
         probe += 1;
-        let service = format!("probe-{probe}");
-        let mut req = trike_benches::trace_request(1, 1, now_ns());
-        req.resource_spans[0].resource.as_mut().unwrap().attributes[0].value =
-            Some(trike_proto::common::v1::AnyValue {
-                value: Some(trike_proto::common::v1::any_value::Value::StringValue(
-                    service.clone(),
-                )),
-            });
-        let start = Instant::now();
-        let r = client
-            .post(&url)
-            .header("content-type", "application/x-protobuf")
-            .body(req.encode_to_vec())
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        let probe_url = format!("{scheme}://{admin}/api/v1/slis?service={service}&window=1m");
-        loop {
-            let doc: serde_json::Value = client.get(&probe_url).send().await?.json().await?;
-            if doc["series"].as_array().is_some_and(|s| !s.is_empty()) {
-                recovery_ms.push(start.elapsed().as_secs_f64() * 1000.0);
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(5) {
-                recovery_ms.push(5000.0);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        if let Some(ms) = freshness(&client, &url, &slis_url, probe).await? {
+            recovery_ms.push(ms);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
