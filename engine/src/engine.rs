@@ -383,19 +383,10 @@ impl Engine {
             };
             let e = &mut self.entries[res.entry].state;
             let mut any = false;
-            for (i, &c) in counts.iter().enumerate() {
-                if c == 0 {
-                    continue;
-                }
-                let (lo, hi) = bucket_bounds(h, i);
-                let rep_ms = representative(lo, hi, h.min_ms, h.max_ms);
-                let mut within = [0u64; MAX_THRESHOLDS];
-                for (j, w) in within.iter_mut().enumerate().take(res.n_thresholds) {
-                    *w = within_count(lo, hi, res.thresholds[j], c);
-                }
-                let errors = if h.bad { c } else { 0 };
+            let thresholds = &res.thresholds[..res.n_thresholds];
+            for_each_bucket(h, &counts, thresholds, |c, errors, within, rep_ms| {
                 any |= e.apply(t_s, now_s, c, errors, within, Some(rep_ms), compression);
-            }
+            });
             if any {
                 e.last_event = e.last_event.max(h.time.min(self.now));
                 e.last_arrival = self.now;
@@ -443,6 +434,44 @@ impl Engine {
                 rep.overflowed += u64::from(res.overflow);
             }
         }
+        for p in &batch.partials {
+            let res = resolved[p.key as usize];
+            let allowed = if p.from_metrics {
+                res.allow_metrics
+            } else {
+                res.allow_spans
+            };
+            if !allowed {
+                rep.deduplicated += p.points;
+                continue;
+            }
+            let whole = seconds::WholeSecond {
+                second: p.second,
+                requests: p.requests,
+                errors: p.errors,
+                timed: p.timed,
+                thresholds_ms: &p.thresholds_ms,
+                within: &p.within,
+                last_event: p.last_event,
+                digest: p.digest.as_ref(),
+            };
+            if !self.apply_whole_second(res, &whole) {
+                rep.late += p.points;
+                continue;
+            }
+            rep.overflowed += if res.overflow { p.points } else { 0 };
+            if p.from_metrics {
+                metric_points += p.points;
+            } else {
+                rep.applied += p.points;
+                self.stats.requests_applied += p.points;
+                let service = &batch.keys[p.key as usize].service;
+                self.services
+                    .entry(service.clone())
+                    .or_default()
+                    .last_span_arrival = self.now;
+            }
+        }
         self.stats.metric_points_applied += metric_points;
         rep.applied += metric_points;
         self.stats.late_dropped += rep.late;
@@ -478,43 +507,21 @@ impl Engine {
         layout: (u64, Option<(i32, i32)>),
         values: &[f64],
     ) -> Option<Vec<f64>> {
-        let max = self.cfg.max_metric_streams;
-        // Point times are the client's: clamp them, as the windows do, so one point from
-        // the future cannot block its stream.
-        let time = time.min(self.now);
-        let point = crate::delta::Point {
+        let point = DeltaPoint {
+            stream,
             start,
             time,
-            layout: layout.0,
-            exp: layout.1,
-            values,
+            layout,
         };
-        match self
-            .deltas
-            .convert(stream, point, self.start, self.now, max)
-        {
-            Delta::Emit(v) => Some(v),
-            Delta::Reset(v) => {
-                self.stats.metric_resets += 1;
-                Some(v)
-            }
-            Delta::Baseline => {
-                self.stats.metric_baselines += 1;
-                None
-            }
-            Delta::Rebaseline => {
-                self.stats.metric_layout_changes += 1;
-                None
-            }
-            Delta::OutOfOrder => {
-                self.stats.metric_out_of_order += 1;
-                None
-            }
-            Delta::TooManyStreams => {
-                self.stats.metric_streams_full += 1;
-                None
-            }
-        }
+        let max = self.cfg.max_metric_streams;
+        convert_point(
+            &mut self.deltas,
+            &mut self.stats,
+            point,
+            values,
+            (self.start, self.now),
+            max,
+        )
     }
 
     /// Moves time forward: evicts buckets out of retention (once per second of `now`), removes
@@ -638,9 +645,86 @@ impl Engine {
     }
 }
 
+/// A cumulative point's identity and times, for [`convert_point`].
+#[derive(Clone, Copy)]
+pub(crate) struct DeltaPoint {
+    pub stream: u64,
+    pub start: UnixNanos,
+    pub time: UnixNanos,
+    pub layout: (u64, Option<(i32, i32)>),
+}
+
+/// Converts one cumulative point into a delta with `deltas`, counting baselines, resets and
+/// drops in `stats`. `(start, now)` are the converter's start and current time.
+pub(crate) fn convert_point(
+    deltas: &mut DeltaTracker,
+    stats: &mut Stats,
+    p: DeltaPoint,
+    values: &[f64],
+    (start, now): (UnixNanos, UnixNanos),
+    max_streams: usize,
+) -> Option<Vec<f64>> {
+    // Point times are the client's: clamp them, as the windows do, so one point from
+    // the future cannot block its stream.
+    let point = crate::delta::Point {
+        start: p.start,
+        time: p.time.min(now),
+        layout: p.layout.0,
+        exp: p.layout.1,
+        values,
+    };
+    match deltas.convert(p.stream, point, start, now, max_streams) {
+        Delta::Emit(v) => Some(v),
+        Delta::Reset(v) => {
+            stats.metric_resets += 1;
+            Some(v)
+        }
+        Delta::Baseline => {
+            stats.metric_baselines += 1;
+            None
+        }
+        Delta::Rebaseline => {
+            stats.metric_layout_changes += 1;
+            None
+        }
+        Delta::OutOfOrder => {
+            stats.metric_out_of_order += 1;
+            None
+        }
+        Delta::TooManyStreams => {
+            stats.metric_streams_full += 1;
+            None
+        }
+    }
+}
+
+/// Calls `f(requests, errors, within, latency_ms)` for each non-empty bucket of a histogram
+/// point whose (delta) bucket counts are `counts`: the bucket's requests at its representative
+/// latency, with the requests within each of `thresholds` spread uniformly over the bucket.
+pub(crate) fn for_each_bucket(
+    h: &HistogramObs,
+    counts: &[u64],
+    thresholds: &[f64],
+    mut f: impl FnMut(u64, u64, [u64; MAX_THRESHOLDS], f64),
+) {
+    for (i, &c) in counts.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        let (lo, hi) = bucket_bounds(h, i);
+        let rep_ms = representative(lo, hi, h.min_ms, h.max_ms);
+        let mut within = [0u64; MAX_THRESHOLDS];
+        for (w, &t) in within.iter_mut().zip(thresholds) {
+            *w = within_count(lo, hi, t, c);
+        }
+        let errors = if h.bad { c } else { 0 };
+        f(c, errors, within, rep_ms);
+    }
+}
+
 /// Identity of a histogram's bucket layout (bounds), so a changed layout is never subtracted
 /// bucket by bucket from the old one.
-fn layout_hash(bounds: &[f64]) -> u64 {
+pub(crate) fn layout_hash(bounds: &[f64]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bounds {
         h ^= b.to_bits();

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod expo;
 pub mod facts;
 pub mod observation;
+pub mod partials;
 pub mod policy;
 pub mod sketch;
 pub mod sli;
@@ -23,7 +24,8 @@ pub mod window;
 pub use config::{EngineConfig, SignalSource};
 pub use engine::{Engine, IngestReport, Snapshot, Stats};
 pub use observation::{
-    Batch, CounterObs, HistogramObs, RequestObs, SecondObs, SeriesKey, Signal, Temporality,
+    Batch, CounterObs, HistogramObs, PartialObs, RequestObs, SecondObs, SeriesKey, Signal,
+    Temporality,
 };
 pub use sli::{Quantiles, ServiceSli, SliQuery, SliRow};
 pub use time::{Span, UnixNanos};

@@ -174,6 +174,8 @@ pub struct Batch {
     pub histograms: Vec<HistogramObs>,
     /// Counter points from metrics.
     pub counters: Vec<CounterObs>,
+    /// Pre-aggregated seconds from a gateway (the fleet's `trike.partials`).
+    pub partials: Vec<PartialObs>,
 }
 
 impl Batch {
@@ -188,7 +190,7 @@ impl Batch {
 
     /// Number of observations (spans, histogram points and counter points).
     pub fn len(&self) -> usize {
-        self.requests.len() + self.histograms.len() + self.counters.len()
+        self.requests.len() + self.histograms.len() + self.counters.len() + self.partials.len()
     }
 
     /// True when the batch carries no observation.
@@ -214,7 +216,41 @@ impl Batch {
                 c.key = map[c.key as usize];
                 c
             }));
+        self.partials
+            .extend(other.partials.into_iter().map(|mut p| {
+                p.key = map[p.key as usize];
+                p
+            }));
     }
+}
+
+/// Part of one series' second, pre-aggregated by a gateway ([`crate::partials::PartialBuilder`]):
+/// counts, threshold counts and a latency digest, which merge exactly with every other part of
+/// the same second. A processor applies it like the observations it was built from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartialObs {
+    /// Index into [`Batch::keys`].
+    pub key: u32,
+    /// Event second (Unix seconds).
+    pub second: u64,
+    /// Built from metric points (else from spans): the processor keeps one signal per service.
+    pub from_metrics: bool,
+    /// Observations behind it (spans, or metric points), for the processor's counters.
+    pub points: u64,
+    /// Requests.
+    pub requests: u64,
+    /// Bad requests.
+    pub errors: u64,
+    /// Requests with a known latency.
+    pub timed: u64,
+    /// Thresholds (ms) `within` was counted against (the service's latency SLOs at the gateway).
+    pub thresholds_ms: Vec<f64>,
+    /// Requests at or under each threshold.
+    pub within: Vec<u64>,
+    /// Newest event time in it.
+    pub last_event: UnixNanos,
+    /// Latency digest (None without latency data).
+    pub digest: Option<crate::sketch::TDigest>,
 }
 
 /// One series' whole second: what the archive stores per series and second, and what a

@@ -110,7 +110,8 @@ fn encoding_of(headers: &HeaderMap) -> Option<Encoding> {
 fn encode<M: Message + serde::Serialize>(enc: Encoding, status: StatusCode, msg: &M) -> Response {
     let (ct, body) = match enc {
         Encoding::Protobuf => ("application/x-protobuf", msg.encode_to_vec()),
-        Encoding::Json => (
+        // Never a receiver's encoding (partials come from Kafka only): answered as JSON.
+        Encoding::Json | Encoding::TrikePartials => (
             "application/json",
             serde_json::to_vec(msg).unwrap_or_default(),
         ),

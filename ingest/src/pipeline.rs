@@ -32,6 +32,8 @@ pub type Ack = Box<dyn FnOnce() + Send>;
 pub trait BatchSink: Send + Sync + 'static {
     /// Hands over a batch without blocking; refuses it (giving it back) when the queue is
     /// full. `ack`, when given, runs after the batch is applied to the engine's state.
+    // The refused batch comes back by value (the cold path), so it is never decoded twice.
+    #[allow(clippy::result_large_err)]
     fn submit(&self, batch: Batch, ack: Option<Ack>) -> Result<(), Overloaded>;
 
     /// When a refused sender should come back: how long the queue takes to drain at its
@@ -72,6 +74,8 @@ pub enum Encoding {
     Protobuf,
     /// `application/json` (OTLP/JSON).
     Json,
+    /// A gateway's `trike.partials` record (the fleet's processors read these from Kafka).
+    TrikePartials,
 }
 
 /// An accepted export request.
@@ -135,6 +139,7 @@ pub struct Pipeline {
     metrics: Arc<IngestMetrics>,
     inflight: Arc<Inflight>,
     memory: Option<Arc<crate::memory::MemoryLimiter>>,
+    durable: bool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -158,7 +163,16 @@ impl Pipeline {
             metrics,
             inflight: Inflight::new(Limits::default().inflight_bytes),
             memory: None,
+            durable: false,
         }
+    }
+
+    /// Receivers answer a request only once the sink has made its data durable (its ack ran:
+    /// a gateway's partials acknowledged by the broker, `fleet.ack: durable`); without it they
+    /// answer once the data is queued.
+    pub fn with_durable_ack(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
     }
 
     /// With a memory limiter: above its soft limit, new data is refused before decoding.
@@ -252,6 +266,7 @@ impl Pipeline {
             return Err(Held::Memory);
         }
         let decoded: Result<Decoded, DecodeError> = match (signal, encoding) {
+            (_, Encoding::TrikePartials) => decode::partials(body),
             (SignalKind::Traces, Encoding::Protobuf) => decode::traces_proto(body, &self.cfg),
             (SignalKind::Traces, Encoding::Json) => decode::traces_json(body, &self.cfg),
             (SignalKind::Metrics, Encoding::Protobuf) => decode::metrics_proto(body, &self.cfg),
@@ -332,6 +347,7 @@ impl Pipeline {
 pub const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
 
 /// [`Pipeline::export`] from async code: small bodies inline, large ones on the blocking pool.
+/// With [`Pipeline::with_durable_ack`] it returns only once the sink's ack for the data ran.
 pub async fn export_async(
     pipeline: &Arc<Pipeline>,
     transport: Transport,
@@ -339,18 +355,44 @@ pub async fn export_async(
     encoding: Encoding,
     body: bytes::Bytes,
 ) -> Result<Accepted, ExportError> {
-    if body.len() < BLOCKING_DECODE_BYTES {
-        return pipeline.export(transport, signal, encoding, &body);
-    }
-    let p = pipeline.clone();
-    match tokio::task::spawn_blocking(move || p.export(transport, signal, encoding, &body)).await {
-        Ok(r) => r,
-        // Only on runtime shutdown: tell the client to come back.
-        Err(_) => Err(ExportError::Overloaded {
+    let (ack, durable) = if pipeline.durable {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let ack: Ack = Box::new(move || {
+            let _ = tx.send(());
+        });
+        (Some(ack), Some(rx))
+    } else {
+        (None, None)
+    };
+    let accepted = if body.len() < BLOCKING_DECODE_BYTES {
+        pipeline.export_acked(transport, signal, encoding, &body, ack)?
+    } else {
+        let p = pipeline.clone();
+        match tokio::task::spawn_blocking(move || {
+            p.export_acked(transport, signal, encoding, &body, ack)
+        })
+        .await
+        {
+            Ok(r) => r?,
+            // Only on runtime shutdown: tell the client to come back.
+            Err(_) => {
+                return Err(ExportError::Overloaded {
+                    why: Busy::Queue,
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+        }
+    };
+    if let Some(rx) = durable
+        && rx.await.is_err()
+    {
+        // The ack was dropped unrun: the data was not made durable (the process is stopping).
+        return Err(ExportError::Overloaded {
             why: Busy::Queue,
             retry_after: Duration::from_secs(1),
-        }),
+        });
     }
+    Ok(accepted)
 }
 
 /// Limits on request bodies.

@@ -1,7 +1,7 @@
 //! Whole seconds of every series: what the archive stores ([`Engine::second_rows`]) and what a
 //! backtest replays ([`Engine::apply_seconds`]).
 
-use super::Engine;
+use super::{Engine, Resolved};
 use crate::engine::IngestReport;
 use crate::observation::SecondObs;
 use crate::time::{NANOS_PER_SEC, UnixNanos, secs};
@@ -43,38 +43,20 @@ impl Engine {
     /// thresholds as this engine's, and estimated from its digest otherwise.
     pub fn apply_seconds(&mut self, rows: &[SecondObs], now: UnixNanos) -> IngestReport {
         self.observe_now(now);
-        let now_s = secs(self.now);
-        let compression = self.cfg.digest_compression;
         let mut rep = IngestReport::default();
         for row in rows {
             let res = self.resolve(&row.key);
-            let Some(t_s) = self.event_second(row.second * NANOS_PER_SEC) else {
-                rep.late += row.requests;
-                continue;
+            let whole = WholeSecond {
+                second: row.second,
+                requests: row.requests,
+                errors: row.errors,
+                timed: row.timed,
+                thresholds_ms: &row.thresholds_ms,
+                within: &row.within,
+                last_event: (row.second + 1) * NANOS_PER_SEC - 1,
+                digest: row.digest.as_ref(),
             };
-            let mut within = [0u64; MAX_THRESHOLDS];
-            let same = row.thresholds_ms.len() == res.n_thresholds
-                && row
-                    .thresholds_ms
-                    .iter()
-                    .zip(&res.thresholds)
-                    .all(|(a, b)| a == b);
-            for (i, w) in within.iter_mut().enumerate().take(res.n_thresholds) {
-                *w = if same {
-                    row.within.get(i).copied().unwrap_or(0)
-                } else {
-                    row.digest.as_ref().map_or(0, |d| {
-                        (d.cdf(res.thresholds[i]) * row.timed as f64).round() as u64
-                    })
-                };
-            }
-            let counts =
-                crate::window::Counts::from_totals(row.requests, row.errors, within, row.timed);
-            let e = &mut self.entries[res.entry].state;
-            if e.apply_second(t_s, now_s, &counts, row.digest.as_ref(), compression) {
-                let end = (t_s + 1) * NANOS_PER_SEC - 1;
-                e.last_event = e.last_event.max(end.min(self.now));
-                e.last_arrival = self.now;
+            if self.apply_whole_second(res, &whole) {
                 rep.applied += row.requests;
                 rep.overflowed += if res.overflow { row.requests } else { 0 };
             } else {
@@ -84,4 +66,48 @@ impl Engine {
         self.stats.requests_applied += rep.applied;
         rep
     }
+
+    /// Applies one pre-aggregated second to `res`'s series; false when it is too late.
+    pub(super) fn apply_whole_second(&mut self, res: Resolved, w: &WholeSecond<'_>) -> bool {
+        let now_s = secs(self.now);
+        let Some(t_s) = self.event_second(w.second * NANOS_PER_SEC) else {
+            return false;
+        };
+        let mut within = [0u64; MAX_THRESHOLDS];
+        let same = w.thresholds_ms.len() == res.n_thresholds
+            && w.thresholds_ms
+                .iter()
+                .zip(&res.thresholds)
+                .all(|(a, b)| a == b);
+        for (i, x) in within.iter_mut().enumerate().take(res.n_thresholds) {
+            *x = if same {
+                w.within.get(i).copied().unwrap_or(0)
+            } else {
+                w.digest.map_or(0, |d| {
+                    (d.cdf(res.thresholds[i]) * w.timed as f64).round() as u64
+                })
+            };
+        }
+        let counts = crate::window::Counts::from_totals(w.requests, w.errors, within, w.timed);
+        let compression = self.cfg.digest_compression;
+        let e = &mut self.entries[res.entry].state;
+        if !e.apply_second(t_s, now_s, &counts, w.digest, compression) {
+            return false;
+        }
+        e.last_event = e.last_event.max(w.last_event.min(self.now));
+        e.last_arrival = self.now;
+        true
+    }
+}
+
+/// A whole second of one series, however it was aggregated (an archive row, a gateway's partial).
+pub(super) struct WholeSecond<'a> {
+    pub second: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub timed: u64,
+    pub thresholds_ms: &'a [f64],
+    pub within: &'a [u64],
+    pub last_event: UnixNanos,
+    pub digest: Option<&'a crate::sketch::TDigest>,
 }

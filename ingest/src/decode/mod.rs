@@ -10,6 +10,7 @@ mod attrs;
 mod json;
 mod logs;
 mod metrics;
+pub mod partials;
 pub mod scrub;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -19,6 +20,7 @@ pub mod wire;
 pub use json::{logs_json, metrics_json, traces_json};
 pub use logs::logs_proto;
 pub use metrics::metrics_proto;
+pub use partials::partials;
 pub use traces::traces_proto;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,298 @@
+//! A gateway's pre-aggregation (DESIGN §6): observations become per-second partial state per
+//! series — counts, counts within the latency thresholds, and a t-digest — which a processor
+//! applies exactly as it would have applied the observations themselves ([`PartialObs`] in a
+//! [`Batch`] goes through `Engine::ingest`).
+//!
+//! The builder holds only what arrived since the last [`PartialBuilder::take`] (one flush
+//! interval), plus the cumulative-to-delta baselines of metric streams (bounded by
+//! `max_metric_streams`, forgotten after `metric_stream_ttl`): its memory does not grow with
+//! history. Lateness, series caps and the choice of signal per service are the processor's,
+//! which sees every gateway's partials of a service.
+
+use crate::config::EngineConfig;
+use crate::delta::DeltaTracker;
+use crate::engine::{DeltaPoint, Stats, convert_point, for_each_bucket, layout_hash};
+use crate::observation::{Batch, PartialObs, SeriesKey, Temporality};
+use crate::sketch::TDigest;
+use crate::time::{UnixNanos, secs};
+use crate::window::MAX_THRESHOLDS;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One (series, second, signal) being built.
+#[derive(Debug, Default)]
+struct Cell {
+    points: u64,
+    requests: u64,
+    errors: u64,
+    timed: u64,
+    within: [u64; MAX_THRESHOLDS],
+    last_event: UnixNanos,
+    digest: Option<TDigest>,
+}
+
+impl Cell {
+    fn add(
+        &mut self,
+        n: u64,
+        errors: u64,
+        within: [u64; MAX_THRESHOLDS],
+        latency_ms: Option<f64>,
+        compression: f32,
+    ) {
+        self.requests += n;
+        self.errors += errors;
+        for (w, add) in self.within.iter_mut().zip(within) {
+            *w += add;
+        }
+        if let Some(ms) = latency_ms {
+            self.timed += n;
+            self.digest
+                .get_or_insert_with(|| TDigest::new(compression))
+                .add_weighted(ms, n);
+        }
+    }
+}
+
+/// Partials of one service, ready to publish: a batch holding only [`Batch::partials`].
+#[derive(Debug)]
+pub struct ServicePartials {
+    /// The service (the record key).
+    pub service: Arc<str>,
+    /// Its partials.
+    pub batch: Batch,
+    /// Observations behind them.
+    pub points: u64,
+}
+
+/// Builds partials from observation batches.
+#[derive(Debug)]
+pub struct PartialBuilder {
+    cfg: Arc<EngineConfig>,
+    index: HashMap<SeriesKey, u32>,
+    keys: Vec<SeriesKey>,
+    cells: HashMap<(u32, u64, bool), Cell>,
+    deltas: DeltaTracker,
+    start: UnixNanos,
+    now: UnixNanos,
+    stats: Stats,
+}
+
+impl PartialBuilder {
+    /// An empty builder with the engine settings the processors use (latency thresholds per
+    /// service, digest compression, metric stream bounds).
+    pub fn new(cfg: Arc<EngineConfig>) -> Self {
+        Self {
+            cfg,
+            index: HashMap::new(),
+            keys: Vec::new(),
+            cells: HashMap::new(),
+            deltas: DeltaTracker::default(),
+            start: 0,
+            now: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Counters of the metric conversion (baselines, resets, drops); the observation counters
+    /// are the processor's.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Series with data since the last `take`.
+    pub fn series(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Cells (series × second × signal) since the last `take`.
+    pub fn cells(&self) -> usize {
+        self.cells.len()
+    }
+
+    fn cell(&mut self, key: u32, time: UnixNanos, from_metrics: bool) -> &mut Cell {
+        // Event times ahead of arrival count now, as in the engine.
+        let t = time.min(self.now);
+        let c = self.cells.entry((key, secs(t), from_metrics)).or_default();
+        c.last_event = c.last_event.max(t);
+        c
+    }
+
+    /// Adds a batch that arrived at `now`; returns the observations it holds.
+    pub fn add(&mut self, batch: &Batch, now: UnixNanos) -> u64 {
+        if self.start == 0 {
+            self.start = now;
+        }
+        self.now = self.now.max(now);
+        let compression = self.cfg.digest_compression;
+        let keys: Vec<u32> = batch
+            .keys
+            .iter()
+            .map(|k| {
+                if let Some(&i) = self.index.get(k) {
+                    return i;
+                }
+                self.keys.push(k.clone());
+                let i = (self.keys.len() - 1) as u32;
+                self.index.insert(k.clone(), i);
+                i
+            })
+            .collect();
+        let thresholds: Vec<Vec<f64>> = batch
+            .keys
+            .iter()
+            .map(|k| self.cfg.thresholds_for(&k.service).to_vec())
+            .collect();
+        let mut points = 0;
+        for r in &batch.requests {
+            let th = &thresholds[r.key as usize];
+            let mut within = [0; MAX_THRESHOLDS];
+            for (w, t) in within.iter_mut().zip(th) {
+                *w = u64::from(r.latency_ms <= *t);
+            }
+            let c = self.cell(keys[r.key as usize], r.time, false);
+            c.points += 1;
+            c.add(1, u64::from(r.bad), within, Some(r.latency_ms), compression);
+            points += 1;
+        }
+        for h in &batch.histograms {
+            let counts = match h.temporality {
+                Temporality::Delta => h.counts.clone(),
+                Temporality::Cumulative => {
+                    let values: Vec<f64> = h.counts.iter().map(|&c| c as f64).collect();
+                    let p = DeltaPoint {
+                        stream: h.stream,
+                        start: h.start_time,
+                        time: h.time,
+                        layout: (layout_hash(&h.bounds_ms), h.exp),
+                    };
+                    let Some(d) = self.convert(p, &values) else {
+                        continue;
+                    };
+                    d.into_iter().map(|v| v.max(0.0) as u64).collect()
+                }
+            };
+            let th = &thresholds[h.key as usize];
+            let c = self.cell(keys[h.key as usize], h.time, true);
+            let mut any = false;
+            for_each_bucket(h, &counts, th, |n, errors, within, ms| {
+                c.add(n, errors, within, Some(ms), compression);
+                any = true;
+            });
+            if any {
+                c.points += 1;
+                points += 1;
+            }
+        }
+        for p in &batch.counters {
+            let value = match p.temporality {
+                Temporality::Delta => p.value,
+                Temporality::Cumulative => {
+                    let d = DeltaPoint {
+                        stream: p.stream,
+                        start: p.start_time,
+                        time: p.time,
+                        layout: (0, None),
+                    };
+                    let Some(v) = self.convert(d, &[p.value]) else {
+                        continue;
+                    };
+                    v[0]
+                }
+            };
+            let n = value.max(0.0).round() as u64;
+            if n == 0 {
+                continue;
+            }
+            let errors = if p.bad { n } else { 0 };
+            let c = self.cell(keys[p.key as usize], p.time, true);
+            c.points += 1;
+            c.add(n, errors, [0; MAX_THRESHOLDS], None, compression);
+            points += 1;
+        }
+        // Partials passing through (a gateway reading another gateway's output) merge as is.
+        for p in &batch.partials {
+            let c = self.cell(keys[p.key as usize], p.last_event, p.from_metrics);
+            c.points += p.points;
+            c.requests += p.requests;
+            c.errors += p.errors;
+            c.timed += p.timed;
+            for (w, add) in c.within.iter_mut().zip(&p.within) {
+                *w += add;
+            }
+            if let Some(d) = &p.digest {
+                c.digest
+                    .get_or_insert_with(|| TDigest::new(compression))
+                    .merge(d);
+            }
+            points += p.points;
+        }
+        points
+    }
+
+    fn convert(&mut self, p: DeltaPoint, values: &[f64]) -> Option<Vec<f64>> {
+        let max = self.cfg.max_metric_streams;
+        convert_point(
+            &mut self.deltas,
+            &mut self.stats,
+            p,
+            values,
+            (self.start, self.now),
+            max,
+        )
+    }
+
+    /// Everything built since the last call, one batch per service (sorted by service), and
+    /// starts over; metric baselines not seen for `metric_stream_ttl` are forgotten.
+    pub fn take(&mut self) -> Vec<ServicePartials> {
+        let keys = std::mem::take(&mut self.keys);
+        self.index.clear();
+        let mut cells: Vec<_> = self.cells.drain().collect();
+        cells.sort_unstable_by(|a, b| {
+            let (ka, kb) = (&keys[a.0.0 as usize], &keys[b.0.0 as usize]);
+            (ka, a.0.1, a.0.2).cmp(&(kb, b.0.1, b.0.2))
+        });
+        let mut out: Vec<ServicePartials> = Vec::new();
+        for ((k, second, from_metrics), mut c) in cells {
+            let key = &keys[k as usize];
+            if out.last().is_none_or(|s| s.service != key.service) {
+                out.push(ServicePartials {
+                    service: key.service.clone(),
+                    batch: Batch::default(),
+                    points: 0,
+                });
+            }
+            let sp = out.last_mut().expect("pushed above");
+            let thresholds = self.cfg.thresholds_for(&key.service);
+            // Sorted by key: a key's cells are consecutive.
+            if sp.batch.keys.last() != Some(key) {
+                sp.batch.keys.push(key.clone());
+            }
+            let idx = (sp.batch.keys.len() - 1) as u32;
+            if let Some(d) = &mut c.digest {
+                d.compress();
+            }
+            sp.points += c.points;
+            sp.batch.partials.push(PartialObs {
+                key: idx,
+                second,
+                from_metrics,
+                points: c.points,
+                requests: c.requests,
+                errors: c.errors,
+                timed: c.timed,
+                thresholds_ms: thresholds.to_vec(),
+                within: c.within[..thresholds.len()].to_vec(),
+                last_event: c.last_event,
+                digest: c.digest,
+            });
+        }
+        let ttl = self.cfg.metric_stream_ttl.nanos();
+        self.deltas.expire(self.now.saturating_sub(ttl));
+        out
+    }
+}
+
+#[cfg(test)]
+#[path = "partials_tests.rs"]
+mod tests;

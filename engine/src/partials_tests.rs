@@ -1,0 +1,236 @@
+//! Partials against the engine itself: whatever is fed to one engine directly, and to another
+//! through gateways' partials, must come out the same.
+
+use super::*;
+use crate::engine::Engine;
+use crate::observation::{CounterObs, HistogramObs, RequestObs};
+use crate::sli::{SliQuery, SliRow};
+use crate::time::NANOS_PER_SEC;
+
+const S: u64 = NANOS_PER_SEC;
+const T0: u64 = 1_800_000_000 * S;
+
+fn cfg() -> Arc<EngineConfig> {
+    Arc::new(EngineConfig {
+        latency_thresholds_ms: vec![100.0, 250.0],
+        ..EngineConfig::default()
+    })
+}
+
+/// A deterministic generator (no dependency on rand's stream stability).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+    fn f(&mut self) -> f64 {
+        self.next() as f64 / (1u64 << 31) as f64
+    }
+}
+
+/// Traffic of second `i`: spans of two services over a few routes and versions (some arriving
+/// late, some from a clock ahead), a cumulative histogram and a counter from a third service.
+fn traffic(rng: &mut Lcg, i: u64) -> Batch {
+    let now = T0 + i * S;
+    let mut b = Batch::default();
+    for n in 0..40 {
+        let service = ["checkout", "search"][n % 2];
+        let route = ["/a", "/b", "/c"][(rng.next() % 3) as usize];
+        let version = ["1.0", "1.1"][(rng.next() % 2) as usize];
+        let key = b.key_index(SeriesKey::new(service, route, version));
+        // Up to 3 s late, or 2 s ahead.
+        let time = (now + 2 * S).saturating_sub(rng.next() % (5 * S));
+        let latency_ms = 20.0 + 400.0 * rng.f().powi(3);
+        b.requests.push(RequestObs {
+            key,
+            time,
+            latency_ms,
+            bad: rng.next().is_multiple_of(17),
+        });
+    }
+    let key = b.key_index(SeriesKey::new("payments", "charge", "2.0"));
+    let c = (i + 1) * 10;
+    b.histograms.push(HistogramObs {
+        key,
+        stream: 7,
+        time: now,
+        start_time: T0 - 60 * S,
+        temporality: Temporality::Cumulative,
+        bounds_ms: Arc::from(vec![10.0, 100.0, 1000.0]),
+        counts: vec![c, 2 * c, c / 2, i],
+        min_ms: Some(1.0),
+        max_ms: Some(2500.0),
+        bad: false,
+        exp: None,
+    });
+    b.counters.push(CounterObs {
+        key,
+        stream: 8,
+        time: now,
+        start_time: T0 - 60 * S,
+        temporality: Temporality::Cumulative,
+        value: i as f64,
+        bad: true,
+    });
+    b
+}
+
+fn slis(e: &Engine, window: &str) -> Vec<SliRow> {
+    e.slis(&SliQuery {
+        service: None,
+        window: window.parse().unwrap(),
+    })
+    .unwrap()
+}
+
+/// Guarantees: two gateways splitting the traffic between them, flushing every 250 ms, give a
+/// processor the same counts as one engine fed directly — requests, errors and the counts
+/// within each latency threshold exactly, in every window, for spans, cumulative histograms
+/// and counters alike — and quantiles within the digest's error.
+#[test]
+fn two_gateways_equal_one_engine() {
+    let mut direct = Engine::new(cfg());
+    let mut processor = Engine::new(cfg());
+    let mut gateways = [PartialBuilder::new(cfg()), PartialBuilder::new(cfg())];
+    let mut rng = Lcg(42);
+    for i in 0..120u64 {
+        let b = traffic(&mut rng, i);
+        let now = T0 + i * S;
+        direct.ingest(&b, now);
+        direct.advance(now);
+        // Spans alternate between the gateways by request; metric streams stay on one.
+        let (mut g0, mut g1) = (b.clone(), b.clone());
+        g0.requests.retain(|r| r.time % 2 == 0);
+        g1.requests.retain(|r| r.time % 2 == 1);
+        g1.histograms.clear();
+        g1.counters.clear();
+        gateways[0].add(&g0, now);
+        gateways[1].add(&g1, now + S / 2);
+        // Flush each quarter second: some seconds are split across flushes.
+        if i % 3 != 0 {
+            for g in &mut gateways {
+                for sp in g.take() {
+                    processor.ingest(&sp.batch, now + S / 2);
+                }
+            }
+        }
+        processor.advance(now + S / 2);
+    }
+    for g in &mut gateways {
+        for sp in g.take() {
+            processor.ingest(&sp.batch, T0 + 120 * S);
+        }
+    }
+    for window in ["10s", "1m", "5m", "1h"] {
+        let (a, b) = (slis(&direct, window), slis(&processor, window));
+        assert_eq!(a.len(), b.len(), "{window}");
+        assert!(a.len() >= 13, "{window}: {}", a.len());
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a.key, b.key);
+            assert_eq!(
+                (a.requests, a.errors),
+                (b.requests, b.errors),
+                "{window} {}",
+                a.key
+            );
+            assert_eq!(a.latency_good, b.latency_good, "{window} {}", a.key);
+            if let (Some(qa), Some(qb)) = (a.latency_ms, b.latency_ms) {
+                for (x, y) in [(qa.p50, qb.p50), (qa.p90, qb.p90), (qa.p99, qb.p99)] {
+                    assert!(
+                        (x - y).abs() <= 0.03 * x.max(1.0),
+                        "{window} {}: {x} vs {y}",
+                        a.key
+                    );
+                }
+            }
+        }
+    }
+    let (d, p) = (direct.stats(), processor.stats());
+    assert_eq!(d.requests_applied, p.requests_applied);
+    assert_eq!(d.metric_points_applied, p.metric_points_applied);
+    assert_eq!(d.late_dropped, 0);
+    assert_eq!(
+        gateways[0].stats().metric_baselines,
+        2,
+        "one per cumulative stream"
+    );
+}
+
+/// Guarantees: the builder keeps only what arrived since the last take (its memory does not
+/// grow with history), and one service's partials come out as one batch holding only partials.
+#[test]
+fn take_empties_the_builder_and_groups_by_service() {
+    let mut g = PartialBuilder::new(cfg());
+    let mut rng = Lcg(7);
+    for i in 0..3 {
+        g.add(&traffic(&mut rng, i), T0 + i * S);
+    }
+    assert!(g.cells() > 0 && g.series() > 0);
+    let out = g.take();
+    assert_eq!((g.cells(), g.series()), (0, 0));
+    let names: Vec<&str> = out.iter().map(|s| &*s.service).collect();
+    assert_eq!(names, ["checkout", "payments", "search"]);
+    for sp in &out {
+        assert!(sp.batch.requests.is_empty() && sp.batch.histograms.is_empty());
+        assert!(sp.batch.keys.iter().all(|k| k.service == sp.service));
+        assert_eq!(
+            sp.points,
+            sp.batch.partials.iter().map(|p| p.points).sum::<u64>()
+        );
+        for p in &sp.batch.partials {
+            assert_eq!(p.thresholds_ms, [100.0, 250.0]);
+            assert!(p.within.iter().all(|&w| w <= p.timed) && p.errors <= p.requests);
+        }
+    }
+    assert!(g.take().is_empty());
+}
+
+/// Guarantees: a processor keeps one signal per service from partials as from observations —
+/// a service sending spans and metrics is counted once, from its spans — and data older than
+/// the allowed lateness is dropped and counted at the processor.
+#[test]
+fn the_processor_keeps_one_signal_and_drops_late_partials() {
+    let mut g = PartialBuilder::new(cfg());
+    let mut p = Engine::new(cfg());
+    let mut b = Batch::default();
+    let key = b.key_index(SeriesKey::new("api", "GET /", "1"));
+    b.requests.push(RequestObs {
+        key,
+        time: T0,
+        latency_ms: 5.0,
+        bad: false,
+    });
+    b.counters.push(CounterObs {
+        key,
+        stream: 1,
+        time: T0,
+        start_time: 0,
+        temporality: Temporality::Delta,
+        value: 100.0,
+        bad: false,
+    });
+    // The service's spans arrive first (as in the engine, the signal is chosen per batch).
+    let mut spans_only = b.clone();
+    spans_only.counters.clear();
+    g.add(&spans_only, T0);
+    for sp in g.take() {
+        p.ingest(&sp.batch, T0);
+    }
+    g.add(&b, T0);
+    for sp in g.take() {
+        p.ingest(&sp.batch, T0);
+    }
+    let r = &slis(&p, "1m")[0];
+    assert_eq!(r.requests, 2);
+    assert_eq!(p.stats().signal_deduplicated, 1);
+    // A partial of a second 10 minutes old (the default lateness is 5 minutes).
+    g.add(&spans_only, T0);
+    let late = g.take();
+    p.advance(T0 + 600 * S);
+    let rep = p.ingest(&late[0].batch, T0 + 600 * S);
+    assert_eq!(rep.late, 1, "{rep:?}");
+}
