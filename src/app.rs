@@ -3,6 +3,7 @@
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::config::fleet::{AckMode, Role};
 use crate::embedded_broker::EmbeddedBroker;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -27,9 +28,9 @@ use trike_runtime::{Shard, SystemClock};
 /// A running processor.
 #[derive(Debug)]
 pub struct Running {
-    /// Bound OTLP/gRPC address.
+    /// Bound OTLP/gRPC address (`0.0.0.0:0` for a processor, which opens no OTLP port).
     pub grpc_addr: SocketAddr,
-    /// Bound OTLP/HTTP address.
+    /// Bound OTLP/HTTP address (`0.0.0.0:0` for a processor).
     pub http_addr: SocketAddr,
     /// Bound admin address.
     pub admin_addr: SocketAddr,
@@ -48,6 +49,9 @@ pub struct Running {
     embedded_broker: Option<EmbeddedBroker>,
     /// Stopped after the engine thread (which feeds it); writes what it buffered.
     archive: Option<trike_sql::archive::ArchiveWriter>,
+    /// A gateway's partials publisher: stopped after the receivers, so what they accepted is
+    /// published.
+    gateway: Option<trike_runtime::fleet::gateway::Gateway>,
 }
 
 /// How long open HTTP requests may take to finish at shutdown.
@@ -100,12 +104,22 @@ pub async fn shutdown_signal() {
 /// Starts everything `cfg` describes.
 pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     let embedded_broker = EmbeddedBroker::for_config(&mut cfg)?;
-    let grpc = bind(cfg.grpc_addr, "OTLP/gRPC", "--otlp-grpc-addr").await?;
-    let http = bind(cfg.http_addr, "OTLP/HTTP", "--otlp-http-addr").await?;
+    let role = cfg.fleet.role;
+    // A processor reads partials from Kafka: it opens no OTLP port (DESIGN §6).
+    let receives = role != Role::Processor;
+    let (grpc, http) = if receives {
+        (
+            Some(bind(cfg.grpc_addr, "OTLP/gRPC", "--otlp-grpc-addr").await?),
+            Some(bind(cfg.http_addr, "OTLP/HTTP", "--otlp-http-addr").await?),
+        )
+    } else {
+        (None, None)
+    };
     let admin_l = bind(cfg.admin_addr, "the admin API", "--admin-addr").await?;
+    let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
     let (grpc_addr, http_addr, admin_addr) = (
-        grpc.local_addr()?,
-        http.local_addr()?,
+        grpc.as_ref().map_or(Ok(unbound), TcpListener::local_addr)?,
+        http.as_ref().map_or(Ok(unbound), TcpListener::local_addr)?,
         admin_l.local_addr()?,
     );
 
@@ -124,8 +138,12 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         .map_err(anyhow::Error::from)?;
         Listener::new(tcp, opts, listener_stats[i].1.clone()).map_err(anyhow::Error::from)
     };
-    let grpc = listen(grpc, 0, ClientCerts::Required, Alpn::H2)?;
-    let http = listen(http, 1, ClientCerts::Required, Alpn::Http)?;
+    let grpc = grpc
+        .map(|l| listen(l, 0, ClientCerts::Required, Alpn::H2))
+        .transpose()?;
+    let http = http
+        .map(|l| listen(l, 1, ClientCerts::Required, Alpn::Http))
+        .transpose()?;
     let admin_l = listen(admin_l, 2, ClientCerts::Optional, Alpn::Http)?;
     if let Some(t) = &cfg.tls {
         tracing::info!(
@@ -208,10 +226,20 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         tokens: Arc::new(cfg.auth.ingest.clone()),
         stats: auth_stats.clone(),
     };
+    // A gateway's receivers feed the partials publisher; every other role feeds the engine.
+    let gateway = match role {
+        Role::Gateway => Some(start_gateway(&cfg)?),
+        Role::All | Role::Processor => None,
+    };
+    let sink: Arc<dyn trike_ingest::BatchSink> = match &gateway {
+        Some(g) => g.sink(),
+        None => worker.sink(),
+    };
     let pipeline = Arc::new(
-        Pipeline::new(Arc::new(cfg.decode.clone()), worker.sink(), ingest.clone())
+        Pipeline::new(Arc::new(cfg.decode.clone()), sink, ingest.clone())
             .with_inflight_budget(cfg.limits.inflight_bytes)
-            .with_memory_limiter(memory.clone()),
+            .with_memory_limiter(memory.clone())
+            .with_durable_ack(gateway.is_some() && cfg.fleet.ack == AckMode::Durable),
     );
     let pipeline_for_kafka = pipeline.clone();
     let state = Arc::new(AdminState {
@@ -238,10 +266,12 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
             .with_client_certs(cfg.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some())),
         listeners: listener_stats.clone(),
         memory: Some(memory),
+        gateway: gateway.as_ref().map(|g| g.stats()),
+        role,
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
-    {
+    if let Some(grpc) = grpc {
         let (p, stop) = (pipeline.clone(), signal(&rx));
         let (limits, auth) = (cfg.limits, ingest_auth.clone());
         tasks.push((
@@ -253,7 +283,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
             }),
         ));
     }
-    {
+    if let Some(http) = http {
         let router = trike_ingest::http::router(pipeline, cfg.limits, ingest_auth);
         let stop = signal(&rx);
         let header_timeout = cfg.limits.header_read_timeout;
@@ -317,7 +347,11 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         }
     };
     state.ready.store(true, Relaxed);
-    tracing::info!(%grpc_addr, %http_addr, %admin_addr, "Trike is listening");
+    if receives {
+        tracing::info!(role = role.name(), %grpc_addr, %http_addr, %admin_addr, "Trike is listening");
+    } else {
+        tracing::info!(role = role.name(), %admin_addr, "Trike is listening (a processor opens no OTLP port)");
+    }
     Ok(Running {
         grpc_addr,
         http_addr,
@@ -331,7 +365,37 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         kafka_source,
         embedded_broker,
         archive,
+        gateway,
     })
+}
+
+/// A gateway's publisher of partials (DESIGN §6).
+fn start_gateway(cfg: &Config) -> anyhow::Result<trike_runtime::fleet::gateway::Gateway> {
+    let brokers = cfg
+        .kafka_brokers
+        .clone()
+        .context("a gateway needs kafka.brokers")?;
+    let g = trike_runtime::fleet::gateway::Gateway::start(
+        trike_runtime::fleet::gateway::GatewayConfig {
+            brokers,
+            topic: cfg.fleet.partials_topic.clone(),
+            partitions: cfg.fleet.partitions,
+            replication: cfg.fleet.replication,
+            client: cfg.kafka_client.clone(),
+            flush_interval: cfg.fleet.flush_interval,
+            instance: cfg.instance.clone(),
+            max_unacked: cfg.queue_observations,
+            engine: Arc::new(cfg.engine.clone()),
+        },
+        Arc::new(SystemClock),
+    )
+    .with_context(|| {
+        format!(
+            "starting the gateway's producer for {}",
+            cfg.fleet.partials_topic
+        )
+    })?;
+    Ok(g)
 }
 
 impl Running {
@@ -339,7 +403,11 @@ impl Running {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.state.ready.store(false, Relaxed);
         let _ = self.shutdown.send(true);
-        if let Some(src) = self.kafka_source.take() {
+        // A gateway's source is stopped after the gateway (below), so what it read and the
+        // gateway published is committed; otherwise the source stops first.
+        if self.gateway.is_none()
+            && let Some(src) = self.kafka_source.take()
+        {
             // Stops consuming and commits what the engine applied.
             tokio::task::spawn_blocking(move || src.stop()).await.ok();
         }
@@ -355,6 +423,13 @@ impl Running {
                     first_err.get_or_insert(anyhow::anyhow!("{name} panicked: {e}"));
                 }
             }
+        }
+        if let Some(g) = self.gateway.take() {
+            // Publishes what the receivers accepted and waits for the broker's acknowledgement.
+            tokio::task::spawn_blocking(move || g.stop()).await.ok();
+        }
+        if let Some(src) = self.kafka_source.take() {
+            tokio::task::spawn_blocking(move || src.stop()).await.ok();
         }
         if let Some(w) = self.worker.take() {
             // Applies what is queued, then the hooks' finish: the final checkpoint and the

@@ -129,6 +129,7 @@ impl AddrArgs {
             admin_addr: self.admin_addr.clone(),
             kafka_brokers: self.kafka_brokers.clone(),
             control_topic: self.control_topic.clone(),
+            role: None,
         }
     }
 }
@@ -139,6 +140,10 @@ pub struct RunArgs {
     /// The YAML config file (defaults apply without one).
     #[arg(long, env = "TRIKE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// What this process runs (DESIGN §6): `all` (one process does everything), `gateway`
+    /// (receivers → partials on Kafka) or `processor` (partials → SLIs, SLOs, decisions).
+    #[arg(long, value_enum, env = "TRIKE_ROLE", default_value_t)]
+    pub role: crate::config::fleet::Role,
     /// Address overrides.
     #[command(flatten)]
     pub addrs: AddrArgs,

@@ -56,7 +56,11 @@ async fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run(args) => {
-            let cfg = match load(args.config.as_deref(), &args.addrs.overrides()) {
+            let overrides = trike::config::validate::Overrides {
+                role: Some(args.role),
+                ..args.addrs.overrides()
+            };
+            let cfg = match load(args.config.as_deref(), &overrides) {
                 Ok(c) => c,
                 Err(code) => return code,
             };

@@ -12,6 +12,7 @@
 pub mod checkpoint;
 pub mod clock;
 pub mod error;
+pub mod fleet;
 pub mod hook;
 pub mod hooks;
 pub mod shard;

@@ -61,6 +61,10 @@ pub struct AdminState {
     pub listeners: Vec<(&'static str, Arc<trike_ingest::listen::ConnStats>)>,
     /// The memory limiter.
     pub memory: Option<Arc<trike_ingest::memory::MemoryLimiter>>,
+    /// A gateway's publisher counters.
+    pub gateway: Option<Arc<trike_runtime::fleet::gateway::GatewayStats>>,
+    /// This process's role in the fleet.
+    pub role: crate::config::fleet::Role,
 }
 
 /// What `/metrics` reads of the Kafka source.

@@ -34,6 +34,8 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         inflight: trike_ingest::pipeline::Inflight::new(1 << 20),
         listeners: vec![("admin", Default::default())],
         memory: Some(Arc::new(trike_ingest::memory::MemoryLimiter::new(1 << 30))),
+        gateway: None,
+        role: crate::config::fleet::Role::All,
     }
 }
 

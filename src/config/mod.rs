@@ -4,6 +4,7 @@
 mod boundaries;
 pub mod bytes;
 pub mod env;
+pub mod fleet;
 mod openslo;
 pub mod revision;
 pub mod validate;
@@ -63,6 +64,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// TLS for the OTLP receivers and the admin API.
     pub tls: Option<RawTls>,
+    /// `fleet:` (DESIGN §6).
+    pub fleet: fleet::RawFleet,
 }
 
 /// `tls:` (DESIGN §8): PEM files, paths relative to the working directory (as the OTel

@@ -96,6 +96,8 @@ pub struct Config {
     pub memory_limit: u64,
     /// TLS for the receivers and the admin API (checked: the files load).
     pub tls: Option<trike_ingest::tls::TlsFiles>,
+    /// `--role` and `fleet:`.
+    pub fleet: super::fleet::FleetConfig,
 }
 
 /// Values from flags and `TRIKE_*` variables, which win over the file.
@@ -111,6 +113,8 @@ pub struct Overrides {
     pub kafka_brokers: Option<String>,
     /// `--control-topic`.
     pub control_topic: Option<String>,
+    /// `--role` (default `all`).
+    pub role: Option<super::fleet::Role>,
 }
 
 fn addr(problems: &mut Vec<String>, field: &str, value: &str) -> SocketAddr {
@@ -681,6 +685,28 @@ impl Config {
         {
             p.push(format!("sinks[{i}]: type kafka needs kafka.brokers (or --kafka-brokers / TRIKE_KAFKA_BROKERS)"));
         }
+        let fleet = super::fleet::validate(
+            raw.fleet.clone(),
+            o.role.unwrap_or_default(),
+            brokers.is_some(),
+            &mut p,
+        );
+        // A processor reads the gateways' partials, not OTLP (the gateways read that).
+        let kafka_ingest = match (fleet.role, brokers.clone()) {
+            (super::fleet::Role::Processor, Some(brokers)) => {
+                let ki = kafka.ingest.clone().unwrap_or_default();
+                Some(KafkaSourceConfig {
+                    brokers,
+                    group_id: fleet.group_id.clone(),
+                    topics: vec![fleet.partials_topic.clone()],
+                    encoding: Encoding::TrikePartials,
+                    dead_letter_topic: ki.dead_letter_topic.filter(|t| !t.is_empty()),
+                    group_instance_id: ki.group_instance_id.filter(|t| !t.is_empty()),
+                    client: kafka.client.clone(),
+                })
+            }
+            _ => kafka_ingest,
+        };
         let control_partitions = kafka.control_partitions.unwrap_or(3);
         let control_replication = kafka.control_replication.unwrap_or(1);
         if control_partitions < 1 || control_replication < 1 {
@@ -802,6 +828,7 @@ impl Config {
             auth,
             tls,
             memory_limit,
+            fleet,
             signing_key_env: raw
                 .signing
                 .key_env

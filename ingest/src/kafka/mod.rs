@@ -217,7 +217,8 @@ impl KafkaSource {
         progress: Arc<Progress>,
     ) -> Result<Self, KafkaError> {
         for t in &cfg.topics {
-            if signal_of(t).is_none() {
+            // Partials records carry their own kind; OTLP topics are named for their signal.
+            if cfg.encoding != crate::pipeline::Encoding::TrikePartials && signal_of(t).is_none() {
                 return Err(KafkaError::Subscription(format!(
                     "topic {t:?}: its name must end in spans, traces, metrics or logs"
                 )));
