@@ -327,17 +327,22 @@ def check_workload(doc: dict, docs: list[tuple[str, dict]]) -> None:
                 assert ref.get("name") and ref.get("key"), f"{c['name']}: env {e['name']} secretKeyRef incomplete"
 
 
-def check_processor(docs: list[tuple[str, dict]], persistence: bool) -> None:
+def check_processor(docs: list[tuple[str, dict]], persistence: bool, fleet: bool = False) -> None:
     sts = one(docs, "StatefulSet")
     check_workload(sts, docs)
     headless = one(docs, "Service", sts["spec"]["serviceName"])
     assert headless["spec"].get("clusterIP") == "None", "serviceName does not name a headless Service"
     pod = sts["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    assert c["args"][:1] == ["run"], f"args {c['args']}"
+    want_args = ["run", "--role", "processor"] if fleet else ["run"]
+    assert c["args"][:len(want_args)] == want_args and "--role" not in c["args"][len(want_args):], f"args {c['args']}"
     cfg_path = c["args"][c["args"].index("--config") + 1]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert {"otlp-grpc", "otlp-http", "admin"} <= set(ports), f"container ports {sorted(ports)}"
+    if fleet:
+        # A processor opens no OTLP port (DESIGN §6).
+        assert set(ports) == {"admin"}, f"processor container ports {sorted(ports)}"
+    else:
+        assert {"otlp-grpc", "otlp-http", "admin"} <= set(ports), f"container ports {sorted(ports)}"
     def probe(kind: str) -> dict:
         g = dict(c[kind]["httpGet"])
         return {k: g[k] for k in ("path", "port")} | ({"scheme": g["scheme"]} if "scheme" in g else {})
@@ -370,18 +375,61 @@ def check_processor(docs: list[tuple[str, dict]], persistence: bool) -> None:
     else:
         assert not claims, "persistence disabled but volumeClaimTemplates rendered"
         assert "emptyDir" in volumes.get(data, {}), f"state.dir volume {data} is not an emptyDir"
-    # Listen addresses: reachable from outside the pod, and the container ports are theirs.
+    if fleet:
+        # Static membership from the pod name: unique per processor, stable across restarts.
+        assert ((cfg.get("kafka") or {}).get("ingest") or {}).get("group_instance_id") == "${POD_NAME}", \
+            "processors' kafka.ingest.group_instance_id is not ${POD_NAME}"
+        env = {e["name"]: e for e in c.get("env", [])}
+        assert env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name", \
+            "POD_NAME is not the pod's name"
+        assert (cfg.get("kafka") or {}).get("brokers"), "fleet mode needs kafka.brokers"
+    check_listen(cfg, ports, ["admin"] if fleet else ["otlp-grpc", "otlp-http", "admin"])
+
+
+def check_listen(cfg: dict, ports: dict, names: list[str]) -> None:
+    """Listen addresses: reachable from outside the pod, and the container ports are theirs."""
     addrs = {"otlp-grpc": (cfg.get("receivers") or {}).get("otlp_grpc"),
              "otlp-http": (cfg.get("receivers") or {}).get("otlp_http"),
              "admin": cfg.get("admin")}
+    addrs = {n: addrs[n] for n in names}
     for name, addr in addrs.items():
         assert isinstance(addr, str) and addr.startswith(("0.0.0.0:", "[::]:")), \
             f"{name} listens on {addr!r}, not 0.0.0.0 (unreachable in a container)"
         assert int(addr.rsplit(":", 1)[1]) == ports[name], f"{name}: config port {addr} != containerPort {ports[name]}"
 
 
+def check_gateway(docs: list[tuple[str, dict]]) -> None:
+    """Fleet mode: the gateway Deployment, its autoscaler, and the client Service selecting it."""
+    dep = one(docs, "Deployment", f"{RELEASE}-gateway")
+    check_workload(dep, docs)
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["args"][:3] == ["run", "--role", "gateway"], f"args {c['args']}"
+    cfg_path = c["args"][c["args"].index("--config") + 1]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert {"otlp-grpc", "otlp-http", "admin"} <= set(ports), f"gateway container ports {sorted(ports)}"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", "gateway readiness is not /readyz"
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    cm = one(docs, "ConfigMap", volumes[mounts[str(Path(cfg_path).parent)]]["configMap"]["name"])
+    cfg = yaml.safe_load(cm["data"][Path(cfg_path).name])
+    check_listen(cfg, ports, ["otlp-grpc", "otlp-http", "admin"])
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    sts_labels = one(docs, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    client = one(docs, "Service", RELEASE)
+    assert matches(client["spec"]["selector"], labels), "the client Service does not select the gateways"
+    assert not matches(client["spec"]["selector"], sts_labels), "the client Service selects processors"
+    for p in client["spec"]["ports"]:
+        assert p["targetPort"] in ports, f"client Service targets unknown gateway port {p['targetPort']}"
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["kind"], ref["name"]) == ("Deployment", dep["metadata"]["name"]), f"HPA targets {ref}"
+    assert "replicas" not in dep["spec"], "an autoscaled Deployment must not pin replicas"
+    assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
 def check_actuator(docs: list[tuple[str, dict]]) -> None:
-    dep = one(docs, "Deployment")
+    dep = one(docs, "Deployment", f"{RELEASE}-actuator")
     check_workload(dep, docs)
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
@@ -413,6 +461,9 @@ SCENARIOS: list[tuple[str, dict, dict]] = [
      {"tls": {"existingSecret": "trike-tls", "clientCA": True},
       "serviceMonitor": {"tlsConfig": {"insecureSkipVerify": True}}},
      {"persistence": True, "servicemonitor": True}),
+    ("fleet",
+     {"fleet": {"enabled": True}, "replicaCount": 3},
+     {"persistence": True, "servicemonitor": True, "fleet": True}),
     ("no-persistence-no-servicemonitor",
      {"persistence": {"enabled": False}, "serviceMonitor": {"enabled": False}},
      {"persistence": False, "servicemonitor": False}),
@@ -510,7 +561,9 @@ def helm_checks(ck: Checks, chart: Path, known: set[str], kube: str) -> dict | N
 
             def kinds() -> None:
                 have = sorted(d["kind"] for _, d in docs)
-                assert have.count("StatefulSet") == 1 and have.count("Deployment") == 1, have
+                fleet = 1 if expect.get("fleet") else 0
+                assert have.count("StatefulSet") == 1 and have.count("Deployment") == 1 + fleet, have
+                assert have.count("HorizontalPodAutoscaler") == fleet, have
                 assert have.count("Service") == 2 and have.count("ConfigMap") == 2, have
                 assert have.count("ServiceMonitor") == (1 if expect["servicemonitor"] else 0), have
                 assert have.count("PodDisruptionBudget") == (2 if expect.get("pdb") else 0), have
@@ -518,7 +571,9 @@ def helm_checks(ck: Checks, chart: Path, known: set[str], kube: str) -> dict | N
 
             ck.run(f"{tag} renders the expected objects", kinds)
             ck.run(f"{tag} processor: selectors, ports, probes, volumes, security, listen addresses",
-                   lambda: check_processor(docs, expect["persistence"]))
+                   lambda: check_processor(docs, expect["persistence"], expect.get("fleet", False)))
+            if expect.get("fleet"):
+                ck.run(f"{tag} gateway: Deployment, autoscaler, client Service", lambda: check_gateway(docs))
             ck.run(f"{tag} actuator: selectors, volumes, security, brokers", lambda: check_actuator(docs))
             configs = ck.run(f"{tag} ConfigMap trike.yaml and actuator.yaml parse", lambda: rendered_configs(docs))
             for key, cfg in (configs or {}).items():
@@ -533,7 +588,7 @@ def helm_checks(ck: Checks, chart: Path, known: set[str], kube: str) -> dict | N
                 default_cfg = next((v for k, v in configs.items() if k.endswith("/trike.yaml")), None)
             if expect.get("rbac"):
                 def rbac() -> None:
-                    dep = one(docs, "Deployment")
+                    dep = one(docs, "Deployment", f"{RELEASE}-actuator")
                     rb = one(docs, "RoleBinding")
                     assert rb["subjects"][0]["name"] == dep["spec"]["template"]["spec"]["serviceAccountName"]
                     assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is True

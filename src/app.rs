@@ -105,6 +105,12 @@ pub async fn shutdown_signal() {
 pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     let embedded_broker = EmbeddedBroker::for_config(&mut cfg)?;
     let role = cfg.fleet.role;
+    if role == Role::Gateway && (cfg.state_dir.is_some() || cfg.archive.is_some()) {
+        // A gateway keeps no state: its partials are on the broker, SLIs are the processors'.
+        tracing::info!("gateway: state.dir and archive are the processors' (ignored here)");
+        cfg.state_dir = None;
+        cfg.archive = None;
+    }
     // A processor reads partials from Kafka: it opens no OTLP port (DESIGN §6).
     let receives = role != Role::Processor;
     let (grpc, http) = if receives {

@@ -104,7 +104,7 @@ impl std::fmt::Debug for KafkaSink {
     }
 }
 
-/// Creates `topic` unless it exists. Blocks (on its own thread, so it may be called from
+/// Creates `topic` unless it exists (with `min.insync.replicas` 2 when it has 3 or more replicas). Blocks (on its own thread, so it may be called from
 /// async code) until the broker answers or 10 s pass.
 pub fn ensure_topic(cfg: &KafkaSinkConfig) -> Result<(), KafkaError> {
     std::thread::scope(|scope| {
@@ -132,11 +132,16 @@ pub fn ensure_topic(cfg: &KafkaSinkConfig) -> Result<(), KafkaError> {
                 {
                     return Ok(());
                 }
-                let topic = NewTopic::new(
+                let mut topic = NewTopic::new(
                     &cfg.topic,
                     cfg.partitions,
                     TopicReplication::Fixed(cfg.replication),
                 );
+                if cfg.replication >= 3 {
+                    // With acks=all, a write then survives the loss of any one broker, and
+                    // the topic stays writable while one is down.
+                    topic = topic.set("min.insync.replicas", "2");
+                }
                 let opts = AdminOptions::new()
                     .operation_timeout(Some(Duration::from_secs(5)))
                     .request_timeout(Some(Duration::from_secs(5)));

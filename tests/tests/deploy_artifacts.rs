@@ -4,6 +4,8 @@
 
 /// Scenario: the checker over the repository's `deploy/`. Guarantees: every check passes
 /// (the checker prints one line per check and `N passed, 0 failed`).
+use trike::config::fleet::Role;
+
 #[test]
 fn deploy_artifacts_render_and_validate() {
     let python = match std::env::var("TRIKE_TEST_PYTHON") {
@@ -59,12 +61,38 @@ fn deploy_artifacts_render_and_validate() {
             with_tls += 1;
             text = text.replace("/etc/trike-tls/", &format!("{}/", pki.dir.display()));
         }
-        let raw = trike::config::RawConfig::from_yaml(&text)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        if let Err(problems) = trike::config::Config::validate(raw, &Default::default()) {
-            panic!("{}: {}", path.display(), problems.join("; "));
+        // The kubelet sets POD_NAME (downward API) where the chart references it.
+        let lookup = |name: &str| match name {
+            "POD_NAME" => Some("trike-0".to_string()),
+            _ => std::env::var(name).ok(),
+        };
+        // Fleet mode's config is read by gateways and processors alike.
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let roles: &[_] = if name.starts_with("fleet--") && name.ends_with("trike.yaml") {
+            &[Role::Gateway, Role::Processor]
+        } else {
+            &[Role::All]
+        };
+        for &role in roles {
+            let raw = trike::config::RawConfig::from_yaml_with(&text, &lookup)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let o = trike::config::validate::Overrides {
+                role: Some(role),
+                ..Default::default()
+            };
+            match trike::config::Config::validate(raw, &o) {
+                Ok(c) if role == Role::Processor => {
+                    let src = c
+                        .kafka_ingest
+                        .expect("a processor reads the partials topic");
+                    assert_eq!(src.group_instance_id.as_deref(), Some("trike-0"));
+                    assert_eq!(src.topics, std::slice::from_ref(&c.fleet.partials_topic));
+                }
+                Ok(_) => {}
+                Err(problems) => panic!("{} as {role:?}: {}", path.display(), problems.join("; ")),
+            }
+            validated += 1;
         }
-        validated += 1;
     }
     assert!(validated >= 6, "{validated} rendered configs validated");
     assert!(

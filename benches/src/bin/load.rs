@@ -12,7 +12,10 @@
 //! probed again for `--recovery-s` after the load stops), `--queries N` for N heavy SQL queries
 //! running back to back during the load (freshness under queries).
 //!
-//! Run: `cargo run --release -p trike-benches --bin load -- --duration-s 20`
+//! `--fleet` runs the same load through a gateway and a processor (both in this process, over
+//! an in-process broker): span sent to the gateway → visible in the processor's API.
+//!
+//! Run: `cargo run --release -p trike-benches --bin load -- --duration-s 20 [--fleet]`
 
 use clap::Parser;
 use prost::Message;
@@ -54,6 +57,11 @@ struct Args {
     /// Seconds of freshness probes after the load stops (recovery).
     #[arg(long, default_value_t = 0)]
     recovery_s: u64,
+    /// The fleet path (DESIGN §6): load goes to a `--role gateway`, which publishes partials to
+    /// an in-process Kafka-protocol broker (librdkafka's mock cluster); a `--role processor` in
+    /// this process reads them, and freshness is measured at the processor's API.
+    #[arg(long)]
+    fleet: bool,
 }
 
 /// The allocator `trike` runs with (resident memory falls again after a burst).
@@ -83,6 +91,34 @@ fn cpu_seconds() -> f64 {
     let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// CPU seconds per thread name (threads of one name summed), largest first.
+fn thread_cpu() -> String {
+    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+    for t in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *by.entry(comm.trim().to_string()).or_default() += ticks / 100.0;
+    }
+    let mut v: Vec<_> = by.into_iter().filter(|(_, s)| *s >= 0.1).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.iter()
+        .map(|(n, s)| format!("{n} {s:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -153,10 +189,35 @@ async fn main() -> anyhow::Result<()> {
     if let Some(m) = &args.memory_limit {
         yaml.push_str(&format!("limits: {{ memory_limit: {m} }}\n"));
     }
-    let cfg = Config::validate(RawConfig::from_yaml(&yaml).map_err(anyhow::Error::msg)?, &o)
-        .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let broker = if args.fleet {
+        let b = trike::embedded_broker::EmbeddedBroker::start(&[("trike.partials".into(), 4)])?;
+        yaml.push_str(&format!(
+            "kafka: {{ brokers: \"{}\" }}\n",
+            b.bootstrap_servers()
+        ));
+        Some(b)
+    } else {
+        None
+    };
+    let validate = |role| {
+        let o = Overrides {
+            role: Some(role),
+            ..o.clone()
+        };
+        Config::validate(RawConfig::from_yaml(&yaml).map_err(anyhow::Error::msg)?, &o)
+            .map_err(|p| anyhow::anyhow!(p.join("; ")))
+    };
+    use trike::config::fleet::Role;
+    let cfg = validate(if args.fleet { Role::Gateway } else { Role::All })?;
     let memory_limit = cfg.memory_limit;
     let running = trike::app::start(cfg).await?;
+    // With --fleet, SLIs are read (and spans counted) at the processor.
+    let processor = if args.fleet {
+        Some(trike::app::start(validate(Role::Processor)?).await?)
+    } else {
+        None
+    };
+    let engine_side = processor.as_ref().unwrap_or(&running);
     let scheme = if args.tls { "https" } else { "http" };
     let host = |a: std::net::SocketAddr| {
         if args.tls {
@@ -167,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let url = format!("{scheme}://{}/v1/traces", host(running.http_addr));
     let admin = host(running.admin_addr);
+    let engine_admin = host(engine_side.admin_addr);
     let mut builder = reqwest::Client::builder().pool_max_idle_per_host(64);
     if let Some(p) = &pki {
         builder =
@@ -291,10 +353,11 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Freshness probe.
-    let slis_url = format!("{scheme}://{admin}/api/v1/slis?window=1m&service=");
+    let slis_url = format!("{scheme}://{engine_admin}/api/v1/slis?window=1m&service=");
     let mut fresh_ms = Vec::new();
     let mut probe = 0u64;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The processor's first group join takes a few seconds on the mock broker.
+    tokio::time::sleep(Duration::from_millis(if args.fleet { 5000 } else { 500 })).await;
     while Instant::now() + Duration::from_millis(500) < deadline {
         probe += 1;
         // Refused under overload: not a freshness sample.
@@ -322,8 +385,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Let the queue drain, then check every accepted span was applied.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let applied = running
+    tokio::time::sleep(Duration::from_millis(if args.fleet { 3000 } else { 500 })).await;
+    let applied = engine_side
         .state
         .worker
         .engine()
@@ -393,7 +456,12 @@ async fn main() -> anyhow::Result<()> {
             percentile(&recovery_ms, 0.99)
         );
     }
+    println!("CPU by thread (s):    {}", thread_cpu());
     let _ = std::fs::remove_dir_all(&pki_dir);
     running.stop().await?;
+    if let Some(p) = processor {
+        p.stop().await?;
+    }
+    drop(broker);
     Ok(())
 }

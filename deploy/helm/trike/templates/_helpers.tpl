@@ -64,6 +64,21 @@ app.kubernetes.io/component: processor
 app.kubernetes.io/component: processor
 {{- end }}
 
+{{/* Gateway (fleet mode): labels and selector. */}}
+{{- define "trike.gateway.labels" -}}
+{{ include "trike.labels" . }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "trike.gateway.selectorLabels" -}}
+{{ include "trike.selectorLabels" . }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "trike.gatewayName" -}}
+{{- printf "%s-gateway" (include "trike.fullname" .) }}
+{{- end }}
+
 {{/* Actuator: labels and selector. */}}
 {{- define "trike.actuator.labels" -}}
 {{ include "trike.labels" . }}
