@@ -771,6 +771,7 @@ fn within_count(lo: f64, hi: f64, threshold: f64, count: u64) -> u64 {
 }
 
 mod metrics;
+mod owned;
 mod queries;
 mod seconds;
 

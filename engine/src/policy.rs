@@ -734,6 +734,42 @@ impl PolicyEngine {
     }
 }
 
+impl PolicyEngine {
+    /// The episodes and cool-downs of the targets whose service `owns` holds (a fleet
+    /// processor's partition); the per-rule action caps stay with the process.
+    pub fn snapshot_of(&self, owns: impl Fn(&str) -> bool) -> PolicySnapshot {
+        let mut snap = self.snapshot();
+        for r in &mut snap.rules {
+            r.recent.clear();
+            r.targets.retain(|(t, _)| owns(&t.service));
+        }
+        snap.stats = PolicyStats::default();
+        snap
+    }
+
+    /// Takes over the targets of `snap` (from [`PolicyEngine::snapshot_of`]) for the rules
+    /// that still exist, replacing the state of the same targets; returns the names of the
+    /// rules it dropped state for.
+    pub fn merge(&mut self, snap: PolicySnapshot) -> Vec<String> {
+        let mut dropped = Vec::new();
+        for r in snap.rules {
+            let Some(ri) = self.policy.rules.iter().position(|x| x.name == r.rule) else {
+                dropped.push(r.rule);
+                continue;
+            };
+            for (t, st) in r.targets {
+                self.state.insert((ri, t), st);
+            }
+        }
+        dropped
+    }
+
+    /// Forgets the episodes and cool-downs of the targets whose service `gone` holds.
+    pub fn drop_services(&mut self, gone: impl Fn(&str) -> bool) {
+        self.state.retain(|(_, t), _| !gone(&t.service));
+    }
+}
+
 /// Seconds between two engine times.
 pub fn seconds(a: UnixNanos, b: UnixNanos) -> f64 {
     a.saturating_sub(b) as f64 / NANOS_PER_SEC as f64

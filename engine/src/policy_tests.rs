@@ -441,3 +441,35 @@ fn restored_state_keeps_episodes_and_ids() {
         vec!["rollback-bad-canary".to_string()]
     );
 }
+
+/// Scenario: the service's partition moves: the old owner's episode travels in
+/// `snapshot_of`, is merged into a new owner's policy and dropped from the old one.
+/// Guarantees: the new owner does not act on the ongoing condition again and resolves it
+/// under the original decision's id; the old owner keeps nothing of the service; state of
+/// other services is not carried along.
+#[test]
+fn episodes_move_with_their_service() {
+    let mut r = rule("rollback-bad-canary", "canary.fail", Action::Rollback);
+    r.for_ = Span(5);
+    let policy = Policy::new(vec![r]);
+    let mut old = PolicyEngine::new(policy.clone());
+    old.step(T0, &facts(F, false));
+    let first = old.step(T0 + 6 * S, &facts(F, false));
+    assert_eq!(first.len(), 1);
+
+    let none = old.snapshot_of(|s| s == "search");
+    assert!(none.rules.iter().all(|r| r.targets.is_empty()));
+    let moving = old.snapshot_of(|s| s == "checkout");
+    old.drop_services(|s| s == "checkout");
+    assert!(old.snapshot().rules.iter().all(|r| r.targets.is_empty()));
+
+    let mut new = PolicyEngine::new(policy);
+    assert!(new.merge(moving).is_empty());
+    assert!(new.step(T0 + 20 * S, &facts(F, false)).is_empty());
+    let resolved = new.step(T0 + 30 * S, &facts(P, false));
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(
+        resolved[0].resolves.as_deref(),
+        Some(first[0].decision_id.as_str())
+    );
+}

@@ -104,9 +104,19 @@ impl std::fmt::Debug for KafkaSink {
     }
 }
 
-/// Creates `topic` unless it exists (with `min.insync.replicas` 2 when it has 3 or more replicas). Blocks (on its own thread, so it may be called from
-/// async code) until the broker answers or 10 s pass.
+/// Creates `topic` unless it exists (with `min.insync.replicas` 2 when it has 3 or more
+/// replicas). Blocks (on its own thread, so it may be called from async code) until the
+/// broker answers or 10 s pass.
 pub fn ensure_topic(cfg: &KafkaSinkConfig) -> Result<(), KafkaError> {
+    ensure_topic_with(cfg, &[])
+}
+
+/// [`ensure_topic`] with more topic settings when it creates the topic (e.g.
+/// `cleanup.policy=compact`).
+pub fn ensure_topic_with(
+    cfg: &KafkaSinkConfig,
+    settings: &[(&str, &str)],
+) -> Result<(), KafkaError> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -141,6 +151,9 @@ pub fn ensure_topic(cfg: &KafkaSinkConfig) -> Result<(), KafkaError> {
                     // With acks=all, a write then survives the loss of any one broker, and
                     // the topic stays writable while one is down.
                     topic = topic.set("min.insync.replicas", "2");
+                }
+                for (k, v) in settings {
+                    topic = topic.set(k, v);
                 }
                 let opts = AdminOptions::new()
                     .operation_timeout(Some(Duration::from_secs(5)))

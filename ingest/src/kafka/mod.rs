@@ -19,10 +19,12 @@ mod source;
 
 use crate::metrics::SignalKind;
 use crate::pipeline::{Encoding, Pipeline};
+use progress::PartitionKey;
 use progress::Progress;
 use rdkafka::ClientContext;
+use rdkafka::TopicPartitionList;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use std::sync::Arc;
@@ -68,6 +70,8 @@ pub struct KafkaSourceStats {
     pub paused: AtomicU64,
     /// Messages read again after a restart whose data the restored checkpoint already held.
     pub already_applied: AtomicU64,
+    /// Partition revocations handled (each rebalance that took partitions away).
+    pub rebalances: AtomicU64,
     /// Errors the consumer reported instead of a message, by librdkafka error code (a missing
     /// topic, an unreachable broker, a batch it cannot decompress).
     pub errors: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
@@ -129,6 +133,11 @@ impl KafkaSourceStats {
                 "Messages read again after a restart whose data the checkpoint already held.",
                 &self.already_applied,
             ),
+            (
+                "trike_kafka_source_rebalances_total",
+                "Group rebalances that took partitions from this consumer.",
+                &self.rebalances,
+            ),
         ] {
             counter(out, name, help, v.load(Relaxed));
         }
@@ -177,9 +186,110 @@ pub fn signal_of(topic: &str) -> Option<SignalKind> {
     }
 }
 
-/// The consumer's context: statistics (every second) feed the lag gauges.
+/// Owns state per partition and so must hear of partitions moving (a fleet processor: each
+/// partition of `trike.partials` carries its services' state in `trike.changelog`). The calls
+/// come on the source's thread inside the group's rebalance, before any message of an
+/// assigned partition is read and after every message of a revoked one that was handed to
+/// the engine has been applied.
+pub trait PartitionOwner: Send + Sync {
+    /// The group assigned `partitions` (the whole new assignment: partitions held before and
+    /// not listed are gone). Take over their state; return, per partition whose state holds
+    /// messages, the offset below which it holds all of them (those are skipped, not applied
+    /// twice).
+    fn assigned(&self, partitions: &[PartitionKey]) -> Vec<(PartitionKey, i64)>;
+    /// The group takes `partitions` away: make their state durable (reporting the offsets it
+    /// covers with [`Progress::durable`], so the commit that follows covers them).
+    fn revoking(&self, partitions: &[PartitionKey]);
+}
+
+/// Messages waiting for room in the engine queue, per partition (shared by the loop and the
+/// rebalance callbacks, which run inside the loop's `poll`).
+pub(crate) type ParkedMap = Arc<
+    parking_lot::Mutex<
+        std::collections::BTreeMap<PartitionKey, std::collections::VecDeque<source::Parked>>,
+    >,
+>;
+
+/// How long a revocation waits for the engine to apply what it was handed.
+const REVOKE_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The consumer's context: statistics (every second) feed the lag gauges; rebalances tell the
+/// partition owner.
 struct SourceContext {
     progress: Arc<Progress>,
+    owner: Option<Arc<dyn PartitionOwner>>,
+    parked: ParkedMap,
+    stats: Arc<KafkaSourceStats>,
+}
+
+fn keys(tpl: &TopicPartitionList) -> Vec<PartitionKey> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl SourceContext {
+    /// Before partitions go: drop what waits for room (the next owner reads it again), wait
+    /// until what the engine was handed is applied, let the owner make the state durable,
+    /// commit, forget.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, parts: &[PartitionKey]) {
+        {
+            let mut parked = self.parked.lock();
+            for key in parts {
+                if let Some(q) = parked.remove(key)
+                    && let Some(first) = q.front()
+                {
+                    self.progress.unread_from(&key.0, key.1, first.offset);
+                    self.stats.paused.fetch_sub(1, Relaxed);
+                }
+            }
+        }
+        let started = std::time::Instant::now();
+        while parts
+            .iter()
+            .any(|(t, p)| self.progress.in_flight(t, *p) > 0)
+        {
+            if started.elapsed() > REVOKE_DRAIN {
+                tracing::error!(
+                    "revoked partitions still have messages in the engine queue after {REVOKE_DRAIN:?}; handing them over anyway"
+                );
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if let Some(owner) = &self.owner {
+            owner.revoking(parts);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, o) in self.progress.committable() {
+            if parts.iter().any(|k| k.0 == t && k.1 == p) {
+                let _ = tpl.add_partition_offset(&t, p, rdkafka::Offset::Offset(o));
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "committing revoked partitions' offsets");
+        }
+        for (t, p) in parts {
+            self.progress.forget(t, *p);
+        }
+        self.stats.rebalances.fetch_add(1, Relaxed);
+    }
+
+    fn assign(&self, parts: &[PartitionKey]) {
+        let Some(owner) = &self.owner else { return };
+        let started = std::time::Instant::now();
+        for ((t, p), offset) in owner.assigned(parts) {
+            self.progress.restore_partition(&t, p, offset);
+        }
+        tracing::info!(
+            partitions = ?parts.iter().map(|k| k.1).collect::<Vec<_>>(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "partitions assigned"
+        );
+    }
 }
 
 impl ClientContext for SourceContext {
@@ -196,7 +306,15 @@ impl ClientContext for SourceContext {
     }
 }
 
-impl ConsumerContext for SourceContext {}
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => self.revoke(consumer, &keys(tpl)),
+            Rebalance::Assign(tpl) => self.assign(&keys(tpl)),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "Kafka rebalance"),
+        }
+    }
+}
 
 /// The running source.
 #[derive(Debug)]
@@ -215,6 +333,17 @@ impl KafkaSource {
         cfg: KafkaSourceConfig,
         pipeline: Arc<Pipeline>,
         progress: Arc<Progress>,
+    ) -> Result<Self, KafkaError> {
+        Self::start_owned(cfg, pipeline, progress, None)
+    }
+
+    /// [`KafkaSource::start`] for a consumer whose state is per partition: `owner` hears of
+    /// every assignment and revocation.
+    pub fn start_owned(
+        cfg: KafkaSourceConfig,
+        pipeline: Arc<Pipeline>,
+        progress: Arc<Progress>,
+        owner: Option<Arc<dyn PartitionOwner>>,
     ) -> Result<Self, KafkaError> {
         for t in &cfg.topics {
             // Partials records carry their own kind; OTLP topics are named for their signal.
@@ -241,15 +370,19 @@ impl KafkaSource {
             // Bounds the prefetch buffer (per partition, and so the memory paused partitions hold).
             .set("queued.max.messages.kbytes", "65536")
             .set("statistics.interval.ms", "1000");
+        let stats = Arc::new(KafkaSourceStats::default());
+        let parked = ParkedMap::default();
         let consumer: BaseConsumer<SourceContext> = cfg
             .client
             .apply(&mut client)
             .create_with_context(SourceContext {
                 progress: progress.clone(),
+                owner,
+                parked: parked.clone(),
+                stats: stats.clone(),
             })?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        let stats = Arc::new(KafkaSourceStats::default());
         let dead = match &cfg.dead_letter_topic {
             Some(t) => Some(dead_letter::DeadLetters::new(
                 &cfg.brokers,
@@ -274,6 +407,7 @@ impl KafkaSource {
                         progress,
                         stats,
                         dead,
+                        parked,
                     }
                     .run(&stop);
                 })

@@ -137,6 +137,50 @@ impl Progress {
             .collect()
     }
 
+    /// `partition` was assigned with a state that holds everything below `offset` (a fleet
+    /// processor's changelog): messages below it are skipped, and it is durable.
+    pub fn restore_partition(&self, topic: &str, partition: i32, offset: i64) {
+        let part = Part {
+            next: offset,
+            durable: offset,
+            skip_below: offset,
+            ..Part::default()
+        };
+        self.parts
+            .lock()
+            .insert((topic.to_string(), partition), part);
+    }
+
+    /// Messages of `partition` from `offset` on were read but will not be applied (they were
+    /// waiting for room when the partition was revoked): they no longer count as read.
+    pub fn unread_from(&self, topic: &str, partition: i32, offset: i64) {
+        if let Some(p) = self.parts.lock().get_mut(&(topic.to_string(), partition)) {
+            let _ = p.pending.split_off(&offset);
+            p.next = p.next.min(offset).max(p.skip_below);
+        }
+    }
+
+    /// Messages of `partition` read and not yet applied.
+    pub fn in_flight(&self, topic: &str, partition: i32) -> usize {
+        self.parts
+            .lock()
+            .get(&(topic.to_string(), partition))
+            .map_or(0, |p| p.pending.len())
+    }
+
+    /// The offset below which `partition` is applied, when it was read at all.
+    pub fn applied_of(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.parts
+            .lock()
+            .get(&(topic.to_string(), partition))
+            .map(Part::applied)
+    }
+
+    /// `partition` is gone from this consumer: nothing of it is committed or reported again.
+    pub fn forget(&self, topic: &str, partition: i32) {
+        self.parts.lock().remove(&(topic.to_string(), partition));
+    }
+
     /// The client's latest high watermarks for the partitions it holds (others are cleared).
     pub fn set_highs(&self, highs: &[(String, i32, i64)]) {
         let mut parts = self.parts.lock();
@@ -216,5 +260,36 @@ mod tests {
         assert_eq!(p.lag(), vec![("t".into(), 0, 9), ("t".into(), 1, 3)]);
         p.set_highs(&[("t".into(), 1, 3)]);
         assert_eq!(p.lag(), vec![("t".into(), 1, 3)]);
+    }
+
+    /// Guarantees: a partition revoked while some of its messages wait for room reports the
+    /// oldest waiting one as its applied offset (they are read again by the next owner); an
+    /// assigned partition's restored offset is durable and skips older messages; a forgotten
+    /// partition is never committed again.
+    #[test]
+    fn partitions_move_in_and_out() {
+        let p = Progress::new(true);
+        for o in 10..15 {
+            p.read("t", 2, o);
+        }
+        p.done("t", 2, 10);
+        p.done("t", 2, 11);
+        p.unread_from("t", 2, 13);
+        assert_eq!(p.in_flight("t", 2), 1, "12 is queued for the engine");
+        p.done("t", 2, 12);
+        assert_eq!(p.in_flight("t", 2), 0);
+        assert_eq!(p.applied_of("t", 2), Some(13));
+
+        p.restore_partition("t", 5, 100);
+        assert_eq!(p.read("t", 5, 99), Read::AlreadyApplied);
+        assert_eq!(p.read("t", 5, 100), Read::Apply);
+        p.durable(&[("t".into(), 2, 13)]);
+        assert_eq!(
+            p.committable(),
+            vec![("t".into(), 2, 13), ("t".into(), 5, 100)]
+        );
+        p.forget("t", 2);
+        assert_eq!(p.committable(), vec![("t".into(), 5, 100)]);
+        assert_eq!(p.applied_of("t", 2), None);
     }
 }

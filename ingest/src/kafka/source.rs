@@ -22,8 +22,8 @@ const SHORT_WAITS: usize = 5;
 
 /// A message waiting for room in the engine queue: decoded once, when it was first offered
 /// (a message refused for memory, or read after its partition was paused, waits undecoded).
-struct Parked {
-    offset: i64,
+pub(crate) struct Parked {
+    pub(crate) offset: i64,
     item: Item,
 }
 
@@ -39,6 +39,8 @@ pub(super) struct Loop {
     pub progress: Arc<Progress>,
     pub stats: Arc<KafkaSourceStats>,
     pub dead: Option<DeadLetters>,
+    /// Shared with the rebalance callbacks, which drop a revoked partition's messages.
+    pub parked: super::ParkedMap,
 }
 
 /// What became of one submission.
@@ -145,6 +147,7 @@ impl Loop {
 
     /// Retries parked messages in order; resumes the partitions that emptied.
     fn retry_parked(&self, parked: &mut BTreeMap<(String, i32), VecDeque<Parked>>) {
+        // (The map is locked by the caller; rebalance callbacks run only inside `poll`.)
         parked.retain(|(topic, partition), q| {
             while let Some(m) = q.pop_front() {
                 if let Err(m) = self.retry(topic, *partition, m) {
@@ -158,17 +161,19 @@ impl Loop {
     }
 
     pub(super) fn run(self, stop: &AtomicBool) {
-        let mut parked: BTreeMap<(String, i32), VecDeque<Parked>> = BTreeMap::new();
         let mut last_commit = Instant::now();
         while !stop.load(Relaxed) {
             if last_commit.elapsed() > COMMIT_EVERY {
                 self.commit(CommitMode::Async);
                 last_commit = Instant::now();
             }
-            if !parked.is_empty() {
-                self.retry_parked(&mut parked);
-            }
-            let wait = if parked.is_empty() { 100 } else { 10 };
+            let wait = {
+                let mut parked = self.parked.lock();
+                if !parked.is_empty() {
+                    self.retry_parked(&mut parked);
+                }
+                if parked.is_empty() { 100 } else { 10 }
+            };
             let Some(result) = self.consumer.poll(Duration::from_millis(wait)) else {
                 continue;
             };
@@ -188,6 +193,7 @@ impl Loop {
             }
             let payload = m.payload().unwrap_or(&[]);
             let key = (topic.to_string(), partition);
+            let mut parked = self.parked.lock();
             if let Some(q) = parked.get_mut(&key) {
                 // Prefetched before the pause took effect: keep the partition's order.
                 q.push_back(Parked {

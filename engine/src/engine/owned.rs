@@ -1,0 +1,97 @@
+//! Moving the state of some services in and out of an engine: a fleet processor owns the
+//! services of the partitions it is assigned, takes their state over from the changelog when
+//! a partition arrives ([`Engine::merge`]), writes it there ([`Engine::snapshot_of`]) and
+//! forgets it when the partition leaves ([`Engine::drop_services`]).
+//!
+//! A service's state is its series and its service record; cumulative-metric baselines are not
+//! part of it (a processor receives partials, whose metrics the gateways already converted).
+
+use super::{Engine, Entry, SNAPSHOT_VERSION, Snapshot, Stats};
+use crate::delta::DeltaTracker;
+use crate::{Error, Result};
+
+impl Engine {
+    /// The state of the services for which `owns(service)` holds: their series and service
+    /// records, the engine's time, and no counters (those stay with the process).
+    pub fn snapshot_of(&self, owns: impl Fn(&str) -> bool) -> Snapshot {
+        let mut series: Vec<_> = self
+            .entries
+            .iter()
+            .filter(|e| owns(&e.key.service))
+            .map(|e| (e.key.clone(), e.state.clone()))
+            .collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut services: Vec<_> = self
+            .services
+            .iter()
+            .filter(|(k, _)| owns(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        services.sort_by(|a, b| a.0.cmp(&b.0));
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            now: self.now,
+            start: self.start,
+            series,
+            services,
+            deltas: DeltaTracker::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Takes over the series and service records of `snap` (from [`Engine::snapshot_of`]),
+    /// replacing what the engine holds under the same keys; returns the series taken. Time
+    /// does not move backwards: the engine keeps the later of the two `now`s. The series count
+    /// cap still holds: series beyond it are not taken (counted as evicted).
+    pub fn merge(&mut self, snap: Snapshot) -> Result<usize> {
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(Error::SnapshotVersion {
+                found: snap.version,
+                expected: SNAPSHOT_VERSION,
+            });
+        }
+        if self.start == 0 || (snap.start != 0 && snap.start < self.start) {
+            self.start = snap.start;
+        }
+        self.now = self.now.max(snap.now);
+        for (name, info) in snap.services {
+            self.services.insert(name, info);
+        }
+        let mut taken = 0;
+        for (key, state) in snap.series {
+            if let Some(&i) = self.index.get(&key) {
+                self.entries[i].state = state;
+                taken += 1;
+            } else if self.entries.len() < self.cfg.max_series {
+                self.index.insert(key.clone(), self.entries.len());
+                self.entries.push(Entry { key, state });
+                taken += 1;
+            } else {
+                self.stats.series_evicted += 1;
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Forgets every series and service record of the services for which `gone(service)`
+    /// holds; returns the series dropped.
+    pub fn drop_services(&mut self, gone: impl Fn(&str) -> bool) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|e| !gone(&e.key.service));
+        let dropped = before - self.entries.len();
+        if dropped > 0 {
+            self.index = self
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.key.clone(), i))
+                .collect();
+        }
+        self.services.retain(|name, _| !gone(name));
+        dropped
+    }
+}
+
+#[cfg(test)]
+#[path = "owned_tests.rs"]
+mod tests;
