@@ -17,6 +17,8 @@ use trike_ingest::listen::{ConnStats, ListenOptions, Listener};
 use trike_ingest::serve_http;
 use trike_ingest::tls::{Alpn, ClientCerts};
 use trike_ingest::{IngestMetrics, Pipeline};
+use trike_runtime::fleet::changelog::Changelog;
+use trike_runtime::fleet::owner::{ChangelogHook, FleetLog, Owner};
 use trike_runtime::hooks::archive::Archiver;
 use trike_runtime::hooks::checkpoint::Checkpointer;
 use trike_runtime::hooks::decide::Decider;
@@ -111,6 +113,12 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         cfg.state_dir = None;
         cfg.archive = None;
     }
+    if role == Role::Processor && cfg.state_dir.is_some() {
+        // A processor's state is per partition, on the changelog topic, so that whichever
+        // processor owns a partition next resumes it.
+        tracing::info!(topic = %cfg.fleet.changelog_topic, "processor: state lives on the changelog topic (state.dir ignored)");
+        cfg.state_dir = None;
+    }
     // A processor reads partials from Kafka: it opens no OTLP port (DESIGN §6).
     let receives = role != Role::Processor;
     let (grpc, http) = if receives {
@@ -191,7 +199,8 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     }
     let engine_cfg = Arc::new(cfg.engine.clone());
     let mut engine = trike_engine::Engine::new(engine_cfg.clone());
-    let mut progress = Progress::new(cfg.state_dir.is_some());
+    // A processor's commits wait for its changelog like a single process's for its checkpoint.
+    let mut progress = Progress::new(cfg.state_dir.is_some() || role == Role::Processor);
     if let Some(dir) = &cfg.state_dir {
         if let Some(c) = trike_runtime::checkpoint::load_engine(dir)? {
             engine = trike_engine::Engine::restore(engine_cfg, c.engine)
@@ -209,10 +218,22 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     memory
         .start_sampling()
         .context("starting the memory limiter")?;
-    let mut shard = Shard::new(engine, Arc::new(SystemClock))
-        .with_memory_limiter(memory.clone())
-        .with_hook(decider)
-        .with_hook(outbox);
+    let mut shard = Shard::new(engine, Arc::new(SystemClock)).with_memory_limiter(memory.clone());
+    let owner = match role {
+        Role::Processor => {
+            let o = start_owner(&cfg, &shard, &decider, &progress)?;
+            outbox = outbox.with_log(Box::new(FleetLog(o.clone())));
+            Some(o)
+        }
+        Role::All | Role::Gateway => None,
+    };
+    shard = shard.with_hook(decider).with_hook(outbox);
+    if let Some(o) = &owner {
+        let every = std::time::Duration::from_secs(cfg.checkpoint_every.secs());
+        shard = shard.with_hook(
+            ChangelogHook::start(o.clone(), every).context("starting the changelog writer")?,
+        );
+    }
     let mut checkpoint_stats = None;
     if let Some(dir) = &cfg.state_dir {
         let every = std::time::Duration::from_secs(cfg.checkpoint_every.secs());
@@ -273,6 +294,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         listeners: listener_stats.clone(),
         memory: Some(memory),
         gateway: gateway.as_ref().map(|g| g.stats()),
+        changelog: owner.as_ref().map(|o| o.changelog().stats.clone()),
         role,
     });
     let (tx, rx) = watch::channel(false);
@@ -341,10 +363,13 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         None => None,
         Some(kc) => {
             let topics = kc.topics.join(", ");
-            let src = trike_ingest::kafka::KafkaSource::start(
+            let src = trike_ingest::kafka::KafkaSource::start_owned(
                 kc,
                 pipeline_for_kafka.clone(),
                 progress.clone(),
+                owner
+                    .clone()
+                    .map(|o| o as Arc<dyn trike_ingest::kafka::PartitionOwner>),
             )
             .context("starting the Kafka source")?;
             tracing::info!(%topics, "consuming OTLP from Kafka");
@@ -373,6 +398,49 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         archive,
         gateway,
     })
+}
+
+/// A processor's partition owner: the partials topic (created like the gateways create it, so
+/// either may start first) and the compacted changelog (DESIGN §6).
+fn start_owner(
+    cfg: &Config,
+    shard: &Shard,
+    decider: &Decider,
+    progress: &Arc<Progress>,
+) -> anyhow::Result<Arc<Owner>> {
+    let brokers = cfg
+        .kafka_brokers
+        .clone()
+        .context("a processor needs kafka.brokers")?;
+    let f = &cfg.fleet;
+    trike_sinks::kafka::ensure_topic(&trike_sinks::kafka::KafkaSinkConfig {
+        brokers: brokers.clone(),
+        topic: f.partials_topic.clone(),
+        partitions: f.partitions,
+        replication: f.replication,
+        client: cfg.kafka_client.clone(),
+    })
+    .with_context(|| format!("creating {}", f.partials_topic))?;
+    let changelog = Changelog::open(
+        &brokers,
+        &cfg.kafka_client,
+        &f.changelog_topic,
+        f.partitions,
+        f.replication,
+    )
+    .with_context(|| format!("opening the changelog {}", f.changelog_topic))?;
+    let partitions = changelog
+        .partitions_of(&f.partials_topic)
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(topic = %f.partials_topic, partitions, changelog = %f.changelog_topic, "processor: services map to the partials topic's partitions");
+    Ok(Arc::new(Owner::new(
+        &f.partials_topic,
+        partitions,
+        shard.writer(),
+        decider.policy(),
+        progress.clone(),
+        Arc::new(changelog),
+    )))
 }
 
 /// A gateway's publisher of partials (DESIGN §6).

@@ -43,6 +43,18 @@ impl EngineHandle {
     }
 }
 
+/// Write access to a shard's engine, for a fleet processor's partition moves only (taking a
+/// partition's state in, dropping a revoked one's). Lock order: the engine, then the policy.
+#[derive(Clone, Debug)]
+pub struct EngineWriter(Arc<Mutex<Engine>>);
+
+impl EngineWriter {
+    /// Locks the engine for writing (blocks the shard's next step).
+    pub fn lock(&self) -> MutexGuard<'_, Engine> {
+        self.0.lock()
+    }
+}
+
 impl Shard {
     /// A shard over `engine`, which starts at the clock's now: cumulative metric streams that
     /// begin after it are counted from their first point.
@@ -72,6 +84,11 @@ impl Shard {
     /// Read access to the engine.
     pub fn handle(&self) -> EngineHandle {
         EngineHandle(self.engine.clone())
+    }
+
+    /// Write access to the engine (a fleet processor's partition owner).
+    pub fn writer(&self) -> EngineWriter {
+        EngineWriter(self.engine.clone())
     }
 
     /// The shard's clock.

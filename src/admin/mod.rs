@@ -63,6 +63,8 @@ pub struct AdminState {
     pub memory: Option<Arc<trike_ingest::memory::MemoryLimiter>>,
     /// A gateway's publisher counters.
     pub gateway: Option<Arc<trike_runtime::fleet::gateway::GatewayStats>>,
+    /// A processor's changelog counters.
+    pub changelog: Option<Arc<trike_runtime::fleet::changelog::ChangelogStats>>,
     /// This process's role in the fleet.
     pub role: crate::config::fleet::Role,
 }

@@ -35,6 +35,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         listeners: vec![("admin", Default::default())],
         memory: Some(Arc::new(trike_ingest::memory::MemoryLimiter::new(1 << 30))),
         gateway: None,
+        changelog: None,
         role: crate::config::fleet::Role::All,
     }
 }

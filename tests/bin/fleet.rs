@@ -1,16 +1,18 @@
 //! The fleet on a real Kafka-protocol broker (tansu, started by `scripts/test`), as separate
-//! `trike run --role …` processes: two gateways and a processor, plus a single `--role all`
-//! process fed the very same requests as the reference.
+//! `trike run --role …` processes: two gateways and up to three processors, plus a single
+//! `--role all` process fed the very same requests as the reference.
 //!
 //! Real OTLP clients send to both gateways: the OTel project's generated gRPC client
-//! (`TraceServiceClient`) with requests of known content, alternating between the gateways, and
-//! the OpenTelemetry SDK's HTTP exporter. Mid-stream the processor is SIGKILLed and restarted
-//! from its `state.dir`.
+//! (`TraceServiceClient`) with requests of known content for six services, alternating between
+//! the gateways, and the OpenTelemetry SDK's HTTP exporter. Mid-stream, partitions move three
+//! times: processor 0 is SIGKILLed and restarted (static membership: it takes its partitions
+//! back from the changelog); processor 1 stops (SIGTERM: it leaves the group, and processor 0
+//! takes its partitions over from the changelog); processor 2 joins (partitions move to it).
 //!
-//! Guarantees: every service's counts at the processor equal what the gateways acknowledged
-//! (`fleet.ack: durable`: a request is answered once its partials are on the broker) — requests
-//! and errors exactly, per series — and its latency quantiles match the single process's within
-//! the digest's error; the gateways' own counters agree.
+//! Guarantees: every service is counted by exactly one processor, and its counts equal what
+//! the gateways acknowledged (`fleet.ack: durable`: a request is answered once its partials are
+//! on the broker) — requests and errors exactly, per series — and its latency quantiles match
+//! the single process's within the digest's error; the gateways' own counters agree.
 //!
 //! Needs `TRIKE_TEST_KAFKA_BROKERS`; without it the test says SKIPPED locally and fails in CI.
 
@@ -91,6 +93,38 @@ fn spawn(config: &Path, role: &str, admin: u16) -> Trike {
         std::thread::sleep(Duration::from_millis(50));
     }
     t
+}
+
+/// Stops `t` with SIGTERM (a clean stop: it leaves the group) and waits for it to exit.
+fn terminate(mut t: Trike) {
+    let pid = t.child.id().to_string();
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {pid}");
+    let started = Instant::now();
+    while t.child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "a processor took over a minute to stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `t` owns `n` partitions; returns how long it took.
+fn wait_owned(t: &Trike, n: u64, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    while metric(t, "trike_fleet_partitions_owned") as u64 != n {
+        assert!(
+            started.elapsed() < timeout,
+            "no {n} partitions owned after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
 }
 
 fn get(t: &Trike, path: &str) -> Option<String> {
@@ -201,6 +235,38 @@ fn count(acked: &mut Acked, req: &trike_proto::collector::trace::v1::ExportTrace
     }
 }
 
+/// Every control event on `topic`, read from the beginning until 3 s pass without a new one.
+fn read_control(brokers: &str, topic: &str) -> Vec<Value> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "fleet-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = reader
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    reader.assign(&tpl).unwrap();
+    let (start, mut last) = (Instant::now(), Instant::now());
+    let mut out = Vec::new();
+    while last.elapsed() < Duration::from_secs(3) && start.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            out.push(
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null),
+            );
+            last = Instant::now();
+        }
+    }
+    out
+}
+
 fn write_config(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, yaml).unwrap();
@@ -208,7 +274,7 @@ fn write_config(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn two_gateways_and_a_processor_count_exactly_what_was_acknowledged() {
+fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_move() {
     let Some(brokers) = brokers() else { return };
     let run = format!(
         "{}x{}",
@@ -219,11 +285,12 @@ fn two_gateways_and_a_processor_count_exactly_what_was_acknowledged() {
             .as_millis()
     );
     let dir = std::env::temp_dir().join(format!("trike-fleet-{run}"));
-    std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
     let common = format!(
-        "fleet: {{ partials_topic: fleet{run}.partials, group_id: trike-processors-{run}, partitions: 4, flush_interval: 250ms }}\n\
-         slos:\n  - {{ name: checkout-latency, service: checkout, objective: 0.99, sli: {{ latency: {{ threshold_ms: 100 }} }} }}\n\
-         sinks: [ {{ type: stdout }} ]\n"
+        "fleet: {{ partials_topic: fleet{run}.partials, changelog_topic: fleet{run}.changelog, group_id: trike-processors-{run}, partitions: 6, flush_interval: 250ms }}\n\
+         slos:\n  - {{ name: checkout-latency, service: checkout, objective: 0.99, sli: {{ latency: {{ threshold_ms: 60 }} }},\n      tiers: [ {{ name: page_fast, factor: 10, long: 5m, short: 1m, severity: page, min_coverage: 0 }} ] }}\n\
+         policies: [ {{ name: page-fast-burn, when: burn_rate.page, action: page }} ]\n\
+         sinks: [ {{ type: stdout }}, {{ type: kafka }} ]\n"
     );
     let gateway_cfg = write_config(
         &dir,
@@ -232,30 +299,36 @@ fn two_gateways_and_a_processor_count_exactly_what_was_acknowledged() {
             "{common}kafka: {{ brokers: \"{brokers}\", control_topic: fleet{run}.control }}\n"
         ),
     );
-    let processor_cfg = write_config(
-        &dir,
-        "processor.yaml",
-        // Static membership, as the Helm chart sets it (the StatefulSet pod name): a restart
-        // takes its partitions back at once.
-        &format!(
-            "{common}state: {{ dir: {}, checkpoint_every: 1s }}\n\
-             kafka: {{ brokers: \"{brokers}\", control_topic: fleet{run}.control, ingest: {{ group_instance_id: processor-0 }} }}\n",
-            dir.join("state").display()
-        ),
-    );
+    // Static membership, as the Helm chart sets it (the StatefulSet pod name): a restart takes
+    // its partitions back at once. No state.dir: a processor's state is on the changelog.
+    let processor_cfg = |i: usize| {
+        write_config(
+            &dir,
+            &format!("processor-{i}.yaml"),
+            &format!(
+                "{common}state: {{ checkpoint_every: 1s }}\n\
+                 kafka: {{ brokers: \"{brokers}\", control_topic: fleet{run}.control, ingest: {{ group_instance_id: processor-{i} }} }}\n"
+            ),
+        )
+    };
     let all_cfg = write_config(
         &dir,
         "all.yaml",
-        "slos:\n  - { name: checkout-latency, service: checkout, objective: 0.99, sli: { latency: { threshold_ms: 100 } } }\n",
+        "slos:\n  - { name: checkout-latency, service: checkout, objective: 0.99, sli: { latency: { threshold_ms: 60 } } }\n",
     );
 
     let gateways = [
         spawn(&gateway_cfg, "gateway", free_port()),
         spawn(&gateway_cfg, "gateway", free_port()),
     ];
-    let processor_admin = free_port();
-    let mut processor = Some(spawn(&processor_cfg, "processor", processor_admin));
+    let admins = [free_port(), free_port(), free_port()];
+    let mut processors: [Option<Trike>; 3] = [
+        Some(spawn(&processor_cfg(0), "processor", admins[0])),
+        Some(spawn(&processor_cfg(1), "processor", admins[1])),
+        None,
+    ];
     let single = spawn(&all_cfg, "all", free_port());
+    wait_owned(processors[0].as_ref().unwrap(), 3, Duration::from_secs(60));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -263,9 +336,26 @@ fn two_gateways_and_a_processor_count_exactly_what_was_acknowledged() {
         .build()
         .unwrap();
     let mut acked = Acked::new();
-    let versions = [svc("checkout", "1.0", 0.02), svc("checkout", "1.1", 0.10)];
+    let services: Vec<Service> = [
+        "checkout",
+        "cart",
+        "payments",
+        "shipping",
+        "search-api",
+        "users",
+    ]
+    .iter()
+    .enumerate()
+    .flat_map(|(k, name)| {
+        [
+            svc(name, "1.0", 0.02),
+            svc(name, "1.1", 0.05 + 0.02 * k as f64),
+        ]
+    })
+    .collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_203);
-    let requests = 240;
+    let rounds = 48;
+    let mut moves = Vec::new();
     rt.block_on(async {
         let connect = |port: u16| async move {
             TraceServiceClient::connect(format!("http://127.0.0.1:{port}"))
@@ -277,26 +367,48 @@ fn two_gateways_and_a_processor_count_exactly_what_was_acknowledged() {
             connect(gateways[1].grpc).await,
         ];
         let to_single = connect(single.grpc).await;
-        // Rounds of 8 concurrent requests (a gateway answers each at its next flush).
-        for round in 0..requests / 8 {
-            // The processor dies a third of the way through, and comes back from its state.
-            if round == requests / 8 / 3 {
-                tokio::task::block_in_place(|| {
-                    let mut p = processor.take().unwrap();
+        // Rounds of 12 concurrent requests, one per service version (a gateway answers each at
+        // its next flush).
+        for round in 0..rounds {
+            tokio::task::block_in_place(|| {
+                if round == rounds / 4 {
+                    // Processor 0 dies and comes back: it takes its partitions back from the
+                    // changelog.
+                    let mut p = processors[0].take().unwrap();
                     p.child.kill().unwrap();
                     p.child.wait().unwrap();
                     drop(p);
-                    processor = Some(spawn(&processor_cfg, "processor", processor_admin));
-                });
-            }
+                    let started = Instant::now();
+                    let p = spawn(&processor_cfg(0), "processor", admins[0]);
+                    wait_owned(&p, 3, Duration::from_secs(60));
+                    moves.push(format!("processor 0 SIGKILLed and restarted: its 3 partitions back in {:?}", started.elapsed()));
+                    processors[0] = Some(p);
+                }
+                if round == rounds / 2 {
+                    // Processor 1 stops: processor 0 takes its partitions over.
+                    let started = Instant::now();
+                    terminate(processors[1].take().unwrap());
+                    let stopped = started.elapsed();
+                    let took = wait_owned(processors[0].as_ref().unwrap(), 6, Duration::from_secs(60));
+                    moves.push(format!("processor 1 SIGTERMed (stopped in {stopped:?}): processor 0 owned all 6 partitions {took:?} later"));
+                }
+                if round == 3 * rounds / 4 {
+                    // Processor 2 joins: partitions move to it.
+                    let started = Instant::now();
+                    let p = spawn(&processor_cfg(2), "processor", admins[2]);
+                    let took = wait_owned(&p, 3, Duration::from_secs(60));
+                    moves.push(format!("processor 2 joined: it owned 3 partitions {:?} after its start", started.elapsed().max(took)));
+                    processors[2] = Some(p);
+                }
+            });
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos() as u64;
             let mut sent = Vec::new();
-            for j in 0..8 {
-                let i = round * 8 + j;
-                let req = versions[i % 2].request(50, now, 200_000_000, &mut rng);
+            for (j, service) in services.iter().enumerate() {
+                let i = round * services.len() + j;
+                let req = service.request(50, now, 200_000_000, &mut rng);
                 let (mut g, mut one) = (to_gateway[i % 2].clone(), to_single.clone());
                 sent.push(tokio::spawn(async move {
                     let r = g.export(req.clone()).await;
@@ -342,52 +454,108 @@ fn two_gateways_and_a_processor_count_exactly_what_was_acknowledged() {
         provider.shutdown().unwrap();
     }
 
-    let processor = processor.unwrap();
-    let want: u64 = acked.values().map(|v| v.0).sum();
-    assert_eq!(want, requests as u64 * 50);
-    let fleet = wait_total(&processor, "checkout", want, Duration::from_secs(60));
-    let reference = wait_total(&single, "checkout", want, Duration::from_secs(30));
-    let mut by_series: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
-    for ((_, route, version), (r, e)) in &acked {
-        let s = by_series
-            .entry((route.clone(), version.clone()))
-            .or_default();
-        s.0 += r;
-        s.1 += e;
-    }
-    let counted: BTreeMap<_, _> = fleet.iter().map(|(k, v)| (k.clone(), (v.0, v.1))).collect();
-    if counted != by_series {
-        let m = get(&processor, "/metrics").unwrap_or_default();
-        for l in m
-            .lines()
-            .filter(|l| l.contains("kafka") || l.contains("engine_"))
-        {
-            eprintln!("processor: {l}");
+    let live: Vec<&Trike> = processors.iter().flatten().collect();
+    assert_eq!(live.len(), 2);
+    let want_all: u64 = acked.values().map(|v| v.0).sum();
+    assert_eq!(want_all, (rounds * services.len()) as u64 * 50);
+    let mut names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let mut by_series: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        for ((service, route, version), (r, e)) in &acked {
+            if service == name {
+                let s = by_series
+                    .entry((route.clone(), version.clone()))
+                    .or_default();
+                s.0 += r;
+                s.1 += e;
+            }
         }
-    }
-    assert_eq!(
-        counted, by_series,
-        "the processor counts what was acknowledged"
-    );
-    for (k, (r, e, q)) in &fleet {
-        let (rr, re, rq) = &reference[k];
-        assert_eq!((r, e), (rr, re), "{k:?}");
-        for (a, b) in q.iter().zip(rq) {
+        let want: u64 = by_series.values().map(|v| v.0).sum();
+        // Exactly one processor holds the service: the owner of its partition.
+        let started = Instant::now();
+        let (owner, fleet) = loop {
+            let counts: Vec<(usize, Slis)> = live
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i, slis(p, name)))
+                .filter(|(_, s)| !s.is_empty())
+                .collect();
+            if counts.len() == 1 && total(&counts[0].1) >= want {
+                break (
+                    counts[0].0,
+                    wait_total(live[counts[0].0], name, want, Duration::from_secs(1)),
+                );
+            }
             assert!(
-                (a - b).abs() <= 0.05 * b.max(1.0),
-                "{k:?}: quantiles {q:?} vs {rq:?}"
+                started.elapsed() < Duration::from_secs(60),
+                "{name}: held by {} processors, {:?} counted, {want} acknowledged",
+                counts.len(),
+                counts.iter().map(|(_, s)| total(s)).collect::<Vec<_>>()
             );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let reference = wait_total(&single, name, want, Duration::from_secs(30));
+        let counted: BTreeMap<_, _> = fleet.iter().map(|(k, v)| (k.clone(), (v.0, v.1))).collect();
+        if counted != by_series {
+            let m = get(live[owner], "/metrics").unwrap_or_default();
+            for l in m
+                .lines()
+                .filter(|l| l.contains("kafka") || l.contains("changelog") || l.contains("engine_"))
+            {
+                eprintln!("processor: {l}");
+            }
+        }
+        assert_eq!(
+            counted, by_series,
+            "{name}: the processor that owns it counts what was acknowledged"
+        );
+        for (k, (r, e, q)) in &fleet {
+            let (rr, re, rq) = &reference[k];
+            assert_eq!((r, e), (rr, re), "{name} {k:?}");
+            for (a, b) in q.iter().zip(rq) {
+                assert!(
+                    (a - b).abs() <= 0.05 * b.max(1.0),
+                    "{name} {k:?}: quantiles {q:?} vs {rq:?}"
+                );
+            }
         }
     }
-    let search = wait_total(&processor, "search", 200, Duration::from_secs(30));
-    assert_eq!(total(&search), 200, "{search:?}");
+    let search = || -> u64 { live.iter().map(|p| total(&slis(p, "search"))).sum() };
+    let started = Instant::now();
+    while search() < 200 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(search(), 200, "the SDK's spans, counted once");
     let published: f64 = gateways
         .iter()
         .map(|g| metric(g, "trike_gateway_observations_total"))
         .sum();
-    assert_eq!(published as u64, want + 200);
+    assert_eq!(published as u64, want_all + 200);
+    // The incident (checkout's latency SLO burning all along) was decided once: whichever
+    // processor owned checkout after a move knew the episode from the changelog.
+    let events = read_control(&brokers, &format!("fleet{run}.control"));
+    let pages: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e["subject"] == "checkout" && e["type"] == "io.trike.control.page")
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        pages.len(),
+        1,
+        "one decision id for the incident; events: {events:?}"
+    );
     eprintln!(
-        "fleet: {want} checkout spans + 200 search spans through 2 gateways, counted exactly by a processor SIGKILLed and restarted mid-stream"
+        "fleet: the checkout incident: decision id {:?}, published {} time(s)",
+        pages.iter().next().unwrap(),
+        events.iter().filter(|e| e["subject"] == "checkout").count()
+    );
+    for m in &moves {
+        eprintln!("fleet: {m}");
+    }
+    eprintln!(
+        "fleet: {want_all} spans of 6 services + 200 SDK spans through 2 gateways, counted exactly once while partitions moved 3 times"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -190,7 +190,10 @@ async fn main() -> anyhow::Result<()> {
         yaml.push_str(&format!("limits: {{ memory_limit: {m} }}\n"));
     }
     let broker = if args.fleet {
-        let b = trike::embedded_broker::EmbeddedBroker::start(&[("trike.partials".into(), 4)])?;
+        let b = trike::embedded_broker::EmbeddedBroker::start(&[
+            ("trike.partials".into(), 4),
+            ("trike.changelog".into(), 4),
+        ])?;
         yaml.push_str(&format!(
             "kafka: {{ brokers: \"{}\" }}\n",
             b.bootstrap_servers()

@@ -372,6 +372,7 @@ impl KafkaSource {
             .set("statistics.interval.ms", "1000");
         let stats = Arc::new(KafkaSourceStats::default());
         let parked = ParkedMap::default();
+        let owned = owner.is_some();
         let consumer: BaseConsumer<SourceContext> = cfg
             .client
             .apply(&mut client)
@@ -408,6 +409,7 @@ impl KafkaSource {
                         stats,
                         dead,
                         parked,
+                        owned,
                     }
                     .run(&stop);
                 })

@@ -41,6 +41,9 @@ pub(super) struct Loop {
     pub dead: Option<DeadLetters>,
     /// Shared with the rebalance callbacks, which drop a revoked partition's messages.
     pub parked: super::ParkedMap,
+    /// A partition owner listens: at a stop, leave the group through the rebalance callbacks
+    /// (the owner makes its partitions' state durable before the next owner reads it).
+    pub owned: bool,
 }
 
 /// What became of one submission.
@@ -233,5 +236,21 @@ impl Loop {
             d.flush();
         }
         self.commit(CommitMode::Sync);
+        if self.owned {
+            self.leave();
+        }
+    }
+
+    /// Unsubscribes and polls until the revocation ran (it commits what it hands over).
+    fn leave(&self) {
+        self.consumer.unsubscribe();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            let _ = self.consumer.poll(Duration::from_millis(50));
+            if self.consumer.assignment().is_ok_and(|a| a.count() == 0) {
+                return;
+            }
+        }
+        tracing::warn!("the Kafka source left its partitions without a revocation within 10 s");
     }
 }

@@ -46,6 +46,10 @@ pub struct PartitionState {
     pub engine: Snapshot,
     /// Their policy episodes and cool-downs.
     pub policy: PolicySnapshot,
+    /// Their control events of the last minute (JSON, with their engine time): the next
+    /// owner publishes them again under the same ids, in case this one could not.
+    #[serde(default)]
+    pub outbox: Vec<(u64, String)>,
 }
 
 /// One chunk of an encoded state.
@@ -199,6 +203,57 @@ pub struct ChangelogStats {
     pub last_restore_ms: AtomicU64,
     /// Series the newest restore brought in.
     pub last_restore_series: AtomicU64,
+    /// Partitions of the partials topic owned now.
+    pub owned: AtomicU64,
+}
+
+impl ChangelogStats {
+    /// Renders the changelog families.
+    pub fn render(&self, out: &mut String) {
+        use trike_engine::expo::{counter, gauge};
+        counter(
+            out,
+            "trike_changelog_writes_total",
+            "Partition states written to the changelog.",
+            self.writes.load(Relaxed),
+        );
+        counter(
+            out,
+            "trike_changelog_write_failures_total",
+            "Partition states that failed to reach the changelog.",
+            self.write_failures.load(Relaxed),
+        );
+        counter(
+            out,
+            "trike_changelog_bytes_total",
+            "Bytes of partition state written to the changelog.",
+            self.bytes.load(Relaxed),
+        );
+        counter(
+            out,
+            "trike_changelog_restores_total",
+            "Changelog reads on assignment, one per newly assigned partition (with state or without).",
+            self.restores.load(Relaxed),
+        );
+        gauge(
+            out,
+            "trike_changelog_restore_duration_seconds",
+            "Time the newest restore took to read the changelog.",
+            self.last_restore_ms.load(Relaxed) as f64 / 1000.0,
+        );
+        gauge(
+            out,
+            "trike_changelog_restore_series",
+            "Series the newest restore brought in.",
+            self.last_restore_series.load(Relaxed) as f64,
+        );
+        gauge(
+            out,
+            "trike_fleet_partitions_owned",
+            "Partitions of the partials topic this processor owns now.",
+            self.owned.load(Relaxed) as f64,
+        );
+    }
 }
 
 #[derive(Default)]
@@ -277,6 +332,22 @@ impl Changelog {
             producer,
             stats: Default::default(),
         })
+    }
+
+    /// The number of partitions of `topic` (the partials topic: services map to its
+    /// partitions by murmur2, as the gateways' producers map them).
+    pub fn partitions_of(&self, topic: &str) -> Result<i32, String> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), TIMEOUT)
+            .map_err(|e| format!("metadata of {topic}: {e}"))?;
+        match md.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().len() as i32)
+            }
+            _ => Err(format!("topic {topic} has no partitions on the broker")),
+        }
     }
 
     /// Writes `state` as `generation` and waits until every chunk is acknowledged.
@@ -406,6 +477,7 @@ mod tests {
             offset: 42,
             engine: e.snapshot_of(|_| true),
             policy: PolicyEngine::new(Policy::new(vec![])).snapshot(),
+            outbox: vec![(now, "{}".into())],
         }
     }
 

@@ -6,4 +6,5 @@
 
 pub mod changelog;
 pub mod gateway;
+pub mod owner;
 pub mod partition;

@@ -4,6 +4,7 @@
 
 use crate::hook::{Decided, Hook, Tick};
 use crate::hooks::outbox::DecisionStore;
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 use trike_engine::anomaly::{DetectorConfig, SliWatch};
@@ -39,7 +40,8 @@ pub struct Decider {
     slos: Vec<Slo>,
     canaries: Vec<CanarySpec>,
     stale: StaleRule,
-    policy: PolicyEngine,
+    /// Shared with a fleet processor's partition owner (locked after the engine).
+    policy: Arc<Mutex<PolicyEngine>>,
     store: Arc<DecisionStore>,
     last: UnixNanos,
     watch: SliWatch,
@@ -55,7 +57,7 @@ impl Decider {
             slos: spec.slos,
             canaries: spec.canaries,
             stale: spec.stale,
-            policy: PolicyEngine::new(spec.policy),
+            policy: Arc::new(Mutex::new(PolicyEngine::new(spec.policy))),
             store,
             last: 0,
             watch,
@@ -64,16 +66,22 @@ impl Decider {
 
     /// Takes over a checkpoint's policy state (episodes, cool-downs).
     pub fn restore(&mut self, snap: PolicySnapshot) {
-        for rule in self.policy.restore(snap) {
+        for rule in self.policy.lock().restore(snap) {
             tracing::warn!(%rule, "checkpointed policy state of a rule no longer configured dropped");
         }
+    }
+
+    /// The policy, shared (a fleet processor moves its services' episodes with their
+    /// partitions). Lock it only while holding the engine's lock, or on the engine thread.
+    pub fn policy(&self) -> Arc<Mutex<PolicyEngine>> {
+        self.policy.clone()
     }
 
     /// Evaluates when [`DECIDE_EVERY`] has passed since the last evaluation.
     fn decide(&mut self, engine: &Engine) -> Option<Decided> {
         let now = engine.now();
-        if self.policy.policy().rules.is_empty() || now < self.last + DECIDE_EVERY.as_nanos() as u64
-        {
+        let mut policy = self.policy.lock();
+        if policy.policy().rules.is_empty() || now < self.last + DECIDE_EVERY.as_nanos() as u64 {
             return None;
         }
         self.last = now;
@@ -85,11 +93,11 @@ impl Decider {
             self.stale,
             Some(&self.watch),
         );
-        let decisions = self.policy.step(now, &facts);
-        *self.store.policy_stats.lock() = self.policy.stats();
+        let decisions = policy.step(now, &facts);
+        *self.store.policy_stats.lock() = policy.stats();
         (!decisions.is_empty()).then(|| Decided {
             decisions,
-            policy: self.policy.snapshot(),
+            policy: policy.snapshot(),
         })
     }
 }
@@ -102,7 +110,7 @@ impl Hook for Decider {
     fn on_finish(&mut self, tick: &mut Tick<'_>) {
         tick.decided = Some(Decided {
             decisions: Vec::new(),
-            policy: self.policy.snapshot(),
+            policy: self.policy.lock().snapshot(),
         });
     }
 }

@@ -131,6 +131,53 @@ impl DecisionStore {
     }
 }
 
+/// Where the outbox makes the policy's state and its recent events durable (write-ahead: the
+/// outbox publishes nothing before `save` returns).
+pub trait DecisionLog: std::fmt::Debug + Send {
+    /// Makes `policy` and `recent` (control events of the last [`OUTBOX_AGE`], with the engine
+    /// time they were decided; those of this round are at `engine.now()`) durable. `clean`: a
+    /// clean stop, the sinks are about to be flushed, so no event needs publishing again.
+    fn save(
+        &mut self,
+        engine: &trike_engine::Engine,
+        policy: PolicySnapshot,
+        recent: &VecDeque<(UnixNanos, ControlEvent)>,
+        clean: bool,
+    );
+    /// Control events (JSON, with their engine time) taken over from elsewhere to publish
+    /// again under their ids (a fleet processor's newly assigned partitions).
+    fn take_republish(&mut self) -> Vec<(UnixNanos, String)> {
+        Vec::new()
+    }
+}
+
+/// `state.dir/policy.ckpt`: the single process's decision log.
+#[derive(Debug)]
+pub struct PolicyFile(pub PathBuf);
+
+impl DecisionLog for PolicyFile {
+    fn save(
+        &mut self,
+        _engine: &trike_engine::Engine,
+        policy: PolicySnapshot,
+        recent: &VecDeque<(UnixNanos, ControlEvent)>,
+        clean: bool,
+    ) {
+        let c = PolicyCheckpoint {
+            version: checkpoint::VERSION,
+            policy,
+            outbox: if clean {
+                Vec::new()
+            } else {
+                recent.iter().map(|(at, e)| (*at, e.to_json())).collect()
+            },
+        };
+        if let Err(e) = checkpoint::save_policy(&self.0, &c) {
+            tracing::error!(dir = %self.0.display(), error = %e, "writing the policy checkpoint");
+        }
+    }
+}
+
 /// Makes decisions durable, then publishes them.
 #[derive(Debug)]
 pub struct Outbox {
@@ -138,8 +185,8 @@ pub struct Outbox {
     key: Option<trike_sinks::signing::SigningKey>,
     store: Arc<DecisionStore>,
     out: SyncSender<ControlEvent>,
-    /// Where the policy checkpoint goes (`state.dir`), if anywhere.
-    persist: Option<PathBuf>,
+    /// Where decisions are made durable before they are published, if anywhere.
+    log: Option<Box<dyn DecisionLog>>,
     /// Control events of the last [`OUTBOX_AGE`], with the engine time they were decided.
     recent: VecDeque<(UnixNanos, ControlEvent)>,
     /// The archive, when configured.
@@ -161,10 +208,16 @@ impl Outbox {
             key,
             store,
             out,
-            persist,
+            log: persist.map(|d| Box::new(PolicyFile(d)) as Box<dyn DecisionLog>),
             recent: VecDeque::new(),
             archive: None,
         }
+    }
+
+    /// Makes decisions durable in `log` instead (a fleet processor's changelog).
+    pub fn with_log(mut self, log: Box<dyn DecisionLog>) -> Self {
+        self.log = Some(log);
+        self
     }
 
     /// Also writes every control event to the archive.
@@ -201,28 +254,15 @@ impl Outbox {
         }
     }
 
-    /// Writes the policy checkpoint: `policy` with the recent events, or with none on a clean
-    /// stop (the sinks are about to be flushed).
-    fn save(&self, policy: PolicySnapshot, clean: bool) {
-        let Some(dir) = &self.persist else { return };
-        let c = PolicyCheckpoint {
-            version: checkpoint::VERSION,
-            policy,
-            outbox: if clean {
-                Vec::new()
-            } else {
-                self.recent
-                    .iter()
-                    .map(|(at, e)| (*at, e.to_json()))
-                    .collect()
-            },
-        };
-        if let Err(e) = checkpoint::save_policy(dir, &c) {
-            tracing::error!(dir = %dir.display(), error = %e, "writing the policy checkpoint");
+    /// Makes `policy` and the recent events durable (with none on a clean stop).
+    fn save(&mut self, engine: &trike_engine::Engine, policy: PolicySnapshot, clean: bool) {
+        if let Some(log) = &mut self.log {
+            log.save(engine, policy, &self.recent, clean);
         }
     }
 
-    fn publish(&mut self, now: UnixNanos, decided: Decided) {
+    fn publish(&mut self, engine: &trike_engine::Engine, decided: Decided) {
+        let now = engine.now();
         let events: Vec<ControlEvent> = decided
             .decisions
             .iter()
@@ -242,7 +282,7 @@ impl Outbox {
             self.recent.pop_front();
         }
         // Write-ahead: durable before anyone can see the events.
-        self.save(decided.policy, false);
+        self.save(engine, decided.policy, false);
         for (d, event) in decided.decisions.into_iter().zip(events) {
             if let Some(i) = ACTIONS.iter().position(|a| *a == d.action) {
                 self.store.by_action[i].fetch_add(1, Relaxed);
@@ -259,14 +299,18 @@ impl Outbox {
 
 impl Hook for Outbox {
     fn on_tick(&mut self, tick: &mut Tick<'_>) {
+        let taken = self.log.as_mut().map(|l| l.take_republish());
+        if let Some(events) = taken.filter(|e| !e.is_empty()) {
+            self.restore(events);
+        }
         if let Some(decided) = tick.decided.take() {
-            self.publish(tick.engine.now(), decided);
+            self.publish(tick.engine, decided);
         }
     }
 
     fn on_finish(&mut self, tick: &mut Tick<'_>) {
         if let Some(decided) = tick.decided.take() {
-            self.save(decided.policy, true);
+            self.save(tick.engine, decided.policy, true);
         }
     }
 }

@@ -1,0 +1,199 @@
+//! A processor's partition owner against the real broker (tansu): partition state goes to the
+//! compacted changelog on revocation, and whichever owner is assigned the partition next takes
+//! it back exactly, with the offset it covers.
+
+use std::sync::Arc;
+use trike_engine::EngineConfig;
+use trike_engine::observation::{Batch, RequestObs, SeriesKey};
+use trike_engine::policy::{Policy, PolicyEngine};
+use trike_engine::sli::{SliQuery, SliRow};
+use trike_engine::time::NANOS_PER_SEC;
+use trike_ingest::kafka::PartitionOwner;
+use trike_ingest::kafka::progress::Progress;
+use trike_runtime::fleet::changelog::Changelog;
+use trike_runtime::fleet::owner::Owner;
+use trike_runtime::fleet::partition::partition_of;
+use trike_runtime::{Shard, SimClock};
+use trike_sinks::kafka_client::ClientProps;
+
+const T0: u64 = 1_800_000_000 * NANOS_PER_SEC;
+const PARTITIONS: i32 = 4;
+const SERVICES: [&str; 8] = [
+    "checkout", "cart", "payments", "shipping", "search", "users", "ads", "mail",
+];
+
+struct Processor {
+    shard: Shard,
+    owner: Arc<Owner>,
+    progress: Arc<Progress>,
+}
+
+fn processor(brokers: &str, topic: &str, changelog: &str) -> Processor {
+    let engine = trike_engine::Engine::new(Arc::new(EngineConfig::default()));
+    let shard = Shard::new(engine, Arc::new(SimClock::at(T0)));
+    let progress = Arc::new(Progress::new(true));
+    let cl = Changelog::open(brokers, &ClientProps::default(), changelog, PARTITIONS, 1).unwrap();
+    let policy = Arc::new(parking_lot::Mutex::new(PolicyEngine::new(Policy::new(
+        vec![],
+    ))));
+    let owner = Arc::new(Owner::new(
+        topic,
+        PARTITIONS,
+        shard.writer(),
+        policy,
+        progress.clone(),
+        Arc::new(cl),
+    ));
+    Processor {
+        shard,
+        owner,
+        progress,
+    }
+}
+
+fn rows(p: &Processor, service: &str) -> Vec<SliRow> {
+    p.shard
+        .handle()
+        .lock()
+        .slis(&SliQuery {
+            service: Some(service.into()),
+            window: "5m".parse().unwrap(),
+        })
+        .unwrap()
+}
+
+fn keys(topic: &str, ps: &[i32]) -> Vec<(String, i32)> {
+    ps.iter().map(|p| (topic.to_string(), *p)).collect()
+}
+
+/// Scenario: processor A owns all four partitions, applies ten messages of each (eight
+/// services), and the group rebalances: A is revoked everything, then assigned partitions 0
+/// and 2 while a fresh processor B is assigned 1 and 3 (the eager protocol's two steps).
+/// Guarantees: the revocation makes every partition's state durable (the offsets A may commit
+/// are exactly the applied ones); B restores partitions 1 and 3 from the changelog, resumes at
+/// offset 10, and answers every SLI row of their services exactly as A did; A keeps 0 and 2
+/// without reading anything and no longer holds the services of 1 and 3; a later revocation
+/// of B writes a newer generation that a third reader takes.
+#[test]
+fn revoked_partitions_resume_exactly_at_their_next_owner() {
+    let Some(brokers) = trike_tests::real_brokers() else {
+        return;
+    };
+    let run = format!(
+        "{}x{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let (topic, changelog) = (
+        format!("owner{run}.partials"),
+        format!("owner{run}.changelog"),
+    );
+    let mut a = processor(&brokers, &topic, &changelog);
+    let all = keys(&topic, &[0, 1, 2, 3]);
+    assert!(
+        a.owner.assigned(&all).is_empty(),
+        "nothing on the changelog yet"
+    );
+    for (p, o) in (0..PARTITIONS).flat_map(|p| (0..10).map(move |o| (p, o))) {
+        a.progress.read(&topic, p, o);
+    }
+    let mut b = Batch::default();
+    for (n, service) in SERVICES.iter().enumerate() {
+        for route in ["/a", "/b"] {
+            let key = b.key_index(SeriesKey::new(service, route, "1.0"));
+            for k in 0..(20 + n as u64) {
+                b.requests.push(RequestObs {
+                    key,
+                    time: T0,
+                    latency_ms: 5.0 + (k * 37 % 400) as f64,
+                    bad: k % 7 == 0,
+                });
+            }
+        }
+    }
+    a.shard.apply([&b]);
+    for (p, o) in (0..PARTITIONS).flat_map(|p| (0..10).map(move |o| (p, o))) {
+        a.progress.done(&topic, p, o);
+    }
+    let before: Vec<Vec<SliRow>> = SERVICES.iter().map(|s| rows(&a, s)).collect();
+    assert!(before.iter().all(|r| r.len() == 2));
+
+    a.owner.revoking(&all);
+    let mut committable = a.progress.committable();
+    committable.sort();
+    assert_eq!(
+        committable,
+        (0..PARTITIONS)
+            .map(|p| (topic.clone(), p, 10))
+            .collect::<Vec<_>>(),
+        "the revocation made every partition durable at its applied offset"
+    );
+    let writes = a
+        .owner
+        .changelog()
+        .stats
+        .writes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(writes, 4);
+
+    let b_proc = processor(&brokers, &topic, &changelog);
+    let mut resumed = b_proc.owner.assigned(&keys(&topic, &[1, 3]));
+    resumed.sort();
+    assert_eq!(
+        resumed,
+        vec![((topic.clone(), 1), 10), ((topic.clone(), 3), 10)]
+    );
+    let reads = || {
+        a.owner
+            .changelog()
+            .stats
+            .restores
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let reads_before = reads();
+    let mut kept = a.owner.assigned(&keys(&topic, &[0, 2]));
+    kept.sort();
+    assert_eq!(
+        kept,
+        vec![((topic.clone(), 0), 10), ((topic.clone(), 2), 10)]
+    );
+    assert_eq!(
+        reads(),
+        reads_before,
+        "partitions kept across the rebalance are not read again"
+    );
+    for (i, service) in SERVICES.iter().enumerate() {
+        let moved = [1, 3].contains(&partition_of(service, PARTITIONS));
+        let (at_a, at_b) = (rows(&a, service), rows(&b_proc, service));
+        if moved {
+            assert!(at_a.is_empty(), "{service} left A");
+            assert_eq!(at_b, before[i], "{service} moved to B unchanged");
+        } else {
+            assert_eq!(at_a, before[i], "{service} stayed at A unchanged");
+            assert!(at_b.is_empty(), "{service} is not B's");
+        }
+    }
+    assert!(
+        SERVICES
+            .iter()
+            .any(|s| [1, 3].contains(&partition_of(s, PARTITIONS))),
+        "some service moved"
+    );
+
+    // B applies two more messages of partition 1 and hands it over again: generation 2.
+    for o in 10..12 {
+        b_proc.progress.read(&topic, 1, o);
+        b_proc.progress.done(&topic, 1, o);
+    }
+    b_proc.owner.revoking(&keys(&topic, &[1]));
+    let c = processor(&brokers, &topic, &changelog);
+    assert_eq!(
+        c.owner.assigned(&keys(&topic, &[1])),
+        vec![((topic.clone(), 1), 12)]
+    );
+    let (generation, state) = c.owner.changelog().read(1).unwrap().unwrap();
+    assert_eq!((generation, state.offset), (2, 12));
+}
