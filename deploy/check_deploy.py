@@ -383,7 +383,18 @@ def check_processor(docs: list[tuple[str, dict]], persistence: bool, fleet: bool
         assert env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name", \
             "POD_NAME is not the pod's name"
         assert (cfg.get("kafka") or {}).get("brokers"), "fleet mode needs kafka.brokers"
+        check_advertised(cfg, env)
     check_listen(cfg, ports, ["admin"] if fleet else ["otlp-grpc", "otlp-http", "admin"])
+
+
+def check_advertised(cfg: dict, env: dict) -> None:
+    """Fleet members advertise their admin API at the pod IP, on the admin port."""
+    url = (cfg.get("fleet") or {}).get("advertise_url", "")
+    port = str(cfg.get("admin", "")).rsplit(":", 1)[-1]
+    assert re.fullmatch(r"https?://\$\{POD_IP\}:" + re.escape(port), url), \
+        f"fleet.advertise_url {url!r} is not the pod IP on the admin port {port}"
+    assert env.get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP", \
+        "POD_IP is not the pod's IP"
 
 
 def check_listen(cfg: dict, ports: dict, names: list[str]) -> None:
@@ -414,6 +425,7 @@ def check_gateway(docs: list[tuple[str, dict]]) -> None:
     cm = one(docs, "ConfigMap", volumes[mounts[str(Path(cfg_path).parent)]]["configMap"]["name"])
     cfg = yaml.safe_load(cm["data"][Path(cfg_path).name])
     check_listen(cfg, ports, ["otlp-grpc", "otlp-http", "admin"])
+    check_advertised(cfg, {e["name"]: e for e in c.get("env", [])})
     labels = dep["spec"]["template"]["metadata"]["labels"]
     sts_labels = one(docs, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
     client = one(docs, "Service", RELEASE)

@@ -18,6 +18,7 @@ use trike_ingest::serve_http;
 use trike_ingest::tls::{Alpn, ClientCerts};
 use trike_ingest::{IngestMetrics, Pipeline};
 use trike_runtime::fleet::changelog::Changelog;
+use trike_runtime::fleet::members::{Member, Members};
 use trike_runtime::fleet::owner::{ChangelogHook, FleetLog, Owner};
 use trike_runtime::hooks::archive::Archiver;
 use trike_runtime::hooks::checkpoint::Checkpointer;
@@ -54,6 +55,8 @@ pub struct Running {
     /// A gateway's partials publisher: stopped after the receivers, so what they accepted is
     /// published.
     gateway: Option<trike_runtime::fleet::gateway::Gateway>,
+    /// The fleet's directory: stopped first (a tombstone), so the others stop routing here.
+    members: Option<Arc<Members>>,
 }
 
 /// How long open HTTP requests may take to finish at shutdown.
@@ -269,6 +272,15 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
             .with_durable_ack(gateway.is_some() && cfg.fleet.ack == AckMode::Durable),
     );
     let pipeline_for_kafka = pipeline.clone();
+    let members = match role {
+        Role::All => None,
+        Role::Gateway | Role::Processor => Some(start_members(
+            &cfg,
+            admin_addr,
+            owner.clone(),
+            progress.clone(),
+        )?),
+    };
     let state = Arc::new(AdminState {
         worker: worker.handle(),
         ingest,
@@ -295,6 +307,9 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         memory: Some(memory),
         gateway: gateway.as_ref().map(|g| g.stats()),
         changelog: owner.as_ref().map(|o| o.changelog().stats.clone()),
+        fleet: members
+            .clone()
+            .map(|m| Arc::new(admin::fleet::FleetView::new(m))),
         role,
     });
     let (tx, rx) = watch::channel(false);
@@ -397,7 +412,63 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         embedded_broker,
         archive,
         gateway,
+        members,
     })
+}
+
+/// Advertises this member on the fleet's directory topic and reads the others'.
+fn start_members(
+    cfg: &Config,
+    admin_addr: SocketAddr,
+    owner: Option<Arc<Owner>>,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Arc<Members>> {
+    let brokers = cfg
+        .kafka_brokers
+        .clone()
+        .context("a fleet member needs kafka.brokers")?;
+    let url = cfg.fleet.advertise_url.clone().unwrap_or_else(|| {
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        if admin_addr.ip().is_unspecified() {
+            format!("{scheme}://{}:{}", cfg.instance, admin_addr.port())
+        } else {
+            format!("{scheme}://{admin_addr}")
+        }
+    });
+    let (instance, role) = (cfg.instance.clone(), cfg.fleet.role.name().to_string());
+    tracing::info!(%url, topic = %cfg.fleet.members_topic, "advertising this member to the fleet");
+    Members::start(
+        &brokers,
+        &cfg.kafka_client,
+        &cfg.fleet.members_topic,
+        cfg.fleet.replication,
+        Arc::new(SystemClock),
+        move || {
+            let (partitions, total, lag) = match &owner {
+                Some(o) => (
+                    o.owned(),
+                    o.partitions(),
+                    progress
+                        .lag()
+                        .iter()
+                        .filter(|(t, _, _)| t == o.topic())
+                        .map(|(_, _, l)| l)
+                        .sum(),
+                ),
+                None => (Vec::new(), 0, 0),
+            };
+            Member {
+                url: url.clone(),
+                instance: instance.clone(),
+                role: role.clone(),
+                partitions,
+                partitions_total: total,
+                lag,
+                at_ms: 0,
+            }
+        },
+    )
+    .with_context(|| format!("joining the fleet's directory {}", cfg.fleet.members_topic))
 }
 
 /// A processor's partition owner: the partials topic (created like the gateways create it, so
@@ -476,6 +547,9 @@ impl Running {
     /// Stops receiving, joins every task, then stops the engine thread.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.state.ready.store(false, Relaxed);
+        if let Some(m) = self.members.take() {
+            tokio::task::spawn_blocking(move || m.stop()).await.ok();
+        }
         let _ = self.shutdown.send(true);
         // A gateway's source is stopped after the gateway (below), so what it read and the
         // gateway published is committed; otherwise the source stops first.

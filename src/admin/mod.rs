@@ -1,6 +1,7 @@
 //! Admin HTTP API on `127.0.0.1:8480`: health, readiness, Prometheus metrics, SLI JSON.
 
 pub mod auth;
+pub mod fleet;
 pub mod history;
 mod prom;
 pub mod query;
@@ -65,6 +66,8 @@ pub struct AdminState {
     pub gateway: Option<Arc<trike_runtime::fleet::gateway::GatewayStats>>,
     /// A processor's changelog counters.
     pub changelog: Option<Arc<trike_runtime::fleet::changelog::ChangelogStats>>,
+    /// The fleet's directory, on gateways and processors.
+    pub fleet: Option<Arc<fleet::FleetView>>,
     /// This process's role in the fleet.
     pub role: crate::config::fleet::Role,
 }
@@ -93,6 +96,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/query", axum::routing::post(query::handler))
         .route("/api/v1/revisions", get(revisions::list))
         .route("/api/v1/revisions/{revision}", get(revisions::show))
+        .route("/api/v1/fleet", get(fleet::members_handler))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            fleet::route,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,

@@ -36,6 +36,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         memory: Some(Arc::new(trike_ingest::memory::MemoryLimiter::new(1 << 30))),
         gateway: None,
         changelog: None,
+        fleet: None,
         role: crate::config::fleet::Role::All,
     }
 }

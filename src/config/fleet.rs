@@ -57,6 +57,11 @@ pub struct RawFleet {
     pub replication: Option<i32>,
     /// Consumer group of the processors (default `trike-processors`).
     pub group_id: Option<String>,
+    /// Compacted topic where members advertise themselves (default `trike.members`).
+    pub members_topic: Option<String>,
+    /// The URL other members reach this one's admin API at (default: `http(s)://` and the
+    /// admin address; in Kubernetes `http://${POD_IP}:8480`).
+    pub advertise_url: Option<String>,
 }
 
 /// `fleet:` validated.
@@ -78,6 +83,10 @@ pub struct FleetConfig {
     pub replication: i32,
     /// The processors' consumer group.
     pub group_id: String,
+    /// The members' directory topic.
+    pub members_topic: String,
+    /// This member's admin URL as the others reach it (none: derived from the admin address).
+    pub advertise_url: Option<String>,
 }
 
 /// Parses `250ms`, `1s`, `1.5s`.
@@ -123,6 +132,17 @@ pub fn validate(raw: RawFleet, role: Role, brokers: bool, p: &mut Vec<String>) -
     };
     let partials_topic = topic(raw.partials_topic, "partials_topic", "trike.partials", p);
     let changelog_topic = topic(raw.changelog_topic, "changelog_topic", "trike.changelog", p);
+    let members_topic = topic(raw.members_topic, "members_topic", "trike.members", p);
+    let advertise_url = raw
+        .advertise_url
+        .map(|u| u.trim_end_matches('/').to_string());
+    if let Some(u) = &advertise_url
+        && !(u.starts_with("http://") || u.starts_with("https://"))
+    {
+        p.push(format!(
+            "fleet.advertise_url: {u:?} is not an http:// or https:// URL, like http://10.0.0.7:8480"
+        ));
+    }
     if role != Role::All && !brokers {
         p.push(format!(
             "--role {}: needs kafka.brokers (or --kafka-brokers / TRIKE_KAFKA_BROKERS): gateways and processors talk through Kafka",
@@ -141,6 +161,8 @@ pub fn validate(raw: RawFleet, role: Role, brokers: bool, p: &mut Vec<String>) -
             .group_id
             .filter(|g| !g.is_empty())
             .unwrap_or_else(|| "trike-processors".into()),
+        members_topic,
+        advertise_url,
     }
 }
 
@@ -181,5 +203,25 @@ mod tests {
             p[2].starts_with("--role gateway: needs kafka.brokers"),
             "{p:?}"
         );
+        assert_eq!(
+            (f.members_topic.as_str(), f.advertise_url),
+            ("trike.members", None)
+        );
+        let mut p = Vec::new();
+        let raw = RawFleet {
+            advertise_url: Some("10.0.0.7:8480".into()),
+            ..RawFleet::default()
+        };
+        validate(raw, Role::Processor, true, &mut p);
+        assert!(
+            p.len() == 1 && p[0].starts_with("fleet.advertise_url"),
+            "{p:?}"
+        );
+        let raw = RawFleet {
+            advertise_url: Some("http://10.0.0.7:8480/".into()),
+            ..RawFleet::default()
+        };
+        let f = validate(raw, Role::Processor, true, &mut p);
+        assert_eq!(f.advertise_url.as_deref(), Some("http://10.0.0.7:8480"));
     }
 }

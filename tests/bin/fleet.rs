@@ -132,11 +132,34 @@ fn get(t: &Trike, path: &str) -> Option<String> {
     (r.status() == 200).then(|| r.text().ok()).flatten()
 }
 
+/// What `t` itself holds, not the fleet (a request marked as already forwarded is answered
+/// where it lands).
+fn get_local(t: &Trike, path: &str) -> Option<String> {
+    let r = reqwest::blocking::Client::new()
+        .get(format!("http://127.0.0.1:{}{path}", t.admin))
+        .header("x-trike-forwarded", "1")
+        .send()
+        .ok()?;
+    (r.status() == 200).then(|| r.text().ok()).flatten()
+}
+
 /// Per series (operation, version): (requests, errors, [p50, p90, p99]).
 type Slis = BTreeMap<(String, String), (u64, u64, Vec<f64>)>;
 
 fn slis(t: &Trike, service: &str) -> Slis {
-    let Some(text) = get(t, &format!("/api/v1/slis?service={service}&window=5m")) else {
+    slis_from(get(t, &format!("/api/v1/slis?service={service}&window=5m")))
+}
+
+/// The SLIs `t` itself holds for `service`.
+fn local_slis(t: &Trike, service: &str) -> Slis {
+    slis_from(get_local(
+        t,
+        &format!("/api/v1/slis?service={service}&window=5m"),
+    ))
+}
+
+fn slis_from(text: Option<String>) -> Slis {
+    let Some(text) = text else {
         return Slis::new();
     };
     let doc: Value = serde_json::from_str(&text).unwrap();
@@ -478,7 +501,7 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
             let counts: Vec<(usize, Slis)> = live
                 .iter()
                 .enumerate()
-                .map(|(i, p)| (i, slis(p, name)))
+                .map(|(i, p)| (i, local_slis(p, name)))
                 .filter(|(_, s)| !s.is_empty())
                 .collect();
             if counts.len() == 1 && total(&counts[0].1) >= want {
@@ -521,7 +544,7 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
             }
         }
     }
-    let search = || -> u64 { live.iter().map(|p| total(&slis(p, "search"))).sum() };
+    let search = || -> u64 { live.iter().map(|p| total(&local_slis(p, "search"))).sum() };
     let started = Instant::now();
     while search() < 200 && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
@@ -551,6 +574,79 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
         pages.iter().next().unwrap(),
         events.iter().filter(|e| e["subject"] == "checkout").count()
     );
+
+    // One API for the fleet: any member answers for every service.
+    let directory: Value =
+        serde_json::from_str(&get(&gateways[0], "/api/v1/fleet").unwrap()).unwrap();
+    let roles: Vec<&str> = directory["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (
+            roles.iter().filter(|r| **r == "processor").count(),
+            roles.iter().filter(|r| **r == "gateway").count()
+        ),
+        (2, 2),
+        "the stopped processor left the directory: {directory}"
+    );
+    assert_eq!(directory["partitions"], 6);
+    assert_eq!(directory["unowned"], serde_json::json!([]), "{directory}");
+    for name in [
+        "checkout",
+        "cart",
+        "payments",
+        "shipping",
+        "search-api",
+        "users",
+        "search",
+    ] {
+        let owner = live
+            .iter()
+            .find(|p| !local_slis(p, name).is_empty())
+            .unwrap();
+        let at_owner = local_slis(owner, name);
+        for node in [&gateways[0], &gateways[1], live[0], live[1]] {
+            assert_eq!(slis(node, name), at_owner, "{name} asked at {}", node.admin);
+        }
+    }
+    let everything: Value =
+        serde_json::from_str(&get(&gateways[1], "/api/v1/slis?window=5m").unwrap()).unwrap();
+    let listed: u64 = everything["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        listed,
+        want_all + 200,
+        "the merged list counts every span once"
+    );
+    let slos: Value = serde_json::from_str(&get(live[0], "/api/v1/slos").unwrap()).unwrap();
+    let slos = slos["slos"].as_array().unwrap();
+    assert_eq!(slos.len(), 1, "one entry per SLO, from its owner: {slos:?}");
+    assert!(
+        slos[0]["tiers"][0]["events_long"].as_f64().unwrap() > 0.0,
+        "the entry is the owner's (the others have no checkout data): {slos:?}"
+    );
+    let decisions: Value =
+        serde_json::from_str(&get(&gateways[0], "/api/v1/decisions").unwrap()).unwrap();
+    let ids: Vec<&str> = decisions["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["subject"] == "checkout" && d["type"] == "io.trike.control.page")
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        pages.iter().copied().collect::<Vec<_>>(),
+        "{decisions}"
+    );
+
     for m in &moves {
         eprintln!("fleet: {m}");
     }

@@ -61,9 +61,10 @@ fn deploy_artifacts_render_and_validate() {
             with_tls += 1;
             text = text.replace("/etc/trike-tls/", &format!("{}/", pki.dir.display()));
         }
-        // The kubelet sets POD_NAME (downward API) where the chart references it.
+        // The kubelet sets POD_NAME and POD_IP (downward API) where the chart references them.
         let lookup = |name: &str| match name {
             "POD_NAME" => Some("trike-0".to_string()),
+            "POD_IP" => Some("10.0.0.7".to_string()),
             _ => std::env::var(name).ok(),
         };
         // Fleet mode's config is read by gateways and processors alike.
@@ -87,6 +88,10 @@ fn deploy_artifacts_render_and_validate() {
                         .expect("a processor reads the partials topic");
                     assert_eq!(src.group_instance_id.as_deref(), Some("trike-0"));
                     assert_eq!(src.topics, std::slice::from_ref(&c.fleet.partials_topic));
+                    assert_eq!(
+                        c.fleet.advertise_url.as_deref(),
+                        Some("http://10.0.0.7:8480")
+                    );
                 }
                 Ok(_) => {}
                 Err(problems) => panic!("{} as {role:?}: {}", path.display(), problems.join("; ")),

@@ -6,5 +6,6 @@
 
 pub mod changelog;
 pub mod gateway;
+pub mod members;
 pub mod owner;
 pub mod partition;

@@ -111,6 +111,16 @@ impl Owner {
         partition_of(service, self.partitions)
     }
 
+    /// Partitions of the partials topic.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// The partials topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// The partitions owned now.
     pub fn owned(&self) -> Vec<i32> {
         let parts = self.parts.lock();

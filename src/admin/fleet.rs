@@ -1,0 +1,353 @@
+//! One API for the whole fleet (DESIGN §6). On a gateway or a processor, a question about one
+//! service (`?service=NAME` on `/api/v1/slis`, `slos`, `gate`, `canaries`, `history`) is
+//! answered by the processor that owns the service's partition: asked elsewhere, the request
+//! is passed to it (with the caller's credentials) and its answer returned as is. A list (the
+//! same paths without a service, and `/api/v1/decisions`) is gathered from every live
+//! processor and merged; members that did not answer are named in `"unreachable"`.
+//! `/api/v1/fleet` lists the members, their partitions and lag.
+//!
+//! A forwarded request carries [`FORWARDED`], and is answered where it lands: no loops.
+
+use super::AdminState;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use trike_runtime::fleet::members::{Member, Members};
+
+/// Marks a request one member passed to another.
+pub const FORWARDED: &str = "x-trike-forwarded";
+
+/// What the admin API knows of the fleet.
+#[derive(Debug)]
+pub struct FleetView {
+    /// The directory.
+    pub members: Arc<Members>,
+    client: reqwest::Client,
+}
+
+impl FleetView {
+    /// A view over `members`.
+    pub fn new(members: Arc<Members>) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Self { members, client }
+    }
+}
+
+/// The paths a service's owner answers, and the list each one returns.
+fn list_key(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "/api/v1/slis" => "series",
+        "/api/v1/slos" => "slos",
+        "/api/v1/gate" => "gates",
+        "/api/v1/canaries" => "canaries",
+        "/api/v1/history" => "history",
+        "/api/v1/decisions" => "decisions",
+        _ => return None,
+    })
+}
+
+fn service_of(query: Option<&str>) -> Option<String> {
+    let q = query?;
+    url_params(q)
+        .into_iter()
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+fn url_params(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            Some((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let h = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The caller's credentials, passed on (a bearer token, or the dashboard's cookie).
+fn credentials(h: &HeaderMap) -> Vec<(header::HeaderName, HeaderValue)> {
+    [header::AUTHORIZATION, header::COOKIE]
+        .into_iter()
+        .filter_map(|n| h.get(&n).map(|v| (n, v.clone())))
+        .collect()
+}
+
+async fn ask(
+    client: reqwest::Client,
+    url: String,
+    path_and_query: String,
+    creds: Vec<(header::HeaderName, HeaderValue)>,
+) -> Result<(StatusCode, Vec<u8>), String> {
+    let mut req = client
+        .get(format!("{url}{path_and_query}"))
+        .header(FORWARDED, "1");
+    for (n, v) in &creds {
+        req = req.header(n.as_str(), v.as_bytes());
+    }
+    let r = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = r.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    Ok((status, body.to_vec()))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The routing middleware (on the fleet's GET paths).
+pub async fn route(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    let Some(view) = s.fleet.as_ref() else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path().to_string();
+    let Some(key) = list_key(&path) else {
+        return next.run(req).await;
+    };
+    if req.headers().contains_key(FORWARDED) || req.method() != axum::http::Method::GET {
+        return next.run(req).await;
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or(path.clone(), |p| p.as_str().to_string());
+    let creds = credentials(req.headers());
+    let me = view.members.me().to_string();
+    let service = service_of(req.uri().query());
+    if let Some(service) = service.filter(|_| path != "/api/v1/decisions") {
+        // One service: its owner answers (here when it is this member, or none is known).
+        return match view.members.owner_of(&service) {
+            Some(owner) if owner.url != me => match ask(
+                view.client.clone(),
+                owner.url.clone(),
+                pq.clone(),
+                creds.clone(),
+            )
+            .await
+            {
+                Ok((status, body)) => json_response(status, body),
+                Err(e) => super::json_error(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the processor that owns {service} did not answer: {e}"),
+                ),
+            },
+            _ => next.run(req).await,
+        };
+    }
+    // A list: every live processor's, merged.
+    let processors: Vec<Member> = view
+        .members
+        .live()
+        .into_iter()
+        .filter(|m| m.role == "processor")
+        .collect();
+    let local = processors.iter().any(|m| m.url == me);
+    let others: Vec<&Member> = processors.iter().filter(|m| m.url != me).collect();
+    let asked: Vec<_> = others
+        .iter()
+        .map(|m| {
+            tokio::spawn(ask(
+                view.client.clone(),
+                m.url.clone(),
+                pq.clone(),
+                creds.clone(),
+            ))
+        })
+        .collect();
+    let mut merged: Option<Value> = None;
+    let mut unreachable = Vec::new();
+    let members = &view.members;
+    // An entry about a service counts only from the service's owner: every processor
+    // evaluates every configured SLO and canary, but only the owner has the service's data.
+    let mut add = |mut doc: Value, from: &str| {
+        if let Some(list) = doc.get_mut(key).and_then(Value::as_array_mut) {
+            list.retain(|e| {
+                e.get("service")
+                    .and_then(Value::as_str)
+                    .and_then(|svc| members.owner_of(svc))
+                    .is_none_or(|o| o.url == from)
+            });
+        }
+        match &mut merged {
+            None => merged = Some(doc),
+            Some(m) => {
+                if let (Some(to), Some(from)) = (
+                    m.get_mut(key).and_then(Value::as_array_mut),
+                    doc.get(key).and_then(Value::as_array),
+                ) {
+                    to.extend(from.iter().cloned());
+                }
+            }
+        }
+    };
+    if local || processors.is_empty() {
+        let r = next.run(req).await;
+        let status = r.status();
+        let body = axum::body::to_bytes(r.into_body(), 64 << 20)
+            .await
+            .unwrap_or_default();
+        if !status.is_success() {
+            return json_response(status, body.to_vec());
+        }
+        if let Ok(doc) = serde_json::from_slice::<Value>(&body) {
+            add(doc, &me);
+        }
+    }
+    for (m, r) in others.iter().zip(asked) {
+        let r = r.await.unwrap_or_else(|e| Err(format!("{}: {e}", m.url)));
+        match r {
+            Ok((status, body)) if status.is_success() => {
+                match serde_json::from_slice::<Value>(&body) {
+                    Ok(doc) => add(doc, &m.url),
+                    Err(e) => unreachable.push(format!("{}: {e}", m.url)),
+                }
+            }
+            Ok((status, body)) => {
+                // The same question fails the same way everywhere (a bad parameter): say so.
+                if status.is_client_error() {
+                    return json_response(status, body);
+                }
+                unreachable.push(format!("{}: {status}", m.url));
+            }
+            Err(e) => unreachable.push(e),
+        }
+    }
+    let mut doc = merged.unwrap_or_else(|| serde_json::json!({ key: [] }));
+    if key == "decisions" {
+        newest_first(&mut doc, limit_of(&pq));
+    }
+    if !unreachable.is_empty()
+        && let Some(o) = doc.as_object_mut()
+    {
+        o.insert("unreachable".into(), serde_json::json!(unreachable));
+    }
+    axum::Json(doc).into_response()
+}
+
+/// `?limit=` of a decisions request (default 100, as the handler's).
+fn limit_of(pq: &str) -> usize {
+    pq.split_once('?')
+        .map(|(_, q)| url_params(q))
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(k, _)| k == "limit")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(100)
+}
+
+/// Decisions gathered from several processors: one per id (a moved partition's new owner
+/// publishes its predecessor's recent events again, under their ids), newest first, `limit`.
+fn newest_first(doc: &mut Value, limit: usize) {
+    let Some(list) = doc.get_mut("decisions").and_then(Value::as_array_mut) else {
+        return;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    list.retain(|e| {
+        seen.insert(
+            e.get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        )
+    });
+    list.sort_by(|a, b| {
+        let t = |e: &Value| {
+            e.get("time")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        t(b).cmp(&t(a))
+    });
+    list.truncate(limit);
+}
+
+/// `GET /api/v1/fleet`: the live members, which partitions each owns, and the partitions no
+/// live processor owns.
+pub async fn members_handler(State(s): State<Arc<AdminState>>) -> Response {
+    let Some(view) = s.fleet.as_ref() else {
+        return super::json_error(
+            StatusCode::NOT_FOUND,
+            "not a fleet member: run with --role gateway or --role processor".into(),
+        );
+    };
+    let live = view.members.live();
+    let total = live.iter().map(|m| m.partitions_total).max().unwrap_or(0);
+    let owned: std::collections::BTreeSet<i32> = live
+        .iter()
+        .filter(|m| m.role == "processor")
+        .flat_map(|m| m.partitions.iter().copied())
+        .collect();
+    let unowned: Vec<i32> = (0..total).filter(|p| !owned.contains(p)).collect();
+    axum::Json(serde_json::json!({
+        "me": view.members.me(),
+        "partitions": total,
+        "unowned": unowned,
+        "members": live,
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guarantees: the service is read from an encoded query like the handlers read it.
+    #[test]
+    fn the_service_of_a_query() {
+        assert_eq!(
+            service_of(Some("window=5m&service=check%2Dout+eu")).as_deref(),
+            Some("check-out eu")
+        );
+        assert_eq!(service_of(Some("service=&window=5m")), None);
+        assert_eq!(service_of(None), None);
+        assert_eq!(limit_of("/api/v1/decisions?limit=7"), 7);
+        assert_eq!(limit_of("/api/v1/decisions"), 100);
+    }
+
+    /// Scenario: two processors' decision lists, one holding an event its predecessor
+    /// published too (a moved partition's outbox).
+    /// Guarantees: one entry per id, newest first, cut to the limit.
+    #[test]
+    fn merged_decisions_are_unique_newest_first_and_limited() {
+        let mut doc = serde_json::json!({ "decisions": [
+            { "id": "a", "time": "2026-12-04T10:00:01Z" },
+            { "id": "b", "time": "2026-12-04T10:00:03Z" },
+            { "id": "a", "time": "2026-12-04T10:00:01Z" },
+            { "id": "c", "time": "2026-12-04T10:00:02Z" },
+        ]});
+        newest_first(&mut doc, 2);
+        let ids: Vec<&str> = doc["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["b", "c"]);
+    }
+}
