@@ -193,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         let b = trike::embedded_broker::EmbeddedBroker::start(&[
             ("trike.partials".into(), 4),
             ("trike.changelog".into(), 4),
+            ("trike.members".into(), 1),
         ])?;
         yaml.push_str(&format!(
             "kafka: {{ brokers: \"{}\" }}\n",
