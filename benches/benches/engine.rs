@@ -1,5 +1,6 @@
-//! Engine costs: applying decoded span batches (1000 series), and answering a 5m SLI query
-//! over all of them.
+//! Engine costs: applying decoded span batches (1000 series), answering a 5m SLI query over
+//! all of them, and a fleet processor applying one flush of partials for 1000 series as the
+//! spans behind each series grow 100× (the processor's cost follows series × flushes).
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
@@ -54,5 +55,62 @@ fn engine(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, engine);
+/// One gateway flush (250 ms) of 1000 series with `per_series` spans each, applied by a
+/// processor: the partials carry counts and a digest per series-second, whatever the spans.
+fn processor(c: &mut Criterion) {
+    let cfg = Arc::new(EngineConfig::default());
+    let mut g = c.benchmark_group("processor");
+    g.throughput(Throughput::Elements(1000));
+    for per_series in [1usize, 10, 100] {
+        // Mid-second, so each series' spans fall in one second: one partial per series.
+        let mid = T0 + 500_000_000;
+        let mut spans = trike_engine::Batch::default();
+        for r in 0..1000 {
+            let key = spans.key_index(trike_engine::SeriesKey::new(
+                "checkout",
+                &format!("/api/r{r}"),
+                "1.0",
+            ));
+            for k in 0..per_series {
+                spans.requests.push(trike_engine::RequestObs {
+                    key,
+                    time: mid,
+                    latency_ms: 1.0 + ((r * 31 + k * 97) % 997) as f64,
+                    bad: k % 50 == 0,
+                });
+            }
+        }
+        let mut builder = trike_engine::partials::PartialBuilder::new(cfg.clone());
+        builder.add(&spans, mid);
+        let mut flush = trike_engine::Batch::default();
+        for s in builder.take() {
+            flush.append(s.batch);
+        }
+        assert_eq!(flush.partials.len(), 1000);
+        g.bench_function(
+            format!("apply_flush_1000_series_{per_series}_spans_each"),
+            |b| {
+                let mut e = Engine::new(cfg.clone());
+                let mut now = T0;
+                b.iter_batched(
+                    || {
+                        // The next flush: its partials are of the current second.
+                        now += 250_000_000;
+                        let mut f = flush.clone();
+                        for p in &mut f.partials {
+                            p.second = now / 1_000_000_000;
+                            p.last_event = now;
+                        }
+                        (f, now)
+                    },
+                    |(f, now)| black_box(e.ingest(&f, now)),
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, engine, processor);
 criterion_main!(benches);

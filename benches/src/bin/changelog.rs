@@ -38,6 +38,13 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRIKE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let t_end = 1_800_000_000 * S;
     let cfg = Arc::new(EngineConfig::default());
     let mut e = Engine::new(cfg.clone());
@@ -92,6 +99,12 @@ fn main() -> anyhow::Result<()> {
     let chunks = encode(&state, 1)?;
     let encode_ms = t.elapsed().as_secs_f64() * 1e3;
     let bytes: usize = chunks.iter().map(|c| c.value.len()).sum();
+    eprintln!(
+        "state of {} series: {bytes} bytes in {} chunks ({} per series); snapshot {snapshot_ms:.0} ms, encode {encode_ms:.0} ms",
+        e.series_count(),
+        chunks.len(),
+        bytes / e.series_count().max(1)
+    );
 
     let embedded;
     let brokers = match &args.brokers {
@@ -117,7 +130,11 @@ fn main() -> anyhow::Result<()> {
         write_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let t = Instant::now();
-    let (generation, back) = cl.read(0).map_err(anyhow::Error::msg)?.expect("written");
+    let Some((generation, back)) = cl.read(0).map_err(anyhow::Error::msg)? else {
+        anyhow::bail!(
+            "the state written is not on {topic} any more: the broker kept only part of the log (the embedded broker keeps a few tens of MB per partition; use --brokers)"
+        );
+    };
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     let mut fresh = Engine::new(cfg);

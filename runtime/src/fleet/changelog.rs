@@ -409,6 +409,7 @@ impl Changelog {
             .fetch_watermarks(&self.topic, partition, TIMEOUT)
             .map_err(|e| format!("changelog {} partition {partition}: {e}", self.topic))?;
         let mut asm = Assembler::default();
+        tracing::debug!(topic = %self.topic, partition, low, high, "reading the changelog");
         if high > low {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.topic, partition, Offset::Beginning)
