@@ -8,11 +8,15 @@
 //! times: processor 0 is SIGKILLed and restarted (static membership: it takes its partitions
 //! back from the changelog); processor 1 stops (SIGTERM: it leaves the group, and processor 0
 //! takes its partitions over from the changelog); processor 2 joins (partitions move to it).
+//! A third gateway is SIGKILLed with requests in flight.
 //!
 //! Guarantees: every service is counted by exactly one processor, and its counts equal what
 //! the gateways acknowledged (`fleet.ack: durable`: a request is answered once its partials are
-//! on the broker) — requests and errors exactly, per series — and its latency quantiles match
-//! the single process's within the digest's error; the gateways' own counters agree.
+//! on the broker) — requests and errors exactly, per series; for the series the killed gateway
+//! held unanswered requests of, at least what was acknowledged and at most that plus the
+//! unanswered — and its latency quantiles match the single process's within the digest's
+//! error; the gateways' own counters agree; the incident has one decision id; any member
+//! answers for every service with its owner's answer.
 //!
 //! Needs `TRIKE_TEST_KAFKA_BROKERS`; without it the test says SKIPPED locally and fails in CI.
 
@@ -344,6 +348,9 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
         spawn(&gateway_cfg, "gateway", free_port()),
         spawn(&gateway_cfg, "gateway", free_port()),
     ];
+    // A third gateway, SIGKILLed with requests in flight.
+    let mut victim = Some(spawn(&gateway_cfg, "gateway", free_port()));
+    let victim_grpc = victim.as_ref().unwrap().grpc;
     let admins = [free_port(), free_port(), free_port()];
     let mut processors: [Option<Trike>; 3] = [
         Some(spawn(&processor_cfg(0), "processor", admins[0])),
@@ -359,6 +366,10 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
         .build()
         .unwrap();
     let mut acked = Acked::new();
+    // Requests the killed gateway never answered: their data may or may not have reached the
+    // broker before it died (the client would send them again).
+    let mut in_doubt = Acked::new();
+    let mut acked_by_victim = 0u64;
     let services: Vec<Service> = [
         "checkout",
         "cart",
@@ -390,6 +401,7 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
             connect(gateways[1].grpc).await,
         ];
         let to_single = connect(single.grpc).await;
+        let to_victim = connect(victim_grpc).await;
         // Rounds of 12 concurrent requests, one per service version (a gateway answers each at
         // its next flush).
         for round in 0..rounds {
@@ -428,21 +440,46 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos() as u64;
+            // In one round, half the requests go to the victim, which dies before answering
+            // (a durable gateway answers at its next flush, up to 250 ms later).
+            let kill_round = round == rounds / 3;
             let mut sent = Vec::new();
             for (j, service) in services.iter().enumerate() {
                 let i = round * services.len() + j;
                 let req = service.request(50, now, 200_000_000, &mut rng);
-                let (mut g, mut one) = (to_gateway[i % 2].clone(), to_single.clone());
+                let to_victim_now = kill_round && i % 2 == 1;
+                let mut g = if to_victim_now {
+                    to_victim.clone()
+                } else {
+                    to_gateway[i % 2].clone()
+                };
+                let mut one = to_single.clone();
                 sent.push(tokio::spawn(async move {
                     let r = g.export(req.clone()).await;
                     one.export(req.clone()).await.unwrap();
-                    (i, r.map(|_| req))
+                    (i, to_victim_now, r.map(|_| ()), req)
                 }));
+            }
+            if kill_round {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                tokio::task::block_in_place(|| {
+                    let mut v = victim.take().unwrap();
+                    v.child.kill().unwrap();
+                    v.child.wait().unwrap();
+                });
             }
             for t in sent {
                 match t.await.unwrap() {
-                    (_, Ok(req)) => count(&mut acked, &req),
-                    (i, Err(e)) => panic!("gateway {} refused request {i}: {e}", i % 2),
+                    (_, via_victim, Ok(()), req) => {
+                        count(&mut acked, &req);
+                        if via_victim {
+                            acked_by_victim += 50;
+                        }
+                    }
+                    (_, true, Err(_), req) => count(&mut in_doubt, &req),
+                    (i, false, Err(e), _) => {
+                        panic!("gateway {} refused request {i}: {e}", i % 2)
+                    }
                 }
             }
         }
@@ -480,18 +517,22 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
     let live: Vec<&Trike> = processors.iter().flatten().collect();
     assert_eq!(live.len(), 2);
     let want_all: u64 = acked.values().map(|v| v.0).sum();
-    assert_eq!(want_all, (rounds * services.len()) as u64 * 50);
+    let doubt_all: u64 = in_doubt.values().map(|v| v.0).sum();
+    assert_eq!(want_all + doubt_all, (rounds * services.len()) as u64 * 50);
+    assert!(doubt_all > 0, "the victim died with requests in flight");
+    let mut counted_all = 0;
     let mut names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
     names.dedup();
     for name in names {
         let mut by_series: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
-        for ((service, route, version), (r, e)) in &acked {
-            if service == name {
-                let s = by_series
-                    .entry((route.clone(), version.clone()))
-                    .or_default();
-                s.0 += r;
-                s.1 += e;
+        let mut doubt: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        for (to, from) in [(&mut by_series, &acked), (&mut doubt, &in_doubt)] {
+            for ((service, route, version), (r, e)) in from {
+                if service == name {
+                    let s = to.entry((route.clone(), version.clone())).or_default();
+                    s.0 += r;
+                    s.1 += e;
+                }
             }
         }
         let want: u64 = by_series.values().map(|v| v.0).sum();
@@ -518,9 +559,19 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        let reference = wait_total(&single, name, want, Duration::from_secs(30));
+        let in_doubt_here: u64 = doubt.values().map(|v| v.0).sum();
+        let reference = wait_total(&single, name, want + in_doubt_here, Duration::from_secs(30));
         let counted: BTreeMap<_, _> = fleet.iter().map(|(k, v)| (k.clone(), (v.0, v.1))).collect();
-        if counted != by_series {
+        counted_all += total(&fleet);
+        // Exact where nothing was in doubt; where the victim died holding requests, at least
+        // what was acknowledged and at most that plus the unanswered requests.
+        let within = counted.keys().chain(by_series.keys()).all(|k| {
+            let c = counted.get(k).copied().unwrap_or_default();
+            let a = by_series.get(k).copied().unwrap_or_default();
+            let d = doubt.get(k).copied().unwrap_or_default();
+            c.0 >= a.0 && c.0 <= a.0 + d.0 && c.1 >= a.1 && c.1 <= a.1 + d.1
+        });
+        if !within {
             let m = get(live[owner], "/metrics").unwrap_or_default();
             for l in m
                 .lines()
@@ -529,12 +580,20 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
                 eprintln!("processor: {l}");
             }
         }
-        assert_eq!(
-            counted, by_series,
-            "{name}: the processor that owns it counts what was acknowledged"
+        assert!(
+            within,
+            "{name}: the processor that owns it counts what was acknowledged: {counted:?} vs acknowledged {by_series:?} + in doubt {doubt:?}"
         );
+        if doubt.is_empty() {
+            assert_eq!(counted, by_series, "{name}: exact");
+        }
         for (k, (r, e, q)) in &fleet {
             let (rr, re, rq) = &reference[k];
+            if doubt.contains_key(k) {
+                // Fed different data than the reference (the unanswered requests the fleet
+                // did not count): counts are bounded above, quantiles not comparable.
+                continue;
+            }
             assert_eq!((r, e), (rr, re), "{name} {k:?}");
             for (a, b) in q.iter().zip(rq) {
                 assert!(
@@ -555,7 +614,16 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
         .iter()
         .map(|g| metric(g, "trike_gateway_observations_total"))
         .sum();
-    assert_eq!(published as u64, want_all + 200);
+    assert_eq!(
+        published as u64 + acked_by_victim,
+        want_all + 200,
+        "the surviving gateways published what they acknowledged"
+    );
+    eprintln!(
+        "fleet: a gateway SIGKILLed with {} requests in flight ({doubt_all} spans in doubt): {} spans of them counted; it had acknowledged {acked_by_victim} spans, all counted",
+        doubt_all / 50,
+        counted_all - want_all
+    );
     // The incident (checkout's latency SLO burning all along) was decided once: whichever
     // processor owned checkout after a move knew the episode from the changelog.
     let events = read_control(&brokers, &format!("fleet{run}.control"));
@@ -622,7 +690,7 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
         .sum();
     assert_eq!(
         listed,
-        want_all + 200,
+        counted_all + 200,
         "the merged list counts every span once"
     );
     let slos: Value = serde_json::from_str(&get(live[0], "/api/v1/slos").unwrap()).unwrap();
@@ -651,7 +719,7 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
         eprintln!("fleet: {m}");
     }
     eprintln!(
-        "fleet: {want_all} spans of 6 services + 200 SDK spans through 2 gateways, counted exactly once while partitions moved 3 times"
+        "fleet: {want_all} spans of 6 services + 200 SDK spans through 3 gateways, counted exactly once while partitions moved 3 times and a gateway died"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
