@@ -599,26 +599,10 @@ impl Engine {
 
     /// Copies the whole state.
     pub fn snapshot(&self) -> Snapshot {
-        let mut series: Vec<_> = self
-            .entries
-            .iter()
-            .map(|e| (e.key.clone(), e.state.clone()))
-            .collect();
-        series.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut services: Vec<_> = self
-            .services
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        services.sort_by(|a, b| a.0.cmp(&b.0));
         Snapshot {
-            version: SNAPSHOT_VERSION,
-            now: self.now,
-            start: self.start,
-            series,
-            services,
             deltas: self.deltas.clone(),
             stats: self.stats,
+            ..self.snapshot_of(|_| true)
         }
     }
 

@@ -53,41 +53,17 @@ fn list_key(path: &str) -> Option<&'static str> {
     })
 }
 
+/// A query string's parameters, decoded as the handlers' `Query` extractor decodes them.
+fn params(query: Option<&str>) -> std::collections::HashMap<String, String> {
+    query
+        .and_then(|q| axum::http::Uri::try_from(format!("/?{q}")).ok())
+        .and_then(|u| axum::extract::Query::try_from_uri(&u).ok())
+        .map(|axum::extract::Query(m)| m)
+        .unwrap_or_default()
+}
+
 fn service_of(query: Option<&str>) -> Option<String> {
-    let q = query?;
-    url_params(q)
-        .into_iter()
-        .find(|(k, _)| k == "service")
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
-}
-
-fn url_params(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            Some((decode(k)?, decode(v)?))
-        })
-        .collect()
-}
-
-fn decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let h = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    params(query).remove("service").filter(|v| !v.is_empty())
 }
 
 /// The caller's credentials, passed on (a bearer token, or the dashboard's cookie).
@@ -251,12 +227,9 @@ pub async fn route(State(s): State<Arc<AdminState>>, req: Request, next: Next) -
 
 /// `?limit=` of a decisions request (default 100, as the handler's).
 fn limit_of(pq: &str) -> usize {
-    pq.split_once('?')
-        .map(|(_, q)| url_params(q))
-        .unwrap_or_default()
-        .into_iter()
-        .find(|(k, _)| k == "limit")
-        .and_then(|(_, v)| v.parse().ok())
+    params(pq.split_once('?').map(|(_, q)| q))
+        .get("limit")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(100)
 }
 

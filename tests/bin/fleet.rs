@@ -294,6 +294,16 @@ fn read_control(brokers: &str, topic: &str) -> Vec<Value> {
     out
 }
 
+/// The services the gRPC clients send for (the SDK's exporter sends for `search`).
+const SERVICES: [&str; 6] = [
+    "checkout",
+    "cart",
+    "payments",
+    "shipping",
+    "search-api",
+    "users",
+];
+
 fn write_config(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, yaml).unwrap();
@@ -370,23 +380,16 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
     // broker before it died (the client would send them again).
     let mut in_doubt = Acked::new();
     let mut acked_by_victim = 0u64;
-    let services: Vec<Service> = [
-        "checkout",
-        "cart",
-        "payments",
-        "shipping",
-        "search-api",
-        "users",
-    ]
-    .iter()
-    .enumerate()
-    .flat_map(|(k, name)| {
-        [
-            svc(name, "1.0", 0.02),
-            svc(name, "1.1", 0.05 + 0.02 * k as f64),
-        ]
-    })
-    .collect();
+    let services: Vec<Service> = SERVICES
+        .iter()
+        .enumerate()
+        .flat_map(|(k, name)| {
+            [
+                svc(name, "1.0", 0.02),
+                svc(name, "1.1", 0.05 + 0.02 * k as f64),
+            ]
+        })
+        .collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_203);
     let rounds = 48;
     let mut moves = Vec::new();
@@ -662,15 +665,7 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
     );
     assert_eq!(directory["partitions"], 6);
     assert_eq!(directory["unowned"], serde_json::json!([]), "{directory}");
-    for name in [
-        "checkout",
-        "cart",
-        "payments",
-        "shipping",
-        "search-api",
-        "users",
-        "search",
-    ] {
+    for name in SERVICES.iter().chain(&["search"]) {
         let owner = live
             .iter()
             .find(|p| !local_slis(p, name).is_empty())

@@ -188,6 +188,19 @@ pub fn real_brokers() -> Option<String> {
     }
 }
 
+/// A name unique to this run (process id and start time): tansu keeps data between runs, so
+/// topics and groups are named per run.
+pub fn run_id() -> String {
+    format!(
+        "{}x{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    )
+}
+
 /// Every record on `topic` (all partitions, from the beginning) as JSON, with its key: reads
 /// until nothing new arrives for `idle` after the first record (or 15 s pass with none, or 30 s
 /// in all).

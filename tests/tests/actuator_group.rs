@@ -45,14 +45,7 @@ async fn two_actuators_split_the_partitions_and_execute_each_event_once() {
         return;
     };
     // tansu keeps data between runs: unique names per run.
-    let run_id = format!(
-        "{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let run_id = trike_tests::run_id();
     let control = format!("grp{run_id}.control");
     let actions = format!("grp{run_id}.actions");
     let claims = format!("grp{run_id}.claims");

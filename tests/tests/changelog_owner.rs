@@ -79,14 +79,7 @@ fn revoked_partitions_resume_exactly_at_their_next_owner() {
     let Some(brokers) = trike_tests::real_brokers() else {
         return;
     };
-    let run = format!(
-        "{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let run = trike_tests::run_id();
     let (topic, changelog) = (
         format!("owner{run}.partials"),
         format!("owner{run}.changelog"),

@@ -54,14 +54,7 @@ async fn every_codec_is_read_from_the_real_broker() {
     let Some(brokers) = trike_tests::real_brokers() else {
         return;
     };
-    let run = format!(
-        "{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let run = trike_tests::run_id();
     let topic = format!("codecs{run}_otlp_spans");
     ensure_topic(&KafkaSinkConfig {
         brokers: brokers.clone(),

@@ -34,14 +34,7 @@ async fn spans_topic_to_signed_rollback_to_webhook_and_outcome() {
         return;
     };
     // tansu keeps data between runs: unique names per run.
-    let run = format!(
-        "{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let run = trike_tests::run_id();
     let spans_topic = format!("e2e{run}_otlp_spans");
     let control_topic = format!("trike.control.{run}");
     let topic = |name: &str| KafkaSinkConfig {
