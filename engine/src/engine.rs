@@ -9,7 +9,7 @@ use crate::config::{EngineConfig, SignalSource};
 use crate::delta::{Delta, DeltaTracker};
 use crate::observation::{Batch, HistogramObs, SeriesKey, Temporality};
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos, secs};
-use crate::window::{MAX_THRESHOLDS, SeriesState};
+use crate::window::{MAX_THRESHOLDS, SeriesState, VersionDigests};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -78,12 +78,41 @@ struct ServiceInfo {
 struct Entry {
     key: SeriesKey,
     state: SeriesState,
+    /// The oldest event second applied since the changes were last taken
+    /// ([`Engine::take_changes`]); [`UNCHANGED`] when none.
+    changed_from: u64,
+}
+
+impl Entry {
+    fn new(key: SeriesKey, state: SeriesState) -> Self {
+        Self {
+            key,
+            state,
+            changed_from: UNCHANGED,
+        }
+    }
+}
+
+/// `changed_from` of a series or version with no change to take.
+const UNCHANGED: u64 = u64::MAX;
+
+/// A service version, as the key of its [`VersionDigests`].
+type VersionKey = (Arc<str>, Arc<str>);
+
+#[derive(Clone, Debug, PartialEq)]
+struct VersionEntry {
+    key: VersionKey,
+    digests: VersionDigests,
+    /// As [`Entry::changed_from`].
+    changed_from: u64,
 }
 
 /// A key of a batch, resolved once per batch.
 #[derive(Clone, Copy)]
 struct Resolved {
     entry: usize,
+    /// Index of the entry's version in `Engine::versions`.
+    version: usize,
     overflow: bool,
     thresholds: [f64; MAX_THRESHOLDS],
     n_thresholds: usize,
@@ -111,6 +140,13 @@ pub struct Snapshot {
     now: UnixNanos,
     start: UnixNanos,
     series: Vec<(SeriesKey, SeriesState)>,
+    /// The versions' hour of latency digests (absent from snapshots written before it was
+    /// kept per version: their series carry it, see [`SeriesState::take_legacy_hour`]).
+    #[serde(default)]
+    versions: Vec<(VersionKey, VersionDigests)>,
+    /// Of a change set ([`Engine::take_changes`]): series removed since the previous one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    removed: Vec<SeriesKey>,
     services: Vec<(Arc<str>, ServiceInfo)>,
     deltas: DeltaTracker,
     stats: Stats,
@@ -122,6 +158,8 @@ pub struct Engine {
     cfg: Arc<EngineConfig>,
     entries: Vec<Entry>,
     index: HashMap<SeriesKey, usize>,
+    versions: Vec<VersionEntry>,
+    version_index: HashMap<VersionKey, usize>,
     services: HashMap<Arc<str>, ServiceInfo>,
     deltas: DeltaTracker,
     now: UnixNanos,
@@ -130,6 +168,10 @@ pub struct Engine {
     stats: Stats,
     /// Memory is short: new series fold into overflow series, as at the global cap.
     shedding: bool,
+    /// Changes are taken ([`Engine::track_changes`]): removed series are remembered.
+    tracking: bool,
+    /// Series removed since the changes of their service were last taken.
+    removed: Vec<SeriesKey>,
 }
 
 impl Engine {
@@ -139,6 +181,8 @@ impl Engine {
             cfg,
             entries: Vec::new(),
             index: HashMap::new(),
+            versions: Vec::new(),
+            version_index: HashMap::new(),
             services: HashMap::new(),
             deltas: DeltaTracker::default(),
             now: 0,
@@ -146,6 +190,8 @@ impl Engine {
             last_sweep_s: 0,
             stats: Stats::default(),
             shedding: false,
+            tracking: false,
+            removed: Vec::new(),
         }
     }
 
@@ -204,14 +250,25 @@ impl Engine {
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
-    /// Heap bytes of all series, keys and index included (an estimate).
+    /// Heap bytes of the versions' hour of latency digests.
+    pub fn version_heap_bytes(&self) -> usize {
+        let per_version =
+            std::mem::size_of::<VersionEntry>() + std::mem::size_of::<(VersionKey, usize)>() + 16;
+        self.versions
+            .iter()
+            .map(|v| v.digests.heap_bytes() + per_version)
+            .sum()
+    }
+
+    /// Heap bytes of all series and versions, keys and index included (an estimate).
     pub fn heap_bytes(&self) -> usize {
         let per_entry =
             std::mem::size_of::<Entry>() + std::mem::size_of::<(SeriesKey, usize)>() + 16;
         self.entries
             .iter()
             .map(|e| e.state.heap_bytes() + e.key.heap_bytes() + per_entry)
-            .sum()
+            .sum::<usize>()
+            + self.version_heap_bytes()
     }
 
     fn observe_now(&mut self, now: UnixNanos) {
@@ -222,6 +279,36 @@ impl Engine {
     }
 
     fn resolve(&mut self, key: &SeriesKey) -> Resolved {
+        let mut r = self.resolve_entry(key);
+        let k = &self.entries[r.entry].key;
+        r.version = self.version_for((k.service.clone(), k.version.clone()));
+        r
+    }
+
+    /// The index of a version's digests, created empty if missing.
+    fn version_for(&mut self, key: VersionKey) -> usize {
+        if let Some(&i) = self.version_index.get(&key) {
+            return i;
+        }
+        self.versions.push(VersionEntry {
+            key: key.clone(),
+            digests: VersionDigests::default(),
+            changed_from: UNCHANGED,
+        });
+        self.version_index.insert(key, self.versions.len() - 1);
+        self.versions.len() - 1
+    }
+
+    /// Hands the hour of digests a series read from an old checkpoint to its version.
+    fn adopt_legacy_hour(&mut self, entry: usize) {
+        if let Some(ring) = self.entries[entry].state.take_legacy_hour() {
+            let k = &self.entries[entry].key;
+            let v = self.version_for((k.service.clone(), k.version.clone()));
+            self.versions[v].digests.absorb(&ring);
+        }
+    }
+
+    fn resolve_entry(&mut self, key: &SeriesKey) -> Resolved {
         let thresholds_cfg = self.cfg.thresholds_for(&key.service);
         let mut thresholds = [f64::INFINITY; MAX_THRESHOLDS];
         thresholds[..thresholds_cfg.len()].copy_from_slice(thresholds_cfg);
@@ -237,6 +324,7 @@ impl Engine {
         };
         let mut r = Resolved {
             entry: 0,
+            version: 0,
             overflow: false,
             thresholds,
             n_thresholds: thresholds_cfg.len(),
@@ -277,10 +365,8 @@ impl Engine {
         if let Some(&i) = self.index.get(&key) {
             return i;
         }
-        self.entries.push(Entry {
-            key: key.clone(),
-            state: SeriesState::default(),
-        });
+        self.entries
+            .push(Entry::new(key.clone(), SeriesState::default()));
         self.index.insert(key, self.entries.len() - 1);
         self.entries.len() - 1
     }
@@ -321,7 +407,8 @@ impl Engine {
                 continue;
             };
             let within = res.within(r.latency_ms, 1);
-            let e = &mut self.entries[res.entry].state;
+            let entry = &mut self.entries[res.entry];
+            let e = &mut entry.state;
             if e.apply(
                 t_s,
                 now_s,
@@ -331,6 +418,10 @@ impl Engine {
                 Some(r.latency_ms),
                 compression,
             ) {
+                entry.changed_from = entry.changed_from.min(t_s);
+                let v = &mut self.versions[res.version];
+                v.digests.add(t_s, now_s, r.latency_ms, 1, compression);
+                v.changed_from = v.changed_from.min(t_s);
                 e.last_event = e.last_event.max(r.time.min(self.now));
                 e.last_arrival = self.now;
                 rep.applied += 1;
@@ -381,13 +472,21 @@ impl Engine {
                 rep.late += 1;
                 continue;
             };
-            let e = &mut self.entries[res.entry].state;
+            let entry = &mut self.entries[res.entry];
+            let e = &mut entry.state;
+            let version = &mut self.versions[res.version];
+            let v = &mut version.digests;
             let mut any = false;
             let thresholds = &res.thresholds[..res.n_thresholds];
             for_each_bucket(h, &counts, thresholds, |c, errors, within, rep_ms| {
-                any |= e.apply(t_s, now_s, c, errors, within, Some(rep_ms), compression);
+                if e.apply(t_s, now_s, c, errors, within, Some(rep_ms), compression) {
+                    v.add(t_s, now_s, rep_ms, c, compression);
+                    any = true;
+                }
             });
             if any {
+                entry.changed_from = entry.changed_from.min(t_s);
+                version.changed_from = version.changed_from.min(t_s);
                 e.last_event = e.last_event.max(h.time.min(self.now));
                 e.last_arrival = self.now;
                 metric_points += 1;
@@ -417,7 +516,8 @@ impl Engine {
                 rep.late += 1;
                 continue;
             };
-            let e = &mut self.entries[res.entry].state;
+            let entry = &mut self.entries[res.entry];
+            let e = &mut entry.state;
             let errors = if c.bad { n } else { 0 };
             if e.apply(
                 t_s,
@@ -428,6 +528,7 @@ impl Engine {
                 None,
                 compression,
             ) {
+                entry.changed_from = entry.changed_from.min(t_s);
                 e.last_event = e.last_event.max(c.time.min(self.now));
                 e.last_arrival = self.now;
                 metric_points += 1;
@@ -533,6 +634,12 @@ impl Engine {
             return;
         }
         self.last_sweep_s = now_s;
+        self.sweep(now_s);
+    }
+
+    /// Evicts buckets out of retention at `now_s`, removes series with no data left, folds
+    /// idle series and forgets silent services and metric streams.
+    fn sweep(&mut self, now_s: u64) {
         let mut i = 0;
         while i < self.entries.len() {
             self.entries[i].state.evict(now_s);
@@ -547,12 +654,23 @@ impl Engine {
                 {
                     info.series = info.series.saturating_sub(1);
                 }
+                if self.tracking {
+                    self.removed.push(gone.key);
+                }
                 self.stats.series_evicted += 1;
             } else {
                 i += 1;
             }
         }
         self.fold_idle();
+        let before = self.versions.len();
+        self.versions.retain_mut(|v| {
+            v.digests.evict(now_s);
+            !v.digests.is_empty()
+        });
+        if self.versions.len() != before {
+            self.reindex_versions();
+        }
         // Forget services with no series left and no recent spans.
         let recent = self
             .now
@@ -590,11 +708,25 @@ impl Engine {
             }
             let agg = self.entry_for(SeriesKey::aggregate(&gone.key.service, &gone.key.version));
             self.entries[agg].state.absorb(&gone.state);
+            // The aggregate changed in old buckets too: all of it is a change.
+            self.entries[agg].changed_from = 0;
             if let Some(info) = self.services.get_mut(&gone.key.service) {
                 info.series = info.series.saturating_sub(1);
             }
+            if self.tracking {
+                self.removed.push(gone.key);
+            }
             self.stats.series_folded += 1;
         }
+    }
+
+    fn reindex_versions(&mut self) {
+        self.version_index = self
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.key.clone(), i))
+            .collect();
     }
 
     /// Copies the whole state.
@@ -621,9 +753,18 @@ impl Engine {
         engine.deltas = snap.deltas;
         engine.stats = snap.stats;
         engine.services = snap.services.into_iter().collect();
+        for (key, digests) in snap.versions {
+            engine.versions.push(VersionEntry {
+                key,
+                digests,
+                changed_from: UNCHANGED,
+            });
+        }
+        engine.reindex_versions();
         for (key, state) in snap.series {
             engine.index.insert(key.clone(), engine.entries.len());
-            engine.entries.push(Entry { key, state });
+            engine.entries.push(Entry::new(key, state));
+            engine.adopt_legacy_hour(engine.entries.len() - 1);
         }
         Ok(engine)
     }
@@ -754,6 +895,7 @@ fn within_count(lo: f64, hi: f64, threshold: f64, count: u64) -> u64 {
     }
 }
 
+mod changes;
 mod metrics;
 mod owned;
 mod queries;

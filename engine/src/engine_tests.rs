@@ -193,17 +193,39 @@ fn quantiles_per_window() {
         "p50 {}",
         one_min.p50
     );
-    let hour = sli(&e, "1h")[0].latency_ms.unwrap();
-    assert_eq!(hour.p999, 5000.0);
-    assert!(
-        hour.p50 > 1000.0,
-        "half the hour's requests were slow: {}",
-        hour.p50
-    );
+    // A series keeps 5 minutes of digests; its service and version keep the hour.
+    assert!(sli(&e, "5m")[0].latency_ms.unwrap().p999 <= 1000.0);
+    assert!(sli(&e, "1h")[0].latency_ms.is_none());
+    let hour = "1h".parse().unwrap();
+    let by_service = e.service_slis(hour).unwrap()[0].latency_ms.unwrap();
+    let by_version = e.version_slis(Some("checkout"), hour).unwrap()[0]
+        .latency_ms
+        .unwrap();
+    let (requests, _, digest) = e.version_totals(&key.service, &key.version, hour);
+    assert_eq!(requests, 2000);
+    assert_eq!(digest.unwrap().count(), 2000);
+    for q in [by_service, by_version] {
+        assert_eq!(q.p999, 5000.0);
+        assert!(
+            q.p50 > 1000.0,
+            "half the hour's requests were slow: {}",
+            q.p50
+        );
+    }
     // Beyond the 1 h digest history, counts are known but quantiles are not.
     let day = &sli(&e, "1d")[0];
     assert_eq!(day.requests, 2000);
     assert!(day.latency_ms.is_none());
+    assert!(
+        e.service_slis("1d".parse().unwrap()).unwrap()[0]
+            .latency_ms
+            .is_none()
+    );
+    assert!(
+        e.version_totals(&key.service, &key.version, "1d".parse().unwrap())
+            .2
+            .is_none()
+    );
 }
 
 /// Guarantees: requests within each configured latency threshold are counted per window.

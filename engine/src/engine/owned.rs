@@ -28,19 +28,29 @@ impl Engine {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         services.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut versions: Vec<_> = self
+            .versions
+            .iter()
+            .filter(|v| owns(&v.key.0))
+            .map(|v| (v.key.clone(), v.digests.clone()))
+            .collect();
+        versions.sort_by(|a, b| a.0.cmp(&b.0));
         Snapshot {
             version: SNAPSHOT_VERSION,
             now: self.now,
             start: self.start,
             series,
+            versions,
+            removed: Vec::new(),
             services,
             deltas: DeltaTracker::default(),
             stats: Stats::default(),
         }
     }
 
-    /// Takes over the series and service records of `snap` (from [`Engine::snapshot_of`]),
-    /// replacing what the engine holds under the same keys; returns the series taken. Time
+    /// Takes over the series, version digests and service records of `snap` (from
+    /// [`Engine::snapshot_of`]), replacing what the engine holds under the same keys; returns
+    /// the series taken. Time
     /// does not move backwards: the engine keeps the later of the two `now`s. The series count
     /// cap still holds: series beyond it are not taken (counted as evicted).
     pub fn merge(&mut self, snap: Snapshot) -> Result<usize> {
@@ -57,23 +67,30 @@ impl Engine {
         for (name, info) in snap.services {
             self.services.insert(name, info);
         }
+        for (key, digests) in snap.versions {
+            let i = self.version_for(key);
+            self.versions[i].digests = digests;
+        }
         let mut taken = 0;
         for (key, state) in snap.series {
-            if let Some(&i) = self.index.get(&key) {
+            let i = if let Some(&i) = self.index.get(&key) {
                 self.entries[i].state = state;
-                taken += 1;
+                i
             } else if self.entries.len() < self.cfg.max_series {
                 self.index.insert(key.clone(), self.entries.len());
-                self.entries.push(Entry { key, state });
-                taken += 1;
+                self.entries.push(Entry::new(key, state));
+                self.entries.len() - 1
             } else {
                 self.stats.series_evicted += 1;
-            }
+                continue;
+            };
+            self.adopt_legacy_hour(i);
+            taken += 1;
         }
         Ok(taken)
     }
 
-    /// Forgets every series and service record of the services for which `gone(service)`
+    /// Forgets every series, version digests and service record of the services for which `gone(service)`
     /// holds; returns the series dropped.
     pub fn drop_services(&mut self, gone: impl Fn(&str) -> bool) -> usize {
         let before = self.entries.len();
@@ -86,6 +103,11 @@ impl Engine {
                 .enumerate()
                 .map(|(i, e)| (e.key.clone(), i))
                 .collect();
+        }
+        let versions = self.versions.len();
+        self.versions.retain(|v| !gone(&v.key.0));
+        if self.versions.len() != versions {
+            self.reindex_versions();
         }
         self.services.retain(|name, _| !gone(name));
         dropped

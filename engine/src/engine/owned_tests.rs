@@ -64,15 +64,27 @@ fn services_move_between_engines_unchanged() {
 
     let piece = a.snapshot_of(moving);
     assert_eq!(piece.series.len(), 4);
+    assert_eq!(
+        piece.versions.len(),
+        2,
+        "each moving service's version digests"
+    );
     let mut b = engine(10_000);
     assert_eq!(b.merge(piece.clone()).unwrap(), 4);
     assert_eq!(b.now(), a.now());
     assert_eq!(rows(&b, "checkout"), checkout);
     assert_eq!(rows(&b, "payments"), rows(&a, "payments"));
     assert!(rows(&b, "search").is_empty());
+    let hour = "1h".parse().unwrap();
+    assert_eq!(
+        b.version_slis(Some("checkout"), hour).unwrap(),
+        a.version_slis(Some("checkout"), hour).unwrap(),
+        "the hour's quantiles moved with the service"
+    );
 
     assert_eq!(a.drop_services(moving), 4);
     assert_eq!(a.series_count(), 2);
+    assert_eq!(a.snapshot_of(|_| true).versions.len(), 1);
     assert!(rows(&a, "checkout").is_empty());
     assert_eq!(rows(&a, "search"), search);
     assert!(!a.services().iter().any(|s| moving(s)));
@@ -111,4 +123,68 @@ fn merge_replaces_same_keys_and_respects_the_cap() {
     let mut other = snap;
     other.version += 1;
     assert!(engine(10).merge(other).is_err());
+}
+
+/// Scenario: a snapshot written when every series kept its own hour of 5-minute digests (a
+/// third digest ring per series, and no version digests) and 5 minutes of 1 s counters (no
+/// 10 s counter tier).
+/// Guarantees: it still restores and merges; the series' hours add up in their version, so
+/// the version's 1 h quantiles after the upgrade are those of the old snapshot's series, and
+/// the 10 s counters are rebuilt from the seconds (every SLI row equal). A snapshot of
+/// neither layout is refused with the reason.
+#[test]
+fn snapshots_of_the_old_layout_hand_the_hour_to_the_version() {
+    let mut a = engine(10_000);
+    feed(&mut a);
+    let hour = "1h".parse().unwrap();
+    let expected = a.version_slis(Some("checkout"), hour).unwrap();
+    // The old layout: each series' digest rings are [1 s, 10 s, 5 min]; the version digests
+    // of the service are exactly the sum of its series' 5-minute rings.
+    let mut json = serde_json::to_value(a.snapshot()).unwrap();
+    let versions = json["versions"].take();
+    json.as_object_mut().unwrap().remove("versions");
+    let checkout_hour = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v[0][0] == "checkout")
+        .unwrap()[1]["ring"]
+        .clone();
+    let series = json["series"].as_array_mut().unwrap();
+    let mut first = true;
+    for s in series.iter_mut() {
+        // Counters had no 10 s tier: its buckets are sums of the 1 s ones.
+        s[1]["counts"].as_array_mut().unwrap().remove(1);
+        let ring = if s[0]["service"] == "checkout" && first {
+            first = false;
+            checkout_hour.clone()
+        } else {
+            serde_json::json!({"slots": []})
+        };
+        s[1]["digests"].as_array_mut().unwrap().push(ring);
+    }
+    let old: Snapshot = serde_json::from_value(json).unwrap();
+    assert!(old.versions.is_empty());
+
+    let restored = Engine::restore(a.config().clone().into(), old.clone()).unwrap();
+    assert_eq!(
+        restored.version_slis(Some("checkout"), hour).unwrap(),
+        expected
+    );
+    assert_eq!(rows(&restored, "checkout"), rows(&a, "checkout"));
+    let mut merged = engine(10_000);
+    merged.merge(old).unwrap();
+    assert_eq!(
+        merged.version_slis(Some("checkout"), hour).unwrap(),
+        expected
+    );
+    assert_eq!(rows(&merged, "search"), rows(&a, "search"));
+
+    let mut json = serde_json::to_value(a.snapshot()).unwrap();
+    json["series"][0][1]["counts"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(2);
+    let err = serde_json::from_value::<Snapshot>(json).unwrap_err();
+    assert!(err.to_string().contains("2 counter tiers"), "{err}");
 }

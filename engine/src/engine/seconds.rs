@@ -90,9 +90,16 @@ impl Engine {
         }
         let counts = crate::window::Counts::from_totals(w.requests, w.errors, within, w.timed);
         let compression = self.cfg.digest_compression;
-        let e = &mut self.entries[res.entry].state;
+        let entry = &mut self.entries[res.entry];
+        let e = &mut entry.state;
         if !e.apply_second(t_s, now_s, &counts, w.digest, compression) {
             return false;
+        }
+        entry.changed_from = entry.changed_from.min(t_s);
+        if let Some(d) = w.digest {
+            let v = &mut self.versions[res.version];
+            v.digests.merge(t_s, now_s, d, compression);
+            v.changed_from = v.changed_from.min(t_s);
         }
         e.last_event = e.last_event.max(w.last_event.min(self.now));
         e.last_arrival = self.now;

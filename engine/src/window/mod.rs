@@ -1,16 +1,21 @@
 //! Event-time buckets at several resolutions, and how a sliding window is covered by them.
 //!
 //! Counters (requests, errors, requests within each latency threshold) are kept at 1 s for
-//! 5 min, 1 min for 1 h, 10 min for 6 h, 1 h for 3 d and 6 h for 30 d (593 buckets at most).
-//! Latency digests are kept at 1 s for 10 s, 10 s for 5 min and 5 min for 1 h. A window
-//! ending now is covered by the finest buckets that still exist, switching to a coarser tier only at one of its bucket boundaries, so nothing is
-//! counted twice; the oldest edge is therefore exact to the width of the coarsest tier used.
+//! 1 min, 10 s for 5 min, 1 min for 1 h, 10 min for 6 h, 1 h for 3 d and 6 h for 30 d (384
+//! buckets at most).
+//! Latency digests are kept per series at 1 s for 10 s and 10 s for 5 min, and per service
+//! version at 5 min for 1 h (the digests of a series' last hour would be most of its memory).
+//! A window ending now is covered by the finest buckets that still exist, switching to a
+//! coarser tier only at one of its bucket boundaries, so nothing is counted twice; the oldest
+//! edge is therefore exact to the width of the coarsest tier used.
 
 mod ring;
 mod series_state;
+mod version_digests;
 
 pub use ring::Ring;
 pub use series_state::{Counts, MAX_THRESHOLDS, ProratedSums, SeriesState, WindowSums};
+pub use version_digests::VersionDigests;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,32 +35,45 @@ impl TierSpec {
     }
 }
 
-/// Counter tiers: 1 s × 5 min, 1 min × 1 h, 10 min × 6 h, 1 h × 3 d, 6 h × 30 d (one extra
-/// slot each for the partial bucket). A window's oldest edge is thus exact to at most 1/60 of
-/// its length for the standard SLO windows (5m, 30m, 1h, 6h, 3d, 30d).
+/// Counter tiers: 1 s × 1 min, 10 s × 5 min, 1 min × 1 h, 10 min × 6 h, 1 h × 3 d, 6 h × 30 d
+/// (one extra slot each for the partial bucket). A window's oldest edge is thus exact to at
+/// most 1/30 of its length for the standard SLO windows (5m, 30m, 1h, 6h, 3d, 30d), and burn
+/// rates prorate the bucket at the edge (see [`SeriesState::sums_prorated`]). The 1 s tier
+/// was 5 min long until the memory per series had to fit 16 KiB: it was 7 KiB of it.
 #[rustfmt::skip]
-pub const COUNTER_TIERS: [TierSpec; 5] = [
-    TierSpec { width_s: 1, slots: 301 },
+pub const COUNTER_TIERS: [TierSpec; 6] = [
+    TierSpec { width_s: 1, slots: 61 },
+    TierSpec { width_s: 10, slots: 31 },
     TierSpec { width_s: 60, slots: 61 },
     TierSpec { width_s: 600, slots: 37 },
     TierSpec { width_s: 3600, slots: 73 },
     TierSpec { width_s: 21_600, slots: 121 },
 ];
 
-/// Digest tiers: 1 s × 10 s, 10 s × 5 min, 5 min × 1 h. Latency digests cost far more than
+/// Per-series digest tiers: 1 s × 10 s, 10 s × 5 min. Latency digests cost far more than
 /// counters (up to ~1.6 KB each at default compression), so they are kept coarser: a quantile
-/// window's oldest edge is exact to 1 s for windows up to 10 s, to 10 s up to 5 min, and to
-/// 5 min up to 1 h (counts and error ratios stay exact to the finer counter tiers).
+/// window's oldest edge is exact to 1 s for windows up to 10 s and to 10 s up to 5 min
+/// (counts, error ratios and requests within each latency threshold stay exact to the finer
+/// counter tiers, whatever the window).
 #[rustfmt::skip]
-pub const DIGEST_TIERS: [TierSpec; 3] = [
+pub const DIGEST_TIERS: [TierSpec; 2] = [
     TierSpec { width_s: 1, slots: 11 },
     TierSpec { width_s: 10, slots: 31 },
+];
+
+/// Per-service-version digest tier: 5 min × 1 h. Quantiles of a version or a service over a
+/// window longer than 5 min come from here (oldest edge exact to 5 min); a single series has
+/// none beyond 5 min.
+#[rustfmt::skip]
+pub const VERSION_DIGEST_TIERS: [TierSpec; 1] = [
     TierSpec { width_s: 300, slots: 13 },
 ];
 
 /// Longest window counters can answer.
 pub const MAX_COUNTER_WINDOW_S: u64 = 30 * 86_400;
-/// Longest window latency quantiles can answer.
+/// Longest window a series' latency quantiles can answer.
+pub const MAX_SERIES_DIGEST_WINDOW_S: u64 = 300;
+/// Longest window a version's (or a service's) latency quantiles can answer.
 pub const MAX_DIGEST_WINDOW_S: u64 = 3600;
 
 /// A run of buckets of one tier: indices `[from_idx, to_idx)`.
@@ -171,23 +189,43 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(t(60), vec![0]);
-        assert_eq!(t(300), vec![0]);
-        assert_eq!(t(3600), vec![0, 1]);
-        assert_eq!(t(6 * 3600), vec![0, 1, 2]);
-        assert_eq!(t(3 * 86_400), vec![0, 1, 2, 3]);
-        assert_eq!(t(30 * 86_400), vec![0, 1, 2, 3, 4]);
-        let c = cover(&COUNTER_TIERS, now_s, 300);
+        assert_eq!(t(300), vec![0, 1]);
+        assert_eq!(t(3600), vec![0, 1, 2]);
+        assert_eq!(t(6 * 3600), vec![0, 1, 2, 3]);
+        assert_eq!(t(3 * 86_400), vec![0, 1, 2, 3, 4]);
+        assert_eq!(t(30 * 86_400), vec![0, 1, 2, 3, 4, 5]);
+        let c = cover(&COUNTER_TIERS, now_s, 60);
         assert_eq!(
             c.segments,
             vec![Segment {
                 tier: 0,
-                from_idx: now_s - 299,
+                from_idx: now_s - 59,
                 to_idx: now_s + 1
             }]
         );
+        // 5 minutes: the last minute by the second, the rest by 10 s from a 10 s boundary.
+        let c = cover(&COUNTER_TIERS, now_s, 300);
+        let boundary = (now_s - 59).div_ceil(10) * 10;
+        assert_eq!(
+            c.segments,
+            vec![
+                Segment {
+                    tier: 0,
+                    from_idx: boundary,
+                    to_idx: now_s + 1
+                },
+                Segment {
+                    tier: 1,
+                    from_idx: (now_s - 299) / 10,
+                    to_idx: boundary / 10
+                }
+            ]
+        );
         // Beyond 30 days the cover is marked incomplete.
         assert!(!cover(&COUNTER_TIERS, now_s, 40 * 86_400).complete);
-        assert!(!cover(&DIGEST_TIERS, now_s, 2 * 3600).complete);
-        assert!(cover(&DIGEST_TIERS, now_s, 3600).complete);
+        assert!(cover(&DIGEST_TIERS, now_s, MAX_SERIES_DIGEST_WINDOW_S).complete);
+        assert!(!cover(&DIGEST_TIERS, now_s, 2 * MAX_SERIES_DIGEST_WINDOW_S).complete);
+        assert!(cover(&VERSION_DIGEST_TIERS, now_s, MAX_DIGEST_WINDOW_S).complete);
+        assert!(!cover(&VERSION_DIGEST_TIERS, now_s, 2 * 3600).complete);
     }
 }

@@ -81,6 +81,39 @@ impl<T: Clone> Ring<T> {
     }
 }
 
+impl<T: Clone> Ring<T> {
+    /// This ring's buckets summed into buckets `factor` times wider (`add` combines two).
+    pub fn coarsened(&self, factor: u32, add: impl Fn(&mut T, &T)) -> Ring<T> {
+        let mut slots: VecDeque<(u32, T)> = VecDeque::new();
+        for (i, v) in &self.slots {
+            let j = i / factor;
+            match slots.back_mut() {
+                Some((k, acc)) if *k == j => add(acc, v),
+                _ => slots.push_back((j, v.clone())),
+            }
+        }
+        Ring { slots }
+    }
+}
+
+impl<T: Clone> Ring<T> {
+    /// The buckets with index `from_idx` or later.
+    pub fn since(&self, from_idx: u64) -> Ring<T> {
+        let start = self
+            .slots
+            .partition_point(|(i, _)| u64::from(*i) < from_idx);
+        Ring {
+            slots: self.slots.range(start..).cloned().collect(),
+        }
+    }
+
+    /// Puts `other`'s buckets in place of this ring's under the same index (and adds the
+    /// others), in one pass over both.
+    pub fn overwrite(&mut self, other: &Ring<T>) {
+        self.absorb(other, |mine, theirs| *mine = theirs.clone());
+    }
+}
+
 impl<T> Ring<T> {
     /// Drops buckets that fell out of retention.
     pub fn evict(&mut self, now_idx: u64, slots: u64) {
@@ -177,5 +210,11 @@ mod tests {
         assert_eq!(r.newest_idx(), Some(13));
         let (_, appended) = r.bucket_mut(14, 15, 5).unwrap();
         assert!(appended);
+        let wide = r.coarsened(10, |a, b| *a += b);
+        assert_eq!(
+            wide.range_indexed(0, 100).collect::<Vec<_>>(),
+            vec![(1, &4)],
+            "buckets 11, 12, 13 and 14 (2, 1, 1 and 0) in bucket 1"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! The windowed state of one series: counter rings and digest rings at each resolution.
 
-use super::{COUNTER_TIERS, Cover, DIGEST_TIERS, Ring, TierSpec, cover};
+use super::{
+    COUNTER_TIERS, Cover, DIGEST_TIERS, MAX_SERIES_DIGEST_WINDOW_S, Ring, TierSpec, cover,
+};
 use crate::sketch::TDigest;
 use crate::time::UnixNanos;
 use serde::{Deserialize, Serialize};
@@ -96,6 +98,7 @@ impl std::ops::AddAssign for ProratedSums {
 
 /// What one series keeps.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "SeriesStateWire")]
 pub struct SeriesState {
     counts: [Ring<Counts>; COUNTER_TIERS.len()],
     digests: [Ring<TDigest>; DIGEST_TIERS.len()],
@@ -103,6 +106,73 @@ pub struct SeriesState {
     pub last_event: UnixNanos,
     /// Arrival time (engine `now`) of the newest data applied.
     pub last_arrival: UnixNanos,
+    /// Read from a checkpoint written when series still kept the hour's 5-minute digests:
+    /// those digests, until the engine hands them to the series' version.
+    #[serde(skip)]
+    legacy_hour: Option<Box<Ring<TDigest>>>,
+}
+
+/// A series as checkpoints hold it, in this layout or the one before it (counters without the
+/// 10 s tier, and digests with the hour's 5-minute tier).
+#[derive(Deserialize)]
+struct SeriesStateWire {
+    counts: Vec<Ring<Counts>>,
+    digests: Vec<Ring<TDigest>>,
+    last_event: UnixNanos,
+    last_arrival: UnixNanos,
+}
+
+/// Counter tiers before the 10 s one was added (1 s × 5 min, then as now).
+const OLD_COUNTER_TIERS: usize = COUNTER_TIERS.len() - 1;
+
+impl TryFrom<SeriesStateWire> for SeriesState {
+    type Error = String;
+
+    fn try_from(w: SeriesStateWire) -> Result<Self, String> {
+        let counts = match w.counts.len() {
+            n if n == COUNTER_TIERS.len() => w.counts,
+            OLD_COUNTER_TIERS => {
+                // The old 5 minutes of seconds: the 10 s tier is their sums (the 1 s tier
+                // keeps them until the next eviction).
+                let tens = w.counts[0].coarsened(10, |a, b| {
+                    a.add(
+                        u64::from(b.requests),
+                        u64::from(b.errors),
+                        b.within.map(u64::from),
+                        u64::from(b.timed),
+                    )
+                });
+                let mut rings = w.counts;
+                rings.insert(1, tens);
+                rings
+            }
+            n => {
+                return Err(format!(
+                    "a series has {n} counter tiers (this build reads {} or {OLD_COUNTER_TIERS})",
+                    COUNTER_TIERS.len()
+                ));
+            }
+        };
+        let counts = <[Ring<Counts>; COUNTER_TIERS.len()]>::try_from(counts)
+            .map_err(|_| "counter tiers".to_string())?;
+        if !(DIGEST_TIERS.len()..=DIGEST_TIERS.len() + 1).contains(&w.digests.len()) {
+            return Err(format!(
+                "a series has {} digest tiers (this build reads {} or {})",
+                w.digests.len(),
+                DIGEST_TIERS.len(),
+                DIGEST_TIERS.len() + 1
+            ));
+        }
+        let mut rings = w.digests.into_iter();
+        let digests = std::array::from_fn(|_| rings.next().unwrap_or_default());
+        Ok(Self {
+            counts,
+            digests,
+            last_event: w.last_event,
+            last_arrival: w.last_arrival,
+            legacy_hour: rings.next().filter(|r| !r.is_empty()).map(Box::new),
+        })
+    }
 }
 
 impl SeriesState {
@@ -157,7 +227,7 @@ impl SeriesState {
     }
 
     /// Second `t_s` as the 1 s tiers hold it: its counters (None when the second is out of
-    /// the 5-minute 1 s history or empty) and its latency digest (only within the 10-second
+    /// the 1-minute 1 s history or empty) and its latency digest (only within the 10-second
     /// 1 s digest history).
     pub fn second(&self, t_s: u64) -> Option<(Counts, Option<&TDigest>)> {
         let (_, c) = self.counts[0].range_indexed(t_s, t_s + 1).next()?;
@@ -243,6 +313,34 @@ impl SeriesState {
         self.last_arrival = self.last_arrival.max(other.last_arrival);
     }
 
+    /// The buckets that hold second `from_s` or later, in every tier (what changed since a
+    /// mark, when every second applied since is `from_s` or later), with the newest times.
+    pub fn since(&self, from_s: u64) -> SeriesState {
+        Self {
+            counts: std::array::from_fn(|i| {
+                self.counts[i].since(from_s / COUNTER_TIERS[i].width_s)
+            }),
+            digests: std::array::from_fn(|i| {
+                self.digests[i].since(from_s / DIGEST_TIERS[i].width_s)
+            }),
+            last_event: self.last_event,
+            last_arrival: self.last_arrival,
+            legacy_hour: None,
+        }
+    }
+
+    /// Puts the buckets of `changes` (from [`SeriesState::since`]) in place of this state's.
+    pub fn overwrite(&mut self, changes: &SeriesState) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&changes.counts) {
+            mine.overwrite(theirs);
+        }
+        for (mine, theirs) in self.digests.iter_mut().zip(&changes.digests) {
+            mine.overwrite(theirs);
+        }
+        self.last_event = self.last_event.max(changes.last_event);
+        self.last_arrival = self.last_arrival.max(changes.last_arrival);
+    }
+
     /// Drops buckets out of retention at `now_s`.
     pub fn evict(&mut self, now_s: u64) {
         for (ring, spec) in self.counts.iter_mut().zip(COUNTER_TIERS) {
@@ -310,11 +408,17 @@ impl SeriesState {
         out
     }
 
+    /// The 5-minute digests of the hour a checkpoint of the old layout held for this series
+    /// (see [`crate::window::VersionDigests::absorb`]); None afterwards.
+    pub fn take_legacy_hour(&mut self) -> Option<Box<Ring<TDigest>>> {
+        self.legacy_hour.take()
+    }
+
     /// The merged latency digest of the window, or `None` when the window is longer than the
-    /// digest history (1 h).
+    /// series' digest history (5 min).
     pub fn digest(&self, now_s: u64, window_s: u64, compression: f32) -> Option<TDigest> {
         let c = cover(&DIGEST_TIERS, now_s, window_s);
-        if !c.complete {
+        if !c.complete || window_s > MAX_SERIES_DIGEST_WINDOW_S {
             return None;
         }
         let mut merged = TDigest::new(compression);

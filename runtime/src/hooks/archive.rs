@@ -12,8 +12,8 @@ use trike_sql::archive::{ArchiveHandle, RawObservation};
 /// so this must stay well under that.
 pub const SEAL_DELAY_S: u64 = 5;
 /// Seconds sealed in one tick, at most (after a long stall, older seconds are skipped: the
-/// 1 s counters only reach back 5 minutes anyway).
-const MAX_SEAL: u64 = 300;
+/// 1 s counters only reach back 1 minute anyway).
+const MAX_SEAL: u64 = 60;
 
 /// Sampled raw requests held between ticks, at most (more are dropped and counted).
 const MAX_PENDING_OBSERVATIONS: usize = 1_000_000;
