@@ -232,7 +232,7 @@ fn keys(tpl: &TopicPartitionList) -> Vec<PartitionKey> {
 impl SourceContext {
     /// Before partitions go: drop what waits for room (the next owner reads it again), wait
     /// until what the engine was handed is applied, let the owner make the state durable,
-    /// commit, forget.
+    /// commit, forget (or, without an owner, set aside: the state stays in this process).
     fn revoke(&self, consumer: &BaseConsumer<Self>, parts: &[PartitionKey]) {
         {
             let mut parked = self.parked.lock();
@@ -273,7 +273,14 @@ impl SourceContext {
             tracing::warn!(error = %e, "committing revoked partitions' offsets");
         }
         for (t, p) in parts {
-            self.progress.forget(t, *p);
+            if self.owner.is_some() {
+                // The owner dropped or wrote the partition's state: the next owner starts
+                // from what is on the changelog.
+                self.progress.forget(t, *p);
+            } else {
+                // The state stays here: if the partition comes back, what it holds is skipped.
+                self.progress.set_aside(t, *p);
+            }
         }
         self.stats.rebalances.fetch_add(1, Relaxed);
     }

@@ -49,6 +49,9 @@ pub enum Read {
 #[derive(Debug, Default)]
 pub struct Progress {
     parts: Mutex<BTreeMap<PartitionKey, Part>>,
+    /// Partitions revoked from a consumer whose state stays in the process (no partition
+    /// owner): their progress, taken up again if they come back.
+    set_aside: Mutex<BTreeMap<PartitionKey, Part>>,
     /// Commits wait for durable checkpoints.
     checkpointed: bool,
 }
@@ -58,6 +61,7 @@ impl Progress {
     pub fn new(checkpointed: bool) -> Self {
         Self {
             parts: Mutex::default(),
+            set_aside: Mutex::default(),
             checkpointed,
         }
     }
@@ -78,6 +82,7 @@ impl Progress {
             .collect();
         Self {
             parts: Mutex::new(parts),
+            set_aside: Mutex::default(),
             checkpointed: true,
         }
     }
@@ -85,7 +90,10 @@ impl Progress {
     /// A message was read.
     pub fn read(&self, topic: &str, partition: i32, offset: i64) -> Read {
         let mut parts = self.parts.lock();
-        let part = parts.entry((topic.to_string(), partition)).or_default();
+        let key = (topic.to_string(), partition);
+        let part = parts
+            .entry(key)
+            .or_insert_with_key(|k| self.set_aside.lock().remove(k).unwrap_or_default());
         if offset < part.skip_below {
             return Read::AlreadyApplied;
         }
@@ -179,6 +187,23 @@ impl Progress {
     /// `partition` is gone from this consumer: nothing of it is committed or reported again.
     pub fn forget(&self, topic: &str, partition: i32) {
         self.parts.lock().remove(&(topic.to_string(), partition));
+    }
+
+    /// `partition` is revoked, but the state it went into stays in this process (a consumer
+    /// without a partition owner): nothing of it is committed or reported while it is away,
+    /// and if it comes back, messages below its applied offset are skipped (the group's
+    /// committed offset may be older: a commit in the revocation can fail), so nothing is
+    /// applied twice.
+    pub fn set_aside(&self, topic: &str, partition: i32) {
+        let key = (topic.to_string(), partition);
+        if let Some(mut part) = self.parts.lock().remove(&key) {
+            let applied = part.applied();
+            part.pending.clear();
+            part.next = applied;
+            part.skip_below = part.skip_below.max(applied);
+            part.high = None;
+            self.set_aside.lock().insert(key, part);
+        }
     }
 
     /// The client's latest high watermarks for the partitions it holds (others are cleared).
@@ -291,5 +316,35 @@ mod tests {
         p.forget("t", 2);
         assert_eq!(p.committable(), vec![("t".into(), 5, 100)]);
         assert_eq!(p.applied_of("t", 2), None);
+    }
+
+    /// Scenario: a consumer without a partition owner (its state stays in the process) loses
+    /// a partition in a rebalance and gets it back; the group's committed offset is older than
+    /// what it applied (the revocation's commit failed, or lagged a checkpoint).
+    /// Guarantees: while away the partition is neither committed nor reported; when it comes
+    /// back, the messages its state already holds are skipped, not applied twice, and the
+    /// checkpoint bound on commits still holds.
+    #[test]
+    fn a_partition_set_aside_and_back_skips_what_the_state_holds() {
+        let p = Progress::new(true);
+        for o in 0..20 {
+            p.read("t", 0, o);
+        }
+        for o in 0..15 {
+            p.done("t", 0, o);
+        }
+        p.durable(&[("t".into(), 0, 10)]);
+        p.set_aside("t", 0);
+        assert!(p.committable().is_empty());
+        assert_eq!(p.applied_of("t", 0), None);
+        // Back, read again from the group's committed offset 5.
+        for o in 5..15 {
+            assert_eq!(p.read("t", 0, o), Read::AlreadyApplied, "offset {o}");
+        }
+        assert_eq!(p.read("t", 0, 15), Read::Apply, "15..20 were never applied");
+        assert_eq!(p.committable(), vec![("t".into(), 0, 10)], "durable bound");
+        p.done("t", 0, 15);
+        p.durable(&[("t".into(), 0, 16)]);
+        assert_eq!(p.committable(), vec![("t".into(), 0, 16)]);
     }
 }
