@@ -9,8 +9,9 @@ use trike_engine::{Batch, Engine};
 /// What one tick carries from hook to hook.
 #[derive(Debug)]
 pub struct Tick<'a> {
-    /// The engine, advanced to the tick's time.
-    pub engine: &'a Engine,
+    /// The engine, advanced to the tick's time. Hooks read it; the one thing a hook changes
+    /// is the engine's change marks (a fleet processor's changelog takes its changes).
+    pub engine: &'a mut Engine,
     /// Set by the decide hook when its policy decided something (or, at finish, always):
     /// the decisions and the policy's state after them, for the outbox to make durable and
     /// publish.

@@ -112,7 +112,7 @@ impl Shard {
             }
         }
         e.advance(now);
-        run(&mut self.hooks, &e, false);
+        run(&mut self.hooks, &mut e, false);
     }
 
     /// Applies archived seconds at the clock's now (a backtest's replay); then moves time and
@@ -122,24 +122,24 @@ impl Shard {
         let mut e = self.engine.lock();
         e.apply_seconds(rows, now);
         e.advance(now);
-        run(&mut self.hooks, &e, false);
+        run(&mut self.hooks, &mut e, false);
     }
 
     /// Moves time to the clock's now and ticks the hooks.
     pub fn tick(&mut self) {
         let mut e = self.engine.lock();
         e.advance(self.clock.now());
-        run(&mut self.hooks, &e, false);
+        run(&mut self.hooks, &mut e, false);
     }
 
     /// A clean stop: every hook's last word (the final checkpoint, the policy's state).
     pub fn finish(&mut self) {
-        let e = self.engine.lock();
-        run(&mut self.hooks, &e, true);
+        let mut e = self.engine.lock();
+        run(&mut self.hooks, &mut e, true);
     }
 }
 
-fn run(hooks: &mut [Box<dyn Hook>], engine: &Engine, finish: bool) {
+fn run(hooks: &mut [Box<dyn Hook>], engine: &mut Engine, finish: bool) {
     let mut tick = Tick {
         engine,
         decided: None,

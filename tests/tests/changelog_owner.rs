@@ -29,8 +29,12 @@ struct Processor {
 }
 
 fn processor(brokers: &str, topic: &str, changelog: &str) -> Processor {
+    processor_on(brokers, topic, changelog, Arc::new(SimClock::at(T0)))
+}
+
+fn processor_on(brokers: &str, topic: &str, changelog: &str, clock: Arc<SimClock>) -> Processor {
     let engine = trike_engine::Engine::new(Arc::new(EngineConfig::default()));
-    let shard = Shard::new(engine, Arc::new(SimClock::at(T0)));
+    let shard = Shard::new(engine, clock);
     let progress = Arc::new(Progress::new(true));
     let cl = Changelog::open(brokers, &ClientProps::default(), changelog, PARTITIONS, 1).unwrap();
     let policy = Arc::new(parking_lot::Mutex::new(PolicyEngine::new(Policy::new(
@@ -187,6 +191,126 @@ fn revoked_partitions_resume_exactly_at_their_next_owner() {
         c.owner.assigned(&keys(&topic, &[1])),
         vec![((topic.clone(), 1), 12)]
     );
-    let (generation, state) = c.owner.changelog().read(1).unwrap().unwrap();
-    assert_eq!((generation, state.offset), (2, 12));
+    let r = c.owner.changelog().read(1).unwrap().unwrap();
+    assert_eq!((r.generation, r.latest().offset), (2, 12));
+    assert!(
+        r.changes.is_empty(),
+        "a first write after an assignment is a full state"
+    );
+}
+
+/// Scenario: processor A owns all four partitions with its changelog hook writing every 10 s
+/// (engine time) while traffic flows for 6 rounds, some of it 30 s late; then it stops cleanly
+/// (the final write), and processor B is assigned everything.
+/// Guarantees: A wrote one full state per partition and change sets after it (the changelog
+/// holds them in order, each smaller than the partition's full state at the end); B restores the full state and every
+/// change set, resumes at A's applied offsets, and answers every SLI row of every service,
+/// over 1 m, 5 m and 1 h, and every version's quantiles, exactly as A did.
+#[test]
+fn change_sets_between_full_states_restore_exactly() {
+    let Some(brokers) = trike_tests::real_brokers() else {
+        return;
+    };
+    let run = trike_tests::run_id();
+    let (topic, changelog) = (format!("cs{run}.partials"), format!("cs{run}.changelog"));
+    let clock = Arc::new(SimClock::at(T0));
+    let Processor {
+        shard,
+        owner,
+        progress,
+    } = processor_on(&brokers, &topic, &changelog, clock.clone());
+    let hook = trike_runtime::fleet::owner::ChangelogHook::start(
+        owner.clone(),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut shard = shard.with_hook(hook);
+    let engine = shard.handle();
+    let all = keys(&topic, &[0, 1, 2, 3]);
+    assert!(owner.assigned(&all).is_empty());
+    let mut offset = 0;
+    for round in 0..6u64 {
+        clock.set(T0 + round * 10 * NANOS_PER_SEC);
+        let now = T0 + round * 10 * NANOS_PER_SEC;
+        for p in 0..PARTITIONS {
+            progress.read(&topic, p, offset);
+        }
+        let mut b = Batch::default();
+        for (n, service) in SERVICES.iter().enumerate() {
+            for route in ["/a", "/b"] {
+                let key = b.key_index(SeriesKey::new(service, route, "1.0"));
+                for k in 0..(10 + n as u64 + round) {
+                    let late = if round % 2 == 1 && k % 3 == 0 { 30 } else { 0 };
+                    b.requests.push(RequestObs {
+                        key,
+                        time: now.saturating_sub(late * NANOS_PER_SEC),
+                        latency_ms: 5.0 + ((k + round) * 37 % 400) as f64,
+                        bad: k % 7 == 0,
+                    });
+                }
+            }
+        }
+        shard.apply([&b]);
+        for p in 0..PARTITIONS {
+            progress.done(&topic, p, offset);
+        }
+        offset += 1;
+        // Let the writer thread finish the round it was handed.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    shard.finish();
+    let cl = owner.changelog();
+    let writes = cl.stats.writes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(writes >= 2 * PARTITIONS as u64, "{writes} writes");
+    let windows = ["1m", "5m", "1h"];
+    let answers = |e: &trike_engine::Engine| {
+        let mut out = Vec::new();
+        for w in windows {
+            let q = SliQuery {
+                service: None,
+                window: w.parse().unwrap(),
+            };
+            out.push(format!("{:?}", e.slis(&q).unwrap()));
+            out.push(format!(
+                "{:?}",
+                e.version_slis(None, w.parse().unwrap()).unwrap()
+            ));
+        }
+        out
+    };
+    let expected = answers(&engine.lock());
+    let mut change_sets = 0;
+    for p in 0..PARTITIONS {
+        let r = cl.read(p).unwrap().unwrap();
+        assert_eq!(r.generation, 1, "partition {p}: one full state");
+        assert_eq!(r.latest().offset, offset, "partition {p}");
+        let full = serde_json::to_vec(
+            &engine
+                .lock()
+                .snapshot_of(|s| partition_of(s, PARTITIONS) == p),
+        )
+        .unwrap()
+        .len();
+        for c in &r.changes {
+            let size = serde_json::to_vec(&c.engine).unwrap().len();
+            assert!(
+                size < full,
+                "partition {p}: a change set of {size} bytes, full {full}"
+            );
+        }
+        change_sets += r.changes.len();
+    }
+    assert!(
+        change_sets >= PARTITIONS as usize,
+        "{change_sets} change sets"
+    );
+
+    let b_proc = processor(&brokers, &topic, &changelog);
+    let mut resumed = b_proc.owner.assigned(&all);
+    resumed.sort();
+    assert_eq!(
+        resumed,
+        all.iter().map(|k| (k.clone(), offset)).collect::<Vec<_>>()
+    );
+    assert_eq!(answers(&b_proc.shard.handle().lock()), expected);
 }

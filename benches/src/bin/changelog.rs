@@ -3,7 +3,9 @@
 //!
 //! Builds one partition's engine state of `--series` series (services × 10 routes × 2
 //! versions) with an hour of traffic at one request per second per series (every default
-//! window and digest filled), then writes it to the changelog `--rounds` times and restores it.
+//! window and digest filled), then writes it to the changelog `--rounds` times; then 10 s more
+//! traffic, written as a change set (what a processor writes between full states); then a new
+//! owner restores both (full state + change set) and answers as the engine that wrote them.
 //! Against `--brokers` (tansu, a real cluster) or, without it, the embedded broker.
 //!
 //! Run: `cargo run --release -p trike-benches --bin changelog -- [--series 10000] [--brokers host:port]`
@@ -13,9 +15,11 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, LogNormal};
 use std::sync::Arc;
 use std::time::Instant;
+use trike_engine::SliQuery;
 use trike_engine::policy::{Policy, PolicyEngine};
 use trike_engine::{Batch, Engine, EngineConfig, RequestObs, SeriesKey};
-use trike_runtime::fleet::changelog::{Changelog, PartitionState, encode};
+use trike_runtime::fleet::changelog::{Changelog, PartitionState, encode, encode_changes};
+use trike_runtime::fleet::owner::FULL_EVERY;
 use trike_sinks::kafka_client::ClientProps;
 
 const S: u64 = 1_000_000_000;
@@ -48,6 +52,7 @@ fn main() -> anyhow::Result<()> {
     let t_end = 1_800_000_000 * S;
     let cfg = Arc::new(EngineConfig::default());
     let mut e = Engine::new(cfg.clone());
+    e.track_changes();
     let services = args.series.div_ceil(20);
     let keys: Vec<SeriesKey> = (0..args.series)
         .map(|i| {
@@ -66,20 +71,23 @@ fn main() -> anyhow::Result<()> {
         keys: keys.clone(),
         ..Default::default()
     };
-    for sec in 0..args.seconds {
-        let now = t_end - (args.seconds - sec) * S;
-        batch.requests.clear();
-        for k in 0..keys.len() {
-            batch.requests.push(RequestObs {
-                key: k as u32,
-                time: now,
-                latency_ms: dist.sample(&mut rng),
-                bad: k % 97 == (sec % 97) as usize,
-            });
+    let mut traffic = |e: &mut Engine, from: u64, to: u64| {
+        for sec in from..to {
+            let now = t_end - (args.seconds - sec) * S;
+            batch.requests.clear();
+            for k in 0..keys.len() {
+                batch.requests.push(RequestObs {
+                    key: k as u32,
+                    time: now,
+                    latency_ms: dist.sample(&mut rng),
+                    bad: k % 97 == (sec % 97) as usize,
+                });
+            }
+            e.ingest(&batch, now);
+            e.advance(now);
         }
-        e.ingest(&batch, now);
-        e.advance(now);
-    }
+    };
+    traffic(&mut e, 0, args.seconds);
     eprintln!(
         "built {} series of {services} services in {:.1?}",
         e.series_count(),
@@ -94,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         policy: PolicyEngine::new(Policy::new(vec![])).snapshot_of(|_| true),
         outbox: Vec::new(),
     };
+    e.clear_changes(|_| true);
     let snapshot_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     let chunks = encode(&state, 1)?;
@@ -129,8 +138,32 @@ fn main() -> anyhow::Result<()> {
         cl.write(&state, g).map_err(anyhow::Error::msg)?;
         write_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    // 10 s more (one checkpoint_every), written as a change set on the last full state.
+    traffic(&mut e, args.seconds, args.seconds + 10);
     let t = Instant::now();
-    let Some((generation, back)) = cl.read(0).map_err(anyhow::Error::msg)? else {
+    let changes = PartitionState {
+        partition: 0,
+        offset: 1_000_010,
+        engine: e.take_changes(|_| true),
+        policy: state.policy.clone(),
+        outbox: Vec::new(),
+    };
+    let take_ms = t.elapsed().as_secs_f64() * 1e3;
+    let change_bytes: usize = encode_changes(&changes, u64::from(args.rounds), 1)?
+        .iter()
+        .map(|c| c.value.len())
+        .sum();
+    let t = Instant::now();
+    cl.write_changes(&changes, u64::from(args.rounds), 1)
+        .map_err(anyhow::Error::msg)?;
+    let change_write_ms = t.elapsed().as_secs_f64() * 1e3;
+    eprintln!(
+        "change set of 10 s: {change_bytes} bytes ({} per series); taken in {take_ms:.0} ms, written in {change_write_ms:.0} ms",
+        change_bytes / e.series_count().max(1)
+    );
+
+    let t = Instant::now();
+    let Some(restored) = cl.read(0).map_err(anyhow::Error::msg)? else {
         anyhow::bail!(
             "the state written is not on {topic} any more: the broker kept only part of the log (the embedded broker keeps a few tens of MB per partition; use --brokers)"
         );
@@ -138,22 +171,39 @@ fn main() -> anyhow::Result<()> {
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     let mut fresh = Engine::new(cfg);
-    let taken = fresh.merge(back.engine)?;
+    let generation = restored.generation;
+    assert_eq!(restored.changes.len(), 1, "the change set is read back");
+    let taken = fresh.merge(restored.full.engine)?;
+    for c in restored.changes {
+        fresh.apply_changes(c.engine)?;
+    }
     let merge_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(generation, u64::from(args.rounds));
     assert_eq!(taken, e.series_count());
+    for w in ["1m", "5m", "1h", "1d"] {
+        let q = SliQuery {
+            service: None,
+            window: w.parse()?,
+        };
+        assert!(
+            fresh.slis(&q)? == e.slis(&q)?,
+            "restored full state + change set answers {w} as the engine that wrote them"
+        );
+    }
     let write_med = {
         let mut w = write_ms.clone();
         w.sort_by(f64::total_cmp);
         w[w.len() / 2]
     };
+    // One full state and FULL_EVERY − 1 change sets every FULL_EVERY × 10 s.
+    let per_cycle = bytes + (FULL_EVERY as usize - 1) * change_bytes;
     println!(
-        "| series | state bytes | bytes/series | chunks | snapshot ms | encode ms | write ms (median of {}) | restore ms (read + decode) | merge ms | changelog bytes/s at checkpoint_every 10s |",
+        "| series | state bytes | bytes/series | chunks | snapshot ms | encode ms | write ms (median of {}) | change set of 10 s (bytes/series) | change set write ms | restore ms (read + decode) | merge + apply ms | changelog bytes/s at checkpoint_every 10s (full every {FULL_EVERY}) | full states only |",
         args.rounds
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+        "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} ({}) | {:.0} | {:.0} | {:.0} | {} | {} |",
         taken,
         bytes,
         bytes / taken.max(1),
@@ -161,8 +211,12 @@ fn main() -> anyhow::Result<()> {
         snapshot_ms,
         encode_ms,
         write_med,
+        change_bytes,
+        change_bytes / taken.max(1),
+        change_write_ms,
         read_ms,
         merge_ms,
+        per_cycle / (FULL_EVERY as usize * 10),
         bytes / 10
     );
     Ok(())

@@ -10,8 +10,18 @@
 //! being written: a reader takes the newest generation whose chunks are all there (a write
 //! cut short by a crash leaves the previous one readable).
 //!
-//! Chunk record layout (big-endian): `TKCL`, format version u16, generation u64, index u32,
-//! count u32, CRC-32 of the whole encoded state u32, then the chunk's bytes.
+//! Between full states, a processor writes only what changed ([`Engine::take_changes`]): the
+//! `seq`-th change set on top of generation `g` is keyed `{partition}/c/{g}/{seq}/{index}`. A
+//! reader applies, on the newest complete full state, its change sets 1, 2, … in order up to
+//! the first one missing or damaged (each holds the offset it covers, so stopping early only
+//! means reading more partials again). Once the next full state is written, the change sets
+//! of the previous one are deleted (tombstones), and compaction drops them.
+//!
+//! Chunk record layout (big-endian): `TKCL`, format version u16 (2), generation u64, change
+//! set u32 (0: the full state), index u32, count u32, CRC-32 of the whole encoded state u32,
+//! then the chunk's bytes. Format 1 records (no change-set field: full states) are read too.
+//!
+//! [`Engine::take_changes`]: trike_engine::Engine::take_changes
 
 use rdkafka::ClientContext;
 use rdkafka::Message;
@@ -28,12 +38,14 @@ use trike_engine::Snapshot;
 use trike_engine::policy::PolicySnapshot;
 use trike_sinks::kafka_client::ClientProps;
 
-/// Format version of the records.
-pub const VERSION: u16 = 1;
+/// Format version of the records written.
+pub const VERSION: u16 = 2;
 /// Largest chunk payload: with the header and the key, a record stays below 1 MiB.
 pub const CHUNK_BYTES: usize = 1_000_000;
 const MAGIC: &[u8; 4] = b"TKCL";
-const HEADER: usize = 4 + 2 + 8 + 4 + 4 + 4;
+/// Header of a format 1 record (no change-set field).
+const HEADER_V1: usize = 4 + 2 + 8 + 4 + 4 + 4;
+const HEADER: usize = HEADER_V1 + 4;
 
 /// The state of one partition of the partials topic.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,8 +73,24 @@ pub struct Chunk {
     pub value: Vec<u8>,
 }
 
-/// Encodes `state` as generation `generation`: the chunks to write, in order.
+/// Encodes `state` as the full state of generation `generation`: the chunks to write, in
+/// order.
 pub fn encode(state: &PartitionState, generation: u64) -> std::io::Result<Vec<Chunk>> {
+    encode_at(state, generation, 0)
+}
+
+/// Encodes `state` (its engine part a change set) as change set `seq` (≥ 1) on top of the
+/// full state of generation `generation`.
+pub fn encode_changes(
+    state: &PartitionState,
+    generation: u64,
+    seq: u32,
+) -> std::io::Result<Vec<Chunk>> {
+    debug_assert!(seq >= 1);
+    encode_at(state, generation, seq)
+}
+
+fn encode_at(state: &PartitionState, generation: u64, seq: u32) -> std::io::Result<Vec<Chunk>> {
     let mut bytes = Vec::new();
     ciborium::into_writer(state, &mut bytes).map_err(std::io::Error::other)?;
     let crc = crc32fast::hash(&bytes);
@@ -81,14 +109,17 @@ pub fn encode(state: &PartitionState, generation: u64) -> std::io::Result<Vec<Ch
             value.extend_from_slice(MAGIC);
             value.extend_from_slice(&VERSION.to_be_bytes());
             value.extend_from_slice(&generation.to_be_bytes());
+            value.extend_from_slice(&seq.to_be_bytes());
             value.extend_from_slice(&(i as u32).to_be_bytes());
             value.extend_from_slice(&count.to_be_bytes());
             value.extend_from_slice(&crc.to_be_bytes());
             value.extend_from_slice(piece);
-            Chunk {
-                key: format!("{}/{slot}/{i}", state.partition),
-                value,
-            }
+            let key = if seq == 0 {
+                format!("{}/{slot}/{i}", state.partition)
+            } else {
+                format!("{}/c/{generation}/{seq}/{i}", state.partition)
+            };
+            Chunk { key, value }
         })
         .collect())
 }
@@ -97,6 +128,7 @@ pub fn encode(state: &PartitionState, generation: u64) -> std::io::Result<Vec<Ch
 #[derive(Clone, Debug)]
 struct Parsed {
     generation: u64,
+    seq: u32,
     index: u32,
     count: u32,
     crc: u32,
@@ -104,22 +136,56 @@ struct Parsed {
 }
 
 fn parse(value: &[u8]) -> Result<Parsed, String> {
-    if value.len() < HEADER || &value[..4] != MAGIC {
+    if value.len() < HEADER_V1 || &value[..4] != MAGIC {
         return Err("not a changelog chunk".into());
     }
     let u16_at = |i: usize| u16::from_be_bytes([value[i], value[i + 1]]);
     let u32_at = |i: usize| u32::from_be_bytes(value[i..i + 4].try_into().unwrap());
-    let version = u16_at(4);
-    if version != VERSION {
-        return Err(format!("format {version} (this build reads {VERSION})"));
+    let generation = u64::from_be_bytes(value[6..14].try_into().unwrap());
+    match u16_at(4) {
+        1 => Ok(Parsed {
+            generation,
+            seq: 0,
+            index: u32_at(14),
+            count: u32_at(18),
+            crc: u32_at(22),
+            bytes: value[HEADER_V1..].to_vec(),
+        }),
+        VERSION if value.len() >= HEADER => Ok(Parsed {
+            generation,
+            seq: u32_at(14),
+            index: u32_at(18),
+            count: u32_at(22),
+            crc: u32_at(26),
+            bytes: value[HEADER..].to_vec(),
+        }),
+        VERSION => Err("a cut-off header".into()),
+        version => Err(format!(
+            "format {version} (this build reads 1 and {VERSION})"
+        )),
     }
-    Ok(Parsed {
-        generation: u64::from_be_bytes(value[6..14].try_into().unwrap()),
-        index: u32_at(14),
-        count: u32_at(18),
-        crc: u32_at(22),
-        bytes: value[HEADER..].to_vec(),
-    })
+}
+
+/// What a partition's changelog holds: its newest complete full state and the change sets
+/// written on it, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Restored {
+    /// The full state's generation.
+    pub generation: u64,
+    /// The full state.
+    pub full: PartitionState,
+    /// Change sets 1, 2, … on top of it (up to the first missing or damaged one).
+    pub changes: Vec<PartitionState>,
+    /// Keys of every change-set record of the partition read (of this generation and older
+    /// ones): the next full state written supersedes them, and they can be deleted.
+    pub change_keys: Vec<String>,
+}
+
+impl Restored {
+    /// The newest record read: its offset, policy state and outbox are the partition's.
+    pub fn latest(&self) -> &PartitionState {
+        self.changes.last().unwrap_or(&self.full)
+    }
 }
 
 /// Folds changelog records (latest value per key, in offset order) into the newest complete
@@ -132,67 +198,117 @@ pub struct Assembler {
 
 impl Assembler {
     /// A record read from the changelog (a newer value for a key replaces the older one, as
-    /// compaction would).
-    pub fn add(&mut self, key: &str, value: &[u8]) {
-        self.latest.insert(key.to_string(), value.to_vec());
+    /// compaction would; a tombstone, `None`, deletes the key).
+    pub fn add(&mut self, key: &str, value: Option<&[u8]>) {
+        match value {
+            Some(v) => {
+                self.latest.insert(key.to_string(), v.to_vec());
+            }
+            None => {
+                self.latest.remove(key);
+            }
+        }
     }
 
-    /// The newest complete generation of `partition`'s state and its generation number;
-    /// problems met on the way (skipped records or generations) are returned too.
-    pub fn finish(self, partition: i32) -> (Option<(u64, PartitionState)>, Vec<String>) {
+    /// The newest complete full state of `partition` with the change sets on it; problems
+    /// met on the way (skipped records, generations or change sets) are returned too.
+    pub fn finish(self, partition: i32) -> (Option<Restored>, Vec<String>) {
         let prefix = format!("{partition}/");
         let mut problems = Vec::new();
-        let mut by_gen: HashMap<u64, Vec<Parsed>> = HashMap::new();
+        let mut by_pos: HashMap<(u64, u32), Vec<Parsed>> = HashMap::new();
+        let mut change_keys = Vec::new();
         for (key, value) in self.latest {
             if !key.starts_with(&prefix) {
                 continue;
             }
             match parse(&value) {
-                Ok(p) => by_gen.entry(p.generation).or_default().push(p),
+                Ok(p) => {
+                    if p.seq != 0 {
+                        change_keys.push(key);
+                    }
+                    by_pos.entry((p.generation, p.seq)).or_default().push(p);
+                }
                 Err(e) => problems.push(format!("record {key}: {e}")),
             }
         }
-        let mut gens: Vec<u64> = by_gen.keys().copied().collect();
+        change_keys.sort();
+        let mut gens: Vec<u64> = by_pos
+            .keys()
+            .filter(|(_, seq)| *seq == 0)
+            .map(|(g, _)| *g)
+            .collect();
         gens.sort_unstable_by(|a, b| b.cmp(a));
         for g in gens {
-            let mut parts = by_gen.remove(&g).unwrap_or_default();
-            parts.sort_by_key(|p| p.index);
-            let count = parts.first().map_or(0, |p| p.count);
-            let complete = parts.len() == count as usize
-                && parts
-                    .iter()
-                    .enumerate()
-                    .all(|(i, p)| p.index == i as u32 && p.count == count);
-            if !complete {
-                problems.push(format!(
-                    "generation {g}: {} of {count} chunks (a write cut short)",
-                    parts.len()
-                ));
-                continue;
+            let parts = by_pos.remove(&(g, 0)).unwrap_or_default();
+            let full = match assemble_one(parts, partition) {
+                Ok(s) => s,
+                Err(e) => {
+                    problems.push(format!("generation {g}: {e}"));
+                    continue;
+                }
+            };
+            let mut changes = Vec::new();
+            for seq in 1.. {
+                let Some(parts) = by_pos.remove(&(g, seq)) else {
+                    break;
+                };
+                match assemble_one(parts, partition) {
+                    Ok(s) => changes.push(s),
+                    Err(e) => {
+                        problems.push(format!(
+                            "generation {g} change set {seq}: {e}; the state stops at the one before"
+                        ));
+                        break;
+                    }
+                }
             }
-            let bytes: Vec<u8> = parts.iter().flat_map(|p| p.bytes.iter().copied()).collect();
-            if crc32fast::hash(&bytes) != parts[0].crc {
-                problems.push(format!("generation {g}: checksum mismatch"));
-                continue;
-            }
-            match ciborium::from_reader::<PartitionState, _>(&bytes[..]) {
-                Ok(s) if s.partition == partition => return (Some((g, s)), problems),
-                Ok(s) => problems.push(format!(
-                    "generation {g}: holds partition {} instead",
-                    s.partition
-                )),
-                Err(e) => problems.push(format!("generation {g}: unreadable ({e})")),
-            }
+            return (
+                Some(Restored {
+                    generation: g,
+                    full,
+                    changes,
+                    change_keys,
+                }),
+                problems,
+            );
         }
         (None, problems)
+    }
+}
+
+/// The state in one record set's chunks, checked whole.
+fn assemble_one(mut parts: Vec<Parsed>, partition: i32) -> Result<PartitionState, String> {
+    parts.sort_by_key(|p| p.index);
+    let count = parts.first().map_or(0, |p| p.count);
+    let complete = parts.len() == count as usize
+        && parts
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.index == i as u32 && p.count == count);
+    if !complete {
+        return Err(format!(
+            "{} of {count} chunks (a write cut short)",
+            parts.len()
+        ));
+    }
+    let bytes: Vec<u8> = parts.iter().flat_map(|p| p.bytes.iter().copied()).collect();
+    if crc32fast::hash(&bytes) != parts[0].crc {
+        return Err("checksum mismatch".into());
+    }
+    match ciborium::from_reader::<PartitionState, _>(&bytes[..]) {
+        Ok(s) if s.partition == partition => Ok(s),
+        Ok(s) => Err(format!("holds partition {} instead", s.partition)),
+        Err(e) => Err(format!("unreadable ({e})")),
     }
 }
 
 /// Changelog traffic counters.
 #[derive(Debug, Default)]
 pub struct ChangelogStats {
-    /// Partition states written.
+    /// Partition states written (full states and change sets).
     pub writes: AtomicU64,
+    /// Of those, change sets.
+    pub change_sets: AtomicU64,
     /// Partition states that failed to write.
     pub write_failures: AtomicU64,
     /// Bytes written (record values).
@@ -214,8 +330,14 @@ impl ChangelogStats {
         counter(
             out,
             "trike_changelog_writes_total",
-            "Partition states written to the changelog.",
+            "Partition states written to the changelog (full states and change sets).",
             self.writes.load(Relaxed),
+        );
+        counter(
+            out,
+            "trike_changelog_change_sets_total",
+            "Of the partition states written, change sets (only the buckets changed since the previous write).",
+            self.change_sets.load(Relaxed),
         );
         counter(
             out,
@@ -350,17 +472,56 @@ impl Changelog {
         }
     }
 
-    /// Writes `state` as `generation` and waits until every chunk is acknowledged.
+    /// Writes `state` as the full state of `generation` and waits until every chunk is
+    /// acknowledged.
     pub fn write(&self, state: &PartitionState, generation: u64) -> Result<(), String> {
         let chunks = encode(state, generation).map_err(|e| e.to_string())?;
+        self.send(state.partition, &chunks)
+            .map_err(|e| format!("partition {} generation {generation}: {e}", state.partition))
+    }
+
+    /// Writes `state` as change set `seq` on top of `generation` and waits until every chunk
+    /// is acknowledged; returns the keys written (to delete once a newer full state is there).
+    pub fn write_changes(
+        &self,
+        state: &PartitionState,
+        generation: u64,
+        seq: u32,
+    ) -> Result<Vec<String>, String> {
+        let chunks = encode_changes(state, generation, seq).map_err(|e| e.to_string())?;
+        self.send(state.partition, &chunks).map_err(|e| {
+            format!(
+                "partition {} generation {generation} change set {seq}: {e}",
+                state.partition
+            )
+        })?;
+        self.stats.change_sets.fetch_add(1, Relaxed);
+        Ok(chunks.into_iter().map(|c| c.key).collect())
+    }
+
+    /// Deletes `keys` of `partition` (tombstones; compaction drops them). Best effort: a key
+    /// left behind belongs to an older generation, which readers pass over.
+    pub fn delete(&self, partition: i32, keys: &[String]) {
+        for key in keys {
+            let record = BaseRecord::<String, [u8]>::to(&self.topic)
+                .key(key)
+                .partition(partition);
+            if let Err((e, _)) = self.producer.send(record) {
+                tracing::debug!(error = %e, "changelog tombstone not sent");
+            }
+        }
+        let _ = self.producer.flush(TIMEOUT);
+    }
+
+    fn send(&self, partition: i32, chunks: &[Chunk]) -> Result<(), String> {
         let failed_before = self.producer.context().failed.load(Relaxed);
         let mut bytes = 0;
-        for c in &chunks {
+        for c in chunks {
             bytes += c.value.len() as u64;
             let mut record = BaseRecord::to(&self.topic)
                 .key(&c.key)
                 .payload(&c.value)
-                .partition(state.partition);
+                .partition(partition);
             let started = Instant::now();
             loop {
                 match self.producer.send(record) {
@@ -380,19 +541,16 @@ impl Changelog {
         let flushed = self.producer.flush(TIMEOUT);
         if flushed.is_err() || self.producer.context().failed.load(Relaxed) != failed_before {
             self.stats.write_failures.fetch_add(1, Relaxed);
-            return Err(format!(
-                "partition {} generation {generation}: not every chunk was acknowledged",
-                state.partition
-            ));
+            return Err("not every chunk was acknowledged".into());
         }
         self.stats.writes.fetch_add(1, Relaxed);
         self.stats.bytes.fetch_add(bytes, Relaxed);
         Ok(())
     }
 
-    /// Reads `partition`'s changelog to its end and returns the newest complete state and its
-    /// generation (none: the partition has no state yet).
-    pub fn read(&self, partition: i32) -> Result<Option<(u64, PartitionState)>, String> {
+    /// Reads `partition`'s changelog to its end and returns the newest complete full state
+    /// with its change sets (none: the partition has no state yet).
+    pub fn read(&self, partition: i32) -> Result<Option<Restored>, String> {
         let started = Instant::now();
         let consumer: BaseConsumer = self
             .client
@@ -426,8 +584,8 @@ impl Changelog {
                 match consumer.poll(Duration::from_millis(200)) {
                     Some(Ok(m)) => {
                         next = m.offset() + 1;
-                        if let (Some(k), Some(v)) = (m.key(), m.payload()) {
-                            asm.add(&String::from_utf8_lossy(k), v);
+                        if let Some(k) = m.key() {
+                            asm.add(&String::from_utf8_lossy(k), m.payload());
                         }
                     }
                     Some(Err(e)) => tracing::debug!(error = %e, "changelog read"),
@@ -482,12 +640,16 @@ mod tests {
         }
     }
 
-    fn assemble(records: &[Chunk], partition: i32) -> Option<(u64, PartitionState)> {
+    fn restored(records: &[Chunk], partition: i32) -> Option<Restored> {
         let mut a = Assembler::default();
         for c in records {
-            a.add(&c.key, &c.value);
+            a.add(&c.key, Some(&c.value));
         }
         a.finish(partition).0
+    }
+
+    fn assemble(records: &[Chunk], partition: i32) -> Option<(u64, PartitionState)> {
+        restored(records, partition).map(|r| (r.generation, r.full))
     }
 
     /// Guarantees: a state larger than a record is cut into chunks under 1 MiB that read back
@@ -543,5 +705,62 @@ mod tests {
             (7, 42),
             "a corrupted generation is skipped"
         );
+    }
+
+    /// Scenario: a full state of generation 7 and change sets 1, 2 and 3 on it, where 2 was cut
+    /// short by a crash (3 then belongs to nobody's chain); then a full state of generation 8
+    /// with one change set, after which the writer deletes generation 7's change sets.
+    /// Guarantees: the reader applies change sets in order up to the first damaged one; a newer
+    /// full state wins with only its own change sets; deleted keys (tombstones) are gone; a
+    /// format 1 record (before change sets) still reads as a full state.
+    #[test]
+    fn change_sets_apply_in_order_on_their_full_state() {
+        let full = state(2, 3);
+        let with_offset = |o: i64| PartitionState {
+            offset: o,
+            ..full.clone()
+        };
+        let mut log = encode(&full, 7).unwrap();
+        let one = encode_changes(&with_offset(50), 7, 1).unwrap();
+        assert_eq!(one[0].key, "2/c/7/1/0");
+        log.extend(one.clone());
+        let mut two = encode_changes(&with_offset(60), 7, 2).unwrap();
+        let n = two[0].value.len();
+        two[0].value[n - 1] ^= 0xff;
+        log.extend(two.clone());
+        log.extend(encode_changes(&with_offset(70), 7, 3).unwrap());
+        let r = restored(&log, 2).unwrap();
+        assert_eq!(r.generation, 7);
+        assert_eq!(r.changes.len(), 1, "change set 2 is damaged: stop after 1");
+        assert_eq!(r.latest().offset, 50);
+
+        log.extend(encode(&with_offset(80), 8).unwrap());
+        log.extend(encode_changes(&with_offset(90), 8, 1).unwrap());
+        let r = restored(&log, 2).unwrap();
+        assert_eq!(
+            (r.generation, r.changes.len(), r.latest().offset),
+            (8, 1, 90)
+        );
+
+        let mut a = Assembler::default();
+        for c in &log {
+            a.add(&c.key, Some(&c.value));
+        }
+        for c in one.iter().chain(&two) {
+            a.add(&c.key, None);
+        }
+        assert!(!a.latest.contains_key("2/c/7/1/0"), "deleted");
+        assert_eq!(a.finish(2).0.unwrap().latest().offset, 90);
+
+        // Format 1: no change-set field.
+        let mut v1 = encode(&full, 5).unwrap();
+        for c in &mut v1 {
+            let mut value = c.value[..HEADER_V1 - 12].to_vec();
+            value[4..6].copy_from_slice(&1u16.to_be_bytes());
+            value.extend_from_slice(&c.value[HEADER - 12..]);
+            c.value = value;
+        }
+        let (g, back) = assemble(&v1, 2).unwrap();
+        assert_eq!((g, back), (5, full));
     }
 }

@@ -1,8 +1,14 @@
 //! A processor's partitions: which partitions of `trike.partials` it owns, their state in
 //! `trike.changelog`, and the moves between processors (DESIGN §6).
 //!
-//! Three writers put a partition's state on the changelog, all through [`Owner::write`], one
-//! at a time, newest snapshot wins:
+//! A partition's state goes on the changelog as a full state every [`FULL_EVERY`] writes and
+//! as a change set (the buckets changed since the previous write, [`Engine::take_changes`])
+//! in between; after an assignment and after a failed write the next one is full. Change sets
+//! chain, so they are written in the order they were taken: every snapshot joins its
+//! partition's queue when it is taken (on the engine thread, under the engine's lock), and a
+//! writer writes the queue up to its own snapshot.
+//!
+//! Three writers put a partition's state on the changelog:
 //! - [`ChangelogHook`], every `state.checkpoint_every`: every owned partition, snapshotted on
 //!   the engine thread (the offsets match the state exactly) and written on its own thread;
 //! - [`FleetLog`], before the outbox publishes a round of decisions: the partitions of the
@@ -17,7 +23,7 @@
 //! With the eager protocol a rebalance revokes everything and assigns anew: a partition kept
 //! across it keeps its state in memory; one that went elsewhere is dropped from the engine.
 
-use crate::fleet::changelog::{Changelog, PartitionState};
+use crate::fleet::changelog::{Changelog, PartitionState, Restored};
 use crate::fleet::partition::partition_of;
 use crate::hook::{Hook, Tick};
 use crate::hooks::outbox::{DecisionLog, OUTBOX_AGE};
@@ -35,26 +41,57 @@ use trike_ingest::kafka::PartitionOwner;
 use trike_ingest::kafka::progress::{PartitionKey, Progress};
 use trike_sinks::ControlEvent;
 
+/// Writes between two full states of a partition: the first, then change sets (at the
+/// default `checkpoint_every` of 10 s, a full state every 5 minutes).
+pub const FULL_EVERY: u32 = 30;
+
 /// What the owner knows of one partition it holds (or held until the rebalance under way).
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 struct Part {
     /// Assigned now (false between a revocation and the assignment that follows it).
     owned: bool,
-    /// The newest generation on the changelog (written or restored).
+    /// Generation of the newest full state taken (written or not yet).
     generation: u64,
+    /// Change sets taken on top of it.
+    changes: u32,
+    /// The next snapshot must be a full state: after an assignment, or when a write failed
+    /// (the change sets taken after the one that failed would not chain).
+    need_full: bool,
+    /// Keys of the change sets written since the newest full state written: deleted when the
+    /// next full state is written.
+    change_keys: Vec<String>,
+    /// Keys of change sets of older full states, deleted once the next full state is written.
+    stale_keys: Vec<String>,
     /// The offset the newest write (or the restore) covers.
     offset: i64,
-    /// Sequence number of the snapshot the newest write held (older ones are not written).
-    seq: u64,
     /// Its services' control events of the last minute.
     outbox: Vec<(UnixNanos, String)>,
+    /// Snapshots taken and not written yet, oldest first.
+    queue: VecDeque<Pending>,
+}
+
+/// What a snapshot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// The full state of this generation.
+    Full(u64),
+    /// Change set `.1` on top of full state `.0`.
+    Changes(u64, u32),
 }
 
 /// A snapshot to write.
 #[derive(Debug)]
-pub struct Pending {
+struct Pending {
     seq: u64,
+    kind: Kind,
     state: PartitionState,
+}
+
+/// A snapshot taken: its partition and its place in the order snapshots were taken.
+#[derive(Clone, Copy, Debug)]
+pub struct Taken {
+    partition: i32,
+    seq: u64,
 }
 
 /// Owns the processor's partitions of the partials topic.
@@ -92,6 +129,7 @@ impl Owner {
         progress: Arc<Progress>,
         changelog: Arc<Changelog>,
     ) -> Self {
+        engine.lock().track_changes();
         Self {
             topic: topic.into(),
             partitions,
@@ -137,72 +175,137 @@ impl Owner {
     }
 
     /// Snapshots `ps` (owned ones only) from `engine` and `policy`, which the caller holds
-    /// locked, between batches (so the applied offsets match the state).
-    fn snapshot(&self, engine: &Engine, policy: &PolicyEngine, ps: &[i32]) -> Vec<Pending> {
+    /// locked, between batches (so the applied offsets match the state): a full state or the
+    /// changes since the previous snapshot, queued in the order taken.
+    fn snapshot(&self, engine: &mut Engine, policy: &PolicyEngine, ps: &[i32]) -> Vec<Taken> {
         let oldest = engine.now().saturating_sub(OUTBOX_AGE.as_nanos() as u64);
-        let parts = self.parts.lock();
-        ps.iter()
-            .filter_map(|&p| {
-                let part = parts.get(&p).filter(|x| x.owned)?;
-                let n = self.partitions;
-                let mine = move |s: &str| partition_of(s, n) == p;
-                Some(Pending {
-                    seq: self.seq.fetch_add(1, Relaxed) + 1,
-                    state: PartitionState {
-                        partition: p,
-                        offset: self
-                            .progress
-                            .applied_of(&self.topic, p)
-                            .unwrap_or(part.offset)
-                            .max(part.offset),
-                        engine: engine.snapshot_of(mine),
-                        policy: policy.snapshot_of(mine),
-                        outbox: part
-                            .outbox
-                            .iter()
-                            .filter(|(at, _)| *at >= oldest)
-                            .cloned()
-                            .collect(),
-                    },
-                })
-            })
-            .collect()
-    }
-
-    /// Writes a snapshot unless the partition is no longer owned or a newer snapshot of it is
-    /// already written; reports the offset it covers as durable.
-    fn write(&self, pending: Pending) -> Result<(), String> {
-        let _one_at_a_time = self.write.lock();
-        let p = pending.state.partition;
-        let generation = {
-            let parts = self.parts.lock();
-            match parts.get(&p) {
-                Some(part) if part.owned && part.seq < pending.seq => part.generation + 1,
-                _ => return Ok(()),
-            }
-        };
-        self.changelog.write(&pending.state, generation)?;
-        if let Some(part) = self.parts.lock().get_mut(&p) {
-            part.generation = generation;
-            part.seq = pending.seq;
-            part.offset = pending.state.offset;
+        let mut parts = self.parts.lock();
+        let mut taken = Vec::new();
+        for &p in ps {
+            let Some(part) = parts.get_mut(&p).filter(|x| x.owned) else {
+                continue;
+            };
+            let n = self.partitions;
+            let mine = move |s: &str| partition_of(s, n) == p;
+            let full = part.need_full || part.changes + 1 >= FULL_EVERY;
+            let (kind, engine_state) = if full {
+                let state = engine.snapshot_of(mine);
+                engine.clear_changes(mine);
+                part.generation += 1;
+                part.changes = 0;
+                part.need_full = false;
+                (Kind::Full(part.generation), state)
+            } else {
+                part.changes += 1;
+                (
+                    Kind::Changes(part.generation, part.changes),
+                    engine.take_changes(mine),
+                )
+            };
+            let seq = self.seq.fetch_add(1, Relaxed) + 1;
+            part.queue.push_back(Pending {
+                seq,
+                kind,
+                state: PartitionState {
+                    partition: p,
+                    offset: self
+                        .progress
+                        .applied_of(&self.topic, p)
+                        .unwrap_or(part.offset)
+                        .max(part.offset),
+                    engine: engine_state,
+                    policy: policy.snapshot_of(mine),
+                    outbox: part
+                        .outbox
+                        .iter()
+                        .filter(|(at, _)| *at >= oldest)
+                        .cloned()
+                        .collect(),
+                },
+            });
+            taken.push(Taken { partition: p, seq });
         }
-        self.progress
-            .durable(&[(self.topic.clone(), p, pending.state.offset)]);
-        Ok(())
+        taken
     }
 
-    fn write_all(&self, pending: Vec<Pending>) {
-        for w in pending {
-            let p = w.state.partition;
-            if let Err(e) = self.write(w) {
-                tracing::error!(partition = p, error = %e, "writing the partition's state to the changelog");
+    /// Writes `t`'s partition's queue up to `t` (older snapshots first: change sets chain);
+    /// reports the offset written as durable. A partition no longer owned writes nothing.
+    fn write(&self, t: Taken) -> Result<(), String> {
+        let _one_at_a_time = self.write.lock();
+        let p = t.partition;
+        loop {
+            let (pending, stale) = {
+                let mut parts = self.parts.lock();
+                let Some(part) = parts.get_mut(&p) else {
+                    return Ok(());
+                };
+                if !part.owned {
+                    part.queue.clear();
+                    return Ok(());
+                }
+                match part.queue.front() {
+                    Some(w) if w.seq <= t.seq => {}
+                    _ => return Ok(()),
+                }
+                let w = part.queue.pop_front().expect("front");
+                let stale = if matches!(w.kind, Kind::Full(_)) {
+                    std::mem::take(&mut part.stale_keys)
+                } else {
+                    Vec::new()
+                };
+                (w, stale)
+            };
+            let written = match pending.kind {
+                Kind::Full(g) => self.changelog.write(&pending.state, g).map(|()| Vec::new()),
+                Kind::Changes(g, k) => self.changelog.write_changes(&pending.state, g, k),
+            };
+            let mut parts = self.parts.lock();
+            let Some(part) = parts.get_mut(&p) else {
+                return Ok(());
+            };
+            match written {
+                Ok(keys) => {
+                    if matches!(pending.kind, Kind::Full(_)) {
+                        // The previous full state's change sets are superseded: delete them
+                        // (and any left from before).
+                        let mut old = std::mem::take(&mut part.change_keys);
+                        old.extend(stale);
+                        drop(parts);
+                        if !old.is_empty() {
+                            self.changelog.delete(p, &old);
+                        }
+                    } else {
+                        part.change_keys.extend(keys);
+                        drop(parts);
+                    }
+                    self.progress
+                        .durable(&[(self.topic.clone(), p, pending.state.offset)]);
+                    if let Some(part) = self.parts.lock().get_mut(&p) {
+                        part.offset = part.offset.max(pending.state.offset);
+                    }
+                }
+                Err(e) => {
+                    // The change sets queued after this one do not chain any more: drop them;
+                    // the next snapshot is a full state.
+                    part.stale_keys.extend(stale);
+                    part.queue.retain(|w| matches!(w.kind, Kind::Full(_)));
+                    part.need_full = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn write_all(&self, taken: Vec<Taken>) {
+        for t in taken {
+            if let Err(e) = self.write(t) {
+                tracing::error!(partition = t.partition, error = %e, "writing the partition's state to the changelog");
             }
         }
     }
 
     /// Reads a newly assigned partition's state, retrying a failing broker a few times.
-    fn restore(&self, p: i32) -> Option<(u64, PartitionState)> {
+    fn restore(&self, p: i32) -> Option<Restored> {
         for attempt in 1..=3 {
             match self.changelog.read(p) {
                 Ok(s) => return s,
@@ -259,36 +362,68 @@ impl PartitionOwner for Owner {
             let started = Instant::now();
             let mut part = Part {
                 owned: true,
+                need_full: true,
                 ..Part::default()
             };
-            if let Some((generation, state)) = self.restore(p) {
+            if let Some(restored) = self.restore(p) {
+                let Restored {
+                    generation,
+                    full,
+                    changes,
+                    change_keys,
+                } = restored;
+                let latest = changes.last().unwrap_or(&full);
+                let (offset, outbox) = (latest.offset, latest.outbox.clone());
+                let change_sets = changes.len();
                 let mut engine = self.engine.lock();
-                let series = match engine.merge(state.engine) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::error!(partition = p, error = %e, "the changelog's engine state is not usable: the partition starts without it");
-                        0
+                let mut policy = self.policy.lock();
+                let mut series = 0;
+                let mut usable = true;
+                for (i, state) in std::iter::once(full).chain(changes).enumerate() {
+                    let applied = if i == 0 {
+                        engine.merge(state.engine)
+                    } else {
+                        engine.apply_changes(state.engine)
+                    };
+                    match applied {
+                        Ok(n) => series = series.max(n),
+                        Err(e) => {
+                            tracing::error!(partition = p, error = %e, "the changelog's engine state is not usable: the partition starts without it");
+                            usable = false;
+                            break;
+                        }
                     }
-                };
-                for rule in self.policy.lock().merge(state.policy) {
-                    tracing::warn!(%rule, partition = p, "changelog policy state of a rule no longer configured dropped");
+                    for rule in policy.merge(state.policy) {
+                        tracing::warn!(%rule, partition = p, "changelog policy state of a rule no longer configured dropped");
+                    }
+                }
+                drop(policy);
+                if !usable {
+                    let n = self.partitions;
+                    let mine = move |s: &str| partition_of(s, n) == p;
+                    engine.drop_services(mine);
+                    self.policy.lock().drop_services(mine);
                 }
                 drop(engine);
-                self.republish.lock().extend(state.outbox.iter().cloned());
-                part.generation = generation;
-                part.offset = state.offset;
-                part.outbox = state.outbox;
-                let stats = &self.changelog.stats;
-                stats.last_restore_series.store(series as u64, Relaxed);
-                tracing::info!(
-                    partition = p,
-                    generation,
-                    offset = state.offset,
-                    series,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "partition state restored from the changelog"
-                );
-                out.push(((self.topic.clone(), p), state.offset));
+                if usable {
+                    self.republish.lock().extend(outbox.iter().cloned());
+                    part.generation = generation;
+                    part.offset = offset;
+                    part.outbox = outbox;
+                    part.stale_keys = change_keys;
+                    let stats = &self.changelog.stats;
+                    stats.last_restore_series.store(series as u64, Relaxed);
+                    tracing::info!(
+                        partition = p,
+                        generation,
+                        change_sets,
+                        offset,
+                        series,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "partition state restored from the changelog"
+                    );
+                    out.push(((self.topic.clone(), p), offset));
+                }
             }
             self.parts.lock().insert(p, part);
         }
@@ -302,12 +437,12 @@ impl PartitionOwner for Owner {
             .filter(|(t, _)| *t == self.topic)
             .map(|(_, p)| *p)
             .collect();
-        let pending = {
-            let engine = self.engine.lock();
+        let taken = {
+            let mut engine = self.engine.lock();
             let policy = self.policy.lock();
-            self.snapshot(&engine, &policy, &ps)
+            self.snapshot(&mut engine, &policy, &ps)
         };
-        self.write_all(pending);
+        self.write_all(taken);
         let mut parts = self.parts.lock();
         for p in &ps {
             if let Some(part) = parts.get_mut(p) {
@@ -327,7 +462,7 @@ pub struct FleetLog(pub Arc<Owner>);
 impl DecisionLog for FleetLog {
     fn save(
         &mut self,
-        engine: &Engine,
+        engine: &mut Engine,
         _policy: PolicySnapshot,
         recent: &VecDeque<(UnixNanos, ControlEvent)>,
         clean: bool,
@@ -373,14 +508,14 @@ pub struct ChangelogHook {
     every: Duration,
     last: UnixNanos,
     busy: Arc<AtomicBool>,
-    tx: Option<SyncSender<Vec<Pending>>>,
+    tx: Option<SyncSender<Vec<Taken>>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ChangelogHook {
     /// Starts the writer thread.
     pub fn start(owner: Arc<Owner>, every: Duration) -> std::io::Result<Self> {
-        let (tx, rx): (SyncSender<Vec<Pending>>, Receiver<Vec<Pending>>) =
+        let (tx, rx): (SyncSender<Vec<Taken>>, Receiver<Vec<Taken>>) =
             std::sync::mpsc::sync_channel(1);
         let busy = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -404,7 +539,7 @@ impl ChangelogHook {
         })
     }
 
-    fn snapshot_all(&self, engine: &Engine) -> Vec<Pending> {
+    fn snapshot_all(&self, engine: &mut Engine) -> Vec<Taken> {
         let ps = self.owner.owned();
         let policy = self.owner.policy.lock();
         self.owner.snapshot(engine, &policy, &ps)

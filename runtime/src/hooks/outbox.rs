@@ -139,7 +139,7 @@ pub trait DecisionLog: std::fmt::Debug + Send {
     /// clean stop, the sinks are about to be flushed, so no event needs publishing again.
     fn save(
         &mut self,
-        engine: &trike_engine::Engine,
+        engine: &mut trike_engine::Engine,
         policy: PolicySnapshot,
         recent: &VecDeque<(UnixNanos, ControlEvent)>,
         clean: bool,
@@ -158,7 +158,7 @@ pub struct PolicyFile(pub PathBuf);
 impl DecisionLog for PolicyFile {
     fn save(
         &mut self,
-        _engine: &trike_engine::Engine,
+        _engine: &mut trike_engine::Engine,
         policy: PolicySnapshot,
         recent: &VecDeque<(UnixNanos, ControlEvent)>,
         clean: bool,
@@ -255,13 +255,13 @@ impl Outbox {
     }
 
     /// Makes `policy` and the recent events durable (with none on a clean stop).
-    fn save(&mut self, engine: &trike_engine::Engine, policy: PolicySnapshot, clean: bool) {
+    fn save(&mut self, engine: &mut trike_engine::Engine, policy: PolicySnapshot, clean: bool) {
         if let Some(log) = &mut self.log {
             log.save(engine, policy, &self.recent, clean);
         }
     }
 
-    fn publish(&mut self, engine: &trike_engine::Engine, decided: Decided) {
+    fn publish(&mut self, engine: &mut trike_engine::Engine, decided: Decided) {
         let now = engine.now();
         let events: Vec<ControlEvent> = decided
             .decisions
