@@ -5,6 +5,7 @@
 //! ([`trike_engine::SecondObs`]), and the binary hands control events over as JSON.
 
 pub mod archive;
+pub mod fleet;
 pub mod query;
 
 /// Errors of the archive and of queries.
@@ -36,6 +37,9 @@ pub enum Error {
     /// A query ran past its time limit.
     #[error("query ran past its time limit of {0:?}")]
     Timeout(std::time::Duration),
+    /// Live tables from another fleet member could not be read.
+    #[error("live tables from a fleet member: {0}")]
+    Fleet(String),
 }
 
 /// `Result` with [`Error`].

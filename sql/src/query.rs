@@ -53,6 +53,12 @@ pub struct LiveTables {
 }
 
 impl LiveTables {
+    /// The tables with no rows.
+    pub fn empty() -> Result<Self> {
+        let engine = Engine::new(Arc::new(trike_engine::EngineConfig::default()));
+        Self::snapshot(&engine, &[], &[])
+    }
+
     /// Snapshots `engine` (hold its lock for this call only), the SLOs' status and the
     /// recent control events.
     pub fn snapshot(

@@ -225,6 +225,109 @@ pub async fn route(State(s): State<Arc<AdminState>>, req: Request, next: Next) -
     axum::Json(doc).into_response()
 }
 
+/// The fleet's live tables for SQL asked of this member: every live processor's `slis` and
+/// `slo_status` (this member's own without a round trip), and the decisions of all of them
+/// once per id; with the processors that did not answer. Asked of each with the caller's
+/// credentials.
+pub async fn live_tables(
+    s: &Arc<AdminState>,
+    view: &FleetView,
+    headers: &HeaderMap,
+) -> Result<(trike_sql::query::LiveTables, Vec<String>), String> {
+    let creds = credentials(headers);
+    let me = view.members.me().to_string();
+    let processors: Vec<Member> = view
+        .members
+        .live()
+        .into_iter()
+        .filter(|m| m.role == "processor")
+        .collect();
+    let local = processors.is_empty() || processors.iter().any(|m| m.url == me);
+    let limit = trike_runtime::hooks::outbox::STORE_CAPACITY;
+    let asked: Vec<_> = processors
+        .iter()
+        .filter(|m| m.url != me)
+        .map(|m| {
+            let (client, url, creds) = (view.client.clone(), m.url.clone(), creds.clone());
+            tokio::spawn(async move {
+                let tables = ask(
+                    client.clone(),
+                    url.clone(),
+                    "/api/v1/query/live".into(),
+                    creds.clone(),
+                )
+                .await;
+                let decisions = ask(
+                    client,
+                    url.clone(),
+                    format!("/api/v1/decisions?limit={limit}"),
+                    creds,
+                )
+                .await;
+                (url, tables, decisions)
+            })
+        })
+        .collect();
+    let mut parts = Vec::new();
+    let mut decisions: Vec<Value> = Vec::new();
+    let mut unreachable = Vec::new();
+    if local {
+        let state = s.clone();
+        let l = tokio::task::spawn_blocking(move || super::query::live_tables(&state))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let d = s.decisions.recent(None, limit);
+        decisions.extend(d.iter().map(trike_sinks::ControlEvent::to_value));
+        parts.push((l.slis, l.slo_status));
+    }
+    for a in asked {
+        let (url, tables, listed) = a.await.map_err(|e| e.to_string())?;
+        let tables = match tables {
+            Ok((status, body)) if status.is_success() => {
+                trike_sql::fleet::decode(&body).map_err(|e| e.to_string())
+            }
+            Ok((status, body))
+                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN =>
+            {
+                return Err(format!(
+                    "{url}: {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            Ok((status, _)) => Err(status.to_string()),
+            Err(e) => Err(e),
+        };
+        let listed = listed.and_then(|(status, body)| {
+            if !status.is_success() {
+                return Err(status.to_string());
+            }
+            serde_json::from_slice::<Value>(&body).map_err(|e| e.to_string())
+        });
+        match (tables, listed) {
+            (Ok(t), Ok(doc)) => {
+                parts.push(t);
+                if let Some(list) = doc.get("decisions").and_then(Value::as_array) {
+                    decisions.extend(list.iter().cloned());
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => unreachable.push(format!("{url}: {e}")),
+        }
+    }
+    let mut doc = serde_json::json!({ "decisions": decisions });
+    newest_first(&mut doc, usize::MAX);
+    let mut decisions = match doc {
+        Value::Object(mut o) => match o.remove("decisions") {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    decisions.reverse(); // oldest first, as the local table
+    let live = trike_sql::fleet::union(parts, &decisions).map_err(|e| e.to_string())?;
+    Ok((live, unreachable))
+}
+
 /// `?limit=` of a decisions request (default 100, as the handler's).
 fn limit_of(pq: &str) -> usize {
     params(pq.split_once('?').map(|(_, q)| q))

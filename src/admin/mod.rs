@@ -94,6 +94,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/history", get(history_handler))
         .route("/api/v1/services", get(services_handler))
         .route("/api/v1/query", axum::routing::post(query::handler))
+        .route("/api/v1/query/live", get(query::live_handler))
         .route("/api/v1/revisions", get(revisions::list))
         .route("/api/v1/revisions/{revision}", get(revisions::show))
         .route("/api/v1/fleet", get(fleet::members_handler))
@@ -135,6 +136,7 @@ async fn index() -> impl IntoResponse {
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\
      POST /api/v1/query?limit=N            SQL (body) over live tables and the archive; JSON rows\n\
+     GET /api/v1/query/live                this member's live tables for a fleet member's SQL (Arrow IPC)\n\
      GET /api/v1/revisions                 the running rule set's revision and the archived ones (JSON)\n\
      GET /api/v1/revisions/R               the rule set (SLOs, canaries, stale, policies) of revision R (JSON)\n"
 }

@@ -21,6 +21,8 @@ pub const QUERY_THREADS: usize = 2;
 pub const TRUNCATED: &str = "trike-truncated";
 /// Response header: the result's column names, comma-separated, in order.
 pub const COLUMNS: &str = "trike-columns";
+/// Response header, in a fleet: the processors whose live tables are missing from the answer.
+pub const UNREACHABLE: &str = "trike-unreachable";
 
 /// The query service: its limits, the gate on queries at once, and the threads queries run on.
 #[derive(Debug)]
@@ -116,18 +118,47 @@ pub fn live_tables(s: &AdminState) -> trike_sql::Result<LiveTables> {
         d
     };
     let engine = s.worker.engine().lock();
+    // In a fleet, an SLO's status is its owner's (the others hold none of its data).
+    let mine = |service: &str| {
+        s.fleet.as_ref().is_none_or(|v| {
+            v.members
+                .owner_of(service)
+                .is_none_or(|o| o.url == v.members.me())
+        })
+    };
     let slos: Vec<_> = s
         .slos
         .iter()
+        .filter(|slo| mine(&slo.service))
         .map(|slo| trike_engine::slo::evaluate(&engine, slo))
         .collect();
     LiveTables::snapshot(&engine, &slos, &decisions)
+}
+
+/// `GET /api/v1/query/live`: this member's live `slis` and `slo_status` for another fleet
+/// member's SQL (see `trike_sql::fleet`).
+pub async fn live_handler(State(s): State<Arc<AdminState>>) -> Response {
+    let state = s.clone();
+    let encoded = tokio::task::spawn_blocking(move || {
+        live_tables(&state).and_then(|l| trike_sql::fleet::encode(&l))
+    })
+    .await;
+    match encoded {
+        Ok(Ok(bytes)) => (
+            [(header::CONTENT_TYPE, trike_sql::fleet::CONTENT_TYPE)],
+            bytes,
+        )
+            .into_response(),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// The handler.
 pub async fn handler(
     State(s): State<Arc<AdminState>>,
     Query(p): Query<QueryParams>,
+    headers: axum::http::HeaderMap,
     sql: String,
 ) -> Response {
     if sql.trim().is_empty() {
@@ -166,11 +197,26 @@ pub async fn handler(
             .clamp(1, q.config.max_rows),
         timeout: q.config.timeout,
     };
-    let state = s.clone();
-    let live = match tokio::task::spawn_blocking(move || live_tables(&state)).await {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    // On a fleet member, the live tables are the whole fleet's.
+    let mut unreachable = Vec::new();
+    let live = match s.fleet.as_ref() {
+        Some(view) if !headers.contains_key(super::fleet::FORWARDED) => {
+            match super::fleet::live_tables(&s, view, &headers).await {
+                Ok((l, missing)) => {
+                    unreachable = missing;
+                    l
+                }
+                Err(e) => return json_error(StatusCode::BAD_GATEWAY, e),
+            }
+        }
+        _ => {
+            let state = s.clone();
+            match tokio::task::spawn_blocking(move || live_tables(&state)).await {
+                Ok(Ok(l)) => l,
+                Ok(Err(e)) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
     };
     let archive = s.archive.as_ref().map(|(dir, _)| dir.clone());
     let memory_limit = q.config.memory_limit;
@@ -234,6 +280,11 @@ pub async fn handler(
             );
             if let Ok(v) = axum::http::HeaderValue::from_str(&columns) {
                 h.insert(COLUMNS, v);
+            }
+            if !unreachable.is_empty()
+                && let Ok(v) = axum::http::HeaderValue::from_str(&unreachable.join(", "))
+            {
+                h.insert(UNREACHABLE, v);
             }
             resp
         }

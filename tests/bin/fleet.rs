@@ -20,6 +20,9 @@
 //!
 //! Needs `TRIKE_TEST_KAFKA_BROKERS`; without it the test says SKIPPED locally and fails in CI.
 
+#[path = "../src/chromium.rs"]
+mod chromium;
+
 use rand::SeedableRng;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -665,6 +668,33 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
     );
     assert_eq!(directory["partitions"], 6);
     assert_eq!(directory["unowned"], serde_json::json!([]), "{directory}");
+    // The dashboard of a gateway shows the fleet (real Chromium, the page's own scripts).
+    if let Some(chromium) = chromium::chromium() {
+        let url = format!("http://127.0.0.1:{}/?service=checkout", gateways[0].admin);
+        let dom = chromium::run_chromium(&chromium, &url, 5000, &["--dump-dom"]);
+        let panel = &dom[dom.find("id=\"fleet-section\"").expect("the fleet panel")..];
+        assert!(
+            !panel[..panel.find('>').unwrap()].contains("hidden"),
+            "the fleet panel shows on a fleet member"
+        );
+        for role in ["processor", "gateway"] {
+            assert_eq!(
+                dom.matches(&format!("class=\"member\" data-role=\"{role}\""))
+                    .count(),
+                2,
+                "two {role}s listed"
+            );
+        }
+        assert!(
+            dom.contains("all 6 partitions owned"),
+            "partitions all owned"
+        );
+        assert!(dom.contains("this page"), "the member asked is marked");
+        assert!(
+            dom.contains("data-slo=\"checkout-"),
+            "the owner's SLO, through the gateway"
+        );
+    }
     for name in SERVICES.iter().chain(&["search"]) {
         let owner = live
             .iter()
@@ -688,6 +718,37 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
         counted_all + 200,
         "the merged list counts every span once"
     );
+    // SQL asked of a gateway runs over every processor's live tables.
+    let r = reqwest::blocking::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/api/v1/query",
+            gateways[0].admin
+        ))
+        .body(
+            "SELECT COUNT(DISTINCT service) AS services, SUM(requests) AS requests \
+             FROM slis WHERE time_window = '5m'",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("trike-unreachable").is_none());
+    let rows: Value = r.json().unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([{ "services": SERVICES.len() + 1, "requests": counted_all + 200 }]),
+        "SQL at a gateway sees every service's spans once"
+    );
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{}/api/v1/query", live[1].admin))
+        .body("SELECT COUNT(DISTINCT id) AS ids, COUNT(*) AS n FROM decisions WHERE service = 'checkout' AND action <> 'resolved'")
+        .send()
+        .unwrap();
+    let rows: Value = r.json().unwrap();
+    assert_eq!(
+        rows[0]["ids"], rows[0]["n"],
+        "each decision once in the fleet's decisions table: {rows}"
+    );
+    assert!(rows[0]["n"].as_u64().unwrap() >= 1, "{rows}");
     let slos: Value = serde_json::from_str(&get(live[0], "/api/v1/slos").unwrap()).unwrap();
     let slos = slos["slos"].as_array().unwrap();
     assert_eq!(slos.len(), 1, "one entry per SLO, from its owner: {slos:?}");

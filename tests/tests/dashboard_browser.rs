@@ -75,6 +75,10 @@ async fn dashboard_renders_charts_and_the_rollback() {
         dom.contains("badge b-ok\">live"),
         "the page reached the API"
     );
+    assert!(
+        dom.contains("id=\"fleet-section\" hidden"),
+        "no fleet panel on a single process (no /api/v1/fleet)"
+    );
 
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -110,6 +110,7 @@ impl Engine {
             self.reindex_versions();
         }
         self.services.retain(|name, _| !gone(name));
+        self.removed.retain(|k| !gone(&k.service));
         dropped
     }
 }
