@@ -38,6 +38,10 @@ struct Args {
     /// A Kafka-protocol broker; default: the embedded one.
     #[arg(long)]
     brokers: Option<String>,
+    /// Only the sizes of the state and of a change set (no broker): for states larger than
+    /// the broker takes within the write timeout.
+    #[arg(long)]
+    size_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,6 +119,33 @@ fn main() -> anyhow::Result<()> {
         bytes / e.series_count().max(1)
     );
 
+    if args.size_only {
+        traffic(&mut e, args.seconds, args.seconds + 10);
+        let t = Instant::now();
+        let changes = PartitionState {
+            engine: e.take_changes(|_| true),
+            ..state
+        };
+        let take_ms = t.elapsed().as_secs_f64() * 1e3;
+        let change_bytes: usize = encode_changes(&changes, 1, 1)?
+            .iter()
+            .map(|c| c.value.len())
+            .sum();
+        let per_cycle = bytes + (FULL_EVERY as usize - 1) * change_bytes;
+        println!(
+            "| series | state bytes (per series) | change set of 10 s (per series) | take ms | changelog bytes/s at checkpoint_every 10s (full every {FULL_EVERY}) | full states only |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|");
+        let n = e.series_count().max(1);
+        println!(
+            "| {n} | {bytes} ({}) | {change_bytes} ({}) | {take_ms:.0} | {} | {} |",
+            bytes / n,
+            change_bytes / n,
+            per_cycle / (FULL_EVERY as usize * 10),
+            bytes / 10
+        );
+        return Ok(());
+    }
     let embedded;
     let brokers = match &args.brokers {
         Some(b) => b.clone(),
