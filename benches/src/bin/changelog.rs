@@ -166,7 +166,7 @@ fn main() -> anyhow::Result<()> {
     let mut write_ms = Vec::new();
     for g in 1..=u64::from(args.rounds) {
         let t = Instant::now();
-        cl.write(&state, g).map_err(anyhow::Error::msg)?;
+        let _ = cl.write(&state, g).map_err(anyhow::Error::msg)?;
         write_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     // 10 s more (one checkpoint_every), written as a change set on the last full state.
@@ -185,7 +185,8 @@ fn main() -> anyhow::Result<()> {
         .map(|c| c.value.len())
         .sum();
     let t = Instant::now();
-    cl.write_changes(&changes, u64::from(args.rounds), 1)
+    let _ = cl
+        .write_changes(&changes, u64::from(args.rounds), 1)
         .map_err(anyhow::Error::msg)?;
     let change_write_ms = t.elapsed().as_secs_f64() * 1e3;
     eprintln!(

@@ -323,6 +323,14 @@ fn main() -> anyhow::Result<()> {
                 published as u64 >= acked,
                 "the gateway acknowledged {acked} spans but published {published}"
             );
+            let records = metric(t.admin, "trike_gateway_records_total");
+            let bytes = metric(t.admin, "trike_gateway_record_bytes_total");
+            eprintln!(
+                "gateway: {records:.0} partials records, {bytes:.0} bytes ({:.0} bytes per record, {:.1} spans per record, {:.1} bytes per span)",
+                bytes / records.max(1.0),
+                published / records.max(1.0),
+                bytes / published.max(1.0)
+            );
         }
         println!(
             "| {role} | {:.0} | {cpu:.1} s in {wall:.1} s | {:.0} | {me:.1} s |",

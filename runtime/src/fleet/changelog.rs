@@ -473,30 +473,31 @@ impl Changelog {
     }
 
     /// Writes `state` as the full state of `generation` and waits until every chunk is
-    /// acknowledged.
-    pub fn write(&self, state: &PartitionState, generation: u64) -> Result<(), String> {
+    /// acknowledged; returns the bytes written.
+    pub fn write(&self, state: &PartitionState, generation: u64) -> Result<u64, String> {
         let chunks = encode(state, generation).map_err(|e| e.to_string())?;
         self.send(state.partition, &chunks)
             .map_err(|e| format!("partition {} generation {generation}: {e}", state.partition))
     }
 
     /// Writes `state` as change set `seq` on top of `generation` and waits until every chunk
-    /// is acknowledged; returns the keys written (to delete once a newer full state is there).
+    /// is acknowledged; returns the keys written (to delete once a newer full state is there)
+    /// and the bytes.
     pub fn write_changes(
         &self,
         state: &PartitionState,
         generation: u64,
         seq: u32,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<(Vec<String>, u64), String> {
         let chunks = encode_changes(state, generation, seq).map_err(|e| e.to_string())?;
-        self.send(state.partition, &chunks).map_err(|e| {
+        let bytes = self.send(state.partition, &chunks).map_err(|e| {
             format!(
                 "partition {} generation {generation} change set {seq}: {e}",
                 state.partition
             )
         })?;
         self.stats.change_sets.fetch_add(1, Relaxed);
-        Ok(chunks.into_iter().map(|c| c.key).collect())
+        Ok((chunks.into_iter().map(|c| c.key).collect(), bytes))
     }
 
     /// Deletes `keys` of `partition` (tombstones; compaction drops them). Best effort: a key
@@ -513,7 +514,8 @@ impl Changelog {
         let _ = self.producer.flush(TIMEOUT);
     }
 
-    fn send(&self, partition: i32, chunks: &[Chunk]) -> Result<(), String> {
+    /// Sends `chunks` and waits until each is acknowledged; returns their bytes.
+    fn send(&self, partition: i32, chunks: &[Chunk]) -> Result<u64, String> {
         let failed_before = self.producer.context().failed.load(Relaxed);
         let mut bytes = 0;
         for c in chunks {
@@ -545,7 +547,7 @@ impl Changelog {
         }
         self.stats.writes.fetch_add(1, Relaxed);
         self.stats.bytes.fetch_add(bytes, Relaxed);
-        Ok(())
+        Ok(bytes)
     }
 
     /// Reads `partition`'s changelog to its end and returns the newest complete full state

@@ -41,8 +41,11 @@ use trike_ingest::kafka::PartitionOwner;
 use trike_ingest::kafka::progress::{PartitionKey, Progress};
 use trike_sinks::ControlEvent;
 
-/// Writes between two full states of a partition: the first, then change sets (at the
-/// default `checkpoint_every` of 10 s, a full state every 5 minutes).
+/// Writes between two full states of a partition at most: the first, then change sets (at the
+/// default `checkpoint_every` of 10 s, a full state every 5 minutes at least). A full state
+/// comes sooner once the change sets written since the last one add up to half its size, so a
+/// restore never reads more than 1.5 full states (busy series change much of their state in
+/// 10 s: their 1 s digests).
 pub const FULL_EVERY: u32 = 30;
 
 /// What the owner knows of one partition it holds (or held until the rebalance under way).
@@ -54,6 +57,10 @@ struct Part {
     generation: u64,
     /// Change sets taken on top of it.
     changes: u32,
+    /// Bytes of the newest full state written.
+    full_bytes: u64,
+    /// Bytes of the change sets written since.
+    change_bytes: u64,
     /// The next snapshot must be a full state: after an assignment, or when a write failed
     /// (the change sets taken after the one that failed would not chain).
     need_full: bool,
@@ -187,7 +194,9 @@ impl Owner {
             };
             let n = self.partitions;
             let mine = move |s: &str| partition_of(s, n) == p;
-            let full = part.need_full || part.changes + 1 >= FULL_EVERY;
+            let full = part.need_full
+                || part.changes + 1 >= FULL_EVERY
+                || part.change_bytes * 2 >= part.full_bytes;
             let (kind, engine_state) = if full {
                 let state = engine.snapshot_of(mine);
                 engine.clear_changes(mine);
@@ -256,7 +265,10 @@ impl Owner {
                 (w, stale)
             };
             let written = match pending.kind {
-                Kind::Full(g) => self.changelog.write(&pending.state, g).map(|()| Vec::new()),
+                Kind::Full(g) => self
+                    .changelog
+                    .write(&pending.state, g)
+                    .map(|bytes| (Vec::new(), bytes)),
                 Kind::Changes(g, k) => self.changelog.write_changes(&pending.state, g, k),
             };
             let mut parts = self.parts.lock();
@@ -264,8 +276,10 @@ impl Owner {
                 return Ok(());
             };
             match written {
-                Ok(keys) => {
+                Ok((keys, bytes)) => {
                     if matches!(pending.kind, Kind::Full(_)) {
+                        part.full_bytes = bytes;
+                        part.change_bytes = 0;
                         // The previous full state's change sets are superseded: delete them
                         // (and any left from before).
                         let mut old = std::mem::take(&mut part.change_keys);
@@ -276,6 +290,7 @@ impl Owner {
                         }
                     } else {
                         part.change_keys.extend(keys);
+                        part.change_bytes += bytes;
                         drop(parts);
                     }
                     self.progress
