@@ -720,6 +720,16 @@ impl Engine {
         }
     }
 
+    /// Rebuilds the series index after entries were removed.
+    fn reindex(&mut self) {
+        self.index = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.key.clone(), i))
+            .collect();
+    }
+
     fn reindex_versions(&mut self) {
         self.version_index = self
             .versions

@@ -30,6 +30,15 @@ pub struct FleetView {
 }
 
 impl FleetView {
+    /// The live processors.
+    fn processors(&self) -> Vec<Member> {
+        self.members
+            .live()
+            .into_iter()
+            .filter(|m| m.role == "processor")
+            .collect()
+    }
+
     /// A view over `members`.
     pub fn new(members: Arc<Members>) -> Self {
         let client = reqwest::Client::builder()
@@ -136,12 +145,7 @@ pub async fn route(State(s): State<Arc<AdminState>>, req: Request, next: Next) -
         };
     }
     // A list: every live processor's, merged.
-    let processors: Vec<Member> = view
-        .members
-        .live()
-        .into_iter()
-        .filter(|m| m.role == "processor")
-        .collect();
+    let processors = view.processors();
     let local = processors.iter().any(|m| m.url == me);
     let others: Vec<&Member> = processors.iter().filter(|m| m.url != me).collect();
     let asked: Vec<_> = others
@@ -236,12 +240,7 @@ pub async fn live_tables(
 ) -> Result<(trike_sql::query::LiveTables, Vec<String>), String> {
     let creds = credentials(headers);
     let me = view.members.me().to_string();
-    let processors: Vec<Member> = view
-        .members
-        .live()
-        .into_iter()
-        .filter(|m| m.role == "processor")
-        .collect();
+    let processors = view.processors();
     let local = processors.is_empty() || processors.iter().any(|m| m.url == me);
     let limit = trike_runtime::hooks::outbox::STORE_CAPACITY;
     let asked: Vec<_> = processors

@@ -87,45 +87,6 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// CPU seconds (user + system) of process `pid`, all its threads.
-fn cpu_of(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-/// CPU seconds per thread name of process `pid` (threads of one name summed), largest first.
-fn threads_of(pid: &str) -> Vec<(String, f64)> {
-    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let f: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        *by.entry(comm.trim().to_string()).or_default() += ticks / 100.0;
-    }
-    let mut v: Vec<_> = by.into_iter().filter(|(_, s)| *s >= 0.1).collect();
-    v.sort_by(|a, b| b.1.total_cmp(&a.1));
-    v
-}
-
 struct Trike {
     child: Child,
     admin: u16,
@@ -187,7 +148,10 @@ fn run(
     let pid = t.child.id().to_string();
     let acked = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let (cpu0, me0) = (cpu_of(&pid), cpu_of("self"));
+    let (cpu0, me0) = (
+        trike_benches::cpu_seconds_of(&pid),
+        trike_benches::cpu_seconds_of("self"),
+    );
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_s);
     rt.block_on(async {
@@ -206,22 +170,12 @@ fn run(
                 while Instant::now() < deadline {
                     // Fresh event times every 200 ms (the gateway drops late data too).
                     if built.elapsed() > Duration::from_millis(200) {
-                        let mut req = trike_benches::trace_request(
+                        let req = trike_benches::trace_request_of(
+                            &format!("load-{c}"),
                             n,
                             routes,
                             trike_runtime::clock::now_nanos(),
                         );
-                        for rs in &mut req.resource_spans {
-                            if let Some(r) = rs.resource.as_mut() {
-                                r.attributes[0].value = Some(trike_proto::common::v1::AnyValue {
-                                    value: Some(
-                                        trike_proto::common::v1::any_value::Value::StringValue(
-                                            format!("load-{c}"),
-                                        ),
-                                    ),
-                                });
-                            }
-                        }
                         body = req.encode_to_vec().into();
                         built = Instant::now();
                     }
@@ -257,7 +211,10 @@ fn run(
         anyhow::Ok(())
     })?;
     let wall = started.elapsed().as_secs_f64();
-    let (cpu, me) = (cpu_of(&pid) - cpu0, cpu_of("self") - me0);
+    let (cpu, me) = (
+        trike_benches::cpu_seconds_of(&pid) - cpu0,
+        trike_benches::cpu_seconds_of("self") - me0,
+    );
     let failed = failed.load(Relaxed);
     if failed > 0 {
         eprintln!("{failed} requests failed or were refused");
@@ -307,7 +264,7 @@ fn main() -> anyhow::Result<()> {
     for (role, cfg) in [("gateway", &gateway_cfg), ("all", &all_cfg)] {
         let t = spawn(&bin, cfg, role)?;
         let (acked, wall, cpu, me) = run(&args, &t, &rt)?;
-        let threads = threads_of(&t.child.id().to_string());
+        let threads = trike_benches::thread_cpu_of(&t.child.id().to_string());
         eprintln!(
             "{role}: CPU by thread (whole life): {}",
             threads

@@ -80,41 +80,12 @@ fn now_ns() -> u64 {
 }
 
 fn cpu_seconds() -> f64 {
-    // utime + stime of this process, from /proc (Linux).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
+    trike_benches::cpu_seconds_of("self")
 }
 
 /// CPU seconds per thread name (threads of one name summed), largest first.
 fn thread_cpu() -> String {
-    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
-    for t in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let f: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        *by.entry(comm.trim().to_string()).or_default() += ticks / 100.0;
-    }
-    let mut v: Vec<_> = by.into_iter().filter(|(_, s)| *s >= 0.1).collect();
-    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let v = trike_benches::thread_cpu_of("self");
     v.iter()
         .map(|(n, s)| format!("{n} {s:.1}"))
         .collect::<Vec<_>>()
@@ -285,18 +256,8 @@ async fn main() -> anyhow::Result<()> {
             while Instant::now() < deadline {
                 // Fresh event times every 200 ms; encoding is then off the hot path.
                 if built_at.elapsed() > Duration::from_millis(200) {
-                    let mut req = trike_benches::trace_request(n, routes, now_ns());
-                    for rs in &mut req.resource_spans {
-                        if let Some(r) = rs.resource.as_mut() {
-                            r.attributes[0].value = Some(trike_proto::common::v1::AnyValue {
-                                value: Some(
-                                    trike_proto::common::v1::any_value::Value::StringValue(
-                                        format!("load-{c}"),
-                                    ),
-                                ),
-                            });
-                        }
-                    }
+                    let req =
+                        trike_benches::trace_request_of(&format!("load-{c}"), n, routes, now_ns());
                     body = req.encode_to_vec();
                     built_at = Instant::now();
                 }

@@ -11,10 +11,10 @@
 //! full state followed by every change set taken since, in order, is the state of the engine
 //! that took them.
 
-use super::{Engine, Entry, SNAPSHOT_VERSION, Snapshot, Stats, UNCHANGED};
+use super::{Engine, SNAPSHOT_VERSION, Snapshot, Stats, UNCHANGED};
+use crate::Result;
 use crate::delta::DeltaTracker;
 use crate::time::secs;
-use crate::{Error, Result};
 
 impl Engine {
     /// Remembers removed series for [`Engine::take_changes`] (a fleet processor; nobody else
@@ -47,13 +47,7 @@ impl Engine {
             .into_iter()
             .partition(|k| owns(&k.service));
         self.removed = kept;
-        let mut services: Vec<_> = self
-            .services
-            .iter()
-            .filter(|(k, _)| owns(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        services.sort_by(|a, b| a.0.cmp(&b.0));
+        let services = self.service_records(&owns);
         Snapshot {
             version: SNAPSHOT_VERSION,
             now: self.now,
@@ -82,29 +76,12 @@ impl Engine {
     /// Applies a change set from [`Engine::take_changes`] on top of the state (a full
     /// state merged first, then each change set taken after it, in order); returns the series
     /// changed. The series cap holds as in [`Engine::merge`].
-    pub fn apply_changes(&mut self, changes: Snapshot) -> Result<usize> {
-        if changes.version != SNAPSHOT_VERSION {
-            return Err(Error::SnapshotVersion {
-                found: changes.version,
-                expected: SNAPSHOT_VERSION,
-            });
-        }
-        if self.start == 0 || (changes.start != 0 && changes.start < self.start) {
-            self.start = changes.start;
-        }
-        self.now = self.now.max(changes.now);
-        for (name, info) in changes.services {
-            self.services.insert(name, info);
-        }
+    pub fn apply_changes(&mut self, mut changes: Snapshot) -> Result<usize> {
+        self.take_time_and_services(&mut changes)?;
         if !changes.removed.is_empty() {
             let gone: std::collections::HashSet<_> = changes.removed.into_iter().collect();
             self.entries.retain(|e| !gone.contains(&e.key));
-            self.index = self
-                .entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (e.key.clone(), i))
-                .collect();
+            self.reindex();
         }
         for (key, digests) in changes.versions {
             let i = self.version_for(key);
@@ -112,16 +89,12 @@ impl Engine {
         }
         let mut applied = 0;
         for (key, state) in changes.series {
-            if let Some(&i) = self.index.get(&key) {
-                self.entries[i].state.overwrite(&state);
-            } else if self.entries.len() < self.cfg.max_series {
-                self.index.insert(key.clone(), self.entries.len());
-                self.entries.push(Entry::new(key, state));
-            } else {
-                self.stats.series_evicted += 1;
-                continue;
+            if self
+                .put_series(key, state, |mine, theirs| mine.overwrite(&theirs))
+                .is_some()
+            {
+                applied += 1;
             }
-            applied += 1;
         }
         let now_s = secs(self.now);
         self.last_sweep_s = self.last_sweep_s.max(now_s);

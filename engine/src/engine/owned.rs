@@ -8,7 +8,10 @@
 
 use super::{Engine, Entry, SNAPSHOT_VERSION, Snapshot, Stats};
 use crate::delta::DeltaTracker;
+use crate::observation::SeriesKey;
+use crate::window::SeriesState;
 use crate::{Error, Result};
+use std::sync::Arc;
 
 impl Engine {
     /// The state of the services for which `owns(service)` holds: their series and service
@@ -21,13 +24,7 @@ impl Engine {
             .map(|e| (e.key.clone(), e.state.clone()))
             .collect();
         series.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut services: Vec<_> = self
-            .services
-            .iter()
-            .filter(|(k, _)| owns(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        services.sort_by(|a, b| a.0.cmp(&b.0));
+        let services = self.service_records(&owns);
         let mut versions: Vec<_> = self
             .versions
             .iter()
@@ -50,10 +47,44 @@ impl Engine {
 
     /// Takes over the series, version digests and service records of `snap` (from
     /// [`Engine::snapshot_of`]), replacing what the engine holds under the same keys; returns
-    /// the series taken. Time
-    /// does not move backwards: the engine keeps the later of the two `now`s. The series count
-    /// cap still holds: series beyond it are not taken (counted as evicted).
-    pub fn merge(&mut self, snap: Snapshot) -> Result<usize> {
+    /// the series taken. Time does not move backwards: the engine keeps the later of the two
+    /// `now`s. The series count cap still holds: series beyond it are not taken (counted as
+    /// evicted).
+    pub fn merge(&mut self, mut snap: Snapshot) -> Result<usize> {
+        self.take_time_and_services(&mut snap)?;
+        for (key, digests) in snap.versions {
+            let i = self.version_for(key);
+            self.versions[i].digests = digests;
+        }
+        let mut taken = 0;
+        for (key, state) in snap.series {
+            if let Some(i) = self.put_series(key, state, |mine, theirs| *mine = theirs) {
+                self.adopt_legacy_hour(i);
+                taken += 1;
+            }
+        }
+        Ok(taken)
+    }
+
+    /// The service records of the services for which `owns(service)` holds, sorted.
+    pub(super) fn service_records(
+        &self,
+        owns: &impl Fn(&str) -> bool,
+    ) -> Vec<(Arc<str>, super::ServiceInfo)> {
+        let mut services: Vec<_> = self
+            .services
+            .iter()
+            .filter(|(k, _)| owns(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        services.sort_by(|a, b| a.0.cmp(&b.0));
+        services
+    }
+
+    /// What every snapshot taken over brings besides series and versions: checks its layout
+    /// version, keeps the earlier history start and the later `now`, and takes its service
+    /// records.
+    pub(super) fn take_time_and_services(&mut self, snap: &mut Snapshot) -> Result<()> {
         if snap.version != SNAPSHOT_VERSION {
             return Err(Error::SnapshotVersion {
                 found: snap.version,
@@ -64,30 +95,31 @@ impl Engine {
             self.start = snap.start;
         }
         self.now = self.now.max(snap.now);
-        for (name, info) in snap.services {
+        for (name, info) in std::mem::take(&mut snap.services) {
             self.services.insert(name, info);
         }
-        for (key, digests) in snap.versions {
-            let i = self.version_for(key);
-            self.versions[i].digests = digests;
+        Ok(())
+    }
+
+    /// Puts `state` under `key`: `combine`d into the series held, or as a new series while
+    /// the series cap allows (else counted as evicted). The series' index, if it was put.
+    pub(super) fn put_series(
+        &mut self,
+        key: SeriesKey,
+        state: SeriesState,
+        combine: impl FnOnce(&mut SeriesState, SeriesState),
+    ) -> Option<usize> {
+        if let Some(&i) = self.index.get(&key) {
+            combine(&mut self.entries[i].state, state);
+            Some(i)
+        } else if self.entries.len() < self.cfg.max_series {
+            self.index.insert(key.clone(), self.entries.len());
+            self.entries.push(Entry::new(key, state));
+            Some(self.entries.len() - 1)
+        } else {
+            self.stats.series_evicted += 1;
+            None
         }
-        let mut taken = 0;
-        for (key, state) in snap.series {
-            let i = if let Some(&i) = self.index.get(&key) {
-                self.entries[i].state = state;
-                i
-            } else if self.entries.len() < self.cfg.max_series {
-                self.index.insert(key.clone(), self.entries.len());
-                self.entries.push(Entry::new(key, state));
-                self.entries.len() - 1
-            } else {
-                self.stats.series_evicted += 1;
-                continue;
-            };
-            self.adopt_legacy_hour(i);
-            taken += 1;
-        }
-        Ok(taken)
     }
 
     /// Forgets every series, version digests and service record of the services for which `gone(service)`
@@ -97,12 +129,7 @@ impl Engine {
         self.entries.retain(|e| !gone(&e.key.service));
         let dropped = before - self.entries.len();
         if dropped > 0 {
-            self.index = self
-                .entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (e.key.clone(), i))
-                .collect();
+            self.reindex();
         }
         let versions = self.versions.len();
         self.versions.retain(|v| !gone(&v.key.0));
