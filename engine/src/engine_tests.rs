@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::observation::SecondObs;
-use crate::observation::{CounterObs, RequestObs};
+use crate::observation::{CounterObs, HistogramObs, RequestObs};
 use crate::sli::{SliQuery, SliRow};
 
 const S: u64 = NANOS_PER_SEC;

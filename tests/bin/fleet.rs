@@ -23,6 +23,9 @@
 #[path = "../src/chromium.rs"]
 mod chromium;
 
+#[path = "../src/run.rs"]
+mod run;
+
 use rand::SeedableRng;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -316,14 +319,7 @@ fn write_config(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
 #[test]
 fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_move() {
     let Some(brokers) = brokers() else { return };
-    let run = format!(
-        "{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let run = run::run_id();
     let dir = std::env::temp_dir().join(format!("trike-fleet-{run}"));
     std::fs::create_dir_all(&dir).unwrap();
     let common = format!(

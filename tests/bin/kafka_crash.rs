@@ -12,6 +12,9 @@
 //!
 //! Needs `TRIKE_TEST_KAFKA_BROKERS`; without it the test says SKIPPED locally and fails in CI.
 
+#[path = "../src/run.rs"]
+mod run;
+
 use prost::Message as _;
 use rand::SeedableRng;
 use rdkafka::Message;
@@ -199,14 +202,7 @@ fn rollbacks(events: &[Value]) -> Vec<&Value> {
 #[test]
 fn ten_sigkills_mid_stream_lose_nothing_and_never_change_decision_ids() {
     let Some(brokers) = brokers() else { return };
-    let run = format!(
-        "{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let run = run::run_id();
     let spans_topic = format!("crash{run}_otlp_spans");
     let control_topic = format!("trike.control.crash{run}");
     for t in [&spans_topic, &control_topic] {

@@ -2,7 +2,9 @@
 //! and read its admin API.
 
 mod chromium;
+mod run;
 pub use chromium::{chromium, run_chromium};
+pub use run::run_id;
 
 use std::time::{Duration, Instant};
 use trike::app::Running;
@@ -189,19 +191,6 @@ pub fn real_brokers() -> Option<String> {
             None
         }
     }
-}
-
-/// A name unique to this run (process id and start time): tansu keeps data between runs, so
-/// topics and groups are named per run.
-pub fn run_id() -> String {
-    format!(
-        "{}x{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    )
 }
 
 /// Every record on `topic` (all partitions, from the beginning) as JSON, with its key: reads

@@ -11,9 +11,8 @@
 //! full state followed by every change set taken since, in order, is the state of the engine
 //! that took them.
 
-use super::{Engine, SNAPSHOT_VERSION, Snapshot, Stats, UNCHANGED};
+use super::{Engine, Snapshot, UNCHANGED};
 use crate::Result;
-use crate::delta::DeltaTracker;
 use crate::time::secs;
 
 impl Engine {
@@ -48,17 +47,7 @@ impl Engine {
             .partition(|k| owns(&k.service));
         self.removed = kept;
         let services = self.service_records(&owns);
-        Snapshot {
-            version: SNAPSHOT_VERSION,
-            now: self.now,
-            start: self.start,
-            series,
-            versions,
-            removed,
-            services,
-            deltas: DeltaTracker::default(),
-            stats: Stats::default(),
-        }
+        self.part_snapshot(series, versions, removed, services)
     }
 
     /// Clears the changes of the services for which `owns(service)` holds (their full state

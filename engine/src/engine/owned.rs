@@ -32,13 +32,25 @@ impl Engine {
             .map(|v| (v.key.clone(), v.digests.clone()))
             .collect();
         versions.sort_by(|a, b| a.0.cmp(&b.0));
+        self.part_snapshot(series, versions, Vec::new(), services)
+    }
+
+    /// A snapshot of part of the engine (some services' state or changes): the engine's time,
+    /// and no process counters or metric baselines (those stay with the process).
+    pub(super) fn part_snapshot(
+        &self,
+        series: Vec<(SeriesKey, SeriesState)>,
+        versions: Vec<(super::VersionKey, crate::window::VersionDigests)>,
+        removed: Vec<SeriesKey>,
+        services: Vec<(Arc<str>, super::ServiceInfo)>,
+    ) -> Snapshot {
         Snapshot {
             version: SNAPSHOT_VERSION,
             now: self.now,
             start: self.start,
             series,
             versions,
-            removed: Vec::new(),
+            removed,
             services,
             deltas: DeltaTracker::default(),
             stats: Stats::default(),

@@ -65,11 +65,6 @@ impl VersionDigests {
         });
     }
 
-    /// Adds another version's digests (both kept by one engine: a move of state).
-    pub fn absorb_version(&mut self, other: &VersionDigests) {
-        self.absorb(&other.ring);
-    }
-
     /// The digests covering the `window_s` seconds ending in second `now_s` (the oldest edge
     /// exact to 5 min), or `None` beyond the hour kept.
     pub fn parts(&self, now_s: u64, window_s: u64) -> Option<impl Iterator<Item = &TDigest>> {
