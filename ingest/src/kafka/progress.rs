@@ -111,10 +111,14 @@ impl Progress {
 
     /// Per partition, the offset below which every message is applied. Read on the engine
     /// thread between batches, this matches the engine's state exactly (acks run there).
+    /// Partitions set aside are included: their data is still in the state, and a checkpoint
+    /// of it must say so.
     pub fn applied(&self) -> Vec<(String, i32, i64)> {
-        self.parts
-            .lock()
+        let parts = self.parts.lock();
+        let aside = self.set_aside.lock();
+        parts
             .iter()
+            .chain(aside.iter())
             .map(|((t, p), part)| (t.clone(), *p, part.applied()))
             .collect()
     }
@@ -122,8 +126,14 @@ impl Progress {
     /// A checkpoint covering `offsets` is durable.
     pub fn durable(&self, offsets: &[(String, i32, i64)]) {
         let mut parts = self.parts.lock();
+        let mut aside = self.set_aside.lock();
         for (t, p, o) in offsets {
-            let part = parts.entry((t.clone(), *p)).or_default();
+            let key = (t.clone(), *p);
+            let part = match aside.get_mut(&key) {
+                // Still away: its progress waits there (a new entry would lose what it skips).
+                Some(part) if !parts.contains_key(&key) => part,
+                _ => parts.entry(key).or_default(),
+            };
             part.durable = part.durable.max(*o);
         }
     }
@@ -337,12 +347,17 @@ mod tests {
         p.set_aside("t", 0);
         assert!(p.committable().is_empty());
         assert_eq!(p.applied_of("t", 0), None);
+        // A checkpoint taken meanwhile still says what the state holds, and making it durable
+        // keeps the partition aside (what it skips is not lost).
+        assert_eq!(p.applied(), vec![("t".into(), 0, 15)]);
+        p.durable(&[("t".into(), 0, 12)]);
+        assert!(p.committable().is_empty());
         // Back, read again from the group's committed offset 5.
         for o in 5..15 {
             assert_eq!(p.read("t", 0, o), Read::AlreadyApplied, "offset {o}");
         }
         assert_eq!(p.read("t", 0, 15), Read::Apply, "15..20 were never applied");
-        assert_eq!(p.committable(), vec![("t".into(), 0, 10)], "durable bound");
+        assert_eq!(p.committable(), vec![("t".into(), 0, 12)], "durable bound");
         p.done("t", 0, 15);
         p.durable(&[("t".into(), 0, 16)]);
         assert_eq!(p.committable(), vec![("t".into(), 0, 16)]);
