@@ -645,9 +645,17 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
         events.iter().filter(|e| e["subject"] == "checkout").count()
     );
 
-    // One API for the fleet: any member answers for every service.
-    let directory: Value =
-        serde_json::from_str(&get(&gateways[0], "/api/v1/fleet").unwrap()).unwrap();
+    // One API for the fleet: any member answers for every service. Members advertise every
+    // 2 s, so the directory may still show a rebalance that just ended: wait until it
+    // settles (every partition owned), for at most 30 s.
+    let settled = Instant::now();
+    let directory: Value = loop {
+        let d: Value = serde_json::from_str(&get(&gateways[0], "/api/v1/fleet").unwrap()).unwrap();
+        if d["unowned"] == serde_json::json!([]) || settled.elapsed() > Duration::from_secs(30) {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let roles: Vec<&str> = directory["members"]
         .as_array()
         .unwrap()
