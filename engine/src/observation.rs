@@ -199,8 +199,23 @@ impl Batch {
     }
 
     /// Appends another batch, remapping its key indices.
-    pub fn append(&mut self, other: Batch) {
-        let map: Vec<u32> = other.keys.into_iter().map(|k| self.key_index(k)).collect();
+    pub fn append(&mut self, mut other: Batch) {
+        let keys = std::mem::take(&mut other.keys);
+        let map: Vec<u32> = keys.into_iter().map(|k| self.key_index(k)).collect();
+        self.extend_remapped(other, &map);
+    }
+
+    /// Appends another batch without looking its keys up: a key both batches hold appears
+    /// twice in the key table (whoever reads a batch resolves keys by value). Constant work per
+    /// key, for batches gathered from many requests.
+    pub fn append_keys_unmerged(&mut self, mut other: Batch) {
+        let base = self.keys.len() as u32;
+        let map: Vec<u32> = (base..base + other.keys.len() as u32).collect();
+        self.keys.append(&mut other.keys);
+        self.extend_remapped(other, &map);
+    }
+
+    fn extend_remapped(&mut self, other: Batch, map: &[u32]) {
         self.requests
             .extend(other.requests.into_iter().map(|mut r| {
                 r.key = map[r.key as usize];

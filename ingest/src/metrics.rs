@@ -105,7 +105,14 @@ pub struct IngestMetrics {
 impl IngestMetrics {
     /// Counts one request.
     pub fn request(&self, t: Transport, s: SignalKind, o: RequestOutcome) {
-        self.requests[t as usize][s as usize][o as usize].fetch_add(1, Relaxed);
+        self.count_requests(t, s, o, 1);
+    }
+
+    /// Counts `n` requests of one outcome.
+    pub fn count_requests(&self, t: Transport, s: SignalKind, o: RequestOutcome, n: u64) {
+        if n > 0 {
+            self.requests[t as usize][s as usize][o as usize].fetch_add(n, Relaxed);
+        }
     }
 
     /// Counts attributes not read (limits.max_attributes, max_attribute_bytes).

@@ -25,6 +25,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
+use trike::config::fleet::Role;
 use trike::config::validate::Overrides;
 use trike::config::{Config, RawConfig};
 use trike_sinks::kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkStats};
@@ -44,6 +45,9 @@ struct Args {
     /// keep records × size / partitions under that).
     #[arg(long, default_value_t = 64)]
     partitions: i32,
+    /// Which Trike roles consume (`all`, `gateway`), each in turn.
+    #[arg(long, value_delimiter = ',', default_value = "all,gateway")]
+    roles: Vec<String>,
 }
 
 /// CPU time (user + system) of this process so far, from /proc.
@@ -126,15 +130,19 @@ fn baseline(brokers: &str, topic: &str, n: usize) -> (f64, f64) {
     (n as f64 / wall, n as f64 / cpu.max(1e-9))
 }
 
-async fn trike_source(brokers: &str, topic: &str, n: usize) -> (f64, f64) {
+/// Trike consuming `n` records in role `role` (`all`: source → decode → engine; `gateway`:
+/// source → decode → partials published to the broker, acknowledged before commit).
+async fn trike_source(brokers: &str, topic: &str, n: usize, role: Role) -> (f64, f64) {
     let yaml = format!(
-        "kafka: {{ brokers: \"{brokers}\", ingest: {{ topics: [\"{topic}\"], group_id: bench-trike }} }}\nsinks: []\n"
+        "kafka: {{ brokers: \"{brokers}\", ingest: {{ topics: [\"{topic}\"], group_id: bench-trike-{} }} }}\nfleet: {{ partials_topic: \"{topic}.partials\" }}\nsinks: []\n",
+        role.name()
     );
     let raw = RawConfig::from_yaml(&yaml).expect("config");
     let o = Overrides {
         otlp_grpc_addr: Some("127.0.0.1:0".into()),
         otlp_http_addr: Some("127.0.0.1:0".into()),
         admin_addr: Some("127.0.0.1:0".into()),
+        role: Some(role),
         ..Default::default()
     };
     let cfg = Config::validate(raw, &o).expect("valid");
@@ -160,9 +168,17 @@ async fn trike_source(brokers: &str, topic: &str, n: usize) -> (f64, f64) {
     }
     let wall = start.unwrap().elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    let threads: Vec<String> = trike_benches::thread_cpu_of("self")
+        .into_iter()
+        .filter(|(name, s)| *s > 0.05 && (name.starts_with("trike") || name.starts_with("rdk")))
+        .map(|(name, s)| format!("{name} {s:.2} s"))
+        .collect();
     eprintln!(
-        "  (trike: {} partition pauses for a full engine queue)",
-        stats.pauses.load(Relaxed)
+        "  (trike {}: {} partition pauses for a full engine queue; {:.1} messages per submission; CPU by thread over the process's life: {})",
+        role.name(),
+        stats.pauses.load(Relaxed),
+        stats.messages.load(Relaxed) as f64 / stats.submissions.load(Relaxed).max(1) as f64,
+        threads.join(", ")
     );
     running.stop().await.expect("stops");
     (n as f64 / wall, n as f64 / cpu.max(1e-9))
@@ -221,6 +237,10 @@ async fn main() {
         Some(m) => {
             m.create_topic(&topic, args.partitions, 1).expect("topic");
             m.create_topic(&control, 3, 1).expect("topic");
+            // The mock cannot create topics through the admin API: the gateway's ones.
+            m.create_topic(&format!("{topic}.partials"), 12, 1)
+                .expect("topic");
+            m.create_topic("trike.members", 1, 1).expect("topic");
         }
         None => {
             for (t, p) in [(&topic, args.partitions), (&control, 3)] {
@@ -247,18 +267,23 @@ async fn main() {
         }
     );
     let (b_wall, b_cpu) = tokio::task::block_in_place(|| baseline(&brokers, &topic, args.records));
-    let (t_wall, t_cpu) = trike_source(&brokers, &topic, args.records).await;
     println!(
-        "  bare rdkafka consumer (baseline): {b_wall:>10.0} records/s  {b_cpu:>10.0} records/CPU-s"
+        "  bare rdkafka consumer (baseline):      {b_wall:>10.0} records/s  {b_cpu:>10.0} records/CPU-s"
     );
-    println!(
-        "  trike kafka source → engine:      {t_wall:>10.0} records/s  {t_cpu:>10.0} records/CPU-s"
-    );
-    println!(
-        "  ratio trike/baseline:              {:>10.2}             {:>10.2}",
-        t_wall / b_wall,
-        t_cpu / b_cpu
-    );
+    for (role, what) in [
+        (Role::All, "source → engine (role all)"),
+        (Role::Gateway, "source → partials (gateway)"),
+    ] {
+        if !args.roles.iter().any(|r| r == role.name()) {
+            continue;
+        }
+        let (t_wall, t_cpu) = trike_source(&brokers, &topic, args.records, role).await;
+        println!(
+            "  trike {what:<32} {t_wall:>10.0} records/s  {t_cpu:>10.0} records/CPU-s  ratio {:.2} (wall) {:.2} (CPU)",
+            t_wall / b_wall,
+            t_cpu / b_cpu
+        );
+    }
     let lat = tokio::task::block_in_place(|| latency(&brokers, &control, args.events));
     println!(
         "decision → acknowledged by the broker ({} events, one at a time): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",

@@ -84,8 +84,7 @@ impl Scrub {
     }
 }
 
-fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
+fn is_uuid(b: &[u8]) -> bool {
     b.len() == 36
         && b.iter().enumerate().all(|(i, c)| match i {
             8 | 13 | 18 | 23 => *c == b'-',
@@ -93,57 +92,71 @@ fn is_uuid(s: &str) -> bool {
         })
 }
 
-fn is_id(seg: &str) -> bool {
-    if seg.is_empty() || seg.starts_with('{') {
+fn is_id(seg: &[u8]) -> bool {
+    if seg.is_empty() || seg[0] == b'{' {
         return false;
     }
-    let all_digits = seg.bytes().all(|c| c.is_ascii_digit());
+    // Every kind of id has a digit or an `@`, but a UUID, which has 36 characters.
+    if seg.len() != 36 && !seg.iter().any(|c| c.is_ascii_digit() || *c == b'@') {
+        return false;
+    }
+    let all_digits = seg.iter().all(u8::is_ascii_digit);
     let long_hex = seg.len() >= 16
-        && seg.bytes().all(|c| c.is_ascii_hexdigit())
-        && seg.bytes().any(|c| c.is_ascii_digit());
-    let email = seg
-        .split_once('@')
-        .is_some_and(|(user, host)| !user.is_empty() && host.contains('.') && !host.contains('@'));
+        && seg.iter().all(u8::is_ascii_hexdigit)
+        && seg.iter().any(u8::is_ascii_digit);
+    let email = match seg.iter().position(|&c| c == b'@') {
+        Some(at) => {
+            let host = &seg[at + 1..];
+            at > 0 && host.contains(&b'.') && !host.contains(&b'@')
+        }
+        None => false,
+    };
     all_digits || long_hex || email || is_uuid(seg)
 }
 
+/// The part of a path segment checked for an id: after its last space ("GET /users/1": the
+/// method stays).
+fn tail(seg: &[u8]) -> &[u8] {
+    seg.iter()
+        .rposition(|&c| c == b' ')
+        .map_or(seg, |i| &seg[i + 1..])
+}
+
 /// Collapses ids in the `/`-separated segments of `op` (a query string is cut: it is never
-/// part of an operation).
+/// part of an operation). Nothing is allocated unless something changes.
 pub fn collapse_ids(op: &str) -> Cow<'_, str> {
-    if !op
-        .bytes()
-        .any(|c| c.is_ascii_digit() || c == b'@' || c == b'?')
-    {
+    let path = match op.bytes().position(|c| c == b'?') {
+        Some(q) => &op[..q],
+        None => op,
+    };
+    let segments = || path.as_bytes().split(|&c| c == b'/');
+    if path.len() == op.len() && !segments().any(|seg| is_id(tail(seg))) {
         return Cow::Borrowed(op);
     }
-    let path = op.split_once('?').map_or(op, |(p, _)| p);
     let mut out = String::with_capacity(path.len());
-    let mut changed = path.len() != op.len();
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        // "GET /users/1": the method stays; segments after a space are checked as well.
-        let (head, tail) = match seg.rsplit_once(' ') {
-            Some((h, t)) => (Some(h), t),
-            None => (None, seg),
+    let mut rest = path;
+    loop {
+        let (seg, next) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
         };
-        if let Some(h) = head {
-            out.push_str(h);
-            out.push(' ');
-        }
-        if is_id(tail) {
+        let t = tail(seg.as_bytes());
+        if is_id(t) {
+            // The head (up to and including the space) is ASCII-delimited: a valid `str` cut.
+            out.push_str(&seg[..seg.len() - t.len()]);
             out.push_str(ID);
-            changed = true;
         } else {
-            out.push_str(tail);
+            out.push_str(seg);
+        }
+        match next {
+            Some(n) => {
+                out.push('/');
+                rest = n;
+            }
+            None => break,
         }
     }
-    if changed {
-        Cow::Owned(out)
-    } else {
-        Cow::Borrowed(op)
-    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -170,6 +183,18 @@ mod tests {
         }
         assert!(matches!(collapse_ids("/users/{id}"), Cow::Borrowed(_)));
         assert!(matches!(collapse_ids("/v2/items"), Cow::Borrowed(_)));
+        for (raw, want) in [
+            ("", ""),
+            ("/", "/"),
+            ("//7//", "//{id}//"),
+            ("42", "{id}"),
+            ("GET /a b/7?x=1", "GET /a b/{id}"),
+            ("@/x@y.z/a@b", "@/{id}/a@b"),
+            ("/é/12/ü", "/é/{id}/ü"),
+            ("/3F2B8C1E-9A4D-4E6F-8B7A-1C2D3E4F5A6B/x", "/{id}/x"),
+        ] {
+            assert_eq!(collapse_ids(raw), want, "{raw}");
+        }
     }
 
     /// Guarantees: rules apply in order to operations (after id collapsing) and to values.

@@ -6,9 +6,10 @@
 
 use super::attrs::{AttrValue, RawValue, key_value_raw};
 use super::wire::{Reader, Value, utf8};
-use super::{DecodeConfig, DecodeError, Decoded, Fnv, Reason, clip};
+use super::{DecodeConfig, DecodeError, Decoded, Reason, clip};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use trike_engine::{RequestObs, SeriesKey};
 
@@ -44,29 +45,109 @@ struct SpanFacts<'a> {
     dims: Dims<'a>,
 }
 
-/// Series keys of one request, found by a hash of their parts.
-struct Keys {
-    by_hash: HashMap<u64, u32>,
+/// Series keys of a batch (`Decoded::batch.keys`), found by a hash of their parts: a key seen
+/// before costs a lookup, not an allocation. Kept across requests decoded into one batch.
+#[derive(Default)]
+pub(crate) struct Keys {
+    by_hash: ByHash<u32>,
+    /// Seeded per table (a hash that must not be stable: a crafted collision costs a lookup).
+    hasher: foldhash::fast::RandomState,
+    /// Operation names already scrubbed, by hash: the name, and what it became when it changed.
+    scrubbed: ByHash<(Box<str>, Option<Arc<str>>)>,
+}
+
+/// Most operation names [`Keys`] remembers scrubbed.
+const SCRUBBED_CACHE: usize = 4096;
+
+/// An operation name after scrubbing: the name itself, or what it became.
+enum Operation<'a> {
+    Same(&'a str),
+    Changed(Arc<str>),
+}
+
+impl std::ops::Deref for Operation<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Operation::Same(s) => s,
+            Operation::Changed(s) => s,
+        }
+    }
+}
+
+/// A map whose keys are hashes already.
+type ByHash<V> = HashMap<u64, V, BuildHasherDefault<Prehashed>>;
+
+/// The map's keys are hashes already.
+#[derive(Default)]
+pub(crate) struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 /// Decodes an `ExportTraceServiceRequest`.
 pub fn traces_proto(buf: &[u8], cfg: &DecodeConfig) -> Result<Decoded, DecodeError> {
+    let mut out = Decoded::default();
+    traces_proto_into(buf, cfg, &mut out, &mut Keys::default())?;
+    Ok(out)
+}
+
+/// Decodes an `ExportTraceServiceRequest` into `out`, whose keys `keys` indexes. When it fails,
+/// `out` is as it was: nothing of the request is kept.
+pub(crate) fn traces_proto_into(
+    buf: &[u8],
+    cfg: &DecodeConfig,
+    out: &mut Decoded,
+    keys: &mut Keys,
+) -> Result<(), DecodeError> {
     if cfg.dimensions.len() > MAX_DIMS {
         return Err(DecodeError::Malformed(format!(
             "more than {MAX_DIMS} dimensions configured"
         )));
     }
-    let mut out = Decoded::default();
-    let mut keys = Keys {
-        by_hash: HashMap::new(),
-    };
+    let before = (
+        out.batch.requests.len(),
+        out.batch.keys.len(),
+        out.received,
+        out.rejected,
+        out.rejected_by,
+        out.first_rejection.is_some(),
+        out.attributes_dropped,
+    );
     let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        if let (1, Value::Bytes(rs)) = (f, v) {
-            resource_spans(rs, cfg, &mut out, &mut keys)?;
+    let read = (|| {
+        while let Some((f, v)) = r.next()? {
+            if let (1, Value::Bytes(rs)) = (f, v) {
+                resource_spans(rs, cfg, out, keys)?;
+            }
         }
+        Ok(())
+    })();
+    if read.is_err() {
+        // (Keys past the end are ignored by `index_of` and replaced when seen again.)
+        let (requests, n_keys, received, rejected, rejected_by, had_first, dropped) = before;
+        out.batch.requests.truncate(requests);
+        out.batch.keys.truncate(n_keys);
+        out.received = received;
+        out.rejected = rejected;
+        out.rejected_by = rejected_by;
+        if !had_first {
+            out.first_rejection = None;
+        }
+        out.attributes_dropped = dropped;
     }
-    Ok(out)
+    read
 }
 
 fn dim_index(cfg: &DecodeConfig, key: &[u8]) -> Option<usize> {
@@ -215,7 +296,7 @@ fn one_span(
     for (i, d) in dims.iter_mut().enumerate().take(cfg.dimensions.len()) {
         *d = s.dims[i].or(res.dims[i]).map(RawValue::check).transpose()?;
     }
-    let operation = cfg.scrub.operation(clip(operation));
+    let operation = keys.scrubbed(clip(operation), cfg);
     // Rules on dimension values (rare): their scrubbed texts stand in for the values.
     let scrubbed: [Option<String>; MAX_DIMS] = if cfg.scrub.has_rules() {
         std::array::from_fn(|i| dims[i].map(|v| cfg.scrub.value(&text(Some(v))).into_owned()))
@@ -264,15 +345,42 @@ fn text(v: Option<AttrValue<'_>>) -> Cow<'_, str> {
     }
 }
 
-fn hash_value(h: &mut Fnv, v: Option<AttrValue<'_>>) {
+/// Hashes a part of a key (with a separator, so ("ab","c") and ("a","bc") differ).
+fn hash_part(h: &mut impl Hasher, bytes: &[u8]) {
+    h.write(bytes);
+    h.write_u8(0xff);
+}
+
+fn hash_value(h: &mut impl Hasher, v: Option<AttrValue<'_>>) {
     match v {
-        None => h.write(b"\x00"),
-        Some(AttrValue::Str(s)) => h.write(s.as_bytes()),
-        Some(other) => h.write(other.into_text().as_bytes()),
+        None => h.write_u8(0),
+        Some(AttrValue::Str(s)) => hash_part(h, s.as_bytes()),
+        Some(other) => hash_part(h, other.into_text().as_bytes()),
     }
 }
 
 impl Keys {
+    /// `op` scrubbed (`scrub.operation`); a name seen before in this table is not scanned again.
+    fn scrubbed<'a>(&mut self, op: &'a str, cfg: &DecodeConfig) -> Operation<'a> {
+        let hash = self.hasher.hash_one(op);
+        if let Some((raw, changed)) = self.scrubbed.get(&hash)
+            && **raw == *op
+        {
+            return changed
+                .as_ref()
+                .map_or(Operation::Same(op), |c| Operation::Changed(c.clone()));
+        }
+        let out = match cfg.scrub.operation(op) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(c) => Some(Arc::<str>::from(c)),
+        };
+        if self.scrubbed.len() >= SCRUBBED_CACHE {
+            self.scrubbed.clear();
+        }
+        self.scrubbed.insert(hash, (op.into(), out.clone()));
+        out.map_or(Operation::Same(op), Operation::Changed)
+    }
+
     fn index_of(
         &mut self,
         service: &str,
@@ -282,16 +390,17 @@ impl Keys {
         cfg: &DecodeConfig,
         out: &mut Decoded,
     ) -> u32 {
-        let mut h = Fnv::new();
-        h.write(service.as_bytes());
-        h.write(operation.as_bytes());
+        let mut h = self.hasher.build_hasher();
+        hash_part(&mut h, service.as_bytes());
+        hash_part(&mut h, operation.as_bytes());
         hash_value(&mut h, version);
         for d in dims {
             hash_value(&mut h, *d);
         }
         let hash = h.finish();
-        if let Some(&i) = self.by_hash.get(&hash) {
-            let k = &out.batch.keys[i as usize];
+        if let Some(&i) = self.by_hash.get(&hash)
+            && let Some(k) = out.batch.keys.get(i as usize)
+        {
             // Verify: FNV is not collision-proof against crafted input.
             let same = &*k.service == service
                 && &*k.operation == operation

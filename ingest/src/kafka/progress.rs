@@ -109,6 +109,15 @@ impl Progress {
         }
     }
 
+    /// Messages read earlier, all of `partition`, are applied.
+    pub fn done_all(&self, topic: &str, partition: i32, offsets: &[i64]) {
+        if let Some(p) = self.parts.lock().get_mut(&(topic.to_string(), partition)) {
+            for o in offsets {
+                p.pending.remove(o);
+            }
+        }
+    }
+
     /// Per partition, the offset below which every message is applied. Read on the engine
     /// thread between batches, this matches the engine's state exactly (acks run there).
     /// Partitions set aside are included: their data is still in the state, and a checkpoint

@@ -1,15 +1,20 @@
 //! The consuming loop: read, decode and submit; pause a partition whose message did not fit
 //! in the engine queue and resume it once the message is in; commit what [`Progress`] allows.
+//!
+//! Consecutive messages of one partition that are already fetched are decoded into one batch
+//! (a [`Run`], up to [`RUN_MESSAGES`]) and submitted with one ack: the Collector's Kafka
+//! exporter may write one small request per message, and the cost of a submission (a queue
+//! slot, an ack, a key table, the gateway's lock) is then paid per run, not per message.
 
 use super::dead_letter::DeadLetters;
-use super::progress::{Progress, Read};
-use super::{KafkaSourceStats, SourceContext, signal_of};
+use super::progress::{PartitionKey, Progress, Read};
+use super::{KafkaSourceStats, SourceContext, Waiting, signal_of};
 use crate::metrics::{SignalKind, Transport};
-use crate::pipeline::{Ack, Encoding, Held, Pending, Pipeline};
+use crate::pipeline::{Ack, Encoding, Gather, Held, Pending, Pipeline};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -19,6 +24,34 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 
 /// Milliseconds a message waits for room in the engine queue before its partition is paused.
 const SHORT_WAITS: usize = 5;
+
+/// Most messages in one run.
+pub(crate) const RUN_MESSAGES: usize = 512;
+
+/// Most observations in one run (a run of large requests is cut sooner).
+const RUN_OBSERVATIONS: usize = 16_384;
+
+/// Messages of one partition, read back to back, gathered into one batch.
+pub(crate) struct Run {
+    key: PartitionKey,
+    offsets: Vec<i64>,
+    gather: Gather,
+}
+
+impl Run {
+    pub(crate) fn key(&self) -> &PartitionKey {
+        &self.key
+    }
+
+    /// The run's first offset (its messages are in offset order).
+    pub(crate) fn first_offset(&self) -> i64 {
+        self.offsets.first().copied().unwrap_or(i64::MAX)
+    }
+
+    fn full(&self) -> bool {
+        self.offsets.len() >= RUN_MESSAGES || self.gather.observations() >= RUN_OBSERVATIONS
+    }
+}
 
 /// A message waiting for room in the engine queue: decoded once, when it was first offered
 /// (a message refused for memory, or read after its partition was paused, waits undecoded).
@@ -63,7 +96,46 @@ impl Loop {
         })
     }
 
+    /// The ack of a run: every message of it is applied.
+    fn run_ack(&self, key: &PartitionKey, offsets: Vec<i64>) -> Ack {
+        let (progress, stats, (topic, partition)) =
+            (self.progress.clone(), self.stats.clone(), key.clone());
+        Box::new(move || {
+            progress.done_all(&topic, partition, &offsets);
+            stats.messages.fetch_add(offsets.len() as u64, Relaxed);
+        })
+    }
+
+    /// An undecodable message: counted, logged, copied to the dead-letter topic when there is
+    /// one, and skipped.
+    fn skip_undecodable(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+        why: &str,
+    ) {
+        self.stats.undecodable.fetch_add(1, Relaxed);
+        tracing::warn!(%topic, partition, offset, %why, "undecodable Kafka message skipped");
+        match &self.dead {
+            // Committable once the dead-letter copy is delivered.
+            Some(d) => d.send(topic, partition, offset, payload, why),
+            None => self.progress.done(topic, partition, offset),
+        }
+        self.stats.messages.fetch_add(1, Relaxed);
+    }
+
+    /// True when memory admits new data (else a message takes the single path, which refuses
+    /// and parks it).
+    fn memory_admits(&self) -> bool {
+        self.pipeline
+            .memory_limiter()
+            .is_none_or(|m| m.pressure() == crate::memory::Pressure::Normal)
+    }
+
     fn submit(&self, topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Submitted {
+        self.stats.submissions.fetch_add(1, Relaxed);
         let signal = signal_of(topic).unwrap_or(SignalKind::Traces);
         let ack = self.ack(topic, partition, offset);
         match self.pipeline.export_or_hold(
@@ -75,14 +147,7 @@ impl Loop {
         ) {
             Ok(_) => Submitted::Done,
             Err(Held::Malformed(why)) => {
-                self.stats.undecodable.fetch_add(1, Relaxed);
-                tracing::warn!(%topic, partition, offset, %why, "undecodable Kafka message skipped");
-                match &self.dead {
-                    // Committable once the dead-letter copy is delivered.
-                    Some(d) => d.send(topic, partition, offset, payload, &why),
-                    None => self.progress.done(topic, partition, offset),
-                }
-                self.stats.messages.fetch_add(1, Relaxed);
+                self.skip_undecodable(topic, partition, offset, payload, &why);
                 Submitted::Done
             }
             Err(Held::Memory) => Submitted::Full(None),
@@ -149,7 +214,10 @@ impl Loop {
     }
 
     /// Retries parked messages in order; resumes the partitions that emptied.
-    fn retry_parked(&self, parked: &mut BTreeMap<(String, i32), VecDeque<Parked>>) {
+    fn retry_parked(
+        &self,
+        parked: &mut std::collections::BTreeMap<PartitionKey, VecDeque<Parked>>,
+    ) {
         // (The map is locked by the caller; rebalance callbacks run only inside `poll`.)
         parked.retain(|(topic, partition), q| {
             while let Some(m) = q.pop_front() {
@@ -163,6 +231,89 @@ impl Loop {
         });
     }
 
+    /// Hands a decoded request (or run) to the pipeline; when the queue stays full for a few
+    /// milliseconds, pauses its partition and parks it (`waiting` is locked by the caller).
+    fn hand_over(&self, waiting: &mut Waiting, key: PartitionKey, first: Parked) {
+        let (topic, partition) = (&key.0, key.1);
+        let mut waiting_one = Some(first);
+        for _ in 0..SHORT_WAITS {
+            let Some(m) = waiting_one.take() else { break };
+            std::thread::sleep(Duration::from_millis(1));
+            waiting_one = self.retry(topic, partition, m).err();
+        }
+        if let Some(m) = waiting_one {
+            self.pause(topic, partition);
+            waiting.parked.insert(key, VecDeque::from([m]));
+        }
+    }
+
+    /// Submits the run being gathered, if any.
+    fn flush(&self, waiting: &mut Waiting) {
+        let Some(Run {
+            key,
+            offsets,
+            gather,
+        }) = waiting.run.take()
+        else {
+            return;
+        };
+        if offsets.is_empty() {
+            return;
+        }
+        let first = offsets[0];
+        self.stats.submissions.fetch_add(1, Relaxed);
+        let ack = self.run_ack(&key, offsets);
+        if let Err(p) = self.pipeline.offer(gather.done(Some(ack))) {
+            // A full queue is often full for a moment only (the engine drains it in
+            // batches): wait a little before pausing, since a resumed partition must fetch
+            // again.
+            let parked = Parked {
+                offset: first,
+                item: Item::Decoded(p),
+            };
+            self.hand_over(waiting, key, parked);
+        }
+    }
+
+    /// Adds a message to the run of its partition (submitting another partition's run first);
+    /// false when memory is short and the message must take the single path.
+    fn gather(
+        &self,
+        waiting: &mut Waiting,
+        key: &(&str, i32),
+        offset: i64,
+        payload: &[u8],
+    ) -> bool {
+        if waiting
+            .run
+            .as_ref()
+            .is_some_and(|r| (r.key.0.as_str(), r.key.1) != *key)
+        {
+            self.flush(waiting);
+        }
+        if !self.memory_admits() {
+            self.flush(waiting);
+            return false;
+        }
+        let run = waiting.run.get_or_insert_with(|| Run {
+            key: (key.0.to_string(), key.1),
+            offsets: Vec::new(),
+            gather: self.pipeline.gather(
+                Transport::Kafka,
+                signal_of(key.0).unwrap_or(SignalKind::Traces),
+                self.encoding,
+            ),
+        });
+        match run.gather.add(payload) {
+            Ok(()) => run.offsets.push(offset),
+            Err(why) => self.skip_undecodable(key.0, key.1, offset, payload, &why.to_string()),
+        }
+        if run.full() {
+            self.flush(waiting);
+        }
+        true
+    }
+
     pub(super) fn run(self, stop: &AtomicBool) {
         let mut last_commit = Instant::now();
         while !stop.load(Relaxed) {
@@ -171,13 +322,21 @@ impl Loop {
                 last_commit = Instant::now();
             }
             let wait = {
-                let mut parked = self.parked.lock();
-                if !parked.is_empty() {
-                    self.retry_parked(&mut parked);
+                let mut waiting = self.parked.lock();
+                if !waiting.parked.is_empty() {
+                    self.retry_parked(&mut waiting.parked);
                 }
-                if parked.is_empty() { 100 } else { 10 }
+                if waiting.run.is_some() {
+                    // Gathering: take what is fetched already, submit when nothing is.
+                    0
+                } else if waiting.parked.is_empty() {
+                    100
+                } else {
+                    10
+                }
             };
             let Some(result) = self.consumer.poll(Duration::from_millis(wait)) else {
+                self.flush(&mut self.parked.lock());
                 continue;
             };
             let m = match result {
@@ -195,9 +354,9 @@ impl Loop {
                 continue;
             }
             let payload = m.payload().unwrap_or(&[]);
+            let mut waiting = self.parked.lock();
             let key = (topic.to_string(), partition);
-            let mut parked = self.parked.lock();
-            if let Some(q) = parked.get_mut(&key) {
+            if let Some(q) = waiting.parked.get_mut(&key) {
                 // Prefetched before the pause took effect: keep the partition's order.
                 q.push_back(Parked {
                     offset,
@@ -205,9 +364,11 @@ impl Loop {
                 });
                 continue;
             }
-            // A full queue is often full for a moment only (the engine drains it in batches):
-            // wait a little before pausing, since a resumed partition must fetch again.
-            let waiting = match self.submit(topic, partition, offset, payload) {
+            if self.gather(&mut waiting, &(topic, partition), offset, payload) {
+                continue;
+            }
+            // Memory is short: the single path refuses the message, and it waits undecoded.
+            let parked = match self.submit(topic, partition, offset, payload) {
                 Submitted::Done => continue,
                 Submitted::Full(Some(p)) => Parked {
                     offset,
@@ -218,17 +379,9 @@ impl Loop {
                     item: Item::Raw(payload.to_vec()),
                 },
             };
-            let mut waiting = Some(waiting);
-            for _ in 0..SHORT_WAITS {
-                let Some(m) = waiting.take() else { break };
-                std::thread::sleep(Duration::from_millis(1));
-                waiting = self.retry(topic, partition, m).err();
-            }
-            if let Some(m) = waiting {
-                self.pause(topic, partition);
-                parked.insert(key, VecDeque::from([m]));
-            }
+            self.hand_over(&mut waiting, key, parked);
         }
+        self.flush(&mut self.parked.lock());
         // Give the engine a moment to apply what is queued (and a last checkpoint to land),
         // then commit what may be committed.
         std::thread::sleep(Duration::from_millis(200));
