@@ -427,6 +427,12 @@ impl Gather {
         }
     }
 
+    /// Trades the operation names scrubbed so far for `names` (a cache that may outlive the
+    /// batch).
+    pub(crate) fn swap_names(&mut self, names: &mut decode::Names) {
+        std::mem::swap(&mut self.keys.names, names);
+    }
+
     /// Requests gathered.
     pub fn requests(&self) -> u64 {
         self.requests

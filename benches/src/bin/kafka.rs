@@ -10,8 +10,9 @@
 //!    Kafka control sink (idempotent, `acks=all`, `linger.ms=1`); each sample is the time from
 //!    `send` to the broker's acknowledgement (delivery callback). p50/p99.
 //!
-//! The broker is librdkafka's in-process mock cluster by default (it serves ~1M msgs/s here, so
-//! it measures our code, not a broker); `--brokers HOST:PORT` uses a real one instead.
+//! The broker is librdkafka's mock cluster by default, in a child process of its own (so the
+//! CPU measured is the consumer's alone; it serves ~1M msgs/s here, so it measures our code,
+//! not a broker); `--brokers HOST:PORT` uses a real one instead.
 //!
 //! Run: `cargo run --release -p trike-benches --bin kafka -- --records 200000 --events 300`
 
@@ -48,6 +49,34 @@ struct Args {
     /// Which Trike roles consume (`all`, `gateway`), each in turn.
     #[arg(long, value_delimiter = ',', default_value = "all,gateway")]
     roles: Vec<String>,
+    /// Internal: serve the mock cluster for run `ID` (topics created) in this process, print
+    /// its address, and exit when stdin closes.
+    #[arg(long, hide = true)]
+    serve_mock: Option<u32>,
+}
+
+/// The benchmark's topics of run `run`: spans, control, and the gateway's partials.
+fn topics(run: u32) -> (String, String, String) {
+    (
+        format!("bench{run}_otlp_spans"),
+        format!("bench{run}.control"),
+        format!("bench{run}_otlp_spans.partials"),
+    )
+}
+
+/// The mock cluster, in a process of its own so that its CPU is not the consumer's: serves
+/// until stdin closes.
+fn serve_mock(run: u32, partitions: i32) {
+    let m = MockCluster::new(1).expect("mock cluster");
+    let (spans, control, partials) = topics(run);
+    m.create_topic(&spans, partitions, 1).expect("topic");
+    m.create_topic(&control, 3, 1).expect("topic");
+    // The mock cannot create topics through the admin API: the gateway's ones.
+    m.create_topic(&partials, 12, 1).expect("topic");
+    m.create_topic("trike.members", 1, 1).expect("topic");
+    println!("{}", m.bootstrap_servers());
+    let mut sink = String::new();
+    while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
 }
 
 /// CPU time (user + system) of this process so far, from /proc.
@@ -221,27 +250,39 @@ fn pct(v: &[f64], q: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Some(run) = args.serve_mock {
+        serve_mock(run, args.partitions);
+        return;
+    }
+    let run = std::process::id();
     let mock = if args.brokers.is_none() {
-        Some(MockCluster::new(1).expect("mock cluster"))
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "--serve-mock",
+                &run.to_string(),
+                "--partitions",
+                &args.partitions.to_string(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("mock cluster process");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("mock address");
+        Some((child, line.trim().to_string()))
     } else {
         None
     };
     let brokers = args
         .brokers
         .clone()
-        .unwrap_or_else(|| mock.as_ref().unwrap().bootstrap_servers());
-    let run = std::process::id();
-    let topic = format!("bench{run}_otlp_spans");
-    let control = format!("bench{run}.control");
+        .unwrap_or_else(|| mock.as_ref().unwrap().1.clone());
+    let (topic, control, _) = topics(run);
     match &mock {
-        Some(m) => {
-            m.create_topic(&topic, args.partitions, 1).expect("topic");
-            m.create_topic(&control, 3, 1).expect("topic");
-            // The mock cannot create topics through the admin API: the gateway's ones.
-            m.create_topic(&format!("{topic}.partials"), 12, 1)
-                .expect("topic");
-            m.create_topic("trike.members", 1, 1).expect("topic");
-        }
+        Some(_) => {}
         None => {
             for (t, p) in [(&topic, args.partitions), (&control, 3)] {
                 trike_sinks::kafka::ensure_topic(&KafkaSinkConfig {
@@ -261,7 +302,7 @@ async fn main() {
         args.records,
         args.partitions,
         if mock.is_some() {
-            "mock (in-process)"
+            "librdkafka mock cluster (its own process)"
         } else {
             brokers.as_str()
         }
@@ -292,5 +333,8 @@ async fn main() {
         pct(&lat, 0.99),
         lat[lat.len() - 1]
     );
-    drop(mock);
+    if let Some((mut child, _)) = mock {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
 }

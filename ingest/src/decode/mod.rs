@@ -22,7 +22,7 @@ pub use logs::logs_proto;
 pub use metrics::metrics_proto;
 pub use partials::partials;
 pub use traces::traces_proto;
-pub(crate) use traces::{Keys, traces_proto_into};
+pub(crate) use traces::{Keys, Names, traces_proto_into};
 
 use serde::{Deserialize, Serialize};
 use trike_engine::Batch;

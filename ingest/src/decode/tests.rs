@@ -608,3 +608,36 @@ fn attribute_caps_bound_what_is_read() {
         (0, "/r")
     );
 }
+
+/// Guarantees: operation names scrubbed once are remembered across batches, and a different
+/// scrubbing (ids kept, or rules added) is never answered from what another one produced.
+#[test]
+fn remembered_operation_names_follow_the_scrubbing() {
+    let body = request(
+        vec![kv("service.name", s("users"))],
+        vec![span("GET /users/123", Kind::Server, T, 5, vec![], false)],
+    )
+    .encode_to_vec();
+    let ops = |cfg: &DecodeConfig, names: &mut Names| {
+        let mut keys = Keys::default();
+        std::mem::swap(&mut keys.names, names);
+        let mut out = Decoded::default();
+        traces_proto_into(&body, cfg, &mut out, &mut keys).unwrap();
+        std::mem::swap(&mut keys.names, names);
+        out.batch.keys[0].operation.to_string()
+    };
+    let mut names = Names::default();
+    let collapse = cfg();
+    assert_eq!(ops(&collapse, &mut names), "GET /users/{id}");
+    assert_eq!(ops(&collapse, &mut names), "GET /users/{id}", "remembered");
+    let mut keep = cfg();
+    keep.scrub.collapse_ids = false;
+    assert_eq!(ops(&keep, &mut names), "GET /users/123");
+    let mut rules = cfg();
+    rules.scrub.rules.push(scrub::Rule {
+        pattern: regex::Regex::new(r"^GET ").unwrap(),
+        replacement: "get ".into(),
+    });
+    assert_eq!(ops(&rules, &mut names), "get /users/{id}");
+    assert_eq!(ops(&collapse, &mut names), "GET /users/{id}");
+}

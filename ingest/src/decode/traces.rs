@@ -52,8 +52,18 @@ pub(crate) struct Keys {
     by_hash: ByHash<u32>,
     /// Seeded per table (a hash that must not be stable: a crafted collision costs a lookup).
     hasher: foldhash::fast::RandomState,
-    /// Operation names already scrubbed, by hash: the name, and what it became when it changed.
+    /// Operation names scrubbed before.
+    pub(crate) names: Names,
+}
+
+/// Operation names already scrubbed, by hash: the name, and what it became when it changed.
+/// May outlive one batch (the Kafka source keeps it from run to run).
+#[derive(Default)]
+pub(crate) struct Names {
     scrubbed: ByHash<(Box<str>, Option<Arc<str>>)>,
+    hasher: foldhash::fast::RandomState,
+    /// The scrubbing they went through.
+    scrub: Option<super::scrub::Scrub>,
 }
 
 /// Most operation names [`Keys`] remembers scrubbed.
@@ -359,9 +369,12 @@ fn hash_value(h: &mut impl Hasher, v: Option<AttrValue<'_>>) {
     }
 }
 
-impl Keys {
-    /// `op` scrubbed (`scrub.operation`); a name seen before in this table is not scanned again.
+impl Names {
     fn scrubbed<'a>(&mut self, op: &'a str, cfg: &DecodeConfig) -> Operation<'a> {
+        if self.scrub.as_ref() != Some(&cfg.scrub) {
+            self.scrubbed.clear();
+            self.scrub = Some(cfg.scrub.clone());
+        }
         let hash = self.hasher.hash_one(op);
         if let Some((raw, changed)) = self.scrubbed.get(&hash)
             && **raw == *op
@@ -379,6 +392,13 @@ impl Keys {
         }
         self.scrubbed.insert(hash, (op.into(), out.clone()));
         out.map_or(Operation::Same(op), Operation::Changed)
+    }
+}
+
+impl Keys {
+    /// `op` scrubbed (`scrub.operation`); a name seen before is not scanned again.
+    fn scrubbed<'a>(&mut self, op: &'a str, cfg: &DecodeConfig) -> Operation<'a> {
+        self.names.scrubbed(op, cfg)
     }
 
     fn index_of(

@@ -218,6 +218,8 @@ pub(crate) struct Waiting {
         std::collections::BTreeMap<PartitionKey, std::collections::VecDeque<source::Parked>>,
     /// The run of one partition's messages being gathered into one batch.
     pub(crate) run: Option<source::Run>,
+    /// Operation names scrubbed in earlier runs (handed from run to run).
+    pub(crate) names: crate::decode::Names,
 }
 
 /// [`Waiting`], shared.

@@ -89,17 +89,38 @@ impl Progress {
 
     /// A message was read.
     pub fn read(&self, topic: &str, partition: i32, offset: i64) -> Read {
+        self.read_all(topic, partition, &[offset])
+    }
+
+    /// Messages of `partition` were read, in offset order: [`Read::AlreadyApplied`] when the
+    /// first is below what the restored state holds (then none is taken), else
+    /// [`Read::Apply`] for all.
+    pub fn read_all(&self, topic: &str, partition: i32, offsets: &[i64]) -> Read {
         let mut parts = self.parts.lock();
         let key = (topic.to_string(), partition);
         let part = parts
             .entry(key)
             .or_insert_with_key(|k| self.set_aside.lock().remove(k).unwrap_or_default());
-        if offset < part.skip_below {
+        let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
+            return Read::Apply;
+        };
+        if first < part.skip_below {
             return Read::AlreadyApplied;
         }
-        part.pending.insert(offset);
-        part.next = part.next.max(offset + 1);
+        part.pending.extend(offsets);
+        part.next = part.next.max(last + 1);
         Read::Apply
+    }
+
+    /// Below this offset, messages of `partition` are already in the restored state (read
+    /// them with [`Progress::read_all`] once they are about to be applied).
+    pub fn skip_below(&self, topic: &str, partition: i32) -> i64 {
+        let mut parts = self.parts.lock();
+        let key = (topic.to_string(), partition);
+        parts
+            .entry(key)
+            .or_insert_with_key(|k| self.set_aside.lock().remove(k).unwrap_or_default())
+            .skip_below
     }
 
     /// A message read earlier is applied (or skipped as undecodable).
@@ -291,6 +312,30 @@ mod tests {
         r.done("t", 1, 4);
         assert_eq!(r.applied(), vec![("t".into(), 1, 5)]);
         assert_eq!(r.committable(), vec![("t".into(), 1, 4)], "not durable yet");
+    }
+
+    /// Guarantees: a run of messages read together counts as read only from `read_all` on
+    /// (before, commits stay below it); it is applied with `done_all`; after a restore,
+    /// `skip_below` says where the restored state ends and a run starting below is refused.
+    #[test]
+    fn a_run_is_read_and_applied_at_once() {
+        let p = Progress::new(false);
+        p.read("t", 0, 0);
+        p.done("t", 0, 0);
+        assert_eq!(p.skip_below("t", 0), 0);
+        assert_eq!(p.committable(), vec![("t".into(), 0, 1)]);
+        assert_eq!(p.read_all("t", 0, &[1, 2, 3]), Read::Apply);
+        assert_eq!(p.in_flight("t", 0), 3);
+        assert_eq!(p.committable(), vec![("t".into(), 0, 1)]);
+        p.done_all("t", 0, &[1, 2, 3]);
+        assert_eq!(p.committable(), vec![("t".into(), 0, 4)]);
+
+        let r = Progress::restored(&[("t".into(), 0, 4)]);
+        assert_eq!(r.skip_below("t", 0), 4);
+        assert_eq!(r.read_all("t", 0, &[3, 4]), Read::AlreadyApplied);
+        assert_eq!(r.in_flight("t", 0), 0);
+        assert_eq!(r.read_all("t", 0, &[4, 5]), Read::Apply);
+        assert_eq!(r.applied(), vec![("t".into(), 0, 4)]);
     }
 
     /// Guarantees: lag is reported for held partitions only, as high watermark − applied.

@@ -32,8 +32,12 @@ pub(crate) const RUN_MESSAGES: usize = 512;
 const RUN_OBSERVATIONS: usize = 16_384;
 
 /// Messages of one partition, read back to back, gathered into one batch.
+/// Its offsets are taken into [`Progress`] when it is submitted (until then nothing of it
+/// counts as read, so nothing about it can be committed).
 pub(crate) struct Run {
     key: PartitionKey,
+    /// Offsets below this are in the restored state already.
+    skip_below: i64,
     offsets: Vec<i64>,
     gather: Gather,
 }
@@ -252,12 +256,21 @@ impl Loop {
         let Some(Run {
             key,
             offsets,
-            gather,
+            mut gather,
+            ..
         }) = waiting.run.take()
         else {
             return;
         };
+        gather.swap_names(&mut waiting.names);
         if offsets.is_empty() {
+            return;
+        }
+        if self.progress.read_all(&key.0, key.1, &offsets) == Read::AlreadyApplied {
+            // (Only after a restore of the partition, which revokes, and so drops, its run.)
+            self.stats
+                .already_applied
+                .fetch_add(offsets.len() as u64, Relaxed);
             return;
         }
         let first = offsets[0];
@@ -295,18 +308,34 @@ impl Loop {
             self.flush(waiting);
             return false;
         }
-        let run = waiting.run.get_or_insert_with(|| Run {
-            key: (key.0.to_string(), key.1),
-            offsets: Vec::new(),
-            gather: self.pipeline.gather(
+        if waiting.run.is_none() {
+            let mut gather = self.pipeline.gather(
                 Transport::Kafka,
                 signal_of(key.0).unwrap_or(SignalKind::Traces),
                 self.encoding,
-            ),
-        });
+            );
+            gather.swap_names(&mut waiting.names);
+            waiting.run = Some(Run {
+                key: (key.0.to_string(), key.1),
+                skip_below: self.progress.skip_below(key.0, key.1),
+                offsets: Vec::new(),
+                gather,
+            });
+        }
+        let run = waiting.run.as_mut().expect("a run");
+        if offset < run.skip_below {
+            self.stats.already_applied.fetch_add(1, Relaxed);
+            return true;
+        }
         match run.gather.add(payload) {
             Ok(()) => run.offsets.push(offset),
-            Err(why) => self.skip_undecodable(key.0, key.1, offset, payload, &why.to_string()),
+            Err(why) => {
+                // The run goes first: a message counts as read only after every earlier one.
+                self.flush(waiting);
+                self.progress.read(key.0, key.1, offset);
+                self.skip_undecodable(key.0, key.1, offset, payload, &why.to_string());
+                return true;
+            }
         }
         if run.full() {
             self.flush(waiting);
@@ -316,8 +345,11 @@ impl Loop {
 
     pub(super) fn run(self, stop: &AtomicBool) {
         let mut last_commit = Instant::now();
+        let mut polls = 0u32;
         while !stop.load(Relaxed) {
-            if last_commit.elapsed() > COMMIT_EVERY {
+            // (The clock is read every 64th message: reading it costs as much as a message.)
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(64) && last_commit.elapsed() > COMMIT_EVERY {
                 self.commit(CommitMode::Async);
                 last_commit = Instant::now();
             }
@@ -337,6 +369,7 @@ impl Loop {
             };
             let Some(result) = self.consumer.poll(Duration::from_millis(wait)) else {
                 self.flush(&mut self.parked.lock());
+                polls = polls.wrapping_add(63 - polls % 64);
                 continue;
             };
             let m = match result {
@@ -349,14 +382,15 @@ impl Loop {
                 }
             };
             let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
-            if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
-                self.stats.already_applied.fetch_add(1, Relaxed);
-                continue;
-            }
             let payload = m.payload().unwrap_or(&[]);
             let mut waiting = self.parked.lock();
-            let key = (topic.to_string(), partition);
-            if let Some(q) = waiting.parked.get_mut(&key) {
+            if !waiting.parked.is_empty()
+                && let Some(q) = waiting.parked.get_mut(&(topic.to_string(), partition))
+            {
+                if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
+                    self.stats.already_applied.fetch_add(1, Relaxed);
+                    continue;
+                }
                 // Prefetched before the pause took effect: keep the partition's order.
                 q.push_back(Parked {
                     offset,
@@ -367,6 +401,11 @@ impl Loop {
             if self.gather(&mut waiting, &(topic, partition), offset, payload) {
                 continue;
             }
+            if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
+                self.stats.already_applied.fetch_add(1, Relaxed);
+                continue;
+            }
+            let key = (topic.to_string(), partition);
             // Memory is short: the single path refuses the message, and it waits undecoded.
             let parked = match self.submit(topic, partition, offset, payload) {
                 Submitted::Done => continue,
