@@ -55,6 +55,10 @@ pub struct EngineConfig {
     /// (its history kept in the aggregate's counts; None: series stay until their data ages
     /// out of the 30-day history).
     pub idle_series_after: Option<Span>,
+    /// Each series also keeps its 1 s latency digests for 10 s, for the archive's per-second
+    /// rows ([`crate::Engine::second_rows`]): set when an archive is written. Without it a
+    /// series keeps only its 1-minute digests (versions keep the fine ones either way).
+    pub keep_second_digests: bool,
 }
 
 impl Default for EngineConfig {
@@ -73,11 +77,20 @@ impl Default for EngineConfig {
             max_metric_streams: 200_000,
             metric_stream_ttl: Span::hours(1),
             idle_series_after: Some(Span::minutes(15)),
+            keep_second_digests: false,
         }
     }
 }
 
 impl EngineConfig {
+    /// How digests are kept.
+    pub fn digest_settings(&self) -> crate::window::DigestSettings {
+        crate::window::DigestSettings {
+            compression: self.digest_compression,
+            keep_seconds: self.keep_second_digests,
+        }
+    }
+
     /// Every problem with these settings, each naming its field under `prefix`.
     pub fn problems(&self, prefix: &str) -> Vec<String> {
         let mut out = Vec::new();

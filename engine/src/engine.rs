@@ -140,8 +140,8 @@ pub struct Snapshot {
     now: UnixNanos,
     start: UnixNanos,
     series: Vec<(SeriesKey, SeriesState)>,
-    /// The versions' hour of latency digests (absent from snapshots written before it was
-    /// kept per version: their series carry it, see [`SeriesState::take_legacy_hour`]).
+    /// The versions' latency digests (absent from snapshots written before they were kept
+    /// per version: their series carry them, see [`SeriesState::take_legacy`]).
     #[serde(default)]
     versions: Vec<(VersionKey, VersionDigests)>,
     /// Of a change set ([`Engine::take_changes`]): series removed since the previous one.
@@ -299,12 +299,12 @@ impl Engine {
         self.versions.len() - 1
     }
 
-    /// Hands the hour of digests a series read from an old checkpoint to its version.
-    fn adopt_legacy_hour(&mut self, entry: usize) {
-        if let Some(ring) = self.entries[entry].state.take_legacy_hour() {
+    /// Hands the fine digests a series read from an old checkpoint to its version.
+    fn adopt_legacy_digests(&mut self, entry: usize) {
+        if let Some(legacy) = self.entries[entry].state.take_legacy() {
             let k = &self.entries[entry].key;
             let v = self.version_for((k.service.clone(), k.version.clone()));
-            self.versions[v].digests.absorb(&ring);
+            self.versions[v].digests.absorb_legacy(&legacy);
         }
     }
 
@@ -392,6 +392,7 @@ impl Engine {
         self.observe_now(now);
         let now_s = secs(self.now);
         let compression = self.cfg.digest_compression;
+        let digests = self.cfg.digest_settings();
         let resolved: Vec<Resolved> = batch.keys.iter().map(|k| self.resolve(k)).collect();
         let mut rep = IngestReport::default();
 
@@ -416,7 +417,7 @@ impl Engine {
                 u64::from(r.bad),
                 within,
                 Some(r.latency_ms),
-                compression,
+                digests,
             ) {
                 entry.changed_from = entry.changed_from.min(t_s);
                 let v = &mut self.versions[res.version];
@@ -479,7 +480,7 @@ impl Engine {
             let mut any = false;
             let thresholds = &res.thresholds[..res.n_thresholds];
             for_each_bucket(h, &counts, thresholds, |c, errors, within, rep_ms| {
-                if e.apply(t_s, now_s, c, errors, within, Some(rep_ms), compression) {
+                if e.apply(t_s, now_s, c, errors, within, Some(rep_ms), digests) {
                     v.add(t_s, now_s, rep_ms, c, compression);
                     any = true;
                 }
@@ -519,15 +520,7 @@ impl Engine {
             let entry = &mut self.entries[res.entry];
             let e = &mut entry.state;
             let errors = if c.bad { n } else { 0 };
-            if e.apply(
-                t_s,
-                now_s,
-                n,
-                errors,
-                [0; MAX_THRESHOLDS],
-                None,
-                compression,
-            ) {
+            if e.apply(t_s, now_s, n, errors, [0; MAX_THRESHOLDS], None, digests) {
                 entry.changed_from = entry.changed_from.min(t_s);
                 e.last_event = e.last_event.max(c.time.min(self.now));
                 e.last_arrival = self.now;
@@ -774,7 +767,7 @@ impl Engine {
         for (key, state) in snap.series {
             engine.index.insert(key.clone(), engine.entries.len());
             engine.entries.push(Entry::new(key, state));
-            engine.adopt_legacy_hour(engine.entries.len() - 1);
+            engine.adopt_legacy_digests(engine.entries.len() - 1);
         }
         Ok(engine)
     }

@@ -435,23 +435,31 @@ fn idle_series_are_evicted() {
     assert_eq!(rep.overflowed, 0);
 }
 
-/// Guarantees: memory per busy series with the default windows stays bounded (the figure in
-/// BENCHMARKS.md comes from the `engine` bench; this is a coarse ceiling).
+/// Scenario: one series with its whole history (a request a minute for 30 days, so every
+/// counter bucket exists), then an hour at 200 requests per second with spread latencies.
+/// Guarantees: the series (windows, key and index entry, by the engine's own accounting)
+/// fits in 16 KiB with every default window; its version's digests are counted apart, once
+/// per version. BENCHMARKS.md has the curve over rates (the `memory` bench).
 #[test]
-fn memory_per_series_is_bounded() {
+fn memory_per_series_fits_16_kib() {
     let mut e = engine();
-    // 2 hours at 50 requests per second with spread latencies.
-    for s in 0..7200u64 {
-        let t = T0 + s * S;
-        let reqs: Vec<_> = (0..50)
-            .map(|i| (t, 1.0 + ((s * 50 + i) % 997) as f64, false))
+    let start = T0 - 30 * 86_400 * S;
+    let mut t = start;
+    while t < T0 - 3600 * S {
+        e.ingest(&batch(checkout(), &[(t, 20.0, false)]), t);
+        e.advance(t);
+        t += 60 * S;
+    }
+    for s in 0..3600u64 {
+        let t = T0 - 3600 * S + s * S;
+        let reqs: Vec<_> = (0..200)
+            .map(|i| (t, 1.0 + ((s * 200 + i) * 7919 % 997) as f64, false))
             .collect();
         e.ingest(&batch(checkout(), &reqs), t);
         e.advance(t);
     }
-    let bytes = e.window_heap_bytes();
-    // Measured 2026-11-22: ~70 KiB (digests of 50 req/s dominate; BENCHMARKS.md has the curve).
-    assert!(bytes < 96 * 1024, "{bytes} bytes for one series");
+    let series = e.heap_bytes() - e.version_heap_bytes();
+    assert!(series <= 16 * 1024, "{series} bytes for one series");
 }
 
 /// Guarantees: service SLIs add up the service's series and merge their latency digests.
@@ -754,13 +762,14 @@ fn shedding_folds_new_series_and_counts_everything() {
 /// `second_rows`, then replayed into a fresh engine with `apply_seconds`. Guarantees: the
 /// replayed engine answers the same counts, error ratios, latency-threshold counts and
 /// quantiles as the live one; a replay under other latency thresholds estimates its
-/// within-counts from the digests.
+/// within-counts from the digests. Without `keep_second_digests` the rows have no digests.
 #[test]
 fn archived_seconds_replay_to_the_same_slis() {
     let cfg = || {
         let mut c = EngineConfig::default();
         c.latency_thresholds_per_service
             .insert("checkout".into(), vec![50.0]);
+        c.keep_second_digests = true;
         Arc::new(c)
     };
     let mut live = Engine::new(cfg());
@@ -782,6 +791,10 @@ fn archived_seconds_replay_to_the_same_slis() {
         rows.iter()
             .all(|r| r.digest.is_some() && r.thresholds_ms == [50.0])
     );
+    let mut lean = Engine::new(Arc::new(EngineConfig::default()));
+    lean.ingest(&batch(checkout(), &[(T0, 10.0, false)]), T0);
+    let lean_rows = lean.second_rows(T0 / S);
+    assert!(lean_rows.len() == 1 && lean_rows[0].digest.is_none());
 
     let mut replay = Engine::new(cfg());
     for s in 0..3u64 {

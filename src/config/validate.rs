@@ -591,6 +591,8 @@ impl Config {
         if let Some(c) = raw.engine.digest_compression {
             engine.digest_compression = c;
         }
+        // The archive's per-second rows carry each series' 1 s digests.
+        engine.keep_second_digests = raw.archive.is_some();
         for problem in engine.problems("engine") {
             // Map engine field names back to where users write them.
             p.push(

@@ -55,7 +55,10 @@ fn latency(s: u64, i: u64) -> f64 {
 
 /// One ingest run: `seconds` of event time; returns requests per second of engine work.
 fn ingest_run(args: &Args, archive: Option<&ArchiveHandle>) -> f64 {
-    let mut engine = Engine::new(Arc::new(EngineConfig::default()));
+    let mut engine = Engine::new(Arc::new(EngineConfig {
+        keep_second_digests: true,
+        ..EngineConfig::default()
+    }));
     let keys: Vec<SeriesKey> = (0..args.series)
         .map(|i| SeriesKey::new(&format!("svc{}", i % 100), &format!("/r{i}"), "1.0"))
         .collect();
@@ -105,7 +108,10 @@ fn write_day(dir: &Path, services: usize) -> (u64, Duration) {
     })
     .expect("archive writer");
     let h = w.handle();
-    let mut engine = Engine::new(Arc::new(EngineConfig::default()));
+    let mut engine = Engine::new(Arc::new(EngineConfig {
+        keep_second_digests: true,
+        ..EngineConfig::default()
+    }));
     let keys: Vec<SeriesKey> = (0..services * 2)
         .map(|i| {
             SeriesKey::new(

@@ -3,8 +3,8 @@
 //! Each scenario fills one series' whole history the cheap way (one request per minute for
 //! 30 days, so every minute and hour bucket exists), then runs the last hour at the full rate
 //! (which is what the digests hold). Reports the engine's own accounting of heap bytes: the
-//! series (counter rings, its 5 minutes of 1 s / 10 s digests, key) and, apart, its version's
-//! hour of 5-minute digests, which every series of the version shares.
+//! series (counter rings, its 5 minutes of 1-minute digests, key) and, apart, its version's
+//! digests (1 s × 10 s, 10 s × 5 min, 5 min × 1 h), which every series of the version shares.
 //!
 //! Run: `cargo run --release -p trike-benches --bin memory`
 
@@ -21,7 +21,7 @@ fn main() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let dist = LogNormal::new(3.0, 0.8).unwrap();
     println!(
-        "| requests/s per series | heap bytes per series | counter rings | digest rings | version's hour (shared) |"
+        "| requests/s per series | heap bytes per series | counter rings | digest rings | version's digests (shared) |"
     );
     println!("|---:|---:|---:|---:|---:|");
     for rate in [1u64, 10, 100, 1000] {

@@ -71,7 +71,7 @@ impl Engine {
         let mut taken = 0;
         for (key, state) in snap.series {
             if let Some(i) = self.put_series(key, state, |mine, theirs| *mine = theirs) {
-                self.adopt_legacy_hour(i);
+                self.adopt_legacy_digests(i);
                 taken += 1;
             }
         }

@@ -5,7 +5,7 @@ use super::*;
 use crate::observation::{Batch, RequestObs, SeriesKey};
 use crate::sli::{SliQuery, SliRow};
 use crate::time::NANOS_PER_SEC;
-use crate::{EngineConfig, UnixNanos};
+use crate::{EngineConfig, Span, UnixNanos};
 use std::sync::Arc;
 
 const S: u64 = NANOS_PER_SEC;
@@ -125,60 +125,87 @@ fn merge_replaces_same_keys_and_respects_the_cap() {
     assert!(engine(10).merge(other).is_err());
 }
 
-/// Scenario: a snapshot written when every series kept its own hour of 5-minute digests (a
-/// third digest ring per series, and no version digests) and 5 minutes of 1 s counters (no
-/// 10 s counter tier).
-/// Guarantees: it still restores and merges; the series' hours add up in their version, so
-/// the version's 1 h quantiles after the upgrade are those of the old snapshot's series, and
-/// the 10 s counters are rebuilt from the seconds (every SLI row equal). A snapshot of
-/// neither layout is refused with the reason.
+/// Scenario: a snapshot written when every series kept its own fine digests (rings of 1 s,
+/// 10 s and 5 min per series, no version digests) and 30 days of 6 h counters, and (every
+/// other series) 5 minutes of 1 s counters and no 10 s counter tier. Each version's digests are given to one of its series, the others have
+/// empty rings (a version's digests are the sum of its series' rings).
+/// Guarantees: it still restores and merges; the series' rings add up in their version, so
+/// the version's quantiles over 1 h, 5 min and 10 s after the upgrade are those of the old
+/// snapshot, the series' minutes are rebuilt from its 10 s digests, and the 10 s counters
+/// from the seconds (every SLI row's counts equal). A snapshot of neither layout is refused
+/// with the reason.
 #[test]
-fn snapshots_of_the_old_layout_hand_the_hour_to_the_version() {
+fn snapshots_of_the_old_layout_hand_the_fine_digests_to_the_version() {
     let mut a = engine(10_000);
     feed(&mut a);
-    let hour = "1h".parse().unwrap();
-    let expected = a.version_slis(Some("checkout"), hour).unwrap();
-    // The old layout: each series' digest rings are [1 s, 10 s, 5 min]; the version digests
-    // of the service are exactly the sum of its series' 5-minute rings.
+    let windows: Vec<Span> = ["1h", "5m", "10s"].map(|w| w.parse().unwrap()).to_vec();
+    let slis = |e: &Engine| -> Vec<_> {
+        windows
+            .iter()
+            .map(|&w| e.version_slis(Some("checkout"), w).unwrap())
+            .collect()
+    };
+    let counts = |e: &Engine, service| -> Vec<_> {
+        rows(e, service)
+            .into_iter()
+            .map(|r| (r.key, r.requests, r.errors, r.latency_good))
+            .collect()
+    };
+    let expected = slis(&a);
     let mut json = serde_json::to_value(a.snapshot()).unwrap();
     let versions = json["versions"].take();
     json.as_object_mut().unwrap().remove("versions");
-    let checkout_hour = versions
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v[0][0] == "checkout")
-        .unwrap()[1]["ring"]
-        .clone();
+    let mut given = std::collections::HashSet::new();
     let series = json["series"].as_array_mut().unwrap();
-    let mut first = true;
-    for s in series.iter_mut() {
-        // Counters had no 10 s tier: its buckets are sums of the 1 s ones.
-        s[1]["counts"].as_array_mut().unwrap().remove(1);
-        let ring = if s[0]["service"] == "checkout" && first {
-            first = false;
-            checkout_hour.clone()
+    for (i, s) in series.iter_mut().enumerate() {
+        let state = s[1].as_object_mut().unwrap();
+        // The 30 days were in `counts`, by 6 h: each 12 h bucket as its first half.
+        let mut days = state.remove("days").unwrap();
+        for slot in days["slots"].as_array_mut().unwrap() {
+            slot[0] = (slot[0].as_u64().unwrap() * 2).into();
+        }
+        let counts = state["counts"].as_array_mut().unwrap();
+        counts.push(days);
+        if i % 2 == 0 {
+            // At first counters had no 10 s tier: its buckets are sums of the 1 s ones.
+            counts.remove(1);
+        }
+        state.remove("minutes");
+        let key = (s[0]["service"].clone(), s[0]["version"].clone());
+        let rings = if given.insert(key.clone()) {
+            versions
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v[0][0] == key.0 && v[0][1] == key.1)
+                .unwrap()[1]["rings"]
+                .clone()
         } else {
-            serde_json::json!({"slots": []})
+            serde_json::json!([{"slots": []}, {"slots": []}, {"slots": []}])
         };
-        s[1]["digests"].as_array_mut().unwrap().push(ring);
+        s[1]["digests"] = rings;
     }
     let old: Snapshot = serde_json::from_value(json).unwrap();
     assert!(old.versions.is_empty());
 
     let restored = Engine::restore(a.config().clone().into(), old.clone()).unwrap();
+    assert_eq!(slis(&restored), expected);
+    assert_eq!(counts(&restored, "checkout"), counts(&a, "checkout"));
+    let with_latency = |e: &Engine| {
+        rows(e, "checkout")
+            .iter()
+            .filter(|r| r.latency_ms.is_some())
+            .count()
+    };
     assert_eq!(
-        restored.version_slis(Some("checkout"), hour).unwrap(),
-        expected
+        with_latency(&restored),
+        1,
+        "the series given the 10 s rings"
     );
-    assert_eq!(rows(&restored, "checkout"), rows(&a, "checkout"));
     let mut merged = engine(10_000);
     merged.merge(old).unwrap();
-    assert_eq!(
-        merged.version_slis(Some("checkout"), hour).unwrap(),
-        expected
-    );
-    assert_eq!(rows(&merged, "search"), rows(&a, "search"));
+    assert_eq!(slis(&merged), expected);
+    assert_eq!(counts(&merged, "search"), counts(&a, "search"));
 
     let mut json = serde_json::to_value(a.snapshot()).unwrap();
     json["series"][0][1]["counts"]

@@ -7,7 +7,7 @@ use crate::observation::SeriesKey;
 use crate::sketch::TDigest;
 use crate::sli::{LatencyGood, Quantiles, REPORTED_QUANTILES, ServiceSli, SliQuery, SliRow};
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos, secs};
-use crate::window::{MAX_COUNTER_WINDOW_S, MAX_SERIES_DIGEST_WINDOW_S, ProratedSums};
+use crate::window::{MAX_COUNTER_WINDOW_S, MAX_DIGEST_WINDOW_S, ProratedSums};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -89,7 +89,6 @@ impl Engine {
         }
         let now_s = secs(self.now);
         let window_s = window.secs();
-        let from_series = window_s <= MAX_SERIES_DIGEST_WINDOW_S;
         type Acc = (u64, u64, u64, Option<TDigest>);
         let mut by: std::collections::BTreeMap<(&str, Option<&str>), Acc> = Default::default();
         for e in &self.entries {
@@ -110,26 +109,16 @@ impl Engine {
             acc.0 += sums.requests;
             acc.1 += sums.errors;
             acc.2 = acc.2.min(sums.start_s);
-            if from_series
-                && let (Some(d), Some(total)) = (
-                    e.state.digest(now_s, window_s, self.cfg.digest_compression),
-                    acc.3.as_mut(),
-                )
-            {
-                total.merge(&d);
-            }
         }
-        if !from_series {
-            // Beyond a series' 5 minutes, quantiles come from the versions' hour.
-            for v in &self.versions {
-                let group = (&*v.key.0, by_version.then_some(&*v.key.1));
-                let Some(acc) = by.get_mut(&group) else {
-                    continue;
-                };
-                match (v.digests.parts(now_s, window_s), acc.3.as_mut()) {
-                    (Some(parts), Some(total)) => parts.for_each(|d| total.merge(d)),
-                    _ => acc.3 = None,
-                }
+        // Quantiles come from the versions' digests.
+        for v in &self.versions {
+            let group = (&*v.key.0, by_version.then_some(&*v.key.1));
+            let Some(acc) = by.get_mut(&group) else {
+                continue;
+            };
+            match (v.digests.parts(now_s, window_s), acc.3.as_mut()) {
+                (Some(parts), Some(total)) => parts.for_each(|d| total.merge(d)),
+                _ => acc.3 = None,
             }
         }
         Ok(by
@@ -169,8 +158,8 @@ impl Engine {
         out
     }
 
-    /// Requests, errors and the merged latency digest of all series of one service version
-    /// over a window ending now (the digest is None beyond the 1 h digest history).
+    /// Requests, errors and the merged latency digest of one service version over a window
+    /// ending now (the digest is None beyond the 1 h digest history).
     pub fn version_totals(
         &self,
         service: &str,
@@ -179,7 +168,6 @@ impl Engine {
     ) -> (u64, u64, Option<TDigest>) {
         let now_s = secs(self.now);
         let window_s = window.secs();
-        let from_series = window_s <= MAX_SERIES_DIGEST_WINDOW_S;
         let (mut requests, mut errors) = (0, 0);
         let mut digest = Some(TDigest::new(self.cfg.digest_compression));
         for e in self
@@ -190,27 +178,17 @@ impl Engine {
             let s = e.state.sums(now_s, window_s);
             requests += s.requests;
             errors += s.errors;
-            if from_series
-                && let (Some(d), Some(total)) = (
-                    e.state.digest(now_s, window_s, self.cfg.digest_compression),
-                    digest.as_mut(),
-                )
-            {
-                total.merge(&d);
-            }
         }
-        if !from_series {
-            let key = (Arc::<str>::from(service), Arc::<str>::from(version));
-            let parts = self
-                .version_index
-                .get(&key)
-                .map(|&i| self.versions[i].digests.parts(now_s, window_s));
-            match (parts, digest.as_mut()) {
-                (Some(Some(parts)), Some(total)) => parts.for_each(|d| total.merge(d)),
-                // No latency in the hour, but the window is within it.
-                (None, _) if window_s <= crate::window::MAX_DIGEST_WINDOW_S => {}
-                _ => digest = None,
-            }
+        let key = (Arc::<str>::from(service), Arc::<str>::from(version));
+        let parts = self
+            .version_index
+            .get(&key)
+            .map(|&i| self.versions[i].digests.parts(now_s, window_s));
+        match (parts, digest.as_mut()) {
+            (Some(Some(parts)), Some(total)) => total.merge_all(parts),
+            // No latency in the hour, but the window is within it.
+            (None, _) if window_s <= MAX_DIGEST_WINDOW_S => {}
+            _ => digest = None,
         }
         if let Some(d) = digest.as_mut() {
             d.compress();

@@ -9,8 +9,9 @@ use crate::window::MAX_THRESHOLDS;
 
 impl Engine {
     /// The archived form of second `s`: one row per series with requests in it, from the 1 s
-    /// tiers (sorted by series). Digests are included only while `s` is within the 10-second
-    /// 1 s digest history, so archive a second a few seconds after it ends.
+    /// tiers (sorted by series). Digests are included only when the engine keeps them
+    /// ([`crate::EngineConfig::keep_second_digests`]) and while `s` is within their 10
+    /// seconds, so archive a second a few seconds after it ends.
     pub fn second_rows(&self, s: u64) -> Vec<SecondObs> {
         let mut rows: Vec<SecondObs> = self
             .entries
@@ -89,10 +90,10 @@ impl Engine {
             };
         }
         let counts = crate::window::Counts::from_totals(w.requests, w.errors, within, w.timed);
-        let compression = self.cfg.digest_compression;
+        let (compression, digests) = (self.cfg.digest_compression, self.cfg.digest_settings());
         let entry = &mut self.entries[res.entry];
         let e = &mut entry.state;
-        if !e.apply_second(t_s, now_s, &counts, w.digest, compression) {
+        if !e.apply_second(t_s, now_s, &counts, w.digest, digests) {
             return false;
         }
         entry.changed_from = entry.changed_from.min(t_s);

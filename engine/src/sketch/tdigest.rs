@@ -86,6 +86,14 @@ impl TDigest {
     /// Adds `weight` samples of `value` (at most `u32::MAX` at once). Non-finite values and
     /// zero weights are ignored.
     pub fn add_weighted(&mut self, value: f64, weight: u64) {
+        self.add_buffered(value, weight, self.default_buffer());
+    }
+
+    /// Like [`TDigest::add_weighted`], but the buffer is merged once it holds `buffer` samples
+    /// (instead of 4 × compression) and never grows beyond that: for digests kept per series,
+    /// where an open bucket's buffer of 800 samples would be a large part of the series'
+    /// memory. Merging more often costs some time per sample, not accuracy bounds.
+    pub fn add_buffered(&mut self, value: f64, weight: u64, buffer: usize) {
         if !value.is_finite() || weight == 0 {
             return;
         }
@@ -95,17 +103,37 @@ impl TDigest {
         // seen from broken or hostile clients) saturates instead of looping per 2^32.
         let w = weight.min(u64::from(u32::MAX)) as u32;
         self.count = self.count.saturating_add(u64::from(w));
+        let buffer = buffer.max(1);
+        if self.buffer.len() == self.buffer.capacity() {
+            // Double while small, but never past the limit.
+            let len = self.buffer.len();
+            let want = (len * 2).clamp(8, buffer.max(len + 1));
+            self.buffer.reserve_exact(want - len);
+        }
         self.buffer.push(Centroid {
             mean: value as f32,
             weight: w,
         });
-        if self.buffer.len() >= BUFFER_FACTOR * self.compression as usize {
+        if self.buffer.len() >= buffer {
             self.compress();
+            if self.buffer.capacity() > buffer {
+                // The merge reuses the buffer for buffer + centroids.
+                self.buffer.shrink_to(buffer);
+            }
         }
+    }
+
+    fn default_buffer(&self) -> usize {
+        BUFFER_FACTOR * self.compression as usize
     }
 
     /// Merges another digest into this one.
     pub fn merge(&mut self, other: &TDigest) {
+        self.merge_buffered(other, self.default_buffer());
+    }
+
+    /// Like [`TDigest::merge`], with the buffer limit of [`TDigest::add_buffered`].
+    pub fn merge_buffered(&mut self, other: &TDigest, buffer: usize) {
         if other.is_empty() {
             return;
         }
@@ -114,8 +142,11 @@ impl TDigest {
         self.count = self.count.saturating_add(other.count);
         self.buffer.extend_from_slice(&other.centroids);
         self.buffer.extend_from_slice(&other.buffer);
-        if self.buffer.len() >= BUFFER_FACTOR * self.compression as usize {
+        if self.buffer.len() >= buffer {
             self.compress();
+            if self.buffer.capacity() > buffer {
+                self.buffer.shrink_to(buffer);
+            }
         }
     }
 

@@ -1,10 +1,13 @@
 //! Event-time buckets at several resolutions, and how a sliding window is covered by them.
 //!
-//! Counters (requests, errors, requests within each latency threshold) are kept at 1 s for
-//! 1 min, 10 s for 5 min, 1 min for 1 h, 10 min for 6 h, 1 h for 3 d and 6 h for 30 d (384
-//! buckets at most).
-//! Latency digests are kept per series at 1 s for 10 s and 10 s for 5 min, and per service
-//! version at 5 min for 1 h (the digests of a series' last hour would be most of its memory).
+//! Counters (requests, errors, requests within each latency threshold) are kept per series at
+//! 1 s for 1 min, 10 s for 5 min, 1 min for 1 h, 10 min for 6 h, 1 h for 3 d and 12 h for
+//! 30 d (324 buckets at most).
+//! Latency digests cost far more than counters (up to ~1 KB each at the default compression),
+//! so a series keeps only 1-minute digests for 5 minutes (per-route quantiles), and its service
+//! version keeps the fine ones: 1 s for 10 s, 10 s for 5 min and 5 min for 1 h, fed by every
+//! series of the version. A version's or a service's quantiles (the canary judge's, the API's)
+//! come from there.
 //! A window ending now is covered by the finest buckets that still exist, switching to a
 //! coarser tier only at one of its bucket boundaries, so nothing is counted twice; the oldest
 //! edge is therefore exact to the width of the coarsest tier used.
@@ -15,7 +18,9 @@ mod version_digests;
 
 pub use ring::Ring;
 pub use series_state::{Counts, MAX_THRESHOLDS, ProratedSums, SeriesState, WindowSums};
-pub use version_digests::VersionDigests;
+pub use version_digests::{LegacyDigests, VersionDigests};
+
+use crate::sketch::TDigest;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,11 +40,12 @@ impl TierSpec {
     }
 }
 
-/// Counter tiers: 1 s × 1 min, 10 s × 5 min, 1 min × 1 h, 10 min × 6 h, 1 h × 3 d, 6 h × 30 d
+/// Counter tiers: 1 s × 1 min, 10 s × 5 min, 1 min × 1 h, 10 min × 6 h, 1 h × 3 d, 12 h × 30 d
 /// (one extra slot each for the partial bucket). A window's oldest edge is thus exact to at
-/// most 1/30 of its length for the standard SLO windows (5m, 30m, 1h, 6h, 3d, 30d), and burn
-/// rates prorate the bucket at the edge (see [`SeriesState::sums_prorated`]). The 1 s tier
-/// was 5 min long until the memory per series had to fit 16 KiB: it was 7 KiB of it.
+/// most 1/30 of its length for the standard SLO windows (5m, 30m, 1h, 6h, 3d; 1/60 for 30d),
+/// and burn rates prorate the bucket at the edge (see [`SeriesState::sums_prorated`]). To fit
+/// the memory per series in 16 KiB, the 1 s tier was cut from 5 min to 1 min (7 KiB) and the
+/// 30-day tier from 6 h to 12 h buckets (1.4 KiB).
 #[rustfmt::skip]
 pub const COUNTER_TIERS: [TierSpec; 6] = [
     TierSpec { width_s: 1, slots: 61 },
@@ -47,27 +53,79 @@ pub const COUNTER_TIERS: [TierSpec; 6] = [
     TierSpec { width_s: 60, slots: 61 },
     TierSpec { width_s: 600, slots: 37 },
     TierSpec { width_s: 3600, slots: 73 },
-    TierSpec { width_s: 21_600, slots: 121 },
+    TierSpec { width_s: 43_200, slots: 61 },
 ];
 
-/// Per-series digest tiers: 1 s × 10 s, 10 s × 5 min. Latency digests cost far more than
-/// counters (up to ~1.6 KB each at default compression), so they are kept coarser: a quantile
-/// window's oldest edge is exact to 1 s for windows up to 10 s and to 10 s up to 5 min
-/// (counts, error ratios and requests within each latency threshold stay exact to the finer
-/// counter tiers, whatever the window).
+/// Per-series digest tier: 1 min × 5 min. A series' quantiles are for its routes and versions
+/// on the API and dashboards: a window's oldest edge is exact to the minute (a 5-minute window
+/// covers 5 to 6 minutes, a 10-second one the current and the previous minute). Counts, error
+/// ratios and requests within each latency threshold stay exact to the finer counter tiers.
+/// This was 1 s × 10 s plus 10 s × 5 min (42 digests, up to 57 KB at 1000 requests/s) until
+/// the memory per series had to fit 16 KiB; the fine tiers moved to the version.
 #[rustfmt::skip]
-pub const DIGEST_TIERS: [TierSpec; 2] = [
+pub const SERIES_DIGEST_TIERS: [TierSpec; 1] = [
+    TierSpec { width_s: 60, slots: 6 },
+];
+
+/// Per-series 1 s digests kept only for the archive (when it is on: see
+/// [`crate::EngineConfig::keep_second_digests`]): each second's digest until it is sealed.
+pub const ARCHIVE_SECOND_DIGESTS: TierSpec = TierSpec {
+    width_s: 1,
+    slots: 11,
+};
+
+/// Per-service-version digest tiers: 1 s × 10 s, 10 s × 5 min, 5 min × 1 h. Quantiles of a
+/// version, a service or a canary's arm over any window up to 1 h come from here; the oldest
+/// edge is exact to 1 s up to 10 s, to 10 s up to 5 min and to 5 min up to 1 h.
+#[rustfmt::skip]
+pub const VERSION_DIGEST_TIERS: [TierSpec; 3] = [
     TierSpec { width_s: 1, slots: 11 },
     TierSpec { width_s: 10, slots: 31 },
-];
-
-/// Per-service-version digest tier: 5 min × 1 h. Quantiles of a version or a service over a
-/// window longer than 5 min come from here (oldest edge exact to 5 min); a single series has
-/// none beyond 5 min.
-#[rustfmt::skip]
-pub const VERSION_DIGEST_TIERS: [TierSpec; 1] = [
     TierSpec { width_s: 300, slots: 13 },
 ];
+
+/// How digests are kept: their compression, and whether series keep 1 s digests for the
+/// archive.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DigestSettings {
+    /// t-digest compression.
+    pub compression: f32,
+    /// Keep each series' 1 s digests ([`ARCHIVE_SECOND_DIGESTS`]).
+    pub keep_seconds: bool,
+}
+
+impl DigestSettings {
+    /// The buffer of a per-series digest: half the compression (100 samples by default,
+    /// 800 bytes), so an open bucket's buffer stays small beside its centroids.
+    pub fn series_buffer(self) -> usize {
+        (self.compression / 2.0) as usize
+    }
+}
+
+/// Runs `f` on the digest of event second `t_s` in a ring of `spec` buckets arriving at
+/// `now_s` (a new bucket starts empty at `compression`); when a newer bucket is appended, the
+/// one before it is closed and its merge buffer released. False when `t_s` is out of retention.
+fn with_digest(
+    ring: &mut Ring<TDigest>,
+    spec: TierSpec,
+    t_s: u64,
+    now_s: u64,
+    compression: f32,
+    f: impl FnOnce(&mut TDigest),
+) -> bool {
+    let Some((d, appended)) = ring.bucket_mut(t_s / spec.width_s, now_s / spec.width_s, spec.slots)
+    else {
+        return false;
+    };
+    if d.is_empty() {
+        *d = TDigest::new(compression);
+    }
+    f(d);
+    if appended && let Some(prev) = ring.second_newest_mut() {
+        prev.shrink();
+    }
+    true
+}
 
 /// Longest window counters can answer.
 pub const MAX_COUNTER_WINDOW_S: u64 = 30 * 86_400;
@@ -223,8 +281,8 @@ mod tests {
         );
         // Beyond 30 days the cover is marked incomplete.
         assert!(!cover(&COUNTER_TIERS, now_s, 40 * 86_400).complete);
-        assert!(cover(&DIGEST_TIERS, now_s, MAX_SERIES_DIGEST_WINDOW_S).complete);
-        assert!(!cover(&DIGEST_TIERS, now_s, 2 * MAX_SERIES_DIGEST_WINDOW_S).complete);
+        assert!(cover(&SERIES_DIGEST_TIERS, now_s, MAX_SERIES_DIGEST_WINDOW_S).complete);
+        assert!(!cover(&SERIES_DIGEST_TIERS, now_s, 2 * MAX_SERIES_DIGEST_WINDOW_S).complete);
         assert!(cover(&VERSION_DIGEST_TIERS, now_s, MAX_DIGEST_WINDOW_S).complete);
         assert!(!cover(&VERSION_DIGEST_TIERS, now_s, 2 * 3600).complete);
     }

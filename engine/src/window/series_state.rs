@@ -1,7 +1,9 @@
-//! The windowed state of one series: counter rings and digest rings at each resolution.
+//! The windowed state of one series: counter rings at each resolution, and its minutes of
+//! latency digests.
 
 use super::{
-    COUNTER_TIERS, Cover, DIGEST_TIERS, MAX_SERIES_DIGEST_WINDOW_S, Ring, TierSpec, cover,
+    ARCHIVE_SECOND_DIGESTS, COUNTER_TIERS, Cover, DigestSettings, LegacyDigests,
+    MAX_SERIES_DIGEST_WINDOW_S, Ring, SERIES_DIGEST_TIERS, TierSpec, cover, with_digest,
 };
 use crate::sketch::TDigest;
 use crate::time::UnixNanos;
@@ -96,81 +98,133 @@ impl std::ops::AddAssign for ProratedSums {
     }
 }
 
-/// What one series keeps.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// What one series keeps. Checkpoints hold it as `counts` (the tiers up to 3 days), `days`
+/// (the 30 days of 12 h buckets), `minutes`, `last_event` and `last_arrival`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(try_from = "SeriesStateWire")]
 pub struct SeriesState {
     counts: [Ring<Counts>; COUNTER_TIERS.len()],
-    digests: [Ring<TDigest>; DIGEST_TIERS.len()],
+    /// Latency digests by the minute ([`SERIES_DIGEST_TIERS`]).
+    minutes: Ring<TDigest>,
+    /// Latency digests by the second, kept for the archive only (empty unless
+    /// [`DigestSettings::keep_seconds`]); not part of checkpoints or change sets.
+    seconds: Ring<TDigest>,
     /// Newest event time applied.
     pub last_event: UnixNanos,
     /// Arrival time (engine `now`) of the newest data applied.
     pub last_arrival: UnixNanos,
-    /// Read from a checkpoint written when series still kept the hour's 5-minute digests:
-    /// those digests, until the engine hands them to the series' version.
-    #[serde(skip)]
-    legacy_hour: Option<Box<Ring<TDigest>>>,
+    /// Read from a checkpoint written when series still kept the fine digests: those
+    /// digests, until the engine hands them to the series' version.
+    legacy: Option<Box<LegacyDigests>>,
 }
 
-/// A series as checkpoints hold it, in this layout or the one before it (counters without the
-/// 10 s tier, and digests with the hour's 5-minute tier).
+/// Index of the 30-day tier, written apart as `days`: its buckets were 6 h wide before, and
+/// a checkpoint without `days` holds them so.
+const DAYS: usize = COUNTER_TIERS.len() - 1;
+
+impl Serialize for SeriesState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("SeriesState", 5)?;
+        st.serialize_field("counts", &self.counts[..DAYS])?;
+        st.serialize_field("days", &self.counts[DAYS])?;
+        st.serialize_field("minutes", &self.minutes)?;
+        st.serialize_field("last_event", &self.last_event)?;
+        st.serialize_field("last_arrival", &self.last_arrival)?;
+        st.end()
+    }
+}
+
+/// A series as checkpoints hold it, in this layout or one before it: all counter tiers in
+/// `counts` with 6 h buckets for 30 days and no `days`, at first without the 10 s tier; and
+/// `digests` (1 s × 10 s, 10 s × 5 min, and at first 5 min × 1 h) instead of `minutes`.
 #[derive(Deserialize)]
 struct SeriesStateWire {
     counts: Vec<Ring<Counts>>,
+    #[serde(default)]
+    days: Option<Ring<Counts>>,
+    #[serde(default)]
+    minutes: Ring<TDigest>,
+    #[serde(default)]
     digests: Vec<Ring<TDigest>>,
     last_event: UnixNanos,
     last_arrival: UnixNanos,
 }
 
-/// Counter tiers before the 10 s one was added (1 s × 5 min, then as now).
+/// Counter tiers before the 10 s one was added (1 s × 5 min, then as later).
 const OLD_COUNTER_TIERS: usize = COUNTER_TIERS.len() - 1;
+
+fn add_counts(a: &mut Counts, b: &Counts) {
+    a.add(
+        u64::from(b.requests),
+        u64::from(b.errors),
+        b.within.map(u64::from),
+        u64::from(b.timed),
+    )
+}
 
 impl TryFrom<SeriesStateWire> for SeriesState {
     type Error = String;
 
     fn try_from(w: SeriesStateWire) -> Result<Self, String> {
-        let counts = match w.counts.len() {
-            n if n == COUNTER_TIERS.len() => w.counts,
-            OLD_COUNTER_TIERS => {
-                // The old 5 minutes of seconds: the 10 s tier is their sums (the 1 s tier
-                // keeps them until the next eviction).
-                let tens = w.counts[0].coarsened(10, |a, b| {
-                    a.add(
-                        u64::from(b.requests),
-                        u64::from(b.errors),
-                        b.within.map(u64::from),
-                        u64::from(b.timed),
-                    )
-                });
-                let mut rings = w.counts;
-                rings.insert(1, tens);
-                rings
-            }
-            n => {
+        let n = w.counts.len();
+        let mut counts = w.counts;
+        let days = match w.days {
+            Some(days) if n == DAYS => days,
+            // Before `days`: the last tier's buckets were 6 h wide; two make one now.
+            None if n == COUNTER_TIERS.len() || n == OLD_COUNTER_TIERS => counts
+                .pop()
+                .map(|six| six.coarsened(2, add_counts))
+                .unwrap_or_default(),
+            _ => {
                 return Err(format!(
-                    "a series has {n} counter tiers (this build reads {} or {OLD_COUNTER_TIERS})",
+                    "a series has {n} counter tiers (this build reads {DAYS} and the days, or {} \
+                     or {OLD_COUNTER_TIERS} with 6 h days)",
                     COUNTER_TIERS.len()
                 ));
             }
         };
+        if counts.len() == OLD_COUNTER_TIERS - 1 {
+            // The old 5 minutes of seconds: the 10 s tier is their sums (the 1 s tier keeps
+            // them until the next eviction).
+            let tens = counts[0].coarsened(10, add_counts);
+            counts.insert(1, tens);
+        }
+        counts.push(days);
         let counts = <[Ring<Counts>; COUNTER_TIERS.len()]>::try_from(counts)
             .map_err(|_| "counter tiers".to_string())?;
-        if !(DIGEST_TIERS.len()..=DIGEST_TIERS.len() + 1).contains(&w.digests.len()) {
-            return Err(format!(
-                "a series has {} digest tiers (this build reads {} or {})",
-                w.digests.len(),
-                DIGEST_TIERS.len(),
-                DIGEST_TIERS.len() + 1
-            ));
-        }
-        let mut rings = w.digests.into_iter();
-        let digests = std::array::from_fn(|_| rings.next().unwrap_or_default());
+        let (minutes, legacy) = match w.digests.len() {
+            0 => (w.minutes, None),
+            2 | 3 => {
+                // The old 10 s digests, merged by the minute; the fine ones go to the version.
+                let mut rings = w.digests.into_iter();
+                let seconds = rings.next().unwrap_or_default();
+                let tens = rings.next().unwrap_or_default();
+                let hour = rings.next().unwrap_or_default();
+                let minutes = tens.coarsened(6, |a, b| {
+                    a.merge(b);
+                    a.shrink();
+                });
+                let legacy = LegacyDigests {
+                    seconds,
+                    tens,
+                    hour,
+                };
+                (minutes, Some(Box::new(legacy)))
+            }
+            n => {
+                return Err(format!(
+                    "a series has {n} digest tiers (this build reads 1 minute ring, or 2 or 3 tiers)"
+                ));
+            }
+        };
         Ok(Self {
             counts,
-            digests,
+            minutes,
+            seconds: Ring::default(),
             last_event: w.last_event,
             last_arrival: w.last_arrival,
-            legacy_hour: rings.next().filter(|r| !r.is_empty()).map(Box::new),
+            legacy,
         })
     }
 }
@@ -188,7 +242,7 @@ impl SeriesState {
         errors: u64,
         within: [u64; MAX_THRESHOLDS],
         latency_ms: Option<f64>,
-        compression: f32,
+        digests: DigestSettings,
     ) -> bool {
         let mut applied = false;
         for (ring, spec) in self.counts.iter_mut().zip(COUNTER_TIERS) {
@@ -205,36 +259,54 @@ impl SeriesState {
             }
         }
         if let Some(ms) = latency_ms {
-            for (ring, spec) in self.digests.iter_mut().zip(DIGEST_TIERS) {
-                let Some((d, appended)) =
-                    ring.bucket_mut(t_s / spec.width_s, now_s / spec.width_s, spec.slots)
-                else {
-                    continue;
-                };
-                if d.is_empty() {
-                    *d = TDigest::new(compression);
-                }
-                d.add_weighted(ms, requests);
-                if appended {
-                    // The previous bucket is closed: release its merge buffer.
-                    if let Some(prev) = ring.second_newest_mut() {
-                        prev.shrink();
-                    }
-                }
-            }
+            self.with_digests(t_s, now_s, digests, |d, buffer| {
+                d.add_buffered(ms, requests, buffer)
+            });
         }
         applied
     }
 
+    /// Runs `f` (with the per-series buffer limit) on the digests of event second `t_s`:
+    /// its minute's, and its second's when they are kept for the archive.
+    fn with_digests(
+        &mut self,
+        t_s: u64,
+        now_s: u64,
+        digests: DigestSettings,
+        f: impl Fn(&mut TDigest, usize),
+    ) {
+        let buffer = digests.series_buffer();
+        let c = digests.compression;
+        with_digest(
+            &mut self.minutes,
+            SERIES_DIGEST_TIERS[0],
+            t_s,
+            now_s,
+            c,
+            |d| f(d, buffer),
+        );
+        if digests.keep_seconds {
+            with_digest(
+                &mut self.seconds,
+                ARCHIVE_SECOND_DIGESTS,
+                t_s,
+                now_s,
+                c,
+                |d| f(d, buffer),
+            );
+        }
+    }
+
     /// Second `t_s` as the 1 s tiers hold it: its counters (None when the second is out of
-    /// the 1-minute 1 s history or empty) and its latency digest (only within the 10-second
-    /// 1 s digest history).
+    /// the 1-minute 1 s history or empty) and its latency digest (only when 1 s digests are
+    /// kept for the archive, and within their 10 seconds).
     pub fn second(&self, t_s: u64) -> Option<(Counts, Option<&TDigest>)> {
         let (_, c) = self.counts[0].range_indexed(t_s, t_s + 1).next()?;
         if c.requests == 0 {
             return None;
         }
-        let d = self.digests[0]
+        let d = self
+            .seconds
             .range_indexed(t_s, t_s + 1)
             .next()
             .map(|(_, d)| d)
@@ -251,7 +323,7 @@ impl SeriesState {
         now_s: u64,
         counts: &Counts,
         digest: Option<&TDigest>,
-        compression: f32,
+        digests: DigestSettings,
     ) -> bool {
         let mut applied = false;
         for (ring, spec) in self.counts.iter_mut().zip(COUNTER_TIERS) {
@@ -268,20 +340,9 @@ impl SeriesState {
             }
         }
         if let Some(digest) = digest.filter(|d| !d.is_empty()) {
-            for (ring, spec) in self.digests.iter_mut().zip(DIGEST_TIERS) {
-                let Some((d, appended)) =
-                    ring.bucket_mut(t_s / spec.width_s, now_s / spec.width_s, spec.slots)
-                else {
-                    continue;
-                };
-                if d.is_empty() {
-                    *d = TDigest::new(compression);
-                }
-                d.merge(digest);
-                if appended && let Some(prev) = ring.second_newest_mut() {
-                    prev.shrink();
-                }
-            }
+            self.with_digests(t_s, now_s, digests, |d, buffer| {
+                d.merge_buffered(digest, buffer)
+            });
         }
         applied
     }
@@ -300,7 +361,10 @@ impl SeriesState {
                 );
             });
         }
-        for (mine, theirs) in self.digests.iter_mut().zip(&other.digests) {
+        for (mine, theirs) in [
+            (&mut self.minutes, &other.minutes),
+            (&mut self.seconds, &other.seconds),
+        ] {
             mine.absorb(theirs, |a, b| {
                 if a.is_empty() {
                     *a = b.clone();
@@ -315,17 +379,17 @@ impl SeriesState {
 
     /// The buckets that hold second `from_s` or later, in every tier (what changed since a
     /// mark, when every second applied since is `from_s` or later), with the newest times.
+    /// The archive's 1 s digests are left out.
     pub fn since(&self, from_s: u64) -> SeriesState {
         Self {
             counts: std::array::from_fn(|i| {
                 self.counts[i].since(from_s / COUNTER_TIERS[i].width_s)
             }),
-            digests: std::array::from_fn(|i| {
-                self.digests[i].since(from_s / DIGEST_TIERS[i].width_s)
-            }),
+            minutes: self.minutes.since(from_s / SERIES_DIGEST_TIERS[0].width_s),
+            seconds: Ring::default(),
             last_event: self.last_event,
             last_arrival: self.last_arrival,
-            legacy_hour: None,
+            legacy: None,
         }
     }
 
@@ -334,9 +398,7 @@ impl SeriesState {
         for (mine, theirs) in self.counts.iter_mut().zip(&changes.counts) {
             mine.overwrite(theirs);
         }
-        for (mine, theirs) in self.digests.iter_mut().zip(&changes.digests) {
-            mine.overwrite(theirs);
-        }
+        self.minutes.overwrite(&changes.minutes);
         self.last_event = self.last_event.max(changes.last_event);
         self.last_arrival = self.last_arrival.max(changes.last_arrival);
     }
@@ -346,9 +408,10 @@ impl SeriesState {
         for (ring, spec) in self.counts.iter_mut().zip(COUNTER_TIERS) {
             ring.evict(now_s / spec.width_s, spec.slots);
         }
-        for (ring, spec) in self.digests.iter_mut().zip(DIGEST_TIERS) {
-            ring.evict(now_s / spec.width_s, spec.slots);
-        }
+        let spec = SERIES_DIGEST_TIERS[0];
+        self.minutes.evict(now_s / spec.width_s, spec.slots);
+        let spec = ARCHIVE_SECOND_DIGESTS;
+        self.seconds.evict(now_s / spec.width_s, spec.slots);
     }
 
     /// True when no bucket remains.
@@ -408,16 +471,16 @@ impl SeriesState {
         out
     }
 
-    /// The 5-minute digests of the hour a checkpoint of the old layout held for this series
-    /// (see [`crate::window::VersionDigests::absorb`]); None afterwards.
-    pub fn take_legacy_hour(&mut self) -> Option<Box<Ring<TDigest>>> {
-        self.legacy_hour.take()
+    /// The fine digests a checkpoint of an old layout held for this series (see
+    /// [`crate::window::VersionDigests::absorb_legacy`]); None afterwards.
+    pub fn take_legacy(&mut self) -> Option<Box<LegacyDigests>> {
+        self.legacy.take()
     }
 
-    /// The merged latency digest of the window, or `None` when the window is longer than the
-    /// series' digest history (5 min).
+    /// The merged latency digest of the window (its oldest edge exact to the minute), or
+    /// `None` when the window is longer than the series' digest history (5 min).
     pub fn digest(&self, now_s: u64, window_s: u64, compression: f32) -> Option<TDigest> {
-        let c = cover(&DIGEST_TIERS, now_s, window_s);
+        let c = cover(&SERIES_DIGEST_TIERS, now_s, window_s);
         if !c.complete || window_s > MAX_SERIES_DIGEST_WINDOW_S {
             return None;
         }
@@ -425,7 +488,7 @@ impl SeriesState {
         let parts = c
             .segments
             .iter()
-            .flat_map(|s| self.digests[s.tier].range(s.from_idx, s.to_idx));
+            .flat_map(|s| self.minutes.range(s.from_idx, s.to_idx));
         merged.merge_all(parts);
         Some(merged)
     }
@@ -439,13 +502,10 @@ impl SeriesState {
     /// Heap bytes of the counter rings and of the digest rings (with their centroids).
     pub fn heap_bytes_split(&self) -> (usize, usize) {
         let counters = self.counts.iter().map(Ring::heap_bytes).sum::<usize>();
-        let digests = self.digests.iter().map(Ring::heap_bytes).sum::<usize>()
-            + self
-                .digests
-                .iter()
-                .flat_map(|r| r.values())
-                .map(TDigest::heap_bytes)
-                .sum::<usize>();
+        let digests = [&self.minutes, &self.seconds]
+            .into_iter()
+            .map(|r| r.heap_bytes() + r.values().map(TDigest::heap_bytes).sum::<usize>())
+            .sum();
         (counters, digests)
     }
 
@@ -456,6 +516,6 @@ impl SeriesState {
 
     /// The tiers, for documentation and tests.
     pub fn tiers() -> (&'static [TierSpec], &'static [TierSpec]) {
-        (&COUNTER_TIERS, &DIGEST_TIERS)
+        (&COUNTER_TIERS, &SERIES_DIGEST_TIERS)
     }
 }

@@ -29,7 +29,10 @@ fn errors(service: &str, s: u64) -> u64 {
 /// each), archiving each second 5 s after it ends, as the processor does. Returns every
 /// latency of `checkout` (the exact reference).
 fn scripted(dir: &Path, services: &[&str], from: u64, seconds: u64, per_second: u64) -> Vec<f64> {
-    let mut engine = Engine::new(Arc::new(EngineConfig::default()));
+    let mut engine = Engine::new(Arc::new(EngineConfig {
+        keep_second_digests: true,
+        ..EngineConfig::default()
+    }));
     let writer = ArchiveWriter::start(ArchiveConfig {
         flush_every: Duration::from_secs(3600),
         ..ArchiveConfig::new(dir.to_path_buf())
@@ -251,7 +254,10 @@ async fn filters_on_service_and_time_prune_the_scan() {
 /// a query past its time limit is an error; bad SQL is a clear error.
 #[tokio::test]
 async fn live_tables_limits_and_errors() {
-    let mut engine = Engine::new(Arc::new(EngineConfig::default()));
+    let mut engine = Engine::new(Arc::new(EngineConfig {
+        keep_second_digests: true,
+        ..EngineConfig::default()
+    }));
     let now = DAY0 * S;
     let mut b = Batch::default();
     for (i, svc) in ["a", "b", "c"].iter().enumerate() {
