@@ -2,8 +2,8 @@
 //! new owner takes to restore it (read to the high watermark, check, decode, merge).
 //!
 //! Builds one partition's engine state of `--series` series (services × 10 routes × 2
-//! versions) with an hour of traffic at one request per second per series (every default
-//! window and digest filled), then writes it to the changelog `--rounds` times; then 10 s more
+//! versions) with an hour of traffic at `--rate` requests per second per series (default 1;
+//! every default window and digest filled), then writes it to the changelog `--rounds` times; then 10 s more
 //! traffic, written as a change set (what a processor writes between full states); then a new
 //! owner restores both (full state + change set) and answers as the engine that wrote them.
 //! Against `--brokers` (tansu, a real cluster) or, without it, the embedded broker.
@@ -32,6 +32,9 @@ struct Args {
     /// Seconds of traffic before the state is taken (3600: the 1 h windows full).
     #[arg(long, default_value_t = 3600)]
     seconds: u64,
+    /// Requests per second per series.
+    #[arg(long, default_value_t = 1)]
+    rate: u64,
     /// Writes to time.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
@@ -80,15 +83,17 @@ fn main() -> anyhow::Result<()> {
             let now = t_end - (args.seconds - sec) * S;
             batch.requests.clear();
             for k in 0..keys.len() {
-                batch.requests.push(RequestObs {
-                    key: k as u32,
-                    time: now,
-                    latency_ms: dist.sample(&mut rng),
-                    bad: k % 97 == (sec % 97) as usize,
-                });
+                for i in 0..args.rate {
+                    batch.requests.push(RequestObs {
+                        key: k as u32,
+                        time: now + i * (S / args.rate),
+                        latency_ms: dist.sample(&mut rng),
+                        bad: (k as u64 + i) % 97 == sec % 97,
+                    });
+                }
             }
-            e.ingest(&batch, now);
-            e.advance(now);
+            e.ingest(&batch, now + S - 1);
+            e.advance(now + S - 1);
         }
     };
     traffic(&mut e, 0, args.seconds);

@@ -3,5 +3,6 @@
 mod tdigest;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 pub use tdigest::{Centroid, DEFAULT_COMPRESSION, TDigest};

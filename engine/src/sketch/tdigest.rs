@@ -25,18 +25,19 @@ pub struct Centroid {
     pub weight: u32,
 }
 
-/// A mergeable quantile sketch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A mergeable quantile sketch. Serialised as [`TDigest::to_bytes`] in binary formats
+/// (checkpoints, the changelog, partials), field by field in human-readable ones (see
+/// [`super::wire`]).
+#[derive(Clone, Debug, PartialEq)]
 pub struct TDigest {
-    compression: f32,
+    pub(super) compression: f32,
     /// Sorted by mean; merged under the k2 size bound.
-    centroids: Vec<Centroid>,
+    pub(super) centroids: Vec<Centroid>,
     /// Not yet merged.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    buffer: Vec<Centroid>,
-    count: u64,
-    min: f64,
-    max: f64,
+    pub(super) buffer: Vec<Centroid>,
+    pub(super) count: u64,
+    pub(super) min: f64,
+    pub(super) max: f64,
 }
 
 impl Default for TDigest {
@@ -116,10 +117,6 @@ impl TDigest {
         });
         if self.buffer.len() >= buffer {
             self.compress();
-            if self.buffer.capacity() > buffer {
-                // The merge reuses the buffer for buffer + centroids.
-                self.buffer.shrink_to(buffer);
-            }
         }
     }
 
@@ -140,13 +137,20 @@ impl TDigest {
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         self.count = self.count.saturating_add(other.count);
+        let n = other.centroids.len() + other.buffer.len();
+        if self.buffer.len() + n > buffer {
+            // Merge first, so the buffer stays within its limit (unless `other` alone is larger).
+            self.compress();
+        }
+        let want = self.buffer.len() + n;
+        if want > self.buffer.capacity() {
+            let cap = (self.buffer.capacity() * 2).clamp(8, buffer.max(want));
+            self.buffer.reserve_exact(cap.max(want) - self.buffer.len());
+        }
         self.buffer.extend_from_slice(&other.centroids);
         self.buffer.extend_from_slice(&other.buffer);
         if self.buffer.len() >= buffer {
             self.compress();
-            if self.buffer.capacity() > buffer {
-                self.buffer.shrink_to(buffer);
-            }
         }
     }
 
@@ -189,53 +193,83 @@ impl TDigest {
         f64::from(self.compression) / (4.0 * (n / d).max(1.0).ln() + 24.0)
     }
 
-    /// Merges the buffer into the centroid list.
+    /// Merges the buffer into the centroid list: the buffer is sorted, then walked together
+    /// with the (sorted) centroids; the buffer keeps its capacity.
     pub fn compress(&mut self) {
         if self.buffer.is_empty() {
             return;
         }
-        let mut all = std::mem::take(&mut self.buffer);
-        all.extend_from_slice(&self.centroids);
-        all.sort_unstable_by(|a, b| a.mean.total_cmp(&b.mean));
-        let total: f64 = all.iter().map(|c| f64::from(c.weight)).sum();
+        self.buffer
+            .sort_unstable_by(|a, b| a.mean.total_cmp(&b.mean));
+        let weight = |c: &Centroid| f64::from(c.weight);
+        let total: f64 = self.centroids.iter().map(weight).sum::<f64>()
+            + self.buffer.iter().map(weight).sum::<f64>();
         let norm = self.k2_norm(total);
-        // k2(q) = norm · ln(q / (1 − q)); a centroid may grow while k(q_end) − k(q_start) ≤ 1.
+        // k2(q) = norm · ln(q / (1 − q)); a centroid may grow while k(q_end) − k(q_start) ≤ 1,
+        // that is up to q_end = 1 / (1 + e^(−(k(q0) + 1) / norm)), which is
+        // q0 / (q0 + (1 − q0) · e^(−1/norm)): one exponential per merge, not two
+        // transcendentals per centroid (they were most of the time of a small merge).
+        let shrink = (-1.0 / norm).exp();
         let q_limit = |q0: f64| -> f64 {
             if q0 <= 0.0 {
                 return 0.0;
             }
-            let k0 = norm * (q0 / (1.0 - q0)).ln();
-            1.0 / (1.0 + (-(k0 + 1.0) / norm).exp())
+            q0 / (q0 + (1.0 - q0) * shrink)
         };
-        let mut out: Vec<Centroid> = Vec::with_capacity(self.centroids.len().max(16));
-        let mut cur_mean = f64::from(all[0].mean);
-        let mut cur_w = f64::from(all[0].weight);
-        let mut w_before = 0.0; // weight of all centroids emitted before `cur`
-        let mut limit = q_limit(0.0).max(q_limit(cur_w / total)); // first centroid as is
-        limit = limit.max(0.0);
-        for c in &all[1..] {
-            let w = f64::from(c.weight);
-            let q_end = (w_before + cur_w + w) / total;
-            if q_end <= limit && cur_w + w <= f64::from(u32::MAX) {
-                cur_mean += (f64::from(c.mean) - cur_mean) * w / (cur_w + w);
-                cur_w += w;
-            } else {
-                out.push(Centroid {
-                    mean: cur_mean as f32,
-                    weight: cur_w as u32,
-                });
-                w_before += cur_w;
-                limit = q_limit(w_before / total);
-                cur_mean = f64::from(c.mean);
-                cur_w = w;
+        // Room for a few more centroids than before; after a doubling, the slack is given
+        // back (an open digest is kept per series: its spare capacity is memory too).
+        let mut out: Vec<Centroid> = Vec::with_capacity(self.centroids.len() + 8);
+        {
+            // Both lists in order of mean (a centroid before a buffered sample of equal mean).
+            let (a, b) = (&self.centroids, &self.buffer);
+            let (mut i, mut j) = (0, 0);
+            let mut next = || match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if y.mean < x.mean => {
+                    j += 1;
+                    Some(*y)
+                }
+                (Some(x), _) => {
+                    i += 1;
+                    Some(*x)
+                }
+                (None, Some(y)) => {
+                    j += 1;
+                    Some(*y)
+                }
+                (None, None) => None,
+            };
+            let first = next().expect("the buffer is not empty");
+            let mut cur_mean = f64::from(first.mean);
+            let mut cur_w = weight(&first);
+            let mut w_before = 0.0; // weight of all centroids emitted before `cur`
+            let mut limit = q_limit(0.0).max(q_limit(cur_w / total)); // first centroid as is
+            limit = limit.max(0.0);
+            while let Some(c) = next() {
+                let w = weight(&c);
+                let q_end = (w_before + cur_w + w) / total;
+                if q_end <= limit && cur_w + w <= f64::from(u32::MAX) {
+                    cur_mean += (f64::from(c.mean) - cur_mean) * w / (cur_w + w);
+                    cur_w += w;
+                } else {
+                    out.push(Centroid {
+                        mean: cur_mean as f32,
+                        weight: cur_w as u32,
+                    });
+                    w_before += cur_w;
+                    limit = q_limit(w_before / total);
+                    cur_mean = f64::from(c.mean);
+                    cur_w = w;
+                }
             }
+            out.push(Centroid {
+                mean: cur_mean as f32,
+                weight: cur_w as u32,
+            });
         }
-        out.push(Centroid {
-            mean: cur_mean as f32,
-            weight: cur_w as u32,
-        });
+        if out.capacity() > out.len() + 32 {
+            out.shrink_to(out.len() + 8);
+        }
         self.centroids = out;
-        self.buffer = all;
         self.buffer.clear();
     }
 

@@ -11,8 +11,9 @@ use super::{DecodeError, Decoded};
 use serde::{Deserialize, Serialize};
 use trike_engine::{Batch, PartialObs, SeriesKey};
 
-/// Version of the record layout.
-pub const PARTIALS_VERSION: u32 = 1;
+/// Version of the record layout. 2: t-digests are byte strings (see `trike_engine::sketch`),
+/// which a version-1 reader would not decode; version-1 records are read too.
+pub const PARTIALS_VERSION: u32 = 2;
 
 /// Largest record written, in bytes (under the broker's default `message.max.bytes`, 1 MiB,
 /// with room for the record's headers and batch overhead).
@@ -82,9 +83,9 @@ pub fn encode_partials(gateway: &str, batch: &Batch) -> Vec<Vec<u8>> {
 pub fn partials(buf: &[u8]) -> Result<Decoded, DecodeError> {
     let r: RecordIn = ciborium::from_reader(buf)
         .map_err(|e| DecodeError::Malformed(format!("not a trike.partials record: {e}")))?;
-    if r.v != PARTIALS_VERSION {
+    if !(1..=PARTIALS_VERSION).contains(&r.v) {
         return Err(DecodeError::Malformed(format!(
-            "trike.partials record version {} (this processor reads version {PARTIALS_VERSION})",
+            "trike.partials record version {} (this processor reads versions 1 to {PARTIALS_VERSION})",
             r.v
         )));
     }

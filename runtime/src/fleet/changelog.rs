@@ -17,9 +17,11 @@
 //! means reading more partials again). Once the next full state is written, the change sets
 //! of the previous one are deleted (tombstones), and compaction drops them.
 //!
-//! Chunk record layout (big-endian): `TKCL`, format version u16 (2), generation u64, change
+//! Chunk record layout (big-endian): `TKCL`, format version u16 (3), generation u64, change
 //! set u32 (0: the full state), index u32, count u32, CRC-32 of the whole encoded state u32,
-//! then the chunk's bytes. Format 1 records (no change-set field: full states) are read too.
+//! then the chunk's bytes. Format 3 is format 2 with the compact CBOR of t-digests (bytes) and
+//! bucket counters (arrays), which a format-2 reader would not decode: its number tells an
+//! older processor why. Formats 1 (no change-set field: full states) and 2 are read too.
 //!
 //! [`Engine::take_changes`]: trike_engine::Engine::take_changes
 
@@ -39,7 +41,7 @@ use trike_engine::policy::PolicySnapshot;
 use trike_sinks::kafka_client::ClientProps;
 
 /// Format version of the records written.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Largest chunk payload: with the header and the key, a record stays below 1 MiB.
 pub const CHUNK_BYTES: usize = 1_000_000;
 const MAGIC: &[u8; 4] = b"TKCL";
@@ -151,7 +153,7 @@ fn parse(value: &[u8]) -> Result<Parsed, String> {
             crc: u32_at(22),
             bytes: value[HEADER_V1..].to_vec(),
         }),
-        VERSION if value.len() >= HEADER => Ok(Parsed {
+        2 | VERSION if value.len() >= HEADER => Ok(Parsed {
             generation,
             seq: u32_at(14),
             index: u32_at(18),
@@ -159,9 +161,9 @@ fn parse(value: &[u8]) -> Result<Parsed, String> {
             crc: u32_at(26),
             bytes: value[HEADER..].to_vec(),
         }),
-        VERSION => Err("a cut-off header".into()),
+        2 | VERSION => Err("a cut-off header".into()),
         version => Err(format!(
-            "format {version} (this build reads 1 and {VERSION})"
+            "format {version} (this build reads 1 to {VERSION})"
         )),
     }
 }
@@ -615,7 +617,7 @@ mod tests {
     use trike_engine::policy::{Policy, PolicyEngine};
     use trike_engine::{Engine, EngineConfig};
 
-    /// A state with `n` series of one service (about 2 KB each once encoded).
+    /// A state with `n` series of one service (about 400 bytes each once encoded).
     fn state(partition: i32, n: usize) -> PartitionState {
         let mut e = Engine::new(Arc::new(EngineConfig::default()));
         let now = 1_800_000_000_000_000_000;
@@ -658,7 +660,7 @@ mod tests {
     /// as the same state; the newest complete generation wins.
     #[test]
     fn states_round_trip_in_chunks_under_a_mebibyte() {
-        let big = state(3, 1500);
+        let big = state(3, 6000);
         let chunks = encode(&big, 7).unwrap();
         assert!(chunks.len() >= 2, "{} chunks", chunks.len());
         assert!(chunks.iter().all(|c| c.value.len() + c.key.len() < 1 << 20));
@@ -682,7 +684,7 @@ mod tests {
     /// same way.
     #[test]
     fn a_write_cut_short_falls_back_to_the_previous_generation() {
-        let s = state(0, 1500);
+        let s = state(0, 6000);
         let mut log = encode(&s, 7).unwrap();
         let mut eight = s.clone();
         eight.offset = 80;
