@@ -43,9 +43,10 @@ use trike_sinks::ControlEvent;
 
 /// Writes between two full states of a partition at most: the first, then change sets (at the
 /// default `checkpoint_every` of 10 s, a full state every 5 minutes at least). A full state
-/// comes sooner once the change sets written since the last one add up to half its size, so a
-/// restore never reads more than 1.5 full states (busy series change much of their state in
-/// 10 s: their 1 s digests).
+/// comes sooner once the change sets written since the last one add up to its size, so a
+/// restore never reads more than 2 full states. (It was half the size while busy series'
+/// change sets carried their 1 s digests; in compact CBOR a full state is small enough that
+/// half of it is reached by a few change sets of a young partition.)
 pub const FULL_EVERY: u32 = 30;
 
 /// What the owner knows of one partition it holds (or held until the rebalance under way).
@@ -196,7 +197,7 @@ impl Owner {
             let mine = move |s: &str| partition_of(s, n) == p;
             let full = part.need_full
                 || part.changes + 1 >= FULL_EVERY
-                || part.change_bytes * 2 >= part.full_bytes;
+                || part.change_bytes >= part.full_bytes;
             let (kind, engine_state) = if full {
                 let state = engine.snapshot_of(mine);
                 engine.clear_changes(mine);
