@@ -592,6 +592,23 @@ mod hold_tests {
         pub(super) kept: Mutex<Vec<Batch>>,
     }
 
+    impl Stubborn {
+        /// A sink refusing its first `refuse` batches, the metrics, and a pipeline over both.
+        pub(super) fn pipeline(refuse: usize) -> (Arc<Stubborn>, Arc<IngestMetrics>, Pipeline) {
+            let sink = Arc::new(Stubborn {
+                refuse: Mutex::new(refuse),
+                kept: Mutex::new(Vec::new()),
+            });
+            let metrics = Arc::new(IngestMetrics::default());
+            let p = Pipeline::new(
+                Arc::new(DecodeConfig::default()),
+                sink.clone(),
+                metrics.clone(),
+            );
+            (sink, metrics, p)
+        }
+    }
+
     impl BatchSink for Stubborn {
         fn submit(&self, batch: Batch, ack: Option<Ack>) -> Result<(), Overloaded> {
             let mut r = self.refuse.lock();
@@ -612,16 +629,7 @@ mod hold_tests {
     /// and its items counted once (each refusal counted as an overloaded attempt).
     #[test]
     fn a_held_request_is_offered_again_without_decoding() {
-        let sink = Arc::new(Stubborn {
-            refuse: Mutex::new(3),
-            kept: Mutex::new(Vec::new()),
-        });
-        let metrics = Arc::new(IngestMetrics::default());
-        let p = Pipeline::new(
-            Arc::new(DecodeConfig::default()),
-            sink.clone(),
-            metrics.clone(),
-        );
+        let (sink, metrics, p) = Stubborn::pipeline(3);
         let body = request(
             vec![kv("service.name", s("checkout"))],
             (0..5)

@@ -120,7 +120,6 @@ mod tests {
     use super::super::hold_tests::Stubborn;
     use super::super::*;
     use crate::decode::tests::{kv, request, s, span};
-    use parking_lot::Mutex;
     use prost::Message;
     use std::sync::atomic::{AtomicU64, Ordering};
     use trike_proto::trace::v1::span::SpanKind;
@@ -181,16 +180,7 @@ mod tests {
                 Encoding::Json => b"{\"resourceSpans\": [".to_vec(),
                 _ => broken.clone(),
             };
-            let sink = Arc::new(Stubborn {
-                refuse: Mutex::new(0),
-                kept: Mutex::new(Vec::new()),
-            });
-            let metrics = Arc::new(IngestMetrics::default());
-            let p = Pipeline::new(
-                Arc::new(DecodeConfig::default()),
-                sink.clone(),
-                metrics.clone(),
-            );
+            let (sink, metrics, p) = Stubborn::pipeline(0);
             let mut g = p.gather(Transport::Kafka, SignalKind::Traces, encoding);
             g.add(&body(&a)).unwrap();
             g.add(&broken).unwrap_err();
