@@ -1,6 +1,6 @@
 //! Engine costs: applying decoded span batches (1000 series), answering a 5m SLI query over
 //! all of them, and a fleet processor applying one flush of partials for 1000 series as the
-//! spans behind each series grow 100× (the processor's cost follows series × flushes).
+//! spans behind each series grow 1000× (the processor's cost follows series × flushes).
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
@@ -61,7 +61,7 @@ fn processor(c: &mut Criterion) {
     let cfg = Arc::new(EngineConfig::default());
     let mut g = c.benchmark_group("processor");
     g.throughput(Throughput::Elements(1000));
-    for per_series in [1usize, 10, 100] {
+    for per_series in [1usize, 10, 100, 1000] {
         // Mid-second, so each series' spans fall in one second: one partial per series.
         let mid = T0 + 500_000_000;
         let mut spans = trike_engine::Batch::default();

@@ -658,7 +658,9 @@ impl Engine {
         self.fold_idle();
         let before = self.versions.len();
         self.versions.retain_mut(|v| {
-            v.digests.evict(now_s);
+            if let Some(t_s) = v.digests.evict(now_s) {
+                v.changed_from = v.changed_from.min(t_s);
+            }
             !v.digests.is_empty()
         });
         if self.versions.len() != before {

@@ -26,6 +26,13 @@ impl Engine {
     /// last taken or cleared, as a snapshot to apply with [`Engine::apply_changes`]; clears
     /// them.
     pub fn take_changes(&mut self, owns: impl Fn(&str) -> bool) -> Snapshot {
+        // Swept first: a taker that applies these sweeps at their time, and must find every
+        // 1 s digest it would settle already settled here (see `VersionDigests::overwrite`).
+        let now_s = secs(self.now);
+        if now_s > self.last_sweep_s {
+            self.last_sweep_s = now_s;
+            self.sweep(now_s);
+        }
         let mut series = Vec::new();
         for e in self.entries.iter_mut().filter(|e| owns(&e.key.service)) {
             if e.changed_from != UNCHANGED {

@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 /// 1000 partial digests).
 pub const DEFAULT_COMPRESSION: f32 = 200.0;
 const BUFFER_FACTOR: usize = 4;
+/// A merged digest with at least 1/`DIRECT_MERGE_RATIO` as many centroids as this one goes
+/// straight into the centroid list instead of the buffer (see [`TDigest::merge_buffered`]):
+/// one walk of both costs about what sorting its centroids into the buffer would.
+const DIRECT_MERGE_RATIO: usize = 4;
 
 /// One centroid: the mean of `weight` samples.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +61,11 @@ impl TDigest {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
         }
+    }
+
+    /// Compression (after clamping).
+    pub fn compression(&self) -> f32 {
+        self.compression
     }
 
     /// Total weight added.
@@ -137,6 +146,15 @@ impl TDigest {
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         self.count = self.count.saturating_add(other.count);
+        if other.buffer.is_empty() && other.centroids.len() * DIRECT_MERGE_RATIO >= self.len_hint()
+        {
+            // A compressed digest of many centroids (a partial of a busy second) merges
+            // straight into the centroid list in one walk of both sorted lists: sorting it
+            // into the buffer would cost more than the walk.
+            self.compress();
+            self.merge_sorted(&other.centroids);
+            return;
+        }
         let n = other.centroids.len() + other.buffer.len();
         if self.buffer.len() + n > buffer {
             // Merge first, so the buffer stays within its limit (unless `other` alone is larger).
@@ -176,6 +194,11 @@ impl TDigest {
         self.centroids.shrink_to_fit();
     }
 
+    /// True while a merge buffer is held (allocated, even if empty): see [`TDigest::shrink`].
+    pub fn holds_buffer(&self) -> bool {
+        self.buffer.capacity() > 0
+    }
+
     /// Heap bytes held (for memory accounting).
     pub fn heap_bytes(&self) -> usize {
         (self.centroids.capacity() + self.buffer.capacity()) * std::mem::size_of::<Centroid>()
@@ -201,9 +224,25 @@ impl TDigest {
         }
         self.buffer
             .sort_unstable_by(|a, b| a.mean.total_cmp(&b.mean));
+        let buffer = std::mem::take(&mut self.buffer);
+        self.merge_sorted(&buffer);
+        self.buffer = buffer;
+        self.buffer.clear();
+    }
+
+    /// Centroids this digest holds or will hold once its buffer is merged, about.
+    fn len_hint(&self) -> usize {
+        self.centroids.len() + self.buffer.len()
+    }
+
+    /// Merges `b` (sorted by mean) with the centroid list under the k2 size bound.
+    fn merge_sorted(&mut self, b: &[Centroid]) {
+        if b.is_empty() {
+            return;
+        }
         let weight = |c: &Centroid| f64::from(c.weight);
-        let total: f64 = self.centroids.iter().map(weight).sum::<f64>()
-            + self.buffer.iter().map(weight).sum::<f64>();
+        let total: f64 =
+            self.centroids.iter().map(weight).sum::<f64>() + b.iter().map(weight).sum::<f64>();
         let norm = self.k2_norm(total);
         // k2(q) = norm · ln(q / (1 − q)); a centroid may grow while k(q_end) − k(q_start) ≤ 1,
         // that is up to q_end = 1 / (1 + e^(−(k(q0) + 1) / norm)), which is
@@ -221,7 +260,7 @@ impl TDigest {
         let mut out: Vec<Centroid> = Vec::with_capacity(self.centroids.len() + 8);
         {
             // Both lists in order of mean (a centroid before a buffered sample of equal mean).
-            let (a, b) = (&self.centroids, &self.buffer);
+            let a = &self.centroids;
             let (mut i, mut j) = (0, 0);
             let mut next = || match (a.get(i), b.get(j)) {
                 (Some(x), Some(y)) if y.mean < x.mean => {
@@ -238,31 +277,32 @@ impl TDigest {
                 }
                 (None, None) => None,
             };
-            let first = next().expect("the buffer is not empty");
-            let mut cur_mean = f64::from(first.mean);
+            let first = next().expect("b is not empty");
+            // The centroid being built as a weighted sum (one division when it is emitted,
+            // not one per sample merged into it).
+            let mut cur_sum = f64::from(first.mean) * weight(&first);
             let mut cur_w = weight(&first);
             let mut w_before = 0.0; // weight of all centroids emitted before `cur`
-            let mut limit = q_limit(0.0).max(q_limit(cur_w / total)); // first centroid as is
-            limit = limit.max(0.0);
+            // The limit in weight rather than in q: no division per sample.
+            let mut limit_w = q_limit(cur_w / total).max(0.0) * total; // first centroid as is
             while let Some(c) = next() {
                 let w = weight(&c);
-                let q_end = (w_before + cur_w + w) / total;
-                if q_end <= limit && cur_w + w <= f64::from(u32::MAX) {
-                    cur_mean += (f64::from(c.mean) - cur_mean) * w / (cur_w + w);
+                if w_before + cur_w + w <= limit_w && cur_w + w <= f64::from(u32::MAX) {
+                    cur_sum += f64::from(c.mean) * w;
                     cur_w += w;
                 } else {
                     out.push(Centroid {
-                        mean: cur_mean as f32,
+                        mean: (cur_sum / cur_w) as f32,
                         weight: cur_w as u32,
                     });
                     w_before += cur_w;
-                    limit = q_limit(w_before / total);
-                    cur_mean = f64::from(c.mean);
+                    limit_w = q_limit(w_before / total) * total;
+                    cur_sum = f64::from(c.mean) * w;
                     cur_w = w;
                 }
             }
             out.push(Centroid {
-                mean: cur_mean as f32,
+                mean: (cur_sum / cur_w) as f32,
                 weight: cur_w as u32,
             });
         }
@@ -270,7 +310,6 @@ impl TDigest {
             out.shrink_to(out.len() + 8);
         }
         self.centroids = out;
-        self.buffer.clear();
     }
 
     /// Flushed view of the centroids (compresses a copy if the buffer holds data).

@@ -103,8 +103,7 @@ impl DigestSettings {
 }
 
 /// Runs `f` on the digest of event second `t_s` in a ring of `spec` buckets arriving at
-/// `now_s` (a new bucket starts empty at `compression`); when a newer bucket is appended, the
-/// one before it is closed and its merge buffer released. False when `t_s` is out of retention.
+/// `now_s` (a new bucket starts empty at `compression`). False when `t_s` is out of retention.
 fn with_digest(
     ring: &mut Ring<TDigest>,
     spec: TierSpec,
@@ -113,18 +112,29 @@ fn with_digest(
     compression: f32,
     f: impl FnOnce(&mut TDigest),
 ) -> bool {
-    let Some((d, appended)) = ring.bucket_mut(t_s / spec.width_s, now_s / spec.width_s, spec.slots)
-    else {
+    let Some((d, _)) = ring.bucket_mut(t_s / spec.width_s, now_s / spec.width_s, spec.slots) else {
         return false;
     };
     if d.is_empty() {
         *d = TDigest::new(compression);
     }
     f(d);
-    if appended && let Some(prev) = ring.second_newest_mut() {
-        prev.shrink();
-    }
     true
+}
+
+/// Drops a digest ring's buckets out of retention at `now_s`, and merges the buffers of the
+/// closed ones (older than `now_s`'s bucket) and releases them. This is done at the sweep, not
+/// when a newer bucket arrives: a replica that applies change sets and sweeps at their time
+/// then closes the same buckets the same way, so a bucket whose only change was to be closed
+/// needs no place in a change set (it had none, and the replica's quantiles drifted).
+fn evict_digests(ring: &mut Ring<TDigest>, spec: TierSpec, now_s: u64) {
+    let now_idx = now_s / spec.width_s;
+    ring.evict(now_idx, spec.slots);
+    for (idx, d) in ring.iter_mut() {
+        if idx < now_idx && d.holds_buffer() {
+            d.shrink();
+        }
+    }
 }
 
 /// Longest window counters can answer.

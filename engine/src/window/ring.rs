@@ -148,14 +148,9 @@ impl<T> Ring<T> {
             .map(|(i, v)| (u64::from(*i), v))
     }
 
-    /// The bucket just before the newest (the most recently closed one).
-    pub fn second_newest_mut(&mut self) -> Option<&mut T> {
-        let n = self.slots.len();
-        if n >= 2 {
-            Some(&mut self.slots[n - 2].1)
-        } else {
-            None
-        }
+    /// `(index, bucket)` of every stored bucket, oldest first.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut T)> {
+        self.slots.iter_mut().map(|(i, v)| (u64::from(*i), v))
     }
 
     /// Stored buckets.

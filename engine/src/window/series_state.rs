@@ -3,7 +3,8 @@
 
 use super::{
     ARCHIVE_SECOND_DIGESTS, COUNTER_TIERS, Cover, DigestSettings, LegacyDigests,
-    MAX_SERIES_DIGEST_WINDOW_S, Ring, SERIES_DIGEST_TIERS, TierSpec, cover, with_digest,
+    MAX_SERIES_DIGEST_WINDOW_S, Ring, SERIES_DIGEST_TIERS, TierSpec, cover, evict_digests,
+    with_digest,
 };
 use crate::sketch::TDigest;
 use crate::time::UnixNanos;
@@ -478,10 +479,8 @@ impl SeriesState {
         for (ring, spec) in self.counts.iter_mut().zip(COUNTER_TIERS) {
             ring.evict(now_s / spec.width_s, spec.slots);
         }
-        let spec = SERIES_DIGEST_TIERS[0];
-        self.minutes.evict(now_s / spec.width_s, spec.slots);
-        let spec = ARCHIVE_SECOND_DIGESTS;
-        self.seconds.evict(now_s / spec.width_s, spec.slots);
+        evict_digests(&mut self.minutes, SERIES_DIGEST_TIERS[0], now_s);
+        evict_digests(&mut self.seconds, ARCHIVE_SECOND_DIGESTS, now_s);
     }
 
     /// True when no bucket remains.
