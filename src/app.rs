@@ -509,6 +509,7 @@ fn start_owner(
         partitions,
         shard.writer(),
         decider.policy(),
+        decider.watch(),
         progress.clone(),
         Arc::new(changelog),
     )))

@@ -260,6 +260,13 @@ pub struct AnomalyPoint {
     pub at_s: u64,
 }
 
+/// Some services' SLI stream detectors, as [`SliWatch::snapshot_of`] takes them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WatchSnapshot {
+    /// Service, metric, detector and its latest verdict.
+    pub streams: Vec<(String, SliMetric, Detector, Option<AnomalyPoint>)>,
+}
+
 /// Detectors over every service's SLI streams, sampled every `every_s` of engine time.
 #[derive(Clone, Debug)]
 pub struct SliWatch {
@@ -320,6 +327,37 @@ impl SliWatch {
                 });
             }
         }
+    }
+
+    /// The detectors of the services for which `owns(service)` holds (a fleet processor's
+    /// partition: they move with it, so a new owner's anomaly facts keep their learned level,
+    /// scale and seasonal profile instead of warming up for a day).
+    pub fn snapshot_of(&self, owns: impl Fn(&str) -> bool) -> WatchSnapshot {
+        WatchSnapshot {
+            streams: self
+                .streams
+                .iter()
+                .filter(|((service, _), _)| owns(service))
+                .map(|((service, metric), (d, last))| (service.clone(), *metric, d.clone(), *last))
+                .collect(),
+        }
+    }
+
+    /// Takes over the streams of `snap` (from [`SliWatch::snapshot_of`]), replacing those of
+    /// the same service and metric; streams beyond the cap are left out.
+    pub fn merge(&mut self, snap: WatchSnapshot) {
+        for (service, metric, d, last) in snap.streams {
+            let key = (service, metric);
+            if !self.streams.contains_key(&key) && self.streams.len() >= self.max_streams {
+                continue;
+            }
+            self.streams.insert(key, (d, last));
+        }
+    }
+
+    /// Forgets the streams of the services for which `gone(service)` holds.
+    pub fn drop_services(&mut self, gone: impl Fn(&str) -> bool) {
+        self.streams.retain(|(service, _), _| !gone(service));
     }
 
     /// The latest points of `service`'s streams that are no older than two sampling periods.

@@ -303,3 +303,70 @@ fn sli_watch_flags_an_error_jump() {
         "old points expire"
     );
 }
+
+/// Scenario: a watch over two services for 10 minutes; one service's detectors move (through
+/// CBOR, as on the changelog) to another watch, which then samples the same engine.
+/// Guarantees: the moved detectors go on exactly as if they had not moved (every later point
+/// equal to a watch that kept them), the old watch forgets them, and the cap holds on merge.
+#[test]
+fn sli_watch_streams_move_with_their_service() {
+    use crate::{Batch, Engine, EngineConfig, RequestObs, SeriesKey};
+    let s = 1_000_000_000u64;
+    let t0 = 1_800_000_000 * s;
+    let mut e = Engine::new(std::sync::Arc::new(EngineConfig::default()));
+    let cfg = DetectorConfig {
+        season_s: 0,
+        ..Default::default()
+    };
+    let mut w = SliWatch::new(cfg, 10, 100);
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut feed = |e: &mut Engine, sec: u64| {
+        let t = t0 + sec * s;
+        let b = Batch {
+            keys: vec![
+                SeriesKey::new("checkout", "/pay", "1"),
+                SeriesKey::new("search", "/q", "1"),
+            ],
+            requests: (0..200)
+                .map(|i| RequestObs {
+                    key: i % 2,
+                    time: t,
+                    latency_ms: 20.0 + rng.random_range(0.0..30.0),
+                    bad: rng.random_bool(if sec > 900 { 0.2 } else { 0.01 }),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        e.ingest(&b, t);
+    };
+    for sec in 0..600 {
+        feed(&mut e, sec);
+        w.sample(&e);
+    }
+    let mut kept = w.clone();
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&w.snapshot_of(|s| s == "checkout"), &mut bytes).unwrap();
+    let snap: WatchSnapshot = ciborium::from_reader(&bytes[..]).unwrap();
+    assert_eq!(snap.streams.len(), 3, "rate, error ratio and p99");
+    let mut moved = SliWatch::new(cfg, 10, 100);
+    moved.merge(snap.clone());
+    w.drop_services(|s| s == "checkout");
+    assert!(w.snapshot_of(|s| s == "checkout").streams.is_empty());
+    assert_eq!(w.snapshot_of(|_| true).streams.len(), 3, "search stays");
+    let mut flagged = false;
+    for sec in 600..1200 {
+        feed(&mut e, sec);
+        kept.sample(&e);
+        moved.sample(&e);
+        let now_s = 1_800_000_000 + sec;
+        assert_eq!(
+            moved.latest("checkout", now_s),
+            kept.latest("checkout", now_s)
+        );
+        flagged |= moved.latest("checkout", now_s).iter().any(|p| p.anomaly);
+    }
+    assert!(flagged, "the moved detectors flag the error jump");
+    let mut small = SliWatch::new(cfg, 10, 2);
+    small.merge(snap);
+    assert_eq!(small.snapshot_of(|_| true).streams.len(), 2, "capped");
+}

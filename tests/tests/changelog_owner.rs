@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use trike_engine::EngineConfig;
+use trike_engine::anomaly::{DetectorConfig, SliWatch};
 use trike_engine::observation::{Batch, RequestObs, SeriesKey};
 use trike_engine::policy::{Policy, PolicyEngine};
 use trike_engine::sli::{SliQuery, SliRow};
@@ -26,6 +27,7 @@ struct Processor {
     shard: Shard,
     owner: Arc<Owner>,
     progress: Arc<Progress>,
+    watch: Arc<parking_lot::Mutex<SliWatch>>,
 }
 
 fn processor(brokers: &str, topic: &str, changelog: &str) -> Processor {
@@ -40,11 +42,17 @@ fn processor_on(brokers: &str, topic: &str, changelog: &str, clock: Arc<SimClock
     let policy = Arc::new(parking_lot::Mutex::new(PolicyEngine::new(Policy::new(
         vec![],
     ))));
+    let watch = Arc::new(parking_lot::Mutex::new(SliWatch::new(
+        DetectorConfig::default(),
+        10,
+        1000,
+    )));
     let owner = Arc::new(Owner::new(
         topic,
         PARTITIONS,
         shard.writer(),
         policy,
+        watch.clone(),
         progress.clone(),
         Arc::new(cl),
     ));
@@ -52,6 +60,7 @@ fn processor_on(brokers: &str, topic: &str, changelog: &str, clock: Arc<SimClock
         shard,
         owner,
         progress,
+        watch,
     }
 }
 
@@ -76,8 +85,9 @@ fn keys(topic: &str, ps: &[i32]) -> Vec<(String, i32)> {
 /// Guarantees: the revocation makes every partition's state durable (the offsets A may commit
 /// are exactly the applied ones); B restores partitions 1 and 3 from the changelog, resumes at
 /// offset 10, and answers every SLI row of their services exactly as A did; A keeps 0 and 2
-/// without reading anything and no longer holds the services of 1 and 3; a later revocation
-/// of B writes a newer generation that a third reader takes.
+/// without reading anything and no longer holds the services of 1 and 3; each service's
+/// anomaly detectors are with its owner only; a later revocation of B writes a newer
+/// generation that a third reader takes.
 #[test]
 fn revoked_partitions_resume_exactly_at_their_next_owner() {
     let Some(brokers) = trike_tests::real_brokers() else {
@@ -112,10 +122,12 @@ fn revoked_partitions_resume_exactly_at_their_next_owner() {
         }
     }
     a.shard.apply([&b]);
+    a.watch.lock().sample(&a.shard.handle().lock());
     for (p, o) in (0..PARTITIONS).flat_map(|p| (0..10).map(move |o| (p, o))) {
         a.progress.done(&topic, p, o);
     }
     let before: Vec<Vec<SliRow>> = SERVICES.iter().map(|s| rows(&a, s)).collect();
+    let detectors = a.watch.lock().snapshot_of(|_| true);
     assert!(before.iter().all(|r| r.len() == 2));
 
     a.owner.revoking(&all);
@@ -165,6 +177,26 @@ fn revoked_partitions_resume_exactly_at_their_next_owner() {
     for (i, service) in SERVICES.iter().enumerate() {
         let moved = [1, 3].contains(&partition_of(service, PARTITIONS));
         let (at_a, at_b) = (rows(&a, service), rows(&b_proc, service));
+        let of = |w: &parking_lot::Mutex<SliWatch>| w.lock().snapshot_of(|s| s == *service);
+        let own = trike_engine::anomaly::WatchSnapshot {
+            streams: detectors
+                .streams
+                .iter()
+                .filter(|d| d.0 == *service)
+                .cloned()
+                .collect(),
+        };
+        assert_eq!(own.streams.len(), 3);
+        let (mover, stayer) = if moved { (&b_proc, &a) } else { (&a, &b_proc) };
+        assert_eq!(
+            of(&mover.watch),
+            own,
+            "{service}'s detectors with its partition"
+        );
+        assert!(
+            of(&stayer.watch).streams.is_empty(),
+            "{service}'s detectors"
+        );
         if moved {
             assert!(at_a.is_empty(), "{service} left A");
             assert_eq!(at_b, before[i], "{service} moved to B unchanged");
@@ -206,7 +238,8 @@ fn revoked_partitions_resume_exactly_at_their_next_owner() {
 /// Guarantees: A wrote full states and change sets between them (each change set smaller than
 /// the partition's state); B restores each partition's newest full state and the change sets
 /// on it, resumes at A's applied offsets, and answers every SLI row of every service, over
-/// 1 m, 5 m and 1 h, and every version's quantiles, exactly as A did.
+/// 1 m, 5 m and 1 h, and every version's quantiles, exactly as A did; its anomaly
+/// detectors are A's.
 #[test]
 fn change_sets_between_full_states_restore_exactly() {
     let Some(brokers) = trike_tests::real_brokers() else {
@@ -219,6 +252,7 @@ fn change_sets_between_full_states_restore_exactly() {
         shard,
         owner,
         progress,
+        watch,
     } = processor_on(&brokers, &topic, &changelog, clock.clone());
     let hook = trike_runtime::fleet::owner::ChangelogHook::start(
         owner.clone(),
@@ -262,6 +296,7 @@ fn change_sets_between_full_states_restore_exactly() {
             }
         }
         shard.apply([&b]);
+        watch.lock().sample(&engine.lock());
         for p in 0..PARTITIONS {
             progress.done(&topic, p, offset);
         }
@@ -333,4 +368,11 @@ fn change_sets_between_full_states_restore_exactly() {
         all.iter().map(|k| (k.clone(), offset)).collect::<Vec<_>>()
     );
     assert_eq!(answers(&b_proc.shard.handle().lock()), expected);
+    let detectors = watch.lock().snapshot_of(|_| true);
+    assert_eq!(detectors.streams.len(), 3 * SERVICES.len());
+    assert_eq!(
+        b_proc.watch.lock().snapshot_of(|_| true),
+        detectors,
+        "every service's anomaly detectors moved with its partition"
+    );
 }

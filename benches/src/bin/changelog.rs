@@ -16,6 +16,7 @@ use rand_distr::{Distribution, LogNormal};
 use std::sync::Arc;
 use std::time::Instant;
 use trike_engine::SliQuery;
+use trike_engine::anomaly::{DetectorConfig, SliWatch};
 use trike_engine::policy::{Policy, PolicyEngine};
 use trike_engine::{Batch, Engine, EngineConfig, RequestObs, SeriesKey};
 use trike_runtime::fleet::changelog::{Changelog, PartitionState, encode, encode_changes};
@@ -103,6 +104,9 @@ fn main() -> anyhow::Result<()> {
         started.elapsed()
     );
 
+    // Every service's anomaly detectors (rate, error ratio, p99) travel with the partition.
+    let mut watch = SliWatch::new(DetectorConfig::default(), 10, 30_000);
+    watch.sample(&e);
     let t = Instant::now();
     let state = PartitionState {
         partition: 0,
@@ -110,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         engine: e.snapshot_of(|_| true),
         policy: PolicyEngine::new(Policy::new(vec![])).snapshot_of(|_| true),
         outbox: Vec::new(),
+        watch: watch.snapshot_of(|_| true),
     };
     e.clear_changes(|_| true);
     let snapshot_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -183,6 +188,7 @@ fn main() -> anyhow::Result<()> {
         engine: e.take_changes(|_| true),
         policy: state.policy.clone(),
         outbox: Vec::new(),
+        watch: state.watch.clone(),
     };
     let take_ms = t.elapsed().as_secs_f64() * 1e3;
     let change_bytes: usize = encode_changes(&changes, u64::from(args.rounds), 1)?

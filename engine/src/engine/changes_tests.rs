@@ -167,7 +167,11 @@ fn changes_taken_between_sweeps_settle_once() {
         a.ingest(&batch, now);
         b.apply_changes(a.take_changes(|_| true)).unwrap();
         same_answers(&a, &b);
-        assert_eq!(b.snapshot_of(|_| true), a.snapshot_of(|_| true), "second {i}");
+        assert_eq!(
+            b.snapshot_of(|_| true),
+            a.snapshot_of(|_| true),
+            "second {i}"
+        );
         if i % 3 == 0 {
             a.advance(now);
         }

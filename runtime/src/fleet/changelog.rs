@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use trike_engine::Snapshot;
+use trike_engine::anomaly::WatchSnapshot;
 use trike_engine::policy::PolicySnapshot;
 use trike_sinks::kafka_client::ClientProps;
 
@@ -64,6 +65,9 @@ pub struct PartitionState {
     /// owner publishes them again under the same ids, in case this one could not.
     #[serde(default)]
     pub outbox: Vec<(u64, String)>,
+    /// Their anomaly detectors (absent from records written before they moved).
+    #[serde(default)]
+    pub watch: WatchSnapshot,
 }
 
 /// One chunk of an encoded state.
@@ -613,6 +617,7 @@ impl Changelog {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use trike_engine::anomaly::{DetectorConfig, SliWatch};
     use trike_engine::observation::{Batch, RequestObs, SeriesKey};
     use trike_engine::policy::{Policy, PolicyEngine};
     use trike_engine::{Engine, EngineConfig};
@@ -635,12 +640,15 @@ mod tests {
         }
         e.ingest(&b, now);
         e.advance(now);
+        let mut watch = SliWatch::new(DetectorConfig::default(), 10, 100);
+        watch.sample(&e);
         PartitionState {
             partition,
             offset: 42,
             engine: e.snapshot_of(|_| true),
             policy: PolicyEngine::new(Policy::new(vec![])).snapshot(),
             outbox: vec![(now, "{}".into())],
+            watch: watch.snapshot_of(|_| true),
         }
     }
 

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use trike_engine::anomaly::SliWatch;
 use trike_engine::policy::{PolicyEngine, PolicySnapshot};
 use trike_engine::{Engine, UnixNanos};
 use trike_ingest::kafka::PartitionOwner;
@@ -108,6 +109,8 @@ pub struct Owner {
     partitions: i32,
     engine: EngineWriter,
     policy: Arc<Mutex<PolicyEngine>>,
+    /// The services' anomaly detectors (locked after the policy).
+    watch: Arc<Mutex<SliWatch>>,
     progress: Arc<Progress>,
     changelog: Arc<Changelog>,
     parts: Mutex<BTreeMap<i32, Part>>,
@@ -128,12 +131,14 @@ impl std::fmt::Debug for Owner {
 
 impl Owner {
     /// The owner of `topic`'s partitions (`partitions` of them: services map to them by
-    /// murmur2) for the shard whose engine is `engine` and policy `policy`.
+    /// murmur2) for the shard whose engine is `engine`, policy `policy` and anomaly watch
+    /// `watch`.
     pub fn new(
         topic: &str,
         partitions: i32,
         engine: EngineWriter,
         policy: Arc<Mutex<PolicyEngine>>,
+        watch: Arc<Mutex<SliWatch>>,
         progress: Arc<Progress>,
         changelog: Arc<Changelog>,
     ) -> Self {
@@ -143,6 +148,7 @@ impl Owner {
             partitions,
             engine,
             policy,
+            watch,
             progress,
             changelog,
             parts: Mutex::default(),
@@ -187,6 +193,7 @@ impl Owner {
     /// changes since the previous snapshot, queued in the order taken.
     fn snapshot(&self, engine: &mut Engine, policy: &PolicyEngine, ps: &[i32]) -> Vec<Taken> {
         let oldest = engine.now().saturating_sub(OUTBOX_AGE.as_nanos() as u64);
+        let watch = self.watch.lock();
         let mut parts = self.parts.lock();
         let mut taken = Vec::new();
         for &p in ps {
@@ -225,6 +232,7 @@ impl Owner {
                         .max(part.offset),
                     engine: engine_state,
                     policy: policy.snapshot_of(mine),
+                    watch: watch.snapshot_of(mine),
                     outbox: part
                         .outbox
                         .iter()
@@ -357,6 +365,7 @@ impl PartitionOwner for Owner {
             let mut engine = self.engine.lock();
             let dropped = engine.drop_services(&left);
             self.policy.lock().drop_services(&left);
+            self.watch.lock().drop_services(&left);
             drop(engine);
             let mut parts = self.parts.lock();
             for p in &gone {
@@ -393,6 +402,7 @@ impl PartitionOwner for Owner {
                 let change_sets = changes.len();
                 let mut engine = self.engine.lock();
                 let mut policy = self.policy.lock();
+                let mut watch = self.watch.lock();
                 let mut series = 0;
                 let mut usable = true;
                 for (i, state) in std::iter::once(full).chain(changes).enumerate() {
@@ -412,13 +422,19 @@ impl PartitionOwner for Owner {
                     for rule in policy.merge(state.policy) {
                         tracing::warn!(%rule, partition = p, "changelog policy state of a rule no longer configured dropped");
                     }
+                    // Each record carries the partition's detectors whole: the newest wins.
+                    let n = self.partitions;
+                    watch.drop_services(move |s: &str| partition_of(s, n) == p);
+                    watch.merge(state.watch);
                 }
+                drop(watch);
                 drop(policy);
                 if !usable {
                     let n = self.partitions;
                     let mine = move |s: &str| partition_of(s, n) == p;
                     engine.drop_services(mine);
                     self.policy.lock().drop_services(mine);
+                    self.watch.lock().drop_services(mine);
                 }
                 drop(engine);
                 if usable {

@@ -44,7 +44,8 @@ pub struct Decider {
     policy: Arc<Mutex<PolicyEngine>>,
     store: Arc<DecisionStore>,
     last: UnixNanos,
-    watch: SliWatch,
+    /// Shared like the policy (its services' detectors move with their partitions).
+    watch: Arc<Mutex<SliWatch>>,
 }
 
 impl Decider {
@@ -60,7 +61,7 @@ impl Decider {
             policy: Arc::new(Mutex::new(PolicyEngine::new(spec.policy))),
             store,
             last: 0,
-            watch,
+            watch: Arc::new(Mutex::new(watch)),
         }
     }
 
@@ -77,6 +78,12 @@ impl Decider {
         self.policy.clone()
     }
 
+    /// The anomaly watch, shared (a fleet processor moves its services' detectors with their
+    /// partitions). Lock it only while holding the engine's lock and then the policy's.
+    pub fn watch(&self) -> Arc<Mutex<SliWatch>> {
+        self.watch.clone()
+    }
+
     /// Evaluates when [`DECIDE_EVERY`] has passed since the last evaluation.
     fn decide(&mut self, engine: &Engine) -> Option<Decided> {
         let now = engine.now();
@@ -85,14 +92,10 @@ impl Decider {
             return None;
         }
         self.last = now;
-        self.watch.sample(engine);
-        let facts = gather(
-            engine,
-            &self.slos,
-            &self.canaries,
-            self.stale,
-            Some(&self.watch),
-        );
+        let mut watch = self.watch.lock();
+        watch.sample(engine);
+        let facts = gather(engine, &self.slos, &self.canaries, self.stale, Some(&watch));
+        drop(watch);
         let decisions = policy.step(now, &facts);
         *self.store.policy_stats.lock() = policy.stats();
         (!decisions.is_empty()).then(|| Decided {
