@@ -107,6 +107,13 @@ fn unknown_keys_are_named() {
         .unwrap_err()
         .join("");
     assert!(err.contains("\"soon\" is not a duration"), "{err}");
+    let err = load("engine: { allowed_lateness: 10m }")
+        .unwrap_err()
+        .join("");
+    assert!(
+        err.contains("longer than 5m, the history of the 10-second counters"),
+        "{err}"
+    );
 }
 
 /// Guarantees: flags and TRIKE_* values override the file.

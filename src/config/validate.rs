@@ -579,7 +579,7 @@ impl Config {
         if let Some(l) = raw.engine.allowed_lateness {
             if l.secs() > 300 {
                 p.push(format!(
-                    "engine.allowed_lateness: {l} is longer than the 5m of 1-second history kept"
+                    "engine.allowed_lateness: {l} is longer than 5m, the history of the 10-second counters and of the series' latency digests (later data would miss the windows that read them)"
                 ));
             }
             engine.allowed_lateness = l;
