@@ -2,6 +2,8 @@
 //! and read its admin API.
 
 mod chromium;
+#[path = "../bin/common/ports.rs"]
+mod ports;
 mod run;
 pub use chromium::{chromium, run_chromium};
 pub use run::run_id;
@@ -386,13 +388,7 @@ pub mod tansu {
         None
     }
 
-    pub fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+    pub use crate::ports::free_port;
 
     /// Starts tansu on `port` with its data in `dir` (with `extra` arguments, e.g.
     /// `--authentication`); returns once it accepts connections.
