@@ -1,10 +1,11 @@
 //! Trace decode: Trike's wire walker vs a full `prost` decode of the same request (the
-//! baseline), both producing nothing but what each does; and the full path to observations.
+//! baseline), both producing nothing but what each does; and the full path to observations,
+//! for a request of 1000 spans and for a run of 1000 single-span records (the Kafka source's).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
 use std::hint::black_box;
-use trike_ingest::decode::{DecodeConfig, traces_proto};
+use trike_ingest::decode::{DecodeConfig, Decoded, Keys, traces_proto, traces_proto_into};
 use trike_proto::collector::trace::v1::ExportTraceServiceRequest;
 
 fn decode(c: &mut Criterion) {
@@ -31,5 +32,50 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode);
+/// The Kafka source's records: what the Collector's Kafka exporter writes per message, here one
+/// span per request (the same spans as above, each with the whole resource), 1000 of them
+/// decoded as one run into one batch with one key table (as the source's runs are).
+fn single_span_records(c: &mut Criterion) {
+    let n = 1000;
+    let mut whole = trike_benches::trace_request(n, 20, 1_800_000_000_000_000_000);
+    let spans = std::mem::take(&mut whole.resource_spans[0].scope_spans[0].spans);
+    let records: Vec<Vec<u8>> = spans
+        .into_iter()
+        .map(|span| {
+            let mut r = whole.clone();
+            r.resource_spans[0].scope_spans[0].spans = vec![span];
+            r.encode_to_vec()
+        })
+        .collect();
+    let cfg = DecodeConfig {
+        dimensions: vec!["deployment.environment".into()],
+        ..Default::default()
+    };
+    println!(
+        "records: {} bytes each on average",
+        records.iter().map(Vec::len).sum::<usize>() / n
+    );
+    let mut g = c.benchmark_group("decode_1000_single_span_records");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(BenchmarkId::new("prost_full_decode", "baseline"), |b| {
+        b.iter(|| {
+            for r in &records {
+                black_box(ExportTraceServiceRequest::decode(black_box(&r[..])).unwrap());
+            }
+        })
+    });
+    g.bench_function(BenchmarkId::new("trike_run_to_one_batch", "ours"), |b| {
+        b.iter(|| {
+            let mut out = Decoded::default();
+            let mut keys = Keys::default();
+            for r in &records {
+                traces_proto_into(black_box(r), &cfg, &mut out, &mut keys).unwrap();
+            }
+            black_box(out)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, single_span_records);
 criterion_main!(benches);

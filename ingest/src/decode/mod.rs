@@ -21,8 +21,8 @@ pub use json::{logs_json, metrics_json, traces_json};
 pub use logs::logs_proto;
 pub use metrics::metrics_proto;
 pub use partials::partials;
-pub use traces::traces_proto;
-pub(crate) use traces::{Keys, Names, traces_proto_into};
+pub(crate) use traces::Names;
+pub use traces::{Keys, traces_proto, traces_proto_into};
 
 use serde::{Deserialize, Serialize};
 use trike_engine::Batch;

@@ -48,12 +48,18 @@ struct SpanFacts<'a> {
 /// Series keys of a batch (`Decoded::batch.keys`), found by a hash of their parts: a key seen
 /// before costs a lookup, not an allocation. Kept across requests decoded into one batch.
 #[derive(Default)]
-pub(crate) struct Keys {
+pub struct Keys {
     by_hash: ByHash<u32>,
     /// Seeded per table (a hash that must not be stable: a crafted collision costs a lookup).
     hasher: foldhash::fast::RandomState,
     /// Operation names scrubbed before.
     pub(crate) names: Names,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").finish_non_exhaustive()
+    }
 }
 
 /// Operation names already scrubbed, by hash: the name, and what it became when it changed.
@@ -113,9 +119,10 @@ pub fn traces_proto(buf: &[u8], cfg: &DecodeConfig) -> Result<Decoded, DecodeErr
     Ok(out)
 }
 
-/// Decodes an `ExportTraceServiceRequest` into `out`, whose keys `keys` indexes. When it fails,
-/// `out` is as it was: nothing of the request is kept.
-pub(crate) fn traces_proto_into(
+/// Decodes an `ExportTraceServiceRequest` into `out`, whose keys `keys` indexes (a run of
+/// requests decoded into one batch, as the Kafka source's are). When it fails, `out` is as it
+/// was: nothing of the request is kept.
+pub fn traces_proto_into(
     buf: &[u8],
     cfg: &DecodeConfig,
     out: &mut Decoded,
