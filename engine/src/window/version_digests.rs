@@ -118,6 +118,8 @@ impl VersionDigests {
     /// Adds the fine digests of a series read from an old checkpoint (a layout that fed
     /// every tier: its 1 s digests are in its coarser ones).
     pub fn absorb_legacy(&mut self, legacy: &LegacyDigests) {
+        // Settled up to the newest legacy second: those the legacy ring brings are in its
+        // coarser rings already.
         if let Some(newest) = legacy.seconds.newest_idx() {
             self.settle_below(newest + 1, newest);
         }

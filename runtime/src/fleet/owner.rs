@@ -403,6 +403,8 @@ impl PartitionOwner for Owner {
                 let mut engine = self.engine.lock();
                 let mut policy = self.policy.lock();
                 let mut watch = self.watch.lock();
+                let n = self.partitions;
+                let mine = move |s: &str| partition_of(s, n) == p;
                 let mut series = 0;
                 let mut usable = true;
                 for (i, state) in std::iter::once(full).chain(changes).enumerate() {
@@ -423,19 +425,16 @@ impl PartitionOwner for Owner {
                         tracing::warn!(%rule, partition = p, "changelog policy state of a rule no longer configured dropped");
                     }
                     // Each record carries the partition's detectors whole: the newest wins.
-                    let n = self.partitions;
-                    watch.drop_services(move |s: &str| partition_of(s, n) == p);
+                    watch.drop_services(mine);
                     watch.merge(state.watch);
+                }
+                if !usable {
+                    engine.drop_services(mine);
+                    policy.drop_services(mine);
+                    watch.drop_services(mine);
                 }
                 drop(watch);
                 drop(policy);
-                if !usable {
-                    let n = self.partitions;
-                    let mine = move |s: &str| partition_of(s, n) == p;
-                    engine.drop_services(mine);
-                    self.policy.lock().drop_services(mine);
-                    self.watch.lock().drop_services(mine);
-                }
                 drop(engine);
                 if usable {
                     self.republish.lock().extend(outbox.iter().cloned());
