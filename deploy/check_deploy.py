@@ -104,6 +104,7 @@ EXTRA_KEYS = {
     "signing", "signing.key_env", "signing.key",
     # Commented out in trike.yaml (its files must exist where Trike runs).
     "tls", "tls.cert_file", "tls.key_file", "tls.client_ca_file",
+    "fleet.ca_file", "fleet.server_name",
     "canary[].error_tolerance", "canary[].latency_tolerance",
     "policies[].max_actions", "policies[].max_actions_window", "policies[].severity",
     "policies[].act_on_stale",
@@ -388,11 +389,21 @@ def check_processor(docs: list[tuple[str, dict]], persistence: bool, fleet: bool
 
 
 def check_advertised(cfg: dict, env: dict) -> None:
-    """Fleet members advertise their admin API at the pod IP, on the admin port."""
-    url = (cfg.get("fleet") or {}).get("advertise_url", "")
+    """Fleet members advertise their admin API at the pod IP, on the admin port; under TLS as
+    https://, trusting the Secret's CA and checking each other's certificate against the
+    Service's name (a pod IP is rarely in a certificate)."""
+    fleet = cfg.get("fleet") or {}
+    url = fleet.get("advertise_url", "")
     port = str(cfg.get("admin", "")).rsplit(":", 1)[-1]
-    assert re.fullmatch(r"https?://\$\{POD_IP\}:" + re.escape(port), url), \
-        f"fleet.advertise_url {url!r} is not the pod IP on the admin port {port}"
+    scheme = "https" if cfg.get("tls") else "http"
+    assert re.fullmatch(scheme + r"://\$\{POD_IP\}:" + re.escape(port), url), \
+        f"fleet.advertise_url {url!r} is not {scheme}:// at the pod IP on the admin port {port}"
+    if cfg.get("tls"):
+        tls_dir = str(Path(cfg["tls"]["cert_file"]).parent)
+        assert str(Path(fleet.get("ca_file", "")).parent) == tls_dir, \
+            f"fleet.ca_file {fleet.get('ca_file')!r} is not in the TLS Secret's mount {tls_dir}"
+        assert fleet.get("server_name") == RELEASE, \
+            f"fleet.server_name {fleet.get('server_name')!r} is not the Service's name {RELEASE}"
     assert env.get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP", \
         "POD_IP is not the pod's IP"
 
@@ -475,6 +486,11 @@ SCENARIOS: list[tuple[str, dict, dict]] = [
      {"persistence": True, "servicemonitor": True}),
     ("fleet",
      {"fleet": {"enabled": True}, "replicaCount": 3},
+     {"persistence": True, "servicemonitor": True, "fleet": True}),
+    ("fleet-tls",
+     {"fleet": {"enabled": True}, "replicaCount": 3,
+      "tls": {"existingSecret": "trike-tls", "clientCA": True},
+      "serviceMonitor": {"tlsConfig": {"insecureSkipVerify": True}}},
      {"persistence": True, "servicemonitor": True, "fleet": True}),
     ("no-persistence-no-servicemonitor",
      {"persistence": {"enabled": False}, "serviceMonitor": {"enabled": False}},

@@ -307,9 +307,14 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         memory: Some(memory),
         gateway: gateway.as_ref().map(|g| g.stats()),
         changelog: owner.as_ref().map(|o| o.changelog().stats.clone()),
-        fleet: members
-            .clone()
-            .map(|m| Arc::new(admin::fleet::FleetView::new(m))),
+        fleet: match members.clone() {
+            Some(m) => {
+                let client = admin::fleet::member_client(cfg.tls.as_ref(), &cfg.fleet)
+                    .context("fleet: the client that asks other members")?;
+                Some(Arc::new(admin::fleet::FleetView::new(m, client)))
+            }
+            None => None,
+        },
         role,
     });
     let (tx, rx) = watch::channel(false);

@@ -42,7 +42,7 @@ pub enum Alpn {
 
 /// A TLS file that cannot be used, with the file and the reason.
 #[derive(Debug, thiserror::Error)]
-#[error("tls.{field} {path}: {reason}")]
+#[error("{field} {path}: {reason}")]
 pub struct TlsError {
     /// The config field.
     pub field: &'static str,
@@ -82,10 +82,10 @@ pub fn server_config(
     client_certs: ClientCerts,
     alpn: Alpn,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = certs("cert_file", &files.cert_file)?;
-    let key_pem = read("key_file", &files.key_file)?;
+    let chain = certs("tls.cert_file", &files.cert_file)?;
+    let key_pem = read("tls.key_file", &files.key_file)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError {
-        field: "key_file",
+        field: "tls.key_file",
         path: files.key_file.display().to_string(),
         // Never the key's bytes: only what kind of problem it is.
         reason: format!("no usable private key in it ({e})"),
@@ -95,7 +95,7 @@ pub fn server_config(
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| TlsError {
-        field: "cert_file",
+        field: "tls.cert_file",
         path: files.cert_file.display().to_string(),
         reason: e.to_string(),
     })?;
@@ -103,9 +103,9 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            for c in certs("client_ca_file", ca)? {
+            for c in certs("tls.client_ca_file", ca)? {
                 roots.add(c).map_err(|e| TlsError {
-                    field: "client_ca_file",
+                    field: "tls.client_ca_file",
                     path: ca.display().to_string(),
                     reason: format!("not a usable CA certificate: {e}"),
                 })?;
@@ -116,7 +116,7 @@ pub fn server_config(
                 ClientCerts::Optional => verifier.allow_unauthenticated(),
             };
             let verifier = verifier.build().map_err(|e| TlsError {
-                field: "client_ca_file",
+                field: "tls.client_ca_file",
                 path: ca.display().to_string(),
                 reason: e.to_string(),
             })?;
@@ -124,7 +124,7 @@ pub fn server_config(
         }
     };
     let mut config = builder.with_single_cert(chain, key).map_err(|e| TlsError {
-        field: "key_file",
+        field: "tls.key_file",
         path: files.key_file.display().to_string(),
         reason: format!("does not match tls.cert_file or is unusable: {e}"),
     })?;
@@ -133,6 +133,121 @@ pub fn server_config(
         Alpn::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
     };
     Ok(Arc::new(config))
+}
+
+/// The rustls client configuration one fleet member asks another's admin API with (DESIGN §6):
+/// it trusts only the CAs in `ca` (the config field `ca_field` names it in errors); it presents
+/// `files`' certificate and key when the admin API requires client certificates (when
+/// `files.client_ca_file` is set), and checks the other member's certificate against
+/// `server_name` when one is given instead of the host in its URL (members are reached at pod
+/// IPs, which certificates rarely name: the `server_name` of Prometheus's `tls_config`).
+pub fn member_client_config(
+    files: Option<&TlsFiles>,
+    ca: &Path,
+    ca_field: &'static str,
+    server_name: Option<&str>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    use rustls::client::WebPkiServerVerifier;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let err = |field: &'static str, path: &Path, reason: String| TlsError {
+        field,
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut roots = RootCertStore::empty();
+    for c in certs(ca_field, ca)? {
+        roots
+            .add(c)
+            .map_err(|e| err(ca_field, ca, format!("not a usable CA certificate: {e}")))?;
+    }
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| err(ca_field, ca, e.to_string()))?;
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match server_name {
+        None => webpki,
+        Some(name) => Arc::new(NamedVerifier {
+            inner: webpki,
+            name: rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| {
+                err(
+                    "fleet.server_name",
+                    Path::new(name),
+                    format!("not a DNS name or IP address: {e}"),
+                )
+            })?,
+        }),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(ca_field, ca, e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match files.filter(|f| f.client_ca_file.is_some()) {
+        None => builder.with_no_client_auth(),
+        Some(f) => {
+            let chain = certs("tls.cert_file", &f.cert_file)?;
+            let key_pem = read("tls.key_file", &f.key_file)?;
+            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                err(
+                    "tls.key_file",
+                    &f.key_file,
+                    format!("no usable private key in it ({e})"),
+                )
+            })?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                err(
+                    "tls.key_file",
+                    &f.key_file,
+                    format!("does not match tls.cert_file or is unusable: {e}"),
+                )
+            })?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Verifies a server's certificate chain as WebPKI does, for a fixed name instead of the one
+/// the connection was made to.
+#[derive(Debug)]
+struct NamedVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for NamedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 #[cfg(test)]

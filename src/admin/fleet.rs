@@ -39,14 +39,50 @@ impl FleetView {
             .collect()
     }
 
-    /// A view over `members`.
-    pub fn new(members: Arc<Members>) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+    /// A view over `members`, asking them with `client` (see [`member_client`]).
+    pub fn new(members: Arc<Members>, client: reqwest::Client) -> Self {
         Self { members, client }
     }
+}
+
+/// The client one member asks another's admin API with. Without `tls:` the members speak
+/// plain HTTP. Under `tls:` they speak HTTPS, and the client trusts `fleet.ca_file`, else
+/// `tls.client_ca_file` (in an mTLS fleet, the CA that issues the members' certificates), else
+/// the system's roots; it presents this member's own certificate and key (`tls.cert_file`,
+/// `tls.key_file`, which must then allow client authentication too, as cert-manager's
+/// `usages: [server auth, client auth]` does) when the admin API requires client certificates
+/// (`tls.client_ca_file`); and it checks the other member's certificate against
+/// `fleet.server_name` when set, instead of the address in its URL.
+pub fn member_client(
+    tls: Option<&trike_ingest::tls::TlsFiles>,
+    fleet: &crate::config::fleet::FleetConfig,
+) -> anyhow::Result<reqwest::Client> {
+    let b = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    let ca = match (&fleet.ca_file, tls.and_then(|t| t.client_ca_file.as_ref())) {
+        (Some(ca), _) => Some((ca, "fleet.ca_file")),
+        (None, Some(ca)) => Some((ca, "tls.client_ca_file")),
+        (None, None) => None,
+    };
+    let b = match (tls, ca) {
+        (Some(_), Some((ca, field))) => b.tls_backend_preconfigured(
+            trike_ingest::tls::member_client_config(tls, ca, field, fleet.server_name.as_deref())?,
+        ),
+        (Some(_), None) => {
+            anyhow::ensure!(
+                fleet.server_name.is_none(),
+                "fleet.server_name: needs a CA to check it with (fleet.ca_file or tls.client_ca_file)"
+            );
+            b
+        }
+        (None, _) => {
+            anyhow::ensure!(
+                fleet.server_name.is_none() && fleet.ca_file.is_none(),
+                "fleet.ca_file, fleet.server_name: need tls: (without it the members speak plain HTTP)"
+            );
+            b
+        }
+    };
+    Ok(b.build()?)
 }
 
 /// The paths a service's owner answers, and the list each one returns.
@@ -391,6 +427,67 @@ pub async fn members_handler(State(s): State<Arc<AdminState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Guarantees: the member client's settings are refused, each naming its field, when they
+    /// cannot work: a CA or server name without `tls:`, a server name with no CA to check it, an
+    /// unreadable or certificate-less CA file; with a CA and a name, it builds.
+    #[test]
+    fn member_client_settings_that_cannot_work_are_named() {
+        let dir = std::env::temp_dir().join(format!("trike-member-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["trike-member".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("m.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("m.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("junk.pem"), "not pem\n").unwrap();
+        let tls = trike_ingest::tls::TlsFiles {
+            cert_file: dir.join("m.crt"),
+            key_file: dir.join("m.key"),
+            client_ca_file: None,
+        };
+        let mut p = Vec::new();
+        let base = crate::config::fleet::validate(
+            Default::default(),
+            crate::config::fleet::Role::Processor,
+            true,
+            &mut p,
+        );
+        let with = |ca: Option<&str>, name: Option<&str>| crate::config::fleet::FleetConfig {
+            ca_file: ca.map(|c| dir.join(c)),
+            server_name: name.map(str::to_string),
+            ..base.clone()
+        };
+        let refused = |tls: Option<&trike_ingest::tls::TlsFiles>, f| {
+            format!("{:#}", member_client(tls, &f).unwrap_err())
+        };
+        let e = refused(None, with(Some("m.crt"), None));
+        assert!(
+            e.starts_with("fleet.ca_file, fleet.server_name: need tls:"),
+            "{e}"
+        );
+        let e = refused(Some(&tls), with(None, Some("trike-member")));
+        assert!(e.starts_with("fleet.server_name: needs a CA"), "{e}");
+        let e = refused(Some(&tls), with(Some("missing.crt"), None));
+        assert!(
+            e.starts_with("fleet.ca_file ") && e.contains("missing.crt: cannot read it"),
+            "{e}"
+        );
+        let e = refused(Some(&tls), with(Some("junk.pem"), None));
+        assert!(
+            e.starts_with("fleet.ca_file ") && e.contains("no CERTIFICATE"),
+            "{e}"
+        );
+        let mtls = trike_ingest::tls::TlsFiles {
+            client_ca_file: Some(dir.join("m.crt")),
+            ..tls.clone()
+        };
+        member_client(Some(&mtls), &with(None, Some("trike-member"))).unwrap();
+        member_client(None, &base).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// Guarantees: the service is read from an encoded query like the handlers read it.
     #[test]

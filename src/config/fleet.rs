@@ -62,6 +62,13 @@ pub struct RawFleet {
     /// The URL other members reach this one's admin API at (default: `http(s)://` and the
     /// admin address; in Kubernetes `http://${POD_IP}:8480`).
     pub advertise_url: Option<String>,
+    /// Under `tls:`, the CA that issued the members' admin certificates, which one member
+    /// trusts when it asks another (default `tls.client_ca_file`, else the system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Under `tls:`, the name the members' certificates are checked against when one member
+    /// asks another (default: the host in the member's URL, usually a pod IP). Needs a CA
+    /// (`ca_file` or `tls.client_ca_file`).
+    pub server_name: Option<String>,
 }
 
 /// `fleet:` validated.
@@ -87,6 +94,11 @@ pub struct FleetConfig {
     pub members_topic: String,
     /// This member's admin URL as the others reach it (none: derived from the admin address).
     pub advertise_url: Option<String>,
+    /// The CA this member trusts when it asks another (none: `tls.client_ca_file`, else the
+    /// system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The name other members' certificates are checked against (none: their URL's host).
+    pub server_name: Option<String>,
 }
 
 /// Parses `250ms`, `1s`, `1.5s`.
@@ -163,6 +175,8 @@ pub fn validate(raw: RawFleet, role: Role, brokers: bool, p: &mut Vec<String>) -
             .unwrap_or_else(|| "trike-processors".into()),
         members_topic,
         advertise_url,
+        ca_file: raw.ca_file,
+        server_name: raw.server_name.filter(|n| !n.is_empty()),
     }
 }
 

@@ -781,6 +781,12 @@ impl Config {
         let query = validate_query(&raw.query, &mut p);
         let auth = validate_auth(&raw.auth, &mut p);
         let tls = validate_tls(raw.tls.as_ref(), &mut p);
+        if fleet.role != super::fleet::Role::All
+            && p.is_empty()
+            && let Err(e) = crate::admin::fleet::member_client(tls.as_ref(), &fleet)
+        {
+            p.push(format!("{e:#}"));
+        }
         let memory_limit = validate_memory_limit(raw.limits.memory_limit, &mut p);
         if !p.is_empty() {
             return Err(p);

@@ -26,6 +26,11 @@ mod chromium;
 #[path = "../src/run.rs"]
 mod run;
 
+// Shared with trike-tests, which uses all of it.
+#[allow(dead_code)]
+#[path = "../src/pki.rs"]
+mod pki;
+
 use rand::SeedableRng;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -59,6 +64,10 @@ struct Trike {
     admin: u16,
     grpc: u16,
     http: u16,
+    /// Where its admin API is (`http://127.0.0.1:PORT`, or `https://trike-member:PORT`).
+    base: String,
+    /// A client it answers (under mTLS: one with a client certificate).
+    client: reqwest::blocking::Client,
 }
 
 impl Drop for Trike {
@@ -69,6 +78,25 @@ impl Drop for Trike {
 }
 
 fn spawn(config: &Path, role: &str, admin: u16) -> Trike {
+    spawn_with(config, role, admin, None)
+}
+
+/// A client of an mTLS member: it trusts the test CA, presents the trusted client
+/// certificate, and reaches [`pki::MEMBER`] (the only name on the members' certificates) at
+/// 127.0.0.1.
+fn mtls_client(p: &pki::Pki) -> reqwest::blocking::Client {
+    let identity = format!("{}{}", p.client_cert_pem, p.client_key_pem);
+    reqwest::blocking::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(p.ca_pem.as_bytes()).unwrap()])
+        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+        .resolve(pki::MEMBER, ([127, 0, 0, 1], 0).into())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Starts `trike run --role ROLE`; with `pki`, it serves HTTPS for [`pki::MEMBER`].
+fn spawn_with(config: &Path, role: &str, admin: u16, pki: Option<&pki::Pki>) -> Trike {
     let (grpc, http) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_trike"))
         .args(["run", "--role", role, "--config"])
@@ -84,11 +112,20 @@ fn spawn(config: &Path, role: &str, admin: u16) -> Trike {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the trike binary starts");
+    let (base, client) = match pki {
+        None => (
+            format!("http://127.0.0.1:{admin}"),
+            reqwest::blocking::Client::new(),
+        ),
+        Some(p) => (format!("https://{}:{admin}", pki::MEMBER), mtls_client(p)),
+    };
     let t = Trike {
         child,
         admin,
         grpc,
         http,
+        base,
+        client,
     };
     let start = Instant::now();
     while get(&t, "/readyz").is_none() {
@@ -134,15 +171,16 @@ fn wait_owned(t: &Trike, n: u64, timeout: Duration) -> Duration {
 }
 
 fn get(t: &Trike, path: &str) -> Option<String> {
-    let r = reqwest::blocking::get(format!("http://127.0.0.1:{}{path}", t.admin)).ok()?;
+    let r = t.client.get(format!("{}{path}", t.base)).send().ok()?;
     (r.status() == 200).then(|| r.text().ok()).flatten()
 }
 
 /// What `t` itself holds, not the fleet (a request marked as already forwarded is answered
 /// where it lands).
 fn get_local(t: &Trike, path: &str) -> Option<String> {
-    let r = reqwest::blocking::Client::new()
-        .get(format!("http://127.0.0.1:{}{path}", t.admin))
+    let r = t
+        .client
+        .get(format!("{}{path}", t.base))
         .header("x-trike-forwarded", "1")
         .send()
         .ok()?;
@@ -778,4 +816,84 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
         "fleet: {want_all} spans of 6 services + 200 SDK spans through 3 gateways, counted exactly once while partitions moved 3 times and a gateway died"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Guarantees: under mTLS (`tls.client_ca_file`, members advertising `https://`), a member
+/// asks another with its own certificate and checks the other's against `fleet.server_name`
+/// (the members' certificates name `trike-member`, not their address): a gateway answers for a
+/// service with its owner's counts, exactly what it acknowledged, and its list names no member
+/// unreachable.
+#[test]
+fn members_ask_each_other_over_mtls() {
+    let Some(brokers) = brokers() else { return };
+    let run = run::run_id();
+    let dir = std::env::temp_dir().join(format!("trike-fleet-mtls-{run}"));
+    let pki = pki::Pki::write(&dir.join("pki"));
+    let (tls, server_name) = pki.member_yaml();
+    let cfg = write_config(
+        &dir,
+        "member.yaml",
+        &format!(
+            "{tls}fleet: {{ partials_topic: mtls{run}.partials, changelog_topic: mtls{run}.changelog, members_topic: mtls{run}.members, group_id: trike-mtls-{run}, partitions: 2, flush_interval: 250ms, {server_name} }}\n\
+             kafka: {{ brokers: \"{brokers}\", control_topic: mtls{run}.control }}\n"
+        ),
+    );
+    let processor = spawn_with(&cfg, "processor", free_port(), Some(&pki));
+    let gateway = spawn_with(&cfg, "gateway", free_port(), Some(&pki));
+    wait_owned(&processor, 2, Duration::from_secs(60));
+
+    // OTLP/HTTP to the gateway, through TLS with the client certificate.
+    let mut acked = Acked::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    for version in ["1.0", "1.1"] {
+        let req = svc("checkout", version, 0.1).request(50, now, 200_000_000, &mut rng);
+        let r = gateway
+            .client
+            .post(format!(
+                "https://{}:{}/v1/traces",
+                pki::MEMBER,
+                gateway.http
+            ))
+            .header("content-type", "application/x-protobuf")
+            .body(prost::Message::encode_to_vec(&req))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text());
+        count(&mut acked, &req);
+    }
+    let want: u64 = acked.values().map(|v| v.0).sum();
+    assert_eq!(want, 100);
+
+    // Asked at the gateway, answered by the owner.
+    let at_gateway = wait_total(&gateway, "checkout", want, Duration::from_secs(30));
+    let at_owner = local_slis(&processor, "checkout");
+    assert_eq!(total(&at_gateway), want, "{at_gateway:?}");
+    assert_eq!(at_gateway, at_owner);
+    let per_series: BTreeMap<(String, String), (u64, u64)> = acked
+        .iter()
+        .map(|((_, route, version), c)| ((route.clone(), version.clone()), *c))
+        .collect();
+    let counted: BTreeMap<(String, String), (u64, u64)> = at_gateway
+        .iter()
+        .map(|(k, v)| (k.clone(), (v.0, v.1)))
+        .collect();
+    assert_eq!(counted, per_series);
+    let list: Value = serde_json::from_str(&get(&gateway, "/api/v1/slis").unwrap()).unwrap();
+    assert!(
+        list["unreachable"].as_array().is_none_or(|u| u.is_empty()),
+        "{}",
+        list["unreachable"]
+    );
+    assert!(
+        list["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["service"] == "checkout"),
+        "{list}"
+    );
 }

@@ -69,11 +69,13 @@ fn deploy_artifacts_render_and_validate() {
         };
         // Fleet mode's config is read by gateways and processors alike.
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let roles: &[_] = if name.starts_with("fleet--") && name.ends_with("trike.yaml") {
+        let fleet = name.starts_with("fleet--") || name.starts_with("fleet-tls--");
+        let roles: &[_] = if fleet && name.ends_with("trike.yaml") {
             &[Role::Gateway, Role::Processor]
         } else {
             &[Role::All]
         };
+        let tls = text.contains("\ntls:");
         for &role in roles {
             let raw = trike::config::RawConfig::from_yaml_with(&text, &lookup)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -88,10 +90,16 @@ fn deploy_artifacts_render_and_validate() {
                         .expect("a processor reads the partials topic");
                     assert_eq!(src.group_instance_id.as_deref(), Some("trike-0"));
                     assert_eq!(src.topics, std::slice::from_ref(&c.fleet.partials_topic));
+                    let scheme = if tls { "https" } else { "http" };
                     assert_eq!(
                         c.fleet.advertise_url.as_deref(),
-                        Some("http://10.0.0.7:8480")
+                        Some(format!("{scheme}://10.0.0.7:8480").as_str())
                     );
+                    if tls {
+                        // Members check each other against the Service's name.
+                        assert_eq!(c.fleet.server_name.as_deref(), Some("trike"));
+                        assert!(c.fleet.ca_file.is_some());
+                    }
                 }
                 Ok(_) => {}
                 Err(problems) => panic!("{} as {role:?}: {}", path.display(), problems.join("; ")),
