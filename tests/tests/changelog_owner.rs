@@ -376,3 +376,99 @@ fn change_sets_between_full_states_restore_exactly() {
         "every service's anomaly detectors moved with its partition"
     );
 }
+
+/// The services of `partition`, with `per` requests each at `T0 + second` s.
+fn traffic(partition: i32, second: u64, per: u64) -> Batch {
+    let mut b = Batch::default();
+    for service in SERVICES
+        .iter()
+        .filter(|s| partition_of(s, PARTITIONS) == partition)
+    {
+        let key = b.key_index(SeriesKey::new(service, "/a", "1.0"));
+        for k in 0..per {
+            b.requests.push(RequestObs {
+                key,
+                time: T0 + second * NANOS_PER_SEC,
+                latency_ms: 5.0 + (k * 37 % 400) as f64,
+                bad: k % 7 == 0,
+            });
+        }
+    }
+    b
+}
+
+/// Applies `offsets` of `partition` on `p` with `per` requests per service each.
+fn apply(p: &mut Processor, topic: &str, partition: i32, offsets: std::ops::Range<i64>, per: u64) {
+    for o in offsets {
+        p.progress.read(topic, partition, o);
+        p.shard.apply([&traffic(partition, o as u64, per)]);
+        p.progress.done(topic, partition, o);
+    }
+}
+
+/// Scenario: processor A owns partition 1 and has written its state at offset 10, then
+/// stalls past its session without noticing: the group gives partition 1 to B, which claims it
+/// and restores offset 10. A wakes up and writes on, twice (offsets 15 and 20, full state and
+/// change set); B applies offsets 10–11 and writes once.
+/// Guarantees: a reader between B's claim and B's first write restores A's state of before
+/// the claim (offset 10), not what A wrote after it; a processor C assigned the partition
+/// after both resumes at B's offset 12 and answers every row exactly as B does, and counts
+/// A's later records as fenced on `/metrics`.
+#[test]
+fn a_processor_fenced_out_of_its_partition_is_never_restored() {
+    let Some(brokers) = trike_tests::real_brokers() else {
+        return;
+    };
+    let run = trike_tests::run_id();
+    let (topic, changelog) = (
+        format!("fence{run}.partials"),
+        format!("fence{run}.changelog"),
+    );
+    let one = keys(&topic, &[1]);
+    let mut a = processor(&brokers, &topic, &changelog);
+    assert!(a.owner.assigned(&one).is_empty());
+    apply(&mut a, &topic, 1, 0..10, 20);
+    // A writes its state (as its hook would): at offset 10.
+    a.owner.revoking(&one);
+    assert_eq!(a.owner.assigned(&one), vec![((topic.clone(), 1), 10)]);
+
+    // A stalls; the group moves partition 1 to B.
+    let mut b = processor(&brokers, &topic, &changelog);
+    assert_eq!(b.owner.assigned(&one), vec![((topic.clone(), 1), 10)]);
+    // A wakes up, still believing it owns partition 1, and writes on.
+    apply(&mut a, &topic, 1, 10..15, 50);
+    a.owner.revoking(&one);
+    a.owner.assigned(&one);
+    let reader =
+        Changelog::open(&brokers, &ClientProps::default(), &changelog, PARTITIONS, 1).unwrap();
+    let r = reader.read(1).unwrap().unwrap();
+    assert_eq!(r.latest().offset, 10, "A's state of before B's claim");
+    assert!(r.fenced > 0, "A's later records are fenced");
+
+    apply(&mut b, &topic, 1, 10..12, 3);
+    b.owner.revoking(&one);
+    apply(&mut a, &topic, 1, 15..20, 50);
+    a.owner.revoking(&one);
+
+    let c = processor(&brokers, &topic, &changelog);
+    assert_eq!(c.owner.assigned(&one), vec![((topic.clone(), 1), 12)]);
+    let moved: Vec<&str> = SERVICES
+        .iter()
+        .copied()
+        .filter(|s| partition_of(s, PARTITIONS) == 1)
+        .collect();
+    assert!(!moved.is_empty());
+    for s in moved {
+        let (at_b, at_c) = (rows(&b, s), rows(&c, s));
+        assert_eq!(at_c, at_b, "{s}: C holds B's state");
+        assert_ne!(rows(&a, s), at_b, "{s}: A counted more");
+    }
+    let mut text = String::new();
+    c.owner.changelog().stats.render(&mut text);
+    let fenced = text
+        .lines()
+        .find_map(|l| l.strip_prefix("trike_changelog_fenced_records_total "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(fenced >= 2.0, "{text}");
+}

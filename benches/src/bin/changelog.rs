@@ -119,7 +119,7 @@ fn main() -> anyhow::Result<()> {
     e.clear_changes(|_| true);
     let snapshot_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
-    let chunks = encode(&state, 1)?;
+    let chunks = encode(&state, 1, 1)?;
     let encode_ms = t.elapsed().as_secs_f64() * 1e3;
     let bytes: usize = chunks.iter().map(|c| c.value.len()).sum();
     eprintln!(
@@ -137,7 +137,7 @@ fn main() -> anyhow::Result<()> {
             ..state
         };
         let take_ms = t.elapsed().as_secs_f64() * 1e3;
-        let change_bytes: usize = encode_changes(&changes, 1, 1)?
+        let change_bytes: usize = encode_changes(&changes, 1, 1, 1)?
             .iter()
             .map(|c| c.value.len())
             .sum();
@@ -173,10 +173,12 @@ fn main() -> anyhow::Result<()> {
     };
     let cl = Changelog::open(&brokers, &ClientProps::default(), &topic, 1, 1)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // As a processor does on assignment: claim the partition, then write under the token.
+    let owner = cl.claim(0).map_err(anyhow::Error::msg)?;
     let mut write_ms = Vec::new();
     for g in 1..=u64::from(args.rounds) {
         let t = Instant::now();
-        let _ = cl.write(&state, g).map_err(anyhow::Error::msg)?;
+        let _ = cl.write(&state, owner, g).map_err(anyhow::Error::msg)?;
         write_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     // 10 s more (one checkpoint_every), written as a change set on the last full state.
@@ -191,13 +193,13 @@ fn main() -> anyhow::Result<()> {
         watch: state.watch.clone(),
     };
     let take_ms = t.elapsed().as_secs_f64() * 1e3;
-    let change_bytes: usize = encode_changes(&changes, u64::from(args.rounds), 1)?
+    let change_bytes: usize = encode_changes(&changes, 1, u64::from(args.rounds), 1)?
         .iter()
         .map(|c| c.value.len())
         .sum();
     let t = Instant::now();
     let _ = cl
-        .write_changes(&changes, u64::from(args.rounds), 1)
+        .write_changes(&changes, owner, u64::from(args.rounds), 1)
         .map_err(anyhow::Error::msg)?;
     let change_write_ms = t.elapsed().as_secs_f64() * 1e3;
     eprintln!(

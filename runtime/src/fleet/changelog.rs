@@ -17,11 +17,28 @@
 //! means reading more partials again). Once the next full state is written, the change sets
 //! of the previous one are deleted (tombstones), and compaction drops them.
 //!
-//! Chunk record layout (big-endian): `TKCL`, format version u16 (3), generation u64, change
+//! **Owners and fencing.** A processor that is assigned a partition first writes a claim record
+//! (key `{partition}/claim`) and takes its offset + 1 as its *owner token*; then it reads the
+//! partition to its end (the claim included). Every record it writes carries the token and has
+//! it in its key (`{partition}/{owner}/{slot}/{index}`, `{partition}/c/{owner}/{g}/{seq}/{index}`),
+//! so two writers' records never share a key, nor combine: chunks assemble per (owner,
+//! generation, change set), the newest full state is the greatest (owner, generation), and a
+//! change set applies only to the full state of its own owner and generation. A reader ignores
+//! (*fences*) every record whose owner is older than a claim before it in the log: a processor
+//! that lost its partitions without noticing (a long pause past the session timeout, a network
+//! partition) and writes on is never restored from, whatever it writes, and its records never
+//! mix with its successor's. Restored state is always one owner's state and the offset it
+//! covers. The first full state an owner writes supersedes every record it read, which it then
+//! deletes (tombstones); the claim stays (compaction keeps the newest). Kafka transactions
+//! (a transactional id per partition) would fence the same way on the broker; the test broker
+//! here (tansu 0.6.0) does not serve `EndTxn`, and this works on any broker.
+//!
+//! Chunk record layout (big-endian): `TKCL`, format version u16 (4), generation u64, change
 //! set u32 (0: the full state), index u32, count u32, CRC-32 of the whole encoded state u32,
-//! then the chunk's bytes. Format 3 is format 2 with the compact CBOR of t-digests (bytes) and
-//! bucket counters (arrays), which a format-2 reader would not decode: its number tells an
-//! older processor why. Formats 1 (no change-set field: full states) and 2 are read too.
+//! owner u64, then the chunk's bytes. Format 4 is format 3 with the owner. Format 3 is format
+//! 2 with the compact CBOR of t-digests (bytes) and bucket counters (arrays), which a format-2
+//! reader would not decode: its number tells an older processor why. Formats 1 (no change-set
+//! field: full states), 2 and 3 are read too, as owner 0 (fenced by any claim before them).
 //!
 //! [`Engine::take_changes`]: trike_engine::Engine::take_changes
 
@@ -42,13 +59,17 @@ use trike_engine::policy::PolicySnapshot;
 use trike_sinks::kafka_client::ClientProps;
 
 /// Format version of the records written.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Largest chunk payload: with the header and the key, a record stays below 1 MiB.
 pub const CHUNK_BYTES: usize = 1_000_000;
 const MAGIC: &[u8; 4] = b"TKCL";
 /// Header of a format 1 record (no change-set field).
 const HEADER_V1: usize = 4 + 2 + 8 + 4 + 4 + 4;
-const HEADER: usize = HEADER_V1 + 4;
+/// Header of formats 2 and 3 (no owner).
+const HEADER_V3: usize = HEADER_V1 + 4;
+const HEADER: usize = HEADER_V3 + 8;
+/// The value of a claim record (the owner token is its offset + 1).
+const CLAIM: &[u8; 4] = b"TKCO";
 
 /// The state of one partition of the partials topic.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,24 +100,35 @@ pub struct Chunk {
     pub value: Vec<u8>,
 }
 
-/// Encodes `state` as the full state of generation `generation`: the chunks to write, in
-/// order.
-pub fn encode(state: &PartitionState, generation: u64) -> std::io::Result<Vec<Chunk>> {
-    encode_at(state, generation, 0)
+/// Encodes `state` as owner `owner`'s full state of generation `generation`: the chunks to
+/// write, in order.
+pub fn encode(state: &PartitionState, owner: u64, generation: u64) -> std::io::Result<Vec<Chunk>> {
+    encode_at(state, owner, generation, 0)
 }
 
-/// Encodes `state` (its engine part a change set) as change set `seq` (≥ 1) on top of the
-/// full state of generation `generation`.
+/// Encodes `state` (its engine part a change set) as change set `seq` (≥ 1) on top of owner
+/// `owner`'s full state of generation `generation`.
 pub fn encode_changes(
     state: &PartitionState,
+    owner: u64,
     generation: u64,
     seq: u32,
 ) -> std::io::Result<Vec<Chunk>> {
     debug_assert!(seq >= 1);
-    encode_at(state, generation, seq)
+    encode_at(state, owner, generation, seq)
 }
 
-fn encode_at(state: &PartitionState, generation: u64, seq: u32) -> std::io::Result<Vec<Chunk>> {
+/// The key of partition `partition`'s claim record.
+pub fn claim_key(partition: i32) -> String {
+    format!("{partition}/claim")
+}
+
+fn encode_at(
+    state: &PartitionState,
+    owner: u64,
+    generation: u64,
+    seq: u32,
+) -> std::io::Result<Vec<Chunk>> {
     let mut bytes = Vec::new();
     ciborium::into_writer(state, &mut bytes).map_err(std::io::Error::other)?;
     let crc = crc32fast::hash(&bytes);
@@ -119,11 +151,12 @@ fn encode_at(state: &PartitionState, generation: u64, seq: u32) -> std::io::Resu
             value.extend_from_slice(&(i as u32).to_be_bytes());
             value.extend_from_slice(&count.to_be_bytes());
             value.extend_from_slice(&crc.to_be_bytes());
+            value.extend_from_slice(&owner.to_be_bytes());
             value.extend_from_slice(piece);
             let key = if seq == 0 {
-                format!("{}/{slot}/{i}", state.partition)
+                format!("{}/{owner}/{slot}/{i}", state.partition)
             } else {
-                format!("{}/c/{generation}/{seq}/{i}", state.partition)
+                format!("{}/c/{owner}/{generation}/{seq}/{i}", state.partition)
             };
             Chunk { key, value }
         })
@@ -133,6 +166,7 @@ fn encode_at(state: &PartitionState, generation: u64, seq: u32) -> std::io::Resu
 /// A chunk record's header and bytes.
 #[derive(Clone, Debug)]
 struct Parsed {
+    owner: u64,
     generation: u64,
     seq: u32,
     index: u32,
@@ -150,6 +184,7 @@ fn parse(value: &[u8]) -> Result<Parsed, String> {
     let generation = u64::from_be_bytes(value[6..14].try_into().unwrap());
     match u16_at(4) {
         1 => Ok(Parsed {
+            owner: 0,
             generation,
             seq: 0,
             index: u32_at(14),
@@ -157,7 +192,17 @@ fn parse(value: &[u8]) -> Result<Parsed, String> {
             crc: u32_at(22),
             bytes: value[HEADER_V1..].to_vec(),
         }),
-        2 | VERSION if value.len() >= HEADER => Ok(Parsed {
+        2 | 3 if value.len() >= HEADER_V3 => Ok(Parsed {
+            owner: 0,
+            generation,
+            seq: u32_at(14),
+            index: u32_at(18),
+            count: u32_at(22),
+            crc: u32_at(26),
+            bytes: value[HEADER_V3..].to_vec(),
+        }),
+        VERSION if value.len() >= HEADER => Ok(Parsed {
+            owner: u64::from_be_bytes(value[30..38].try_into().unwrap()),
             generation,
             seq: u32_at(14),
             index: u32_at(18),
@@ -165,7 +210,7 @@ fn parse(value: &[u8]) -> Result<Parsed, String> {
             crc: u32_at(26),
             bytes: value[HEADER..].to_vec(),
         }),
-        2 | VERSION => Err("a cut-off header".into()),
+        2 | 3 | VERSION => Err("a cut-off header".into()),
         version => Err(format!(
             "format {version} (this build reads 1 to {VERSION})"
         )),
@@ -176,15 +221,19 @@ fn parse(value: &[u8]) -> Result<Parsed, String> {
 /// written on it, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Restored {
+    /// The owner token the full state was written under.
+    pub owner: u64,
     /// The full state's generation.
     pub generation: u64,
     /// The full state.
     pub full: PartitionState,
     /// Change sets 1, 2, … on top of it (up to the first missing or damaged one).
     pub changes: Vec<PartitionState>,
-    /// Keys of every change-set record of the partition read (of this generation and older
-    /// ones): the next full state written supersedes them, and they can be deleted.
-    pub change_keys: Vec<String>,
+    /// Keys of every state record of the partition read (but the claim): the next full state
+    /// written supersedes them, and they can be deleted.
+    pub superseded: Vec<String>,
+    /// Records ignored because a newer owner had claimed the partition before them.
+    pub fenced: u64,
 }
 
 impl Restored {
@@ -200,14 +249,37 @@ impl Restored {
 #[derive(Debug, Default)]
 pub struct Assembler {
     latest: HashMap<String, Vec<u8>>,
+    /// The newest claim's owner token (offset + 1) seen so far, per partition.
+    claimed: HashMap<i32, u64>,
+    /// Keys of records read (but claims), latest value or not.
+    seen: std::collections::BTreeSet<String>,
+    fenced: u64,
 }
 
 impl Assembler {
-    /// A record read from the changelog (a newer value for a key replaces the older one, as
-    /// compaction would; a tombstone, `None`, deletes the key).
-    pub fn add(&mut self, key: &str, value: Option<&[u8]>) {
+    /// A record read from the changelog at `offset`, in offset order (a newer value for a key
+    /// replaces the older one, as compaction would; a tombstone, `None`, deletes the key). A
+    /// record whose owner is older than a claim before it is fenced: ignored.
+    pub fn add(&mut self, key: &str, value: Option<&[u8]>, offset: i64) {
+        let partition = key.split('/').next().and_then(|p| p.parse::<i32>().ok());
+        if let Some(p) = partition
+            && key == claim_key(p)
+        {
+            if value.is_some_and(|v| v.starts_with(CLAIM)) {
+                let floor = self.claimed.entry(p).or_default();
+                *floor = (*floor).max(offset as u64 + 1);
+            }
+            return;
+        }
+        self.seen.insert(key.to_string());
         match value {
             Some(v) => {
+                let floor = partition.and_then(|p| self.claimed.get(&p)).copied();
+                let owner = parse(v).map(|h| h.owner).unwrap_or(u64::MAX);
+                if floor.is_some_and(|f| owner < f) {
+                    self.fenced += 1;
+                    return;
+                }
                 self.latest.insert(key.to_string(), v.to_vec());
             }
             None => {
@@ -221,48 +293,56 @@ impl Assembler {
     pub fn finish(self, partition: i32) -> (Option<Restored>, Vec<String>) {
         let prefix = format!("{partition}/");
         let mut problems = Vec::new();
-        let mut by_pos: HashMap<(u64, u32), Vec<Parsed>> = HashMap::new();
-        let mut change_keys = Vec::new();
+        // Chunks by (owner, generation, change set).
+        let mut by_pos: HashMap<(u64, u64, u32), Vec<Parsed>> = HashMap::new();
         for (key, value) in self.latest {
             if !key.starts_with(&prefix) {
                 continue;
             }
             match parse(&value) {
-                Ok(p) => {
-                    if p.seq != 0 {
-                        change_keys.push(key);
-                    }
-                    by_pos.entry((p.generation, p.seq)).or_default().push(p);
-                }
+                Ok(p) => by_pos
+                    .entry((p.owner, p.generation, p.seq))
+                    .or_default()
+                    .push(p),
                 Err(e) => problems.push(format!("record {key}: {e}")),
             }
         }
-        change_keys.sort();
-        let mut gens: Vec<u64> = by_pos
-            .keys()
-            .filter(|(_, seq)| *seq == 0)
-            .map(|(g, _)| *g)
+        let superseded: Vec<String> = self
+            .seen
+            .into_iter()
+            .filter(|k| k.starts_with(&prefix))
             .collect();
-        gens.sort_unstable_by(|a, b| b.cmp(a));
-        for g in gens {
-            let parts = by_pos.remove(&(g, 0)).unwrap_or_default();
+        if self.fenced > 0 {
+            problems.push(format!(
+                "{} records of an owner fenced by a newer claim ignored",
+                self.fenced
+            ));
+        }
+        let mut fulls: Vec<(u64, u64)> = by_pos
+            .keys()
+            .filter(|(_, _, seq)| *seq == 0)
+            .map(|(o, g, _)| (*o, *g))
+            .collect();
+        fulls.sort_unstable_by(|a, b| b.cmp(a));
+        for (o, g) in fulls {
+            let parts = by_pos.remove(&(o, g, 0)).unwrap_or_default();
             let full = match assemble_one(parts, partition) {
                 Ok(s) => s,
                 Err(e) => {
-                    problems.push(format!("generation {g}: {e}"));
+                    problems.push(format!("owner {o} generation {g}: {e}"));
                     continue;
                 }
             };
             let mut changes = Vec::new();
             for seq in 1.. {
-                let Some(parts) = by_pos.remove(&(g, seq)) else {
+                let Some(parts) = by_pos.remove(&(o, g, seq)) else {
                     break;
                 };
                 match assemble_one(parts, partition) {
                     Ok(s) => changes.push(s),
                     Err(e) => {
                         problems.push(format!(
-                            "generation {g} change set {seq}: {e}; the state stops at the one before"
+                            "owner {o} generation {g} change set {seq}: {e}; the state stops at the one before"
                         ));
                         break;
                     }
@@ -270,10 +350,12 @@ impl Assembler {
             }
             return (
                 Some(Restored {
+                    owner: o,
                     generation: g,
                     full,
                     changes,
-                    change_keys,
+                    superseded,
+                    fenced: self.fenced,
                 }),
                 problems,
             );
@@ -321,6 +403,10 @@ pub struct ChangelogStats {
     pub bytes: AtomicU64,
     /// Partition states restored.
     pub restores: AtomicU64,
+    /// Partitions claimed (one claim record each).
+    pub claims: AtomicU64,
+    /// Records of a fenced owner (older than a claim before them) that restores ignored.
+    pub fenced: AtomicU64,
     /// Time the newest restore took, milliseconds.
     pub last_restore_ms: AtomicU64,
     /// Series the newest restore brought in.
@@ -363,6 +449,18 @@ impl ChangelogStats {
             "Changelog reads on assignment, one per newly assigned partition (with state or without).",
             self.restores.load(Relaxed),
         );
+        counter(
+            out,
+            "trike_changelog_claims_total",
+            "Partitions this processor claimed on assignment (a claim fences the partition's previous owner).",
+            self.claims.load(Relaxed),
+        );
+        counter(
+            out,
+            "trike_changelog_fenced_records_total",
+            "Changelog records a restore ignored: written by an owner after a newer one had claimed the partition (a zombie processor).",
+            self.fenced.load(Relaxed),
+        );
         gauge(
             out,
             "trike_changelog_restore_duration_seconds",
@@ -387,16 +485,25 @@ impl ChangelogStats {
 #[derive(Default)]
 struct DeliveryCount {
     failed: AtomicU64,
+    /// The offset of the newest claim record delivered.
+    claimed_at: std::sync::atomic::AtomicI64,
 }
+
+/// Marks a claim record's delivery (its offset is the owner token).
+const CLAIM_OPAQUE: usize = 1;
 
 impl ClientContext for DeliveryCount {}
 
 impl ProducerContext for DeliveryCount {
-    type DeliveryOpaque = ();
-    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = r {
-            tracing::warn!(error = %e, "changelog record not delivered");
-            self.failed.fetch_add(1, Relaxed);
+    type DeliveryOpaque = usize;
+    fn delivery(&self, r: &DeliveryResult<'_>, opaque: usize) {
+        match r {
+            Err((e, _)) => {
+                tracing::warn!(error = %e, "changelog record not delivered");
+                self.failed.fetch_add(1, Relaxed);
+            }
+            Ok(m) if opaque == CLAIM_OPAQUE => self.claimed_at.store(m.offset(), Relaxed),
+            Ok(_) => {}
         }
     }
 }
@@ -478,10 +585,44 @@ impl Changelog {
         }
     }
 
-    /// Writes `state` as the full state of `generation` and waits until every chunk is
-    /// acknowledged; returns the bytes written.
-    pub fn write(&self, state: &PartitionState, generation: u64) -> Result<u64, String> {
-        let chunks = encode(state, generation).map_err(|e| e.to_string())?;
+    /// Claims `partition` for this processor, before reading it: returns the owner token
+    /// (the claim record's offset + 1) to write its records under. Every record an older owner
+    /// writes after this claim is fenced.
+    pub fn claim(&self, partition: i32) -> Result<u64, String> {
+        self.producer.context().claimed_at.store(-1, Relaxed);
+        let key = claim_key(partition);
+        // Who claimed, for people reading the topic: the pod (host) name and process id.
+        let mut value = CLAIM.to_vec();
+        let host = std::env::var("HOSTNAME").unwrap_or_default();
+        value.extend_from_slice(format!("{host}/{}", std::process::id()).as_bytes());
+        let record = BaseRecord::with_opaque_to(&self.topic, CLAIM_OPAQUE)
+            .key(&key)
+            .payload(&value)
+            .partition(partition);
+        self.producer
+            .send(record)
+            .map_err(|(e, _)| format!("claiming partition {partition}: {e}"))?;
+        let _ = self.producer.flush(TIMEOUT);
+        match self.producer.context().claimed_at.load(Relaxed) {
+            o if o >= 0 => {
+                self.stats.claims.fetch_add(1, Relaxed);
+                Ok(o as u64 + 1)
+            }
+            _ => Err(format!(
+                "claiming partition {partition}: the claim was not acknowledged"
+            )),
+        }
+    }
+
+    /// Writes `state` as owner `owner`'s full state of `generation` and waits until every
+    /// chunk is acknowledged; returns the bytes written.
+    pub fn write(
+        &self,
+        state: &PartitionState,
+        owner: u64,
+        generation: u64,
+    ) -> Result<u64, String> {
+        let chunks = encode(state, owner, generation).map_err(|e| e.to_string())?;
         self.send(state.partition, &chunks)
             .map_err(|e| format!("partition {} generation {generation}: {e}", state.partition))
     }
@@ -492,10 +633,11 @@ impl Changelog {
     pub fn write_changes(
         &self,
         state: &PartitionState,
+        owner: u64,
         generation: u64,
         seq: u32,
     ) -> Result<(Vec<String>, u64), String> {
-        let chunks = encode_changes(state, generation, seq).map_err(|e| e.to_string())?;
+        let chunks = encode_changes(state, owner, generation, seq).map_err(|e| e.to_string())?;
         let bytes = self.send(state.partition, &chunks).map_err(|e| {
             format!(
                 "partition {} generation {generation} change set {seq}: {e}",
@@ -510,7 +652,7 @@ impl Changelog {
     /// left behind belongs to an older generation, which readers pass over.
     pub fn delete(&self, partition: i32, keys: &[String]) {
         for key in keys {
-            let record = BaseRecord::<String, [u8]>::to(&self.topic)
+            let record = BaseRecord::<String, [u8], usize>::with_opaque_to(&self.topic, 0)
                 .key(key)
                 .partition(partition);
             if let Err((e, _)) = self.producer.send(record) {
@@ -526,7 +668,7 @@ impl Changelog {
         let mut bytes = 0;
         for c in chunks {
             bytes += c.value.len() as u64;
-            let mut record = BaseRecord::to(&self.topic)
+            let mut record = BaseRecord::with_opaque_to(&self.topic, 0)
                 .key(&c.key)
                 .payload(&c.value)
                 .partition(partition);
@@ -593,7 +735,7 @@ impl Changelog {
                     Some(Ok(m)) => {
                         next = m.offset() + 1;
                         if let Some(k) = m.key() {
-                            asm.add(&String::from_utf8_lossy(k), m.payload());
+                            asm.add(&String::from_utf8_lossy(k), m.payload(), m.offset());
                         }
                     }
                     Some(Err(e)) => tracing::debug!(error = %e, "changelog read"),
@@ -601,6 +743,7 @@ impl Changelog {
                 }
             }
         }
+        self.stats.fenced.fetch_add(asm.fenced, Relaxed);
         let (state, problems) = asm.finish(partition);
         for p in problems {
             tracing::warn!(topic = %self.topic, partition, problem = %p, "changelog");
@@ -654,8 +797,8 @@ mod tests {
 
     fn restored(records: &[Chunk], partition: i32) -> Option<Restored> {
         let mut a = Assembler::default();
-        for c in records {
-            a.add(&c.key, Some(&c.value));
+        for (offset, c) in records.iter().enumerate() {
+            a.add(&c.key, Some(&c.value), offset as i64);
         }
         a.finish(partition).0
     }
@@ -669,17 +812,17 @@ mod tests {
     #[test]
     fn states_round_trip_in_chunks_under_a_mebibyte() {
         let big = state(3, 6000);
-        let chunks = encode(&big, 7).unwrap();
+        let chunks = encode(&big, 0, 7).unwrap();
         assert!(chunks.len() >= 2, "{} chunks", chunks.len());
         assert!(chunks.iter().all(|c| c.value.len() + c.key.len() < 1 << 20));
-        assert!(chunks.iter().all(|c| c.key.starts_with("3/1/")));
+        assert!(chunks.iter().all(|c| c.key.starts_with("3/0/1/")));
         let (g, back) = assemble(&chunks, 3).unwrap();
         assert_eq!((g, &back), (7, &big));
 
         let mut newer = big.clone();
         newer.offset = 99;
         let mut log = chunks.clone();
-        log.extend(encode(&newer, 8).unwrap());
+        log.extend(encode(&newer, 0, 8).unwrap());
         let (g, back) = assemble(&log, 3).unwrap();
         assert_eq!((g, back.offset), (8, 99));
         assert!(assemble(&log, 4).is_none(), "another partition's records");
@@ -693,20 +836,20 @@ mod tests {
     #[test]
     fn a_write_cut_short_falls_back_to_the_previous_generation() {
         let s = state(0, 6000);
-        let mut log = encode(&s, 7).unwrap();
+        let mut log = encode(&s, 0, 7).unwrap();
         let mut eight = s.clone();
         eight.offset = 80;
-        log.extend(encode(&eight, 8).unwrap());
+        log.extend(encode(&eight, 0, 8).unwrap());
         let mut nine = s.clone();
         nine.offset = 90;
-        let nine = encode(&nine, 9).unwrap();
+        let nine = encode(&nine, 0, 9).unwrap();
         assert!(nine.len() >= 2);
         log.push(nine[0].clone());
         let (g, back) = assemble(&log, 0).unwrap();
         assert_eq!((g, back.offset), (8, 80));
 
-        let mut log = encode(&s, 7).unwrap();
-        let mut bad = encode(&eight, 8).unwrap();
+        let mut log = encode(&s, 0, 7).unwrap();
+        let mut bad = encode(&eight, 0, 8).unwrap();
         let last = bad.len() - 1;
         let n = bad[last].value.len();
         bad[last].value[n - 1] ^= 0xff;
@@ -732,22 +875,22 @@ mod tests {
             offset: o,
             ..full.clone()
         };
-        let mut log = encode(&full, 7).unwrap();
-        let one = encode_changes(&with_offset(50), 7, 1).unwrap();
-        assert_eq!(one[0].key, "2/c/7/1/0");
+        let mut log = encode(&full, 0, 7).unwrap();
+        let one = encode_changes(&with_offset(50), 0, 7, 1).unwrap();
+        assert_eq!(one[0].key, "2/c/0/7/1/0");
         log.extend(one.clone());
-        let mut two = encode_changes(&with_offset(60), 7, 2).unwrap();
+        let mut two = encode_changes(&with_offset(60), 0, 7, 2).unwrap();
         let n = two[0].value.len();
         two[0].value[n - 1] ^= 0xff;
         log.extend(two.clone());
-        log.extend(encode_changes(&with_offset(70), 7, 3).unwrap());
+        log.extend(encode_changes(&with_offset(70), 0, 7, 3).unwrap());
         let r = restored(&log, 2).unwrap();
         assert_eq!(r.generation, 7);
         assert_eq!(r.changes.len(), 1, "change set 2 is damaged: stop after 1");
         assert_eq!(r.latest().offset, 50);
 
-        log.extend(encode(&with_offset(80), 8).unwrap());
-        log.extend(encode_changes(&with_offset(90), 8, 1).unwrap());
+        log.extend(encode(&with_offset(80), 0, 8).unwrap());
+        log.extend(encode_changes(&with_offset(90), 0, 8, 1).unwrap());
         let r = restored(&log, 2).unwrap();
         assert_eq!(
             (r.generation, r.changes.len(), r.latest().offset),
@@ -755,24 +898,106 @@ mod tests {
         );
 
         let mut a = Assembler::default();
-        for c in &log {
-            a.add(&c.key, Some(&c.value));
+        for (offset, c) in log.iter().enumerate() {
+            a.add(&c.key, Some(&c.value), offset as i64);
         }
         for c in one.iter().chain(&two) {
-            a.add(&c.key, None);
+            a.add(&c.key, None, 1000);
         }
-        assert!(!a.latest.contains_key("2/c/7/1/0"), "deleted");
+        assert!(!a.latest.contains_key("2/c/0/7/1/0"), "deleted");
         assert_eq!(a.finish(2).0.unwrap().latest().offset, 90);
 
-        // Format 1: no change-set field.
-        let mut v1 = encode(&full, 5).unwrap();
+        // Format 1: no change-set field, no owner.
+        let mut v1 = encode(&full, 0, 5).unwrap();
         for c in &mut v1 {
-            let mut value = c.value[..HEADER_V1 - 12].to_vec();
+            let mut value = c.value[..14].to_vec();
             value[4..6].copy_from_slice(&1u16.to_be_bytes());
-            value.extend_from_slice(&c.value[HEADER - 12..]);
+            value.extend_from_slice(&c.value[18..30]);
+            value.extend_from_slice(&c.value[HEADER..]);
             c.value = value;
         }
         let (g, back) = assemble(&v1, 2).unwrap();
-        assert_eq!((g, back), (5, full));
+        assert_eq!((g, &back), (5, &full));
+        // Format 3: no owner.
+        let mut v3 = encode(&full, 0, 6).unwrap();
+        for c in &mut v3 {
+            let mut value = c.value[..HEADER_V3].to_vec();
+            value[4..6].copy_from_slice(&3u16.to_be_bytes());
+            value.extend_from_slice(&c.value[HEADER..]);
+            c.value = value;
+        }
+        let (g, back) = assemble(&v3, 2).unwrap();
+        assert_eq!((g, back), (6, full));
+    }
+
+    fn claim(partition: i32) -> Chunk {
+        Chunk {
+            key: claim_key(partition),
+            value: CLAIM.to_vec(),
+        }
+    }
+
+    /// Scenario: owner A (claim at offset 0: token 1) writes a full state and a change set;
+    /// owner B claims the partition; A, paused past its session and unaware, writes on: a full
+    /// state of the next generation and change sets on both of its generations, interleaved
+    /// with B's own full state and change set of the same generation numbers.
+    /// Guarantees: the restore is B's state with B's change set only (A's later records are
+    /// fenced and counted; none is applied to B's full state, although generations and change
+    /// set numbers collide); before B has written anything, the restore is A's state from before
+    /// B's claim, not what A wrote after it; no two owners' records share a key; once
+    /// compaction has kept only the newest claim, the outcome is the same.
+    #[test]
+    fn a_fenced_owner_is_never_restored_nor_mixed_with_its_successor() {
+        let base = state(5, 3);
+        let at = |o: i64| PartitionState {
+            offset: o,
+            ..base.clone()
+        };
+        let mut log = vec![claim(5)];
+        let a = 1; // offset 0 + 1
+        log.extend(encode(&at(10), a, 7).unwrap());
+        log.extend(encode_changes(&at(20), a, 7, 1).unwrap());
+        let b = log.len() as u64 + 1;
+        log.push(claim(5));
+        // Before B writes: A's state up to B's claim.
+        let mut zombie = encode(&at(30), a, 8).unwrap();
+        zombie.extend(encode_changes(&at(40), a, 7, 2).unwrap());
+        let mut early = log.clone();
+        early.extend(zombie.clone());
+        let r = restored(&early, 5).unwrap();
+        assert_eq!((r.owner, r.generation, r.latest().offset), (a, 7, 20));
+        assert_eq!(r.fenced, zombie.len() as u64);
+
+        // B restored A's generation 7 + change set 1 (offset 20), and writes generation 8.
+        log.extend(encode(&at(21), b, 8).unwrap());
+        log.extend(zombie.clone());
+        log.extend(encode_changes(&at(25), b, 8, 1).unwrap());
+        log.extend(encode_changes(&at(50), a, 8, 1).unwrap());
+        log.extend(encode_changes(&at(60), a, 8, 2).unwrap());
+        let mine: Vec<&str> = log.iter().map(|c| c.key.as_str()).collect();
+        let unique: std::collections::BTreeSet<&str> = mine
+            .iter()
+            .copied()
+            .filter(|k| !k.ends_with("/claim"))
+            .collect();
+        assert_eq!(unique.len(), mine.len() - 2, "no key shared: {mine:?}");
+        let r = restored(&log, 5).unwrap();
+        assert_eq!(
+            (r.owner, r.generation, r.changes.len(), r.latest().offset),
+            (b, 8, 1, 25)
+        );
+        assert_eq!(r.fenced, zombie.len() as u64 + 2);
+        assert!(
+            r.superseded.iter().all(|k| k != &claim_key(5)),
+            "the claim is never deleted"
+        );
+
+        // Compaction keeps only the newest claim (at its place): same outcome.
+        let mut asm = Assembler::default();
+        for (i, c) in log.iter().enumerate().skip(1) {
+            asm.add(&c.key, Some(&c.value), i as i64);
+        }
+        let r = asm.finish(5).0.unwrap();
+        assert_eq!((r.owner, r.latest().offset), (b, 25));
     }
 }

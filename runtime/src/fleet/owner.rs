@@ -55,6 +55,9 @@ pub const FULL_EVERY: u32 = 30;
 struct Part {
     /// Assigned now (false between a revocation and the assignment that follows it).
     owned: bool,
+    /// This processor's owner token for the partition (from its claim; 0: not claimed yet,
+    /// claimed before the next write).
+    owner: u64,
     /// Generation of the newest full state taken (written or not yet).
     generation: u64,
     /// Change sets taken on top of it.
@@ -69,7 +72,8 @@ struct Part {
     /// Keys of the change sets written since the newest full state written: deleted when the
     /// next full state is written.
     change_keys: Vec<String>,
-    /// Keys of change sets of older full states, deleted once the next full state is written.
+    /// Keys of records the next full state supersedes (older full states' change sets, and
+    /// every record read at the restore), deleted once it is written.
     stale_keys: Vec<String>,
     /// The offset the newest write (or the restore) covers.
     offset: i64,
@@ -252,7 +256,7 @@ impl Owner {
         let _one_at_a_time = self.write.lock();
         let p = t.partition;
         loop {
-            let (pending, stale) = {
+            let (pending, stale, owner) = {
                 let mut parts = self.parts.lock();
                 let Some(part) = parts.get_mut(&p) else {
                     return Ok(());
@@ -271,14 +275,26 @@ impl Owner {
                 } else {
                     Vec::new()
                 };
-                (w, stale)
+                (w, stale, part.owner)
+            };
+            let (pending, stale, owner) = match self.claimed(p, owner) {
+                Ok(o) => (pending, stale, o),
+                Err(e) => {
+                    let mut parts = self.parts.lock();
+                    if let Some(part) = parts.get_mut(&p) {
+                        part.stale_keys.extend(stale);
+                        part.queue.retain(|w| matches!(w.kind, Kind::Full(_)));
+                        part.need_full = true;
+                    }
+                    return Err(e);
+                }
             };
             let written = match pending.kind {
                 Kind::Full(g) => self
                     .changelog
-                    .write(&pending.state, g)
+                    .write(&pending.state, owner, g)
                     .map(|bytes| (Vec::new(), bytes)),
-                Kind::Changes(g, k) => self.changelog.write_changes(&pending.state, g, k),
+                Kind::Changes(g, k) => self.changelog.write_changes(&pending.state, owner, g, k),
             };
             let mut parts = self.parts.lock();
             let Some(part) = parts.get_mut(&p) else {
@@ -320,6 +336,19 @@ impl Owner {
         }
     }
 
+    /// `owner`, or when the partition was not claimed yet (the claim at its assignment
+    /// failed), a claim made now: its records always carry a token.
+    fn claimed(&self, p: i32, owner: u64) -> Result<u64, String> {
+        if owner != 0 {
+            return Ok(owner);
+        }
+        let o = self.changelog.claim(p)?;
+        if let Some(part) = self.parts.lock().get_mut(&p) {
+            part.owner = o;
+        }
+        Ok(o)
+    }
+
     fn write_all(&self, taken: Vec<Taken>) {
         for t in taken {
             if let Err(e) = self.write(t) {
@@ -328,11 +357,24 @@ impl Owner {
         }
     }
 
-    /// Reads a newly assigned partition's state, retrying a failing broker a few times.
-    fn restore(&self, p: i32) -> Option<Restored> {
+    /// Claims a newly assigned partition and reads its state (the claim first: whatever the
+    /// previous owner writes after it is fenced), retrying a failing broker a few times.
+    /// Returns the owner token (0 when the claim failed: the first write claims) and the state.
+    fn restore(&self, p: i32) -> (u64, Option<Restored>) {
+        let mut owner = 0;
         for attempt in 1..=3 {
+            if owner == 0 {
+                match self.changelog.claim(p) {
+                    Ok(o) => owner = o,
+                    Err(e) => {
+                        tracing::error!(partition = p, attempt, error = %e, "claiming the partition on the changelog");
+                        std::thread::sleep(Duration::from_millis(500));
+                        continue;
+                    }
+                }
+            }
             match self.changelog.read(p) {
-                Ok(s) => return s,
+                Ok(s) => return (owner, s),
                 Err(e) => {
                     tracing::error!(partition = p, attempt, error = %e, "reading the partition's state from the changelog");
                     std::thread::sleep(Duration::from_millis(500));
@@ -343,7 +385,7 @@ impl Owner {
             partition = p,
             "the partition starts without its state: the changelog could not be read"
         );
-        None
+        (owner, None)
     }
 }
 
@@ -385,17 +427,20 @@ impl PartitionOwner for Owner {
         }
         for &p in want.iter().filter(|p| !kept.contains(p)) {
             let started = Instant::now();
+            let (owner, restored) = self.restore(p);
             let mut part = Part {
                 owned: true,
                 need_full: true,
+                owner,
                 ..Part::default()
             };
-            if let Some(restored) = self.restore(p) {
+            if let Some(restored) = restored {
                 let Restored {
                     generation,
                     full,
                     changes,
-                    change_keys,
+                    superseded,
+                    ..
                 } = restored;
                 let latest = changes.last().unwrap_or(&full);
                 let (offset, outbox) = (latest.offset, latest.outbox.clone());
@@ -441,7 +486,7 @@ impl PartitionOwner for Owner {
                     part.generation = generation;
                     part.offset = offset;
                     part.outbox = outbox;
-                    part.stale_keys = change_keys;
+                    part.stale_keys = superseded;
                     let stats = &self.changelog.stats;
                     stats.last_restore_series.store(series as u64, Relaxed);
                     tracing::info!(
