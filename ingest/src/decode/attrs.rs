@@ -61,6 +61,18 @@ impl<'a> RawValue<'a> {
     }
 }
 
+/// The key of a `KeyValue` message written key first with a key shorter than 128 bytes (as
+/// every SDK writes it), read without decoding the rest; None otherwise (decode it whole).
+#[inline]
+pub fn leading_key(buf: &[u8]) -> Option<&[u8]> {
+    match buf {
+        [0x0a, len, rest @ ..] if *len < 0x80 && rest.len() >= usize::from(*len) => {
+            Some(&rest[..usize::from(*len)])
+        }
+        _ => None,
+    }
+}
+
 /// Decodes one `KeyValue` message without validating strings (keys are compared as bytes).
 pub fn key_value_raw(buf: &[u8]) -> Result<(&[u8], RawValue<'_>), DecodeError> {
     let mut r = Reader::new(buf);
@@ -87,4 +99,31 @@ pub fn key_value_raw(buf: &[u8]) -> Result<(&[u8], RawValue<'_>), DecodeError> {
         }
     }
     Ok((key, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guarantees: the key of a key-first `KeyValue` is read without the rest; any other
+    /// layout (value first, a long key, a cut-off message) is left to the full decoder, which
+    /// reads it the same.
+    #[test]
+    fn the_leading_key_or_the_full_decoder() {
+        // key "k" = "v", key first, as SDKs write it.
+        let key_first = [0x0a, 1, b'k', 0x12, 3, 0x0a, 1, b'v'];
+        assert_eq!(leading_key(&key_first), Some(&b"k"[..]));
+        // The same, value first: not read here; the full decoder reads it.
+        let value_first = [0x12, 3, 0x0a, 1, b'v', 0x0a, 1, b'k'];
+        assert_eq!(leading_key(&value_first), None);
+        let (k, v) = key_value_raw(&value_first).unwrap();
+        assert_eq!((k, v), (&b"k"[..], RawValue::Str(b"v")));
+        assert_eq!(key_value_raw(&key_first).unwrap(), (k, v));
+        // Cut off inside the key, and a key of 128 bytes (two-byte length).
+        assert_eq!(leading_key(&[0x0a, 5, b'k']), None);
+        let mut long = vec![0x0a, 0x80, 0x01];
+        long.extend([b'x'; 128]);
+        assert_eq!(leading_key(&long), None);
+        assert_eq!(key_value_raw(&long).unwrap().0.len(), 128);
+    }
 }

@@ -641,3 +641,79 @@ fn remembered_operation_names_follow_the_scrubbing() {
     assert_eq!(ops(&rules, &mut names), "get /users/{id}");
     assert_eq!(ops(&collapse, &mut names), "GET /users/{id}");
 }
+
+/// Scenario: a run of 400 single-span records over four resources, interleaved, two of them
+/// alike but for one attribute, one with a duplicate `service.name` (the last wins), one with
+/// more attributes than the cap.
+/// Guarantees: decoded as one run (resources remembered by their bytes) the batch is what
+/// decoding each record on its own gives: every key, observation and dropped-attribute count.
+#[test]
+fn remembered_resources_decode_as_read_afresh() {
+    let base = |env: &str| {
+        vec![
+            kv("service.name", s("checkout")),
+            kv("service.version", s("1.5.0")),
+            kv("deployment.environment", s(env)),
+            kv("host.name", s("checkout-7d9f8b6c5-x2x9p")),
+        ]
+    };
+    let mut dup = base("prod");
+    dup.push(kv("service.name", s("cart")));
+    let mut many = vec![kv("service.name", s("ads"))];
+    many.extend((0..140).map(|i| kv(&format!("a{i}"), s("v"))));
+    many.push(kv("service.version", s("9")));
+    let resources = [base("prod"), base("canary"), dup, many];
+    let records: Vec<Vec<u8>> = (0..400u64)
+        .map(|i| {
+            request(
+                resources[(i * 7 % 4) as usize].clone(),
+                vec![span(
+                    "GET",
+                    Kind::Server,
+                    T + i,
+                    1 + i % 9,
+                    vec![kv("http.route", s(&format!("/r{}", i % 3)))],
+                    i % 5 == 0,
+                )],
+            )
+            .encode_to_vec()
+        })
+        .collect();
+    let mut run = Decoded::default();
+    let mut keys = Keys::default();
+    for r in &records {
+        traces_proto_into(r, &cfg(), &mut run, &mut keys).unwrap();
+    }
+    let afresh: Vec<Decoded> = records
+        .iter()
+        .map(|r| traces_proto(r, &cfg()).unwrap())
+        .collect();
+    let seen = |d: &Decoded, i: usize| {
+        let o = &d.batch.requests[i];
+        (
+            d.batch.keys[o.key as usize].to_string(),
+            o.time,
+            o.bad,
+            o.latency_ms.to_bits(),
+        )
+    };
+    assert_eq!(run.batch.requests.len(), 400);
+    for (i, d) in afresh.iter().enumerate() {
+        assert_eq!(seen(&run, i), seen(d, 0), "record {i}");
+    }
+    assert_eq!(
+        run.attributes_dropped,
+        afresh.iter().map(|d| d.attributes_dropped).sum::<u64>()
+    );
+    assert!(run.attributes_dropped > 0);
+    let services: std::collections::BTreeSet<String> = run
+        .batch
+        .keys
+        .iter()
+        .map(|k| k.service.to_string())
+        .collect();
+    assert_eq!(
+        services.into_iter().collect::<Vec<_>>(),
+        ["ads", "cart", "checkout"]
+    );
+}

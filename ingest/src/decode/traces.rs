@@ -4,7 +4,7 @@
 //! `collector/trace/v1/trace_service.proto`. Only the values used are UTF-8 validated; keys
 //! are compared as bytes; no allocation per span unless it starts a new series key.
 
-use super::attrs::{AttrValue, RawValue, key_value_raw};
+use super::attrs::{AttrValue, RawValue, key_value_raw, leading_key};
 use super::wire::{Reader, Value, utf8};
 use super::{DecodeConfig, DecodeError, Decoded, Reason, clip};
 use std::borrow::Cow;
@@ -54,7 +54,33 @@ pub struct Keys {
     hasher: foldhash::fast::RandomState,
     /// Operation names scrubbed before.
     pub(crate) names: Names,
+    /// Resources read before.
+    resources: Resources,
 }
+
+/// What was found in resources read before, by their bytes: the Kafka source's records each
+/// carry their resource whole, and a run of them repeats a few resources over and over. A
+/// resource seen before costs a hash and a comparison, and reading the few attributes that
+/// matter, instead of reading every attribute.
+#[derive(Default)]
+struct Resources {
+    by_hash: ByHash<Memo>,
+    hasher: foldhash::fast::RandomState,
+}
+
+/// Where a resource's facts are: each a `KeyValue`'s place in the resource's bytes.
+struct Memo {
+    bytes: Box<[u8]>,
+    service: Option<(u32, u32)>,
+    version: Option<(u32, u32)>,
+    dims: [Option<(u32, u32)>; MAX_DIMS],
+    /// Attributes over the limits, dropped.
+    dropped: u64,
+}
+
+/// Most resources remembered (then forgotten all at once), and the largest remembered.
+const RESOURCES_CACHED: usize = 256;
+const RESOURCE_CACHED_BYTES: usize = 4096;
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,6 +193,20 @@ pub fn traces_proto_into(
     read
 }
 
+/// Whether a span attribute's key is one the SLIs read.
+#[inline]
+fn span_key_used(cfg: &DecodeConfig, k: &[u8]) -> bool {
+    matches!(
+        k,
+        b"http.route"
+            | b"rpc.method"
+            | b"http.response.status_code"
+            | b"http.status_code"
+            | b"rpc.grpc.status_code"
+    ) || k == cfg.version_attribute.as_bytes()
+        || dim_index(cfg, k).is_some()
+}
+
 fn dim_index(cfg: &DecodeConfig, key: &[u8]) -> Option<usize> {
     cfg.dimensions.iter().position(|d| d.as_bytes() == key)
 }
@@ -186,27 +226,7 @@ fn resource_spans(
     let mut r = Reader::new(buf);
     while let Some((f, v)) = r.next()? {
         if let (1, Value::Bytes(resource)) = (f, v) {
-            let mut rr = Reader::new(resource);
-            let mut read = 0;
-            while let Some((f, v)) = rr.next()? {
-                if let (1, Value::Bytes(kv)) = (f, v) {
-                    if !cfg.attrs.admits(&mut read, kv.len()) {
-                        out.attributes_dropped += 1;
-                        continue;
-                    }
-                    let (k, val) = key_value_raw(kv)?;
-                    if k == b"service.name" {
-                        if let AttrValue::Str(s) = val.check()? {
-                            res.service = s;
-                        }
-                    } else if k == cfg.version_attribute.as_bytes() {
-                        res.version = Some(val);
-                    }
-                    if let Some(i) = dim_index(cfg, k) {
-                        res.dims[i] = Some(val);
-                    }
-                }
-            }
+            read_resource(resource, cfg, out, &mut keys.resources, &mut res)?;
         }
     }
     if res.service.is_empty() {
@@ -224,6 +244,80 @@ fn resource_spans(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Reads a `Resource`'s facts into `res`, from `memo` when the same bytes were read before.
+fn read_resource<'a>(
+    resource: &'a [u8],
+    cfg: &DecodeConfig,
+    out: &mut Decoded,
+    memo: &mut Resources,
+    res: &mut ResourceFacts<'a>,
+) -> Result<(), DecodeError> {
+    let hash = memo.hasher.hash_one(resource);
+    let place = |r: Option<(u32, u32)>| -> Result<Option<RawValue<'a>>, DecodeError> {
+        r.map(|(s, e)| key_value_raw(&resource[s as usize..e as usize]).map(|(_, v)| v))
+            .transpose()
+    };
+    if let Some(m) = memo.by_hash.get(&hash).filter(|m| *m.bytes == *resource) {
+        if let Some(v) = place(m.service)?
+            && let AttrValue::Str(s) = v.check()?
+        {
+            res.service = s;
+        }
+        if m.version.is_some() {
+            res.version = place(m.version)?;
+        }
+        for (slot, at) in res.dims.iter_mut().zip(m.dims) {
+            if at.is_some() {
+                *slot = place(at)?;
+            }
+        }
+        out.attributes_dropped += m.dropped;
+        return Ok(());
+    }
+    let mut found = Memo {
+        bytes: Box::default(),
+        service: None,
+        version: None,
+        dims: [None; MAX_DIMS],
+        dropped: 0,
+    };
+    let mut rr = Reader::new(resource);
+    let mut read = 0;
+    while let Some((f, v)) = rr.next()? {
+        if let (1, Value::Bytes(kv)) = (f, v) {
+            if !cfg.attrs.admits(&mut read, kv.len()) {
+                out.attributes_dropped += 1;
+                found.dropped += 1;
+                continue;
+            }
+            let start = kv.as_ptr() as usize - resource.as_ptr() as usize;
+            let at = Some((start as u32, (start + kv.len()) as u32));
+            let (k, val) = key_value_raw(kv)?;
+            if k == b"service.name" {
+                if let AttrValue::Str(s) = val.check()? {
+                    res.service = s;
+                    found.service = at;
+                }
+            } else if k == cfg.version_attribute.as_bytes() {
+                res.version = Some(val);
+                found.version = at;
+            }
+            if let Some(i) = dim_index(cfg, k) {
+                res.dims[i] = Some(val);
+                found.dims[i] = at;
+            }
+        }
+    }
+    if resource.len() <= RESOURCE_CACHED_BYTES {
+        if memo.by_hash.len() >= RESOURCES_CACHED {
+            memo.by_hash.clear();
+        }
+        found.bytes = resource.into();
+        memo.by_hash.insert(hash, found);
     }
     Ok(())
 }
@@ -252,6 +346,8 @@ fn one_span(
             (9, Value::Bytes(kv)) if !cfg.attrs.admits(&mut read, kv.len()) => {
                 out.attributes_dropped += 1;
             }
+            // An attribute whose key is of no use is not decoded further.
+            (9, Value::Bytes(kv)) if leading_key(kv).is_some_and(|k| !span_key_used(cfg, k)) => {}
             (9, Value::Bytes(kv)) => {
                 let (k, val) = key_value_raw(kv)?;
                 match k {
