@@ -217,6 +217,13 @@ fn bad_total(engine: &Engine, slo: &Slo, window: Span) -> (f64, f64) {
     }
 }
 
+/// Bad ÷ all events of `slo` over `window` ending now; 0 without events (as the burn rates
+/// read then).
+pub fn error_ratio(engine: &Engine, slo: &Slo, window: Span) -> f64 {
+    let (bad, total) = bad_total(engine, slo, window);
+    if total <= 0.0 { 0.0 } else { bad / total }
+}
+
 const fn one() -> f64 {
     1.0
 }

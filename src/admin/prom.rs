@@ -47,7 +47,163 @@ pub fn render(s: &AdminState) -> String {
         trike_ingest::listen::ConnStats::render(&listeners, &mut out);
     }
     sli_gauges(s, &mut out);
+    sloth_series(s, &mut out);
     out
+}
+
+/// The SLI windows Sloth records (`slo:sli_error:ratio_rate<window>`), besides the SLO's period.
+const SLOTH_WINDOWS: [Span; 7] = [
+    Span::minutes(5),
+    Span::minutes(30),
+    Span::hours(1),
+    Span::hours(2),
+    Span::hours(6),
+    Span::days(1),
+    Span::days(3),
+];
+
+/// A span as Prometheus writes a duration (and Sloth names its windows): `5m`, `1d`, `4w`.
+fn prom_duration(w: Span) -> String {
+    let s = w.secs();
+    for (unit, len) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if s > 0 && s.is_multiple_of(len) {
+            return format!("{}{unit}", s / len);
+        }
+    }
+    format!("{s}s")
+}
+
+/// Every SLO's series as Sloth's recording rules name them (DESIGN §9), so Sloth's Grafana
+/// dashboards work on a Prometheus that scrapes Trike: the error ratio per window (label
+/// `sloth_window`), the objective, budget, period, current burn rate (over the fastest page
+/// tier's short window, 5m by default, as Sloth's), period burn rate, budget remaining, and
+/// `sloth_slo_info`. Labels `sloth_id` (`service-slo`), `sloth_service`, `sloth_slo`. A window
+/// without events reads 0 (as the API's burn rates do; Sloth's PromQL would give NaN). A fleet
+/// member shows the SLOs of the services it holds, so each SLO comes from its owner only.
+fn sloth_series(s: &AdminState, out: &mut String) {
+    use trike_engine::slo::{Slo, error_ratio};
+    struct Row<'a> {
+        slo: &'a Slo,
+        ratios: Vec<f64>,
+        period: f64,
+        current: f64,
+    }
+    let rows: Vec<Row<'_>> = {
+        let engine = s.worker.engine().lock();
+        let held: std::collections::BTreeSet<std::sync::Arc<str>> =
+            engine.services().into_iter().collect();
+        s.slos
+            .iter()
+            .filter(|slo| {
+                s.role == crate::config::fleet::Role::All || held.contains(slo.service.as_str())
+            })
+            .map(|slo| Row {
+                slo,
+                ratios: SLOTH_WINDOWS
+                    .iter()
+                    .map(|w| error_ratio(&engine, slo, *w))
+                    .collect(),
+                period: error_ratio(&engine, slo, slo.period),
+                current: error_ratio(
+                    &engine,
+                    slo,
+                    slo.tiers.first().map_or(Span::minutes(5), |t| t.short),
+                ),
+            })
+            .collect()
+    };
+    if rows.is_empty() {
+        return;
+    }
+    let labels = |slo: &Slo| {
+        format!(
+            "sloth_id=\"{}\",sloth_service=\"{}\",sloth_slo=\"{}\"",
+            escape(&format!("{}-{}", slo.service, slo.name)),
+            escape(&slo.service),
+            escape(&slo.name)
+        )
+    };
+    // One family per window (the period's too, unless it is one of them).
+    let mut windows: Vec<Span> = SLOTH_WINDOWS.to_vec();
+    for r in &rows {
+        if !windows.contains(&r.slo.period) {
+            windows.push(r.slo.period);
+        }
+    }
+    for w in windows {
+        let name = format!("slo:sli_error:ratio_rate{}", prom_duration(w));
+        header(
+            out,
+            &name,
+            "Bad / all events of the SLO over the window (Sloth's SLI recording rule).",
+            "gauge",
+        );
+        for r in &rows {
+            let v = match SLOTH_WINDOWS.iter().position(|x| *x == w) {
+                Some(i) => r.ratios[i],
+                None if r.slo.period == w => r.period,
+                None => continue,
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{{},sloth_window=\"{}\"}} {v}",
+                labels(r.slo),
+                prom_duration(w)
+            );
+        }
+    }
+    type Meta = (&'static str, &'static str, fn(&Row<'_>) -> f64);
+    let metadata: [Meta; 6] = [
+        ("slo:objective:ratio", "The SLO's objective.", |r| {
+            r.slo.objective
+        }),
+        (
+            "slo:error_budget:ratio",
+            "The SLO's error budget: 1 - objective.",
+            |r| 1.0 - r.slo.objective,
+        ),
+        ("slo:time_period:days", "The SLO's period in days.", |r| {
+            r.slo.period.secs() as f64 / 86_400.0
+        }),
+        (
+            "slo:current_burn_rate:ratio",
+            "Error ratio over the fastest page tier's short window / error budget.",
+            |r| r.current / (1.0 - r.slo.objective),
+        ),
+        (
+            "slo:period_burn_rate:ratio",
+            "Error ratio over the SLO's period / error budget.",
+            |r| r.period / (1.0 - r.slo.objective),
+        ),
+        (
+            "slo:period_error_budget_remaining:ratio",
+            "Share of the period's error budget left: 1 - period burn rate.",
+            |r| 1.0 - r.period / (1.0 - r.slo.objective),
+        ),
+    ];
+    for (name, help, value) in metadata {
+        header(out, name, help, "gauge");
+        for r in &rows {
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(r.slo), value(r));
+        }
+    }
+    let name = "sloth_slo_info";
+    header(
+        out,
+        name,
+        "The SLO, as Sloth describes it (always 1).",
+        "gauge",
+    );
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "{name}{{{},sloth_mode=\"trike\",sloth_spec=\"trike/v1\",sloth_version=\"{}\",sloth_objective=\"{}\"}} 1",
+            labels(r.slo),
+            env!("CARGO_PKG_VERSION"),
+            // The objective in percent as written (99.9, not 99.89999999999999).
+            (r.slo.objective * 100.0 * 1e9).round() / 1e9
+        );
+    }
 }
 
 /// Per-service SLIs over the configured windows. The engine is locked only while the rows are

@@ -242,3 +242,116 @@ async fn slos_and_gate() {
     assert_eq!(gate("").await.status(), 400);
     running.stop().await.unwrap();
 }
+
+/// Scenario: two SLOs (availability at 99 %, latency at 99.9 % over 28 days) with traffic, one
+/// without traffic on a service that sent nothing.
+/// Guarantees: parsed with the Prometheus project's text-format parser (its Python client), `/metrics` carries Sloth's series
+/// for each SLO (DESIGN §9): `slo:sli_error:ratio_rate<w>` for 5m … 3d and the period (`4w`
+/// for 28 days, as Prometheus writes it), with `sloth_id`, `sloth_service`, `sloth_slo` and
+/// `sloth_window`; objective, budget, period days, current and period burn rates and the
+/// budget left, equal to what `/api/v1/slos` says; and `sloth_slo_info`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sloth_series_match_the_api() {
+    let running = start_trike(
+        "slos:\n  - { name: avail, service: pay, objective: 0.99, sli: availability }\n  - { name: fast, service: pay, objective: 0.999, period: 28d, sli: { latency: { threshold_ms: 25 } } }\n  - { name: idle, service: nobody, objective: 0.99, sli: availability }",
+    )
+    .await;
+    send(&running, &svc("pay", "1", 0.2), 200).await;
+    assert_eq!(
+        wait_for_requests(&running, "pay", 200, Duration::from_secs(5)).await,
+        200
+    );
+    let text = metrics_text(&running).await;
+    let base = format!("http://{}", running.admin_addr);
+    let api: serde_json::Value = reqwest::get(format!("{base}/api/v1/slos"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let Some(samples) = trike_tests::parse_exposition(&text) else {
+        return;
+    };
+    let label = |s: &trike_tests::PromSample, k: &str| s.labels.get(k).cloned();
+    let value = |name: &str, slo: &str, window: Option<&str>| -> f64 {
+        let found: Vec<f64> = samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && label(s, "sloth_slo").as_deref() == Some(slo)
+                    && window.is_none_or(|w| label(s, "sloth_window").as_deref() == Some(w))
+            })
+            .map(|s| {
+                assert_eq!(s.kind, "gauge", "{name}");
+                s.value.unwrap()
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{name} {slo} {window:?}: {found:?}");
+        found[0]
+    };
+    let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() < 1e-9, "{what}: {a} vs {b}");
+    for slo in api["slos"].as_array().unwrap() {
+        let name = slo["name"].as_str().unwrap();
+        let service = slo["service"].as_str().unwrap();
+        let objective = slo["objective"].as_f64().unwrap();
+        let budget = 1.0 - objective;
+        let period = if name == "fast" { "4w" } else { "30d" };
+        for w in ["5m", "30m", "1h", "2h", "6h", "1d", "3d", period] {
+            let sample = samples
+                .iter()
+                .find(|s| {
+                    s.name == format!("slo:sli_error:ratio_rate{w}")
+                        && label(s, "sloth_slo").as_deref() == Some(name)
+                })
+                .unwrap_or_else(|| panic!("{name} {w}"));
+            assert_eq!(label(sample, "sloth_service").as_deref(), Some(service));
+            assert_eq!(label(sample, "sloth_id"), Some(format!("{service}-{name}")));
+            assert_eq!(label(sample, "sloth_window").as_deref(), Some(w));
+        }
+        for w in ["5m", "30m", "1h", "6h", "3d"] {
+            let ratio = value(&format!("slo:sli_error:ratio_rate{w}"), name, Some(w));
+            close(ratio / budget, slo["burn_rates"][w].as_f64().unwrap(), w);
+        }
+        close(
+            value("slo:objective:ratio", name, None),
+            objective,
+            "objective",
+        );
+        close(
+            value("slo:error_budget:ratio", name, None),
+            budget,
+            "budget",
+        );
+        close(
+            value("slo:time_period:days", name, None),
+            if name == "fast" { 28.0 } else { 30.0 },
+            "days",
+        );
+        close(
+            value("slo:current_burn_rate:ratio", name, None),
+            slo["burn_rates"]["5m"].as_f64().unwrap(),
+            "current burn rate",
+        );
+        let remaining = slo["budget_remaining"].as_f64().unwrap();
+        close(
+            value("slo:period_error_budget_remaining:ratio", name, None),
+            remaining,
+            "budget remaining",
+        );
+        close(
+            value("slo:period_burn_rate:ratio", name, None),
+            1.0 - remaining,
+            "period burn rate",
+        );
+        close(value("sloth_slo_info", name, None), 1.0, "info");
+    }
+    // Traffic made the numbers real: 20 % errors burn the 99 % SLO 20 times over.
+    let avail = value("slo:sli_error:ratio_rate5m", "avail", Some("5m"));
+    assert!((0.1..0.3).contains(&avail), "{avail}");
+    assert_eq!(value("slo:sli_error:ratio_rate5m", "idle", Some("5m")), 0.0);
+    let info = samples
+        .iter()
+        .find(|s| s.name == "sloth_slo_info" && label(s, "sloth_slo").as_deref() == Some("fast"))
+        .unwrap();
+    assert_eq!(label(info, "sloth_objective").as_deref(), Some("99.9"));
+}

@@ -8,17 +8,8 @@ use trike::config::fleet::Role;
 
 #[test]
 fn deploy_artifacts_render_and_validate() {
-    let python = match std::env::var("TRIKE_TEST_PYTHON") {
-        Ok(p) if !p.is_empty() => p,
-        _ if std::env::var("CI").is_ok() => {
-            panic!("CI must provide TRIKE_TEST_PYTHON (.ci/run installs the checker's venv)")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: set TRIKE_TEST_PYTHON to a Python with deploy/requirements-check.txt installed (.ci/run makes ~/.cache/trike-py)"
-            );
-            return;
-        }
+    let Some(python) = trike_tests::test_python() else {
+        return;
     };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
