@@ -71,7 +71,11 @@ enum Scope {
 fn scope_of(method: &Method, path: &str) -> Scope {
     if path == "/healthz" || path == "/readyz" {
         Scope::Open
-    } else if method == Method::GET || method == Method::HEAD || path == "/api/v1/query" {
+    } else if method == Method::GET
+        || method == Method::HEAD
+        || path == "/api/v1/query"
+        || path.starts_with("/api/v1/flagger/")
+    {
         Scope::Read
     } else {
         Scope::Write

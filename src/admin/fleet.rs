@@ -43,6 +43,11 @@ impl FleetView {
     pub fn new(members: Arc<Members>, client: reqwest::Client) -> Self {
         Self { members, client }
     }
+
+    /// The client that asks other members.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
 }
 
 /// The client one member asks another's admin API with. Without `tls:` the members speak

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod fleet;
 pub mod history;
+mod integrations;
 mod prom;
 pub mod query;
 pub mod revisions;
@@ -91,6 +92,15 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/gate", get(gate_handler))
         .route("/api/v1/decisions", get(decisions_handler))
         .route("/api/v1/canaries", get(canaries_handler))
+        .route("/api/v1/analysis", get(integrations::analysis_handler))
+        .route(
+            "/api/v1/flagger/rollout",
+            axum::routing::post(integrations::flagger_rollout),
+        )
+        .route(
+            "/api/v1/flagger/confirm-promotion",
+            axum::routing::post(integrations::flagger_confirm_promotion),
+        )
         .route("/api/v1/history", get(history_handler))
         .route("/api/v1/services", get(services_handler))
         .route("/api/v1/query", axum::routing::post(query::handler))
@@ -133,6 +143,9 @@ async fn index() -> impl IntoResponse {
      GET /api/v1/gate?service=S            deploy strategy from the error budget left (JSON)\n\
      GET /api/v1/decisions?service=S&limit=N  recent control events, newest first (JSON)\n\
      GET /api/v1/canaries?service=S       canary verdicts with their statistics (JSON)\n\
+     GET /api/v1/analysis?service=S&canary=V[&baseline=B]  one canary's verdict, always 200 (Argo Rollouts web provider)\n\
+     POST /api/v1/flagger/rollout          Flagger rollout hook: 200 unless the canary fails (409)\n\
+     POST /api/v1/flagger/confirm-promotion  Flagger confirm-promotion hook: 200 only on pass\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\
      POST /api/v1/query?limit=N            SQL (body) over live tables and the archive; JSON rows\n\
