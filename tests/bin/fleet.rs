@@ -822,7 +822,7 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
 /// asks another with its own certificate and checks the other's against `fleet.server_name`
 /// (the members' certificates name `trike-member`, not their address): a gateway answers for a
 /// service with its owner's counts, exactly what it acknowledged, and its list names no member
-/// unreachable.
+/// unreachable; Argo's analysis asked at the gateway is judged by the owner, on its counts.
 #[test]
 fn members_ask_each_other_over_mtls() {
     let Some(brokers) = brokers() else { return };
@@ -895,5 +895,23 @@ fn members_ask_each_other_over_mtls() {
             .iter()
             .any(|s| s["service"] == "checkout"),
         "{list}"
+    );
+    // Argo's provider asked at the gateway, which holds no data: the owner judges, on its
+    // counts (50 requests an arm: too few for a verdict, but counted).
+    let analysis: Value = serde_json::from_str(
+        &get(
+            &gateway,
+            "/api/v1/analysis?service=checkout&canary=1.1&baseline=1.0",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(analysis["verdict"], "inconclusive", "{analysis}");
+    let evidence = analysis["evidence"].as_array().unwrap();
+    assert!(
+        evidence
+            .iter()
+            .all(|m| m["baseline_n"] == 50 && m["canary_n"] == 50),
+        "{analysis}"
     );
 }
