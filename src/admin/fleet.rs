@@ -117,14 +117,14 @@ fn service_of(query: Option<&str>) -> Option<String> {
 }
 
 /// The caller's credentials, passed on (a bearer token, or the dashboard's cookie).
-fn credentials(h: &HeaderMap) -> Vec<(header::HeaderName, HeaderValue)> {
+pub(super) fn credentials(h: &HeaderMap) -> Vec<(header::HeaderName, HeaderValue)> {
     [header::AUTHORIZATION, header::COOKIE]
         .into_iter()
         .filter_map(|n| h.get(&n).map(|v| (n, v.clone())))
         .collect()
 }
 
-async fn ask(
+pub(super) async fn ask(
     client: reqwest::Client,
     url: String,
     path_and_query: String,

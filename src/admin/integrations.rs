@@ -129,21 +129,18 @@ async fn ask_owner(view: &FleetView, url: &str, t: &Target, headers: &HeaderMap)
     if let Some(b) = t.baseline.clone().filter(|b| !b.is_empty()) {
         query.push(("baseline", b));
     }
-    let target = match reqwest::Url::parse_with_params(&format!("{url}/api/v1/analysis"), &query) {
-        Ok(u) => u,
-        Err(e) => return inconclusive(t, format!("the owner's URL {url}: {e}")),
+    let Ok(target) = reqwest::Url::parse_with_params("http://owner/api/v1/analysis", &query) else {
+        return inconclusive(t, "the analysis query could not be encoded".into());
     };
-    let mut req = view.client().get(target).header(FORWARDED, "1");
-    for name in [
-        axum::http::header::AUTHORIZATION,
-        axum::http::header::COOKIE,
-    ] {
-        if let Some(v) = headers.get(&name) {
-            req = req.header(name.as_str(), v.as_bytes());
-        }
-    }
-    let answer = async { req.send().await?.json::<Value>().await };
-    match answer.await {
+    let path_and_query = format!("{}?{}", target.path(), target.query().unwrap_or_default());
+    let answer = super::fleet::ask(
+        view.client().clone(),
+        url.to_string(),
+        path_and_query,
+        super::fleet::credentials(headers),
+    )
+    .await;
+    match answer.and_then(|(_, body)| serde_json::from_slice(&body).map_err(|e| e.to_string())) {
         Ok(v) => v,
         Err(e) => inconclusive(
             t,

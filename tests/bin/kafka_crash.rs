@@ -36,20 +36,9 @@ const KILL_SEED: u64 = 20_261_203;
 const BASELINE: usize = 60;
 const CANARY: usize = 20;
 
-fn brokers() -> Option<String> {
-    match std::env::var("TRIKE_TEST_KAFKA_BROKERS") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ if std::env::var("CI").is_ok() => {
-            panic!("CI must provide TRIKE_TEST_KAFKA_BROKERS (scripts/test starts tansu)")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: set TRIKE_TEST_KAFKA_BROKERS to a Kafka-protocol broker (scripts/test starts one)"
-            );
-            None
-        }
-    }
-}
+#[path = "common/required.rs"]
+mod required;
+use required::brokers;
 
 #[path = "common/ports.rs"]
 mod ports;

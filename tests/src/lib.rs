@@ -4,6 +4,8 @@
 mod chromium;
 #[path = "../bin/common/ports.rs"]
 mod ports;
+#[path = "../bin/common/required.rs"]
+mod required;
 mod run;
 pub use chromium::{chromium, run_chromium};
 pub use run::run_id;
@@ -181,18 +183,7 @@ pub fn checkout(version: &str, error_ratio: f64) -> trike::synth::Service {
 /// which starts tansu). Without it: `None` and a SKIPPED line locally; a panic under CI, where
 /// the broker must be there.
 pub fn real_brokers() -> Option<String> {
-    match std::env::var("TRIKE_TEST_KAFKA_BROKERS") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ if std::env::var("CI").is_ok() => {
-            panic!("CI must provide TRIKE_TEST_KAFKA_BROKERS (scripts/test starts tansu)")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: set TRIKE_TEST_KAFKA_BROKERS to a Kafka-protocol broker (scripts/test starts one)"
-            );
-            None
-        }
-    }
+    required::brokers()
 }
 
 /// Every record on `topic` (all partitions, from the beginning) as JSON, with its key: reads
@@ -274,18 +265,11 @@ pub mod pki;
 /// `.ci/run` makes, which `scripts/test` finds). None (and SKIPPED) locally without it; a
 /// panic in CI.
 pub fn test_python() -> Option<String> {
-    match std::env::var("TRIKE_TEST_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ if std::env::var("CI").is_ok() => {
-            panic!("CI must provide TRIKE_TEST_PYTHON (.ci/run installs its venv)")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: set TRIKE_TEST_PYTHON to a Python with deploy/requirements-check.txt installed (.ci/run makes ~/.cache/trike-py)"
-            );
-            None
-        }
-    }
+    required::required_env(
+        "TRIKE_TEST_PYTHON",
+        "a Python with deploy/requirements-check.txt installed",
+        ".ci/run makes ~/.cache/trike-py",
+    )
 }
 
 /// One sample of a `/metrics` exposition, as the Prometheus project's own text-format parser

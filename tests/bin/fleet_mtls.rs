@@ -1,0 +1,129 @@
+//! Fleet members under mTLS, as separate `trike run --role …` processes on the real broker
+//! (tansu, started by `scripts/test`): a gateway and a processor whose certificates name only
+//! `trike-member`, asking each other over HTTPS.
+//!
+//! Needs `TRIKE_TEST_KAFKA_BROKERS`; without it the test says SKIPPED locally and fails in CI.
+
+#[path = "../src/run.rs"]
+mod run;
+
+// Shared with trike-tests, which uses all of it.
+#[allow(dead_code)]
+#[path = "../src/pki.rs"]
+mod pki;
+
+#[path = "common/required.rs"]
+mod required;
+use required::brokers;
+
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_port;
+
+#[allow(dead_code)]
+#[path = "common/members.rs"]
+mod members;
+use members::*;
+
+use rand::SeedableRng;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Guarantees: under mTLS (`tls.client_ca_file`, members advertising `https://`), a member
+/// asks another with its own certificate and checks the other's against `fleet.server_name`
+/// (the members' certificates name `trike-member`, not their address): a gateway answers for a
+/// service with its owner's counts, exactly what it acknowledged, and its list names no member
+/// unreachable; Argo's analysis asked at the gateway is judged by the owner, on its counts.
+#[test]
+fn members_ask_each_other_over_mtls() {
+    let Some(brokers) = brokers() else { return };
+    let run = run::run_id();
+    let dir = std::env::temp_dir().join(format!("trike-fleet-mtls-{run}"));
+    let pki = pki::Pki::write(&dir.join("pki"));
+    let (tls, server_name) = pki.member_yaml();
+    let cfg = write_config(
+        &dir,
+        "member.yaml",
+        &format!(
+            "{tls}fleet: {{ partials_topic: mtls{run}.partials, changelog_topic: mtls{run}.changelog, members_topic: mtls{run}.members, group_id: trike-mtls-{run}, partitions: 2, flush_interval: 250ms, {server_name} }}\n\
+             kafka: {{ brokers: \"{brokers}\", control_topic: mtls{run}.control }}\n"
+        ),
+    );
+    let processor = spawn_with(&cfg, "processor", free_port(), Some(&pki));
+    let gateway = spawn_with(&cfg, "gateway", free_port(), Some(&pki));
+    wait_owned(&processor, 2, Duration::from_secs(60));
+
+    // OTLP/HTTP to the gateway, through TLS with the client certificate.
+    let mut acked = Acked::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    for version in ["1.0", "1.1"] {
+        let req = svc("checkout", version, 0.1).request(50, now, 200_000_000, &mut rng);
+        let r = gateway
+            .client
+            .post(format!(
+                "https://{}:{}/v1/traces",
+                pki::MEMBER,
+                gateway.http
+            ))
+            .header("content-type", "application/x-protobuf")
+            .body(prost::Message::encode_to_vec(&req))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text());
+        count(&mut acked, &req);
+    }
+    let want: u64 = acked.values().map(|v| v.0).sum();
+    assert_eq!(want, 100);
+
+    // Asked at the gateway, answered by the owner.
+    let at_gateway = wait_total(&gateway, "checkout", want, Duration::from_secs(30));
+    let at_owner = local_slis(&processor, "checkout");
+    assert_eq!(total(&at_gateway), want, "{at_gateway:?}");
+    assert_eq!(at_gateway, at_owner);
+    let per_series: BTreeMap<(String, String), (u64, u64)> = acked
+        .iter()
+        .map(|((_, route, version), c)| ((route.clone(), version.clone()), *c))
+        .collect();
+    let counted: BTreeMap<(String, String), (u64, u64)> = at_gateway
+        .iter()
+        .map(|(k, v)| (k.clone(), (v.0, v.1)))
+        .collect();
+    assert_eq!(counted, per_series);
+    let list: Value = serde_json::from_str(&get(&gateway, "/api/v1/slis").unwrap()).unwrap();
+    assert!(
+        list["unreachable"].as_array().is_none_or(|u| u.is_empty()),
+        "{}",
+        list["unreachable"]
+    );
+    assert!(
+        list["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["service"] == "checkout"),
+        "{list}"
+    );
+    // Argo's provider asked at the gateway, which holds no data: the owner judges, on its
+    // counts (50 requests an arm: too few for a verdict, but counted).
+    let analysis: Value = serde_json::from_str(
+        &get(
+            &gateway,
+            "/api/v1/analysis?service=checkout&canary=1.1&baseline=1.0",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(analysis["verdict"], "inconclusive", "{analysis}");
+    let evidence = analysis["evidence"].as_array().unwrap();
+    assert!(
+        evidence
+            .iter()
+            .all(|m| m["baseline_n"] == 50 && m["canary_n"] == 50),
+        "{analysis}"
+    );
+}
