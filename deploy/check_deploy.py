@@ -121,7 +121,7 @@ EXECUTOR_KEYS = {
     "log": set(),
 }
 SINK_KEYS = {"stdout": set(), "kafka": set(), "file": {"path"}}
-ACTIONS = {"rollback", "set_weight", "throttle", "page", "ticket", "freeze_deploys", "resolved"}
+ACTIONS = {"rollback", "set_weight", "throttle", "page", "ticket", "freeze_deploys", "promote", "resolved"}
 SPAN_RE = re.compile(r"^(\d+[smhdw])+$")
 SPAN_KEYS = {"timeout", "for", "cooldown", "window", "period", "checkpoint_every", "after",
              "max_lag", "allowed_lateness", "long", "short", "max_actions_window"}

@@ -14,6 +14,7 @@ pub mod facts;
 pub mod observation;
 pub mod partials;
 pub mod policy;
+pub mod rollout;
 pub mod sketch;
 pub mod sli;
 pub mod slo;

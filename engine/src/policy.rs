@@ -9,6 +9,7 @@
 
 use crate::anomaly::{AnomalyPoint, SliMetric};
 use crate::canary::{CanaryResult, Verdict};
+use crate::rollout::{Rollout, RolloutError, RolloutSpec, Rollouts};
 use crate::slo::{Severity, SloStatus, TierStatus};
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,8 @@ pub enum Action {
     Ticket,
     /// Stop deploys to the service.
     FreezeDeploys,
+    /// Make the canary version the one serving (a rollout passed its last step).
+    Promote,
     /// A previous decision's condition cleared.
     Resolved,
 }
@@ -46,6 +49,7 @@ impl Action {
             Action::Page => "page",
             Action::Ticket => "ticket",
             Action::FreezeDeploys => "freeze_deploys",
+            Action::Promote => "promote",
             Action::Resolved => "resolved",
         }
     }
@@ -268,6 +272,21 @@ pub enum Evidence {
     },
     /// An SLI stream deviates from what the detector expects.
     Anomaly(AnomalyPoint),
+    /// A progressive rollout's step and its judge's latest result.
+    Rollout {
+        /// The rollout.
+        rollout_id: String,
+        /// The step, from 1.
+        step: usize,
+        /// Every step's canary weight.
+        steps: Vec<f64>,
+        /// The step's canary weight.
+        weight: f64,
+        /// Where the rollout stands after this decision.
+        phase: crate::rollout::Phase,
+        /// The judge's latest result of the step (none at its start).
+        canary: Option<CanaryResult>,
+    },
     /// Budget below the rule's share.
     Budget {
         /// SLO name.
@@ -359,6 +378,7 @@ pub struct PolicyEngine {
     state: HashMap<(usize, Target), RuleTarget>,
     recent: Vec<VecDeque<UnixNanos>>,
     stats: PolicyStats,
+    rollouts: Rollouts,
 }
 
 fn fnv64(seed: u64, bytes: &[u8]) -> u64 {
@@ -410,7 +430,27 @@ impl PolicyEngine {
             state: HashMap::new(),
             recent,
             stats: PolicyStats::default(),
+            rollouts: Rollouts::default(),
         }
+    }
+
+    /// The progressive rollouts.
+    pub fn rollouts(&self) -> &Rollouts {
+        &self.rollouts
+    }
+
+    /// Starts a progressive rollout at `now` (see [`Rollouts::start`]).
+    pub fn start_rollout(
+        &mut self,
+        spec: RolloutSpec,
+        now: UnixNanos,
+    ) -> Result<(&Rollout, bool), RolloutError> {
+        self.rollouts.start(spec, now)
+    }
+
+    /// Judges the active rollouts at the engine's now and moves them on.
+    pub fn step_rollouts(&mut self, engine: &crate::Engine) -> Vec<Decision> {
+        self.rollouts.step(engine, &self.policy.revision)
     }
 
     /// The policy.
@@ -676,6 +716,9 @@ impl PolicyEngine {
 pub struct PolicySnapshot {
     rules: Vec<RuleSnapshot>,
     stats: PolicyStats,
+    /// Progressive rollouts (absent in checkpoints written before they existed).
+    #[serde(default)]
+    rollouts: Vec<Rollout>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -711,6 +754,7 @@ impl PolicyEngine {
         PolicySnapshot {
             rules,
             stats: self.stats,
+            rollouts: self.rollouts.all().to_vec(),
         }
     }
 
@@ -730,6 +774,7 @@ impl PolicyEngine {
             }
         }
         self.stats = snap.stats;
+        self.rollouts.restore(snap.rollouts);
         dropped
     }
 }
@@ -744,6 +789,7 @@ impl PolicyEngine {
             r.targets.retain(|(t, _)| owns(&t.service));
         }
         snap.stats = PolicyStats::default();
+        snap.rollouts = self.rollouts.of(owns);
         snap
     }
 
@@ -761,12 +807,14 @@ impl PolicyEngine {
                 self.state.insert((ri, t), st);
             }
         }
+        self.rollouts.merge(snap.rollouts);
         dropped
     }
 
     /// Forgets the episodes and cool-downs of the targets whose service `gone` holds.
     pub fn drop_services(&mut self, gone: impl Fn(&str) -> bool) {
         self.state.retain(|(_, t), _| !gone(&t.service));
+        self.rollouts.drop_services(gone);
     }
 }
 

@@ -1,6 +1,6 @@
 //! The decide hook: at most every [`DECIDE_EVERY`] of engine time, gathers the facts (SLOs,
-//! canaries, staleness, anomalies), steps the policy, and leaves the decisions in the tick for
-//! the outbox. Backtests run this very hook, so a replay decides what the processor decided.
+//! canaries, staleness, anomalies), steps the policy and the progressive rollouts, and leaves
+//! the decisions in the tick for the outbox. Backtests run this very hook, so a replay decides what the processor decided.
 
 use crate::hook::{Decided, Hook, Tick};
 use crate::hooks::outbox::DecisionStore;
@@ -88,15 +88,22 @@ impl Decider {
     fn decide(&mut self, engine: &Engine) -> Option<Decided> {
         let now = engine.now();
         let mut policy = self.policy.lock();
-        if policy.policy().rules.is_empty() || now < self.last + DECIDE_EVERY.as_nanos() as u64 {
+        let rules = !policy.policy().rules.is_empty();
+        if !(rules || policy.rollouts().any_active())
+            || now < self.last + DECIDE_EVERY.as_nanos() as u64
+        {
             return None;
         }
         self.last = now;
-        let mut watch = self.watch.lock();
-        watch.sample(engine);
-        let facts = gather(engine, &self.slos, &self.canaries, self.stale, Some(&watch));
-        drop(watch);
-        let decisions = policy.step(now, &facts);
+        let mut decisions = Vec::new();
+        if rules {
+            let mut watch = self.watch.lock();
+            watch.sample(engine);
+            let facts = gather(engine, &self.slos, &self.canaries, self.stale, Some(&watch));
+            drop(watch);
+            decisions = policy.step(now, &facts);
+        }
+        decisions.extend(policy.step_rollouts(engine));
         *self.store.policy_stats.lock() = policy.stats();
         (!decisions.is_empty()).then(|| Decided {
             decisions,

@@ -33,7 +33,7 @@ pub const OUTBOX_MAX: usize = 100;
 pub struct DecisionStore {
     events: Mutex<VecDeque<ControlEvent>>,
     /// Decisions by action (index: position in [`ACTIONS`]).
-    pub by_action: [AtomicU64; 7],
+    pub by_action: [AtomicU64; 8],
     /// Events the sink queue had no room for.
     pub sink_dropped: AtomicU64,
     /// Events the sinks failed to write.
@@ -48,13 +48,14 @@ pub struct DecisionStore {
 }
 
 /// Actions in metric order.
-pub const ACTIONS: [Action; 7] = [
+pub const ACTIONS: [Action; 8] = [
     Action::Rollback,
     Action::SetWeight,
     Action::Throttle,
     Action::Page,
     Action::Ticket,
     Action::FreezeDeploys,
+    Action::Promote,
     Action::Resolved,
 ];
 
