@@ -230,6 +230,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         }
         Role::All | Role::Gateway => None,
     };
+    let policy = (role != Role::Gateway).then(|| decider.policy());
     shard = shard.with_hook(decider).with_hook(outbox);
     if let Some(o) = &owner {
         let every = std::time::Duration::from_secs(cfg.checkpoint_every.secs());
@@ -316,6 +317,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
             None => None,
         },
         role,
+        policy,
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();

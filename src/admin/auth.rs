@@ -189,6 +189,8 @@ mod tests {
             (Method::GET, "/api/v1/slos", Scope::Read),
             (Method::POST, "/api/v1/query", Scope::Read),
             (Method::POST, "/api/v1/reload", Scope::Write),
+            (Method::POST, "/api/v1/rollouts", Scope::Write),
+            (Method::GET, "/api/v1/rollouts", Scope::Read),
             (Method::DELETE, "/api/v1/silences/x", Scope::Write),
         ] {
             assert_eq!(scope_of(&m, p), want, "{m} {p}");

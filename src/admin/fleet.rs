@@ -99,6 +99,7 @@ fn list_key(path: &str) -> Option<&'static str> {
         "/api/v1/canaries" => "canaries",
         "/api/v1/history" => "history",
         "/api/v1/decisions" => "decisions",
+        "/api/v1/rollouts" => "rollouts",
         _ => return None,
     })
 }
@@ -130,11 +131,36 @@ pub(super) async fn ask(
     path_and_query: String,
     creds: Vec<(header::HeaderName, HeaderValue)>,
 ) -> Result<(StatusCode, Vec<u8>), String> {
+    ask_with(
+        client,
+        reqwest::Method::GET,
+        url,
+        path_and_query,
+        creds,
+        None,
+    )
+    .await
+}
+
+/// Calls another member with `method` and an optional JSON body, marked as forwarded.
+pub(super) async fn ask_with(
+    client: reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    path_and_query: String,
+    creds: Vec<(header::HeaderName, HeaderValue)>,
+    body: Option<Vec<u8>>,
+) -> Result<(StatusCode, Vec<u8>), String> {
     let mut req = client
-        .get(format!("{url}{path_and_query}"))
+        .request(method, format!("{url}{path_and_query}"))
         .header(FORWARDED, "1");
     for (n, v) in &creds {
         req = req.header(n.as_str(), v.as_bytes());
+    }
+    if let Some(body) = body {
+        req = req
+            .header(header::CONTENT_TYPE.as_str(), "application/json")
+            .body(body);
     }
     let r = req.send().await.map_err(|e| format!("{url}: {e}"))?;
     let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -142,7 +168,7 @@ pub(super) async fn ask(
     Ok((status, body.to_vec()))
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+pub(super) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 

@@ -7,6 +7,7 @@ mod integrations;
 mod prom;
 pub mod query;
 pub mod revisions;
+pub mod rollouts;
 mod slis;
 
 pub use trike_sinks::rfc3339;
@@ -71,6 +72,8 @@ pub struct AdminState {
     pub fleet: Option<Arc<fleet::FleetView>>,
     /// This process's role in the fleet.
     pub role: crate::config::fleet::Role,
+    /// The policy and its rollouts (none on a gateway). Locked after the engine.
+    pub policy: Option<Arc<parking_lot::Mutex<trike_engine::policy::PolicyEngine>>>,
 }
 
 /// What `/metrics` reads of the Kafka source.
@@ -100,6 +103,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route(
             "/api/v1/flagger/confirm-promotion",
             axum::routing::post(integrations::flagger_confirm_promotion),
+        )
+        .route(
+            "/api/v1/rollouts",
+            get(rollouts::list).post(rollouts::start),
         )
         .route("/api/v1/history", get(history_handler))
         .route("/api/v1/services", get(services_handler))
@@ -143,6 +150,8 @@ async fn index() -> impl IntoResponse {
      GET /api/v1/gate?service=S            deploy strategy from the error budget left (JSON)\n\
      GET /api/v1/decisions?service=S&limit=N  recent control events, newest first (JSON)\n\
      GET /api/v1/canaries?service=S       canary verdicts with their statistics (JSON)\n\
+     GET /api/v1/rollouts?service=S       progressive rollouts: step, verdict, evidence (JSON)\n\
+     POST /api/v1/rollouts                start one (write scope): {\"service\",\"baseline\",\"canary\",\"steps\",\"step_min\",\"step_max\"}\n\
      GET /api/v1/analysis?service=S&canary=V[&baseline=B]  one canary's verdict, always 200 (Argo Rollouts web provider)\n\
      POST /api/v1/flagger/rollout          Flagger rollout hook: 200 unless the canary fails (409)\n\
      POST /api/v1/flagger/confirm-promotion  Flagger confirm-promotion hook: 200 only on pass\n\

@@ -38,6 +38,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         changelog: None,
         fleet: None,
         role: crate::config::fleet::Role::All,
+        policy: None,
     }
 }
 
