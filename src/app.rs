@@ -318,6 +318,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         },
         role,
         policy,
+        deploys: Default::default(),
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
@@ -381,6 +382,9 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
             }),
         ));
     }
+    if let (Some(brokers), true) = (cfg.kafka_brokers.clone(), role != Role::Gateway) {
+        tasks.push(("deploys", start_deploys(&cfg, &brokers, &state, &rx).await?));
+    }
     let kafka_source = match cfg.kafka_ingest.clone() {
         None => None,
         Some(kc) => {
@@ -421,6 +425,61 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         gateway,
         members,
     })
+}
+
+/// Reads deploy events (on a blocking thread) until the shutdown signal.
+async fn start_deploys(
+    cfg: &Config,
+    brokers: &str,
+    state: &Arc<AdminState>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    use rdkafka::consumer::Consumer;
+    let topic = cfg.deploys_topic.clone();
+    let t = trike_sinks::kafka::KafkaSinkConfig {
+        brokers: brokers.to_string(),
+        topic: topic.clone(),
+        partitions: 1,
+        replication: cfg.control_replication,
+        client: cfg.kafka_client.clone(),
+    };
+    tokio::task::spawn_blocking(move || trike_sinks::kafka::ensure_topic(&t))
+        .await?
+        .with_context(|| format!("creating the deploys topic {topic}"))?;
+    let consumer: rdkafka::consumer::BaseConsumer = cfg
+        .kafka_client
+        .apply(
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("group.id", &cfg.deploys_group)
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest"),
+        )
+        .create()
+        .context("the deploy events consumer")?;
+    consumer
+        .subscribe(&[&topic])
+        .with_context(|| format!("subscribing to {topic}"))?;
+    tracing::info!(%topic, group = %cfg.deploys_group, "reading deploy events");
+    let deploys = crate::deploys::Deploys {
+        consumer,
+        max_age: cfg.deploys_max_age,
+        state: state.clone(),
+        token: cfg.auth.member_token.clone(),
+        stats: state.deploys.clone(),
+    };
+    let (rt, stop) = (tokio::runtime::Handle::current(), stop.clone());
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    tokio::spawn(async move {
+        let mut stop = stop;
+        let _ = stop.wait_for(|s| *s).await;
+        set.store(true, Relaxed);
+    });
+    Ok(tokio::task::spawn_blocking(move || {
+        deploys.run(rt, &flag);
+        Ok(())
+    }))
 }
 
 /// Advertises this member on the fleet's directory topic and reads the others'.

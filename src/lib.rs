@@ -7,6 +7,7 @@ pub mod backtest;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod deploys;
 pub mod detect;
 pub mod embedded_broker;
 pub mod query;

@@ -72,6 +72,8 @@ pub struct AdminState {
     pub fleet: Option<Arc<fleet::FleetView>>,
     /// This process's role in the fleet.
     pub role: crate::config::fleet::Role,
+    /// Deploy events read from the deploys topic.
+    pub deploys: Arc<crate::deploys::DeployStats>,
     /// The policy and its rollouts (none on a gateway). Locked after the engine.
     pub policy: Option<Arc<parking_lot::Mutex<trike_engine::policy::PolicyEngine>>>,
 }

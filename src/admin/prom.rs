@@ -16,6 +16,7 @@ pub fn render(s: &AdminState) -> String {
     s.inflight.render(&mut out);
     s.worker.render(&mut out);
     s.decisions.render(&mut out);
+    s.deploys.render(&mut out);
     if let Some((_, a)) = &s.archive {
         a.render(&mut out);
     }

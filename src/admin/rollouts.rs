@@ -90,26 +90,45 @@ pub async fn start(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: S
             );
         }
     };
+    let forwarded = headers.contains_key(FORWARDED);
+    let (status, doc) = start_spec(&s, spec, super::fleet::credentials(&headers), forwarded).await;
+    (status, axum::Json(doc)).into_response()
+}
+
+/// Starts the rollout `spec` here, or at the processor that owns its service (with `creds`);
+/// the status and document `POST /api/v1/rollouts` answers.
+pub async fn start_spec(
+    s: &Arc<AdminState>,
+    spec: RolloutSpec,
+    creds: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
+    forwarded: bool,
+) -> (StatusCode, Value) {
+    let error = |status: StatusCode, message: String| (status, json!({ "error": message }));
     if let Err(e) = spec.validate() {
-        return json_error(StatusCode::BAD_REQUEST, e.to_string());
+        return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     if let Some(view) = s.fleet.as_ref()
-        && !headers.contains_key(FORWARDED)
+        && !forwarded
     {
         match view.members.owner_of(&spec.service) {
             Some(owner) if owner.url != view.members.me() => {
+                let body = serde_json::to_vec(&spec).unwrap_or_default();
                 let answer = super::fleet::ask_with(
                     view.client().clone(),
                     reqwest::Method::POST,
                     owner.url.clone(),
                     "/api/v1/rollouts".into(),
-                    super::fleet::credentials(&headers),
-                    Some(body.into_bytes()),
+                    creds,
+                    Some(body),
                 )
                 .await;
-                return match answer {
-                    Ok((status, body)) => super::fleet::json_response(status, body),
-                    Err(e) => json_error(
+                return match answer.and_then(|(status, body)| {
+                    serde_json::from_slice(&body)
+                        .map(|doc| (status, doc))
+                        .map_err(|e| e.to_string())
+                }) {
+                    Ok(x) => x,
+                    Err(e) => error(
                         StatusCode::BAD_GATEWAY,
                         format!(
                             "the processor that owns {} did not answer: {e}",
@@ -120,7 +139,7 @@ pub async fn start(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: S
             }
             Some(_) => {}
             None if s.policy.is_none() => {
-                return json_error(
+                return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
                         "no processor owns {} yet: retry once the fleet's processors have joined",
@@ -132,7 +151,7 @@ pub async fn start(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: S
         }
     }
     let Some(policy) = s.policy.clone() else {
-        return json_error(
+        return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this member runs no policy (a gateway): send rollouts to a processor".into(),
         );
@@ -146,10 +165,8 @@ pub async fn start(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: S
     };
     let (rollout, created) = match started {
         Ok(x) => x,
-        Err(e @ RolloutError::Overlap { .. }) => {
-            return json_error(StatusCode::CONFLICT, e.to_string());
-        }
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ RolloutError::Overlap { .. }) => return error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     // The first set_weight is decided at the next evaluation (every 200 ms) and reaches the
     // decision store only once it is durable: answer after that.
@@ -185,5 +202,5 @@ pub async fn start(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: S
         (true, false) => StatusCode::ACCEPTED,
         (false, _) => StatusCode::OK,
     };
-    (status, axum::Json(doc)).into_response()
+    (status, doc)
 }

@@ -39,6 +39,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         fleet: None,
         role: crate::config::fleet::Role::All,
         policy: None,
+        deploys: Default::default(),
     }
 }
 

@@ -12,6 +12,9 @@ pub struct AuthConfig {
     pub admin_read: trike_ingest::auth::Tokens,
     /// Admin writes (which also read).
     pub admin_write: trike_ingest::auth::Tokens,
+    /// The first write token: what a member presents when it passes on a call of its own
+    /// (a deploy event's rollout) to the member that owns the service.
+    pub member_token: Option<trike_sinks::Secret>,
 }
 
 /// Tokens shorter than this are refused: a token must not be guessable.
@@ -38,6 +41,7 @@ pub(super) fn validate_auth(a: &super::RawAuth, p: &mut Vec<String>) -> AuthConf
         ingest: tokens(&a.ingest_tokens),
         admin_read: tokens(&a.admin_read_tokens),
         admin_write: tokens(&a.admin_write_tokens),
+        member_token: a.admin_write_tokens.first().cloned(),
     }
 }
 

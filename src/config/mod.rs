@@ -367,6 +367,13 @@ pub struct RawKafka {
     pub control_replication: Option<i32>,
     /// The Kafka source of OTLP records (off unless given).
     pub ingest: Option<RawKafkaIngest>,
+    /// Topic of `io.trike.deploy.started` events that start rollouts (default
+    /// `trike.deploys`; read by every process but a gateway when `brokers` is set).
+    pub deploys_topic: Option<String>,
+    /// Deploy events older than this are skipped (default 10m).
+    pub deploys_max_age: Option<Span>,
+    /// The consumer group of the processes that read deploy events (default `trike-deploys`).
+    pub deploys_group: Option<String>,
     /// librdkafka properties for every Kafka client (TLS, SASL, compression, tuning); `${VAR}`
     /// for secrets.
     #[serde(default)]

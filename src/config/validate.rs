@@ -49,6 +49,12 @@ pub struct Config {
     pub kafka_client: trike_sinks::kafka_client::ClientProps,
     /// Control topic.
     pub control_topic: String,
+    /// Topic of deploy events that start rollouts.
+    pub deploys_topic: String,
+    /// Deploy events older than this are skipped.
+    pub deploys_max_age: Span,
+    /// Their consumer group.
+    pub deploys_group: String,
     /// Sections read and kept for later stages (named in a start-up notice).
     pub deferred_sections: Vec<&'static str>,
     /// Canary comparisons.
@@ -817,6 +823,15 @@ impl Config {
                 .clone()
                 .or(kafka.control_topic)
                 .unwrap_or_else(|| "trike.control".into()),
+            deploys_topic: kafka
+                .deploys_topic
+                .clone()
+                .unwrap_or_else(|| "trike.deploys".into()),
+            deploys_max_age: kafka.deploys_max_age.unwrap_or(Span::minutes(10)),
+            deploys_group: kafka
+                .deploys_group
+                .clone()
+                .unwrap_or_else(|| crate::deploys::GROUP.into()),
             deferred_sections: deferred,
             rule_set,
             canaries,

@@ -126,4 +126,26 @@ fn members_ask_each_other_over_mtls() {
             .all(|m| m["baseline_n"] == 50 && m["canary_n"] == 50),
         "{analysis}"
     );
+    // A rollout started at the gateway, which runs no policy, starts at the owner: listed
+    // there (asked locally) and through the gateway, with its first set_weight.
+    let r = gateway
+        .client
+        .post(format!("{}/api/v1/rollouts", gateway.base))
+        .json(&serde_json::json!({"service": "checkout", "baseline": "1.0", "canary": "1.1", "steps": [20, 100]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let started: Value = r.json().unwrap();
+    assert_eq!(started["announced"], true, "{started}");
+    let at_owner: Value =
+        serde_json::from_str(&get_local(&processor, "/api/v1/rollouts").unwrap()).unwrap();
+    assert_eq!(at_owner["rollouts"][0]["id"], started["id"], "{at_owner}");
+    assert!(
+        get_local(&gateway, "/api/v1/rollouts").is_some_and(|doc| doc.contains("\"rollouts\":[]")),
+        "the gateway holds no rollout itself"
+    );
+    let listed: Value =
+        serde_json::from_str(&get(&gateway, "/api/v1/rollouts?service=checkout").unwrap()).unwrap();
+    assert_eq!(listed["rollouts"][0]["id"], started["id"], "{listed}");
+    assert_eq!(listed["rollouts"][0]["weight"], 20.0, "{listed}");
 }
