@@ -72,6 +72,12 @@ pub struct CanarySpec {
     /// The metrics compared (default: all).
     #[serde(default = "all_metrics")]
     pub metrics: Vec<CanaryMetric>,
+    /// A template, not a pair: every version of the service beside the one carrying the most
+    /// traffic over `window` is judged against it (baseline and canary are empty here; see
+    /// [`expand`]). Written only when set, so the revision of a rule set without templates
+    /// is what it was before templates existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detect: bool,
 }
 
 impl CanarySpec {
@@ -88,8 +94,46 @@ impl CanarySpec {
             error_tolerance: 0.0005,
             latency_tolerance: 0.05,
             metrics: all_metrics(),
+            detect: false,
         }
     }
+
+    /// A template that detects canaries of `service` from its telemetry.
+    pub fn detect(service: &str) -> Self {
+        Self {
+            detect: true,
+            ..Self::new(service, "", "")
+        }
+    }
+}
+
+/// The pairs `specs` ask for at the engine's now: configured pairs as they are, and for each
+/// template (`detect`), one pair per version of the service that had requests over the
+/// template's window beside the version with the most (the baseline). A version configured
+/// as a pair is not detected again.
+pub fn expand(engine: &Engine, specs: &[CanarySpec]) -> Vec<CanarySpec> {
+    let mut out: Vec<CanarySpec> = specs.iter().filter(|s| !s.detect).cloned().collect();
+    for t in specs.iter().filter(|s| s.detect) {
+        let versions = engine.versions_of(&t.service, t.window);
+        let Some((baseline, _)) = versions.first() else {
+            continue;
+        };
+        for (canary, _) in &versions[1..] {
+            if out
+                .iter()
+                .any(|c| c.service == t.service && &c.canary == canary)
+            {
+                continue;
+            }
+            out.push(CanarySpec {
+                baseline: baseline.clone(),
+                canary: canary.clone(),
+                detect: false,
+                ..t.clone()
+            });
+        }
+    }
+    out
 }
 
 /// A verdict.

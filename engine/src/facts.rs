@@ -35,6 +35,7 @@ pub fn gather(
     stale: StaleRule,
     watch: Option<&SliWatch>,
 ) -> Vec<ServiceFacts> {
+    let canaries = &crate::canary::expand(engine, canaries);
     let mut names: Vec<String> = engine.services().iter().map(|s| s.to_string()).collect();
     names.extend(slos.iter().map(|s| s.service.clone()));
     names.extend(canaries.iter().map(|c| c.service.clone()));
@@ -132,5 +133,79 @@ mod tests {
         };
         engine.ingest(&batch, t);
         assert_eq!(stale_of(&engine, &specs, "checkout"), None, "data arrived");
+    }
+
+    /// Scenario: checkout's 1.0 takes 200 requests a second for two minutes; a new 1.1 appears
+    /// with 20 a second, failing half of them; 1.2 (configured as a pair) gets 10; payments
+    /// has one version. The only canary config is `detect: true` for checkout.
+    /// Guarantees: the facts judge 1.1 against 1.0 with the template's thresholds, and fail it;
+    /// the configured pair stays as configured (not detected twice); payments, and a version
+    /// whose traffic left the window, give no pair.
+    #[test]
+    fn a_new_version_is_judged_without_a_config_change() {
+        let mut engine = Engine::new(Arc::new(EngineConfig::default()));
+        let mut template = CanarySpec::detect("checkout");
+        template.window = crate::time::Span::minutes(1);
+        template.min_requests = 100;
+        let specs = [template, CanarySpec::new("checkout", "1.0", "1.2")];
+        let keys = vec![
+            SeriesKey::new("checkout", "/pay", "1.0"),
+            SeriesKey::new("checkout", "/pay", "1.1"),
+            SeriesKey::new("checkout", "/pay", "1.2"),
+            SeriesKey::new("payments", "/charge", "3"),
+            SeriesKey::new("checkout", "/pay", "0.9"),
+        ];
+        for sec in 0..120u64 {
+            let t = T0 + sec * S;
+            let mut requests = Vec::new();
+            for (key, n, bad_every) in [
+                (0u32, 200u64, 1000u64),
+                (1, 20, 2),
+                (2, 10, 1000),
+                (3, 50, 1000),
+            ] {
+                for i in 0..n {
+                    requests.push(RequestObs {
+                        key,
+                        time: t + i * S / n,
+                        latency_ms: 20.0 + (i % 10) as f64,
+                        bad: i % bad_every == bad_every - 1,
+                    });
+                }
+            }
+            if sec < 10 {
+                // An old version, gone a minute before now.
+                requests.push(RequestObs {
+                    key: 4,
+                    time: t,
+                    latency_ms: 20.0,
+                    bad: false,
+                });
+            }
+            let batch = Batch {
+                keys: keys.clone(),
+                requests,
+                ..Default::default()
+            };
+            engine.ingest(&batch, t + S);
+        }
+        engine.advance(T0 + 120 * S);
+        let facts = gather(&engine, &[], &specs, StaleRule::default(), None);
+        let checkout = facts.iter().find(|f| f.service == "checkout").unwrap();
+        let pairs: Vec<(&str, &str, crate::canary::Verdict)> = checkout
+            .canaries
+            .iter()
+            .map(|c| (c.baseline.as_str(), c.canary.as_str(), c.verdict))
+            .collect();
+        use crate::canary::Verdict;
+        assert_eq!(
+            pairs,
+            [("1.0", "1.2", Verdict::Pass), ("1.0", "1.1", Verdict::Fail)]
+        );
+        let payments = facts.iter().find(|f| f.service == "payments").unwrap();
+        assert!(payments.canaries.is_empty());
+        // Judged over the template's 1-minute window (not the default 10m): 59 whole seconds
+        // of 20 requests before the second in progress.
+        assert_eq!(checkout.canaries[1].metrics[0].canary_n, 59 * 20);
     }
 }

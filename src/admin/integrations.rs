@@ -48,9 +48,16 @@ fn judge_here(
     canary: &str,
     baseline: Option<&str>,
 ) -> Value {
-    let configured = s.canaries.iter().find(|c| {
-        c.service == service && c.canary == canary && baseline.is_none_or(|b| b == c.baseline)
-    });
+    let configured = s
+        .canaries
+        .iter()
+        .find(|c| {
+            !c.detect
+                && c.service == service
+                && c.canary == canary
+                && baseline.is_none_or(|b| b == c.baseline)
+        })
+        .or_else(|| s.canaries.iter().find(|c| c.detect && c.service == service));
     let mut spec = configured
         .cloned()
         .unwrap_or_else(|| CanarySpec::new(service, "", canary));
@@ -65,7 +72,7 @@ fn judge_here(
     };
     let baseline = match baseline.map(str::to_string) {
         Some(b) => Some(b),
-        None if configured.is_some() => Some(spec.baseline.clone()),
+        None if configured.is_some_and(|c| !c.detect) => Some(spec.baseline.clone()),
         None => busiest(),
     };
     let Some(baseline) = baseline else {

@@ -388,7 +388,7 @@ async fn canaries_handler(
 ) -> Response {
     let service = p.service.filter(|s| !s.is_empty());
     let judged = with_engine(&s, move |s, engine| {
-        s.canaries
+        trike_engine::canary::expand(engine, &s.canaries)
             .iter()
             .filter(|c| service.as_deref().is_none_or(|svc| svc == c.service))
             .map(|c| trike_engine::canary::judge(engine, c))

@@ -215,10 +215,16 @@ pub struct RawSigning {
 pub struct RawCanary {
     /// Service.
     pub service: String,
-    /// Baseline version.
-    pub baseline: String,
-    /// Canary version.
-    pub canary: String,
+    /// Baseline version (none with `detect`).
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// Canary version (none with `detect`).
+    #[serde(default)]
+    pub canary: Option<String>,
+    /// Detect canaries from telemetry: every version beside the one carrying the most traffic
+    /// over the window is judged against it.
+    #[serde(default)]
+    pub detect: bool,
     /// Time range compared, ending now (default 10m).
     #[serde(default)]
     pub window: Option<Span>,

@@ -242,6 +242,24 @@ policies:
         ok.canaries[0].metrics,
         vec![trike_engine::canary::CanaryMetric::Latency]
     );
+    // Canary detection: a template without versions; versions with it, or neither, are refused.
+    let problems = load(
+        r#"canary: [ { service: s, detect: true, canary: "2" }, { service: s, baseline: "1" }, { service: t } ]"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        problems,
+        [
+            "canary[0]: detect: true finds the versions itself; remove baseline and canary (or detect)",
+            "canary[1]: give baseline and canary versions (missing: canary), or detect: true",
+            "canary[2]: give baseline and canary versions (missing: baseline, canary), or detect: true",
+        ]
+    );
+    let ok =
+        load("canary: [ { service: s, detect: true, window: 5m, min_requests: 200 } ]").unwrap();
+    let c = &ok.canaries[0];
+    assert!(c.detect && c.baseline.is_empty() && c.canary.is_empty());
+    assert_eq!((c.window.secs(), c.min_requests), (300, 200));
 }
 
 /// Guarantees: `check-config` (which prints the validated config) shows secrets as `***`:

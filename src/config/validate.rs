@@ -241,10 +241,33 @@ fn canaries(p: &mut Vec<String>, raw: Vec<super::RawCanary>) -> Vec<CanarySpec> 
     let mut out = Vec::new();
     for (i, c) in raw.into_iter().enumerate() {
         let f = format!("canary[{i}]");
-        if c.baseline == c.canary {
-            p.push(format!("{f}: baseline and canary are both {:?}", c.canary));
-        }
-        let mut spec = CanarySpec::new(&c.service, &c.baseline, &c.canary);
+        let mut spec = match (c.detect, c.baseline, c.canary) {
+            (true, None, None) => CanarySpec::detect(&c.service),
+            (true, _, _) => {
+                p.push(format!(
+                    "{f}: detect: true finds the versions itself; remove baseline and canary (or detect)"
+                ));
+                CanarySpec::detect(&c.service)
+            }
+            (false, Some(b), Some(v)) => {
+                if b == v {
+                    p.push(format!("{f}: baseline and canary are both {v:?}"));
+                }
+                CanarySpec::new(&c.service, &b, &v)
+            }
+            (false, b, v) => {
+                p.push(format!(
+                    "{f}: give baseline and canary versions (missing: {}), or detect: true",
+                    [("baseline", b.is_none()), ("canary", v.is_none())]
+                        .iter()
+                        .filter(|x| x.1)
+                        .map(|x| x.0)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                CanarySpec::new(&c.service, "", "")
+            }
+        };
         if let Some(w) = c.window {
             if w.secs() > 3600 {
                 p.push(format!(

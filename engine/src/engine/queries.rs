@@ -158,6 +158,22 @@ impl Engine {
         out
     }
 
+    /// The versions of `service` with requests over a window ending now, and their request
+    /// counts, most requests first (ties by name).
+    pub fn versions_of(&self, service: &str, window: Span) -> Vec<(String, u64)> {
+        let now_s = secs(self.now);
+        let mut by: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for e in self.entries.iter().filter(|e| &*e.key.service == service) {
+            let n = e.state.sums(now_s, window.secs()).requests;
+            if n > 0 {
+                *by.entry(&e.key.version).or_default() += n;
+            }
+        }
+        let mut out: Vec<(String, u64)> = by.into_iter().map(|(v, n)| (v.to_string(), n)).collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+
     /// Requests, errors and the merged latency digest of one service version over a window
     /// ending now (the digest is None beyond the 1 h digest history).
     pub fn version_totals(
