@@ -57,6 +57,9 @@ pub struct Running {
     gateway: Option<trike_runtime::fleet::gateway::Gateway>,
     /// The fleet's directory: stopped first (a tombstone), so the others stop routing here.
     members: Option<Arc<Members>>,
+    /// The deploy events reader: given a moment at shutdown, not waited for (it may still be
+    /// creating its topic on a broker that does not answer).
+    deploys: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 /// How long open HTTP requests may take to finish at shutdown.
@@ -382,9 +385,12 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
             }),
         ));
     }
-    if let (Some(brokers), true) = (cfg.kafka_brokers.clone(), role != Role::Gateway) {
-        tasks.push(("deploys", start_deploys(&cfg, &brokers, &state, &rx).await?));
-    }
+    let deploys = match (cfg.kafka_brokers.clone(), role) {
+        (Some(brokers), Role::All | Role::Processor) => {
+            Some(start_deploys(&cfg, &brokers, &state, &rx)?)
+        }
+        _ => None,
+    };
     let kafka_source = match cfg.kafka_ingest.clone() {
         None => None,
         Some(kc) => {
@@ -424,11 +430,13 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         archive,
         gateway,
         members,
+        deploys,
     })
 }
 
-/// Reads deploy events (on a blocking thread) until the shutdown signal.
-async fn start_deploys(
+/// Reads deploy events (on a blocking thread, which first creates the topic when it is
+/// missing) until the shutdown signal.
+fn start_deploys(
     cfg: &Config,
     brokers: &str,
     state: &Arc<AdminState>,
@@ -443,9 +451,6 @@ async fn start_deploys(
         replication: cfg.control_replication,
         client: cfg.kafka_client.clone(),
     };
-    tokio::task::spawn_blocking(move || trike_sinks::kafka::ensure_topic(&t))
-        .await?
-        .with_context(|| format!("creating the deploys topic {topic}"))?;
     let consumer: rdkafka::consumer::BaseConsumer = cfg
         .kafka_client
         .apply(
@@ -457,10 +462,6 @@ async fn start_deploys(
         )
         .create()
         .context("the deploy events consumer")?;
-    consumer
-        .subscribe(&[&topic])
-        .with_context(|| format!("subscribing to {topic}"))?;
-    tracing::info!(%topic, group = %cfg.deploys_group, "reading deploy events");
     let deploys = crate::deploys::Deploys {
         consumer,
         max_age: cfg.deploys_max_age,
@@ -468,6 +469,7 @@ async fn start_deploys(
         token: cfg.auth.member_token.clone(),
         stats: state.deploys.clone(),
     };
+    let group = cfg.deploys_group.clone();
     let (rt, stop) = (tokio::runtime::Handle::current(), stop.clone());
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();
@@ -477,6 +479,14 @@ async fn start_deploys(
         set.store(true, Relaxed);
     });
     Ok(tokio::task::spawn_blocking(move || {
+        if let Err(e) = trike_sinks::kafka::ensure_topic(&t) {
+            tracing::warn!(%topic, error = %e, "the deploys topic could not be created; reading it once it exists");
+        }
+        deploys
+            .consumer
+            .subscribe(&[&topic])
+            .with_context(|| format!("subscribing to {topic}"))?;
+        tracing::info!(%topic, %group, "reading deploy events");
         deploys.run(rt, &flag);
         Ok(())
     }))
@@ -618,6 +628,9 @@ impl Running {
             tokio::task::spawn_blocking(move || m.stop()).await.ok();
         }
         let _ = self.shutdown.send(true);
+        if let Some(d) = self.deploys.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), d).await;
+        }
         // A gateway's source is stopped after the gateway (below), so what it read and the
         // gateway published is committed; otherwise the source stops first.
         if self.gateway.is_none()

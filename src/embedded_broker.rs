@@ -101,7 +101,8 @@ impl EmbeddedBroker {
 }
 
 /// Every topic `cfg` uses, with the partitions to create it with: the control topic, the
-/// actuators' outcome and claim topics, the ingest topics and the dead-letter topic.
+/// actuators' outcome and claim topics, the deploys topic, the ingest topics and the
+/// dead-letter topic.
 pub fn topics_of(cfg: &Config) -> Vec<(String, i32)> {
     let mut topics = vec![
         (cfg.control_topic.clone(), cfg.control_partitions),
@@ -110,6 +111,7 @@ pub fn topics_of(cfg: &Config) -> Vec<(String, i32)> {
             cfg.actuator.claims_topic.clone(),
             trike_actuate::claims::PARTITIONS,
         ),
+        (cfg.deploys_topic.clone(), 1),
     ];
     match &cfg.kafka_ingest {
         Some(k) => {
@@ -212,7 +214,8 @@ mod tests {
                 "otlp_spans",
                 "trike.actions",
                 "trike.actuator.claims",
-                "trike.control"
+                "trike.control",
+                "trike.deploys"
             ]
         );
         let broker = EmbeddedBroker::for_config(&mut cfg).unwrap().unwrap();
