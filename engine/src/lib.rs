@@ -6,6 +6,7 @@
 
 pub mod anomaly;
 pub mod canary;
+pub mod canary_seq;
 pub mod config;
 pub mod delta;
 pub mod engine;
