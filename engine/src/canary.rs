@@ -187,6 +187,9 @@ pub struct CanaryResult {
     pub score: f64,
     /// Per metric.
     pub metrics: Vec<MetricResult>,
+    /// The sequential test's evidence, when it runs beside the exact one (a rollout's steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequential: Option<crate::canary_seq::SeqEvidence>,
 }
 
 /// One arm's data.
@@ -309,6 +312,7 @@ pub fn judge_arms(spec: &CanarySpec, baseline: &Arm, canary: &Arm) -> CanaryResu
         verdict,
         score,
         metrics,
+        sequential: None,
     }
 }
 

@@ -342,6 +342,71 @@ impl Sequential {
     }
 }
 
+/// What the evidence of a judged comparison carries of the sequential test.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeqEvidence {
+    /// Its verdict (fail, pass, or inconclusive until one test crossed).
+    pub verdict: Verdict,
+    /// Errors.
+    pub errors: SeqMetric,
+    /// Latency (its deciles freeze after the baseline's first [`FREEZE_AFTER`] requests).
+    pub latency: SeqMetric,
+    /// Canary requests it has seen.
+    pub canary_n: u64,
+    /// Baseline requests it has seen.
+    pub baseline_n: u64,
+    /// Its thresholds.
+    pub alpha_fail: f64,
+    /// Its thresholds.
+    pub alpha_pass: f64,
+}
+
+impl Sequential {
+    /// The evidence now.
+    pub fn evidence(&self) -> SeqEvidence {
+        SeqEvidence {
+            verdict: self.verdict(),
+            errors: self.errors(),
+            latency: self.latency(),
+            canary_n: self.totals[0],
+            baseline_n: self.totals[2],
+            alpha_fail: self.cfg.alpha_fail,
+            alpha_pass: self.cfg.alpha_pass,
+        }
+    }
+}
+
+impl ArmDelta {
+    /// `requests` and `errors` with their latency `digest` placed in `deciles` (per decile:
+    /// the digest's share, rounded).
+    pub fn of(
+        requests: u64,
+        errors: u64,
+        digest: Option<&TDigest>,
+        deciles: Option<&[f64]>,
+    ) -> Self {
+        let bins = match (digest, deciles) {
+            (Some(d), Some(q)) if d.count() > 0 => {
+                let n = d.count() as f64;
+                let at: Vec<f64> = q.iter().map(|&x| d.cdf(x) * n).chain([n]).collect();
+                (0..BINS)
+                    .map(|j| {
+                        let below = if j == 0 { 0.0 } else { at[j - 1] };
+                        (at[j] - below).round().max(0.0) as u64
+                    })
+                    .collect()
+            }
+            (_, Some(_)) => vec![0; BINS],
+            _ => Vec::new(),
+        };
+        Self {
+            requests,
+            errors,
+            bins,
+        }
+    }
+}
+
 const fn verdict(failed: bool, passed: bool) -> Verdict {
     if failed {
         Verdict::Fail

@@ -33,6 +33,7 @@ fn canary(verdict: Verdict) -> CanaryResult {
             baseline_n: 9000,
             canary_n: 1000,
         }],
+        sequential: None,
     }
 }
 

@@ -19,6 +19,7 @@
 
 use crate::Engine;
 use crate::canary::{CanaryMetric, CanaryResult, CanarySpec, Verdict, arm, judge_arms};
+use crate::canary_seq::{ArmDelta, SeqConfig, Sequential};
 use crate::policy::{Action, Decision, Evidence, Target, decision_id};
 use crate::slo::Severity;
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos};
@@ -65,7 +66,35 @@ pub struct RolloutSpec {
     /// Requests each arm needs in a step before the judge decides.
     #[serde(default = "default_min_requests")]
     pub min_requests: u64,
+    /// Which test decides a step: `sequential` (default: anytime-valid, so a step fails or
+    /// passes as soon as the evidence is there) or `exact` (the fixed-horizon judge of
+    /// `/api/v1/canaries`). The evidence carries both.
+    #[serde(default)]
+    pub judge: Judge,
 }
+
+/// The test that decides a rollout's steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Judge {
+    /// [`crate::canary_seq`], reset at each step. A step at 100 % leaves the baseline no
+    /// traffic to compare at the same time: the exact test judges it.
+    #[default]
+    Sequential,
+    /// [`crate::canary::judge_arms`] over the step's requests.
+    Exact,
+}
+
+/// The sequential test of a step and the last second it took.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepTest {
+    test: Sequential,
+    done_s: u64,
+}
+
+/// Seconds the sequential test takes in one look, at most (after a restore it catches up
+/// over a few looks).
+const CATCH_UP_S: u64 = 60;
 
 impl RolloutSpec {
     /// A spec with the default steps, durations and sample size.
@@ -78,6 +107,7 @@ impl RolloutSpec {
             step_min: default_step_min(),
             step_max: default_step_max(),
             min_requests: default_min_requests(),
+            judge: Judge::default(),
         }
     }
 
@@ -212,6 +242,9 @@ pub struct Rollout {
     pub passed: Vec<StepRecord>,
     /// Ids of its decisions, in order.
     pub decisions: Vec<String>,
+    /// The current step's sequential test.
+    #[serde(default)]
+    pub test: Option<StepTest>,
 }
 
 impl Rollout {
@@ -368,6 +401,7 @@ impl Rollouts {
             page: None,
             passed: Vec::new(),
             decisions: Vec::new(),
+            test: None,
         });
         self.trim();
         Ok((self.items.last().expect("just pushed"), true))
@@ -432,7 +466,7 @@ impl Rollouts {
             if !r.announced {
                 announce(r, &mut emit);
             }
-            let result = judge(engine, r);
+            let result = judge(engine, r, now);
             let elapsed = now.saturating_sub(r.step_started);
             r.verdict = result.verdict;
             r.judged_at = now;
@@ -502,6 +536,7 @@ impl Rollouts {
                         r.phase = Phase::Running;
                         r.verdict = Verdict::Inconclusive;
                         r.evidence = None;
+                        r.test = None;
                         announce(r, &mut emit);
                     }
                 }
@@ -607,22 +642,50 @@ fn resolve_page(r: &mut Rollout, emit: &mut impl FnMut(&mut Rollout, Emit<'_>), 
 }
 
 /// Judges the current step of `r`: both arms over the step's time range (the baseline since
-/// the rollout started when the step leaves it no traffic).
-fn judge(engine: &Engine, r: &Rollout) -> CanaryResult {
-    let now = engine.now();
+/// the rollout started when the step leaves it no traffic); the sequential test takes what the
+/// seconds completed since its last look and, when it is the step's judge, decides the verdict.
+fn judge(engine: &Engine, r: &mut Rollout, now: UnixNanos) -> CanaryResult {
     let window = |since: UnixNanos| Span(now.saturating_sub(since).div_ceil(NANOS_PER_SEC).max(1));
     let step = window(r.step_started);
-    let base = if r.weight() >= 100.0 {
-        window(r.started_at)
-    } else {
-        step
-    };
+    let full = r.weight() >= 100.0;
+    let base = if full { window(r.started_at) } else { step };
     let mut spec = CanarySpec::new(&r.spec.service, &r.spec.baseline, &r.spec.canary);
     spec.min_requests = r.spec.min_requests;
     spec.window = step;
     let b = arm(engine, &r.spec.service, &r.spec.baseline, base);
     let c = arm(engine, &r.spec.service, &r.spec.canary, step);
-    judge_arms(&spec, &b, &c)
+    let mut result = judge_arms(&spec, &b, &c);
+    if full {
+        return result;
+    }
+    let t = r.test.get_or_insert_with(|| StepTest {
+        test: Sequential::new(SeqConfig {
+            error_tolerance: spec.error_tolerance,
+            ..SeqConfig::default()
+        }),
+        done_s: (r.step_started / NANOS_PER_SEC).saturating_sub(1),
+    });
+    if let Some(d) = &b.digest {
+        t.test.freeze_from(d);
+    }
+    // Each second once it is complete (the second in progress waits for the next look).
+    let last = (now / NANOS_PER_SEC).saturating_sub(1);
+    let q = t.test.deciles().map(<[f64]>::to_vec);
+    for second in t.done_s + 1..=last.min(t.done_s + CATCH_UP_S) {
+        let arm_at = |version: &str| {
+            let (n, e, d) = engine.version_totals_at(&r.spec.service, version, second, Span(1));
+            ArmDelta::of(n, e, d.as_ref(), q.as_deref())
+        };
+        t.test
+            .update(&arm_at(&r.spec.canary), &arm_at(&r.spec.baseline));
+        t.done_s = second;
+    }
+    let evidence = t.test.evidence();
+    if r.spec.judge == Judge::Sequential {
+        result.verdict = evidence.verdict;
+    }
+    result.sequential = Some(evidence);
+    result
 }
 
 #[cfg(test)]

@@ -1,18 +1,21 @@
-//! Rollouts on the simulated clock: a service takes 100 requests a second, split between
-//! baseline and canary by the weight of the rollout's current step; the policy is stepped
-//! every second of engine time.
+//! Rollouts on the simulated clock: a service takes 400 requests a second (20 a second on the
+//! canary at its first step), split between baseline and canary by the weight of the
+//! rollout's current step; the policy is stepped every second of engine time.
 
 use super::*;
 use crate::EngineConfig;
 use crate::observation::{Batch, RequestObs, SeriesKey};
 use crate::policy::{Policy, PolicyEngine};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, LogNormal};
 use std::sync::Arc;
 
 const S: u64 = NANOS_PER_SEC;
 const T0: u64 = 1_800_000_000 * S;
-const RATE: u64 = 100;
+const RATE: u64 = 400;
 
-/// How a version behaves: one request in `error_every` fails; latency is scaled.
+/// How a version behaves: one request in `error_every` fails (on average); latency is scaled.
 #[derive(Clone, Copy)]
 struct Behaviour {
     error_every: u64,
@@ -28,8 +31,8 @@ struct Sim {
     engine: Engine,
     policy: PolicyEngine,
     now: UnixNanos,
-    /// Requests sent per version, for deterministic latencies and errors.
-    sent: [u64; 2],
+    /// Latencies (log-normal, 50 ms median) and errors, seeded.
+    rng: StdRng,
     decisions: Vec<Decision>,
     /// Canary requests get no traffic at all (a canary nobody routes to).
     canary_dark: bool,
@@ -43,7 +46,7 @@ impl Sim {
             engine,
             policy: PolicyEngine::new(Policy::new(vec![])),
             now: T0,
-            sent: [0, 0],
+            rng: StdRng::seed_from_u64(3),
             decisions: Vec::new(),
             canary_dark: false,
         }
@@ -81,15 +84,14 @@ impl Sim {
         };
         for (arm, n, b) in [(0, RATE - to_canary, GOOD), (1, to_canary, canary)] {
             for i in 0..n {
-                let seq = self.sent[arm];
-                self.sent[arm] += 1;
-                // A deterministic spread of 20–80 ms, the same sequence for both versions.
-                let u = (seq.wrapping_mul(2_654_435_761) % 1000) as f64 / 1000.0;
+                let latency = LogNormal::new(50f64.ln(), 0.5)
+                    .unwrap()
+                    .sample(&mut self.rng);
                 batch.requests.push(RequestObs {
                     key: arm as u32,
                     time: self.now + i * S / n.max(1),
-                    latency_ms: (20.0 + 60.0 * u) * b.latency_scale,
-                    bad: seq % b.error_every == b.error_every - 1,
+                    latency_ms: latency * b.latency_scale,
+                    bad: self.rng.random_bool(1.0 / b.error_every as f64),
                 });
             }
         }
@@ -148,10 +150,17 @@ fn a_good_canary_is_promoted_through_four_steps() {
     let r = sim.rollout();
     assert_eq!((r.id.as_str(), r.phase), (id.as_str(), Phase::Promoted));
     assert_eq!(r.passed.len(), 4);
-    for s in &r.passed {
-        let took = (s.ended_at - s.started_at) / S;
-        assert!((120..=125).contains(&took), "step {s:?} took {took} s");
-    }
+    // Each step ran step_min at least, and passed as soon as the sequential test did after
+    // that (well before step_max); the step at 100 % has no baseline traffic of its own and is
+    // judged by the exact test against the rollout's baseline requests, at step_min.
+    let took: Vec<u64> = r
+        .passed
+        .iter()
+        .map(|s| (s.ended_at - s.started_at) / S)
+        .collect();
+    eprintln!("steps took {took:?} s");
+    assert!(took.iter().all(|&t| (120..600).contains(&t)), "{took:?}");
+    assert!((120..=125).contains(&took[3]), "{took:?}");
     let promote = sim.decisions.last().unwrap();
     assert_eq!(step_of(promote), 4);
     assert_eq!(promote.rule, RULE);
@@ -213,7 +222,10 @@ fn a_bad_canary_is_rolled_back_at_the_step_where_it_goes_bad() {
     else {
         panic!()
     };
-    assert_eq!(c.metrics[0].verdict, Verdict::Fail);
+    // Decided by the sequential test's errors; the exact test's numbers ride along.
+    let seq = c.sequential.as_ref().unwrap();
+    assert_eq!(seq.errors.verdict, Verdict::Fail, "{seq:?}");
+    assert!(seq.errors.e_fail >= 100.0, "{seq:?}");
     assert!(c.metrics[0].canary.unwrap() > 0.03, "{c:?}");
     assert_eq!(sim.rollout().phase, Phase::RolledBack);
     assert!(!sim.policy.rollouts().any_active());
@@ -361,4 +373,38 @@ fn a_restored_rollout_goes_on_with_the_same_ids() {
     assert_eq!(other.rollouts().all(), straight.policy.rollouts().all());
     other.drop_services(|s| s == "checkout");
     assert!(other.rollouts().all().is_empty());
+}
+
+/// Scenario: the good canary of the first test, with `judge: exact`, for ten minutes.
+/// Guarantees: the fixed-horizon judge decides every step (each judged decision's verdict is
+/// the worst of the exact metrics' verdicts), and the evidence still carries the sequential
+/// test's numbers below 100 %. (Read every second, the exact judge may roll a good canary
+/// back: `canary_seq`'s tests measure how often.)
+#[test]
+fn the_exact_judge_is_an_option() {
+    let mut sim = Sim::new();
+    let mut s = spec();
+    s.judge = Judge::Exact;
+    sim.start(s);
+    sim.run(10 * 60, GOOD);
+    let mut judged = 0;
+    for d in &sim.decisions {
+        let Evidence::Rollout {
+            canary: Some(c),
+            weight,
+            ..
+        } = &d.evidence
+        else {
+            continue;
+        };
+        judged += 1;
+        let worst = c.metrics.iter().map(|m| m.verdict).max().unwrap();
+        assert_eq!(c.verdict, worst, "{d:?}");
+        assert_eq!(c.sequential.is_some(), *weight < 100.0, "{d:?}");
+    }
+    assert!(judged >= 1, "{:?}", sim.actions());
+    let r = sim.rollout();
+    assert!(!r.phase.active(), "decided within ten minutes: {r:?}");
+    let json = serde_json::to_value(&r.spec).unwrap();
+    assert_eq!(json["judge"], "exact");
 }

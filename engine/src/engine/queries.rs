@@ -182,7 +182,19 @@ impl Engine {
         version: &str,
         window: Span,
     ) -> (u64, u64, Option<TDigest>) {
-        let now_s = secs(self.now);
+        self.version_totals_at(service, version, secs(self.now), window)
+    }
+
+    /// Like [`Engine::version_totals`], over the window ending at second `end_s` (included)
+    /// instead of now: `(s, Span(1))` is second `s` alone, while it is in the 1 s history.
+    pub fn version_totals_at(
+        &self,
+        service: &str,
+        version: &str,
+        end_s: u64,
+        window: Span,
+    ) -> (u64, u64, Option<TDigest>) {
+        let now_s = end_s;
         let window_s = window.secs();
         let (mut requests, mut errors) = (0, 0);
         let mut digest = Some(TDigest::new(self.cfg.digest_compression));
