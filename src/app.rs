@@ -109,6 +109,50 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// How often the config file is checked for a change.
+const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads the rule set on `SIGHUP` and when the config file's content changes (a
+/// Kubernetes ConfigMap update swaps the file), until the shutdown signal.
+async fn watch_for_reloads(
+    r: Arc<crate::reload::Reloader>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
+    let mut tick = tokio::time::interval(RELOAD_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hup_recv = hup.recv();
+        #[cfg(not(unix))]
+        let hup_recv = std::future::pending::<Option<()>>();
+        let trigger = tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            _ = hup_recv => Some("SIGHUP"),
+            _ = tick.tick() => Some(""),
+        };
+        let trigger = match trigger {
+            None => return Ok(()),
+            Some("") => {
+                let r = r.clone();
+                if !tokio::task::spawn_blocking(move || r.file_changed())
+                    .await
+                    .unwrap_or(false)
+                {
+                    continue;
+                }
+                "the config file changed"
+            }
+            Some(t) => t,
+        };
+        let r = r.clone();
+        // (The outcome is logged and counted by the reloader.)
+        let _ = tokio::task::spawn_blocking(move || r.reload(trigger)).await;
+    }
+}
+
 /// Starts everything `cfg` describes.
 pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     let embedded_broker = EmbeddedBroker::for_config(&mut cfg)?;
@@ -234,6 +278,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         Role::All | Role::Gateway => None,
     };
     let policy = (role != Role::Gateway).then(|| decider.policy());
+    let (decide_rules, reload_policy) = (decider.rules(), decider.policy());
     shard = shard.with_hook(decider).with_hook(outbox);
     if let Some(o) = &owner {
         let every = std::time::Duration::from_secs(cfg.checkpoint_every.secs());
@@ -285,14 +330,29 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
             progress.clone(),
         )?),
     };
+    let rules = Arc::new(parking_lot::RwLock::new(Arc::new(admin::RuleSet {
+        slos: cfg.slos.clone(),
+        canaries: cfg.canaries.clone(),
+        revision: cfg.policy.revision.clone(),
+        rule_set: cfg.rule_set.clone(),
+    })));
+    let reloader = crate::reload::Reloader::new(
+        &cfg,
+        crate::reload::Targets {
+            engine: worker.handle().engine().clone(),
+            decide: decide_rules,
+            policy: reload_policy,
+            rules: rules.clone(),
+        },
+    )
+    .map(Arc::new);
     let state = Arc::new(AdminState {
         worker: worker.handle(),
         ingest,
         ready: AtomicBool::new(false),
         metrics_windows: cfg.metrics_windows.clone(),
         metrics_max_services: cfg.metrics_max_services,
-        slos: cfg.slos.clone(),
-        canaries: cfg.canaries.clone(),
+        rules: rules.clone(),
         history: Default::default(),
         archive: archive
             .as_ref()
@@ -301,8 +361,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         decisions: store,
         kafka_source: Default::default(),
         checkpoints: checkpoint_stats,
-        revision: cfg.policy.revision.clone(),
-        rule_set: cfg.rule_set.clone(),
+        reloader: reloader.clone(),
         query: admin::query::QueryService::new(cfg.query).context("starting the query threads")?,
         inflight: pipeline.inflight().clone(),
         auth: admin::auth::AdminAuth::new(&cfg.auth.admin_read, &cfg.auth.admin_write, auth_stats)
@@ -384,6 +443,9 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
                 }
             }),
         ));
+    }
+    if let Some(r) = reloader.clone() {
+        tasks.push(("reload", tokio::spawn(watch_for_reloads(r, rx.clone()))));
     }
     let deploys = match (cfg.kafka_brokers.clone(), role) {
         (Some(brokers), Role::All | Role::Processor) => {

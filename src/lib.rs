@@ -11,4 +11,5 @@ pub mod deploys;
 pub mod detect;
 pub mod embedded_broker;
 pub mod query;
+pub mod reload;
 pub mod synth;

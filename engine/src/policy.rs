@@ -434,6 +434,16 @@ impl PolicyEngine {
         }
     }
 
+    /// Replaces the rules (a reload), keeping the state of every rule whose name is still
+    /// there (its episodes, hysteresis, cool-downs and caps) and the rollouts; returns the
+    /// names of the rules whose state was dropped.
+    pub fn set_policy(&mut self, policy: Policy) -> Vec<String> {
+        let snap = self.snapshot();
+        self.recent = vec![VecDeque::new(); policy.rules.len()];
+        self.policy = policy;
+        self.restore(snap)
+    }
+
     /// The progressive rollouts.
     pub fn rollouts(&self) -> &Rollouts {
         &self.rollouts

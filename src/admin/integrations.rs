@@ -48,7 +48,8 @@ fn judge_here(
     canary: &str,
     baseline: Option<&str>,
 ) -> Value {
-    let configured = s
+    let rules = s.rules();
+    let configured = rules
         .canaries
         .iter()
         .find(|c| {
@@ -57,7 +58,12 @@ fn judge_here(
                 && c.canary == canary
                 && baseline.is_none_or(|b| b == c.baseline)
         })
-        .or_else(|| s.canaries.iter().find(|c| c.detect && c.service == service));
+        .or_else(|| {
+            rules
+                .canaries
+                .iter()
+                .find(|c| c.detect && c.service == service)
+        });
     let mut spec = configured
         .cloned()
         .unwrap_or_else(|| CanarySpec::new(service, "", canary));

@@ -36,10 +36,8 @@ pub struct AdminState {
     pub metrics_windows: Vec<Span>,
     /// Services exported as SLI gauges, at most.
     pub metrics_max_services: usize,
-    /// The SLOs evaluated by `/api/v1/slos` and `/api/v1/gate`.
-    pub slos: Vec<trike_engine::slo::Slo>,
-    /// The canary comparisons judged by `/api/v1/canaries`.
-    pub canaries: Vec<trike_engine::canary::CanarySpec>,
+    /// The running rule set (replaced whole by a reload).
+    pub rules: Arc<parking_lot::RwLock<Arc<RuleSet>>>,
     /// Recent SLIs per service version, for the dashboard's charts.
     pub history: history::History,
     /// The archive's directory and its writer's counters, when configured.
@@ -50,10 +48,8 @@ pub struct AdminState {
     pub kafka_source: parking_lot::Mutex<Option<KafkaSourceHandles>>,
     /// Checkpoint counters, when `state.dir` is set.
     pub checkpoints: Option<Arc<trike_runtime::hooks::checkpoint::CheckpointStats>>,
-    /// The running rule set's revision (stamped on its decisions).
-    pub revision: String,
-    /// The running rule set's canonical text.
-    pub rule_set: String,
+    /// Reloads the rule set (`POST /api/v1/reload`), when the config came from a file.
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
     /// SQL queries: limits, gate and threads.
     pub query: query::QueryService,
     /// Who may call what.
@@ -76,6 +72,26 @@ pub struct AdminState {
     pub deploys: Arc<crate::deploys::DeployStats>,
     /// The policy and its rollouts (none on a gateway). Locked after the engine.
     pub policy: Option<Arc<parking_lot::Mutex<trike_engine::policy::PolicyEngine>>>,
+}
+
+/// The rule set the handlers read: SLOs, canaries, and the revision of the whole.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    /// The SLOs evaluated by `/api/v1/slos` and `/api/v1/gate`.
+    pub slos: Vec<trike_engine::slo::Slo>,
+    /// The canary comparisons judged by `/api/v1/canaries`.
+    pub canaries: Vec<trike_engine::canary::CanarySpec>,
+    /// Its revision (stamped on its decisions).
+    pub revision: String,
+    /// Its canonical text.
+    pub rule_set: String,
+}
+
+impl AdminState {
+    /// The running rule set.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.read().clone()
+    }
 }
 
 /// What `/metrics` reads of the Kafka source.
@@ -110,6 +126,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/api/v1/rollouts",
             get(rollouts::list).post(rollouts::start),
         )
+        .route("/api/v1/reload", axum::routing::post(reload_handler))
         .route("/api/v1/history", get(history_handler))
         .route("/api/v1/services", get(services_handler))
         .route("/api/v1/query", axum::routing::post(query::handler))
@@ -157,6 +174,7 @@ async fn index() -> impl IntoResponse {
      GET /api/v1/analysis?service=S&canary=V[&baseline=B]  one canary's verdict, always 200 (Argo Rollouts web provider)\n\
      POST /api/v1/flagger/rollout          Flagger rollout hook: 200 unless the canary fails (409)\n\
      POST /api/v1/flagger/confirm-promotion  Flagger confirm-promotion hook: 200 only on pass\n\
+     POST /api/v1/reload                  reload SLOs, canaries, policies (write scope; also SIGHUP and a changed config file)\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\
      POST /api/v1/query?limit=N            SQL (body) over live tables and the archive; JSON rows\n\
@@ -254,6 +272,29 @@ pub(crate) fn json_error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
 
+/// `POST /api/v1/reload` (write scope): 200 with what changed, 400 with the problems (the
+/// running rule set stays), 409 when the config came from no file.
+async fn reload_handler(State(s): State<Arc<AdminState>>) -> Response {
+    let Some(r) = s.reloader.clone() else {
+        return json_error(
+            StatusCode::CONFLICT,
+            "this process was started without a config file: there is nothing to reload".into(),
+        );
+    };
+    match tokio::task::spawn_blocking(move || r.reload("POST /api/v1/reload")).await {
+        Ok(Ok(done)) => axum::Json(done).into_response(),
+        Ok(Err(problems)) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({
+                "error": "the config does not validate: the running rule set stays",
+                "problems": problems,
+            })),
+        )
+            .into_response(),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 async fn slis_handler(State(s): State<Arc<AdminState>>, Query(p): Query<SliParams>) -> Response {
     let window: Span = match p.window.as_deref().unwrap_or("5m").parse() {
         Ok(w) => w,
@@ -276,7 +317,8 @@ struct ServiceParam {
 async fn slos_handler(State(s): State<Arc<AdminState>>, Query(p): Query<ServiceParam>) -> Response {
     let service = p.service.filter(|s| !s.is_empty());
     let evaluated = with_engine(&s, move |s, engine| {
-        s.slos
+        s.rules()
+            .slos
             .iter()
             .filter(|slo| service.as_deref().is_none_or(|svc| svc == slo.service))
             .map(|slo| trike_engine::slo::evaluate(engine, slo))
@@ -334,7 +376,8 @@ async fn gate_handler(State(s): State<Arc<AdminState>>, Query(p): Query<ServiceP
     let budget = {
         let service = service.clone();
         with_engine(&s, move |s, engine| {
-            s.slos
+            s.rules()
+                .slos
                 .iter()
                 .filter(|slo| slo.service == service)
                 .map(|slo| trike_engine::slo::evaluate(engine, slo).budget_remaining)
@@ -353,7 +396,7 @@ async fn gate_handler(State(s): State<Arc<AdminState>>, Query(p): Query<ServiceP
         "service": service,
         "budget_remaining": budget.and_then(finite),
         "strategy": strategy,
-        "slos": s.slos.iter().filter(|slo| slo.service == service).count(),
+        "slos": s.rules().slos.iter().filter(|slo| slo.service == service).count(),
     }))
     .into_response()
 }
@@ -388,7 +431,7 @@ async fn canaries_handler(
 ) -> Response {
     let service = p.service.filter(|s| !s.is_empty());
     let judged = with_engine(&s, move |s, engine| {
-        trike_engine::canary::expand(engine, &s.canaries)
+        trike_engine::canary::expand(engine, &s.rules().canaries)
             .iter()
             .filter(|c| service.as_deref().is_none_or(|svc| svc == c.service))
             .map(|c| trike_engine::canary::judge(engine, c))
@@ -418,8 +461,8 @@ async fn history_handler(
 
 async fn services_handler(State(s): State<Arc<AdminState>>) -> Response {
     let mut services = s.history.services();
-    services.extend(s.slos.iter().map(|x| x.service.clone()));
-    services.extend(s.canaries.iter().map(|x| x.service.clone()));
+    services.extend(s.rules().slos.iter().map(|x| x.service.clone()));
+    services.extend(s.rules().canaries.iter().map(|x| x.service.clone()));
     services.sort();
     services.dedup();
     axum::Json(serde_json::json!({ "services": services })).into_response()

@@ -17,6 +17,9 @@ pub fn render(s: &AdminState) -> String {
     s.worker.render(&mut out);
     s.decisions.render(&mut out);
     s.deploys.render(&mut out);
+    if let Some(r) = &s.reloader {
+        r.stats.render(&mut out);
+    }
     if let Some((_, a)) = &s.archive {
         a.render(&mut out);
     }
@@ -89,11 +92,13 @@ fn sloth_series(s: &AdminState, out: &mut String) {
         period: f64,
         current: f64,
     }
+    let rules = s.rules();
     let rows: Vec<Row<'_>> = {
         let engine = s.worker.engine().lock();
         let held: std::collections::BTreeSet<std::sync::Arc<str>> =
             engine.services().into_iter().collect();
-        s.slos
+        rules
+            .slos
             .iter()
             .filter(|slo| {
                 s.role == crate::config::fleet::Role::All || held.contains(slo.service.as_str())

@@ -127,6 +127,7 @@ pub fn live_tables(s: &AdminState) -> trike_sql::Result<LiveTables> {
         })
     };
     let slos: Vec<_> = s
+        .rules()
         .slos
         .iter()
         .filter(|slo| mine(&slo.service))

@@ -45,17 +45,35 @@ fn archived(s: &AdminState) -> Vec<String> {
     out
 }
 
-/// `GET /api/v1/revisions`: `{"current", "revisions": [...]}`.
+/// `GET /api/v1/revisions`: `{"current", "revisions": [...], "reloads": [...]}` (the last
+/// reload attempts, newest first: trigger, time, applied or refused with the problems).
 pub async fn list(State(s): State<Arc<AdminState>>) -> Response {
     let s2 = s.clone();
     let mut revisions = tokio::task::spawn_blocking(move || archived(&s2))
         .await
         .unwrap_or_default();
-    if !revisions.contains(&s.revision) {
-        revisions.push(s.revision.clone());
-        revisions.sort();
+    let earlier = s
+        .reloader
+        .as_ref()
+        .map(|r| r.earlier_revisions())
+        .unwrap_or_default();
+    for r in earlier.into_iter().chain([s.rules().revision.clone()]) {
+        if !revisions.contains(&r) {
+            revisions.push(r);
+        }
     }
-    axum::Json(serde_json::json!({ "current": s.revision, "revisions": revisions })).into_response()
+    revisions.sort();
+    let reloads = s
+        .reloader
+        .as_ref()
+        .map(|r| r.attempts())
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({
+        "current": s.rules().revision,
+        "revisions": revisions,
+        "reloads": reloads,
+    }))
+    .into_response()
 }
 
 /// `GET /api/v1/revisions/{revision}`: `{"revision", "current", "rule_set"}`, or 404.
@@ -66,8 +84,10 @@ pub async fn show(State(s): State<Arc<AdminState>>, Path(revision): Path<String>
             format!("revision: {revision:?} is not a revision (16 hex digits)"),
         );
     }
-    let text = if revision == s.revision {
-        Some(s.rule_set.clone())
+    let text = if revision == s.rules().revision {
+        Some(s.rules().rule_set.clone())
+    } else if let Some(t) = s.reloader.as_ref().and_then(|r| r.earlier(&revision)) {
+        Some(t)
     } else {
         s.archive.as_ref().and_then(|(dir, _)| {
             std::fs::read_to_string(dir.join(DIR).join(format!("{revision}.json"))).ok()
@@ -76,7 +96,7 @@ pub async fn show(State(s): State<Arc<AdminState>>, Path(revision): Path<String>
     match text.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
         Some(rule_set) => axum::Json(serde_json::json!({
             "revision": revision,
-            "current": revision == s.revision,
+            "current": revision == s.rules().revision,
             "rule_set": rule_set,
         }))
         .into_response(),

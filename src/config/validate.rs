@@ -104,6 +104,9 @@ pub struct Config {
     pub tls: Option<trike_ingest::tls::TlsFiles>,
     /// `--role` and `fleet:`.
     pub fleet: super::fleet::FleetConfig,
+    /// The file the config was loaded from and the overrides applied, for a reload (None
+    /// when it came from no file).
+    pub source: Option<(std::path::PathBuf, Overrides)>,
 }
 
 /// Values from flags and `TRIKE_*` variables, which win over the file.
@@ -875,6 +878,7 @@ impl Config {
             tls,
             memory_limit,
             fleet,
+            source: None,
             signing_key_env: raw
                 .signing
                 .key_env
@@ -911,6 +915,8 @@ impl Config {
             let extra = super::openslo::load(&raw.openslo, base)?;
             raw.slos.extend(extra);
         }
-        Config::validate(raw, o)
+        let mut cfg = Config::validate(raw, o)?;
+        cfg.source = path.map(|p| (p.to_path_buf(), o.clone()));
+        Ok(cfg)
     }
 }

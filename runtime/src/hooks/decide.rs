@@ -34,12 +34,22 @@ pub struct DecideSpec {
     pub policy: Policy,
 }
 
+/// What the policy reads besides the engine: replaced whole by a reload.
+#[derive(Clone, Debug)]
+pub struct DecideRules {
+    /// The SLOs.
+    pub slos: Vec<Slo>,
+    /// The canary comparisons (and detection templates).
+    pub canaries: Vec<CanarySpec>,
+    /// When telemetry counts as stale.
+    pub stale: StaleRule,
+}
+
 /// The policy and what it reads, owned by the engine's thread.
 #[derive(Debug)]
 pub struct Decider {
-    slos: Vec<Slo>,
-    canaries: Vec<CanarySpec>,
-    stale: StaleRule,
+    /// Shared with a reload (locked after the engine, before the policy).
+    rules: Arc<Mutex<DecideRules>>,
     /// Shared with a fleet processor's partition owner (locked after the engine).
     policy: Arc<Mutex<PolicyEngine>>,
     store: Arc<DecisionStore>,
@@ -55,9 +65,11 @@ impl Decider {
         // WATCH_MAX_STREAMS streams).
         let watch = SliWatch::new(DetectorConfig::default(), WATCH_EVERY_S, WATCH_MAX_STREAMS);
         Self {
-            slos: spec.slos,
-            canaries: spec.canaries,
-            stale: spec.stale,
+            rules: Arc::new(Mutex::new(DecideRules {
+                slos: spec.slos,
+                canaries: spec.canaries,
+                stale: spec.stale,
+            })),
             policy: Arc::new(Mutex::new(PolicyEngine::new(spec.policy))),
             store,
             last: 0,
@@ -78,6 +90,12 @@ impl Decider {
         self.policy.clone()
     }
 
+    /// The SLOs, canaries and stale rule, shared with a reload. Lock them only while holding
+    /// the engine's lock (before the policy's), or on the engine thread.
+    pub fn rules(&self) -> Arc<Mutex<DecideRules>> {
+        self.rules.clone()
+    }
+
     /// The anomaly watch, shared (a fleet processor moves its services' detectors with their
     /// partitions). Lock it only while holding the engine's lock and then the policy's.
     pub fn watch(&self) -> Arc<Mutex<SliWatch>> {
@@ -87,6 +105,7 @@ impl Decider {
     /// Evaluates when [`DECIDE_EVERY`] has passed since the last evaluation.
     fn decide(&mut self, engine: &Engine) -> Option<Decided> {
         let now = engine.now();
+        let spec = self.rules.lock();
         let mut policy = self.policy.lock();
         let rules = !policy.policy().rules.is_empty();
         if !(rules || policy.rollouts().any_active())
@@ -99,7 +118,7 @@ impl Decider {
         if rules {
             let mut watch = self.watch.lock();
             watch.sample(engine);
-            let facts = gather(engine, &self.slos, &self.canaries, self.stale, Some(&watch));
+            let facts = gather(engine, &spec.slos, &spec.canaries, spec.stale, Some(&watch));
             drop(watch);
             decisions = policy.step(now, &facts);
         }
