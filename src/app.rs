@@ -247,6 +247,12 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     if let Some(a) = &archive {
         outbox = outbox.with_archive(a.handle());
     }
+    let silences = Arc::new(
+        trike_runtime::silences::Silences::open(cfg.state_dir.as_deref())
+            .context("reading the silences in state.dir")?,
+    );
+    silences.set_maintenance(cfg.maintenance.clone());
+    outbox = outbox.with_silences(silences.clone());
     let engine_cfg = Arc::new(cfg.engine.clone());
     let mut engine = trike_engine::Engine::new(engine_cfg.clone());
     // A processor's commits wait for its changelog like a single process's for its checkpoint.
@@ -343,6 +349,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
             decide: decide_rules,
             policy: reload_policy,
             rules: rules.clone(),
+            silences: silences.clone(),
         },
     )
     .map(Arc::new);
@@ -381,6 +388,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         role,
         policy,
         deploys: Default::default(),
+        silences: silences.clone(),
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();

@@ -1,5 +1,6 @@
 //! Reload (DESIGN §9): `SIGHUP`, `POST /api/v1/reload` (write scope) or a change of the config
 //! file's content reloads the rule set — SLOs, canaries, policy rules and the stale rule —
+//! and the maintenance windows
 //! without losing state: the engine's windows are untouched, every rule that keeps its name
 //! keeps its episodes, cool-downs and caps, rollouts go on, and the new revision is stamped on
 //! the decisions that follow (and archived). A config that does not validate changes nothing:
@@ -164,6 +165,7 @@ pub struct Reloader {
     decide: Arc<Mutex<DecideRules>>,
     policy: Arc<Mutex<PolicyEngine>>,
     rules: Arc<RwLock<Arc<RuleSet>>>,
+    silences: Arc<trike_runtime::silences::Silences>,
     archive_dir: Option<PathBuf>,
     /// The restart-only sections as the process runs them.
     running: Vec<(&'static str, String)>,
@@ -198,6 +200,8 @@ pub struct Targets {
     pub policy: Arc<Mutex<PolicyEngine>>,
     /// The admin API's rule set.
     pub rules: Arc<RwLock<Arc<RuleSet>>>,
+    /// Silences, whose maintenance windows the config holds.
+    pub silences: Arc<trike_runtime::silences::Silences>,
 }
 
 impl Reloader {
@@ -212,6 +216,7 @@ impl Reloader {
             decide: targets.decide,
             policy: targets.policy,
             rules: targets.rules,
+            silences: targets.silences,
             archive_dir: cfg.archive.as_ref().map(|a| a.dir.clone()),
             running: restart_only(cfg),
             last_text: Mutex::new(last_text),
@@ -328,6 +333,7 @@ impl Reloader {
             });
             dropped
         };
+        self.silences.set_maintenance(cfg.maintenance);
         self.stats.successes.fetch_add(1, Relaxed);
         self.stats.last_ok.store(true, Relaxed);
         self.stats

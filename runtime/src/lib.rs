@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod hook;
 pub mod hooks;
 pub mod shard;
+pub mod silences;
 pub mod sink_writer;
 pub mod worker;
 

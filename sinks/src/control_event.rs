@@ -92,6 +92,12 @@ pub struct ControlData {
     /// For `resolved`: the decision it resolves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolves: Option<String>,
+    /// Matched by an active silence or maintenance window: recorded, not sent to the sinks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub silenced: bool,
+    /// The silence that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_by: Option<String>,
 }
 
 /// Why bytes are not a control event.
@@ -137,6 +143,8 @@ impl ControlEvent {
                 detected_at: rfc3339(d.detected_at),
                 observed_until: rfc3339(d.observed_until),
                 resolves: d.resolves.clone(),
+                silenced: false,
+                silenced_by: None,
             },
             trikesignature: None,
             trikekeyid: None,

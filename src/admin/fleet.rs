@@ -31,7 +31,7 @@ pub struct FleetView {
 
 impl FleetView {
     /// The live processors.
-    fn processors(&self) -> Vec<Member> {
+    pub(super) fn processors(&self) -> Vec<Member> {
         self.members
             .live()
             .into_iter()

@@ -8,6 +8,7 @@ mod prom;
 pub mod query;
 pub mod revisions;
 pub mod rollouts;
+pub mod silences;
 mod slis;
 
 pub use trike_sinks::rfc3339;
@@ -68,6 +69,8 @@ pub struct AdminState {
     pub fleet: Option<Arc<fleet::FleetView>>,
     /// This process's role in the fleet.
     pub role: crate::config::fleet::Role,
+    /// Silences and maintenance windows (shared with the outbox).
+    pub silences: Arc<trike_runtime::silences::Silences>,
     /// Deploy events read from the deploys topic.
     pub deploys: Arc<crate::deploys::DeployStats>,
     /// The policy and its rollouts (none on a gateway). Locked after the engine.
@@ -127,6 +130,14 @@ pub fn router(state: Arc<AdminState>) -> Router {
             get(rollouts::list).post(rollouts::start),
         )
         .route("/api/v1/reload", axum::routing::post(reload_handler))
+        .route(
+            "/api/v1/silences",
+            get(silences::list).post(silences::create),
+        )
+        .route(
+            "/api/v1/silences/{id}",
+            axum::routing::delete(silences::expire),
+        )
         .route("/api/v1/history", get(history_handler))
         .route("/api/v1/services", get(services_handler))
         .route("/api/v1/query", axum::routing::post(query::handler))
@@ -174,6 +185,9 @@ async fn index() -> impl IntoResponse {
      GET /api/v1/analysis?service=S&canary=V[&baseline=B]  one canary's verdict, always 200 (Argo Rollouts web provider)\n\
      POST /api/v1/flagger/rollout          Flagger rollout hook: 200 unless the canary fails (409)\n\
      POST /api/v1/flagger/confirm-promotion  Flagger confirm-promotion hook: 200 only on pass\n\
+     GET /api/v1/silences                 silences and maintenance windows with their state (JSON)\n\
+     POST /api/v1/silences                silence decisions (write scope): {\"matchers\":[{\"name\",\"value\",\"isRegex\",\"isEqual\"}],\"startsAt\",\"endsAt\",\"createdBy\",\"comment\"}\n\
+     DELETE /api/v1/silences/ID           expire a silence (write scope)\n\
      POST /api/v1/reload                  reload SLOs, canaries, policies (write scope; also SIGHUP and a changed config file)\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\

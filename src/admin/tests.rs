@@ -38,6 +38,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         role: crate::config::fleet::Role::All,
         policy: None,
         deploys: Default::default(),
+        silences: Default::default(),
     }
 }
 

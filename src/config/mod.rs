@@ -38,6 +38,8 @@ pub struct RawConfig {
     pub openslo: Vec<std::path::PathBuf>,
     /// Canary comparisons.
     pub canary: Vec<RawCanary>,
+    /// Maintenance windows: decisions they match are recorded, not sent.
+    pub maintenance: Vec<RawMaintenance>,
     /// Policy rules.
     pub policies: Vec<RawRule>,
     /// When telemetry counts as stale.
@@ -240,6 +242,23 @@ pub struct RawCanary {
     /// Metrics compared: `error_ratio`, `latency` (default both).
     #[serde(default)]
     pub metrics: Option<Vec<String>>,
+}
+
+/// One maintenance window as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMaintenance {
+    /// Unique name (the silence id is `maintenance:<name>`).
+    pub name: String,
+    /// Alertmanager matchers on service, version, action, rule or severity.
+    pub matchers: Vec<trike_runtime::silences::Matcher>,
+    /// Start (RFC 3339).
+    pub start: String,
+    /// End (RFC 3339).
+    pub end: String,
+    /// Why.
+    #[serde(default)]
+    pub comment: String,
 }
 
 /// One policy rule as written.

@@ -318,3 +318,37 @@ kafka:
     );
     assert!(err.contains("kafka.client.bootstrap.servers: Trike sets this property itself (its delivery and offset guarantees depend on it); use kafka.brokers"), "{err}");
 }
+
+/// Guarantees: maintenance windows that cannot work are refused, naming the field; a good one
+/// becomes the silence `maintenance:<name>`.
+#[test]
+fn maintenance_windows_are_checked() {
+    let problems = load(
+        r#"maintenance:
+  - { name: a, matchers: [{ name: service, value: db }], start: "tomorrow", end: "2026-12-06T04:00:00Z" }
+  - { name: b, matchers: [], start: "2026-12-06T02:00:00Z", end: "2026-12-06T04:00:00Z" }
+  - { name: b, matchers: [{ name: region, value: eu }], start: "2026-12-06T02:00:00Z", end: "2026-12-06T04:00:00Z" }
+"#,
+    )
+    .unwrap_err();
+    for want in [
+        "maintenance[0].start: \"tomorrow\" is not an RFC 3339 time",
+        "maintenance[1]: a silence needs at least one matcher",
+        "maintenance[2].name: \"b\" is used twice",
+        "maintenance[2]: matcher name \"region\"",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(want)),
+            "{want} in {problems:#?}"
+        );
+    }
+    let ok = load(
+        r#"maintenance: [{ name: db, matchers: [{ name: service, value: db }], start: "2026-12-06T02:00:00Z", end: "2026-12-06T04:00:00Z", comment: upgrade }]"#,
+    )
+    .unwrap();
+    assert_eq!(ok.maintenance[0].id, "maintenance:db");
+    assert_eq!(
+        ok.maintenance[0].ends_at - ok.maintenance[0].starts_at,
+        7200 * 1_000_000_000
+    );
+}

@@ -107,6 +107,8 @@ pub struct Config {
     /// The file the config was loaded from and the overrides applied, for a reload (None
     /// when it came from no file).
     pub source: Option<(std::path::PathBuf, Overrides)>,
+    /// Maintenance windows.
+    pub maintenance: Vec<trike_runtime::silences::Silence>,
 }
 
 /// Values from flags and `TRIKE_*` variables, which win over the file.
@@ -306,6 +308,43 @@ fn canaries(p: &mut Vec<String>, raw: Vec<super::RawCanary>) -> Vec<CanarySpec> 
             }
         }
         out.push(spec);
+    }
+    out
+}
+
+/// The maintenance windows, each a silence `maintenance:<name>`.
+fn maintenance(
+    p: &mut Vec<String>,
+    raw: Vec<super::RawMaintenance>,
+) -> Vec<trike_runtime::silences::Silence> {
+    let mut out = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, w) in raw.into_iter().enumerate() {
+        let f = format!("maintenance[{i}]");
+        if !names.insert(w.name.clone()) {
+            p.push(format!("{f}.name: {:?} is used twice", w.name));
+        }
+        let mut at = |field: &str, v: &str| match trike_sinks::parse_rfc3339(v) {
+            Some(s) => s * 1_000_000_000,
+            None => {
+                p.push(format!("{f}.{field}: {v:?} is not an RFC 3339 time"));
+                0
+            }
+        };
+        let (starts_at, ends_at) = (at("start", &w.start), at("end", &w.end));
+        let s = trike_runtime::silences::Silence {
+            id: format!("maintenance:{}", w.name),
+            matchers: w.matchers,
+            starts_at,
+            ends_at,
+            created_by: "config".into(),
+            comment: w.comment,
+            origin: "maintenance".into(),
+        };
+        if let Err(e) = s.validate() {
+            p.push(format!("{f}: {e}"));
+        }
+        out.push(s);
     }
     out
 }
@@ -820,6 +859,7 @@ impl Config {
             p.push(format!("{e:#}"));
         }
         let memory_limit = validate_memory_limit(raw.limits.memory_limit, &mut p);
+        let maintenance = maintenance(&mut p, raw.maintenance.clone());
         if !p.is_empty() {
             return Err(p);
         }
@@ -879,6 +919,7 @@ impl Config {
             memory_limit,
             fleet,
             source: None,
+            maintenance,
             signing_key_env: raw
                 .signing
                 .key_env

@@ -36,6 +36,8 @@ pub struct DecisionStore {
     pub by_action: [AtomicU64; 8],
     /// Events the sink queue had no room for.
     pub sink_dropped: AtomicU64,
+    /// Decisions a silence or maintenance window matched: recorded, not sent.
+    pub silenced: AtomicU64,
     /// Events the sinks failed to write.
     pub sink_errors: AtomicU64,
     /// True while the newest batch failed to reach a JSON-lines sink (stdout, file); Kafka
@@ -98,6 +100,11 @@ impl DecisionStore {
                 "trike_sink_dropped_total",
                 "Control events the sink queue had no room for.",
                 &self.sink_dropped,
+            ),
+            (
+                "trike_decisions_silenced_total",
+                "Decisions a silence or maintenance window matched: recorded, not sent.",
+                &self.silenced,
             ),
             (
                 "trike_sink_errors_total",
@@ -192,6 +199,8 @@ pub struct Outbox {
     recent: VecDeque<(UnixNanos, ControlEvent)>,
     /// The archive, when configured.
     archive: Option<trike_sql::archive::ArchiveHandle>,
+    /// Silences and maintenance windows.
+    silences: Option<Arc<crate::silences::Silences>>,
 }
 
 impl Outbox {
@@ -212,7 +221,15 @@ impl Outbox {
             log: persist.map(|d| Box::new(PolicyFile(d)) as Box<dyn DecisionLog>),
             recent: VecDeque::new(),
             archive: None,
+            silences: None,
         }
+    }
+
+    /// Records the decisions an active silence matches with `silenced: true`, and does not
+    /// send them to the sinks.
+    pub fn with_silences(mut self, silences: Arc<crate::silences::Silences>) -> Self {
+        self.silences = Some(silences);
+        self
     }
 
     /// Makes decisions durable in `log` instead (a fleet processor's changelog).
@@ -246,6 +263,11 @@ impl Outbox {
     }
 
     fn send(&self, event: ControlEvent) {
+        if event.data.silenced {
+            // Recorded (the store, the archive, the outbox), not sent.
+            self.store.silenced.fetch_add(1, Relaxed);
+            return;
+        }
         match self.out.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => {
@@ -269,6 +291,10 @@ impl Outbox {
             .iter()
             .map(|d| {
                 let mut event = ControlEvent::from_decision(d, &self.instance);
+                if let Some(id) = self.silences.as_ref().and_then(|s| s.silencing(d)) {
+                    event.data.silenced = true;
+                    event.data.silenced_by = Some(id);
+                }
                 if let Some(k) = &self.key {
                     k.sign(&mut event);
                 }
@@ -288,7 +314,7 @@ impl Outbox {
             if let Some(i) = ACTIONS.iter().position(|a| *a == d.action) {
                 self.store.by_action[i].fetch_add(1, Relaxed);
             }
-            tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, "{}", d.reason);
+            tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, silenced_by = ?event.data.silenced_by, "{}", d.reason);
             self.store.push(event.clone());
             if let Some(a) = &self.archive {
                 a.decision(event.to_value());
