@@ -20,6 +20,23 @@ pub struct SeriesKey {
 }
 
 impl SeriesKey {
+    /// True when every entry of `selector` names this key's `operation`, `version` or one
+    /// of its dimensions with that value.
+    pub fn matches(&self, selector: &std::collections::BTreeMap<String, String>) -> bool {
+        selector.iter().all(|(name, want)| {
+            let have = match name.as_str() {
+                "operation" => Some(&*self.operation),
+                "version" => Some(&*self.version),
+                _ => self
+                    .dims
+                    .iter()
+                    .find(|(n, _)| &**n == name.as_str())
+                    .map(|(_, v)| &**v),
+            };
+            have == Some(want.as_str())
+        })
+    }
+
     /// A key without extra dimensions.
     pub fn new(service: &str, operation: &str, version: &str) -> Self {
         Self {

@@ -130,6 +130,11 @@ pub struct Slo {
     pub sli: SloSli,
     /// Alerting tiers, fastest first.
     pub tiers: Vec<BurnTier>,
+    /// Only the series whose `operation`, `version` or configured dimensions have these values
+    /// (all of them); every series of the service when empty. Written only when set, so the
+    /// revision of a rule set without selectors is what it was before they existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
 }
 
 /// The state of one tier.
@@ -199,7 +204,11 @@ pub const REPORTED_WINDOWS: [Span; 5] = [
 
 /// Bad and total events of `slo` over `window`.
 fn bad_total(engine: &Engine, slo: &Slo, window: Span) -> (f64, f64) {
-    let s = engine.service_sums_prorated(&slo.service, window);
+    let s = if slo.selector.is_empty() {
+        engine.service_sums_prorated(&slo.service, window)
+    } else {
+        engine.service_sums_prorated_where(&slo.service, window, |k| k.matches(&slo.selector))
+    };
     match slo.sli {
         SloSli::Availability => (s.errors, s.requests),
         SloSli::Latency { threshold_ms } => {

@@ -17,6 +17,7 @@ fn slo() -> Slo {
         period: Span::days(30),
         sli: SloSli::Availability,
         tiers: BurnTier::defaults(Span::days(30)),
+        selector: Default::default(),
     }
 }
 
@@ -265,4 +266,71 @@ fn latency_slo() {
         "1 % slow at a 1 % budget burns at 1×"
     );
     assert_eq!(st.period_events, (990.0, 1000.0));
+}
+
+/// Scenario: checkout serves prod and staging (dimension `deployment.environment`) on two
+/// routes; staging fails half its requests, prod's `/cart` fails 10 %, prod's `/pay` none.
+/// Guarantees: an SLO with `selector: {deployment.environment: prod}` counts prod's requests
+/// alone, one with `{operation: /pay, deployment.environment: prod}` only that route, and the
+/// service-wide SLO everything (selectors never change what the others count).
+#[test]
+fn selectors_take_part_of_a_service() {
+    use crate::observation::RequestObs;
+    let mut e = Engine::new(Arc::new(EngineConfig::default()));
+    let key = |op: &str, env: &str| SeriesKey {
+        dims: vec![("deployment.environment".into(), env.into())].into(),
+        ..SeriesKey::new("checkout", op, "1")
+    };
+    let t = T0;
+    let mut b = Batch {
+        keys: vec![
+            key("/pay", "prod"),
+            key("/cart", "prod"),
+            key("/pay", "staging"),
+        ],
+        ..Default::default()
+    };
+    for (k, n, bad_every) in [(0u32, 1000u64, 0u64), (1, 1000, 10), (2, 1000, 2)] {
+        for i in 0..n {
+            b.requests.push(RequestObs {
+                key: k,
+                time: t,
+                latency_ms: 10.0,
+                bad: bad_every > 0 && i % bad_every == 0,
+            });
+        }
+    }
+    e.ingest(&b, t);
+    e.advance(t + S);
+    let with = |sel: &[(&str, &str)]| Slo {
+        selector: sel
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..slo()
+    };
+    let ratio = |s: &Slo| error_ratio(&e, s, Span::minutes(5));
+    assert_eq!(ratio(&slo()), 600.0 / 3000.0);
+    assert_eq!(
+        ratio(&with(&[("deployment.environment", "prod")])),
+        100.0 / 2000.0
+    );
+    assert_eq!(
+        ratio(&with(&[
+            ("deployment.environment", "prod"),
+            ("operation", "/pay")
+        ])),
+        0.0
+    );
+    assert_eq!(ratio(&with(&[("operation", "/cart")])), 100.0 / 1000.0);
+    assert_eq!(
+        ratio(&with(&[("deployment.environment", "dev")])),
+        0.0,
+        "no series: no events"
+    );
+    let json = serde_json::to_value(slo()).unwrap();
+    assert!(
+        json.get("selector").is_none(),
+        "unset selectors are not written"
+    );
 }

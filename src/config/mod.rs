@@ -454,6 +454,9 @@ pub struct RawSlo {
     /// ticket 1× 3d/6h for 30 d, factors derived for other periods).
     #[serde(default)]
     pub tiers: Option<Vec<RawTier>>,
+    /// Only part of the service: `operation`, `version` or a configured dimension → value.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
 }
 
 /// One alerting tier as written.

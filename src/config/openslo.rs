@@ -160,6 +160,7 @@ fn convert(doc: Doc) -> Result<Option<RawSlo>, String> {
         period,
         sli,
         tiers: None,
+        selector: Default::default(),
     }))
 }
 

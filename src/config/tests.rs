@@ -352,3 +352,27 @@ fn maintenance_windows_are_checked() {
         7200 * 1_000_000_000
     );
 }
+
+/// Guarantees: an SLO selector names operation, version or a configured dimension; anything
+/// else is refused with the dimensions that exist.
+#[test]
+fn slo_selectors_name_series_dimensions() {
+    let problems = load(
+        r#"series: { dimensions: [deployment.environment] }
+slos: [ { name: a, service: s, objective: 0.99, sli: availability, selector: { region: eu, operation: "" } } ]"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        problems,
+        [
+            "slos[0].selector.operation: give a value",
+            "slos[0].selector.region: not a series dimension: write operation, version or one of series.dimensions (deployment.environment)",
+        ]
+    );
+    let ok = load(
+        r#"series: { dimensions: [deployment.environment] }
+slos: [ { name: a, service: s, objective: 0.99, sli: availability, selector: { deployment.environment: prod, operation: /pay } } ]"#,
+    )
+    .unwrap();
+    assert_eq!(ok.slos[0].selector.len(), 2);
+}

@@ -613,6 +613,17 @@ impl Config {
                 None => BurnTier::defaults(period),
                 Some(list) => tiers(&mut p, &f, list, period),
             };
+            for (name, value) in &s.selector {
+                if name != "operation" && name != "version" && !decode.dimensions.contains(name) {
+                    p.push(format!(
+                        "{f}.selector.{name}: not a series dimension: write operation, version or one of series.dimensions ({})",
+                        decode.dimensions.join(", ")
+                    ));
+                }
+                if value.is_empty() {
+                    p.push(format!("{f}.selector.{name}: give a value"));
+                }
+            }
             slos.push(Slo {
                 name: s.name,
                 service: s.service,
@@ -620,6 +631,7 @@ impl Config {
                 period,
                 sli,
                 tiers,
+                selector: s.selector,
             });
         }
 

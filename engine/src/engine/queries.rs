@@ -158,6 +158,28 @@ impl Engine {
         out
     }
 
+    /// Like [`Engine::service_sums_prorated`], over the series of `service` that `keep`.
+    pub fn service_sums_prorated_where(
+        &self,
+        service: &str,
+        window: Span,
+        keep: impl Fn(&crate::observation::SeriesKey) -> bool,
+    ) -> ProratedSums {
+        let now_s = secs(self.now);
+        let mut out = ProratedSums {
+            complete: true,
+            ..Default::default()
+        };
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| &*e.key.service == service && keep(&e.key))
+        {
+            out += e.state.sums_prorated(now_s, window.secs());
+        }
+        out
+    }
+
     /// The versions of `service` with requests over a window ending now, and their request
     /// counts, most requests first (ties by name).
     pub fn versions_of(&self, service: &str, window: Span) -> Vec<(String, u64)> {
