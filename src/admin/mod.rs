@@ -107,6 +107,16 @@ pub type KafkaSourceHandles = (
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/", get(dashboard))
+        .route("/executive", get(|| page(EXECUTIVE_HTML)))
+        .route("/oncall", get(|| page(ONCALL_HTML)))
+        .route(
+            "/assets/common.css",
+            get(|| asset("text/css; charset=utf-8", COMMON_CSS)),
+        )
+        .route(
+            "/assets/common.js",
+            get(|| asset("text/javascript; charset=utf-8", COMMON_JS)),
+        )
         .route("/api", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -159,6 +169,27 @@ pub fn router(state: Arc<AdminState>) -> Router {
 /// The dashboard: one self-contained page (no external assets; the machine may be offline).
 const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
+/// The executive page: every SLO's budget and burn, sortable.
+const EXECUTIVE_HTML: &str = include_str!("pages/executive.html");
+/// The on-call page: what is firing, rollouts, canaries, silences, recent decisions.
+const ONCALL_HTML: &str = include_str!("pages/oncall.html");
+const COMMON_CSS: &str = include_str!("pages/common.css");
+const COMMON_JS: &str = include_str!("pages/common.js");
+
+async fn page(html: &'static str) -> impl IntoResponse {
+    asset("text/html; charset=utf-8", html).await
+}
+
+async fn asset(kind: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+}
+
 async fn dashboard() -> impl IntoResponse {
     (
         [
@@ -171,7 +202,9 @@ async fn dashboard() -> impl IntoResponse {
 
 async fn index() -> impl IntoResponse {
     "Trike admin API\n\n\
-     GET /                                 dashboard (HTML)\n\
+     GET /                                 dashboard: one service (HTML)\n\
+     GET /executive                        dashboard: every SLO's budget and burn, sortable (HTML)\n\
+     GET /oncall                           dashboard: firing, rollouts, canaries, silences, decisions (HTML)\n\
      GET /healthz                          liveness (503 once the engine thread has died)\n\
      GET /readyz                           readiness (receivers bound, engine running, control sinks delivering)\n\
      GET /metrics                          Prometheus text\n\

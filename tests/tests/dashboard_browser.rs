@@ -27,7 +27,10 @@ fn chart_series(dom: &str, id: &str) -> Vec<(String, usize)> {
 /// against the live API — the rate, error and latency charts draw lines with data for both
 /// versions, the SLO cards and the canary verdict show, and the rollback appears in the
 /// decisions timeline with its evidence. A screenshot is kept as a test artifact
-/// (`target/dashboard.png`).
+/// (`target/dashboard.png`). Then, with a rollout started and a silence set over the API, the
+/// executive page lists every SLO sorted by budget left with its burn and KPIs, and the on-call
+/// page shows the rollout at its step, the canary verdict, the silence, and the rollback and
+/// set_weight decisions (screenshots `executive.png`, `oncall.png`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_renders_charts_and_the_rollback() {
     let Some(chromium) = chromium() else { return };
@@ -88,12 +91,77 @@ async fn dashboard_renders_charts_and_the_rollback() {
         .map_or(target, std::path::PathBuf::from)
         .join("dashboard.png");
     let arg = format!("--screenshot={}", shot.display());
-    tokio::task::spawn_blocking(move || run_chromium(&chromium, &url, 5000, &[&arg]))
+    let c = chromium.clone();
+    tokio::task::spawn_blocking(move || run_chromium(&c, &url, 5000, &[&arg]))
         .await
         .unwrap();
     let png = std::fs::read(&shot).expect("the screenshot was written");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(png.len() > 20_000, "a real picture: {} bytes", png.len());
     eprintln!("screenshot: {}", shot.display());
+
+    // The executive and on-call pages, with a rollout and a silence to show.
+    let admin = demo.running.admin_addr;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("http://{admin}/api/v1/rollouts"))
+        .json(&serde_json::json!({"service": "checkout", "baseline": "1.4.0", "canary": "1.6.0", "steps": [10, 100], "step_min": "30s", "step_max": "1m"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let r = client
+        .post(format!("http://{admin}/api/v1/silences"))
+        .json(&serde_json::json!({"matchers": [{"name": "service", "value": "checkout"}, {"name": "action", "value": "page"}], "endsAt": "2099-01-01T00:00:00Z", "createdBy": "sre", "comment": "known"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    for (page, checks) in [
+        (
+            "executive",
+            &[
+                // Sorted by budget left, lowest first; each SLO with its burn and gate.
+                "class=\"slo-row\" data-service=\"checkout\" data-slo=\"checkout-",
+                "id=\"kpi-firing\"",
+                "class=\"bar\"",
+                "th class=\"sortable sorted asc\" data-key=\"budget\"",
+                "badge b-ok\">live",
+            ][..],
+        ),
+        (
+            "oncall",
+            &[
+                "class=\"rollout\" data-phase=\"running\" data-service=\"checkout\"",
+                "class=\"canary\" data-verdict=",
+                "class=\"silence\" data-state=\"active\"",
+                "class=\"decision sev-page\" data-action=\"rollback\"",
+                "data-action=\"set_weight\"",
+                "badge b-ok\">live",
+            ][..],
+        ),
+    ] {
+        let url = format!("http://{admin}/{page}");
+        let (c, u) = (chromium.clone(), url.clone());
+        let dom = tokio::task::spawn_blocking(move || run_chromium(&c, &u, 5000, &["--dump-dom"]))
+            .await
+            .unwrap();
+        for want in checks {
+            assert!(dom.contains(want), "{page}: {want} in {dom}");
+        }
+        let shot = shot.with_file_name(format!("{page}.png"));
+        let arg = format!("--screenshot={}", shot.display());
+        let c = chromium.clone();
+        tokio::task::spawn_blocking(move || run_chromium(&c, &url, 5000, &[&arg]))
+            .await
+            .unwrap();
+        let png = std::fs::read(&shot).expect("the screenshot was written");
+        assert!(
+            png.len() > 20_000,
+            "{page}: a real picture: {} bytes",
+            png.len()
+        );
+        eprintln!("screenshot: {}", shot.display());
+    }
     demo.stop().await.unwrap();
 }
