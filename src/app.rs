@@ -389,6 +389,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         policy,
         deploys: Default::default(),
         silences: silences.clone(),
+        trace_url_template: cfg.trace_url_template.clone(),
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();

@@ -172,6 +172,8 @@ pub struct Engine {
     tracking: bool,
     /// Series removed since the changes of their service were last taken.
     removed: Vec<SeriesKey>,
+    /// Example traces of failing requests, per service.
+    exemplars: exemplars::Exemplars,
 }
 
 impl Engine {
@@ -192,6 +194,7 @@ impl Engine {
             shedding: false,
             tracking: false,
             removed: Vec::new(),
+            exemplars: Default::default(),
         }
     }
 
@@ -571,6 +574,9 @@ impl Engine {
         self.stats.late_dropped += rep.late;
         self.stats.overflowed += rep.overflowed;
         self.stats.signal_deduplicated += rep.deduplicated;
+        if !batch.exemplars.is_empty() {
+            self.keep_exemplars(batch);
+        }
         rep
     }
 
@@ -776,12 +782,14 @@ impl Engine {
 }
 
 mod changes;
+mod exemplars;
 mod metric_points;
 mod metrics;
 mod owned;
 mod queries;
 mod seconds;
 
+pub use exemplars::{EXEMPLARS_PER_SERVICE, FailingTrace};
 pub(crate) use metric_points::{DeltaPoint, convert_point, for_each_bucket, layout_hash};
 pub use metrics::Gauges;
 

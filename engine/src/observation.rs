@@ -193,6 +193,21 @@ pub struct Batch {
     pub counters: Vec<CounterObs>,
     /// Pre-aggregated seconds from a gateway (the fleet's `trike.partials`).
     pub partials: Vec<PartialObs>,
+    /// Failing requests' traces, kept as examples for the service's page (counted nowhere).
+    pub exemplars: Vec<Exemplar>,
+}
+
+/// A failing request's trace, kept as an example (a few per batch; never part of an SLI).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Exemplar {
+    /// Index into [`Batch::keys`].
+    pub key: u32,
+    /// The trace id (W3C, 16 bytes).
+    pub trace_id: [u8; 16],
+    /// End of the request (event time).
+    pub time: UnixNanos,
+    /// Its latency.
+    pub latency_ms: f64,
 }
 
 impl Batch {

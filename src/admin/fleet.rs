@@ -100,6 +100,7 @@ fn list_key(path: &str) -> Option<&'static str> {
         "/api/v1/history" => "history",
         "/api/v1/decisions" => "decisions",
         "/api/v1/rollouts" => "rollouts",
+        "/api/v1/exemplars" => "exemplars",
         _ => return None,
     })
 }

@@ -69,6 +69,8 @@ pub struct AdminState {
     pub fleet: Option<Arc<fleet::FleetView>>,
     /// This process's role in the fleet.
     pub role: crate::config::fleet::Role,
+    /// Where the service page links a failing request's trace (`{trace_id}` replaced).
+    pub trace_url_template: Option<String>,
     /// Silences and maintenance windows (shared with the outbox).
     pub silences: Arc<trike_runtime::silences::Silences>,
     /// Deploy events read from the deploys topic.
@@ -148,6 +150,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/api/v1/silences/{id}",
             axum::routing::delete(silences::expire),
         )
+        .route("/api/v1/exemplars", get(exemplars_handler))
         .route("/api/v1/history", get(history_handler))
         .route("/api/v1/services", get(services_handler))
         .route("/api/v1/query", axum::routing::post(query::handler))
@@ -222,6 +225,7 @@ async fn index() -> impl IntoResponse {
      POST /api/v1/silences                silence decisions (write scope): {\"matchers\":[{\"name\",\"value\",\"isRegex\",\"isEqual\"}],\"startsAt\",\"endsAt\",\"createdBy\",\"comment\"}\n\
      DELETE /api/v1/silences/ID           expire a silence (write scope)\n\
      POST /api/v1/reload                  reload SLOs, canaries, policies (write scope; also SIGHUP and a changed config file)\n\
+     GET /api/v1/exemplars?service=S      the newest failing requests' trace ids, linked by trace_url_template (JSON)\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\
      POST /api/v1/query?limit=N            SQL (body) over live tables and the archive; JSON rows\n\
@@ -317,6 +321,41 @@ async fn with_engine<T: Send + 'static>(
 
 pub(crate) fn json_error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// `GET /api/v1/exemplars?service=S`: the newest failing requests' traces of the service, with
+/// a link when `trace_url_template` is set.
+async fn exemplars_handler(
+    State(s): State<Arc<AdminState>>,
+    Query(p): Query<ServiceParam>,
+) -> Response {
+    let Some(service) = p.service.filter(|s| !s.is_empty()) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "service: give ?service=NAME".into(),
+        );
+    };
+    let list = s.worker.engine().lock().exemplars(&service);
+    let template = s.trace_url_template.clone();
+    let traces: Vec<serde_json::Value> = list
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "trace_id": t.trace_id,
+                "version": &*t.version,
+                "operation": &*t.operation,
+                "time": rfc3339(t.time),
+                "latency_ms": finite(t.latency_ms),
+                "url": template.as_ref().map(|u| u.replace("{trace_id}", &t.trace_id)),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "service": service,
+        "trace_url_template": template,
+        "exemplars": traces,
+    }))
+    .into_response()
 }
 
 /// `POST /api/v1/reload` (write scope): 200 with what changed, 400 with the problems (the

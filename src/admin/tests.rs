@@ -39,6 +39,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         policy: None,
         deploys: Default::default(),
         silences: Default::default(),
+        trace_url_template: None,
     }
 }
 

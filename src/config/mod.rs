@@ -48,6 +48,9 @@ pub struct RawConfig {
     pub sinks: Option<Vec<trike_sinks::SinkConfig>>,
     /// This instance's name, in control events' `source` (`trike://<instance>`; default: host name).
     pub instance: Option<String>,
+    /// A link to a trace in the tracing backend, with `{trace_id}` where the id goes (e.g.
+    /// `http://jaeger:16686/trace/{trace_id}`): the service page links failing requests there.
+    pub trace_url_template: Option<String>,
     /// Control-event signing (HMAC-SHA256, extension `trikesignature`).
     pub signing: RawSigning,
     /// `trike actuate`: executors per action and service.

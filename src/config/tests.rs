@@ -376,3 +376,15 @@ slos: [ { name: a, service: s, objective: 0.99, sli: availability, selector: { d
     .unwrap();
     assert_eq!(ok.slos[0].selector.len(), 2);
 }
+
+/// Guarantees: a trace link template must say where the trace id goes.
+#[test]
+fn trace_url_template_names_the_trace_id() {
+    let problems = load(r#"trace_url_template: "http://jaeger:16686/trace/""#).unwrap_err();
+    assert!(
+        problems[0].starts_with("trace_url_template: "),
+        "{problems:?}"
+    );
+    let ok = load(r#"trace_url_template: "http://jaeger:16686/trace/{trace_id}""#).unwrap();
+    assert!(ok.trace_url_template.unwrap().ends_with("{trace_id}"));
+}

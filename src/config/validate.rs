@@ -109,6 +109,8 @@ pub struct Config {
     pub source: Option<(std::path::PathBuf, Overrides)>,
     /// Maintenance windows.
     pub maintenance: Vec<trike_runtime::silences::Silence>,
+    /// Where a trace id links to (`{trace_id}` replaced).
+    pub trace_url_template: Option<String>,
 }
 
 /// Values from flags and `TRIKE_*` variables, which win over the file.
@@ -807,6 +809,14 @@ impl Config {
             }
         }
         let instance = raw.instance.unwrap_or_else(default_instance);
+        let trace_url_template = raw.trace_url_template.clone();
+        if let Some(t) = &trace_url_template
+            && !t.contains("{trace_id}")
+        {
+            p.push(format!(
+                "trace_url_template: {t:?} has no {{trace_id}}: write where the id goes, e.g. http://jaeger:16686/trace/{{trace_id}}"
+            ));
+        }
         let checkpoint_every = raw.state.checkpoint_every.unwrap_or(Span(10));
         if checkpoint_every.secs() < 1 {
             p.push(format!(
@@ -932,6 +942,7 @@ impl Config {
             fleet,
             source: None,
             maintenance,
+            trace_url_template,
             signing_key_env: raw
                 .signing
                 .key_env

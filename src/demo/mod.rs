@@ -130,6 +130,8 @@ kafka: {{ brokers: embedded }}
 sinks: [ {{ type: stdout }}, {{ type: kafka }} ]
 signing: {{ key: trike-demo-signing-key }}
 instance: demo
+# Failing requests on the service page link here (a local Jaeger's UI, if one runs).
+trace_url_template: "http://127.0.0.1:16686/trace/{{trace_id}}"
 # Burn-rate tiers at the demo's scale: a tier fires only once its long window is covered by
 # history (90 %), so the workbook's 1h/6h/3d windows would stay silent for the demo's minutes.
 slos:

@@ -78,6 +78,23 @@ async fn dashboard_renders_charts_and_the_rollback() {
         dom.contains("badge b-ok\">live"),
         "the page reached the API"
     );
+    for version in ["1.4.0", "1.5.0"] {
+        assert!(
+            dom.contains(&format!(
+                "class=\"route\" data-operation=\"/pay\" data-version=\"{version}\""
+            )),
+            "the routes table: /pay of {version}"
+        );
+    }
+    // The canary's failing requests, with their trace ids linked through trace_url_template.
+    assert!(
+        dom.contains("class=\"exemplar\" data-trace=\""),
+        "example traces"
+    );
+    assert!(
+        dom.contains("href=\"http://127.0.0.1:16686/trace/"),
+        "linked to the tracing backend"
+    );
     assert!(
         dom.contains("id=\"fleet-section\" hidden"),
         "no fleet panel on a single process (no /api/v1/fleet)"

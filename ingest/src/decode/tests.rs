@@ -36,7 +36,8 @@ pub(crate) fn span(
     error: bool,
 ) -> Span {
     Span {
-        trace_id: vec![1; 16],
+        // Distinct per span (1 + the duration), never all zero.
+        trace_id: vec![1 + dur_ms as u8; 16],
         span_id: vec![2; 8],
         name: name.into(),
         kind: kind as i32,
@@ -197,6 +198,32 @@ fn spans_to_observations() {
         T + 120_000_000,
         "event time is the span end"
     );
+    // The failing requests' traces are kept as examples, with their keys; good ones are not.
+    let bad: Vec<(u32, [u8; 16], f64)> = d
+        .batch
+        .requests
+        .iter()
+        .zip(
+            sample_request().resource_spans[0].scope_spans[0]
+                .spans
+                .iter(),
+        )
+        .filter(|(r, _)| r.bad)
+        .map(|(r, span)| {
+            (
+                r.key,
+                span.trace_id.clone().try_into().unwrap(),
+                r.latency_ms,
+            )
+        })
+        .collect();
+    let kept: Vec<(u32, [u8; 16], f64)> = d
+        .batch
+        .exemplars
+        .iter()
+        .map(|x| (x.key, x.trace_id, x.latency_ms))
+        .collect();
+    assert_eq!(kept, bad);
 }
 
 /// Guarantees: OTLP/JSON (as the spec writes it: hex ids, camelCase, string int64s, integer
@@ -206,7 +233,7 @@ fn json_matches_protobuf() {
     let req = sample_request();
     let json = serde_json::to_vec(&req).unwrap();
     assert!(
-        String::from_utf8_lossy(&json).contains("\"traceId\":\"01010101"),
+        String::from_utf8_lossy(&json).contains("\"traceId\":\"79797979"),
         "hex ids in JSON"
     );
     let a = traces_proto(&req.encode_to_vec(), &cfg()).unwrap();

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
+use trike_engine::observation::Exemplar;
 use trike_engine::{RequestObs, SeriesKey};
 
 const STATUS_ERROR: u64 = 2;
@@ -29,6 +30,7 @@ struct ResourceFacts<'a> {
 /// Span fields the SLIs need.
 #[derive(Default)]
 struct SpanFacts<'a> {
+    trace_id: &'a [u8],
     trace_id_len: usize,
     trace_id_zero: bool,
     span_id_len: usize,
@@ -335,6 +337,7 @@ fn one_span(
     while let Some((f, v)) = r.next()? {
         match (f, v) {
             (1, Value::Bytes(b)) => {
+                s.trace_id = b;
                 s.trace_id_len = b.len();
                 s.trace_id_zero = b.iter().all(|&x| x == 0);
             }
@@ -435,14 +438,29 @@ fn one_span(
         cfg,
         out,
     );
+    let latency_ms = (s.end - s.start) as f64 / 1e6;
     out.batch.requests.push(RequestObs {
         key,
         time: s.end,
-        latency_ms: (s.end - s.start) as f64 / 1e6,
+        latency_ms,
         bad,
     });
+    if bad && out.batch.exemplars.len() < EXEMPLARS_PER_BATCH {
+        let mut trace_id = [0; 16];
+        trace_id.copy_from_slice(s.trace_id);
+        out.batch.exemplars.push(Exemplar {
+            key,
+            trace_id,
+            time: s.end,
+            latency_ms,
+        });
+    }
     Ok(())
 }
+
+/// Failing requests' traces kept as examples, at most, per batch (the engine keeps the
+/// newest few per service).
+const EXEMPLARS_PER_BATCH: usize = 32;
 
 fn nonempty(v: Option<RawValue<'_>>) -> Result<Option<&str>, DecodeError> {
     Ok(match v.map(RawValue::check).transpose()? {
