@@ -353,6 +353,20 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         },
     )
     .map(Arc::new);
+    // A fleet's silences live on a compacted topic every member reads.
+    let silence_log = match (&members, cfg.kafka_brokers.as_deref()) {
+        (Some(_), Some(brokers)) => Some(
+            trike_runtime::fleet::silence_log::SilenceLog::start(
+                brokers,
+                &cfg.kafka_client,
+                &cfg.fleet.silences_topic,
+                cfg.fleet.replication,
+                silences.clone(),
+            )
+            .with_context(|| format!("reading the silences topic {}", cfg.fleet.silences_topic))?,
+        ),
+        _ => None,
+    };
     let state = Arc::new(AdminState {
         worker: worker.handle(),
         ingest,
@@ -390,6 +404,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         deploys: Default::default(),
         silences: silences.clone(),
         trace_url_template: cfg.trace_url_template.clone(),
+        silence_log,
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
@@ -697,6 +712,9 @@ impl Running {
         self.state.ready.store(false, Relaxed);
         if let Some(m) = self.members.take() {
             tokio::task::spawn_blocking(move || m.stop()).await.ok();
+        }
+        if let Some(l) = self.state.silence_log.clone() {
+            tokio::task::spawn_blocking(move || l.stop()).await.ok();
         }
         let _ = self.shutdown.send(true);
         if let Some(d) = self.deploys.take() {

@@ -211,6 +211,32 @@ impl Silences {
         self.save(&api)
     }
 
+    /// Silence `id` as it would be once expired at `now` (None when there is none by that id).
+    pub fn expired(&self, id: &str, now: UnixNanos) -> Option<Silence> {
+        let api = self.api.read();
+        let s = api.iter().find(|s| s.id == id)?;
+        Some(Silence {
+            ends_at: s.ends_at.min(now).max(s.starts_at),
+            ..s.clone()
+        })
+    }
+
+    /// Takes a silence from the fleet's log as it is (already validated where it was made):
+    /// the newest record of an id wins.
+    pub fn apply(&self, s: Silence) {
+        let mut api = self.api.write();
+        api.retain(|x| x.id != s.id);
+        api.push(s);
+        if api.len() > MAX_SILENCES {
+            // The oldest to have ended go first.
+            api.sort_by_key(|x| std::cmp::Reverse(x.ends_at));
+            api.truncate(MAX_SILENCES);
+        }
+        if let Err(e) = self.save(&api) {
+            tracing::warn!(error = %e, "keeping a silence from the fleet's log");
+        }
+    }
+
     /// Expires silence `id` at `now` (it stays listed); false when there is none by that id
     /// (maintenance windows are the config's: edit it instead).
     pub fn expire(&self, id: &str, now: UnixNanos) -> Result<bool, Invalid> {

@@ -73,6 +73,8 @@ pub struct AdminState {
     pub trace_url_template: Option<String>,
     /// Silences and maintenance windows (shared with the outbox).
     pub silences: Arc<trike_runtime::silences::Silences>,
+    /// A fleet member's silence log (every member reads it), where silences are published.
+    pub silence_log: Option<Arc<trike_runtime::fleet::silence_log::SilenceLog>>,
     /// Deploy events read from the deploys topic.
     pub deploys: Arc<crate::deploys::DeployStats>,
     /// The policy and its rollouts (none on a gateway). Locked after the engine.

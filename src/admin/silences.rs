@@ -2,13 +2,12 @@
 //! scope) with `{matchers: [{name, value, isRegex, isEqual}], startsAt, endsAt, createdBy,
 //! comment}` (also `start`, `end`, `author`) answers `{"silenceID"}`; posting an existing id
 //! replaces it. `GET /api/v1/silences` lists them with their status; `DELETE
-//! /api/v1/silences/{id}` expires one. In a fleet, the member that takes the call passes it to
-//! every live processor (each decides for its own services).
+//! /api/v1/silences/{id}` expires one. In a fleet, the member that takes the call publishes the
+//! silence on the fleet's compacted silences topic before it answers; every member reads it.
 
-use super::fleet::FORWARDED;
 use super::{AdminState, json_error};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use trike_sinks::{parse_rfc3339, rfc3339};
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewSilence {
-    /// Set to replace an existing silence (the fleet's forwarding sets it too).
+    /// Set to replace an existing silence.
     #[serde(default)]
     id: Option<String>,
     matchers: Vec<Matcher>,
@@ -74,49 +73,29 @@ pub async fn list(State(s): State<Arc<AdminState>>) -> Response {
     axum::Json(json!({ "silences": all })).into_response()
 }
 
-/// Passes a silence call on to every other live processor (best effort: each answers for
-/// itself; a processor that is down gets it from nobody, so the answer names it).
-async fn to_processors(
-    s: &AdminState,
-    headers: &HeaderMap,
-    method: reqwest::Method,
-    path: String,
-    body: Option<Vec<u8>>,
-) -> Vec<String> {
-    let Some(view) = s.fleet.as_ref() else {
-        return Vec::new();
-    };
-    if headers.contains_key(FORWARDED) {
-        return Vec::new();
-    }
-    let me = view.members.me().to_string();
-    let mut missed = Vec::new();
-    for m in view.processors().into_iter().filter(|m| m.url != me) {
-        let answer = super::fleet::ask_with(
-            view.client().clone(),
-            method.clone(),
-            m.url.clone(),
-            path.clone(),
-            super::fleet::credentials(headers),
-            body.clone(),
-        )
-        .await;
-        match answer {
-            Ok((status, _)) if status.is_success() => {}
-            Ok((status, _)) => missed.push(format!("{}: {status}", m.url)),
-            Err(e) => missed.push(e),
+/// Makes `silence` hold: on a fleet, published on the silences topic first (every member
+/// reads it, those that start later too), then applied here.
+async fn hold(s: &Arc<AdminState>, silence: Silence) -> Result<(), Response> {
+    if let Some(log) = s.silence_log.clone() {
+        let copy = silence.clone();
+        let published = tokio::task::spawn_blocking(move || log.publish(&copy))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        if let Err(e) = published {
+            return Err(json_error(StatusCode::SERVICE_UNAVAILABLE, e));
         }
+        s.silences.apply(silence);
+        return Ok(());
     }
-    missed
+    s.silences
+        .add(silence, now(s))
+        .map_err(|e| json_error(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 /// `POST /api/v1/silences`.
-pub async fn create(
-    State(s): State<Arc<AdminState>>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    let mut new: NewSilence = match serde_json::from_str(&body) {
+pub async fn create(State(s): State<Arc<AdminState>>, body: String) -> Response {
+    let new: NewSilence = match serde_json::from_str(&body) {
         Ok(n) => n,
         Err(e) => {
             return json_error(
@@ -168,43 +147,23 @@ pub async fn create(
         comment: new.comment.clone(),
         origin: "api".into(),
     };
-    if let Err(e) = s.silences.add(silence, at) {
+    if let Err(e) = silence.validate() {
         return json_error(StatusCode::BAD_REQUEST, e.to_string());
     }
+    if let Err(r) = hold(&s, silence).await {
+        return r;
+    }
     tracing::info!(%id, created_by = %new.created_by, comment = %new.comment, "silence set");
-    new.id = Some(id.clone());
-    let forwarded = serde_json::to_vec(&new).unwrap_or_default();
-    let missed = to_processors(
-        &s,
-        &headers,
-        reqwest::Method::POST,
-        "/api/v1/silences".into(),
-        Some(forwarded),
-    )
-    .await;
-    axum::Json(json!({ "silenceID": id, "not_reached": missed })).into_response()
+    axum::Json(json!({ "silenceID": id })).into_response()
 }
 
 /// `DELETE /api/v1/silences/{id}`: expires it now.
-pub async fn expire(
-    State(s): State<Arc<AdminState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let found = match s.silences.expire(&id, now(&s)) {
-        Ok(found) => found,
-        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let missed = to_processors(
-        &s,
-        &headers,
-        reqwest::Method::DELETE,
-        format!("/api/v1/silences/{id}"),
-        None,
-    )
-    .await;
-    if !found && s.fleet.is_none() {
+pub async fn expire(State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    let Some(expired) = s.silences.expired(&id, now(&s)) else {
         return json_error(StatusCode::NOT_FOUND, format!("no silence {id}"));
+    };
+    if let Err(r) = hold(&s, expired).await {
+        return r;
     }
-    axum::Json(json!({ "expired": id, "not_reached": missed })).into_response()
+    axum::Json(json!({ "expired": id })).into_response()
 }

@@ -40,6 +40,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         deploys: Default::default(),
         silences: Default::default(),
         trace_url_template: None,
+        silence_log: None,
     }
 }
 

@@ -59,6 +59,8 @@ pub struct RawFleet {
     pub group_id: Option<String>,
     /// Compacted topic where members advertise themselves (default `trike.members`).
     pub members_topic: Option<String>,
+    /// Compacted topic of the fleet's silences, read by every member (default `trike.silences`).
+    pub silences_topic: Option<String>,
     /// The URL other members reach this one's admin API at (default: `http(s)://` and the
     /// admin address; in Kubernetes `http://${POD_IP}:8480`).
     pub advertise_url: Option<String>,
@@ -92,6 +94,8 @@ pub struct FleetConfig {
     pub group_id: String,
     /// The members' directory topic.
     pub members_topic: String,
+    /// The fleet's silences.
+    pub silences_topic: String,
     /// This member's admin URL as the others reach it (none: derived from the admin address).
     pub advertise_url: Option<String>,
     /// The CA this member trusts when it asks another (none: `tls.client_ca_file`, else the
@@ -145,6 +149,7 @@ pub fn validate(raw: RawFleet, role: Role, brokers: bool, p: &mut Vec<String>) -
     let partials_topic = topic(raw.partials_topic, "partials_topic", "trike.partials", p);
     let changelog_topic = topic(raw.changelog_topic, "changelog_topic", "trike.changelog", p);
     let members_topic = topic(raw.members_topic, "members_topic", "trike.members", p);
+    let silences_topic = topic(raw.silences_topic, "silences_topic", "trike.silences", p);
     let advertise_url = raw
         .advertise_url
         .map(|u| u.trim_end_matches('/').to_string());
@@ -174,6 +179,7 @@ pub fn validate(raw: RawFleet, role: Role, brokers: bool, p: &mut Vec<String>) -
             .filter(|g| !g.is_empty())
             .unwrap_or_else(|| "trike-processors".into()),
         members_topic,
+        silences_topic,
         advertise_url,
         ca_file: raw.ca_file,
         server_name: raw.server_name.filter(|n| !n.is_empty()),

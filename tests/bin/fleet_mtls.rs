@@ -46,7 +46,7 @@ fn members_ask_each_other_over_mtls() {
         &dir,
         "member.yaml",
         &format!(
-            "{tls}fleet: {{ partials_topic: mtls{run}.partials, changelog_topic: mtls{run}.changelog, members_topic: mtls{run}.members, group_id: trike-mtls-{run}, partitions: 2, flush_interval: 250ms, {server_name} }}\n\
+            "{tls}fleet: {{ partials_topic: mtls{run}.partials, changelog_topic: mtls{run}.changelog, members_topic: mtls{run}.members, silences_topic: mtls{run}.silences, group_id: trike-mtls-{run}, partitions: 2, flush_interval: 250ms, {server_name} }}\n\
              kafka: {{ brokers: \"{brokers}\", control_topic: mtls{run}.control }}\n"
         ),
     );
@@ -148,4 +148,49 @@ fn members_ask_each_other_over_mtls() {
         serde_json::from_str(&get(&gateway, "/api/v1/rollouts?service=checkout").unwrap()).unwrap();
     assert_eq!(listed["rollouts"][0]["id"], started["id"], "{listed}");
     assert_eq!(listed["rollouts"][0]["weight"], 20.0, "{listed}");
+
+    // A silence set at the gateway holds at the processor, and at a processor that starts
+    // later (the fleet's silences topic); expiring it at the gateway reaches both.
+    let r = gateway
+        .client
+        .post(format!("{}/api/v1/silences", gateway.base))
+        .json(&serde_json::json!({"matchers": [{"name": "service", "value": "checkout"}], "endsAt": "2099-01-01T00:00:00Z", "createdBy": "sre", "comment": "fleet-wide"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().unwrap()["silenceID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let state_at = |t: &Trike| -> Option<String> {
+        let doc: Value = serde_json::from_str(&get_local(t, "/api/v1/silences")?).ok()?;
+        doc["silences"]
+            .as_array()?
+            .iter()
+            .find(|s| s["id"] == id.as_str())
+            .and_then(|s| s["status"]["state"].as_str().map(str::to_string))
+    };
+    let wait_state = |t: &Trike, want: &str| {
+        let started = std::time::Instant::now();
+        while state_at(t).as_deref() != Some(want) {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "silence {id} not {want} at {}: {:?}",
+                t.base,
+                state_at(t)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_state(&processor, "active");
+    let late = spawn_with(&cfg, "processor", free_port(), Some(&pki));
+    wait_state(&late, "active");
+    let r = gateway
+        .client
+        .delete(format!("{}/api/v1/silences/{id}", gateway.base))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_state(&processor, "expired");
+    wait_state(&late, "expired");
 }

@@ -9,3 +9,4 @@ pub mod gateway;
 pub mod members;
 pub mod owner;
 pub mod partition;
+pub mod silence_log;
