@@ -48,6 +48,28 @@ fn all_metrics() -> Vec<CanaryMetric> {
     CanaryMetric::ALL.to_vec()
 }
 
+/// The test that decides a comparison.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Judge {
+    /// [`crate::canary_seq`]: anytime-valid, so its verdict may be read every 200 ms and it
+    /// fails or passes as soon as the evidence is there. (A rollout's step at 100 % leaves the
+    /// baseline no traffic to compare at the same time: the exact test judges it.)
+    #[default]
+    Sequential,
+    /// [`judge_arms`] over the window: a fixed-horizon test (read continuously, a rule on it
+    /// needs a `for:` delay).
+    Exact,
+}
+
+fn exact() -> Judge {
+    Judge::Exact
+}
+
+fn is_exact(j: &Judge) -> bool {
+    *j == Judge::Exact
+}
+
 /// What to compare and how strictly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CanarySpec {
@@ -78,6 +100,10 @@ pub struct CanarySpec {
     /// is what it was before templates existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub detect: bool,
+    /// The test that decides its verdict (default `exact` here; the evidence carries the
+    /// sequential test's numbers when it is `sequential`). Written only when not `exact`.
+    #[serde(default = "exact", skip_serializing_if = "is_exact")]
+    pub judge: Judge,
 }
 
 impl CanarySpec {
@@ -95,6 +121,7 @@ impl CanarySpec {
             latency_tolerance: 0.05,
             metrics: all_metrics(),
             detect: false,
+            judge: Judge::Exact,
         }
     }
 

@@ -407,6 +407,54 @@ impl ArmDelta {
     }
 }
 
+/// A sequential test fed from the engine: each second of the two versions once it is complete.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Running {
+    test: Sequential,
+    done_s: u64,
+}
+
+/// Seconds one look takes in, at most (after a restore it catches up over a few looks).
+pub const CATCH_UP_S: u64 = 60;
+
+impl Running {
+    /// A test of the seconds from `from` (engine time) on.
+    pub fn new(cfg: SeqConfig, from: crate::UnixNanos) -> Self {
+        Self {
+            test: Sequential::new(cfg),
+            done_s: (from / crate::time::NANOS_PER_SEC).saturating_sub(1),
+        }
+    }
+
+    /// Takes the seconds of `canary` and `baseline` of `service` completed since the last
+    /// look (the deciles freeze from `baseline_digest` once it is large enough), and returns
+    /// the evidence.
+    pub fn look(
+        &mut self,
+        engine: &crate::Engine,
+        service: &str,
+        baseline: &str,
+        canary: &str,
+        baseline_digest: Option<&TDigest>,
+    ) -> SeqEvidence {
+        if let Some(d) = baseline_digest {
+            self.test.freeze_from(d);
+        }
+        // The second in progress waits for the next look.
+        let last = (engine.now() / crate::time::NANOS_PER_SEC).saturating_sub(1);
+        let q = self.test.deciles().map(<[f64]>::to_vec);
+        for second in self.done_s + 1..=last.min(self.done_s + CATCH_UP_S) {
+            let arm_at = |version: &str| {
+                let (n, e, d) = engine.version_totals_at(service, version, second, crate::Span(1));
+                ArmDelta::of(n, e, d.as_ref(), q.as_deref())
+            };
+            self.test.update(&arm_at(canary), &arm_at(baseline));
+            self.done_s = second;
+        }
+        self.test.evidence()
+    }
+}
+
 const fn verdict(failed: bool, passed: bool) -> Verdict {
     if failed {
         Verdict::Fail

@@ -19,7 +19,7 @@
 
 use crate::Engine;
 use crate::canary::{CanaryMetric, CanaryResult, CanarySpec, Verdict, arm, judge_arms};
-use crate::canary_seq::{ArmDelta, SeqConfig, Sequential};
+use crate::canary_seq::{Running, SeqConfig};
 use crate::policy::{Action, Decision, Evidence, Target, decision_id};
 use crate::slo::Severity;
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos};
@@ -73,28 +73,7 @@ pub struct RolloutSpec {
     pub judge: Judge,
 }
 
-/// The test that decides a rollout's steps.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Judge {
-    /// [`crate::canary_seq`], reset at each step. A step at 100 % leaves the baseline no
-    /// traffic to compare at the same time: the exact test judges it.
-    #[default]
-    Sequential,
-    /// [`crate::canary::judge_arms`] over the step's requests.
-    Exact,
-}
-
-/// The sequential test of a step and the last second it took.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StepTest {
-    test: Sequential,
-    done_s: u64,
-}
-
-/// Seconds the sequential test takes in one look, at most (after a restore it catches up
-/// over a few looks).
-const CATCH_UP_S: u64 = 60;
+pub use crate::canary::Judge;
 
 impl RolloutSpec {
     /// A spec with the default steps, durations and sample size.
@@ -244,7 +223,7 @@ pub struct Rollout {
     pub decisions: Vec<String>,
     /// The current step's sequential test.
     #[serde(default)]
-    pub test: Option<StepTest>,
+    pub test: Option<Running>,
 }
 
 impl Rollout {
@@ -658,29 +637,22 @@ fn judge(engine: &Engine, r: &mut Rollout, now: UnixNanos) -> CanaryResult {
     if full {
         return result;
     }
-    let t = r.test.get_or_insert_with(|| StepTest {
-        test: Sequential::new(SeqConfig {
-            error_tolerance: spec.error_tolerance,
-            ..SeqConfig::default()
-        }),
-        done_s: (r.step_started / NANOS_PER_SEC).saturating_sub(1),
+    let t = r.test.get_or_insert_with(|| {
+        Running::new(
+            SeqConfig {
+                error_tolerance: spec.error_tolerance,
+                ..SeqConfig::default()
+            },
+            r.step_started,
+        )
     });
-    if let Some(d) = &b.digest {
-        t.test.freeze_from(d);
-    }
-    // Each second once it is complete (the second in progress waits for the next look).
-    let last = (now / NANOS_PER_SEC).saturating_sub(1);
-    let q = t.test.deciles().map(<[f64]>::to_vec);
-    for second in t.done_s + 1..=last.min(t.done_s + CATCH_UP_S) {
-        let arm_at = |version: &str| {
-            let (n, e, d) = engine.version_totals_at(&r.spec.service, version, second, Span(1));
-            ArmDelta::of(n, e, d.as_ref(), q.as_deref())
-        };
-        t.test
-            .update(&arm_at(&r.spec.canary), &arm_at(&r.spec.baseline));
-        t.done_s = second;
-    }
-    let evidence = t.test.evidence();
+    let evidence = t.look(
+        engine,
+        &r.spec.service,
+        &r.spec.baseline,
+        &r.spec.canary,
+        b.digest.as_ref(),
+    );
     if r.spec.judge == Judge::Sequential {
         result.verdict = evidence.verdict;
     }

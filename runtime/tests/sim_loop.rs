@@ -83,6 +83,14 @@ fn traffic(rng: &mut Lcg, now: u64, bad: bool) -> Batch {
 /// Runs `minutes` of simulated time; returns the control events in order, each with the
 /// simulated seconds since the start at which it was published, and the checkpoints written.
 fn run(minutes: u64, ckpt: &std::path::Path) -> (Vec<(f64, ControlEvent)>, u64) {
+    run_spec(minutes, ckpt, spec())
+}
+
+fn run_spec(
+    minutes: u64,
+    ckpt: &std::path::Path,
+    spec: DecideSpec,
+) -> (Vec<(f64, ControlEvent)>, u64) {
     let clock = SimClock::at(T0);
     let store = Arc::new(DecisionStore::default());
     let (tx, rx): (_, Receiver<ControlEvent>) = std::sync::mpsc::sync_channel(1000);
@@ -93,7 +101,7 @@ fn run(minutes: u64, ckpt: &std::path::Path) -> (Vec<(f64, ControlEvent)>, u64) 
         Engine::new(Arc::new(EngineConfig::default())),
         Arc::new(clock.clone()),
     )
-    .with_hook(Decider::new(spec(), store.clone()))
+    .with_hook(Decider::new(spec, store.clone()))
     .with_hook(Outbox::new("sim", None, store, tx, None))
     .with_hook(checkpointer);
     let mut rng = Lcg(7);
@@ -159,5 +167,45 @@ fn a_bad_canary_is_rolled_back_once_on_simulated_time() {
     let json = |v: &[(f64, ControlEvent)]| v.iter().map(|(_, e)| e.to_json()).collect::<Vec<_>>();
     assert_eq!(json(&events), json(&again), "deterministic");
     println!("10 simulated minutes (6000 steps) took {took:?} of wall time");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Scenario: the same service and canary, judged by the sequential test (`judge:
+/// sequential`) with a rule that acts at once (`for: 0s`, which the exact test's repeated
+/// looks could not afford).
+/// Guarantees: no rollback while the canary behaves (the first 2 minutes, read every 100 ms);
+/// exactly one after it goes bad, within 30 s, its evidence carrying the sequential test's
+/// failing metric and e-value next to the exact test's numbers.
+#[test]
+fn the_sequential_judge_acts_at_once_and_only_on_a_bad_canary() {
+    let dir = std::env::temp_dir().join(format!("trike-sim-seq-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut spec = spec();
+    spec.canaries[0].judge = trike_engine::canary::Judge::Sequential;
+    spec.policy = Policy::new(vec![rule(
+        "rollback-bad-canary",
+        "canary.fail",
+        Action::Rollback,
+        0,
+    )]);
+    let (events, _) = run_spec(6, &dir, spec);
+    let actions: Vec<&str> = events.iter().map(|(_, e)| e.data.action.name()).collect();
+    assert_eq!(actions, ["rollback"], "{events:?}");
+    let (at, rollback) = &events[0];
+    let bad = BAD_AFTER.as_secs_f64();
+    assert!(
+        *at > bad && *at <= bad + 30.0,
+        "rollback {at} s in; the canary went bad at {bad} s"
+    );
+    let seq = &rollback.data.evidence["sequential"];
+    assert_eq!(seq["verdict"], "fail", "{}", rollback.data.evidence);
+    let failed = ["errors", "latency"]
+        .iter()
+        .any(|m| seq[m]["verdict"] == "fail" && seq[m]["e_fail"].as_f64().unwrap() >= 100.0);
+    assert!(failed, "{seq}");
+    assert!(
+        rollback.data.evidence["metrics"].is_array(),
+        "the exact numbers too"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -245,6 +245,9 @@ pub struct RawCanary {
     /// Metrics compared: `error_ratio`, `latency` (default both).
     #[serde(default)]
     pub metrics: Option<Vec<String>>,
+    /// `exact` (default) or `sequential` (anytime-valid: rules on it need no `for:`).
+    #[serde(default)]
+    pub judge: Option<trike_engine::canary::Judge>,
 }
 
 /// One maintenance window as written.

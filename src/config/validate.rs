@@ -286,6 +286,9 @@ fn canaries(p: &mut Vec<String>, raw: Vec<super::RawCanary>) -> Vec<CanarySpec> 
         if let Some(n) = c.min_requests {
             spec.min_requests = n;
         }
+        if let Some(j) = c.judge {
+            spec.judge = j;
+        }
         if let Some(t) = c.error_tolerance {
             spec.error_tolerance = t;
         }

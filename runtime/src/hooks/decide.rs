@@ -5,10 +5,12 @@
 use crate::hook::{Decided, Hook, Tick};
 use crate::hooks::outbox::DecisionStore;
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use trike_engine::anomaly::{DetectorConfig, SliWatch};
-use trike_engine::canary::CanarySpec;
+use trike_engine::canary::{CanarySpec, Judge, arm, expand};
+use trike_engine::canary_seq::{Running, SeqConfig};
 use trike_engine::facts::{StaleRule, gather};
 use trike_engine::policy::{Policy, PolicyEngine, PolicySnapshot};
 use trike_engine::slo::Slo;
@@ -54,6 +56,10 @@ pub struct Decider {
     policy: Arc<Mutex<PolicyEngine>>,
     store: Arc<DecisionStore>,
     last: UnixNanos,
+    /// The sequential tests of the canary pairs judged `sequential`, since each was first
+    /// judged here (not checkpointed: after a restart a test starts afresh, which only makes
+    /// it later to decide).
+    sequential: HashMap<(String, String, String), Running>,
     /// Shared like the policy (its services' detectors move with their partitions).
     watch: Arc<Mutex<SliWatch>>,
 }
@@ -73,6 +79,7 @@ impl Decider {
             policy: Arc::new(Mutex::new(PolicyEngine::new(spec.policy))),
             store,
             last: 0,
+            sequential: HashMap::new(),
             watch: Arc::new(Mutex::new(watch)),
         }
     }
@@ -105,8 +112,10 @@ impl Decider {
     /// Evaluates when [`DECIDE_EVERY`] has passed since the last evaluation.
     fn decide(&mut self, engine: &Engine) -> Option<Decided> {
         let now = engine.now();
-        let spec = self.rules.lock();
-        let mut policy = self.policy.lock();
+        let rules_handle = self.rules.clone();
+        let spec = rules_handle.lock();
+        let policy_handle = self.policy.clone();
+        let mut policy = policy_handle.lock();
         let rules = !policy.policy().rules.is_empty();
         if !(rules || policy.rollouts().any_active())
             || now < self.last + DECIDE_EVERY.as_nanos() as u64
@@ -118,8 +127,9 @@ impl Decider {
         if rules {
             let mut watch = self.watch.lock();
             watch.sample(engine);
-            let facts = gather(engine, &spec.slos, &spec.canaries, spec.stale, Some(&watch));
+            let mut facts = gather(engine, &spec.slos, &spec.canaries, spec.stale, Some(&watch));
             drop(watch);
+            self.judge_sequentially(engine, &spec.canaries, &mut facts);
             decisions = policy.step(now, &facts);
         }
         decisions.extend(policy.step_rollouts(engine));
@@ -128,6 +138,53 @@ impl Decider {
             decisions,
             policy: policy.snapshot(),
         })
+    }
+}
+
+impl Decider {
+    /// Gives the canary pairs judged `sequential` their sequential test's evidence and
+    /// verdict (the exact test's numbers stay in the metrics).
+    fn judge_sequentially(
+        &mut self,
+        engine: &Engine,
+        canaries: &[CanarySpec],
+        facts: &mut [trike_engine::policy::ServiceFacts],
+    ) {
+        if !canaries.iter().any(|c| c.judge == Judge::Sequential) {
+            self.sequential.clear();
+            return;
+        }
+        let pairs: Vec<CanarySpec> = expand(engine, canaries)
+            .into_iter()
+            .filter(|c| c.judge == Judge::Sequential)
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for c in pairs {
+            let key = (c.service.clone(), c.baseline.clone(), c.canary.clone());
+            let now = engine.now();
+            let cfg = SeqConfig {
+                error_tolerance: c.error_tolerance,
+                ..SeqConfig::default()
+            };
+            let running = self
+                .sequential
+                .entry(key.clone())
+                .or_insert_with(|| Running::new(cfg, now));
+            let digest = arm(engine, &c.service, &c.baseline, c.window).digest;
+            let evidence =
+                running.look(engine, &c.service, &c.baseline, &c.canary, digest.as_ref());
+            if let Some(r) = facts
+                .iter_mut()
+                .filter(|f| f.service == c.service)
+                .flat_map(|f| f.canaries.iter_mut())
+                .find(|r| r.baseline == c.baseline && r.canary == c.canary)
+            {
+                r.verdict = evidence.verdict;
+                r.sequential = Some(evidence);
+            }
+            seen.insert(key);
+        }
+        self.sequential.retain(|k, _| seen.contains(k));
     }
 }
 
