@@ -99,6 +99,19 @@ impl Shard {
     /// Applies `batches`, all arrived at the clock's now, under one lock; then moves time and
     /// ticks the hooks.
     pub fn apply<B: Borrow<Batch>>(&mut self, batches: impl IntoIterator<Item = B>) {
+        self.apply_then(batches, || {});
+    }
+
+    /// Like [`Shard::apply`], running `applied` (the batches' acknowledgements) under the same
+    /// lock, right after the batches and before the hooks: whoever locks the engine next — a
+    /// hook, a checkpoint or changelog snapshot, a rebalance — finds the acknowledged offsets
+    /// and the state in step. (Acknowledged after the lock was released, a snapshot taken in
+    /// between held a batch its offsets did not cover, and a restore applied it again.)
+    pub fn apply_then<B: Borrow<Batch>>(
+        &mut self,
+        batches: impl IntoIterator<Item = B>,
+        applied: impl FnOnce(),
+    ) {
         let now = self.clock.now();
         let mut e = self.engine.lock();
         if let Some(m) = &self.memory {
@@ -111,6 +124,7 @@ impl Shard {
                 h.on_batch(b);
             }
         }
+        applied();
         e.advance(now);
         run(&mut self.hooks, &mut e, false);
     }

@@ -133,8 +133,18 @@ fn gateways_and_processors_count_exactly_what_was_acknowledged_while_partitions_
         spawn(&gateway_cfg, "gateway", free_port()),
         spawn(&gateway_cfg, "gateway", free_port()),
     ];
-    // A third gateway, SIGKILLed with requests in flight.
-    let mut victim = Some(spawn(&gateway_cfg, "gateway", free_port()));
+    // A third gateway, SIGKILLed with requests in flight: it flushes every 3 s, so the
+    // requests it took wait for their flush when it dies 60 ms after they were sent (at the
+    // others' 250 ms, a flush landed within those 60 ms about one run in four and answered
+    // them all, leaving nothing in doubt).
+    let victim_cfg = write_config(
+        &dir,
+        "victim.yaml",
+        &std::fs::read_to_string(&gateway_cfg)
+            .unwrap()
+            .replace("flush_interval: 250ms", "flush_interval: 3s"),
+    );
+    let mut victim = Some(spawn(&victim_cfg, "gateway", free_port()));
     let victim_grpc = victim.as_ref().unwrap().grpc;
     let admins = [free_port(), free_port(), free_port()];
     let mut processors: [Option<Trike>; 3] = [
