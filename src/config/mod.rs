@@ -3,6 +3,7 @@
 
 mod boundaries;
 pub mod bytes;
+mod decisions;
 pub mod env;
 pub mod fleet;
 mod openslo;

@@ -44,6 +44,32 @@ pub struct Member {
     pub at_ms: u64,
 }
 
+/// A consumer assigned every partition of `topic` from its beginning (no group membership:
+/// `group` only names it), for the fleet's compacted directories (members, silences).
+pub(crate) fn whole_topic_reader(
+    brokers: &str,
+    client: &ClientProps,
+    topic: &str,
+    group: &str,
+) -> Result<BaseConsumer, KafkaError> {
+    let consumer: BaseConsumer = client
+        .apply(
+            ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "false"),
+        )
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
 /// What one member knows of the fleet.
 pub struct Members {
     me: String,
@@ -93,21 +119,7 @@ impl Members {
                     .set("linger.ms", "0"),
             )
             .create()?;
-        let consumer: BaseConsumer = client
-            .apply(
-                ClientConfig::new()
-                    .set("bootstrap.servers", brokers)
-                    .set("group.id", "trike-members-reader")
-                    .set("enable.auto.commit", "false")
-                    .set("enable.partition.eof", "false"),
-            )
-            .create()?;
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let mut tpl = TopicPartitionList::new();
-        for p in md.topics().iter().flat_map(|t| t.partitions()) {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-        }
-        consumer.assign(&tpl)?;
+        let consumer = whole_topic_reader(brokers, client, topic, "trike-members-reader")?;
         let first = me();
         let members = Arc::new(Self {
             me: first.url.clone(),

@@ -6,11 +6,10 @@
 
 use crate::silences::{Silence, Silences};
 use rdkafka::ClientContext;
+use rdkafka::Message;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread::JoinHandle;
@@ -75,21 +74,8 @@ impl SilenceLog {
                     .set("linger.ms", "0"),
             )
             .create_with_context(Outcomes::default())?;
-        let consumer: BaseConsumer = client
-            .apply(
-                ClientConfig::new()
-                    .set("bootstrap.servers", brokers)
-                    .set("group.id", "trike-silences-reader")
-                    .set("enable.auto.commit", "false")
-                    .set("enable.partition.eof", "false"),
-            )
-            .create()?;
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let mut tpl = TopicPartitionList::new();
-        for p in md.topics().iter().flat_map(|t| t.partitions()) {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-        }
-        consumer.assign(&tpl)?;
+        let consumer =
+            super::members::whole_topic_reader(brokers, client, topic, "trike-silences-reader")?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();

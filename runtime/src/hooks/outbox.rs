@@ -314,7 +314,7 @@ impl Outbox {
             if let Some(i) = ACTIONS.iter().position(|a| *a == d.action) {
                 self.store.by_action[i].fetch_add(1, Relaxed);
             }
-            tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, silenced_by = ?event.data.silenced_by, "{}", d.reason);
+            tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, silenced_by = event.data.silenced_by.as_deref().unwrap_or("-"), "{}", d.reason);
             self.store.push(event.clone());
             if let Some(a) = &self.archive {
                 a.decision(event.to_value());
