@@ -26,8 +26,8 @@ pub mod window;
 pub use config::{EngineConfig, SignalSource};
 pub use engine::{Engine, IngestReport, Snapshot, Stats};
 pub use observation::{
-    Batch, CounterObs, HistogramObs, PartialObs, RequestObs, SecondObs, SeriesKey, Signal,
-    Temporality,
+    Batch, CounterObs, Exemplar, HistogramObs, PartialObs, RequestObs, SecondObs, SeriesKey,
+    Signal, Temporality,
 };
 pub use sli::{Quantiles, ServiceSli, SliQuery, SliRow};
 pub use time::{Span, UnixNanos};

@@ -198,7 +198,8 @@ pub struct Batch {
 }
 
 /// A failing request's trace, kept as an example (a few per batch; never part of an SLI).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Gateways carry them to processors in `trike.partials` records.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Exemplar {
     /// Index into [`Batch::keys`].
     pub key: u32,
@@ -268,6 +269,11 @@ impl Batch {
                 p.key = map[p.key as usize];
                 p
             }));
+        self.exemplars
+            .extend(other.exemplars.into_iter().map(|mut x| {
+                x.key = map[x.key as usize];
+                x
+            }));
     }
 }
 
@@ -321,4 +327,55 @@ pub struct SecondObs {
     pub within: Vec<u64>,
     /// The second's latency digest (None without latency data).
     pub digest: Option<crate::sketch::TDigest>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(route: &str, trace: u8) -> Batch {
+        Batch {
+            keys: vec![SeriesKey::new("checkout", route, "1")],
+            requests: vec![RequestObs {
+                key: 0,
+                time: 1,
+                latency_ms: 2.0,
+                bad: true,
+            }],
+            exemplars: vec![Exemplar {
+                key: 0,
+                trace_id: [trace; 16],
+                time: 1,
+                latency_ms: 2.0,
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Guarantees: appending batches (as the receivers' gathering does) keeps every part of
+    /// them, exemplars included, each still pointing at its own series.
+    #[test]
+    fn appended_batches_keep_their_exemplars() {
+        for unmerged in [false, true] {
+            let mut b = one("/a", 1);
+            for (route, trace) in [("/b", 2), ("/a", 3)] {
+                if unmerged {
+                    b.append_keys_unmerged(one(route, trace));
+                } else {
+                    b.append(one(route, trace));
+                }
+            }
+            assert_eq!(b.requests.len(), 3);
+            let routes: Vec<(&str, u8)> = b
+                .exemplars
+                .iter()
+                .map(|x| (&*b.keys[x.key as usize].operation, x.trace_id[0]))
+                .collect();
+            assert_eq!(
+                routes,
+                [("/a", 1), ("/b", 2), ("/a", 3)],
+                "unmerged {unmerged}"
+            );
+        }
+    }
 }

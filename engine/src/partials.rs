@@ -3,6 +3,9 @@
 //! applies exactly as it would have applied the observations themselves ([`PartialObs`] in a
 //! [`Batch`] goes through `Engine::ingest`).
 //!
+//! Failing requests' trace ids ride along: the newest [`EXEMPLARS_PER_SERVICE`] of each service
+//! per flush, so the processor that owns the service can link its failing requests to traces.
+//!
 //! The builder holds only what arrived since the last [`PartialBuilder::take`] (one flush
 //! interval), plus the cumulative-to-delta baselines of metric streams (bounded by
 //! `max_metric_streams`, forgotten after `metric_stream_ttl`): its memory does not grow with
@@ -11,12 +14,14 @@
 
 use crate::config::EngineConfig;
 use crate::delta::DeltaTracker;
-use crate::engine::{DeltaPoint, Stats, convert_point, for_each_bucket, layout_hash};
-use crate::observation::{Batch, PartialObs, SeriesKey, Temporality};
+use crate::engine::{
+    DeltaPoint, EXEMPLARS_PER_SERVICE, Stats, convert_point, for_each_bucket, layout_hash,
+};
+use crate::observation::{Batch, Exemplar, PartialObs, SeriesKey, Temporality};
 use crate::sketch::TDigest;
 use crate::time::{UnixNanos, secs};
 use crate::window::MAX_THRESHOLDS;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// One (series, second, signal) being built.
@@ -72,6 +77,8 @@ pub struct PartialBuilder {
     index: HashMap<SeriesKey, u32>,
     keys: Vec<SeriesKey>,
     cells: HashMap<(u32, u64, bool), Cell>,
+    /// Per service, its newest failing traces since the last `take` (keys index `keys`).
+    exemplars: HashMap<Arc<str>, VecDeque<Exemplar>>,
     deltas: DeltaTracker,
     start: UnixNanos,
     now: UnixNanos,
@@ -87,6 +94,7 @@ impl PartialBuilder {
             index: HashMap::new(),
             keys: Vec::new(),
             cells: HashMap::new(),
+            exemplars: HashMap::new(),
             deltas: DeltaTracker::default(),
             start: 0,
             now: 0,
@@ -227,6 +235,17 @@ impl PartialBuilder {
             }
             points += p.points;
         }
+        for x in &batch.exemplars {
+            let Some(&key) = keys.get(x.key as usize) else {
+                continue;
+            };
+            let service = &self.keys[key as usize].service;
+            let list = self.exemplars.entry(service.clone()).or_default();
+            if list.len() == EXEMPLARS_PER_SERVICE {
+                list.pop_front();
+            }
+            list.push_back(Exemplar { key, ..*x });
+        }
         points
     }
 
@@ -286,6 +305,27 @@ impl PartialBuilder {
                 last_event: c.last_event,
                 digest: c.digest,
             });
+        }
+        for (service, list) in self.exemplars.drain() {
+            let at = match out.binary_search_by(|s| s.service.cmp(&service)) {
+                Ok(at) => at,
+                Err(at) => {
+                    out.insert(
+                        at,
+                        ServicePartials {
+                            service,
+                            batch: Batch::default(),
+                            points: 0,
+                        },
+                    );
+                    at
+                }
+            };
+            let batch = &mut out[at].batch;
+            for x in list {
+                let key = batch.key_index(keys[x.key as usize].clone());
+                batch.exemplars.push(Exemplar { key, ..x });
+            }
         }
         let ttl = self.cfg.metric_stream_ttl.nanos();
         self.deltas.expire(self.now.saturating_sub(ttl));

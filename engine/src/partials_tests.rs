@@ -234,3 +234,64 @@ fn the_processor_keeps_one_signal_and_drops_late_partials() {
     let rep = p.ingest(&late[0].batch, T0 + 600 * S);
     assert_eq!(rep.late, 1, "{rep:?}");
 }
+
+/// Guarantees: failing requests' trace ids ride the partials to the processor, each with its
+/// own series, and the processor lists them for the service as a single engine would; a
+/// flush carries at most the newest [`EXEMPLARS_PER_SERVICE`] of a service, so a gateway's
+/// memory stays bounded however many requests fail.
+#[test]
+fn failing_traces_reach_the_processor_through_partials() {
+    let mut g = PartialBuilder::new(cfg());
+    let mut processor = Engine::new(cfg());
+    let mut single = Engine::new(cfg());
+    let mut b = Batch::default();
+    for i in 0..30u64 {
+        let route = if i % 2 == 0 { "/pay" } else { "/refund" };
+        let key = b.key_index(SeriesKey::new("checkout", route, "1.2"));
+        b.requests.push(RequestObs {
+            key,
+            time: T0 + i,
+            latency_ms: 40.0,
+            bad: true,
+        });
+        b.exemplars.push(Exemplar {
+            key,
+            trace_id: [i as u8; 16],
+            time: T0 + i,
+            latency_ms: 40.0,
+        });
+    }
+    let ok = b.key_index(SeriesKey::new("search", "/q", "7"));
+    b.requests.push(RequestObs {
+        key: ok,
+        time: T0,
+        latency_ms: 3.0,
+        bad: false,
+    });
+    g.add(&b, T0 + S);
+    single.ingest(&b, T0 + S);
+    let out = g.take();
+    let checkout = out.iter().find(|s| &*s.service == "checkout").unwrap();
+    assert_eq!(checkout.batch.exemplars.len(), EXEMPLARS_PER_SERVICE);
+    for x in &checkout.batch.exemplars {
+        let want = if x.trace_id[0] % 2 == 0 {
+            "/pay"
+        } else {
+            "/refund"
+        };
+        assert_eq!(&*checkout.batch.keys[x.key as usize].operation, want);
+    }
+    assert!(
+        out.iter()
+            .all(|s| s.service == checkout.service || s.batch.exemplars.is_empty())
+    );
+    for sp in &out {
+        processor.ingest(&sp.batch, T0 + S);
+    }
+    assert_eq!(
+        processor.exemplars("checkout"),
+        single.exemplars("checkout")
+    );
+    assert_eq!(processor.exemplars("checkout")[0].trace_id, "1d".repeat(16));
+    assert!(g.take().is_empty());
+}

@@ -34,7 +34,8 @@ use std::time::Duration;
 /// asks another with its own certificate and checks the other's against `fleet.server_name`
 /// (the members' certificates name `trike-member`, not their address): a gateway answers for a
 /// service with its owner's counts, exactly what it acknowledged, and its list names no member
-/// unreachable; Argo's analysis asked at the gateway is judged by the owner, on its counts.
+/// unreachable; the failing requests' trace ids, decoded at the gateway, are listed by the
+/// owner; Argo's analysis asked at the gateway is judged by the owner, on its counts.
 #[test]
 fn members_ask_each_other_over_mtls() {
     let Some(brokers) = brokers() else { return };
@@ -56,6 +57,7 @@ fn members_ask_each_other_over_mtls() {
 
     // OTLP/HTTP to the gateway, through TLS with the client certificate.
     let mut acked = Acked::new();
+    let mut failed = std::collections::BTreeSet::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -76,6 +78,19 @@ fn members_ask_each_other_over_mtls() {
             .unwrap();
         assert_eq!(r.status(), 200, "{:?}", r.text());
         count(&mut acked, &req);
+        failed.extend(
+            req.resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .flat_map(|ss| &ss.spans)
+                .filter(|s| s.status.as_ref().is_some_and(|st| st.code == 2))
+                .map(|s| {
+                    s.trace_id
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                }),
+        );
     }
     let want: u64 = acked.values().map(|v| v.0).sum();
     assert_eq!(want, 100);
@@ -108,6 +123,20 @@ fn members_ask_each_other_over_mtls() {
             .any(|s| s["service"] == "checkout"),
         "{list}"
     );
+    // Failing requests' trace ids, decoded at the gateway, listed by the owner and asked at
+    // the gateway: each one a trace that failed.
+    let traces: Value =
+        serde_json::from_str(&get(&gateway, "/api/v1/exemplars?service=checkout").unwrap())
+            .unwrap();
+    let listed: Vec<&str> = traces["exemplars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["trace_id"].as_str().unwrap())
+        .collect();
+    assert!(!failed.is_empty());
+    assert_eq!(listed.len(), failed.len().min(20), "{traces}");
+    assert!(listed.iter().all(|t| failed.contains(*t)), "{traces}");
     // Argo's provider asked at the gateway, which holds no data: the owner judges, on its
     // counts (50 requests an arm: too few for a verdict, but counted).
     let analysis: Value = serde_json::from_str(

@@ -4,12 +4,14 @@
 //!
 //! Layout (a CBOR map): `v` (format version, [`PARTIALS_VERSION`]), `gateway` (the instance that
 //! built it), `keys` (the series keys), `partials` ([`trike_engine::PartialObs`], indexing
-//! `keys`). A service whose flush would exceed [`MAX_RECORD_BYTES`] is split across records, so
+//! `keys`), and, when the flush saw failing requests, `exemplars` (their trace ids,
+//! [`trike_engine::Exemplar`], indexing `keys`; an optional field, which readers of earlier
+//! version-2 records ignore, so it needs no new version). A service whose flush would exceed [`MAX_RECORD_BYTES`] is split across records, so
 //! every record fits the broker's default 1 MiB message limit.
 
 use super::{DecodeError, Decoded};
 use serde::{Deserialize, Serialize};
-use trike_engine::{Batch, PartialObs, SeriesKey};
+use trike_engine::{Batch, Exemplar, PartialObs, SeriesKey};
 
 /// Version of the record layout. 2: t-digests are byte strings (see `trike_engine::sketch`),
 /// which a version-1 reader would not decode; version-1 records are read too.
@@ -25,6 +27,8 @@ struct RecordOut<'a> {
     gateway: &'a str,
     keys: &'a [SeriesKey],
     partials: &'a [PartialObs],
+    #[serde(skip_serializing_if = "<[Exemplar]>::is_empty")]
+    exemplars: &'a [Exemplar],
 }
 
 #[derive(Deserialize)]
@@ -34,16 +38,19 @@ struct RecordIn {
     gateway: String,
     keys: Vec<SeriesKey>,
     partials: Vec<PartialObs>,
+    #[serde(default)]
+    exemplars: Vec<Exemplar>,
 }
 
-fn encode_one(gateway: &str, keys: &[SeriesKey], partials: &[PartialObs]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + partials.len() * 64);
+fn encode_one(gateway: &str, batch: &Batch) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + batch.partials.len() * 64);
     ciborium::into_writer(
         &RecordOut {
             v: PARTIALS_VERSION,
             gateway,
-            keys,
-            partials,
+            keys: &batch.keys,
+            partials: &batch.partials,
+            exemplars: &batch.exemplars,
         },
         &mut out,
     )
@@ -51,27 +58,39 @@ fn encode_one(gateway: &str, keys: &[SeriesKey], partials: &[PartialObs]) -> Vec
     out
 }
 
-/// Encodes one service's partials (a batch holding only partials) into records of at most
-/// [`MAX_RECORD_BYTES`] each (one, unless the service has very many series).
+/// Encodes one service's partials (a batch holding partials and exemplars) into records of at
+/// most [`MAX_RECORD_BYTES`] each (one, unless the service has very many series).
 pub fn encode_partials(gateway: &str, batch: &Batch) -> Vec<Vec<u8>> {
-    let whole = encode_one(gateway, &batch.keys, &batch.partials);
+    let whole = encode_one(gateway, batch);
     if whole.len() <= MAX_RECORD_BYTES || batch.partials.len() <= 1 {
         return vec![whole];
     }
-    // Split the rows in two halves, each with only the keys it uses.
+    // Split the rows in two halves, each with only the keys it uses; the exemplars (a few)
+    // go with the first.
     let mid = batch.partials.len() / 2;
     let mut out = Vec::new();
-    for rows in [&batch.partials[..mid], &batch.partials[mid..]] {
+    for (i, rows) in [&batch.partials[..mid], &batch.partials[mid..]]
+        .into_iter()
+        .enumerate()
+    {
         let mut half = Batch::default();
         let mut map = std::collections::HashMap::new();
-        for p in rows {
-            let k = *map.entry(p.key).or_insert_with(|| {
-                half.keys.push(batch.keys[p.key as usize].clone());
+        let mut key = |k: u32, half: &mut Batch| {
+            *map.entry(k).or_insert_with(|| {
+                half.keys.push(batch.keys[k as usize].clone());
                 (half.keys.len() - 1) as u32
-            });
+            })
+        };
+        for p in rows {
             let mut p = p.clone();
-            p.key = k;
+            p.key = key(p.key, &mut half);
             half.partials.push(p);
+        }
+        if i == 0 {
+            for x in &batch.exemplars {
+                let k = key(x.key, &mut half);
+                half.exemplars.push(Exemplar { key: k, ..*x });
+            }
         }
         out.extend(encode_partials(gateway, &half));
     }
@@ -89,10 +108,13 @@ pub fn partials(buf: &[u8]) -> Result<Decoded, DecodeError> {
             r.v
         )));
     }
-    if let Some(p) = r.partials.iter().find(|p| p.key as usize >= r.keys.len()) {
+    let indices = r.partials.iter().map(|p| p.key);
+    if let Some(k) = indices
+        .chain(r.exemplars.iter().map(|x| x.key))
+        .find(|&k| k as usize >= r.keys.len())
+    {
         return Err(DecodeError::Malformed(format!(
-            "trike.partials record: key index {} of {} keys",
-            p.key,
+            "trike.partials record: key index {k} of {} keys",
             r.keys.len()
         )));
     }
@@ -101,6 +123,7 @@ pub fn partials(buf: &[u8]) -> Result<Decoded, DecodeError> {
         batch: Batch {
             keys: r.keys,
             partials: r.partials,
+            exemplars: r.exemplars,
             ..Batch::default()
         },
         received,
@@ -113,7 +136,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use trike_engine::partials::PartialBuilder;
-    use trike_engine::{EngineConfig, RequestObs};
+    use trike_engine::{EngineConfig, Exemplar, RequestObs};
 
     fn batch(series: usize) -> Batch {
         let mut b = Batch::default();
@@ -122,19 +145,32 @@ mod tests {
             b.keys
                 .push(SeriesKey::new("big", &format!("/route/{i}"), "1"));
             for j in 0..50u64 {
+                let time = 1_800_000_000_000_000_000 + j;
+                let latency_ms = (i as f64 + 1.0) * (j as f64 + 1.0);
                 b.requests.push(RequestObs {
                     key,
-                    time: 1_800_000_000_000_000_000 + j,
-                    latency_ms: (i as f64 + 1.0) * (j as f64 + 1.0),
+                    time,
+                    latency_ms,
                     bad: j % 7 == 0,
                 });
+                if j % 7 == 0 {
+                    let mut trace_id = [0; 16];
+                    trace_id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    b.exemplars.push(Exemplar {
+                        key,
+                        trace_id,
+                        time,
+                        latency_ms,
+                    });
+                }
             }
         }
         b
     }
 
-    /// Guarantees: a record decodes to exactly the partials encoded; a service too big for one
-    /// record is split into records under the 1 MiB limit that together hold every row.
+    /// Guarantees: a record decodes to exactly the partials and exemplars encoded; a service too
+    /// big for one record is split into records under the 1 MiB limit that together hold every
+    /// row and every exemplar, each exemplar still naming its own series.
     #[test]
     fn records_round_trip_and_split_under_the_limit() {
         for series in [3, 4000] {
@@ -143,23 +179,34 @@ mod tests {
             let sp = g.take().pop().unwrap();
             let records = encode_partials("gw-1", &sp.batch);
             assert_eq!(records.len() > 1, series > 3, "{series}: {}", records.len());
+            assert_eq!(sp.batch.exemplars.len(), 20);
             let mut rows = 0;
             let mut requests = 0;
+            let mut exemplars = Vec::new();
             for r in &records {
                 assert!(r.len() <= MAX_RECORD_BYTES, "{}", r.len());
                 let d = partials(r).unwrap();
                 rows += d.batch.partials.len();
                 requests += d.batch.partials.iter().map(|p| p.requests).sum::<u64>();
+                for x in &d.batch.exemplars {
+                    let route = &d.batch.keys[x.key as usize].operation;
+                    let series = u64::from_be_bytes(x.trace_id[..8].try_into().unwrap());
+                    assert_eq!(**route, format!("/route/{series}"));
+                    exemplars.push(*x);
+                }
                 if records.len() == 1 {
                     assert_eq!(d.batch, sp.batch);
                 }
             }
             assert_eq!(rows, sp.batch.partials.len());
+            assert_eq!(exemplars.len(), sp.batch.exemplars.len());
             assert_eq!(requests, series as u64 * 50);
         }
     }
 
-    /// Guarantees: garbage, another version and a key index out of range are refused, naming why.
+    /// Guarantees: garbage, another version and a key index out of range (of a partial or of
+    /// an exemplar) are refused, naming why; a version-2 record without exemplars (as written
+    /// before they were carried) is read.
     #[test]
     fn bad_records_are_refused() {
         assert!(
@@ -174,6 +221,32 @@ mod tests {
         sp.batch.keys.clear();
         let e = partials(&encode_partials("gw", &sp.batch)[0]).unwrap_err();
         assert!(e.to_string().contains("key index 0 of 0 keys"), "{e}");
+        let mut sp = {
+            g.add(&batch(1), 1_800_000_000_000_000_100);
+            g.take().pop().unwrap()
+        };
+        sp.batch.exemplars[0].key = 9;
+        let e = partials(&encode_partials("gw", &sp.batch)[0]).unwrap_err();
+        assert!(e.to_string().contains("key index 9 of 1 keys"), "{e}");
+        sp.batch.exemplars.clear();
+        let mut earlier = Vec::new();
+        ciborium::into_writer(
+            &ciborium::Value::Map(vec![
+                ("v".into(), 2.into()),
+                ("gateway".into(), "gw".into()),
+                (
+                    "keys".into(),
+                    ciborium::Value::serialized(&sp.batch.keys).unwrap(),
+                ),
+                (
+                    "partials".into(),
+                    ciborium::Value::serialized(&sp.batch.partials).unwrap(),
+                ),
+            ]),
+            &mut earlier,
+        )
+        .unwrap();
+        assert_eq!(partials(&earlier).unwrap().batch, sp.batch);
         let mut other = Vec::new();
         ciborium::into_writer(
             &RecordOut {
@@ -181,6 +254,7 @@ mod tests {
                 gateway: "gw",
                 keys: &[],
                 partials: &[],
+                exemplars: &[],
             },
             &mut other,
         )
