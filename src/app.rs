@@ -284,6 +284,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         Role::All | Role::Gateway => None,
     };
     let policy = (role != Role::Gateway).then(|| decider.policy());
+    let anomaly_watch = (role != Role::Gateway).then(|| decider.watch());
     let (decide_rules, reload_policy) = (decider.rules(), decider.policy());
     shard = shard.with_hook(decider).with_hook(outbox);
     if let Some(o) = &owner {
@@ -405,6 +406,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         silences: silences.clone(),
         trace_url_template: cfg.trace_url_template.clone(),
         silence_log,
+        watch: anomaly_watch,
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();

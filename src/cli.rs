@@ -32,9 +32,14 @@ pub enum Command {
         /// The CSV file (`-` for stdin).
         #[arg(long)]
         input: PathBuf,
-        /// Standard deviations at which a point is labelled anomalous.
-        #[arg(long, default_value_t = 4.0)]
-        sensitivity: f64,
+        /// Score at which a point is labelled anomalous, in (0, 1]: the tail probability
+        /// 10^(-5 × threshold) among the stream's own history (0.45 ≈ 0.0056).
+        #[arg(long, default_value_t = 0.45)]
+        threshold: f64,
+        /// Samples after an alert during which the score is held under the threshold (one
+        /// alert per episode; 0 reports every sample's score).
+        #[arg(long, default_value_t = 100)]
+        rest: u32,
         /// Length of the seasonal cycle (e.g. 1d, 1w); `none` disables seasonality.
         #[arg(long, default_value = "1d")]
         season: String,

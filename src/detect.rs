@@ -1,7 +1,10 @@
 //! `trike detect --input FILE.csv`: the streaming anomaly detector, offline. Reads
 //! `timestamp,value` rows (Unix seconds, milliseconds or nanoseconds, or RFC 3339), writes
-//! `timestamp,value,anomaly_score,label` with the score in [0, 1) and the label `anomaly` or
-//! `normal`. A row that cannot be read is reported on stderr with its line number and skipped.
+//! `timestamp,value,anomaly_score,label`: the score in [0, 1] is the alert score (the
+//! calibrated score at the first anomalous sample of an episode, held under the threshold for
+//! the detector's `rest` samples after it: one alert per episode), and the label is `anomaly`
+//! for every sample whose score reaches the threshold, `normal` otherwise. A row that cannot
+//! be read is reported on stderr with its line number and skipped.
 
 use std::io::{BufRead, Write};
 use trike_engine::anomaly::{Detector, DetectorConfig};
@@ -86,7 +89,7 @@ pub fn run(
             "{},{},{:.6},{}",
             ts.trim(),
             val.trim(),
-            s.score,
+            s.alert,
             if s.anomaly { "anomaly" } else { "normal" }
         )?;
     }

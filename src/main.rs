@@ -94,7 +94,8 @@ async fn main() -> ExitCode {
         }
         Command::Detect {
             input,
-            sensitivity,
+            threshold,
+            rest,
             season,
         } => {
             let season_s = if season == "none" {
@@ -108,15 +109,16 @@ async fn main() -> ExitCode {
                     }
                 }
             };
-            if !(sensitivity.is_finite() && sensitivity > 0.0) {
-                eprintln!("trike detect: --sensitivity: {sensitivity} is not a positive number");
-                return ExitCode::from(2);
-            }
             let cfg = trike_engine::anomaly::DetectorConfig {
-                sensitivity,
+                threshold,
+                rest,
                 season_s,
                 ..Default::default()
             };
+            if let Err(e) = cfg.check() {
+                eprintln!("trike detect: --{e}");
+                return ExitCode::from(2);
+            }
             let reader: Box<dyn std::io::BufRead> = if input.as_os_str() == "-" {
                 Box::new(std::io::stdin().lock())
             } else {

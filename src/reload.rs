@@ -6,7 +6,7 @@
 //! the decisions that follow (and archived). A config that does not validate changes nothing:
 //! the old rule set keeps running and the reload says why (the API's answer, the log, and
 //! `trike_config_last_reload_successful 0`, like Prometheus's own). Other sections (listeners,
-//! Kafka, sinks, state, TLS, tokens, the fleet) need a restart: a reload that changes them
+//! Kafka, sinks, state, TLS, tokens, the fleet, the anomaly watch) need a restart: a reload that changes them
 //! applies the rule set and names them.
 
 use crate::admin::RuleSet;
@@ -114,6 +114,7 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         ),
         ("decode", format!("{:?}", c.decode)),
         ("engine", format!("{:?}", c.engine)),
+        ("anomaly", format!("{:?}", c.anomaly)),
         (
             "metrics",
             format!("{:?} {:?}", c.metrics_windows, c.metrics_max_services),

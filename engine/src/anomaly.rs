@@ -1,218 +1,14 @@
-//! Streaming anomaly detection for one SLI stream (request rate, error ratio, a latency
-//! quantile): a robust level, a time-of-day seasonal profile and a robust scale, each updated
-//! in O(1) with bounded memory (one number per time-of-day bin).
-//!
-//! - Expected value = level + season[bin of the time of day]; residual r = x − expected.
-//! - Score = z / (z + sensitivity), z = |r| / scale: in [0, 1), 0.5 at `sensitivity` scales.
-//!   A point is labelled anomalous when its score reaches 0.5 (after a short warm-up).
-//! - Updates are Huber-clipped, so spikes do not drag the baseline; the scale adapts to a
-//!   variance change after flagging its start.
-//! - A level shift is flagged, then adopted: after `relevel_after` consecutive anomalies on the
-//!   same side, the level jumps to their median, so a new normal stops alerting.
-//!
-//! Pure: time is the sample's timestamp; nothing reads a clock.
+//! Anomaly detection on SLI streams: [`Detector`] scores one stream (see its module for the
+//! method); [`SliWatch`] runs one per service and SLI (request rate, error ratio, p99) on
+//! engine time, and its latest points feed the policy's `anomaly` conditions, the API and
+//! `/metrics`.
 
+mod detector;
+mod features;
+mod tail;
+
+pub use detector::{Detector, DetectorConfig, Scored};
 use serde::{Deserialize, Serialize};
-
-/// Settings.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DetectorConfig {
-    /// Standard deviations (robustly estimated) at which the score reaches 0.5 and points are
-    /// labelled (default 4).
-    pub sensitivity: f64,
-    /// Samples before anything is labelled (default 12).
-    pub warmup: u32,
-    /// Length of the seasonal cycle in seconds (default one day; 0 disables seasonality).
-    pub season_s: u64,
-    /// Time-of-day bins per season (default 96: 15 minutes each for a day).
-    pub season_bins: u32,
-    /// Level smoothing (default 0.1).
-    pub level_alpha: f64,
-    /// Seasonal profile smoothing (default 0.1 per visit of a bin).
-    pub season_alpha: f64,
-    /// Scale smoothing (default 0.05).
-    pub scale_alpha: f64,
-    /// Consecutive same-side anomalies after which the level is moved to them (default 6).
-    pub relevel_after: u32,
-}
-
-impl Default for DetectorConfig {
-    fn default() -> Self {
-        Self {
-            sensitivity: 4.0,
-            warmup: 12,
-            season_s: 86_400,
-            season_bins: 96,
-            level_alpha: 0.1,
-            season_alpha: 0.1,
-            scale_alpha: 0.05,
-            relevel_after: 6,
-        }
-    }
-}
-
-/// The verdict on one sample.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Scored {
-    /// What was expected.
-    pub expected: f64,
-    /// Anomaly score in [0, 1).
-    pub score: f64,
-    /// Labelled anomalous.
-    pub anomaly: bool,
-}
-
-/// One stream's detector state.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Detector {
-    cfg: DetectorConfig,
-    /// Fast level: tracks everything, used until a time-of-day bin is learned.
-    fast: Option<f64>,
-    /// Slow level: the de-seasonalised mean.
-    level: f64,
-    scale: f64,
-    season: Vec<f64>,
-    /// Samples seen per bin (saturating).
-    visits: Vec<u16>,
-    n: u64,
-    /// Recent consecutive anomalous residuals on one side (for re-levelling).
-    run: Vec<f64>,
-}
-
-const MIN_SCALE: f64 = 1e-9;
-/// Samples a bin needs before its seasonal value is trusted.
-const BIN_TRUSTED: u16 = 3;
-
-impl Detector {
-    /// A detector with no history.
-    pub fn new(cfg: DetectorConfig) -> Self {
-        let bins = if cfg.season_s == 0 {
-            0
-        } else {
-            cfg.season_bins.max(1) as usize
-        };
-        Self {
-            cfg,
-            fast: None,
-            level: 0.0,
-            scale: 0.0,
-            season: vec![0.0; bins],
-            visits: vec![0; bins],
-            n: 0,
-            run: Vec::new(),
-        }
-    }
-
-    fn bin(&self, t_s: u64) -> Option<usize> {
-        if self.season.is_empty() {
-            return None;
-        }
-        let within = t_s % self.cfg.season_s;
-        Some((within * self.season.len() as u64 / self.cfg.season_s) as usize)
-    }
-
-    /// Scores `value` observed at `t_s` (Unix seconds), then learns from it.
-    pub fn observe(&mut self, t_s: u64, value: f64) -> Scored {
-        let Some(fast) = self.fast else {
-            if value.is_finite() {
-                self.fast = Some(value);
-                self.level = value;
-                self.n = 1;
-            }
-            return Scored {
-                expected: value,
-                score: 0.0,
-                anomaly: false,
-            };
-        };
-        if !value.is_finite() {
-            return Scored {
-                expected: fast,
-                score: 0.0,
-                anomaly: false,
-            };
-        }
-        self.n += 1;
-        let bin = self.bin(t_s);
-        let trusted = bin.filter(|b| self.visits[*b] >= BIN_TRUSTED);
-        let expected = match (bin, trusted) {
-            (None, _) => self.level,
-            (Some(_), Some(b)) => self.level + self.season[b],
-            (Some(_), None) => fast,
-        };
-        let r = value - expected;
-        // The scale never drops below a small share of the level, so a flat series does not
-        // turn its first wiggle into an alarm.
-        let floor = (expected.abs() * 1e-3).max(MIN_SCALE);
-        let scale = self.scale.max(floor);
-        // The scale is a mean absolute deviation; × √(π/2) makes it a standard deviation for
-        // Gaussian noise, so `sensitivity` reads as "standard deviations".
-        let z = r.abs() / (scale * 1.253_314);
-        let score = z / (z + self.cfg.sensitivity);
-        let warm = self.n > u64::from(self.cfg.warmup);
-        let anomaly = warm && score >= 0.5;
-
-        // Learn, with residuals clipped at the labelling threshold (Huber) once warm.
-        let k = if warm {
-            self.cfg.sensitivity * scale
-        } else {
-            f64::INFINITY
-        };
-        let clip = |x: f64| x.clamp(-k, k);
-        self.fast = Some(fast + 0.3 * clip(value - fast));
-        match bin {
-            None => self.level += self.cfg.level_alpha * clip(r),
-            Some(b) => {
-                // De-seasonalised level moves slowly; the bin learns fast at first.
-                let seasonal = if self.visits[b] > 0 {
-                    self.season[b]
-                } else {
-                    0.0
-                };
-                self.level += 0.02 * clip(value - seasonal - self.level);
-                let v = self.visits[b].saturating_add(1);
-                self.visits[b] = v;
-                let a = (1.0 / f64::from(v)).max(self.cfg.season_alpha);
-                self.season[b] += a * clip(value - self.level - self.season[b]);
-            }
-        }
-        // The scale learns from deviations capped at 2 scales: an anomaly nudges it up by at
-        // most 5 %, so a level shift stays flagged long enough to be adopted.
-        let dev = if warm {
-            r.abs().min(2.0 * scale)
-        } else {
-            r.abs()
-        };
-        self.scale = if self.scale == 0.0 {
-            dev.max(floor)
-        } else {
-            self.scale + self.cfg.scale_alpha * (dev - self.scale)
-        };
-        // A new normal: consecutive anomalies on one side move the level to them.
-        if anomaly {
-            if self.run.last().is_some_and(|p| p.signum() != r.signum()) {
-                self.run.clear();
-            }
-            self.run.push(r);
-            if self.run.len() >= self.cfg.relevel_after as usize {
-                let mut v = self.run.clone();
-                v.sort_by(f64::total_cmp);
-                let shift = v[v.len() / 2];
-                self.level += shift;
-                self.fast = self.fast.map(|f| f + shift);
-                self.run.clear();
-            }
-        } else {
-            self.run.clear();
-        }
-        Scored {
-            expected,
-            score,
-            anomaly,
-        }
-    }
-}
 
 /// The SLI streams watched per service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -263,8 +59,32 @@ pub struct AnomalyPoint {
 /// Some services' SLI stream detectors, as [`SliWatch::snapshot_of`] takes them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WatchSnapshot {
-    /// Service, metric, detector and its latest verdict.
+    /// Service, metric, detector and its latest verdict. A stream written by a release with
+    /// another detector is left out when read (it starts afresh; the rest of the record is
+    /// read as written).
+    #[serde(deserialize_with = "streams_of_this_release")]
     pub streams: Vec<(String, SliMetric, Detector, Option<AnomalyPoint>)>,
+}
+
+type Stream = (String, SliMetric, Detector, Option<AnomalyPoint>);
+
+fn streams_of_this_release<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<Stream>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Now(Box<Stream>),
+        Other(serde::de::IgnoredAny),
+    }
+    let all = Vec::<Written>::deserialize(d)?;
+    Ok(all
+        .into_iter()
+        .filter_map(|w| match w {
+            Written::Now(s) => Some(*s),
+            Written::Other(_) => None,
+        })
+        .collect())
 }
 
 /// Detectors over every service's SLI streams, sampled every `every_s` of engine time.
@@ -358,6 +178,20 @@ impl SliWatch {
     /// Forgets the streams of the services for which `gone(service)` holds.
     pub fn drop_services(&mut self, gone: impl Fn(&str) -> bool) {
         self.streams.retain(|(service, _), _| !gone(service));
+    }
+
+    /// The detector settings of every stream.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.cfg
+    }
+
+    /// Every stream's latest point no older than two sampling periods, by service and metric.
+    pub fn all_latest(&self, now_s: u64) -> Vec<(&str, AnomalyPoint)> {
+        self.streams
+            .iter()
+            .filter_map(|((service, _), (_, last))| Some((service.as_str(), (*last)?)))
+            .filter(|(_, p)| p.at_s + 2 * self.every_s >= now_s)
+            .collect()
     }
 
     /// The latest points of `service`'s streams that are no older than two sampling periods.

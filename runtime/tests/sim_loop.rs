@@ -41,6 +41,7 @@ fn spec() -> DecideSpec {
             rule("rollback-bad-canary", "canary.fail", Action::Rollback, 5),
             rule("page-on-stale", "stale", Action::Page, 0),
         ]),
+        watch: Default::default(),
     }
 }
 

@@ -101,6 +101,7 @@ fn list_key(path: &str) -> Option<&'static str> {
         "/api/v1/decisions" => "decisions",
         "/api/v1/rollouts" => "rollouts",
         "/api/v1/exemplars" => "exemplars",
+        "/api/v1/anomalies" => "anomalies",
         _ => return None,
     })
 }

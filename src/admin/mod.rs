@@ -1,5 +1,6 @@
 //! Admin HTTP API on `127.0.0.1:8480`: health, readiness, Prometheus metrics, SLI JSON.
 
+mod anomalies;
 pub mod auth;
 pub mod fleet;
 pub mod history;
@@ -75,6 +76,8 @@ pub struct AdminState {
     pub silences: Arc<trike_runtime::silences::Silences>,
     /// A fleet member's silence log (every member reads it), where silences are published.
     pub silence_log: Option<Arc<trike_runtime::fleet::silence_log::SilenceLog>>,
+    /// The anomaly watch (none on a gateway).
+    pub watch: Option<Arc<parking_lot::Mutex<trike_engine::anomaly::SliWatch>>>,
     /// Deploy events read from the deploys topic.
     pub deploys: Arc<crate::deploys::DeployStats>,
     /// The policy and its rollouts (none on a gateway). Locked after the engine.
@@ -153,6 +156,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             axum::routing::delete(silences::expire),
         )
         .route("/api/v1/exemplars", get(exemplars_handler))
+        .route("/api/v1/anomalies", get(anomalies::handler))
         .route("/api/v1/history", get(history_handler))
         .route("/api/v1/services", get(services_handler))
         .route("/api/v1/query", axum::routing::post(query::handler))
@@ -228,6 +232,7 @@ async fn index() -> impl IntoResponse {
      DELETE /api/v1/silences/ID           expire a silence (write scope)\n\
      POST /api/v1/reload                  reload SLOs, canaries, policies (write scope; also SIGHUP and a changed config file)\n\
      GET /api/v1/exemplars?service=S      the newest failing requests' trace ids, linked by trace_url_template (JSON)\n\
+     GET /api/v1/anomalies[?service=S]    the anomaly watch's latest scores per service and SLI (JSON)\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\
      POST /api/v1/query?limit=N            SQL (body) over live tables and the archive; JSON rows\n\

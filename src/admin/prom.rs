@@ -51,6 +51,7 @@ pub fn render(s: &AdminState) -> String {
         trike_ingest::listen::ConnStats::render(&listeners, &mut out);
     }
     sli_gauges(s, &mut out);
+    super::anomalies::render(s, &mut out);
     sloth_series(s, &mut out);
     out
 }

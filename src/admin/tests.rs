@@ -41,6 +41,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         silences: Default::default(),
         trace_url_template: None,
         silence_log: None,
+        watch: None,
     }
 }
 

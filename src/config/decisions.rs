@@ -1,6 +1,6 @@
 //! Validation of the sections that decide: `canary:` (pairs and detection templates),
 //! `policies:` (each rule's condition and action checked for meaning) and `maintenance:`
-//! windows. Pure; every problem names its field.
+//! windows, and `anomaly:` (the watch's detector). Pure; every problem names its field.
 
 use std::collections::BTreeSet;
 use trike_engine::canary::{CanaryMetric, CanarySpec};
@@ -200,4 +200,38 @@ pub(super) fn rules(
         });
     }
     out
+}
+
+/// `anomaly:`: the watch's detector settings; problems go to `p` (the defaults stand in).
+pub(super) fn anomaly(
+    p: &mut Vec<String>,
+    raw: &super::RawAnomaly,
+) -> trike_runtime::hooks::decide::WatchSettings {
+    let mut w = trike_runtime::hooks::decide::WatchSettings::default();
+    let d = &mut w.detector;
+    if let Some(t) = raw.threshold {
+        d.threshold = t;
+    }
+    match raw.season.as_deref() {
+        None => {}
+        Some("none") => d.season_s = 0,
+        Some(text) => match text.parse::<trike_engine::Span>() {
+            Ok(span) => d.season_s = span.secs(),
+            Err(e) => p.push(format!("anomaly.season: {e} (or none)")),
+        },
+    }
+    if let Some(b) = raw.season_bins {
+        d.season_bins = b;
+    }
+    if let Some(m) = raw.memory {
+        d.memory = m;
+    }
+    if let Err(e) = d.check() {
+        p.push(format!("anomaly.{e}"));
+        *d = trike_runtime::hooks::decide::WatchSettings::default().detector;
+    }
+    if let Some(every) = raw.every {
+        w.every_s = every.secs();
+    }
+    w
 }

@@ -45,6 +45,8 @@ pub struct RawConfig {
     pub policies: Vec<RawRule>,
     /// When telemetry counts as stale.
     pub stale: RawStale,
+    /// How the anomaly watch samples and scores every service's SLIs.
+    pub anomaly: RawAnomaly,
     /// Where control events go (default: stdout).
     pub sinks: Option<Vec<trike_sinks::SinkConfig>>,
     /// This instance's name, in control events' `source` (`trike://<instance>`; default: host name).
@@ -315,6 +317,23 @@ pub struct RawStale {
     pub after: Option<Span>,
     /// Newest event time lagging its arrival by more than this (default 1m).
     pub max_lag: Option<Span>,
+}
+
+/// `anomaly:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAnomaly {
+    /// Score at which a sample is anomalous, in (0, 1]: tail probability 10^(−5 × threshold)
+    /// among the stream's own history (default 0.6, about 0.001).
+    pub threshold: Option<f64>,
+    /// The seasonal cycle (`1d`, `1w`, …) or `none` (default `1d`).
+    pub season: Option<String>,
+    /// Bins per cycle (default 96).
+    pub season_bins: Option<u32>,
+    /// Time between samples of each SLI (default 10s).
+    pub every: Option<Span>,
+    /// Samples the long-run mean and variance remember (default 2000).
+    pub memory: Option<u32>,
 }
 
 /// `receivers:`.

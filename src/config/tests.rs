@@ -19,6 +19,40 @@ fn defaults() {
     assert_eq!(c.admin_addr.to_string(), "127.0.0.1:8480");
     assert_eq!(c.engine.max_series_per_service, 10_000);
     assert_eq!(c.control_topic, "trike.control");
+    assert_eq!(
+        c.anomaly,
+        trike_runtime::hooks::decide::WatchSettings::default()
+    );
+    assert_eq!(c.anomaly.detector.threshold, 0.6);
+}
+
+/// Guarantees: `anomaly:` sets the watch's threshold, cycle, bins, memory and period; `none`
+/// turns the cycle off.
+#[test]
+fn anomaly_settings() {
+    let c =
+        load("anomaly: { threshold: 0.8, season: 1w, season_bins: 168, every: 30s, memory: 500 }")
+            .unwrap();
+    let d = c.anomaly.detector;
+    assert_eq!(
+        (
+            d.threshold,
+            d.season_s,
+            d.season_bins,
+            d.memory,
+            c.anomaly.every_s
+        ),
+        (0.8, 604_800, 168, 500, 30)
+    );
+    assert_eq!(
+        load("anomaly: { season: none }")
+            .unwrap()
+            .anomaly
+            .detector
+            .season_s,
+        0
+    );
+    assert_eq!(c.decide_spec().watch, c.anomaly);
 }
 
 /// Guarantees: the example configs under deploy/ load and validate, so they never rot.
@@ -69,6 +103,7 @@ query: { memory_limit: 1KiB, max_concurrent: 0 }
 auth: { ingest_tokens: [short] }
 limits: { max_connections: 0, max_grpc_streams: 0 }
 tls: { cert_file: /nonexistent/tls.crt, key_file: /nonexistent/tls.key }
+anomaly: { threshold: 1.5, season: fortnightly }
 slos:
   - { name: a, service: s, objective: 1.5, sli: availability }
   - { name: a, service: s, objective: 0.99, period: 90d, sli: { latency: { threshold_ms: -3 } } }
@@ -91,6 +126,8 @@ slos:
         "slos[1].name: \"a\" is used by another SLO",
         "slos[1].period: 90d is not between 1h and 30d",
         "slos[1].sli.latency.threshold_ms: -3 is not a positive number",
+        "anomaly.threshold: 1.5 is not in (0, 1]",
+        "anomaly.season: \"fortnightly\" is not a duration",
     ] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }

@@ -66,6 +66,8 @@ pub struct Config {
     pub rule_set: String,
     /// When telemetry counts as stale.
     pub stale: StaleRule,
+    /// The anomaly watch's settings.
+    pub anomaly: trike_runtime::hooks::decide::WatchSettings,
     /// Where control events go.
     pub sinks: Vec<SinkConfig>,
     /// Instance name for control events' source.
@@ -200,6 +202,7 @@ impl Config {
             canaries: self.canaries.clone(),
             stale: self.stale,
             policy: self.policy.clone(),
+            watch: self.anomaly,
         }
     }
 
@@ -576,6 +579,7 @@ impl Config {
             after: raw.stale.after.unwrap_or(StaleRule::default().after),
             max_lag: raw.stale.max_lag.unwrap_or(StaleRule::default().max_lag),
         };
+        let anomaly = super::decisions::anomaly(&mut p, &raw.anomaly);
         let sinks = raw.sinks.unwrap_or_else(|| vec![SinkConfig::Stdout]);
         let brokers = o.kafka_brokers.clone().or(kafka.brokers.clone());
         if let Some(i) = sinks.iter().position(|s| *s == SinkConfig::Kafka)
@@ -736,6 +740,7 @@ impl Config {
             canaries,
             policy: Policy { rules, revision },
             stale,
+            anomaly,
             sinks,
             instance,
             control_partitions,

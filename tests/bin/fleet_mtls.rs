@@ -35,7 +35,7 @@ use std::time::Duration;
 /// (the members' certificates name `trike-member`, not their address): a gateway answers for a
 /// service with its owner's counts, exactly what it acknowledged, and its list names no member
 /// unreachable; the failing requests' trace ids, decoded at the gateway, are listed by the
-/// owner; Argo's analysis asked at the gateway is judged by the owner, on its counts.
+/// owner, and so are its anomaly scores; Argo's analysis asked at the gateway is judged by the owner, on its counts.
 #[test]
 fn members_ask_each_other_over_mtls() {
     let Some(brokers) = brokers() else { return };
@@ -48,7 +48,8 @@ fn members_ask_each_other_over_mtls() {
         "member.yaml",
         &format!(
             "{tls}fleet: {{ partials_topic: mtls{run}.partials, changelog_topic: mtls{run}.changelog, members_topic: mtls{run}.members, silences_topic: mtls{run}.silences, group_id: trike-mtls-{run}, partitions: 2, flush_interval: 250ms, {server_name} }}\n\
-             kafka: {{ brokers: \"{brokers}\", control_topic: mtls{run}.control }}\n"
+             kafka: {{ brokers: \"{brokers}\", control_topic: mtls{run}.control }}\n\
+             anomaly: {{ every: 1s }}\n"
         ),
     );
     let processor = spawn_with(&cfg, "processor", free_port(), Some(&pki));
@@ -137,6 +138,26 @@ fn members_ask_each_other_over_mtls() {
     assert!(!failed.is_empty());
     assert_eq!(listed.len(), failed.len().min(20), "{traces}");
     assert!(listed.iter().all(|t| failed.contains(*t)), "{traces}");
+    // The anomaly watch runs at the owner (a gateway has none), answering through the gateway.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let anomalies = loop {
+        let a: Value =
+            serde_json::from_str(&get(&gateway, "/api/v1/anomalies?service=checkout").unwrap())
+                .unwrap();
+        if a["anomalies"].as_array().is_some_and(|l| l.len() == 3) {
+            break a;
+        }
+        assert!(std::time::Instant::now() < deadline, "{a}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        anomalies["anomalies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["service"] == "checkout" && p["score"].as_f64().is_some()),
+        "{anomalies}"
+    );
     // Argo's provider asked at the gateway, which holds no data: the owner judges, on its
     // counts (50 requests an arm: too few for a verdict, but counted).
     let analysis: Value = serde_json::from_str(

@@ -355,3 +355,96 @@ async fn sloth_series_match_the_api() {
         .unwrap();
     assert_eq!(label(info, "sloth_objective").as_deref(), Some("99.9"));
 }
+
+/// Scenario: a service sends spans for a few seconds to a processor whose anomaly watch
+/// samples every second (`anomaly: { every: 1s, threshold: 0.7 }`).
+/// Guarantees: `/api/v1/anomalies` lists the service's request rate, error ratio and p99 with
+/// a score in [0, 1], the threshold configured, and `?service=` narrows the list; parsed with
+/// the Prometheus text-format parser, `/metrics` carries `trike_anomaly_score` and
+/// `trike_anomaly` gauges for each, equal to the API's (read between two identical API reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomaly_scores_in_the_api_and_metrics() {
+    let running = start_trike("anomaly: { every: 1s, threshold: 0.7 }").await;
+    let base = format!("http://{}", running.admin_addr);
+    let get = |path: &'static str| {
+        let url = format!("{base}{path}");
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut sent = 0;
+    let api = loop {
+        send(&running, &svc("pay", "1", 0.1), 50).await;
+        sent += 50;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let a = get("/api/v1/anomalies?service=pay").await;
+        if a["anomalies"].as_array().is_some_and(|l| l.len() == 3) {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{a} after {sent} spans"
+        );
+    };
+    assert_eq!(api["threshold"], 0.7);
+    let mut metrics: Vec<&str> = Vec::new();
+    for p in api["anomalies"].as_array().unwrap() {
+        assert_eq!(p["service"], "pay");
+        let score = p["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score), "{p}");
+        assert_eq!(p["anomaly"].as_bool().unwrap(), score >= 0.7, "{p}");
+        assert!(p["at"].as_str().unwrap().ends_with('Z'), "{p}");
+        metrics.push(p["metric"].as_str().unwrap());
+    }
+    metrics.sort();
+    assert_eq!(metrics, ["error_ratio", "latency_p99", "request_rate"]);
+    let everyone = get("/api/v1/anomalies").await;
+    assert!(everyone["anomalies"].as_array().unwrap().len() >= 3);
+    let other = get("/api/v1/anomalies?service=nobody").await;
+    assert_eq!(other["anomalies"], serde_json::json!([]));
+
+    // /metrics against the API, from the same sample.
+    let (text, api) = loop {
+        let before = get("/api/v1/anomalies?service=pay").await;
+        let text = metrics_text(&running).await;
+        let after = get("/api/v1/anomalies?service=pay").await;
+        if before == after {
+            break (text, after);
+        }
+    };
+    let Some(samples) = trike_tests::parse_exposition(&text) else {
+        return;
+    };
+    for p in api["anomalies"].as_array().unwrap() {
+        let metric = p["metric"].as_str().unwrap();
+        for (name, want) in [
+            ("trike_anomaly_score", p["score"].as_f64().unwrap()),
+            (
+                "trike_anomaly",
+                f64::from(u8::from(p["anomaly"].as_bool().unwrap())),
+            ),
+        ] {
+            let found: Vec<&trike_tests::PromSample> = samples
+                .iter()
+                .filter(|s| {
+                    s.name == name
+                        && s.labels.get("service").map(String::as_str) == Some("pay")
+                        && s.labels.get("metric").map(String::as_str) == Some(metric)
+                })
+                .collect();
+            assert_eq!(found.len(), 1, "{name} {metric}");
+            assert_eq!(found[0].kind, "gauge");
+            assert!(
+                (found[0].value.unwrap() - want).abs() < 1e-12,
+                "{name} {metric}"
+            );
+        }
+    }
+    running.stop().await.unwrap();
+}

@@ -29,8 +29,9 @@ fn chart_series(dom: &str, id: &str) -> Vec<(String, usize)> {
 /// decisions timeline with its evidence. A screenshot is kept as a test artifact
 /// (`target/dashboard.png`). Then, with a rollout started and a silence set over the API, the
 /// executive page lists every SLO sorted by budget left with its burn and KPIs, and the on-call
-/// page shows the rollout at its step, the canary verdict, the silence, and the rollback and
-/// set_weight decisions (screenshots `executive.png`, `oncall.png`).
+/// page shows the rollout at its step, the canary verdict, the silence, the rollback and
+/// set_weight decisions, and the anomaly watch's scores (screenshots `executive.png`,
+/// `oncall.png`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_renders_charts_and_the_rollback() {
     let Some(chromium) = chromium() else { return };
@@ -154,6 +155,7 @@ async fn dashboard_renders_charts_and_the_rollback() {
                 "class=\"silence\" data-state=\"active\"",
                 "class=\"decision sev-page\" data-action=\"rollback\"",
                 "data-action=\"set_weight\"",
+                "class=\"anomaly\" data-service=\"checkout\" data-metric=\"error_ratio\"",
                 "badge b-ok\">live",
             ][..],
         ),
