@@ -285,6 +285,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     };
     let policy = (role != Role::Gateway).then(|| decider.policy());
     let anomaly_watch = (role != Role::Gateway).then(|| decider.watch());
+    let forecasts = (role != Role::Gateway).then(|| decider.forecasts());
     let (decide_rules, reload_policy) = (decider.rules(), decider.policy());
     shard = shard.with_hook(decider).with_hook(outbox);
     if let Some(o) = &owner {
@@ -407,6 +408,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         trace_url_template: cfg.trace_url_template.clone(),
         silence_log,
         watch: anomaly_watch,
+        forecasts,
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();

@@ -1,4 +1,4 @@
-//! Command line: `trike run`, `check-config`, `detect`, `actuate`, `demo`, `query` and
+//! Command line: `trike run`, `check-config`, `detect`, `forecast`, `actuate`, `demo`, `query` and
 //! `backtest`. Flags override the config file and `TRIKE_*` environment variables override it
 //! too (a flag wins over its variable).
 
@@ -43,6 +43,16 @@ pub enum Command {
         /// Length of the seasonal cycle (e.g. 1d, 1w); `none` disables seasonality.
         #[arg(long, default_value = "1d")]
         season: String,
+    },
+    /// Score the capacity forecast offline on `timestamp,value` CSV: fits it on all but the
+    /// last `--holdout` share of the hours and prints its error on them.
+    Forecast {
+        /// The CSV file (`-` for stdin).
+        #[arg(long)]
+        input: PathBuf,
+        /// Share of the hours held back (default 0.2).
+        #[arg(long, default_value_t = 0.2)]
+        holdout: f64,
     },
     /// Run an actuator worker: consume control events and carry them out.
     Actuate {

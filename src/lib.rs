@@ -10,6 +10,7 @@ pub mod demo;
 pub mod deploys;
 pub mod detect;
 pub mod embedded_broker;
+pub mod forecast;
 pub mod query;
 pub mod reload;
 pub mod synth;

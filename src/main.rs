@@ -92,6 +92,38 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Forecast { input, holdout } => {
+            if !(holdout > 0.0 && holdout < 1.0) {
+                eprintln!("trike forecast: --holdout: {holdout} is not between 0 and 1");
+                return ExitCode::from(2);
+            }
+            let reader = match open_input(&input) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("trike forecast: {}: {e}", input.display());
+                    return ExitCode::from(2);
+                }
+            };
+            match trike::forecast::run(reader, holdout) {
+                Ok(r) => {
+                    let errors = r.errors.map_or("n/a (too few hours)".to_string(), |e| {
+                        format!("MAPE {:.1} %\tWAPE {:.1} %", 100.0 * e.mape, 100.0 * e.wape)
+                    });
+                    println!(
+                        "{}\thours {}\theld back {}\ttrend {:+.4}/day\t{errors}",
+                        input.display(),
+                        r.hours,
+                        r.held_back,
+                        r.trend_per_day
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("trike forecast: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Detect {
             input,
             threshold,
@@ -119,15 +151,11 @@ async fn main() -> ExitCode {
                 eprintln!("trike detect: --{e}");
                 return ExitCode::from(2);
             }
-            let reader: Box<dyn std::io::BufRead> = if input.as_os_str() == "-" {
-                Box::new(std::io::stdin().lock())
-            } else {
-                match std::fs::File::open(&input) {
-                    Ok(f) => Box::new(std::io::BufReader::new(f)),
-                    Err(e) => {
-                        eprintln!("trike detect: {}: {e}", input.display());
-                        return ExitCode::from(2);
-                    }
+            let reader = match open_input(&input) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("trike detect: {}: {e}", input.display());
+                    return ExitCode::from(2);
                 }
             };
             let out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -249,4 +277,14 @@ async fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// A CSV input: the file, or stdin for `-`.
+fn open_input(input: &std::path::Path) -> std::io::Result<Box<dyn std::io::BufRead>> {
+    if input.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    Ok(Box::new(std::io::BufReader::new(std::fs::File::open(
+        input,
+    )?)))
 }

@@ -115,6 +115,7 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         ("decode", format!("{:?}", c.decode)),
         ("engine", format!("{:?}", c.engine)),
         ("anomaly", format!("{:?}", c.anomaly)),
+        ("capacity", format!("{:?}", c.capacity)),
         (
             "metrics",
             format!("{:?} {:?}", c.metrics_windows, c.metrics_max_services),

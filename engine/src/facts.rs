@@ -72,6 +72,7 @@ pub fn gather(
                 anomalies: watch
                     .map(|w| w.latest(&service, crate::time::secs(now)))
                     .unwrap_or_default(),
+                forecast: None,
                 service,
             }
         })

@@ -12,6 +12,7 @@ pub mod delta;
 pub mod engine;
 pub mod expo;
 pub mod facts;
+pub mod forecast;
 pub mod observation;
 pub mod partials;
 pub mod policy;

@@ -77,12 +77,15 @@ pub enum When {
     BudgetBelow(f64),
     /// `anomaly` (any SLI stream) or `anomaly.<request_rate|error_ratio|latency_p99>`.
     Anomaly(Option<SliMetric>),
+    /// `forecast.days_to_limit < 14`: the request rate's forecast reaches the service's
+    /// `capacity:` limit within that many days.
+    ForecastWithin(f64),
 }
 
 /// Why a `when` string did not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{0:?} is not a condition: write burn_rate.page, burn_rate.ticket, burn_rate.<tier>, canary.fail, canary.inconclusive, stale, budget < 0.2, anomaly, or anomaly.<request_rate|error_ratio|latency_p99>"
+    "{0:?} is not a condition: write burn_rate.page, burn_rate.ticket, burn_rate.<tier>, canary.fail, canary.inconclusive, stale, budget < 0.2, anomaly, anomaly.<request_rate|error_ratio|latency_p99>, or forecast.days_to_limit < 14"
 )]
 pub struct WhenParseError(pub String);
 
@@ -128,6 +131,17 @@ impl FromStr for When {
             let v: f64 = x.trim().parse().map_err(|_| err())?;
             return Ok(When::BudgetBelow(v));
         }
+        if let Some(x) = t
+            .strip_prefix("forecast.days_to_limit")
+            .map(str::trim)
+            .and_then(|r| r.strip_prefix('<'))
+        {
+            let v: f64 = x.trim().parse().map_err(|_| err())?;
+            if !(v.is_finite() && v > 0.0) {
+                return Err(err());
+            }
+            return Ok(When::ForecastWithin(v));
+        }
         Err(err())
     }
 }
@@ -145,6 +159,7 @@ impl fmt::Display for When {
             When::BudgetBelow(x) => write!(f, "budget < {x}"),
             When::Anomaly(None) => f.write_str("anomaly"),
             When::Anomaly(Some(m)) => write!(f, "anomaly.{}", m.name()),
+            When::ForecastWithin(x) => write!(f, "forecast.days_to_limit < {x}"),
         }
     }
 }
@@ -296,6 +311,13 @@ pub enum Evidence {
         /// The rule's threshold.
         below: f64,
     },
+    /// The request rate's forecast reaches the capacity limit within the rule's days.
+    Forecast {
+        /// What the forecast says.
+        forecast: crate::forecast::ForecastPoint,
+        /// The rule's days.
+        within_days: f64,
+    },
 }
 
 /// Facts about one service at `now`.
@@ -313,6 +335,8 @@ pub struct ServiceFacts {
     pub observed_until: UnixNanos,
     /// The latest anomaly-detector verdicts on its SLI streams.
     pub anomalies: Vec<AnomalyPoint>,
+    /// Its request rate's capacity forecast.
+    pub forecast: Option<crate::forecast::ForecastPoint>,
 }
 
 /// One decision (the control event's content; its wire form is built in `trike-sinks`).
@@ -575,6 +599,23 @@ impl PolicyEngine {
                         p.score
                     );
                     (svc(""), Evidence::Anomaly(*p), reason, None)
+                })
+                .into_iter()
+                .collect(),
+            When::ForecastWithin(x) => f
+                .forecast
+                .filter(|p| p.days_to_limit.is_some_and(|d| d < *x))
+                .map(|p| {
+                    let reason = format!(
+                        "{} request rate ({:.1}/s, {:+.2}/s a day) is forecast to reach its capacity limit of {}/s in {:.1} days, within {x}",
+                        f.service,
+                        p.rate_per_s,
+                        p.trend_per_day,
+                        p.limit.unwrap_or(f64::NAN),
+                        p.days_to_limit.unwrap_or(f64::NAN)
+                    );
+                    let ev = Evidence::Forecast { forecast: p, within_days: *x };
+                    (svc(""), ev, reason, None)
                 })
                 .into_iter()
                 .collect(),

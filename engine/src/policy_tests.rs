@@ -48,6 +48,7 @@ fn facts(verdict: Option<Verdict>, stale: bool) -> Vec<ServiceFacts> {
         canaries: verdict.map(canary).into_iter().collect(),
         observed_until: T0,
         anomalies: vec![],
+        forecast: None,
     }]
 }
 

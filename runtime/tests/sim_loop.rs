@@ -42,6 +42,7 @@ fn spec() -> DecideSpec {
             rule("page-on-stale", "stale", Action::Page, 0),
         ]),
         watch: Default::default(),
+        capacity: vec![],
     }
 }
 

@@ -102,6 +102,7 @@ fn list_key(path: &str) -> Option<&'static str> {
         "/api/v1/rollouts" => "rollouts",
         "/api/v1/exemplars" => "exemplars",
         "/api/v1/anomalies" => "anomalies",
+        "/api/v1/forecast" => "forecasts",
         _ => return None,
     })
 }

@@ -3,6 +3,7 @@
 mod anomalies;
 pub mod auth;
 pub mod fleet;
+mod forecast;
 pub mod history;
 mod integrations;
 mod prom;
@@ -78,6 +79,8 @@ pub struct AdminState {
     pub silence_log: Option<Arc<trike_runtime::fleet::silence_log::SilenceLog>>,
     /// The anomaly watch (none on a gateway).
     pub watch: Option<Arc<parking_lot::Mutex<trike_engine::anomaly::SliWatch>>>,
+    /// The request-rate forecasts (none on a gateway).
+    pub forecasts: Option<Arc<parking_lot::Mutex<trike_engine::forecast::Forecasts>>>,
     /// Deploy events read from the deploys topic.
     pub deploys: Arc<crate::deploys::DeployStats>,
     /// The policy and its rollouts (none on a gateway). Locked after the engine.
@@ -157,6 +160,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/api/v1/exemplars", get(exemplars_handler))
         .route("/api/v1/anomalies", get(anomalies::handler))
+        .route("/api/v1/forecast", get(forecast::handler))
         .route("/api/v1/history", get(history_handler))
         .route("/api/v1/services", get(services_handler))
         .route("/api/v1/query", axum::routing::post(query::handler))
@@ -233,6 +237,7 @@ async fn index() -> impl IntoResponse {
      POST /api/v1/reload                  reload SLOs, canaries, policies (write scope; also SIGHUP and a changed config file)\n\
      GET /api/v1/exemplars?service=S      the newest failing requests' trace ids, linked by trace_url_template (JSON)\n\
      GET /api/v1/anomalies[?service=S]    the anomaly watch's latest scores per service and SLI (JSON)\n\
+     GET /api/v1/forecast[?service=S]     request-rate forecast and days to the capacity limit (JSON)\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\
      POST /api/v1/query?limit=N            SQL (body) over live tables and the archive; JSON rows\n\

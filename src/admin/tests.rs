@@ -42,6 +42,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         trace_url_template: None,
         silence_log: None,
         watch: None,
+        forecasts: None,
     }
 }
 
@@ -115,6 +116,9 @@ fn every_family_is_declared_once_and_contiguous() {
     s.archive = Some(("/tmp".into(), Default::default()));
     s.checkpoints = Some(Default::default());
     s.metrics_windows = vec![Span::minutes(1)];
+    s.watch = Some(Arc::new(parking_lot::Mutex::new(
+        trike_engine::anomaly::SliWatch::new(Default::default(), 10, 10),
+    )));
     *s.kafka_source.lock() = Some((
         Default::default(),
         Arc::new(trike_ingest::kafka::progress::Progress::new(false)),
@@ -148,8 +152,76 @@ fn every_family_is_declared_once_and_contiguous() {
         "trike_kafka_consumer_lag_messages",
         "trike_checkpoints_total",
         "trike_sli_requests",
+        "trike_anomaly_score",
+        "trike_anomaly",
     ] {
         assert!(declared.contains(family), "{family} missing:\n{text}");
     }
+    w.stop();
+}
+
+/// Scenario: a service's request rate learned for six days, growing 10/s a day from 100/s,
+/// with a capacity limit of 200/s; another without a limit.
+/// Guarantees: `/api/v1/forecast?service=` answers DESIGN §10's fields (`service`, `metric`,
+/// `limit`, `days_to_limit`) with the rate and trend; a service without a limit has
+/// `days_to_limit` null; the list holds both; an unknown service is a 404 naming it, and a
+/// member without forecasts (a gateway) says so.
+#[tokio::test]
+async fn forecast_answers_days_to_the_limit() {
+    use axum::extract::{Query, State};
+    use trike_engine::forecast::{CapacityLimit, Forecasts};
+    let w = worker();
+    let mut s = state(&w, Default::default());
+    let mut f = Forecasts::new(
+        &[CapacityLimit {
+            service: "checkout".into(),
+            limit: 200.0,
+        }],
+        10,
+    );
+    for h in 0..6 * 24u64 {
+        f.learn("checkout", 480_000 + h, 100.0 + 10.0 * h as f64 / 24.0);
+        f.learn("search", 480_000 + h, 40.0);
+    }
+    s.forecasts = Some(Arc::new(parking_lot::Mutex::new(f)));
+    let s = Arc::new(s);
+    let ask = |service: Option<&str>| {
+        let params: super::forecast::Params =
+            serde_json::from_value(serde_json::json!({ "service": service })).unwrap();
+        super::forecast::handler(State(s.clone()), Query(params))
+    };
+    let body = |r: Response| async move {
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+        )
+    };
+    let (status, one) = body(ask(Some("checkout")).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["service"], "checkout");
+    assert_eq!(one["metric"], "request_rate");
+    assert_eq!(one["limit"], 200.0);
+    assert!(
+        (one["trend_per_day"].as_f64().unwrap() - 10.0).abs() < 0.5,
+        "{one}"
+    );
+    // At 159.6/s on the last hour, 10/s a day: about 4 days to 200/s.
+    let days = one["days_to_limit"].as_f64().unwrap();
+    assert!((3.5..4.5).contains(&days), "{one}");
+    let (_, other) = body(ask(Some("search")).await).await;
+    assert_eq!(other["days_to_limit"], serde_json::Value::Null);
+    let (_, all) = body(ask(None).await).await;
+    assert_eq!(all["forecasts"].as_array().unwrap().len(), 2);
+    let (status, none) = body(ask(Some("nobody")).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(none["error"].as_str().unwrap().contains("nobody"), "{none}");
+    let mut gateway = state(&w, Default::default());
+    gateway.forecasts = None;
+    let params: super::forecast::Params = serde_json::from_value(serde_json::json!({})).unwrap();
+    let (status, _) =
+        body(super::forecast::handler(State(Arc::new(gateway)), Query(params)).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     w.stop();
 }

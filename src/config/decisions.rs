@@ -1,6 +1,6 @@
 //! Validation of the sections that decide: `canary:` (pairs and detection templates),
 //! `policies:` (each rule's condition and action checked for meaning) and `maintenance:`
-//! windows, and `anomaly:` (the watch's detector). Pure; every problem names its field.
+//! windows, `anomaly:` (the watch's detector) and `capacity:`. Pure; every problem names its field.
 
 use std::collections::BTreeSet;
 use trike_engine::canary::{CanaryMetric, CanarySpec};
@@ -234,4 +234,40 @@ pub(super) fn anomaly(
         w.every_s = every.secs();
     }
     w
+}
+
+/// `capacity:`: each service's request-rate limit; problems go to `p`.
+pub(super) fn capacity(
+    p: &mut Vec<String>,
+    raw: &[super::RawCapacity],
+) -> Vec<trike_engine::forecast::CapacityLimit> {
+    let mut out: Vec<trike_engine::forecast::CapacityLimit> = Vec::new();
+    for (i, c) in raw.iter().enumerate() {
+        if c.service.trim().is_empty() {
+            p.push(format!("capacity[{i}].service: give the service's name"));
+        }
+        match c.metric.as_deref() {
+            None | Some("request_rate") => {}
+            Some(m) => p.push(format!(
+                "capacity[{i}].metric: {m:?} is not forecast (write request_rate)"
+            )),
+        }
+        if !(c.limit.is_finite() && c.limit > 0.0) {
+            p.push(format!(
+                "capacity[{i}].limit: {} is not a positive number of requests per second",
+                c.limit
+            ));
+        }
+        if out.iter().any(|o| o.service == c.service) {
+            p.push(format!(
+                "capacity[{i}].service: {:?} has a limit already",
+                c.service
+            ));
+        }
+        out.push(trike_engine::forecast::CapacityLimit {
+            service: c.service.clone(),
+            limit: c.limit,
+        });
+    }
+    out
 }

@@ -47,6 +47,8 @@ pub struct RawConfig {
     pub stale: RawStale,
     /// How the anomaly watch samples and scores every service's SLIs.
     pub anomaly: RawAnomaly,
+    /// Services' capacity limits, for the forecast's `days_to_limit`.
+    pub capacity: Vec<RawCapacity>,
     /// Where control events go (default: stdout).
     pub sinks: Option<Vec<trike_sinks::SinkConfig>>,
     /// This instance's name, in control events' `source` (`trike://<instance>`; default: host name).
@@ -317,6 +319,19 @@ pub struct RawStale {
     pub after: Option<Span>,
     /// Newest event time lagging its arrival by more than this (default 1m).
     pub max_lag: Option<Span>,
+}
+
+/// One `capacity:` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCapacity {
+    /// The service.
+    pub service: String,
+    /// What is limited: `request_rate` (the only metric forecast so far).
+    #[serde(default)]
+    pub metric: Option<String>,
+    /// The limit (requests per second).
+    pub limit: f64,
 }
 
 /// `anomaly:`.

@@ -27,7 +27,8 @@ fn defaults() {
 }
 
 /// Guarantees: `anomaly:` sets the watch's threshold, cycle, bins, memory and period; `none`
-/// turns the cycle off.
+/// turns the cycle off; `capacity:` limits reach the decide hook, and a rule can act on the
+/// forecast.
 #[test]
 fn anomaly_settings() {
     let c =
@@ -53,6 +54,17 @@ fn anomaly_settings() {
         0
     );
     assert_eq!(c.decide_spec().watch, c.anomaly);
+    let c = load("capacity: [{ service: checkout, metric: request_rate, limit: 500 }]\npolicies: [{ name: scale, when: \"forecast.days_to_limit < 14\", action: ticket }]").unwrap();
+    assert_eq!(c.capacity.len(), 1);
+    assert_eq!(
+        (c.capacity[0].service.as_str(), c.capacity[0].limit),
+        ("checkout", 500.0)
+    );
+    assert_eq!(c.decide_spec().capacity, c.capacity);
+    assert_eq!(
+        c.policy.rules[0].when.to_string(),
+        "forecast.days_to_limit < 14"
+    );
 }
 
 /// Guarantees: the example configs under deploy/ load and validate, so they never rot.
@@ -104,6 +116,7 @@ auth: { ingest_tokens: [short] }
 limits: { max_connections: 0, max_grpc_streams: 0 }
 tls: { cert_file: /nonexistent/tls.crt, key_file: /nonexistent/tls.key }
 anomaly: { threshold: 1.5, season: fortnightly }
+capacity: [{ service: a, metric: cpu, limit: -1 }, { service: a, limit: 5 }]
 slos:
   - { name: a, service: s, objective: 1.5, sli: availability }
   - { name: a, service: s, objective: 0.99, period: 90d, sli: { latency: { threshold_ms: -3 } } }
@@ -128,6 +141,9 @@ slos:
         "slos[1].sli.latency.threshold_ms: -3 is not a positive number",
         "anomaly.threshold: 1.5 is not in (0, 1]",
         "anomaly.season: \"fortnightly\" is not a duration",
+        "capacity[0].metric: \"cpu\" is not forecast (write request_rate)",
+        "capacity[0].limit: -1 is not a positive number",
+        "capacity[1].service: \"a\" has a limit already",
     ] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }

@@ -68,6 +68,8 @@ pub struct Config {
     pub stale: StaleRule,
     /// The anomaly watch's settings.
     pub anomaly: trike_runtime::hooks::decide::WatchSettings,
+    /// Services' capacity limits.
+    pub capacity: Vec<trike_engine::forecast::CapacityLimit>,
     /// Where control events go.
     pub sinks: Vec<SinkConfig>,
     /// Instance name for control events' source.
@@ -203,6 +205,7 @@ impl Config {
             stale: self.stale,
             policy: self.policy.clone(),
             watch: self.anomaly,
+            capacity: self.capacity.clone(),
         }
     }
 
@@ -580,6 +583,7 @@ impl Config {
             max_lag: raw.stale.max_lag.unwrap_or(StaleRule::default().max_lag),
         };
         let anomaly = super::decisions::anomaly(&mut p, &raw.anomaly);
+        let capacity = super::decisions::capacity(&mut p, &raw.capacity);
         let sinks = raw.sinks.unwrap_or_else(|| vec![SinkConfig::Stdout]);
         let brokers = o.kafka_brokers.clone().or(kafka.brokers.clone());
         if let Some(i) = sinks.iter().position(|s| *s == SinkConfig::Kafka)
@@ -741,6 +745,7 @@ impl Config {
             policy: Policy { rules, revision },
             stale,
             anomaly,
+            capacity,
             sinks,
             instance,
             control_partitions,

@@ -12,6 +12,7 @@ use trike_engine::anomaly::{DetectorConfig, SliWatch};
 use trike_engine::canary::{CanarySpec, Judge, arm, expand};
 use trike_engine::canary_seq::{Running, SeqConfig};
 use trike_engine::facts::{StaleRule, gather};
+use trike_engine::forecast::{CapacityLimit, Forecasts};
 use trike_engine::policy::{Policy, PolicyEngine, PolicySnapshot};
 use trike_engine::slo::Slo;
 use trike_engine::{Engine, UnixNanos};
@@ -62,6 +63,9 @@ pub struct DecideSpec {
     pub policy: Policy,
     /// The anomaly watch's settings.
     pub watch: WatchSettings,
+    /// Services' capacity limits (their request rates are forecast whether or not they have
+    /// one).
+    pub capacity: Vec<CapacityLimit>,
 }
 
 /// What the policy reads besides the engine: replaced whole by a reload.
@@ -90,6 +94,8 @@ pub struct Decider {
     sequential: HashMap<(String, String, String), Running>,
     /// Shared like the policy (its services' detectors move with their partitions).
     watch: Arc<Mutex<SliWatch>>,
+    /// Every service's request-rate forecast (not checkpointed: a restart learns again).
+    forecasts: Arc<Mutex<Forecasts>>,
 }
 
 impl Decider {
@@ -98,6 +104,7 @@ impl Decider {
         // Every service's request rate, error ratio and p99 (bounded: at most
         // WATCH_MAX_STREAMS streams).
         let watch = SliWatch::new(spec.watch.detector, spec.watch.every_s, WATCH_MAX_STREAMS);
+        let forecasts = Forecasts::new(&spec.capacity, WATCH_MAX_STREAMS);
         Self {
             rules: Arc::new(Mutex::new(DecideRules {
                 slos: spec.slos,
@@ -109,6 +116,7 @@ impl Decider {
             last: 0,
             sequential: HashMap::new(),
             watch: Arc::new(Mutex::new(watch)),
+            forecasts: Arc::new(Mutex::new(forecasts)),
         }
     }
 
@@ -137,6 +145,11 @@ impl Decider {
         self.watch.clone()
     }
 
+    /// Every service's request-rate forecast. Locked alone.
+    pub fn forecasts(&self) -> Arc<Mutex<Forecasts>> {
+        self.forecasts.clone()
+    }
+
     /// Evaluates when [`DECIDE_EVERY`] has passed since the last evaluation.
     fn decide(&mut self, engine: &Engine) -> Option<Decided> {
         let now = engine.now();
@@ -147,6 +160,7 @@ impl Decider {
         let rules = !policy.policy().rules.is_empty();
         // Sampled on its own period whether or not a rule reads it: the API, /metrics and the
         // dashboard show the scores.
+        self.forecasts.lock().sample(engine);
         let mut watch = self.watch.lock();
         watch.sample(engine);
         if !(rules || policy.rollouts().any_active())
@@ -159,6 +173,11 @@ impl Decider {
         if rules {
             let mut facts = gather(engine, &spec.slos, &spec.canaries, spec.stale, Some(&watch));
             drop(watch);
+            let forecasts = self.forecasts.lock();
+            for f in &mut facts {
+                f.forecast = forecasts.get(&f.service);
+            }
+            drop(forecasts);
             self.judge_sequentially(engine, &spec.canaries, &mut facts);
             decisions = policy.step(now, &facts);
         }
