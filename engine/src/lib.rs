@@ -5,6 +5,7 @@
 //! (protobuf, JSON, Arrow) stay outside: callers decode into [`observation::Batch`].
 
 pub mod anomaly;
+pub mod attribution;
 pub mod canary;
 pub mod canary_seq;
 pub mod config;

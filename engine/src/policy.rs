@@ -275,6 +275,9 @@ pub enum Evidence {
         budget_remaining: f64,
         /// The tier with its burn rates and threshold.
         tier: TierStatus,
+        /// Which values carry the bad events (see [`crate::attribution`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attribution: Vec<crate::attribution::Attribution>,
     },
     /// The canary judge's result.
     Canary(CanaryResult),
@@ -519,14 +522,16 @@ impl PolicyEngine {
                             }
                     })?;
                     let reason = format!(
-                        "{} is burning its error budget at {:.1}x over {} and {:.1}x over {} (tier {} fires at {:.1}x; history covers {} of the {} window); {} of the budget left",
-                        s.name, tier.burn_long, tier.long, tier.burn_short, tier.short, tier.name, tier.factor, pct(tier.coverage_long), tier.long, pct(s.budget_remaining.max(0.0))
+                        "{} is burning its error budget at {:.1}x over {} and {:.1}x over {} (tier {} fires at {:.1}x; history covers {} of the {} window); {} of the budget left{}",
+                        s.name, tier.burn_long, tier.long, tier.burn_short, tier.short, tier.name, tier.factor, pct(tier.coverage_long), tier.long, pct(s.budget_remaining.max(0.0)),
+                        crate::attribution::phrase(&s.attribution, "the service's")
                     );
                     let ev = Evidence::BurnRate {
                         slo: s.name.clone(),
                         objective: s.objective,
                         budget_remaining: s.budget_remaining,
                         tier: tier.clone(),
+                        attribution: s.attribution.clone(),
                     };
                     Some((svc(""), ev, reason, Some(s.name.clone())))
                 })
@@ -567,7 +572,7 @@ impl PolicyEngine {
                         },
                         c.baseline,
                         if detail.is_empty() { "no metric decided".to_string() } else { detail.join(", ") }
-                    );
+                    ) + &crate::attribution::phrase(&c.attribution, "the baseline's");
                     (svc(&c.canary), Evidence::Canary(c.clone()), reason, None)
                 })
                 .collect(),

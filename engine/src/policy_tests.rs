@@ -34,6 +34,7 @@ fn canary(verdict: Verdict) -> CanaryResult {
             canary_n: 1000,
         }],
         sequential: None,
+        attribution: vec![],
     }
 }
 
@@ -333,6 +334,7 @@ fn burn_rate_rules_follow_firing_tiers() {
             tier("ticket", Severity::Ticket, false),
         ],
         period_events: (0.0, 0.0),
+        attribution: vec![],
     };
     let f = vec![ServiceFacts {
         service: "checkout".into(),

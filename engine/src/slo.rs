@@ -191,6 +191,10 @@ pub struct SloStatus {
     pub tiers: Vec<TierStatus>,
     /// Good and total events over the period.
     pub period_events: (f64, f64),
+    /// While a tier fires: which versions, operations and dimensions carry the bad events
+    /// over the shortest firing tier's short window (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attribution: Vec<crate::attribution::Attribution>,
 }
 
 /// The standard windows reported in `burn_rates`.
@@ -316,6 +320,13 @@ pub fn evaluate(engine: &Engine, slo: &Slo) -> SloStatus {
     } else {
         Some((budget_remaining.max(0.0) * slo.period.secs() as f64 / burn_1h).max(0.0))
     };
+    let attribution = tiers
+        .iter()
+        .filter(|t| t.firing)
+        .map(|t| t.short)
+        .min()
+        .map(|w| attribute(engine, slo, w))
+        .unwrap_or_default();
     SloStatus {
         name: slo.name.clone(),
         service: slo.service.clone(),
@@ -331,7 +342,33 @@ pub fn evaluate(engine: &Engine, slo: &Slo) -> SloStatus {
         exhaustion_eta_s,
         tiers,
         period_events: (total_p - bad_p, total_p),
+        attribution,
     }
+}
+
+/// The SLO's bad events over `window`, attributed to versions, operations and dimensions.
+fn attribute(engine: &Engine, slo: &Slo, window: Span) -> Vec<crate::attribution::Attribution> {
+    let q = crate::sli::SliQuery {
+        service: Some(slo.service.clone()),
+        window,
+    };
+    let Ok(rows) = engine.slis(&q) else {
+        return Vec::new();
+    };
+    let counted = rows
+        .iter()
+        .filter(|r| slo.selector.is_empty() || r.key.matches(&slo.selector))
+        .filter_map(|r| match slo.sli {
+            SloSli::Availability => Some((&r.key, r.requests, r.errors)),
+            SloSli::Latency { threshold_ms } => {
+                let good = r
+                    .latency_good
+                    .iter()
+                    .find(|g| g.threshold_ms == threshold_ms)?;
+                Some((&r.key, r.requests, r.requests.saturating_sub(good.good)))
+            }
+        });
+    crate::attribution::attribute(counted)
 }
 
 /// Rollout strategy allowed by the error budget left (DESIGN §3).

@@ -460,6 +460,7 @@ fn slo_json(st: &trike_engine::slo::SloStatus) -> serde_json::Value {
             "firing": t.firing,
             "inhibited": t.over && !t.firing,
         })).collect::<Vec<_>>(),
+        "attribution": st.attribution,
     })
 }
 
