@@ -322,12 +322,22 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         Some(g) => g.sink(),
         None => worker.sink(),
     };
-    let pipeline = Arc::new(
-        Pipeline::new(Arc::new(cfg.decode.clone()), sink, ingest.clone())
-            .with_inflight_budget(cfg.limits.inflight_bytes)
-            .with_memory_limiter(memory.clone())
-            .with_durable_ack(gateway.is_some() && cfg.fleet.ack == AckMode::Durable),
-    );
+    let forwarder = if cfg.forward.is_empty() {
+        None
+    } else {
+        Some(
+            crate::forward::Forwarder::start(&cfg.forward)
+                .context("forward: starting the next hops' senders")?,
+        )
+    };
+    let base_pipeline = Pipeline::new(Arc::new(cfg.decode.clone()), sink, ingest.clone())
+        .with_inflight_budget(cfg.limits.inflight_bytes)
+        .with_memory_limiter(memory.clone())
+        .with_durable_ack(gateway.is_some() && cfg.fleet.ack == AckMode::Durable);
+    let pipeline = Arc::new(match &forwarder {
+        Some(f) => base_pipeline.with_forward(f.clone()),
+        None => base_pipeline,
+    });
     let pipeline_for_kafka = pipeline.clone();
     let members = match role {
         Role::All => None,
@@ -409,6 +419,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         silence_log,
         watch: anomaly_watch,
         forecasts,
+        forward: forwarder.clone(),
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();

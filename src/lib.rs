@@ -11,6 +11,7 @@ pub mod deploys;
 pub mod detect;
 pub mod embedded_broker;
 pub mod forecast;
+pub mod forward;
 pub mod query;
 pub mod reload;
 pub mod synth;

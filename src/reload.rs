@@ -116,6 +116,7 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         ("engine", format!("{:?}", c.engine)),
         ("anomaly", format!("{:?}", c.anomaly)),
         ("capacity", format!("{:?}", c.capacity)),
+        ("forward", format!("{:?}", c.forward)),
         (
             "metrics",
             format!("{:?} {:?}", c.metrics_windows, c.metrics_max_services),

@@ -146,6 +146,15 @@ pub struct Pipeline {
     inflight: Arc<Inflight>,
     memory: Option<Arc<crate::memory::MemoryLimiter>>,
     durable: bool,
+    forward: Option<Arc<dyn Forward>>,
+}
+
+/// Where the receivers' accepted requests also go (`forward:`, the next hops): called once per
+/// request Trike accepted, with its message bytes as received (decompressed). It must not
+/// block: the SLI path waits for it.
+pub trait Forward: Send + Sync {
+    /// Queues `body` (a `signal` request in `encoding`) for the next hops.
+    fn forward(&self, signal: SignalKind, encoding: Encoding, body: &bytes::Bytes);
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -170,7 +179,14 @@ impl Pipeline {
             inflight: Inflight::new(Limits::default().inflight_bytes),
             memory: None,
             durable: false,
+            forward: None,
         }
+    }
+
+    /// Sends every accepted receiver request on to `forward` as well.
+    pub fn with_forward(mut self, forward: Arc<dyn Forward>) -> Self {
+        self.forward = Some(forward);
+        self
     }
 
     /// Receivers answer a request only once the sink has made its data durable (its ack ran:
@@ -387,6 +403,7 @@ pub async fn export_async(
     } else {
         (None, None)
     };
+    let forward = pipeline.forward.as_ref().map(|f| (f.clone(), body.clone()));
     let accepted = if body.len() < BLOCKING_DECODE_BYTES {
         pipeline.export_acked(transport, signal, encoding, &body, ack)?
     } else {
@@ -414,6 +431,9 @@ pub async fn export_async(
             why: Busy::Queue,
             retry_after: Duration::from_secs(1),
         });
+    }
+    if let Some((f, body)) = forward {
+        f.forward(signal, encoding, &body);
     }
     Ok(accepted)
 }

@@ -79,6 +79,8 @@ pub struct AdminState {
     pub silence_log: Option<Arc<trike_runtime::fleet::silence_log::SilenceLog>>,
     /// The anomaly watch (none on a gateway).
     pub watch: Option<Arc<parking_lot::Mutex<trike_engine::anomaly::SliWatch>>>,
+    /// The next hops requests are forwarded to (`forward:`).
+    pub forward: Option<Arc<crate::forward::Forwarder>>,
     /// The request-rate forecasts (none on a gateway).
     pub forecasts: Option<Arc<parking_lot::Mutex<trike_engine::forecast::Forecasts>>>,
     /// Deploy events read from the deploys topic.

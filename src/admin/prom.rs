@@ -46,6 +46,9 @@ pub fn render(s: &AdminState) -> String {
     if let Some(c) = &s.changelog {
         c.render(&mut out);
     }
+    if let Some(f) = &s.forward {
+        f.render(&mut out);
+    }
     let listeners: Vec<_> = s.listeners.iter().map(|(n, c)| (*n, c.as_ref())).collect();
     if !listeners.is_empty() {
         trike_ingest::listen::ConnStats::render(&listeners, &mut out);

@@ -43,6 +43,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         silence_log: None,
         watch: None,
         forecasts: None,
+        forward: None,
     }
 }
 

@@ -49,6 +49,8 @@ pub struct RawConfig {
     pub anomaly: RawAnomaly,
     /// Services' capacity limits, for the forecast's `days_to_limit`.
     pub capacity: Vec<RawCapacity>,
+    /// Next hops every accepted OTLP request is also sent to.
+    pub forward: Vec<crate::forward::Target>,
     /// Where control events go (default: stdout).
     pub sinks: Option<Vec<trike_sinks::SinkConfig>>,
     /// This instance's name, in control events' `source` (`trike://<instance>`; default: host name).

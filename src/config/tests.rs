@@ -117,6 +117,7 @@ limits: { max_connections: 0, max_grpc_streams: 0 }
 tls: { cert_file: /nonexistent/tls.crt, key_file: /nonexistent/tls.key }
 anomaly: { threshold: 1.5, season: fortnightly }
 capacity: [{ service: a, metric: cpu, limit: -1 }, { service: a, limit: 5 }]
+forward: [{ endpoint: "collector:4317" }, { endpoint: "http://collector", protocol: http }]
 slos:
   - { name: a, service: s, objective: 1.5, sli: availability }
   - { name: a, service: s, objective: 0.99, period: 90d, sli: { latency: { threshold_ms: -3 } } }
@@ -144,6 +145,7 @@ slos:
         "capacity[0].metric: \"cpu\" is not forecast (write request_rate)",
         "capacity[0].limit: -1 is not a positive number",
         "capacity[1].service: \"a\" has a limit already",
+        "forward[1].endpoint: \"http://collector\" is not host:port",
     ] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }

@@ -70,6 +70,8 @@ pub struct Config {
     pub anomaly: trike_runtime::hooks::decide::WatchSettings,
     /// Services' capacity limits.
     pub capacity: Vec<trike_engine::forecast::CapacityLimit>,
+    /// Next hops every accepted OTLP request is also sent to.
+    pub forward: Vec<crate::forward::Target>,
     /// Where control events go.
     pub sinks: Vec<SinkConfig>,
     /// Instance name for control events' source.
@@ -584,6 +586,11 @@ impl Config {
         };
         let anomaly = super::decisions::anomaly(&mut p, &raw.anomaly);
         let capacity = super::decisions::capacity(&mut p, &raw.capacity);
+        for (i, t) in raw.forward.iter().enumerate() {
+            if let Err(e) = t.check() {
+                p.push(format!("forward[{i}].{e}"));
+            }
+        }
         let sinks = raw.sinks.unwrap_or_else(|| vec![SinkConfig::Stdout]);
         let brokers = o.kafka_brokers.clone().or(kafka.brokers.clone());
         if let Some(i) = sinks.iter().position(|s| *s == SinkConfig::Kafka)
@@ -746,6 +753,7 @@ impl Config {
             stale,
             anomaly,
             capacity,
+            forward: raw.forward.clone(),
             sinks,
             instance,
             control_partitions,

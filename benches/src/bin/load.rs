@@ -12,6 +12,9 @@
 //! probed again for `--recovery-s` after the load stops), `--queries N` for N heavy SQL queries
 //! running back to back during the load (freshness under queries).
 //!
+//! `--forward grpc|http` forwards every request to an in-process next hop (`forward:`) and
+//! counts what it receives, for the SLI path's throughput with and without forwarding.
+//!
 //! `--fleet` runs the same load through a gateway and a processor (both in this process, over
 //! an in-process broker): span sent to the gateway → visible in the processor's API.
 //!
@@ -62,6 +65,62 @@ struct Args {
     /// this process reads them, and freshness is measured at the processor's API.
     #[arg(long)]
     fleet: bool,
+    /// Forward every request to a next hop over this protocol (`grpc` or `http`): an
+    /// in-process OTLP sink that counts what it receives (`forward:`, DESIGN §10).
+    #[arg(long)]
+    forward: Option<String>,
+}
+
+/// A next hop for `--forward`: OTLP/HTTP `/v1/traces` and OTLP/gRPC trace export, counting
+/// requests and bytes.
+async fn start_sink(
+    protocol: &str,
+    requests: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use trike_proto::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use trike_proto::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    struct Sink(Arc<AtomicU64>, Arc<AtomicU64>);
+    #[tonic::async_trait]
+    impl TraceService for Sink {
+        async fn export(
+            &self,
+            r: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            self.0.fetch_add(1, Relaxed);
+            self.1
+                .fetch_add(r.into_inner().encoded_len() as u64, Relaxed);
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    if protocol == "grpc" {
+        drop(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Sink(requests, bytes)))
+                .serve(addr),
+        );
+    } else {
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (r, b) = (requests.clone(), bytes.clone());
+                async move {
+                    r.fetch_add(1, Relaxed);
+                    b.fetch_add(body.len() as u64, Relaxed);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    Ok(addr)
 }
 
 /// The allocator `trike` runs with (resident memory falls again after a burst).
@@ -159,6 +218,13 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(m) = &args.memory_limit {
         yaml.push_str(&format!("limits: {{ memory_limit: {m} }}\n"));
+    }
+    let (forwarded, forwarded_bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    if let Some(protocol) = &args.forward {
+        let addr = start_sink(protocol, forwarded.clone(), forwarded_bytes.clone()).await?;
+        yaml.push_str(&format!(
+            "forward: [{{ endpoint: \"{addr}\", protocol: {protocol} }}]\n"
+        ));
     }
     let broker = if args.fleet {
         let b = trike::embedded_broker::EmbeddedBroker::start(&[
@@ -419,6 +485,15 @@ async fn main() -> anyhow::Result<()> {
             recovery_ms.len(),
             percentile(&recovery_ms, 0.5),
             percentile(&recovery_ms, 0.99)
+        );
+    }
+    if args.forward.is_some() {
+        // Let the forwarders drain before counting.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!(
+            "forwarded:            {} requests, {:.1} MB at the next hop",
+            forwarded.load(Relaxed),
+            forwarded_bytes.load(Relaxed) as f64 / 1e6
         );
     }
     println!("CPU by thread (s):    {}", thread_cpu());

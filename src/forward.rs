@@ -1,0 +1,420 @@
+//! Inline forwarding (DESIGN §10, `forward:`): every OTLP request the receivers accept is also
+//! sent, unchanged, to each next hop (another Collector or a backend) over OTLP/gRPC or
+//! OTLP/HTTP, so Trike can sit in a pipeline without a second fan-out.
+//!
+//! Each hop has a bounded queue (`queue_bytes`): a request that does not fit is dropped and
+//! counted, so a slow or dead hop never slows the SLI path nor grows memory. Four senders per
+//! hop retry a failed send with exponential backoff (100 ms doubling to 5 s, 5 attempts) when
+//! the failure is retryable (a connection error, HTTP 429/502/503/504, gRPC UNAVAILABLE or
+//! RESOURCE_EXHAUSTED), then drop it and count it. The bytes sent are the message as received
+//! (decompressed; the HTTP hop gets the same content type). A JSON request cannot go to a gRPC
+//! hop unchanged: it is counted as `unsupported` and not sent.
+
+use bytes::{Buf, BufMut, Bytes};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use trike_ingest::metrics::SignalKind;
+use trike_ingest::pipeline::{Encoding, Forward};
+
+/// Senders per hop.
+const SENDERS: usize = 4;
+/// Attempts per request.
+const ATTEMPTS: u32 = 5;
+
+/// How a hop is spoken to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// OTLP/gRPC.
+    #[default]
+    Grpc,
+    /// OTLP/HTTP.
+    Http,
+}
+
+/// One `forward:` entry.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// `host:port`.
+    pub endpoint: String,
+    /// `grpc` (default) or `http`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Headers (gRPC metadata) sent with every request, e.g. `authorization`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Bytes queued for the hop at most (default 64 MiB).
+    #[serde(default)]
+    pub queue_bytes: Option<crate::config::bytes::ByteSize>,
+}
+
+/// Default queue per hop.
+pub const QUEUE_BYTES: usize = 64 << 20;
+
+impl Target {
+    /// Why the entry cannot be used, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let (host, port) = self
+            .endpoint
+            .rsplit_once(':')
+            .ok_or_else(|| format!("endpoint: {:?} is not host:port", self.endpoint))?;
+        if host.is_empty() || host.contains('/') || port.parse::<u16>().is_err() {
+            return Err(format!("endpoint: {:?} is not host:port", self.endpoint));
+        }
+        for (name, value) in &self.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::HeaderValue::from_str(value).is_err()
+            {
+                return Err(format!("headers: {name:?} is not a valid header"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counters of one hop.
+#[derive(Debug, Default)]
+pub struct HopStats {
+    /// Requests delivered.
+    pub sent: AtomicU64,
+    /// Send attempts that failed and were retried.
+    pub retried: AtomicU64,
+    /// Requests dropped: the queue was full.
+    pub dropped_full: AtomicU64,
+    /// Requests dropped: every attempt failed, or the hop refused them for good.
+    pub dropped_failed: AtomicU64,
+    /// JSON requests not sent to a gRPC hop.
+    pub unsupported: AtomicU64,
+    /// Bytes queued now.
+    pub queued_bytes: AtomicUsize,
+}
+
+struct Item {
+    signal: SignalKind,
+    encoding: Encoding,
+    body: Bytes,
+}
+
+struct Hop {
+    target: Target,
+    limit: usize,
+    tx: mpsc::UnboundedSender<Item>,
+    stats: Arc<HopStats>,
+}
+
+/// Every hop; the receivers' [`Forward`].
+pub struct Forwarder {
+    hops: Vec<Hop>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.hops.iter().map(|h| &h.target.endpoint))
+            .finish()
+    }
+}
+
+impl Forwarder {
+    /// Starts the senders of every target (on the current Tokio runtime).
+    pub fn start(targets: &[Target]) -> anyhow::Result<Arc<Self>> {
+        let mut hops = Vec::new();
+        for t in targets {
+            let (tx, rx) = mpsc::unbounded_channel::<Item>();
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            let stats = Arc::new(HopStats::default());
+            let sender = Sender::new(t)?;
+            for _ in 0..SENDERS {
+                let (rx, stats, sender) = (rx.clone(), stats.clone(), sender.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let Some(item) = rx.lock().await.recv().await else {
+                            return;
+                        };
+                        let len = item.body.len();
+                        sender.deliver(&item, &stats).await;
+                        stats.queued_bytes.fetch_sub(len, Relaxed);
+                    }
+                });
+            }
+            hops.push(Hop {
+                target: t.clone(),
+                limit: t.queue_bytes.map_or(QUEUE_BYTES, |b| b.0 as usize),
+                tx,
+                stats,
+            });
+        }
+        Ok(Arc::new(Self { hops }))
+    }
+
+    /// Each hop's endpoint and counters.
+    pub fn stats(&self) -> Vec<(&str, &HopStats)> {
+        self.hops
+            .iter()
+            .map(|h| (h.target.endpoint.as_str(), h.stats.as_ref()))
+            .collect()
+    }
+
+    /// `trike_forward_requests_total{endpoint,outcome}` and `trike_forward_queued_bytes`.
+    pub fn render(&self, out: &mut String) {
+        use trike_engine::expo::{escape, header};
+        header(
+            out,
+            "trike_forward_requests_total",
+            "Requests forwarded to a next hop, by outcome (sent, retried attempts, dropped because the queue was full or every attempt failed, unsupported JSON to a gRPC hop).",
+            "counter",
+        );
+        for (endpoint, s) in self.stats() {
+            for (outcome, v) in [
+                ("sent", &s.sent),
+                ("retried", &s.retried),
+                ("dropped_full", &s.dropped_full),
+                ("dropped_failed", &s.dropped_failed),
+                ("unsupported", &s.unsupported),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "trike_forward_requests_total{{endpoint=\"{}\",outcome=\"{outcome}\"}} {}",
+                    escape(endpoint),
+                    v.load(Relaxed)
+                );
+            }
+        }
+        header(
+            out,
+            "trike_forward_queued_bytes",
+            "Bytes waiting for a next hop.",
+            "gauge",
+        );
+        for (endpoint, s) in self.stats() {
+            let _ = writeln!(
+                out,
+                "trike_forward_queued_bytes{{endpoint=\"{}\"}} {}",
+                escape(endpoint),
+                s.queued_bytes.load(Relaxed)
+            );
+        }
+    }
+}
+
+impl Forward for Forwarder {
+    fn forward(&self, signal: SignalKind, encoding: Encoding, body: &Bytes) {
+        for h in &self.hops {
+            if h.target.protocol == Protocol::Grpc && encoding != Encoding::Protobuf {
+                h.stats.unsupported.fetch_add(1, Relaxed);
+                continue;
+            }
+            let len = body.len();
+            let fits = h
+                .stats
+                .queued_bytes
+                .fetch_update(Relaxed, Relaxed, |q| {
+                    (q + len <= h.limit).then_some(q + len)
+                })
+                .is_ok();
+            if !fits {
+                h.stats.dropped_full.fetch_add(1, Relaxed);
+                continue;
+            }
+            let item = Item {
+                signal,
+                encoding,
+                body: body.clone(),
+            };
+            if h.tx.send(item).is_err() {
+                h.stats.queued_bytes.fetch_sub(len, Relaxed);
+                h.stats.dropped_failed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// How one request goes out.
+#[derive(Clone)]
+enum Sender {
+    Http {
+        client: reqwest::Client,
+        base: String,
+        headers: reqwest::header::HeaderMap,
+    },
+    Grpc {
+        channel: tonic::transport::Channel,
+        headers: BTreeMap<String, String>,
+    },
+}
+
+/// What a failed attempt means.
+enum Failure {
+    Retry(String),
+    GiveUp(String),
+}
+
+impl Sender {
+    fn new(t: &Target) -> anyhow::Result<Self> {
+        Ok(match t.protocol {
+            Protocol::Http => {
+                let mut headers = reqwest::header::HeaderMap::new();
+                for (k, v) in &t.headers {
+                    headers.insert(
+                        reqwest::header::HeaderName::from_bytes(k.as_bytes())?,
+                        reqwest::header::HeaderValue::from_str(v)?,
+                    );
+                }
+                Sender::Http {
+                    client: reqwest::Client::builder()
+                        .timeout(Duration::from_secs(10))
+                        .build()?,
+                    base: format!("http://{}", t.endpoint),
+                    headers,
+                }
+            }
+            Protocol::Grpc => Sender::Grpc {
+                channel: tonic::transport::Endpoint::from_shared(format!("http://{}", t.endpoint))?
+                    .timeout(Duration::from_secs(10))
+                    .connect_lazy(),
+                headers: t.headers.clone(),
+            },
+        })
+    }
+
+    async fn deliver(&self, item: &Item, stats: &HopStats) {
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1..=ATTEMPTS {
+            match self.send(item).await {
+                Ok(()) => {
+                    stats.sent.fetch_add(1, Relaxed);
+                    return;
+                }
+                Err(Failure::Retry(why)) if attempt < ATTEMPTS => {
+                    stats.retried.fetch_add(1, Relaxed);
+                    tracing::debug!(%why, attempt, "forwarding failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(Failure::Retry(why) | Failure::GiveUp(why)) => {
+                    stats.dropped_failed.fetch_add(1, Relaxed);
+                    tracing::warn!(%why, attempt, "forwarding failed; request dropped");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn send(&self, item: &Item) -> Result<(), Failure> {
+        match self {
+            Sender::Http {
+                client,
+                base,
+                headers,
+            } => {
+                let path = match item.signal {
+                    SignalKind::Traces => "/v1/traces",
+                    SignalKind::Metrics => "/v1/metrics",
+                    SignalKind::Logs => "/v1/logs",
+                };
+                let content_type = match item.encoding {
+                    Encoding::Json => "application/json",
+                    _ => "application/x-protobuf",
+                };
+                let r = client
+                    .post(format!("{base}{path}"))
+                    .headers(headers.clone())
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(item.body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| Failure::Retry(e.to_string()))?;
+                match r.status().as_u16() {
+                    200..=299 => Ok(()),
+                    s @ (429 | 502 | 503 | 504) => Err(Failure::Retry(format!("HTTP {s}"))),
+                    s => Err(Failure::GiveUp(format!("HTTP {s}"))),
+                }
+            }
+            Sender::Grpc { channel, headers } => {
+                let path = match item.signal {
+                    SignalKind::Traces => {
+                        "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+                    }
+                    SignalKind::Metrics => {
+                        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+                    }
+                    SignalKind::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                };
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                grpc.ready()
+                    .await
+                    .map_err(|e| Failure::Retry(e.to_string()))?;
+                let mut req = tonic::Request::new(item.body.clone());
+                for (k, v) in headers {
+                    if let (Ok(k), Ok(v)) = (
+                        tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
+                        v.parse(),
+                    ) {
+                        req.metadata_mut().insert(k, v);
+                    }
+                }
+                let path = http::uri::PathAndQuery::from_static(path);
+                match grpc.unary(req, path, BytesCodec).await {
+                    Ok(_) => Ok(()),
+                    Err(s) => match s.code() {
+                        tonic::Code::Unavailable
+                        | tonic::Code::ResourceExhausted
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Aborted => Err(Failure::Retry(s.to_string())),
+                        _ => Err(Failure::GiveUp(s.to_string())),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// Sends a message's bytes as they are; reads the answer's and ignores them.
+#[derive(Clone, Copy, Debug, Default)]
+struct BytesCodec;
+
+struct BytesEncoder;
+struct BytesDecoder;
+
+impl tonic::codec::Encoder for BytesEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for BytesDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl tonic::codec::Codec for BytesCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = BytesEncoder;
+    type Decoder = BytesDecoder;
+    fn encoder(&mut self) -> BytesEncoder {
+        BytesEncoder
+    }
+    fn decoder(&mut self) -> BytesDecoder {
+        BytesDecoder
+    }
+}

@@ -1,0 +1,160 @@
+//! Inline forwarding (DESIGN §10 `forward:`): every accepted OTLP request goes on, unchanged,
+//! to the next hops — a real OTLP/gRPC server (the OTLP crate's generated tonic service) and an
+//! OTLP/HTTP endpoint — while the SLI path counts it as before; a dead hop only drops, and
+//! counts what it drops.
+
+use prost::Message;
+use rand::SeedableRng;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use trike_proto::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use trike_proto::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use trike_tests::{checkout, metrics_text, sample, start_trike, wait_for_requests};
+
+type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
+/// (path, content type, body) of each request an HTTP hop got.
+type SeenHttp = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A next hop speaking OTLP/gRPC: keeps each request it gets, encoded again.
+struct GrpcHop(Seen);
+
+#[tonic::async_trait]
+impl TraceService for GrpcHop {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(request.into_inner().encode_to_vec());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Scenario: Trike forwards to an OTLP/gRPC hop, an OTLP/HTTP hop and a hop nobody listens on
+/// (a 64 KiB queue); a client sends 20 OTLP/HTTP protobuf requests of 50 spans.
+/// Guarantees: both live hops receive exactly the 20 requests, byte for byte (the HTTP hop the
+/// very bytes, with the content type; the gRPC hop the same message); Trike counted all 1 000
+/// spans as without forwarding; `/metrics` says 20 sent to each live hop and counts every
+/// request to the dead one as retried-then-dropped or dropped because its queue was full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_forwarded_unchanged() {
+    let grpc_seen: Seen = Default::default();
+    let grpc_addr = free_addr();
+    let server = TraceServiceServer::new(GrpcHop(grpc_seen.clone()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(server)
+            .serve(grpc_addr),
+    );
+    let http_seen: SeenHttp = Default::default();
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http_listener.local_addr().unwrap();
+    let seen = http_seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let ct = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    seen.lock()
+                        .unwrap()
+                        .push(("/v1/traces".into(), ct, body.to_vec()));
+                    axum::http::StatusCode::OK
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(http_listener, app).await });
+    let dead = free_addr();
+    let running = start_trike(&format!(
+        "forward:\n  - {{ endpoint: \"{grpc_addr}\", protocol: grpc }}\n  - {{ endpoint: \"{http_addr}\", protocol: http, headers: {{ x-team: sre }} }}\n  - {{ endpoint: \"{dead}\", protocol: http, queue_bytes: 64KiB }}\n"
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let client = reqwest::Client::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let svc = checkout("1.0", 0.05);
+    let mut sent = Vec::new();
+    for _ in 0..20 {
+        let body = svc
+            .request(50, trike_runtime::clock::now_nanos(), 1_000_000, &mut rng)
+            .encode_to_vec();
+        let r = client
+            .post(format!("http://{}/v1/traces", running.http_addr))
+            .header("content-type", "application/x-protobuf")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        sent.push(body);
+    }
+    assert_eq!(
+        wait_for_requests(&running, "checkout", 1000, Duration::from_secs(10)).await,
+        1000
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while (grpc_seen.lock().unwrap().len() < 20 || http_seen.lock().unwrap().len() < 20)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut want = sent.clone();
+    want.sort();
+    let mut got_grpc = grpc_seen.lock().unwrap().clone();
+    got_grpc.sort();
+    assert_eq!(got_grpc, want, "the gRPC hop got every request, unchanged");
+    let http = http_seen.lock().unwrap().clone();
+    assert!(http.iter().all(|(_, ct, _)| ct == "application/x-protobuf"));
+    let mut got_http: Vec<Vec<u8>> = http.into_iter().map(|(_, _, b)| b).collect();
+    got_http.sort();
+    assert_eq!(got_http, want, "the HTTP hop got the very bytes");
+
+    // The dead hop: every request retried and dropped, or dropped at its full queue.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = metrics_text(&running).await;
+        let dead_of = |outcome: &str| {
+            sample(
+                &m,
+                &format!(
+                    "trike_forward_requests_total{{endpoint=\"{dead}\",outcome=\"{outcome}\"}}"
+                ),
+            )
+            .unwrap()
+        };
+        if dead_of("dropped_failed") + dead_of("dropped_full") >= 20.0 {
+            assert!(dead_of("retried") >= dead_of("dropped_failed"), "{m}");
+            assert_eq!(dead_of("sent"), 0.0);
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for hop in [grpc_addr, http_addr] {
+        assert_eq!(
+            sample(
+                &m,
+                &format!("trike_forward_requests_total{{endpoint=\"{hop}\",outcome=\"sent\"}}")
+            ),
+            Some(20.0),
+            "{m}"
+        );
+    }
+    running.stop().await.unwrap();
+}
