@@ -98,8 +98,10 @@ fn deploy_examples_validate() {
     assert_eq!(full.slos.len(), 5, "3 in the file, 2 from deploy/openslo");
     assert!(full.slos.iter().any(|s| s.name == "payments-latency"));
     assert_eq!(full.engine.thresholds_for("payments"), &[250.0]);
-    assert_eq!(full.policy.rules.len(), 5);
+    assert_eq!(full.policy.rules.len(), 6);
     assert_eq!(full.canaries.len(), 1);
+    assert_eq!(full.anomaly.detector.threshold, 0.6);
+    assert_eq!(full.capacity.len(), 1);
     assert_eq!(full.instance, "trike-0");
     assert_eq!(full.actuator.executors.len(), 4);
 }
