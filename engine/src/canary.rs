@@ -261,17 +261,11 @@ pub fn judge(engine: &Engine, spec: &CanarySpec) -> CanaryResult {
 
 /// The canary's errors over the window, attributed against the baseline's.
 fn attribute_errors(engine: &Engine, spec: &CanarySpec) -> Vec<crate::attribution::Attribution> {
-    let q = crate::sli::SliQuery {
-        service: Some(spec.service.clone()),
-        window: spec.window,
-    };
-    let Ok(rows) = engine.slis(&q) else {
-        return Vec::new();
-    };
+    let rows = engine.series_sums(&spec.service, spec.window);
     let of = |version: &str| -> Vec<(&crate::observation::SeriesKey, u64, u64)> {
         rows.iter()
-            .filter(|r| &*r.key.version == version)
-            .map(|r| (&r.key, r.requests, r.errors))
+            .filter(|(key, _)| &*key.version == version)
+            .map(|(key, s)| (*key, s.requests.round() as u64, s.errors.round() as u64))
             .collect()
     };
     crate::attribution::attribute_against(of(&spec.canary), of(&spec.baseline))

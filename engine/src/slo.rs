@@ -348,25 +348,30 @@ pub fn evaluate(engine: &Engine, slo: &Slo) -> SloStatus {
 
 /// The SLO's bad events over `window`, attributed to versions, operations and dimensions.
 fn attribute(engine: &Engine, slo: &Slo, window: Span) -> Vec<crate::attribution::Attribution> {
-    let q = crate::sli::SliQuery {
-        service: Some(slo.service.clone()),
-        window,
+    let threshold = match slo.sli {
+        SloSli::Availability => None,
+        SloSli::Latency { threshold_ms } => {
+            let Some(i) = engine
+                .config()
+                .thresholds_for(&slo.service)
+                .iter()
+                .position(|t| *t == threshold_ms)
+            else {
+                return Vec::new();
+            };
+            Some(i)
+        }
     };
-    let Ok(rows) = engine.slis(&q) else {
-        return Vec::new();
-    };
+    let rows = engine.series_sums(&slo.service, window);
     let counted = rows
         .iter()
-        .filter(|r| slo.selector.is_empty() || r.key.matches(&slo.selector))
-        .filter_map(|r| match slo.sli {
-            SloSli::Availability => Some((&r.key, r.requests, r.errors)),
-            SloSli::Latency { threshold_ms } => {
-                let good = r
-                    .latency_good
-                    .iter()
-                    .find(|g| g.threshold_ms == threshold_ms)?;
-                Some((&r.key, r.requests, r.requests.saturating_sub(good.good)))
-            }
+        .filter(|(key, _)| slo.selector.is_empty() || key.matches(&slo.selector))
+        .map(|(key, s)| {
+            let (bad, events) = match threshold {
+                None => (s.errors, s.requests),
+                Some(i) => ((s.timed - s.within[i]).max(0.0), s.timed),
+            };
+            (*key, events.round() as u64, bad.round() as u64)
         });
     crate::attribution::attribute(counted)
 }

@@ -158,6 +158,19 @@ impl Engine {
         out
     }
 
+    /// The counter sums of each series of `service` over a window ending now, exact to the
+    /// second at the oldest edge (no digests: cheap enough for every evaluation; what
+    /// [`crate::attribution`] reads).
+    pub fn series_sums(&self, service: &str, window: Span) -> Vec<(&SeriesKey, ProratedSums)> {
+        let now_s = secs(self.now);
+        self.entries
+            .iter()
+            .filter(|e| &*e.key.service == service)
+            .map(|e| (&e.key, e.state.sums_prorated(now_s, window.secs())))
+            .filter(|(_, s)| s.requests > 0.0)
+            .collect()
+    }
+
     /// Like [`Engine::service_sums_prorated`], over the series of `service` that `keep`.
     pub fn service_sums_prorated_where(
         &self,
