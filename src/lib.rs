@@ -1,6 +1,7 @@
 //! The `trike` binary's library: CLI, config, wiring of receivers → engine → admin API.
 //! Exposed as a library so end-to-end tests run the real processor in-process.
 
+pub mod actuator_admin;
 pub mod admin;
 pub mod app;
 pub mod backtest;

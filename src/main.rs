@@ -203,9 +203,21 @@ async fn main() -> ExitCode {
                 client: cfg.kafka_client.clone(),
             };
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let live = std::sync::Arc::new(trike_actuate::live::Live::default());
+            if let Some(addr) = cfg.actuator.admin {
+                match trike::actuator_admin::serve(addr, live.clone()).await {
+                    Ok(bound) => {
+                        eprintln!("trike actuate: /metrics and /healthz on http://{bound}")
+                    }
+                    Err(e) => {
+                        eprintln!("trike actuate: actuator.admin {addr}: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             let mut worker = {
                 let stop = stop.clone();
-                tokio::task::spawn_blocking(move || trike_actuate::run(settings, stop))
+                tokio::task::spawn_blocking(move || trike_actuate::run_with(settings, stop, live))
             };
             // Runs until SIGTERM or Ctrl-C (the event in flight is finished, its outcome
             // written and its offset committed), or until the worker stops by itself (an error).

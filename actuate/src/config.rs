@@ -87,6 +87,9 @@ pub struct ActuatorConfig {
     /// Run without a signing key, executing unsigned events (default false: `trike actuate`
     /// refuses to start without a key).
     pub allow_unsigned: bool,
+    /// Where `trike actuate` serves `/metrics` and `/healthz` (e.g. `0.0.0.0:8481`; default:
+    /// not served).
+    pub admin: Option<String>,
     /// Executors, first match wins.
     pub executors: Vec<ExecutorConfig>,
 }
@@ -133,6 +136,8 @@ pub struct Validated {
     pub max_event_age: Duration,
     /// Unsigned operation is allowed.
     pub allow_unsigned: bool,
+    /// Where `/metrics` and `/healthz` are served.
+    pub admin: Option<std::net::SocketAddr>,
     /// Executors, first match wins.
     pub executors: Vec<ExecutorConfig>,
 }
@@ -167,6 +172,15 @@ impl ActuatorConfig {
         if max_event_age.is_zero() {
             p.push(format!("{field}.max_event_age: must be at least 1s"));
         }
+        let admin = self.admin.as_deref().and_then(|a| match a.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                p.push(format!(
+                    "{field}.admin: {a:?} is not a listen address (host:port, e.g. 0.0.0.0:8481)"
+                ));
+                None
+            }
+        });
         let mut names = std::collections::BTreeSet::new();
         for (i, e) in self.executors.iter().enumerate() {
             let f = format!("{field}.executors[{i}]");
@@ -229,6 +243,7 @@ impl ActuatorConfig {
             claim_lease,
             max_event_age,
             allow_unsigned: self.allow_unsigned,
+            admin,
             executors: self.executors.clone(),
         })
     }

@@ -40,6 +40,7 @@ pub mod claims;
 pub mod config;
 mod executors;
 mod ledger;
+pub mod live;
 mod outcome;
 
 use anyhow::Context;
@@ -116,15 +117,37 @@ const HOLD_POLL: Duration = Duration::from_secs(1);
 
 /// Runs until `stop` is set; the event in flight is finished first.
 pub fn run(s: ActuatorSettings, stop: std::sync::Arc<AtomicBool>) -> anyhow::Result<ActuatorStats> {
+    run_with(s, stop, Default::default())
+}
+
+/// Like [`run`], keeping `live` up to date for an admin server (`/metrics`, `/healthz`).
+pub fn run_with(
+    s: ActuatorSettings,
+    stop: std::sync::Arc<AtomicBool>,
+    live: std::sync::Arc<live::Live>,
+) -> anyhow::Result<ActuatorStats> {
+    let result = run_loop(&s, &stop, &live);
+    live.stop();
+    result
+}
+
+fn run_loop(
+    s: &ActuatorSettings,
+    stop: &AtomicBool,
+    live: &std::sync::Arc<live::Live>,
+) -> anyhow::Result<ActuatorStats> {
     anyhow::ensure!(
         !s.keys.is_empty() || s.actuator.allow_unsigned,
         "no signing key: an actuator executes only signed control events. Set the key the \
          processors sign with (signing.key_env, default TRIKE_SIGNING_KEY) or list \
          signing.verify_keys; for a trusted test setup, set actuator.allow_unsigned: true"
     );
-    let mut a = Actuator::connect(&s)?;
+    let mut a = Actuator::connect(s)?;
+    a.live = live.clone();
     while !stop.load(Relaxed) {
-        a.step(&stop);
+        a.live.beat();
+        a.step(stop);
+        a.live.update(&a.stats);
     }
     Ok(a.stats)
 }
@@ -139,6 +162,8 @@ struct Actuator<'a> {
     rt: tokio::runtime::Runtime,
     breakers: Breakers,
     stats: ActuatorStats,
+    /// What the admin server shows.
+    live: std::sync::Arc<live::Live>,
     backoff: Duration,
 }
 
@@ -234,6 +259,7 @@ impl<'a> Actuator<'a> {
             rt,
             breakers: Breakers::new(a.breaker),
             stats: ActuatorStats::default(),
+            live: Default::default(),
             backoff: RETRY_FIRST,
         })
     }
@@ -321,6 +347,16 @@ impl<'a> Actuator<'a> {
         if let Err((e, _)) = delivered {
             tracing::error!(error = %e, "outcome not delivered; offset not committed");
             return;
+        }
+        if let Some(detected) = event["data"]["detected_at"]
+            .as_str()
+            .and_then(trike_sinks::parse_rfc3339_nanos)
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            self.live
+                .acted_after(now.saturating_sub(detected) as f64 / 1e9);
         }
         let mut next = TopicPartitionList::new();
         let committed = next

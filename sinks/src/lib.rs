@@ -13,7 +13,7 @@ pub mod secret;
 pub mod signing;
 
 pub use control_event::{ControlData, ControlEvent, EventError, Outcome, Target};
-pub use rfc3339::{parse_rfc3339, rfc3339};
+pub use rfc3339::{parse_rfc3339, parse_rfc3339_nanos, rfc3339};
 pub use secret::Secret;
 /// The action and duration types of control events and their consumers' configs.
 pub use trike_engine::{Span, policy::Action, slo::Severity};

@@ -25,6 +25,23 @@ pub fn rfc3339(nanos: u64) -> String {
     )
 }
 
+/// Unix nanoseconds of an RFC 3339 time, its fraction included (up to nanoseconds); None when
+/// it is not one.
+pub fn parse_rfc3339_nanos(s: &str) -> Option<u64> {
+    let secs = parse_rfc3339(s)?;
+    let frac: String = s
+        .get(19..)
+        .and_then(|r| r.strip_prefix('.'))
+        .map(|f| f.chars().take_while(char::is_ascii_digit).take(9).collect())
+        .unwrap_or_default();
+    let nanos = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u64>().ok()? * 10u64.pow(9 - frac.len() as u32)
+    };
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
 /// Unix seconds of an RFC 3339 time (`2026-12-03T10:00:00Z`, `…+01:00`, a fraction ignored);
 /// None when it is not one.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
@@ -68,6 +85,25 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    /// Guarantees: a time with a fraction parses to the nanosecond, and without one to the
+    /// second; junk does not parse.
+    #[test]
+    fn nanoseconds() {
+        assert_eq!(
+            super::parse_rfc3339_nanos("2000-02-29T00:00:00.123Z"),
+            Some(951_782_400_123_000_000)
+        );
+        assert_eq!(
+            super::parse_rfc3339_nanos("2000-02-29T01:00:00.000000007+01:00"),
+            Some(951_782_400_000_000_007)
+        );
+        assert_eq!(
+            super::parse_rfc3339_nanos("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000_000_000)
+        );
+        assert_eq!(super::parse_rfc3339_nanos("yesterday"), None);
+    }
+
     /// Guarantees: known instants format as RFC 3339.
     #[test]
     fn known_instants() {

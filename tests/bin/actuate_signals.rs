@@ -18,6 +18,15 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[path = "common/required.rs"]
+#[allow(dead_code)]
+mod required;
+
+#[path = "common/prom.rs"]
+#[allow(dead_code)]
+mod prom;
+use prom::{PromSample, parse_exposition};
+
 const KEY: &str = "sigterm-test-key";
 
 /// A one-connection HTTP server that answers 200 after `delay`; says "started" and "answered".
@@ -180,4 +189,181 @@ actuator:
     assert_eq!(committed.elements()[0].offset(), Offset::Offset(1));
     drop((reader, group, producer));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A signed control event for `checkout`, detected now.
+fn control_event(id: &str, dry_run: bool) -> Value {
+    let now = trike_sinks::rfc3339(trike_runtime::clock::now_nanos());
+    let mut event = json!({
+        "specversion": "1.0", "id": id, "source": "trike://test", "type": "io.trike.control.rollback",
+        "subject": "checkout", "time": now, "datacontenttype": "application/json",
+        "data": { "decision_id": id, "action": "rollback", "target": { "service": "checkout", "version": "1.5.0" },
+                  "params": {}, "reason": "checkout 1.5.0 failed canary analysis", "dry_run": dry_run, "severity": "page", "rule": "rollback-bad-canary", "slo": null, "policy_revision": "0123456789abcdef", "evidence": {"kind": "stale", "silent_s": 0.0, "lag_s": 0.0}, "detected_at": now, "observed_until": now }
+    });
+    trike_sinks::signing::sign(&mut event, KEY.as_bytes());
+    event
+}
+
+/// Scenario: `trike actuate` with `actuator.admin`; a signed rollback (its webhook answers at
+/// once) and a dry-run rollback reach it.
+/// Guarantees: `/healthz` answers 200 while it runs; `/metrics`, read with the Prometheus
+/// text-format parser, counts one event succeeded and one logged, and its
+/// decision-to-outcome histogram holds both, each under 30 s; after SIGTERM the process exits 0.
+#[test]
+fn the_actuator_serves_metrics_and_health() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("trike.control", 1, 1).unwrap();
+    mock.create_topic("trike.actions", 1, 1).unwrap();
+    mock.create_topic("trike.actuator.claims", 3, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let (port, webhook) = slow_webhook(Duration::ZERO);
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("trike-actuator-admin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("actuator.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"signing: {{ key: {KEY} }}
+instance: admin-test
+actuator:
+  admin: "{admin}"
+  state_dir: "{}"
+  executors:
+    - {{ name: rollouts, type: webhook, actions: [rollback], url: "http://127.0.0.1:{port}/rollback", retries: 0, timeout: 10s }}
+"#,
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_trike"))
+            .args(["actuate", "--config"])
+            .arg(&config)
+            .args(["--kafka-brokers", &brokers])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the trike binary starts"),
+    );
+    let get = |path: &str| -> Option<(u16, String)> {
+        let r = reqwest::blocking::get(format!("http://{admin}{path}")).ok()?;
+        Some((r.status().as_u16(), r.text().ok()?))
+    };
+    let start = Instant::now();
+    while get("/healthz").map(|r| r.0) != Some(200) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "/healthz never answered 200"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for (id, dry_run) in [("admin-1", false), ("admin-2", true)] {
+        producer
+            .send(
+                BaseRecord::to("trike.control")
+                    .key("checkout")
+                    .payload(&control_event(id, dry_run).to_string()),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(5)).unwrap();
+    assert_eq!(webhook.recv_timeout(Duration::from_secs(60)), Ok("started"));
+    // A label matches by text, or by number (`le` is "30" or "30.0" as parsers spell it).
+    let value = |samples: &[PromSample], name: &str, label: Option<(&str, &str)>| {
+        samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && label.is_none_or(|(k, v)| {
+                        s.labels.get(k).is_some_and(|have| {
+                            have == v
+                                || have
+                                    .parse::<f64>()
+                                    .ok()
+                                    .zip(v.parse::<f64>().ok())
+                                    .is_some_and(|(a, b)| a == b)
+                        })
+                    })
+            })
+            .and_then(|s| s.value)
+    };
+    let start = Instant::now();
+    let samples = loop {
+        let (status, text) = get("/metrics").expect("/metrics answers");
+        assert_eq!(status, 200);
+        let Some(samples) = parse_exposition(&text) else {
+            break None;
+        };
+        if value(
+            &samples,
+            "trike_actuator_decision_to_outcome_seconds_count",
+            None,
+        ) == Some(2.0)
+        {
+            break Some(samples);
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if let Some(samples) = samples {
+        let events = |outcome| {
+            value(
+                &samples,
+                "trike_actuator_events_total",
+                Some(("outcome", outcome)),
+            )
+        };
+        assert_eq!(events("succeeded"), Some(1.0));
+        assert_eq!(events("logged"), Some(1.0));
+        assert_eq!(events("failed"), Some(0.0));
+        assert_eq!(
+            value(
+                &samples,
+                "trike_actuator_decision_to_outcome_seconds_bucket",
+                Some(("le", "30.0"))
+            ),
+            Some(2.0)
+        );
+        assert_eq!(value(&samples, "trike_actuator_up", None), Some(1.0));
+    }
+    assert_eq!(get("/healthz").map(|r| r.0), Some(200));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    drop(producer);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child process killed when the test ends, however it ends (a failed assertion must not
+/// leave an actuator running).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
