@@ -72,58 +72,10 @@ fn slow_webhook(delay: Duration) -> (u16, mpsc::Receiver<&'static str>) {
 
 #[test]
 fn sigterm_finishes_the_event_in_flight_and_exits_cleanly() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("trike.control", 1, 1).unwrap();
-    mock.create_topic("trike.actions", 1, 1).unwrap();
-    mock.create_topic("trike.actuator.claims", 3, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
+    let (_mock, brokers) = cluster();
     let (port, webhook) = slow_webhook(Duration::from_millis(1500));
-    let dir = std::env::temp_dir().join(format!("trike-sigterm-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("actuator.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"signing: {{ key: {KEY} }}
-instance: sigterm-test
-actuator:
-  state_dir: "{}"
-  executors:
-    - {{ name: rollouts, type: webhook, actions: [rollback], url: "http://127.0.0.1:{port}/rollback", retries: 0, timeout: 10s }}
-"#,
-            dir.join("state").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trike"))
-        .args(["actuate", "--config"])
-        .arg(&config)
-        .args(["--kafka-brokers", &brokers])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the trike binary starts");
-
-    let mut event = json!({
-        "specversion": "1.0", "id": "sig-1", "source": "trike://test", "type": "io.trike.control.rollback",
-        "subject": "checkout", "time": trike_sinks::rfc3339(trike_runtime::clock::now_nanos()), "datacontenttype": "application/json",
-        "data": { "decision_id": "sig-1", "action": "rollback", "target": { "service": "checkout", "version": "1.5.0" },
-                  "params": {}, "reason": "checkout 1.5.0 failed canary analysis", "dry_run": false, "severity": "page", "rule": "rollback-bad-canary", "slo": null, "policy_revision": "0123456789abcdef", "evidence": {"kind": "stale", "silent_s": 0.0, "lag_s": 0.0}, "detected_at": "2026-11-22T00:00:00.000Z", "observed_until": "2026-11-22T00:00:00.000Z" }
-    });
-    trike_sinks::signing::sign(&mut event, KEY.as_bytes());
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    producer
-        .send(
-            BaseRecord::to("trike.control")
-                .key("checkout")
-                .payload(&event.to_string()),
-        )
-        .unwrap();
-    producer.flush(Duration::from_secs(5)).unwrap();
+    let (mut child, dir) = start_actuator("sigterm", None, port, &brokers);
+    let producer = send(&brokers, &[control_event("sig-1", false)]);
 
     // SIGTERM once the webhook call is in flight.
     assert_eq!(
@@ -131,23 +83,7 @@ actuator:
         Ok("started"),
         "the actuator called the webhook"
     );
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = sigterm_and_wait(&mut child);
     let status = status.expect("trike actuate exits on SIGTERM");
     assert!(status.success(), "a clean exit: {status:?}");
     assert_eq!(
@@ -191,6 +127,91 @@ actuator:
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// librdkafka's mock cluster with the control, actions and claims topics, and its address.
+fn cluster() -> (MockCluster<'static, DefaultProducerContext>, String) {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("trike.control", 1, 1).unwrap();
+    mock.create_topic("trike.actions", 1, 1).unwrap();
+    mock.create_topic("trike.actuator.claims", 3, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    (mock, brokers)
+}
+
+/// `trike actuate` (the real binary) with a rollback webhook on `port`, serving its admin
+/// endpoints on `admin` when given; its process and directory.
+fn start_actuator(
+    name: &str,
+    admin: Option<std::net::SocketAddr>,
+    port: u16,
+    brokers: &str,
+) -> (Killed, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("trike-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("actuator.yaml");
+    let admin = admin.map_or(String::new(), |a| format!("  admin: \"{a}\"\n"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"signing: {{ key: {KEY} }}
+instance: {name}-test
+actuator:
+{admin}  state_dir: "{}"
+  executors:
+    - {{ name: rollouts, type: webhook, actions: [rollback], url: "http://127.0.0.1:{port}/rollback", retries: 0, timeout: 10s }}
+"#,
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_trike"))
+        .args(["actuate", "--config"])
+        .arg(&config)
+        .args(["--kafka-brokers", brokers])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the trike binary starts");
+    (Killed(child), dir)
+}
+
+/// Produces `events` to the control topic; the producer (kept until the test ends).
+fn send(brokers: &str, events: &[Value]) -> ThreadedProducer<DefaultProducerContext> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    for e in events {
+        producer
+            .send(
+                BaseRecord::to("trike.control")
+                    .key("checkout")
+                    .payload(&e.to_string()),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(5)).unwrap();
+    producer
+}
+
+/// SIGTERM, then the exit status (None when it did not exit within 30 s: it is killed when
+/// the test ends).
+fn sigterm_and_wait(child: &mut Killed) -> Option<std::process::ExitStatus> {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 /// A signed control event for `checkout`, detected now.
 fn control_event(id: &str, dry_run: bool) -> Value {
     let now = trike_sinks::rfc3339(trike_runtime::clock::now_nanos());
@@ -211,45 +232,13 @@ fn control_event(id: &str, dry_run: bool) -> Value {
 /// decision-to-outcome histogram holds both, each under 30 s; after SIGTERM the process exits 0.
 #[test]
 fn the_actuator_serves_metrics_and_health() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("trike.control", 1, 1).unwrap();
-    mock.create_topic("trike.actions", 1, 1).unwrap();
-    mock.create_topic("trike.actuator.claims", 3, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
+    let (_mock, brokers) = cluster();
     let (port, webhook) = slow_webhook(Duration::ZERO);
     let admin = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("trike-actuator-admin-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("actuator.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"signing: {{ key: {KEY} }}
-instance: admin-test
-actuator:
-  admin: "{admin}"
-  state_dir: "{}"
-  executors:
-    - {{ name: rollouts, type: webhook, actions: [rollback], url: "http://127.0.0.1:{port}/rollback", retries: 0, timeout: 10s }}
-"#,
-            dir.join("state").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Killed(
-        Command::new(env!("CARGO_BIN_EXE_trike"))
-            .args(["actuate", "--config"])
-            .arg(&config)
-            .args(["--kafka-brokers", &brokers])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the trike binary starts"),
-    );
+    let (mut child, dir) = start_actuator("admin", Some(admin), port, &brokers);
     let get = |path: &str| -> Option<(u16, String)> {
         let r = reqwest::blocking::get(format!("http://{admin}{path}")).ok()?;
         Some((r.status().as_u16(), r.text().ok()?))
@@ -262,20 +251,13 @@ actuator:
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    for (id, dry_run) in [("admin-1", false), ("admin-2", true)] {
-        producer
-            .send(
-                BaseRecord::to("trike.control")
-                    .key("checkout")
-                    .payload(&control_event(id, dry_run).to_string()),
-            )
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(5)).unwrap();
+    let producer = send(
+        &brokers,
+        &[
+            control_event("admin-1", false),
+            control_event("admin-2", true),
+        ],
+    );
     assert_eq!(webhook.recv_timeout(Duration::from_secs(60)), Ok("started"));
     // A label matches by text, or by number (`le` is "30" or "30.0" as parsers spell it).
     let value = |samples: &[PromSample], name: &str, label: Option<(&str, &str)>| {
@@ -336,22 +318,7 @@ actuator:
         assert_eq!(value(&samples, "trike_actuator_up", None), Some(1.0));
     }
     assert_eq!(get("/healthz").map(|r| r.0), Some(200));
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no exit on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = sigterm_and_wait(&mut child).expect("trike actuate exits on SIGTERM");
     assert!(status.success(), "{status:?}");
     drop(producer);
     let _ = std::fs::remove_dir_all(&dir);
