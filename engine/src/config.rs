@@ -59,6 +59,8 @@ pub struct EngineConfig {
     /// rows ([`crate::Engine::second_rows`]): set when an archive is written. Without it a
     /// series keeps only its 1-minute digests (versions keep the fine ones either way).
     pub keep_second_digests: bool,
+    /// How the service graph pairs and keeps calls.
+    pub graph: crate::graph::GraphSettings,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +80,7 @@ impl Default for EngineConfig {
             metric_stream_ttl: Span::hours(1),
             idle_series_after: Some(Span::minutes(15)),
             keep_second_digests: false,
+            graph: crate::graph::GraphSettings::default(),
         }
     }
 }
@@ -106,6 +109,17 @@ impl EngineConfig {
             out.push(format!(
                 "{prefix}.digest_compression: {} is not in [20, 5000]",
                 self.digest_compression
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.graph.min_share) {
+            out.push(format!(
+                "{prefix}.graph.min_share: {} is not a share in [0, 1]",
+                self.graph.min_share
+            ));
+        }
+        if self.graph.max_pending == 0 || self.graph.max_edges == 0 {
+            out.push(format!(
+                "{prefix}.graph: max_pending and max_edges must be at least 1"
             ));
         }
         let thresholds = std::iter::once((

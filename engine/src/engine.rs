@@ -174,13 +174,14 @@ pub struct Engine {
     removed: Vec<SeriesKey>,
     /// Example traces of failing requests, per service.
     exemplars: exemplars::Exemplars,
+    /// Calls between services.
+    graph: crate::graph::Graph,
 }
 
 impl Engine {
     /// An empty engine.
     pub fn new(cfg: Arc<EngineConfig>) -> Self {
         Self {
-            cfg,
             entries: Vec::new(),
             index: HashMap::new(),
             versions: Vec::new(),
@@ -195,12 +196,24 @@ impl Engine {
             tracking: false,
             removed: Vec::new(),
             exemplars: Default::default(),
+            graph: crate::graph::Graph::new(cfg.graph, cfg.digest_compression),
+            cfg,
         }
     }
 
     /// The engine's settings.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// The service graph.
+    pub fn graph(&self) -> &crate::graph::Graph {
+        &self.graph
+    }
+
+    /// The service graph, to add a gateway's pre-aggregated calls to.
+    pub fn graph_mut(&mut self) -> &mut crate::graph::Graph {
+        &mut self.graph
     }
 
     /// The newest `now` seen.
@@ -263,7 +276,8 @@ impl Engine {
             .sum()
     }
 
-    /// Heap bytes of all series and versions, keys and index included (an estimate).
+    /// Heap bytes of all series and versions, keys and index included, and of the service
+    /// graph (an estimate).
     pub fn heap_bytes(&self) -> usize {
         let per_entry =
             std::mem::size_of::<Entry>() + std::mem::size_of::<(SeriesKey, usize)>() + 16;
@@ -272,6 +286,7 @@ impl Engine {
             .map(|e| e.state.heap_bytes() + e.key.heap_bytes() + per_entry)
             .sum::<usize>()
             + self.version_heap_bytes()
+            + self.graph.heap_bytes()
     }
 
     fn observe_now(&mut self, now: UnixNanos) {
@@ -398,6 +413,9 @@ impl Engine {
         let digests = self.cfg.digest_settings();
         let resolved: Vec<Resolved> = batch.keys.iter().map(|k| self.resolve(k)).collect();
         let mut rep = IngestReport::default();
+        for c in &batch.calls {
+            self.graph.call(c, self.now);
+        }
 
         let mut span_services: Vec<usize> = Vec::new();
         for r in &batch.requests {
@@ -628,6 +646,7 @@ impl Engine {
     /// series with no data left, and forgets silent metric streams.
     pub fn advance(&mut self, now: UnixNanos) {
         self.observe_now(now);
+        self.graph.advance(self.now);
         let now_s = secs(self.now);
         if now_s <= self.last_sweep_s {
             return;

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod expo;
 pub mod facts;
 pub mod forecast;
+pub mod graph;
 pub mod observation;
 pub mod partials;
 pub mod policy;
@@ -28,8 +29,8 @@ pub mod window;
 pub use config::{EngineConfig, SignalSource};
 pub use engine::{Engine, IngestReport, Snapshot, Stats};
 pub use observation::{
-    Batch, CounterObs, Exemplar, HistogramObs, PartialObs, RequestObs, SecondObs, SeriesKey,
-    Signal, Temporality,
+    Batch, CallObs, CallSide, CounterObs, Exemplar, HistogramObs, PartialObs, RequestObs,
+    SecondObs, SeriesKey, Signal, Temporality,
 };
 pub use sli::{Quantiles, ServiceSli, SliQuery, SliRow};
 pub use time::{Span, UnixNanos};

@@ -195,6 +195,42 @@ pub struct Batch {
     pub partials: Vec<PartialObs>,
     /// Failing requests' traces, kept as examples for the service's page (counted nowhere).
     pub exemplars: Vec<Exemplar>,
+    /// Halves of calls between services, for the service graph ([`crate::graph`]); no SLI
+    /// counts them.
+    pub calls: Vec<CallObs>,
+}
+
+/// One side of a call between services: a CLIENT or PRODUCER span, or the SERVER or
+/// CONSUMER span it parents. The service graph pairs the two by (trace id, span id).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallObs {
+    /// The span's service (resource `service.name`).
+    pub service: Arc<str>,
+    /// Which side, and what the client side names its peer.
+    pub side: CallSide,
+    /// The trace id.
+    pub trace_id: [u8; 16],
+    /// The client span's id: its own for the client side, its parent's for the server side.
+    pub span_id: [u8; 8],
+    /// End of the span (event time).
+    pub time: UnixNanos,
+    /// End − start, in milliseconds.
+    pub latency_ms: f64,
+    /// Failed (the SLIs' rule: status ERROR, HTTP ≥ 500, a configured gRPC status).
+    pub bad: bool,
+}
+
+/// The side of a call a span is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CallSide {
+    /// A CLIENT or PRODUCER span, with the service it names as its peer (`peer.service`,
+    /// else `server.address`, else `db.system`), if any.
+    Client {
+        /// The named peer.
+        peer: Option<Arc<str>>,
+    },
+    /// A SERVER or CONSUMER span with a parent.
+    Server,
 }
 
 /// A failing request's trace, kept as an example (a few per batch; never part of an SLI).
@@ -226,9 +262,9 @@ impl Batch {
         self.requests.len() + self.histograms.len() + self.counters.len() + self.partials.len()
     }
 
-    /// True when the batch carries no observation.
+    /// True when the batch carries nothing: no observation and no call.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && self.calls.is_empty()
     }
 
     /// Appends another batch, remapping its key indices.
@@ -274,6 +310,7 @@ impl Batch {
                 x.key = map[x.key as usize];
                 x
             }));
+        self.calls.extend(other.calls);
     }
 }
 

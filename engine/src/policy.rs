@@ -278,6 +278,9 @@ pub enum Evidence {
         /// Which values carry the bad events (see [`crate::attribution`]).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         attribution: Vec<crate::attribution::Attribution>,
+        /// The failing dependency that carries the bad events (see [`crate::graph`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        root_cause: Option<crate::graph::RootCause>,
     },
     /// The canary judge's result.
     Canary(CanaryResult),
@@ -373,6 +376,10 @@ pub struct Decision {
     pub observed_until: UnixNanos,
     /// For `resolved`: the decision it resolves.
     pub resolves: Option<String>,
+    /// Inhibited: its cause is a failing dependency, and this decision (the dependency's
+    /// page) acts instead. Recorded, not sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inhibited_by: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -406,6 +413,8 @@ pub struct PolicyEngine {
     recent: Vec<VecDeque<UnixNanos>>,
     stats: PolicyStats,
     rollouts: Rollouts,
+    /// Open pages of root causes, by the dependency's service.
+    roots: BTreeMap<String, inhibition::RootEpisode>,
 }
 
 fn fnv64(seed: u64, bytes: &[u8]) -> u64 {
@@ -458,6 +467,7 @@ impl PolicyEngine {
             recent,
             stats: PolicyStats::default(),
             rollouts: Rollouts::default(),
+            roots: BTreeMap::new(),
         }
     }
 
@@ -525,13 +535,14 @@ impl PolicyEngine {
                         "{} is burning its error budget at {:.1}x over {} and {:.1}x over {} (tier {} fires at {:.1}x; history covers {} of the {} window); {} of the budget left{}",
                         s.name, tier.burn_long, tier.long, tier.burn_short, tier.short, tier.name, tier.factor, pct(tier.coverage_long), tier.long, pct(s.budget_remaining.max(0.0)),
                         crate::attribution::phrase(&s.attribution, "the service's")
-                    );
+                    ) + &inhibition::phrase(s.root_cause.as_ref());
                     let ev = Evidence::BurnRate {
                         slo: s.name.clone(),
                         objective: s.objective,
                         budget_remaining: s.budget_remaining,
                         tier: tier.clone(),
                         attribution: s.attribution.clone(),
+                        root_cause: s.root_cause.clone(),
                     };
                     Some((svc(""), ev, reason, Some(s.name.clone())))
                 })
@@ -754,6 +765,7 @@ impl PolicyEngine {
                     detected_at: now,
                     observed_until,
                     resolves: None,
+                    inhibited_by: None,
                 };
                 st.last_action = Some(now);
                 st.episode = Some((since, d.clone()));
@@ -761,6 +773,7 @@ impl PolicyEngine {
                 out.push(d);
             }
         }
+        self.inhibit(now, &mut out);
         out
     }
 }
@@ -775,6 +788,9 @@ pub struct PolicySnapshot {
     /// Progressive rollouts (absent in checkpoints written before they existed).
     #[serde(default)]
     rollouts: Vec<Rollout>,
+    /// Open root-cause pages (absent in checkpoints written before them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    roots: Vec<inhibition::RootEpisode>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -811,6 +827,7 @@ impl PolicyEngine {
             rules,
             stats: self.stats,
             rollouts: self.rollouts.all().to_vec(),
+            roots: self.roots.values().cloned().collect(),
         }
     }
 
@@ -831,6 +848,11 @@ impl PolicyEngine {
         }
         self.stats = snap.stats;
         self.rollouts.restore(snap.rollouts);
+        self.roots = snap
+            .roots
+            .into_iter()
+            .map(|r| (r.service.clone(), r))
+            .collect();
         dropped
     }
 }
@@ -845,7 +867,8 @@ impl PolicyEngine {
             r.targets.retain(|(t, _)| owns(&t.service));
         }
         snap.stats = PolicyStats::default();
-        snap.rollouts = self.rollouts.of(owns);
+        snap.rollouts = self.rollouts.of(&owns);
+        snap.roots = inhibition::roots_of(&self.roots, &owns);
         snap
     }
 
@@ -864,12 +887,14 @@ impl PolicyEngine {
             }
         }
         self.rollouts.merge(snap.rollouts);
+        inhibition::merge_roots(&mut self.roots, snap.roots);
         dropped
     }
 
     /// Forgets the episodes and cool-downs of the targets whose service `gone` holds.
     pub fn drop_services(&mut self, gone: impl Fn(&str) -> bool) {
         self.state.retain(|(_, t), _| !gone(&t.service));
+        inhibition::drop_dependents(&mut self.roots, &gone);
         self.rollouts.drop_services(gone);
     }
 }
@@ -878,6 +903,9 @@ impl PolicyEngine {
 pub fn seconds(a: UnixNanos, b: UnixNanos) -> f64 {
     a.saturating_sub(b) as f64 / NANOS_PER_SEC as f64
 }
+
+#[path = "inhibition.rs"]
+mod inhibition;
 
 #[cfg(test)]
 #[path = "policy_tests.rs"]

@@ -335,6 +335,7 @@ fn burn_rate_rules_follow_firing_tiers() {
         ],
         period_events: (0.0, 0.0),
         attribution: vec![],
+        root_cause: None,
     };
     let f = vec![ServiceFacts {
         service: "checkout".into(),

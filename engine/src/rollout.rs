@@ -438,6 +438,7 @@ impl Rollouts {
                     detected_at: now,
                     observed_until,
                     resolves: e.resolves.map(str::to_string),
+                    inhibited_by: None,
                 };
                 r.decisions.push(d.decision_id.clone());
                 out.push(d);

@@ -195,6 +195,10 @@ pub struct SloStatus {
     /// over the shortest firing tier's short window (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attribution: Vec<crate::attribution::Attribution>,
+    /// While a tier of an availability SLO fires: the dependency whose failed calls carry
+    /// the bad events over the same window, when the service graph shows one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_cause: Option<crate::graph::RootCause>,
 }
 
 /// The standard windows reported in `burn_rates`.
@@ -320,13 +324,27 @@ pub fn evaluate(engine: &Engine, slo: &Slo) -> SloStatus {
     } else {
         Some((budget_remaining.max(0.0) * slo.period.secs() as f64 / burn_1h).max(0.0))
     };
-    let attribution = tiers
-        .iter()
-        .filter(|t| t.firing)
-        .map(|t| t.short)
-        .min()
+    let firing_short = tiers.iter().filter(|t| t.firing).map(|t| t.short).min();
+    let attribution = firing_short
         .map(|w| attribute(engine, slo, w))
         .unwrap_or_default();
+    let root_cause = match (firing_short, &slo.sli) {
+        (Some(w), SloSli::Availability) => {
+            let own_bad = |s: &str| {
+                let sums = engine.service_sums_prorated(s, w);
+                (sums.requests > 0.0).then_some(sums.errors)
+            };
+            crate::graph::root_cause(
+                engine.graph(),
+                &slo.service,
+                window(w).0,
+                w,
+                engine.now(),
+                own_bad,
+            )
+        }
+        _ => None,
+    };
     SloStatus {
         name: slo.name.clone(),
         service: slo.service.clone(),
@@ -343,6 +361,7 @@ pub fn evaluate(engine: &Engine, slo: &Slo) -> SloStatus {
         tiers,
         period_events: (total_p - bad_p, total_p),
         attribution,
+        root_cause,
     }
 }
 

@@ -285,6 +285,7 @@ mod tests {
             detected_at: 100 * S,
             observed_until: 0,
             resolves: None,
+            inhibited_by: None,
         }
     }
 

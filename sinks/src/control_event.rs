@@ -98,6 +98,9 @@ pub struct ControlData {
     /// The silence that matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silenced_by: Option<String>,
+    /// Its cause is a failing dependency, paged by this decision instead: recorded, not sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inhibited_by: Option<String>,
 }
 
 /// Why bytes are not a control event.
@@ -145,6 +148,7 @@ impl ControlEvent {
                 resolves: d.resolves.clone(),
                 silenced: false,
                 silenced_by: None,
+                inhibited_by: d.inhibited_by.clone(),
             },
             trikesignature: None,
             trikekeyid: None,
@@ -249,6 +253,7 @@ mod tests {
             detected_at: 1_795_346_452_000_000_000,
             observed_until: 1_795_346_451_500_000_000,
             resolves: None,
+            inhibited_by: None,
         }
     }
 

@@ -220,6 +220,7 @@ mod tests {
             detected_at: 0,
             observed_until: 0,
             resolves: None,
+            inhibited_by: None,
         };
         let mut typed = crate::ControlEvent::from_decision(&d, "i");
         sign_event(&mut typed, b"secret");

@@ -103,6 +103,7 @@ fn list_key(path: &str) -> Option<&'static str> {
         "/api/v1/exemplars" => "exemplars",
         "/api/v1/anomalies" => "anomalies",
         "/api/v1/forecast" => "forecasts",
+        "/api/v1/graph" => "edges",
         _ => return None,
     })
 }

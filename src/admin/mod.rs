@@ -4,6 +4,7 @@ mod anomalies;
 pub mod auth;
 pub mod fleet;
 mod forecast;
+mod graph;
 pub mod history;
 mod integrations;
 mod prom;
@@ -163,6 +164,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/exemplars", get(exemplars_handler))
         .route("/api/v1/anomalies", get(anomalies::handler))
         .route("/api/v1/forecast", get(forecast::handler))
+        .route("/api/v1/graph", get(graph::handler))
         .route("/api/v1/history", get(history_handler))
         .route("/api/v1/services", get(services_handler))
         .route("/api/v1/query", axum::routing::post(query::handler))
@@ -240,6 +242,7 @@ async fn index() -> impl IntoResponse {
      GET /api/v1/exemplars?service=S      the newest failing requests' trace ids, linked by trace_url_template (JSON)\n\
      GET /api/v1/anomalies[?service=S]    the anomaly watch's latest scores per service and SLI (JSON)\n\
      GET /api/v1/forecast[?service=S]     request-rate forecast and days to the capacity limit (JSON)\n\
+     GET /api/v1/graph[?window=5m]        the service graph: calls, errors and p99 per (caller, callee) (JSON)\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\
      POST /api/v1/query?limit=N            SQL (body) over live tables and the archive; JSON rows\n\

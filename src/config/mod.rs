@@ -49,6 +49,8 @@ pub struct RawConfig {
     pub anomaly: RawAnomaly,
     /// Services' capacity limits, for the forecast's `days_to_limit`.
     pub capacity: Vec<RawCapacity>,
+    /// How the service graph pairs calls and names root causes.
+    pub graph: trike_engine::graph::GraphSettings,
     /// Next hops every accepted OTLP request is also sent to.
     pub forward: Vec<crate::forward::Target>,
     /// Where control events go (default: stdout).

@@ -497,6 +497,7 @@ impl Config {
         }
         // The archive's per-second rows carry each series' 1 s digests.
         engine.keep_second_digests = raw.archive.is_some();
+        engine.graph = raw.graph;
         for problem in engine.problems("engine") {
             // Map engine field names back to where users write them.
             p.push(
@@ -505,6 +506,7 @@ impl Config {
                         "engine.max_series_per_service",
                         "series.max_series_per_service",
                     )
+                    .replace("engine.graph", "graph")
                     .replace(
                         "engine.latency_thresholds_per_service.",
                         "slos (latency thresholds of service ",

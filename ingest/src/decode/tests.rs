@@ -2,7 +2,7 @@
 
 use super::*;
 use prost::Message;
-use trike_engine::Temporality;
+use trike_engine::{CallSide, Temporality};
 use trike_proto::collector::metrics::v1::ExportMetricsServiceRequest;
 use trike_proto::collector::trace::v1::ExportTraceServiceRequest;
 use trike_proto::common::v1::{AnyValue, KeyValue, any_value::Value as Av};
@@ -743,4 +743,110 @@ fn remembered_resources_decode_as_read_afresh() {
         services.into_iter().collect::<Vec<_>>(),
         ["ads", "cart", "checkout"]
     );
+}
+
+/// Scenario: payments sends, in one request, a SERVER span whose parent is checkout's client
+/// span, a root SERVER span, CLIENT spans naming their peer by `peer.service`,
+/// `server.address` and `db.system` (in that preference), one naming none, a failing one, a
+/// PRODUCER span, and CLIENT spans with unusable ids; the same in OTLP/JSON.
+/// Guarantees: the parented server span gives a server half keyed by its parent id; the root
+/// one gives none; each usable client span gives a client half keyed by its own id with the
+/// preferred peer, its latency and its failure; the unusable ones give nothing and are not
+/// rejected (they are no observation); the SLI observations are as before.
+#[test]
+fn spans_give_the_halves_of_calls() {
+    let mut parented = span("POST /charge", Kind::Server, T, 20, vec![], false);
+    parented.parent_span_id = vec![7; 8];
+    let root = span("POST /charge", Kind::Server, T, 21, vec![], false);
+    let client = |name: &str, kind: Kind, id: u8, attrs: Vec<KeyValue>, error: bool| {
+        let mut sp = span(name, kind, T, 5, attrs, error);
+        sp.span_id = vec![id; 8];
+        sp
+    };
+    let mut zero_id = client("zero", Kind::Client, 0, vec![], false);
+    zero_id.span_id = vec![0; 8];
+    let mut short_trace = client("short", Kind::Client, 9, vec![], false);
+    short_trace.trace_id = vec![1; 8];
+    let req = request(
+        vec![kv("service.name", s("payments"))],
+        vec![
+            parented,
+            root,
+            client(
+                "db query",
+                Kind::Client,
+                3,
+                vec![
+                    kv("db.system", s("postgresql")),
+                    kv("peer.service", s("ledger-db")),
+                    kv("server.address", s("10.0.0.7")),
+                ],
+                false,
+            ),
+            client(
+                "GET",
+                Kind::Client,
+                4,
+                vec![
+                    kv("server.address", s("fraud.internal")),
+                    kv("http.response.status_code", Av::IntValue(503)),
+                ],
+                false,
+            ),
+            client(
+                "SET",
+                Kind::Client,
+                5,
+                vec![kv("db.system", s("redis"))],
+                true,
+            ),
+            client("call", Kind::Client, 6, vec![], false),
+            client(
+                "publish",
+                Kind::Producer,
+                8,
+                vec![kv("peer.service", s("events"))],
+                false,
+            ),
+            zero_id,
+            short_trace,
+        ],
+    );
+    let json = serde_json::to_vec(&req).unwrap();
+    for d in [
+        traces_proto(&req.encode_to_vec(), &cfg()).unwrap(),
+        traces_json(&json, &cfg()).unwrap(),
+    ] {
+        assert_eq!(d.rejected, 0);
+        assert_eq!(
+            d.batch.requests.len(),
+            2,
+            "both server spans are observations"
+        );
+        let halves: Vec<(String, Option<String>, u8, bool, f64)> = d
+            .batch
+            .calls
+            .iter()
+            .map(|c| {
+                assert_eq!(&*c.service, "payments");
+                assert_eq!(c.time, T + c.latency_ms as u64 * 1_000_000);
+                let (side, peer) = match &c.side {
+                    CallSide::Server => ("server".to_string(), None),
+                    CallSide::Client { peer } => {
+                        ("client".to_string(), peer.as_ref().map(|p| p.to_string()))
+                    }
+                };
+                (side, peer, c.span_id[0], c.bad, c.latency_ms)
+            })
+            .collect();
+        let want: Vec<(String, Option<String>, u8, bool, f64)> = vec![
+            ("server".into(), None, 7, false, 20.0),
+            ("client".into(), Some("ledger-db".into()), 3, false, 5.0),
+            ("client".into(), Some("fraud.internal".into()), 4, true, 5.0),
+            ("client".into(), Some("redis".into()), 5, true, 5.0),
+            ("client".into(), None, 6, false, 5.0),
+            ("client".into(), Some("events".into()), 8, false, 5.0),
+        ];
+        assert_eq!(halves, want);
+    }
 }

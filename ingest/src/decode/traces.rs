@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
-use trike_engine::observation::Exemplar;
+use trike_engine::observation::{CallObs, CallSide, Exemplar};
 use trike_engine::{RequestObs, SeriesKey};
 
 const STATUS_ERROR: u64 = 2;
@@ -33,7 +33,8 @@ struct SpanFacts<'a> {
     trace_id: &'a [u8],
     trace_id_len: usize,
     trace_id_zero: bool,
-    span_id_len: usize,
+    span_id: &'a [u8],
+    parent_span_id: &'a [u8],
     name: &'a [u8],
     kind: u64,
     start: u64,
@@ -43,9 +44,15 @@ struct SpanFacts<'a> {
     rpc_method: Option<RawValue<'a>>,
     http_status: Option<RawValue<'a>>,
     grpc_status: Option<RawValue<'a>>,
+    /// What a client span names its peer (`peer.service`, `server.address`, `db.system`).
+    peer: [Option<RawValue<'a>>; 3],
     version: Option<RawValue<'a>>,
     dims: Dims<'a>,
 }
+
+/// Span kinds (OTLP numbers) of the two sides of a call.
+const CLIENT_KINDS: [u64; 2] = [3, 4];
+const SERVER_KINDS: [u64; 2] = [2, 5];
 
 /// Series keys of a batch (`Decoded::batch.keys`), found by a hash of their parts: a key seen
 /// before costs a lookup, not an allocation. Kept across requests decoded into one batch.
@@ -161,6 +168,7 @@ pub fn traces_proto_into(
             "more than {MAX_DIMS} dimensions configured"
         )));
     }
+    let calls = out.batch.calls.len();
     let before = (
         out.batch.requests.len(),
         out.batch.keys.len(),
@@ -183,6 +191,7 @@ pub fn traces_proto_into(
         // (Keys past the end are ignored by `index_of` and replaced when seen again.)
         let (requests, n_keys, received, rejected, rejected_by, had_first, dropped) = before;
         out.batch.requests.truncate(requests);
+        out.batch.calls.truncate(calls);
         out.batch.keys.truncate(n_keys);
         out.received = received;
         out.rejected = rejected;
@@ -205,6 +214,10 @@ fn span_key_used(cfg: &DecodeConfig, k: &[u8]) -> bool {
             | b"http.response.status_code"
             | b"http.status_code"
             | b"rpc.grpc.status_code"
+            | b"peer.service"
+            | b"server.address"
+            | b"net.peer.name"
+            | b"db.system"
     ) || k == cfg.version_attribute.as_bytes()
         || dim_index(cfg, k).is_some()
 }
@@ -235,6 +248,8 @@ fn resource_spans(
         // What the OTel SDKs report when no service name is configured.
         res.service = "unknown_service";
     }
+    // The service's name as the service graph keeps it, made once per resource when needed.
+    let mut service: Option<Arc<str>> = None;
     let mut r = Reader::new(buf);
     while let Some((f, v)) = r.next()? {
         if let (2, Value::Bytes(scope_spans)) = (f, v) {
@@ -242,7 +257,7 @@ fn resource_spans(
             while let Some((f, v)) = sr.next()? {
                 if let (2, Value::Bytes(span)) = (f, v) {
                     out.received += 1;
-                    one_span(span, cfg, &res, out, keys)?;
+                    one_span(span, cfg, &res, out, keys, &mut service)?;
                 }
             }
         }
@@ -330,6 +345,7 @@ fn one_span(
     res: &ResourceFacts<'_>,
     out: &mut Decoded,
     keys: &mut Keys,
+    service: &mut Option<Arc<str>>,
 ) -> Result<(), DecodeError> {
     let mut s = SpanFacts::default();
     let mut read = 0;
@@ -341,7 +357,8 @@ fn one_span(
                 s.trace_id_len = b.len();
                 s.trace_id_zero = b.iter().all(|&x| x == 0);
             }
-            (2, Value::Bytes(b)) => s.span_id_len = b.len(),
+            (2, Value::Bytes(b)) => s.span_id = b,
+            (4, Value::Bytes(b)) => s.parent_span_id = b,
             (5, Value::Bytes(b)) => s.name = b,
             (6, Value::Varint(k)) => s.kind = k,
             (7, Value::Fixed64(t)) => s.start = t,
@@ -358,6 +375,9 @@ fn one_span(
                     b"rpc.method" => s.rpc_method = Some(val),
                     b"http.response.status_code" | b"http.status_code" => s.http_status = Some(val),
                     b"rpc.grpc.status_code" => s.grpc_status = Some(val),
+                    b"peer.service" => s.peer[0] = Some(val),
+                    b"server.address" | b"net.peer.name" => s.peer[1] = Some(val),
+                    b"db.system" => s.peer[2] = Some(val),
                     _ => {}
                 }
                 if k == cfg.version_attribute.as_bytes() {
@@ -378,6 +398,13 @@ fn one_span(
             _ => {}
         }
     }
+    let int = |v: Option<RawValue<'_>>| v.and_then(|v| v.check().ok()).and_then(|v| v.as_int());
+    let bad = s.status_error
+        || int(s.http_status).is_some_and(|c| c >= 500)
+        || int(s.grpc_status).is_some_and(|c| cfg.bad_grpc_codes.contains(&c));
+    if CLIENT_KINDS.contains(&s.kind) {
+        client_call(&s, bad, res, out, service)?;
+    }
     if !cfg.entry_span_kinds.iter().any(|k| k.number() == s.kind) {
         return Ok(());
     }
@@ -388,7 +415,7 @@ fn one_span(
         });
         return Ok(());
     }
-    if s.span_id_len != 8 {
+    if s.span_id.len() != 8 {
         out.reject(Reason::InvalidId, || {
             format!("span {name:?}: span_id must be 8 bytes")
         });
@@ -426,10 +453,6 @@ fn one_span(
             }
         }
     }
-    let int = |v: Option<RawValue<'_>>| v.and_then(|v| v.check().ok()).and_then(|v| v.as_int());
-    let bad = s.status_error
-        || int(s.http_status).is_some_and(|c| c >= 500)
-        || int(s.grpc_status).is_some_and(|c| cfg.bad_grpc_codes.contains(&c));
     let key = keys.index_of(
         clip(res.service),
         &operation,
@@ -445,6 +468,19 @@ fn one_span(
         latency_ms,
         bad,
     });
+    if SERVER_KINDS.contains(&s.kind)
+        && let Some(parent) = call_id(s.parent_span_id)
+    {
+        out.batch.calls.push(CallObs {
+            service: service_arc(service, res),
+            side: CallSide::Server,
+            trace_id: s.trace_id.try_into().expect("checked: 16 bytes"),
+            span_id: parent,
+            time: s.end,
+            latency_ms,
+            bad,
+        });
+    }
     if bad && out.batch.exemplars.len() < EXEMPLARS_PER_BATCH {
         let mut trace_id = [0; 16];
         trace_id.copy_from_slice(s.trace_id);
@@ -456,6 +492,54 @@ fn one_span(
         });
     }
     Ok(())
+}
+
+/// A client span's half of a call, for the service graph. A client span whose ids or times
+/// are unusable is left out of the graph (it is no observation, so nothing is rejected).
+fn client_call(
+    s: &SpanFacts<'_>,
+    bad: bool,
+    res: &ResourceFacts<'_>,
+    out: &mut Decoded,
+    service: &mut Option<Arc<str>>,
+) -> Result<(), DecodeError> {
+    let (Ok(trace_id), Some(span_id)) = (<[u8; 16]>::try_from(s.trace_id), call_id(s.span_id))
+    else {
+        return Ok(());
+    };
+    if s.trace_id_zero || s.start == 0 || s.end < s.start {
+        return Ok(());
+    }
+    let mut peer = None;
+    for v in s.peer.iter().flatten() {
+        if let AttrValue::Str(p) = v.check()?
+            && !p.is_empty()
+        {
+            peer = Some(Arc::from(clip(p)));
+            break;
+        }
+    }
+    out.batch.calls.push(CallObs {
+        service: service_arc(service, res),
+        side: CallSide::Client { peer },
+        trace_id,
+        span_id,
+        time: s.end,
+        latency_ms: (s.end - s.start) as f64 / 1e6,
+        bad,
+    });
+    Ok(())
+}
+
+/// A span id that can key a call: 8 bytes, not all zero.
+fn call_id(b: &[u8]) -> Option<[u8; 8]> {
+    <[u8; 8]>::try_from(b).ok().filter(|id| *id != [0; 8])
+}
+
+fn service_arc(cache: &mut Option<Arc<str>>, res: &ResourceFacts<'_>) -> Arc<str> {
+    cache
+        .get_or_insert_with(|| Arc::from(clip(res.service)))
+        .clone()
 }
 
 /// Failing requests' traces kept as examples, at most, per batch (the engine keeps the

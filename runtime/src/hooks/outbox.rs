@@ -38,6 +38,8 @@ pub struct DecisionStore {
     pub sink_dropped: AtomicU64,
     /// Decisions a silence or maintenance window matched: recorded, not sent.
     pub silenced: AtomicU64,
+    /// Decisions whose cause is a failing dependency paged instead: recorded, not sent.
+    pub inhibited: AtomicU64,
     /// Events the sinks failed to write.
     pub sink_errors: AtomicU64,
     /// True while the newest batch failed to reach a JSON-lines sink (stdout, file); Kafka
@@ -105,6 +107,11 @@ impl DecisionStore {
                 "trike_decisions_silenced_total",
                 "Decisions a silence or maintenance window matched: recorded, not sent.",
                 &self.silenced,
+            ),
+            (
+                "trike_decisions_inhibited_total",
+                "Decisions whose cause is a failing dependency, paged instead: recorded, not sent.",
+                &self.inhibited,
             ),
             (
                 "trike_sink_errors_total",
@@ -268,6 +275,10 @@ impl Outbox {
             self.store.silenced.fetch_add(1, Relaxed);
             return;
         }
+        if event.data.inhibited_by.is_some() {
+            self.store.inhibited.fetch_add(1, Relaxed);
+            return;
+        }
         match self.out.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => {
@@ -314,7 +325,7 @@ impl Outbox {
             if let Some(i) = ACTIONS.iter().position(|a| *a == d.action) {
                 self.store.by_action[i].fetch_add(1, Relaxed);
             }
-            tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, silenced_by = event.data.silenced_by.as_deref().unwrap_or("-"), "{}", d.reason);
+            tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, silenced_by = event.data.silenced_by.as_deref().unwrap_or("-"), inhibited_by = d.inhibited_by.as_deref().unwrap_or("-"), "{}", d.reason);
             self.store.push(event.clone());
             if let Some(a) = &self.archive {
                 a.decision(event.to_value());

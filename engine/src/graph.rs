@@ -1,0 +1,522 @@
+//! The service graph (DESIGN §10): one edge per (calling service, called service), with its
+//! requests, errors and latency over event-time windows up to an hour.
+//!
+//! A call is seen from both sides: the caller's CLIENT (or PRODUCER) span and the callee's
+//! SERVER (or CONSUMER) span, whose parent is the client span. The two arrive separately,
+//! usually in different requests from different services, so [`Graph`] holds the first half
+//! of each call until the other arrives, keyed by (trace id, client span id), for at most
+//! `wait` of arrival time. A client half still alone then counts toward the peer its span
+//! names (`peer.service`, `server.address`, `db.system`): a database, or any callee that sends
+//! no spans, is a node too, and once a (caller, peer) pair has been seen so, its next calls
+//! count at once, without waiting (until one of them pairs with a server span again). A
+//! client half naming no peer, and a server half whose caller sent nothing, are counted as
+//! unpaired and dropped. Each client span is counted once, at its own
+//! event time and with its own latency (the call as the caller saw it); it failed when either
+//! side failed.
+//!
+//! [`root_cause`] walks the graph from a burning service to the dependency whose failures
+//! explain its bad requests.
+
+use crate::observation::{CallObs, CallSide};
+use crate::sketch::TDigest;
+use crate::time::{NANOS_PER_SEC, Span, UnixNanos, secs};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// How the graph pairs and keeps calls.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphSettings {
+    /// How long (arrival time) the first half of a call waits for the other.
+    pub wait: Span,
+    /// Most halves waiting at once; beyond it the oldest stop waiting early.
+    pub max_pending: usize,
+    /// Most edges kept; calls on new edges beyond it are counted and dropped.
+    pub max_edges: usize,
+    /// Least share of a service's bad requests a dependency's failures must carry to be
+    /// named as their likely cause.
+    pub min_share: f64,
+}
+
+impl Default for GraphSettings {
+    fn default() -> Self {
+        Self {
+            wait: Span(10),
+            max_pending: 100_000,
+            max_edges: 10_000,
+            min_share: 0.5,
+        }
+    }
+}
+
+/// How many calls went which way (cumulative).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphStats {
+    /// Client spans paired with the server span they parent.
+    pub paired: u64,
+    /// Client spans counted toward the peer they name (no server span came).
+    pub by_peer: u64,
+    /// Halves dropped: a client span naming no peer, or a server span whose client never came.
+    pub unpaired: u64,
+    /// Halves that stopped waiting early because `max_pending` were waiting.
+    pub evicted: u64,
+    /// Calls dropped because `max_edges` edges exist, or older than the graph's hour.
+    pub dropped: u64,
+}
+
+/// One edge over a window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EdgeRow {
+    /// The calling service.
+    pub client: String,
+    /// The called service.
+    pub server: String,
+    /// Calls.
+    pub requests: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// errors ÷ requests (0 without calls).
+    pub error_ratio: f64,
+    /// The calls' 99th-percentile latency as the caller saw it (None without calls).
+    pub p99_ms: Option<f64>,
+}
+
+/// The dependency a burning service's bad requests come from (`evidence.root_cause`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RootCause {
+    /// The dependency at the end of the failing path.
+    pub service: String,
+    /// The edge into it, `caller→service`.
+    pub edge: String,
+    /// Share of the burning service's bad requests the failing calls along the path carry
+    /// (the smallest share of any hop).
+    pub share: f64,
+    /// The path, from the burning service to the dependency.
+    pub path: Vec<String>,
+}
+
+/// Minutes of history per edge (an hour, and the minute in progress).
+const MINUTES: u64 = 61;
+
+#[derive(Clone, Debug)]
+struct Minute {
+    /// Unix minute.
+    minute: u64,
+    requests: u64,
+    errors: u64,
+    latency: TDigest,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Edge {
+    /// Oldest first.
+    minutes: VecDeque<Minute>,
+}
+
+#[derive(Clone, Debug)]
+enum Half {
+    Client(ClientHalf),
+    Server(ServerHalf),
+}
+
+/// A client span's part of a call: the call as the caller saw it.
+#[derive(Clone, Debug)]
+struct ClientHalf {
+    service: Arc<str>,
+    peer: Option<Arc<str>>,
+    time: UnixNanos,
+    latency_ms: f64,
+    bad: bool,
+}
+
+/// A server span's part of a call: who was called, and whether it failed.
+#[derive(Clone, Debug)]
+struct ServerHalf {
+    service: Arc<str>,
+    bad: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Waiting {
+    half: Half,
+    arrived: UnixNanos,
+}
+
+type CallId = ([u8; 16], [u8; 8]);
+
+/// The service graph's state: halves of calls waiting for their other half, and the edges.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    settings: GraphSettings,
+    compression: f32,
+    waiting: HashMap<CallId, Waiting>,
+    /// Arrival order of `waiting` (entries already paired are skipped when met).
+    order: VecDeque<(UnixNanos, CallId)>,
+    edges: HashMap<(Arc<str>, Arc<str>), Edge>,
+    /// (client, peer) pairs whose calls were last seen without a server span: the callee
+    /// sends none (a database), so their calls count at once instead of waiting.
+    spanless: std::collections::HashSet<(Arc<str>, Arc<str>)>,
+    stats: GraphStats,
+}
+
+impl Graph {
+    /// An empty graph; edge latencies are kept in digests of `compression`.
+    pub fn new(settings: GraphSettings, compression: f32) -> Self {
+        Self {
+            settings,
+            compression,
+            ..Default::default()
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> GraphSettings {
+        self.settings
+    }
+
+    /// Replaces the settings (a reload); what is held stays.
+    pub fn set_settings(&mut self, settings: GraphSettings) {
+        self.settings = settings;
+    }
+
+    /// Calls counted so far, by how.
+    pub fn stats(&self) -> GraphStats {
+        self.stats
+    }
+
+    /// Edges held.
+    pub fn edge_count(&self) -> usize {
+        self.edges.len()
+    }
+
+    /// Halves waiting for their other half.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Approximate heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        let edges: usize = self
+            .edges
+            .iter()
+            .map(|((c, s), e)| {
+                c.len()
+                    + s.len()
+                    + 64
+                    + e.minutes
+                        .iter()
+                        .map(|m| 48 + m.latency.heap_bytes())
+                        .sum::<usize>()
+            })
+            .sum();
+        edges + self.waiting.len() * 120 + self.order.len() * 40 + self.spanless.len() * 48
+    }
+
+    /// Takes one half of a call that arrived at `now`: pairs it with its other half, or
+    /// keeps it waiting.
+    pub fn call(&mut self, c: &CallObs, now: UnixNanos) {
+        let id = (c.trace_id, c.span_id);
+        if let CallSide::Client { peer: Some(peer) } = &c.side
+            && self.spanless.contains(&(c.service.clone(), peer.clone()))
+        {
+            self.stats.by_peer += 1;
+            self.record(&c.service, peer, c.time, c.latency_ms, c.bad, 1);
+            return;
+        }
+        let half = match &c.side {
+            CallSide::Client { peer } => Half::Client(ClientHalf {
+                service: c.service.clone(),
+                peer: peer.clone(),
+                time: c.time,
+                latency_ms: c.latency_ms,
+                bad: c.bad,
+            }),
+            CallSide::Server => Half::Server(ServerHalf {
+                service: c.service.clone(),
+                bad: c.bad,
+            }),
+        };
+        match self.waiting.remove(&id) {
+            Some(other) => {
+                let arrived = other.arrived;
+                let (client, server) = match (other.half, half) {
+                    (Half::Client(c), Half::Server(s)) | (Half::Server(s), Half::Client(c)) => {
+                        (c, s)
+                    }
+                    // The same side twice (a resent span): the first one waits on.
+                    (first, _) => {
+                        self.waiting.insert(
+                            id,
+                            Waiting {
+                                half: first,
+                                arrived,
+                            },
+                        );
+                        return;
+                    }
+                };
+                self.stats.paired += 1;
+                if let Some(peer) = client.peer {
+                    self.spanless.remove(&(client.service.clone(), peer));
+                }
+                self.record(
+                    &client.service,
+                    &server.service,
+                    client.time,
+                    client.latency_ms,
+                    client.bad || server.bad,
+                    1,
+                );
+            }
+            None => {
+                if self.waiting.len() >= self.settings.max_pending {
+                    self.expire_oldest(true);
+                }
+                self.waiting.insert(id, Waiting { half, arrived: now });
+                self.order.push_back((now, id));
+            }
+        }
+    }
+
+    /// Moves time to `now`: halves that waited `wait` stop waiting, minutes older than an
+    /// hour go.
+    pub fn advance(&mut self, now: UnixNanos) {
+        let wait = self.settings.wait.nanos();
+        while self.order.front().is_some_and(|(t, _)| t + wait <= now) {
+            self.expire_oldest(false);
+        }
+        let oldest = (secs(now) / 60).saturating_sub(MINUTES - 1);
+        self.edges.retain(|_, e| {
+            while e.minutes.front().is_some_and(|m| m.minute < oldest) {
+                e.minutes.pop_front();
+            }
+            !e.minutes.is_empty()
+        });
+        let edges = &self.edges;
+        self.spanless.retain(|k| edges.contains_key(k));
+    }
+
+    fn expire_oldest(&mut self, early: bool) {
+        while let Some((arrived, id)) = self.order.pop_front() {
+            let current = self.waiting.get(&id).is_some_and(|w| w.arrived == arrived);
+            if !current {
+                continue;
+            }
+            let w = self.waiting.remove(&id).expect("present");
+            if early {
+                self.stats.evicted += 1;
+            }
+            match w.half {
+                Half::Client(ClientHalf {
+                    service,
+                    peer: Some(peer),
+                    time,
+                    latency_ms,
+                    bad,
+                }) => {
+                    self.stats.by_peer += 1;
+                    self.record(&service, &peer, time, latency_ms, bad, 1);
+                    // (Not when it stopped waiting early: no span had time to come.)
+                    if !early && self.spanless.len() < self.settings.max_edges {
+                        self.spanless.insert((service, peer));
+                    }
+                }
+                _ => self.stats.unpaired += 1,
+            }
+            return;
+        }
+    }
+
+    /// Counts `n` calls from `client` to `server` at `time` (one latency value for all).
+    fn record(
+        &mut self,
+        client: &Arc<str>,
+        server: &Arc<str>,
+        time: UnixNanos,
+        latency_ms: f64,
+        bad: bool,
+        n: u64,
+    ) {
+        let mut digest = TDigest::new(self.compression);
+        if latency_ms.is_finite() && latency_ms >= 0.0 {
+            digest.add_weighted(latency_ms, n);
+        }
+        self.add(
+            client,
+            server,
+            secs(time),
+            n,
+            if bad { n } else { 0 },
+            &digest,
+        );
+    }
+
+    /// Adds counts and a latency digest to the edge `client → server` at event second
+    /// `second` (a gateway's pre-aggregated second, or calls paired here).
+    pub fn add(
+        &mut self,
+        client: &Arc<str>,
+        server: &Arc<str>,
+        second: u64,
+        requests: u64,
+        errors: u64,
+        latency: &TDigest,
+    ) {
+        let minute = second / 60;
+        let key = (client.clone(), server.clone());
+        if !self.edges.contains_key(&key) && self.edges.len() >= self.settings.max_edges {
+            self.stats.dropped += requests;
+            return;
+        }
+        let edge = self.edges.entry(key).or_default();
+        if let Some(newest) = edge.minutes.back()
+            && minute + MINUTES <= newest.minute
+        {
+            self.stats.dropped += requests;
+            return;
+        }
+        let at = edge.minutes.partition_point(|m| m.minute < minute);
+        if edge.minutes.get(at).is_none_or(|m| m.minute != minute) {
+            edge.minutes.insert(
+                at,
+                Minute {
+                    minute,
+                    requests: 0,
+                    errors: 0,
+                    latency: TDigest::new(self.compression),
+                },
+            );
+        }
+        let m = &mut edge.minutes[at];
+        m.requests += requests;
+        m.errors += errors;
+        if !latency.is_empty() {
+            m.latency.merge(latency);
+        }
+    }
+
+    /// Every edge over the `window` ending at `now` (counts of the oldest minute prorated to
+    /// the part inside the window), sorted by client then server.
+    pub fn edges(&self, window: Span, now: UnixNanos) -> Vec<EdgeRow> {
+        let mut rows: Vec<EdgeRow> = self
+            .edges
+            .iter()
+            .filter_map(|((client, server), e)| {
+                let (requests, errors, latency) = e.over(window, now, self.compression);
+                (requests > 0).then(|| EdgeRow {
+                    client: client.to_string(),
+                    server: server.to_string(),
+                    requests,
+                    errors,
+                    error_ratio: errors as f64 / requests as f64,
+                    p99_ms: (!latency.is_empty()).then(|| latency.quantile(0.99)),
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.client, &a.server).cmp(&(&b.client, &b.server)));
+        rows
+    }
+
+    /// The edges out of `client` over `window` ending at `now`: (server, requests, errors),
+    /// counts prorated.
+    fn out_of(&self, client: &str, window: Span, now: UnixNanos) -> Vec<(Arc<str>, f64, f64)> {
+        self.edges
+            .iter()
+            .filter(|((c, _), _)| &**c == client)
+            .map(|((_, s), e)| {
+                let (r, b) = e.sums(window, now);
+                (s.clone(), r, b)
+            })
+            .collect()
+    }
+}
+
+impl Edge {
+    /// (requests, errors) over `window` ending at `now`, the oldest minute prorated.
+    fn sums(&self, window: Span, now: UnixNanos) -> (f64, f64) {
+        let (mut r, mut b) = (0.0, 0.0);
+        for (m, w) in self.weighted(window, now) {
+            r += m.requests as f64 * w;
+            b += m.errors as f64 * w;
+        }
+        (r, b)
+    }
+
+    fn over(&self, window: Span, now: UnixNanos, compression: f32) -> (u64, u64, TDigest) {
+        let (r, b) = self.sums(window, now);
+        let mut latency = TDigest::new(compression);
+        latency.merge_all(self.weighted(window, now).map(|(m, _)| &m.latency));
+        (r.round() as u64, b.round() as u64, latency)
+    }
+
+    /// The minutes overlapping `window` ending at `now`, each with the share of it inside.
+    fn weighted(&self, window: Span, now: UnixNanos) -> impl Iterator<Item = (&Minute, f64)> {
+        let end = now as f64 / NANOS_PER_SEC as f64;
+        let start = end - window.secs() as f64;
+        self.minutes.iter().filter_map(move |m| {
+            let (a, z) = ((m.minute * 60) as f64, (m.minute * 60 + 60) as f64);
+            if z <= start || a > end {
+                return None;
+            }
+            Some((m, ((z - start) / 60.0).clamp(0.0, 1.0)))
+        })
+    }
+}
+
+/// Walks from `service`, whose bad requests over `window` number `bad`, along the dependency
+/// whose failed calls carry the most of them, while that share is at least `min_share`: the
+/// last service reached is the likely root cause. A service on the path whose own bad
+/// requests (`own_bad`, None when it sends no telemetry) its dependencies do not explain is
+/// where the walk stops. None when `service`'s bad requests are not explained by a dependency.
+pub fn root_cause(
+    graph: &Graph,
+    service: &str,
+    bad: f64,
+    window: Span,
+    now: UnixNanos,
+    own_bad: impl Fn(&str) -> Option<f64>,
+) -> Option<RootCause> {
+    let min_share = graph.settings.min_share;
+    let mut path: Vec<String> = vec![service.to_string()];
+    let mut share = 1.0_f64;
+    let mut bad = bad;
+    loop {
+        if bad <= 0.0 {
+            break;
+        }
+        let here = path.last().expect("non-empty").clone();
+        let Some((next, _, errors)) = graph
+            .out_of(&here, window, now)
+            .into_iter()
+            .filter(|(s, _, e)| *e > 0.0 && !path.iter().any(|p| **p == **s))
+            .max_by(|a, b| a.2.total_cmp(&b.2).then_with(|| b.0.cmp(&a.0)))
+        else {
+            break;
+        };
+        let hop = (errors / bad).min(1.0);
+        if hop < min_share {
+            break;
+        }
+        share = share.min(hop);
+        path.push(next.to_string());
+        match own_bad(&next) {
+            Some(b) => bad = b,
+            None => break,
+        }
+    }
+    if path.len() < 2 {
+        return None;
+    }
+    let n = path.len();
+    Some(RootCause {
+        service: path[n - 1].clone(),
+        edge: format!("{}→{}", path[n - 2], path[n - 1]),
+        share,
+        path,
+    })
+}
+
+#[cfg(test)]
+#[path = "graph_tests.rs"]
+mod tests;
