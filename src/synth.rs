@@ -113,6 +113,101 @@ impl Service {
     }
 }
 
+/// Traces through a chain of services: `chain[0]` calls `chain[1]` and so on, and the last
+/// calls `peer`, which sends no spans (a database, named by `peer.service`). Each service
+/// exports its own request (as real services do): for each trace, a SERVER span (parented by
+/// the caller's CLIENT span, W3C-style) and a CLIENT span to the next, which names the next by
+/// `server.address` only (`<next>.internal`). Trace `i` fails, at the peer and so all the way
+/// up, when `fails(i)`; latencies are fixed: the peer call 5 ms, each hop 5 ms more.
+pub fn call_chain(
+    chain: &[&str],
+    peer: &str,
+    traces: std::ops::Range<u64>,
+    end_ns: u64,
+    fails: impl Fn(u64) -> bool,
+    rng: &mut impl Rng,
+) -> Vec<ExportTraceServiceRequest> {
+    let mut spans: Vec<Vec<Span>> = vec![Vec::new(); chain.len()];
+    let ms = 1_000_000u64;
+    for i in traces {
+        let failed = fails(i);
+        let mut trace_id = [0u8; 16];
+        rng.fill(&mut trace_id);
+        trace_id[0] |= 1;
+        let status = |error: bool| Status {
+            code: if error {
+                StatusCode::Error as i32
+            } else {
+                StatusCode::Unset as i32
+            },
+            ..Default::default()
+        };
+        let mut parent: Vec<u8> = Vec::new();
+        for (depth, service) in chain.iter().enumerate() {
+            let hops = (chain.len() - depth) as u64;
+            let (server_id, client_id) = (rng.random::<u64>() | 1, rng.random::<u64>() | 1);
+            let server_end = end_ns - depth as u64 * ms;
+            let client_end = server_end - ms;
+            let route = format!("/{service}");
+            spans[depth].push(Span {
+                trace_id: trace_id.to_vec(),
+                span_id: server_id.to_be_bytes().to_vec(),
+                parent_span_id: parent.clone(),
+                name: format!("POST {route}"),
+                kind: SpanKind::Server as i32,
+                start_time_unix_nano: server_end - (5 * hops + 2) * ms,
+                end_time_unix_nano: server_end,
+                attributes: vec![
+                    kv("http.route", Value::StringValue(route)),
+                    kv(
+                        "http.response.status_code",
+                        Value::IntValue(if failed { 500 } else { 200 }),
+                    ),
+                ],
+                status: Some(status(failed)),
+                ..Default::default()
+            });
+            let callee = match chain.get(depth + 1) {
+                Some(next) => kv(
+                    "server.address",
+                    Value::StringValue(format!("{next}.internal")),
+                ),
+                None => kv("peer.service", Value::StringValue(peer.into())),
+            };
+            spans[depth].push(Span {
+                trace_id: trace_id.to_vec(),
+                span_id: client_id.to_be_bytes().to_vec(),
+                parent_span_id: server_id.to_be_bytes().to_vec(),
+                name: "POST".into(),
+                kind: SpanKind::Client as i32,
+                start_time_unix_nano: client_end - 5 * hops * ms,
+                end_time_unix_nano: client_end,
+                attributes: vec![callee],
+                status: Some(status(failed)),
+                ..Default::default()
+            });
+            parent = client_id.to_be_bytes().to_vec();
+        }
+    }
+    chain
+        .iter()
+        .zip(spans)
+        .map(|(service, spans)| ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", Value::StringValue(service.to_string()))],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +236,39 @@ mod tests {
         let mut l: Vec<f64> = d.batch.requests.iter().map(|r| r.latency_ms).collect();
         l.sort_by(f64::total_cmp);
         assert!((l[500] - 50.0).abs() < 5.0, "median {}", l[500]);
+    }
+
+    /// Guarantees: a chain's requests decode to one observation per service and trace, and to
+    /// call halves that pair into exactly the chain's edges, with the failures.
+    #[test]
+    fn a_call_chain_pairs_into_its_edges() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let end = 2_000_000_000_000_000_000;
+        let reqs = call_chain(&["a", "b"], "db", 0..10, end, |i| i < 3, &mut rng);
+        let mut graph = trike_engine::graph::Graph::new(Default::default(), 100.0);
+        for r in &reqs {
+            let d = trike_ingest::decode::traces_proto(
+                &prost::Message::encode_to_vec(r),
+                &Default::default(),
+            )
+            .unwrap();
+            assert_eq!(d.batch.requests.len(), 10);
+            for c in &d.batch.calls {
+                graph.call(c, end);
+            }
+        }
+        graph.advance(end + 10_000_000_000);
+        let edges: Vec<(String, String, u64, u64)> = graph
+            .edges(trike_engine::Span::minutes(5), end + 10_000_000_000)
+            .into_iter()
+            .map(|e| (e.client, e.server, e.requests, e.errors))
+            .collect();
+        assert_eq!(
+            edges,
+            [
+                ("a".into(), "b".into(), 10, 3),
+                ("b".into(), "db".into(), 10, 3)
+            ]
+        );
     }
 }

@@ -416,6 +416,9 @@ impl Engine {
         for c in &batch.calls {
             self.graph.call(c, self.now);
         }
+        for e in &batch.edges {
+            self.graph.add_edge(e);
+        }
 
         let mut span_services: Vec<usize> = Vec::new();
         for r in &batch.requests {

@@ -17,7 +17,7 @@
 //! [`root_cause`] walks the graph from a burning service to the dependency whose failures
 //! explain its bad requests.
 
-use crate::observation::{CallObs, CallSide};
+use crate::observation::CallObs;
 use crate::sketch::TDigest;
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos, secs};
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,9 @@ pub struct RootCause {
     pub path: Vec<String>,
 }
 
+mod pairing;
+pub use pairing::{Call, Pairing};
+
 /// Minutes of history per edge (an hour, and the minute in progress).
 const MINUTES: u64 = 61;
 
@@ -114,50 +117,17 @@ struct Edge {
     minutes: VecDeque<Minute>,
 }
 
-#[derive(Clone, Debug)]
-enum Half {
-    Client(ClientHalf),
-    Server(ServerHalf),
-}
-
-/// A client span's part of a call: the call as the caller saw it.
-#[derive(Clone, Debug)]
-struct ClientHalf {
-    service: Arc<str>,
-    peer: Option<Arc<str>>,
-    time: UnixNanos,
-    latency_ms: f64,
-    bad: bool,
-}
-
-/// A server span's part of a call: who was called, and whether it failed.
-#[derive(Clone, Debug)]
-struct ServerHalf {
-    service: Arc<str>,
-    bad: bool,
-}
-
-#[derive(Clone, Debug)]
-struct Waiting {
-    half: Half,
-    arrived: UnixNanos,
-}
-
-type CallId = ([u8; 16], [u8; 8]);
-
 /// The service graph's state: halves of calls waiting for their other half, and the edges.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     settings: GraphSettings,
     compression: f32,
-    waiting: HashMap<CallId, Waiting>,
-    /// Arrival order of `waiting` (entries already paired are skipped when met).
-    order: VecDeque<(UnixNanos, CallId)>,
+    pairing: Pairing,
+    /// Calls the pairing completed, to count (kept to reuse its memory).
+    done: Vec<Call>,
     edges: HashMap<(Arc<str>, Arc<str>), Edge>,
-    /// (client, peer) pairs whose calls were last seen without a server span: the callee
-    /// sends none (a database), so their calls count at once instead of waiting.
-    spanless: std::collections::HashSet<(Arc<str>, Arc<str>)>,
-    stats: GraphStats,
+    /// Calls dropped at the edge cap or as too old.
+    dropped: u64,
 }
 
 impl Graph {
@@ -166,6 +136,7 @@ impl Graph {
         Self {
             settings,
             compression,
+            pairing: Pairing::new(settings),
             ..Default::default()
         }
     }
@@ -175,14 +146,12 @@ impl Graph {
         self.settings
     }
 
-    /// Replaces the settings (a reload); what is held stays.
-    pub fn set_settings(&mut self, settings: GraphSettings) {
-        self.settings = settings;
-    }
-
     /// Calls counted so far, by how.
     pub fn stats(&self) -> GraphStats {
-        self.stats
+        GraphStats {
+            dropped: self.dropped,
+            ..self.pairing.stats()
+        }
     }
 
     /// Edges held.
@@ -192,7 +161,7 @@ impl Graph {
 
     /// Halves waiting for their other half.
     pub fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.pairing.waiting()
     }
 
     /// Approximate heap bytes held.
@@ -210,82 +179,25 @@ impl Graph {
                         .sum::<usize>()
             })
             .sum();
-        edges + self.waiting.len() * 120 + self.order.len() * 40 + self.spanless.len() * 48
+        edges + self.pairing.heap_bytes()
     }
 
     /// Takes one half of a call that arrived at `now`: pairs it with its other half, or
     /// keeps it waiting.
     pub fn call(&mut self, c: &CallObs, now: UnixNanos) {
-        let id = (c.trace_id, c.span_id);
-        if let CallSide::Client { peer: Some(peer) } = &c.side
-            && self.spanless.contains(&(c.service.clone(), peer.clone()))
-        {
-            self.stats.by_peer += 1;
-            self.record(&c.service, peer, c.time, c.latency_ms, c.bad, 1);
-            return;
-        }
-        let half = match &c.side {
-            CallSide::Client { peer } => Half::Client(ClientHalf {
-                service: c.service.clone(),
-                peer: peer.clone(),
-                time: c.time,
-                latency_ms: c.latency_ms,
-                bad: c.bad,
-            }),
-            CallSide::Server => Half::Server(ServerHalf {
-                service: c.service.clone(),
-                bad: c.bad,
-            }),
-        };
-        match self.waiting.remove(&id) {
-            Some(other) => {
-                let arrived = other.arrived;
-                let (client, server) = match (other.half, half) {
-                    (Half::Client(c), Half::Server(s)) | (Half::Server(s), Half::Client(c)) => {
-                        (c, s)
-                    }
-                    // The same side twice (a resent span): the first one waits on.
-                    (first, _) => {
-                        self.waiting.insert(
-                            id,
-                            Waiting {
-                                half: first,
-                                arrived,
-                            },
-                        );
-                        return;
-                    }
-                };
-                self.stats.paired += 1;
-                if let Some(peer) = client.peer {
-                    self.spanless.remove(&(client.service.clone(), peer));
-                }
-                self.record(
-                    &client.service,
-                    &server.service,
-                    client.time,
-                    client.latency_ms,
-                    client.bad || server.bad,
-                    1,
-                );
-            }
-            None => {
-                if self.waiting.len() >= self.settings.max_pending {
-                    self.expire_oldest(true);
-                }
-                self.waiting.insert(id, Waiting { half, arrived: now });
-                self.order.push_back((now, id));
-            }
-        }
+        let mut done = std::mem::take(&mut self.done);
+        self.pairing.call(c, now, &mut done);
+        self.count(&mut done);
+        self.done = done;
     }
 
     /// Moves time to `now`: halves that waited `wait` stop waiting, minutes older than an
     /// hour go.
     pub fn advance(&mut self, now: UnixNanos) {
-        let wait = self.settings.wait.nanos();
-        while self.order.front().is_some_and(|(t, _)| t + wait <= now) {
-            self.expire_oldest(false);
-        }
+        let mut done = std::mem::take(&mut self.done);
+        self.pairing.advance(now, &mut done);
+        self.count(&mut done);
+        self.done = done;
         let oldest = (secs(now) / 60).saturating_sub(MINUTES - 1);
         self.edges.retain(|_, e| {
             while e.minutes.front().is_some_and(|m| m.minute < oldest) {
@@ -293,39 +205,19 @@ impl Graph {
             }
             !e.minutes.is_empty()
         });
-        let edges = &self.edges;
-        self.spanless.retain(|k| edges.contains_key(k));
     }
 
-    fn expire_oldest(&mut self, early: bool) {
-        while let Some((arrived, id)) = self.order.pop_front() {
-            let current = self.waiting.get(&id).is_some_and(|w| w.arrived == arrived);
-            if !current {
-                continue;
-            }
-            let w = self.waiting.remove(&id).expect("present");
-            if early {
-                self.stats.evicted += 1;
-            }
-            match w.half {
-                Half::Client(ClientHalf {
-                    service,
-                    peer: Some(peer),
-                    time,
-                    latency_ms,
-                    bad,
-                }) => {
-                    self.stats.by_peer += 1;
-                    self.record(&service, &peer, time, latency_ms, bad, 1);
-                    // (Not when it stopped waiting early: no span had time to come.)
-                    if !early && self.spanless.len() < self.settings.max_edges {
-                        self.spanless.insert((service, peer));
-                    }
-                }
-                _ => self.stats.unpaired += 1,
-            }
-            return;
+    fn count(&mut self, done: &mut Vec<Call>) {
+        for c in done.drain(..) {
+            self.record(&c.client, &c.server, c.time, c.latency_ms, c.bad, 1);
         }
+    }
+
+    /// Adds a gateway's pre-aggregated second of an edge.
+    pub fn add_edge(&mut self, e: &crate::observation::EdgeObs) {
+        let empty = TDigest::new(self.compression);
+        let digest = e.digest.as_ref().unwrap_or(&empty);
+        self.add(&e.client, &e.server, e.second, e.requests, e.errors, digest);
     }
 
     /// Counts `n` calls from `client` to `server` at `time` (one latency value for all).
@@ -366,14 +258,14 @@ impl Graph {
         let minute = second / 60;
         let key = (client.clone(), server.clone());
         if !self.edges.contains_key(&key) && self.edges.len() >= self.settings.max_edges {
-            self.stats.dropped += requests;
+            self.dropped += requests;
             return;
         }
         let edge = self.edges.entry(key).or_default();
         if let Some(newest) = edge.minutes.back()
             && minute + MINUTES <= newest.minute
         {
-            self.stats.dropped += requests;
+            self.dropped += requests;
             return;
         }
         let at = edge.minutes.partition_point(|m| m.minute < minute);

@@ -1,4 +1,5 @@
 use super::*;
+use crate::observation::CallSide;
 use crate::time::NANOS_PER_SEC;
 
 const S: u64 = NANOS_PER_SEC;
@@ -217,4 +218,22 @@ fn a_resent_half_keeps_its_place() {
     g.advance(T0 + 10 * S);
     assert_eq!(g.waiting(), 0);
     assert_eq!(g.edges(Span::minutes(5), T0 + 10 * S)[0].requests, 1);
+}
+
+/// Scenario: a half pairs (leaving its arrival in the queue), then a new half arrives 5 s
+/// later; time moves 10 s past the first.
+/// Guarantees: the paired one's leftover does not make the new half stop waiting early: it
+/// still pairs when its other half comes 4 s later.
+#[test]
+fn a_paired_half_does_not_hurry_the_next() {
+    let mut g = graph();
+    g.call(&client("a", Some("b"), 1, 1, T0, false), T0);
+    g.call(&server("b", 1, 1, T0, false), T0);
+    g.call(&client("a", Some("b-lb"), 2, 2, T0, false), T0 + 5 * S);
+    g.advance(T0 + 10 * S);
+    assert_eq!(g.waiting(), 1);
+    g.call(&server("b", 2, 2, T0, false), T0 + 14 * S);
+    let rows = g.edges(Span::minutes(5), T0 + 14 * S);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0].server.as_str(), rows[0].requests), ("b", 2));
 }

@@ -29,7 +29,7 @@ pub mod window;
 pub use config::{EngineConfig, SignalSource};
 pub use engine::{Engine, IngestReport, Snapshot, Stats};
 pub use observation::{
-    Batch, CallObs, CallSide, CounterObs, Exemplar, HistogramObs, PartialObs, RequestObs,
+    Batch, CallObs, CallSide, CounterObs, EdgeObs, Exemplar, HistogramObs, PartialObs, RequestObs,
     SecondObs, SeriesKey, Signal, Temporality,
 };
 pub use sli::{Quantiles, ServiceSli, SliQuery, SliRow};

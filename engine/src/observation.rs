@@ -198,6 +198,26 @@ pub struct Batch {
     /// Halves of calls between services, for the service graph ([`crate::graph`]); no SLI
     /// counts them.
     pub calls: Vec<CallObs>,
+    /// Calls between services pre-aggregated per second by a gateway (`trike.partials`).
+    pub edges: Vec<EdgeObs>,
+}
+
+/// One second of the calls from one service to another, pre-aggregated by a gateway: counts
+/// and a latency digest, which merge exactly with every other part of the same second.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EdgeObs {
+    /// The calling service.
+    pub client: Arc<str>,
+    /// The called service.
+    pub server: Arc<str>,
+    /// Event second (Unix seconds) of the client spans' ends.
+    pub second: u64,
+    /// Calls.
+    pub requests: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// The callers' latencies (None without any).
+    pub digest: Option<crate::sketch::TDigest>,
 }
 
 /// One side of a call between services: a CLIENT or PRODUCER span, or the SERVER or
@@ -264,7 +284,7 @@ impl Batch {
 
     /// True when the batch carries nothing: no observation and no call.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0 && self.calls.is_empty()
+        self.len() == 0 && self.calls.is_empty() && self.edges.is_empty()
     }
 
     /// Appends another batch, remapping its key indices.
@@ -311,6 +331,7 @@ impl Batch {
                 x
             }));
         self.calls.extend(other.calls);
+        self.edges.extend(other.edges);
     }
 }
 

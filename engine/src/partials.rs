@@ -3,6 +3,11 @@
 //! applies exactly as it would have applied the observations themselves ([`PartialObs`] in a
 //! [`Batch`] goes through `Engine::ingest`).
 //!
+//! Calls between services ride along too: the builder pairs their halves
+//! ([`crate::graph::Pairing`], halves waiting across flushes for up to `graph.wait`) and adds
+//! each completed call to its caller's partials as one second of an edge ([`EdgeObs`]), so
+//! the processor that owns the caller holds its edges, merged exactly across gateways.
+//!
 //! Failing requests' trace ids ride along: the newest [`EXEMPLARS_PER_SERVICE`] of each service
 //! per flush, so the processor that owns the service can link its failing requests to traces.
 //!
@@ -17,7 +22,8 @@ use crate::delta::DeltaTracker;
 use crate::engine::{
     DeltaPoint, EXEMPLARS_PER_SERVICE, Stats, convert_point, for_each_bucket, layout_hash,
 };
-use crate::observation::{Batch, Exemplar, PartialObs, SeriesKey, Temporality};
+use crate::graph::{Call, Pairing};
+use crate::observation::{Batch, EdgeObs, Exemplar, PartialObs, SeriesKey, Temporality};
 use crate::sketch::TDigest;
 use crate::time::{UnixNanos, secs};
 use crate::window::MAX_THRESHOLDS;
@@ -59,6 +65,14 @@ impl Cell {
     }
 }
 
+/// One (caller, callee, second) of calls being built.
+#[derive(Debug, Default)]
+struct EdgeCell {
+    requests: u64,
+    errors: u64,
+    digest: Option<TDigest>,
+}
+
 /// Partials of one service, ready to publish: a batch holding only [`Batch::partials`].
 #[derive(Debug)]
 pub struct ServicePartials {
@@ -79,6 +93,10 @@ pub struct PartialBuilder {
     cells: HashMap<(u32, u64, bool), Cell>,
     /// Per service, its newest failing traces since the last `take` (keys index `keys`).
     exemplars: HashMap<Arc<str>, VecDeque<Exemplar>>,
+    /// Halves of calls waiting for their other half (across flushes, up to `graph.wait`).
+    pairing: Pairing,
+    /// Calls completed since the last `take`, per (caller, callee, second).
+    edges: HashMap<(Arc<str>, Arc<str>, u64), EdgeCell>,
     deltas: DeltaTracker,
     start: UnixNanos,
     now: UnixNanos,
@@ -90,15 +108,51 @@ impl PartialBuilder {
     /// service, digest compression, metric stream bounds).
     pub fn new(cfg: Arc<EngineConfig>) -> Self {
         Self {
-            cfg,
             index: HashMap::new(),
             keys: Vec::new(),
             cells: HashMap::new(),
             exemplars: HashMap::new(),
+            pairing: Pairing::new(cfg.graph),
+            edges: HashMap::new(),
             deltas: DeltaTracker::default(),
             start: 0,
             now: 0,
             stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    /// The service graph's pairing counters (halves paired, named by peer, dropped).
+    pub fn graph_stats(&self) -> crate::graph::GraphStats {
+        self.pairing.stats()
+    }
+
+    /// Halves of calls waiting for their other half.
+    pub fn calls_waiting(&self) -> usize {
+        self.pairing.waiting()
+    }
+
+    /// Moves arrival time to `now` (a flush with no new data): call halves that waited
+    /// `graph.wait` stop waiting.
+    pub fn advance(&mut self, now: UnixNanos) {
+        self.now = self.now.max(now);
+        let mut done = Vec::new();
+        self.pairing.advance(self.now, &mut done);
+        self.count_calls(done);
+    }
+
+    fn count_calls(&mut self, done: Vec<Call>) {
+        let compression = self.cfg.digest_compression;
+        for c in done {
+            let second = secs(c.time);
+            let cell = self.edges.entry((c.client, c.server, second)).or_default();
+            cell.requests += 1;
+            cell.errors += u64::from(c.bad);
+            if c.latency_ms.is_finite() && c.latency_ms >= 0.0 {
+                cell.digest
+                    .get_or_insert_with(|| TDigest::new(compression))
+                    .add(c.latency_ms);
+            }
         }
     }
 
@@ -235,6 +289,26 @@ impl PartialBuilder {
             }
             points += p.points;
         }
+        let mut done = Vec::new();
+        for c in &batch.calls {
+            self.pairing.call(c, self.now, &mut done);
+        }
+        self.pairing.advance(self.now, &mut done);
+        self.count_calls(done);
+        // Edges passing through merge as is.
+        for e in &batch.edges {
+            let cell = self
+                .edges
+                .entry((e.client.clone(), e.server.clone(), e.second))
+                .or_default();
+            cell.requests += e.requests;
+            cell.errors += e.errors;
+            if let Some(d) = &e.digest {
+                cell.digest
+                    .get_or_insert_with(|| TDigest::new(compression))
+                    .merge(d);
+            }
+        }
         for x in &batch.exemplars {
             let Some(&key) = keys.get(x.key as usize) else {
                 continue;
@@ -326,6 +400,35 @@ impl PartialBuilder {
                 let key = batch.key_index(keys[x.key as usize].clone());
                 batch.exemplars.push(Exemplar { key, ..x });
             }
+        }
+        let mut edges: Vec<_> = self.edges.drain().collect();
+        edges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for ((client, server, second), mut cell) in edges {
+            let at = match out.binary_search_by(|s| s.service.cmp(&client)) {
+                Ok(at) => at,
+                Err(at) => {
+                    out.insert(
+                        at,
+                        ServicePartials {
+                            service: client.clone(),
+                            batch: Batch::default(),
+                            points: 0,
+                        },
+                    );
+                    at
+                }
+            };
+            if let Some(d) = &mut cell.digest {
+                d.compress();
+            }
+            out[at].batch.edges.push(EdgeObs {
+                client,
+                server,
+                second,
+                requests: cell.requests,
+                errors: cell.errors,
+                digest: cell.digest,
+            });
         }
         let ttl = self.cfg.metric_stream_ttl.nanos();
         self.deltas.expire(self.now.saturating_sub(ttl));

@@ -35,7 +35,9 @@ use std::time::Duration;
 /// (the members' certificates name `trike-member`, not their address): a gateway answers for a
 /// service with its owner's counts, exactly what it acknowledged, and its list names no member
 /// unreachable; the failing requests' trace ids, decoded at the gateway, are listed by the
-/// owner, and so are its anomaly scores; Argo's analysis asked at the gateway is judged by the owner, on its counts.
+/// owner, and so are its anomaly scores; Argo's analysis asked at the gateway is judged by the owner, on its counts;
+/// calls through cart → billing → ledger-db, paired at the gateway, are the owner's edges,
+/// exactly, asked at the gateway.
 #[test]
 fn members_ask_each_other_over_mtls() {
     let Some(brokers) = brokers() else { return };
@@ -49,7 +51,8 @@ fn members_ask_each_other_over_mtls() {
         &format!(
             "{tls}fleet: {{ partials_topic: mtls{run}.partials, changelog_topic: mtls{run}.changelog, members_topic: mtls{run}.members, silences_topic: mtls{run}.silences, group_id: trike-mtls-{run}, partitions: 2, flush_interval: 250ms, {server_name} }}\n\
              kafka: {{ brokers: \"{brokers}\", control_topic: mtls{run}.control }}\n\
-             anomaly: {{ every: 1s }}\n"
+             anomaly: {{ every: 1s }}\n\
+             graph: {{ wait: 1s }}\n"
         ),
     );
     let processor = spawn_with(&cfg, "processor", free_port(), Some(&pki));
@@ -198,6 +201,66 @@ fn members_ask_each_other_over_mtls() {
         serde_json::from_str(&get(&gateway, "/api/v1/rollouts?service=checkout").unwrap()).unwrap();
     assert_eq!(listed["rollouts"][0]["id"], started["id"], "{listed}");
     assert_eq!(listed["rollouts"][0]["weight"], 20.0, "{listed}");
+
+    // The service graph: cart → billing → ledger-db, each service's spans in its own request
+    // (billing's first, as its calls end first), through the gateway, which pairs the halves
+    // and carries the calls in its partials; the owner holds the edges, the gateway answers.
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let chain = trike::synth::call_chain(
+        &["cart", "billing"],
+        "ledger-db",
+        0..40,
+        end,
+        |i| i.is_multiple_of(4),
+        &mut rng,
+    );
+    for req in chain.iter().rev() {
+        let r = gateway
+            .client
+            .post(format!(
+                "https://{}:{}/v1/traces",
+                pki::MEMBER,
+                gateway.http
+            ))
+            .header("content-type", "application/x-protobuf")
+            .body(prost::Message::encode_to_vec(req))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let edges = loop {
+        let g: Value =
+            serde_json::from_str(&get(&gateway, "/api/v1/graph?window=5m").unwrap()).unwrap();
+        let edges: Vec<(String, String, u64, u64)> = g["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["client"].as_str().unwrap().to_string(),
+                    e["server"].as_str().unwrap().to_string(),
+                    e["requests"].as_u64().unwrap(),
+                    e["errors"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        if edges.len() == 2 && edges.iter().all(|e| e.2 == 40) {
+            break edges;
+        }
+        assert!(std::time::Instant::now() < deadline, "{g}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let want_edges: Vec<(String, String, u64, u64)> = vec![
+        ("billing".into(), "ledger-db".into(), 40, 10),
+        ("cart".into(), "billing".into(), 40, 10),
+    ];
+    let mut edges = edges;
+    edges.sort();
+    assert_eq!(edges, want_edges);
 
     // A silence set at the gateway holds at the processor, and at a processor that starts
     // later (the fleet's silences topic); expiring it at the gateway reaches both.

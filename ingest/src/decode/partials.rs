@@ -6,12 +6,14 @@
 //! built it), `keys` (the series keys), `partials` ([`trike_engine::PartialObs`], indexing
 //! `keys`), and, when the flush saw failing requests, `exemplars` (their trace ids,
 //! [`trike_engine::Exemplar`], indexing `keys`; an optional field, which readers of earlier
-//! version-2 records ignore, so it needs no new version). A service whose flush would exceed [`MAX_RECORD_BYTES`] is split across records, so
+//! version-2 records ignore, so it needs no new version), and, when the flush completed calls
+//! between services, `edges` (seconds of the calls from this service to others,
+//! [`trike_engine::EdgeObs`]; optional in the same way). A service whose flush would exceed [`MAX_RECORD_BYTES`] is split across records, so
 //! every record fits the broker's default 1 MiB message limit.
 
 use super::{DecodeError, Decoded};
 use serde::{Deserialize, Serialize};
-use trike_engine::{Batch, Exemplar, PartialObs, SeriesKey};
+use trike_engine::{Batch, EdgeObs, Exemplar, PartialObs, SeriesKey};
 
 /// Version of the record layout. 2: t-digests are byte strings (see `trike_engine::sketch`),
 /// which a version-1 reader would not decode; version-1 records are read too.
@@ -29,6 +31,8 @@ struct RecordOut<'a> {
     partials: &'a [PartialObs],
     #[serde(skip_serializing_if = "<[Exemplar]>::is_empty")]
     exemplars: &'a [Exemplar],
+    #[serde(skip_serializing_if = "<[EdgeObs]>::is_empty")]
+    edges: &'a [EdgeObs],
 }
 
 #[derive(Deserialize)]
@@ -40,6 +44,8 @@ struct RecordIn {
     partials: Vec<PartialObs>,
     #[serde(default)]
     exemplars: Vec<Exemplar>,
+    #[serde(default)]
+    edges: Vec<EdgeObs>,
 }
 
 fn encode_one(gateway: &str, batch: &Batch) -> Vec<u8> {
@@ -51,6 +57,7 @@ fn encode_one(gateway: &str, batch: &Batch) -> Vec<u8> {
             keys: &batch.keys,
             partials: &batch.partials,
             exemplars: &batch.exemplars,
+            edges: &batch.edges,
         },
         &mut out,
     )
@@ -62,12 +69,13 @@ fn encode_one(gateway: &str, batch: &Batch) -> Vec<u8> {
 /// most [`MAX_RECORD_BYTES`] each (one, unless the service has very many series).
 pub fn encode_partials(gateway: &str, batch: &Batch) -> Vec<Vec<u8>> {
     let whole = encode_one(gateway, batch);
-    if whole.len() <= MAX_RECORD_BYTES || batch.partials.len() <= 1 {
+    if whole.len() <= MAX_RECORD_BYTES || (batch.partials.len() <= 1 && batch.edges.len() <= 1) {
         return vec![whole];
     }
     // Split the rows in two halves, each with only the keys it uses; the exemplars (a few)
-    // go with the first.
+    // go with the first, the edges' seconds are split too.
     let mid = batch.partials.len() / 2;
+    let edges_mid = batch.edges.len() / 2;
     let mut out = Vec::new();
     for (i, rows) in [&batch.partials[..mid], &batch.partials[mid..]]
         .into_iter()
@@ -91,6 +99,9 @@ pub fn encode_partials(gateway: &str, batch: &Batch) -> Vec<Vec<u8>> {
                 let k = key(x.key, &mut half);
                 half.exemplars.push(Exemplar { key: k, ..*x });
             }
+            half.edges = batch.edges[..edges_mid].to_vec();
+        } else {
+            half.edges = batch.edges[edges_mid..].to_vec();
         }
         out.extend(encode_partials(gateway, &half));
     }
@@ -124,6 +135,7 @@ pub fn partials(buf: &[u8]) -> Result<Decoded, DecodeError> {
             keys: r.keys,
             partials: r.partials,
             exemplars: r.exemplars,
+            edges: r.edges,
             ..Batch::default()
         },
         received,
@@ -204,6 +216,48 @@ mod tests {
         }
     }
 
+    /// Scenario: a flush with calls from `big` to two peers (4 000 series, so the record is
+    /// split). Guarantees: the edges' seconds survive encoding and splitting: every call and
+    /// error is in exactly one record, each edge still from `big`.
+    #[test]
+    fn edges_ride_along_and_split() {
+        use trike_engine::{CallObs, CallSide};
+        let t = 1_800_000_000_000_000_100;
+        let mut g = PartialBuilder::new(Arc::new(EngineConfig::default()));
+        let mut b = batch(4000);
+        for n in 0..300u64 {
+            let mut trace_id = [0; 16];
+            trace_id[..8].copy_from_slice(&n.to_be_bytes());
+            b.calls.push(CallObs {
+                service: "big".into(),
+                side: CallSide::Client {
+                    peer: Some(["db", "cache"][(n % 2) as usize].into()),
+                },
+                trace_id,
+                span_id: [1; 8],
+                time: t - n * 1_000_000_000,
+                latency_ms: n as f64,
+                bad: n % 3 == 0,
+            });
+        }
+        g.add(&b, t);
+        g.advance(t + 11_000_000_000);
+        let sp = g.take().pop().unwrap();
+        assert_eq!(sp.batch.edges.len(), 300, "one second each");
+        let records = encode_partials("gw-1", &sp.batch);
+        assert!(records.len() > 1);
+        let (mut calls, mut errors) = (0, 0);
+        for r in &records {
+            let d = partials(r).unwrap();
+            for e in &d.batch.edges {
+                assert_eq!(&*e.client, "big");
+                calls += e.requests;
+                errors += e.errors;
+            }
+        }
+        assert_eq!((calls, errors), (300, 100));
+    }
+
     /// Guarantees: garbage, another version and a key index out of range (of a partial or of
     /// an exemplar) are refused, naming why; a version-2 record without exemplars (as written
     /// before they were carried) is read.
@@ -255,6 +309,7 @@ mod tests {
                 keys: &[],
                 partials: &[],
                 exemplars: &[],
+                edges: &[],
             },
             &mut other,
         )

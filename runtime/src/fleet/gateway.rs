@@ -392,6 +392,8 @@ impl Flusher {
     fn flush(&self, sink: &PartialsSink) {
         let (parts, acks, observations) = {
             let mut open = sink.open.lock();
+            // Call halves that waited their time count now, even with no new data.
+            open.builder.advance(sink.clock.now());
             let parts = open.builder.take();
             (
                 parts,
