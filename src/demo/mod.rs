@@ -5,7 +5,8 @@
 //! - The processor (`trike run`) on its default addresses, signing its control events.
 //! - Synthetic `checkout` services send real OTLP/HTTP over loopback: 1.4.0 (baseline, 90 % of
 //!   traffic) and 1.5.0 (canary, 10 %), which starts failing and slowing down after
-//!   `--degrade-after-s`.
+//!   `--degrade-after-s`. Each request calls `payments` (`/pay`) or `inventory` (`/cart`),
+//!   named by `peer.service`: the service graph's edges.
 //! - An actuator worker (`trike actuate`) consumes the control topic, checks signatures and
 //!   carries out a `rollback` by calling a webhook: the demo's stand-in for a rollout
 //!   controller, which sets the canary's traffic weight to 0. Traffic recovers.

@@ -77,7 +77,13 @@ impl Traffic {
             return (None, began);
         }
         let spread = TICK.as_nanos() as u64;
-        let request = self.svc.request(n as usize, end_ns, spread, &mut self.rng);
+        let mut request = self.svc.request(n as usize, end_ns, spread, &mut self.rng);
+        // Each request calls a dependency: the service graph's edges.
+        crate::synth::add_calls(&mut request, |route| match route {
+            "/pay" => Some("payments"),
+            "/cart" => Some("inventory"),
+            _ => None,
+        });
         (Some(request), began)
     }
 }

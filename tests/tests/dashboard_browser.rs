@@ -30,8 +30,8 @@ fn chart_series(dom: &str, id: &str) -> Vec<(String, usize)> {
 /// (`target/dashboard.png`). Then, with a rollout started and a silence set over the API, the
 /// executive page lists every SLO sorted by budget left with its burn and KPIs, and the on-call
 /// page shows the rollout at its step, the canary verdict, the silence, the rollback and
-/// set_weight decisions, and the anomaly watch's scores (screenshots `executive.png`,
-/// `oncall.png`).
+/// set_weight decisions, the anomaly watch's scores, and the service graph of the demo's
+/// calls (screenshots `executive.png`, `oncall.png`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_renders_charts_and_the_rollback() {
     let Some(chromium) = chromium() else { return };
@@ -156,6 +156,10 @@ async fn dashboard_renders_charts_and_the_rollback() {
                 "class=\"decision sev-page\" data-action=\"rollback\"",
                 "data-action=\"set_weight\"",
                 "class=\"anomaly\" data-service=\"checkout\" data-metric=\"error_ratio\"",
+                // The demo's calls: checkout → payments and inventory, drawn.
+                "class=\"edge\" data-client=\"checkout\" data-server=\"payments\"",
+                "class=\"edge\" data-client=\"checkout\" data-server=\"inventory\"",
+                "class=\"node\" data-service=\"payments\"",
                 "badge b-ok\">live",
             ][..],
         ),
