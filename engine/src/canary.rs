@@ -221,6 +221,10 @@ pub struct CanaryResult {
     /// excess errors over the baseline's (see [`crate::attribution::attribute_against`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attribution: Vec<crate::attribution::Attribution>,
+    /// When the error ratio fails: when the canary's errors began to rise (engine time, ns;
+    /// see [`crate::onset`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_bad_at: Option<crate::time::UnixNanos>,
 }
 
 /// One arm's data.
@@ -255,6 +259,12 @@ pub fn judge(engine: &Engine, spec: &CanarySpec) -> CanaryResult {
         .any(|m| m.metric == CanaryMetric::ErrorRatio && m.verdict == Verdict::Fail);
     if errors_failed {
         result.attribution = attribute_errors(engine, spec);
+        result.first_bad_at = crate::onset::onset(
+            engine,
+            &spec.service,
+            |k| *k.version == *spec.canary,
+            |s| (s.errors, s.requests),
+        );
     }
     result
 }
@@ -365,6 +375,7 @@ pub fn judge_arms(spec: &CanarySpec, baseline: &Arm, canary: &Arm) -> CanaryResu
         metrics,
         sequential: None,
         attribution: Vec::new(),
+        first_bad_at: None,
     }
 }
 

@@ -208,5 +208,9 @@ mod tests {
         // Judged over the template's 1-minute window (not the default 10m): 59 whole seconds
         // of 20 requests before the second in progress.
         assert_eq!(checkout.canaries[1].metrics[0].canary_n, 59 * 20);
+        // 1.1 failed from its first request: its errors began with the engine's history.
+        let onset = checkout.canaries[1].first_bad_at.expect("dated");
+        assert!((T0..=T0 + 2 * S).contains(&onset), "{}", onset - T0);
+        assert_eq!(checkout.canaries[0].first_bad_at, None, "1.2 passes");
     }
 }

@@ -149,7 +149,8 @@ fn edge<'a>(rows: &'a [EdgeRow], client: &str, server: &str) -> &'a EdgeRow {
 /// - the graph's edges over the last 5 minutes equal the calls made (requests and errors,
 ///   exactly), with the callers' latencies;
 /// - exactly one decision is sent while db fails: a page on db whose reason names db and the
-///   path, with `evidence.root_cause` {db, payments→db, share 1};
+///   path, with `evidence.root_cause` {db, payments→db, share 1} and `first_bad_at` the
+///   second db began failing;
 /// - checkout's and payments' own pages are decided, recorded `inhibited_by` db's page, with
 ///   the root cause in their evidence and reason;
 /// - when the burn clears, the dependents' resolutions are inhibited too and db's page is
@@ -196,6 +197,16 @@ fn a_failing_dependency_is_paged_once_and_its_dependents_are_inhibited() {
         Evidence::BurnRate { root_cause, .. } => root_cause.clone(),
         other => panic!("{other:?}"),
     };
+    // The evidence dates the fault: db began failing at second 180.
+    let Evidence::BurnRate { first_bad_at, .. } = &page.evidence else {
+        panic!("{:?}", page.evidence)
+    };
+    let onset = first_bad_at.expect("first_bad_at in the evidence");
+    assert!(
+        onset.abs_diff(T0 + 180 * S) <= S,
+        "{}",
+        onset as i64 - (T0 + 180 * S) as i64
+    );
     let rc = root_of(page).expect("root cause in the page's evidence");
     assert_eq!(
         (rc.service.as_str(), rc.edge.as_str()),

@@ -16,6 +16,7 @@ pub mod facts;
 pub mod forecast;
 pub mod graph;
 pub mod observation;
+pub mod onset;
 pub mod partials;
 pub mod policy;
 pub mod rollout;

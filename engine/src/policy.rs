@@ -281,6 +281,9 @@ pub enum Evidence {
         /// The failing dependency that carries the bad events (see [`crate::graph`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         root_cause: Option<crate::graph::RootCause>,
+        /// When the bad events began to rise (engine time, ns; see [`crate::onset`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_bad_at: Option<UnixNanos>,
     },
     /// The canary judge's result.
     Canary(CanaryResult),
@@ -543,6 +546,7 @@ impl PolicyEngine {
                         tier: tier.clone(),
                         attribution: s.attribution.clone(),
                         root_cause: s.root_cause.clone(),
+                        first_bad_at: s.first_bad_at,
                     };
                     Some((svc(""), ev, reason, Some(s.name.clone())))
                 })

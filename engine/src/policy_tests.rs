@@ -35,6 +35,7 @@ fn canary(verdict: Verdict) -> CanaryResult {
         }],
         sequential: None,
         attribution: vec![],
+        first_bad_at: None,
     }
 }
 
@@ -336,6 +337,7 @@ fn burn_rate_rules_follow_firing_tiers() {
         period_events: (0.0, 0.0),
         attribution: vec![],
         root_cause: None,
+        first_bad_at: None,
     };
     let f = vec![ServiceFacts {
         service: "checkout".into(),

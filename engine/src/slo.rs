@@ -199,6 +199,10 @@ pub struct SloStatus {
     /// the bad events over the same window, when the service graph shows one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_cause: Option<crate::graph::RootCause>,
+    /// While a tier fires: when the rise in bad events began (see [`crate::onset`]), engine
+    /// time in nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_bad_at: Option<crate::time::UnixNanos>,
 }
 
 /// The standard windows reported in `burn_rates`.
@@ -345,6 +349,7 @@ pub fn evaluate(engine: &Engine, slo: &Slo) -> SloStatus {
         }
         _ => None,
     };
+    let first_bad_at = firing_short.and_then(|_| first_bad(engine, slo));
     SloStatus {
         name: slo.name.clone(),
         service: slo.service.clone(),
@@ -362,7 +367,31 @@ pub fn evaluate(engine: &Engine, slo: &Slo) -> SloStatus {
         period_events: (total_p - bad_p, total_p),
         attribution,
         root_cause,
+        first_bad_at,
     }
+}
+
+/// When the SLO's bad events began to rise (see [`crate::onset`]).
+fn first_bad(engine: &Engine, slo: &Slo) -> Option<crate::time::UnixNanos> {
+    let threshold = match slo.sli {
+        SloSli::Availability => None,
+        SloSli::Latency { threshold_ms } => Some(
+            engine
+                .config()
+                .thresholds_for(&slo.service)
+                .iter()
+                .position(|t| *t == threshold_ms)?,
+        ),
+    };
+    crate::onset::onset(
+        engine,
+        &slo.service,
+        |k| slo.selector.is_empty() || k.matches(&slo.selector),
+        |s| match threshold {
+            None => (s.errors, s.requests),
+            Some(i) => ((s.timed - s.within[i]).max(0.0), s.timed),
+        },
+    )
 }
 
 /// The SLO's bad events over `window`, attributed to versions, operations and dimensions.
