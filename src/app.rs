@@ -60,6 +60,8 @@ pub struct Running {
     /// The deploy events reader: given a moment at shutdown, not waited for (it may still be
     /// creating its topic on a broker that does not answer).
     deploys: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The actuators' outcome reader (the loop's metrics): like the deploy reader.
+    outcomes: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 /// How long open HTTP requests may take to finish at shutdown.
@@ -492,6 +494,12 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         }
         _ => None,
     };
+    let outcomes = match (cfg.kafka_brokers.clone(), role) {
+        (Some(brokers), Role::All | Role::Processor) => {
+            Some(start_outcomes(&cfg, &brokers, &state, &rx)?)
+        }
+        _ => None,
+    };
     let kafka_source = match cfg.kafka_ingest.clone() {
         None => None,
         Some(kc) => {
@@ -532,6 +540,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         gateway,
         members,
         deploys,
+        outcomes,
     })
 }
 
@@ -589,6 +598,50 @@ fn start_deploys(
             .with_context(|| format!("subscribing to {topic}"))?;
         tracing::info!(%topic, %group, "reading deploy events");
         deploys.run(rt, &flag);
+        Ok(())
+    }))
+}
+
+/// Reads the actuators' outcome events for the loop's metrics (on a blocking thread) until
+/// the shutdown signal.
+fn start_outcomes(
+    cfg: &Config,
+    brokers: &str,
+    state: &Arc<AdminState>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    use rdkafka::consumer::Consumer;
+    let topic = cfg.actuator.actions_topic.clone();
+    let group = format!("trike-loop-{}", cfg.instance);
+    let consumer: rdkafka::consumer::BaseConsumer = cfg
+        .kafka_client
+        .apply(
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "true")
+                // From the start at the group's first read: outcomes of decisions not made by
+                // this process are ignored anyway, and none written before the group's
+                // partitions are assigned is missed.
+                .set("auto.offset.reset", "earliest")
+                .set("topic.metadata.refresh.interval.ms", "2000"),
+        )
+        .create()
+        .context("the outcome events consumer")?;
+    let (state, stop) = (state.clone(), stop.clone());
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    tokio::spawn(async move {
+        let mut stop = stop;
+        let _ = stop.wait_for(|s| *s).await;
+        set.store(true, Relaxed);
+    });
+    Ok(tokio::task::spawn_blocking(move || {
+        consumer
+            .subscribe(&[&topic])
+            .with_context(|| format!("subscribing to {topic}"))?;
+        tracing::info!(%topic, %group, "reading outcome events for the loop's metrics");
+        crate::outcomes::run(consumer, state, &flag);
         Ok(())
     }))
 }
@@ -732,7 +785,10 @@ impl Running {
             tokio::task::spawn_blocking(move || l.stop()).await.ok();
         }
         let _ = self.shutdown.send(true);
-        if let Some(d) = self.deploys.take() {
+        for d in [self.deploys.take(), self.outcomes.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), d).await;
         }
         // A gateway's source is stopped after the gateway (below), so what it read and the

@@ -13,6 +13,7 @@ pub mod detect;
 pub mod embedded_broker;
 pub mod forecast;
 pub mod forward;
+pub mod outcomes;
 pub mod query;
 pub mod reload;
 pub mod synth;

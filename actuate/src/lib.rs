@@ -41,7 +41,7 @@ pub mod config;
 mod executors;
 mod ledger;
 pub mod live;
-mod outcome;
+pub mod outcome;
 
 use anyhow::Context;
 use breaker::{Admit, Breakers, Tripped};

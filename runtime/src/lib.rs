@@ -15,6 +15,7 @@ pub mod error;
 pub mod fleet;
 pub mod hook;
 pub mod hooks;
+pub mod loop_stats;
 pub mod shard;
 pub mod silences;
 pub mod sink_writer;

@@ -165,6 +165,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/anomalies", get(anomalies::handler))
         .route("/api/v1/forecast", get(forecast::handler))
         .route("/api/v1/graph", get(graph::handler))
+        .route(
+            "/api/v1/loop",
+            get(|State(s): State<Arc<AdminState>>| async move {
+                axum::Json(s.decisions.loop_stats.json())
+            }),
+        )
         .route("/api/v1/history", get(history_handler))
         .route("/api/v1/services", get(services_handler))
         .route("/api/v1/query", axum::routing::post(query::handler))
@@ -243,6 +249,7 @@ async fn index() -> impl IntoResponse {
      GET /api/v1/anomalies[?service=S]    the anomaly watch's latest scores per service and SLI (JSON)\n\
      GET /api/v1/forecast[?service=S]     request-rate forecast and days to the capacity limit (JSON)\n\
      GET /api/v1/graph[?window=5m]        the service graph: calls, errors and p99 per (caller, callee) (JSON)\n\
+     GET /api/v1/loop                     the loop's own metrics: time to detect and mitigate, outcomes, false positives (JSON)\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\
      POST /api/v1/query?limit=N            SQL (body) over live tables and the archive; JSON rows\n\

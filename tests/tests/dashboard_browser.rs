@@ -28,7 +28,8 @@ fn chart_series(dom: &str, id: &str) -> Vec<(String, usize)> {
 /// versions, the SLO cards and the canary verdict show, and the rollback appears in the
 /// decisions timeline with its evidence. A screenshot is kept as a test artifact
 /// (`target/dashboard.png`). Then, with a rollout started and a silence set over the API, the
-/// executive page lists every SLO sorted by budget left with its burn and KPIs, and the on-call
+/// executive page lists every SLO sorted by budget left with its burn and KPIs, and the loop's
+/// own (time to detect and mitigate, success, rollbacks per deploy), and the on-call
 /// page shows the rollout at its step, the canary verdict, the silence, the rollback and
 /// set_weight decisions, the anomaly watch's scores, and the service graph of the demo's
 /// calls (screenshots `executive.png`, `oncall.png`).
@@ -144,6 +145,11 @@ async fn dashboard_renders_charts_and_the_rollback() {
                 "id=\"kpi-firing\"",
                 "class=\"bar\"",
                 "th class=\"sortable sorted asc\" data-key=\"budget\"",
+                // The loop's own metrics: the demo's rollback, mitigated.
+                "id=\"kpi-mttd\"",
+                "id=\"kpi-mttm\"",
+                "1 of 2 deploys", // 1.5.0, and the rollout of 1.6.0 started above
+                "1 succeeded · 0 failed",
                 "badge b-ok\">live",
             ][..],
         ),

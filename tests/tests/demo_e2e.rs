@@ -46,9 +46,13 @@ async fn canary_requests(admin: std::net::SocketAddr) -> u64 {
 /// `rollback` for checkout 1.5.0 lands on the embedded broker's control topic; the actuator
 /// calls the rollout controller once and writes a `succeeded` outcome naming that event to
 /// `trike.actions`; the canary's traffic then stops (no canary request in the last 10 s).
+/// The loop's metrics (`/api/v1/loop`) match the events: time to detect = the rollback's
+/// `detected_at` − its evidence's `first_bad_at` (after the canary degraded), time to mitigate
+/// = the outcome's `time` − `detected_at`, the control plane no faster than that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_rolls_the_canary_back_through_kafka() {
     let args = demo_args(trike::demo::Scenario::Canary, 2);
+    let started_ns = trike_runtime::clock::now_nanos();
     let demo = Demo::start(&args).await.expect("the demo starts");
     let admin = demo.running.admin_addr;
     let start = Instant::now();
@@ -94,5 +98,61 @@ async fn demo_rolls_the_canary_back_through_kafka() {
         .collect();
     assert_eq!(outcomes.len(), 1, "{actions:?}");
     assert_eq!(outcomes[0].1["type"], "io.trike.action.succeeded");
+
+    // The loop's own metrics, against the events' timestamps (RFC 3339, to the millisecond).
+    let at = |v: &serde_json::Value| trike_sinks::parse_rfc3339_nanos(v.as_str().unwrap()).unwrap();
+    let detected = at(&event["data"]["detected_at"]);
+    let onset = event["data"]["evidence"]["first_bad_at"]
+        .as_u64()
+        .expect("the rollback's evidence dates the fault");
+    let outcome_at = at(&outcomes[0].1["time"]);
+    assert!(
+        onset >= started_ns + 1_000_000_000 && onset < detected,
+        "the fault began after the canary degraded (2 s in) and before it was detected: {} s after the start",
+        (onset - started_ns) as f64 / 1e9
+    );
+    let waited = Instant::now();
+    let lp = loop {
+        let lp: serde_json::Value = reqwest::get(format!("http://{admin}/api/v1/loop"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if lp["control_plane_s"]["count"] == 1 {
+            break lp;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(20), "{lp}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let secs = |a: u64, b: u64| (a as f64 - b as f64) / 1e9;
+    let near = |got: &serde_json::Value, want: f64| {
+        let got = got.as_f64().unwrap();
+        assert!((got - want).abs() <= 0.002, "{got} vs {want}: {lp}");
+    };
+    near(&lp["time_to_detect_s"]["mean"], secs(detected, onset));
+    near(
+        &lp["time_to_mitigate_s"]["mean"],
+        secs(outcome_at, detected),
+    );
+    let control_plane = lp["control_plane_s"]["mean"].as_f64().unwrap();
+    assert!(
+        control_plane + 0.002 >= secs(outcome_at, detected) && control_plane < 10.0,
+        "received after it was written: {lp}"
+    );
+    assert_eq!(lp["outcomes"]["succeeded"], 1, "{lp}");
+    assert_eq!(lp["success_rate"], 1.0, "{lp}");
+    assert_eq!(
+        (lp["rollbacks"].clone(), lp["deploys"].clone()),
+        (1.into(), 1.into()),
+        "{lp}"
+    );
+    assert_eq!(lp["recent"][0]["decision_id"], event["id"], "{lp}");
+    eprintln!(
+        "loop: detected {:.2} s after the onset, mitigated {:.2} s after, control plane {:.2} s",
+        secs(detected, onset),
+        secs(outcome_at, detected),
+        control_plane
+    );
     demo.stop().await.unwrap();
 }

@@ -180,8 +180,19 @@ impl Decider {
             drop(forecasts);
             self.judge_sequentially(engine, &spec.canaries, &mut facts);
             decisions = policy.step(now, &facts);
+            for c in facts.iter().flat_map(|f| &f.canaries) {
+                if c.metrics.iter().any(|m| m.canary_n > 0) {
+                    self.store.loop_stats.deploy(&c.service, &c.canary);
+                }
+            }
         }
         decisions.extend(policy.step_rollouts(engine));
+        for r in policy.rollouts().all() {
+            self.store
+                .loop_stats
+                .deploy(&r.spec.service, &r.spec.canary);
+        }
+        self.resolved(engine, &spec.slos, &decisions);
         *self.store.policy_stats.lock() = policy.stats();
         (!decisions.is_empty()).then(|| Decided {
             decisions,
@@ -191,6 +202,35 @@ impl Decider {
 }
 
 impl Decider {
+    /// Tells the loop's metrics, for each action resolved, whether its service's SLOs burned
+    /// faster than their sustainable pace over the episode: from the fault's onset (else 5
+    /// minutes before the decision) to now.
+    fn resolved(
+        &self,
+        engine: &Engine,
+        slos: &[Slo],
+        decisions: &[trike_engine::policy::Decision],
+    ) {
+        let loop_stats = &self.store.loop_stats;
+        for d in decisions {
+            let Some(id) = d.resolves.as_deref() else {
+                continue;
+            };
+            let Some((detected, onset)) = loop_stats.decided_at(id) else {
+                continue;
+            };
+            let from = onset.unwrap_or(detected.saturating_sub(300 * 1_000_000_000));
+            let window =
+                trike_engine::Span((engine.now().saturating_sub(from) / 1_000_000_000).max(1));
+            let burn = slos
+                .iter()
+                .filter(|s| s.service == d.target.service)
+                .map(|s| trike_engine::slo::error_ratio(engine, s, window) / (1.0 - s.objective))
+                .reduce(f64::max);
+            loop_stats.resolved(id, burn);
+        }
+    }
+
     /// Gives the canary pairs judged `sequential` their sequential test's evidence and
     /// verdict (the exact test's numbers stay in the metrics).
     fn judge_sequentially(

@@ -49,6 +49,8 @@ pub struct DecisionStore {
     pub policy_stats: Mutex<PolicyStats>,
     /// Kafka control-topic deliveries (all zero without a Kafka sink).
     pub kafka: Arc<KafkaSinkStats>,
+    /// The loop's own metrics (time to detect and mitigate, outcomes, false positives).
+    pub loop_stats: crate::loop_stats::LoopStats,
 }
 
 /// Actions in metric order.
@@ -131,6 +133,7 @@ impl DecisionStore {
         ] {
             counter(out, name, help, v.load(Relaxed));
         }
+        self.loop_stats.render(out);
     }
 
     /// The newest `limit` events, optionally of one service, newest first.
@@ -325,6 +328,8 @@ impl Outbox {
             if let Some(i) = ACTIONS.iter().position(|a| *a == d.action) {
                 self.store.by_action[i].fetch_add(1, Relaxed);
             }
+            let sent = !event.data.silenced && d.inhibited_by.is_none();
+            self.store.loop_stats.decided(&d, sent);
             tracing::info!(id = %d.decision_id, action = d.action.name(), service = %d.target.service, version = %d.target.version, dry_run = d.dry_run, silenced_by = event.data.silenced_by.as_deref().unwrap_or("-"), inhibited_by = d.inhibited_by.as_deref().unwrap_or("-"), "{}", d.reason);
             self.store.push(event.clone());
             if let Some(a) = &self.archive {
