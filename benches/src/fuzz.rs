@@ -108,6 +108,8 @@ pub struct Report {
 /// The state a target needs beside its input.
 struct Harness {
     decode: DecodeConfig,
+    /// The same, with log records as events (`logs.errors_as: bad_events`).
+    logs: DecodeConfig,
     keys: trike_sinks::signing::VerifyKeys,
     engine_cfg: Arc<trike_engine::EngineConfig>,
 }
@@ -116,11 +118,16 @@ const KEY: &[u8] = b"fuzz-signing-key-0123456789";
 
 impl Harness {
     fn new() -> Self {
+        let decode = DecodeConfig {
+            dimensions: vec!["deployment.environment".into(), "cloud.region".into()],
+            ..Default::default()
+        };
         Self {
-            decode: DecodeConfig {
-                dimensions: vec!["deployment.environment".into(), "cloud.region".into()],
-                ..Default::default()
+            logs: DecodeConfig {
+                logs_as_bad_events: true,
+                ..decode.clone()
             },
+            decode,
             keys: trike_sinks::signing::VerifyKeys::single(KEY.to_vec()),
             engine_cfg: Arc::new(trike_engine::EngineConfig::default()),
         }
@@ -134,8 +141,15 @@ impl Harness {
             Target::TracesJson => decode::traces_json(input, &self.decode).is_ok(),
             Target::MetricsProto => decode::metrics_proto(input, &self.decode).is_ok(),
             Target::MetricsJson => decode::metrics_json(input, &self.decode).is_ok(),
-            Target::LogsProto => decode::logs_proto(input).is_ok(),
-            Target::LogsJson => decode::logs_json(input).is_ok(),
+            // Both paths: counting, and records as events.
+            Target::LogsProto => {
+                let counted = decode::logs_proto(input, &self.decode).is_ok();
+                decode::logs_proto(input, &self.logs).is_ok() || counted
+            }
+            Target::LogsJson => {
+                let counted = decode::logs_json(input, &self.decode).is_ok();
+                decode::logs_json(input, &self.logs).is_ok() || counted
+            }
             Target::ControlEvent => {
                 let Ok(v) = serde_json::from_slice::<serde_json::Value>(input) else {
                     return false;
@@ -530,8 +544,8 @@ pub fn accepted(target: Target, input: &[u8]) -> bool {
         Target::TracesJson => decoded(decode::traces_json(input, &h.decode)),
         Target::MetricsProto => decoded(decode::metrics_proto(input, &h.decode)),
         Target::MetricsJson => decoded(decode::metrics_json(input, &h.decode)),
-        Target::LogsProto => decoded(decode::logs_proto(input)),
-        Target::LogsJson => decoded(decode::logs_json(input)),
+        Target::LogsProto => decoded(decode::logs_proto(input, &h.logs)),
+        Target::LogsJson => decoded(decode::logs_json(input, &h.logs)),
         Target::ControlEvent => serde_json::from_slice::<serde_json::Value>(input)
             .is_ok_and(|v| trike_sinks::ControlEvent::from_value(v).is_ok()),
         Target::Checkpoint => trike_runtime::checkpoint::decode_engine(input).is_ok_and(|c| {

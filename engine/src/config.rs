@@ -9,13 +9,15 @@ use std::collections::BTreeMap;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignalSource {
-    /// Spans when the service sent spans recently, else metrics.
+    /// Spans when the service sent spans recently, else metrics, else log records.
     #[default]
     Auto,
     /// Only spans.
     Spans,
     /// Only metrics.
     Metrics,
+    /// Only log records (`logs.errors_as: bad_events`).
+    Logs,
 }
 
 /// Series across all services, unless configured (`series.max_series`).

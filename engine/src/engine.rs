@@ -51,6 +51,9 @@ pub struct Stats {
     /// Idle series folded into their service version's aggregate (`idle_series_after`).
     #[serde(default)]
     pub series_folded: u64,
+    /// Log records applied (`logs.errors_as: bad_events`).
+    #[serde(default)]
+    pub log_records_applied: u64,
 }
 
 /// What one `ingest` call did.
@@ -72,6 +75,9 @@ struct ServiceInfo {
     series: usize,
     /// Arrival time of the newest span observation.
     last_span_arrival: UnixNanos,
+    /// Arrival time of the newest request metric point (absent in earlier checkpoints).
+    #[serde(default)]
+    last_metric_arrival: UnixNanos,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -118,6 +124,7 @@ struct Resolved {
     n_thresholds: usize,
     allow_spans: bool,
     allow_metrics: bool,
+    allow_logs: bool,
 }
 
 impl Resolved {
@@ -331,14 +338,16 @@ impl Engine {
         let mut thresholds = [f64::INFINITY; MAX_THRESHOLDS];
         thresholds[..thresholds_cfg.len()].copy_from_slice(thresholds_cfg);
         let source = self.cfg.source_for(&key.service);
-        let spans_recent = self.services.get(&key.service).is_some_and(|s| {
-            s.last_span_arrival > 0
-                && s.last_span_arrival + self.cfg.spans_preferred_for.nanos() >= self.now
-        });
-        let (allow_spans, allow_metrics) = match source {
-            SignalSource::Spans => (true, false),
-            SignalSource::Metrics => (false, true),
-            SignalSource::Auto => (true, !spans_recent),
+        let recent = |t: UnixNanos| t > 0 && t + self.cfg.spans_preferred_for.nanos() >= self.now;
+        let (spans_recent, metrics_recent) =
+            self.services.get(&key.service).map_or((false, false), |s| {
+                (recent(s.last_span_arrival), recent(s.last_metric_arrival))
+            });
+        let (allow_spans, allow_metrics, allow_logs) = match source {
+            SignalSource::Spans => (true, false, false),
+            SignalSource::Metrics => (false, true, false),
+            SignalSource::Logs => (false, false, true),
+            SignalSource::Auto => (true, !spans_recent, !spans_recent && !metrics_recent),
         };
         let mut r = Resolved {
             entry: 0,
@@ -348,6 +357,7 @@ impl Engine {
             n_thresholds: thresholds_cfg.len(),
             allow_spans,
             allow_metrics,
+            allow_logs,
         };
         if let Some(&i) = self.index.get(key) {
             r.entry = i;
@@ -411,7 +421,10 @@ impl Engine {
         let now_s = secs(self.now);
         let compression = self.cfg.digest_compression;
         let digests = self.cfg.digest_settings();
-        let resolved: Vec<Resolved> = batch.keys.iter().map(|k| self.resolve(k)).collect();
+        let mut resolved: Vec<Resolved> = batch.keys.iter().map(|k| self.resolve(k)).collect();
+        if self.note_signals(batch) {
+            resolved = batch.keys.iter().map(|k| self.resolve(k)).collect();
+        }
         let mut rep = IngestReport::default();
         for c in &batch.calls {
             self.graph.call(c, self.now);
@@ -464,8 +477,8 @@ impl Engine {
                 info.last_span_arrival = self.now;
             } else {
                 let info = ServiceInfo {
-                    series: 0,
                     last_span_arrival: self.now,
+                    ..ServiceInfo::default()
                 };
                 self.services.insert(service.clone(), info);
             }
@@ -473,6 +486,7 @@ impl Engine {
         self.stats.requests_applied += rep.applied;
 
         let mut metric_points = 0;
+        let mut metric_keys: Vec<u32> = Vec::new();
         for h in &batch.histograms {
             let res = resolved[h.key as usize];
             // Convert first, even when the point is then dropped: the cumulative baseline
@@ -515,6 +529,7 @@ impl Engine {
                 e.last_event = e.last_event.max(h.time.min(self.now));
                 e.last_arrival = self.now;
                 metric_points += 1;
+                metric_keys.push(h.key);
                 rep.overflowed += u64::from(res.overflow);
             }
         }
@@ -549,12 +564,39 @@ impl Engine {
                 e.last_event = e.last_event.max(c.time.min(self.now));
                 e.last_arrival = self.now;
                 metric_points += 1;
+                metric_keys.push(c.key);
                 rep.overflowed += u64::from(res.overflow);
+            }
+        }
+        let mut log_records = 0;
+        for l in &batch.logs {
+            let res = resolved[l.key as usize];
+            if !res.allow_logs {
+                rep.deduplicated += 1;
+                continue;
+            }
+            let Some(t_s) = self.event_second(l.time) else {
+                rep.late += 1;
+                continue;
+            };
+            let entry = &mut self.entries[res.entry];
+            let e = &mut entry.state;
+            let bad = u64::from(l.bad);
+            if e.apply(t_s, now_s, 1, bad, [0; MAX_THRESHOLDS], None, digests) {
+                entry.changed_from = entry.changed_from.min(t_s);
+                e.last_event = e.last_event.max(l.time.min(self.now));
+                e.last_arrival = self.now;
+                log_records += 1;
+                rep.overflowed += u64::from(res.overflow);
+            } else {
+                rep.late += 1;
             }
         }
         for p in &batch.partials {
             let res = resolved[p.key as usize];
-            let allowed = if p.from_metrics {
+            let allowed = if p.from_logs {
+                res.allow_logs
+            } else if p.from_metrics {
                 res.allow_metrics
             } else {
                 res.allow_spans
@@ -578,8 +620,11 @@ impl Engine {
                 continue;
             }
             rep.overflowed += if res.overflow { p.points } else { 0 };
-            if p.from_metrics {
+            if p.from_logs {
+                log_records += p.points;
+            } else if p.from_metrics {
                 metric_points += p.points;
+                metric_keys.push(p.key);
             } else {
                 rep.applied += p.points;
                 self.stats.requests_applied += p.points;
@@ -592,6 +637,16 @@ impl Engine {
         }
         self.stats.metric_points_applied += metric_points;
         rep.applied += metric_points;
+        self.stats.log_records_applied += log_records;
+        rep.applied += log_records;
+        metric_keys.dedup();
+        for k in metric_keys {
+            let service = &batch.keys[k as usize].service;
+            self.services
+                .entry(service.clone())
+                .or_default()
+                .last_metric_arrival = self.now;
+        }
         self.stats.late_dropped += rep.late;
         self.stats.overflowed += rep.overflowed;
         self.stats.signal_deduplicated += rep.deduplicated;
@@ -643,6 +698,65 @@ impl Engine {
             (self.start, self.now),
             max,
         )
+    }
+
+    /// Marks the services that send spans or request metrics in `batch` as sending them now,
+    /// so the batch in which a service's preferred signal first appears already counts that
+    /// signal alone (one request is never counted twice, not even in that second). Only for
+    /// batches holding more than one signal, and services known (their keys resolved); returns
+    /// whether any was marked (then the keys are resolved again).
+    fn note_signals(&mut self, batch: &Batch) -> bool {
+        let span_partials = batch.partials.iter().any(|p| !p.from_metrics);
+        let metric_partials = batch
+            .partials
+            .iter()
+            .any(|p| p.from_metrics && !p.from_logs);
+        let log_partials = batch.partials.iter().any(|p| p.from_logs);
+        let present = [
+            !batch.requests.is_empty() || span_partials,
+            !batch.histograms.is_empty() || !batch.counters.is_empty() || metric_partials,
+            !batch.logs.is_empty() || log_partials,
+        ];
+        if present.iter().filter(|p| **p).count() < 2 {
+            return false;
+        }
+        let mut spans: Vec<u32> = batch.requests.iter().map(|r| r.key).collect();
+        spans.extend(
+            batch
+                .partials
+                .iter()
+                .filter(|p| !p.from_metrics)
+                .map(|p| p.key),
+        );
+        let mut metrics: Vec<u32> = batch.histograms.iter().map(|h| h.key).collect();
+        metrics.extend(batch.counters.iter().map(|c| c.key));
+        metrics.extend(
+            batch
+                .partials
+                .iter()
+                .filter(|p| p.from_metrics && !p.from_logs)
+                .map(|p| p.key),
+        );
+        let mut marked = false;
+        for (keys, is_spans) in [(spans, true), (metrics, false)] {
+            let mut services: Vec<&Arc<str>> = keys
+                .iter()
+                .map(|&k| &batch.keys[k as usize].service)
+                .collect();
+            services.sort();
+            services.dedup();
+            for service in services {
+                if let Some(info) = self.services.get_mut(service) {
+                    if is_spans {
+                        info.last_span_arrival = self.now;
+                    } else {
+                        info.last_metric_arrival = self.now;
+                    }
+                    marked = true;
+                }
+            }
+        }
+        marked
     }
 
     /// Moves time forward: evicts buckets out of retention (once per second of `now`), removes
@@ -698,8 +812,11 @@ impl Engine {
         let recent = self
             .now
             .saturating_sub(self.cfg.spans_preferred_for.nanos());
-        self.services
-            .retain(|_, info| info.series > 0 || info.last_span_arrival >= recent);
+        self.services.retain(|_, info| {
+            info.series > 0
+                || info.last_span_arrival >= recent
+                || info.last_metric_arrival >= recent
+        });
         let ttl = self.cfg.metric_stream_ttl.nanos();
         self.deltas.expire(self.now.saturating_sub(ttl));
     }

@@ -841,3 +841,92 @@ fn archived_seconds_replay_to_the_same_slis() {
         .good;
     assert!(got.abs_diff(exact) <= 3, "{got} vs {exact}");
 }
+
+/// Scenario: a worker sends only log records (10 a second, one an ERROR) for a minute; then
+/// request metrics too; then spans too. Another service sends logs and spans from the start.
+/// Guarantees: logs are the worker's SLI while it sends nothing else (600 events, 60 bad);
+/// once metrics arrive its logs are deduplicated, and once spans arrive its metrics are (one
+/// request is never counted twice); the other service's logs never count. Through a gateway's
+/// partials, the same.
+#[test]
+fn logs_count_only_while_a_service_sends_nothing_else() {
+    use crate::observation::LogObs;
+    for via_gateway in [false, true] {
+        let mut e = Engine::new(Arc::new(EngineConfig::default()));
+        let mut g = crate::partials::PartialBuilder::new(Arc::new(EngineConfig::default()));
+        let keys = vec![
+            SeriesKey::new("worker", "logs", "1"),
+            SeriesKey::new("worker", "/jobs", "1"),
+            SeriesKey::new("api", "logs", "1"),
+            SeriesKey::new("api", "/a", "1"),
+        ];
+        for sec in 0..180u64 {
+            let t = T0 + sec * S;
+            let mut b = Batch {
+                keys: keys.clone(),
+                ..Default::default()
+            };
+            for i in 0..10u64 {
+                for key in [0, 2] {
+                    b.logs.push(LogObs {
+                        key,
+                        time: t + i * S / 10,
+                        bad: i == 0,
+                    });
+                }
+                b.requests.push(RequestObs {
+                    key: 3,
+                    time: t + i * S / 10,
+                    latency_ms: 5.0,
+                    bad: false,
+                });
+                if sec >= 120 {
+                    b.requests.push(RequestObs {
+                        key: 1,
+                        time: t + i * S / 10,
+                        latency_ms: 5.0,
+                        bad: false,
+                    });
+                }
+            }
+            if sec >= 60 {
+                b.counters.push(CounterObs {
+                    key: 1,
+                    stream: 1,
+                    time: t,
+                    start_time: 0,
+                    temporality: Temporality::Delta,
+                    value: 7.0,
+                    bad: false,
+                });
+            }
+            if via_gateway {
+                g.add(&b, t + S / 2);
+                for sp in g.take() {
+                    e.ingest(&sp.batch, t + S / 2);
+                }
+            } else {
+                e.ingest(&b, t + S / 2);
+            }
+            e.advance(t + S);
+            // Totals since the start (the engine's history is shorter than 5 minutes).
+            let worker = e.service_sums_prorated("worker", Span::minutes(5));
+            let got = (worker.requests, worker.errors);
+            match sec {
+                59 => assert_eq!(got, (600.0, 60.0), "logs: gateway {via_gateway}"),
+                // Then 7 metric requests a second, the logs deduplicated from second 60 on.
+                119 => assert_eq!(got, (1020.0, 60.0), "metrics: gateway {via_gateway}"),
+                // Then 10 spans a second, the metrics deduplicated from second 120 on.
+                179 => assert_eq!(got, (1620.0, 60.0), "spans: gateway {via_gateway}"),
+                _ => {}
+            }
+        }
+        let api = e.service_sums_prorated("api", Span::minutes(5));
+        assert_eq!(
+            (api.requests, api.errors),
+            (1800.0, 0.0),
+            "api: spans only, {via_gateway}"
+        );
+        assert_eq!(e.stats().log_records_applied, 600, "{via_gateway}");
+    }
+}

@@ -30,8 +30,8 @@ pub mod window;
 pub use config::{EngineConfig, SignalSource};
 pub use engine::{Engine, IngestReport, Snapshot, Stats};
 pub use observation::{
-    Batch, CallObs, CallSide, CounterObs, EdgeObs, Exemplar, HistogramObs, PartialObs, RequestObs,
-    SecondObs, SeriesKey, Signal, Temporality,
+    Batch, CallObs, CallSide, CounterObs, EdgeObs, Exemplar, HistogramObs, LogObs, PartialObs,
+    RequestObs, SecondObs, SeriesKey, Signal, Temporality,
 };
 pub use sli::{Quantiles, ServiceSli, SliQuery, SliRow};
 pub use time::{Span, UnixNanos};

@@ -180,6 +180,19 @@ pub struct CounterObs {
     pub bad: bool,
 }
 
+/// One log record as an event of its service's SLIs: bad at severity ERROR or above. Logs are
+/// a service's third signal: counted only while it sends neither spans nor request metrics
+/// (unless configured otherwise), so one request is never counted twice.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LogObs {
+    /// Index into [`Batch::keys`].
+    pub key: u32,
+    /// The record's time (else its observed time).
+    pub time: UnixNanos,
+    /// Severity ERROR or above.
+    pub bad: bool,
+}
+
 /// A batch of observations sharing a table of series keys (one decoded request, typically).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {
@@ -191,6 +204,9 @@ pub struct Batch {
     pub histograms: Vec<HistogramObs>,
     /// Counter points from metrics.
     pub counters: Vec<CounterObs>,
+    /// Log records, each one event (bad at severity ERROR or above), when logs count
+    /// toward SLIs (`logs.errors_as: bad_events`).
+    pub logs: Vec<LogObs>,
     /// Pre-aggregated seconds from a gateway (the fleet's `trike.partials`).
     pub partials: Vec<PartialObs>,
     /// Failing requests' traces, kept as examples for the service's page (counted nowhere).
@@ -277,9 +293,13 @@ impl Batch {
         (self.keys.len() - 1) as u32
     }
 
-    /// Number of observations (spans, histogram points and counter points).
+    /// Number of observations (spans, histogram points, counter points, partials, log records).
     pub fn len(&self) -> usize {
-        self.requests.len() + self.histograms.len() + self.counters.len() + self.partials.len()
+        self.requests.len()
+            + self.histograms.len()
+            + self.counters.len()
+            + self.partials.len()
+            + self.logs.len()
     }
 
     /// True when the batch carries nothing: no observation and no call.
@@ -320,6 +340,10 @@ impl Batch {
                 c.key = map[c.key as usize];
                 c
             }));
+        self.logs.extend(other.logs.into_iter().map(|mut l| {
+            l.key = map[l.key as usize];
+            l
+        }));
         self.partials
             .extend(other.partials.into_iter().map(|mut p| {
                 p.key = map[p.key as usize];
@@ -346,6 +370,10 @@ pub struct PartialObs {
     pub second: u64,
     /// Built from metric points (else from spans): the processor keeps one signal per service.
     pub from_metrics: bool,
+    /// Built from log records (then `from_metrics` is set too, so a processor of an earlier
+    /// release, which does not read this field, counts them as the metrics signal).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_logs: bool,
     /// Observations behind it (spans, or metric points), for the processor's counters.
     pub points: u64,
     /// Requests.

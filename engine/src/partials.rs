@@ -84,13 +84,19 @@ pub struct ServicePartials {
     pub points: u64,
 }
 
+/// A cell's signal.
+const SPANS: u8 = 0;
+const METRICS: u8 = 1;
+const LOGS: u8 = 2;
+
 /// Builds partials from observation batches.
 #[derive(Debug)]
 pub struct PartialBuilder {
     cfg: Arc<EngineConfig>,
     index: HashMap<SeriesKey, u32>,
     keys: Vec<SeriesKey>,
-    cells: HashMap<(u32, u64, bool), Cell>,
+    /// By (key, second, signal: [`SPANS`], [`METRICS`] or [`LOGS`]).
+    cells: HashMap<(u32, u64, u8), Cell>,
     /// Per service, its newest failing traces since the last `take` (keys index `keys`).
     exemplars: HashMap<Arc<str>, VecDeque<Exemplar>>,
     /// Halves of calls waiting for their other half (across flushes, up to `graph.wait`).
@@ -172,10 +178,10 @@ impl PartialBuilder {
         self.cells.len()
     }
 
-    fn cell(&mut self, key: u32, time: UnixNanos, from_metrics: bool) -> &mut Cell {
+    fn cell(&mut self, key: u32, time: UnixNanos, signal: u8) -> &mut Cell {
         // Event times ahead of arrival count now, as in the engine.
         let t = time.min(self.now);
-        let c = self.cells.entry((key, secs(t), from_metrics)).or_default();
+        let c = self.cells.entry((key, secs(t), signal)).or_default();
         c.last_event = c.last_event.max(t);
         c
     }
@@ -212,7 +218,7 @@ impl PartialBuilder {
             for (w, t) in within.iter_mut().zip(th) {
                 *w = u64::from(r.latency_ms <= *t);
             }
-            let c = self.cell(keys[r.key as usize], r.time, false);
+            let c = self.cell(keys[r.key as usize], r.time, SPANS);
             c.points += 1;
             c.add(1, u64::from(r.bad), within, Some(r.latency_ms), compression);
             points += 1;
@@ -235,7 +241,7 @@ impl PartialBuilder {
                 }
             };
             let th = &thresholds[h.key as usize];
-            let c = self.cell(keys[h.key as usize], h.time, true);
+            let c = self.cell(keys[h.key as usize], h.time, METRICS);
             let mut any = false;
             for_each_bucket(h, &counts, th, |n, errors, within, ms| {
                 c.add(n, errors, within, Some(ms), compression);
@@ -267,14 +273,27 @@ impl PartialBuilder {
                 continue;
             }
             let errors = if p.bad { n } else { 0 };
-            let c = self.cell(keys[p.key as usize], p.time, true);
+            let c = self.cell(keys[p.key as usize], p.time, METRICS);
             c.points += 1;
             c.add(n, errors, [0; MAX_THRESHOLDS], None, compression);
             points += 1;
         }
+        for l in &batch.logs {
+            let c = self.cell(keys[l.key as usize], l.time, LOGS);
+            c.points += 1;
+            c.add(1, u64::from(l.bad), [0; MAX_THRESHOLDS], None, compression);
+            points += 1;
+        }
         // Partials passing through (a gateway reading another gateway's output) merge as is.
         for p in &batch.partials {
-            let c = self.cell(keys[p.key as usize], p.last_event, p.from_metrics);
+            let signal = if p.from_logs {
+                LOGS
+            } else if p.from_metrics {
+                METRICS
+            } else {
+                SPANS
+            };
+            let c = self.cell(keys[p.key as usize], p.last_event, signal);
             c.points += p.points;
             c.requests += p.requests;
             c.errors += p.errors;
@@ -346,7 +365,7 @@ impl PartialBuilder {
             (ka, a.0.1, a.0.2).cmp(&(kb, b.0.1, b.0.2))
         });
         let mut out: Vec<ServicePartials> = Vec::new();
-        for ((k, second, from_metrics), mut c) in cells {
+        for ((k, second, signal), mut c) in cells {
             let key = &keys[k as usize];
             if out.last().is_none_or(|s| s.service != key.service) {
                 out.push(ServicePartials {
@@ -369,7 +388,8 @@ impl PartialBuilder {
             sp.batch.partials.push(PartialObs {
                 key: idx,
                 second,
-                from_metrics,
+                from_metrics: signal != SPANS,
+                from_logs: signal == LOGS,
                 points: c.points,
                 requests: c.requests,
                 errors: c.errors,

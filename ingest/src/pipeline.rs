@@ -376,8 +376,8 @@ fn decode_one(
         (SignalKind::Traces, Encoding::Json) => decode::traces_json(body, cfg),
         (SignalKind::Metrics, Encoding::Protobuf) => decode::metrics_proto(body, cfg),
         (SignalKind::Metrics, Encoding::Json) => decode::metrics_json(body, cfg),
-        (SignalKind::Logs, Encoding::Protobuf) => decode::logs_proto(body),
-        (SignalKind::Logs, Encoding::Json) => decode::logs_json(body),
+        (SignalKind::Logs, Encoding::Protobuf) => decode::logs_proto(body, cfg),
+        (SignalKind::Logs, Encoding::Json) => decode::logs_json(body, cfg),
     }
 }
 

@@ -51,6 +51,8 @@ pub struct RawConfig {
     pub capacity: Vec<RawCapacity>,
     /// How the service graph pairs calls and names root causes.
     pub graph: trike_engine::graph::GraphSettings,
+    /// Whether log records count toward SLIs.
+    pub logs: RawLogs,
     /// Next hops every accepted OTLP request is also sent to.
     pub forward: Vec<crate::forward::Target>,
     /// Where control events go (default: stdout).
@@ -421,6 +423,27 @@ pub struct RawDecode {
     pub duration_metrics: Option<Vec<String>>,
     /// Monotonic sum metric names read as request counts.
     pub request_counters: Option<Vec<String>>,
+}
+
+/// `logs:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLogs {
+    /// `bad_events`: every log record is an event of its service's SLIs, bad at severity
+    /// ERROR or above (a service's third signal, after spans and request metrics); `none`
+    /// (default): log records are only counted.
+    pub errors_as: LogErrors,
+}
+
+/// What log records are to the SLIs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogErrors {
+    /// Only counted.
+    #[default]
+    None,
+    /// Events, bad at ERROR or above.
+    BadEvents,
 }
 
 /// `kafka:`.

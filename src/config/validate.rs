@@ -357,6 +357,7 @@ impl Config {
         if let Some(v) = raw.series.version_attribute {
             decode.version_attribute = v;
         }
+        decode.logs_as_bad_events = raw.logs.errors_as == super::LogErrors::BadEvents;
         if let Some(k) = raw.decode.entry_span_kinds {
             if k.is_empty() {
                 p.push("decode.entry_span_kinds: at least one span kind is needed".into());
@@ -492,6 +493,14 @@ impl Config {
             engine.signal_source = s;
         }
         engine.signal_source_per_service = raw.engine.signal_source_per_service;
+        let wants_logs = std::iter::once(&engine.signal_source)
+            .chain(engine.signal_source_per_service.values())
+            .any(|s| *s == trike_engine::SignalSource::Logs);
+        if wants_logs && !decode.logs_as_bad_events {
+            p.push(
+                "engine.signal_source: logs needs logs.errors_as: bad_events (else log records feed no SLI)".into(),
+            );
+        }
         if let Some(c) = raw.engine.digest_compression {
             engine.digest_compression = c;
         }

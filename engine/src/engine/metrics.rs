@@ -46,6 +46,11 @@ impl Gauges {
                 st.metric_points_applied,
             ),
             (
+                "trike_engine_log_records_applied_total",
+                "Log records applied as events (logs.errors_as: bad_events).",
+                st.log_records_applied,
+            ),
+            (
                 "trike_engine_late_dropped_total",
                 "Observations older than the allowed lateness, dropped.",
                 st.late_dropped,
@@ -62,7 +67,7 @@ impl Gauges {
             ),
             (
                 "trike_engine_signal_deduplicated_total",
-                "Observations dropped because the service's other signal is its source.",
+                "Observations dropped because another of the service's signals is its source (spans, else request metrics, else logs).",
                 st.signal_deduplicated,
             ),
             (

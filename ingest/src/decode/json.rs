@@ -27,9 +27,13 @@ pub fn metrics_json(buf: &[u8], cfg: &DecodeConfig) -> Result<Decoded, DecodeErr
     Ok(metrics::metrics_request(&req, cfg))
 }
 
-/// Counts the records of an `ExportLogsServiceRequest` in OTLP/JSON.
-pub fn logs_json(buf: &[u8]) -> Result<Decoded, DecodeError> {
+/// Decodes an `ExportLogsServiceRequest` in OTLP/JSON: events when `cfg.logs_as_bad_events`,
+/// else only counts its records.
+pub fn logs_json(buf: &[u8], cfg: &DecodeConfig) -> Result<Decoded, DecodeError> {
     let req: ExportLogsServiceRequest = parse(buf, "ExportLogsServiceRequest")?;
+    if cfg.logs_as_bad_events {
+        return Ok(super::logs::logs_request(&req, cfg));
+    }
     let received = req
         .resource_logs
         .iter()

@@ -49,7 +49,11 @@ pub(super) fn attr(v: &Option<AnyValue>) -> AttrValue<'_> {
 
 /// The attributes read of `attrs` (`lim`), counting those not read in `dropped`. Borrowed
 /// unless something is dropped.
-fn capped<'a>(attrs: &'a [KeyValue], lim: &AttrLimits, dropped: &mut u64) -> Cow<'a, [KeyValue]> {
+pub(super) fn capped<'a>(
+    attrs: &'a [KeyValue],
+    lim: &AttrLimits,
+    dropped: &mut u64,
+) -> Cow<'a, [KeyValue]> {
     let mut read = 0;
     let fits = |kv: &KeyValue, read: &mut usize| lim.admits(read, kv.encoded_len());
     if attrs.iter().all(|kv| fits(kv, &mut read)) {
@@ -65,7 +69,7 @@ fn capped<'a>(attrs: &'a [KeyValue], lim: &AttrLimits, dropped: &mut u64) -> Cow
     Cow::Owned(kept)
 }
 
-fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<AttrValue<'a>> {
+pub(super) fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<AttrValue<'a>> {
     attrs
         .iter()
         .find(|kv| kv.key == key)

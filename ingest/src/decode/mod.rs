@@ -86,6 +86,9 @@ pub struct DecodeConfig {
     pub scrub: scrub::Scrub,
     /// How much of each attribute list is read.
     pub attrs: AttrLimits,
+    /// Log records count toward their service's SLIs, bad at ERROR or above
+    /// (`logs.errors_as: bad_events`); else they are only counted.
+    pub logs_as_bad_events: bool,
 }
 
 /// Caps on the attributes read (DESIGN §7: a hostile request costs bytes, never more):
@@ -146,6 +149,7 @@ impl Default for DecodeConfig {
             ],
             scrub: scrub::Scrub::default(),
             attrs: AttrLimits::default(),
+            logs_as_bad_events: false,
         }
     }
 }

@@ -265,7 +265,7 @@ fn malformed_payloads() {
     assert!(traces_json(b"{\"resourceSpans\": [", &cfg()).is_err());
     assert!(traces_json(b"{\"resourceSpans\": 7}", &cfg()).is_err());
     assert!(metrics_proto(&[0x0a, 0x05, 0x01], &cfg()).is_err());
-    assert!(logs_proto(&[0x0a, 0x05, 0x01]).is_err());
+    assert!(logs_proto(&[0x0a, 0x05, 0x01], &cfg()).is_err());
 }
 
 fn metric_request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
@@ -848,5 +848,98 @@ fn spans_give_the_halves_of_calls() {
             ("client".into(), Some("events".into()), 8, false, 5.0),
         ];
         assert_eq!(halves, want);
+    }
+}
+
+/// Scenario: a worker's log records: INFO, WARN, ERROR and FATAL by severity number, two with
+/// only a severity text ("error", "Info"), one with a route, one with only an observed time,
+/// one with no time at all; in protobuf and in OTLP/JSON, with `logs.errors_as: bad_events`
+/// and without.
+/// Guarantees: with it, each timed record is one event of the worker's series (operation its
+/// `http.route`, else `logs`; version from the resource), bad at ERROR or above by number,
+/// else by text; the untimed one is rejected, naming why. Without it, records are only
+/// counted: no event, nothing rejected.
+#[test]
+fn log_records_become_events_when_configured() {
+    use trike_proto::collector::logs::v1::ExportLogsServiceRequest;
+    use trike_proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    let record = |sev: i32, text: &str, t: u64, observed: u64, attrs: Vec<KeyValue>| LogRecord {
+        time_unix_nano: t,
+        observed_time_unix_nano: observed,
+        severity_number: sev,
+        severity_text: text.into(),
+        attributes: attrs,
+        ..Default::default()
+    };
+    let req = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", s("worker")),
+                    kv("service.version", s("3.1")),
+                ],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![
+                    record(9, "INFO", T, 0, vec![]),
+                    record(13, "WARN", T, 0, vec![]),
+                    record(17, "ERROR", T, 0, vec![]),
+                    record(21, "FATAL", T, 0, vec![kv("http.route", s("/jobs/{id}"))]),
+                    record(0, "error", T, 0, vec![]),
+                    record(0, "Info", T, 0, vec![]),
+                    record(9, "", 0, T + 5, vec![]),
+                    record(17, "", 0, 0, vec![]),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let on = DecodeConfig {
+        logs_as_bad_events: true,
+        ..cfg()
+    };
+    let json = serde_json::to_vec(&req).unwrap();
+    for d in [
+        logs_proto(&req.encode_to_vec(), &on).unwrap(),
+        logs_json(&json, &on).unwrap(),
+    ] {
+        assert_eq!((d.received, d.rejected), (8, 1));
+        assert!(
+            d.first_rejection
+                .unwrap()
+                .contains("observed_time_unix_nano")
+        );
+        let events: Vec<(&str, u64, bool)> = d
+            .batch
+            .logs
+            .iter()
+            .map(|l| {
+                let k = &d.batch.keys[l.key as usize];
+                assert_eq!((&*k.service, &*k.version), ("worker", "3.1"));
+                (&*k.operation, l.time, l.bad)
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("logs", T, false),
+                ("logs", T, false),
+                ("logs", T, true),
+                ("/jobs/{id}", T, true),
+                ("logs", T, true),
+                ("logs", T, false),
+                ("logs", T + 5, false),
+            ]
+        );
+        assert_eq!(d.batch.keys.len(), 2);
+    }
+    for d in [
+        logs_proto(&req.encode_to_vec(), &cfg()).unwrap(),
+        logs_json(&json, &cfg()).unwrap(),
+    ] {
+        assert_eq!((d.received, d.rejected), (8, 0));
+        assert!(d.batch.is_empty());
     }
 }
