@@ -422,6 +422,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         watch: anomaly_watch,
         forecasts,
         forward: forwarder.clone(),
+        costs: cfg.costs.clone(),
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();

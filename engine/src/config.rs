@@ -63,6 +63,8 @@ pub struct EngineConfig {
     pub keep_second_digests: bool,
     /// How the service graph pairs and keeps calls.
     pub graph: crate::graph::GraphSettings,
+    /// The series dimension region health reads.
+    pub region_dimension: String,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +85,7 @@ impl Default for EngineConfig {
             idle_series_after: Some(Span::minutes(15)),
             keep_second_digests: false,
             graph: crate::graph::GraphSettings::default(),
+            region_dimension: "cloud.region".into(),
         }
     }
 }

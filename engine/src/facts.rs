@@ -73,6 +73,8 @@ pub fn gather(
                     .map(|w| w.latest(&service, crate::time::secs(now)))
                     .unwrap_or_default(),
                 forecast: None,
+                regions: Vec::new(),
+                spend: None,
                 service,
             }
         })

@@ -165,7 +165,7 @@ impl PolicyEngine {
 fn root_page(d: &Decision, rc: &RootCause, now: UnixNanos) -> Decision {
     let target = Target {
         service: rc.service.clone(),
-        version: String::new(),
+        ..Target::default()
     };
     let action = if d.action == Action::Ticket {
         Action::Ticket

@@ -80,12 +80,18 @@ pub enum When {
     /// `forecast.days_to_limit < 14`: the request rate's forecast reaches the service's
     /// `capacity:` limit within that many days.
     ForecastWithin(f64),
+    /// `region.health < 0.9`: a region of the service (see [`crate::regions`]) is less healthy
+    /// than that, and less than the service as a whole.
+    RegionHealthBelow(f64),
+    /// `cost.spend_burn > 2`: the service spends its budget faster than that, over 1 h and
+    /// over 5 m (see [`crate::cost`]).
+    SpendBurnAbove(f64),
 }
 
 /// Why a `when` string did not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{0:?} is not a condition: write burn_rate.page, burn_rate.ticket, burn_rate.<tier>, canary.fail, canary.inconclusive, stale, budget < 0.2, anomaly, anomaly.<request_rate|error_ratio|latency_p99>, or forecast.days_to_limit < 14"
+    "{0:?} is not a condition: write burn_rate.page, burn_rate.ticket, burn_rate.<tier>, canary.fail, canary.inconclusive, stale, budget < 0.2, anomaly, anomaly.<request_rate|error_ratio|latency_p99>, forecast.days_to_limit < 14, region.health < 0.9 or cost.spend_burn > 2"
 )]
 pub struct WhenParseError(pub String);
 
@@ -142,6 +148,22 @@ impl FromStr for When {
             }
             return Ok(When::ForecastWithin(v));
         }
+        let compare = |prefix: &str, op: char| -> Option<Result<f64, WhenParseError>> {
+            let x = t.strip_prefix(prefix)?.trim().strip_prefix(op)?;
+            Some(
+                x.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v > 0.0)
+                    .ok_or_else(err),
+            )
+        };
+        if let Some(v) = compare("region.health", '<') {
+            return Ok(When::RegionHealthBelow(v?));
+        }
+        if let Some(v) = compare("cost.spend_burn", '>') {
+            return Ok(When::SpendBurnAbove(v?));
+        }
         Err(err())
     }
 }
@@ -160,6 +182,8 @@ impl fmt::Display for When {
             When::Anomaly(None) => f.write_str("anomaly"),
             When::Anomaly(Some(m)) => write!(f, "anomaly.{}", m.name()),
             When::ForecastWithin(x) => write!(f, "forecast.days_to_limit < {x}"),
+            When::RegionHealthBelow(x) => write!(f, "region.health < {x}"),
+            When::SpendBurnAbove(x) => write!(f, "cost.spend_burn > {x}"),
         }
     }
 }
@@ -204,6 +228,10 @@ pub struct Rule {
     pub params: BTreeMap<String, f64>,
     /// Only these services (all when empty).
     pub services: Vec<String>,
+    /// Which of the service's traffic its decisions act on (dimension → value; e.g.
+    /// `traffic.class: batch`), carried in the decision's target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
     /// Act even when the service's telemetry is stale.
     pub act_on_stale: bool,
 }
@@ -228,6 +256,7 @@ impl Rule {
             dry_run: false,
             params: BTreeMap::new(),
             services: vec![],
+            selector: BTreeMap::new(),
             act_on_stale: false,
         }
     }
@@ -253,12 +282,19 @@ impl Policy {
 }
 
 /// What a decision is about.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Target {
     /// Service.
     pub service: String,
     /// Version ("" when the signal is about the whole service).
     pub version: String,
+    /// Region ("" unless the signal is about one region).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    /// Which of the service's traffic (dimension → value; a rule's `selector`, e.g.
+    /// `traffic.class: batch` for low-value traffic to throttle).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
 }
 
 /// The numbers behind a decision.
@@ -327,6 +363,22 @@ pub enum Evidence {
         /// The rule's days.
         within_days: f64,
     },
+    /// A region is less healthy than the rule's threshold, and than the whole service.
+    Region {
+        /// The region.
+        region: crate::regions::RegionHealth,
+        /// The whole service's health over the same window.
+        service_health: f64,
+        /// The rule's threshold.
+        below: f64,
+    },
+    /// The service spends its budget too fast.
+    Spend {
+        /// What it spends.
+        spend: crate::cost::SpendPoint,
+        /// The rule's burn.
+        above: f64,
+    },
 }
 
 /// Facts about one service at `now`.
@@ -346,6 +398,10 @@ pub struct ServiceFacts {
     pub anomalies: Vec<AnomalyPoint>,
     /// Its request rate's capacity forecast.
     pub forecast: Option<crate::forecast::ForecastPoint>,
+    /// Its regions' health, worst first (filled only when a rule reads it).
+    pub regions: Vec<crate::regions::RegionHealth>,
+    /// Its spend (with a `cost:` entry).
+    pub spend: Option<crate::cost::SpendPoint>,
 }
 
 /// One decision (the control event's content; its wire form is built in `trike-sinks`).
@@ -439,12 +495,19 @@ pub fn decision_id(
     episode_start: UnixNanos,
 ) -> String {
     let start_s = episode_start / crate::time::NANOS_PER_SEC;
-    let key = format!(
+    let mut key = format!(
         "{rule}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{start_s}",
         target.service,
         target.version,
         action.name()
     );
+    // (Only when set: the ids of decisions without them are as they always were.)
+    if !target.region.is_empty() {
+        key.push_str(&format!("\u{1f}region={}", target.region));
+    }
+    for (k, v) in &target.selector {
+        key.push_str(&format!("\u{1f}{k}={v}"));
+    }
     let (a, b) = (fnv64(1, key.as_bytes()), fnv64(2, key.as_bytes()));
     format!(
         "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
@@ -521,6 +584,7 @@ impl PolicyEngine {
         let svc = |version: &str| Target {
             service: f.service.clone(),
             version: version.to_string(),
+            ..Target::default()
         };
         match &rule.when {
             When::BurnRate(sel) => f
@@ -639,6 +703,36 @@ impl PolicyEngine {
                 })
                 .into_iter()
                 .collect(),
+            When::RegionHealthBelow(x) => {
+                let whole = f.regions.first().map_or(1.0, |r| {
+                    if r.relative > 0.0 { r.health / r.relative } else { 1.0 }
+                });
+                f.regions
+                    .iter()
+                    .filter(|r| r.requests >= crate::regions::MIN_REQUESTS && r.health < *x && r.relative < 1.0)
+                    .map(|r| {
+                        let reason = format!(
+                            "{} in {} is unhealthy: {} of its requests good and fast (the service {}), error ratio {}, over {}",
+                            f.service, r.region, pct(r.health), pct(whole), pct(r.error_ratio), crate::regions::WINDOW
+                        );
+                        let t = Target { region: r.region.clone(), ..svc("") };
+                        let ev = Evidence::Region { region: r.clone(), service_health: whole, below: *x };
+                        (t, ev, reason, None)
+                    })
+                    .collect()
+            }
+            When::SpendBurnAbove(x) => f
+                .spend
+                .filter(|s| s.burn() > *x)
+                .map(|s| {
+                    let reason = format!(
+                        "{} spends its budget {:.1}x too fast over 1h and {:.1}x over 5m (over {x}x): {:.2} a day at {:.6} a request against {:.2}",
+                        f.service, s.burn_1h, s.burn_5m, s.spend_per_day, s.cost_per_request, s.budget_per_day
+                    );
+                    (svc(""), Evidence::Spend { spend: s, above: *x }, reason, None)
+                })
+                .into_iter()
+                .collect(),
             When::BudgetBelow(x) => f
                 .slos
                 .iter()
@@ -676,7 +770,18 @@ impl PolicyEngine {
                     held_services.push(&f.service);
                     continue;
                 }
-                for (target, ev, reason, slo) in conditions {
+                for (mut target, ev, reason, slo) in conditions {
+                    target.selector.clone_from(&rule.selector);
+                    let reason = if rule.selector.is_empty() {
+                        reason
+                    } else {
+                        let sel: Vec<String> = rule
+                            .selector
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        format!("{reason}; acting on {} traffic", sel.join(", "))
+                    };
                     active.insert(target, (ev, reason, slo, f.observed_until));
                 }
             }

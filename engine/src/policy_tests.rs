@@ -51,6 +51,7 @@ fn facts(verdict: Option<Verdict>, stale: bool) -> Vec<ServiceFacts> {
         observed_until: T0,
         anomalies: vec![],
         forecast: None,
+        ..Default::default()
     }]
 }
 
@@ -113,7 +114,8 @@ fn deterministic_ids_and_contents() {
         d.target,
         Target {
             service: "checkout".into(),
-            version: "1.5.0".into()
+            version: "1.5.0".into(),
+            ..Target::default()
         }
     );
     assert_eq!(d.policy_revision, a.policy().revision);
@@ -479,4 +481,108 @@ fn episodes_move_with_their_service() {
         resolved[0].resolves.as_deref(),
         Some(first[0].decision_id.as_str())
     );
+}
+
+/// Scenario: shop's eu-west region is unhealthy (0.8 good, the service 0.93), us-east healthy,
+/// ap-south unhealthy but with too few requests; then search spends 3× its budget over both
+/// windows, and a rule throttles its batch traffic.
+/// Guarantees: `region.health < 0.9` targets eu-west alone (the control event's
+/// `target.region`), with its numbers in the evidence, an id of its own and a resolution
+/// when it recovers; `cost.spend_burn > 2` fires on the smaller window's burn, its target
+/// carrying the rule's selector (`traffic.class: batch`), named in the reason; a burn over 2
+/// over 1 h but not over 5 m does not fire; both conditions parse and print back.
+#[test]
+fn region_and_spend_rules() {
+    use crate::cost::SpendPoint;
+    use crate::regions::RegionHealth;
+    for (text, want) in [
+        ("region.health < 0.9", When::RegionHealthBelow(0.9)),
+        ("cost.spend_burn > 2", When::SpendBurnAbove(2.0)),
+    ] {
+        assert_eq!(text.parse::<When>().unwrap(), want);
+        assert_eq!(want.to_string(), text);
+    }
+    assert!("region.health > 0.9".parse::<When>().is_err());
+    assert!("cost.spend_burn > -1".parse::<When>().is_err());
+    let region = |name: &str, requests: f64, health: f64| RegionHealth {
+        region: name.into(),
+        requests,
+        error_ratio: 1.0 - health,
+        health,
+        relative: health / 0.93,
+    };
+    let shop = |eu: f64| ServiceFacts {
+        service: "shop".into(),
+        regions: vec![
+            region("ap-south", 20.0, 0.5),
+            region("eu-west", 1200.0, eu),
+            region("us-east", 1200.0, 0.99),
+        ],
+        ..Default::default()
+    };
+    let mut throttle = rule("throttle-batch", "cost.spend_burn > 2", Action::Throttle);
+    throttle.selector = BTreeMap::from([("traffic.class".into(), "batch".into())]);
+    throttle.params = BTreeMap::from([("rate_limit".into(), 0.5)]);
+    let mut p = PolicyEngine::new(Policy::new(vec![
+        rule("drain-region", "region.health < 0.9", Action::SetWeight),
+        throttle,
+    ]));
+    let spend = |burn_1h: f64, burn_5m: f64| ServiceFacts {
+        service: "search".into(),
+        spend: Some(SpendPoint {
+            cost_per_request: 0.001,
+            spend_per_day: 864.0 * burn_1h,
+            budget_per_day: 864.0,
+            burn_1h,
+            burn_5m,
+        }),
+        ..Default::default()
+    };
+    let d = p.step(T0, &[shop(0.8), spend(3.0, 1.5)]);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(
+        (d[0].target.service.as_str(), d[0].target.region.as_str()),
+        ("shop", "eu-west")
+    );
+    assert!(
+        d[0].reason
+            .contains("shop in eu-west is unhealthy: 80.00 %"),
+        "{}",
+        d[0].reason
+    );
+    let Evidence::Region { region, below, .. } = &d[0].evidence else {
+        panic!("{:?}", d[0].evidence)
+    };
+    assert_eq!((region.region.as_str(), *below), ("eu-west", 0.9));
+    let plain = Target {
+        service: "shop".into(),
+        ..Target::default()
+    };
+    assert_ne!(
+        d[0].decision_id,
+        decision_id("drain-region", &plain, Action::SetWeight, T0),
+        "the region is part of the id"
+    );
+    let event = d[0].decision_id.clone();
+    let d = p.step(T0 + S, &[shop(0.97), spend(3.0, 2.5)]);
+    assert_eq!(d.len(), 2, "{d:#?}");
+    assert_eq!(d[0].action, Action::Resolved);
+    assert_eq!(d[0].resolves.as_deref(), Some(event.as_str()));
+    let t = &d[1];
+    assert_eq!(t.action, Action::Throttle);
+    assert_eq!(
+        t.target.selector.get("traffic.class").map(String::as_str),
+        Some("batch")
+    );
+    assert!(
+        t.reason.contains("acting on traffic.class=batch traffic"),
+        "{}",
+        t.reason
+    );
+    assert!(
+        t.reason.contains("3.0x too fast over 1h and 2.5x over 5m"),
+        "{}",
+        t.reason
+    );
+    assert!(matches!(t.evidence, Evidence::Spend { above, .. } if above == 2.0));
 }

@@ -236,6 +236,7 @@ impl Rollout {
         Target {
             service: self.spec.service.clone(),
             version: self.spec.canary.clone(),
+            ..Target::default()
         }
     }
 
@@ -361,6 +362,7 @@ impl Rollouts {
             &Target {
                 service: spec.service.clone(),
                 version: spec.canary.clone(),
+                ..Target::default()
             },
             Action::SetWeight,
             now,

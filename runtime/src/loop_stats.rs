@@ -360,6 +360,7 @@ mod tests {
             target: Target {
                 service: "checkout".into(),
                 version: "2".into(),
+                ..Target::default()
             },
             params: BTreeMap::new(),
             severity: Severity::Page,

@@ -270,6 +270,7 @@ mod tests {
             target: Target {
                 service: service.into(),
                 version: version.into(),
+                ..Target::default()
             },
             params: Default::default(),
             severity: trike_engine::slo::Severity::Page,

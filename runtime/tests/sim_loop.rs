@@ -43,6 +43,7 @@ fn spec() -> DecideSpec {
         ]),
         watch: Default::default(),
         capacity: vec![],
+        costs: vec![],
     }
 }
 

@@ -58,6 +58,10 @@ pub struct Target {
     /// Region, when the decision is about one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Which of the service's traffic (dimension → value), when the rule selects some (e.g.
+    /// `traffic.class: batch`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
 }
 
 /// `data` of a control event.
@@ -121,7 +125,8 @@ impl ControlEvent {
             service: d.target.service.clone(),
             version: (!d.target.version.is_empty()).then(|| d.target.version.clone()),
             operation: None,
-            region: None,
+            region: (!d.target.region.is_empty()).then(|| d.target.region.clone()),
+            selector: d.target.selector.clone(),
         };
         Self {
             specversion: SPEC_VERSION.into(),
@@ -238,6 +243,7 @@ mod tests {
             target: DecisionTarget {
                 service: "checkout".into(),
                 version: "1.5.0".into(),
+                ..Default::default()
             },
             params: BTreeMap::from([("weight".to_string(), 0.0)]),
             severity: Severity::Page,

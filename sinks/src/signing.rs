@@ -204,7 +204,7 @@ mod tests {
             action: trike_engine::policy::Action::Page,
             target: trike_engine::policy::Target {
                 service: "s".into(),
-                version: String::new(),
+                ..Default::default()
             },
             params: Default::default(),
             severity: trike_engine::slo::Severity::Page,

@@ -104,6 +104,8 @@ fn list_key(path: &str) -> Option<&'static str> {
         "/api/v1/anomalies" => "anomalies",
         "/api/v1/forecast" => "forecasts",
         "/api/v1/graph" => "edges",
+        "/api/v1/regions" => "regions",
+        "/api/v1/cost" => "costs",
         _ => return None,
     })
 }

@@ -2,6 +2,7 @@
 
 mod anomalies;
 pub mod auth;
+mod cost;
 pub mod fleet;
 mod forecast;
 mod graph;
@@ -88,6 +89,8 @@ pub struct AdminState {
     pub deploys: Arc<crate::deploys::DeployStats>,
     /// The policy and its rollouts (none on a gateway). Locked after the engine.
     pub policy: Option<Arc<parking_lot::Mutex<trike_engine::policy::PolicyEngine>>>,
+    /// Services' prices and daily budgets (`cost:`).
+    pub costs: Vec<trike_engine::cost::CostSpec>,
 }
 
 /// The rule set the handlers read: SLOs, canaries, and the revision of the whole.
@@ -165,6 +168,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/anomalies", get(anomalies::handler))
         .route("/api/v1/forecast", get(forecast::handler))
         .route("/api/v1/graph", get(graph::handler))
+        .route("/api/v1/regions", get(cost::regions))
+        .route("/api/v1/cost", get(cost::cost))
         .route(
             "/api/v1/loop",
             get(|State(s): State<Arc<AdminState>>| async move {
@@ -249,6 +254,8 @@ async fn index() -> impl IntoResponse {
      GET /api/v1/anomalies[?service=S]    the anomaly watch's latest scores per service and SLI (JSON)\n\
      GET /api/v1/forecast[?service=S]     request-rate forecast and days to the capacity limit (JSON)\n\
      GET /api/v1/graph[?window=5m]        the service graph: calls, errors and p99 per (caller, callee) (JSON)\n\
+     GET /api/v1/regions[?service=S]      each service's regions' health over 5 minutes, worst first (JSON)\n\
+     GET /api/v1/cost[?service=S]         spend per day and spend burn against the cost: budget (JSON)\n\
      GET /api/v1/loop                     the loop's own metrics: time to detect and mitigate, outcomes, false positives (JSON)\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\

@@ -56,6 +56,7 @@ pub fn render(s: &AdminState) -> String {
     sli_gauges(s, &mut out);
     super::anomalies::render(s, &mut out);
     super::graph::render(s, &mut out);
+    super::cost::render(s, &mut out);
     sloth_series(s, &mut out);
     out
 }

@@ -127,6 +127,7 @@ pub async fn create(State(s): State<Arc<AdminState>>, body: String) -> Response 
             &trike_engine::policy::Target {
                 service: format!("{:?}", new.matchers),
                 version: new.comment.clone(),
+                ..Default::default()
             },
             trike_engine::policy::Action::Page,
             at,

@@ -44,6 +44,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         watch: None,
         forecasts: None,
         forward: None,
+        costs: Vec::new(),
     }
 }
 

@@ -196,6 +196,7 @@ pub(super) fn rules(
             params: r.params,
             services: r.services,
             act_on_stale: r.act_on_stale,
+            selector: r.selector,
             ..d
         });
     }

@@ -49,6 +49,10 @@ pub struct RawConfig {
     pub anomaly: RawAnomaly,
     /// Services' capacity limits, for the forecast's `days_to_limit`.
     pub capacity: Vec<RawCapacity>,
+    /// Services' prices and daily budgets, for the spend burn.
+    pub cost: Vec<trike_engine::cost::CostSpec>,
+    /// The dimension region health reads (default `cloud.region`).
+    pub regions: RawRegions,
     /// How the service graph pairs calls and names root causes.
     pub graph: trike_engine::graph::GraphSettings,
     /// Whether log records count toward SLIs.
@@ -315,6 +319,10 @@ pub struct RawRule {
     /// Act even on stale telemetry (default false).
     #[serde(default)]
     pub act_on_stale: bool,
+    /// Which of the service's traffic its decisions act on (dimension → value, e.g.
+    /// `traffic.class: batch`).
+    #[serde(default)]
+    pub selector: std::collections::BTreeMap<String, String>,
 }
 
 /// `stale:`.
@@ -423,6 +431,15 @@ pub struct RawDecode {
     pub duration_metrics: Option<Vec<String>>,
     /// Monotonic sum metric names read as request counts.
     pub request_counters: Option<Vec<String>>,
+}
+
+/// `regions:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRegions {
+    /// The series dimension holding the region (default `cloud.region`; must be one of
+    /// `series.dimensions` for regions to be told apart).
+    pub dimension: Option<String>,
 }
 
 /// `logs:`.

@@ -98,7 +98,15 @@ fn deploy_examples_validate() {
     assert_eq!(full.slos.len(), 5, "3 in the file, 2 from deploy/openslo");
     assert!(full.slos.iter().any(|s| s.name == "payments-latency"));
     assert_eq!(full.engine.thresholds_for("payments"), &[250.0]);
-    assert_eq!(full.policy.rules.len(), 6);
+    assert_eq!(full.policy.rules.len(), 7);
+    let throttle = full.policy.rules.last().unwrap();
+    assert_eq!(
+        throttle.selector.get("traffic.class").map(String::as_str),
+        Some("batch")
+    );
+    assert_eq!(full.costs.len(), 1);
+    assert!(full.decode.logs_as_bad_events);
+    assert_eq!(full.engine.graph.wait, trike_engine::Span(10));
     assert_eq!(full.canaries.len(), 1);
     assert_eq!(full.anomaly.detector.threshold, 0.6);
     assert_eq!(full.capacity.len(), 1);

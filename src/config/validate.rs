@@ -70,6 +70,8 @@ pub struct Config {
     pub anomaly: trike_runtime::hooks::decide::WatchSettings,
     /// Services' capacity limits.
     pub capacity: Vec<trike_engine::forecast::CapacityLimit>,
+    /// Services' prices and daily budgets.
+    pub costs: Vec<trike_engine::cost::CostSpec>,
     /// Next hops every accepted OTLP request is also sent to.
     pub forward: Vec<crate::forward::Target>,
     /// Where control events go.
@@ -208,6 +210,7 @@ impl Config {
             policy: self.policy.clone(),
             watch: self.anomaly,
             capacity: self.capacity.clone(),
+            costs: self.costs.clone(),
         }
     }
 
@@ -507,6 +510,9 @@ impl Config {
         // The archive's per-second rows carry each series' 1 s digests.
         engine.keep_second_digests = raw.archive.is_some();
         engine.graph = raw.graph;
+        if let Some(d) = raw.regions.dimension.clone() {
+            engine.region_dimension = d;
+        }
         for problem in engine.problems("engine") {
             // Map engine field names back to where users write them.
             p.push(
@@ -597,6 +603,20 @@ impl Config {
         };
         let anomaly = super::decisions::anomaly(&mut p, &raw.anomaly);
         let capacity = super::decisions::capacity(&mut p, &raw.capacity);
+        for (i, c) in raw.cost.iter().enumerate() {
+            if !(c.per_request.is_finite() && c.per_request >= 0.0) {
+                p.push(format!(
+                    "cost[{i}].per_request: {} is not a price (≥ 0)",
+                    c.per_request
+                ));
+            }
+            if !(c.budget_per_day.is_finite() && c.budget_per_day > 0.0) {
+                p.push(format!(
+                    "cost[{i}].budget_per_day: {} is not a budget (> 0)",
+                    c.budget_per_day
+                ));
+            }
+        }
         for (i, t) in raw.forward.iter().enumerate() {
             if let Err(e) = t.check() {
                 p.push(format!("forward[{i}].{e}"));
@@ -764,6 +784,7 @@ impl Config {
             stale,
             anomaly,
             capacity,
+            costs: raw.cost.clone(),
             forward: raw.forward.clone(),
             sinks,
             instance,

@@ -66,6 +66,8 @@ pub struct DecideSpec {
     /// Services' capacity limits (their request rates are forecast whether or not they have
     /// one).
     pub capacity: Vec<CapacityLimit>,
+    /// Services' prices and daily budgets (a restart changes them).
+    pub costs: Vec<trike_engine::cost::CostSpec>,
 }
 
 /// What the policy reads besides the engine: replaced whole by a reload.
@@ -96,6 +98,8 @@ pub struct Decider {
     watch: Arc<Mutex<SliWatch>>,
     /// Every service's request-rate forecast (not checkpointed: a restart learns again).
     forecasts: Arc<Mutex<Forecasts>>,
+    /// Services' prices and daily budgets.
+    costs: Vec<trike_engine::cost::CostSpec>,
 }
 
 impl Decider {
@@ -117,6 +121,7 @@ impl Decider {
             sequential: HashMap::new(),
             watch: Arc::new(Mutex::new(watch)),
             forecasts: Arc::new(Mutex::new(forecasts)),
+            costs: spec.costs,
         }
     }
 
@@ -174,8 +179,24 @@ impl Decider {
             let mut facts = gather(engine, &spec.slos, &spec.canaries, spec.stale, Some(&watch));
             drop(watch);
             let forecasts = self.forecasts.lock();
+            let regions = policy
+                .policy()
+                .rules
+                .iter()
+                .any(|r| matches!(r.when, trike_engine::policy::When::RegionHealthBelow(_)));
             for f in &mut facts {
                 f.forecast = forecasts.get(&f.service);
+                if regions {
+                    f.regions = trike_engine::regions::region_health(
+                        engine,
+                        &f.service,
+                        &engine.config().region_dimension,
+                        trike_engine::regions::WINDOW,
+                    );
+                }
+                if let Some(c) = self.costs.iter().find(|c| c.service == f.service) {
+                    f.spend = Some(trike_engine::cost::spend(engine, c));
+                }
             }
             drop(forecasts);
             self.judge_sequentially(engine, &spec.canaries, &mut facts);

@@ -1,0 +1,126 @@
+//! Cost-aware reliability (pattern 6): what a service's traffic costs and how fast it spends
+//! its budget. `cost: [{service, per_request, budget_per_day}]` prices every request; the
+//! spend rate over a window, projected to a day, over the daily budget is the **spend burn**
+//! (1 = on budget), read over 1 h and 5 m like an SLO's fast tier, so a policy acts only on a
+//! burn that is both sustained and still going on (`cost.spend_burn > 2`), e.g. throttling
+//! low-value traffic (a rule's `selector`, such as `traffic.class: batch`).
+
+use crate::engine::Engine;
+use crate::time::Span;
+use serde::{Deserialize, Serialize};
+
+/// One service's price and budget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostSpec {
+    /// The service.
+    pub service: String,
+    /// Price of one request (any currency unit).
+    pub per_request: f64,
+    /// What the service may spend in a day (same unit).
+    pub budget_per_day: f64,
+}
+
+/// A service's spend now.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpendPoint {
+    /// Price of one request.
+    pub cost_per_request: f64,
+    /// Spend per day at the last hour's rate.
+    pub spend_per_day: f64,
+    /// The daily budget.
+    pub budget_per_day: f64,
+    /// Spend over budget at the last hour's rate.
+    pub burn_1h: f64,
+    /// Spend over budget at the last 5 minutes' rate.
+    pub burn_5m: f64,
+}
+
+impl SpendPoint {
+    /// The spend burn a condition compares: the smaller of the two windows' (both must be
+    /// over, as with an SLO's burn-rate tier).
+    pub fn burn(&self) -> f64 {
+        self.burn_1h.min(self.burn_5m)
+    }
+}
+
+/// The spend of `spec`'s service at the engine's now. Windows longer than the engine's history
+/// are read over the history it has (so a burn is not diluted by time it never saw).
+pub fn spend(engine: &Engine, spec: &CostSpec) -> SpendPoint {
+    let had_s = engine.now().saturating_sub(engine.history_start()) / crate::time::NANOS_PER_SEC;
+    let per_day = |w: Span| {
+        let secs = w.secs().min(had_s.max(1)) as f64;
+        let requests = engine.service_sums_prorated(&spec.service, w).requests;
+        requests * spec.per_request * 86_400.0 / secs
+    };
+    let (day_1h, day_5m) = (per_day(Span::hours(1)), per_day(Span::minutes(5)));
+    let burn = |d: f64| {
+        if spec.budget_per_day > 0.0 {
+            d / spec.budget_per_day
+        } else {
+            0.0
+        }
+    };
+    SpendPoint {
+        cost_per_request: spec.per_request,
+        spend_per_day: day_1h,
+        budget_per_day: spec.budget_per_day,
+        burn_1h: burn(day_1h),
+        burn_5m: burn(day_5m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EngineConfig;
+    use crate::observation::{Batch, RequestObs, SeriesKey};
+    use crate::time::NANOS_PER_SEC;
+    use std::sync::Arc;
+
+    const S: u64 = NANOS_PER_SEC;
+    const T0: u64 = 1_800_000_000 * S;
+
+    /// Scenario: a service priced at 0.001 a request with a budget of 864 a day (10 requests a
+    /// second on budget) takes 10 requests a second for 50 minutes, then 60 for 10.
+    /// Guarantees: the spend per day and both burns follow: on budget (1.0) before the surge;
+    /// 6.0 over 5 minutes and (50×10 + 10×60)/(60×10) ≈ 1.83 over the hour after it; the
+    /// condition's burn is the smaller.
+    #[test]
+    fn spend_burns_like_an_error_budget() {
+        let mut e = Engine::new(Arc::new(EngineConfig::default()));
+        let spec = CostSpec {
+            service: "search".into(),
+            per_request: 0.001,
+            budget_per_day: 864.0,
+        };
+        let mut before = None;
+        for sec in 0..3600u64 {
+            let t = T0 + sec * S;
+            let n = if sec < 3000 { 10 } else { 60 };
+            let mut b = Batch::default();
+            let k = b.key_index(SeriesKey::new("search", "/q", "1"));
+            for i in 0..n {
+                b.requests.push(RequestObs {
+                    key: k,
+                    time: t + i * S / n,
+                    latency_ms: 3.0,
+                    bad: false,
+                });
+            }
+            e.ingest(&b, t);
+            e.advance(t + S);
+            if sec == 2999 {
+                before = Some(spend(&e, &spec));
+            }
+        }
+        let before = before.unwrap();
+        assert!((before.burn_1h - 1.0).abs() < 0.01, "{before:?}");
+        assert!((before.burn_5m - 1.0).abs() < 0.01, "{before:?}");
+        let now = spend(&e, &spec);
+        assert!((now.burn_5m - 6.0).abs() < 0.05, "{now:?}");
+        assert!((now.burn_1h - 1100.0 / 600.0).abs() < 0.02, "{now:?}");
+        assert_eq!(now.burn(), now.burn_1h);
+        assert!((now.spend_per_day - 864.0 * now.burn_1h).abs() < 1e-6);
+    }
+}
