@@ -77,5 +77,49 @@ fn single_span_records(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, single_span_records);
+/// The service graph's cost on the decode path: the same 1000 spans (every server span has a
+/// parent, as a service's spans behind another's do) with every other span turned into a
+/// CLIENT span naming its peer, decoded with the graph on (call halves read) and off
+/// (`graph.enabled: false`, the baseline).
+fn graph_calls(c: &mut Criterion) {
+    use trike_proto::common::v1::{AnyValue, KeyValue, any_value::Value};
+    let n = 1000;
+    let mut req = trike_benches::trace_request(n, 20, 1_800_000_000_000_000_000);
+    for (i, span) in req.resource_spans[0].scope_spans[0]
+        .spans
+        .iter_mut()
+        .enumerate()
+    {
+        if i % 2 == 1 {
+            span.kind = trike_proto::trace::v1::span::SpanKind::Client as i32;
+            span.attributes.push(KeyValue {
+                key: "peer.service".into(),
+                value: Some(AnyValue {
+                    value: Some(Value::StringValue("payments".into())),
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    let bytes = req.encode_to_vec();
+    let on = DecodeConfig {
+        dimensions: vec!["deployment.environment".into()],
+        ..Default::default()
+    };
+    let off = DecodeConfig {
+        calls: false,
+        ..on.clone()
+    };
+    let mut g = c.benchmark_group("decode_1000_spans_half_client");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(BenchmarkId::new("graph_off", "baseline"), |b| {
+        b.iter(|| black_box(traces_proto(black_box(&bytes), &off).unwrap()))
+    });
+    g.bench_function(BenchmarkId::new("graph_on", "ours"), |b| {
+        b.iter(|| black_box(traces_proto(black_box(&bytes), &on).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, single_span_records, graph_calls);
 criterion_main!(benches);

@@ -6,7 +6,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use prost::Message;
 use std::hint::black_box;
 use std::sync::Arc;
-use trike_engine::{Engine, EngineConfig, SliQuery};
+use trike_engine::{Batch, Engine, EngineConfig, SliQuery};
 use trike_ingest::decode::{DecodeConfig, traces_proto};
 
 const T0: u64 = 1_800_000_000_000_000_000;
@@ -112,5 +112,50 @@ fn processor(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, engine, processor);
+/// The service graph's cost in the engine: 1000 parented server spans a batch (every one a
+/// call half that waits for its client span, which never comes: the costliest case), fresh
+/// trace ids each batch, with the graph on and off (the baseline: the halves not read).
+fn graph(c: &mut Criterion) {
+    let on = traces_proto(
+        &trike_benches::trace_request(1000, 20, T0).encode_to_vec(),
+        &DecodeConfig::default(),
+    )
+    .unwrap()
+    .batch;
+    let off = Batch {
+        calls: Vec::new(),
+        ..on.clone()
+    };
+    let mut g = c.benchmark_group("engine_graph");
+    g.throughput(Throughput::Elements(on.requests.len() as u64));
+    for (name, batch) in [
+        ("ingest_1000_spans_graph_off", &off),
+        ("ingest_1000_spans_graph_on", &on),
+    ] {
+        g.bench_function(name, |b| {
+            let mut e = Engine::new(Arc::new(EngineConfig::default()));
+            let mut now = T0;
+            let mut n = 0u64;
+            b.iter_batched(
+                || {
+                    n += 1;
+                    let mut b = batch.clone();
+                    for c in &mut b.calls {
+                        c.trace_id[8..].copy_from_slice(&n.to_be_bytes());
+                    }
+                    b
+                },
+                |b| {
+                    now += 1_000_000;
+                    e.advance(now);
+                    black_box(e.ingest(&b, now))
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, engine, processor, graph);
 criterion_main!(benches);

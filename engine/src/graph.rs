@@ -28,6 +28,9 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GraphSettings {
+    /// Whether calls are read at all (off: client spans and span parents are not looked at,
+    /// and there is no graph nor root cause).
+    pub enabled: bool,
     /// How long (arrival time) the first half of a call waits for the other.
     pub wait: Span,
     /// Most halves waiting at once; beyond it the oldest stop waiting early.
@@ -42,6 +45,7 @@ pub struct GraphSettings {
 impl Default for GraphSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             wait: Span(10),
             max_pending: 100_000,
             max_edges: 10_000,

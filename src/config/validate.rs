@@ -510,6 +510,7 @@ impl Config {
         // The archive's per-second rows carry each series' 1 s digests.
         engine.keep_second_digests = raw.archive.is_some();
         engine.graph = raw.graph;
+        decode.calls = raw.graph.enabled;
         if let Some(d) = raw.regions.dimension.clone() {
             engine.region_dimension = d;
         }

@@ -89,6 +89,9 @@ pub struct DecodeConfig {
     /// Log records count toward their service's SLIs, bad at ERROR or above
     /// (`logs.errors_as: bad_events`); else they are only counted.
     pub logs_as_bad_events: bool,
+    /// Client spans and parented server spans give the service graph its call halves
+    /// (`graph.enabled`).
+    pub calls: bool,
 }
 
 /// Caps on the attributes read (DESIGN §7: a hostile request costs bytes, never more):
@@ -150,6 +153,7 @@ impl Default for DecodeConfig {
             scrub: scrub::Scrub::default(),
             attrs: AttrLimits::default(),
             logs_as_bad_events: false,
+            calls: true,
         }
     }
 }

@@ -752,7 +752,8 @@ fn remembered_resources_decode_as_read_afresh() {
 /// Guarantees: the parented server span gives a server half keyed by its parent id; the root
 /// one gives none; each usable client span gives a client half keyed by its own id with the
 /// preferred peer, its latency and its failure; the unusable ones give nothing and are not
-/// rejected (they are no observation); the SLI observations are as before.
+/// rejected (they are no observation); the SLI observations are as before; with the graph
+/// off, no half is read.
 #[test]
 fn spans_give_the_halves_of_calls() {
     let mut parented = span("POST /charge", Kind::Server, T, 20, vec![], false);
@@ -849,6 +850,14 @@ fn spans_give_the_halves_of_calls() {
         ];
         assert_eq!(halves, want);
     }
+    // graph.enabled: false reads no call half, and the observations are the same.
+    let off = DecodeConfig {
+        calls: false,
+        ..cfg()
+    };
+    let d = traces_proto(&req.encode_to_vec(), &off).unwrap();
+    assert!(d.batch.calls.is_empty());
+    assert_eq!((d.batch.requests.len(), d.rejected), (2, 0));
 }
 
 /// Scenario: a worker's log records: INFO, WARN, ERROR and FATAL by severity number, two with

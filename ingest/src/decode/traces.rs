@@ -204,9 +204,10 @@ pub fn traces_proto_into(
     read
 }
 
-/// Whether a span attribute's key is one the SLIs read.
+/// Whether a span attribute's key is one the SLIs read (and, on a client span whose calls the
+/// graph reads, one naming its peer).
 #[inline]
-fn span_key_used(cfg: &DecodeConfig, k: &[u8]) -> bool {
+fn span_key_used(cfg: &DecodeConfig, k: &[u8], client: bool) -> bool {
     matches!(
         k,
         b"http.route"
@@ -214,11 +215,12 @@ fn span_key_used(cfg: &DecodeConfig, k: &[u8]) -> bool {
             | b"http.response.status_code"
             | b"http.status_code"
             | b"rpc.grpc.status_code"
-            | b"peer.service"
-            | b"server.address"
-            | b"net.peer.name"
-            | b"db.system"
-    ) || k == cfg.version_attribute.as_bytes()
+    ) || (client
+        && matches!(
+            k,
+            b"peer.service" | b"server.address" | b"net.peer.name" | b"db.system"
+        ))
+        || k == cfg.version_attribute.as_bytes()
         || dim_index(cfg, k).is_some()
 }
 
@@ -367,7 +369,10 @@ fn one_span(
                 out.attributes_dropped += 1;
             }
             // An attribute whose key is of no use is not decoded further.
-            (9, Value::Bytes(kv)) if leading_key(kv).is_some_and(|k| !span_key_used(cfg, k)) => {}
+            (9, Value::Bytes(kv))
+                if leading_key(kv).is_some_and(|k| {
+                    !span_key_used(cfg, k, cfg.calls && CLIENT_KINDS.contains(&s.kind))
+                }) => {}
             (9, Value::Bytes(kv)) => {
                 let (k, val) = key_value_raw(kv)?;
                 match k {
@@ -402,7 +407,7 @@ fn one_span(
     let bad = s.status_error
         || int(s.http_status).is_some_and(|c| c >= 500)
         || int(s.grpc_status).is_some_and(|c| cfg.bad_grpc_codes.contains(&c));
-    if CLIENT_KINDS.contains(&s.kind) {
+    if cfg.calls && CLIENT_KINDS.contains(&s.kind) {
         client_call(&s, bad, res, out, service)?;
     }
     if !cfg.entry_span_kinds.iter().any(|k| k.number() == s.kind) {
@@ -468,7 +473,8 @@ fn one_span(
         latency_ms,
         bad,
     });
-    if SERVER_KINDS.contains(&s.kind)
+    if cfg.calls
+        && SERVER_KINDS.contains(&s.kind)
         && let Some(parent) = call_id(s.parent_span_id)
     {
         out.batch.calls.push(CallObs {
