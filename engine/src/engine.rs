@@ -489,6 +489,8 @@ impl Engine {
         let mut metric_keys: Vec<u32> = Vec::new();
         for h in &batch.histograms {
             let res = resolved[h.key as usize];
+            // The service sends request metrics (whether or not they count): its logs yield.
+            metric_keys.push(h.key);
             // Convert first, even when the point is then dropped: the cumulative baseline
             // must keep moving, or the next counted point would carry everything since.
             let layout = layout_hash(&h.bounds_ms);
@@ -529,12 +531,12 @@ impl Engine {
                 e.last_event = e.last_event.max(h.time.min(self.now));
                 e.last_arrival = self.now;
                 metric_points += 1;
-                metric_keys.push(h.key);
                 rep.overflowed += u64::from(res.overflow);
             }
         }
         for c in &batch.counters {
             let res = resolved[c.key as usize];
+            metric_keys.push(c.key);
             let value = match c.temporality {
                 Temporality::Delta => Some(c.value),
                 Temporality::Cumulative => self
@@ -564,7 +566,6 @@ impl Engine {
                 e.last_event = e.last_event.max(c.time.min(self.now));
                 e.last_arrival = self.now;
                 metric_points += 1;
-                metric_keys.push(c.key);
                 rep.overflowed += u64::from(res.overflow);
             }
         }
@@ -594,6 +595,9 @@ impl Engine {
         }
         for p in &batch.partials {
             let res = resolved[p.key as usize];
+            if p.from_metrics && !p.from_logs {
+                metric_keys.push(p.key);
+            }
             let allowed = if p.from_logs {
                 res.allow_logs
             } else if p.from_metrics {
@@ -624,7 +628,6 @@ impl Engine {
                 log_records += p.points;
             } else if p.from_metrics {
                 metric_points += p.points;
-                metric_keys.push(p.key);
             } else {
                 rep.applied += p.points;
                 self.stats.requests_applied += p.points;
@@ -639,6 +642,7 @@ impl Engine {
         rep.applied += metric_points;
         self.stats.log_records_applied += log_records;
         rep.applied += log_records;
+        metric_keys.sort_unstable();
         metric_keys.dedup();
         for k in metric_keys {
             let service = &batch.keys[k as usize].service;

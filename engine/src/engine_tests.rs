@@ -930,3 +930,59 @@ fn logs_count_only_while_a_service_sends_nothing_else() {
         assert_eq!(e.stats().log_records_applied, 600, "{via_gateway}");
     }
 }
+
+/// Scenario: a service sends spans, request metrics and logs, each in its own batch (three
+/// exporters); after a minute its spans stop; 12 minutes on.
+/// Guarantees: its metrics take over once spans are no longer recent, and its logs never
+/// count (it sends request metrics all along, even while they do not count).
+#[test]
+fn logs_yield_to_metrics_that_did_not_count_yet() {
+    use crate::observation::LogObs;
+    let mut e = Engine::new(Arc::new(EngineConfig::default()));
+    let keys = vec![SeriesKey::new("mixed", "/m", "1")];
+    for sec in 0..720u64 {
+        let t = T0 + sec * S;
+        let mut spans = Batch {
+            keys: keys.clone(),
+            ..Default::default()
+        };
+        let mut metrics = spans.clone();
+        let mut logs = spans.clone();
+        for i in 0..10u64 {
+            if sec < 60 {
+                spans.requests.push(RequestObs {
+                    key: 0,
+                    time: t + i * S / 10,
+                    latency_ms: 5.0,
+                    bad: false,
+                });
+            }
+            logs.logs.push(LogObs {
+                key: 0,
+                time: t + i * S / 10,
+                bad: i == 0,
+            });
+        }
+        metrics.counters.push(CounterObs {
+            key: 0,
+            stream: 1,
+            time: t,
+            start_time: 0,
+            temporality: Temporality::Delta,
+            value: 7.0,
+            bad: false,
+        });
+        // Logs before metrics each second: the first second metrics count must not let logs in.
+        for b in [&spans, &logs, &metrics] {
+            e.ingest(b, t + S / 2);
+        }
+        e.advance(t + S);
+    }
+    let s = e.service_sums_prorated("mixed", Span::minutes(5));
+    assert_eq!(s.errors, 0.0, "no log record counted: {s:?}");
+    assert_eq!(e.stats().log_records_applied, 0);
+    assert!(
+        (413.0..=427.0).contains(&s.requests),
+        "the metrics since they took over: {s:?}"
+    );
+}

@@ -132,6 +132,8 @@ pub struct Graph {
     edges: HashMap<(Arc<str>, Arc<str>), Edge>,
     /// Calls dropped at the edge cap or as too old.
     dropped: u64,
+    /// The newest arrival time seen: event times ahead of it count at it (clock skew).
+    now: UnixNanos,
 }
 
 impl Graph {
@@ -189,6 +191,7 @@ impl Graph {
     /// Takes one half of a call that arrived at `now`: pairs it with its other half, or
     /// keeps it waiting.
     pub fn call(&mut self, c: &CallObs, now: UnixNanos) {
+        self.now = self.now.max(now);
         let mut done = std::mem::take(&mut self.done);
         self.pairing.call(c, now, &mut done);
         self.count(&mut done);
@@ -198,6 +201,7 @@ impl Graph {
     /// Moves time to `now`: halves that waited `wait` stop waiting, minutes older than an
     /// hour go.
     pub fn advance(&mut self, now: UnixNanos) {
+        self.now = self.now.max(now);
         let mut done = std::mem::take(&mut self.done);
         self.pairing.advance(now, &mut done);
         self.count(&mut done);
@@ -213,7 +217,8 @@ impl Graph {
 
     fn count(&mut self, done: &mut Vec<Call>) {
         for c in done.drain(..) {
-            self.record(&c.client, &c.server, c.time, c.latency_ms, c.bad, 1);
+            let time = c.time.min(self.now);
+            self.record(&c.client, &c.server, time, c.latency_ms, c.bad, 1);
         }
     }
 
@@ -259,6 +264,11 @@ impl Graph {
         errors: u64,
         latency: &TDigest,
     ) {
+        let second = if self.now > 0 {
+            second.min(secs(self.now))
+        } else {
+            second
+        };
         let minute = second / 60;
         let key = (client.clone(), server.clone());
         if !self.edges.contains_key(&key) && self.edges.len() >= self.settings.max_edges {

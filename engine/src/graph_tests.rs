@@ -107,14 +107,58 @@ fn a_callee_without_spans_is_named_by_the_peer_attribute() {
     // db is known to send no spans now: its next calls count at once.
     let t = T0 + 11 * S;
     g.call(&client("payments", Some("db"), 500, 1, t, true), t);
-    assert_eq!(g.waiting(), 0);
+    assert_eq!(g.stats().by_peer, 51, "counted at once");
     let db = g.edges(Span::minutes(5), t)[0].clone();
     assert_eq!((db.requests, db.errors), (51, 6));
-    // Until one of them pairs with a server span: then they wait again.
+    // Until one of them pairs with a server span (here the server half comes first): then
+    // they wait again.
     g.call(&server("db", 501, 1, t, false), t);
     g.call(&client("payments", Some("db"), 501, 1, t, false), t);
+    assert_eq!(g.stats().paired, 1, "paired, not counted at once");
     g.call(&client("payments", Some("db"), 502, 1, t, false), t);
-    assert_eq!(g.waiting(), 1);
+    assert_eq!(g.stats().by_peer, 51, "the next one waits");
+}
+
+/// Scenario: payments' spans are late once by more than `wait`, so checkout→payments is taken
+/// for a pair without server spans; then payments' spans arrive on time again, sometimes
+/// after the client half (which is then counted at once), sometimes before.
+/// Guarantees: the late server half after a call counted at once shows the pair has server
+/// spans: the next calls pair again (named payments, not the client's peer name), whichever
+/// half comes first.
+#[test]
+fn a_late_server_span_does_not_stop_pairing_for_good() {
+    let mut g = graph();
+    g.call(
+        &client("checkout", Some("payments.lb"), 1, 1, T0, false),
+        T0,
+    );
+    g.advance(T0 + 11 * S);
+    g.call(&server("payments", 1, 1, T0, false), T0 + 12 * S);
+    // Counted at once toward payments.lb; its server half follows 1 s later.
+    let t = T0 + 13 * S;
+    g.call(&client("checkout", Some("payments.lb"), 2, 2, t, false), t);
+    g.call(&server("payments", 2, 2, t, false), t + S);
+    // Now they pair, whichever comes first.
+    for (n, server_first) in [(3u64, true), (4, false)] {
+        let t = T0 + (13 + n) * S;
+        let (c, s) = (
+            client("checkout", Some("payments.lb"), n, n, t, false),
+            server("payments", n, n, t, false),
+        );
+        if server_first {
+            g.call(&s, t);
+            g.call(&c, t);
+        } else {
+            g.call(&c, t);
+            g.call(&s, t);
+        }
+    }
+    let rows = g.edges(Span::minutes(5), T0 + 20 * S);
+    let named: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|r| (r.server.as_str(), r.requests))
+        .collect();
+    assert_eq!(named, [("payments", 2), ("payments.lb", 2)]);
 }
 
 /// Scenario: a flood of client halves that never pair, with `max_pending` 100, and more
@@ -236,4 +280,20 @@ fn a_paired_half_does_not_hurry_the_next() {
     let rows = g.edges(Span::minutes(5), T0 + 14 * S);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!((rows[0].server.as_str(), rows[0].requests), ("b", 2));
+}
+
+/// Scenario: a client span stamped a day ahead (a skewed clock), then calls on time.
+/// Guarantees: the skewed call counts now (as every observation does), and the calls after it
+/// are counted, not dropped as older than the edge's newest minute.
+#[test]
+fn a_call_from_the_future_counts_now() {
+    let mut g = graph();
+    g.call(&server("b", 1, 1, T0, false), T0);
+    g.call(&client("a", None, 1, 1, T0 + 86_400 * S, false), T0);
+    for n in 2..12u64 {
+        g.call(&server("b", n, n, T0, false), T0 + n * S);
+        g.call(&client("a", None, n, n, T0 + n * S, false), T0 + n * S);
+    }
+    let rows = g.edges(Span::minutes(5), T0 + 12 * S);
+    assert_eq!(rows[0].requests, 11, "{rows:?}");
 }

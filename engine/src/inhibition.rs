@@ -27,8 +27,8 @@ pub struct RootEpisode {
     pub start: UnixNanos,
     /// The page.
     pub decision: Decision,
-    /// Services whose open decisions it inhibits.
-    pub dependents: BTreeSet<String>,
+    /// The open decisions it inhibits: (service, decision id).
+    pub dependents: BTreeSet<(String, String)>,
 }
 
 /// The reason's words for a root cause ("" without one).
@@ -52,8 +52,8 @@ impl PolicyEngine {
         for i in 0..out.len() {
             let d = &out[i];
             if d.action == Action::Resolved {
-                if let Some(by) = &d.inhibited_by
-                    && let Some(resolved) = self.leave(by, &d.target.service, now)
+                if let (Some(by), Some(id)) = (&d.inhibited_by, &d.resolves)
+                    && let Some(resolved) = self.leave(by, (&d.target.service, id), now)
                 {
                     added.push(resolved);
                 }
@@ -74,7 +74,8 @@ impl PolicyEngine {
             }
             let by = match self.roots.get_mut(&rc.service) {
                 Some(root) => {
-                    root.dependents.insert(d.target.service.clone());
+                    root.dependents
+                        .insert((d.target.service.clone(), d.decision_id.clone()));
                     root.decision.decision_id.clone()
                 }
                 None => match self.own_episode(&rc.service, &out[..]) {
@@ -88,7 +89,10 @@ impl PolicyEngine {
                                 service: rc.service.clone(),
                                 start: now,
                                 decision: page.clone(),
-                                dependents: BTreeSet::from([d.target.service.clone()]),
+                                dependents: BTreeSet::from([(
+                                    d.target.service.clone(),
+                                    d.decision_id.clone(),
+                                )]),
                             },
                         );
                         added.push(page);
@@ -131,9 +135,9 @@ impl PolicyEngine {
             .map(|d| d.decision_id.clone())
     }
 
-    /// `dependent` no longer needs the root page `by`: when it was the last, the page is
-    /// resolved.
-    fn leave(&mut self, by: &str, dependent: &str, now: UnixNanos) -> Option<Decision> {
+    /// The dependent decision (service, id) resolved, so no longer needs the root page `by`:
+    /// when it was the last, the page is resolved.
+    fn leave(&mut self, by: &str, dependent: (&str, &str), now: UnixNanos) -> Option<Decision> {
         let service = self
             .roots
             .values()
@@ -141,7 +145,8 @@ impl PolicyEngine {
             .service
             .clone();
         let root = self.roots.get_mut(&service)?;
-        root.dependents.remove(dependent);
+        root.dependents
+            .remove(&(dependent.0.to_string(), dependent.1.to_string()));
         if !root.dependents.is_empty() {
             return None;
         }
@@ -206,8 +211,12 @@ pub(super) fn roots_of(
     roots
         .values()
         .filter_map(|r| {
-            let dependents: BTreeSet<String> =
-                r.dependents.iter().filter(|d| owns(d)).cloned().collect();
+            let dependents: BTreeSet<(String, String)> = r
+                .dependents
+                .iter()
+                .filter(|d| owns(&d.0))
+                .cloned()
+                .collect();
             (!dependents.is_empty()).then(|| RootEpisode {
                 dependents,
                 ..r.clone()
@@ -234,7 +243,7 @@ pub(super) fn drop_dependents(
     gone: &impl Fn(&str) -> bool,
 ) {
     roots.retain(|_, r| {
-        r.dependents.retain(|d| !gone(d));
+        r.dependents.retain(|d| !gone(&d.0));
         !r.dependents.is_empty()
     });
 }

@@ -310,3 +310,58 @@ fn a_dependency_with_its_own_page_inhibits_its_dependents() {
     sorted.sort();
     assert_eq!(sorted, ["checkout", "payments"], "{:#?}", run.decisions);
 }
+
+/// Scenario: as in the first test, with two rules on the same burn: one pages, one tickets,
+/// so each dependent has two inhibited decisions. Then both tickets resolve on their own.
+/// Guarantees: db's page tracks every inhibited decision, not services: it stays open while
+/// any is open, and resolves once, after the last.
+#[test]
+fn the_root_page_waits_for_every_inhibited_decision() {
+    let mut run = Run::new();
+    let mut ticket = Rule::new(
+        "ticket-on-fast-burn",
+        When::BurnRate(TierSelector::Severity(Severity::Page)),
+        Action::Ticket,
+    );
+    ticket.for_ = Span(0);
+    let mut rules = run.policy.policy().rules.clone();
+    rules.push(ticket);
+    run.policy = PolicyEngine::new(Policy::new(rules));
+    run.run(0, 180, |_| false);
+    run.run(180, 420, |n| n.is_multiple_of(2));
+    let inhibited: Vec<Decision> = run
+        .decisions
+        .iter()
+        .filter(|d| d.inhibited_by.is_some())
+        .cloned()
+        .collect();
+    assert_eq!(inhibited.len(), 4, "{:#?}", run.decisions);
+    assert_eq!(run.sent().len(), 1, "one page: {:#?}", run.sent());
+    // Both tickets resolve on their own, the pages stay: db's page stays open.
+    let mut alone: Vec<Decision> = inhibited
+        .iter()
+        .filter(|d| d.action == Action::Ticket)
+        .map(|t| Decision {
+            decision_id: format!("resolution of {}", t.decision_id),
+            action: Action::Resolved,
+            resolves: Some(t.decision_id.clone()),
+            ..t.clone()
+        })
+        .collect();
+    assert_eq!(alone.len(), 2);
+    run.policy.inhibit(T0 + 421 * S, &mut alone);
+    assert_eq!(alone.len(), 2, "db's page not resolved: {alone:#?}");
+    run.decisions.clear();
+    run.run(420, 1020, |_| false);
+    let db: Vec<&Decision> = run
+        .decisions
+        .iter()
+        .filter(|d| d.target.service == "db")
+        .collect();
+    assert_eq!(db.len(), 1, "{:#?}", run.decisions);
+    assert_eq!(
+        run.decisions.last().map(|d| d.target.service.as_str()),
+        Some("db"),
+        "after the last dependent"
+    );
+}

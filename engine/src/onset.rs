@@ -6,13 +6,18 @@
 //! to the hour), so every point is exact. The onset is the most likely change point of the bad
 //! ratio: the split of the hour into "before" and "since" whose two binomial ratios, since
 //! higher than before, explain the counts best (the largest log-likelihood ratio against one
-//! ratio for the whole hour). A fault older than the history read gives its start as the
-//! onset (a lower bound of its age). Pure, and computed only while a decision is about to be
+//! ratio for the whole hour), when that ratio is significant (8 nats). Without a significant
+//! rise, the fault is as old as the traffic read: when it began, or the hour's start (a lower
+//! bound of its age). Pure, and computed only while a decision is about to be
 //! made or an SLO fires.
 
 use crate::engine::Engine;
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos};
 use crate::window::ProratedSums;
+
+/// The least log-likelihood ratio (nats) a rise needs to date the onset: below it, the
+/// ratio is as steady as noise makes it, and the fault is taken to be as old as the traffic.
+const MIN_LLR: f64 = 8.0;
 
 /// How far back the onset is looked for.
 pub const HORIZON: Span = Span::hours(1);
@@ -75,7 +80,17 @@ pub fn change_point(
             best = Some((llr, w));
         }
     }
-    let (_, w) = best?;
+    let (llr, w) = best?;
+    let w = if llr >= MIN_LLR && w != w_all {
+        w
+    } else {
+        // No significant rise within the horizon: the fault is as old as the traffic read
+        // (the first point holding all of it: when traffic began, else the horizon's start).
+        points
+            .iter()
+            .find(|(_, _, t)| *t >= t_all)
+            .map_or(horizon_s, |(w, _, _)| *w)
+    };
     let w = if w == w_all { horizon_s } else { w };
     Some(now.saturating_sub(w * NANOS_PER_SEC))
 }
@@ -133,6 +148,31 @@ mod tests {
             assert_eq!(got, Some(NOW - want * S), "{ago} s ago, {before} → {after}");
         }
         assert_eq!(change_point(NOW, 3600, stream(100, 0.0, 0.0)), None);
+        // A steady 2 % with a binomial-like jitter per second: no rise to date, so the fault
+        // is as old as the hour (not some recent second the noise favours).
+        let mut x: u64 = 7;
+        let per_second: Vec<(f64, f64)> = (0..3600)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let bad = [0.0, 1.0, 2.0, 3.0, 4.0][((x >> 33) % 5) as usize];
+                (bad, 100.0)
+            })
+            .collect();
+        let steady = change_point(NOW, 3600, |w| {
+            per_second[..w as usize]
+                .iter()
+                .fold((0.0, 0.0), |(b, t), (pb, pt)| (b + pb, t + pt))
+        });
+        assert_eq!(steady, Some(NOW - 3600 * S));
+        // Traffic that began 10 minutes ago, bad from its first request: the onset is when
+        // it began.
+        let young = change_point(NOW, 3600, |w| {
+            let w = w.min(600) as f64;
+            (w * 10.0, w * 100.0)
+        });
+        assert_eq!(young, Some(NOW - 600 * S));
         // Bad all hour, only less so lately: the fault is older than the hour.
         assert_eq!(
             change_point(NOW, 3600, stream(100, 0.2, 0.01)),

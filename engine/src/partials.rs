@@ -150,7 +150,8 @@ impl PartialBuilder {
     fn count_calls(&mut self, done: Vec<Call>) {
         let compression = self.cfg.digest_compression;
         for c in done {
-            let second = secs(c.time);
+            // Event times ahead of arrival count now, as in the engine.
+            let second = secs(c.time.min(self.now));
             let cell = self.edges.entry((c.client, c.server, second)).or_default();
             cell.requests += 1;
             cell.errors += u64::from(c.bad);

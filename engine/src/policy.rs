@@ -704,9 +704,7 @@ impl PolicyEngine {
                 .into_iter()
                 .collect(),
             When::RegionHealthBelow(x) => {
-                let whole = f.regions.first().map_or(1.0, |r| {
-                    if r.relative > 0.0 { r.health / r.relative } else { 1.0 }
-                });
+                let whole = f.regions.first().map_or(1.0, |r| r.service_health);
                 f.regions
                     .iter()
                     .filter(|r| r.requests >= crate::regions::MIN_REQUESTS && r.health < *x && r.relative < 1.0)

@@ -510,6 +510,7 @@ fn region_and_spend_rules() {
         error_ratio: 1.0 - health,
         health,
         relative: health / 0.93,
+        service_health: 0.93,
     };
     let shop = |eu: f64| ServiceFacts {
         service: "shop".into(),

@@ -28,6 +28,8 @@ pub struct RegionHealth {
     pub health: f64,
     /// This region's health ÷ the whole service's.
     pub relative: f64,
+    /// The whole service's health over the same window.
+    pub service_health: f64,
 }
 
 /// Health of each region of `service` (by dimension `dimension`) over `window`, worst first;
@@ -76,6 +78,7 @@ pub fn region_health(
                 error_ratio: if v[0] > 0.0 { v[1] / v[0] } else { 0.0 },
                 health: h,
                 relative: if whole > 0.0 { h / whole } else { 1.0 },
+                service_health: whole,
             }
         })
         .collect();

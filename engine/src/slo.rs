@@ -245,6 +245,12 @@ pub fn error_ratio(engine: &Engine, slo: &Slo, window: Span) -> f64 {
     if total <= 0.0 { 0.0 } else { bad / total }
 }
 
+/// The burn rate of `slo` over `window` ending now; None without events.
+pub fn burn_over(engine: &Engine, slo: &Slo, window: Span) -> Option<f64> {
+    let (bad, total) = bad_total(engine, slo, window);
+    (total > 0.0).then(|| burn(bad, total, slo.objective))
+}
+
 const fn one() -> f64 {
     1.0
 }

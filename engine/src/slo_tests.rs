@@ -415,3 +415,15 @@ fn a_failing_route_is_named_in_the_evidence() {
     }
     eprintln!("{}", d.reason);
 }
+
+/// Guarantees: a burn over a window without events is unknown (None), not 0: the loop's
+/// false-positive estimate counts an action resolved over silence as unknown.
+#[test]
+fn no_events_no_burn() {
+    let mut e = Engine::new(Arc::new(EngineConfig::default()));
+    e.advance(T0);
+    assert_eq!(burn_over(&e, &slo(), Span::minutes(5)), None);
+    traffic(&mut e, T0 + S, 900.0, 100.0);
+    let b = burn_over(&e, &slo(), Span::minutes(5)).unwrap();
+    assert!((b - 100.0).abs() < 1e-9, "{b}");
+}

@@ -32,6 +32,13 @@ pub struct Call {
 enum Half {
     Client(ClientHalf),
     Server(ServerHalf),
+    /// A client half already counted toward its peer (the pair is known to have no server
+    /// spans), remembered for `wait` so that a server half coming after all shows the pair
+    /// does have them, and its next calls wait to be paired again.
+    Counted {
+        service: Arc<str>,
+        peer: Arc<str>,
+    },
 }
 
 /// A client span's part of a call: the call as the caller saw it.
@@ -103,7 +110,11 @@ impl Pairing {
     /// Takes one half of a call that arrived at `now`; a call it completes is pushed to `out`.
     pub fn call(&mut self, c: &CallObs, now: UnixNanos, out: &mut Vec<Call>) {
         let id = (c.trace_id, c.span_id);
-        if let CallSide::Client { peer: Some(peer) } = &c.side
+        let waiting = self.waiting.remove(&id);
+        // A pair known to have no server spans counts its calls at once, unless this call's
+        // server half is already here.
+        if waiting.is_none()
+            && let CallSide::Client { peer: Some(peer) } = &c.side
             && let Some(used) = self.spanless.get_mut(&(c.service.clone(), peer.clone()))
         {
             *used = now;
@@ -115,6 +126,11 @@ impl Pairing {
                 latency_ms: c.latency_ms,
                 bad: c.bad,
             });
+            let marker = Half::Counted {
+                service: c.service.clone(),
+                peer: peer.clone(),
+            };
+            self.wait(id, marker, now, out);
             return;
         }
         let half = match &c.side {
@@ -130,17 +146,19 @@ impl Pairing {
                 bad: c.bad,
             }),
         };
-        let Some(other) = self.waiting.remove(&id) else {
-            if self.waiting.len() >= self.settings.max_pending {
-                self.expire_oldest(now, out);
-            }
-            self.waiting.insert(id, Waiting { half, arrived: now });
-            self.order.push_back((now, id));
+        let Some(other) = waiting else {
+            self.wait(id, half, now, out);
             return;
         };
         let arrived = other.arrived;
         let (client, server) = match (other.half, half) {
             (Half::Client(c), Half::Server(s)) | (Half::Server(s), Half::Client(c)) => (c, s),
+            // The server half of a call counted toward its peer: the pair has server spans
+            // after all, so its next calls wait to be paired (this one stays counted).
+            (Half::Counted { service, peer }, Half::Server(_)) => {
+                self.spanless.remove(&(service, peer));
+                return;
+            }
             // The same side twice (a resent span): the first one waits on, in its place.
             (first, _) => {
                 self.waiting.insert(
@@ -165,6 +183,15 @@ impl Pairing {
             latency_ms: client.latency_ms,
             bad: client.bad || server.bad,
         });
+    }
+
+    /// Keeps `half` waiting (the oldest stops waiting first when `max_pending` wait).
+    fn wait(&mut self, id: CallId, half: Half, now: UnixNanos, out: &mut Vec<Call>) {
+        if self.waiting.len() >= self.settings.max_pending {
+            self.expire_oldest(now, out);
+        }
+        self.waiting.insert(id, Waiting { half, arrived: now });
+        self.order.push_back((now, id));
     }
 
     /// Moves arrival time to `now`: halves that waited `wait` stop waiting (client halves
@@ -209,6 +236,10 @@ impl Pairing {
             return false;
         }
         let w = self.waiting.remove(&id).expect("present");
+        if matches!(w.half, Half::Counted { .. }) {
+            // Counted already; nothing came to show the pair has server spans.
+            return true;
+        }
         if early {
             self.stats.evicted += 1;
         }

@@ -952,3 +952,31 @@ fn log_records_become_events_when_configured() {
         assert!(d.batch.is_empty());
     }
 }
+
+/// Scenario: a request whose client span names its peer in bytes that are not UTF-8 (edited
+/// on the wire), beside a server span.
+/// Guarantees: the request is decoded (the server span is an observation, nothing rejected);
+/// the client half names no peer.
+#[test]
+fn a_broken_peer_name_costs_only_the_graph() {
+    let mut call = span(
+        "GET",
+        Kind::Client,
+        T,
+        5,
+        vec![kv("peer.service", s("PEERX"))],
+        false,
+    );
+    call.span_id = vec![4; 8];
+    let req = request(
+        vec![kv("service.name", s("checkout"))],
+        vec![span("GET /a", Kind::Server, T, 6, vec![], false), call],
+    );
+    let mut bytes = req.encode_to_vec();
+    let at = bytes.windows(5).position(|w| w == b"PEERX").unwrap();
+    bytes[at..at + 5].copy_from_slice(&[0xff, 0xfe, 0xfd, 0xfc, 0xfb]);
+    let d = traces_proto(&bytes, &cfg()).unwrap();
+    assert_eq!((d.batch.requests.len(), d.rejected), (1, 0));
+    assert_eq!(d.batch.calls.len(), 1);
+    assert_eq!(d.batch.calls[0].side, CallSide::Client { peer: None });
+}

@@ -517,8 +517,9 @@ fn client_call(
         return Ok(());
     }
     let mut peer = None;
+    // (A peer attribute that is not UTF-8 names no peer: it costs the graph, never the SLIs.)
     for v in s.peer.iter().flatten() {
-        if let AttrValue::Str(p) = v.check()?
+        if let Ok(AttrValue::Str(p)) = v.check()
             && !p.is_empty()
         {
             peer = Some(Arc::from(clip(p)));

@@ -246,7 +246,7 @@ impl Decider {
             let burn = slos
                 .iter()
                 .filter(|s| s.service == d.target.service)
-                .map(|s| trike_engine::slo::error_ratio(engine, s, window) / (1.0 - s.objective))
+                .filter_map(|s| trike_engine::slo::burn_over(engine, s, window))
                 .reduce(f64::max);
             loop_stats.resolved(id, burn);
         }
