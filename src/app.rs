@@ -582,13 +582,7 @@ fn start_deploys(
     };
     let group = cfg.deploys_group.clone();
     let (rt, stop) = (tokio::runtime::Handle::current(), stop.clone());
-    let flag = Arc::new(AtomicBool::new(false));
-    let set = flag.clone();
-    tokio::spawn(async move {
-        let mut stop = stop;
-        let _ = stop.wait_for(|s| *s).await;
-        set.store(true, Relaxed);
-    });
+    let flag = stop_flag(stop);
     Ok(tokio::task::spawn_blocking(move || {
         if let Err(e) = trike_sinks::kafka::ensure_topic(&t) {
             tracing::warn!(%topic, error = %e, "the deploys topic could not be created; reading it once it exists");
@@ -601,6 +595,18 @@ fn start_deploys(
         deploys.run(rt, &flag);
         Ok(())
     }))
+}
+
+/// A flag set once the shutdown signal comes, for a blocking loop to poll.
+fn stop_flag(stop: watch::Receiver<bool>) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    tokio::spawn(async move {
+        let mut stop = stop;
+        let _ = stop.wait_for(|s| *s).await;
+        set.store(true, Relaxed);
+    });
+    flag
 }
 
 /// Reads the actuators' outcome events for the loop's metrics (on a blocking thread) until
@@ -630,13 +636,7 @@ fn start_outcomes(
         .create()
         .context("the outcome events consumer")?;
     let (state, stop) = (state.clone(), stop.clone());
-    let flag = Arc::new(AtomicBool::new(false));
-    let set = flag.clone();
-    tokio::spawn(async move {
-        let mut stop = stop;
-        let _ = stop.wait_for(|s| *s).await;
-        set.store(true, Relaxed);
-    });
+    let flag = stop_flag(stop);
     Ok(tokio::task::spawn_blocking(move || {
         consumer
             .subscribe(&[&topic])

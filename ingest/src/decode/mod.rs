@@ -14,6 +14,8 @@ pub mod partials;
 pub mod scrub;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_calls_logs;
 mod traces;
 pub mod wire;
 
