@@ -120,6 +120,7 @@ impl Harness {
     fn new() -> Self {
         let decode = DecodeConfig {
             dimensions: vec!["deployment.environment".into(), "cloud.region".into()],
+            usage_metrics: vec!["process.cpu.time".into(), "process.memory.usage".into()],
             ..Default::default()
         };
         Self {
@@ -281,6 +282,35 @@ fn metrics_seed() -> ExportMetricsServiceRequest {
         })),
         ..Default::default()
     };
+    // Usage metrics: CPU time (a monotonic sum per `cpu.mode`) and memory (a gauge).
+    let cpu = Metric {
+        name: "process.cpu.time".into(),
+        unit: "s".into(),
+        data: Some(pm::metric::Data::Sum(Sum {
+            data_points: vec![NumberDataPoint {
+                attributes: vec![kv("cpu.mode", s("user"))],
+                start_time_unix_nano: T - 10_000_000_000,
+                time_unix_nano: T,
+                value: Some(pm::number_data_point::Value::AsDouble(12.5)),
+                ..Default::default()
+            }],
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    };
+    let memory = Metric {
+        name: "process.memory.usage".into(),
+        unit: "By".into(),
+        data: Some(pm::metric::Data::Gauge(pm::Gauge {
+            data_points: vec![NumberDataPoint {
+                time_unix_nano: T,
+                value: Some(pm::number_data_point::Value::AsInt(500_000_000)),
+                ..Default::default()
+            }],
+        })),
+        ..Default::default()
+    };
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(Resource {
@@ -292,7 +322,7 @@ fn metrics_seed() -> ExportMetricsServiceRequest {
                 ..Default::default()
             }),
             scope_metrics: vec![ScopeMetrics {
-                metrics: vec![hist, exp, counter],
+                metrics: vec![hist, exp, counter, cpu, memory],
                 ..Default::default()
             }],
             ..Default::default()

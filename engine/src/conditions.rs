@@ -116,17 +116,24 @@ impl PolicyEngine {
                 .collect(),
             When::ForecastWithin(x) => f
                 .forecast
+                .as_ref()
                 .filter(|p| p.days_to_limit.is_some_and(|d| d < *x))
                 .map(|p| {
+                    let what = if &*p.metric == crate::forecast::REQUEST_RATE {
+                        "request rate".to_string()
+                    } else {
+                        p.metric.to_string()
+                    };
+                    let per_s = if &*p.metric == crate::forecast::REQUEST_RATE { "/s" } else { "" };
                     let reason = format!(
-                        "{} request rate ({:.1}/s, {:+.2}/s a day) is forecast to reach its capacity limit of {}/s in {:.1} days, within {x}",
+                        "{} {what} ({:.1}{per_s}, {:+.2}{per_s} a day) is forecast to reach its capacity limit of {}{per_s} in {:.1} days, within {x}",
                         f.service,
-                        p.rate_per_s,
+                        p.value,
                         p.trend_per_day,
                         p.limit.unwrap_or(f64::NAN),
                         p.days_to_limit.unwrap_or(f64::NAN)
                     );
-                    let ev = Evidence::Forecast { forecast: p, within_days: *x };
+                    let ev = Evidence::Forecast { forecast: p.clone(), within_days: *x };
                     (svc(""), ev, reason, None)
                 })
                 .into_iter()
@@ -151,8 +158,12 @@ impl PolicyEngine {
                 .spend
                 .filter(|s| s.burn() > *x)
                 .map(|s| {
+                    let cores = s
+                        .cpu_cores
+                        .map(|c| format!(", {c:.2} cores"))
+                        .unwrap_or_default();
                     let reason = format!(
-                        "{} spends its budget {:.1}x too fast over 1h and {:.1}x over 5m (over {x}x): {:.2} a day at {:.6} a request against {:.2}",
+                        "{} spends its budget {:.1}x too fast over 1h and {:.1}x over 5m (over {x}x): {:.2} a day at {:.6} a request{cores} against {:.2}",
                         f.service, s.burn_1h, s.burn_5m, s.spend_per_day, s.cost_per_request, s.budget_per_day
                     );
                     (svc(""), Evidence::Spend { spend: s, above: *x }, reason, None)

@@ -146,6 +146,11 @@ impl DeltaTracker {
         before - self.streams.len()
     }
 
+    /// The time of `stream`'s last point, if it is tracked.
+    pub fn last_time(&self, stream: u64) -> Option<UnixNanos> {
+        self.streams.get(&stream).map(|l| l.time)
+    }
+
     /// Streams tracked.
     pub fn len(&self) -> usize {
         self.streams.len()

@@ -102,6 +102,9 @@ impl Entry {
 /// `changed_from` of a series or version with no change to take.
 const UNCHANGED: u64 = u64::MAX;
 
+/// Usage series (service × usage metric) kept per `max_services`.
+const USAGE_SERIES_PER_SERVICE: usize = 4;
+
 /// A service version, as the key of its [`VersionDigests`].
 type VersionKey = (Arc<str>, Arc<str>);
 
@@ -183,6 +186,8 @@ pub struct Engine {
     exemplars: exemplars::Exemplars,
     /// Calls between services.
     graph: crate::graph::Graph,
+    /// Services' usage metrics (CPU time, memory…).
+    usage: crate::usage::Usage,
 }
 
 impl Engine {
@@ -204,6 +209,9 @@ impl Engine {
             removed: Vec::new(),
             exemplars: Default::default(),
             graph: crate::graph::Graph::new(cfg.graph, cfg.digest_compression),
+            usage: crate::usage::Usage::new(
+                cfg.max_services.saturating_mul(USAGE_SERIES_PER_SERVICE),
+            ),
             cfg,
         }
     }
@@ -221,6 +229,11 @@ impl Engine {
     /// The service graph, to add a gateway's pre-aggregated calls to.
     pub fn graph_mut(&mut self) -> &mut crate::graph::Graph {
         &mut self.graph
+    }
+
+    /// Services' usage metrics.
+    pub fn usage(&self) -> &crate::usage::Usage {
+        &self.usage
     }
 
     /// The newest `now` seen.
@@ -284,7 +297,7 @@ impl Engine {
     }
 
     /// Heap bytes of all series and versions, keys and index included, and of the service
-    /// graph (an estimate).
+    /// graph and usage series (an estimate).
     pub fn heap_bytes(&self) -> usize {
         let per_entry =
             std::mem::size_of::<Entry>() + std::mem::size_of::<(SeriesKey, usize)>() + 16;
@@ -294,6 +307,7 @@ impl Engine {
             .sum::<usize>()
             + self.version_heap_bytes()
             + self.graph.heap_bytes()
+            + self.usage.heap_bytes()
     }
 
     fn observe_now(&mut self, now: UnixNanos) {
@@ -431,6 +445,15 @@ impl Engine {
         }
         for e in &batch.edges {
             self.graph.add_edge(e);
+        }
+        for u in &batch.usage {
+            let max = self.cfg.max_metric_streams;
+            let times = (self.start, self.now);
+            if let Some(add) =
+                crate::usage::convert(&mut self.deltas, &mut self.stats, u, times, max)
+            {
+                self.usage.apply(&u.service, &u.metric, add, self.now);
+            }
         }
 
         let mut span_services: Vec<usize> = Vec::new();
@@ -720,6 +743,7 @@ impl Engine {
     /// Evicts buckets out of retention at `now_s`, removes series with no data left, folds
     /// idle series and forgets silent services and metric streams.
     fn sweep(&mut self, now_s: u64) {
+        self.usage.sweep(self.now);
         let mut i = 0;
         while i < self.entries.len() {
             self.entries[i].state.evict(now_s);

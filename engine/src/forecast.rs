@@ -1,15 +1,17 @@
-//! Capacity forecast (pattern 1, DESIGN §10): per service, the hourly request rate as a
+//! Capacity forecast (pattern 1, DESIGN §10): per service, the hourly request rate (or usage) as a
 //! trend plus an hour-of-day and a day-of-week profile. The trend is a Theil–Sen line (median
 //! of pairwise slopes) through the last [`DAYS`] daily means (which the daily cycle does not disturb); the hour's
 //! profile is its deviation from that line, the day's the day mean's, each smoothed over
 //! visits. Updated once per hour of engine time in O(1), with fixed memory (about 70 numbers).
 //! `days_to_limit` is when the forecast, its daily peaks included, first reaches the service's
-//! `capacity:` limit (none within a year: never).
+//! `capacity:` limit (none within a year: never). A usage metric ([`crate::usage`]: CPU
+//! seconds per second, memory in use…) with a `capacity:` limit is forecast the same way.
 //!
 //! Pure: time is the sample's hour; nothing reads a clock.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 /// Daily means the trend is fitted to.
 pub const DAYS: usize = 28;
@@ -167,12 +169,18 @@ fn median(v: &mut [f64]) -> Option<f64> {
     })
 }
 
-/// What a service's forecast says now.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// The metric every service has forecast: its request rate, per second.
+pub const REQUEST_RATE: &str = "request_rate";
+
+/// What a forecast says now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ForecastPoint {
-    /// The last hour's mean request rate, per second.
-    pub rate_per_s: f64,
-    /// The trend, per second per day.
+    /// What is forecast: [`REQUEST_RATE`], or a usage metric ([`crate::usage`]).
+    pub metric: Arc<str>,
+    /// The last hour's mean: requests (or a rate usage metric's unit) per second, or a level
+    /// usage metric's value.
+    pub value: f64,
+    /// The trend, in the value's unit per day.
     pub trend_per_day: f64,
     /// The `capacity:` limit, if one is configured.
     pub limit: Option<f64>,
@@ -182,77 +190,106 @@ pub struct ForecastPoint {
     pub hours: u64,
 }
 
-/// A service's capacity limit (`capacity: [{service, metric: request_rate, limit}]`).
+/// A service's capacity limit (`capacity: [{service, metric, limit}]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CapacityLimit {
     /// The service.
     pub service: String,
-    /// Requests per second it can serve.
+    /// What is limited: [`REQUEST_RATE`] or a usage metric's name.
+    pub metric: String,
+    /// The limit, in the metric's unit (per second for rates).
     pub limit: f64,
 }
 
-/// Forecasters of every service's request rate, sampled on each hour of engine time.
+/// Forecasters of every service's request rate, and of the usage metrics that have a
+/// `capacity:` limit, sampled on each hour of engine time.
 #[derive(Clone, Debug)]
 pub struct Forecasts {
-    limits: BTreeMap<String, f64>,
-    max_services: usize,
+    limits: BTreeMap<(String, String), f64>,
+    max_models: usize,
     last_hour: u64,
-    models: BTreeMap<String, (Forecaster, ForecastPoint)>,
+    models: BTreeMap<(String, Arc<str>), (Forecaster, ForecastPoint)>,
 }
 
 impl Forecasts {
-    /// Forecasts for at most `max_services` services, with their limits.
+    /// Forecasts of at most `max_services` services' request rates (and as many usage
+    /// series), with their limits.
     pub fn new(limits: &[CapacityLimit], max_services: usize) -> Self {
         Self {
             limits: limits
                 .iter()
-                .map(|l| (l.service.clone(), l.limit))
+                .map(|l| ((l.service.clone(), l.metric.clone()), l.limit))
                 .collect(),
-            max_services,
+            max_models: max_services.saturating_mul(2),
             last_hour: 0,
             models: BTreeMap::new(),
         }
     }
 
-    /// At each new hour of engine time, learns every service's mean rate over the hour that
-    /// ended.
+    /// The usage metrics with a limit: (service, metric).
+    fn usage_limits(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.limits
+            .keys()
+            .filter(|(_, m)| m != REQUEST_RATE)
+            .map(|(s, m)| (s.as_str(), m.as_str()))
+    }
+
+    /// At each new hour of engine time, learns every service's mean rate, and every limited
+    /// usage metric's mean value, over the hour that ended.
     pub fn sample(&mut self, engine: &crate::engine::Engine) {
         let hour = crate::time::secs(engine.now()) / 3600;
         if hour <= self.last_hour {
             return;
         }
         self.last_hour = hour;
-        let Ok(rows) = engine.service_slis(crate::time::Span::hours(1)) else {
-            return;
-        };
-        for r in rows {
-            self.learn(&r.service, hour - 1, r.rate_per_s);
+        if let Ok(rows) = engine.service_slis(crate::time::Span::hours(1)) {
+            for r in rows {
+                self.learn(&r.service, REQUEST_RATE, hour - 1, r.rate_per_s);
+            }
+        }
+        let usage: Vec<(String, String, f64)> = self
+            .usage_limits()
+            .filter_map(|(s, m)| {
+                let v = engine
+                    .usage()
+                    .value(s, m, crate::time::Span::hours(1), engine.now())?;
+                Some((s.to_string(), m.to_string(), v))
+            })
+            .collect();
+        for (s, m, v) in usage {
+            self.learn(&s, &m, hour - 1, v);
         }
     }
 
-    /// Learns `service`'s mean rate of Unix hour `hour`.
-    pub fn learn(&mut self, service: &str, hour: u64, rate_per_s: f64) {
-        if !self.models.contains_key(service) && self.models.len() >= self.max_services {
+    /// Learns `service`'s `metric`'s mean of Unix hour `hour`.
+    pub fn learn(&mut self, service: &str, metric: &str, hour: u64, value: f64) {
+        let key = (service.to_string(), Arc::<str>::from(metric));
+        if !self.models.contains_key(&key) && self.models.len() >= self.max_models {
             return;
         }
-        let limit = self.limits.get(service).copied();
+        let limit = self
+            .limits
+            .get(&(service.to_string(), metric.to_string()))
+            .copied();
         let (m, point) = self
             .models
-            .entry(service.to_string())
-            .or_insert_with(|| (Forecaster::default(), Self::empty(limit)));
-        m.observe(hour, rate_per_s);
+            .entry(key)
+            .or_insert_with_key(|(_, metric)| (Forecaster::default(), Self::empty(metric, limit)));
+        m.observe(hour, value);
         *point = ForecastPoint {
-            rate_per_s,
+            metric: point.metric.clone(),
+            value,
             trend_per_day: m.trend_per_day(),
             limit,
-            days_to_limit: limit.and_then(|l| m.days_to_limit(l, rate_per_s)),
+            days_to_limit: limit.and_then(|l| m.days_to_limit(l, value)),
             hours: m.hours,
         };
     }
 
-    fn empty(limit: Option<f64>) -> ForecastPoint {
+    fn empty(metric: &Arc<str>, limit: Option<f64>) -> ForecastPoint {
         ForecastPoint {
-            rate_per_s: 0.0,
+            metric: metric.clone(),
+            value: 0.0,
             trend_per_day: 0.0,
             limit,
             days_to_limit: None,
@@ -260,14 +297,32 @@ impl Forecasts {
         }
     }
 
-    /// The service's latest forecast.
-    pub fn get(&self, service: &str) -> Option<ForecastPoint> {
-        self.models.get(service).map(|(_, p)| *p)
+    /// The latest forecast of `service`'s `metric`.
+    pub fn get(&self, service: &str, metric: &str) -> Option<ForecastPoint> {
+        self.models
+            .get(&(service.to_string(), Arc::from(metric)))
+            .map(|(_, p)| p.clone())
     }
 
-    /// Every service's latest forecast.
-    pub fn all(&self) -> impl Iterator<Item = (&str, ForecastPoint)> {
-        self.models.iter().map(|(s, (_, p))| (s.as_str(), *p))
+    /// The forecast of `service` that reaches its limit first (else its request rate's): what
+    /// a policy's `forecast.days_to_limit` reads.
+    pub fn most_urgent(&self, service: &str) -> Option<ForecastPoint> {
+        self.models
+            .range((service.to_string(), Arc::from(""))..)
+            .take_while(|((s, _), _)| s == service)
+            .map(|(_, (_, p))| p)
+            .min_by(|a, b| {
+                let days = |p: &ForecastPoint| p.days_to_limit.unwrap_or(f64::INFINITY);
+                days(a)
+                    .total_cmp(&days(b))
+                    .then_with(|| (&*b.metric == REQUEST_RATE).cmp(&(&*a.metric == REQUEST_RATE)))
+            })
+            .cloned()
+    }
+
+    /// Every latest forecast: (service, point), by service then metric.
+    pub fn all(&self) -> impl Iterator<Item = (&str, &ForecastPoint)> {
+        self.models.iter().map(|((s, _), (_, p))| (s.as_str(), p))
     }
 }
 

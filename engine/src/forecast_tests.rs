@@ -57,6 +57,7 @@ fn a_ticket_fires_two_weeks_before_the_limit() {
     let mut f = Forecasts::new(
         &[CapacityLimit {
             service: "checkout".into(),
+            metric: "request_rate".into(),
             limit: 220.0,
         }],
         10,
@@ -70,12 +71,12 @@ fn a_ticket_fires_two_weeks_before_the_limit() {
     let mut policy = PolicyEngine::new(Policy::new(vec![rule]));
     let mut tickets = Vec::new();
     for h in H0..H0 + 60 * 24 {
-        f.learn("checkout", h, rate(h, &mut rng));
+        f.learn("checkout", "request_rate", h, rate(h, &mut rng));
         let now = (h + 1) * 3600 * 1_000_000_000;
         let facts = vec![ServiceFacts {
             service: "checkout".into(),
             observed_until: now,
-            forecast: f.get("checkout"),
+            forecast: f.most_urgent("checkout"),
             ..Default::default()
         }];
         for d in policy.step(now, &facts) {
@@ -91,5 +92,91 @@ fn a_ticket_fires_two_weeks_before_the_limit() {
     assert!(
         reason.contains("checkout request rate") && reason.contains("limit of 220/s"),
         "{reason}"
+    );
+}
+
+/// Scenario: for six days, an engine sees `worker` use 2 cores growing a quarter of a core a
+/// day (delta `process.cpu.time` every minute) and one request a minute; its limits are 4
+/// cores and 1000 requests a second; the forecasts sample the engine each hour; a rule
+/// `forecast.days_to_limit < 14` → ticket.
+/// Guarantees: the CPU is forecast from the engine's usage: the last hour's cores (3.5 ± 0.05)
+/// and the trend (0.25 ± 0.03 a day), 2 ± 0.3 days to the limit; the request rate has no days
+/// to its far limit; the policy reads the CPU's forecast (the nearer) and its reason names the
+/// metric.
+#[test]
+fn a_usage_metric_is_forecast_against_its_limit() {
+    use crate::config::EngineConfig;
+    use crate::engine::Engine;
+    use crate::observation::{Batch, RequestObs, SeriesKey, Temporality};
+    use crate::usage::{UsageKind, UsageObs};
+    const S: u64 = 1_000_000_000;
+    let limits = [
+        CapacityLimit {
+            service: "worker".into(),
+            metric: "process.cpu.time".into(),
+            limit: 4.0,
+        },
+        CapacityLimit {
+            service: "worker".into(),
+            metric: REQUEST_RATE.into(),
+            limit: 1000.0,
+        },
+    ];
+    let mut f = Forecasts::new(&limits, 10);
+    let mut e = Engine::new(std::sync::Arc::new(EngineConfig::default()));
+    let t0 = H0 * 3600 * S;
+    for minute in 0..6 * 24 * 60u64 {
+        let t = t0 + (minute + 1) * 60 * S;
+        let cores = 2.0 + 0.25 * minute as f64 / 1440.0;
+        let mut b = Batch::default();
+        let k = b.key_index(SeriesKey::new("worker", "job", "1"));
+        b.requests.push(RequestObs {
+            key: k,
+            time: t - S,
+            latency_ms: 10.0,
+            bad: false,
+        });
+        b.usage.push(UsageObs {
+            service: "worker".into(),
+            metric: "process.cpu.time".into(),
+            stream: 1,
+            time: t,
+            start_time: t - 60 * S,
+            temporality: Temporality::Delta,
+            kind: UsageKind::Rate,
+            value: cores * 60.0,
+        });
+        e.ingest(&b, t);
+        e.advance(t);
+        f.sample(&e);
+    }
+    let cpu = f.get("worker", "process.cpu.time").unwrap();
+    assert!((cpu.value - 3.5).abs() < 0.05, "{cpu:?}");
+    assert!((cpu.trend_per_day - 0.25).abs() < 0.03, "{cpu:?}");
+    let days = cpu.days_to_limit.unwrap();
+    assert!((1.7..2.3).contains(&days), "{cpu:?}");
+    let rate = f.get("worker", REQUEST_RATE).unwrap();
+    assert_eq!(rate.days_to_limit, None, "{rate:?}");
+    assert_eq!(f.most_urgent("worker"), Some(cpu));
+    assert_eq!(f.all().count(), 2);
+
+    let rule = Rule::new(
+        "scale-now",
+        "forecast.days_to_limit < 14".parse().unwrap(),
+        Action::Ticket,
+    );
+    let mut policy = PolicyEngine::new(Policy::new(vec![rule]));
+    let facts = vec![ServiceFacts {
+        service: "worker".into(),
+        observed_until: e.now(),
+        forecast: f.most_urgent("worker"),
+        ..Default::default()
+    }];
+    let d = policy.step(e.now(), &facts);
+    assert_eq!(d.len(), 1);
+    assert!(
+        d[0].reason.contains("worker process.cpu.time (3.5") && d[0].reason.contains("limit of 4 "),
+        "{}",
+        d[0].reason
     );
 }

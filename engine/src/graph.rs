@@ -17,9 +17,10 @@
 //! [`root_cause`] walks the graph from a burning service to the dependency whose failures
 //! explain its bad requests.
 
+use crate::minutes;
 use crate::observation::CallObs;
 use crate::sketch::TDigest;
-use crate::time::{NANOS_PER_SEC, Span, UnixNanos, secs};
+use crate::time::{Span, UnixNanos, secs};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -103,8 +104,11 @@ pub struct RootCause {
 mod pairing;
 pub use pairing::{Call, Pairing};
 
-/// Minutes of history per edge (an hour, and the minute in progress).
-const MINUTES: u64 = 61;
+impl minutes::Minutely for Minute {
+    fn minute(&self) -> u64 {
+        self.minute
+    }
+}
 
 #[derive(Clone, Debug)]
 struct Minute {
@@ -206,11 +210,8 @@ impl Graph {
         self.pairing.advance(now, &mut done);
         self.count(&mut done);
         self.done = done;
-        let oldest = (secs(now) / 60).saturating_sub(MINUTES - 1);
         self.edges.retain(|_, e| {
-            while e.minutes.front().is_some_and(|m| m.minute < oldest) {
-                e.minutes.pop_front();
-            }
+            minutes::expire(&mut e.minutes, now);
             !e.minutes.is_empty()
         });
     }
@@ -276,25 +277,16 @@ impl Graph {
             return;
         }
         let edge = self.edges.entry(key).or_default();
-        if let Some(newest) = edge.minutes.back()
-            && minute + MINUTES <= newest.minute
-        {
+        let compression = self.compression;
+        let Some(m) = minutes::bucket(&mut edge.minutes, minute, || Minute {
+            minute,
+            requests: 0,
+            errors: 0,
+            latency: TDigest::new(compression),
+        }) else {
             self.dropped += requests;
             return;
-        }
-        let at = edge.minutes.partition_point(|m| m.minute < minute);
-        if edge.minutes.get(at).is_none_or(|m| m.minute != minute) {
-            edge.minutes.insert(
-                at,
-                Minute {
-                    minute,
-                    requests: 0,
-                    errors: 0,
-                    latency: TDigest::new(self.compression),
-                },
-            );
-        }
-        let m = &mut edge.minutes[at];
+        };
         m.requests += requests;
         m.errors += errors;
         if !latency.is_empty() {
@@ -358,15 +350,7 @@ impl Edge {
 
     /// The minutes overlapping `window` ending at `now`, each with the share of it inside.
     fn weighted(&self, window: Span, now: UnixNanos) -> impl Iterator<Item = (&Minute, f64)> {
-        let end = now as f64 / NANOS_PER_SEC as f64;
-        let start = end - window.secs() as f64;
-        self.minutes.iter().filter_map(move |m| {
-            let (a, z) = ((m.minute * 60) as f64, (m.minute * 60 + 60) as f64);
-            if z <= start || a > end {
-                return None;
-            }
-            Some((m, ((z - start) / 60.0).clamp(0.0, 1.0)))
-        })
+        minutes::weighted(&self.minutes, window, now)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod expo;
 pub mod facts;
 pub mod forecast;
 pub mod graph;
+pub mod minutes;
 pub mod observation;
 pub mod onset;
 pub mod partials;
@@ -27,6 +28,7 @@ pub mod sli;
 pub mod slo;
 pub mod stats;
 pub mod time;
+pub mod usage;
 pub mod window;
 
 pub use config::{EngineConfig, SignalSource};
@@ -37,6 +39,7 @@ pub use observation::{
 };
 pub use sli::{Quantiles, ServiceSli, SliQuery, SliRow};
 pub use time::{Span, UnixNanos};
+pub use usage::{UsageKind, UsageObs};
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]

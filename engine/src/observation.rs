@@ -216,6 +216,8 @@ pub struct Batch {
     pub calls: Vec<CallObs>,
     /// Calls between services pre-aggregated per second by a gateway (`trike.partials`).
     pub edges: Vec<EdgeObs>,
+    /// Points of usage metrics (CPU time, memory…; [`crate::usage`]); no SLI counts them.
+    pub usage: Vec<crate::usage::UsageObs>,
 }
 
 /// One second of the calls from one service to another, pre-aggregated by a gateway: counts
@@ -293,13 +295,15 @@ impl Batch {
         (self.keys.len() - 1) as u32
     }
 
-    /// Number of observations (spans, histogram points, counter points, partials, log records).
+    /// Number of observations (spans, histogram points, counter points, partials, log records,
+    /// usage points).
     pub fn len(&self) -> usize {
         self.requests.len()
             + self.histograms.len()
             + self.counters.len()
             + self.partials.len()
             + self.logs.len()
+            + self.usage.len()
     }
 
     /// True when the batch carries nothing: no observation and no call.
@@ -356,6 +360,7 @@ impl Batch {
             }));
         self.calls.extend(other.calls);
         self.edges.extend(other.edges);
+        self.usage.extend(other.usage);
     }
 }
 

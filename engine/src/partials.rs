@@ -8,6 +8,9 @@
 //! each completed call to its caller's partials as one second of an edge ([`EdgeObs`]), so
 //! the processor that owns the caller holds its edges, merged exactly across gateways.
 //!
+//! Usage points (CPU time, memory: [`crate::usage`]) ride along too, cumulative sums converted
+//! to deltas here (where a stream's points arrive, as for every other metric point).
+//!
 //! Failing requests' trace ids ride along: the newest [`EXEMPLARS_PER_SERVICE`] of each service
 //! per flush, so the processor that owns the service can link its failing requests to traces.
 //!
@@ -26,6 +29,7 @@ use crate::graph::{Call, Pairing};
 use crate::observation::{Batch, EdgeObs, Exemplar, PartialObs, SeriesKey, Temporality};
 use crate::sketch::TDigest;
 use crate::time::{UnixNanos, secs};
+use crate::usage::{UsageAdd, UsageObs};
 use crate::window::MAX_THRESHOLDS;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -103,6 +107,8 @@ pub struct PartialBuilder {
     pairing: Pairing,
     /// Calls completed since the last `take`, per (caller, callee, second).
     edges: HashMap<(Arc<str>, Arc<str>, u64), EdgeCell>,
+    /// Usage points since the last `take`, cumulative rates converted to deltas.
+    usage: Vec<UsageObs>,
     deltas: DeltaTracker,
     start: UnixNanos,
     now: UnixNanos,
@@ -120,6 +126,7 @@ impl PartialBuilder {
             exemplars: HashMap::new(),
             pairing: Pairing::new(cfg.graph),
             edges: HashMap::new(),
+            usage: Vec::new(),
             deltas: DeltaTracker::default(),
             start: 0,
             now: 0,
@@ -329,6 +336,23 @@ impl PartialBuilder {
                     .merge(d);
             }
         }
+        for u in &batch.usage {
+            let max = self.cfg.max_metric_streams;
+            let times = (self.start, self.now);
+            let add = crate::usage::convert(&mut self.deltas, &mut self.stats, u, times, max);
+            match add {
+                Some(UsageAdd::Amount { from, to, amount }) => self.usage.push(UsageObs {
+                    temporality: Temporality::Delta,
+                    start_time: from,
+                    time: to,
+                    value: amount,
+                    ..u.clone()
+                }),
+                Some(UsageAdd::Level { .. }) => self.usage.push(u.clone()),
+                None => {}
+            }
+            points += 1;
+        }
         for x in &batch.exemplars {
             let Some(&key) = keys.get(x.key as usize) else {
                 continue;
@@ -402,20 +426,7 @@ impl PartialBuilder {
             });
         }
         for (service, list) in self.exemplars.drain() {
-            let at = match out.binary_search_by(|s| s.service.cmp(&service)) {
-                Ok(at) => at,
-                Err(at) => {
-                    out.insert(
-                        at,
-                        ServicePartials {
-                            service,
-                            batch: Batch::default(),
-                            points: 0,
-                        },
-                    );
-                    at
-                }
-            };
+            let at = service_at(&mut out, &service);
             let batch = &mut out[at].batch;
             for x in list {
                 let key = batch.key_index(keys[x.key as usize].clone());
@@ -425,20 +436,7 @@ impl PartialBuilder {
         let mut edges: Vec<_> = self.edges.drain().collect();
         edges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for ((client, server, second), mut cell) in edges {
-            let at = match out.binary_search_by(|s| s.service.cmp(&client)) {
-                Ok(at) => at,
-                Err(at) => {
-                    out.insert(
-                        at,
-                        ServicePartials {
-                            service: client.clone(),
-                            batch: Batch::default(),
-                            points: 0,
-                        },
-                    );
-                    at
-                }
-            };
+            let at = service_at(&mut out, &client);
             if let Some(d) = &mut cell.digest {
                 d.compress();
             }
@@ -451,9 +449,31 @@ impl PartialBuilder {
                 digest: cell.digest,
             });
         }
+        for u in self.usage.drain(..) {
+            let at = service_at(&mut out, &u.service);
+            out[at].batch.usage.push(u);
+        }
         let ttl = self.cfg.metric_stream_ttl.nanos();
         self.deltas.expire(self.now.saturating_sub(ttl));
         out
+    }
+}
+
+/// The index of `service`'s partials in `out` (sorted by service), inserted empty if missing.
+fn service_at(out: &mut Vec<ServicePartials>, service: &Arc<str>) -> usize {
+    match out.binary_search_by(|s| s.service.cmp(service)) {
+        Ok(at) => at,
+        Err(at) => {
+            out.insert(
+                at,
+                ServicePartials {
+                    service: service.clone(),
+                    batch: Batch::default(),
+                    points: 0,
+                },
+            );
+            at
+        }
     }
 }
 

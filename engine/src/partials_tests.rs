@@ -409,3 +409,94 @@ fn calls_through_two_gateways_equal_one_engine() {
         }
     }
 }
+
+/// Scenario: two pods of `worker` report cumulative `process.cpu.time` (half a core and one
+/// and a half) and a memory gauge every 10 s for 6 minutes, each pod's streams through its own
+/// gateway; the second pod restarts at minute 3 (a new start time, its total from zero); the
+/// gateways flush every second, and a processor applies their partials.
+/// Guarantees: the processor's usage equals that of one engine fed the points directly: the
+/// CPU's amount and rate, and the memory's level, over 1 minute, 5 minutes and the hour;
+/// cumulative sums arrive as deltas (converted where their stream's points arrive).
+#[test]
+fn usage_through_gateways_equals_one_engine() {
+    use crate::usage::{UsageKind, UsageObs};
+    let mut direct = Engine::new(cfg());
+    let mut processor = Engine::new(cfg());
+    let mut gateways = [PartialBuilder::new(cfg()), PartialBuilder::new(cfg())];
+    let mut totals = [0.0f64, 0.0];
+    let mut starts = [T0 - 100 * S, T0 - 100 * S];
+    for i in 0..360u64 {
+        let now = T0 + i * S;
+        for (pod, g) in gateways.iter_mut().enumerate() {
+            let mut b = Batch::default();
+            totals[pod] += [0.5, 1.5][pod];
+            if pod == 1 && i == 180 {
+                starts[1] = now;
+                totals[1] = 1.5;
+            }
+            if i % 10 == 9 {
+                let point = |metric: &str, kind, value, stream| UsageObs {
+                    service: "worker".into(),
+                    metric: metric.into(),
+                    stream,
+                    time: now,
+                    start_time: starts[pod],
+                    temporality: Temporality::Cumulative,
+                    kind,
+                    value,
+                };
+                b.usage.push(point(
+                    "process.cpu.time",
+                    UsageKind::Rate,
+                    totals[pod],
+                    pod as u64,
+                ));
+                let mem = 1e8 * (pod + 1) as f64 + (i % 60) as f64;
+                b.usage.push(point(
+                    "process.memory.usage",
+                    UsageKind::Level,
+                    mem,
+                    10 + pod as u64,
+                ));
+            }
+            direct.ingest(&b, now);
+            g.add(&b, now);
+            for sp in g.take() {
+                assert!(
+                    sp.batch
+                        .usage
+                        .iter()
+                        .all(|u| u.kind == UsageKind::Level || u.temporality == Temporality::Delta)
+                );
+                processor.ingest(&sp.batch, now);
+            }
+        }
+        direct.advance(now);
+        processor.advance(now);
+    }
+    let now = direct.now();
+    for w in [Span::minutes(1), Span::minutes(5), Span::hours(1)] {
+        let (a, b) = (direct.usage(), processor.usage());
+        let cpu = |u: &crate::usage::Usage| u.amount("worker", "process.cpu.time", w, now).unwrap();
+        assert!(
+            (cpu(a) - cpu(b)).abs() < 1e-9,
+            "{w}: {} vs {}",
+            cpu(a),
+            cpu(b)
+        );
+        assert!(cpu(a) > 0.0);
+        for m in ["process.cpu.time", "process.memory.usage"] {
+            let (x, y) = (
+                a.value("worker", m, w, now).unwrap(),
+                b.value("worker", m, w, now).unwrap(),
+            );
+            assert!((x - y).abs() <= 1e-9 * x.abs(), "{w} {m}: {x} vs {y}");
+        }
+    }
+    // Two cores over the last minute (both pods' whole intervals inside it).
+    let cores = processor
+        .usage()
+        .value("worker", "process.cpu.time", Span::minutes(1), now)
+        .unwrap();
+    assert!((cores - 2.0).abs() < 0.05, "{cores}");
+}

@@ -356,7 +356,7 @@ pub enum Evidence {
         /// The rule's threshold.
         below: f64,
     },
-    /// The request rate's forecast reaches the capacity limit within the rule's days.
+    /// A forecast (request rate or usage) reaches its capacity limit within the rule's days.
     Forecast {
         /// What the forecast says.
         forecast: crate::forecast::ForecastPoint,
@@ -396,7 +396,7 @@ pub struct ServiceFacts {
     pub observed_until: UnixNanos,
     /// The latest anomaly-detector verdicts on its SLI streams.
     pub anomalies: Vec<AnomalyPoint>,
-    /// Its request rate's capacity forecast.
+    /// Its capacity forecast that reaches its limit first (request rate or usage).
     pub forecast: Option<crate::forecast::ForecastPoint>,
     /// Its regions' health, worst first (filled only when a rule reads it).
     pub regions: Vec<crate::regions::RegionHealth>,

@@ -532,6 +532,7 @@ fn region_and_spend_rules() {
         service: "search".into(),
         spend: Some(SpendPoint {
             cost_per_request: 0.001,
+            cpu_cores: None,
             spend_per_day: 864.0 * burn_1h,
             budget_per_day: 864.0,
             burn_1h,

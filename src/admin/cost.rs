@@ -1,20 +1,44 @@
-//! `GET /api/v1/regions[?service=S]` and `GET /api/v1/cost[?service=S]` (pattern 6, L10):
-//! each service's regions' health over the last 5 minutes (worst first), and its spend against
-//! its `cost:` budget; `/metrics` carries `trike_cost_spend_burn{service,window}` and
-//! `trike_cost_per_request{service}`. Computed on request from the engine; on a fleet the
-//! owners answer (`fleet.rs`).
+//! `GET /api/v1/regions[?service=S]`, `GET /api/v1/cost[?service=S]` and
+//! `GET /api/v1/usage[?service=S][&window=5m]` (patterns 1 and 6, L10): each service's regions'
+//! health over the last 5 minutes (worst first), its spend against its `cost:` budget, and its
+//! usage metrics (CPU seconds per second, memory…); `/metrics` carries
+//! `trike_cost_spend_burn{service,window}`, `trike_cost_per_request{service}`,
+//! `trike_cost_cpu_cores{service}` and `trike_usage_value{service,metric,kind}` (5 m).
+//! Computed on request from the engine; on a fleet the owners answer (`fleet.rs`).
 
 use super::AdminState;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use std::fmt::Write;
 use std::sync::Arc;
+use trike_engine::Span;
 use trike_engine::expo::{escape, header};
 
 #[derive(Debug, serde::Deserialize)]
 pub(super) struct Params {
     #[serde(default)]
     service: Option<String>,
+    #[serde(default)]
+    window: Option<String>,
+}
+
+/// `{"window","usage":[{service, metric, kind, value}]}`: rates per second, levels as their
+/// value, over `window` (default 5m, at most the hour kept).
+pub(super) async fn usage(State(s): State<Arc<AdminState>>, Query(p): Query<Params>) -> Response {
+    let window = match super::graph::window_of_the_hour(p.window, "usage") {
+        Ok(w) => w,
+        Err(why) => return super::json_error(axum::http::StatusCode::BAD_REQUEST, why),
+    };
+    let service = p.service.filter(|v| !v.is_empty());
+    let rows: Vec<_> = {
+        let engine = s.worker.engine().lock();
+        engine.usage().rows(window, engine.now())
+    };
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| service.as_ref().is_none_or(|want| *want == r.service))
+        .collect();
+    axum::Json(serde_json::json!({ "window": window.to_string(), "usage": rows })).into_response()
 }
 
 /// `{"dimension","window","regions":[{service, region, requests, error_ratio, health, relative}]}`.
@@ -74,8 +98,34 @@ pub(super) async fn cost(State(s): State<Arc<AdminState>>, Query(p): Query<Param
     axum::Json(serde_json::json!({ "costs": list })).into_response()
 }
 
-/// `trike_cost_spend_burn{service,window}` and `trike_cost_per_request{service}`.
+/// `trike_usage_value{service,metric,kind}` (5 m), `trike_cost_spend_burn{service,window}`,
+/// `trike_cost_per_request{service}` and `trike_cost_cpu_cores{service}`.
 pub(super) fn render(s: &AdminState, out: &mut String) {
+    let usage = {
+        let engine = s.worker.engine().lock();
+        engine.usage().rows(Span::minutes(5), engine.now())
+    };
+    if !usage.is_empty() {
+        header(
+            out,
+            "trike_usage_value",
+            "A usage metric over the last 5 minutes: per second for a counter (kind rate), the mean value for a gauge (kind level).",
+            "gauge",
+        );
+        for r in &usage {
+            let kind = match r.kind {
+                trike_engine::UsageKind::Rate => "rate",
+                trike_engine::UsageKind::Level => "level",
+            };
+            let _ = writeln!(
+                out,
+                "trike_usage_value{{service=\"{}\",metric=\"{}\",kind=\"{kind}\"}} {}",
+                escape(&r.service),
+                escape(&r.metric),
+                r.value
+            );
+        }
+    }
     let list = spends(s, None);
     if list.is_empty() {
         return;
@@ -98,7 +148,7 @@ pub(super) fn render(s: &AdminState, out: &mut String) {
     header(
         out,
         "trike_cost_per_request",
-        "Price of one request.",
+        "What one request cost over the last hour (its price and the CPU it used).",
         "gauge",
     );
     for (svc, p) in &list {
@@ -108,5 +158,24 @@ pub(super) fn render(s: &AdminState, out: &mut String) {
             escape(svc),
             p.cost_per_request
         );
+    }
+    let cores: Vec<_> = list
+        .iter()
+        .filter_map(|(svc, p)| p.cpu_cores.map(|c| (svc, c)))
+        .collect();
+    if !cores.is_empty() {
+        header(
+            out,
+            "trike_cost_cpu_cores",
+            "CPU seconds per second over the last hour, of services priced per CPU second.",
+            "gauge",
+        );
+        for (svc, c) in cores {
+            let _ = writeln!(
+                out,
+                "trike_cost_cpu_cores{{service=\"{}\"}} {c}",
+                escape(svc)
+            );
+        }
     }
 }

@@ -106,6 +106,7 @@ fn list_key(path: &str) -> Option<&'static str> {
         "/api/v1/graph" => "edges",
         "/api/v1/regions" => "regions",
         "/api/v1/cost" => "costs",
+        "/api/v1/usage" => "usage",
         _ => return None,
     })
 }

@@ -19,16 +19,9 @@ pub(super) struct Params {
 
 /// `{"window","edges":[{"client","server","requests","errors","error_ratio","p99_ms"}]}`.
 pub(super) async fn handler(State(s): State<Arc<AdminState>>, Query(p): Query<Params>) -> Response {
-    let text = p.window.unwrap_or_else(|| "5m".into());
-    let window = match text.parse::<Span>() {
-        Ok(w) if w.secs() > 0 && w <= Span::hours(1) => w,
-        Ok(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("window {text:?}: the graph keeps an hour; give 1s to 1h"),
-            );
-        }
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("window {text:?}: {e}")),
+    let window = match window_of_the_hour(p.window, "the graph") {
+        Ok(w) => w,
+        Err(why) => return json_error(StatusCode::BAD_REQUEST, why),
     };
     let edges = {
         let engine = s.worker.engine().lock();
@@ -71,5 +64,18 @@ pub(super) fn render(s: &AdminState, out: &mut String) {
         ("dropped", st.dropped),
     ] {
         let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {v}");
+    }
+}
+
+/// `?window=` of a view that keeps an hour (default 5m): 1s to 1h; else why not (for a 400),
+/// naming `what`.
+pub(super) fn window_of_the_hour(text: Option<String>, what: &str) -> Result<Span, String> {
+    let text = text.unwrap_or_else(|| "5m".into());
+    match text.parse::<Span>() {
+        Ok(w) if w.secs() > 0 && w <= Span::hours(1) => Ok(w),
+        Ok(_) => Err(format!(
+            "window {text:?}: {what} keeps an hour; give 1s to 1h"
+        )),
+        Err(e) => Err(format!("window {text:?}: {e}")),
     }
 }

@@ -170,6 +170,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/graph", get(graph::handler))
         .route("/api/v1/regions", get(cost::regions))
         .route("/api/v1/cost", get(cost::cost))
+        .route("/api/v1/usage", get(cost::usage))
         .route(
             "/api/v1/loop",
             get(|State(s): State<Arc<AdminState>>| async move {
@@ -256,6 +257,7 @@ async fn index() -> impl IntoResponse {
      GET /api/v1/graph[?window=5m]        the service graph: calls, errors and p99 per (caller, callee) (JSON)\n\
      GET /api/v1/regions[?service=S]      each service's regions' health over 5 minutes, worst first (JSON)\n\
      GET /api/v1/cost[?service=S]         spend per day and spend burn against the cost: budget (JSON)\n\
+     GET /api/v1/usage[?service=S]        usage metrics (CPU seconds per second, memory…) over 5m (JSON)\n\
      GET /api/v1/loop                     the loop's own metrics: time to detect and mitigate, outcomes, false positives (JSON)\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\

@@ -177,13 +177,19 @@ async fn forecast_answers_days_to_the_limit() {
     let mut f = Forecasts::new(
         &[CapacityLimit {
             service: "checkout".into(),
+            metric: "request_rate".into(),
             limit: 200.0,
         }],
         10,
     );
     for h in 0..6 * 24u64 {
-        f.learn("checkout", 480_000 + h, 100.0 + 10.0 * h as f64 / 24.0);
-        f.learn("search", 480_000 + h, 40.0);
+        f.learn(
+            "checkout",
+            "request_rate",
+            480_000 + h,
+            100.0 + 10.0 * h as f64 / 24.0,
+        );
+        f.learn("search", "request_rate", 480_000 + h, 40.0);
     }
     s.forecasts = Some(Arc::new(parking_lot::Mutex::new(f)));
     let s = Arc::new(s);

@@ -237,36 +237,47 @@ pub(super) fn anomaly(
     w
 }
 
-/// `capacity:`: each service's request-rate limit; problems go to `p`.
+/// `capacity:`: each service's limits (its request rate's, its usage metrics'); problems go
+/// to `p`.
 pub(super) fn capacity(
     p: &mut Vec<String>,
     raw: &[super::RawCapacity],
 ) -> Vec<trike_engine::forecast::CapacityLimit> {
+    use trike_engine::forecast::REQUEST_RATE;
     let mut out: Vec<trike_engine::forecast::CapacityLimit> = Vec::new();
     for (i, c) in raw.iter().enumerate() {
         if c.service.trim().is_empty() {
             p.push(format!("capacity[{i}].service: give the service's name"));
         }
-        match c.metric.as_deref() {
-            None | Some("request_rate") => {}
-            Some(m) => p.push(format!(
-                "capacity[{i}].metric: {m:?} is not forecast (write request_rate)"
-            )),
+        let metric = c.metric.as_deref().unwrap_or(REQUEST_RATE);
+        if metric.trim().is_empty() {
+            p.push(format!(
+                "capacity[{i}].metric: write request_rate or a usage metric's name (e.g. process.cpu.time)"
+            ));
         }
         if !(c.limit.is_finite() && c.limit > 0.0) {
+            let unit = if metric == REQUEST_RATE {
+                "requests per second"
+            } else {
+                "the metric's unit (per second for a counter)"
+            };
             p.push(format!(
-                "capacity[{i}].limit: {} is not a positive number of requests per second",
+                "capacity[{i}].limit: {} is not a positive number, in {unit}",
                 c.limit
             ));
         }
-        if out.iter().any(|o| o.service == c.service) {
+        if out
+            .iter()
+            .any(|o| o.service == c.service && o.metric == metric)
+        {
             p.push(format!(
-                "capacity[{i}].service: {:?} has a limit already",
+                "capacity[{i}]: {:?} has a limit on {metric} already",
                 c.service
             ));
         }
         out.push(trike_engine::forecast::CapacityLimit {
             service: c.service.clone(),
+            metric: metric.to_string(),
             limit: c.limit,
         });
     }

@@ -341,10 +341,12 @@ pub struct RawStale {
 pub struct RawCapacity {
     /// The service.
     pub service: String,
-    /// What is limited: `request_rate` (the only metric forecast so far).
+    /// What is limited: `request_rate` (the default), or a usage metric the service's
+    /// resources export (a monotonic sum such as `process.cpu.time`, read per second; a gauge
+    /// or non-monotonic sum such as `process.memory.usage`, read as its value).
     #[serde(default)]
     pub metric: Option<String>,
-    /// The limit (requests per second).
+    /// The limit, in the metric's unit (per second for a counter).
     pub limit: f64,
 }
 

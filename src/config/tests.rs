@@ -67,6 +67,59 @@ fn anomaly_settings() {
     );
 }
 
+/// Scenario: limits on a service's request rate and memory, a price per CPU second (default
+/// and named CPU metrics), and wrong entries: no price, a negative price, a CPU metric
+/// without a CPU price, a usage metric that is also a request counter, a second limit on one
+/// metric.
+/// Guarantees: the usage metrics the decoder reads are those named (sorted, once each); each
+/// wrong entry is refused with a message naming its field.
+#[test]
+fn usage_metrics_come_from_capacity_and_cost() {
+    let c = load(
+        "capacity:\n\
+         \x20 - { service: worker, limit: 500 }\n\
+         \x20 - { service: worker, metric: process.memory.usage, limit: 8e9 }\n\
+         cost:\n\
+         \x20 - { service: worker, per_cpu_second: 0.00002, budget_per_day: 10 }\n\
+         \x20 - { service: batch, per_request: 0.001, per_cpu_second: 0.00002, cpu_metric: container.cpu.time, budget_per_day: 10 }\n\
+         \x20 - { service: web, per_request: 0.001, budget_per_day: 10 }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.decode.usage_metrics,
+        [
+            "container.cpu.time",
+            "process.cpu.time",
+            "process.memory.usage"
+        ]
+    );
+    assert_eq!(c.capacity[0].metric, "request_rate");
+    assert_eq!(c.capacity[1].metric, "process.memory.usage");
+    assert_eq!(c.costs[0].cpu_metric(), Some("process.cpu.time"));
+    assert_eq!(c.costs[2].cpu_metric(), None);
+    let problems = load(
+        "capacity:\n\
+         \x20 - { service: worker, metric: http.server.requests, limit: 5 }\n\
+         \x20 - { service: worker, metric: process.memory.usage, limit: 5 }\n\
+         \x20 - { service: worker, metric: process.memory.usage, limit: 6 }\n\
+         cost:\n\
+         \x20 - { service: a, budget_per_day: 10 }\n\
+         \x20 - { service: b, per_cpu_second: -1, budget_per_day: 10 }\n\
+         \x20 - { service: c, per_request: 1, cpu_metric: x, budget_per_day: 10 }\n",
+    )
+    .unwrap_err()
+    .join("\n");
+    for want in [
+        "\"http.server.requests\" is read as a request metric",
+        "capacity[2]: \"worker\" has a limit on process.memory.usage already",
+        "cost[0]: give a price",
+        "cost[1].per_cpu_second: -1 is not a price",
+        "cost[2].cpu_metric: is read only with a per_cpu_second price",
+    ] {
+        assert!(problems.contains(want), "{want:?} not in:\n{problems}");
+    }
+}
+
 /// Guarantees: the example configs under deploy/ load and validate, so they never rot.
 #[test]
 fn deploy_examples_validate() {
@@ -104,12 +157,13 @@ fn deploy_examples_validate() {
         throttle.selector.get("traffic.class").map(String::as_str),
         Some("batch")
     );
-    assert_eq!(full.costs.len(), 1);
+    assert_eq!(full.costs.len(), 2);
+    assert_eq!(full.decode.usage_metrics, ["process.cpu.time"]);
     assert!(full.decode.logs_as_bad_events);
     assert_eq!(full.engine.graph.wait, trike_engine::Span(10));
     assert_eq!(full.canaries.len(), 1);
     assert_eq!(full.anomaly.detector.threshold, 0.6);
-    assert_eq!(full.capacity.len(), 1);
+    assert_eq!(full.capacity.len(), 2);
     assert_eq!(full.instance, "trike-0");
     assert_eq!(full.actuator.executors.len(), 4);
 }
@@ -126,7 +180,7 @@ auth: { ingest_tokens: [short] }
 limits: { max_connections: 0, max_grpc_streams: 0 }
 tls: { cert_file: /nonexistent/tls.crt, key_file: /nonexistent/tls.key }
 anomaly: { threshold: 1.5, season: fortnightly }
-capacity: [{ service: a, metric: cpu, limit: -1 }, { service: a, limit: 5 }]
+capacity: [{ service: a, metric: " ", limit: -1 }, { service: a, limit: 5 }, { service: a, metric: request_rate, limit: 6 }]
 forward: [{ endpoint: "collector:4317" }, { endpoint: "http://collector", protocol: http }]
 slos:
   - { name: a, service: s, objective: 1.5, sli: availability }
@@ -152,9 +206,9 @@ slos:
         "slos[1].sli.latency.threshold_ms: -3 is not a positive number",
         "anomaly.threshold: 1.5 is not in (0, 1]",
         "anomaly.season: \"fortnightly\" is not a duration",
-        "capacity[0].metric: \"cpu\" is not forecast (write request_rate)",
+        "capacity[0].metric: write request_rate or a usage metric's name",
         "capacity[0].limit: -1 is not a positive number",
-        "capacity[1].service: \"a\" has a limit already",
+        "capacity[2]: \"a\" has a limit on request_rate already",
         "forward[1].endpoint: \"http://collector\" is not host:port",
     ] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");

@@ -605,16 +605,44 @@ impl Config {
         let anomaly = super::decisions::anomaly(&mut p, &raw.anomaly);
         let capacity = super::decisions::capacity(&mut p, &raw.capacity);
         for (i, c) in raw.cost.iter().enumerate() {
-            if !(c.per_request.is_finite() && c.per_request >= 0.0) {
+            if c.service.trim().is_empty() {
+                p.push(format!("cost[{i}].service: give the service's name"));
+            }
+            for (field, price) in [
+                ("per_request", c.per_request),
+                ("per_cpu_second", c.per_cpu_second),
+            ] {
+                if !(price.is_finite() && price >= 0.0) {
+                    p.push(format!("cost[{i}].{field}: {price} is not a price (≥ 0)"));
+                }
+            }
+            if !(c.per_request > 0.0 || c.per_cpu_second > 0.0) {
                 p.push(format!(
-                    "cost[{i}].per_request: {} is not a price (≥ 0)",
-                    c.per_request
+                    "cost[{i}]: give a price: per_request, per_cpu_second, or both"
+                ));
+            }
+            if c.cpu_metric.is_some() && c.per_cpu_second <= 0.0 {
+                p.push(format!(
+                    "cost[{i}].cpu_metric: is read only with a per_cpu_second price"
+                ));
+            }
+            if c.cpu_metric.as_deref().is_some_and(|m| m.trim().is_empty()) {
+                p.push(format!(
+                    "cost[{i}].cpu_metric: a metric name must not be empty"
                 ));
             }
             if !(c.budget_per_day.is_finite() && c.budget_per_day > 0.0) {
                 p.push(format!(
                     "cost[{i}].budget_per_day: {} is not a budget (> 0)",
                     c.budget_per_day
+                ));
+            }
+        }
+        decode.usage_metrics = usage_metrics(&capacity, &raw.cost);
+        for m in &decode.usage_metrics {
+            if decode.duration_metrics.contains(m) || decode.request_counters.contains(m) {
+                p.push(format!(
+                    "{m:?} is read as a request metric (decode.duration_metrics / request_counters) and cannot also be a usage metric (capacity[].metric, cost[].cpu_metric)"
                 ));
             }
         }
@@ -845,4 +873,19 @@ impl Config {
         cfg.source = path.map(|p| (p.to_path_buf(), o.clone()));
         Ok(cfg)
     }
+}
+
+/// The usage metrics the decoder reads: those with a capacity limit, and the CPU metrics that
+/// are priced; sorted, each once.
+fn usage_metrics(
+    capacity: &[trike_engine::forecast::CapacityLimit],
+    costs: &[trike_engine::cost::CostSpec],
+) -> Vec<String> {
+    let named = capacity
+        .iter()
+        .map(|c| c.metric.as_str())
+        .filter(|m| *m != trike_engine::forecast::REQUEST_RATE)
+        .chain(costs.iter().filter_map(|c| c.cpu_metric()));
+    let set: BTreeSet<&str> = named.collect();
+    set.into_iter().map(String::from).collect()
 }

@@ -144,6 +144,41 @@ pub async fn wait_for_requests(
     }
 }
 
+/// GETs an admin API path (`/api/v1/…?…`) as JSON.
+pub async fn get_json(running: &Running, path: &str) -> serde_json::Value {
+    reqwest::get(format!("http://{}{path}", running.admin_addr))
+        .await
+        .expect("admin API answers")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+/// An OpenTelemetry SDK meter provider for `service` exporting over OTLP/gRPC to `running`,
+/// only when flushed (its periodic reader waits an hour).
+pub fn sdk_meter_provider(
+    running: &Running,
+    service: &'static str,
+) -> opentelemetry_sdk::metrics::SdkMeterProvider {
+    use opentelemetry_otlp::WithExportConfig;
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_tonic()
+        .with_endpoint(format!("http://{}", running.grpc_addr))
+        .build()
+        .unwrap();
+    let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
+        .with_interval(Duration::from_secs(3600))
+        .build();
+    opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(reader)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build()
+}
+
 /// GETs `/metrics`.
 pub async fn metrics_text(running: &Running) -> String {
     reqwest::get(format!("http://{}/metrics", running.admin_addr))

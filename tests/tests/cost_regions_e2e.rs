@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 use trike::synth::{Behaviour, Service};
 use trike_proto::common::v1::{AnyValue, KeyValue, any_value::Value as Av};
-use trike_tests::start_trike;
+use trike_tests::{get_json as get, start_trike};
 
 /// `n` spans of `service` from `region`, with `class` traffic, failing `error_ratio` of them.
 async fn send(
@@ -50,15 +50,6 @@ async fn send(
         .await
         .unwrap();
     assert!(r.status().is_success());
-}
-
-async fn get(running: &trike::app::Running, path: &str) -> Value {
-    reqwest::get(format!("http://{}{path}", running.admin_addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// Scenario: shop serves 300 requests from each of eu-west (30 % failing) and us-east (none);

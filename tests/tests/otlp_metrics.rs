@@ -4,9 +4,6 @@
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::MeterProvider as _;
-use opentelemetry_otlp::{MetricExporter, WithExportConfig};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use std::time::Duration;
 use trike_tests::{slis, start_trike, wait_for_requests};
 
@@ -16,18 +13,7 @@ use trike_tests::{slis, start_trike, wait_for_requests};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_histograms_over_grpc() {
     let running = start_trike("").await;
-    let exporter = MetricExporter::builder()
-        .with_tonic()
-        .with_endpoint(format!("http://{}", running.grpc_addr))
-        .build()
-        .unwrap();
-    let reader = PeriodicReader::builder(exporter)
-        .with_interval(Duration::from_secs(3600))
-        .build();
-    let provider = SdkMeterProvider::builder()
-        .with_reader(reader)
-        .with_resource(Resource::builder().with_service_name("metrics-svc").build())
-        .build();
+    let provider = trike_tests::sdk_meter_provider(&running, "metrics-svc");
     let meter = provider.meter("e2e");
     let h = meter
         .f64_histogram("http.server.request.duration")

@@ -1,4 +1,4 @@
-//! Request-duration histograms and request counters → observations.
+//! Request-duration histograms, request counters and usage metrics → observations.
 //!
 //! Field semantics follow `opentelemetry/proto/metrics/v1/metrics.proto`; durations are converted
 //! to milliseconds from the metric's unit (`s`, `ms`, `us`, `ns`).
@@ -24,6 +24,9 @@ pub const MAX_POINT_COUNT: u64 = 1 << 32;
 
 /// OTLP data point flag: no value was recorded.
 const FLAG_NO_RECORDED_VALUE: u32 = 1;
+
+#[path = "usage.rs"]
+mod usage;
 
 /// Decodes an `ExportMetricsServiceRequest` in protobuf.
 pub fn metrics_proto(buf: &[u8], cfg: &DecodeConfig) -> Result<Decoded, DecodeError> {
@@ -218,6 +221,11 @@ impl Ctx<'_> {
         });
     }
 
+    /// The resource's service name, as a series key would hold it.
+    fn service_arc(&self) -> Arc<str> {
+        clip(self.service).into()
+    }
+
     fn stream(&self, scope: &str, metric: &str, point_attrs: &[KeyValue]) -> u64 {
         let mut h = self.resource_hash;
         h.write(scope.as_bytes());
@@ -283,6 +291,9 @@ fn count_points(m: &Metric) -> u64 {
 fn one_metric(m: &Metric, scope: &str, ctx: &mut Ctx<'_>, out: &mut Decoded) {
     out.received += count_points(m);
     let cfg = ctx.cfg;
+    if cfg.usage_metrics.contains(&m.name) {
+        return usage::usage_metric(m, scope, ctx, out);
+    }
     if cfg.duration_metrics.contains(&m.name) {
         let Some(scale) = ms_per_unit(m) else {
             for _ in 0..count_points(m) {

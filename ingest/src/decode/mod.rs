@@ -16,6 +16,8 @@ pub mod scrub;
 pub(crate) mod tests;
 #[cfg(test)]
 mod tests_calls_logs;
+#[cfg(test)]
+mod tests_usage;
 mod traces;
 pub mod wire;
 
@@ -84,6 +86,9 @@ pub struct DecodeConfig {
     pub duration_metrics: Vec<String>,
     /// Monotonic sums read as request counts.
     pub request_counters: Vec<String>,
+    /// Metrics read as services' usage (CPU time, memory…): sums and gauges, each point a
+    /// [`trike_engine::UsageObs`].
+    pub usage_metrics: Vec<String>,
     /// What is scrubbed from operation names and dimension values.
     pub scrub: scrub::Scrub,
     /// How much of each attribute list is read.
@@ -152,6 +157,7 @@ impl Default for DecodeConfig {
                 "http.server.requests".into(),
                 "http_server_requests_total".into(),
             ],
+            usage_metrics: Vec::new(),
             scrub: scrub::Scrub::default(),
             attrs: AttrLimits::default(),
             logs_as_bad_events: false,

@@ -8,12 +8,13 @@
 //! [`trike_engine::Exemplar`], indexing `keys`; an optional field, which readers of earlier
 //! version-2 records ignore, so it needs no new version), and, when the flush completed calls
 //! between services, `edges` (seconds of the calls from this service to others,
-//! [`trike_engine::EdgeObs`]; optional in the same way). A service whose flush would exceed [`MAX_RECORD_BYTES`] is split across records, so
+//! [`trike_engine::EdgeObs`]; optional in the same way), and, when its resources reported usage
+//! metrics, `usage` ([`trike_engine::UsageObs`], cumulative sums already deltas; optional too). A service whose flush would exceed [`MAX_RECORD_BYTES`] is split across records, so
 //! every record fits the broker's default 1 MiB message limit.
 
 use super::{DecodeError, Decoded};
 use serde::{Deserialize, Serialize};
-use trike_engine::{Batch, EdgeObs, Exemplar, PartialObs, SeriesKey};
+use trike_engine::{Batch, EdgeObs, Exemplar, PartialObs, SeriesKey, UsageObs};
 
 /// Version of the record layout. 2: t-digests are byte strings (see `trike_engine::sketch`),
 /// which a version-1 reader would not decode; version-1 records are read too.
@@ -33,6 +34,8 @@ struct RecordOut<'a> {
     exemplars: &'a [Exemplar],
     #[serde(skip_serializing_if = "<[EdgeObs]>::is_empty")]
     edges: &'a [EdgeObs],
+    #[serde(skip_serializing_if = "<[UsageObs]>::is_empty")]
+    usage: &'a [UsageObs],
 }
 
 #[derive(Deserialize)]
@@ -46,6 +49,8 @@ struct RecordIn {
     exemplars: Vec<Exemplar>,
     #[serde(default)]
     edges: Vec<EdgeObs>,
+    #[serde(default)]
+    usage: Vec<UsageObs>,
 }
 
 fn encode_one(gateway: &str, batch: &Batch) -> Vec<u8> {
@@ -58,6 +63,7 @@ fn encode_one(gateway: &str, batch: &Batch) -> Vec<u8> {
             partials: &batch.partials,
             exemplars: &batch.exemplars,
             edges: &batch.edges,
+            usage: &batch.usage,
         },
         &mut out,
     )
@@ -69,13 +75,15 @@ fn encode_one(gateway: &str, batch: &Batch) -> Vec<u8> {
 /// most [`MAX_RECORD_BYTES`] each (one, unless the service has very many series).
 pub fn encode_partials(gateway: &str, batch: &Batch) -> Vec<Vec<u8>> {
     let whole = encode_one(gateway, batch);
-    if whole.len() <= MAX_RECORD_BYTES || (batch.partials.len() <= 1 && batch.edges.len() <= 1) {
+    let small = batch.partials.len() <= 1 && batch.edges.len() <= 1 && batch.usage.len() <= 1;
+    if whole.len() <= MAX_RECORD_BYTES || small {
         return vec![whole];
     }
     // Split the rows in two halves, each with only the keys it uses; the exemplars (a few)
-    // go with the first, the edges' seconds are split too.
+    // go with the first, the edges' seconds and the usage points are split too.
     let mid = batch.partials.len() / 2;
     let edges_mid = batch.edges.len() / 2;
+    let usage_mid = batch.usage.len() / 2;
     let mut out = Vec::new();
     for (i, rows) in [&batch.partials[..mid], &batch.partials[mid..]]
         .into_iter()
@@ -100,8 +108,10 @@ pub fn encode_partials(gateway: &str, batch: &Batch) -> Vec<Vec<u8>> {
                 half.exemplars.push(Exemplar { key: k, ..*x });
             }
             half.edges = batch.edges[..edges_mid].to_vec();
+            half.usage = batch.usage[..usage_mid].to_vec();
         } else {
             half.edges = batch.edges[edges_mid..].to_vec();
+            half.usage = batch.usage[usage_mid..].to_vec();
         }
         out.extend(encode_partials(gateway, &half));
     }
@@ -136,6 +146,7 @@ pub fn partials(buf: &[u8]) -> Result<Decoded, DecodeError> {
             partials: r.partials,
             exemplars: r.exemplars,
             edges: r.edges,
+            usage: r.usage,
             ..Batch::default()
         },
         received,
@@ -216,9 +227,10 @@ mod tests {
         }
     }
 
-    /// Scenario: a flush with calls from `big` to two peers (4 000 series, so the record is
-    /// split). Guarantees: the edges' seconds survive encoding and splitting: every call and
-    /// error is in exactly one record, each edge still from `big`.
+    /// Scenario: a flush with calls from `big` to two peers and 40 CPU points of it (4 000
+    /// series, so the record is split). Guarantees: the edges' seconds and the usage points
+    /// survive encoding and splitting: every call, error and CPU second is in exactly one
+    /// record, each edge still from `big`.
     #[test]
     fn edges_ride_along_and_split() {
         use trike_engine::{CallObs, CallSide};
@@ -240,13 +252,26 @@ mod tests {
                 bad: n % 3 == 0,
             });
         }
+        for n in 0..40u64 {
+            b.usage.push(trike_engine::UsageObs {
+                service: "big".into(),
+                metric: "process.cpu.time".into(),
+                stream: n,
+                time: t,
+                start_time: t - 10_000_000_000,
+                temporality: trike_engine::Temporality::Delta,
+                kind: trike_engine::UsageKind::Rate,
+                value: 0.5,
+            });
+        }
         g.add(&b, t);
         g.advance(t + 11_000_000_000);
         let sp = g.take().pop().unwrap();
         assert_eq!(sp.batch.edges.len(), 300, "one second each");
+        assert_eq!(sp.batch.usage.len(), 40);
         let records = encode_partials("gw-1", &sp.batch);
         assert!(records.len() > 1);
-        let (mut calls, mut errors) = (0, 0);
+        let (mut calls, mut errors, mut cpu) = (0, 0, 0.0);
         for r in &records {
             let d = partials(r).unwrap();
             for e in &d.batch.edges {
@@ -254,8 +279,10 @@ mod tests {
                 calls += e.requests;
                 errors += e.errors;
             }
+            cpu += d.batch.usage.iter().map(|u| u.value).sum::<f64>();
         }
         assert_eq!((calls, errors), (300, 100));
+        assert_eq!(cpu, 20.0);
     }
 
     /// Guarantees: garbage, another version and a key index out of range (of a partial or of
@@ -310,6 +337,7 @@ mod tests {
                 partials: &[],
                 exemplars: &[],
                 edges: &[],
+                usage: &[],
             },
             &mut other,
         )

@@ -268,7 +268,7 @@ fn malformed_payloads() {
     assert!(logs_proto(&[0x0a, 0x05, 0x01], &cfg()).is_err());
 }
 
-fn metric_request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+pub(crate) fn metric_request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(Resource {

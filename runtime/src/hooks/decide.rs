@@ -178,6 +178,18 @@ impl Decider {
         if rules {
             let mut facts = gather(engine, &spec.slos, &spec.canaries, spec.stale, Some(&watch));
             drop(watch);
+            // A service that reports only usage (a batch worker's CPU, say) has no SLI, but
+            // its spend and forecasts are facts too.
+            for service in engine.usage().services() {
+                if let Err(at) = facts.binary_search_by(|f| (*f.service).cmp(&*service)) {
+                    let f = trike_engine::policy::ServiceFacts {
+                        service: service.to_string(),
+                        observed_until: now,
+                        ..Default::default()
+                    };
+                    facts.insert(at, f);
+                }
+            }
             let forecasts = self.forecasts.lock();
             let regions = policy
                 .policy()
@@ -185,7 +197,7 @@ impl Decider {
                 .iter()
                 .any(|r| matches!(r.when, trike_engine::policy::When::RegionHealthBelow(_)));
             for f in &mut facts {
-                f.forecast = forecasts.get(&f.service);
+                f.forecast = forecasts.most_urgent(&f.service);
                 if regions {
                     f.regions = trike_engine::regions::region_health(
                         engine,

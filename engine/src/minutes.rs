@@ -1,0 +1,69 @@
+//! An hour of minute buckets, oldest first: where the service graph's edges and the usage
+//! series keep their history. A bucket is made when its minute first gets data; a minute an
+//! hour older than the newest is refused; windows read the buckets they overlap, the oldest
+//! prorated to the part inside.
+
+use crate::time::{NANOS_PER_SEC, Span, UnixNanos};
+use std::collections::VecDeque;
+
+/// Minutes kept (an hour, and the minute in progress).
+pub const MINUTES: u64 = 61;
+
+/// A bucket of one Unix minute.
+pub trait Minutely {
+    /// Its Unix minute.
+    fn minute(&self) -> u64;
+}
+
+/// The bucket of Unix `minute` in `minutes` (sorted, oldest first), made by `make` if missing;
+/// None when it is an hour or more older than the newest. Buckets that fall out of the hour
+/// when a newer one is made are dropped.
+pub fn bucket<M: Minutely>(
+    minutes: &mut VecDeque<M>,
+    minute: u64,
+    make: impl FnOnce() -> M,
+) -> Option<&mut M> {
+    if let Some(newest) = minutes.back()
+        && minute + MINUTES <= newest.minute()
+    {
+        return None;
+    }
+    let at = minutes.partition_point(|m| m.minute() < minute);
+    if minutes.get(at).is_none_or(|m| m.minute() != minute) {
+        minutes.insert(at, make());
+        while minutes
+            .back()
+            .is_some_and(|n| minutes[0].minute() + MINUTES <= n.minute())
+        {
+            minutes.pop_front();
+        }
+    }
+    let at = minutes.partition_point(|m| m.minute() < minute);
+    minutes.get_mut(at)
+}
+
+/// The buckets overlapping `window` ending at `now`, each with the share of it inside (the
+/// minute in progress counts in full: what it holds so far is all there is).
+pub fn weighted<M: Minutely>(
+    minutes: &VecDeque<M>,
+    window: Span,
+    now: UnixNanos,
+) -> impl Iterator<Item = (&M, f64)> {
+    let end = now as f64 / NANOS_PER_SEC as f64;
+    let start = end - window.secs() as f64;
+    minutes.iter().filter_map(move |m| {
+        let (a, z) = ((m.minute() * 60) as f64, (m.minute() * 60 + 60) as f64);
+        if z <= start || a > end {
+            return None;
+        }
+        Some((m, ((z - start) / 60.0).clamp(0.0, 1.0)))
+    })
+}
+
+/// Drops buckets older than an hour before `now`.
+pub fn expire<M: Minutely>(minutes: &mut VecDeque<M>, now: UnixNanos) {
+    let oldest = (now / (60 * NANOS_PER_SEC)).saturating_sub(MINUTES - 1);
+    while minutes.front().is_some_and(|m| m.minute() < oldest) {
+        minutes.pop_front();
+    }
+}

@@ -1,0 +1,101 @@
+use super::*;
+
+const S: u64 = NANOS_PER_SEC;
+const T0: u64 = 1_800_000_000 * S;
+
+fn arc(s: &str) -> Arc<str> {
+    Arc::from(s)
+}
+
+/// Scenario: a service burns 2 CPU seconds a second, exported every 60 s at second 30 of each
+/// minute (so every point's interval straddles two minutes), for 20 minutes.
+/// Guarantees: the rate is 2 over 1, 5 and 60 minutes (the hour read over the 20 minutes the
+/// series covers), i.e. each amount is spread over its interval, and the amount in 5 minutes
+/// is 600 CPU seconds.
+#[test]
+fn a_rate_is_spread_over_its_interval() {
+    let mut u = Usage::new(10);
+    let (svc, cpu) = (arc("search"), arc("process.cpu.time"));
+    let start = T0 + 30 * S;
+    let mut now = start;
+    for i in 1..=20u64 {
+        now = start + i * 60 * S;
+        u.add_amount(&svc, &cpu, (now - 60 * S, now), 120.0, now);
+    }
+    for w in [Span::minutes(1), Span::minutes(5), Span::hours(1)] {
+        let r = u.value("search", "process.cpu.time", w, now).unwrap();
+        assert!((r - 2.0).abs() < 1e-9, "{w}: {r}");
+    }
+    let a = u
+        .amount("search", "process.cpu.time", Span::minutes(5), now)
+        .unwrap();
+    assert!((a - 600.0).abs() < 1e-6, "{a}");
+    assert_eq!(u.kind("search", "process.cpu.time"), Some(UsageKind::Rate));
+    assert_eq!(u.dropped(), 0);
+}
+
+/// Scenario: amounts with no interval (a delta point without a start time), one stamped an
+/// hour ahead of now, and one with an interval longer than an hour.
+/// Guarantees: each counts whole at its point's time (the future one at now); the window
+/// holds all three.
+#[test]
+fn amounts_without_a_usable_interval_count_at_their_time() {
+    let mut u = Usage::new(10);
+    let (svc, cpu) = (arc("a"), arc("cpu"));
+    let now = T0 + 600 * S;
+    u.add_amount(&svc, &cpu, (0, now - 10 * S), 5.0, now);
+    u.add_amount(&svc, &cpu, (now, now + 3600 * S), 7.0, now);
+    u.add_amount(&svc, &cpu, (now - 7200 * S, now - 20 * S), 11.0, now);
+    let a = u.amount("a", "cpu", Span::minutes(1), now).unwrap();
+    assert!((a - 23.0).abs() < 1e-9, "{a}");
+}
+
+/// Scenario: a memory gauge from two pods (100 and 300 MiB), the first reporting twice a
+/// minute (100 then 200), over 10 minutes.
+/// Guarantees: the level is the sum over streams of each stream's mean per minute: 150 + 300
+/// = 450, over any window.
+#[test]
+fn a_level_sums_its_streams_means() {
+    let mut u = Usage::new(10);
+    let (svc, mem) = (arc("cart"), arc("process.memory.usage"));
+    let mut now = T0;
+    for m in 0..10u64 {
+        now = T0 + m * 60 * S;
+        u.add_level(&svc, &mem, 1, now + 5 * S, 100.0, now + 5 * S);
+        u.add_level(&svc, &mem, 1, now + 35 * S, 200.0, now + 35 * S);
+        u.add_level(&svc, &mem, 2, now + 20 * S, 300.0, now + 35 * S);
+    }
+    now += 40 * S;
+    for w in [Span::minutes(1), Span::minutes(5), Span::hours(1)] {
+        let v = u.value("cart", "process.memory.usage", w, now).unwrap();
+        assert!((v - 450.0).abs() < 1e-9, "{w}: {v}");
+    }
+    assert_eq!(
+        u.amount("cart", "process.memory.usage", Span::minutes(5), now),
+        None
+    );
+    let rows = u.rows(Span::minutes(5), now);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].kind, UsageKind::Level);
+}
+
+/// Scenario: a store of two series gets a third; a metric sent as a rate then as a level; a
+/// series silent for over an hour; a point older than the hour kept.
+/// Guarantees: the third series and the changed kind are dropped (counted); the old point is
+/// dropped; the silent series is forgotten at the sweep, the live one kept with its last hour.
+#[test]
+fn usage_is_bounded() {
+    let mut u = Usage::new(2);
+    let now = T0 + 7200 * S;
+    u.add_amount(&arc("a"), &arc("cpu"), (0, now), 1.0, now);
+    u.add_amount(&arc("b"), &arc("cpu"), (0, T0), 1.0, T0);
+    u.add_amount(&arc("c"), &arc("cpu"), (0, now), 1.0, now);
+    u.add_level(&arc("a"), &arc("cpu"), 1, now, 1.0, now);
+    u.add_amount(&arc("a"), &arc("cpu"), (0, now - 7000 * S), 1.0, now);
+    assert_eq!(u.dropped(), 3);
+    assert_eq!(u.len(), 2);
+    u.sweep(now);
+    assert_eq!(u.len(), 1);
+    assert_eq!(u.kind("a", "cpu"), Some(UsageKind::Rate));
+    assert!(u.heap_bytes() > 0);
+}
