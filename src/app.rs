@@ -263,8 +263,10 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         if let Some(c) = trike_runtime::checkpoint::load_engine(dir)? {
             engine = trike_engine::Engine::restore(engine_cfg, c.engine)
                 .with_context(|| format!("restoring the engine checkpoint in {}", dir.display()))?;
-            tracing::info!(dir = %dir.display(), series = engine.series_count(), partitions = c.offsets.len(), "engine state restored from its checkpoint");
+            tracing::info!(dir = %dir.display(), series = engine.series_count(), partitions = c.offsets.len(), forecasts = c.forecasts.models.len(), "engine state restored from its checkpoint");
             progress = Progress::restored(&c.offsets);
+            decider.watch().lock().merge(c.watch);
+            decider.forecasts().lock().merge(c.forecasts);
         }
         if let Some(c) = trike_runtime::checkpoint::load_policy(dir)? {
             decider.restore(c.policy);
@@ -289,6 +291,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     let anomaly_watch = (role != Role::Gateway).then(|| decider.watch());
     let forecasts = (role != Role::Gateway).then(|| decider.forecasts());
     let (decide_rules, reload_policy) = (decider.rules(), decider.policy());
+    let learned = (decider.watch(), decider.forecasts());
     shard = shard.with_hook(decider).with_hook(outbox);
     if let Some(o) = &owner {
         let every = std::time::Duration::from_secs(cfg.checkpoint_every.secs());
@@ -300,7 +303,8 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
     if let Some(dir) = &cfg.state_dir {
         let every = std::time::Duration::from_secs(cfg.checkpoint_every.secs());
         let c = Checkpointer::start(dir.clone(), every, Some(progress.clone()))
-            .with_context(|| format!("state.dir {}", dir.display()))?;
+            .with_context(|| format!("state.dir {}", dir.display()))?
+            .with_models(learned.0.clone(), learned.1.clone());
         checkpoint_stats = Some(c.stats.clone());
         shard = shard.with_hook(c);
     }
@@ -735,15 +739,18 @@ fn start_owner(
         .partitions_of(&f.partials_topic)
         .map_err(anyhow::Error::msg)?;
     tracing::info!(topic = %f.partials_topic, partitions, changelog = %f.changelog_topic, "processor: services map to the partials topic's partitions");
-    Ok(Arc::new(Owner::new(
-        &f.partials_topic,
-        partitions,
-        shard.writer(),
-        decider.policy(),
-        decider.watch(),
-        progress.clone(),
-        Arc::new(changelog),
-    )))
+    Ok(Arc::new(
+        Owner::new(
+            &f.partials_topic,
+            partitions,
+            shard.writer(),
+            decider.policy(),
+            decider.watch(),
+            progress.clone(),
+            Arc::new(changelog),
+        )
+        .with_forecasts(decider.forecasts()),
+    ))
 }
 
 /// A gateway's publisher of partials (DESIGN §6).

@@ -392,6 +392,8 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
                 version: trike_runtime::checkpoint::VERSION,
                 engine: e.snapshot(),
                 offsets: vec![("otlp_spans".into(), 0, rng.random_range(0..1000))],
+                watch: Default::default(),
+                forecasts: Default::default(),
             };
             vec![trike_runtime::checkpoint::encode_engine(&c).expect("encodes")]
         }

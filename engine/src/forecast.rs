@@ -201,6 +201,16 @@ pub struct CapacityLimit {
     pub limit: f64,
 }
 
+/// Some services' forecasters, as checkpoints and changelog records carry them: (service,
+/// metric, model, latest point).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ForecastSnapshot {
+    /// The models.
+    pub models: Vec<(String, String, Forecaster, ForecastPoint)>,
+    /// The last hour sampled.
+    pub last_hour: u64,
+}
+
 /// Forecasters of every service's request rate, and of the usage metrics that have a
 /// `capacity:` limit, sampled on each hour of engine time.
 #[derive(Clone, Debug)]
@@ -318,6 +328,43 @@ impl Forecasts {
                     .then_with(|| (&*b.metric == REQUEST_RATE).cmp(&(&*a.metric == REQUEST_RATE)))
             })
             .cloned()
+    }
+
+    /// The models of the services for which `owns(service)` holds.
+    pub fn snapshot_of(&self, owns: impl Fn(&str) -> bool) -> ForecastSnapshot {
+        ForecastSnapshot {
+            models: self
+                .models
+                .iter()
+                .filter(|((service, _), _)| owns(service))
+                .map(|((service, metric), (m, p))| {
+                    (service.clone(), metric.to_string(), m.clone(), p.clone())
+                })
+                .collect(),
+            last_hour: self.last_hour,
+        }
+    }
+
+    /// Takes over the models of `snap` (from [`Forecasts::snapshot_of`]), replacing those of
+    /// the same service and metric, with today's limits; models beyond the cap are left out.
+    pub fn merge(&mut self, snap: ForecastSnapshot) {
+        for (service, metric, model, mut point) in snap.models {
+            let key = (service, Arc::<str>::from(metric.as_str()));
+            if !self.models.contains_key(&key) && self.models.len() >= self.max_models {
+                continue;
+            }
+            point.limit = self.limits.get(&(key.0.clone(), metric)).copied();
+            point.days_to_limit = point
+                .limit
+                .and_then(|l| model.days_to_limit(l, point.value));
+            self.models.insert(key, (model, point));
+        }
+        self.last_hour = self.last_hour.max(snap.last_hour);
+    }
+
+    /// Forgets the models of the services for which `gone(service)` holds.
+    pub fn drop_services(&mut self, gone: impl Fn(&str) -> bool) {
+        self.models.retain(|(service, _), _| !gone(service));
     }
 
     /// Every latest forecast: (service, point), by service then metric.

@@ -180,3 +180,46 @@ fn a_usage_metric_is_forecast_against_its_limit() {
         d[0].reason
     );
 }
+
+/// Scenario: forecasts of two services learned for five days (one with a limit), snapshotted
+/// for one of them and merged into fresh forecasts whose limit changed; then dropped.
+/// Guarantees: the snapshot carries only the service asked for; merged, its forecast goes on
+/// from where it was (same model, same hours, the same forecast ahead) with today's limit;
+/// dropping forgets it.
+#[test]
+fn forecasts_survive_a_snapshot() {
+    let limit = |l: f64| CapacityLimit {
+        service: "checkout".into(),
+        metric: REQUEST_RATE.into(),
+        limit: l,
+    };
+    let mut f = Forecasts::new(&[limit(500.0)], 10);
+    let mut rng = StdRng::seed_from_u64(3);
+    for h in H0..H0 + 5 * 24 {
+        f.learn("checkout", REQUEST_RATE, h, rate(h, &mut rng));
+        f.learn("search", REQUEST_RATE, h, 40.0);
+    }
+    let snap = f.snapshot_of(|s| s == "checkout");
+    assert_eq!(snap.models.len(), 1);
+    let mut g = Forecasts::new(&[limit(150.0)], 10);
+    g.merge(snap);
+    let (a, b) = (
+        f.get("checkout", REQUEST_RATE).unwrap(),
+        g.get("checkout", REQUEST_RATE).unwrap(),
+    );
+    assert_eq!(
+        (a.hours, a.value, a.trend_per_day),
+        (b.hours, b.value, b.trend_per_day)
+    );
+    assert_eq!(b.limit, Some(150.0));
+    assert!(b.days_to_limit.unwrap() < a.days_to_limit.unwrap_or(f64::INFINITY));
+    g.learn("checkout", REQUEST_RATE, H0 + 5 * 24, 110.0);
+    f.learn("checkout", REQUEST_RATE, H0 + 5 * 24, 110.0);
+    assert_eq!(
+        f.get("checkout", REQUEST_RATE).unwrap().trend_per_day,
+        g.get("checkout", REQUEST_RATE).unwrap().trend_per_day
+    );
+    assert!(g.get("search", REQUEST_RATE).is_none());
+    g.drop_services(|s| s == "checkout");
+    assert_eq!(g.all().count(), 0);
+}

@@ -3,8 +3,9 @@
 //!
 //! Two files, each written atomically (temporary file, fsync, rename, fsync of the directory:
 //! a reader sees the old file or the new one, never half of one):
-//! - `engine.ckpt`: the engine's state together with the Kafka offsets it covers, written every
-//!   `state.checkpoint_every` on a writer thread. The Kafka source commits offsets only up to
+//! - `engine.ckpt`: the engine's state together with the Kafka offsets it covers, and what the
+//!   decide hook learned from it (anomaly detectors, capacity forecasts: days of learning a
+//!   restart must not lose), written every `state.checkpoint_every` on a writer thread. The Kafka source commits offsets only up to
 //!   the newest durable one, and after a restart skips the messages it already holds, so data
 //!   read from Kafka is counted exactly once across a crash.
 //! - `policy.ckpt`: the policy's episodes and cool-downs and the control events of the last
@@ -43,6 +44,13 @@ pub struct EngineCheckpoint {
     pub engine: Snapshot,
     /// The Kafka offsets whose messages the state holds.
     pub offsets: Offsets,
+    /// What the decide hook learned beside the engine: the anomaly detectors (absent from
+    /// checkpoints written before they were kept: they start afresh).
+    #[serde(default)]
+    pub watch: trike_engine::anomaly::WatchSnapshot,
+    /// And the capacity forecasts (likewise).
+    #[serde(default)]
+    pub forecasts: trike_engine::forecast::ForecastSnapshot,
 }
 
 /// `policy.ckpt`.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use trike_engine::EngineConfig;
 use trike_engine::anomaly::{DetectorConfig, SliWatch};
+use trike_engine::forecast::{Forecasts, REQUEST_RATE};
 use trike_engine::observation::{Batch, RequestObs, SeriesKey};
 use trike_engine::policy::{Policy, PolicyEngine};
 use trike_engine::sli::{SliQuery, SliRow};
@@ -28,6 +29,7 @@ struct Processor {
     owner: Arc<Owner>,
     progress: Arc<Progress>,
     watch: Arc<parking_lot::Mutex<SliWatch>>,
+    forecasts: Arc<parking_lot::Mutex<Forecasts>>,
 }
 
 fn processor(brokers: &str, topic: &str, changelog: &str) -> Processor {
@@ -47,16 +49,21 @@ fn processor_on(brokers: &str, topic: &str, changelog: &str, clock: Arc<SimClock
         10,
         1000,
     )));
-    let owner = Arc::new(Owner::new(
-        topic,
-        PARTITIONS,
-        shard.writer(),
-        policy,
-        watch.clone(),
-        progress.clone(),
-        Arc::new(cl),
-    ));
+    let forecasts = Arc::new(parking_lot::Mutex::new(Forecasts::new(&[], 100)));
+    let owner = Arc::new(
+        Owner::new(
+            topic,
+            PARTITIONS,
+            shard.writer(),
+            policy,
+            watch.clone(),
+            progress.clone(),
+            Arc::new(cl),
+        )
+        .with_forecasts(forecasts.clone()),
+    );
     Processor {
+        forecasts,
         shard,
         owner,
         progress,
@@ -123,6 +130,15 @@ fn revoked_partitions_resume_exactly_at_their_next_owner() {
     }
     a.shard.apply([&b]);
     a.watch.lock().sample(&a.shard.handle().lock());
+    // Four days of each service's request rate learned by its capacity forecast.
+    for (i, service) in SERVICES.iter().enumerate() {
+        for h in 0..96u64 {
+            let rate = 10.0 * (i + 1) as f64 + h as f64 / 24.0;
+            a.forecasts
+                .lock()
+                .learn(service, REQUEST_RATE, 480_000 + h, rate);
+        }
+    }
     for (p, o) in (0..PARTITIONS).flat_map(|p| (0..10).map(move |o| (p, o))) {
         a.progress.done(&topic, p, o);
     }
@@ -197,6 +213,11 @@ fn revoked_partitions_resume_exactly_at_their_next_owner() {
             of(&stayer.watch).streams.is_empty(),
             "{service}'s detectors"
         );
+        let forecast = |p: &Processor| p.forecasts.lock().get(service, REQUEST_RATE);
+        let learned = forecast(mover).expect("the forecast moved with its partition");
+        assert_eq!(learned.hours, 96, "{service}");
+        assert_eq!(learned.value, 10.0 * (i + 1) as f64 + 95.0 / 24.0);
+        assert!(forecast(stayer).is_none(), "{service}'s forecast");
         if moved {
             assert!(at_a.is_empty(), "{service} left A");
             assert_eq!(at_b, before[i], "{service} moved to B unchanged");
@@ -253,6 +274,7 @@ fn change_sets_between_full_states_restore_exactly() {
         owner,
         progress,
         watch,
+        ..
     } = processor_on(&brokers, &topic, &changelog, clock.clone());
     let hook = trike_runtime::fleet::owner::ChangelogHook::start(
         owner.clone(),

@@ -115,6 +115,7 @@ fn main() -> anyhow::Result<()> {
         policy: PolicyEngine::new(Policy::new(vec![])).snapshot_of(|_| true),
         outbox: Vec::new(),
         watch: watch.snapshot_of(|_| true),
+        forecasts: Default::default(),
     };
     e.clear_changes(|_| true);
     let snapshot_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -191,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         policy: state.policy.clone(),
         outbox: Vec::new(),
         watch: state.watch.clone(),
+        forecasts: Default::default(),
     };
     let take_ms = t.elapsed().as_secs_f64() * 1e3;
     let change_bytes: usize = encode_changes(&changes, 1, u64::from(args.rounds), 1)?

@@ -89,6 +89,9 @@ pub struct PartitionState {
     /// Their anomaly detectors (absent from records written before they moved).
     #[serde(default)]
     pub watch: WatchSnapshot,
+    /// Their capacity forecasts (likewise).
+    #[serde(default)]
+    pub forecasts: trike_engine::forecast::ForecastSnapshot,
 }
 
 /// One chunk of an encoded state.

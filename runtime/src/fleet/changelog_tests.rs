@@ -34,6 +34,7 @@ fn state(partition: i32, n: usize) -> PartitionState {
         policy: PolicyEngine::new(Policy::new(vec![])).snapshot(),
         outbox: vec![(now, "{}".into())],
         watch: watch.snapshot_of(|_| true),
+        forecasts: Default::default(),
     }
 }
 

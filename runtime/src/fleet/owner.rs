@@ -36,6 +36,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use trike_engine::anomaly::SliWatch;
+use trike_engine::forecast::Forecasts;
 use trike_engine::policy::{PolicyEngine, PolicySnapshot};
 use trike_engine::{Engine, UnixNanos};
 use trike_ingest::kafka::PartitionOwner;
@@ -115,6 +116,8 @@ pub struct Owner {
     policy: Arc<Mutex<PolicyEngine>>,
     /// The services' anomaly detectors (locked after the policy).
     watch: Arc<Mutex<SliWatch>>,
+    /// The decide hook's forecasts, when they move with their partitions.
+    forecasts: Option<Arc<Mutex<Forecasts>>>,
     progress: Arc<Progress>,
     changelog: Arc<Changelog>,
     parts: Mutex<BTreeMap<i32, Part>>,
@@ -153,6 +156,7 @@ impl Owner {
             engine,
             policy,
             watch,
+            forecasts: None,
             progress,
             changelog,
             parts: Mutex::default(),
@@ -187,6 +191,12 @@ impl Owner {
             .collect()
     }
 
+    /// The partitions' records carry their services' capacity forecasts too.
+    pub fn with_forecasts(mut self, forecasts: Arc<Mutex<Forecasts>>) -> Self {
+        self.forecasts = Some(forecasts);
+        self
+    }
+
     /// The changelog (its counters).
     pub fn changelog(&self) -> &Changelog {
         &self.changelog
@@ -198,6 +208,7 @@ impl Owner {
     fn snapshot(&self, engine: &mut Engine, policy: &PolicyEngine, ps: &[i32]) -> Vec<Taken> {
         let oldest = engine.now().saturating_sub(OUTBOX_AGE.as_nanos() as u64);
         let watch = self.watch.lock();
+        let forecasts = self.forecasts.as_ref().map(|f| f.lock());
         let mut parts = self.parts.lock();
         let mut taken = Vec::new();
         for &p in ps {
@@ -237,6 +248,10 @@ impl Owner {
                     engine: engine_state,
                     policy: policy.snapshot_of(mine),
                     watch: watch.snapshot_of(mine),
+                    forecasts: forecasts
+                        .as_ref()
+                        .map(|f| f.snapshot_of(mine))
+                        .unwrap_or_default(),
                     outbox: part
                         .outbox
                         .iter()
@@ -408,6 +423,9 @@ impl PartitionOwner for Owner {
             let dropped = engine.drop_services(&left);
             self.policy.lock().drop_services(&left);
             self.watch.lock().drop_services(&left);
+            if let Some(f) = &self.forecasts {
+                f.lock().drop_services(&left);
+            }
             drop(engine);
             let mut parts = self.parts.lock();
             for p in &gone {
@@ -469,14 +487,23 @@ impl PartitionOwner for Owner {
                     for rule in policy.merge(state.policy) {
                         tracing::warn!(%rule, partition = p, "changelog policy state of a rule no longer configured dropped");
                     }
-                    // Each record carries the partition's detectors whole: the newest wins.
+                    // Each record carries the partition's detectors and forecasts whole: the
+                    // newest wins.
                     watch.drop_services(mine);
                     watch.merge(state.watch);
+                    if let Some(f) = &self.forecasts {
+                        let mut f = f.lock();
+                        f.drop_services(mine);
+                        f.merge(state.forecasts);
+                    }
                 }
                 if !usable {
                     engine.drop_services(mine);
                     policy.drop_services(mine);
                     watch.drop_services(mine);
+                    if let Some(f) = &self.forecasts {
+                        f.lock().drop_services(mine);
+                    }
                 }
                 drop(watch);
                 drop(policy);

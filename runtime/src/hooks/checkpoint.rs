@@ -10,9 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use trike_engine::anomaly::SliWatch;
 use trike_engine::expo::{counter, gauge};
+use trike_engine::forecast::Forecasts;
 use trike_engine::{Engine, UnixNanos};
 use trike_ingest::kafka::progress::Progress;
+
+/// The decide hook's learned models: its anomaly watch and its forecasts.
+type Learned = (Arc<Mutex<SliWatch>>, Arc<Mutex<Forecasts>>);
 
 /// Checkpoint counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -132,6 +137,8 @@ pub struct Checkpointer {
     progress: Option<Arc<Progress>>,
     slot: Arc<Slot>,
     thread: Option<JoinHandle<()>>,
+    /// The decide hook's learned models, when checkpoints carry them.
+    models: Option<Learned>,
     /// Counters.
     pub stats: Arc<CheckpointStats>,
 }
@@ -194,8 +201,20 @@ impl Checkpointer {
             progress,
             slot,
             thread: Some(thread),
+            models: None,
             stats,
         })
+    }
+
+    /// Checkpoints carry these learned models too (the decide hook's anomaly watch and
+    /// forecasts).
+    pub fn with_models(
+        mut self,
+        watch: Arc<Mutex<SliWatch>>,
+        forecasts: Arc<Mutex<Forecasts>>,
+    ) -> Self {
+        self.models = Some((watch, forecasts));
+        self
     }
 
     /// The checkpoint directory.
@@ -210,10 +229,21 @@ impl Checkpointer {
             .as_ref()
             .map(|p| p.applied())
             .unwrap_or_default();
+        let all = |_: &str| true;
         EngineCheckpoint {
             version: VERSION,
             engine: engine.snapshot(),
             offsets,
+            watch: self
+                .models
+                .as_ref()
+                .map(|(w, _)| w.lock().snapshot_of(all))
+                .unwrap_or_default(),
+            forecasts: self
+                .models
+                .as_ref()
+                .map(|(_, f)| f.lock().snapshot_of(all))
+                .unwrap_or_default(),
         }
     }
 

@@ -96,7 +96,8 @@ pub struct Decider {
     sequential: HashMap<(String, String, String), Running>,
     /// Shared like the policy (its services' detectors move with their partitions).
     watch: Arc<Mutex<SliWatch>>,
-    /// Every service's request-rate forecast (not checkpointed: a restart learns again).
+    /// Every service's request-rate (and limited usage) forecasts: in `engine.ckpt` with the
+    /// anomaly watch, and in the changelog with their partitions.
     forecasts: Arc<Mutex<Forecasts>>,
     /// Services' prices and daily budgets.
     costs: Vec<trike_engine::cost::CostSpec>,
