@@ -172,13 +172,20 @@ fn median(v: &mut [f64]) -> Option<f64> {
 /// The metric every service has forecast: its request rate, per second.
 pub const REQUEST_RATE: &str = "request_rate";
 
+fn request_rate() -> Arc<str> {
+    Arc::from(REQUEST_RATE)
+}
+
 /// What a forecast says now.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ForecastPoint {
-    /// What is forecast: [`REQUEST_RATE`], or a usage metric ([`crate::usage`]).
+    /// What is forecast: [`REQUEST_RATE`], or a usage metric ([`crate::usage`]). (Points
+    /// written before usage metrics were forecast have none: the request rate.)
+    #[serde(default = "request_rate")]
     pub metric: Arc<str>,
     /// The last hour's mean: requests (or a rate usage metric's unit) per second, or a level
-    /// usage metric's value.
+    /// usage metric's value. (Named `rate_per_s` in points written before.)
+    #[serde(alias = "rate_per_s")]
     pub value: f64,
     /// The trend, in the value's unit per day.
     pub trend_per_day: f64,

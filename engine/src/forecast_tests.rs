@@ -223,3 +223,16 @@ fn forecasts_survive_a_snapshot() {
     g.drop_services(|s| s == "checkout");
     assert_eq!(g.all().count(), 0);
 }
+
+/// Scenario: a forecast point as releases before usage metrics wrote it (in a ticket's
+/// evidence, kept in `policy.ckpt` and the changelog): `rate_per_s`, no `metric`.
+/// Guarantees: it still reads, as the request rate's, with its value.
+#[test]
+fn points_written_before_usage_metrics_still_read() {
+    let old =
+        r#"{"rate_per_s":12.5,"trend_per_day":1.0,"limit":100.0,"days_to_limit":9.0,"hours":80}"#;
+    let p: ForecastPoint = serde_json::from_str(old).unwrap();
+    assert_eq!((&*p.metric, p.value, p.hours), (REQUEST_RATE, 12.5, 80));
+    let back: ForecastPoint = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+    assert_eq!(back, p);
+}

@@ -42,8 +42,9 @@ pub fn bucket<M: Minutely>(
     minutes.get_mut(at)
 }
 
-/// The buckets overlapping `window` ending at `now`, each with the share of it inside (the
-/// minute in progress counts in full: what it holds so far is all there is).
+/// The buckets overlapping `window` ending at `now`, each with the share of it inside: of a
+/// whole minute, the part after the window's start; of the minute in progress, of the part
+/// up to `now` (what it holds so far), the part after the window's start.
 pub fn weighted<M: Minutely>(
     minutes: &VecDeque<M>,
     window: Span,
@@ -52,11 +53,18 @@ pub fn weighted<M: Minutely>(
     let end = now as f64 / NANOS_PER_SEC as f64;
     let start = end - window.secs() as f64;
     minutes.iter().filter_map(move |m| {
-        let (a, z) = ((m.minute() * 60) as f64, (m.minute() * 60 + 60) as f64);
+        let a = (m.minute() * 60) as f64;
+        let z = (a + 60.0).min(end);
         if z <= start || a > end {
             return None;
         }
-        Some((m, ((z - start) / 60.0).clamp(0.0, 1.0)))
+        let share = if z > a {
+            ((z - start.max(a)) / (z - a)).clamp(0.0, 1.0)
+        } else {
+            // A minute starting at `now` holds only what happened at `now`.
+            1.0
+        };
+        Some((m, share))
     })
 }
 

@@ -8,14 +8,17 @@
 //! - **rates**: monotonic sums (CPU seconds, bytes sent). What counts is how fast they grow: the
 //!   amount in a window over the window, in the metric's unit per second (CPU seconds per
 //!   second = cores). Each point's amount (cumulative points are converted to deltas by the
-//!   engine's, or a gateway's, delta tracker) is spread evenly over the interval it covers,
-//!   so windows shorter than the export interval are read right at their edges.
+//!   engine's, or a gateway's, delta tracker) is spread evenly over the interval it covers (an
+//!   interval longer than the hour kept contributes its last hour's share), and a rate is read
+//!   up to the newest point, so a window between two exports is not diluted by the time since
+//!   the last one.
 //! - **levels**: gauges and non-monotonic sums (memory in use, open connections). What counts
-//!   is their value: per minute, the sum over the service's streams (its instances, and their
-//!   attributes) of each stream's mean, averaged over a window's minutes.
+//!   is their value: over a window, the sum over the service's streams (its instances, and
+//!   their attributes) of each stream's mean in the window.
 //!
 //! Memory is bounded: an hour of minutes per series, at most `max_series` series, each
-//! forgotten an hour after its last point. Pure: time is an argument.
+//! forgotten an hour after its last point, at most [`MAX_LEVEL_STREAMS`] streams a level's
+//! minute. Pure: time is an argument.
 
 use crate::minutes;
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos};
@@ -23,8 +26,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-/// An amount whose interval is longer than this (or unknown) is counted at its point's time.
+/// The longest interval an amount is spread over: the hour kept (and a silent series' life).
 const MAX_SPREAD: u64 = 3600 * NANOS_PER_SEC;
+/// Most streams a level's minute sums (instances × attribute sets); points of more are
+/// dropped (counted).
+pub const MAX_LEVEL_STREAMS: usize = 1000;
 
 /// How a usage metric is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,12 +79,6 @@ struct Minute {
     levels: Vec<(u64, f64, u32)>,
 }
 
-impl Minute {
-    fn level(&self) -> f64 {
-        self.levels.iter().map(|&(_, s, n)| s / f64::from(n)).sum()
-    }
-}
-
 #[derive(Clone, Debug)]
 struct Series {
     kind: UsageKind,
@@ -86,6 +86,9 @@ struct Series {
     minutes: VecDeque<Minute>,
     /// The earliest time the series covers (rates: the rate's denominator starts there).
     since: UnixNanos,
+    /// Rates: the latest time the series covers (the denominator ends there: between two
+    /// exports, the time since the last one holds no data yet).
+    until: UnixNanos,
     /// Engine time of the last point.
     seen: UnixNanos,
 }
@@ -185,6 +188,7 @@ impl Usage {
                         kind,
                         minutes: VecDeque::new(),
                         since: UnixNanos::MAX,
+                        until: 0,
                         seen: now,
                     },
                 ));
@@ -202,8 +206,8 @@ impl Usage {
     }
 
     /// Adds `amount` of rate `metric` of `service`, spread evenly over `(from, to]` (at `to`
-    /// when `from` is unknown, not before `to`, or more than an hour before it). Times after
-    /// `now` count at `now`.
+    /// when `from` is unknown or not before `to`; of an interval longer than the hour kept,
+    /// the last hour's share). Times after `now` count at `now`.
     pub fn add_amount(
         &mut self,
         service: &Arc<str>,
@@ -217,15 +221,21 @@ impl Usage {
             return;
         }
         let to = to.min(now);
-        let from = if from == 0 || from >= to || to - from > MAX_SPREAD {
-            to
+        let (from, amount) = if from == 0 || from >= to {
+            (to, amount)
+        } else if to - from > MAX_SPREAD {
+            // Only the last hour is kept: its share of the amount (a stream back after a long
+            // silence, or a process older than the engine, must not land in one minute).
+            let kept = to - MAX_SPREAD;
+            (kept, amount * MAX_SPREAD as f64 / (to - from) as f64)
         } else {
-            from
+            (from, amount)
         };
         let Some(s) = self.series_mut(service, metric, UsageKind::Rate, now) else {
             return;
         };
         s.since = s.since.min(from);
+        s.until = s.until.max(to);
         let mut counted = false;
         if from == to {
             if let Some(m) = s.minute(to / (60 * NANOS_PER_SEC)) {
@@ -274,13 +284,22 @@ impl Usage {
             self.dropped += 1;
             return;
         };
+        let full = m.levels.len() >= MAX_LEVEL_STREAMS;
         match m.levels.iter_mut().find(|l| l.0 == stream) {
             Some(l) => {
                 l.1 += value;
                 l.2 += 1;
             }
+            None if full => self.dropped += 1,
             None => m.levels.push((stream, value, 1)),
         }
+    }
+
+    /// Forgets the series of the services for which `gone(service)` holds (their partition
+    /// moved to another processor).
+    pub fn drop_services(&mut self, gone: impl Fn(&str) -> bool) {
+        self.series.retain(|service, _| !gone(service));
+        self.count = self.series.values().map(Vec::len).sum();
     }
 
     /// The services with a usage series, sorted.
@@ -469,18 +488,26 @@ impl Series {
                 let start = now
                     .saturating_sub(window.secs() * NANOS_PER_SEC)
                     .max(self.since);
-                let secs = now.saturating_sub(start) as f64 / NANOS_PER_SEC as f64;
-                (secs > 0.0).then(|| amount / secs)
+                let end = self.until.min(now);
+                (end > start).then(|| amount / ((end - start) as f64 / NANOS_PER_SEC as f64))
             }
             UsageKind::Level => {
-                let (mut sum, mut weight) = (0.0, 0.0);
+                // Each stream's mean over the window, summed: a stream that reports less often
+                // than once a minute counts in full all the same.
+                let mut streams: HashMap<u64, (f64, f64)> = HashMap::new();
                 for (m, w) in self.weighted(window, now) {
-                    if !m.levels.is_empty() {
-                        sum += m.level() * w;
-                        weight += w;
+                    for &(stream, sum, n) in &m.levels {
+                        let e = streams.entry(stream).or_default();
+                        e.0 += sum * w;
+                        e.1 += f64::from(n) * w;
                     }
                 }
-                (weight > 0.0).then(|| sum / weight)
+                let level = streams
+                    .values()
+                    .filter(|(_, n)| *n > 0.0)
+                    .map(|(s, n)| s / n)
+                    .sum();
+                (!streams.is_empty()).then_some(level)
             }
         }
     }

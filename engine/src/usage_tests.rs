@@ -35,9 +35,10 @@ fn a_rate_is_spread_over_its_interval() {
 }
 
 /// Scenario: amounts with no interval (a delta point without a start time), one stamped an
-/// hour ahead of now, and one with an interval longer than an hour.
-/// Guarantees: each counts whole at its point's time (the future one at now); the window
-/// holds all three.
+/// hour ahead of now, and one with an interval of two hours ending 20 s ago.
+/// Guarantees: the first two count whole at their point's time (the future one at now); of
+/// the long one, only its last hour's share is kept, spread: 40 of its 7 180 s are in the
+/// last minute.
 #[test]
 fn amounts_without_a_usable_interval_count_at_their_time() {
     let mut u = Usage::new(10);
@@ -47,7 +48,7 @@ fn amounts_without_a_usable_interval_count_at_their_time() {
     u.add_amount(&svc, &cpu, (now, now + 3600 * S), 7.0, now);
     u.add_amount(&svc, &cpu, (now - 7200 * S, now - 20 * S), 11.0, now);
     let a = u.amount("a", "cpu", Span::minutes(1), now).unwrap();
-    assert!((a - 23.0).abs() < 1e-9, "{a}");
+    assert!((a - (12.0 + 11.0 * 40.0 / 7180.0)).abs() < 1e-9, "{a}");
 }
 
 /// Scenario: a memory gauge from two pods (100 and 300 MiB), the first reporting twice a
@@ -98,4 +99,93 @@ fn usage_is_bounded() {
     assert_eq!(u.len(), 1);
     assert_eq!(u.kind("a", "cpu"), Some(UsageKind::Rate));
     assert!(u.heap_bytes() > 0);
+}
+
+/// Scenario: a pod at 2 cores reports cumulative CPU every 60 s; it is read 50 s after its
+/// last export (over 5 minutes) and over 10 s, 30 s into a minute of steady points every 10 s.
+/// Guarantees: the rate is read up to the newest point (2, not 2 × 250 / 300), and a window
+/// shorter than a minute reads the part of the minute in progress it covers (2, not 4).
+#[test]
+fn rates_are_read_up_to_the_newest_point() {
+    let mut u = Usage::new(10);
+    let (svc, cpu) = (arc("a"), arc("cpu"));
+    let mut last = T0;
+    for i in 1..=10u64 {
+        last = T0 + i * 60 * S;
+        u.add_amount(&svc, &cpu, (last - 60 * S, last), 120.0, last);
+    }
+    let r = u
+        .value("a", "cpu", Span::minutes(5), last + 50 * S)
+        .unwrap();
+    assert!((r - 2.0).abs() < 1e-9, "{r}");
+
+    let mut v = Usage::new(10);
+    let mut t = T0;
+    for _ in 0..9 {
+        t += 10 * S;
+        v.add_amount(&svc, &cpu, (t - 10 * S, t), 20.0, t);
+    }
+    // t is 30 s into T0's second minute.
+    let r = v.value("a", "cpu", Span(10), t).unwrap();
+    assert!((r - 2.0).abs() < 1e-9, "{r}");
+}
+
+/// Scenario: two pods report memory only every other minute (100 and 300 MiB), one in even
+/// minutes, the other in odd ones; read over 5 minutes and 2 minutes.
+/// Guarantees: each stream counts with its mean over the window, reported or not in a given
+/// minute: 400 either way.
+#[test]
+fn a_level_counts_streams_that_skip_minutes() {
+    let mut u = Usage::new(10);
+    let (svc, mem) = (arc("cart"), arc("mem"));
+    let mut now = T0;
+    for m in 0..10u64 {
+        now = T0 + m * 60 * S + 30 * S;
+        let (stream, value) = if m % 2 == 0 { (1, 100.0) } else { (2, 300.0) };
+        u.add_level(&svc, &mem, stream, now, value, now);
+    }
+    for w in [Span::minutes(5), Span::minutes(2)] {
+        let v = u.value("cart", "mem", w, now).unwrap();
+        assert!((v - 400.0).abs() < 1e-9, "{w}: {v}");
+    }
+}
+
+/// Scenario: a pod's CPU stream comes back after two days of silence with one point covering
+/// them (2 cores: 345 600 CPU seconds), and a level minute is offered more streams than kept.
+/// Guarantees: only the last hour's share of the long interval is counted (2 cores over any
+/// window, not 345 600 CPU seconds in one minute); streams past the cap are dropped and
+/// counted.
+#[test]
+fn long_intervals_and_many_streams_stay_bounded() {
+    let mut u = Usage::new(10);
+    let (svc, cpu) = (arc("a"), arc("cpu"));
+    let now = T0 + 3 * 86_400 * S;
+    u.add_amount(&svc, &cpu, (now - 2 * 86_400 * S, now), 345_600.0, now);
+    for w in [Span::minutes(1), Span::minutes(5), Span::hours(1)] {
+        let r = u.value("a", "cpu", w, now).unwrap();
+        assert!((r - 2.0).abs() < 1e-6, "{w}: {r}");
+    }
+    let mem = arc("mem");
+    for stream in 0..MAX_LEVEL_STREAMS as u64 + 100 {
+        u.add_level(&svc, &mem, stream, now, 1.0, now);
+    }
+    assert_eq!(u.dropped(), 100);
+    assert_eq!(
+        u.value("a", "mem", Span::minutes(1), now),
+        Some(MAX_LEVEL_STREAMS as f64)
+    );
+}
+
+/// Scenario: two services' usage; one's partition moves away.
+/// Guarantees: its series are forgotten, the other's kept, the count follows.
+#[test]
+fn usage_moves_with_its_services() {
+    let mut u = Usage::new(10);
+    let now = T0;
+    u.add_amount(&arc("a"), &arc("cpu"), (0, now), 1.0, now);
+    u.add_level(&arc("a"), &arc("mem"), 1, now, 1.0, now);
+    u.add_amount(&arc("b"), &arc("cpu"), (0, now), 1.0, now);
+    u.drop_services(|s| s == "a");
+    assert_eq!(u.len(), 1);
+    assert_eq!(u.services(), [arc("b")]);
 }

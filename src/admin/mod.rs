@@ -253,11 +253,11 @@ async fn index() -> impl IntoResponse {
      POST /api/v1/reload                  reload SLOs, canaries, policies (write scope; also SIGHUP and a changed config file)\n\
      GET /api/v1/exemplars?service=S      the newest failing requests' trace ids, linked by trace_url_template (JSON)\n\
      GET /api/v1/anomalies[?service=S]    the anomaly watch's latest scores per service and SLI (JSON)\n\
-     GET /api/v1/forecast[?service=S]     request-rate forecast and days to the capacity limit (JSON)\n\
+     GET /api/v1/forecast[?service=S[&metric=M]]  request-rate (or usage) forecast and days to the capacity limit (JSON)\n\
      GET /api/v1/graph[?window=5m]        the service graph: calls, errors and p99 per (caller, callee) (JSON)\n\
      GET /api/v1/regions[?service=S]      each service's regions' health over 5 minutes, worst first (JSON)\n\
      GET /api/v1/cost[?service=S]         spend per day and spend burn against the cost: budget (JSON)\n\
-     GET /api/v1/usage[?service=S]        usage metrics (CPU seconds per second, memory…) over 5m (JSON)\n\
+     GET /api/v1/usage[?service=S][&window=5m]  usage metrics (CPU seconds per second, memory…) (JSON)\n\
      GET /api/v1/loop                     the loop's own metrics: time to detect and mitigate, outcomes, false positives (JSON)\n\
      GET /api/v1/history?service=S        the last 10 minutes of SLIs per version, every 2 s (JSON)\n\
      GET /api/v1/services                  services with data, SLOs or canaries (JSON)\n\

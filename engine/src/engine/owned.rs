@@ -150,6 +150,7 @@ impl Engine {
         }
         self.services.retain(|name, _| !gone(name));
         self.removed.retain(|k| !gone(&k.service));
+        self.usage.drop_services(&gone);
         dropped
     }
 }

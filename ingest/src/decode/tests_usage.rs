@@ -46,11 +46,11 @@ fn sum(
 
 /// Table: `process.cpu.time` as a cumulative monotonic sum with two `cpu.mode`s, as a delta
 /// sum, and `process.memory.usage` as a gauge and as a non-monotonic sum; then bad points (a
-/// negative CPU time, no time, no value), a histogram named as a usage metric, and an
-/// unnamed sum; the same in OTLP/JSON.
+/// negative CPU time, no time, no value), a non-monotonic delta sum, a histogram named as a
+/// usage metric, and an unnamed sum; the same in OTLP/JSON.
 /// Guarantees: monotonic sums are rates with their temporality, each mode its own stream;
-/// gauges and non-monotonic sums are levels; bad points and the histogram are rejected with
-/// a reason naming the metric; a sum no one reads is nothing; no request observation comes of
+/// gauges and non-monotonic cumulative sums are levels; bad points, the delta level and the
+/// histogram are rejected with a reason naming the metric; a sum no one reads is nothing; no request observation comes of
 /// any of it; JSON decodes the same.
 #[test]
 fn usage_metrics_become_usage_points() {
@@ -107,6 +107,12 @@ fn usage_metrics_become_usage_points() {
             })),
             ..Default::default()
         },
+        sum(
+            "process.memory.usage",
+            false,
+            delta,
+            vec![point("", T, Nv::AsInt(7))],
+        ),
         sum("jvm.threads", true, cum, vec![point("", T, Nv::AsInt(1))]),
     ]);
     let d = metrics_proto(&req.encode_to_vec(), &cfg()).unwrap();
@@ -129,9 +135,12 @@ fn usage_metrics_become_usage_points() {
     assert_eq!((u[2].temporality, u[2].value), (Temporality::Delta, 2.0));
     assert_eq!((u[3].kind, u[3].value), (UsageKind::Level, 5e8));
     assert_eq!((u[4].kind, u[4].value), (UsageKind::Level, -4.0));
-    assert_eq!(d.rejected, 4, "three bad points and the histogram's");
+    assert_eq!(
+        d.rejected, 5,
+        "three bad points, the histogram's and the delta level's"
+    );
     assert_eq!(d.rejected_by[Reason::InvalidPoint as usize], 3);
-    assert_eq!(d.rejected_by[Reason::UnsupportedMetric as usize], 1);
+    assert_eq!(d.rejected_by[Reason::UnsupportedMetric as usize], 2);
     let first = d.first_rejection.unwrap();
     assert!(
         first.contains("process.cpu.time") && first.contains("≥ 0"),

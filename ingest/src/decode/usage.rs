@@ -18,8 +18,15 @@ pub(super) fn usage_metric(m: &Metric, scope: &str, ctx: &mut Ctx<'_>, out: &mut
             };
             (&s.data_points, UsageKind::Rate, t)
         }
-        // A non-monotonic sum's value is the level itself, whatever its temporality says.
-        Some(Data::Sum(s)) => (&s.data_points, UsageKind::Level, Temporality::Cumulative),
+        // A non-monotonic cumulative sum's value is the level itself; as deltas it would be
+        // the level's changes, which add up to a level only from its very first point.
+        Some(Data::Sum(s)) => {
+            if temporality(s.aggregation_temporality) != Some(Temporality::Cumulative) {
+                let why = "a non-monotonic sum must be CUMULATIVE (its value is the level)";
+                return reject_all(out, m, s.data_points.len(), why);
+            }
+            (&s.data_points, UsageKind::Level, Temporality::Cumulative)
+        }
         Some(Data::Gauge(g)) => (&g.data_points, UsageKind::Level, Temporality::Cumulative),
         Some(other) => {
             let n = super::count_points(m) as usize;
