@@ -30,12 +30,19 @@ pub(super) async fn handler(State(s): State<Arc<AdminState>>, Query(p): Query<Pa
     axum::Json(serde_json::json!({ "window": window.to_string(), "edges": edges })).into_response()
 }
 
-/// `trike_graph_edges`, `trike_graph_waiting` and `trike_graph_calls_total{outcome}`.
+/// `trike_graph_edges`, `trike_graph_waiting` and `trike_graph_calls_total{outcome}`. On a
+/// gateway, which pairs the halves and holds no edges (its processors do), the pairing's.
 pub(super) fn render(s: &AdminState, out: &mut String) {
-    let (edges, waiting, st) = {
-        let engine = s.worker.engine().lock();
-        let g = engine.graph();
-        (g.edge_count(), g.waiting(), g.stats())
+    let (edges, waiting, st) = match &s.gateway {
+        Some(g) => {
+            let (st, waiting) = *g.graph.lock();
+            (0, waiting, st)
+        }
+        None => {
+            let engine = s.worker.engine().lock();
+            let g = engine.graph();
+            (g.edge_count(), g.waiting(), g.stats())
+        }
     };
     gauge(
         out,

@@ -261,6 +261,17 @@ fn members_ask_each_other_over_mtls() {
     let mut edges = edges;
     edges.sort();
     assert_eq!(edges, want_edges);
+    // The gateway paired the halves: its /metrics says so (cart's calls paired with billing's
+    // server spans; billing's named ledger-db, which sends no spans).
+    let text = get(&gateway, "/metrics").unwrap();
+    let calls = |outcome: &str| {
+        let line = format!("trike_graph_calls_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{line} in:\n{text}"))
+    };
+    assert_eq!((calls("paired"), calls("by_peer")), (40.0, 40.0));
 
     // A silence set at the gateway holds at the processor, and at a processor that starts
     // later (the fleet's silences topic); expiring it at the gateway reaches both.

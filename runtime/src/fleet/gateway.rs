@@ -68,6 +68,9 @@ pub struct GatewayStats {
     pub refused: AtomicU64,
     /// Seconds the last flush's records took to be acknowledged, in microseconds.
     pub last_flush_us: AtomicU64,
+    /// The service graph's pairing here (gateways pair calls' halves): its counters and the
+    /// halves waiting, as of the last flush.
+    pub graph: Mutex<(trike_engine::graph::GraphStats, usize)>,
 }
 
 impl GatewayStats {
@@ -395,6 +398,7 @@ impl Flusher {
             // Call halves that waited their time count now, even with no new data.
             open.builder.advance(sink.clock.now());
             let parts = open.builder.take();
+            *sink.stats.graph.lock() = (open.builder.graph_stats(), open.builder.calls_waiting());
             (
                 parts,
                 std::mem::take(&mut open.acks),
