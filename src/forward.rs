@@ -52,6 +52,10 @@ pub struct Target {
     /// Bytes queued for the hop at most (default 64 MiB).
     #[serde(default)]
     pub queue_bytes: Option<crate::config::bytes::ByteSize>,
+    /// TLS to the hop (`{ca_file, cert_file, key_file, server_name_override}`, the
+    /// Collector exporter's fields; `tls: {}` trusts the system's roots); absent: plaintext.
+    #[serde(default)]
+    pub tls: Option<trike_ingest::tls::HopTls>,
 }
 
 /// Default queue per hop.
@@ -73,6 +77,9 @@ impl Target {
             {
                 return Err(format!("headers: {name:?} is not a valid header"));
             }
+        }
+        if let Some(tls) = &self.tls {
+            trike_ingest::tls::hop_client_config(tls, &[]).map_err(|e| format!("tls: {e}"))?;
         }
         Ok(())
     }
@@ -257,6 +264,13 @@ enum Failure {
 
 impl Sender {
     fn new(t: &Target) -> anyhow::Result<Self> {
+        let host = t.endpoint.rsplit_once(':').map_or("", |(h, _)| h);
+        let tls = |alpn: &[&[u8]]| {
+            t.tls
+                .as_ref()
+                .map(|tls| trike_ingest::tls::hop_client_config(tls, alpn))
+                .transpose()
+        };
         Ok(match t.protocol {
             Protocol::Http => {
                 let mut headers = reqwest::header::HeaderMap::new();
@@ -266,20 +280,41 @@ impl Sender {
                         reqwest::header::HeaderValue::from_str(v)?,
                     );
                 }
+                let builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+                let (builder, scheme) = match tls(&[b"h2", b"http/1.1"])? {
+                    Some(cfg) => (builder.tls_backend_preconfigured(cfg), "https"),
+                    None => (builder, "http"),
+                };
                 Sender::Http {
-                    client: reqwest::Client::builder()
-                        .timeout(Duration::from_secs(10))
-                        .build()?,
-                    base: format!("http://{}", t.endpoint),
+                    client: builder.build()?,
+                    base: format!("{scheme}://{}", t.endpoint),
                     headers,
                 }
             }
-            Protocol::Grpc => Sender::Grpc {
-                channel: tonic::transport::Endpoint::from_shared(format!("http://{}", t.endpoint))?
-                    .timeout(Duration::from_secs(10))
-                    .connect_lazy(),
-                headers: t.headers.clone(),
-            },
+            Protocol::Grpc => {
+                let endpoint =
+                    tonic::transport::Endpoint::from_shared(format!("http://{}", t.endpoint))?
+                        .timeout(Duration::from_secs(10));
+                let channel = match tls(&[b"h2"])? {
+                    // TLS under the channel: the URI stays http://, the connector does the
+                    // handshake (checking the endpoint's host, or the override).
+                    Some(cfg) => {
+                        let name = t
+                            .tls
+                            .as_ref()
+                            .and_then(|x| x.server_name_override.as_deref())
+                            .unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
+                        let connector = trike_ingest::tls::HopConnector::new(cfg, name)
+                            .map_err(anyhow::Error::msg)?;
+                        endpoint.connect_with_connector_lazy(connector)
+                    }
+                    None => endpoint.connect_lazy(),
+                };
+                Sender::Grpc {
+                    channel,
+                    headers: t.headers.clone(),
+                }
+            }
         })
     }
 

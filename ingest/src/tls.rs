@@ -135,6 +135,155 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A next hop's TLS (`forward[].tls`, the Collector exporter's `tls:` fields): the CAs its
+/// certificate is checked against (`ca_file`; else the system's trusted roots), the client
+/// certificate and key to present (mTLS), and the name to check instead of the endpoint's host
+/// (`server_name_override`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HopTls {
+    /// PEM CA certificates (default: the system's trusted roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for a hop that requires one.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Its PEM private key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The name the hop's certificate must carry (default: the endpoint's host).
+    #[serde(default)]
+    pub server_name_override: Option<String>,
+}
+
+/// The rustls client configuration for a next hop, offering `alpn` (`h2` for gRPC).
+pub fn hop_client_config(tls: &HopTls, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
+    let err = |field: &'static str, path: &Path, reason: String| TlsError {
+        field,
+        path: path.display().to_string(),
+        reason,
+    };
+    if let (Some(f), None) | (None, Some(f)) = (&tls.cert_file, &tls.key_file) {
+        return Err(err(
+            "forward.tls.cert_file",
+            f,
+            "cert_file and key_file go together".into(),
+        ));
+    }
+    let mut roots = RootCertStore::empty();
+    match &tls.ca_file {
+        Some(ca) => {
+            for c in certs("forward.tls.ca_file", ca)? {
+                roots.add(c).map_err(|e| {
+                    err(
+                        "forward.tls.ca_file",
+                        ca,
+                        format!("not a usable CA certificate: {e}"),
+                    )
+                })?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for c in native.certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err(err(
+                    "forward.tls.ca_file",
+                    Path::new("(system roots)"),
+                    "the system has no trusted roots: give ca_file".into(),
+                ));
+            }
+        }
+    }
+    let ca_path = tls
+        .ca_file
+        .as_deref()
+        .unwrap_or(Path::new("(system roots)"));
+    let identity = tls.cert_file.as_deref().zip(tls.key_file.as_deref());
+    let fields = ClientFields {
+        ca: "forward.tls.ca_file",
+        server_name: "forward.tls.server_name_override",
+        cert: "forward.tls.cert_file",
+        key: "forward.tls.key_file",
+    };
+    let server_name = tls.server_name_override.as_deref();
+    client_config(roots, ca_path, server_name, identity, &fields, alpn)
+}
+
+/// The config fields a client configuration's parts come from, for its errors.
+struct ClientFields {
+    ca: &'static str,
+    server_name: &'static str,
+    cert: &'static str,
+    key: &'static str,
+}
+
+/// A rustls client configuration trusting `roots` (read from `ca_path`), checking the
+/// server's certificate for `server_name` when given (else the name connected to),
+/// presenting `identity` (certificate chain and key files) when given, offering `alpn`.
+fn client_config(
+    roots: RootCertStore,
+    ca_path: &Path,
+    server_name: Option<&str>,
+    identity: Option<(&Path, &Path)>,
+    fields: &ClientFields,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TlsError> {
+    use rustls::client::WebPkiServerVerifier;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let err = |field: &'static str, path: &Path, reason: String| TlsError {
+        field,
+        path: path.display().to_string(),
+        reason,
+    };
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| err(fields.ca, ca_path, e.to_string()))?;
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match server_name {
+        None => webpki,
+        Some(name) => Arc::new(NamedVerifier {
+            inner: webpki,
+            name: rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| {
+                err(
+                    fields.server_name,
+                    Path::new(name),
+                    format!("not a DNS name or IP address: {e}"),
+                )
+            })?,
+        }),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(fields.ca, ca_path, e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = certs(fields.cert, cert)?;
+            let key_pem = read(fields.key, key)?;
+            let k = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                err(
+                    fields.key,
+                    key,
+                    format!("no usable private key in it ({e})"),
+                )
+            })?;
+            builder.with_client_auth_cert(chain, k).map_err(|e| {
+                err(
+                    fields.key,
+                    key,
+                    format!("does not match {} or is unusable: {e}", fields.cert),
+                )
+            })?
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// The rustls client configuration one fleet member asks another's admin API with (DESIGN §6):
 /// it trusts only the CAs in `ca` (the config field `ca_field` names it in errors); it presents
 /// `files`' certificate and key when the admin API requires client certificates (when
@@ -147,8 +296,6 @@ pub fn member_client_config(
     ca_field: &'static str,
     server_name: Option<&str>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    use rustls::client::WebPkiServerVerifier;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let err = |field: &'static str, path: &Path, reason: String| TlsError {
         field,
         path: path.display().to_string(),
@@ -160,50 +307,16 @@ pub fn member_client_config(
             .add(c)
             .map_err(|e| err(ca_field, ca, format!("not a usable CA certificate: {e}")))?;
     }
-    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| err(ca_field, ca, e.to_string()))?;
-    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match server_name {
-        None => webpki,
-        Some(name) => Arc::new(NamedVerifier {
-            inner: webpki,
-            name: rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| {
-                err(
-                    "fleet.server_name",
-                    Path::new(name),
-                    format!("not a DNS name or IP address: {e}"),
-                )
-            })?,
-        }),
+    let identity = files
+        .filter(|f| f.client_ca_file.is_some())
+        .map(|f| (f.cert_file.as_path(), f.key_file.as_path()));
+    let fields = ClientFields {
+        ca: ca_field,
+        server_name: "fleet.server_name",
+        cert: "tls.cert_file",
+        key: "tls.key_file",
     };
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err(ca_field, ca, e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let mut config = match files.filter(|f| f.client_ca_file.is_some()) {
-        None => builder.with_no_client_auth(),
-        Some(f) => {
-            let chain = certs("tls.cert_file", &f.cert_file)?;
-            let key_pem = read("tls.key_file", &f.key_file)?;
-            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-                err(
-                    "tls.key_file",
-                    &f.key_file,
-                    format!("no usable private key in it ({e})"),
-                )
-            })?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| {
-                err(
-                    "tls.key_file",
-                    &f.key_file,
-                    format!("does not match tls.cert_file or is unusable: {e}"),
-                )
-            })?
-        }
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    client_config(roots, ca, server_name, identity, &fields, &[b"http/1.1"])
 }
 
 /// Verifies a server's certificate chain as WebPKI does, for a fixed name instead of the one
@@ -286,5 +399,66 @@ mod tests {
         );
         assert!(!e.contains("secret-material"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Connects to a next hop over TLS, for a gRPC channel (`Endpoint::connect_with_connector`):
+/// TCP to the URI's host and port, then the handshake, checking the certificate against the
+/// name given (the endpoint's host, or `server_name_override`).
+#[derive(Clone)]
+pub struct HopConnector {
+    tls: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl HopConnector {
+    /// A connector with `config` (its ALPN must offer `h2`), checking `name`.
+    pub fn new(config: rustls::ClientConfig, name: &str) -> Result<Self, String> {
+        let name = rustls::pki_types::ServerName::try_from(name.to_string())
+            .map_err(|e| format!("{name:?} is not a DNS name or IP address: {e}"))?;
+        Ok(Self {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+}
+
+impl std::fmt::Debug for HopConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HopConnector")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+type HopIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tower_service::Service<http::Uri> for HopConnector {
+    type Response = HopIo;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<HopIo>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (tls, name) = (self.tls.clone(), self.name.clone());
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| std::io::Error::other(format!("{uri}: no host")))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            Ok(hyper_util::rt::TokioIo::new(tls.connect(name, tcp).await?))
+        })
     }
 }
