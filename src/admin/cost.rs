@@ -98,13 +98,21 @@ pub(super) async fn cost(State(s): State<Arc<AdminState>>, Query(p): Query<Param
     axum::Json(serde_json::json!({ "costs": list })).into_response()
 }
 
-/// `trike_usage_value{service,metric,kind}` (5 m), `trike_cost_spend_burn{service,window}`,
+/// `trike_usage_points_dropped_total`, `trike_usage_value{service,metric,kind}` (5 m),
+/// `trike_cost_spend_burn{service,window}`,
 /// `trike_cost_per_request{service}` and `trike_cost_cpu_cores{service}`.
 pub(super) fn render(s: &AdminState, out: &mut String) {
-    let usage = {
+    let (usage, dropped) = {
         let engine = s.worker.engine().lock();
-        engine.usage().rows(Span::minutes(5), engine.now())
+        let u = engine.usage();
+        (u.rows(Span::minutes(5), engine.now()), u.dropped())
     };
+    trike_engine::expo::counter(
+        out,
+        "trike_usage_points_dropped_total",
+        "Usage metric points not kept: past the series cap or a level minute's stream cap, a metric whose kind changed, or older than the hour kept.",
+        dropped,
+    );
     if !usage.is_empty() {
         header(
             out,

@@ -148,6 +148,11 @@ async fn cpu_and_memory_from_the_sdk_are_read_and_priced() {
         assert_eq!(rate.labels.get("kind").map(String::as_str), Some("rate"));
         assert!(rate.value.unwrap() > 0.0);
         assert!(find("trike_cost_cpu_cores", None).value.unwrap() > 0.0);
+        let dropped = samples
+            .iter()
+            .find(|s| s.name == "trike_usage_points_dropped_total")
+            .unwrap_or_else(|| panic!("trike_usage_points_dropped_total in:\n{text}"));
+        assert_eq!(dropped.value, Some(0.0));
     }
     running.stop().await.unwrap();
 }
