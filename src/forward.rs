@@ -281,7 +281,8 @@ impl Sender {
                     );
                 }
                 let builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
-                let (builder, scheme) = match tls(&[b"h2", b"http/1.1"])? {
+                // HTTP/1.1 (as the plaintext hop speaks it): the client is built without HTTP/2.
+                let (builder, scheme) = match tls(&[b"http/1.1"])? {
                     Some(cfg) => (builder.tls_backend_preconfigured(cfg), "https"),
                     None => (builder, "http"),
                 };
@@ -292,9 +293,12 @@ impl Sender {
                 }
             }
             Protocol::Grpc => {
+                // The connect timeout covers the TCP connection and the TLS handshake (a hop
+                // that accepts and then stalls must not hold the senders forever).
                 let endpoint =
                     tonic::transport::Endpoint::from_shared(format!("http://{}", t.endpoint))?
-                        .timeout(Duration::from_secs(10));
+                        .timeout(Duration::from_secs(10))
+                        .connect_timeout(Duration::from_secs(10));
                 let channel = match tls(&[b"h2"])? {
                     // TLS under the channel: the URI stays http://, the connector does the
                     // handshake (checking the endpoint's host, or the override).
@@ -306,7 +310,11 @@ impl Sender {
                             .unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
                         let connector = trike_ingest::tls::HopConnector::new(cfg, name)
                             .map_err(anyhow::Error::msg)?;
-                        endpoint.connect_with_connector_lazy(connector)
+                        // Requests say `:scheme https`, as they travel over TLS.
+                        let origin = format!("https://{}", t.endpoint).parse::<http::Uri>()?;
+                        endpoint
+                            .origin(origin)
+                            .connect_with_connector_lazy(connector)
                     }
                     None => endpoint.connect_lazy(),
                 };

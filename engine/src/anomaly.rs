@@ -62,30 +62,12 @@ pub struct WatchSnapshot {
     /// Service, metric, detector and its latest verdict. A stream written by a release with
     /// another detector is left out when read (it starts afresh; the rest of the record is
     /// read as written).
-    #[serde(deserialize_with = "streams_of_this_release")]
-    pub streams: Vec<(String, SliMetric, Detector, Option<AnomalyPoint>)>,
+    #[serde(deserialize_with = "crate::saved::of_this_release")]
+    pub streams: Vec<Stream>,
 }
 
-type Stream = (String, SliMetric, Detector, Option<AnomalyPoint>);
-
-fn streams_of_this_release<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Vec<Stream>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Written {
-        Now(Box<Stream>),
-        Other(serde::de::IgnoredAny),
-    }
-    let all = Vec::<Written>::deserialize(d)?;
-    Ok(all
-        .into_iter()
-        .filter_map(|w| match w {
-            Written::Now(s) => Some(*s),
-            Written::Other(_) => None,
-        })
-        .collect())
-}
+/// One saved stream: service, metric, detector and its latest verdict.
+pub type Stream = (String, SliMetric, Detector, Option<AnomalyPoint>);
 
 /// Detectors over every service's SLI streams, sampled every `every_s` of engine time.
 #[derive(Clone, Debug)]

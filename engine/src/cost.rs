@@ -77,12 +77,15 @@ pub fn spend(engine: &Engine, spec: &CostSpec) -> SpendPoint {
     let had_s = engine.now().saturating_sub(engine.history_start()) / crate::time::NANOS_PER_SEC;
     let secs = |w: Span| w.secs().min(had_s.max(1)) as f64;
     let requests = |w: Span| engine.service_sums_prorated(&spec.service, w).requests;
-    let cpu = |w: Span| {
+    // CPU seconds per second over the window (read up to the newest point: a window between
+    // two exports is not diluted by the time since the last one).
+    let cores = |w: Span| {
         spec.cpu_metric()
-            .and_then(|m| engine.usage().amount(&spec.service, m, w, engine.now()))
+            .and_then(|m| engine.usage().value(&spec.service, m, w, engine.now()))
     };
-    let spent =
-        |w: Span| requests(w) * spec.per_request + cpu(w).unwrap_or(0.0) * spec.per_cpu_second;
+    let spent = |w: Span| {
+        requests(w) * spec.per_request + cores(w).unwrap_or(0.0) * secs(w) * spec.per_cpu_second
+    };
     let per_day = |w: Span| spent(w) * 86_400.0 / secs(w);
     let hour = Span::hours(1);
     let (day_1h, day_5m) = (per_day(hour), per_day(Span::minutes(5)));
@@ -100,7 +103,7 @@ pub fn spend(engine: &Engine, spec: &CostSpec) -> SpendPoint {
         } else {
             spec.per_request
         },
-        cpu_cores: cpu(hour).map(|c| c / secs(hour)),
+        cpu_cores: cores(hour),
         spend_per_day: day_1h,
         budget_per_day: spec.budget_per_day,
         burn_1h: burn(day_1h),

@@ -208,12 +208,17 @@ pub struct CapacityLimit {
     pub limit: f64,
 }
 
+/// One saved model: (service, metric, model, latest point).
+pub type Model = (String, String, Forecaster, ForecastPoint);
+
 /// Some services' forecasters, as checkpoints and changelog records carry them: (service,
 /// metric, model, latest point).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ForecastSnapshot {
-    /// The models.
-    pub models: Vec<(String, String, Forecaster, ForecastPoint)>,
+    /// The models. One written by a release whose model differs is left out when read (it
+    /// learns afresh; the rest of the record is read as written).
+    #[serde(deserialize_with = "crate::saved::of_this_release")]
+    pub models: Vec<Model>,
     /// The last hour sampled.
     pub last_hour: u64,
 }

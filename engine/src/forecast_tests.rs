@@ -236,3 +236,21 @@ fn points_written_before_usage_metrics_still_read() {
     let back: ForecastPoint = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
     assert_eq!(back, p);
 }
+
+/// Scenario: a saved forecast snapshot with one model as this release writes it and one as
+/// another release might (a different model layout).
+/// Guarantees: the snapshot reads; the model of this release is kept, the other left out
+/// (it learns afresh), so a checkpoint never fails over a forecast.
+#[test]
+fn models_of_another_release_are_left_out() {
+    let mut f = Forecasts::new(&[], 10);
+    for h in H0..H0 + 80 {
+        f.learn("checkout", REQUEST_RATE, h, 10.0);
+    }
+    let snap = f.snapshot_of(|_| true);
+    let mut v = serde_json::to_value(&snap).unwrap();
+    let models = v["models"].as_array_mut().unwrap();
+    models.push(serde_json::json!(["cart", "request_rate", {"a_new_layout": 1}, {"value": 1.0}]));
+    let back: ForecastSnapshot = serde_json::from_value(v).unwrap();
+    assert_eq!(back, snap);
+}

@@ -23,6 +23,7 @@ pub mod partials;
 pub mod policy;
 pub mod regions;
 pub mod rollout;
+pub mod saved;
 pub mod sketch;
 pub mod sli;
 pub mod slo;

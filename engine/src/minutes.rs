@@ -50,18 +50,33 @@ pub fn weighted<M: Minutely>(
     window: Span,
     now: UnixNanos,
 ) -> impl Iterator<Item = (&M, f64)> {
-    let end = now as f64 / NANOS_PER_SEC as f64;
-    let start = end - window.secs() as f64;
+    let start = now.saturating_sub(window.secs() * NANOS_PER_SEC);
+    weighted_between(minutes, start, now, 0)
+}
+
+/// The buckets overlapping `(start, end]`, each with the share of it inside, for data that
+/// begins at `data_from` and ends at `end`: a bucket holds what happened in its minute within
+/// that span, so the minute `data_from` falls in is weighed over its part after it, and the
+/// one `end` falls in over its part before it.
+pub fn weighted_between<M: Minutely>(
+    minutes: &VecDeque<M>,
+    start: UnixNanos,
+    end: UnixNanos,
+    data_from: UnixNanos,
+) -> impl Iterator<Item = (&M, f64)> {
+    let end = end as f64 / NANOS_PER_SEC as f64;
+    let start = start as f64 / NANOS_PER_SEC as f64;
+    let data_from = data_from as f64 / NANOS_PER_SEC as f64;
     minutes.iter().filter_map(move |m| {
-        let a = (m.minute() * 60) as f64;
-        let z = (a + 60.0).min(end);
+        let minute = (m.minute() * 60) as f64;
+        let (a, z) = (minute.max(data_from), (minute + 60.0).min(end));
         if z <= start || a > end {
             return None;
         }
         let share = if z > a {
             ((z - start.max(a)) / (z - a)).clamp(0.0, 1.0)
         } else {
-            // A minute starting at `now` holds only what happened at `now`.
+            // A minute starting at `end` holds only what happened at `end`.
             1.0
         };
         Some((m, share))

@@ -28,6 +28,8 @@ use std::sync::Arc;
 
 /// The longest interval an amount is spread over: the hour kept (and a silent series' life).
 const MAX_SPREAD: u64 = 3600 * NANOS_PER_SEC;
+/// Minutes a level's stream counts as present after its last point (Prometheus's lookback).
+const STALE_MINUTES: u64 = 5;
 /// Most streams a level's minute sums (instances × attribute sets); points of more are
 /// dropped (counted).
 pub const MAX_LEVEL_STREAMS: usize = 1000;
@@ -484,32 +486,76 @@ impl Series {
     fn value(&self, window: Span, now: UnixNanos) -> Option<f64> {
         match self.kind {
             UsageKind::Rate => {
-                let amount = self.amount(window, now);
+                // Over the part of the window the series covers: from its first point (or the
+                // window's start) to its newest (or now), the amount in it over its length.
+                let end = self.until.min(now);
                 let start = now
                     .saturating_sub(window.secs() * NANOS_PER_SEC)
                     .max(self.since);
-                let end = self.until.min(now);
-                (end > start).then(|| amount / ((end - start) as f64 / NANOS_PER_SEC as f64))
-            }
-            UsageKind::Level => {
-                // Each stream's mean over the window, summed: a stream that reports less often
-                // than once a minute counts in full all the same.
-                let mut streams: HashMap<u64, (f64, f64)> = HashMap::new();
-                for (m, w) in self.weighted(window, now) {
-                    for &(stream, sum, n) in &m.levels {
-                        let e = streams.entry(stream).or_default();
-                        e.0 += sum * w;
-                        e.1 += f64::from(n) * w;
-                    }
+                if end <= start {
+                    return None;
                 }
-                let level = streams
-                    .values()
-                    .filter(|(_, n)| *n > 0.0)
-                    .map(|(s, n)| s / n)
+                let amount: f64 = minutes::weighted_between(&self.minutes, start, end, self.since)
+                    .map(|(m, w)| m.amount * w)
                     .sum();
-                (!streams.is_empty()).then_some(level)
+                Some(amount / ((end - start) as f64 / NANOS_PER_SEC as f64))
+            }
+            UsageKind::Level => self.level(window, now),
+        }
+    }
+
+    /// Each stream's mean over the window, times the share of the window it was present, summed.
+    /// A stream is present from its first point (or the window's start, when it reported in
+    /// the [`STALE_MINUTES`] before) to [`STALE_MINUTES`] after its last: one that reports
+    /// less often than once a minute counts in full; one that went away (a pod replaced)
+    /// fades out.
+    fn level(&self, window: Span, now: UnixNanos) -> Option<f64> {
+        let last = now / (60 * NANOS_PER_SEC);
+        // Over the part of the window the series covers (like a rate).
+        let first = (now.saturating_sub(window.secs() * NANOS_PER_SEC) / (60 * NANOS_PER_SEC))
+            .max(self.since / (60 * NANOS_PER_SEC))
+            .min(last);
+        let lookback = first.saturating_sub(STALE_MINUTES);
+        let span = (last + 1 - first) as f64;
+        let weights: HashMap<u64, f64> = self
+            .weighted(window, now)
+            .map(|(m, w)| (m.minute, w))
+            .collect();
+        // Per stream: sum and points weighted in the window, and over the lookback too; its
+        // first and last minute.
+        let mut streams: HashMap<u64, [f64; 6]> = HashMap::new();
+        let seen = self
+            .minutes
+            .iter()
+            .filter(|m| (lookback..=last).contains(&m.minute));
+        for m in seen {
+            let w = weights.get(&m.minute).copied().unwrap_or(0.0);
+            let minute = m.minute as f64;
+            for &(stream, sum, n) in &m.levels {
+                let e = streams
+                    .entry(stream)
+                    .or_insert([0.0, 0.0, 0.0, 0.0, minute, minute]);
+                e[0] += sum * w;
+                e[1] += f64::from(n) * w;
+                e[2] += sum;
+                e[3] += f64::from(n);
+                e[4] = e[4].min(minute);
+                e[5] = e[5].max(minute);
             }
         }
+        let mut level = None;
+        for [sum_w, n_w, sum, n, seen_first, seen_last] in streams.into_values() {
+            let present_to = (seen_last as u64 + STALE_MINUTES).min(last);
+            if present_to < first || n == 0.0 {
+                continue;
+            }
+            let present_from = (seen_first as u64).max(first);
+            let share = ((present_to + 1 - present_from) as f64 / span).min(1.0);
+            // Its mean in the window; one present only by its points just before, theirs.
+            let mean = if n_w > 0.0 { sum_w / n_w } else { sum / n };
+            *level.get_or_insert(0.0) += mean * share;
+        }
+        level
     }
 }
 

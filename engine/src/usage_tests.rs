@@ -189,3 +189,47 @@ fn usage_moves_with_its_services() {
     assert_eq!(u.len(), 1);
     assert_eq!(u.services(), [arc("b")]);
 }
+
+/// Scenario: a pod at 2 cores exports every 60 s at second 30 of each minute; read 20 s into
+/// a minute (50 s after its last export) over 1 minute, 2 minutes and 5 minutes.
+/// Guarantees: 2 cores over each: the window is read up to the newest point, amount and time
+/// alike (not 40 CPU seconds over 10 s).
+#[test]
+fn a_short_window_between_exports_reads_right() {
+    let mut u = Usage::new(10);
+    let (svc, cpu) = (arc("a"), arc("cpu"));
+    let mut last = T0;
+    for i in 1..=10u64 {
+        last = T0 + 30 * S + i * 60 * S;
+        u.add_amount(&svc, &cpu, (last - 60 * S, last), 120.0, last);
+    }
+    let now = last + 50 * S;
+    for w in [Span::minutes(1), Span::minutes(2), Span::minutes(5)] {
+        let r = u.value("a", "cpu", w, now).unwrap();
+        assert!((r - 2.0).abs() < 1e-9, "{w}: {r}");
+    }
+}
+
+/// Scenario: a rolling deploy: ten pods of 1 GiB report every minute for half an hour, then
+/// ten new pods replace them for the next half hour.
+/// Guarantees: over 5 minutes, ten pods' worth (the old ones gone for longer than they stay
+/// present after their last point); over the hour, between ten and eleven (the old pods fade
+/// out five minutes after their last point) — never the twenty a sum of every stream's mean
+/// would say.
+#[test]
+fn replaced_streams_fade_out() {
+    let mut u = Usage::new(10);
+    let (svc, mem) = (arc("cart"), arc("mem"));
+    let mut now = T0;
+    for m in 0..60u64 {
+        now = T0 + m * 60 * S + 30 * S;
+        let pods = if m < 30 { 0..10 } else { 10..20 };
+        for pod in pods {
+            u.add_level(&svc, &mem, pod, now, 1.0, now);
+        }
+    }
+    let five = u.value("cart", "mem", Span::minutes(5), now).unwrap();
+    assert!((five - 10.0).abs() < 1e-9, "{five}");
+    let hour = u.value("cart", "mem", Span::hours(1), now).unwrap();
+    assert!((10.0..11.0).contains(&hour), "{hour}");
+}

@@ -163,12 +163,16 @@ pub fn hop_client_config(tls: &HopTls, alpn: &[&[u8]]) -> Result<rustls::ClientC
         path: path.display().to_string(),
         reason,
     };
-    if let (Some(f), None) | (None, Some(f)) = (&tls.cert_file, &tls.key_file) {
-        return Err(err(
-            "forward.tls.cert_file",
-            f,
-            "cert_file and key_file go together".into(),
-        ));
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(f), None) => {
+            let why = "cert_file and key_file go together: give key_file too".into();
+            return Err(err("forward.tls.cert_file", f, why));
+        }
+        (None, Some(f)) => {
+            let why = "cert_file and key_file go together: give cert_file too".into();
+            return Err(err("forward.tls.key_file", f, why));
+        }
+        _ => {}
     }
     let mut roots = RootCertStore::empty();
     match &tls.ca_file {

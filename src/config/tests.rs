@@ -211,7 +211,7 @@ slos:
         "capacity[2]: \"a\" has a limit on request_rate already",
         "forward[1].endpoint: \"http://collector\" is not host:port",
         "forward[2].tls: forward.tls.ca_file /nonexistent/ca.crt:",
-        "forward[3].tls: forward.tls.cert_file /x.crt: cert_file and key_file go together",
+        "forward[3].tls: forward.tls.cert_file /x.crt: cert_file and key_file go together: give key_file too",
     ] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }
