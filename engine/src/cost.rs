@@ -122,6 +122,21 @@ mod tests {
     const S: u64 = NANOS_PER_SEC;
     const T0: u64 = 1_800_000_000 * S;
 
+    /// `n` good requests of search, spread over the second from `t`.
+    fn requests(t: u64, n: u64) -> Batch {
+        let mut b = Batch::default();
+        let k = b.key_index(SeriesKey::new("search", "/q", "1"));
+        for i in 0..n {
+            b.requests.push(RequestObs {
+                key: k,
+                time: t + i * S / n,
+                latency_ms: 3.0,
+                bad: false,
+            });
+        }
+        b
+    }
+
     /// Scenario: a service priced at 0.001 a request with a budget of 864 a day (10 requests a
     /// second on budget) takes 10 requests a second for 50 minutes, then 60 for 10.
     /// Guarantees: the spend per day and both burns follow: on budget (1.0) before the surge;
@@ -141,16 +156,7 @@ mod tests {
         for sec in 0..3600u64 {
             let t = T0 + sec * S;
             let n = if sec < 3000 { 10 } else { 60 };
-            let mut b = Batch::default();
-            let k = b.key_index(SeriesKey::new("search", "/q", "1"));
-            for i in 0..n {
-                b.requests.push(RequestObs {
-                    key: k,
-                    time: t + i * S / n,
-                    latency_ms: 3.0,
-                    bad: false,
-                });
-            }
+            let b = requests(t, n);
             e.ingest(&b, t);
             e.advance(t + S);
             if sec == 2999 {
@@ -188,16 +194,7 @@ mod tests {
         let (mut cpu, mut before) = (0.0, None);
         for sec in 0..3600u64 {
             let t = T0 + sec * S;
-            let mut b = Batch::default();
-            let k = b.key_index(SeriesKey::new("search", "/q", "1"));
-            for i in 0..10 {
-                b.requests.push(RequestObs {
-                    key: k,
-                    time: t + i * S / 10,
-                    latency_ms: 3.0,
-                    bad: false,
-                });
-            }
+            let mut b = requests(t, 10);
             cpu += if sec < 3000 { 0.5 } else { 3.0 };
             if sec % 10 == 9 {
                 b.usage.push(UsageObs {

@@ -446,15 +446,7 @@ impl Engine {
         for e in &batch.edges {
             self.graph.add_edge(e);
         }
-        for u in &batch.usage {
-            let max = self.cfg.max_metric_streams;
-            let times = (self.start, self.now);
-            if let Some(add) =
-                crate::usage::convert(&mut self.deltas, &mut self.stats, u, times, max)
-            {
-                self.usage.apply(&u.service, &u.metric, add, self.now);
-            }
-        }
+        self.apply_usage(&batch.usage);
 
         let mut span_services: Vec<usize> = Vec::new();
         for r in &batch.requests {
@@ -681,50 +673,6 @@ impl Engine {
             self.keep_exemplars(batch);
         }
         rep
-    }
-
-    fn metric_delta(
-        &mut self,
-        stream: u64,
-        start: UnixNanos,
-        time: UnixNanos,
-        temporality: Temporality,
-        layout: (u64, Option<(i32, i32)>),
-        counts: &[u64],
-    ) -> Option<Vec<u64>> {
-        match temporality {
-            Temporality::Delta => Some(counts.to_vec()),
-            Temporality::Cumulative => {
-                let values: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
-                let d = self.convert(stream, start, time, layout, &values)?;
-                Some(d.into_iter().map(|v| v.max(0.0) as u64).collect())
-            }
-        }
-    }
-
-    fn convert(
-        &mut self,
-        stream: u64,
-        start: UnixNanos,
-        time: UnixNanos,
-        layout: (u64, Option<(i32, i32)>),
-        values: &[f64],
-    ) -> Option<Vec<f64>> {
-        let point = DeltaPoint {
-            stream,
-            start,
-            time,
-            layout,
-        };
-        let max = self.cfg.max_metric_streams;
-        convert_point(
-            &mut self.deltas,
-            &mut self.stats,
-            point,
-            values,
-            (self.start, self.now),
-            max,
-        )
     }
 
     /// Moves time forward: evicts buckets out of retention (once per second of `now`), removes

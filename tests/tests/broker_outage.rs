@@ -64,15 +64,8 @@ instance: outage
         );
         post_spans(&client, &running, &baseline, 200, 500_000_000, &mut rng).await;
         post_spans(&client, &running, &canary, 100, 500_000_000, &mut rng).await;
-        let doc: serde_json::Value = reqwest::get(format!(
-            "http://{}/api/v1/decisions?service=checkout",
-            running.admin_addr
-        ))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let doc: serde_json::Value =
+            trike_tests::get_json(&running, "/api/v1/decisions?service=checkout").await;
         let ids: Vec<String> = doc["decisions"]
             .as_array()
             .unwrap()

@@ -137,15 +137,8 @@ signing: {{ key: e2e-secret }}
         "resolved {gone:?} after the canary went away (window 10 s)"
     );
     // The API mirrors the sink, newest first.
-    let api: serde_json::Value = reqwest::get(format!(
-        "http://{}/api/v1/decisions?service=checkout",
-        running.admin_addr
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let api: serde_json::Value =
+        trike_tests::get_json(&running, "/api/v1/decisions?service=checkout").await;
     let d = api["decisions"].as_array().unwrap();
     assert_eq!(d.len(), 2);
     assert_eq!(d[0]["type"], "io.trike.control.resolved");

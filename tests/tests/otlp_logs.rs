@@ -97,15 +97,8 @@ async fn error_logs_are_bad_events() {
     assert_eq!(series[0]["operation"], "logs");
     assert_eq!(series[0]["version"], "7.0");
     assert_eq!(series[0]["errors"], 20);
-    let slos: serde_json::Value = reqwest::get(format!(
-        "http://{}/api/v1/slos?service=nightly-batch",
-        running.admin_addr
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let slos: serde_json::Value =
+        trike_tests::get_json(&running, "/api/v1/slos?service=nightly-batch").await;
     let burn = slos["slos"][0]["burn_rates"]["5m"].as_f64().unwrap();
     assert!((burn - 2.0).abs() < 1e-9, "{slos}");
 

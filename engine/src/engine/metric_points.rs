@@ -1,11 +1,12 @@
 //! Metric points as the engine counts them: a cumulative point converted to a delta against
 //! its stream's previous one, and a histogram point's buckets as requests at a representative
-//! latency with the requests within each latency threshold. Shared with the gateway's
-//! partials, which convert metrics the same way.
+//! latency with the requests within each latency threshold (shared with the gateway's
+//! partials, which convert metrics the same way); and the engine's conversion of its own
+//! points, usage points included.
 
-use super::Stats;
+use super::{Engine, Stats};
 use crate::delta::{Delta, DeltaTracker};
-use crate::observation::HistogramObs;
+use crate::observation::{HistogramObs, Temporality};
 use crate::time::UnixNanos;
 use crate::window::MAX_THRESHOLDS;
 
@@ -131,5 +132,65 @@ fn within_count(lo: f64, hi: f64, threshold: f64, count: u64) -> u64 {
         ((threshold - lo) / (hi - lo) * count as f64).round() as u64
     } else {
         0
+    }
+}
+
+impl Engine {
+    pub(super) fn metric_delta(
+        &mut self,
+        stream: u64,
+        start: UnixNanos,
+        time: UnixNanos,
+        temporality: Temporality,
+        layout: (u64, Option<(i32, i32)>),
+        counts: &[u64],
+    ) -> Option<Vec<u64>> {
+        match temporality {
+            Temporality::Delta => Some(counts.to_vec()),
+            Temporality::Cumulative => {
+                let values: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
+                let d = self.convert(stream, start, time, layout, &values)?;
+                Some(d.into_iter().map(|v| v.max(0.0) as u64).collect())
+            }
+        }
+    }
+
+    pub(super) fn convert(
+        &mut self,
+        stream: u64,
+        start: UnixNanos,
+        time: UnixNanos,
+        layout: (u64, Option<(i32, i32)>),
+        values: &[f64],
+    ) -> Option<Vec<f64>> {
+        let point = DeltaPoint {
+            stream,
+            start,
+            time,
+            layout,
+        };
+        let max = self.cfg.max_metric_streams;
+        convert_point(
+            &mut self.deltas,
+            &mut self.stats,
+            point,
+            values,
+            (self.start, self.now),
+            max,
+        )
+    }
+
+    /// Adds usage points (cumulative rates converted like every other metric point) to the
+    /// usage series.
+    pub(super) fn apply_usage(&mut self, usage: &[crate::usage::UsageObs]) {
+        for u in usage {
+            let max = self.cfg.max_metric_streams;
+            let times = (self.start, self.now);
+            if let Some(add) =
+                crate::usage::convert(&mut self.deltas, &mut self.stats, u, times, max)
+            {
+                self.usage.apply(&u.service, &u.metric, add, self.now);
+            }
+        }
     }
 }

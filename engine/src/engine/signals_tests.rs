@@ -41,15 +41,11 @@ fn logs_count_only_while_a_service_sends_nothing_else() {
                         bad: i == 0,
                     });
                 }
-                b.requests.push(RequestObs {
-                    key: 3,
-                    time: t + i * S / 10,
-                    latency_ms: 5.0,
-                    bad: false,
-                });
-                if sec >= 120 {
+                // Service 3 sends spans throughout; service 1 from its 120th second.
+                let spans_of: &[u32] = if sec >= 120 { &[3, 1] } else { &[3] };
+                for &key in spans_of {
                     b.requests.push(RequestObs {
-                        key: 1,
+                        key,
                         time: t + i * S / 10,
                         latency_ms: 5.0,
                         bad: false,
