@@ -279,6 +279,25 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         .start_sampling()
         .context("starting the memory limiter")?;
     let mut shard = Shard::new(engine, Arc::new(SystemClock)).with_memory_limiter(memory.clone());
+    // A processor explains its services' root causes to the others, and reads theirs.
+    let cause_log = match (role, cfg.kafka_brokers.as_deref()) {
+        (Role::Processor, Some(brokers)) => {
+            let causes = Arc::new(parking_lot::Mutex::new(Default::default()));
+            decider = decider.with_causes(causes.clone());
+            let f = &cfg.fleet;
+            let log = trike_runtime::fleet::cause_log::CauseLog::start(
+                brokers,
+                &cfg.kafka_client,
+                &f.causes_topic,
+                f.replication,
+                causes,
+            );
+            Some(Arc::new(log.with_context(|| {
+                format!("reading the causes topic {}", f.causes_topic)
+            })?))
+        }
+        _ => None,
+    };
     let owner = match role {
         Role::Processor => {
             let o = start_owner(&cfg, &shard, &decider, &progress)?;
@@ -423,6 +442,7 @@ pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
         silences: silences.clone(),
         trace_url_template: cfg.trace_url_template.clone(),
         silence_log,
+        cause_log,
         watch: anomaly_watch,
         forecasts,
         forward: forwarder.clone(),
@@ -790,6 +810,9 @@ impl Running {
             tokio::task::spawn_blocking(move || m.stop()).await.ok();
         }
         if let Some(l) = self.state.silence_log.clone() {
+            tokio::task::spawn_blocking(move || l.stop()).await.ok();
+        }
+        if let Some(l) = self.state.cause_log.clone() {
             tokio::task::spawn_blocking(move || l.stop()).await.ok();
         }
         let _ = self.shutdown.send(true);

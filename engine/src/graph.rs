@@ -99,6 +99,11 @@ pub struct RootCause {
     pub share: f64,
     /// The path, from the burning service to the dependency.
     pub path: Vec<String>,
+    /// On a fleet, when the explanation of the last hop (its caller's bad requests by the
+    /// dependency) began, as its owner published it: the root page's id is derived from it, so
+    /// every processor pages the dependency under one id (see [`crate::causes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<UnixNanos>,
 }
 
 mod pairing;
@@ -316,6 +321,20 @@ impl Graph {
         rows
     }
 
+    /// The services with a failed call out over `window` ending at `now` (sorted): those
+    /// whose bad requests a dependency may explain.
+    pub fn failing_callers(&self, window: Span, now: UnixNanos) -> Vec<Arc<str>> {
+        let mut v: Vec<Arc<str>> = self
+            .edges
+            .iter()
+            .filter(|(_, e)| e.sums(window, now).1 > 0.0)
+            .map(|((c, _), _)| c.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// The edges out of `client` over `window` ending at `now`: (server, requests, errors),
     /// counts prorated.
     fn out_of(&self, client: &str, window: Span, now: UnixNanos) -> Vec<(Arc<str>, f64, f64)> {
@@ -404,6 +423,7 @@ pub fn root_cause(
         edge: format!("{}→{}", path[n - 2], path[n - 1]),
         share,
         path,
+        since: None,
     })
 }
 

@@ -81,13 +81,16 @@ impl PolicyEngine {
                 None => match self.own_episode(&rc.service, &out[..]) {
                     Some(own) => own,
                     None => {
-                        let page = root_page(d, rc, now);
+                        // On a fleet, from when the last hop's explanation began: every
+                        // processor derives the same id (see crate::causes).
+                        let start = rc.since.unwrap_or(now);
+                        let page = root_page(d, rc, start, now);
                         let id = page.decision_id.clone();
                         self.roots.insert(
                             rc.service.clone(),
                             RootEpisode {
                                 service: rc.service.clone(),
-                                start: now,
+                                start,
                                 decision: page.clone(),
                                 dependents: BTreeSet::from([(
                                     d.target.service.clone(),
@@ -113,6 +116,15 @@ impl PolicyEngine {
             }
         }
         out.extend(added);
+    }
+
+    /// Whether `service` has an open episode (decided, not yet resolved).
+    pub fn has_open_episode(&self, service: &str) -> bool {
+        self.state.values().any(|st| {
+            st.episode
+                .as_ref()
+                .is_some_and(|(_, d)| d.target.service == service)
+        })
     }
 
     /// The id of `service`'s own open, live and uninhibited decision, if any (in the state,
@@ -166,8 +178,8 @@ impl PolicyEngine {
     }
 }
 
-/// The page on `rc.service` for `d`, a dependent's decision.
-fn root_page(d: &Decision, rc: &RootCause, now: UnixNanos) -> Decision {
+/// The page on `rc.service` for `d`, a dependent's decision, its id derived from `start`.
+fn root_page(d: &Decision, rc: &RootCause, start: UnixNanos, now: UnixNanos) -> Decision {
     let target = Target {
         service: rc.service.clone(),
         ..Target::default()
@@ -178,7 +190,7 @@ fn root_page(d: &Decision, rc: &RootCause, now: UnixNanos) -> Decision {
         Action::Page
     };
     Decision {
-        decision_id: decision_id(ROOT_CAUSE, &target, action, now),
+        decision_id: decision_id(ROOT_CAUSE, &target, action, start),
         action,
         target,
         params: BTreeMap::new(),

@@ -1,13 +1,14 @@
 //! checkout → payments → db, with db failing: the graph, the root cause and the inhibition,
 //! in event time through the engine, the SLOs and the policy.
 
+use crate::causes::tests::{page_rule, slo};
 use crate::config::EngineConfig;
 use crate::engine::Engine;
 use crate::facts::{StaleRule, gather};
 use crate::graph::EdgeRow;
 use crate::observation::{Batch, CallObs, CallSide, RequestObs, SeriesKey};
 use crate::policy::{Action, Decision, Evidence, Policy, PolicyEngine, Rule, TierSelector, When};
-use crate::slo::{BurnTier, Severity, Slo, SloSli};
+use crate::slo::{Severity, Slo};
 use crate::time::{NANOS_PER_SEC, Span};
 use std::sync::Arc;
 
@@ -15,26 +16,6 @@ const S: u64 = NANOS_PER_SEC;
 const T0: u64 = 1_800_000_000 * S;
 /// Requests a second into checkout (each calls payments once; each of those calls db once).
 const RATE: u64 = 20;
-
-fn slo(service: &str) -> Slo {
-    Slo {
-        name: format!("{service}-availability"),
-        service: service.into(),
-        objective: 0.999,
-        period: Span::days(30),
-        sli: SloSli::Availability,
-        tiers: vec![BurnTier {
-            name: "page_fast".into(),
-            factor: 14.4,
-            long: Span::minutes(5),
-            short: Span::minutes(1),
-            severity: Severity::Page,
-            min_events: 100,
-            min_coverage: 0.0,
-        }],
-        selector: Default::default(),
-    }
-}
 
 /// One second of traffic at `t`: every request's three spans and four call halves (db
 /// sends no spans; payments names it with `peer.service`). db fails the calls `db_fails`
@@ -102,15 +83,9 @@ struct Run {
 
 impl Run {
     fn new() -> Self {
-        let mut rule = Rule::new(
-            "page-on-fast-burn",
-            When::BurnRate(TierSelector::Severity(Severity::Page)),
-            Action::Page,
-        );
-        rule.for_ = Span(0);
         Self {
             engine: Engine::new(Arc::new(EngineConfig::default())),
-            policy: PolicyEngine::new(Policy::new(vec![rule])),
+            policy: PolicyEngine::new(Policy::new(vec![page_rule()])),
             slos: vec![slo("checkout"), slo("payments")],
             decisions: Vec::new(),
         }

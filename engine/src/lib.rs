@@ -8,6 +8,7 @@ pub mod anomaly;
 pub mod attribution;
 pub mod canary;
 pub mod canary_seq;
+pub mod causes;
 pub mod config;
 pub mod cost;
 pub mod delta;

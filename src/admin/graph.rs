@@ -72,6 +72,30 @@ pub(super) fn render(s: &AdminState, out: &mut String) {
     ] {
         let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {v}");
     }
+    if let Some(log) = &s.cause_log {
+        let (c, published) = (
+            log.causes(),
+            log.stats
+                .published
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let name = "trike_causes_total";
+        header(
+            out,
+            name,
+            "A processor's root-cause explanations on the fleet's causes topic: made here, published, received (every processor's, its own included), walks extended by another processor's explanation, decide steps a burn was held waiting for one.",
+            "counter",
+        );
+        for (what, v) in [
+            ("made", c.made),
+            ("published", published),
+            ("received", c.received),
+            ("extended", c.extended),
+            ("held", c.held),
+        ] {
+            let _ = writeln!(out, "{name}{{what=\"{what}\"}} {v}");
+        }
+    }
 }
 
 /// `?window=` of a view that keeps an hour (default 5m): 1s to 1h; else why not (for a 400),

@@ -79,6 +79,8 @@ pub struct AdminState {
     pub silences: Arc<trike_runtime::silences::Silences>,
     /// A fleet member's silence log (every member reads it), where silences are published.
     pub silence_log: Option<Arc<trike_runtime::fleet::silence_log::SilenceLog>>,
+    /// A processor's root-cause explanations on the fleet's causes topic.
+    pub cause_log: Option<Arc<trike_runtime::fleet::cause_log::CauseLog>>,
     /// The anomaly watch (none on a gateway).
     pub watch: Option<Arc<parking_lot::Mutex<trike_engine::anomaly::SliWatch>>>,
     /// The next hops requests are forwarded to (`forward:`).

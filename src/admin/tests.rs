@@ -41,6 +41,7 @@ fn state(worker: &EngineWorker, decisions: Arc<DecisionStore>) -> AdminState {
         silences: Default::default(),
         trace_url_template: None,
         silence_log: None,
+        cause_log: None,
         watch: None,
         forecasts: None,
         forward: None,

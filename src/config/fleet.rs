@@ -61,6 +61,9 @@ pub struct RawFleet {
     pub members_topic: Option<String>,
     /// Compacted topic of the fleet's silences, read by every member (default `trike.silences`).
     pub silences_topic: Option<String>,
+    /// Compacted topic of the processors' root-cause explanations, read by every processor
+    /// (default `trike.causes`).
+    pub causes_topic: Option<String>,
     /// The URL other members reach this one's admin API at (default: `http(s)://` and the
     /// admin address; in Kubernetes `http://${POD_IP}:8480`).
     pub advertise_url: Option<String>,
@@ -96,6 +99,8 @@ pub struct FleetConfig {
     pub members_topic: String,
     /// The fleet's silences.
     pub silences_topic: String,
+    /// The processors' root-cause explanations.
+    pub causes_topic: String,
     /// This member's admin URL as the others reach it (none: derived from the admin address).
     pub advertise_url: Option<String>,
     /// The CA this member trusts when it asks another (none: `tls.client_ca_file`, else the
@@ -150,6 +155,7 @@ pub fn validate(raw: RawFleet, role: Role, brokers: bool, p: &mut Vec<String>) -
     let changelog_topic = topic(raw.changelog_topic, "changelog_topic", "trike.changelog", p);
     let members_topic = topic(raw.members_topic, "members_topic", "trike.members", p);
     let silences_topic = topic(raw.silences_topic, "silences_topic", "trike.silences", p);
+    let causes_topic = topic(raw.causes_topic, "causes_topic", "trike.causes", p);
     let advertise_url = raw
         .advertise_url
         .map(|u| u.trim_end_matches('/').to_string());
@@ -180,6 +186,7 @@ pub fn validate(raw: RawFleet, role: Role, brokers: bool, p: &mut Vec<String>) -
             .unwrap_or_else(|| "trike-processors".into()),
         members_topic,
         silences_topic,
+        causes_topic,
         advertise_url,
         ca_file: raw.ca_file,
         server_name: raw.server_name.filter(|n| !n.is_empty()),

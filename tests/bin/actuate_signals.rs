@@ -18,6 +18,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[path = "common/killed.rs"]
+mod killed;
+use killed::Killed;
+
 #[path = "common/required.rs"]
 #[allow(dead_code)]
 mod required;
@@ -322,15 +326,4 @@ fn the_actuator_serves_metrics_and_health() {
     assert!(status.success(), "{status:?}");
     drop(producer);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A child process killed when the test ends, however it ends (a failed assertion must not
-/// leave an actuator running).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -7,6 +7,7 @@ mod ports;
 #[path = "../bin/common/required.rs"]
 mod required;
 mod run;
+pub mod traced_calls;
 pub use chromium::{chromium, run_chromium};
 pub use run::run_id;
 

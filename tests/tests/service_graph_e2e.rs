@@ -3,105 +3,11 @@
 //! client span to payments' server span); checkout exports over OTLP/gRPC, payments over
 //! OTLP/HTTP; db sends nothing. db starts failing half its calls.
 
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{
-    Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
-use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use trike_tests::start_trike;
-
-fn provider(exporter: SpanExporter, service: &str) -> SdkTracerProvider {
-    SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_string())
-                .with_attribute(KeyValue::new("service.version", "1.0"))
-                .build(),
-        )
-        .build()
-}
-
-/// Requests `from..to` through the three services: request `i` fails when `fails(i)` (db
-/// fails the call, and the failure travels up). Latencies (ms): checkout 40, its call 30,
-/// payments 28, its db call 5 + i % 10.
-fn traffic(
-    checkout: &SdkTracerProvider,
-    payments: &SdkTracerProvider,
-    range: std::ops::Range<u64>,
-    fails: impl Fn(u64) -> bool,
-) {
-    let ct = checkout.tracer("e2e");
-    let pt = payments.tracer("e2e");
-    let propagator = TraceContextPropagator::new();
-    let ms = |t: SystemTime, n: u64| t + Duration::from_millis(n);
-    for i in range {
-        let bad = fails(i);
-        let t0 = SystemTime::now() - Duration::from_millis(100);
-        let server = ct
-            .span_builder("POST /checkout")
-            .with_kind(SpanKind::Server)
-            .with_start_time(t0)
-            .with_attributes([KeyValue::new("http.route", "/checkout")])
-            .start(&ct);
-        let cx = Context::current_with_span(server);
-        let call = ct
-            .span_builder("POST")
-            .with_kind(SpanKind::Client)
-            .with_start_time(ms(t0, 5))
-            // The address the call went to, not the service's name: pairing names the edge.
-            .with_attributes([KeyValue::new("server.address", "payments.internal")])
-            .start_with_context(&ct, &cx);
-        let call_cx = cx.with_span(call);
-        let mut headers: HashMap<String, String> = HashMap::new();
-        propagator.inject_context(&call_cx, &mut headers);
-
-        let parent = propagator.extract(&headers);
-        let pserver = pt
-            .span_builder("POST /charge")
-            .with_kind(SpanKind::Server)
-            .with_start_time(ms(t0, 6))
-            .with_attributes([KeyValue::new("http.route", "/charge")])
-            .start_with_context(&pt, &parent);
-        let pcx = parent.with_span(pserver);
-        let mut db = pt
-            .span_builder("SELECT ledger")
-            .with_kind(SpanKind::Client)
-            .with_start_time(ms(t0, 7))
-            .with_attributes([
-                KeyValue::new("db.system", "postgresql"),
-                KeyValue::new("peer.service", "db"),
-            ])
-            .start_with_context(&pt, &pcx);
-        if bad {
-            db.set_status(Status::error("connection reset"));
-        }
-        db.end_with_timestamp(ms(t0, 12 + i % 10));
-        let pserver = pcx.span();
-        if bad {
-            pserver.set_attribute(KeyValue::new("http.response.status_code", 500));
-            pserver.set_status(Status::error("ledger unavailable"));
-        }
-        pserver.end_with_timestamp(ms(t0, 34));
-        let call = call_cx.span();
-        if bad {
-            call.set_status(Status::error("502 from payments"));
-        }
-        call.end_with_timestamp(ms(t0, 35));
-        let server = cx.span();
-        if bad {
-            server.set_status(Status::error("payment failed"));
-        }
-        server.end_with_timestamp(ms(t0, 40));
-    }
-}
+use trike_tests::traced_calls::{provider, traffic};
 
 /// Scenario: 100 clean requests, then 200 of which db fails every other one (100 failures).
 /// Both services have a 99 % availability SLO and a rule paging on a fast burn; the graph

@@ -44,6 +44,29 @@ pub struct Member {
     pub at_ms: u64,
 }
 
+/// Creates the compacted `topic` (one partition) when missing, and returns a reader of it
+/// from its beginning ([`whole_topic_reader`]): the fleet's directories (members, silences,
+/// causes).
+pub(crate) fn open_compacted(
+    brokers: &str,
+    client: &ClientProps,
+    topic: &str,
+    replication: i32,
+    reader: &str,
+) -> Result<BaseConsumer, KafkaError> {
+    trike_sinks::kafka::ensure_topic_with(
+        &trike_sinks::kafka::KafkaSinkConfig {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            partitions: 1,
+            replication,
+            client: client.clone(),
+        },
+        &[("cleanup.policy", "compact")],
+    )?;
+    whole_topic_reader(brokers, client, topic, reader)
+}
+
 /// A consumer assigned every partition of `topic` from its beginning (no group membership:
 /// `group` only names it), for the fleet's compacted directories (members, silences).
 pub(crate) fn whole_topic_reader(
@@ -102,16 +125,7 @@ impl Members {
         clock: SharedClock,
         me: impl Fn() -> Member + Send + 'static,
     ) -> Result<Arc<Self>, KafkaError> {
-        trike_sinks::kafka::ensure_topic_with(
-            &trike_sinks::kafka::KafkaSinkConfig {
-                brokers: brokers.into(),
-                topic: topic.into(),
-                partitions: 1,
-                replication,
-                client: client.clone(),
-            },
-            &[("cleanup.policy", "compact")],
-        )?;
+        let consumer = open_compacted(brokers, client, topic, replication, "trike-members-reader")?;
         let producer: BaseProducer = client
             .apply(
                 ClientConfig::new()
@@ -119,7 +133,6 @@ impl Members {
                     .set("linger.ms", "0"),
             )
             .create()?;
-        let consumer = whole_topic_reader(brokers, client, topic, "trike-members-reader")?;
         let first = me();
         let members = Arc::new(Self {
             me: first.url.clone(),

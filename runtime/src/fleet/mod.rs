@@ -4,6 +4,7 @@
 //! services of its assigned partitions ([`partition`]) and keeping their state in
 //! `trike.changelog` ([`changelog`]).
 
+pub mod cause_log;
 pub mod changelog;
 pub mod gateway;
 pub mod members;

@@ -56,15 +56,12 @@ impl SilenceLog {
         replication: i32,
         silences: Arc<Silences>,
     ) -> Result<Arc<Self>, KafkaError> {
-        trike_sinks::kafka::ensure_topic_with(
-            &trike_sinks::kafka::KafkaSinkConfig {
-                brokers: brokers.into(),
-                topic: topic.into(),
-                partitions: 1,
-                replication,
-                client: client.clone(),
-            },
-            &[("cleanup.policy", "compact")],
+        let consumer = super::members::open_compacted(
+            brokers,
+            client,
+            topic,
+            replication,
+            "trike-silences-reader",
         )?;
         let producer: BaseProducer<Outcomes> = client
             .apply(
@@ -74,8 +71,6 @@ impl SilenceLog {
                     .set("linger.ms", "0"),
             )
             .create_with_context(Outcomes::default())?;
-        let consumer =
-            super::members::whole_topic_reader(brokers, client, topic, "trike-silences-reader")?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();

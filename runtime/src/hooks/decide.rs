@@ -11,6 +11,7 @@ use std::time::Duration;
 use trike_engine::anomaly::{DetectorConfig, SliWatch};
 use trike_engine::canary::{CanarySpec, Judge, arm, expand};
 use trike_engine::canary_seq::{Running, SeqConfig};
+use trike_engine::causes::Causes;
 use trike_engine::facts::{StaleRule, gather};
 use trike_engine::forecast::{CapacityLimit, Forecasts};
 use trike_engine::policy::{Policy, PolicyEngine, PolicySnapshot};
@@ -101,6 +102,11 @@ pub struct Decider {
     forecasts: Arc<Mutex<Forecasts>>,
     /// Services' prices and daily budgets.
     costs: Vec<trike_engine::cost::CostSpec>,
+    /// On a fleet's processor, the explanations of root causes, this processor's and those
+    /// read from the others (locked alone; the cause log publishes and reads them).
+    causes: Option<Arc<Mutex<Causes>>>,
+    /// When the causes were last explained.
+    explained: UnixNanos,
 }
 
 impl Decider {
@@ -123,7 +129,16 @@ impl Decider {
             watch: Arc::new(Mutex::new(watch)),
             forecasts: Arc::new(Mutex::new(forecasts)),
             costs: spec.costs,
+            causes: None,
+            explained: 0,
         }
+    }
+
+    /// A fleet processor's decider: it explains its services' root causes into `causes` (for
+    /// the cause log to publish) and continues its walks along the other processors'.
+    pub fn with_causes(mut self, causes: Arc<Mutex<Causes>>) -> Self {
+        self.causes = Some(causes);
+        self
     }
 
     /// Takes over a checkpoint's policy state (episodes, cool-downs).
@@ -169,6 +184,13 @@ impl Decider {
         self.forecasts.lock().sample(engine);
         let mut watch = self.watch.lock();
         watch.sample(engine);
+        // Whether or not this processor has rules: the others read its explanations.
+        if let Some(causes) = &self.causes
+            && now >= self.explained + DECIDE_EVERY.as_nanos() as u64
+        {
+            self.explained = now;
+            causes.lock().explain(engine);
+        }
         if !(rules || policy.rollouts().any_active())
             || now < self.last + DECIDE_EVERY.as_nanos() as u64
         {
@@ -212,6 +234,9 @@ impl Decider {
                 }
             }
             drop(forecasts);
+            if let Some(causes) = &self.causes {
+                causes.lock().apply_to(engine, &policy, &mut facts);
+            }
             self.judge_sequentially(engine, &spec.canaries, &mut facts);
             decisions = policy.step(now, &facts);
             for c in facts.iter().flat_map(|f| &f.canaries) {

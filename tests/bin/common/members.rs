@@ -262,3 +262,35 @@ pub fn write_config(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
     std::fs::write(&p, yaml).unwrap();
     p
 }
+
+/// Every control event on `topic`, read from the beginning until 3 s pass without a new one.
+pub fn read_control(brokers: &str, topic: &str) -> Vec<Value> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "fleet-test-control-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = reader
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in md.topics().iter().flat_map(|t| t.partitions()) {
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    reader.assign(&tpl).unwrap();
+    let (start, mut last) = (Instant::now(), Instant::now());
+    let mut out = Vec::new();
+    while last.elapsed() < Duration::from_secs(3) && start.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            out.push(
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null),
+            );
+            last = Instant::now();
+        }
+    }
+    out
+}

@@ -1,0 +1,389 @@
+//! checkout → payments → db on a fleet of two processors: P1 owns checkout (its telemetry and
+//! its edge to payments), P2 owns payments (its telemetry and its edge to db); db sends
+//! nothing. The explanations go from one to the other through a log that delivers after a
+//! delay, as the cause log on Kafka would.
+
+use super::*;
+use crate::config::EngineConfig;
+use crate::facts::{StaleRule, gather};
+use crate::observation::{Batch, EdgeObs, RequestObs, SeriesKey};
+use crate::policy::{Action, Decision, Evidence, Policy, Rule, TierSelector, When};
+use crate::slo::{BurnTier, Severity, Slo, SloSli};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+const S: u64 = NS;
+const T0: u64 = 1_800_000_000 * S;
+const RATE: u64 = 20;
+/// The tests decide once a second.
+const DECIDE_STEP: u64 = S;
+
+/// A 99.9 % availability SLO of `service` whose page tier fires at 14.4× over 5 m and 1 m
+/// (shared with the inhibition tests).
+pub(crate) fn slo(service: &str) -> Slo {
+    Slo {
+        name: format!("{service}-availability"),
+        service: service.into(),
+        objective: 0.999,
+        period: Span::days(30),
+        sli: SloSli::Availability,
+        tiers: vec![BurnTier {
+            name: "page_fast".into(),
+            factor: 14.4,
+            long: Span::minutes(5),
+            short: Span::minutes(1),
+            severity: Severity::Page,
+            min_events: 100,
+            min_coverage: 0.0,
+        }],
+        selector: Default::default(),
+    }
+}
+
+/// Pages at once when a page tier fires (shared with the inhibition tests).
+pub(crate) fn page_rule() -> Rule {
+    let mut rule = Rule::new(
+        "page-on-fast-burn",
+        When::BurnRate(TierSelector::Severity(Severity::Page)),
+        Action::Page,
+    );
+    rule.for_ = Span(0);
+    rule
+}
+
+/// One second at `t` of `service`'s requests and its calls to `callee` (as a gateway
+/// publishes them): each fails when db fails it.
+fn second(service: &str, callee: &str, t: u64, db_fails: impl Fn(u64) -> bool) -> Batch {
+    let mut b = Batch {
+        keys: vec![SeriesKey::new(service, "/", "1")],
+        ..Default::default()
+    };
+    let mut errors = 0;
+    for i in 0..RATE {
+        let bad = db_fails(t / S * RATE + i);
+        errors += u64::from(bad);
+        b.requests.push(RequestObs {
+            key: 0,
+            time: t + i * S / RATE,
+            latency_ms: 30.0,
+            bad,
+        });
+    }
+    b.edges.push(EdgeObs {
+        client: service.into(),
+        server: callee.into(),
+        second: t / S,
+        requests: RATE,
+        errors,
+        digest: None,
+    });
+    b
+}
+
+/// One processor: its engine, policy and causes, and what it decided.
+struct Processor {
+    service: &'static str,
+    callee: &'static str,
+    engine: Engine,
+    policy: PolicyEngine,
+    causes: Causes,
+    decisions: Vec<Decision>,
+}
+
+impl Processor {
+    fn new(service: &'static str, callee: &'static str) -> Self {
+        Self {
+            service,
+            callee,
+            engine: Engine::new(Arc::new(EngineConfig::default())),
+            policy: PolicyEngine::new(Policy::new(vec![page_rule()])),
+            causes: Causes::default(),
+            decisions: Vec::new(),
+        }
+    }
+
+    /// Ingests the second at `t`, explains, and returns what to publish.
+    fn ingest(&mut self, t: u64, db_fails: impl Fn(u64) -> bool) -> Vec<Explanation> {
+        self.engine
+            .ingest(&second(self.service, self.callee, t, db_fails), t + S / 2);
+        self.engine.advance(t + S);
+        self.causes.explain(&self.engine);
+        self.causes.take()
+    }
+
+    /// Decides at the engine's now, as the decide hook does.
+    fn decide(&mut self) {
+        let now = self.engine.now();
+        let slos = [slo(self.service)];
+        let mut facts = gather(&self.engine, &slos, &[], StaleRule::default(), None);
+        self.causes.apply_to(&self.engine, &self.policy, &mut facts);
+        self.decisions.extend(self.policy.step(now, &facts));
+    }
+
+    fn own(&self) -> Option<&Decision> {
+        self.decisions
+            .iter()
+            .find(|d| d.target.service == self.service && d.action == Action::Page)
+    }
+
+    fn root_pages(&self) -> Vec<&Decision> {
+        self.decisions
+            .iter()
+            .filter(|d| d.target.service != self.service && d.action == Action::Page)
+            .collect()
+    }
+}
+
+/// A log delivering each record `delay` seconds after it was published.
+#[derive(Default)]
+struct Log {
+    delay: u64,
+    in_flight: VecDeque<(u64, Explanation)>,
+}
+
+impl Log {
+    fn publish(&mut self, at_s: u64, records: Vec<Explanation>) {
+        self.in_flight
+            .extend(records.into_iter().map(|e| (at_s + self.delay, e)));
+    }
+
+    fn deliver(&mut self, now_s: u64, to: &mut [&mut Processor]) {
+        while self.in_flight.front().is_some_and(|(due, _)| *due <= now_s) {
+            let (_, e) = self.in_flight.pop_front().expect("checked");
+            for p in to.iter_mut() {
+                p.causes.apply(e.clone());
+            }
+        }
+    }
+}
+
+/// Runs seconds `from..to` on both processors, the log delivering with `delay`.
+fn run(
+    p1: &mut Processor,
+    p2: &mut Processor,
+    log: &mut Log,
+    seconds: std::ops::Range<u64>,
+    db_fails: impl Fn(u64) -> bool + Copy,
+) {
+    for s in seconds {
+        let t = T0 + s * S;
+        let a = p1.ingest(t, db_fails);
+        let b = p2.ingest(t, db_fails);
+        log.publish(s, a);
+        log.publish(s, b);
+        log.deliver(s, &mut [&mut *p1, &mut *p2]);
+        p1.decide();
+        p2.decide();
+    }
+}
+
+fn root_cause_of(d: &Decision) -> &RootCause {
+    match &d.evidence {
+        Evidence::BurnRate {
+            root_cause: Some(rc),
+            ..
+        } => rc,
+        e => panic!("no root cause in {e:?}"),
+    }
+}
+
+/// Scenario: 3 clean minutes, then db fails every other call for 4 minutes; the log delivers
+/// 2 s after publication.
+/// Guarantees:
+/// - P2 explains payments by db from the first failing second (`since`), and publishes it;
+/// - P1's checkout decision names db as the root along checkout→payments→db (its own walk
+///   stops at payments, owned elsewhere), with the share of the weakest hop, and is
+///   inhibited; it was held until payments' explanation arrived, not decided on payments;
+/// - P1 and P2 each page db under one and the same id, derived from `since`, and inhibit their
+///   own service's page with it: the actuators' claims execute it once;
+/// - when db recovers and the 5 minutes pass, P2 says payments is no longer explained, and P1
+///   stops extending through payments.
+#[test]
+fn processors_page_one_root_under_one_id() {
+    let (mut p1, mut p2) = (
+        Processor::new("checkout", "payments"),
+        Processor::new("payments", "db"),
+    );
+    let mut log = Log {
+        delay: 2,
+        ..Default::default()
+    };
+    let fault = 180;
+    let db_fails =
+        move |n: u64| n / RATE >= T0 / S + fault && n / RATE < T0 / S + 420 && n.is_multiple_of(2);
+    run(&mut p1, &mut p2, &mut log, 0..fault, db_fails);
+    assert!(p1.decisions.is_empty() && p2.decisions.is_empty());
+    assert_eq!(p2.causes.local().count(), 0);
+
+    run(&mut p1, &mut p2, &mut log, fault..fault + 30, db_fails);
+    let explained: Vec<&Explanation> = p2.causes.local().collect();
+    assert_eq!(explained.len(), 1, "{explained:?}");
+    assert_eq!(explained[0].path, ["payments", "db"]);
+    assert_eq!(explained[0].since, T0 + (fault + 1) * S);
+    assert!((explained[0].share - 1.0).abs() < 1e-9, "{explained:?}");
+
+    let own1 = p1.own().expect("checkout's page is decided");
+    let own2 = p2.own().expect("payments' page is decided");
+    let rc1 = root_cause_of(own1);
+    assert_eq!(rc1.path, ["checkout", "payments", "db"]);
+    assert_eq!(
+        (rc1.service.as_str(), rc1.edge.as_str()),
+        ("db", "payments→db")
+    );
+    assert_eq!(rc1.since, Some(T0 + (fault + 1) * S));
+    assert!((rc1.share - 1.0).abs() < 1e-9, "{rc1:?}");
+    assert!(own1.reason.contains("dependency db"), "{}", own1.reason);
+    // P1 held checkout's burn until the explanation came (2 s), then decided it on db;
+    // P2 held payments' for HOLD (db has no telemetry, and no explanation ever comes).
+    assert!(own1.detected_at <= own2.detected_at, "{own1:?} {own2:?}");
+    assert!(p2.causes.stats().held > 0);
+    assert!(p1.causes.stats().held > 0 && p1.causes.stats().extended > 0);
+
+    let (r1, r2) = (p1.root_pages(), p2.root_pages());
+    assert_eq!((r1.len(), r2.len()), (1, 1), "{r1:?} {r2:?}");
+    assert_eq!(r1[0].target.service, "db");
+    assert_eq!(r1[0].decision_id, r2[0].decision_id);
+    assert_eq!(
+        own1.inhibited_by.as_deref(),
+        Some(r1[0].decision_id.as_str())
+    );
+    assert_eq!(
+        own2.inhibited_by.as_deref(),
+        Some(r2[0].decision_id.as_str())
+    );
+
+    // db recovers at 420 s; 5 minutes later payments is no longer explained.
+    run(&mut p1, &mut p2, &mut log, fault + 30..760, db_fails);
+    assert_eq!(p2.causes.local().count(), 0);
+    let mut rc = RootCause {
+        service: "payments".into(),
+        edge: "checkout→payments".into(),
+        share: 1.0,
+        path: vec!["checkout".into(), "payments".into()],
+        since: None,
+    };
+    p1.causes
+        .extend(&mut rc, |s| s == "checkout", p1.engine.now());
+    assert_eq!(
+        rc.path,
+        ["checkout", "payments"],
+        "an ended explanation is not followed"
+    );
+}
+
+/// Scenario: as above, but the log delivers nothing (P2's explanations never reach P1).
+/// Guarantees: P1 holds checkout's burn for `HOLD`, then decides it on payments, the
+/// farthest it can see, and pages payments under an id from its own explanation's `since`.
+#[test]
+fn without_an_explanation_the_walk_ends_where_it_can_see() {
+    let (mut p1, mut p2) = (
+        Processor::new("checkout", "payments"),
+        Processor::new("payments", "db"),
+    );
+    let mut log = Log {
+        delay: 100_000,
+        ..Default::default()
+    };
+    let fault = 60;
+    let db_fails = move |n: u64| n / RATE >= T0 / S + fault && n.is_multiple_of(2);
+    run(&mut p1, &mut p2, &mut log, 0..fault + 20, db_fails);
+    let own1 = p1.own().expect("checkout's page is decided");
+    let rc = root_cause_of(own1);
+    assert_eq!(rc.path, ["checkout", "payments"]);
+    assert_eq!(rc.since, Some(T0 + (fault + 1) * S));
+    // Held for HOLD, as payments' burn was (db has no telemetry): they decide together.
+    let held = p1.causes.stats().held;
+    assert_eq!(held, HOLD / DECIDE_STEP, "{held}");
+    assert_eq!(
+        own1.detected_at,
+        p2.own().expect("payments' page").detected_at
+    );
+    let pages = p1.root_pages();
+    assert_eq!(pages.len(), 1);
+    assert_eq!(pages[0].target.service, "payments");
+    assert_eq!(
+        pages[0].decision_id,
+        crate::policy::decision_id(
+            "root_cause",
+            &pages[0].target,
+            Action::Page,
+            T0 + (fault + 1) * S
+        )
+    );
+}
+
+fn explanation(path: &[&str], since: u64, at: u64) -> Explanation {
+    Explanation {
+        service: path[0].into(),
+        path: path.iter().map(|s| s.to_string()).collect(),
+        share: 0.8,
+        since,
+        at,
+    }
+}
+
+/// Guarantees: explanations are followed as far as they go (a → b from b's, b → c → d from
+/// c's), never through a service twice (d's explanation leads back to b); the share is the
+/// weakest hop's; `since` is that of the last hop's caller; a stale explanation (older than
+/// `FRESH`) or an older record than one held is not followed.
+#[test]
+fn explanations_chain_without_cycles_while_fresh() {
+    let now = T0 + 100 * S;
+    let mut c = Causes::default();
+    c.apply(explanation(&["b", "c"], T0 + 5 * S, now));
+    c.apply(explanation(&["c", "d"], T0 + 7 * S, now - S));
+    c.apply(explanation(&["d", "b", "c"], T0, now));
+    let mut rc = RootCause {
+        service: "b".into(),
+        edge: "a→b".into(),
+        share: 0.9,
+        path: vec!["a".into(), "b".into()],
+        since: None,
+    };
+    c.extend(&mut rc, |s| s == "a", now);
+    assert_eq!(rc.path, ["a", "b", "c", "d"]);
+    assert_eq!((rc.service.as_str(), rc.edge.as_str()), ("d", "c→d"));
+    assert!((rc.share - 0.8).abs() < 1e-12);
+    assert_eq!(rc.since, Some(T0 + 7 * S));
+
+    // An older record of c does not replace the newer.
+    c.apply(explanation(&["c", "x"], T0, now - 10 * S));
+    // 31 s later c's (made at now - 1 s) is stale; b's is too.
+    let mut rc = RootCause {
+        path: vec!["a".into(), "b".into()],
+        since: None,
+        ..rc
+    };
+    c.extend(&mut rc, |s| s == "a", now + FRESH + S);
+    assert_eq!(rc.path, ["a", "b"]);
+    assert_eq!(rc.since, None);
+}
+
+/// Scenario: payments' partition moves from P2 to a new processor P3, which has read P2's
+/// explanation from the log. Guarantees: P3's explanation of payments keeps P2's `since`
+/// (the root is the same), so a root page decided after the move has the same id.
+#[test]
+fn a_moved_service_keeps_its_explanations_since() {
+    let mut p2 = Processor::new("payments", "db");
+    let mut p3 = Processor::new("payments", "db");
+    let fails = |n: u64| n.is_multiple_of(2);
+    let mut published = Vec::new();
+    for s in 0..20 {
+        published.extend(p2.ingest(T0 + s * S, fails));
+    }
+    assert_eq!(published[0].since, T0 + S);
+    assert!(published.iter().all(|e| e.since == T0 + S));
+    for e in published {
+        p3.causes.apply(e);
+    }
+    // P3 has had payments since the move, 20 s on.
+    for s in 0..40 {
+        p3.engine
+            .ingest(&second("payments", "db", T0 + s * S, fails), T0 + s * S);
+    }
+    p3.engine.advance(T0 + 40 * S);
+    p3.causes.explain(&p3.engine);
+    let made = p3.causes.take();
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].since, T0 + S);
+}

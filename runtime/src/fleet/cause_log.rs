@@ -1,0 +1,137 @@
+//! The fleet's root-cause explanations (see [`trike_engine::causes`]) on a compacted topic
+//! (`fleet.causes_topic`, default `trike.causes`, one record per service keyed by its name,
+//! its newest explanation as JSON): each processor publishes the explanations its decide
+//! hook makes, and reads the whole topic — every processor's, its own included — so a walk
+//! that stops at a service owned elsewhere goes on along that service's explanation. A
+//! processor that starts reads the topic from the beginning, so it learns the explanations
+//! (and their `since`) that hold before it makes its own.
+//!
+//! Explanations are published without waiting for the broker: one lost is made again
+//! within [`trike_engine::causes::REPUBLISH`] while it holds.
+
+use parking_lot::Mutex;
+use rdkafka::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use trike_engine::causes::{Causes, Explanation};
+use trike_sinks::kafka_client::ClientProps;
+
+/// What the cause log did (cumulative).
+#[derive(Debug, Default)]
+pub struct CauseLogStats {
+    /// Explanations handed to the producer.
+    pub published: AtomicU64,
+    /// Explanations the producer refused (its queue full, or too large): made again later.
+    pub failed: AtomicU64,
+    /// Unreadable records skipped.
+    pub unreadable: AtomicU64,
+}
+
+/// The fleet's cause log: publishes this processor's explanations and reads everyone's.
+pub struct CauseLog {
+    causes: Arc<Mutex<Causes>>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Counts.
+    pub stats: Arc<CauseLogStats>,
+}
+
+impl std::fmt::Debug for CauseLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CauseLog").finish_non_exhaustive()
+    }
+}
+
+impl CauseLog {
+    /// Creates the compacted topic when missing, then, on its own thread until
+    /// [`CauseLog::stop`], reads it from the beginning into `causes` and publishes what
+    /// `causes` makes.
+    pub fn start(
+        brokers: &str,
+        client: &ClientProps,
+        topic: &str,
+        replication: i32,
+        causes: Arc<Mutex<Causes>>,
+    ) -> Result<Self, KafkaError> {
+        let consumer = super::members::open_compacted(
+            brokers,
+            client,
+            topic,
+            replication,
+            "trike-causes-reader",
+        )?;
+        let producer: BaseProducer = client
+            .apply(
+                ClientConfig::new()
+                    .set("bootstrap.servers", brokers)
+                    .set("linger.ms", "5"),
+            )
+            .create()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(CauseLogStats::default());
+        let thread = {
+            let (stop, stats, topic) = (stop.clone(), stats.clone(), topic.to_string());
+            let causes = causes.clone();
+            std::thread::Builder::new()
+                .name("trike-causes".into())
+                .spawn(move || {
+                    while !stop.load(Relaxed) {
+                        if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
+                            match msg.payload().map(serde_json::from_slice::<Explanation>) {
+                                Some(Ok(e)) => causes.lock().apply(e),
+                                Some(Err(e)) => {
+                                    stats.unreadable.fetch_add(1, Relaxed);
+                                    tracing::warn!(error = %e, offset = msg.offset(), "an unreadable record on the causes topic: skipped");
+                                }
+                                None => {}
+                            }
+                        }
+                        let made = causes.lock().take();
+                        for e in made {
+                            let Ok(value) = serde_json::to_vec(&e) else {
+                                continue;
+                            };
+                            match producer.send(
+                                BaseRecord::<String, Vec<u8>>::to(&topic)
+                                    .key(&e.service)
+                                    .payload(&value),
+                            ) {
+                                Ok(()) => stats.published.fetch_add(1, Relaxed),
+                                Err((err, _)) => {
+                                    tracing::warn!(error = %err, service = %e.service, "an explanation not published (made again while it holds)");
+                                    stats.failed.fetch_add(1, Relaxed)
+                                }
+                            };
+                        }
+                        producer.poll(Duration::ZERO);
+                    }
+                    let _ = producer.flush(Duration::from_secs(1));
+                })
+                .map_err(|e| KafkaError::Subscription(format!("causes thread: {e}")))?
+        };
+        Ok(Self {
+            causes,
+            stop,
+            thread: Mutex::new(Some(thread)),
+            stats,
+        })
+    }
+
+    /// What the explanations did (made, received, walks extended, burns held).
+    pub fn causes(&self) -> trike_engine::causes::CauseStats {
+        self.causes.lock().stats()
+    }
+
+    /// Stops reading and publishing (what is queued is flushed for up to a second).
+    pub fn stop(&self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
