@@ -60,6 +60,10 @@ pub struct Explanation {
     pub since: UnixNanos,
     /// When it was made (the owner's engine time).
     pub at: UnixNanos,
+    /// Whether `service` has an open decision inhibited by a root page on the root: while
+    /// one does, every processor keeps its own page on that root open.
+    #[serde(default)]
+    pub dependent: bool,
 }
 
 /// How many explanations went which way (cumulative).
@@ -124,12 +128,14 @@ impl Causes {
                 _ => now,
             };
             let changed = self.local.get(&service).is_none_or(|b| b.path != rc.path);
+            let dependent = self.local.get(&service).is_some_and(|b| b.dependent);
             let e = Explanation {
                 service: service.clone(),
                 path: rc.path,
                 share: rc.share,
                 since,
                 at: now,
+                dependent,
             };
             if changed || self.sent.get(&service).is_none_or(|t| now >= t + REPUBLISH) {
                 self.queue(e.clone(), now);
@@ -156,6 +162,7 @@ impl Causes {
                         share: 0.0,
                         since: now,
                         at: now,
+                        dependent: false,
                     },
                     now,
                 );
@@ -276,12 +283,19 @@ impl Causes {
         held
     }
 
-    /// Extends the root causes of `facts`' burning SLOs along others' explanations, and
-    /// holds back (clears the firing tiers of) those that wait for one (see [`Causes::hold`]),
-    /// unless their service has an open episode in `policy`.
-    pub fn apply_to(&mut self, engine: &Engine, policy: &PolicyEngine, facts: &mut [ServiceFacts]) {
+    /// Before `policy` steps on `facts`: extends the root causes of their burning SLOs along
+    /// others' explanations, holds back (clears the firing tiers of) those that wait for one
+    /// (see [`Causes::hold`]) unless their service has an open episode, and tells `policy`
+    /// which roots services owned elsewhere depend on. After the step, [`Causes::mark_dependents`].
+    pub fn apply_to(
+        &mut self,
+        engine: &Engine,
+        policy: &mut PolicyEngine,
+        facts: &mut [ServiceFacts],
+    ) {
         let now = engine.now();
         let local = |s: &str| engine.service_freshness(s).is_some();
+        policy.set_blamed_elsewhere(self.blamed_elsewhere(local, now));
         for f in facts {
             let open = policy.has_open_episode(&f.service);
             for s in &mut f.slos {
@@ -297,6 +311,40 @@ impl Causes {
                 }
             }
         }
+    }
+
+    /// Marks each explanation made here whose service has an open decision inhibited by a
+    /// root page on its root (`policy`'s, after its step at `now`), publishing the changes.
+    pub fn mark_dependents(&mut self, policy: &PolicyEngine, now: UnixNanos) {
+        let mut changed = Vec::new();
+        for e in self.local.values_mut() {
+            let dependent = e
+                .path
+                .last()
+                .is_some_and(|root| policy.is_dependent(&e.service, root));
+            if dependent != e.dependent {
+                e.dependent = dependent;
+                e.at = now;
+                changed.push(e.clone());
+            }
+        }
+        for e in changed {
+            self.queue(e, now);
+        }
+    }
+
+    /// The roots that services owned elsewhere (`local` says which are here) are dependents
+    /// of, by their fresh explanations: the root pages to keep open here.
+    pub fn blamed_elsewhere(
+        &self,
+        local: impl Fn(&str) -> bool,
+        now: UnixNanos,
+    ) -> BTreeSet<String> {
+        self.remote
+            .values()
+            .filter(|e| e.dependent && !local(&e.service))
+            .filter_map(|e| self.fresh(&e.service, now)?.path.last().cloned())
+            .collect()
     }
 
     /// The explanations made here (of services owned here), by service.

@@ -116,8 +116,10 @@ impl Processor {
         let now = self.engine.now();
         let slos = [slo(self.service)];
         let mut facts = gather(&self.engine, &slos, &[], StaleRule::default(), None);
-        self.causes.apply_to(&self.engine, &self.policy, &mut facts);
+        self.causes
+            .apply_to(&self.engine, &mut self.policy, &mut facts);
         self.decisions.extend(self.policy.step(now, &facts));
+        self.causes.mark_dependents(&self.policy, now);
     }
 
     fn own(&self) -> Option<&Decision> {
@@ -165,10 +167,22 @@ fn run(
     seconds: std::ops::Range<u64>,
     db_fails: impl Fn(u64) -> bool + Copy,
 ) {
+    run_apart(p1, p2, log, seconds, db_fails, db_fails);
+}
+
+/// Like [`run`], with P1's and P2's requests failing apart.
+fn run_apart(
+    p1: &mut Processor,
+    p2: &mut Processor,
+    log: &mut Log,
+    seconds: std::ops::Range<u64>,
+    fails1: impl Fn(u64) -> bool + Copy,
+    fails2: impl Fn(u64) -> bool + Copy,
+) {
     for s in seconds {
         let t = T0 + s * S;
-        let a = p1.ingest(t, db_fails);
-        let b = p2.ingest(t, db_fails);
+        let a = p1.ingest(t, fails1);
+        let b = p2.ingest(t, fails2);
         log.publish(s, a);
         log.publish(s, b);
         log.deliver(s, &mut [&mut *p1, &mut *p2]);
@@ -196,8 +210,9 @@ fn root_cause_of(d: &Decision) -> &RootCause {
 ///   inhibited; it was held until payments' explanation arrived, not decided on payments;
 /// - P1 and P2 each page db under one and the same id, derived from `since`, and inhibit their
 ///   own service's page with it: the actuators' claims execute it once;
-/// - when db recovers and the 5 minutes pass, P2 says payments is no longer explained, and P1
-///   stops extending through payments.
+/// - when db recovers, both resolve the root page under one id after both dependents
+///   resolved; 5 minutes later P2 says payments is no longer explained, and P1 stops extending
+///   through payments.
 #[test]
 fn processors_page_one_root_under_one_id() {
     let (mut p1, mut p2) = (
@@ -255,6 +270,7 @@ fn processors_page_one_root_under_one_id() {
     // db recovers at 420 s; 5 minutes later payments is no longer explained.
     run(&mut p1, &mut p2, &mut log, fault + 30..760, db_fails);
     assert_eq!(p2.causes.local().count(), 0);
+    assert_resolved_after_the_last_dependent(&p1, &p2);
     let mut rc = RootCause {
         service: "payments".into(),
         edge: "checkout→payments".into(),
@@ -269,6 +285,69 @@ fn processors_page_one_root_under_one_id() {
         ["checkout", "payments"],
         "an ended explanation is not followed"
     );
+}
+
+/// Each processor resolved the root page on db once, under one id, only after the fleet's
+/// last dependent resolved (the other processor's, known from its explanation), and within
+/// 5 s of it.
+fn assert_resolved_after_the_last_dependent(p1: &Processor, p2: &Processor) {
+    let resolved = |p: &Processor, service: &str| {
+        p.decisions
+            .iter()
+            .filter(|d| d.target.service == service && d.action == Action::Resolved)
+            .map(|d| (d.decision_id.clone(), d.detected_at))
+            .collect::<Vec<_>>()
+    };
+    let (own1, own2) = (resolved(p1, "checkout"), resolved(p2, "payments"));
+    assert_eq!((own1.len(), own2.len()), (1, 1), "{own1:?} {own2:?}");
+    let last = own1[0].1.max(own2[0].1);
+    let (root1, root2) = (resolved(p1, "db"), resolved(p2, "db"));
+    assert_eq!((root1.len(), root2.len()), (1, 1), "{root1:?} {root2:?}");
+    assert_eq!(root1[0].0, root2[0].0);
+    for (_, at) in [&root1[0], &root2[0]] {
+        assert!(
+            *at >= last && *at <= last + 5 * S,
+            "{own1:?} {own2:?} {root1:?} {root2:?}"
+        );
+    }
+}
+
+/// Scenario: as above, but checkout stops failing after a minute (it falls back to another
+/// payment path) while payments fails for 4 minutes.
+/// Guarantees: checkout's page resolves first, but P1 keeps its root page on db open while
+/// payments' page (at P2) is inhibited by it, and both resolve it, under one id, once
+/// payments' has resolved.
+#[test]
+fn a_root_page_stays_open_while_another_processor_depends_on_it() {
+    let (mut p1, mut p2) = (
+        Processor::new("checkout", "payments"),
+        Processor::new("payments", "db"),
+    );
+    let mut log = Log {
+        delay: 2,
+        ..Default::default()
+    };
+    let between = |from: u64, to: u64| {
+        move |n: u64| n / RATE >= T0 / S + from && n / RATE < T0 / S + to && n.is_multiple_of(2)
+    };
+    run_apart(
+        &mut p1,
+        &mut p2,
+        &mut log,
+        0..800,
+        between(180, 240),
+        between(180, 420),
+    );
+    let done = |p: &Processor, service: &str| {
+        p.decisions
+            .iter()
+            .find(|d| d.target.service == service && d.action == Action::Resolved)
+            .map(|d| d.detected_at)
+    };
+    let (checkout_done, payments_done) = (done(&p1, "checkout"), done(&p2, "payments"));
+    assert!(checkout_done.unwrap() + 60 * S < payments_done.unwrap());
+    assert!(done(&p1, "db").unwrap() >= payments_done.unwrap());
+    assert_resolved_after_the_last_dependent(&p1, &p2);
 }
 
 /// Scenario: as above, but the log delivers nothing (P2's explanations never reach P1).
@@ -319,6 +398,7 @@ fn explanation(path: &[&str], since: u64, at: u64) -> Explanation {
         share: 0.8,
         since,
         at,
+        dependent: false,
     }
 }
 

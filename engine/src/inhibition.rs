@@ -115,7 +115,33 @@ impl PolicyEngine {
                 e.inhibited_by = Some(by);
             }
         }
+        // Pages kept open only because other processors' services still failed because of
+        // their root: resolved once none does.
+        let idle: Vec<String> = self
+            .roots
+            .iter()
+            .filter(|(s, r)| r.dependents.is_empty() && !self.blamed_elsewhere.contains(*s))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for service in idle {
+            added.extend(self.resolve_root(&service, now));
+        }
         out.extend(added);
+    }
+
+    /// Whether `service` has an open decision inhibited by the root page on `root`.
+    pub fn is_dependent(&self, service: &str, root: &str) -> bool {
+        self.roots
+            .get(root)
+            .is_some_and(|r| r.dependents.iter().any(|(s, _)| s == service))
+    }
+
+    /// On a fleet: the roots other processors' services still fail because of (see
+    /// [`crate::causes::Causes::blamed_elsewhere`]). A root page here whose dependents here
+    /// all resolved stays open while its root is among them, so the page is resolved when the
+    /// fleet's last dependent is, whichever processor holds it.
+    pub fn set_blamed_elsewhere(&mut self, roots: BTreeSet<String>) {
+        self.blamed_elsewhere = roots;
     }
 
     /// Whether `service` has an open episode (decided, not yet resolved).
@@ -159,10 +185,15 @@ impl PolicyEngine {
         let root = self.roots.get_mut(&service)?;
         root.dependents
             .remove(&(dependent.0.to_string(), dependent.1.to_string()));
-        if !root.dependents.is_empty() {
+        if !root.dependents.is_empty() || self.blamed_elsewhere.contains(&service) {
             return None;
         }
-        let root = self.roots.remove(&service)?;
+        self.resolve_root(&service, now)
+    }
+
+    /// Resolves the root page on `service`.
+    fn resolve_root(&mut self, service: &str, now: UnixNanos) -> Option<Decision> {
+        let root = self.roots.remove(service)?;
         let d = root.decision;
         Some(Decision {
             decision_id: decision_id(ROOT_CAUSE, &d.target, Action::Resolved, root.start),
@@ -249,14 +280,16 @@ pub(super) fn merge_roots(roots: &mut BTreeMap<String, RootEpisode>, more: Vec<R
     }
 }
 
-/// Forgets the dependents `gone` holds, and root pages left with none.
+/// Forgets the dependents `gone` holds, and root pages left with none (their new owners
+/// hold them). A page that had none already (kept open while others blame its root) stays.
 pub(super) fn drop_dependents(
     roots: &mut BTreeMap<String, RootEpisode>,
     gone: &impl Fn(&str) -> bool,
 ) {
     roots.retain(|_, r| {
+        let waiting = r.dependents.is_empty();
         r.dependents.retain(|d| !gone(&d.0));
-        !r.dependents.is_empty()
+        waiting || !r.dependents.is_empty()
     });
 }
 

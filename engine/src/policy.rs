@@ -13,7 +13,7 @@ use crate::rollout::{Rollout, RolloutError, RolloutSpec, Rollouts};
 use crate::slo::{Severity, SloStatus, TierStatus};
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 
@@ -474,6 +474,9 @@ pub struct PolicyEngine {
     rollouts: Rollouts,
     /// Open pages of root causes, by the dependency's service.
     roots: BTreeMap<String, inhibition::RootEpisode>,
+    /// On a fleet, the roots other processors' services still fail because of: their pages
+    /// stay open here after the dependents here resolved.
+    blamed_elsewhere: BTreeSet<String>,
 }
 
 fn fnv64(seed: u64, bytes: &[u8]) -> u64 {
@@ -534,6 +537,7 @@ impl PolicyEngine {
             stats: PolicyStats::default(),
             rollouts: Rollouts::default(),
             roots: BTreeMap::new(),
+            blamed_elsewhere: BTreeSet::new(),
         }
     }
 

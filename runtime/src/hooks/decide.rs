@@ -235,10 +235,13 @@ impl Decider {
             }
             drop(forecasts);
             if let Some(causes) = &self.causes {
-                causes.lock().apply_to(engine, &policy, &mut facts);
+                causes.lock().apply_to(engine, &mut policy, &mut facts);
             }
             self.judge_sequentially(engine, &spec.canaries, &mut facts);
             decisions = policy.step(now, &facts);
+            if let Some(causes) = &self.causes {
+                causes.lock().mark_dependents(&policy, now);
+            }
             for c in facts.iter().flat_map(|f| &f.canaries) {
                 if c.metrics.iter().any(|m| m.canary_n > 0) {
                     self.store.loop_stats.deploy(&c.service, &c.canary);
