@@ -12,19 +12,25 @@
 //! through a service twice.
 //!
 //! All processors must page a root under one decision id, so that the actuators' claims
-//! execute it once: the id is derived from [`RootCause::since`], the time the explanation of
-//! the path's last hop began, which every processor reads from the same record (the local
-//! walk's last hop is explained by the processor that owns its caller; a move keeps `since`
-//! while the new owner's explanation has the same root).
+//! execute it once: the id is derived from [`RootCause::since`], the earliest `since` of the
+//! explanations (made here or read) that end at that root, which every processor reads from
+//! the same records. An explanation holds while its service had failed calls out in the last
+//! [`ACTIVE`]: a root that fails again after a quiet minute is a new incident, under a new id.
+//! A new owner of a moved service keeps the `since` of the old owner's record while the
+//! root is the same.
 //!
-//! A walk that stops at a service without local telemetry, and without an explanation yet,
-//! may be early: that service's owner explains it within a decide step or two. A processor
-//! therefore holds such a burn back for [`HOLD`] (engine time) from when that stop was first
-//! seen, unless the service already has an open episode (Alertmanager's `group_wait`, for one
-//! reason).
+//! A walk that stops, by itself, at a service without local telemetry and without an
+//! explanation yet may be early: that service's owner explains it within a decide step or
+//! two. A processor therefore holds such a burn back for [`HOLD`] (engine time) from when
+//! that stop was first seen, unless the burning service already has an open episode or the
+//! stop already has a root page here (Alertmanager's `group_wait`, for one reason).
+//!
+//! A processor's explanations wait until it has read the log up to where it stood at start
+//! ([`Causes::wait_for_log`]), so that it learns the `since` of the explanations that hold
+//! before it makes its own.
 
 use crate::engine::Engine;
-use crate::graph::{RootCause, root_cause};
+use crate::graph::{RootCause, walk};
 use crate::policy::{PolicyEngine, ServiceFacts};
 use crate::time::{Span, UnixNanos};
 use serde::{Deserialize, Serialize};
@@ -32,6 +38,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The window services' bad requests are explained over.
 pub const WINDOW: Span = Span(300);
+/// An explanation holds while its service had failed calls out within this window.
+pub const ACTIVE: Span = Span(60);
 /// How long (engine time) an explanation is used after it was made.
 pub const FRESH: UnixNanos = 30 * NS;
 /// How often an explanation that holds is published again (so it stays fresh).
@@ -73,9 +81,9 @@ pub struct CauseStats {
     pub made: u64,
     /// Read from the log (this processor's own included).
     pub received: u64,
-    /// Walks extended by another processor's explanation.
+    /// Walks extended by another processor's explanation (per decide step and SLO).
     pub extended: u64,
-    /// Decide steps a burn was held back waiting for an explanation.
+    /// Burns held back waiting for an explanation (per decide step and SLO).
     pub held: u64,
 }
 
@@ -92,56 +100,67 @@ pub struct Causes {
     outbox: Vec<Explanation>,
     /// Services walks stopped at without telemetry nor explanation: (first, last) seen.
     stops: HashMap<String, (UnixNanos, UnixNanos)>,
+    /// The log has not been read up to where it stood at start: explain nothing yet.
+    waiting: bool,
     stats: CauseStats,
 }
 
 impl Causes {
-    /// Explains every service owned here whose failed calls out carry its bad requests over
-    /// [`WINDOW`], queueing what changed (and what holds, every [`REPUBLISH`]) to publish.
+    /// Explains every service owned here whose failed calls out (within [`ACTIVE`]) carry
+    /// its bad requests over [`WINDOW`], queueing what changed (and what holds, every
+    /// [`REPUBLISH`]) to publish.
     pub fn explain(&mut self, engine: &Engine) {
         let now = engine.now();
         let graph = engine.graph();
-        if !graph.settings().enabled {
+        if !graph.settings().enabled || self.waiting {
             return;
         }
-        let own_bad = |s: &str| {
-            let sums = engine.service_sums_prorated(s, WINDOW);
-            (sums.requests > 0.0).then_some(sums.errors)
-        };
-        let local = |s: &str| engine.service_freshness(s).is_some();
+        let callers = graph.failing_callers(ACTIVE, now);
         let mut explained = BTreeSet::new();
-        for service in graph.failing_callers(WINDOW, now) {
-            let Some(bad) = own_bad(&service) else {
-                continue;
+        if !callers.is_empty() {
+            let adjacency = graph.adjacency(WINDOW, now);
+            let sums = engine.sums_by_service(WINDOW);
+            let own_bad = |s: &str| {
+                let sums = sums.get(s)?;
+                (sums.requests > 0.0).then_some(sums.errors)
             };
-            let Some(mut rc) = root_cause(graph, &service, bad, WINDOW, now, own_bad) else {
-                continue;
-            };
-            self.extend_path(&mut rc, &local, now);
-            let service = service.to_string();
-            let before = self
-                .local
-                .get(&service)
-                .or_else(|| self.fresh(&service, now));
-            let since = match before {
-                Some(b) if b.path.last() == rc.path.last() => b.since,
-                _ => now,
-            };
-            let changed = self.local.get(&service).is_none_or(|b| b.path != rc.path);
-            let dependent = self.local.get(&service).is_some_and(|b| b.dependent);
-            let e = Explanation {
-                service: service.clone(),
-                path: rc.path,
-                share: rc.share,
-                since,
-                at: now,
-                dependent,
-            };
-            if changed || self.sent.get(&service).is_none_or(|t| now >= t + REPUBLISH) {
-                self.queue(e.clone(), now);
+            let local = |s: &str| engine.has_service(s);
+            for service in callers {
+                let Some(bad) = own_bad(&service) else {
+                    continue;
+                };
+                let min_share = graph.settings().min_share;
+                let Some(mut rc) = walk(&adjacency, min_share, &service, bad, own_bad) else {
+                    continue;
+                };
+                self.extend_path(&mut rc, &local, now);
+                let service = service.to_string();
+                // The same root as before here, or as the last owner's (a moved service).
+                let before = self.local.get(&service).or_else(|| {
+                    self.remote
+                        .get(&service)
+                        .filter(|e| !e.path.is_empty() && e.at + KEEP >= now)
+                });
+                let since = match before {
+                    Some(b) if b.path.last() == rc.path.last() => b.since,
+                    _ => now,
+                };
+                let changed = self.local.get(&service).is_none_or(|b| b.path != rc.path);
+                let dependent = self.local.get(&service).is_some_and(|b| b.dependent);
+                let e = Explanation {
+                    service: service.clone(),
+                    path: rc.path,
+                    share: rc.share,
+                    since,
+                    at: now,
+                    dependent,
+                };
+                if changed || self.sent.get(&service).is_none_or(|t| now >= t + REPUBLISH) {
+                    self.queue(e.clone(), now);
+                }
+                self.local.insert(service.clone(), e);
+                explained.insert(service);
             }
-            self.local.insert(service.clone(), e);
-            explained.insert(service);
         }
         let ended: Vec<String> = self
             .local
@@ -152,9 +171,9 @@ impl Causes {
         for service in ended {
             self.local.remove(&service);
             self.sent.remove(&service);
-            // Still owned here: say it ended. (A service whose partition moved away is the
-            // new owner's to explain; its record ages out.)
-            if local(&service) {
+            // Still owned here: say it ended (a tombstone on the log). A service whose
+            // partition moved away is the new owner's to explain; its record ages out.
+            if engine.has_service(&service) {
                 self.queue(
                     Explanation {
                         service,
@@ -172,6 +191,16 @@ impl Causes {
         self.stops.retain(|_, (_, last)| *last + STOP_GAP >= now);
     }
 
+    /// Explains nothing until [`Causes::log_read`]: the log is being read from the start.
+    pub fn wait_for_log(&mut self) {
+        self.waiting = true;
+    }
+
+    /// The log has been read up to where it stood at start.
+    pub fn log_read(&mut self) {
+        self.waiting = false;
+    }
+
     fn queue(&mut self, e: Explanation, now: UnixNanos) {
         self.sent.insert(e.service.clone(), now);
         self.stats.made += 1;
@@ -183,9 +212,13 @@ impl Causes {
         std::mem::take(&mut self.outbox)
     }
 
-    /// Takes an explanation read from the log.
+    /// Takes an explanation read from the log (an empty path: it ended).
     pub fn apply(&mut self, e: Explanation) {
         self.stats.received += 1;
+        if e.path.is_empty() {
+            self.remote.remove(&e.service);
+            return;
+        }
         if let Some(old) = self.remote.get(&e.service)
             && old.at > e.at
         {
@@ -215,11 +248,17 @@ impl Causes {
     /// Continues `rc`, a walk that stopped at a service without telemetry here (`local`
     /// says which have), along that service's fresh explanation, and so on; then sets its
     /// service, edge and [`RootCause::since`].
-    pub fn extend(&mut self, rc: &mut RootCause, local: impl Fn(&str) -> bool, now: UnixNanos) {
-        if self.extend_path(rc, &local, now) {
-            self.stats.extended += 1;
-        }
-        rc.since = self.since(rc, now);
+    /// Whether it grew.
+    pub fn extend(
+        &mut self,
+        rc: &mut RootCause,
+        local: impl Fn(&str) -> bool,
+        now: UnixNanos,
+    ) -> bool {
+        let grew = self.extend_path(rc, &local, now);
+        self.stats.extended += u64::from(grew);
+        rc.since = self.since(&rc.service, now);
+        grew
     }
 
     /// Whether `rc` grew.
@@ -258,13 +297,19 @@ impl Causes {
         n > before
     }
 
-    /// When the explanation of `rc`'s last hop began: that of the hop's caller (made here or
-    /// read), when it ends at the same root.
-    fn since(&self, rc: &RootCause, now: UnixNanos) -> Option<UnixNanos> {
-        let n = rc.path.len();
-        let caller = rc.path.get(n.checked_sub(2)?)?;
-        let e = self.local.get(caller).or_else(|| self.fresh(caller, now))?;
-        (e.path.last() == Some(&rc.service)).then_some(e.since)
+    /// When the earliest explanation (made here, or read and fresh) that ends at `root`
+    /// began: the same at every processor that has read the same records.
+    fn since(&self, root: &str, now: UnixNanos) -> Option<UnixNanos> {
+        let fresh = self
+            .remote
+            .values()
+            .filter(|e| e.path.len() >= 2 && e.at + FRESH >= now);
+        self.local
+            .values()
+            .chain(fresh)
+            .filter(|e| e.path.last().is_some_and(|r| r == root))
+            .map(|e| e.since)
+            .min()
     }
 
     /// Whether a burn blamed on `rc` should wait for an explanation: it stops at a service
@@ -294,16 +339,20 @@ impl Causes {
         facts: &mut [ServiceFacts],
     ) {
         let now = engine.now();
-        let local = |s: &str| engine.service_freshness(s).is_some();
+        let local = |s: &str| engine.has_service(s);
         policy.set_blamed_elsewhere(self.blamed_elsewhere(local, now));
         for f in facts {
-            let open = policy.has_open_episode(&f.service);
             for s in &mut f.slos {
                 let Some(rc) = s.root_cause.as_mut() else {
                     continue;
                 };
-                self.extend(rc, local, now);
-                if !open && self.hold(rc, local, now) {
+                // A walk that went on along another's explanation stops where that owner's
+                // did; a root paged here already needs no wait.
+                let wait = !self.extend(rc, local, now)
+                    && !policy.has_root(&rc.service)
+                    && !policy.has_open_episode(&f.service)
+                    && self.hold(rc, local, now);
+                if wait {
                     s.firing.clear();
                     for t in &mut s.tiers {
                         t.firing = false;

@@ -335,19 +335,24 @@ impl Graph {
         v
     }
 
-    /// The edges out of `client` over `window` ending at `now`: (server, requests, errors),
-    /// counts prorated.
-    fn out_of(&self, client: &str, window: Span, now: UnixNanos) -> Vec<(Arc<str>, f64, f64)> {
-        self.edges
-            .iter()
-            .filter(|((c, _), _)| &**c == client)
-            .map(|((_, s), e)| {
-                let (r, b) = e.sums(window, now);
-                (s.clone(), r, b)
-            })
-            .collect()
+    /// The edges out of every caller over `window` ending at `now`, counts prorated (built
+    /// once for any number of walks).
+    pub fn adjacency(&self, window: Span, now: UnixNanos) -> Adjacency {
+        let mut out: HashMap<Arc<str>, Vec<OutEdge>> = HashMap::new();
+        for ((c, s), e) in &self.edges {
+            let (r, b) = e.sums(window, now);
+            out.entry(c.clone()).or_default().push((s.clone(), r, b));
+        }
+        Adjacency(out)
     }
 }
+
+/// An edge out of a caller over a window: (callee, requests, errors).
+type OutEdge = (Arc<str>, f64, f64);
+
+/// The edges out of each caller over a window.
+#[derive(Debug, Default)]
+pub struct Adjacency(HashMap<Arc<str>, Vec<OutEdge>>);
 
 impl Edge {
     /// (requests, errors) over `window` ending at `now`, the oldest minute prorated.
@@ -386,7 +391,23 @@ pub fn root_cause(
     now: UnixNanos,
     own_bad: impl Fn(&str) -> Option<f64>,
 ) -> Option<RootCause> {
-    let min_share = graph.settings.min_share;
+    walk(
+        &graph.adjacency(window, now),
+        graph.settings.min_share,
+        service,
+        bad,
+        own_bad,
+    )
+}
+
+/// [`root_cause`] over edges already summed.
+pub fn walk(
+    adjacency: &Adjacency,
+    min_share: f64,
+    service: &str,
+    bad: f64,
+    own_bad: impl Fn(&str) -> Option<f64>,
+) -> Option<RootCause> {
     let mut path: Vec<String> = vec![service.to_string()];
     let mut share = 1.0_f64;
     let mut bad = bad;
@@ -394,10 +415,12 @@ pub fn root_cause(
         if bad <= 0.0 {
             break;
         }
-        let here = path.last().expect("non-empty").clone();
-        let Some((next, _, errors)) = graph
-            .out_of(&here, window, now)
+        let here = path.last().expect("non-empty");
+        let Some((next, _, errors)) = adjacency
+            .0
+            .get(here.as_str())
             .into_iter()
+            .flatten()
             .filter(|(s, _, e)| *e > 0.0 && !path.iter().any(|p| **p == **s))
             .max_by(|a, b| a.2.total_cmp(&b.2).then_with(|| b.0.cmp(&a.0)))
         else {
@@ -408,8 +431,10 @@ pub fn root_cause(
             break;
         }
         share = share.min(hop);
-        path.push(next.to_string());
-        match own_bad(&next) {
+        let next = next.to_string();
+        let own = own_bad(&next);
+        path.push(next);
+        match own {
             Some(b) => bad = b,
             None => break,
         }

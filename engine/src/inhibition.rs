@@ -129,6 +129,11 @@ impl PolicyEngine {
         out.extend(added);
     }
 
+    /// Whether a root page on `service` is open.
+    pub fn has_root(&self, service: &str) -> bool {
+        self.roots.contains_key(service)
+    }
+
     /// Whether `service` has an open decision inhibited by the root page on `root`.
     pub fn is_dependent(&self, service: &str, root: &str) -> bool {
         self.roots

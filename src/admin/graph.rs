@@ -83,7 +83,7 @@ pub(super) fn render(s: &AdminState, out: &mut String) {
         header(
             out,
             name,
-            "A processor's root-cause explanations on the fleet's causes topic: made here, published, received (every processor's, its own included), walks extended by another processor's explanation, decide steps a burn was held waiting for one.",
+            "A processor's root-cause explanations on the fleet's causes topic: made here, published, received (every processor's, its own included), burns whose walk went on along another processor's explanation and burns held waiting for one (each per decide step and SLO).",
             "counter",
         );
         for (what, v) in [

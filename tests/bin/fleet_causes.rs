@@ -193,10 +193,21 @@ fn a_root_cause_found_across_processors_is_paged_once() {
     assert_eq!(rc_c["service"], "db", "{own_c}");
     assert_eq!(rc_c["edge"], format!("{payments}→db"), "{own_c}");
     assert_eq!(rc_p["path"], serde_json::json!([payments, "db"]), "{own_p}");
-    assert_eq!(rc_c["since"], rc_p["since"], "{own_c} {own_p}");
+    let since = rc_c["since"].as_u64().expect("the root cause's since");
+    assert_eq!(rc_p["since"], since, "{own_c} {own_p}");
     let root = own_c["inhibited_by"]
         .as_str()
         .expect("checkout's page is inhibited");
+    // The id every processor derives: from (root_cause, db, page, since).
+    let db = trike_engine::policy::Target {
+        service: "db".into(),
+        ..Default::default()
+    };
+    let page = trike_engine::policy::Action::Page;
+    assert_eq!(
+        root,
+        trike_engine::policy::decision_id("root_cause", &db, page, since)
+    );
     assert_eq!(own_p["inhibited_by"], root, "{own_p}");
     assert!(
         own_c["reason"].as_str().unwrap().contains("dependency db"),

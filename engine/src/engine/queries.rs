@@ -9,6 +9,7 @@ use crate::sli::{LatencyGood, Quantiles, REPORTED_QUANTILES, ServiceSli, SliQuer
 use crate::time::{NANOS_PER_SEC, Span, UnixNanos, secs};
 use crate::window::{MAX_COUNTER_WINDOW_S, MAX_DIGEST_WINDOW_S, ProratedSums};
 use crate::{Error, Result};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 impl Engine {
@@ -142,6 +143,24 @@ impl Engine {
                 },
             )
             .collect())
+    }
+
+    /// [`Engine::service_sums_prorated`] of every service at once (one pass over the series).
+    pub fn sums_by_service(&self, window: Span) -> HashMap<Arc<str>, ProratedSums> {
+        let now_s = secs(self.now);
+        let mut out: HashMap<Arc<str>, ProratedSums> = HashMap::new();
+        for e in &self.entries {
+            *out.entry(e.key.service.clone()).or_insert(ProratedSums {
+                complete: true,
+                ..Default::default()
+            }) += e.state.sums_prorated(now_s, window.secs());
+        }
+        out
+    }
+
+    /// Whether `service` has telemetry here (series, or recent spans or metrics).
+    pub fn has_service(&self, service: &str) -> bool {
+        self.services.contains_key(service)
     }
 
     /// Counter sums of all series of `service` over a window ending now, exact to the second at

@@ -7,17 +7,22 @@
 //! (and their `since`) that hold before it makes its own.
 //!
 //! Explanations are published without waiting for the broker: one lost is made again
-//! within [`trike_engine::causes::REPUBLISH`] while it holds.
+//! within [`trike_engine::causes::REPUBLISH`] while it holds. An explanation that ended is a
+//! tombstone. The topic is compacted and its records older than an hour are deleted, so a
+//! processor that starts reads little more than one record per explained service; it
+//! explains nothing until it has read the topic to where it stood at start (for at most 30 s).
 
 use parking_lot::Mutex;
 use rdkafka::Message;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use trike_engine::causes::{Causes, Explanation};
 use trike_sinks::kafka_client::ClientProps;
 
@@ -47,6 +52,64 @@ impl std::fmt::Debug for CauseLog {
     }
 }
 
+/// The topic's settings: compacted, and records older than an hour deleted (an explanation
+/// is used for 30 s, and forgotten after 10 minutes).
+const SETTINGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact,delete"),
+    ("retention.ms", "3600000"),
+    ("segment.ms", "600000"),
+];
+
+/// How long a starting processor reads the log before it explains regardless.
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+/// Applies one record: an explanation, or a tombstone (its service's explanation ended).
+fn read(msg: &BorrowedMessage<'_>, causes: &Mutex<Causes>, stats: &CauseLogStats) {
+    let Some(payload) = msg.payload() else {
+        if let Some(Ok(service)) = msg.key().map(std::str::from_utf8) {
+            causes.lock().apply(Explanation {
+                service: service.to_string(),
+                path: Vec::new(),
+                share: 0.0,
+                since: 0,
+                at: 0,
+                dependent: false,
+            });
+        }
+        return;
+    };
+    match serde_json::from_slice::<Explanation>(payload) {
+        Ok(e) => causes.lock().apply(e),
+        Err(e) => {
+            stats.unreadable.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, offset = msg.offset(), "an unreadable record on the causes topic: skipped");
+        }
+    }
+}
+
+/// Hands `e` to the producer: keyed by its service; an ended explanation is a tombstone.
+fn publish(producer: &BaseProducer, topic: &str, e: &Explanation, stats: &CauseLogStats) {
+    let value = if e.path.is_empty() {
+        None
+    } else {
+        match serde_json::to_vec(e) {
+            Ok(v) => Some(v),
+            Err(_) => return,
+        }
+    };
+    let mut record = BaseRecord::<String, Vec<u8>>::to(topic).key(&e.service);
+    if let Some(v) = &value {
+        record = record.payload(v);
+    }
+    match producer.send(record) {
+        Ok(()) => stats.published.fetch_add(1, Relaxed),
+        Err((err, _)) => {
+            tracing::warn!(error = %err, service = %e.service, "an explanation not published (made again while it holds)");
+            stats.failed.fetch_add(1, Relaxed)
+        }
+    };
+}
+
 impl CauseLog {
     /// Creates the compacted topic when missing, then, on its own thread until
     /// [`CauseLog::stop`], reads it from the beginning into `causes` and publishes what
@@ -63,6 +126,7 @@ impl CauseLog {
             client,
             topic,
             replication,
+            SETTINGS,
             "trike-causes-reader",
         )?;
         let producer: BaseProducer = client
@@ -72,41 +136,37 @@ impl CauseLog {
                     .set("linger.ms", "5"),
             )
             .create()?;
+        // Where the log stands now: this processor explains nothing before it has read that
+        // far (else it would publish a new `since` over the one that holds).
+        let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+        let read_from = Instant::now();
+        if high > low {
+            causes.lock().wait_for_log();
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(CauseLogStats::default());
         let thread = {
             let (stop, stats, topic) = (stop.clone(), stats.clone(), topic.to_string());
             let causes = causes.clone();
+            let mut caught_up = high <= low;
             std::thread::Builder::new()
                 .name("trike-causes".into())
                 .spawn(move || {
                     while !stop.load(Relaxed) {
                         if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
-                            match msg.payload().map(serde_json::from_slice::<Explanation>) {
-                                Some(Ok(e)) => causes.lock().apply(e),
-                                Some(Err(e)) => {
-                                    stats.unreadable.fetch_add(1, Relaxed);
-                                    tracing::warn!(error = %e, offset = msg.offset(), "an unreadable record on the causes topic: skipped");
-                                }
-                                None => {}
-                            }
+                            read(&msg, &causes, &stats);
+                            caught_up |= msg.offset() + 1 >= high;
+                        }
+                        if !caught_up && read_from.elapsed() > CATCH_UP {
+                            tracing::warn!(topic = %topic, "the causes topic was not read to its end within 30 s: explaining anyway");
+                            caught_up = true;
+                        }
+                        if caught_up {
+                            causes.lock().log_read();
                         }
                         let made = causes.lock().take();
                         for e in made {
-                            let Ok(value) = serde_json::to_vec(&e) else {
-                                continue;
-                            };
-                            match producer.send(
-                                BaseRecord::<String, Vec<u8>>::to(&topic)
-                                    .key(&e.service)
-                                    .payload(&value),
-                            ) {
-                                Ok(()) => stats.published.fetch_add(1, Relaxed),
-                                Err((err, _)) => {
-                                    tracing::warn!(error = %err, service = %e.service, "an explanation not published (made again while it holds)");
-                                    stats.failed.fetch_add(1, Relaxed)
-                                }
-                            };
+                            publish(&producer, &topic, &e, &stats);
                         }
                         producer.poll(Duration::ZERO);
                     }

@@ -44,7 +44,10 @@ pub struct Member {
     pub at_ms: u64,
 }
 
-/// Creates the compacted `topic` (one partition) when missing, and returns a reader of it
+/// The settings of the fleet's compacted directories.
+pub(crate) const COMPACTED: &[(&str, &str)] = &[("cleanup.policy", "compact")];
+
+/// Creates `topic` (one partition, with `settings`) when missing, and returns a reader of it
 /// from its beginning ([`whole_topic_reader`]): the fleet's directories (members, silences,
 /// causes).
 pub(crate) fn open_compacted(
@@ -52,6 +55,7 @@ pub(crate) fn open_compacted(
     client: &ClientProps,
     topic: &str,
     replication: i32,
+    settings: &[(&str, &str)],
     reader: &str,
 ) -> Result<BaseConsumer, KafkaError> {
     trike_sinks::kafka::ensure_topic_with(
@@ -62,7 +66,7 @@ pub(crate) fn open_compacted(
             replication,
             client: client.clone(),
         },
-        &[("cleanup.policy", "compact")],
+        settings,
     )?;
     whole_topic_reader(brokers, client, topic, reader)
 }
@@ -84,10 +88,25 @@ pub(crate) fn whole_topic_reader(
                 .set("enable.partition.eof", "false"),
         )
         .create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    // A topic just created may show no partitions yet: ask again for up to 10 s (a reader
+    // assigned nothing would be deaf for good).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let md = loop {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let ready = md.topics().iter().any(|t| !t.partitions().is_empty());
+        if ready || std::time::Instant::now() >= deadline {
+            break md;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let mut tpl = TopicPartitionList::new();
     for p in md.topics().iter().flat_map(|t| t.partitions()) {
         tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+    }
+    if tpl.count() == 0 {
+        return Err(KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+        ));
     }
     consumer.assign(&tpl)?;
     Ok(consumer)
@@ -125,7 +144,14 @@ impl Members {
         clock: SharedClock,
         me: impl Fn() -> Member + Send + 'static,
     ) -> Result<Arc<Self>, KafkaError> {
-        let consumer = open_compacted(brokers, client, topic, replication, "trike-members-reader")?;
+        let consumer = open_compacted(
+            brokers,
+            client,
+            topic,
+            replication,
+            COMPACTED,
+            "trike-members-reader",
+        )?;
         let producer: BaseProducer = client
             .apply(
                 ClientConfig::new()

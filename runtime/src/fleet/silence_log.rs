@@ -61,6 +61,7 @@ impl SilenceLog {
             client,
             topic,
             replication,
+            super::members::COMPACTED,
             "trike-silences-reader",
         )?;
         let producer: BaseProducer<Outcomes> = client
