@@ -68,10 +68,11 @@ pub struct Explanation {
     pub since: UnixNanos,
     /// When it was made (the owner's engine time).
     pub at: UnixNanos,
-    /// Whether `service` has an open decision inhibited by a root page on the root: while
-    /// one does, every processor keeps its own page on that root open.
-    #[serde(default)]
-    pub dependent: bool,
+    /// The roots whose pages inhibit `service`'s open decisions: while a service anywhere
+    /// depends on a root, every processor keeps its own page on that root open (and the
+    /// explanation is kept, though the failures stopped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 /// How many explanations went which way (cumulative).
@@ -96,12 +97,17 @@ pub struct Causes {
     sent: HashMap<String, UnixNanos>,
     /// Read from the log, by service.
     remote: HashMap<String, Explanation>,
-    /// Made here, not yet taken to publish.
-    outbox: Vec<Explanation>,
+    /// Made here, not yet taken to publish (the newest of each service).
+    outbox: BTreeMap<String, Explanation>,
     /// Services walks stopped at without telemetry nor explanation: (first, last) seen.
     stops: HashMap<String, (UnixNanos, UnixNanos)>,
     /// The log has not been read up to where it stood at start: explain nothing yet.
     waiting: bool,
+    /// The roots some service (here or elsewhere) depends on, as of the last step.
+    depended: BTreeSet<String>,
+    /// When the last service depending on each root stopped: explanations of that root that
+    /// began before are of a past incident (their `since` is not used again).
+    closed: HashMap<String, UnixNanos>,
     stats: CauseStats,
 }
 
@@ -130,30 +136,36 @@ impl Causes {
                     continue;
                 };
                 let min_share = graph.settings().min_share;
-                let Some(mut rc) = walk(&adjacency, min_share, &service, bad, own_bad) else {
+                let out = |caller: &str| adjacency.out(caller);
+                let Some(mut rc) = walk(out, min_share, &service, bad, own_bad) else {
                     continue;
                 };
                 self.extend_path(&mut rc, &local, now);
                 let service = service.to_string();
-                // The same root as before here, or as the last owner's (a moved service).
+                // The same root as before here, or as the last owner's (a moved service),
+                // in the same incident.
                 let before = self.local.get(&service).or_else(|| {
                     self.remote
                         .get(&service)
                         .filter(|e| !e.path.is_empty() && e.at + KEEP >= now)
                 });
                 let since = match before {
-                    Some(b) if b.path.last() == rc.path.last() => b.since,
+                    Some(b) if b.path.last() == rc.path.last() && self.current(b) => b.since,
                     _ => now,
                 };
                 let changed = self.local.get(&service).is_none_or(|b| b.path != rc.path);
-                let dependent = self.local.get(&service).is_some_and(|b| b.dependent);
+                let depends_on = self
+                    .local
+                    .get(&service)
+                    .map(|b| b.depends_on.clone())
+                    .unwrap_or_default();
                 let e = Explanation {
                     service: service.clone(),
                     path: rc.path,
                     share: rc.share,
                     since,
                     at: now,
-                    dependent,
+                    depends_on,
                 };
                 if changed || self.sent.get(&service).is_none_or(|t| now >= t + REPUBLISH) {
                     self.queue(e.clone(), now);
@@ -169,6 +181,18 @@ impl Causes {
             .cloned()
             .collect();
         for service in ended {
+            // A service still depending on the root keeps its explanation (republished),
+            // so the others keep their pages on the root open.
+            if let Some(e) = self.local.get_mut(&service)
+                && !e.depends_on.is_empty()
+            {
+                if self.sent.get(&service).is_none_or(|t| now >= t + REPUBLISH) {
+                    e.at = now;
+                    let e = e.clone();
+                    self.queue(e, now);
+                }
+                continue;
+            }
             self.local.remove(&service);
             self.sent.remove(&service);
             // Still owned here: say it ended (a tombstone on the log). A service whose
@@ -181,7 +205,7 @@ impl Causes {
                         share: 0.0,
                         since: now,
                         at: now,
-                        dependent: false,
+                        depends_on: Vec::new(),
                     },
                     now,
                 );
@@ -189,6 +213,16 @@ impl Causes {
         }
         self.remote.retain(|_, e| e.at + KEEP >= now);
         self.stops.retain(|_, (_, last)| *last + STOP_GAP >= now);
+        self.closed.retain(|_, at| *at + KEEP >= now);
+    }
+
+    /// Whether `e` is of the current incident of its root: it began after the last service
+    /// depending on that root stopped.
+    fn current(&self, e: &Explanation) -> bool {
+        e.path
+            .last()
+            .and_then(|root| self.closed.get(root))
+            .is_none_or(|closed| e.since > *closed)
     }
 
     /// Explains nothing until [`Causes::log_read`]: the log is being read from the start.
@@ -204,12 +238,18 @@ impl Causes {
     fn queue(&mut self, e: Explanation, now: UnixNanos) {
         self.sent.insert(e.service.clone(), now);
         self.stats.made += 1;
-        self.outbox.push(e);
+        self.outbox.insert(e.service.clone(), e);
     }
 
     /// The explanations made since the last call, to publish.
     pub fn take(&mut self) -> Vec<Explanation> {
-        std::mem::take(&mut self.outbox)
+        std::mem::take(&mut self.outbox).into_values().collect()
+    }
+
+    /// Puts back an explanation that could not be published (unless a newer one of its
+    /// service is queued): it goes out with the next.
+    pub fn requeue(&mut self, e: Explanation) {
+        self.outbox.entry(e.service.clone()).or_insert(e);
     }
 
     /// Takes an explanation read from the log (an empty path: it ended).
@@ -307,7 +347,7 @@ impl Causes {
         self.local
             .values()
             .chain(fresh)
-            .filter(|e| e.path.last().is_some_and(|r| r == root))
+            .filter(|e| e.path.last().is_some_and(|r| r == root) && self.current(e))
             .map(|e| e.since)
             .min()
     }
@@ -317,6 +357,11 @@ impl Causes {
     pub fn hold(&mut self, rc: &RootCause, local: impl Fn(&str) -> bool, now: UnixNanos) -> bool {
         if local(&rc.service) || self.fresh(&rc.service, now).is_some() {
             return false;
+        }
+        if self.waiting {
+            // The log is being read: its explanation may be in it.
+            self.stats.held += 1;
+            return true;
         }
         let seen = self.stops.entry(rc.service.clone()).or_insert((now, now));
         if seen.1 + STOP_GAP < now {
@@ -340,7 +385,14 @@ impl Causes {
     ) {
         let now = engine.now();
         let local = |s: &str| engine.has_service(s);
-        policy.set_blamed_elsewhere(self.blamed_elsewhere(local, now));
+        // Until the log is read, who depends on what elsewhere is unknown: no root page
+        // here closes for want of dependents elsewhere.
+        let blamed = if self.waiting {
+            policy.root_services()
+        } else {
+            self.blamed_elsewhere(local, now)
+        };
+        policy.set_blamed_elsewhere(blamed);
         for f in facts {
             for s in &mut f.slos {
                 let Some(rc) = s.root_cause.as_mut() else {
@@ -362,17 +414,16 @@ impl Causes {
         }
     }
 
-    /// Marks each explanation made here whose service has an open decision inhibited by a
-    /// root page on its root (`policy`'s, after its step at `now`), publishing the changes.
+    /// After `policy`'s step at `now`: records in each explanation made here the roots whose
+    /// pages inhibit its service's decisions (publishing the changes), and, for each root no
+    /// service depends on any longer (here or elsewhere), closes its incident: explanations
+    /// of it begin again, so its next page has a new id.
     pub fn mark_dependents(&mut self, policy: &PolicyEngine, now: UnixNanos) {
         let mut changed = Vec::new();
         for e in self.local.values_mut() {
-            let dependent = e
-                .path
-                .last()
-                .is_some_and(|root| policy.is_dependent(&e.service, root));
-            if dependent != e.dependent {
-                e.dependent = dependent;
+            let depends_on = policy.roots_inhibiting(&e.service);
+            if depends_on != e.depends_on {
+                e.depends_on = depends_on;
                 e.at = now;
                 changed.push(e.clone());
             }
@@ -380,6 +431,37 @@ impl Causes {
         for e in changed {
             self.queue(e, now);
         }
+        let remote = self
+            .remote
+            .values()
+            .filter(|e| e.at + FRESH >= now)
+            .flat_map(|e| &e.depends_on);
+        let depended: BTreeSet<String> = policy
+            .depended_roots()
+            .chain(self.local.values().flat_map(|e| &e.depends_on))
+            .chain(remote)
+            .cloned()
+            .collect();
+        let gone: Vec<String> = self.depended.difference(&depended).cloned().collect();
+        for root in gone {
+            self.closed.insert(root.clone(), now);
+            let restart: Vec<String> = self
+                .local
+                .values()
+                .filter(|e| e.path.last() == Some(&root))
+                .map(|e| e.service.clone())
+                .collect();
+            for service in restart {
+                if let Some(e) = self.local.get_mut(&service) {
+                    // (A kept explanation whose failures stopped ends at the next step.)
+                    e.since = now + 1;
+                    e.at = now;
+                    let e = e.clone();
+                    self.queue(e, now);
+                }
+            }
+        }
+        self.depended = depended;
     }
 
     /// The roots that services owned elsewhere (`local` says which are here) are dependents
@@ -391,8 +473,8 @@ impl Causes {
     ) -> BTreeSet<String> {
         self.remote
             .values()
-            .filter(|e| e.dependent && !local(&e.service))
-            .filter_map(|e| self.fresh(&e.service, now)?.path.last().cloned())
+            .filter(|e| e.at + FRESH >= now && !local(&e.service))
+            .flat_map(|e| e.depends_on.iter().cloned())
             .collect()
     }
 

@@ -84,6 +84,7 @@ fn second(service: &str, callee: &str, t: u64, db_fails: impl Fn(u64) -> bool) -
 struct Processor {
     service: &'static str,
     callee: &'static str,
+    slo: Slo,
     engine: Engine,
     policy: PolicyEngine,
     causes: Causes,
@@ -92,9 +93,14 @@ struct Processor {
 
 impl Processor {
     fn new(service: &'static str, callee: &'static str) -> Self {
+        Self::with_slo(service, callee, slo(service))
+    }
+
+    fn with_slo(service: &'static str, callee: &'static str, slo: Slo) -> Self {
         Self {
             service,
             callee,
+            slo,
             engine: Engine::new(Arc::new(EngineConfig::default())),
             policy: PolicyEngine::new(Policy::new(vec![page_rule()])),
             causes: Causes::default(),
@@ -114,7 +120,7 @@ impl Processor {
     /// Decides at the engine's now, as the decide hook does.
     fn decide(&mut self) {
         let now = self.engine.now();
-        let slos = [slo(self.service)];
+        let slos = [self.slo.clone()];
         let mut facts = gather(&self.engine, &slos, &[], StaleRule::default(), None);
         self.causes
             .apply_to(&self.engine, &mut self.policy, &mut facts);
@@ -467,19 +473,113 @@ fn a_root_that_fails_again_is_paged_again() {
     // A quiet minute (not yet five) ends the explanation.
     assert_eq!(p2.causes.local().count(), 0);
     run(&mut p1, &mut p2, &mut log, 320..1000, fails);
-    for p in [&p1, &p2] {
+    assert_paged_twice(&p1, &p2, T0 + 900 * S);
+}
+
+/// Scenario: db fails every other call for a minute from 180 s; payments' SLO fires on a
+/// 5-minute short window (so its page stays open for minutes after the failures stop),
+/// checkout's on 1 minute.
+/// Guarantees: payments' explanation outlives its failures while payments depends on the
+/// root (a quiet minute would end it otherwise), so P1 keeps its root page open after
+/// checkout resolved, until payments resolved; both resolve it under one id.
+#[test]
+fn a_dependent_keeps_its_explanation_after_the_failures_stop() {
+    let mut slow = slo("payments");
+    slow.tiers[0].long = Span::hours(1);
+    slow.tiers[0].short = Span::minutes(5);
+    let (mut p1, mut p2) = (
+        Processor::new("checkout", "payments"),
+        Processor::with_slo("payments", "db", slow),
+    );
+    let mut log = Log {
+        delay: 1,
+        ..Default::default()
+    };
+    let fails = |n: u64| {
+        let s = n / RATE - T0 / S;
+        (180..240).contains(&s) && n.is_multiple_of(2)
+    };
+    run(&mut p1, &mut p2, &mut log, 0..400, fails);
+    // 160 s after the failures stopped: payments still depends on db, its explanation kept.
+    let kept: Vec<&Explanation> = p2.causes.local().collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].depends_on, ["db"]);
+    run(&mut p1, &mut p2, &mut log, 400..1000, fails);
+    let done = |p: &Processor, service: &str| {
+        p.decisions
+            .iter()
+            .find(|d| d.target.service == service && d.action == Action::Resolved)
+            .map(|d| d.detected_at)
+            .unwrap_or_else(|| panic!("{service} resolved at {}", p.service))
+    };
+    assert!(done(&p1, "checkout") + 120 * S < done(&p2, "payments"));
+    assert_resolved_after_the_last_dependent(&p1, &p2, &log);
+    assert_eq!(p2.causes.local().count(), 0);
+}
+
+/// Scenario: db fails every other call for a minute from 180 s, then one call every 10 s
+/// until 900 s (payments' failures are all db's, so its explanation holds all along, but the
+/// SLOs resolve), then every other call again for a minute.
+/// Guarantees: once no service depends on db, its incident is closed and the explanation
+/// begins again, so the second burn pages db under a new id, at both processors alike.
+#[test]
+fn a_root_failing_a_little_meanwhile_is_paged_again_under_a_new_id() {
+    let (mut p1, mut p2) = (
+        Processor::new("checkout", "payments"),
+        Processor::new("payments", "db"),
+    );
+    let mut log = Log {
+        delay: 1,
+        ..Default::default()
+    };
+    let fails = |n: u64| {
+        let s = n / RATE - T0 / S;
+        ((180..240).contains(&s) || (900..960).contains(&s)) && n.is_multiple_of(2)
+            || (240..900).contains(&s) && n.is_multiple_of(10 * RATE)
+    };
+    run(&mut p1, &mut p2, &mut log, 0..1000, fails);
+    let explained: Vec<&Explanation> = p2.causes.local().collect();
+    assert_eq!(explained.len(), 1);
+    assert!(explained[0].since > T0 + 300 * S, "{explained:?}");
+    assert_paged_twice(&p1, &p2, T0 + 900 * S);
+}
+
+/// Both processors paged db twice, the second time after `second`, under two ids, the same
+/// at both.
+fn assert_paged_twice(p1: &Processor, p2: &Processor, second: u64) {
+    let ids = |p: &Processor| {
         let pages = p.root_pages();
         assert_eq!(pages.len(), 2, "{pages:?}");
-        assert_ne!(pages[0].decision_id, pages[1].decision_id);
-        assert!(pages[1].detected_at > T0 + 900 * S);
-    }
-    let ids = |p: &Processor| {
-        p.root_pages()
+        assert!(pages[1].detected_at > second, "{pages:?}");
+        pages
             .iter()
             .map(|d| d.decision_id.clone())
             .collect::<Vec<_>>()
     };
-    assert_eq!(ids(&p1), ids(&p2));
+    let ids1 = ids(p1);
+    assert_ne!(ids1[0], ids1[1]);
+    assert_eq!(ids1, ids(p2));
+}
+
+/// Guarantees: while the log is read from the start, nothing is explained and a burn that
+/// stops at a service owned elsewhere waits (however long); once read, explaining begins.
+#[test]
+fn nothing_is_explained_before_the_log_is_read() {
+    let mut p2 = Processor::new("payments", "db");
+    p2.causes.wait_for_log();
+    let fails = |n: u64| n.is_multiple_of(2);
+    let mut made = Vec::new();
+    for s in 0..30 {
+        made.extend(p2.ingest(T0 + s * S, fails));
+        p2.decide();
+    }
+    assert!(made.is_empty() && p2.causes.local().count() == 0);
+    assert!(p2.decisions.is_empty(), "{:?}", p2.decisions);
+    assert!(p2.causes.stats().held >= 20);
+    p2.causes.log_read();
+    made.extend(p2.ingest(T0 + 30 * S, fails));
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].path, ["payments", "db"]);
 }
 
 fn explanation(path: &[&str], since: u64, at: u64) -> Explanation {
@@ -489,7 +589,7 @@ fn explanation(path: &[&str], since: u64, at: u64) -> Explanation {
         share: 0.8,
         since,
         at,
-        dependent: false,
+        depends_on: Vec::new(),
     }
 }
 
@@ -519,6 +619,13 @@ fn explanations_chain_without_cycles_while_fresh() {
 
     // An older record of c does not replace the newer.
     c.apply(explanation(&["c", "x"], T0, now - 10 * S));
+    let mut again = RootCause {
+        path: vec!["a".into(), "b".into()],
+        since: None,
+        ..rc.clone()
+    };
+    c.extend(&mut again, |s| s == "a", now);
+    assert_eq!(again.path, ["a", "b", "c", "d"]);
     // 31 s later c's (made at now - 1 s) is stale; b's is too.
     let mut rc = RootCause {
         path: vec!["a".into(), "b".into()],

@@ -335,6 +335,18 @@ impl Graph {
         v
     }
 
+    /// The edges out of `caller` over `window` ending at `now`, counts prorated.
+    fn out_of(&self, caller: &str, window: Span, now: UnixNanos) -> Vec<OutEdge> {
+        self.edges
+            .iter()
+            .filter(|((c, _), _)| &**c == caller)
+            .map(|((_, s), e)| {
+                let (r, b) = e.sums(window, now);
+                (s.clone(), r, b)
+            })
+            .collect()
+    }
+
     /// The edges out of every caller over `window` ending at `now`, counts prorated (built
     /// once for any number of walks).
     pub fn adjacency(&self, window: Span, now: UnixNanos) -> Adjacency {
@@ -348,11 +360,18 @@ impl Graph {
 }
 
 /// An edge out of a caller over a window: (callee, requests, errors).
-type OutEdge = (Arc<str>, f64, f64);
+pub type OutEdge = (Arc<str>, f64, f64);
 
 /// The edges out of each caller over a window.
 #[derive(Debug, Default)]
 pub struct Adjacency(HashMap<Arc<str>, Vec<OutEdge>>);
+
+impl Adjacency {
+    /// The edges out of `caller`.
+    pub fn out(&self, caller: &str) -> Vec<OutEdge> {
+        self.0.get(caller).cloned().unwrap_or_default()
+    }
+}
 
 impl Edge {
     /// (requests, errors) over `window` ending at `now`, the oldest minute prorated.
@@ -391,18 +410,14 @@ pub fn root_cause(
     now: UnixNanos,
     own_bad: impl Fn(&str) -> Option<f64>,
 ) -> Option<RootCause> {
-    walk(
-        &graph.adjacency(window, now),
-        graph.settings.min_share,
-        service,
-        bad,
-        own_bad,
-    )
+    let out = |caller: &str| graph.out_of(caller, window, now);
+    walk(out, graph.settings.min_share, service, bad, own_bad)
 }
 
-/// [`root_cause`] over edges already summed.
+/// [`root_cause`] over the edges `out` gives for each caller (of a graph, or summed once in
+/// an [`Adjacency`] for many walks).
 pub fn walk(
-    adjacency: &Adjacency,
+    out: impl Fn(&str) -> Vec<OutEdge>,
     min_share: f64,
     service: &str,
     bad: f64,
@@ -416,11 +431,8 @@ pub fn walk(
             break;
         }
         let here = path.last().expect("non-empty");
-        let Some((next, _, errors)) = adjacency
-            .0
-            .get(here.as_str())
+        let Some((next, _, errors)) = out(here)
             .into_iter()
-            .flatten()
             .filter(|(s, _, e)| *e > 0.0 && !path.iter().any(|p| **p == **s))
             .max_by(|a, b| a.2.total_cmp(&b.2).then_with(|| b.0.cmp(&a.0)))
         else {

@@ -49,6 +49,8 @@ impl PolicyEngine {
     /// resolved. Appends the root pages and their resolutions to `out`.
     pub(super) fn inhibit(&mut self, now: UnixNanos, out: &mut Vec<Decision>) {
         let mut added: Vec<Decision> = Vec::new();
+        // Pages no one depends on any longer close before new dependents could join them.
+        self.resolve_idle(now, &mut added);
         for i in 0..out.len() {
             let d = &out[i];
             if d.action == Action::Resolved {
@@ -115,8 +117,13 @@ impl PolicyEngine {
                 e.inhibited_by = Some(by);
             }
         }
-        // Pages kept open only because other processors' services still failed because of
-        // their root: resolved once none does.
+        self.resolve_idle(now, &mut added);
+        out.extend(added);
+    }
+
+    /// Resolves the pages kept open only because other processors' services depended on
+    /// their root, once none does.
+    fn resolve_idle(&mut self, now: UnixNanos, added: &mut Vec<Decision>) {
         let idle: Vec<String> = self
             .roots
             .iter()
@@ -126,7 +133,6 @@ impl PolicyEngine {
         for service in idle {
             added.extend(self.resolve_root(&service, now));
         }
-        out.extend(added);
     }
 
     /// Whether a root page on `service` is open.
@@ -134,11 +140,26 @@ impl PolicyEngine {
         self.roots.contains_key(service)
     }
 
-    /// Whether `service` has an open decision inhibited by the root page on `root`.
-    pub fn is_dependent(&self, service: &str, root: &str) -> bool {
+    /// The roots whose pages inhibit `service`'s open decisions (sorted).
+    pub fn roots_inhibiting(&self, service: &str) -> Vec<String> {
         self.roots
-            .get(root)
-            .is_some_and(|r| r.dependents.iter().any(|(s, _)| s == service))
+            .values()
+            .filter(|r| r.dependents.iter().any(|(s, _)| s == service))
+            .map(|r| r.service.clone())
+            .collect()
+    }
+
+    /// The roots with open pages that inhibit some decision here.
+    pub fn depended_roots(&self) -> impl Iterator<Item = &String> {
+        self.roots
+            .values()
+            .filter(|r| !r.dependents.is_empty())
+            .map(|r| &r.service)
+    }
+
+    /// The roots with open pages here.
+    pub fn root_services(&self) -> BTreeSet<String> {
+        self.roots.keys().cloned().collect()
     }
 
     /// On a fleet: the roots other processors' services still fail because of (see
@@ -181,10 +202,18 @@ impl PolicyEngine {
     /// The dependent decision (service, id) resolved, so no longer needs the root page `by`:
     /// when it was the last, the page is resolved.
     fn leave(&mut self, by: &str, dependent: (&str, &str), now: UnixNanos) -> Option<Decision> {
+        // The page by its id, or (a page handed over and merged into one open here under
+        // another id) the page that holds the dependent.
+        let held = |r: &&RootEpisode| {
+            r.dependents
+                .iter()
+                .any(|(s, id)| s == dependent.0 && id == dependent.1)
+        };
         let service = self
             .roots
             .values()
-            .find(|r| r.decision.decision_id == by)?
+            .find(|r| r.decision.decision_id == by)
+            .or_else(|| self.roots.values().find(held))?
             .service
             .clone();
         let root = self.roots.get_mut(&service)?;

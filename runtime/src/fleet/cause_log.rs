@@ -6,8 +6,9 @@
 //! processor that starts reads the topic from the beginning, so it learns the explanations
 //! (and their `since`) that hold before it makes its own.
 //!
-//! Explanations are published without waiting for the broker: one lost is made again
-//! within [`trike_engine::causes::REPUBLISH`] while it holds. An explanation that ended is a
+//! Explanations are published without waiting for the broker: one the producer refuses is
+//! sent with the next, one lost on the way is made again within
+//! [`trike_engine::causes::REPUBLISH`] while it holds. An explanation that ended is a
 //! tombstone. The topic is compacted and its records older than an hour are deleted, so a
 //! processor that starts reads little more than one record per explained service; it
 //! explains nothing until it has read the topic to where it stood at start (for at most 30 s).
@@ -31,7 +32,7 @@ use trike_sinks::kafka_client::ClientProps;
 pub struct CauseLogStats {
     /// Explanations handed to the producer.
     pub published: AtomicU64,
-    /// Explanations the producer refused (its queue full, or too large): made again later.
+    /// Explanations the producer refused (its queue full): sent again with the next.
     pub failed: AtomicU64,
     /// Unreadable records skipped.
     pub unreadable: AtomicU64,
@@ -65,7 +66,7 @@ const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// Applies one record: an explanation, or a tombstone (its service's explanation ended).
 fn read(msg: &BorrowedMessage<'_>, causes: &Mutex<Causes>, stats: &CauseLogStats) {
-    let Some(payload) = msg.payload() else {
+    let Some(payload) = msg.payload().filter(|p| !p.is_empty()) else {
         if let Some(Ok(service)) = msg.key().map(std::str::from_utf8) {
             causes.lock().apply(Explanation {
                 service: service.to_string(),
@@ -73,7 +74,7 @@ fn read(msg: &BorrowedMessage<'_>, causes: &Mutex<Causes>, stats: &CauseLogStats
                 share: 0.0,
                 since: 0,
                 at: 0,
-                dependent: false,
+                depends_on: Vec::new(),
             });
         }
         return;
@@ -88,13 +89,14 @@ fn read(msg: &BorrowedMessage<'_>, causes: &Mutex<Causes>, stats: &CauseLogStats
 }
 
 /// Hands `e` to the producer: keyed by its service; an ended explanation is a tombstone.
-fn publish(producer: &BaseProducer, topic: &str, e: &Explanation, stats: &CauseLogStats) {
+/// False when the producer refused it (its queue full).
+fn publish(producer: &BaseProducer, topic: &str, e: &Explanation, stats: &CauseLogStats) -> bool {
     let value = if e.path.is_empty() {
         None
     } else {
         match serde_json::to_vec(e) {
             Ok(v) => Some(v),
-            Err(_) => return,
+            Err(_) => return true,
         }
     };
     let mut record = BaseRecord::<String, Vec<u8>>::to(topic).key(&e.service);
@@ -102,12 +104,16 @@ fn publish(producer: &BaseProducer, topic: &str, e: &Explanation, stats: &CauseL
         record = record.payload(v);
     }
     match producer.send(record) {
-        Ok(()) => stats.published.fetch_add(1, Relaxed),
-        Err((err, _)) => {
-            tracing::warn!(error = %err, service = %e.service, "an explanation not published (made again while it holds)");
-            stats.failed.fetch_add(1, Relaxed)
+        Ok(()) => {
+            stats.published.fetch_add(1, Relaxed);
+            true
         }
-    };
+        Err((err, _)) => {
+            tracing::warn!(error = %err, service = %e.service, "an explanation not published yet (sent again)");
+            stats.failed.fetch_add(1, Relaxed);
+            false
+        }
+    }
 }
 
 impl CauseLog {
@@ -138,7 +144,12 @@ impl CauseLog {
             .create()?;
         // Where the log stands now: this processor explains nothing before it has read that
         // far (else it would publish a new `since` over the one that holds).
-        let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+        let (low, high) = consumer
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, topic, "the causes topic's end is unknown: reading it for 30 s before explaining");
+                (0, i64::MAX)
+            });
         let read_from = Instant::now();
         if high > low {
             causes.lock().wait_for_log();
@@ -166,7 +177,10 @@ impl CauseLog {
                         }
                         let made = causes.lock().take();
                         for e in made {
-                            publish(&producer, &topic, &e, &stats);
+                            if !publish(&producer, &topic, &e, &stats) {
+                                // Sent with the next (an ended explanation too).
+                                causes.lock().requeue(e);
+                            }
                         }
                         producer.poll(Duration::ZERO);
                     }
