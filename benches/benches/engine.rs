@@ -1,6 +1,7 @@
 //! Engine costs: applying decoded span batches (1000 series), answering a 5m SLI query over
 //! all of them, and a fleet processor applying one flush of partials for 1000 series as the
-//! spans behind each series grow 1000× (the processor's cost follows series × flushes).
+//! spans behind each series grow 1000× (the processor's cost follows series × flushes); the
+//! graph's ingest cost; a fleet processor's root-cause explanations per decide step.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
@@ -157,5 +158,69 @@ fn graph(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, engine, processor, graph);
+/// A fleet processor's root-cause explanations (`Causes::explain`, every decide step) with
+/// 5000 services and 10 000 edges (each service calls the next two), a minute of traffic, when
+/// nothing fails and when about 100 services' calls fail (chains three deep), beside
+/// the facts every decide step gathers for the same services (the baseline).
+fn causes(c: &mut Criterion) {
+    use trike_engine::causes::Causes;
+    use trike_engine::facts::{StaleRule, gather};
+    use trike_engine::{EdgeObs, RequestObs, SeriesKey};
+    const SERVICES: usize = 5000;
+    let name = |i: usize| format!("svc-{:04}", i % SERVICES);
+    let build = |failing: usize| {
+        let mut e = Engine::new(Arc::new(EngineConfig::default()));
+        let keys: Vec<SeriesKey> = (0..SERVICES)
+            .map(|i| SeriesKey::new(&name(i), "/", "1"))
+            .collect();
+        for s in 0..60u64 {
+            let t = T0 + s * 1_000_000_000;
+            let mut b = Batch {
+                keys: keys.clone(),
+                ..Default::default()
+            };
+            for i in 0..SERVICES {
+                // Chains of three failing services (50k, 50k+1, 50k+2), each failing its
+                // calls to the next.
+                let bad = i % 50 < 3 && i / 50 < failing.div_ceil(3) && s % 2 == 0;
+                b.requests.push(RequestObs {
+                    key: i as u32,
+                    time: t,
+                    latency_ms: 20.0,
+                    bad,
+                });
+                for k in 1..=2 {
+                    b.edges.push(EdgeObs {
+                        client: name(i).into(),
+                        server: name(i + k).into(),
+                        second: t / 1_000_000_000,
+                        requests: 1,
+                        errors: u64::from(bad && k == 1),
+                        digest: None,
+                    });
+                }
+            }
+            e.ingest(&b, t);
+            e.advance(t + 1_000_000_000);
+        }
+        e
+    };
+    let mut g = c.benchmark_group("causes_5000_services");
+    for failing in [0, 100] {
+        let e = build(failing);
+        g.bench_function(format!("explain_{failing}_failing"), |b| {
+            let mut causes = Causes::default();
+            b.iter(|| {
+                causes.explain(&e);
+                black_box(causes.take())
+            })
+        });
+        g.bench_function(format!("gather_facts_baseline_{failing}_failing"), |b| {
+            b.iter(|| black_box(gather(&e, &[], &[], StaleRule::default(), None)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, engine, processor, graph, causes);
 criterion_main!(benches);
