@@ -42,10 +42,13 @@ pub fn gather(
     names.sort();
     names.dedup();
     let now = engine.now();
+    // Every service's freshness in one pass over the series (not one pass per service).
+    let freshness = engine.freshness_by_service();
     names
         .into_iter()
         .map(|service| {
-            let (last_event, last_arrival) = engine.service_freshness(&service).unwrap_or((0, 0));
+            let (last_event, last_arrival) =
+                freshness.get(service.as_str()).copied().unwrap_or((0, 0));
             // A service that never sent data has been silent since the engine began: at
             // start-up it is not stale until `after` has passed with nothing from it.
             let silent_s = if last_arrival == 0 {

@@ -287,6 +287,17 @@ impl Engine {
             .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)))
     }
 
+    /// [`Engine::service_freshness`] of every service at once (one pass over the series).
+    pub fn freshness_by_service(&self) -> HashMap<Arc<str>, (UnixNanos, UnixNanos)> {
+        let mut out: HashMap<Arc<str>, (UnixNanos, UnixNanos)> = HashMap::new();
+        for e in &self.entries {
+            let f = out.entry(e.key.service.clone()).or_insert((0, 0));
+            f.0 = f.0.max(e.state.last_event);
+            f.1 = f.1.max(e.state.last_arrival);
+        }
+        out
+    }
+
     /// Services with data (sorted).
     pub fn services(&self) -> Vec<Arc<str>> {
         let mut v: Vec<Arc<str>> = self.services.keys().cloned().collect();
