@@ -160,6 +160,10 @@ pub struct Snapshot {
     services: Vec<(Arc<str>, ServiceInfo)>,
     deltas: DeltaTracker,
     stats: Stats,
+    /// Services' usage metrics (a whole engine's snapshot only: absent from older ones and
+    /// from the changelog's).
+    #[serde(default, skip_serializing_if = "crate::usage::Usage::is_empty")]
+    usage: crate::usage::Usage,
 }
 
 /// The windowed SLI engine.
@@ -801,6 +805,7 @@ impl Engine {
         Snapshot {
             deltas: self.deltas.clone(),
             stats: self.stats,
+            usage: self.usage.clone(),
             ..self.snapshot_of(|_| true)
         }
     }
@@ -819,6 +824,7 @@ impl Engine {
         engine.last_sweep_s = secs(snap.now);
         engine.deltas = snap.deltas;
         engine.stats = snap.stats;
+        engine.usage.restore(snap.usage);
         engine.services = snap.services.into_iter().collect();
         for (key, digests) in snap.versions {
             engine.versions.push(VersionEntry {

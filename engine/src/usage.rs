@@ -71,7 +71,7 @@ impl minutes::Minutely for Minute {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Minute {
     /// Unix minute.
     minute: u64,
@@ -81,7 +81,7 @@ struct Minute {
     levels: Vec<(u64, f64, u32)>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Series {
     kind: UsageKind,
     /// Oldest first.
@@ -95,8 +95,8 @@ struct Series {
     seen: UnixNanos,
 }
 
-/// Every service's usage series.
-#[derive(Clone, Debug, Default)]
+/// Every service's usage series (in a single process's checkpoint with the engine).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     max_series: usize,
     /// Per service, its metrics' series (a few each).
@@ -135,6 +135,25 @@ impl Usage {
     /// Points dropped so far (series cap, a changed kind, too old).
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// The series of `saved` (a checkpoint's), under this store's cap (series beyond it are
+    /// not taken, counted as dropped).
+    pub fn restore(&mut self, saved: Usage) {
+        for (service, series) in saved.series {
+            for (metric, s) in series {
+                if self.count >= self.max_series {
+                    self.dropped += 1;
+                    continue;
+                }
+                self.count += 1;
+                self.series
+                    .entry(service.clone())
+                    .or_default()
+                    .push((metric, s));
+            }
+        }
+        self.dropped += saved.dropped;
     }
 
     /// Series held.

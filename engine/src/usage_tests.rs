@@ -233,3 +233,67 @@ fn replaced_streams_fade_out() {
     let hour = u.value("cart", "mem", Span::hours(1), now).unwrap();
     assert!((10.0..11.0).contains(&hour), "{hour}");
 }
+
+/// Scenario: a process's engine holds a service's CPU rate (delta points every 10 s for 5
+/// minutes) and its memory level; it checkpoints (CBOR, as `engine.ckpt`) and restarts.
+/// Guarantees: the restarted engine reads the same usage over 1, 5 and 60 minutes (cost and
+/// forecasts do not start again from nothing); a snapshot of only some services (the
+/// changelog's) carries no usage.
+#[test]
+fn usage_survives_a_checkpoint() {
+    use crate::config::EngineConfig;
+    use crate::engine::{Engine, Snapshot};
+    use crate::observation::{Batch, Temporality};
+    let cfg = Arc::new(EngineConfig::default());
+    let mut e = Engine::new(cfg.clone());
+    let point = |metric: &str, kind, t: u64, start: u64, value| UsageObs {
+        service: arc("worker"),
+        metric: arc(metric),
+        stream: 7,
+        time: t,
+        start_time: start,
+        temporality: Temporality::Delta,
+        kind,
+        value,
+    };
+    for i in 1..=30u64 {
+        let t = T0 + i * 10 * S;
+        let b = Batch {
+            usage: vec![
+                point("process.cpu.time", UsageKind::Rate, t, t - 10 * S, 15.0),
+                point("process.memory.usage", UsageKind::Level, t, 0, 5e8),
+            ],
+            ..Default::default()
+        };
+        e.ingest(&b, t);
+    }
+    let now = e.now();
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&e.snapshot(), &mut bytes).unwrap();
+    let snap: Snapshot = ciborium::from_reader(bytes.as_slice()).unwrap();
+    let restarted = Engine::restore(cfg, snap).unwrap();
+    for w in [Span::minutes(1), Span::minutes(5), Span::hours(1)] {
+        let rows = restarted.usage().rows(w, now);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows, e.usage().rows(w, now));
+    }
+    assert!(
+        (restarted
+            .usage()
+            .value("worker", "process.cpu.time", Span::minutes(5), now)
+            .unwrap()
+            - 1.5)
+            .abs()
+            < 1e-9
+    );
+    let part = e.snapshot_of(|s| s == "worker");
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&part, &mut bytes).unwrap();
+    let part: Snapshot = ciborium::from_reader(bytes.as_slice()).unwrap();
+    assert!(
+        Engine::restore(Arc::new(EngineConfig::default()), part)
+            .unwrap()
+            .usage()
+            .is_empty()
+    );
+}

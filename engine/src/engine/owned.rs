@@ -54,6 +54,7 @@ impl Engine {
             services,
             deltas: DeltaTracker::default(),
             stats: Stats::default(),
+            usage: Default::default(),
         }
     }
 
