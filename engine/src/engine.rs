@@ -805,7 +805,7 @@ impl Engine {
         Snapshot {
             deltas: self.deltas.clone(),
             stats: self.stats,
-            usage: self.usage.clone(),
+            usage: self.usage.saved(),
             ..self.snapshot_of(|_| true)
         }
     }

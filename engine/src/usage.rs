@@ -98,6 +98,8 @@ struct Series {
 /// Every service's usage series (in a single process's checkpoint with the engine).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
+    /// The cap (configuration: not saved).
+    #[serde(skip)]
     max_series: usize,
     /// Per service, its metrics' series (a few each).
     series: HashMap<Arc<str>, Vec<(Arc<str>, Series)>>,
@@ -135,6 +137,15 @@ impl Usage {
     /// Points dropped so far (series cap, a changed kind, too old).
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// What a checkpoint keeps: the series and counts, without the cap (the configuration's
+    /// at restore).
+    pub fn saved(&self) -> Usage {
+        Usage {
+            max_series: 0,
+            ..self.clone()
+        }
     }
 
     /// The series of `saved` (a checkpoint's), under this store's cap (series beyond it are
