@@ -131,11 +131,11 @@ impl Causes {
                 (sums.requests > 0.0).then_some(sums.errors)
             };
             let local = |s: &str| engine.has_service(s);
+            let min_share = graph.settings().min_share;
             for service in callers {
                 let Some(bad) = own_bad(&service) else {
                     continue;
                 };
-                let min_share = graph.settings().min_share;
                 let out = |caller: &str| adjacency.out(caller);
                 let Some(mut rc) = walk(out, min_share, &service, bad, own_bad) else {
                     continue;
@@ -287,8 +287,7 @@ impl Causes {
 
     /// Continues `rc`, a walk that stopped at a service without telemetry here (`local`
     /// says which have), along that service's fresh explanation, and so on; then sets its
-    /// service, edge and [`RootCause::since`].
-    /// Whether it grew.
+    /// service, edge and [`RootCause::since`]. Whether it grew.
     pub fn extend(
         &mut self,
         rc: &mut RootCause,

@@ -165,6 +165,19 @@ impl Log {
     }
 }
 
+/// P1 owning checkout (which calls payments) and P2 owning payments (which calls db), and a
+/// log between them delivering `delay` seconds after publication.
+fn chain(delay: u64) -> (Processor, Processor, Log) {
+    (
+        Processor::new("checkout", "payments"),
+        Processor::new("payments", "db"),
+        Log {
+            delay,
+            ..Default::default()
+        },
+    )
+}
+
 /// Runs seconds `from..to` on both processors, the log delivering with `delay`.
 fn run(
     p1: &mut Processor,
@@ -235,14 +248,7 @@ fn root_cause_of(d: &Decision) -> &RootCause {
 ///   through payments.
 #[test]
 fn processors_page_one_root_under_one_id() {
-    let (mut p1, mut p2) = (
-        Processor::new("checkout", "payments"),
-        Processor::new("payments", "db"),
-    );
-    let mut log = Log {
-        delay: 7,
-        ..Default::default()
-    };
+    let (mut p1, mut p2, mut log) = chain(7);
     let fault = 180;
     let db_fails =
         move |n: u64| n / RATE >= T0 / S + fault && n / RATE < T0 / S + 420 && n.is_multiple_of(2);
@@ -344,14 +350,7 @@ fn assert_resolved_after_the_last_dependent(p1: &Processor, p2: &Processor, log:
 /// payments' has resolved.
 #[test]
 fn a_root_page_stays_open_while_another_processor_depends_on_it() {
-    let (mut p1, mut p2) = (
-        Processor::new("checkout", "payments"),
-        Processor::new("payments", "db"),
-    );
-    let mut log = Log {
-        delay: 2,
-        ..Default::default()
-    };
+    let (mut p1, mut p2, mut log) = chain(2);
     let between = |from: u64, to: u64| {
         move |n: u64| n / RATE >= T0 / S + from && n / RATE < T0 / S + to && n.is_multiple_of(2)
     };
@@ -457,14 +456,7 @@ fn every_caller_of_a_root_pages_it_under_one_id() {
 /// by both processors alike.
 #[test]
 fn a_root_that_fails_again_is_paged_again() {
-    let (mut p1, mut p2) = (
-        Processor::new("checkout", "payments"),
-        Processor::new("payments", "db"),
-    );
-    let mut log = Log {
-        delay: 1,
-        ..Default::default()
-    };
+    let (mut p1, mut p2, mut log) = chain(1);
     let fails = |n: u64| {
         let s = n / RATE - T0 / S;
         ((180..240).contains(&s) || (900..960).contains(&s)) && n.is_multiple_of(2)
@@ -524,14 +516,7 @@ fn a_dependent_keeps_its_explanation_after_the_failures_stop() {
 /// begins again, so the second burn pages db under a new id, at both processors alike.
 #[test]
 fn a_root_failing_a_little_meanwhile_is_paged_again_under_a_new_id() {
-    let (mut p1, mut p2) = (
-        Processor::new("checkout", "payments"),
-        Processor::new("payments", "db"),
-    );
-    let mut log = Log {
-        delay: 1,
-        ..Default::default()
-    };
+    let (mut p1, mut p2, mut log) = chain(1);
     let fails = |n: u64| {
         let s = n / RATE - T0 / S;
         ((180..240).contains(&s) || (900..960).contains(&s)) && n.is_multiple_of(2)
