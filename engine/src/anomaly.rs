@@ -113,7 +113,12 @@ impl SliWatch {
                 if !self.streams.contains_key(&key) && self.streams.len() >= self.max_streams {
                     continue;
                 }
-                let cfg = self.cfg;
+                // A request rate that stops spiking has lost work (a batch client stopped);
+                // errors and slow requests that stop spiking are good news.
+                let cfg = DetectorConfig {
+                    silence: self.cfg.silence && metric == SliMetric::RequestRate,
+                    ..self.cfg
+                };
                 let (d, last) = self
                     .streams
                     .entry(key)

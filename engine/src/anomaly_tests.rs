@@ -244,6 +244,59 @@ fn a_daily_spike_is_learned() {
     assert!(flagged_days.iter().all(|&day| day < 11), "{flagged_days:?}");
 }
 
+/// Guarantees: a stream that spikes every 30 to 70 samples (a batch job's writes) and then
+/// stops is flagged once its silence is longer than any gap before, not before: no sample of
+/// the silence is anomalous while it is no longer than the longest earlier gap, and the first
+/// alert comes within 40 % past it. The values of the silence are ordinary (the baseline's),
+/// so only the silence statistic can see it (without it, this stream's first alert came at
+/// gap 179, from noise).
+#[test]
+fn a_stream_that_stops_spiking_is_flagged() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let noise = Normal::new(0.0, 1.0).unwrap();
+    let mut d = Detector::new(DetectorConfig::default());
+    let (mut longest, mut last, mut next) = (0u64, 0u64, 40u64);
+    let end = 5 * DAY;
+    for i in 0..end {
+        let v = if i == next {
+            last = i;
+            let gap = rng.random_range(30..=70);
+            next += gap;
+            if next < end {
+                longest = longest.max(gap);
+            }
+            100.0 + noise.sample(&mut rng)
+        } else {
+            10.0 + noise.sample(&mut rng)
+        };
+        d.observe(i * STEP_S, v);
+    }
+    // The spikes stop after `last`; the gap already running at `end` is part of the silence.
+    longest = longest.max(end - 1 - last);
+    let mut first_alert = None;
+    let mut flagged_early = Vec::new();
+    for j in end..end + 3 * longest {
+        let s = d.observe(j * STEP_S, 10.0 + noise.sample(&mut rng));
+        let gap = j - last;
+        if s.anomaly && gap <= longest {
+            flagged_early.push(gap);
+        }
+        if first_alert.is_none() && s.alert >= d.config().threshold {
+            first_alert = Some(gap);
+        }
+    }
+    eprintln!("longest gap {longest}; silence first alerted at gap {first_alert:?}");
+    assert!(
+        flagged_early.is_empty(),
+        "flagged at gaps {flagged_early:?}"
+    );
+    let at = first_alert.expect("the silence was never alerted");
+    assert!(
+        at > longest && at * 10 <= longest * 14,
+        "alerted at gap {at}"
+    );
+}
+
 /// Guarantees: on a clean seasonal series the false flags are as rare as the threshold's
 /// tail probability says (≤ 0.5 % of a week's samples at the default 0.45, at most one at the
 /// live watch's 0.6), an alert's episode rests, and the state does not grow with history (as many
@@ -335,7 +388,7 @@ fn score_range() {
 }
 
 /// Guarantees: the live watch samples every service's 1-minute SLIs on its period and flags
-/// an error-ratio jump; stale points expire.
+/// an error-ratio jump; stale points expire; only the request rate judges silences.
 #[test]
 fn sli_watch_flags_an_error_jump() {
     use crate::{Batch, Engine, EngineConfig, RequestObs, SeriesKey};
@@ -387,6 +440,21 @@ fn sli_watch_flags_an_error_jump() {
     }
     let at = flagged_at.expect("the jump is flagged");
     assert!((900..930).contains(&at), "flagged at {at}");
+    // Only the request rate's silences are judged: errors that stop coming are good news.
+    let silences: Vec<_> = w
+        .snapshot_of(|_| true)
+        .streams
+        .iter()
+        .map(|(_, m, d, _)| (*m, d.config().silence))
+        .collect();
+    assert_eq!(
+        silences,
+        [
+            (SliMetric::RequestRate, true),
+            (SliMetric::ErrorRatio, false),
+            (SliMetric::LatencyP99, false)
+        ]
+    );
     assert_eq!(
         w.latest("checkout", 1_800_000_000 + 5000),
         vec![],

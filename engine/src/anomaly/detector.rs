@@ -1,19 +1,21 @@
 //! One stream's anomaly detector (DESIGN §3): streaming, O(1) work and fixed memory per sample,
 //! robust to noise, heavy tails and seasonality, with a score that is a calibrated likelihood.
 //!
-//! Each sample gives three statistics:
+//! Each sample gives up to four statistics:
 //! - **level**: how far the last 1, 5 and 20 samples' means are from the long-run mean, in
 //!   standard errors (spikes, shifts, bursts);
 //! - **season**: the same for the residual from the time-of-day profile (a daily peak that
 //!   does not come, a night that is busy);
 //! - **density**: how rarely the stream visits the value's part of its range (a value between
-//!   two usual levels).
+//!   two usual levels);
+//! - **silence**, in a stream that spikes (20 or more samples 4σ above its mean): how long
+//!   since its last spike (a batch job that stopped running).
 //!
 //! Each statistic's tail probability is read off its own history ([`TailRank`]), so what is
 //! unusual is judged against what is usual *for this stream*. The sample's probability p is
-//! the smallest of them (Bonferroni-corrected), or, when a short burst of moderately unusual
-//! samples is rarer than any one of them, the burst's (the mean surprise of the last 3
-//! samples, ranked the same way). The score is −log₁₀ p / 5, clipped to [0, 1]: 0.45 is
+//! the smallest of them (Bonferroni-corrected over the statistics the stream has), or, when
+//! a short burst of moderately unusual values is rarer than any one of them, the burst's (the
+//! mean surprise of the values' statistics over the last 3 samples, ranked the same way). The score is −log₁₀ p / 5, clipped to [0, 1]: 0.45 is
 //! p ≈ 0.0056, 1.0 is p ≤ 10⁻⁵. A sample is anomalous when its score reaches the threshold.
 //!
 //! An *alert* is the first anomalous sample of an episode: `alert` equals the score there,
@@ -23,7 +25,7 @@
 //!
 //! Pure: time is the sample's timestamp; nothing reads a clock.
 
-use super::features::{Density, Moments, Recent, Season, WINDOWS};
+use super::features::{Density, Moments, Recent, Season, Silence, WINDOWS};
 use super::tail::TailRank;
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +46,9 @@ pub struct DetectorConfig {
     pub season_bins: u32,
     /// Samples the long-run mean and variance remember (default 2000).
     pub memory: u32,
+    /// Judges the silences of a stream that spikes (default true): off where spikes are bad
+    /// news and their stopping is good news (errors, slow requests).
+    pub silence: bool,
 }
 
 impl Default for DetectorConfig {
@@ -55,6 +60,7 @@ impl Default for DetectorConfig {
             season_s: 86_400,
             season_bins: 96,
             memory: 2000,
+            silence: true,
         }
     }
 }
@@ -104,7 +110,7 @@ const BURST: usize = 3;
 /// −log₁₀ p that maps to a score of 1.
 const SCORE_DECADES: f64 = 5.0;
 
-/// One stream's detector state (about 3 KiB with the default 96 seasonal bins).
+/// One stream's detector state (about 3.5 KiB with the default 96 seasonal bins).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Detector {
     cfg: DetectorConfig,
@@ -115,6 +121,7 @@ pub struct Detector {
     residual: Moments,
     recent_residuals: Recent,
     density: Density,
+    silence: Silence,
     /// Tail histories of the level, season and density statistics, and of the burst.
     ranks: [TailRank; 4],
     surprises: Recent,
@@ -139,6 +146,7 @@ impl Detector {
             residual: Moments::default(),
             recent_residuals: Recent::default(),
             density: Density::default(),
+            silence: Silence::default(),
             ranks: Default::default(),
             surprises: Recent::default(),
             quiet: 0,
@@ -179,6 +187,12 @@ impl Detector {
         self.recent.push(value, keep);
         stats[0] = self.recent.deviation(&self.level);
         let mut expected = self.level.mean;
+        let p_silence = if self.cfg.silence {
+            self.silence.observe(value, &self.level)
+        } else {
+            None
+        };
+        let mut tests = if p_silence.is_some() { 3.0 } else { 2.0 };
         self.level.update(value, alpha);
 
         let bin = self.bin(t_s);
@@ -205,16 +219,20 @@ impl Detector {
             stats[2] = Some(s);
         }
 
-        let tests = if bin.is_some() { 3.0 } else { 2.0 };
-        let mut p: f64 = 1.0;
+        if bin.is_some() {
+            tests += 1.0;
+        }
+        let mut p_values: f64 = 1.0;
         for (rank, stat) in self.ranks.iter_mut().zip(stats) {
             let Some(z) = stat else { continue };
             let pz = if z > 0.0 { rank.p(z) } else { 1.0 };
-            p = p.min(pz * tests);
+            p_values = p_values.min(pz * tests);
             rank.add(z);
         }
-        // A burst: the mean surprise of the last few samples, ranked like the statistics.
-        self.surprises.push(-p.min(1.0).log10(), BURST);
+        // A burst: the mean surprise of the values over the last few samples, ranked like the
+        // statistics (a silence is a run of samples already: it has no burst of its own).
+        self.surprises.push(-p_values.min(1.0).log10(), BURST);
+        let p = p_silence.map_or(p_values, |ps| p_values.min(ps * tests));
         let burst = self.surprises.mean();
         let p_burst = if burst > 0.0 {
             self.ranks[3].p(burst)

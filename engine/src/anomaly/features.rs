@@ -1,6 +1,7 @@
 //! The pieces a detector is made of, each O(1) per sample with fixed memory: exponentially
 //! weighted moments, the last few values, a time-of-day profile, and a histogram of values.
 
+use super::tail::TailRank;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -117,6 +118,47 @@ impl Season {
             *v + alpha * (x - *v)
         };
         self.visits[bin] = self.visits[bin].saturating_add(1);
+    }
+}
+
+/// Standard deviations above the long-run mean that make a sample an event for [`Silence`].
+const EVENT_SDS: f64 = 4.0;
+/// Events a stream must have had before its silences are judged.
+pub(super) const EVENTS_BEFORE_SILENCE: u32 = 20;
+
+/// How long since the stream's last event: a sample more than [`EVENT_SDS`] standard
+/// deviations above the long-run mean (a spike of a stream that spikes: a batch job's write
+/// burst, a cron's CPU, a periodic flush). A silence longer than the stream's usual gaps is
+/// a stream that has stopped doing what it does (the job that stopped running), which no
+/// statistic of the values can see: every quiet sample is an ordinary one.
+///
+/// The current gap is ranked against the running gaps of the stream's finished gaps (each
+/// gap of length L adds 1, 2, …, L when it ends), so the tail probability of a silence falls
+/// as it lengthens past the longest gap before, on the same Pareto tail as the other
+/// statistics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct Silence {
+    gap: u64,
+    events: u32,
+    gaps: TailRank,
+}
+
+impl Silence {
+    /// The tail probability of the gap after `x`, given the long-run moments before `x`; None
+    /// until the stream has had [`EVENTS_BEFORE_SILENCE`] events (its gaps are learned
+    /// meanwhile) and while `x` is an event.
+    pub(super) fn observe(&mut self, x: f64, m: &Moments) -> Option<f64> {
+        let event = m.n >= 2 && m.var > 0.0 && x > m.mean + EVENT_SDS * m.var.sqrt();
+        if event {
+            if self.events > 0 {
+                self.gaps.add_run(self.gap);
+            }
+            self.gap = 0;
+            self.events = self.events.saturating_add(1);
+            return None;
+        }
+        self.gap += 1;
+        (self.events >= EVENTS_BEFORE_SILENCE).then(|| self.gaps.p(self.gap as f64))
     }
 }
 

@@ -58,6 +58,35 @@ impl TailRank {
         (above as f64 + 1.0) / n
     }
 
+    /// Adds the values 1, 2, …, `len` to the history (the running lengths of a run of `len`
+    /// samples), in O(bins).
+    pub(super) fn add_run(&mut self, len: u64) {
+        let mut k = 1u64;
+        while k <= len {
+            let b = bin(k as f64);
+            // The first integer in a later bin than k's: estimated from the bin's upper edge,
+            // then corrected for rounding (the bins are monotone in the value).
+            let end = if b == BINS - 1 {
+                len + 1
+            } else {
+                let edge = LOW * 10f64.powf((b + 1) as f64 / PER_DECADE);
+                let mut next = (edge.ceil() as u64).max(k + 1);
+                while next > k + 1 && bin((next - 1) as f64) > b {
+                    next -= 1;
+                }
+                while bin(next as f64) == b {
+                    next += 1;
+                }
+                next.min(len + 1)
+            };
+            let c = &mut self.counts[b];
+            *c = c.saturating_add(u32::try_from(end - k).unwrap_or(u32::MAX));
+            k = end;
+        }
+        self.n += len;
+        self.max = self.max.max(len as f64);
+    }
+
     /// Adds `s` to the history.
     pub(super) fn add(&mut self, s: f64) {
         let c = &mut self.counts[bin(s)];
@@ -88,5 +117,19 @@ mod tests {
         let record = 1.0 / 1000.0;
         assert!((t.p(9.99 * 2.0) - record / 8.0).abs() < 1e-9);
         assert!(t.p(1e9) > 0.0);
+
+        // A run adds each of its running lengths once.
+        let (mut run, mut each) = (TailRank::default(), TailRank::default());
+        for len in [1, 7, 30, 250, 5000] {
+            run.add_run(len);
+            for k in 1..=len {
+                each.add(k as f64);
+            }
+        }
+        assert_eq!(run, each);
+        let mut huge = TailRank::default();
+        huge.add_run(1 << 40);
+        assert_eq!(huge.n, 1 << 40);
+        assert!(huge.p(2e12) < 1.0 / (1u64 << 40) as f64);
     }
 }
