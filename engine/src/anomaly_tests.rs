@@ -263,7 +263,8 @@ fn a_stream_that_stops_spiking_is_flagged() {
             let gap = rng.random_range(30..=70);
             next += gap;
             if next < end {
-                longest = longest.max(gap);
+                // A spike every `gap` samples leaves `gap - 1` quiet ones between.
+                longest = longest.max(gap - 1);
             }
             100.0 + noise.sample(&mut rng)
         } else {
@@ -295,6 +296,82 @@ fn a_stream_that_stops_spiking_is_flagged() {
         at > longest && at * 10 <= longest * 14,
         "alerted at gap {at}"
     );
+}
+
+/// Guarantees: a request rate that does not spike is never judged for silences, so judging
+/// them changes none of its scores: a daily cycle from a quiet night (10 rps) to a busy day
+/// (100 rps) with ramps of half an hour to three hours, and steps of 5 %, 10 % and 20 %,
+/// sampled every 10 s for three days with Poisson-like noise, score the same with and
+/// without silences. (A level that stays up is one spike, not many: counting samples over
+/// the long-run mean instead had such streams judged, and flagged for days.)
+#[test]
+fn a_stream_that_steps_is_not_judged_for_silences() {
+    const EVERY_S: u64 = 10;
+    let per_hour = 3600 / EVERY_S;
+    let days = 3 * 24 * per_hour;
+    type Shape = Box<dyn Fn(u64) -> f64>;
+    let mut shapes: Vec<(String, Shape)> = Vec::new();
+    for ramp_h in [0.5, 1.0, 3.0] {
+        let ramp = (ramp_h * per_hour as f64) as u64;
+        shapes.push((
+            format!("night to day in {ramp_h} h"),
+            Box::new(move |i| {
+                let t = i % (24 * per_hour);
+                let (up, day_end) = (8 * per_hour, 20 * per_hour);
+                let frac = if t < up {
+                    0.0
+                } else if t < up + ramp {
+                    (t - up) as f64 / ramp as f64
+                } else if t < day_end {
+                    1.0
+                } else if t < day_end + ramp {
+                    1.0 - (t - day_end) as f64 / ramp as f64
+                } else {
+                    0.0
+                };
+                10.0 + 90.0 * frac
+            }),
+        ));
+    }
+    for step in [0.05, 0.10, 0.20] {
+        shapes.push((
+            format!("a {:.0} % step", step * 100.0),
+            Box::new(move |i| {
+                if i < days / 3 {
+                    100.0
+                } else {
+                    100.0 * (1.0 + step)
+                }
+            }),
+        ));
+    }
+    for (name, shape) in shapes {
+        let cfg = DetectorConfig {
+            threshold: 0.6,
+            ..Default::default()
+        };
+        let mut with = Detector::new(cfg);
+        let mut without = Detector::new(DetectorConfig {
+            silence: false,
+            ..cfg
+        });
+        let mut rng = StdRng::seed_from_u64(9);
+        let (mut flagged, mut differ) = (0, None);
+        for i in 0..days {
+            let level = shape(i);
+            let v = level + level.sqrt() * Normal::new(0.0, 1.0).unwrap().sample(&mut rng);
+            let (a, b) = (
+                with.observe(i * EVERY_S, v),
+                without.observe(i * EVERY_S, v),
+            );
+            flagged += u32::from(a.anomaly);
+            if a != b && differ.is_none() {
+                differ = Some((i, a, b));
+            }
+        }
+        eprintln!("{name}: {flagged} samples flagged of {days}");
+        assert_eq!(differ, None, "{name}: silences changed a score");
+    }
 }
 
 /// Guarantees: on a clean seasonal series the false flags are as rare as the threshold's

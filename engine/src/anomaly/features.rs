@@ -45,6 +45,10 @@ impl Recent {
         self.0.push_back(x);
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub(super) fn mean(&self) -> f64 {
         if self.0.is_empty() {
             return 0.0;
@@ -121,44 +125,71 @@ impl Season {
     }
 }
 
-/// Standard deviations above the long-run mean that make a sample an event for [`Silence`].
-const EVENT_SDS: f64 = 4.0;
-/// Events a stream must have had before its silences are judged.
-pub(super) const EVENTS_BEFORE_SILENCE: u32 = 20;
+/// Long-run standard deviations above the recent mean that make a sample part of a spike
+/// for [`Silence`].
+const SPIKE_SDS: f64 = 4.0;
+/// Gaps between spikes a stream must have had before its silences are judged.
+pub(super) const GAPS_BEFORE_SILENCE: u32 = 20;
 
-/// How long since the stream's last event: a sample more than [`EVENT_SDS`] standard
-/// deviations above the long-run mean (a spike of a stream that spikes: a batch job's write
-/// burst, a cron's CPU, a periodic flush). A silence longer than the stream's usual gaps is
-/// a stream that has stopped doing what it does (the job that stopped running), which no
-/// statistic of the values can see: every quiet sample is an ordinary one.
+/// How long since the stream's last spike: a run of samples more than [`SPIKE_SDS`] long-run
+/// standard deviations above the mean of the samples before it (a batch job's write burst, a
+/// cron's CPU, a periodic flush). A silence longer than the stream's usual gaps is a stream
+/// that has stopped doing what it does (the job that stopped running), which no statistic
+/// of the values can see: every quiet sample is an ordinary one.
 ///
 /// The current gap is ranked against the running gaps of the stream's finished gaps (each
-/// gap of length L adds 1, 2, …, L when it ends), so the tail probability of a silence falls
-/// as it lengthens past the longest gap before, on the same Pareto tail as the other
-/// statistics.
+/// gap of length L adds 1, 2, …, L when the next spike starts), so the tail probability of a
+/// silence falls as it lengthens past the longest gap before, on the same Pareto tail as the
+/// other statistics. A level that steps up is one spike (the recent mean follows it), not
+/// many, so a stream is judged only after [`GAPS_BEFORE_SILENCE`] gaps between spikes. A
+/// silence that outlasts the long-run moments' memory is the stream's new normal: the
+/// silence forgets its gaps and is judged again after as many new ones.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct Silence {
+    /// Samples since the last spike ended (counting from the first spike).
     gap: u64,
-    events: u32,
+    started: bool,
+    in_spike: bool,
+    finished: u32,
     gaps: TailRank,
 }
 
 impl Silence {
-    /// The tail probability of the gap after `x`, given the long-run moments before `x`; None
-    /// until the stream has had [`EVENTS_BEFORE_SILENCE`] events (its gaps are learned
-    /// meanwhile) and while `x` is an event.
-    pub(super) fn observe(&mut self, x: f64, m: &Moments) -> Option<f64> {
-        let event = m.n >= 2 && m.var > 0.0 && x > m.mean + EVENT_SDS * m.var.sqrt();
-        if event {
-            if self.events > 0 {
+    /// Whether the stream has had enough gaps between spikes for its silences to be judged.
+    pub(super) fn judged(&self) -> bool {
+        self.finished >= GAPS_BEFORE_SILENCE
+    }
+
+    /// The tail probability of the gap after `x`, given the mean of the samples before it
+    /// (None when there are none) and the long-run standard deviation; None while `x` is part
+    /// of a spike and while the stream is not [`Silence::judged`]. A gap longer than
+    /// `forget_after` samples starts the silence afresh.
+    pub(super) fn observe(
+        &mut self,
+        x: f64,
+        recent_mean: Option<f64>,
+        sd: f64,
+        forget_after: u64,
+    ) -> Option<f64> {
+        let spike = recent_mean.is_some_and(|m| sd > 0.0 && x > m + SPIKE_SDS * sd);
+        if spike {
+            if self.started && !self.in_spike {
                 self.gaps.add_run(self.gap);
+                self.finished = self.finished.saturating_add(1);
             }
-            self.gap = 0;
-            self.events = self.events.saturating_add(1);
+            (self.started, self.in_spike, self.gap) = (true, true, 0);
+            return None;
+        }
+        self.in_spike = false;
+        if !self.started {
             return None;
         }
         self.gap += 1;
-        (self.events >= EVENTS_BEFORE_SILENCE).then(|| self.gaps.p(self.gap as f64))
+        if self.gap > forget_after {
+            *self = Silence::default();
+            return None;
+        }
+        self.judged().then(|| self.gaps.p(self.gap as f64))
     }
 }
 
