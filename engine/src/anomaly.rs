@@ -115,14 +115,20 @@ impl SliWatch {
                 }
                 // A request rate that stops spiking has lost work (a batch client stopped);
                 // errors and slow requests that stop spiking are good news.
+                let silence = self.cfg.silence && metric == SliMetric::RequestRate;
                 let cfg = DetectorConfig {
-                    silence: self.cfg.silence && metric == SliMetric::RequestRate,
+                    silence,
                     ..self.cfg
                 };
                 let (d, last) = self
                     .streams
                     .entry(key)
                     .or_insert_with(|| (Detector::new(cfg), None));
+                // A detector taken over from a checkpoint or another processor may have been
+                // saved before silences were judged.
+                if d.config().silence != silence {
+                    d.judge_silences(silence);
+                }
                 let s = d.observe(now_s, v);
                 *last = Some(AnomalyPoint {
                     metric,

@@ -660,3 +660,76 @@ fn snapshots_of_another_detector_are_read_without_its_streams() {
     let read: WatchSnapshot = ciborium::from_reader(&bytes[..]).unwrap();
     assert_eq!(read, now);
 }
+
+/// Guarantees: a detector saved before silences were judged (no `silence` in it or its
+/// settings) is read, keeps what it learned, and judges silences from then on if, and only
+/// if, the watch judges them on its stream (the request rate's).
+#[test]
+fn detectors_saved_before_silences_are_read_and_judge_them_on_request_rates() {
+    use crate::{Batch, Engine, EngineConfig, RequestObs, SeriesKey};
+    let mut learned = Detector::new(DetectorConfig {
+        silence: false,
+        ..Default::default()
+    });
+    for i in 0..50 {
+        learned.observe(i * 10, 10.0 + (i % 3) as f64);
+    }
+    // Written by the release before: neither the detector nor its settings name `silence`.
+    let mut value = ciborium::Value::serialized(&learned).unwrap();
+    let ciborium::Value::Map(fields) = &mut value else {
+        panic!("a map")
+    };
+    fields.retain(|(k, _)| k.as_text() != Some("silence"));
+    for (k, v) in fields.iter_mut() {
+        if k.as_text() == Some("cfg") {
+            let ciborium::Value::Map(cfg) = v else {
+                panic!("a map")
+            };
+            cfg.retain(|(k, _)| k.as_text() != Some("silence"));
+        }
+    }
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&value, &mut bytes).unwrap();
+    let old: Detector = ciborium::from_reader(&bytes[..]).unwrap();
+    let snap = WatchSnapshot {
+        streams: [SliMetric::RequestRate, SliMetric::ErrorRatio]
+            .into_iter()
+            .map(|m| ("checkout".to_string(), m, old.clone(), None))
+            .collect(),
+    };
+    let mut w = SliWatch::new(DetectorConfig::default(), 10, 100);
+    w.merge(snap);
+    let mut e = Engine::new(std::sync::Arc::new(EngineConfig::default()));
+    let t = 1_800_000_000 * 1_000_000_000u64;
+    let b = Batch {
+        keys: vec![SeriesKey::new("checkout", "/pay", "1")],
+        requests: (0..10)
+            .map(|_| RequestObs {
+                key: 0,
+                time: t,
+                latency_ms: 20.0,
+                bad: false,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    e.ingest(&b, t);
+    w.sample(&e);
+    let streams = w.snapshot_of(|_| true).streams;
+    let judged: Vec<_> = streams
+        .iter()
+        .map(|(_, m, d, _)| (*m, d.config().silence))
+        .collect();
+    assert_eq!(
+        judged,
+        [
+            (SliMetric::RequestRate, true),
+            (SliMetric::ErrorRatio, false),
+            (SliMetric::LatencyP99, false)
+        ]
+    );
+    // What the old detector learned is kept: its samples count on.
+    let rate = &streams[0].2;
+    let n = |d: &Detector| serde_json::to_value(d).unwrap()["n"].as_u64().unwrap();
+    assert_eq!(n(rate), 51);
+}

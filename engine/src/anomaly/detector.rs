@@ -156,6 +156,17 @@ impl Detector {
         }
     }
 
+    /// Starts or stops judging silences (a detector saved before silences were judged, or by
+    /// settings that did not judge them, starts learning its gaps now).
+    pub fn judge_silences(&mut self, on: bool) {
+        self.cfg.silence = on;
+        match (on, self.silence.is_some()) {
+            (true, false) => self.silence = Some(Silence::default()),
+            (false, true) => self.silence = None,
+            _ => {}
+        }
+    }
+
     /// Its settings.
     pub fn config(&self) -> &DetectorConfig {
         &self.cfg

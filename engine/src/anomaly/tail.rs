@@ -120,7 +120,7 @@ mod tests {
 
         // A run adds each of its running lengths once.
         let (mut run, mut each) = (TailRank::default(), TailRank::default());
-        for len in [1, 7, 30, 250, 5000] {
+        for len in [0, 1, 7, 30, 250, 5000, 10_000, 20_000] {
             run.add_run(len);
             for k in 1..=len {
                 each.add(k as f64);
