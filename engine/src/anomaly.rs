@@ -61,7 +61,8 @@ pub struct AnomalyPoint {
 pub struct WatchSnapshot {
     /// Service, metric, detector and its latest verdict. A stream written by a release with
     /// another detector is left out when read (it starts afresh; the rest of the record is
-    /// read as written).
+    /// read as written); one written before silences were judged is read, and the watch
+    /// turns its silences on or off when it next samples it.
     #[serde(deserialize_with = "crate::saved::of_this_release")]
     pub streams: Vec<Stream>,
 }
@@ -126,9 +127,7 @@ impl SliWatch {
                     .or_insert_with(|| (Detector::new(cfg), None));
                 // A detector taken over from a checkpoint or another processor may have been
                 // saved before silences were judged.
-                if d.config().silence != silence {
-                    d.judge_silences(silence);
-                }
+                d.judge_silences(silence);
                 let s = d.observe(now_s, v);
                 *last = Some(AnomalyPoint {
                     metric,

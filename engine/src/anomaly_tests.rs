@@ -300,9 +300,9 @@ fn a_stream_that_stops_spiking_is_flagged() {
 
 /// Guarantees: a request rate that does not spike is never judged for silences, so judging
 /// them changes none of its scores: a daily cycle from a quiet night (10 rps) to a busy day
-/// (100 rps) with ramps of half an hour to three hours, and steps of 5 %, 10 % and 20 %,
-/// sampled every 10 s for three days with Poisson-like noise, score the same with and
-/// without silences. (A level that stays up is one spike, not many: counting samples over
+/// (100 rps) with ramps of half an hour to three hours, dips to 5 rps for 5 or 10 minutes
+/// every 3 hours, and steps of 5 %, 10 % and 20 %, sampled every 10 s for three days with
+/// Poisson-like noise, score the same with and without silences. (A level that stays up is one spike, not many: counting samples over
 /// the long-run mean instead had such streams judged, and flagged for days.)
 #[test]
 fn a_stream_that_steps_is_not_judged_for_silences() {
@@ -331,6 +331,14 @@ fn a_stream_that_steps_is_not_judged_for_silences() {
                 };
                 10.0 + 90.0 * frac
             }),
+        ));
+    }
+    for minutes in [5, 10] {
+        // Partial outages every 3 hours: the returns from the dips are no spikes.
+        let (every, down) = (3 * per_hour, minutes * 60 / EVERY_S);
+        shapes.push((
+            format!("a {minutes}-minute dip every 3 h"),
+            Box::new(move |i| if i % every < down { 5.0 } else { 100.0 }),
         ));
     }
     for step in [0.05, 0.10, 0.20] {
@@ -691,6 +699,7 @@ fn detectors_saved_before_silences_are_read_and_judge_them_on_request_rates() {
     let mut bytes = Vec::new();
     ciborium::into_writer(&value, &mut bytes).unwrap();
     let old: Detector = ciborium::from_reader(&bytes[..]).unwrap();
+    assert!(old.config().silence && !old.judges_silences());
     let snap = WatchSnapshot {
         streams: [SliMetric::RequestRate, SliMetric::ErrorRatio]
             .into_iter()
@@ -718,14 +727,14 @@ fn detectors_saved_before_silences_are_read_and_judge_them_on_request_rates() {
     let streams = w.snapshot_of(|_| true).streams;
     let judged: Vec<_> = streams
         .iter()
-        .map(|(_, m, d, _)| (*m, d.config().silence))
+        .map(|(_, m, d, _)| (*m, d.config().silence, d.judges_silences()))
         .collect();
     assert_eq!(
         judged,
         [
-            (SliMetric::RequestRate, true),
-            (SliMetric::ErrorRatio, false),
-            (SliMetric::LatencyP99, false)
+            (SliMetric::RequestRate, true, true),
+            (SliMetric::ErrorRatio, false, false),
+            (SliMetric::LatencyP99, false, false)
         ]
     );
     // What the old detector learned is kept: its samples count on.

@@ -156,8 +156,9 @@ impl Detector {
         }
     }
 
-    /// Starts or stops judging silences (a detector saved before silences were judged, or by
-    /// settings that did not judge them, starts learning its gaps now).
+    /// Starts or stops judging silences: a detector saved before silences were judged (its
+    /// settings read as the default, true, with no silence state) or by settings that did not
+    /// judge them starts learning its gaps now.
     pub fn judge_silences(&mut self, on: bool) {
         self.cfg.silence = on;
         match (on, self.silence.is_some()) {
@@ -165,6 +166,11 @@ impl Detector {
             (false, true) => self.silence = None,
             _ => {}
         }
+    }
+
+    /// Whether it judges silences (keeps a silence state).
+    pub fn judges_silences(&self) -> bool {
+        self.silence.is_some()
     }
 
     /// Its settings.
@@ -210,7 +216,7 @@ impl Detector {
         let p_silence = self
             .silence
             .as_mut()
-            .and_then(|s| s.observe(value, recent_mean, sd, memory));
+            .and_then(|s| s.observe(value, recent_mean, self.level.mean, sd, memory));
         let judged = self.silence.as_ref().is_some_and(Silence::judged);
         let mut tests = if judged { 3.0 } else { 2.0 };
         self.level.update(value, alpha);

@@ -132,8 +132,8 @@ const SPIKE_SDS: f64 = 4.0;
 pub(super) const GAPS_BEFORE_SILENCE: u32 = 20;
 
 /// How long since the stream's last spike: a run of samples more than [`SPIKE_SDS`] long-run
-/// standard deviations above the mean of the samples before it (a batch job's write burst, a
-/// cron's CPU, a periodic flush). A silence longer than the stream's usual gaps is a stream
+/// standard deviations above both the mean of the samples before it and the long-run mean (a
+/// batch job's write burst, a cron's CPU, a periodic flush; not the return from a dip). A silence longer than the stream's usual gaps is a stream
 /// that has stopped doing what it does (the job that stopped running), which no statistic
 /// of the values can see: every quiet sample is an ordinary one.
 ///
@@ -161,17 +161,18 @@ impl Silence {
     }
 
     /// The tail probability of the gap after `x`, given the mean of the samples before it
-    /// (None when there are none) and the long-run standard deviation; None while `x` is part
-    /// of a spike and while the stream is not [`Silence::judged`]. A gap longer than
+    /// (None when there are none), the long-run mean and standard deviation; None while `x` is
+    /// part of a spike and while the stream is not [`Silence::judged`]. A gap longer than
     /// `forget_after` samples starts the silence afresh.
     pub(super) fn observe(
         &mut self,
         x: f64,
         recent_mean: Option<f64>,
+        mean: f64,
         sd: f64,
         forget_after: u64,
     ) -> Option<f64> {
-        let spike = recent_mean.is_some_and(|m| sd > 0.0 && x > m + SPIKE_SDS * sd);
+        let spike = recent_mean.is_some_and(|m| sd > 0.0 && x > m.max(mean) + SPIKE_SDS * sd);
         if spike {
             if self.started && !self.in_spike {
                 self.gaps.add_run(self.gap);
