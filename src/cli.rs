@@ -43,6 +43,10 @@ pub enum Command {
         /// Length of the seasonal cycle (e.g. 1d, 1w); `none` disables seasonality.
         #[arg(long, default_value = "1d")]
         season: String,
+        /// Judge how long a stream that spikes has gone without a spike (`off` where spikes
+        /// are bad news and their stopping good news: errors, slow requests).
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        silence: String,
     },
     /// Score the capacity forecast offline on `timestamp,value` CSV: fits it on all but the
     /// last `--holdout` share of the hours and prints its error on them.
@@ -179,4 +183,30 @@ pub struct DemoArgs {
     /// The story to tell.
     #[arg(long, value_enum, default_value_t)]
     pub scenario: crate::demo::Scenario,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// Guarantees: `trike detect` judges silences unless told `--silence off`, and refuses
+    /// anything but on or off.
+    #[test]
+    fn detect_takes_silence_on_or_off() {
+        let silence = |args: &[&str]| {
+            let all = [&["trike", "detect", "--input", "x.csv"][..], args].concat();
+            match Cli::try_parse_from(all).map(|c| c.command) {
+                Ok(Command::Detect { silence, .. }) => Ok(silence),
+                Ok(_) => panic!("not detect"),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        assert_eq!(silence(&[]), Ok("on".to_string()));
+        assert_eq!(silence(&["--silence", "off"]), Ok("off".to_string()));
+        assert_eq!(
+            silence(&["--silence", "maybe"]),
+            Err(clap::error::ErrorKind::InvalidValue)
+        );
+    }
 }

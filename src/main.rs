@@ -129,6 +129,7 @@ async fn main() -> ExitCode {
             threshold,
             rest,
             season,
+            silence,
         } => {
             let season_s = if season == "none" {
                 0
@@ -145,6 +146,7 @@ async fn main() -> ExitCode {
                 threshold,
                 rest,
                 season_s,
+                silence: silence == "on",
                 ..Default::default()
             };
             if let Err(e) = cfg.check() {

@@ -227,6 +227,9 @@ pub(super) fn anomaly(
     if let Some(m) = raw.memory {
         d.memory = m;
     }
+    if let Some(s) = raw.silence {
+        d.silence = s;
+    }
     if let Err(e) = d.check() {
         p.push(format!("anomaly.{e}"));
         *d = trike_runtime::hooks::decide::WatchSettings::default().detector;

@@ -365,6 +365,8 @@ pub struct RawAnomaly {
     pub every: Option<Span>,
     /// Samples the long-run mean and variance remember (default 2000).
     pub memory: Option<u32>,
+    /// Whether a request rate that spikes is judged for silences (default true).
+    pub silence: Option<bool>,
 }
 
 /// `receivers:`.

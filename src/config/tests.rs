@@ -45,14 +45,12 @@ fn anomaly_settings() {
         ),
         (0.8, 604_800, 168, 500, 30)
     );
-    assert_eq!(
-        load("anomaly: { season: none }")
-            .unwrap()
-            .anomaly
-            .detector
-            .season_s,
-        0
-    );
+    let off = load("anomaly: { season: none, silence: false }")
+        .unwrap()
+        .anomaly
+        .detector;
+    assert_eq!((off.season_s, off.silence), (0, false));
+    assert!(d.silence, "silences are judged by default");
     assert_eq!(c.decide_spec().watch, c.anomaly);
     let c = load("capacity: [{ service: checkout, metric: request_rate, limit: 500 }]\npolicies: [{ name: scale, when: \"forecast.days_to_limit < 14\", action: ticket }]").unwrap();
     assert_eq!(c.capacity.len(), 1);
