@@ -301,6 +301,19 @@ pub mod pki;
 mod prom;
 pub use prom::{PromSample, parse_exposition, test_python};
 
+/// The value of the first of `samples` named `name` (with the label `label`, if given); a
+/// panic naming it when there is none.
+pub fn prom_value(samples: &[PromSample], name: &str, label: Option<(&str, &str)>) -> f64 {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && label.is_none_or(|(k, v)| s.labels.get(k).map(String::as_str) == Some(v))
+        })
+        .and_then(|s| s.value)
+        .unwrap_or_else(|| panic!("{name} {label:?} on /metrics"))
+}
+
 /// A tansu broker of a test's own (to stop, restart, or run with authentication), from the
 /// binary `.ci/run` installs (`$TANSU`, else `~/.cache/tansu/bin/tansu`).
 pub mod tansu {

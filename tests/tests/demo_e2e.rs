@@ -170,16 +170,7 @@ async fn demo_rolls_the_canary_back_through_kafka() {
         .await
         .unwrap();
     if let Some(samples) = trike_tests::parse_exposition(&text) {
-        let value = |name: &str, label: Option<(&str, &str)>| {
-            samples
-                .iter()
-                .find(|s| {
-                    s.name == name
-                        && label.is_none_or(|(k, v)| s.labels.get(k).map(String::as_str) == Some(v))
-                })
-                .and_then(|s| s.value)
-                .unwrap_or_else(|| panic!("{name} {label:?} on /metrics"))
-        };
+        let value = |name: &str, label| trike_tests::prom_value(&samples, name, label);
         for (histogram, api) in [
             ("trike_loop_detect_seconds", "time_to_detect_s"),
             ("trike_loop_mitigate_seconds", "time_to_mitigate_s"),

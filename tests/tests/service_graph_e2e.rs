@@ -178,16 +178,7 @@ async fn a_failing_dependency_is_paged_once() {
     let Some(samples) = trike_tests::parse_exposition(&text) else {
         return;
     };
-    let value = |name: &str, label: Option<(&str, &str)>| {
-        samples
-            .iter()
-            .find(|s| {
-                s.name == name
-                    && label.is_none_or(|(k, v)| s.labels.get(k).map(String::as_str) == Some(v))
-            })
-            .and_then(|s| s.value)
-            .unwrap_or_else(|| panic!("{name} {label:?}"))
-    };
+    let value = |name: &str, label| trike_tests::prom_value(&samples, name, label);
     assert_eq!(value("trike_decisions_inhibited_total", None), 2.0);
     assert_eq!(value("trike_graph_edges", None), 2.0);
     assert_eq!(
