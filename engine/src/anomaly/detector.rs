@@ -8,8 +8,9 @@
 //!   does not come, a night that is busy);
 //! - **density**: how rarely the stream visits the value's part of its range (a value between
 //!   two usual levels);
-//! - **silence**, in a stream that spikes (20 gaps between runs of samples 4σ above the
-//!   recent mean): how long since its last spike (a batch job that stopped running).
+//! - **silence**, in a stream that spikes (20 gaps between runs of samples 4σ above both
+//!   the recent and the long-run mean): how long since its last spike (a batch job that
+//!   stopped running).
 //!
 //! Each statistic's tail probability is read off its own history ([`TailRank`]), so what is
 //! unusual is judged against what is usual *for this stream*. The sample's probability p is

@@ -125,8 +125,8 @@ impl Season {
     }
 }
 
-/// Long-run standard deviations above the recent mean that make a sample part of a spike
-/// for [`Silence`].
+/// Long-run standard deviations above both the recent and the long-run mean that make a
+/// sample part of a spike for [`Silence`].
 const SPIKE_SDS: f64 = 4.0;
 /// Gaps between spikes a stream must have had before its silences are judged.
 pub(super) const GAPS_BEFORE_SILENCE: u32 = 20;
