@@ -204,21 +204,22 @@ impl Detector {
         let keep = WINDOWS[WINDOWS.len() - 1];
         let mut stats: [Option<f64>; 3] = [None; 3];
 
-        let recent_mean = (!self.recent.is_empty()).then(|| self.recent.mean());
+        // The silence reads the samples before this one and the long-run moments before it
+        // (only in a detector that judges silences).
+        let p_silence = self.silence.as_mut().and_then(|s| {
+            let recent_mean = (!self.recent.is_empty()).then(|| self.recent.mean());
+            let sd = if self.level.n >= 2 {
+                self.level.var.sqrt()
+            } else {
+                0.0
+            };
+            let memory = u64::from(self.cfg.memory);
+            s.observe(value, recent_mean, self.level.mean, sd, memory)
+        });
+        let judged = self.silence.as_ref().is_some_and(Silence::judged);
         self.recent.push(value, keep);
         stats[0] = self.recent.deviation(&self.level);
         let mut expected = self.level.mean;
-        let sd = if self.level.n >= 2 {
-            self.level.var.sqrt()
-        } else {
-            0.0
-        };
-        let memory = u64::from(self.cfg.memory);
-        let p_silence = self
-            .silence
-            .as_mut()
-            .and_then(|s| s.observe(value, recent_mean, self.level.mean, sd, memory));
-        let judged = self.silence.as_ref().is_some_and(Silence::judged);
         let mut tests = if judged { 3.0 } else { 2.0 };
         self.level.update(value, alpha);
 
