@@ -46,6 +46,11 @@ struct Args {
     /// keep records × size / partitions under that).
     #[arg(long, default_value_t = 64)]
     partitions: i32,
+    /// Rounds of the source benchmark: each round measures the baseline, then each role, with
+    /// groups of their own; the summary takes medians (the baseline alone moves by up to 1.7×
+    /// from run to run on this VM, so one pair of figures says little).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Which Trike roles consume (`all`, `gateway`), each in turn.
     #[arg(long, value_delimiter = ',', default_value = "all,gateway")]
     roles: Vec<String>,
@@ -73,7 +78,9 @@ fn serve_mock(run: u32, partitions: i32) {
     m.create_topic(&control, 3, 1).expect("topic");
     // The mock cannot create topics through the admin API: the gateway's ones.
     m.create_topic(&partials, 12, 1).expect("topic");
-    m.create_topic("trike.members", 1, 1).expect("topic");
+    for fleet in ["trike.members", "trike.silences", "trike.causes"] {
+        m.create_topic(fleet, 1, 1).expect("topic");
+    }
     println!("{}", m.bootstrap_servers());
     let mut sink = String::new();
     while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
@@ -132,10 +139,10 @@ fn produce(brokers: &str, topic: &str, n: usize) -> f64 {
     bytes as f64 / n as f64
 }
 
-fn baseline(brokers: &str, topic: &str, n: usize) -> (f64, f64) {
+fn baseline(brokers: &str, topic: &str, n: usize, round: usize) -> (f64, f64) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", "bench-baseline")
+        .set("group.id", format!("bench-baseline-{round}"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
@@ -161,9 +168,15 @@ fn baseline(brokers: &str, topic: &str, n: usize) -> (f64, f64) {
 
 /// Trike consuming `n` records in role `role` (`all`: source → decode → engine; `gateway`:
 /// source → decode → partials published to the broker, acknowledged before commit).
-async fn trike_source(brokers: &str, topic: &str, n: usize, role: Role) -> (f64, f64) {
+async fn trike_source(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    role: Role,
+    round: usize,
+) -> (f64, f64) {
     let yaml = format!(
-        "kafka: {{ brokers: \"{brokers}\", ingest: {{ topics: [\"{topic}\"], group_id: bench-trike-{} }} }}\nfleet: {{ partials_topic: \"{topic}.partials\" }}\nsinks: []\n",
+        "kafka: {{ brokers: \"{brokers}\", ingest: {{ topics: [\"{topic}\"], group_id: bench-trike-{}-{round} }} }}\nfleet: {{ partials_topic: \"{topic}.partials\" }}\nsinks: []\n",
         role.name()
     );
     let raw = RawConfig::from_yaml(&yaml).expect("config");
@@ -307,22 +320,54 @@ async fn main() {
             brokers.as_str()
         }
     );
-    let (b_wall, b_cpu) = tokio::task::block_in_place(|| baseline(&brokers, &topic, args.records));
-    println!(
-        "  bare rdkafka consumer (baseline):      {b_wall:>10.0} records/s  {b_cpu:>10.0} records/CPU-s"
-    );
-    for (role, what) in [
+    let roles: Vec<(Role, &str)> = [
         (Role::All, "source → engine (role all)"),
         (Role::Gateway, "source → partials (gateway)"),
-    ] {
-        if !args.roles.iter().any(|r| r == role.name()) {
-            continue;
-        }
-        let (t_wall, t_cpu) = trike_source(&brokers, &topic, args.records, role).await;
+    ]
+    .into_iter()
+    .filter(|(role, _)| args.roles.iter().any(|r| r == role.name()))
+    .collect();
+    // Per round: the baseline's (wall, CPU) rates, then each role's.
+    type Rates = (f64, f64);
+    let mut rounds: Vec<(Rates, Vec<Rates>)> = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        println!("round {}:", round + 1);
+        let (b_wall, b_cpu) =
+            tokio::task::block_in_place(|| baseline(&brokers, &topic, args.records, round));
         println!(
-            "  trike {what:<32} {t_wall:>10.0} records/s  {t_cpu:>10.0} records/CPU-s  ratio {:.2} (wall) {:.2} (CPU)",
-            t_wall / b_wall,
-            t_cpu / b_cpu
+            "  bare rdkafka consumer (baseline):      {b_wall:>10.0} records/s  {b_cpu:>10.0} records/CPU-s"
+        );
+        let mut ours = Vec::new();
+        for (role, what) in &roles {
+            let (t_wall, t_cpu) = trike_source(&brokers, &topic, args.records, *role, round).await;
+            println!(
+                "  trike {what:<32} {t_wall:>10.0} records/s  {t_cpu:>10.0} records/CPU-s  ratio {:.2} (wall) {:.2} (CPU)",
+                t_wall / b_wall,
+                t_cpu / b_cpu
+            );
+            ours.push((t_wall, t_cpu));
+        }
+        rounds.push(((b_wall, b_cpu), ours));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "medians of {} rounds: bare consumer {:.0} records/CPU-s",
+        rounds.len(),
+        median(rounds.iter().map(|(b, _)| b.1).collect())
+    );
+    for (i, (_, what)) in roles.iter().enumerate() {
+        println!(
+            "  trike {what:<32} {:>10.0} records/CPU-s  ratio {:.2} (CPU, median of the rounds' ratios; range {:.2}–{:.2})",
+            median(rounds.iter().map(|(_, o)| o[i].1).collect()),
+            median(rounds.iter().map(|(b, o)| o[i].1 / b.1).collect()),
+            rounds
+                .iter()
+                .map(|(b, o)| o[i].1 / b.1)
+                .fold(f64::MAX, f64::min),
+            rounds.iter().map(|(b, o)| o[i].1 / b.1).fold(0.0, f64::max),
         );
     }
     let lat = tokio::task::block_in_place(|| latency(&brokers, &control, args.events));

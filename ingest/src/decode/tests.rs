@@ -744,3 +744,99 @@ fn remembered_resources_decode_as_read_afresh() {
         ["ads", "cart", "checkout"]
     );
 }
+
+/// Scenario: spans whose strings are not UTF-8: the route, the name, an attribute no SLI
+/// reads; and names repeated within one batch, so the second is answered from the names read
+/// before.
+/// Guarantees: a string is checked where it is used, so a bad route (the operation), or a bad
+/// name where the name is the operation, refuses the request with a clear error, every time;
+/// a bad name behind a good route, or a bad value of an unused attribute, costs nothing.
+#[test]
+fn strings_are_checked_where_they_are_used() {
+    // Encoded with a marker, then the marker's bytes made invalid UTF-8.
+    let bad = |req: ExportTraceServiceRequest| {
+        let mut b = req.encode_to_vec();
+        let at = b.windows(4).position(|w| w == b"BAD!").expect("marker");
+        b[at..at + 4].copy_from_slice(&[0xff, 0xfe, 0xc3, 0x28]);
+        b
+    };
+    let res = || vec![kv("service.name", s("shop"))];
+    let route = |r: &str| kv("http.route", s(r));
+    let decode_twice = |body: &[u8]| {
+        let mut keys = Keys::default();
+        let mut out = Decoded::default();
+        let first = traces_proto_into(body, &cfg(), &mut out, &mut keys);
+        let second = traces_proto_into(body, &cfg(), &mut out, &mut keys);
+        (first, second, out)
+    };
+    let refused = |body: &[u8], what: &str| {
+        let (first, second, out) = decode_twice(body);
+        for r in [first, second] {
+            let e = r.expect_err("refused").to_string();
+            assert!(e.contains(&format!("{what} is not valid UTF-8")), "{e}");
+        }
+        assert!(out.batch.requests.is_empty(), "nothing of it is kept");
+    };
+    refused(
+        &bad(request(
+            res(),
+            vec![span("GET", Kind::Server, T, 5, vec![route("/BAD!")], false)],
+        )),
+        "attribute value",
+    );
+    refused(
+        &bad(request(
+            res(),
+            vec![span("GET /BAD!", Kind::Server, T, 5, vec![], false)],
+        )),
+        "span name",
+    );
+    let kept = |body: &[u8], operation: &str| {
+        let (first, second, out) = decode_twice(body);
+        assert!(first.is_ok() && second.is_ok());
+        assert_eq!(out.batch.requests.len(), 2);
+        assert_eq!(&*out.batch.keys[0].operation, operation);
+    };
+    kept(
+        &bad(request(
+            res(),
+            vec![span(
+                "GET /BAD!",
+                Kind::Server,
+                T,
+                5,
+                vec![route("/r")],
+                false,
+            )],
+        )),
+        "/r",
+    );
+    kept(
+        &bad(request(
+            res(),
+            vec![span(
+                "GET",
+                Kind::Server,
+                T,
+                5,
+                vec![route("/r"), kv("user_agent.original", s("BAD!"))],
+                false,
+            )],
+        )),
+        "/r",
+    );
+    // The same bytes as a route and as a name are one operation; an empty route is no route.
+    let (first, _, out) = decode_twice(
+        &request(
+            res(),
+            vec![
+                span("/a", Kind::Server, T, 5, vec![route("")], false),
+                span("GET", Kind::Server, T, 6, vec![route("/a")], false),
+            ],
+        )
+        .encode_to_vec(),
+    );
+    assert!(first.is_ok());
+    assert_eq!(out.batch.keys.len(), 1);
+    assert_eq!(&*out.batch.keys[0].operation, "/a");
+}

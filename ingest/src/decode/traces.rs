@@ -58,9 +58,7 @@ const SERVER_KINDS: [u64; 2] = [2, 5];
 /// before costs a lookup, not an allocation. Kept across requests decoded into one batch.
 #[derive(Default)]
 pub struct Keys {
-    by_hash: ByHash<u32>,
-    /// Seeded per table (a hash that must not be stable: a crafted collision costs a lookup).
-    hasher: foldhash::fast::RandomState,
+    index: KeyIndex,
     /// Operation names scrubbed before.
     pub(crate) names: Names,
     /// Resources read before.
@@ -97,11 +95,13 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-/// Operation names already scrubbed, by hash: the name, and what it became when it changed.
-/// May outlive one batch (the Kafka source keeps it from run to run).
+/// Operation names read before, by a hash of their bytes as read: the bytes, and the
+/// operation they became (UTF-8 checked, clipped, scrubbed). A name seen before is neither
+/// checked nor scanned again, and its series keys share one allocation. May outlive one
+/// batch (the Kafka source keeps it from run to run).
 #[derive(Default)]
 pub(crate) struct Names {
-    scrubbed: ByHash<(Box<str>, Option<Arc<str>>)>,
+    scrubbed: ByHash<(Box<[u8]>, Arc<str>)>,
     hasher: foldhash::fast::RandomState,
     /// The scrubbing they went through.
     scrub: Option<super::scrub::Scrub>,
@@ -109,22 +109,6 @@ pub(crate) struct Names {
 
 /// Most operation names [`Keys`] remembers scrubbed.
 const SCRUBBED_CACHE: usize = 4096;
-
-/// An operation name after scrubbing: the name itself, or what it became.
-enum Operation<'a> {
-    Same(&'a str),
-    Changed(Arc<str>),
-}
-
-impl std::ops::Deref for Operation<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        match self {
-            Operation::Same(s) => s,
-            Operation::Changed(s) => s,
-        }
-    }
-}
 
 /// A map whose keys are hashes already.
 type ByHash<V> = HashMap<u64, V, BuildHasherDefault<Prehashed>>;
@@ -413,38 +397,46 @@ fn one_span(
     if !cfg.entry_span_kinds.iter().any(|k| k.number() == s.kind) {
         return Ok(());
     }
-    let name = utf8(s.name, "span name")?;
+    // The name is read as text only where it is used: as the operation, or in a message.
+    let name = || String::from_utf8_lossy(s.name);
     if s.trace_id_len != 16 || s.trace_id_zero {
         out.reject(Reason::InvalidId, || {
-            format!("span {name:?}: trace_id must be 16 bytes and not all zero")
+            format!(
+                "span {:?}: trace_id must be 16 bytes and not all zero",
+                name()
+            )
         });
         return Ok(());
     }
     if s.span_id.len() != 8 {
         out.reject(Reason::InvalidId, || {
-            format!("span {name:?}: span_id must be 8 bytes")
+            format!("span {:?}: span_id must be 8 bytes", name())
         });
         return Ok(());
     }
     if s.start == 0 || s.end < s.start {
         out.reject(Reason::InvalidTime, || {
             format!(
-                "span {name:?}: end_time_unix_nano ({}) must be set and not before start_time_unix_nano ({})",
-                s.end, s.start
+                "span {:?}: end_time_unix_nano ({}) must be set and not before start_time_unix_nano ({})",
+                name(),
+                s.end,
+                s.start
             )
         });
         return Ok(());
     }
-    let operation = match nonempty(s.http_route)? {
-        Some(r) => r,
-        None => nonempty(s.rpc_method)?.unwrap_or(name),
+    // The route, else the RPC method, else the span's name: the first that is a non-empty
+    // string.
+    let (operation, what) = match (raw_nonempty(s.http_route), raw_nonempty(s.rpc_method)) {
+        (Some(r), _) | (None, Some(r)) => (r, "attribute value"),
+        (None, None) => (s.name, "span name"),
     };
     let version = s.version.or(res.version).map(RawValue::check).transpose()?;
     let mut dims: [Option<AttrValue<'_>>; MAX_DIMS] = [None; MAX_DIMS];
     for (i, d) in dims.iter_mut().enumerate().take(cfg.dimensions.len()) {
         *d = s.dims[i].or(res.dims[i]).map(RawValue::check).transpose()?;
     }
-    let operation = keys.scrubbed(clip(operation), cfg);
+    let operation = keys.names.operation(operation, what, cfg)?;
     // Rules on dimension values (rare): their scrubbed texts stand in for the values.
     let scrubbed: [Option<String>; MAX_DIMS] = if cfg.scrub.has_rules() {
         std::array::from_fn(|i| dims[i].map(|v| cfg.scrub.value(&text(Some(v))).into_owned()))
@@ -458,9 +450,9 @@ fn one_span(
             }
         }
     }
-    let key = keys.index_of(
+    let key = keys.index.index_of(
         clip(res.service),
-        &operation,
+        operation,
         version,
         &dims[..cfg.dimensions.len()],
         cfg,
@@ -553,11 +545,12 @@ fn service_arc(cache: &mut Option<Arc<str>>, res: &ResourceFacts<'_>) -> Arc<str
 /// newest few per service).
 const EXEMPLARS_PER_BATCH: usize = 32;
 
-fn nonempty(v: Option<RawValue<'_>>) -> Result<Option<&str>, DecodeError> {
-    Ok(match v.map(RawValue::check).transpose()? {
-        Some(AttrValue::Str(x)) if !x.is_empty() => Some(x),
+/// A string value's bytes when it is a non-empty string (checked as text once used).
+fn raw_nonempty(v: Option<RawValue<'_>>) -> Option<&[u8]> {
+    match v {
+        Some(RawValue::Str(b)) if !b.is_empty() => Some(b),
         _ => None,
-    })
+    }
 }
 
 fn text(v: Option<AttrValue<'_>>) -> Cow<'_, str> {
@@ -582,41 +575,58 @@ fn hash_value(h: &mut impl Hasher, v: Option<AttrValue<'_>>) {
 }
 
 impl Names {
-    fn scrubbed<'a>(&mut self, op: &'a str, cfg: &DecodeConfig) -> Operation<'a> {
+    /// The operation that a name's bytes `raw` become: UTF-8 checked (an error names it as
+    /// `what`), clipped and scrubbed, or remembered from the same bytes read before.
+    fn operation(
+        &mut self,
+        raw: &[u8],
+        what: &str,
+        cfg: &DecodeConfig,
+    ) -> Result<&Arc<str>, DecodeError> {
+        use std::collections::hash_map::Entry;
         if self.scrub.as_ref() != Some(&cfg.scrub) {
             self.scrubbed.clear();
             self.scrub = Some(cfg.scrub.clone());
         }
-        let hash = self.hasher.hash_one(op);
-        if let Some((raw, changed)) = self.scrubbed.get(&hash)
-            && **raw == *op
-        {
-            return changed
-                .as_ref()
-                .map_or(Operation::Same(op), |c| Operation::Changed(c.clone()));
-        }
-        let out = match cfg.scrub.operation(op) {
-            Cow::Borrowed(_) => None,
-            Cow::Owned(c) => Some(Arc::<str>::from(c)),
-        };
-        if self.scrubbed.len() >= SCRUBBED_CACHE {
+        let hash = self.hasher.hash_one(raw);
+        if self.scrubbed.len() >= SCRUBBED_CACHE && !self.scrubbed.contains_key(&hash) {
             self.scrubbed.clear();
         }
-        self.scrubbed.insert(hash, (op.into(), out.clone()));
-        out.map_or(Operation::Same(op), Operation::Changed)
+        let slot = match self.scrubbed.entry(hash) {
+            Entry::Occupied(e) if *e.get().0 == *raw => e.into_mut(),
+            entry => {
+                let name = clip(utf8(raw, what)?);
+                let op: Arc<str> = match cfg.scrub.operation(name) {
+                    Cow::Borrowed(same) => same.into(),
+                    Cow::Owned(changed) => changed.into(),
+                };
+                // (On a collision the newer name takes the slot.)
+                match entry {
+                    Entry::Occupied(mut e) => {
+                        e.insert((raw.into(), op));
+                        e.into_mut()
+                    }
+                    Entry::Vacant(e) => e.insert((raw.into(), op)),
+                }
+            }
+        };
+        Ok(&slot.1)
     }
 }
 
-impl Keys {
-    /// `op` scrubbed (`scrub.operation`); a name seen before is not scanned again.
-    fn scrubbed<'a>(&mut self, op: &'a str, cfg: &DecodeConfig) -> Operation<'a> {
-        self.names.scrubbed(op, cfg)
-    }
+/// Series keys of a batch by a hash of their parts.
+#[derive(Default)]
+struct KeyIndex {
+    by_hash: ByHash<u32>,
+    /// Seeded per table (a hash that must not be stable: a crafted collision costs a lookup).
+    hasher: foldhash::fast::RandomState,
+}
 
+impl KeyIndex {
     fn index_of(
         &mut self,
         service: &str,
-        operation: &str,
+        operation: &Arc<str>,
         version: Option<AttrValue<'_>>,
         dims: &[Option<AttrValue<'_>>],
         cfg: &DecodeConfig,
@@ -635,7 +645,7 @@ impl Keys {
         {
             // Verify: FNV is not collision-proof against crafted input.
             let same = &*k.service == service
-                && &*k.operation == operation
+                && k.operation == *operation
                 && *k.version == *text(version)
                 && k.dims.iter().zip(dims).all(|((_, v), d)| **v == *text(*d));
             if same {
@@ -644,7 +654,7 @@ impl Keys {
         }
         let key = SeriesKey {
             service: service.into(),
-            operation: operation.into(),
+            operation: operation.clone(),
             version: Arc::from(&*text(version)),
             dims: cfg
                 .dimensions

@@ -14,6 +14,7 @@
 //! - Consumer lag per partition (high watermark − applied) comes from the client's statistics.
 
 mod dead_letter;
+mod offsets;
 pub mod progress;
 mod source;
 

@@ -8,8 +8,9 @@
 //! would lose the data in between. After a restart from a checkpoint, messages below the
 //! checkpoint's offsets are already in the restored state: they are skipped, not applied again.
 
+use super::offsets::OffsetSet;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// A topic partition.
 pub type PartitionKey = (String, i32);
@@ -18,7 +19,7 @@ pub type PartitionKey = (String, i32);
 #[derive(Clone, Debug, Default)]
 struct Part {
     /// Read, not yet applied (or skipped).
-    pending: BTreeSet<i64>,
+    pending: OffsetSet,
     /// One past the newest offset read.
     next: i64,
     /// Offset covered by the newest durable checkpoint (commits stop there).
@@ -32,7 +33,7 @@ struct Part {
 impl Part {
     /// Everything below this is applied.
     fn applied(&self) -> i64 {
-        self.pending.first().copied().unwrap_or(self.next)
+        self.pending.first().unwrap_or(self.next)
     }
 }
 
@@ -126,16 +127,14 @@ impl Progress {
     /// A message read earlier is applied (or skipped as undecodable).
     pub fn done(&self, topic: &str, partition: i32, offset: i64) {
         if let Some(p) = self.parts.lock().get_mut(&(topic.to_string(), partition)) {
-            p.pending.remove(&offset);
+            p.pending.remove(offset);
         }
     }
 
     /// Messages read earlier, all of `partition`, are applied.
     pub fn done_all(&self, topic: &str, partition: i32, offsets: &[i64]) {
         if let Some(p) = self.parts.lock().get_mut(&(topic.to_string(), partition)) {
-            for o in offsets {
-                p.pending.remove(o);
-            }
+            p.pending.remove_all(offsets);
         }
     }
 
@@ -203,7 +202,7 @@ impl Progress {
     /// waiting for room when the partition was revoked): they no longer count as read.
     pub fn unread_from(&self, topic: &str, partition: i32, offset: i64) {
         if let Some(p) = self.parts.lock().get_mut(&(topic.to_string(), partition)) {
-            let _ = p.pending.split_off(&offset);
+            p.pending.remove_from(offset);
             p.next = p.next.min(offset).max(p.skip_below);
         }
     }

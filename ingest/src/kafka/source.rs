@@ -343,9 +343,73 @@ impl Loop {
         true
     }
 
+    /// How long a poll may wait: nothing while a run is gathered (take what is fetched
+    /// already, submit when nothing is), briefly while messages are parked.
+    fn wait(waiting: &Waiting) -> u64 {
+        if waiting.run.is_some() {
+            0
+        } else if waiting.parked.is_empty() {
+            100
+        } else {
+            10
+        }
+    }
+
+    /// Takes one message read from the consumer: parks it behind its partition's parked
+    /// messages, adds it to a run, or (memory short) offers it alone.
+    fn take(
+        &self,
+        waiting: &mut Waiting,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+    ) {
+        if !waiting.parked.is_empty()
+            && let Some(q) = waiting.parked.get_mut(&(topic.to_string(), partition))
+        {
+            if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
+                self.stats.already_applied.fetch_add(1, Relaxed);
+                return;
+            }
+            // Prefetched before the pause took effect: keep the partition's order.
+            q.push_back(Parked {
+                offset,
+                item: Item::Raw(payload.to_vec()),
+            });
+            return;
+        }
+        if self.gather(waiting, &(topic, partition), offset, payload) {
+            return;
+        }
+        if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
+            self.stats.already_applied.fetch_add(1, Relaxed);
+            return;
+        }
+        let key = (topic.to_string(), partition);
+        // Memory is short: the single path refuses the message, and it waits undecoded.
+        let parked = match self.submit(topic, partition, offset, payload) {
+            Submitted::Done => return,
+            Submitted::Full(Some(p)) => Parked {
+                offset,
+                item: Item::Decoded(p),
+            },
+            Submitted::Full(None) => Parked {
+                offset,
+                item: Item::Raw(payload.to_vec()),
+            },
+        };
+        self.hand_over(waiting, key, parked);
+    }
+
     pub(super) fn run(self, stop: &AtomicBool) {
         let mut last_commit = Instant::now();
         let mut polls = 0u32;
+        // How long the next poll may wait, when it was found under the lock that handled the
+        // last message (nothing parked to retry): one lock per message, not two. (Rebalance
+        // callbacks, which run inside `poll`, only take parked messages and runs away, so a
+        // wait found before one is at worst a poll that comes back early.)
+        let mut next_wait: Option<u64> = None;
         while !stop.load(Relaxed) {
             // (The clock is read every 64th message: reading it costs as much as a message.)
             polls = polls.wrapping_add(1);
@@ -353,18 +417,14 @@ impl Loop {
                 self.commit(CommitMode::Async);
                 last_commit = Instant::now();
             }
-            let wait = {
-                let mut waiting = self.parked.lock();
-                if !waiting.parked.is_empty() {
-                    self.retry_parked(&mut waiting.parked);
-                }
-                if waiting.run.is_some() {
-                    // Gathering: take what is fetched already, submit when nothing is.
-                    0
-                } else if waiting.parked.is_empty() {
-                    100
-                } else {
-                    10
+            let wait = match next_wait.take() {
+                Some(wait) => wait,
+                None => {
+                    let mut waiting = self.parked.lock();
+                    if !waiting.parked.is_empty() {
+                        self.retry_parked(&mut waiting.parked);
+                    }
+                    Self::wait(&waiting)
                 }
             };
             let Some(result) = self.consumer.poll(Duration::from_millis(wait)) else {
@@ -384,41 +444,10 @@ impl Loop {
             let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
             let payload = m.payload().unwrap_or(&[]);
             let mut waiting = self.parked.lock();
-            if !waiting.parked.is_empty()
-                && let Some(q) = waiting.parked.get_mut(&(topic.to_string(), partition))
-            {
-                if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
-                    self.stats.already_applied.fetch_add(1, Relaxed);
-                    continue;
-                }
-                // Prefetched before the pause took effect: keep the partition's order.
-                q.push_back(Parked {
-                    offset,
-                    item: Item::Raw(payload.to_vec()),
-                });
-                continue;
+            self.take(&mut waiting, topic, partition, offset, payload);
+            if waiting.parked.is_empty() {
+                next_wait = Some(Self::wait(&waiting));
             }
-            if self.gather(&mut waiting, &(topic, partition), offset, payload) {
-                continue;
-            }
-            if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
-                self.stats.already_applied.fetch_add(1, Relaxed);
-                continue;
-            }
-            let key = (topic.to_string(), partition);
-            // Memory is short: the single path refuses the message, and it waits undecoded.
-            let parked = match self.submit(topic, partition, offset, payload) {
-                Submitted::Done => continue,
-                Submitted::Full(Some(p)) => Parked {
-                    offset,
-                    item: Item::Decoded(p),
-                },
-                Submitted::Full(None) => Parked {
-                    offset,
-                    item: Item::Raw(payload.to_vec()),
-                },
-            };
-            self.hand_over(&mut waiting, key, parked);
         }
         self.flush(&mut self.parked.lock());
         // Give the engine a moment to apply what is queued (and a last checkpoint to land),
