@@ -669,9 +669,9 @@ fn remembered_operation_names_follow_the_scrubbing() {
     assert_eq!(ops(&collapse, &mut names), "GET /users/{id}");
 }
 
-/// Scenario: a run of 400 single-span records over four resources, interleaved, two of them
+/// Scenario: a run of 400 single-span records over five resources, interleaved, two of them
 /// alike but for one attribute, one with a duplicate `service.name` (the last wins), one with
-/// more attributes than the cap.
+/// more attributes than the cap, one whose version and dimension are not strings.
 /// Guarantees: decoded as one run (resources remembered by their bytes) the batch is what
 /// decoding each record on its own gives: every key, observation and dropped-attribute count.
 #[test]
@@ -689,11 +689,17 @@ fn remembered_resources_decode_as_read_afresh() {
     let mut many = vec![kv("service.name", s("ads"))];
     many.extend((0..140).map(|i| kv(&format!("a{i}"), s("v"))));
     many.push(kv("service.version", s("9")));
-    let resources = [base("prod"), base("canary"), dup, many];
+    // A version and a dimension that are not strings.
+    let typed = vec![
+        kv("service.name", s("pay")),
+        kv("service.version", Av::IntValue(7)),
+        kv("deployment.environment", Av::BoolValue(true)),
+    ];
+    let resources = [base("prod"), base("canary"), dup, many, typed];
     let records: Vec<Vec<u8>> = (0..400u64)
         .map(|i| {
             request(
-                resources[(i * 7 % 4) as usize].clone(),
+                resources[(i * 7 % 5) as usize].clone(),
                 vec![span(
                     "GET",
                     Kind::Server,
@@ -741,7 +747,7 @@ fn remembered_resources_decode_as_read_afresh() {
         .collect();
     assert_eq!(
         services.into_iter().collect::<Vec<_>>(),
-        ["ads", "cart", "checkout"]
+        ["ads", "cart", "checkout", "pay"]
     );
 }
 

@@ -22,9 +22,25 @@ type Dims<'a> = [Option<RawValue<'a>>; MAX_DIMS];
 
 /// Resource-level facts shared by all spans of a `ResourceSpans`.
 struct ResourceFacts<'a> {
-    service: &'a str,
+    service: ServiceName<'a>,
     version: Option<RawValue<'a>>,
     dims: Dims<'a>,
+}
+
+/// A resource's service name: read from the request, or kept from the same resource read
+/// before (checked as UTF-8 then).
+enum ServiceName<'a> {
+    Read(&'a str),
+    Kept(Arc<str>),
+}
+
+impl ResourceFacts<'_> {
+    fn service(&self) -> &str {
+        match &self.service {
+            ServiceName::Read(s) => s,
+            ServiceName::Kept(s) => s,
+        }
+    }
 }
 
 /// Span fields the SLIs need.
@@ -75,14 +91,48 @@ struct Resources {
     hasher: foldhash::fast::RandomState,
 }
 
-/// Where a resource's facts are: each a `KeyValue`'s place in the resource's bytes.
+/// A resource's facts: its service name, and where its version and dimensions are.
 struct Memo {
     bytes: Box<[u8]>,
-    service: Option<(u32, u32)>,
-    version: Option<(u32, u32)>,
-    dims: [Option<(u32, u32)>; MAX_DIMS],
+    service: Option<Arc<str>>,
+    version: Option<Place>,
+    dims: [Option<Place>; MAX_DIMS],
     /// Attributes over the limits, dropped.
     dropped: u64,
+}
+
+/// Where an attribute's value is: a string's bytes in the resource (checked as UTF-8 where it
+/// is used, as when read afresh), or a value that is not a string.
+#[derive(Clone, Copy)]
+enum Place {
+    Str(u32, u32),
+    Val(AttrValue<'static>),
+}
+
+impl Place {
+    /// `v`'s place in `resource`, which holds it.
+    fn of(resource: &[u8], v: RawValue<'_>) -> Self {
+        match v {
+            RawValue::Str(b) => {
+                let start = b.as_ptr() as usize - resource.as_ptr() as usize;
+                Place::Str(start as u32, (start + b.len()) as u32)
+            }
+            RawValue::Val(v) => Place::Val(match v {
+                AttrValue::Int(i) => AttrValue::Int(i),
+                AttrValue::Bool(b) => AttrValue::Bool(b),
+                AttrValue::Double(d) => AttrValue::Double(d),
+                // (A string is never a `Val`.)
+                AttrValue::Str(_) | AttrValue::Other => AttrValue::Other,
+            }),
+        }
+    }
+
+    fn read(self, resource: &[u8]) -> RawValue<'_> {
+        match self {
+            Place::Str(s, e) => RawValue::Str(&resource[s as usize..e as usize]),
+            Place::Val(v) => RawValue::Val(v),
+        }
+    }
 }
 
 /// Most resources remembered (then forgotten all at once), and the largest remembered.
@@ -220,7 +270,7 @@ fn resource_spans(
 ) -> Result<(), DecodeError> {
     // The resource may come after the scope spans on the wire: read it first.
     let mut res = ResourceFacts {
-        service: "",
+        service: ServiceName::Read(""),
         version: None,
         dims: [None; MAX_DIMS],
     };
@@ -230,9 +280,9 @@ fn resource_spans(
             read_resource(resource, cfg, out, &mut keys.resources, &mut res)?;
         }
     }
-    if res.service.is_empty() {
+    if res.service().is_empty() {
         // What the OTel SDKs report when no service name is configured.
-        res.service = "unknown_service";
+        res.service = ServiceName::Read("unknown_service");
     }
     // The service's name as the service graph keeps it, made once per resource when needed.
     let mut service: Option<Arc<str>> = None;
@@ -260,22 +310,16 @@ fn read_resource<'a>(
     res: &mut ResourceFacts<'a>,
 ) -> Result<(), DecodeError> {
     let hash = memo.hasher.hash_one(resource);
-    let place = |r: Option<(u32, u32)>| -> Result<Option<RawValue<'a>>, DecodeError> {
-        r.map(|(s, e)| key_value_raw(&resource[s as usize..e as usize]).map(|(_, v)| v))
-            .transpose()
-    };
     if let Some(m) = memo.by_hash.get(&hash).filter(|m| *m.bytes == *resource) {
-        if let Some(v) = place(m.service)?
-            && let AttrValue::Str(s) = v.check()?
-        {
-            res.service = s;
+        if let Some(s) = &m.service {
+            res.service = ServiceName::Kept(s.clone());
         }
-        if m.version.is_some() {
-            res.version = place(m.version)?;
+        if let Some(p) = m.version {
+            res.version = Some(p.read(resource));
         }
         for (slot, at) in res.dims.iter_mut().zip(m.dims) {
-            if at.is_some() {
-                *slot = place(at)?;
+            if let Some(p) = at {
+                *slot = Some(p.read(resource));
             }
         }
         out.attributes_dropped += m.dropped;
@@ -288,6 +332,7 @@ fn read_resource<'a>(
         dims: [None; MAX_DIMS],
         dropped: 0,
     };
+    let mut service = None;
     let mut rr = Reader::new(resource);
     let mut read = 0;
     while let Some((f, v)) = rr.next()? {
@@ -297,21 +342,19 @@ fn read_resource<'a>(
                 found.dropped += 1;
                 continue;
             }
-            let start = kv.as_ptr() as usize - resource.as_ptr() as usize;
-            let at = Some((start as u32, (start + kv.len()) as u32));
             let (k, val) = key_value_raw(kv)?;
             if k == b"service.name" {
                 if let AttrValue::Str(s) = val.check()? {
-                    res.service = s;
-                    found.service = at;
+                    res.service = ServiceName::Read(s);
+                    service = Some(s);
                 }
             } else if k == cfg.version_attribute.as_bytes() {
                 res.version = Some(val);
-                found.version = at;
+                found.version = Some(Place::of(resource, val));
             }
             if let Some(i) = dim_index(cfg, k) {
                 res.dims[i] = Some(val);
-                found.dims[i] = at;
+                found.dims[i] = Some(Place::of(resource, val));
             }
         }
     }
@@ -320,6 +363,7 @@ fn read_resource<'a>(
             memo.by_hash.clear();
         }
         found.bytes = resource.into();
+        found.service = service.map(Arc::from);
         memo.by_hash.insert(hash, found);
     }
     Ok(())
@@ -451,7 +495,7 @@ fn one_span(
         }
     }
     let key = keys.index.index_of(
-        clip(res.service),
+        clip(res.service()),
         operation,
         version,
         &dims[..cfg.dimensions.len()],
@@ -537,7 +581,10 @@ fn call_id(b: &[u8]) -> Option<[u8; 8]> {
 
 fn service_arc(cache: &mut Option<Arc<str>>, res: &ResourceFacts<'_>) -> Arc<str> {
     cache
-        .get_or_insert_with(|| Arc::from(clip(res.service)))
+        .get_or_insert_with(|| match &res.service {
+            ServiceName::Kept(s) if clip(s).len() == s.len() => s.clone(),
+            _ => Arc::from(clip(res.service())),
+        })
         .clone()
 }
 
