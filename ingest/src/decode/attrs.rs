@@ -74,7 +74,48 @@ pub fn leading_key(buf: &[u8]) -> Option<&[u8]> {
 }
 
 /// Decodes one `KeyValue` message without validating strings (keys are compared as bytes).
+#[inline]
 pub fn key_value_raw(buf: &[u8]) -> Result<(&[u8], RawValue<'_>), DecodeError> {
+    match key_value_plain(buf) {
+        Some(kv) => Ok(kv),
+        None => key_value_walk(buf),
+    }
+}
+
+/// A `KeyValue` laid out as SDKs write a short one: the key, then an `AnyValue` holding only
+/// a string or an integer, every length one byte. Read by matching that layout; None for any
+/// other (then [`key_value_walk`] reads it, to the same result where both do).
+#[inline]
+fn key_value_plain(buf: &[u8]) -> Option<(&[u8], RawValue<'_>)> {
+    let key = leading_key(buf)?;
+    let [0x12, len, any @ ..] = &buf[2 + key.len()..] else {
+        return None;
+    };
+    if *len >= 0x80 || usize::from(*len) != any.len() {
+        return None;
+    }
+    match any {
+        [0x0a, n, s @ ..] if *n < 0x80 && usize::from(*n) == s.len() => {
+            Some((key, RawValue::Str(s)))
+        }
+        // An integer: a varint that ends with the value (as `Reader` reads it).
+        [0x18, v @ ..]
+            if (1..=10).contains(&v.len())
+                && v[..v.len() - 1].iter().all(|b| b & 0x80 != 0)
+                && v[v.len() - 1] & 0x80 == 0 =>
+        {
+            let x = v
+                .iter()
+                .enumerate()
+                .fold(0u64, |x, (i, b)| x | (u64::from(b & 0x7f) << (7 * i)));
+            Some((key, RawValue::Val(AttrValue::Int(x as i64))))
+        }
+        _ => None,
+    }
+}
+
+/// Decodes one `KeyValue` message of any layout, field by field (the last of each wins).
+fn key_value_walk(buf: &[u8]) -> Result<(&[u8], RawValue<'_>), DecodeError> {
     let mut r = Reader::new(buf);
     let mut key: &[u8] = b"";
     let mut value = RawValue::Val(AttrValue::Other);
@@ -104,6 +145,51 @@ pub fn key_value_raw(buf: &[u8]) -> Result<(&[u8], RawValue<'_>), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+    use trike_proto::common::v1::{AnyValue, KeyValue, any_value::Value as Av};
+
+    fn any_value() -> impl Strategy<Value = Option<Av>> {
+        prop_oneof![
+            Just(None),
+            ".{0,150}".prop_map(|s| Some(Av::StringValue(s))),
+            any::<i64>().prop_map(|i| Some(Av::IntValue(i))),
+            any::<bool>().prop_map(|b| Some(Av::BoolValue(b))),
+            (-1e12f64..1e12).prop_map(|d| Some(Av::DoubleValue(d))),
+            prop::collection::vec(any::<u8>(), 0..20).prop_map(|b| Some(Av::BytesValue(b))),
+        ]
+    }
+
+    proptest! {
+        /// Guarantees: every `KeyValue` an SDK may write (any key, any value, short or long,
+        /// and the same with bytes appended or cut off) reads the same through the layout
+        /// match as through the field walk.
+        #[test]
+        fn plain_layouts_read_as_the_walk_reads_them(
+            key in ".{0,150}",
+            value in prop::option::of(any_value()),
+            tail in prop::collection::vec(any::<u8>(), 0..4),
+            cut in 0usize..4,
+        ) {
+            let kv = KeyValue {
+                key,
+                value: value.map(|v| AnyValue { value: v }),
+                ..Default::default()
+            };
+            let mut buf = kv.encode_to_vec();
+            for b in [buf.clone(), [buf.clone(), tail].concat(), {
+                buf.truncate(buf.len().saturating_sub(cut));
+                buf
+            }] {
+                let walked = key_value_walk(&b).map_err(|e| e.to_string());
+                let read = key_value_raw(&b).map_err(|e| e.to_string());
+                prop_assert_eq!(&read, &walked);
+                if let Some(plain) = key_value_plain(&b) {
+                    prop_assert_eq!(Ok(plain), walked);
+                }
+            }
+        }
+    }
 
     /// Guarantees: the key of a key-first `KeyValue` is read without the rest; any other
     /// layout (value first, a long key, a cut-off message) is left to the full decoder, which
@@ -125,5 +211,14 @@ mod tests {
         long.extend([b'x'; 128]);
         assert_eq!(leading_key(&long), None);
         assert_eq!(key_value_raw(&long).unwrap().0.len(), 128);
+        // A value holding two fields (no SDK writes it): the last wins, as in the walk.
+        let two = [0x0a, 1, b'k', 0x12, 5, 0x0a, 1, b'v', 0x18, 7];
+        let int = (&b"k"[..], RawValue::Val(AttrValue::Int(7)));
+        assert_eq!(key_value_raw(&two).unwrap(), int);
+        let two = [0x0a, 1, b'k', 0x12, 5, 0x18, 7, 0x0a, 1, b'v'];
+        assert_eq!(
+            key_value_raw(&two).unwrap(),
+            (&b"k"[..], RawValue::Str(b"v"))
+        );
     }
 }

@@ -831,6 +831,25 @@ fn strings_are_checked_where_they_are_used() {
         )),
         "/r",
     );
+    // A remembered resource whose version is not UTF-8 is refused each time it is used.
+    refused(
+        &bad(request(
+            vec![
+                kv("service.name", s("shop")),
+                kv("service.version", s("BAD!")),
+            ],
+            vec![span("GET", Kind::Server, T, 5, vec![route("/r")], false)],
+        )),
+        "attribute value",
+    );
+    // A name too long to remember is read afresh each time, to the same key.
+    let long = "n".repeat(2000);
+    let (first, second, out) = decode_twice(
+        &request(res(), vec![span(&long, Kind::Server, T, 5, vec![], false)]).encode_to_vec(),
+    );
+    assert!(first.is_ok() && second.is_ok());
+    assert_eq!(out.batch.keys.len(), 1);
+    assert_eq!(out.batch.keys[0].operation.len(), MAX_KEY_PART_BYTES);
     // The same bytes as a route and as a name are one operation; an empty route is no route.
     let (first, _, out) = decode_twice(
         &request(
@@ -845,4 +864,53 @@ fn strings_are_checked_where_they_are_used() {
     assert!(first.is_ok());
     assert_eq!(out.batch.keys.len(), 1);
     assert_eq!(&*out.batch.keys[0].operation, "/a");
+}
+
+/// Scenario: in one batch, a request that fails after its first resource's span took a new
+/// key; then the same operation from another resource, then from the first again; and spans
+/// that carry their own version.
+/// Guarantees: keys remembered per (resource, operation) never outlive a request that failed
+/// (its keys are taken back, and another key may take their place), and a span's own version
+/// is never answered from its resource's key.
+#[test]
+fn span_keys_follow_failed_requests_and_own_versions() {
+    let res = |svc: &str| vec![kv("service.name", s(svc)), kv("service.version", s("1"))];
+    let one = |svc: &str, attrs: Vec<KeyValue>| {
+        request(
+            res(svc),
+            vec![span("GET", Kind::Server, T, 5, attrs, false)],
+        )
+    };
+    let route = || kv("http.route", s("/x"));
+    let mut failing = one("a", vec![route()]);
+    // (A failing span: its exemplar goes with the request.)
+    failing.resource_spans[0].scope_spans[0].spans[0] =
+        span("GET", Kind::Server, T, 5, vec![route()], true);
+    failing
+        .resource_spans
+        .push(one("z", vec![route()]).resource_spans.remove(0));
+    let mut failing = failing.encode_to_vec();
+    failing.truncate(failing.len() - 3);
+    let mut keys = Keys::default();
+    let mut out = Decoded::default();
+    let mut decode = |body: Vec<u8>| traces_proto_into(&body, &cfg(), &mut out, &mut keys);
+    assert!(decode(failing).is_err());
+    decode(one("b", vec![route()]).encode_to_vec()).unwrap();
+    decode(one("a", vec![route()]).encode_to_vec()).unwrap();
+    decode(one("a", vec![route(), kv("service.version", s("2"))]).encode_to_vec()).unwrap();
+    decode(one("a", vec![route()]).encode_to_vec()).unwrap();
+    let seen: Vec<String> = out
+        .batch
+        .requests
+        .iter()
+        .map(|r| {
+            let k = &out.batch.keys[r.key as usize];
+            format!("{}/{}@{}", k.service, k.operation, k.version)
+        })
+        .collect();
+    assert_eq!(seen, ["b//x@1", "a//x@1", "a//x@2", "a//x@1"]);
+    assert!(
+        out.batch.exemplars.is_empty(),
+        "nothing of the failed request is kept"
+    );
 }

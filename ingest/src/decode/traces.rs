@@ -25,6 +25,8 @@ struct ResourceFacts<'a> {
     service: ServiceName<'a>,
     version: Option<RawValue<'a>>,
     dims: Dims<'a>,
+    /// The remembered resource these facts are all of, if they are.
+    memo: Option<u32>,
 }
 
 /// A resource's service name: read from the request, or kept from the same resource read
@@ -79,6 +81,40 @@ pub struct Keys {
     pub(crate) names: Names,
     /// Resources read before.
     resources: Resources,
+    /// Keys of spans that take everything but their operation from a remembered resource.
+    spans: SpanKeys,
+}
+
+/// The key of a span whose version and dimensions are its resource's, by (remembered
+/// resource, operation): a record of a resource and operation seen before in the batch costs
+/// one lookup, instead of checking its version and hashing and comparing every part of its key.
+#[derive(Default)]
+struct SpanKeys {
+    /// (resource id, the operation's address) → the operation (held, so that its address is
+    /// not reused while it keys this map) and the key's index in the batch.
+    by: HashMap<(u32, usize), (Arc<str>, u32), foldhash::fast::RandomState>,
+}
+
+/// Most span keys remembered (then forgotten all at once).
+const SPAN_KEYS_CACHED: usize = 65_536;
+
+impl SpanKeys {
+    fn get(&self, resource: u32, op: &Arc<str>, out: &Decoded) -> Option<u32> {
+        let (held, i) = self
+            .by
+            .get(&(resource, Arc::as_ptr(op).cast::<u8>() as usize))?;
+        // (A key index always names a key of this batch: the map is cleared when a request
+        // that failed takes its keys back.)
+        (Arc::ptr_eq(held, op) && (*i as usize) < out.batch.keys.len()).then_some(*i)
+    }
+
+    fn insert(&mut self, resource: u32, op: &Arc<str>, key: u32) {
+        if self.by.len() >= SPAN_KEYS_CACHED {
+            self.by.clear();
+        }
+        let at = Arc::as_ptr(op).cast::<u8>() as usize;
+        self.by.insert((resource, at), (op.clone(), key));
+    }
 }
 
 /// What was found in resources read before, by their bytes: the Kafka source's records each
@@ -89,10 +125,13 @@ pub struct Keys {
 struct Resources {
     by_hash: ByHash<Memo>,
     hasher: foldhash::fast::RandomState,
+    /// The id the next remembered resource gets (ids are never reused).
+    next_id: u32,
 }
 
 /// A resource's facts: its service name, and where its version and dimensions are.
 struct Memo {
+    id: u32,
     bytes: Box<[u8]>,
     service: Option<Arc<str>>,
     version: Option<Place>,
@@ -155,10 +194,15 @@ pub(crate) struct Names {
     hasher: foldhash::fast::RandomState,
     /// The scrubbing they went through.
     scrub: Option<super::scrub::Scrub>,
+    /// The operation of the last name too long to remember.
+    spare: Arc<str>,
 }
 
-/// Most operation names [`Keys`] remembers scrubbed.
+/// Most operation names [`Keys`] remembers scrubbed, and the longest (a span's name is
+/// bounded only by the request: longer names are checked and scrubbed each time, so the
+/// cache, which lives from batch to batch, holds at most 4 MiB of names).
 const SCRUBBED_CACHE: usize = 4096;
+const NAME_CACHED_BYTES: usize = 1024;
 
 /// A map whose keys are hashes already.
 type ByHash<V> = HashMap<u64, V, BuildHasherDefault<Prehashed>>;
@@ -202,7 +246,7 @@ pub fn traces_proto_into(
             "more than {MAX_DIMS} dimensions configured"
         )));
     }
-    let calls = out.batch.calls.len();
+    let (calls, exemplars) = (out.batch.calls.len(), out.batch.exemplars.len());
     let before = (
         out.batch.requests.len(),
         out.batch.keys.len(),
@@ -212,6 +256,7 @@ pub fn traces_proto_into(
         out.first_rejection.is_some(),
         out.attributes_dropped,
     );
+    keys.names.follow(&cfg.scrub);
     let mut r = Reader::new(buf);
     let read = (|| {
         while let Some((f, v)) = r.next()? {
@@ -222,10 +267,13 @@ pub fn traces_proto_into(
         Ok(())
     })();
     if read.is_err() {
-        // (Keys past the end are ignored by `index_of` and replaced when seen again.)
+        // (Keys past the end are ignored by `index_of` and replaced when seen again; span
+        // keys may name them, and are forgotten.)
+        keys.spans.by.clear();
         let (requests, n_keys, received, rejected, rejected_by, had_first, dropped) = before;
         out.batch.requests.truncate(requests);
         out.batch.calls.truncate(calls);
+        out.batch.exemplars.truncate(exemplars);
         out.batch.keys.truncate(n_keys);
         out.received = received;
         out.rejected = rejected;
@@ -273,12 +321,19 @@ fn resource_spans(
         service: ServiceName::Read(""),
         version: None,
         dims: [None; MAX_DIMS],
+        memo: None,
     };
+    let mut resources = 0;
     let mut r = Reader::new(buf);
     while let Some((f, v)) = r.next()? {
         if let (1, Value::Bytes(resource)) = (f, v) {
             read_resource(resource, cfg, out, &mut keys.resources, &mut res)?;
+            resources += 1;
         }
+    }
+    if resources > 1 {
+        // (Facts merged from several resources are no one resource's.)
+        res.memo = None;
     }
     if res.service().is_empty() {
         // What the OTel SDKs report when no service name is configured.
@@ -323,9 +378,11 @@ fn read_resource<'a>(
             }
         }
         out.attributes_dropped += m.dropped;
+        res.memo = Some(m.id);
         return Ok(());
     }
     let mut found = Memo {
+        id: 0,
         bytes: Box::default(),
         service: None,
         version: None,
@@ -364,6 +421,9 @@ fn read_resource<'a>(
         }
         found.bytes = resource.into();
         found.service = service.map(Arc::from);
+        found.id = memo.next_id;
+        memo.next_id = memo.next_id.wrapping_add(1);
+        res.memo = Some(found.id);
         memo.by_hash.insert(hash, found);
     }
     Ok(())
@@ -475,33 +535,24 @@ fn one_span(
         (Some(r), _) | (None, Some(r)) => (r, "attribute value"),
         (None, None) => (s.name, "span name"),
     };
-    let version = s.version.or(res.version).map(RawValue::check).transpose()?;
-    let mut dims: [Option<AttrValue<'_>>; MAX_DIMS] = [None; MAX_DIMS];
-    for (i, d) in dims.iter_mut().enumerate().take(cfg.dimensions.len()) {
-        *d = s.dims[i].or(res.dims[i]).map(RawValue::check).transpose()?;
-    }
-    let operation = keys.names.operation(operation, what, cfg)?;
-    // Rules on dimension values (rare): their scrubbed texts stand in for the values.
-    let scrubbed: [Option<String>; MAX_DIMS] = if cfg.scrub.has_rules() {
-        std::array::from_fn(|i| dims[i].map(|v| cfg.scrub.value(&text(Some(v))).into_owned()))
-    } else {
-        std::array::from_fn(|_| None)
-    };
-    if cfg.scrub.has_rules() {
-        for (d, t) in dims.iter_mut().zip(&scrubbed) {
-            if let Some(t) = t {
-                *d = Some(AttrValue::Str(t));
+    let (operation, remembered) = keys.names.operation(operation, what, cfg)?;
+    // A span that takes its version and dimensions from a remembered resource: its key is
+    // that of the resource and the (remembered) operation.
+    let shared = res.memo.filter(|_| {
+        remembered
+            && s.version.is_none()
+            && s.dims[..cfg.dimensions.len()].iter().all(Option::is_none)
+    });
+    let key = match shared.and_then(|id| keys.spans.get(id, operation, out)) {
+        Some(key) => key,
+        None => {
+            let key = series_key(&s, res, operation, cfg, &mut keys.index, out)?;
+            if let Some(id) = shared {
+                keys.spans.insert(id, operation, key);
             }
+            key
         }
-    }
-    let key = keys.index.index_of(
-        clip(res.service()),
-        operation,
-        version,
-        &dims[..cfg.dimensions.len()],
-        cfg,
-        out,
-    );
+    };
     let latency_ms = (s.end - s.start) as f64 / 1e6;
     out.batch.requests.push(RequestObs {
         key,
@@ -534,6 +585,44 @@ fn one_span(
         });
     }
     Ok(())
+}
+
+/// The batch's key for a span of operation `operation`: its version and dimensions (the span's
+/// own, else its resource's) checked as text and scrubbed by the rules.
+fn series_key(
+    s: &SpanFacts<'_>,
+    res: &ResourceFacts<'_>,
+    operation: &Arc<str>,
+    cfg: &DecodeConfig,
+    index: &mut KeyIndex,
+    out: &mut Decoded,
+) -> Result<u32, DecodeError> {
+    let version = s.version.or(res.version).map(RawValue::check).transpose()?;
+    let mut dims: [Option<AttrValue<'_>>; MAX_DIMS] = [None; MAX_DIMS];
+    for (i, d) in dims.iter_mut().enumerate().take(cfg.dimensions.len()) {
+        *d = s.dims[i].or(res.dims[i]).map(RawValue::check).transpose()?;
+    }
+    // Rules on dimension values (rare): their scrubbed texts stand in for the values.
+    let scrubbed: [Option<String>; MAX_DIMS] = if cfg.scrub.has_rules() {
+        std::array::from_fn(|i| dims[i].map(|v| cfg.scrub.value(&text(Some(v))).into_owned()))
+    } else {
+        std::array::from_fn(|_| None)
+    };
+    if cfg.scrub.has_rules() {
+        for (d, t) in dims.iter_mut().zip(&scrubbed) {
+            if let Some(t) = t {
+                *d = Some(AttrValue::Str(t));
+            }
+        }
+    }
+    Ok(index.index_of(
+        clip(res.service()),
+        operation,
+        version,
+        &dims[..cfg.dimensions.len()],
+        cfg,
+        out,
+    ))
 }
 
 /// A client span's half of a call, for the service graph. A client span whose ids or times
@@ -622,18 +711,36 @@ fn hash_value(h: &mut impl Hasher, v: Option<AttrValue<'_>>) {
 }
 
 impl Names {
+    /// Names are scrubbed by `scrub` from now on: those remembered from another scrubbing
+    /// are forgotten. (Called once per request, before [`Names::operation`].)
+    fn follow(&mut self, scrub: &super::scrub::Scrub) {
+        if self.scrub.as_ref() != Some(scrub) {
+            self.scrubbed.clear();
+            self.scrub = Some(scrub.clone());
+        }
+    }
+
     /// The operation that a name's bytes `raw` become: UTF-8 checked (an error names it as
-    /// `what`), clipped and scrubbed, or remembered from the same bytes read before.
+    /// `what`), clipped and scrubbed, or remembered from the same bytes read before; and
+    /// whether it is remembered (then the same bytes give the same `Arc` until the cache is
+    /// cleared).
     fn operation(
         &mut self,
         raw: &[u8],
         what: &str,
         cfg: &DecodeConfig,
-    ) -> Result<&Arc<str>, DecodeError> {
+    ) -> Result<(&Arc<str>, bool), DecodeError> {
         use std::collections::hash_map::Entry;
-        if self.scrub.as_ref() != Some(&cfg.scrub) {
-            self.scrubbed.clear();
-            self.scrub = Some(cfg.scrub.clone());
+        debug_assert!(self.scrub.as_ref() == Some(&cfg.scrub), "`follow` first");
+        let scrubbed = |raw| -> Result<Arc<str>, DecodeError> {
+            Ok(match cfg.scrub.operation(clip(utf8(raw, what)?)) {
+                Cow::Borrowed(same) => same.into(),
+                Cow::Owned(changed) => changed.into(),
+            })
+        };
+        if raw.len() > NAME_CACHED_BYTES {
+            self.spare = scrubbed(raw)?;
+            return Ok((&self.spare, false));
         }
         let hash = self.hasher.hash_one(raw);
         if self.scrubbed.len() >= SCRUBBED_CACHE && !self.scrubbed.contains_key(&hash) {
@@ -642,11 +749,7 @@ impl Names {
         let slot = match self.scrubbed.entry(hash) {
             Entry::Occupied(e) if *e.get().0 == *raw => e.into_mut(),
             entry => {
-                let name = clip(utf8(raw, what)?);
-                let op: Arc<str> = match cfg.scrub.operation(name) {
-                    Cow::Borrowed(same) => same.into(),
-                    Cow::Owned(changed) => changed.into(),
-                };
+                let op = scrubbed(raw)?;
                 // (On a collision the newer name takes the slot.)
                 match entry {
                     Entry::Occupied(mut e) => {
@@ -657,7 +760,7 @@ impl Names {
                 }
             }
         };
-        Ok(&slot.1)
+        Ok((&slot.1, true))
     }
 }
 

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-/// Offsets, as disjoint, non-adjacent ranges `[start, end)`.
+/// Offsets, as disjoint, non-adjacent ranges `[start, end)`. Offsets run to `i64::MAX − 1`
+/// (Kafka's are far below; `i64::MAX` itself is never held).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct OffsetSet {
     /// Range start → range end (exclusive).
@@ -68,12 +69,7 @@ impl OffsetSet {
             start = s;
         }
         // Every range starting inside (or right at the end of) the new one is absorbed.
-        let absorbed: Vec<(i64, i64)> = self
-            .ranges
-            .range(start..=end)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in absorbed {
+        while let Some((&s, &e)) = self.ranges.range(start..=end).next() {
             self.ranges.remove(&s);
             self.len -= (e - s) as usize;
             end = end.max(e);
@@ -87,22 +83,22 @@ impl OffsetSet {
         if start >= end {
             return;
         }
-        let first = match self.ranges.range(..=start).next_back() {
-            Some((&s, &e)) if e > start => s,
-            _ => start,
-        };
-        let cut: Vec<(i64, i64)> = self
-            .ranges
-            .range(first..end)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in cut {
+        // A range that begins before `start` and reaches into it keeps its left part (and its
+        // right part, when it reaches past `end`: then nothing else is inside).
+        if let Some((&s, &e)) = self.ranges.range(..start).next_back()
+            && e > start
+        {
+            self.ranges.insert(s, start);
+            self.len -= (e - start) as usize;
+            if e > end {
+                self.ranges.insert(end, e);
+                self.len += (e - end) as usize;
+                return;
+            }
+        }
+        while let Some((&s, &e)) = self.ranges.range(start..end).next() {
             self.ranges.remove(&s);
             self.len -= (e - s) as usize;
-            if s < start {
-                self.ranges.insert(s, start);
-                self.len += (start - s) as usize;
-            }
             if e > end {
                 self.ranges.insert(end, e);
                 self.len += (e - end) as usize;
@@ -118,7 +114,7 @@ fn stretches(offsets: &[i64]) -> impl Iterator<Item = (i64, i64)> + '_ {
         let &start = offsets.get(i)?;
         let mut end = start.saturating_add(1);
         i += 1;
-        while offsets.get(i) == Some(&end) {
+        while end < i64::MAX && offsets.get(i) == Some(&end) {
             end += 1;
             i += 1;
         }
