@@ -8,6 +8,7 @@
 
 mod attrs;
 mod json;
+mod keys;
 mod logs;
 mod metrics;
 pub mod partials;
@@ -17,16 +18,19 @@ pub(crate) mod tests;
 #[cfg(test)]
 mod tests_calls_logs;
 #[cfg(test)]
+mod tests_keys;
+#[cfg(test)]
 mod tests_usage;
 mod traces;
 pub mod wire;
 
 pub use json::{logs_json, metrics_json, traces_json};
+pub use keys::Keys;
+pub(crate) use keys::Names;
 pub use logs::logs_proto;
 pub use metrics::metrics_proto;
 pub use partials::partials;
-pub(crate) use traces::Names;
-pub use traces::{Keys, traces_proto, traces_proto_into};
+pub use traces::{traces_proto, traces_proto_into};
 
 use serde::{Deserialize, Serialize};
 use trike_engine::Batch;
