@@ -120,7 +120,7 @@ pub fn thread_cpu_of(pid: &str) -> Vec<(String, f64)> {
 }
 
 /// utime + stime of a `/proc/…/stat` line, in seconds.
-fn ticks(stat: &str) -> f64 {
+pub fn ticks(stat: &str) -> f64 {
     let f: Vec<&str> = stat
         .rsplit(')')
         .next()

@@ -106,18 +106,8 @@ fn thread_cpu() -> std::collections::HashMap<String, (String, f64)> {
     {
         let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
         let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let f: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
         let tid = t.file_name().to_string_lossy().into_owned();
-        out.insert(
-            tid,
-            (name.trim().to_string(), (ticks(11) + ticks(12)) / 100.0),
-        );
+        out.insert(tid, (name.trim().to_string(), trike_benches::ticks(&stat)));
     }
     out
 }
