@@ -370,21 +370,36 @@ async fn main() {
     type Rates = (f64, f64);
     let mut rounds: Vec<(Rates, Vec<Rates>)> = Vec::new();
     for round in 0..args.rounds.max(1) {
-        println!("round {}:", round + 1);
-        let (b_wall, b_cpu) =
-            tokio::task::block_in_place(|| baseline(&brokers, &topic, args.records, round));
+        // Even rounds measure the baseline first, odd ones last (so that neither side always
+        // runs on a machine the other just warmed or left busy).
+        let first = round % 2 == 0;
         println!(
-            "  bare rdkafka consumer (baseline):      {b_wall:>10.0} records/s  {b_cpu:>10.0} records/CPU-s"
+            "round {} (baseline {}):",
+            round + 1,
+            if first { "first" } else { "last" }
         );
+        let bare = || {
+            let (b_wall, b_cpu) =
+                tokio::task::block_in_place(|| baseline(&brokers, &topic, args.records, round));
+            println!(
+                "  bare rdkafka consumer (baseline):      {b_wall:>10.0} records/s  {b_cpu:>10.0} records/CPU-s"
+            );
+            (b_wall, b_cpu)
+        };
+        let mut b = if first { Some(bare()) } else { None };
         let mut ours = Vec::new();
         for (role, what) in &roles {
             let (t_wall, t_cpu) = trike_source(&brokers, &topic, args.records, *role, round).await;
+            println!("  trike {what:<32} {t_wall:>10.0} records/s  {t_cpu:>10.0} records/CPU-s");
+            ours.push((t_wall, t_cpu));
+        }
+        let (b_wall, b_cpu) = *b.get_or_insert_with(bare);
+        for ((_, what), (t_wall, t_cpu)) in roles.iter().zip(&ours) {
             println!(
-                "  trike {what:<32} {t_wall:>10.0} records/s  {t_cpu:>10.0} records/CPU-s  ratio {:.2} (wall) {:.2} (CPU)",
+                "  ratio {what:<32} {:.2} (wall) {:.2} (CPU)",
                 t_wall / b_wall,
                 t_cpu / b_cpu
             );
-            ours.push((t_wall, t_cpu));
         }
         rounds.push(((b_wall, b_cpu), ours));
     }
