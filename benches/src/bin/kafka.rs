@@ -46,9 +46,10 @@ struct Args {
     /// keep records × size / partitions under that).
     #[arg(long, default_value_t = 64)]
     partitions: i32,
-    /// Rounds of the source benchmark: each round measures the baseline, then each role, with
-    /// groups of their own; the summary takes medians (the baseline alone moves by up to 1.7×
-    /// from run to run on this VM, so one pair of figures says little).
+    /// Rounds of the source benchmark: each round measures the baseline and each role (the
+    /// baseline first in even rounds, last in odd ones), with groups of their own; the summary
+    /// takes medians (the baseline alone moves by up to 1.6× from round to round on this VM,
+    /// so one pair of figures says little).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Which Trike roles consume (`all`, `gateway`), each in turn.
