@@ -32,11 +32,11 @@ use crate::time::{UnixNanos, secs};
 use crate::usage::{UsageAdd, UsageObs};
 use crate::window::MAX_THRESHOLDS;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// The per-observation maps: hashed with a fast, per-map seeded hash (SipHash was 3 % of a
 /// gateway's source thread).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-use std::sync::Arc;
 
 /// One (series, second, signal) being built.
 #[derive(Debug, Default)]

@@ -33,7 +33,7 @@ pub struct Keys {
 pub(super) struct SpanKeys {
     /// (resource id, the operation's address) → the operation (held, so that its address is
     /// not reused while it keys this map) and the key's index in the batch.
-    pub(super) by: HashMap<(u32, usize), (Arc<str>, u32), foldhash::fast::RandomState>,
+    by: HashMap<(u32, usize), (Arc<str>, u32), foldhash::fast::RandomState>,
 }
 
 /// Most span keys remembered (then forgotten all at once).
@@ -41,21 +41,29 @@ const SPAN_KEYS_CACHED: usize = 65_536;
 
 impl SpanKeys {
     pub(super) fn get(&self, resource: u32, op: &Arc<str>, out: &Decoded) -> Option<u32> {
-        let (held, i) = self
-            .by
-            .get(&(resource, Arc::as_ptr(op).cast::<u8>() as usize))?;
+        let (held, i) = self.by.get(&(resource, address(op)))?;
         // (A key index always names a key of this batch: the map is cleared when a request
         // that failed takes its keys back.)
         (Arc::ptr_eq(held, op) && (*i as usize) < out.batch.keys.len()).then_some(*i)
+    }
+
+    /// Forgets every span key (a failed request took its keys back: an index may name
+    /// another key next).
+    pub(super) fn clear(&mut self) {
+        self.by.clear();
     }
 
     pub(super) fn insert(&mut self, resource: u32, op: &Arc<str>, key: u32) {
         if self.by.len() >= SPAN_KEYS_CACHED {
             self.by.clear();
         }
-        let at = Arc::as_ptr(op).cast::<u8>() as usize;
-        self.by.insert((resource, at), (op.clone(), key));
+        self.by.insert((resource, address(op)), (op.clone(), key));
     }
+}
+
+/// Where an operation's text is (an `Arc` held by [`SpanKeys`] keeps it there).
+fn address(op: &Arc<str>) -> usize {
+    Arc::as_ptr(op).cast::<u8>() as usize
 }
 
 /// What was found in resources read before, by their bytes: the Kafka source's records each
@@ -64,16 +72,46 @@ impl SpanKeys {
 /// matter, instead of reading every attribute.
 #[derive(Default)]
 pub(super) struct Resources {
-    pub(super) by_hash: ByHash<Memo>,
-    pub(super) hasher: foldhash::fast::RandomState,
+    by_hash: ByHash<Memo>,
+    hasher: foldhash::fast::RandomState,
     /// The id the next remembered resource gets (ids are never reused).
-    pub(super) next_id: u32,
+    next_id: u32,
+}
+
+impl Resources {
+    /// What `resource` was found to hold when the same bytes were read before (`hash` is
+    /// [`Resources::hash`] of it).
+    pub(super) fn get(&self, hash: u64, resource: &[u8]) -> Option<&Memo> {
+        self.by_hash.get(&hash).filter(|m| *m.bytes == *resource)
+    }
+
+    pub(super) fn hash(&self, resource: &[u8]) -> u64 {
+        self.hasher.hash_one(resource)
+    }
+
+    /// Remembers what `resource` holds (`found`, whose bytes and id are set here) when it is
+    /// small enough; its id then.
+    pub(super) fn remember(&mut self, hash: u64, resource: &[u8], mut found: Memo) -> Option<u32> {
+        if resource.len() > RESOURCE_CACHED_BYTES {
+            return None;
+        }
+        if self.by_hash.len() >= RESOURCES_CACHED {
+            self.by_hash.clear();
+        }
+        found.bytes = resource.into();
+        found.id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let id = found.id;
+        self.by_hash.insert(hash, found);
+        Some(id)
+    }
 }
 
 /// A resource's facts: its service name, and where its version and dimensions are.
+#[derive(Default)]
 pub(super) struct Memo {
     pub(super) id: u32,
-    pub(super) bytes: Box<[u8]>,
+    bytes: Box<[u8]>,
     pub(super) service: Option<Arc<str>>,
     pub(super) version: Option<Place>,
     pub(super) dims: [Option<Place>; MAX_DIMS],
@@ -116,8 +154,8 @@ impl Place {
 }
 
 /// Most resources remembered (then forgotten all at once), and the largest remembered.
-pub(super) const RESOURCES_CACHED: usize = 256;
-pub(super) const RESOURCE_CACHED_BYTES: usize = 4096;
+const RESOURCES_CACHED: usize = 256;
+const RESOURCE_CACHED_BYTES: usize = 4096;
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -5,12 +5,9 @@
 //! are compared as bytes; no allocation per span unless it starts a new series key.
 
 use super::attrs::{AttrValue, RawValue, key_value_raw, leading_key};
-use super::keys::{
-    KeyIndex, Keys, Memo, Place, RESOURCE_CACHED_BYTES, RESOURCES_CACHED, Resources, text,
-};
+use super::keys::{KeyIndex, Keys, Memo, Place, Resources, text};
 use super::wire::{Reader, Value};
 use super::{DecodeConfig, DecodeError, Decoded, Reason, clip};
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use trike_engine::RequestObs;
 use trike_engine::observation::{CallObs, CallSide, Exemplar};
@@ -117,7 +114,7 @@ pub fn traces_proto_into(
     if read.is_err() {
         // (Keys past the end are ignored by `index_of` and replaced when seen again; span
         // keys may name them, and are forgotten.)
-        keys.spans.by.clear();
+        keys.spans.clear();
         let (requests, n_keys, received, rejected, rejected_by, had_first, dropped) = before;
         out.batch.requests.truncate(requests);
         out.batch.calls.truncate(calls);
@@ -212,8 +209,8 @@ fn read_resource<'a>(
     memo: &mut Resources,
     res: &mut ResourceFacts<'a>,
 ) -> Result<(), DecodeError> {
-    let hash = memo.hasher.hash_one(resource);
-    if let Some(m) = memo.by_hash.get(&hash).filter(|m| *m.bytes == *resource) {
+    let hash = memo.hash(resource);
+    if let Some(m) = memo.get(hash, resource) {
         if let Some(s) = &m.service {
             res.service = ServiceName::Kept(s.clone());
         }
@@ -229,14 +226,7 @@ fn read_resource<'a>(
         res.memo = Some(m.id);
         return Ok(());
     }
-    let mut found = Memo {
-        id: 0,
-        bytes: Box::default(),
-        service: None,
-        version: None,
-        dims: [None; MAX_DIMS],
-        dropped: 0,
-    };
+    let mut found = Memo::default();
     let mut service = None;
     let mut rr = Reader::new(resource);
     let mut read = 0;
@@ -263,17 +253,8 @@ fn read_resource<'a>(
             }
         }
     }
-    if resource.len() <= RESOURCE_CACHED_BYTES {
-        if memo.by_hash.len() >= RESOURCES_CACHED {
-            memo.by_hash.clear();
-        }
-        found.bytes = resource.into();
-        found.service = service.map(Arc::from);
-        found.id = memo.next_id;
-        memo.next_id = memo.next_id.wrapping_add(1);
-        res.memo = Some(found.id);
-        memo.by_hash.insert(hash, found);
-    }
+    found.service = service.map(Arc::from);
+    res.memo = memo.remember(hash, resource, found);
     Ok(())
 }
 
