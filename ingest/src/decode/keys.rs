@@ -85,6 +85,11 @@ impl Resources {
         self.by_hash.get(&hash).filter(|m| *m.bytes == *resource)
     }
 
+    /// The resource [`Resources::get`] just found by `hash`.
+    pub(super) fn known(&self, hash: u64) -> &Memo {
+        &self.by_hash[&hash]
+    }
+
     pub(super) fn hash(&self, resource: &[u8]) -> u64 {
         self.hasher.hash_one(resource)
     }

@@ -6,6 +6,7 @@ use super::*;
 use prost::Message;
 use trike_proto::collector::trace::v1::ExportTraceServiceRequest;
 use trike_proto::common::v1::{KeyValue, any_value::Value as Av};
+use trike_proto::trace::v1 as trace_v1;
 use trike_proto::trace::v1::span::SpanKind as Kind;
 
 const T: u64 = 1_800_000_000_000_000_000;
@@ -123,6 +124,90 @@ fn remembered_resources_decode_as_read_afresh() {
         services.into_iter().collect::<Vec<_>>(),
         ["ads", "cart", "checkout", "pay"]
     );
+}
+
+/// Scenario: a `ResourceSpans` with its resource written twice (protobuf merges the two: one
+/// resource holding both attribute lists), decoded in a run after the same first resource was
+/// seen alone, and with the merged resources in either order.
+/// Guarantees: it decodes as the merged resource, read afresh each time: the remembered first
+/// resource does not stand in for it, nor does it become remembered.
+#[test]
+fn resources_written_twice_are_merged_not_remembered() {
+    let resource = |attrs: Vec<KeyValue>| {
+        trace_v1::ResourceSpans {
+            resource: Some(trike_proto::resource::v1::Resource {
+                attributes: attrs,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let shop = vec![
+        kv("service.name", s("shop")),
+        kv("deployment.environment", s("prod")),
+    ];
+    let later = vec![
+        kv("service.name", s("cart")),
+        kv("service.version", s("2.0")),
+    ];
+    let spans = |dur: u64| {
+        trace_v1::ResourceSpans {
+            scope_spans: vec![trace_v1::ScopeSpans {
+                spans: vec![span("GET", Kind::Server, T, dur, vec![], false)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    // An `ExportTraceServiceRequest` of one `ResourceSpans` (field 1) made of `parts`.
+    let wrap = |parts: &[&[u8]]| {
+        let rs: Vec<u8> = parts.concat();
+        let mut b = vec![0x0a];
+        prost::encoding::encode_varint(rs.len() as u64, &mut b);
+        b.extend(rs);
+        b
+    };
+    let alone = wrap(&[&resource(shop.clone()), &spans(3)]);
+    let twice = wrap(&[&resource(shop.clone()), &resource(later.clone()), &spans(4)]);
+    let reversed = wrap(&[&resource(later.clone()), &resource(shop.clone()), &spans(5)]);
+    let key = |d: &Decoded, i: usize| d.batch.keys[d.batch.requests[i].key as usize].to_string();
+    let mut run = Decoded::default();
+    let mut keys = Keys::default();
+    for body in [&alone, &twice, &reversed, &twice, &alone] {
+        traces_proto_into(body, &cfg(), &mut run, &mut keys).unwrap();
+    }
+    let merged = |attrs: Vec<KeyValue>, dur: u64| {
+        traces_proto(
+            &request(
+                attrs,
+                vec![span("GET", Kind::Server, T, dur, vec![], false)],
+            )
+            .encode_to_vec(),
+            &cfg(),
+        )
+        .unwrap()
+    };
+    let shop_then_cart = merged([shop.clone(), later.clone()].concat(), 4);
+    let cart_then_shop = merged([later.clone(), shop.clone()].concat(), 5);
+    let only_shop = merged(shop.clone(), 3);
+    assert_eq!(run.batch.requests.len(), 5);
+    for (i, want) in [
+        &only_shop,
+        &shop_then_cart,
+        &cart_then_shop,
+        &shop_then_cart,
+        &only_shop,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(key(&run, i), key(want, 0), "record {i}");
+    }
+    assert!(key(&shop_then_cart, 0).contains("cart"));
+    assert!(key(&cart_then_shop, 0).contains("shop"));
+    assert!(key(&only_shop, 0).contains("shop"));
 }
 
 /// Scenario: spans whose strings are not UTF-8: the route, the name, an attribute no SLI
