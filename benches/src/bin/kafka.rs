@@ -4,8 +4,10 @@
 //!    server span each, as the Collector's Kafka exporter writes them) are produced into a
 //!    topic; then Trike (the real processor, in this process) consumes them through its Kafka
 //!    source, decoder and engine. Reported: records/s (wall) and records per CPU-second of this
-//!    process. Baseline, same run, same topic: a bare rdkafka `BaseConsumer` that only counts
-//!    messages (the client's own ceiling).
+//!    process. Baselines, same run, same topic: a bare rdkafka `BaseConsumer` that only counts
+//!    messages, polled one at a time through the safe API; and one that reads them in batches
+//!    from a queue of its own, as Trike's source does (`ingest/src/kafka/queue.rs`): the
+//!    client's ceiling for that path.
 //! 2. **Decision → acknowledged**: `--events` control events sent one at a time through Trike's
 //!    Kafka control sink (idempotent, `acks=all`, `linger.ms=1`); each sample is the time from
 //!    `send` to the broker's acknowledgement (delivery callback). p50/p99.
@@ -204,6 +206,64 @@ fn baseline(brokers: &str, topic: &str, n: usize, round: usize) -> (f64, f64) {
     (n as f64 / wall, n as f64 / cpu.max(1e-9))
 }
 
+/// A bare consumer reading through a queue of its own in batches, with Trike's own queue
+/// (`trike_ingest::kafka::queue`): the client's ceiling without the per-message poll of the
+/// safe API.
+fn baseline_batch(brokers: &str, topic: &str, n: usize, round: usize) -> (f64, f64) {
+    use rdkafka::consumer::{ConsumerContext, Rebalance};
+    use trike_ingest::kafka::queue::{Batch, Message, MessageQueue};
+    struct Ctx(Arc<MessageQueue>);
+    impl rdkafka::ClientContext for Ctx {}
+    impl ConsumerContext for Ctx {
+        fn pre_rebalance(&self, c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+            if let Rebalance::Assign(tpl) = r {
+                for e in tpl.elements() {
+                    self.0.forward(c, e.topic(), e.partition());
+                }
+            }
+        }
+    }
+    let queue = Arc::new(MessageQueue::unopened());
+    let consumer: BaseConsumer<Ctx> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-baseline-batch-{round}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create_with_context(Ctx(queue.clone()))
+        .expect("consumer");
+    queue.open(&consumer);
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut got = 0usize;
+    let mut start = None;
+    let mut cpu0 = 0.0;
+    let mut threads0 = Default::default();
+    let mut batch = Batch::with_capacity(512);
+    while got < n {
+        let _ = consumer.poll(Duration::ZERO);
+        queue.consume(&mut batch, Duration::from_millis(100));
+        // The group join is not part of the measurement: timed from the first batch.
+        if !batch.is_empty() && start.is_none() {
+            start = Some(Instant::now());
+            cpu0 = cpu_seconds();
+            threads0 = thread_cpu();
+        }
+        for i in 0..batch.len() {
+            if let Message::Data { .. } = batch.get(i) {
+                got += 1;
+            }
+        }
+        batch.clear();
+    }
+    let wall = start.unwrap().elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    eprintln!(
+        "  (bare batch consumer: CPU by thread while timed: {})",
+        threads_since(&threads0)
+    );
+    queue.close();
+    (n as f64 / wall, n as f64 / cpu.max(1e-9))
+}
+
 /// Trike consuming `n` records in role `role` (`all`: source → decode → engine; `gateway`:
 /// source → decode → partials published to the broker, acknowledged before commit).
 async fn trike_source(
@@ -367,9 +427,9 @@ async fn main() {
     .into_iter()
     .filter(|(role, _)| args.roles.iter().any(|r| r == role.name()))
     .collect();
-    // Per round: the baseline's (wall, CPU) rates, then each role's.
+    // Per round: the baseline's (wall, CPU) rates, the batch reader's CPU rate, each role's.
     type Rates = (f64, f64);
-    let mut rounds: Vec<(Rates, Vec<Rates>)> = Vec::new();
+    let mut rounds: Vec<(Rates, f64, Vec<Rates>)> = Vec::new();
     for round in 0..args.rounds.max(1) {
         // Even rounds measure the baseline first, odd ones last (so that neither side always
         // runs on a machine the other just warmed or left busy).
@@ -379,13 +439,21 @@ async fn main() {
             round + 1,
             if first { "first" } else { "last" }
         );
+        // The baselines: the safe API's polling loop (the bare consumer the issue names), and
+        // the batch reading Trike's source does (the client's own ceiling for that path).
         let bare = || {
             let (b_wall, b_cpu) =
                 tokio::task::block_in_place(|| baseline(&brokers, &topic, args.records, round));
             println!(
                 "  bare rdkafka consumer (baseline):      {b_wall:>10.0} records/s  {b_cpu:>10.0} records/CPU-s"
             );
-            (b_wall, b_cpu)
+            let (c_wall, c_cpu) = tokio::task::block_in_place(|| {
+                baseline_batch(&brokers, &topic, args.records, round)
+            });
+            println!(
+                "  bare consumer reading in batches:      {c_wall:>10.0} records/s  {c_cpu:>10.0} records/CPU-s"
+            );
+            ((b_wall, b_cpu), (c_wall, c_cpu))
         };
         let mut b = if first { Some(bare()) } else { None };
         let mut ours = Vec::new();
@@ -394,15 +462,16 @@ async fn main() {
             println!("  trike {what:<32} {t_wall:>10.0} records/s  {t_cpu:>10.0} records/CPU-s");
             ours.push((t_wall, t_cpu));
         }
-        let (b_wall, b_cpu) = *b.get_or_insert_with(bare);
+        let ((b_wall, b_cpu), (_, c_cpu)) = *b.get_or_insert_with(bare);
         for ((_, what), (t_wall, t_cpu)) in roles.iter().zip(&ours) {
             println!(
-                "  ratio {what:<32} {:.2} (wall) {:.2} (CPU)",
+                "  ratio {what:<32} {:.2} (wall) {:.2} (CPU); {:.2} (CPU) of the batch reader",
                 t_wall / b_wall,
-                t_cpu / b_cpu
+                t_cpu / b_cpu,
+                t_cpu / c_cpu
             );
         }
-        rounds.push(((b_wall, b_cpu), ours));
+        rounds.push(((b_wall, b_cpu), c_cpu, ours));
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -414,20 +483,20 @@ async fn main() {
         }
     };
     println!(
-        "medians of {} rounds: bare consumer {:.0} records/CPU-s",
+        "medians of {} rounds: bare consumer {:.0} records/CPU-s, reading in batches {:.0}",
         rounds.len(),
-        median(rounds.iter().map(|(b, _)| b.1).collect())
+        median(rounds.iter().map(|(b, _, _)| b.1).collect()),
+        median(rounds.iter().map(|(_, c, _)| *c).collect())
     );
     for (i, (_, what)) in roles.iter().enumerate() {
+        let ratios: Vec<f64> = rounds.iter().map(|(b, _, o)| o[i].1 / b.1).collect();
         println!(
-            "  trike {what:<32} {:>10.0} records/CPU-s  ratio {:.2} (CPU, median of the rounds' ratios; range {:.2}–{:.2})",
-            median(rounds.iter().map(|(_, o)| o[i].1).collect()),
-            median(rounds.iter().map(|(b, o)| o[i].1 / b.1).collect()),
-            rounds
-                .iter()
-                .map(|(b, o)| o[i].1 / b.1)
-                .fold(f64::MAX, f64::min),
-            rounds.iter().map(|(b, o)| o[i].1 / b.1).fold(0.0, f64::max),
+            "  trike {what:<32} {:>10.0} records/CPU-s  ratio {:.2} (CPU, median of the rounds' ratios; range {:.2}–{:.2}); {:.2} of the batch reader",
+            median(rounds.iter().map(|(_, _, o)| o[i].1).collect()),
+            median(ratios.clone()),
+            ratios.iter().copied().fold(f64::MAX, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max),
+            median(rounds.iter().map(|(_, c, o)| o[i].1 / c).collect()),
         );
     }
     let lat = tokio::task::block_in_place(|| latency(&brokers, &control, args.events));

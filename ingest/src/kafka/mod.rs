@@ -16,6 +16,7 @@
 mod dead_letter;
 mod offsets;
 pub mod progress;
+pub mod queue;
 mod source;
 
 use crate::metrics::SignalKind;
@@ -236,6 +237,8 @@ struct SourceContext {
     owner: Option<Arc<dyn PartitionOwner>>,
     parked: ParkedMap,
     stats: Arc<KafkaSourceStats>,
+    /// Where assigned partitions' messages are forwarded, to be read in batches.
+    queue: Arc<queue::MessageQueue>,
 }
 
 fn keys(tpl: &TopicPartitionList) -> Vec<PartitionKey> {
@@ -337,7 +340,18 @@ impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => self.revoke(consumer, &keys(tpl)),
-            Rebalance::Assign(tpl) => self.assign(&keys(tpl)),
+            Rebalance::Assign(tpl) => {
+                for e in tpl.elements() {
+                    if !self.queue.forward(consumer, e.topic(), e.partition()) {
+                        tracing::debug!(
+                            topic = e.topic(),
+                            partition = e.partition(),
+                            "partition not forwarded: its messages come through the consumer queue"
+                        );
+                    }
+                }
+                self.assign(&keys(tpl))
+            }
             Rebalance::Error(e) => tracing::warn!(error = %e, "Kafka rebalance"),
         }
     }
@@ -404,6 +418,7 @@ impl KafkaSource {
         let stats = Arc::new(KafkaSourceStats::default());
         let parked = ParkedMap::default();
         let owned = owner.is_some();
+        let queue = Arc::new(queue::MessageQueue::unopened());
         let consumer: BaseConsumer<SourceContext> = cfg
             .client
             .apply(&mut client)
@@ -412,6 +427,7 @@ impl KafkaSource {
                 owner,
                 parked: parked.clone(),
                 stats: stats.clone(),
+                queue: queue.clone(),
             })?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -441,6 +457,7 @@ impl KafkaSource {
                         dead,
                         parked,
                         owned,
+                        queue,
                     }
                     .run(&stop);
                 })

@@ -8,6 +8,7 @@
 
 use super::dead_letter::DeadLetters;
 use super::progress::{PartitionKey, Progress, Read};
+use super::queue::{Batch, Message as Queued, MessageQueue};
 use super::{KafkaSourceStats, SourceContext, Waiting, signal_of};
 use crate::metrics::{SignalKind, Transport};
 use crate::pipeline::{Ack, Encoding, Gather, Held, Pending, Pipeline};
@@ -24,6 +25,9 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 
 /// Milliseconds a message waits for room in the engine queue before its partition is paused.
 const SHORT_WAITS: usize = 5;
+
+/// Most messages read from the queue at a time.
+const BATCH_MESSAGES: usize = 512;
 
 /// Most messages in one run.
 pub(crate) const RUN_MESSAGES: usize = 512;
@@ -81,6 +85,16 @@ pub(super) struct Loop {
     /// A partition owner listens: at a stop, leave the group through the rebalance callbacks
     /// (the owner makes its partitions' state durable before the next owner reads it).
     pub owned: bool,
+    /// Assigned partitions' messages, read in batches (opened when the loop starts, closed
+    /// before the consumer goes).
+    pub queue: Arc<MessageQueue>,
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        // (Before the fields: librdkafka's queues must go before their client.)
+        self.queue.close();
+    }
 }
 
 /// What became of one submission.
@@ -403,51 +417,53 @@ impl Loop {
     }
 
     pub(super) fn run(self, stop: &AtomicBool) {
+        // Before the first poll, which may assign partitions (and forward them to it).
+        self.queue.open(&self.consumer);
+        let mut batch = Batch::with_capacity(BATCH_MESSAGES);
         let mut last_commit = Instant::now();
-        let mut polls = 0u32;
-        // How long the next poll may wait, when it was found under the lock that handled the
-        // last message (nothing parked to retry): one lock per message, not two. (Rebalance
-        // callbacks, which run inside `poll`, only take parked messages and runs away, so a
-        // wait found before one is at worst a poll that comes back early.)
-        let mut next_wait: Option<u64> = None;
         while !stop.load(Relaxed) {
-            // (The clock is read every 64th message: reading it costs as much as a message.)
-            polls = polls.wrapping_add(1);
-            if polls.is_multiple_of(64) && last_commit.elapsed() > COMMIT_EVERY {
+            if last_commit.elapsed() > COMMIT_EVERY {
                 self.commit(CommitMode::Async);
                 last_commit = Instant::now();
             }
-            let wait = match next_wait.take() {
-                Some(wait) => wait,
-                None => {
-                    let mut waiting = self.parked.lock();
-                    if !waiting.parked.is_empty() {
-                        self.retry_parked(&mut waiting.parked);
-                    }
-                    Self::wait(&waiting)
+            // Rebalances, statistics, errors and commit results (one per turn: a turn is a
+            // batch, or a wait of at most 100 ms); and any message that still comes this way
+            // (a partition that could not be forwarded).
+            match self.consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => {
+                    let payload = m.payload().unwrap_or(&[]);
+                    let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+                    self.take(&mut self.parked.lock(), topic, partition, offset, payload);
                 }
-            };
-            let Some(result) = self.consumer.poll(Duration::from_millis(wait)) else {
-                self.flush(&mut self.parked.lock());
-                polls = polls.wrapping_add(63 - polls % 64);
-                continue;
-            };
-            let m = match result {
-                Ok(m) => m,
-                Err(e) => {
-                    if self.stats.consumer_error(&e) {
-                        tracing::warn!(error = %e, "Kafka consumer (counted in trike_kafka_source_errors_total)");
-                    }
-                    continue;
-                }
-            };
-            let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
-            let payload = m.payload().unwrap_or(&[]);
-            let mut waiting = self.parked.lock();
-            self.take(&mut waiting, topic, partition, offset, payload);
-            if waiting.parked.is_empty() {
-                next_wait = Some(Self::wait(&waiting));
+                Some(Err(e)) => self.consumer_error(&e),
+                None => {}
             }
+            let wait = {
+                let mut waiting = self.parked.lock();
+                if !waiting.parked.is_empty() {
+                    self.retry_parked(&mut waiting.parked);
+                }
+                Self::wait(&waiting)
+            };
+            if self.queue.consume(&mut batch, Duration::from_millis(wait)) == 0 {
+                self.flush(&mut self.parked.lock());
+                continue;
+            }
+            // One lock for the batch (rebalance callbacks run only inside `poll`).
+            let mut waiting = self.parked.lock();
+            for i in 0..batch.len() {
+                match batch.get(i) {
+                    Queued::Data {
+                        topic,
+                        partition,
+                        offset,
+                        payload,
+                    } => self.take(&mut waiting, topic, partition, offset, payload),
+                    Queued::Error(e) => self.consumer_error(&e),
+                }
+            }
+            drop(waiting);
+            batch.clear();
         }
         self.flush(&mut self.parked.lock());
         // Give the engine a moment to apply what is queued (and a last checkpoint to land),
@@ -459,6 +475,12 @@ impl Loop {
         self.commit(CommitMode::Sync);
         if self.owned {
             self.leave();
+        }
+    }
+
+    fn consumer_error(&self, e: &rdkafka::error::KafkaError) {
+        if self.stats.consumer_error(e) {
+            tracing::warn!(error = %e, "Kafka consumer (counted in trike_kafka_source_errors_total)");
         }
     }
 
