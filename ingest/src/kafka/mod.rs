@@ -12,6 +12,8 @@
 //! - A full engine queue pauses the partition whose message did not fit (pause/resume), so
 //!   memory stays bounded by the client's prefetch limit and one parked message per partition.
 //! - Consumer lag per partition (high watermark − applied) comes from the client's statistics.
+//! - Assigned partitions' messages are read in batches from a queue of the source's own
+//!   ([`queue`]); rebalances and statistics stay on the consumer queue.
 
 mod dead_letter;
 mod offsets;
