@@ -211,7 +211,7 @@ fn baseline(brokers: &str, topic: &str, n: usize, round: usize) -> (f64, f64) {
 /// safe API.
 fn baseline_batch(brokers: &str, topic: &str, n: usize, round: usize) -> (f64, f64) {
     use rdkafka::consumer::{ConsumerContext, Rebalance};
-    use trike_ingest::kafka::queue::{Batch, Message, MessageQueue};
+    use trike_ingest::kafka::queue::{Message, MessageQueue};
     struct Ctx(Arc<MessageQueue>);
     impl rdkafka::ClientContext for Ctx {}
     impl ConsumerContext for Ctx {
@@ -237,22 +237,26 @@ fn baseline_batch(brokers: &str, topic: &str, n: usize, round: usize) -> (f64, f
     let mut start = None;
     let mut cpu0 = 0.0;
     let mut threads0 = Default::default();
-    let mut batch = Batch::with_capacity(512);
+    let began = Instant::now();
     while got < n {
-        let _ = consumer.poll(Duration::ZERO);
-        queue.consume(&mut batch, Duration::from_millis(100));
-        // The group join is not part of the measurement: timed from the first batch.
-        if !batch.is_empty() && start.is_none() {
-            start = Some(Instant::now());
-            cpu0 = cpu_seconds();
-            threads0 = thread_cpu();
+        assert!(
+            began.elapsed() < Duration::from_secs(300),
+            "the batch reader read {got} of {n} records in 5 minutes"
+        );
+        if let Some(Ok(_)) = consumer.poll(Duration::ZERO) {
+            got += 1;
         }
-        for i in 0..batch.len() {
-            if let Message::Data { .. } = batch.get(i) {
+        // The group join is not part of the measurement: timed from the first message.
+        queue.consume(&consumer, Duration::from_millis(100), 512, |m| {
+            if start.is_none() {
+                start = Some(Instant::now());
+                cpu0 = cpu_seconds();
+                threads0 = thread_cpu();
+            }
+            if let Message::Data { .. } = m {
                 got += 1;
             }
-        }
-        batch.clear();
+        });
     }
     let wall = start.unwrap().elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
@@ -260,7 +264,7 @@ fn baseline_batch(brokers: &str, topic: &str, n: usize, round: usize) -> (f64, f
         "  (bare batch consumer: CPU by thread while timed: {})",
         threads_since(&threads0)
     );
-    queue.close();
+    queue.close(&consumer);
     (n as f64 / wall, n as f64 / cpu.max(1e-9))
 }
 

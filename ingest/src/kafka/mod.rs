@@ -345,10 +345,11 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(tpl) => {
                 for e in tpl.elements() {
                     if !self.queue.forward(consumer, e.topic(), e.partition()) {
-                        tracing::debug!(
+                        // (Its messages then come through the consumer queue, one per poll.)
+                        tracing::warn!(
                             topic = e.topic(),
                             partition = e.partition(),
-                            "partition not forwarded: its messages come through the consumer queue"
+                            "a partition's messages could not be forwarded to the source's queue"
                         );
                     }
                 }

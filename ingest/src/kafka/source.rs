@@ -8,7 +8,7 @@
 
 use super::dead_letter::DeadLetters;
 use super::progress::{PartitionKey, Progress, Read};
-use super::queue::{Batch, Message as Queued, MessageQueue};
+use super::queue::{Message as Queued, MessageQueue};
 use super::{KafkaSourceStats, SourceContext, Waiting, signal_of};
 use crate::metrics::{SignalKind, Transport};
 use crate::pipeline::{Ack, Encoding, Gather, Held, Pending, Pipeline};
@@ -28,6 +28,9 @@ const SHORT_WAITS: usize = 5;
 
 /// Most messages read from the queue at a time.
 const BATCH_MESSAGES: usize = 512;
+
+/// Most events served from the consumer queue between two batches.
+const EVENTS_PER_TURN: usize = 16;
 
 /// Most messages in one run.
 pub(crate) const RUN_MESSAGES: usize = 512;
@@ -93,7 +96,7 @@ pub(super) struct Loop {
 impl Drop for Loop {
     fn drop(&mut self) {
         // (Before the fields: librdkafka's queues must go before their client.)
-        self.queue.close();
+        self.queue.close(&self.consumer);
     }
 }
 
@@ -416,28 +419,19 @@ impl Loop {
         self.hand_over(waiting, key, parked);
     }
 
-    pub(super) fn run(self, stop: &AtomicBool) {
+    pub(super) fn run(mut self, stop: &AtomicBool) {
         // Before the first poll, which may assign partitions (and forward them to it).
         self.queue.open(&self.consumer);
-        let mut batch = Batch::with_capacity(BATCH_MESSAGES);
+        // An event on the consumer queue ends a wait for messages.
+        let queue = self.queue.clone();
+        self.consumer.set_nonempty_callback(move || queue.wake());
         let mut last_commit = Instant::now();
         while !stop.load(Relaxed) {
             if last_commit.elapsed() > COMMIT_EVERY {
                 self.commit(CommitMode::Async);
                 last_commit = Instant::now();
             }
-            // Rebalances, statistics, errors and commit results (one per turn: a turn is a
-            // batch, or a wait of at most 100 ms); and any message that still comes this way
-            // (a partition that could not be forwarded).
-            match self.consumer.poll(Duration::ZERO) {
-                Some(Ok(m)) => {
-                    let payload = m.payload().unwrap_or(&[]);
-                    let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
-                    self.take(&mut self.parked.lock(), topic, partition, offset, payload);
-                }
-                Some(Err(e)) => self.consumer_error(&e),
-                None => {}
-            }
+            self.serve_events();
             let wait = {
                 let mut waiting = self.parked.lock();
                 if !waiting.parked.is_empty() {
@@ -445,25 +439,30 @@ impl Loop {
                 }
                 Self::wait(&waiting)
             };
-            if self.queue.consume(&mut batch, Duration::from_millis(wait)) == 0 {
-                self.flush(&mut self.parked.lock());
-                continue;
-            }
-            // One lock for the batch (rebalance callbacks run only inside `poll`).
-            let mut waiting = self.parked.lock();
-            for i in 0..batch.len() {
-                match batch.get(i) {
-                    Queued::Data {
-                        topic,
-                        partition,
-                        offset,
-                        payload,
-                    } => self.take(&mut waiting, topic, partition, offset, payload),
-                    Queued::Error(e) => self.consumer_error(&e),
-                }
-            }
+            // One lock for the batch, taken with its first message (rebalance callbacks run
+            // only inside `poll`).
+            let mut waiting = None;
+            let read = self.queue.consume(
+                &self.consumer,
+                Duration::from_millis(wait),
+                BATCH_MESSAGES,
+                |m| {
+                    let waiting = waiting.get_or_insert_with(|| self.parked.lock());
+                    match m {
+                        Queued::Data {
+                            topic,
+                            partition,
+                            offset,
+                            payload,
+                        } => self.take(waiting, topic, partition, offset, payload),
+                        Queued::Error(e) => self.consumer_error(&e),
+                    }
+                },
+            );
             drop(waiting);
-            batch.clear();
+            if read == 0 {
+                self.flush(&mut self.parked.lock());
+            }
         }
         self.flush(&mut self.parked.lock());
         // Give the engine a moment to apply what is queued (and a last checkpoint to land),
@@ -475,6 +474,26 @@ impl Loop {
         self.commit(CommitMode::Sync);
         if self.owned {
             self.leave();
+        }
+    }
+
+    /// Serves what waits on the consumer queue: rebalances, statistics, errors, commit
+    /// results (a few per turn: a turn is a batch, or a wait that an event ends); and any
+    /// message that still comes this way (a partition that could not be forwarded).
+    fn serve_events(&self) {
+        for _ in 0..EVENTS_PER_TURN {
+            match self.consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => {
+                    let payload = m.payload().unwrap_or(&[]);
+                    let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+                    self.take(&mut self.parked.lock(), topic, partition, offset, payload);
+                }
+                Some(Err(e)) => self.consumer_error(&e),
+                None => {}
+            }
+            if !self.queue.events_waiting(&self.consumer) {
+                break;
+            }
         }
     }
 
