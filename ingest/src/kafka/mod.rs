@@ -10,7 +10,8 @@
 //!   dead-letter topic when one is configured ([`dead_letter`]), and skipped without stalling
 //!   its partition or the others.
 //! - A full engine queue pauses the partition whose message did not fit (pause/resume), so
-//!   memory stays bounded by the client's prefetch limit and one parked message per partition.
+//!   memory stays bounded by the client's prefetch limit, plus what one batch read before
+//!   the pause (at most 512 messages, themselves within that limit), copied and parked.
 //! - Consumer lag per partition (high watermark − applied) comes from the client's statistics.
 //! - Assigned partitions' messages are read in batches from a queue of the source's own
 //!   ([`queue`]); rebalances and statistics stay on the consumer queue.
