@@ -263,8 +263,14 @@ impl Loop {
             waiting_one = self.retry(topic, partition, m).err();
         }
         if let Some(m) = waiting_one {
-            self.pause(topic, partition);
-            waiting.parked.insert(key, VecDeque::from([m]));
+            // (Behind what waits already: a run parked moments ago by the same message's
+            // `gather`, when memory ran short.)
+            if let Some(q) = waiting.parked.get_mut(&key) {
+                q.push_back(m);
+            } else {
+                self.pause(topic, partition);
+                waiting.parked.insert(key, VecDeque::from([m]));
+            }
         }
     }
 
@@ -399,6 +405,19 @@ impl Loop {
         if self.gather(waiting, &(topic, partition), offset, payload) {
             return;
         }
+        if let Some(q) = waiting.parked.get_mut(&(topic.to_string(), partition)) {
+            // Memory is short, and the run just submitted did not fit: it was parked, and this
+            // message waits behind it, undecoded.
+            if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
+                self.stats.already_applied.fetch_add(1, Relaxed);
+                return;
+            }
+            q.push_back(Parked {
+                offset,
+                item: Item::Raw(payload.to_vec()),
+            });
+            return;
+        }
         if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
             self.stats.already_applied.fetch_add(1, Relaxed);
             return;
@@ -514,5 +533,99 @@ impl Loop {
             }
         }
         tracing::warn!("the Kafka source left its partitions without a revocation within 10 s");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::DecodeConfig;
+    use crate::decode::tests::{kv, request, s, span};
+    use crate::metrics::IngestMetrics;
+    use crate::pipeline::{BatchSink, Overloaded};
+    use prost::Message as _;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::mocking::MockCluster;
+    use trike_engine::Batch;
+    use trike_proto::trace::v1::span::SpanKind;
+
+    /// An engine queue that stays full.
+    struct Full;
+    impl BatchSink for Full {
+        fn submit(&self, batch: Batch, ack: Option<Ack>) -> Result<(), Overloaded> {
+            Err(Overloaded { batch, ack })
+        }
+    }
+
+    /// Scenario: a run of one partition is gathered while memory is normal; then memory runs
+    /// short with the engine queue full, and the partition's next message arrives (the run is
+    /// submitted, does not fit, and is parked; the message then takes the single path, which
+    /// does not fit either).
+    /// Guarantees: the message waits behind the parked run, which is kept (it used to be
+    /// replaced, its offsets pending for ever), and the partition is paused once.
+    #[test]
+    fn a_message_parks_behind_the_run_it_made_park() {
+        let mock = MockCluster::new(1).unwrap();
+        let limiter = Arc::new(crate::memory::MemoryLimiter::new(1 << 30));
+        let pipeline = Arc::new(
+            Pipeline::new(
+                Arc::new(DecodeConfig::default()),
+                Arc::new(Full),
+                Arc::new(IngestMetrics::default()),
+            )
+            .with_memory_limiter(limiter.clone()),
+        );
+        let (progress, stats, parked) = (
+            Arc::new(Progress::new(false)),
+            Arc::new(KafkaSourceStats::default()),
+            super::super::ParkedMap::default(),
+        );
+        let queue = Arc::new(MessageQueue::unopened());
+        let consumer: BaseConsumer<SourceContext> = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", "source-test")
+            .create_with_context(SourceContext {
+                progress: progress.clone(),
+                owner: None,
+                parked: parked.clone(),
+                stats: stats.clone(),
+                queue: queue.clone(),
+            })
+            .unwrap();
+        let lp = Loop {
+            consumer,
+            encoding: Encoding::Protobuf,
+            pipeline,
+            progress,
+            stats: stats.clone(),
+            dead: None,
+            parked: parked.clone(),
+            owned: false,
+            queue,
+        };
+        let body = request(
+            vec![kv("service.name", s("checkout"))],
+            vec![span(
+                "GET /",
+                SpanKind::Server,
+                1_800_000_000_000_000_000,
+                3,
+                vec![],
+                false,
+            )],
+        )
+        .encode_to_vec();
+        let mut waiting = parked.lock();
+        lp.take(&mut waiting, "t_spans", 0, 0, &body);
+        lp.take(&mut waiting, "t_spans", 0, 1, &body);
+        assert!(waiting.run.is_some(), "a run of two, gathered");
+        limiter.update(1 << 31);
+        lp.take(&mut waiting, "t_spans", 0, 2, &body);
+        assert!(waiting.run.is_none());
+        let q = &waiting.parked[&("t_spans".to_string(), 0)];
+        let offsets: Vec<i64> = q.iter().map(|m| m.offset).collect();
+        assert_eq!(offsets, [0, 2], "the run (from 0), then the message");
+        assert!(matches!(q[0].item, Item::Decoded(_)));
+        assert_eq!(stats.pauses.load(Relaxed), 1);
     }
 }
