@@ -45,8 +45,8 @@ struct Open {
     client: usize,
 }
 
-/// A queue of the consumer's own for its messages. Open it on the consumer before the
-/// consumer subscribes, and [close](MessageQueue::close) it before the consumer is dropped:
+/// A queue of the consumer's own for its messages. Open it on the consumer before the first
+/// poll (which may assign partitions), and [close](MessageQueue::close) it before the consumer is dropped:
 /// librdkafka requires its queues destroyed first (the consumer's destruction waits for
 /// them: a queue never closed is leaked, and the drop of its consumer hangs).
 pub struct MessageQueue {
@@ -54,6 +54,8 @@ pub struct MessageQueue {
     open: parking_lot::RwLock<Option<Open>>,
     /// The offset each partition was last sought back to, for an error there.
     sought: parking_lot::Mutex<std::collections::HashMap<(String, i32), i64>>,
+    /// A wake not yet seen by a read.
+    woken: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for MessageQueue {
@@ -91,37 +93,46 @@ impl MessageQueue {
         Self {
             open: parking_lot::RwLock::new(None),
             sought: Default::default(),
+            woken: Default::default(),
         }
     }
 
     /// Opens the queue on `consumer`'s client (before it subscribes). Opening again does
     /// nothing.
     pub fn open<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
-        let mut open = self.open.write();
-        if open.is_some() {
+        if self.open.read().is_some() {
             return;
         }
         let rk = client_of(consumer);
+        // (Made before the lock is taken: getting the consumer queue takes that queue's lock,
+        // under which librdkafka calls the non-empty callback, which takes ours.)
         // SAFETY: the client is alive (the consumer is borrowed). Both handles are ours,
-        // destroyed once, in `close`.
+        // destroyed once: in `close`, or here when not kept.
         let (messages, events) = unsafe {
             (
                 rd::rd_kafka_queue_new(rk),
                 rd::rd_kafka_queue_get_consumer(rk),
             )
         };
-        let Some(messages) = NonNull::new(messages) else {
-            if let Some(e) = NonNull::new(events) {
-                // SAFETY: the handle was just made, and is not kept.
-                unsafe { rd::rd_kafka_queue_destroy(e.as_ptr()) };
-            }
-            return;
-        };
-        *open = Some(Open {
-            messages: QueuePtr(messages),
+        let made = NonNull::new(messages).map(|m| Open {
+            messages: QueuePtr(m),
             events: NonNull::new(events).map(QueuePtr),
             client: rk as usize,
         });
+        let mut open = self.open.write();
+        if open.is_none() && made.is_some() {
+            *open = made;
+            return;
+        }
+        drop(open);
+        // SAFETY: made here and not kept (opened already, or the queue could not be made).
+        unsafe {
+            if let Some(o) = made {
+                destroy(o);
+            } else if !events.is_null() {
+                rd::rd_kafka_queue_destroy(events);
+            }
+        }
     }
 
     /// The open handles, when `consumer` is the one they were opened on.
@@ -175,6 +186,9 @@ impl MessageQueue {
     /// Ends a wait in [`MessageQueue::consume`] now (or the next wait, when none is under
     /// way): for the consumer queue's non-empty callback, from any thread.
     pub fn wake(&self) {
+        // Noted first: a wake that lands before a read has begun to wait (the queue's own
+        // flag is used up by a read that does not wait) still ends that wait.
+        self.woken.store(true, std::sync::atomic::Ordering::SeqCst);
         // (Recursive: librdkafka may call back on the thread that holds the lock to consume.)
         if let Some(o) = self.open.read_recursive().as_ref() {
             // SAFETY: the handle is open (the lock is held: `close` cannot destroy it), and
@@ -227,7 +241,10 @@ impl MessageQueue {
         };
         // Fetched messages first, without waiting; when there were none, wait for one (a
         // batch read with a wait returns only when full, or when the wait is over).
-        if read(0, max.max(1)) == 0 && wait_ms > 0 {
+        if read(0, max.max(1)) == 0
+            && wait_ms > 0
+            && !self.woken.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
             read(wait_ms, 1);
         }
         let n = batch.messages.len();
@@ -260,18 +277,34 @@ impl MessageQueue {
     /// partitions still forwarded to it lose what they fetch (librdkafka drops what reaches a
     /// destroyed queue).
     pub fn close<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
-        let mut open = self.open.write();
-        if Self::of(&open, consumer).is_none() {
-            return;
-        }
-        let Some(o) = open.take() else { return };
-        // SAFETY: the handles are ours, taken out under the lock: destroyed once, and no one
-        // uses them after; the client is alive (borrowed).
-        unsafe {
-            rd::rd_kafka_queue_destroy(o.messages.0.as_ptr());
-            if let Some(e) = o.events {
-                rd::rd_kafka_queue_destroy(e.0.as_ptr());
+        // Taken out under the lock, destroyed after it: destroying the consumer queue's handle
+        // takes that queue's lock, under which librdkafka calls the non-empty callback, which
+        // takes ours (a wake would wait on us while we waited on it).
+        let taken = {
+            let mut open = self.open.write();
+            if Self::of(&open, consumer).is_none() {
+                return;
             }
+            open.take()
+        };
+        if let Some(o) = taken {
+            // SAFETY: the handles are ours and taken out under the lock: no one can reach them
+            // after, and they are destroyed once; the client is alive (borrowed).
+            unsafe { destroy(o) };
+        }
+    }
+}
+
+/// Destroys an open queue's handles.
+///
+/// # Safety
+/// The handles must be live, and not used after.
+unsafe fn destroy(o: Open) {
+    // SAFETY: the caller's.
+    unsafe {
+        rd::rd_kafka_queue_destroy(o.messages.0.as_ptr());
+        if let Some(e) = o.events {
+            rd::rd_kafka_queue_destroy(e.0.as_ptr());
         }
     }
 }
@@ -581,7 +614,7 @@ mod tests {
     /// Scenario: a partition assigned at an offset past its end, with no reset allowed; then
     /// a read waiting 30 s, woken from another thread.
     /// Guarantees: the partition's error comes through the queue as an error; a wake ends a
-    /// wait at once.
+    /// wait at once, and so does a wake that came before the read.
     #[test]
     fn an_error_is_handed_over_and_a_wake_ends_a_wait() {
         let mock = MockCluster::new(1).unwrap();
@@ -620,6 +653,15 @@ mod tests {
             "woken, not timed out"
         );
         waker.join().unwrap();
+        // A wake before the read (as when an event arrives while a batch is handled) ends the
+        // read's wait too: the queue's own flag is used up by the read that does not wait.
+        queue.wake();
+        let started = Instant::now();
+        assert_eq!(queue.consume(&c, Duration::from_secs(30), 8, |_| ()), 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a wake is not lost"
+        );
     }
 
     /// Scenario: 20 messages read; then the broker fails the next fetches of the partition

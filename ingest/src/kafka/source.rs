@@ -458,6 +458,12 @@ impl Loop {
                 }
                 Self::wait(&waiting)
             };
+            // (More events than a turn serves: no waiting for messages before the next turn.)
+            let wait = if self.queue.events_waiting(&self.consumer) {
+                0
+            } else {
+                wait
+            };
             // One lock for the batch, taken with its first message (rebalance callbacks run
             // only inside `poll`).
             let mut waiting = None;
