@@ -284,6 +284,7 @@ impl SourceContext {
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
+        self.queue.forget(parts);
         if let Some(owner) = &self.owner {
             owner.revoking(parts);
         }

@@ -209,6 +209,7 @@ impl Loop {
         if let Err(e) = self.consumer.pause(&tpl) {
             tracing::warn!(%topic, partition, error = %e, "pausing a partition");
         }
+        self.queue.paused(&self.consumer, topic, partition);
         self.stats.pauses.fetch_add(1, Relaxed);
         self.stats.paused.fetch_add(1, Relaxed);
     }
