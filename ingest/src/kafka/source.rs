@@ -389,34 +389,16 @@ impl Loop {
         offset: i64,
         payload: &[u8],
     ) {
-        if !waiting.parked.is_empty()
-            && let Some(q) = waiting.parked.get_mut(&(topic.to_string(), partition))
-        {
-            if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
-                self.stats.already_applied.fetch_add(1, Relaxed);
-                return;
-            }
-            // Prefetched before the pause took effect: keep the partition's order.
-            q.push_back(Parked {
-                offset,
-                item: Item::Raw(payload.to_vec()),
-            });
+        // Prefetched before the pause took effect: keep the partition's order.
+        if self.park_behind(waiting, topic, partition, offset, payload) {
             return;
         }
         if self.gather(waiting, &(topic, partition), offset, payload) {
             return;
         }
-        if let Some(q) = waiting.parked.get_mut(&(topic.to_string(), partition)) {
-            // Memory is short, and the run just submitted did not fit: it was parked, and this
-            // message waits behind it, undecoded.
-            if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
-                self.stats.already_applied.fetch_add(1, Relaxed);
-                return;
-            }
-            q.push_back(Parked {
-                offset,
-                item: Item::Raw(payload.to_vec()),
-            });
+        // Memory is short, and the run just submitted did not fit: it was parked, and this
+        // message waits behind it.
+        if self.park_behind(waiting, topic, partition, offset, payload) {
             return;
         }
         if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
@@ -437,6 +419,33 @@ impl Loop {
             },
         };
         self.hand_over(waiting, key, parked);
+    }
+
+    /// Parks a message, undecoded, behind its partition's parked messages, if it has any
+    /// (true then, and when it was applied already).
+    fn park_behind(
+        &self,
+        waiting: &mut Waiting,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+    ) -> bool {
+        if waiting.parked.is_empty() {
+            return false;
+        }
+        let Some(q) = waiting.parked.get_mut(&(topic.to_string(), partition)) else {
+            return false;
+        };
+        if self.progress.read(topic, partition, offset) == Read::AlreadyApplied {
+            self.stats.already_applied.fetch_add(1, Relaxed);
+        } else {
+            q.push_back(Parked {
+                offset,
+                item: Item::Raw(payload.to_vec()),
+            });
+        }
+        true
     }
 
     pub(super) fn run(mut self, stop: &AtomicBool) {
