@@ -121,5 +121,62 @@ fn graph_calls(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, single_span_records, graph_calls);
+/// The Kafka bench's records (`trike_benches::kafka_service`, one span each), here from memory
+/// rather than a broker: what the gateway's source thread does per record apart from reading
+/// it off librdkafka's queue. Decoded in runs of 512 (a batch read), each run into one batch
+/// with one key table; and the same followed by the gateway's partials (as `PartialsSink` adds
+/// each run, and takes them once at the end, as a flush does).
+fn kafka_bench_records(c: &mut Criterion) {
+    use rand::SeedableRng;
+    let n = 10_000;
+    let end = 1_800_000_000_000_000_000;
+    let svc = trike_benches::kafka_service();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let records: Vec<Vec<u8>> = (0..n)
+        .map(|_| {
+            svc.request(1, end, 60_000_000_000, &mut rng)
+                .encode_to_vec()
+        })
+        .collect();
+    println!(
+        "kafka bench records: {} bytes each on average",
+        records.iter().map(Vec::len).sum::<usize>() / n
+    );
+    let cfg = DecodeConfig::default();
+    let decode_runs = || {
+        records
+            .chunks(512)
+            .map(|run| {
+                let mut out = Decoded::default();
+                let mut keys = Keys::default();
+                for r in run {
+                    traces_proto_into(black_box(r), &cfg, &mut out, &mut keys).unwrap();
+                }
+                out
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut g = c.benchmark_group("kafka_bench_records_10000");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("decode", |b| b.iter(|| black_box(decode_runs())));
+    let engine = std::sync::Arc::new(trike_engine::EngineConfig::default());
+    g.bench_function("decode_and_partials", |b| {
+        b.iter(|| {
+            let mut builder = trike_engine::partials::PartialBuilder::new(engine.clone());
+            for out in decode_runs() {
+                builder.add(&out.batch, end);
+            }
+            black_box(builder.take())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    decode,
+    single_span_records,
+    graph_calls,
+    kafka_bench_records
+);
 criterion_main!(benches);

@@ -95,6 +95,23 @@ pub fn trace_request(n: usize, routes: usize, end_ns: u64) -> ExportTraceService
     }
 }
 
+/// The service whose requests the Kafka bench writes, one span per record (about 460 bytes):
+/// one version, 20 long routes, log-normal latencies (median 30 ms), 1 % errors.
+pub fn kafka_service() -> trike::synth::Service {
+    trike::synth::Service {
+        name: "bench-kafka-checkout".into(),
+        version: "2026.11.23-build.4711".into(),
+        routes: (0..20)
+            .map(|i| format!("/api/v2/storefront/{{tenant}}/cart/items/{{item}}/checkout/confirm-payment-and-reserve-inventory/{i}"))
+            .collect(),
+        behaviour: trike::synth::Behaviour {
+            median_ms: 30.0,
+            sigma: 0.5,
+            error_ratio: 0.01,
+        },
+    }
+}
+
 /// CPU seconds (user + system) of process `pid` (`"self"` for this one), all its threads,
 /// from `/proc` (Linux).
 pub fn cpu_seconds_of(pid: &str) -> f64 {

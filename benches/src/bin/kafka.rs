@@ -137,18 +137,7 @@ fn produce(brokers: &str, topic: &str, n: usize) -> f64 {
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("producer");
-    let svc = trike::synth::Service {
-        name: "bench-kafka-checkout".into(),
-        version: "2026.11.23-build.4711".into(),
-        routes: (0..20)
-            .map(|i| format!("/api/v2/storefront/{{tenant}}/cart/items/{{item}}/checkout/confirm-payment-and-reserve-inventory/{i}"))
-            .collect(),
-        behaviour: trike::synth::Behaviour {
-            median_ms: 30.0,
-            sigma: 0.5,
-            error_ratio: 0.01,
-        },
-    };
+    let svc = trike_benches::kafka_service();
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut bytes = 0usize;
     let now = trike_runtime::clock::now_nanos();
@@ -363,6 +352,11 @@ fn latency(brokers: &str, topic: &str, n: usize) -> Vec<f64> {
 fn pct(v: &[f64], q: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * q).round() as usize]
 }
+
+/// The allocator `trike` runs with (librdkafka's too), so the consumers measured here allocate
+/// as they do there.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() {
