@@ -84,8 +84,9 @@ pub fn key_value_raw(buf: &[u8]) -> Result<(&[u8], RawValue<'_>), DecodeError> {
 
 /// A `KeyValue` laid out as SDKs write a short one: the key, then an `AnyValue` holding only
 /// a string or an integer, every length one byte. Read by matching that layout; None for any
-/// other (then [`key_value_walk`] reads it, to the same result where both do).
-#[inline]
+/// other (then [`key_value_walk`] reads it, to the same result where both do). Inlined: as a
+/// call, its result went back through memory, and reading it stalled the span's decoding.
+#[inline(always)]
 fn key_value_plain(buf: &[u8]) -> Option<(&[u8], RawValue<'_>)> {
     let key = leading_key(buf)?;
     let [0x12, len, any @ ..] = &buf[2 + key.len()..] else {

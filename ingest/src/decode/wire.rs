@@ -57,14 +57,19 @@ impl<'a> Reader<'a> {
 
     #[inline(always)]
     fn varint(&mut self) -> Result<u64, WireError> {
-        // Fast path: most keys and lengths fit in one byte.
-        if let Some(&b) = self.buf.get(self.pos)
-            && b < 0x80
-        {
-            self.pos += 1;
-            return Ok(u64::from(b));
+        // Fast paths: most keys and lengths fit in one byte, and the lengths of a span and of
+        // the messages holding it (under 16 KiB) in two.
+        match self.buf.get(self.pos..) {
+            Some([b, ..]) if *b < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(*b))
+            }
+            Some([b0, b1, ..]) if *b1 < 0x80 => {
+                self.pos += 2;
+                Ok(u64::from(b0 & 0x7f) | (u64::from(*b1) << 7))
+            }
+            _ => self.varint_slow(),
         }
-        self.varint_slow()
     }
 
     #[cold]
@@ -129,6 +134,28 @@ pub fn utf8<'a>(b: &'a [u8], what: &str) -> Result<&'a str, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Guarantees: a varint of any length (one and two bytes take fast paths) reads as the
+        /// value prost wrote, and the field after it is read from where it ends.
+        #[test]
+        fn varints_of_every_length_read_as_written(value: u64, bits in 0u32..64) {
+            let value = value >> bits;
+            let mut msg = vec![0x08];
+            prost::encoding::encode_varint(value, &mut msg);
+            msg.extend([0x10, 0x01]);
+            let mut r = Reader::new(&msg);
+            prop_assert_eq!(r.next().unwrap(), Some((1, Value::Varint(value))));
+            prop_assert_eq!(r.next().unwrap(), Some((2, Value::Varint(1))));
+            prop_assert_eq!(r.next().unwrap(), None);
+            // Cut inside the varint: an error, never a value.
+            let len = msg.len() - 2;
+            for cut in 2..len {
+                prop_assert_eq!(Reader::new(&msg[..cut]).next(), Err(WireError::Truncated));
+            }
+        }
+    }
 
     /// Guarantees: every wire type decodes; truncation anywhere is an error, never a panic.
     #[test]
