@@ -137,11 +137,13 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// Guarantees: a varint of any length (one and two bytes take fast paths) reads as the
-        /// value prost wrote, and the field after it is read from where it ends.
+        /// Guarantees: a varint of any length, 1 to 10 bytes (one and two bytes take fast
+        /// paths), reads as the value prost wrote, and the field after it is read from where
+        /// it ends; cut anywhere inside, it is an error, never a value.
         #[test]
-        fn varints_of_every_length_read_as_written(value: u64, bits in 0u32..64) {
-            let value = value >> bits;
+        fn varints_of_every_length_read_as_written(value: u64, bits in 0u32..=64) {
+            // Top bit set, then shifted: every bit length as often as any other (0 included).
+            let value = (value | 1 << 63).checked_shr(bits).unwrap_or(0);
             let mut msg = vec![0x08];
             prost::encoding::encode_varint(value, &mut msg);
             msg.extend([0x10, 0x01]);
@@ -149,10 +151,26 @@ mod tests {
             prop_assert_eq!(r.next().unwrap(), Some((1, Value::Varint(value))));
             prop_assert_eq!(r.next().unwrap(), Some((2, Value::Varint(1))));
             prop_assert_eq!(r.next().unwrap(), None);
-            // Cut inside the varint: an error, never a value.
-            let len = msg.len() - 2;
-            for cut in 2..len {
+            let varint_end = msg.len() - 2;
+            for cut in 1..varint_end {
                 prop_assert_eq!(Reader::new(&msg[..cut]).next(), Err(WireError::Truncated));
+            }
+        }
+    }
+
+    /// Guarantees: the fast paths read what the byte-by-byte path reads, for every buffer of
+    /// one and two bytes (non-canonical ones like `[0x80, 0x00]` included), alone and followed
+    /// by a byte.
+    #[test]
+    fn fast_varints_read_as_the_slow_path_reads() {
+        for b0 in 0..=255u8 {
+            for b1 in (0..=255u8).map(Some).chain([None]) {
+                for tail in [None, Some(0x00), Some(0x80)] {
+                    let buf: Vec<u8> = [Some(b0), b1, tail].into_iter().flatten().collect();
+                    let (mut fast, mut slow) = (Reader::new(&buf), Reader::new(&buf));
+                    assert_eq!(fast.varint(), slow.varint_slow(), "{buf:?}");
+                    assert_eq!(fast.pos, slow.pos, "{buf:?}");
+                }
             }
         }
     }
