@@ -124,8 +124,9 @@ fn graph_calls(c: &mut Criterion) {
 /// The Kafka bench's records (`trike_benches::kafka_service`, one span each), here from memory
 /// rather than a broker: what the gateway's source thread does per record apart from reading
 /// it off librdkafka's queue. Decoded in runs of 512 (a batch read), each run into one batch
-/// with one key table; and the same followed by the gateway's partials (as `PartialsSink` adds
-/// each run, and takes them once at the end, as a flush does).
+/// with its own key table, the operation names carried from run to run (as the source carries
+/// them); and the same followed by the gateway's partials (as `PartialsSink` adds each run,
+/// and takes them once at the end, as a flush does).
 fn kafka_bench_records(c: &mut Criterion) {
     use rand::SeedableRng;
     let n = 10_000;
@@ -144,14 +145,17 @@ fn kafka_bench_records(c: &mut Criterion) {
     );
     let cfg = DecodeConfig::default();
     let decode_runs = || {
+        // (Operation names are carried from run to run, as the source does.)
+        let mut carried = Keys::default();
         records
             .chunks(512)
             .map(|run| {
                 let mut out = Decoded::default();
-                let mut keys = Keys::default();
+                let mut keys = carried.for_next_batch();
                 for r in run {
                     traces_proto_into(black_box(r), &cfg, &mut out, &mut keys).unwrap();
                 }
+                carried = keys;
                 out
             })
             .collect::<Vec<_>>()

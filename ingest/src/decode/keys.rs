@@ -162,6 +162,18 @@ impl Place {
 const RESOURCES_CACHED: usize = 256;
 const RESOURCE_CACHED_BYTES: usize = 4096;
 
+impl Keys {
+    /// The tables for the next batch: what names this batch's keys is left behind, and the
+    /// operation names scrubbed so far are carried over (as the Kafka source carries them from
+    /// run to run).
+    pub fn for_next_batch(&mut self) -> Keys {
+        Keys {
+            names: std::mem::take(&mut self.names),
+            ..Keys::default()
+        }
+    }
+}
+
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keys").finish_non_exhaustive()

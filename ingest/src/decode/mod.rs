@@ -20,6 +20,8 @@ mod tests_calls_logs;
 #[cfg(test)]
 mod tests_keys;
 #[cfg(test)]
+mod tests_layouts;
+#[cfg(test)]
 mod tests_usage;
 mod traces;
 pub mod wire;

@@ -74,6 +74,8 @@ struct SpanFacts<'a> {
     dims: Dims<'a>,
 }
 
+/// A span's kind before it is read (`SPAN_KIND_UNSPECIFIED`, which protobuf does not write).
+const KIND_UNREAD: u64 = 0;
 /// Span kinds (OTLP numbers) of the two sides of a call.
 const CLIENT_KINDS: [u64; 2] = [3, 4];
 const SERVER_KINDS: [u64; 2] = [2, 5];
@@ -112,9 +114,11 @@ pub fn traces_proto_into(
     keys.names.follow(&cfg.scrub);
     let mut r = Reader::new(buf);
     let read = (|| {
-        while let Some((f, v)) = r.next()? {
-            if let (1, Value::Bytes(rs)) = (f, v) {
-                resource_spans(rs, cfg, out, keys)?;
+        while let Some(key) = r.key()? {
+            if key == 0x0a {
+                resource_spans(r.bytes()?, cfg, out, keys)?;
+            } else {
+                r.value(key)?;
             }
         }
         Ok(())
@@ -139,24 +143,66 @@ pub fn traces_proto_into(
     read
 }
 
-/// Whether a span attribute's key is one the SLIs read (and, on a client span whose calls the
-/// graph reads, one naming its peer).
-#[inline]
-fn span_key_used(cfg: &DecodeConfig, k: &[u8], client: bool) -> bool {
-    matches!(
-        k,
-        b"http.route"
-            | b"rpc.method"
-            | b"http.response.status_code"
-            | b"http.status_code"
-            | b"rpc.grpc.status_code"
-    ) || (client
-        && matches!(
-            k,
-            b"peer.service" | b"server.address" | b"net.peer.name" | b"db.system"
-        ))
-        || k == cfg.version_attribute.as_bytes()
-        || dim_index(cfg, k).is_some()
+/// What a span attribute is to the SLIs, by its key: read once per attribute, to decide
+/// whether its value is decoded and then where it goes.
+#[derive(Clone, Copy)]
+struct KeyUse {
+    /// One of OTLP's keys the SLIs read.
+    known: Known,
+    /// It is the configured version attribute.
+    version: bool,
+    /// It is the configured dimension of this index.
+    dim: Option<usize>,
+}
+
+/// The span attributes with fixed keys that are read.
+#[derive(Clone, Copy)]
+enum Known {
+    Route,
+    RpcMethod,
+    HttpStatus,
+    GrpcStatus,
+    /// What a client span names its peer (`peer.service`, then `server.address` or
+    /// `net.peer.name`, then `db.system`), by precedence; read only on a client span whose
+    /// calls the graph reads.
+    Peer(usize),
+    None,
+}
+
+impl KeyUse {
+    #[inline(always)]
+    fn of(cfg: &DecodeConfig, k: &[u8]) -> Self {
+        // By length first: a key of no use (most are) costs a jump and at most two
+        // comparisons, not one per key read.
+        let known = match k.len() {
+            9 if k == b"db.system" => Known::Peer(2),
+            10 if k == b"http.route" => Known::Route,
+            10 if k == b"rpc.method" => Known::RpcMethod,
+            12 if k == b"peer.service" => Known::Peer(0),
+            13 if k == b"net.peer.name" => Known::Peer(1),
+            14 if k == b"server.address" => Known::Peer(1),
+            16 if k == b"http.status_code" => Known::HttpStatus,
+            20 if k == b"rpc.grpc.status_code" => Known::GrpcStatus,
+            25 if k == b"http.response.status_code" => Known::HttpStatus,
+            _ => Known::None,
+        };
+        KeyUse {
+            known,
+            version: k == cfg.version_attribute.as_bytes(),
+            dim: dim_index(cfg, k),
+        }
+    }
+
+    /// Whether the value is read (`client`: whether the span may be a client span whose
+    /// calls the graph reads).
+    #[inline(always)]
+    fn used(self, client: impl FnOnce() -> bool) -> bool {
+        match self.known {
+            Known::None => self.version || self.dim.is_some(),
+            Known::Peer(_) => self.version || self.dim.is_some() || client(),
+            _ => true,
+        }
+    }
 }
 
 fn dim_index(cfg: &DecodeConfig, key: &[u8]) -> Option<usize> {
@@ -178,10 +224,12 @@ fn resource_spans(
     };
     let (mut only, mut resources) = (None, 0);
     let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        if let (1, Value::Bytes(resource)) = (f, v) {
-            only = Some(resource);
+    while let Some(key) = r.key()? {
+        if key == 0x0a {
+            only = Some(r.bytes()?);
             resources += 1;
+        } else {
+            r.value(key)?;
         }
     }
     let Keys {
@@ -215,14 +263,18 @@ fn resource_spans(
     // The service's name as the service graph keeps it, made once per resource when needed.
     let mut service: Option<Arc<str>> = None;
     let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        if let (2, Value::Bytes(scope_spans)) = (f, v) {
-            let mut sr = Reader::new(scope_spans);
-            while let Some((f, v)) = sr.next()? {
-                if let (2, Value::Bytes(span)) = (f, v) {
-                    out.received += 1;
-                    one_span(span, cfg, &res, out, &mut tables, &mut service)?;
-                }
+    while let Some(key) = r.key()? {
+        if key != 0x12 {
+            r.value(key)?;
+            continue;
+        }
+        let mut sr = Reader::new(r.bytes()?);
+        while let Some(key) = sr.key()? {
+            if key == 0x12 {
+                out.received += 1;
+                one_span(sr.bytes()?, cfg, &res, out, &mut tables, &mut service)?;
+            } else {
+                sr.value(key)?;
             }
         }
     }
@@ -252,7 +304,7 @@ fn read_resource<'a>(
     if let Some(p) = m.version {
         res.version = Some(p.read(resource));
     }
-    for (slot, at) in res.dims.iter_mut().zip(m.dims) {
+    for (slot, at) in res.dims.iter_mut().zip(&m.dims).take(cfg.dimensions.len()) {
         if let Some(p) = at {
             *slot = Some(p.read(resource));
         }
@@ -300,6 +352,53 @@ fn read_attributes<'a>(
     Ok(found)
 }
 
+/// Reads a span attribute (a `KeyValue`'s bytes) into `s` when it is one the SLIs use: an
+/// attribute over the limits is dropped, one whose key is of no use is not decoded further.
+#[inline(always)]
+fn span_attribute<'a>(
+    kv: &'a [u8],
+    cfg: &DecodeConfig,
+    s: &mut SpanFacts<'a>,
+    read: &mut usize,
+    out: &mut Decoded,
+) -> Result<(), DecodeError> {
+    if !cfg.attrs.admits(read, kv.len()) {
+        out.attributes_dropped += 1;
+        return Ok(());
+    }
+    // The key is read first (as SDKs write it), and the value decoded only when it is used.
+    let lead = leading_key(kv).map(|k| (k, KeyUse::of(cfg, k)));
+    // (A span's kind may come after its attributes on the wire: until it is read, a span may
+    // be a client.)
+    let client = || cfg.calls && (s.kind == KIND_UNREAD || CLIENT_KINDS.contains(&s.kind));
+    if let Some((_, u)) = lead
+        && !u.used(client)
+    {
+        return Ok(());
+    }
+    let (k, val) = key_value_raw(kv)?;
+    let u = match lead {
+        // (The same key, unless a second key field came after the first: the last wins.)
+        Some((l, u)) if std::ptr::eq(l, k) => u,
+        _ => KeyUse::of(cfg, k),
+    };
+    match u.known {
+        Known::Route => s.http_route = Some(val),
+        Known::RpcMethod => s.rpc_method = Some(val),
+        Known::HttpStatus => s.http_status = Some(val),
+        Known::GrpcStatus => s.grpc_status = Some(val),
+        Known::Peer(i) => s.peer[i] = Some(val),
+        Known::None => {}
+    }
+    if u.version {
+        s.version = Some(val);
+    }
+    if let Some(i) = u.dim {
+        s.dims[i] = Some(val);
+    }
+    Ok(())
+}
+
 fn one_span(
     buf: &[u8],
     cfg: &DecodeConfig,
@@ -311,55 +410,35 @@ fn one_span(
     let mut s = SpanFacts::default();
     let mut read = 0;
     let mut r = Reader::new(buf);
-    while let Some((f, v)) = r.next()? {
-        match (f, v) {
-            (1, Value::Bytes(b)) => {
+    // Keys matched whole (field number << 3 | wire type): OTLP's fields, each read as its
+    // type; any other key (another field, or a known one of another type) is read and
+    // checked, and skipped.
+    while let Some(key) = r.key()? {
+        match key {
+            0x0a => {
+                let b = r.bytes()?;
                 s.trace_id = b;
                 s.trace_id_len = b.len();
                 s.trace_id_zero = b.iter().all(|&x| x == 0);
             }
-            (2, Value::Bytes(b)) => s.span_id = b,
-            (4, Value::Bytes(b)) => s.parent_span_id = b,
-            (5, Value::Bytes(b)) => s.name = b,
-            (6, Value::Varint(k)) => s.kind = k,
-            (7, Value::Fixed64(t)) => s.start = t,
-            (8, Value::Fixed64(t)) => s.end = t,
-            (9, Value::Bytes(kv)) if !cfg.attrs.admits(&mut read, kv.len()) => {
-                out.attributes_dropped += 1;
-            }
-            // An attribute whose key is of no use is not decoded further.
-            (9, Value::Bytes(kv))
-                if leading_key(kv).is_some_and(|k| {
-                    !span_key_used(cfg, k, cfg.calls && CLIENT_KINDS.contains(&s.kind))
-                }) => {}
-            (9, Value::Bytes(kv)) => {
-                let (k, val) = key_value_raw(kv)?;
-                match k {
-                    b"http.route" => s.http_route = Some(val),
-                    b"rpc.method" => s.rpc_method = Some(val),
-                    b"http.response.status_code" | b"http.status_code" => s.http_status = Some(val),
-                    b"rpc.grpc.status_code" => s.grpc_status = Some(val),
-                    b"peer.service" => s.peer[0] = Some(val),
-                    b"server.address" | b"net.peer.name" => s.peer[1] = Some(val),
-                    b"db.system" => s.peer[2] = Some(val),
-                    _ => {}
-                }
-                if k == cfg.version_attribute.as_bytes() {
-                    s.version = Some(val);
-                }
-                if let Some(i) = dim_index(cfg, k) {
-                    s.dims[i] = Some(val);
-                }
-            }
-            (15, Value::Bytes(status)) => {
-                let mut sr = Reader::new(status);
+            0x12 => s.span_id = r.bytes()?,
+            0x22 => s.parent_span_id = r.bytes()?,
+            0x2a => s.name = r.bytes()?,
+            0x30 => s.kind = r.varint()?,
+            0x39 => s.start = r.fixed64()?,
+            0x41 => s.end = r.fixed64()?,
+            0x4a => span_attribute(r.bytes()?, cfg, &mut s, &mut read, out)?,
+            0x7a => {
+                let mut sr = Reader::new(r.bytes()?);
                 while let Some((f, v)) = sr.next()? {
                     if let (3, Value::Varint(code)) = (f, v) {
                         s.status_error = code == STATUS_ERROR;
                     }
                 }
             }
-            _ => {}
+            other => {
+                r.value(other)?;
+            }
         }
     }
     let int = |v: Option<RawValue<'_>>| v.and_then(|v| v.check().ok()).and_then(|v| v.as_int());

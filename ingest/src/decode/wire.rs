@@ -8,7 +8,7 @@ use super::DecodeError;
 pub enum WireError {
     /// The message ended inside a field.
     Truncated,
-    /// A varint longer than 10 bytes.
+    /// A varint longer than 10 bytes, or whose tenth byte carries more than the 64th bit.
     LongVarint,
     /// Field number 0 or beyond 2^29.
     BadField(u64),
@@ -20,7 +20,7 @@ impl From<WireError> for DecodeError {
     fn from(e: WireError) -> Self {
         match e {
             WireError::Truncated => DecodeError::Truncated,
-            WireError::LongVarint => DecodeError::Malformed("varint longer than 10 bytes".into()),
+            WireError::LongVarint => DecodeError::Malformed("varint longer than 64 bits".into()),
             WireError::BadField(f) => DecodeError::Malformed(format!("invalid field number {f}")),
             WireError::BadWireType(wt, f) => {
                 DecodeError::Malformed(format!("wire type {wt} (field {f}) is not used by OTLP"))
@@ -55,8 +55,9 @@ impl<'a> Reader<'a> {
         Self { buf, pos: 0 }
     }
 
+    /// A varint value (wire type 0).
     #[inline(always)]
-    fn varint(&mut self) -> Result<u64, WireError> {
+    pub fn varint(&mut self) -> Result<u64, WireError> {
         // Fast paths: most keys and lengths fit in one byte, and the lengths of a span and of
         // the messages holding it (under 16 KiB) in two.
         match self.buf.get(self.pos..) {
@@ -80,6 +81,10 @@ impl<'a> Reader<'a> {
                 return Err(WireError::Truncated);
             };
             self.pos += 1;
+            if i == 9 && b > 1 {
+                // (Bits past the 64th: prost rejects such a varint too.)
+                return Err(WireError::LongVarint);
+            }
             out |= u64::from(b & 0x7f) << (7 * i);
             if b < 0x80 {
                 return Ok(out);
@@ -100,29 +105,56 @@ impl<'a> Reader<'a> {
     #[allow(clippy::should_implement_trait)]
     #[inline(always)]
     pub fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, WireError> {
+        let Some(key) = self.key()? else {
+            return Ok(None);
+        };
+        self.value(key).map(Some)
+    }
+
+    /// The next field's key (field number << 3 | wire type), `None` at the end of the
+    /// message. Its value is read next: by [`Reader::bytes`], [`Reader::varint`],
+    /// [`Reader::fixed64`] when the key says that is its type, or else by [`Reader::value`].
+    /// (A hot loop matches whole keys, like `0x0a` for field 1's bytes, and reads just that.)
+    #[inline(always)]
+    pub fn key(&mut self) -> Result<Option<u64>, WireError> {
         if self.pos >= self.buf.len() {
             return Ok(None);
         }
-        let key = self.varint()?;
+        self.varint().map(Some)
+    }
+
+    /// The value of a field whose key was just read: checked as [`Reader::next`] checks it.
+    #[inline(always)]
+    pub fn value(&mut self, key: u64) -> Result<(u32, Value<'a>), WireError> {
         let field = u32::try_from(key >> 3).map_err(|_| WireError::BadField(key >> 3))?;
         if field == 0 {
             return Err(WireError::BadField(0));
         }
         let v = match key & 7 {
             0 => Value::Varint(self.varint()?),
-            1 => Value::Fixed64(u64::from_le_bytes(
-                self.take(8)?.try_into().expect("8 bytes"),
-            )),
-            2 => {
-                let len = usize::try_from(self.varint()?).map_err(|_| WireError::Truncated)?;
-                Value::Bytes(self.take(len)?)
-            }
+            1 => Value::Fixed64(self.fixed64()?),
+            2 => Value::Bytes(self.bytes()?),
             5 => Value::Fixed32(u32::from_le_bytes(
                 self.take(4)?.try_into().expect("4 bytes"),
             )),
             wt => return Err(WireError::BadWireType(wt as u8, u64::from(field))),
         };
-        Ok(Some((field, v)))
+        Ok((field, v))
+    }
+
+    /// A length-delimited value (wire type 2).
+    #[inline(always)]
+    pub fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let len = usize::try_from(self.varint()?).map_err(|_| WireError::Truncated)?;
+        self.take(len)
+    }
+
+    /// A fixed 64-bit value (wire type 1).
+    #[inline(always)]
+    pub fn fixed64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 
@@ -173,6 +205,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Guarantees: a varint is read as prost reads it, or rejected where prost rejects it: ten
+    /// bytes whose last carries more than the 64th bit, and eleven bytes or more.
+    #[test]
+    fn varints_past_64_bits_are_rejected_as_prost_rejects_them() {
+        let mut ones = vec![0xff; 9];
+        for last in [0x00, 0x01, 0x02, 0x7f, 0x80] {
+            ones.truncate(9);
+            ones.push(last);
+            ones.push(0x00);
+            let ours = Reader::new(&ones).varint();
+            let prosts = prost::encoding::decode_varint(&mut &ones[..]);
+            match prosts {
+                Ok(v) => assert_eq!(ours, Ok(v), "{ones:?}"),
+                Err(_) => assert_eq!(ours, Err(WireError::LongVarint), "{ones:?}"),
+            }
+        }
+        assert_eq!(Reader::new(&[0xff; 9]).varint(), Err(WireError::Truncated));
     }
 
     /// Guarantees: every wire type decodes; truncation anywhere is an error, never a panic.
