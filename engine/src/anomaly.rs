@@ -61,8 +61,8 @@ pub struct AnomalyPoint {
 pub struct WatchSnapshot {
     /// Service, metric, detector and its latest verdict. A stream written by a release with
     /// another detector is left out when read (it starts afresh; the rest of the record is
-    /// read as written); one written before silences were judged is read, and the watch
-    /// turns its silences on or off when it next samples it.
+    /// read as written); one written before silences were judged, or with other settings,
+    /// is read, and takes on the watch's settings when the watch next samples it.
     #[serde(deserialize_with = "crate::saved::of_this_release")]
     pub streams: Vec<Stream>,
 }
@@ -125,9 +125,9 @@ impl SliWatch {
                     .streams
                     .entry(key)
                     .or_insert_with(|| (Detector::new(cfg), None));
-                // A detector taken over from a checkpoint or another processor may have been
-                // saved before silences were judged.
-                d.judge_silences(silence);
+                // A detector taken over from a checkpoint or another processor was saved
+                // with the settings of its time (or before silences were judged).
+                d.follow(cfg);
                 let s = d.observe(now_s, v);
                 *last = Some(AnomalyPoint {
                     metric,

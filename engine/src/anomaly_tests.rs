@@ -674,7 +674,6 @@ fn snapshots_of_another_detector_are_read_without_its_streams() {
 /// if, the watch judges them on its stream (the request rate's).
 #[test]
 fn detectors_saved_before_silences_are_read_and_judge_them_on_request_rates() {
-    use crate::{Batch, Engine, EngineConfig, RequestObs, SeriesKey};
     let mut learned = Detector::new(DetectorConfig {
         silence: false,
         ..Default::default()
@@ -708,6 +707,27 @@ fn detectors_saved_before_silences_are_read_and_judge_them_on_request_rates() {
     };
     let mut w = SliWatch::new(DetectorConfig::default(), 10, 100);
     w.merge(snap);
+    sample_once(&mut w);
+    let streams = w.snapshot_of(|_| true).streams;
+    let judged: Vec<_> = streams
+        .iter()
+        .map(|(_, m, d, _)| (*m, d.config().silence, d.judges_silences()))
+        .collect();
+    assert_eq!(
+        judged,
+        [
+            (SliMetric::RequestRate, true, true),
+            (SliMetric::ErrorRatio, false, false),
+            (SliMetric::LatencyP99, false, false)
+        ]
+    );
+    // What the old detector learned is kept: its samples count on.
+    assert_eq!(samples(&streams[0].2), 51);
+}
+
+/// Samples `w` once, over one second of `checkout`'s requests.
+fn sample_once(w: &mut SliWatch) {
+    use crate::{Batch, Engine, EngineConfig, RequestObs, SeriesKey};
     let mut e = Engine::new(std::sync::Arc::new(EngineConfig::default()));
     let t = 1_800_000_000 * 1_000_000_000u64;
     let b = Batch {
@@ -724,21 +744,68 @@ fn detectors_saved_before_silences_are_read_and_judge_them_on_request_rates() {
     };
     e.ingest(&b, t);
     w.sample(&e);
+}
+
+/// The detector of `checkout`'s error ratio.
+fn error_ratio(w: &SliWatch) -> Detector {
     let streams = w.snapshot_of(|_| true).streams;
-    let judged: Vec<_> = streams
-        .iter()
-        .map(|(_, m, d, _)| (*m, d.config().silence, d.judges_silences()))
-        .collect();
-    assert_eq!(
-        judged,
-        [
-            (SliMetric::RequestRate, true, true),
-            (SliMetric::ErrorRatio, false, false),
-            (SliMetric::LatencyP99, false, false)
-        ]
-    );
-    // What the old detector learned is kept: its samples count on.
-    let rate = &streams[0].2;
-    let n = |d: &Detector| serde_json::to_value(d).unwrap()["n"].as_u64().unwrap();
-    assert_eq!(n(rate), 51);
+    let (_, _, d, _) = streams
+        .into_iter()
+        .find(|(_, m, _, _)| *m == SliMetric::ErrorRatio)
+        .expect("the error ratio's stream");
+    d
+}
+
+/// Samples a detector has seen.
+fn samples(d: &Detector) -> u64 {
+    serde_json::to_value(d).unwrap()["n"].as_u64().unwrap()
+}
+
+/// Guarantees: detectors restored from a checkpoint or taken over with a partition take on the
+/// watch's settings as it is configured now (threshold, warm-up, rest, memory), keeping what
+/// they learned; when the seasonal cycle changed, they start afresh.
+#[test]
+fn restored_detectors_take_on_the_settings_of_now() {
+    let then = DetectorConfig {
+        silence: false,
+        ..Default::default()
+    };
+    let mut learned = Detector::new(then);
+    for i in 0..50 {
+        learned.observe(i * 10, 10.0 + (i % 3) as f64);
+    }
+    let snap = WatchSnapshot {
+        streams: vec![("checkout".into(), SliMetric::ErrorRatio, learned, None)],
+    };
+    let now = DetectorConfig {
+        threshold: 0.8,
+        warmup: 60,
+        rest: 7,
+        memory: 500,
+        ..Default::default()
+    };
+    let mut w = SliWatch::new(now, 10, 100);
+    w.merge(snap.clone());
+    sample_once(&mut w);
+    let d = &error_ratio(&w);
+    // (The error ratio's stream does not judge silences.)
+    let want = DetectorConfig {
+        silence: false,
+        ..now
+    };
+    assert_eq!((d.config(), samples(d)), (&want, 51));
+    // Another cycle: what was learned against the old profile is dropped.
+    for cycle in [
+        DetectorConfig {
+            season_bins: 48,
+            ..now
+        },
+        DetectorConfig { season_s: 0, ..now },
+    ] {
+        let mut w = SliWatch::new(cycle, 10, 100);
+        w.merge(snap.clone());
+        sample_once(&mut w);
+        let d = &error_ratio(&w);
+        assert_eq!((d.config().season_bins, samples(d)), (cycle.season_bins, 1));
+    }
 }

@@ -157,6 +157,22 @@ impl Detector {
         }
     }
 
+    /// Takes on `cfg`, the watch's settings now (a detector read from a checkpoint or taken
+    /// over from another processor was saved with the settings of its time). The threshold,
+    /// warm-up, rest, memory and silences apply from the next sample on, and what was learned
+    /// is kept; a detector whose seasonal cycle changed (its length, or its bins) starts
+    /// afresh, since everything it learned was against the old cycle's profile.
+    pub fn follow(&mut self, cfg: DetectorConfig) {
+        let cycle =
+            |c: &DetectorConfig| (c.season_s, if c.season_s == 0 { 0 } else { c.season_bins });
+        if cycle(&cfg) != cycle(&self.cfg) {
+            *self = Detector::new(cfg);
+            return;
+        }
+        self.judge_silences(cfg.silence);
+        self.cfg = cfg;
+    }
+
     /// Starts or stops judging silences: a detector saved before silences were judged (its
     /// settings read as the default, true, with no silence state) or by settings that did not
     /// judge them starts learning its gaps now.
