@@ -4,8 +4,10 @@
 //!
 //! Each hop has a bounded queue (`queue_bytes`): a request that does not fit is dropped and
 //! counted, so a slow or dead hop never slows the SLI path nor grows memory. Four senders per
-//! hop retry a failed send with exponential backoff (100 ms doubling to 5 s, 5 attempts) when
-//! the failure is retryable (a connection error, HTTP 429/502/503/504, gRPC UNAVAILABLE or
+//! hop retry a failed send with exponential backoff (100 ms doubling to 5 s, 5 attempts, each
+//! bounded by the hop's `timeout`, which covers connecting and the TLS handshake too) when
+//! the failure is retryable (a connection error or a timeout, HTTP 429/502/503/504, gRPC
+//! CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS or
 //! RESOURCE_EXHAUSTED), then drop it and count it. The bytes sent are the message as received
 //! (decompressed; the HTTP hop gets the same content type). A JSON request cannot go to a gRPC
 //! hop unchanged: it is counted as `unsupported` and not sent.
@@ -56,10 +58,18 @@ pub struct Target {
     /// Collector exporter's fields; `tls: {}` trusts the system's roots); absent: plaintext.
     #[serde(default)]
     pub tls: Option<trike_ingest::tls::HopTls>,
+    /// Time one attempt may take: connecting, the TLS handshake and the request (default 10s;
+    /// the Collector exporter's `timeout`). A hop that accepts and then stalls costs a
+    /// sender this long per attempt.
+    #[serde(default)]
+    pub timeout: Option<trike_engine::Span>,
 }
 
 /// Default queue per hop.
 pub const QUEUE_BYTES: usize = 64 << 20;
+/// Default time of one attempt, and the longest allowed.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Target {
     /// Why the entry cannot be used, if it cannot.
@@ -81,7 +91,20 @@ impl Target {
         if let Some(tls) = &self.tls {
             trike_ingest::tls::hop_client_config(tls, &[]).map_err(|e| format!("tls: {e}"))?;
         }
+        if self.attempt_timeout() > MAX_TIMEOUT {
+            return Err(format!(
+                "timeout: {}s is longer than {}s",
+                self.attempt_timeout().as_secs(),
+                MAX_TIMEOUT.as_secs()
+            ));
+        }
         Ok(())
+    }
+
+    /// Time one attempt may take.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.timeout
+            .map_or(TIMEOUT, |t| Duration::from_secs(t.secs()))
     }
 }
 
@@ -280,7 +303,9 @@ impl Sender {
                         reqwest::header::HeaderValue::from_str(v)?,
                     );
                 }
-                let builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+                let builder = reqwest::Client::builder()
+                    .timeout(t.attempt_timeout())
+                    .connect_timeout(t.attempt_timeout());
                 // HTTP/1.1 (as the plaintext hop speaks it): the client is built without HTTP/2.
                 let (builder, scheme) = match tls(&[b"http/1.1"])? {
                     Some(cfg) => (builder.tls_backend_preconfigured(cfg), "https"),
@@ -297,8 +322,8 @@ impl Sender {
                 // that accepts and then stalls must not hold the senders forever).
                 let endpoint =
                     tonic::transport::Endpoint::from_shared(format!("http://{}", t.endpoint))?
-                        .timeout(Duration::from_secs(10))
-                        .connect_timeout(Duration::from_secs(10));
+                        .timeout(t.attempt_timeout())
+                        .connect_timeout(t.attempt_timeout());
                 let channel = match tls(&[b"h2"])? {
                     // TLS under the channel: the URI stays http://, the connector does the
                     // handshake (checking the endpoint's host, or the override).
@@ -406,10 +431,23 @@ impl Sender {
                 match grpc.unary(req, path, BytesCodec).await {
                     Ok(_) => Ok(()),
                     Err(s) => match s.code() {
-                        tonic::Code::Unavailable
-                        | tonic::Code::ResourceExhausted
+                        // OTLP's retryable codes (the spec's "Failures"; CANCELLED is also
+                        // what tonic reports when an attempt runs past `timeout`), and
+                        // RESOURCE_EXHAUSTED.
+                        tonic::Code::Cancelled
                         | tonic::Code::DeadlineExceeded
-                        | tonic::Code::Aborted => Err(Failure::Retry(s.to_string())),
+                        | tonic::Code::Aborted
+                        | tonic::Code::OutOfRange
+                        | tonic::Code::Unavailable
+                        | tonic::Code::DataLoss
+                        | tonic::Code::ResourceExhausted => Err(Failure::Retry(s.to_string())),
+                        // A failure to reach the hop that tonic reports as UNKNOWN (the TLS
+                        // handshake timing out): retried as a connection error is.
+                        _ if std::error::Error::source(&s)
+                            .is_some_and(|e| e.is::<tonic::transport::Error>()) =>
+                        {
+                            Err(Failure::Retry(s.to_string()))
+                        }
                         _ => Err(Failure::GiveUp(s.to_string())),
                     },
                 }

@@ -179,7 +179,7 @@ limits: { max_connections: 0, max_grpc_streams: 0 }
 tls: { cert_file: /nonexistent/tls.crt, key_file: /nonexistent/tls.key }
 anomaly: { threshold: 1.5, season: fortnightly }
 capacity: [{ service: a, metric: " ", limit: -1 }, { service: a, limit: 5 }, { service: a, metric: request_rate, limit: 6 }]
-forward: [{ endpoint: "collector:4317" }, { endpoint: "http://collector", protocol: http }, { endpoint: "c:4317", tls: { ca_file: /nonexistent/ca.crt } }, { endpoint: "c:4317", tls: { cert_file: /x.crt } }]
+forward: [{ endpoint: "collector:4317" }, { endpoint: "http://collector", protocol: http }, { endpoint: "c:4317", tls: { ca_file: /nonexistent/ca.crt } }, { endpoint: "c:4317", tls: { cert_file: /x.crt } }, { endpoint: "c:4317", timeout: 10m }]
 slos:
   - { name: a, service: s, objective: 1.5, sli: availability }
   - { name: a, service: s, objective: 0.99, period: 90d, sli: { latency: { threshold_ms: -3 } } }
@@ -210,6 +210,7 @@ slos:
         "forward[1].endpoint: \"http://collector\" is not host:port",
         "forward[2].tls: forward.tls.ca_file /nonexistent/ca.crt:",
         "forward[3].tls: forward.tls.cert_file /x.crt: cert_file and key_file go together: give key_file too",
+        "forward[4].timeout: 600s is longer than 300s",
     ] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }

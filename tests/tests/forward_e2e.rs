@@ -227,3 +227,66 @@ async fn hops_are_reached_over_tls() {
     hop.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Scenario: three hops accept TCP connections and never answer (nor read): one spoken to over
+/// gRPC with TLS (the handshake stalls), one over plaintext gRPC, one over HTTP; each with
+/// `timeout: 1s`. A client sends 4 requests.
+/// Guarantees: every attempt ends at the timeout, so each hop retries each request and drops
+/// it within seconds (at the default 10 s this takes 51 s per request); nothing is counted as
+/// sent; the SLI path counted every span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hops_that_stall_are_timed_out() {
+    let mut stalling = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        stalling.push(l.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        held.push(rx);
+        // Accepts, and keeps every connection open without a byte either way.
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = l.accept().await {
+                let _ = tx.send(conn);
+            }
+        });
+    }
+    let [tls_grpc, grpc, http] = [stalling[0], stalling[1], stalling[2]];
+    let running = start_trike(&format!(
+        "forward:\n  - {{ endpoint: \"{tls_grpc}\", protocol: grpc, tls: {{}}, timeout: 1s }}\n  - {{ endpoint: \"{grpc}\", protocol: grpc, timeout: 1s }}\n  - {{ endpoint: \"{http}\", protocol: http, timeout: 1s }}\n"
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let svc = checkout("1.0", 0.0);
+    for _ in 0..4 {
+        trike_tests::post_spans(&client, &running, &svc, 10, 1_000_000, &mut rng).await;
+    }
+    assert_eq!(
+        wait_for_requests(&running, "checkout", 40, Duration::from_secs(10)).await,
+        40
+    );
+    // Four senders per hop, five attempts of at most 1 s and 1.5 s of backoff per request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        let m = metrics_text(&running).await;
+        let of = |hop: std::net::SocketAddr, outcome: &str| {
+            sample(
+                &m,
+                &format!(
+                    "trike_forward_requests_total{{endpoint=\"{hop}\",outcome=\"{outcome}\"}}"
+                ),
+            )
+            .unwrap()
+        };
+        if stalling.iter().all(|h| of(*h, "dropped_failed") >= 4.0) {
+            for h in &stalling {
+                assert_eq!((of(*h, "sent"), of(*h, "retried")), (0.0, 16.0), "{h}: {m}");
+            }
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    running.stop().await.unwrap();
+    drop(held);
+}
