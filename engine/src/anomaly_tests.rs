@@ -809,3 +809,27 @@ fn restored_detectors_take_on_the_settings_of_now() {
         assert_eq!((d.config().season_bins, samples(d)), (cycle.season_bins, 1));
     }
 }
+
+/// Guarantees: a rest under way when the settings change ends by the new rest at the latest.
+#[test]
+fn a_shorter_rest_cuts_the_rest_under_way() {
+    let cfg = DetectorConfig {
+        season_s: 0,
+        ..Default::default()
+    };
+    let mut d = Detector::new(cfg);
+    for i in 0..200 {
+        d.observe(i * 10, 10.0 + (i % 3) as f64);
+    }
+    assert!(d.observe(2000, 500.0).anomaly, "a spike alerts");
+    let quiet = |d: &Detector| serde_json::to_value(d).unwrap()["quiet"].as_u64().unwrap();
+    assert_eq!(quiet(&d), 100);
+    d.follow(DetectorConfig { rest: 7, ..cfg });
+    assert_eq!(quiet(&d), 7);
+    d.follow(DetectorConfig { rest: 50, ..cfg });
+    assert_eq!(
+        quiet(&d),
+        7,
+        "a longer rest does not lengthen the one under way"
+    );
+}

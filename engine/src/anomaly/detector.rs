@@ -170,6 +170,8 @@ impl Detector {
             return;
         }
         self.judge_silences(cfg.silence);
+        // (A rest under way ends by the new rest at the latest.)
+        self.quiet = self.quiet.min(cfg.rest);
         self.cfg = cfg;
     }
 

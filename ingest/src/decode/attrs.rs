@@ -99,11 +99,13 @@ fn key_value_plain(buf: &[u8]) -> Option<(&[u8], RawValue<'_>)> {
         [0x0a, n, s @ ..] if *n < 0x80 && usize::from(*n) == s.len() => {
             Some((key, RawValue::Str(s)))
         }
-        // An integer: a varint that ends with the value (as `Reader` reads it).
+        // An integer: a varint that ends with the value (as `Reader` reads it: a tenth byte
+        // carries only the 64th bit).
         [0x18, v @ ..]
             if (1..=10).contains(&v.len())
                 && v[..v.len() - 1].iter().all(|b| b & 0x80 != 0)
-                && v[v.len() - 1] & 0x80 == 0 =>
+                && v[v.len() - 1] & 0x80 == 0
+                && v.get(9).is_none_or(|&last| last <= 1) =>
         {
             let x = v
                 .iter()
@@ -216,6 +218,14 @@ mod tests {
         let two = [0x0a, 1, b'k', 0x12, 5, 0x0a, 1, b'v', 0x18, 7];
         let int = (&b"k"[..], RawValue::Val(AttrValue::Int(7)));
         assert_eq!(key_value_raw(&two).unwrap(), int);
+        // An integer of ten bytes: the tenth may carry the 64th bit, no more (both readers).
+        for (last, ok) in [(0x01, true), (0x02, false), (0x7f, false)] {
+            let mut kv = vec![0x0a, 1, b'k', 0x12, 11, 0x18];
+            kv.extend([0xff; 9]);
+            kv.push(last);
+            assert_eq!(key_value_plain(&kv).is_some(), ok, "{last:#x}");
+            assert_eq!(key_value_walk(&kv).is_ok(), ok, "{last:#x}");
+        }
         let two = [0x0a, 1, b'k', 0x12, 5, 0x18, 7, 0x0a, 1, b'v'];
         assert_eq!(
             key_value_raw(&two).unwrap(),

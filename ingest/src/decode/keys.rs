@@ -163,9 +163,9 @@ const RESOURCES_CACHED: usize = 256;
 const RESOURCE_CACHED_BYTES: usize = 4096;
 
 impl Keys {
-    /// The tables for the next batch: what names this batch's keys is left behind, and the
-    /// operation names scrubbed so far are carried over (as the Kafka source carries them from
-    /// run to run).
+    /// The tables for the next batch: those bound to this batch's keys start empty, the
+    /// operation names scrubbed so far are carried over. (The Kafka source does the same by
+    /// handing `names` from run to run; benchmarks decode runs of records this way.)
     pub fn for_next_batch(&mut self) -> Keys {
         Keys {
             names: std::mem::take(&mut self.names),

@@ -172,13 +172,20 @@ fn attributes() -> impl Strategy<Value = Vec<trike_proto::common::v1::KeyValue>>
         prop::option::of(prop::sample::select(vec![200i64, 503]))
             .prop_map(|c| c.map(|c| kv("http.response.status_code", Av::IntValue(c)))),
         opt("rpc.grpc.status_code", Av::IntValue(14)),
+        opt("http.status_code", Av::IntValue(502)),
         opt("peer.service", s("payments")),
+        opt("server.address", s("payments.internal")),
+        opt("net.peer.name", s("10.0.0.7")),
+        opt("db.system", s("postgresql")),
         opt("service.version", s("2.0")),
         opt("deployment.environment", s("canary")),
         opt("user_agent.original", s("curl/8")),
     )
-        .prop_map(|(a, b, c, d, e, f, g, h)| {
-            [a, b, c, d, e, f, g, h].into_iter().flatten().collect()
+        .prop_map(|(a, b, c, d, e, f, g, h, i, j, k, l)| {
+            [a, b, c, d, e, f, g, h, i, j, k, l]
+                .into_iter()
+                .flatten()
+                .collect()
         })
 }
 
@@ -216,6 +223,13 @@ proptest! {
         prop_assert_eq!(want.received, n as u64);
         let laid_out = rewrite(&canonical, &layouts);
         prop_assert_eq!(traces_proto(&laid_out, &cfg).unwrap(), want);
+        // The same request to prost, but for the span fields added (OTLP's, not read).
+        let mut read = ExportTraceServiceRequest::decode(&laid_out[..]).unwrap();
+        for sp in &mut read.resource_spans[0].scope_spans[0].spans {
+            sp.trace_state.clear();
+            sp.flags = 0;
+        }
+        prop_assert_eq!(read, ExportTraceServiceRequest::decode(&canonical[..]).unwrap());
     }
 }
 

@@ -68,14 +68,14 @@ struct SpanFacts<'a> {
     rpc_method: Option<RawValue<'a>>,
     http_status: Option<RawValue<'a>>,
     grpc_status: Option<RawValue<'a>>,
-    /// What a client span names its peer (`peer.service`, `server.address`, `db.system`).
-    peer: [Option<RawValue<'a>>; 3],
+    /// The attributes (`KeyValue`s, whole) that may name a client span's peer, by precedence:
+    /// `peer.service`, then `server.address` or `net.peer.name`, then `db.system`. Read once
+    /// the span is read whole (its kind may come after them), and only on a client span.
+    peer: [Option<&'a [u8]>; 3],
     version: Option<RawValue<'a>>,
     dims: Dims<'a>,
 }
 
-/// A span's kind before it is read (`SPAN_KIND_UNSPECIFIED`, which protobuf does not write).
-const KIND_UNREAD: u64 = 0;
 /// Span kinds (OTLP numbers) of the two sides of a call.
 const CLIENT_KINDS: [u64; 2] = [3, 4];
 const SERVER_KINDS: [u64; 2] = [2, 5];
@@ -156,25 +156,25 @@ struct KeyUse {
 }
 
 /// The span attributes with fixed keys that are read.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Known {
     Route,
     RpcMethod,
     HttpStatus,
     GrpcStatus,
     /// What a client span names its peer (`peer.service`, then `server.address` or
-    /// `net.peer.name`, then `db.system`), by precedence; read only on a client span whose
-    /// calls the graph reads.
+    /// `net.peer.name`, then `db.system`), by precedence: kept whole, and read only on a
+    /// client span whose calls the graph reads.
     Peer(usize),
     None,
 }
 
-impl KeyUse {
+impl Known {
     #[inline(always)]
-    fn of(cfg: &DecodeConfig, k: &[u8]) -> Self {
-        // By length first: a key of no use (most are) costs a jump and at most two
-        // comparisons, not one per key read.
-        let known = match k.len() {
+    fn of(k: &[u8]) -> Self {
+        // By length first: a key of none of these lengths costs a jump, one of them at most
+        // two comparisons.
+        match k.len() {
             9 if k == b"db.system" => Known::Peer(2),
             10 if k == b"http.route" => Known::Route,
             10 if k == b"rpc.method" => Known::RpcMethod,
@@ -185,21 +185,25 @@ impl KeyUse {
             20 if k == b"rpc.grpc.status_code" => Known::GrpcStatus,
             25 if k == b"http.response.status_code" => Known::HttpStatus,
             _ => Known::None,
-        };
+        }
+    }
+}
+
+impl KeyUse {
+    #[inline(always)]
+    fn of(cfg: &DecodeConfig, k: &[u8]) -> Self {
         KeyUse {
-            known,
+            known: Known::of(k),
             version: k == cfg.version_attribute.as_bytes(),
             dim: dim_index(cfg, k),
         }
     }
 
-    /// Whether the value is read (`client`: whether the span may be a client span whose
-    /// calls the graph reads).
+    /// Whether the value is decoded here (a peer's attribute is kept whole, for later).
     #[inline(always)]
-    fn used(self, client: impl FnOnce() -> bool) -> bool {
+    fn decoded(self) -> bool {
         match self.known {
-            Known::None => self.version || self.dim.is_some(),
-            Known::Peer(_) => self.version || self.dim.is_some() || client(),
+            Known::None | Known::Peer(_) => self.version || self.dim.is_some(),
             _ => true,
         }
     }
@@ -271,8 +275,9 @@ fn resource_spans(
         let mut sr = Reader::new(r.bytes()?);
         while let Some(key) = sr.key()? {
             if key == 0x12 {
+                let span = sr.bytes()?;
                 out.received += 1;
-                one_span(sr.bytes()?, cfg, &res, out, &mut tables, &mut service)?;
+                one_span(span, cfg, &res, out, &mut tables, &mut service)?;
             } else {
                 sr.value(key)?;
             }
@@ -368,12 +373,12 @@ fn span_attribute<'a>(
     }
     // The key is read first (as SDKs write it), and the value decoded only when it is used.
     let lead = leading_key(kv).map(|k| (k, KeyUse::of(cfg, k)));
-    // (A span's kind may come after its attributes on the wire: until it is read, a span may
-    // be a client.)
-    let client = || cfg.calls && (s.kind == KIND_UNREAD || CLIENT_KINDS.contains(&s.kind));
     if let Some((_, u)) = lead
-        && !u.used(client)
+        && !u.decoded()
     {
+        if let Known::Peer(i) = u.known {
+            s.peer[i] = Some(kv);
+        }
         return Ok(());
     }
     let (k, val) = key_value_raw(kv)?;
@@ -387,7 +392,7 @@ fn span_attribute<'a>(
         Known::RpcMethod => s.rpc_method = Some(val),
         Known::HttpStatus => s.http_status = Some(val),
         Known::GrpcStatus => s.grpc_status = Some(val),
-        Known::Peer(i) => s.peer[i] = Some(val),
+        Known::Peer(i) => s.peer[i] = Some(kv),
         Known::None => {}
     }
     if u.version {
@@ -592,9 +597,14 @@ fn client_call(
         return Ok(());
     }
     let mut peer = None;
-    // (A peer attribute that is not UTF-8 names no peer: it costs the graph, never the SLIs.)
-    for v in s.peer.iter().flatten() {
-        if let Ok(AttrValue::Str(p)) = v.check()
+    // (A peer attribute that is malformed or not UTF-8 names no peer: it costs the graph, never
+    // the SLIs. One whose last key field is another key is not the peer's.)
+    for (i, kv) in s.peer.iter().enumerate() {
+        let Some(Ok((k, v))) = kv.map(key_value_raw) else {
+            continue;
+        };
+        if Known::of(k) == Known::Peer(i)
+            && let Ok(AttrValue::Str(p)) = v.check()
             && !p.is_empty()
         {
             peer = Some(Arc::from(clip(p)));
@@ -636,5 +646,60 @@ fn raw_nonempty(v: Option<RawValue<'_>>) -> Option<&[u8]> {
     match v {
         Some(RawValue::Str(b)) if !b.is_empty() => Some(b),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Known;
+
+    /// The keys as they were matched before the match went by length.
+    fn matched(k: &[u8]) -> Known {
+        match k {
+            b"http.route" => Known::Route,
+            b"rpc.method" => Known::RpcMethod,
+            b"http.response.status_code" | b"http.status_code" => Known::HttpStatus,
+            b"rpc.grpc.status_code" => Known::GrpcStatus,
+            b"peer.service" => Known::Peer(0),
+            b"server.address" | b"net.peer.name" => Known::Peer(1),
+            b"db.system" => Known::Peer(2),
+            _ => Known::None,
+        }
+    }
+
+    /// Guarantees: the keys the SLIs read are found by length as by a plain match: each of
+    /// them, every key one byte from one of them (cut, lengthened, or a letter's case
+    /// changed), and keys of their lengths made of another's bytes.
+    #[test]
+    fn known_keys_by_length_are_the_keys_matched() {
+        let keys: [&[u8]; 9] = [
+            b"http.route",
+            b"rpc.method",
+            b"http.response.status_code",
+            b"http.status_code",
+            b"rpc.grpc.status_code",
+            b"peer.service",
+            b"server.address",
+            b"net.peer.name",
+            b"db.system",
+        ];
+        let mut tried = 0;
+        for k in keys {
+            assert_ne!(Known::of(k), Known::None);
+            let mut near = vec![k[..k.len() - 1].to_vec(), [k, b"x"].concat(), vec![]];
+            for i in 0..k.len() {
+                let mut changed = k.to_vec();
+                changed[i] ^= 0x20;
+                near.push(changed);
+            }
+            for other in keys {
+                near.push(other.iter().cycle().take(k.len()).copied().collect());
+            }
+            for n in near.iter().map(Vec::as_slice).chain([k]) {
+                assert_eq!(Known::of(n), matched(n), "{:?}", String::from_utf8_lossy(n));
+                tried += 1;
+            }
+        }
+        assert!(tried > 200);
     }
 }

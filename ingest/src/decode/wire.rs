@@ -10,7 +10,7 @@ pub enum WireError {
     Truncated,
     /// A varint longer than 10 bytes, or whose tenth byte carries more than the 64th bit.
     LongVarint,
-    /// Field number 0 or beyond 2^29.
+    /// Field number 0, or 2^29 and beyond.
     BadField(u64),
     /// A wire type OTLP never uses (groups, or 6/7).
     BadWireType(u8, u64),
@@ -126,9 +126,10 @@ impl<'a> Reader<'a> {
     /// The value of a field whose key was just read: checked as [`Reader::next`] checks it.
     #[inline(always)]
     pub fn value(&mut self, key: u64) -> Result<(u32, Value<'a>), WireError> {
-        let field = u32::try_from(key >> 3).map_err(|_| WireError::BadField(key >> 3))?;
-        if field == 0 {
-            return Err(WireError::BadField(0));
+        // (Field numbers are 1 to 2^29 - 1, as prost reads them.)
+        let field = (key >> 3) as u32;
+        if key >> 3 >= 1 << 29 || field == 0 {
+            return Err(WireError::BadField(key >> 3));
         }
         let v = match key & 7 {
             0 => Value::Varint(self.varint()?),
@@ -255,5 +256,16 @@ mod tests {
             );
         }
         assert!(Reader::new(&[0x0b]).next().is_err(), "group wire type");
+        // The largest field number, and one past it.
+        for (field, ok) in [((1u64 << 29) - 1, true), (1 << 29, false), (1 << 32, false)] {
+            let mut buf = vec![];
+            prost::encoding::encode_varint(field << 3, &mut buf);
+            buf.push(0x01);
+            let read = Reader::new(&buf).next();
+            match ok {
+                true => assert_eq!(read, Ok(Some((field as u32, Value::Varint(1))))),
+                false => assert_eq!(read, Err(WireError::BadField(field))),
+            }
+        }
     }
 }
