@@ -165,7 +165,7 @@ async fn requests_are_forwarded_unchanged() {
 /// `tls: {}` (the system's roots, which do not know the test CA). 10 requests of 20 spans.
 /// Guarantees: the hop counts every span twice (once per TLS hop, so the handshakes and the
 /// client certificate worked, in both protocols); the hop that does not trust the hop's
-/// certificate sends nothing and counts every request as dropped.
+/// certificate sends nothing, retries every attempt, and counts every request as dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hops_are_reached_over_tls() {
     let dir = std::env::temp_dir().join(format!("trike-forward-tls-{}", trike_tests::run_id()));
@@ -216,6 +216,9 @@ async fn hops_are_reached_over_tls() {
         };
         if of("dropped_failed") >= 10.0 {
             assert_eq!(of("sent"), 0.0, "{m}");
+            // A failed handshake is retried, as a connection error is (and as the
+            // Collector retries it: UNAVAILABLE).
+            assert_eq!(of("retried"), 4.0 * of("dropped_failed"), "{m}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{m}");
