@@ -68,7 +68,7 @@ pub struct Target {
 /// Default queue per hop.
 pub const QUEUE_BYTES: usize = 64 << 20;
 /// Default time of one attempt, and the longest allowed.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Target {

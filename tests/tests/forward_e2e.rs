@@ -32,6 +32,15 @@ impl TraceService for GrpcHop {
     }
 }
 
+/// What `/metrics` (the text `m`) counts of a hop's requests of `outcome`.
+fn forwarded(m: &str, hop: impl std::fmt::Display, outcome: &str) -> f64 {
+    sample(
+        m,
+        &format!("trike_forward_requests_total{{endpoint=\"{hop}\",outcome=\"{outcome}\"}}"),
+    )
+    .unwrap()
+}
+
 fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -129,15 +138,7 @@ async fn requests_are_forwarded_unchanged() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let m = loop {
         let m = metrics_text(&running).await;
-        let dead_of = |outcome: &str| {
-            sample(
-                &m,
-                &format!(
-                    "trike_forward_requests_total{{endpoint=\"{dead}\",outcome=\"{outcome}\"}}"
-                ),
-            )
-            .unwrap()
-        };
+        let dead_of = |outcome: &str| forwarded(&m, dead, outcome);
         if dead_of("dropped_failed") + dead_of("dropped_full") >= 20.0 {
             assert!(dead_of("retried") >= dead_of("dropped_failed"), "{m}");
             assert_eq!(dead_of("sent"), 0.0);
@@ -147,14 +148,7 @@ async fn requests_are_forwarded_unchanged() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     for hop in [grpc_addr, http_addr] {
-        assert_eq!(
-            sample(
-                &m,
-                &format!("trike_forward_requests_total{{endpoint=\"{hop}\",outcome=\"sent\"}}")
-            ),
-            Some(20.0),
-            "{m}"
-        );
+        assert_eq!(forwarded(&m, hop, "sent"), 20.0, "{m}");
     }
     running.stop().await.unwrap();
 }
@@ -205,15 +199,7 @@ async fn hops_are_reached_over_tls() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let m = metrics_text(&running).await;
-        let of = |outcome: &str| {
-            sample(
-                &m,
-                &format!(
-                    "trike_forward_requests_total{{endpoint=\"{untrusting}\",outcome=\"{outcome}\"}}"
-                ),
-            )
-            .unwrap()
-        };
+        let of = |outcome: &str| forwarded(&m, &untrusting, outcome);
         if of("dropped_failed") >= 10.0 {
             assert_eq!(of("sent"), 0.0, "{m}");
             // A failed handshake is retried, as a connection error is (and as the
@@ -272,15 +258,7 @@ async fn hops_that_stall_are_timed_out() {
     let deadline = std::time::Instant::now() + Duration::from_secs(25);
     loop {
         let m = metrics_text(&running).await;
-        let of = |hop: std::net::SocketAddr, outcome: &str| {
-            sample(
-                &m,
-                &format!(
-                    "trike_forward_requests_total{{endpoint=\"{hop}\",outcome=\"{outcome}\"}}"
-                ),
-            )
-            .unwrap()
-        };
+        let of = |hop: std::net::SocketAddr, outcome: &str| forwarded(&m, hop, outcome);
         if stalling.iter().all(|h| of(*h, "dropped_failed") >= 4.0) {
             for h in &stalling {
                 assert_eq!((of(*h, "sent"), of(*h, "retried")), (0.0, 16.0), "{h}: {m}");
