@@ -409,7 +409,7 @@ async fn claim_log_stops_a_second_actuator_and_refused_claims_are_retried() {
     );
 
     // The broker refuses the next two produce requests (a restarted a's first two claims for
-    // e-2): not executed, no outcome, retried; the third claim wins and e-2 runs once. e-3,
+    // e-2): not executed, no outcome, retried; a later claim wins and e-2 runs once. e-3,
     // behind it in the partition, is not passed over meanwhile: it comes after e-2.
     send(&event("e-2", "rollback", false, true));
     send(&event("e-3", "rollback", false, true));
@@ -431,9 +431,14 @@ async fn claim_log_stops_a_second_actuator_and_refused_claims_are_retried() {
     assert_eq!(calls.lock().unwrap().len(), 3);
     stop_a.store(true, Relaxed);
     let stats_a = a.join().unwrap();
-    assert_eq!(
-        (stats_a.succeeded, stats_a.claim_retries),
-        (2, 2),
+    // Two refused claims, each retried. A retry can fail once more without reaching the broker:
+    // librdkafka marks a topic refused for authorization as failed until its next metadata
+    // refresh (its 1 s timer finds the topic without partitions and asks), and a claim made
+    // before that fails locally. So two refusals are at least two retries, and sometimes three
+    // or four; what matters is above: nothing refused was executed, e-2 ran once, e-3 after it.
+    assert_eq!(stats_a.succeeded, 2, "{stats_a:?}");
+    assert!(
+        stats_a.claim_retries >= 2,
         "two refused claims, retried: {stats_a:?}"
     );
     let quiet = Duration::from_secs(2);
