@@ -90,8 +90,10 @@ fn sigterm_finishes_the_event_in_flight_and_exits_cleanly() {
     let status = sigterm_and_wait(&mut child);
     let status = status.expect("trike actuate exits on SIGTERM");
     assert!(status.success(), "a clean exit: {status:?}");
+    // (The webhook's thread says so just after writing its answer, and may be scheduled after
+    // the actuator has read it and exited: waited for, not polled.)
     assert_eq!(
-        webhook.try_recv(),
+        webhook.recv_timeout(Duration::from_secs(5)),
         Ok("answered"),
         "the call in flight was finished before exiting"
     );

@@ -155,8 +155,27 @@ fn a_root_cause_found_across_processors_is_paged_once() {
     traced_calls::traffic(&c, &p, 0..100, |_| false);
     p.force_flush().unwrap();
     c.force_flush().unwrap();
-    // db's calls wait out the 1 s for a server span that never comes: db sends no spans.
-    std::thread::sleep(Duration::from_millis(1500));
+    // db's calls wait out the 1 s for a server span that never comes (db sends no spans); then
+    // payments→db is known by its peer, and the failing calls below count as they come.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let graph: serde_json::Value = get(&gateway, "/api/v1/graph?window=5m")
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let learned = graph["edges"].as_array().is_some_and(|edges| {
+            edges
+                .iter()
+                .any(|e| e["client"] == payments && e["server"] == "db" && e["requests"] == 100)
+        });
+        if learned {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "payments→db not learned: {graph}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     traced_calls::traffic(&c, &p, 100..300, |i| i.is_multiple_of(2));
     p.force_flush().unwrap();
     c.force_flush().unwrap();

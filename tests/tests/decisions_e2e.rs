@@ -52,7 +52,8 @@ signing: {{ key: e2e-secret }}
     let start = Instant::now();
     let mut failing_since = None;
     let mut rollback_seen_at = None;
-    let mut canary_stopped_at = None;
+    let mut last_canary_post = Instant::now();
+    let mut resolved_seen_at = None;
     while start.elapsed() < Duration::from_secs(40) {
         let t = start.elapsed();
         let canary_err = if t < Duration::from_secs(2) { 0.0 } else { 0.5 };
@@ -69,9 +70,7 @@ signing: {{ key: e2e-secret }}
         // The canary disappears 3 s after the rollback (the actuator would have rolled it back).
         let canary_gone =
             rollback_seen_at.is_some_and(|at: Instant| at.elapsed() > Duration::from_secs(3));
-        if canary_gone {
-            canary_stopped_at.get_or_insert_with(Instant::now);
-        } else {
+        if !canary_gone {
             assert!(
                 send(svc("1.5.0", canary_err), 20, &mut rng)
                     .await
@@ -79,6 +78,7 @@ signing: {{ key: e2e-secret }}
                     .status()
                     .is_success()
             );
+            last_canary_post = Instant::now();
         }
         let ev = events(&sink);
         if rollback_seen_at.is_none() && ev.iter().any(|e| e["type"] == "io.trike.control.rollback")
@@ -86,14 +86,16 @@ signing: {{ key: e2e-secret }}
             rollback_seen_at = Some(Instant::now());
         }
         if ev.iter().any(|e| e["type"] == "io.trike.control.resolved") {
+            resolved_seen_at = Some(Instant::now());
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let detect = rollback_seen_at.expect("a rollback was emitted") - failing_since.unwrap();
-    // The judge needs a few hundred failing requests in its window, then `for: 2s`, plus 1 s.
+    // The judge needs a few hundred failing requests in its window, then `for: 2s`, plus 1 s
+    // (and 2 s for a loaded machine: the bound is about the design, not the machine's speed).
     assert!(
-        detect < Duration::from_secs(6),
+        detect < Duration::from_secs(8),
         "rollback {detect:?} after the canary started failing"
     );
     let ev = events(&sink);
@@ -131,9 +133,11 @@ signing: {{ key: e2e-secret }}
         .collect();
     assert_eq!(resolved.len(), 1, "{ev:#?}");
     assert_eq!(resolved[0]["data"]["resolves"], r["id"]);
-    let gone = canary_stopped_at.unwrap().elapsed();
+    // Resolved once fewer than `min_requests` of the canary's are left in its 10 s window (about
+    // 9 s after its last request at this test's rate), at the next 1 s bucket and decision.
+    let gone = resolved_seen_at.expect("resolved") - last_canary_post;
     assert!(
-        gone < Duration::from_secs(12),
+        gone < Duration::from_secs(14),
         "resolved {gone:?} after the canary went away (window 10 s)"
     );
     // The API mirrors the sink, newest first.

@@ -73,8 +73,22 @@ async fn a_failing_dependency_is_paged_once() {
     })
     .await
     .unwrap();
-    // db's calls wait out the 1 s for a server span that never comes: db sends no spans.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // db's calls wait out the 1 s for a server span that never comes (db sends no spans); then
+    // payments→db is known by its peer, and the failing calls below count as they come.
+    let waited = Instant::now();
+    loop {
+        let doc = get(format!("{admin}/api/v1/graph?window=5m")).await;
+        let learned = doc["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["client"] == "payments" && e["server"] == "db" && e["requests"] == 100);
+        if learned {
+            break;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(15), "{doc}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::task::spawn_blocking(move || {
         traffic(&checkout, &payments, 100..300, |i| i.is_multiple_of(2));
         payments.force_flush().unwrap();
@@ -161,7 +175,19 @@ async fn a_failing_dependency_is_paged_once() {
         serde_json::json!(["checkout", "payments", "db"])
     );
 
-    // Only db's page reaches the sink.
+    // Only db's page reaches the sink (written by the sinks' thread after the API has it;
+    // then nothing else follows).
+    let waited = Instant::now();
+    while std::fs::read_to_string(&sink)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "nothing written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let written: Vec<Value> = std::fs::read_to_string(&sink)
         .unwrap_or_default()

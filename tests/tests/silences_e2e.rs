@@ -167,7 +167,19 @@ sinks: [{{ type: file, path: "{}" }}]
         "evidence kept"
     );
 
-    // Only orders' rollback reaches the sink.
+    // Only orders' rollback reaches the sink (written by the sinks' thread after the API has
+    // it; then nothing else follows).
+    let waited = Instant::now();
+    while !std::fs::read_to_string(&sink)
+        .unwrap_or_default()
+        .contains("\"rollback\"")
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "nothing written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let written: Vec<Value> = std::fs::read_to_string(&sink)
         .unwrap_or_default()

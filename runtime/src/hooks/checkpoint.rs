@@ -313,7 +313,11 @@ mod tests {
             "the first round is an interval away"
         );
         let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(300) {
+        // At least 300 ms, and until two rounds were handed over (a loaded machine's writer
+        // can take longer than that over one fsynced checkpoint).
+        while started.elapsed() < Duration::from_millis(300)
+            || (sent < 2 && started.elapsed() < Duration::from_secs(20))
+        {
             t += 1_000_000;
             e.advance(t);
             match c.maybe(&e) {
