@@ -6,9 +6,12 @@
 //! counted, so a slow or dead hop never slows the SLI path nor grows memory. Four senders per
 //! hop retry a failed send with exponential backoff (100 ms doubling to 5 s, 5 attempts, each
 //! bounded by the hop's `timeout`, which covers connecting and the TLS handshake too) when
-//! the failure is retryable (a connection error or a timeout, HTTP 429/502/503/504, gRPC
-//! CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS or
-//! RESOURCE_EXHAUSTED), then drop it and count it. The bytes sent are the message as received
+//! the failure is retryable, then drop it and count it. Retryable, as OTLP's exporters have
+//! it: a connection error or a timeout, HTTP 429/502/503/504, gRPC CANCELLED,
+//! DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE and DATA_LOSS, and RESOURCE_EXHAUSTED
+//! only when the hop says when to come back (`RetryInfo`). A hop's own delay (gRPC
+//! `RetryInfo`, HTTP `Retry-After` in seconds) is waited out when it is longer than the
+//! backoff, up to [`MAX_HOP_DELAY`]. The bytes sent are the message as received
 //! (decompressed; the HTTP hop gets the same content type). A JSON request cannot go to a gRPC
 //! hop unchanged: it is counted as `unsupported` and not sent.
 
@@ -27,6 +30,9 @@ use trike_ingest::pipeline::{Encoding, Forward};
 const SENDERS: usize = 4;
 /// Attempts per request.
 const ATTEMPTS: u32 = 5;
+/// The longest wait a hop's `RetryInfo` or `Retry-After` can ask of a sender (the Collector's
+/// exporters wait up to their `max_interval`, 30 s by default).
+pub const MAX_HOP_DELAY: Duration = Duration::from_secs(30);
 
 /// How a hop is spoken to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -280,9 +286,58 @@ enum Sender {
 }
 
 /// What a failed attempt means.
+#[derive(Debug, PartialEq)]
 enum Failure {
-    Retry(String),
+    /// Worth another attempt; after at least the hop's own delay, if it gave one.
+    Retry(String, Option<Duration>),
     GiveUp(String),
+}
+
+/// The wait before the next attempt: the backoff, or the hop's delay when that is longer
+/// (never over [`MAX_HOP_DELAY`]).
+fn wait_before_retry(backoff: Duration, asked: Option<Duration>) -> Duration {
+    asked.map_or(backoff, |a| a.min(MAX_HOP_DELAY).max(backoff))
+}
+
+/// What an OTLP/HTTP answer's status means (the spec's retryable codes), with the wait its
+/// `Retry-After` asks for (delay-seconds; an HTTP date is not read, the backoff applies).
+fn http_failure(status: u16, retry_after: Option<&str>) -> Failure {
+    match status {
+        429 | 502 | 503 | 504 => Failure::Retry(
+            format!("HTTP {status}"),
+            retry_after
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+        ),
+        s => Failure::GiveUp(format!("HTTP {s}")),
+    }
+}
+
+/// What a gRPC status means (OTLP/gRPC's retryable codes), with the wait its `RetryInfo` asks
+/// for. RESOURCE_EXHAUSTED is retried only with `RetryInfo`: without it the hop has not said
+/// it can recover, and the spec says not to retry.
+fn grpc_failure(s: &tonic::Status) -> Failure {
+    use tonic_types::StatusExt;
+    let asked = s.get_details_retry_info().map(|r| r.retry_delay);
+    match s.code() {
+        // CANCELLED is also what tonic reports when an attempt runs past `timeout`.
+        tonic::Code::Cancelled
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Aborted
+        | tonic::Code::OutOfRange
+        | tonic::Code::Unavailable
+        | tonic::Code::DataLoss => Failure::Retry(s.to_string(), asked.flatten()),
+        tonic::Code::ResourceExhausted => match asked {
+            Some(delay) => Failure::Retry(s.to_string(), delay),
+            None => Failure::GiveUp(format!("{s} (without RetryInfo: not retried)")),
+        },
+        // A failure to reach the hop that tonic reports as UNKNOWN (the TLS handshake timing
+        // out): retried as a connection error is.
+        _ if std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>()) => {
+            Failure::Retry(s.to_string(), None)
+        }
+        _ => Failure::GiveUp(s.to_string()),
+    }
 }
 
 impl Sender {
@@ -359,13 +414,14 @@ impl Sender {
                     stats.sent.fetch_add(1, Relaxed);
                     return;
                 }
-                Err(Failure::Retry(why)) if attempt < ATTEMPTS => {
+                Err(Failure::Retry(why, asked)) if attempt < ATTEMPTS => {
                     stats.retried.fetch_add(1, Relaxed);
-                    tracing::debug!(%why, attempt, "forwarding failed; retrying");
-                    tokio::time::sleep(backoff).await;
+                    let wait = wait_before_retry(backoff, asked);
+                    tracing::debug!(%why, attempt, ?wait, "forwarding failed; retrying");
+                    tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                Err(Failure::Retry(why) | Failure::GiveUp(why)) => {
+                Err(Failure::Retry(why, _) | Failure::GiveUp(why)) => {
                     stats.dropped_failed.fetch_add(1, Relaxed);
                     tracing::warn!(%why, attempt, "forwarding failed; request dropped");
                     return;
@@ -397,11 +453,15 @@ impl Sender {
                     .body(item.body.clone())
                     .send()
                     .await
-                    .map_err(|e| Failure::Retry(e.to_string()))?;
+                    .map_err(|e| Failure::Retry(e.to_string(), None))?;
                 match r.status().as_u16() {
                     200..=299 => Ok(()),
-                    s @ (429 | 502 | 503 | 504) => Err(Failure::Retry(format!("HTTP {s}"))),
-                    s => Err(Failure::GiveUp(format!("HTTP {s}"))),
+                    s => Err(http_failure(
+                        s,
+                        r.headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok()),
+                    )),
                 }
             }
             Sender::Grpc { channel, headers } => {
@@ -417,7 +477,7 @@ impl Sender {
                 let mut grpc = tonic::client::Grpc::new(channel.clone());
                 grpc.ready()
                     .await
-                    .map_err(|e| Failure::Retry(e.to_string()))?;
+                    .map_err(|e| Failure::Retry(e.to_string(), None))?;
                 let mut req = tonic::Request::new(item.body.clone());
                 for (k, v) in headers {
                     if let (Ok(k), Ok(v)) = (
@@ -430,26 +490,7 @@ impl Sender {
                 let path = http::uri::PathAndQuery::from_static(path);
                 match grpc.unary(req, path, BytesCodec).await {
                     Ok(_) => Ok(()),
-                    Err(s) => match s.code() {
-                        // OTLP's retryable codes (the spec's "Failures"; CANCELLED is also
-                        // what tonic reports when an attempt runs past `timeout`), and
-                        // RESOURCE_EXHAUSTED.
-                        tonic::Code::Cancelled
-                        | tonic::Code::DeadlineExceeded
-                        | tonic::Code::Aborted
-                        | tonic::Code::OutOfRange
-                        | tonic::Code::Unavailable
-                        | tonic::Code::DataLoss
-                        | tonic::Code::ResourceExhausted => Err(Failure::Retry(s.to_string())),
-                        // A failure to reach the hop that tonic reports as UNKNOWN (the TLS
-                        // handshake timing out): retried as a connection error is.
-                        _ if std::error::Error::source(&s)
-                            .is_some_and(|e| e.is::<tonic::transport::Error>()) =>
-                        {
-                            Err(Failure::Retry(s.to_string()))
-                        }
-                        _ => Err(Failure::GiveUp(s.to_string())),
-                    },
+                    Err(s) => Err(grpc_failure(&s)),
                 }
             }
         }
@@ -497,5 +538,102 @@ impl tonic::codec::Codec for BytesCodec {
     }
     fn decoder(&mut self) -> BytesDecoder {
         BytesDecoder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    fn retried_after(f: &Failure) -> Option<Option<Duration>> {
+        match f {
+            Failure::Retry(_, asked) => Some(*asked),
+            Failure::GiveUp(_) => None,
+        }
+    }
+
+    #[test]
+    fn http_answers_and_their_retry_after() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            retried_after(&http_failure(429, Some("3"))),
+            Some(Some(secs(3)))
+        );
+        assert_eq!(
+            retried_after(&http_failure(503, Some(" 0 "))),
+            Some(Some(secs(0)))
+        );
+        assert_eq!(retried_after(&http_failure(502, None)), Some(None));
+        // A date is not read: the backoff applies.
+        let date = Some("Wed, 21 Oct 2026 07:28:00 GMT");
+        assert_eq!(retried_after(&http_failure(504, date)), Some(None));
+        for s in [400, 401, 404, 413, 500] {
+            assert_eq!(retried_after(&http_failure(s, Some("1"))), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn resource_exhausted_is_retried_only_with_retry_info() {
+        let two = Duration::from_secs(2);
+        let with_info = |code| {
+            tonic::Status::with_error_details(
+                code,
+                "busy",
+                ErrorDetails::with_retry_info(Some(two)),
+            )
+        };
+        let exhausted = tonic::Code::ResourceExhausted;
+        assert_eq!(
+            retried_after(&grpc_failure(&tonic::Status::new(exhausted, "busy"))),
+            None
+        );
+        assert_eq!(
+            retried_after(&grpc_failure(&with_info(exhausted))),
+            Some(Some(two))
+        );
+        // RetryInfo without a delay: retryable, on the backoff.
+        let no_delay = tonic::Status::with_error_details(
+            exhausted,
+            "busy",
+            ErrorDetails::with_retry_info(None),
+        );
+        assert_eq!(retried_after(&grpc_failure(&no_delay)), Some(None));
+        let unavailable = tonic::Code::Unavailable;
+        assert_eq!(
+            retried_after(&grpc_failure(&with_info(unavailable))),
+            Some(Some(two))
+        );
+        assert_eq!(
+            retried_after(&grpc_failure(&tonic::Status::new(unavailable, "down"))),
+            Some(None)
+        );
+        for code in [
+            tonic::Code::InvalidArgument,
+            tonic::Code::Unauthenticated,
+            tonic::Code::PermissionDenied,
+            tonic::Code::Unimplemented,
+            tonic::Code::Internal,
+        ] {
+            assert_eq!(
+                retried_after(&grpc_failure(&with_info(code))),
+                None,
+                "{code:?}"
+            );
+        }
+        assert!(with_info(exhausted).get_details_retry_info().is_some());
+    }
+
+    #[test]
+    fn the_hop_delay_is_waited_when_longer_than_the_backoff_and_capped() {
+        let ms = Duration::from_millis;
+        assert_eq!(wait_before_retry(ms(100), None), ms(100));
+        assert_eq!(wait_before_retry(ms(100), Some(ms(2000))), ms(2000));
+        assert_eq!(wait_before_retry(ms(5000), Some(ms(1000))), ms(5000));
+        assert_eq!(wait_before_retry(ms(100), Some(ms(0))), ms(100));
+        assert_eq!(
+            wait_before_retry(ms(100), Some(Duration::from_secs(600))),
+            MAX_HOP_DELAY
+        );
     }
 }

@@ -41,11 +41,21 @@ fn forwarded(m: &str, hop: impl std::fmt::Display, outcome: &str) -> f64 {
     .unwrap()
 }
 
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A listening socket for a hop's gRPC server, held from the start (no other process can
+/// take its port between choosing it and serving on it).
+async fn grpc_listener() -> (tonic::transport::server::TcpIncoming, std::net::SocketAddr) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (l.into(), addr)
+}
+
+/// A port nobody listens on, held for as long as the socket lives (bound, never listening:
+/// connections to it are refused).
+fn refusing_port() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
 }
 
 /// Scenario: Trike forwards to an OTLP/gRPC hop, an OTLP/HTTP hop and a hop nobody listens on
@@ -57,12 +67,12 @@ fn free_addr() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_forwarded_unchanged() {
     let grpc_seen: Seen = Default::default();
-    let grpc_addr = free_addr();
+    let (incoming, grpc_addr) = grpc_listener().await;
     let server = TraceServiceServer::new(GrpcHop(grpc_seen.clone()));
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(server)
-            .serve(grpc_addr),
+            .serve_with_incoming(incoming),
     );
     let http_seen: SeenHttp = Default::default();
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -88,7 +98,7 @@ async fn requests_are_forwarded_unchanged() {
         ),
     );
     tokio::spawn(async move { axum::serve(http_listener, app).await });
-    let dead = free_addr();
+    let (_held, dead) = refusing_port();
     let running = start_trike(&format!(
         "forward:\n  - {{ endpoint: \"{grpc_addr}\", protocol: grpc }}\n  - {{ endpoint: \"{http_addr}\", protocol: http, headers: {{ x-team: sre }} }}\n  - {{ endpoint: \"{dead}\", protocol: http, queue_bytes: 64KiB }}\n"
     ))
@@ -270,4 +280,140 @@ async fn hops_that_stall_are_timed_out() {
     }
     running.stop().await.unwrap();
     drop(held);
+}
+
+/// The times a scripted hop was called, and what it answers to its `n`th call (from 0).
+type Calls = Arc<Mutex<Vec<std::time::Instant>>>;
+type Script = Box<dyn Fn(usize) -> Result<(), tonic::Status> + Send + Sync>;
+
+/// A next hop speaking OTLP/gRPC that answers as its script says.
+struct ScriptedHop(Calls, Script);
+
+#[tonic::async_trait]
+impl TraceService for ScriptedHop {
+    async fn export(
+        &self,
+        _: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let n = {
+            let mut calls = self.0.lock().unwrap();
+            calls.push(std::time::Instant::now());
+            calls.len() - 1
+        };
+        (self.1)(n)?;
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+async fn scripted_grpc_hop(script: Script) -> (std::net::SocketAddr, Calls) {
+    let calls: Calls = Default::default();
+    let (incoming, addr) = grpc_listener().await;
+    let server = TraceServiceServer::new(ScriptedHop(calls.clone(), script));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming(incoming),
+    );
+    (addr, calls)
+}
+
+/// Scenario: three hops refuse a request as OTLP servers do when busy: a gRPC hop answers
+/// RESOURCE_EXHAUSTED without `RetryInfo` every time; a gRPC hop answers RESOURCE_EXHAUSTED
+/// with `RetryInfo` (1 s) once, then takes it; an HTTP hop answers 429 with `Retry-After: 1`
+/// once, then takes it. One request is sent.
+/// Guarantees: the first hop is tried once and the request dropped (the spec: not retryable
+/// without RetryInfo); the other two get it twice and keep it, the second attempt at least the
+/// 1 s they asked for after the first (the backoff alone would be 100 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hops_are_retried_when_and_as_they_ask() {
+    use axum::response::IntoResponse;
+    use tonic_types::{ErrorDetails, StatusExt};
+    let (exhausted, exhausted_calls) = scripted_grpc_hop(Box::new(|_| {
+        Err(tonic::Status::resource_exhausted("busy, no word on when"))
+    }))
+    .await;
+    let (throttled, throttled_calls) = scripted_grpc_hop(Box::new(|n| match n {
+        0 => Err(tonic::Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            "busy: come back in a second",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+        )),
+        _ => Ok(()),
+    }))
+    .await;
+    let http_calls: Calls = Default::default();
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = http_listener.local_addr().unwrap();
+    let calls = http_calls.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move || {
+            let calls = calls.clone();
+            async move {
+                let n = {
+                    let mut c = calls.lock().unwrap();
+                    c.push(std::time::Instant::now());
+                    c.len() - 1
+                };
+                match n {
+                    0 => (
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [(axum::http::header::RETRY_AFTER, "1")],
+                    )
+                        .into_response(),
+                    _ => axum::http::StatusCode::OK.into_response(),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(http_listener, app).await });
+    let running = start_trike(&format!(
+        "forward:\n  - {{ endpoint: \"{exhausted}\", protocol: grpc }}\n  - {{ endpoint: \"{throttled}\", protocol: grpc }}\n  - {{ endpoint: \"{http}\", protocol: http }}\n"
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    trike_tests::post_spans(
+        &client,
+        &running,
+        &checkout("1.0", 0.0),
+        10,
+        1_000_000,
+        &mut rng,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let m = metrics_text(&running).await;
+        if forwarded(&m, exhausted, "dropped_failed") >= 1.0
+            && forwarded(&m, throttled, "sent") >= 1.0
+            && forwarded(&m, http, "sent") >= 1.0
+        {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let of = |hop, outcome: &str| forwarded(&m, hop, outcome);
+    assert_eq!(
+        (of(exhausted, "retried"), of(exhausted, "sent")),
+        (0.0, 0.0),
+        "{m}"
+    );
+    assert_eq!(exhausted_calls.lock().unwrap().len(), 1, "tried once");
+    for (hop, calls) in [(throttled, &throttled_calls), (http, &http_calls)] {
+        assert_eq!(
+            (of(hop, "retried"), of(hop, "dropped_failed")),
+            (1.0, 0.0),
+            "{hop}: {m}"
+        );
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2, "{hop}");
+        let waited = calls[1] - calls[0];
+        assert!(
+            waited >= Duration::from_secs(1),
+            "{hop}: retried after {waited:?}"
+        );
+    }
+    running.stop().await.unwrap();
 }
