@@ -11,9 +11,10 @@
 //! DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE and DATA_LOSS, and RESOURCE_EXHAUSTED
 //! only when the hop says when to come back (`RetryInfo`). A hop's own delay (gRPC
 //! `RetryInfo`, HTTP `Retry-After` in seconds) is waited out when it is longer than the
-//! backoff, up to [`MAX_HOP_DELAY`]. The bytes sent are the message as received
-//! (decompressed; the HTTP hop gets the same content type). A JSON request cannot go to a gRPC
-//! hop unchanged: it is counted as `unsupported` and not sent.
+//! backoff, up to [`MAX_HOP_DELAY`]. The message sent is the message as received, gzipped
+//! again for the hop unless its `compression` is `none` (the HTTP hop gets the same content
+//! type). A JSON request cannot go to a gRPC hop unchanged: it is counted as `unsupported`
+//! and not sent. Header values are secrets: `check-config` and logs show them as `***`.
 
 use bytes::{Buf, BufMut, Bytes};
 use serde::Deserialize;
@@ -45,6 +46,18 @@ pub enum Protocol {
     Http,
 }
 
+/// How a hop's requests are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip (the default, as the Collector's OTLP exporters have it): HTTP
+    /// `Content-Encoding: gzip`, gRPC's `grpc-encoding: gzip`.
+    #[default]
+    Gzip,
+    /// As they are.
+    None,
+}
+
 /// One `forward:` entry.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,9 +67,13 @@ pub struct Target {
     /// `grpc` (default) or `http`.
     #[serde(default)]
     pub protocol: Protocol,
-    /// Headers (gRPC metadata) sent with every request, e.g. `authorization`.
+    /// Headers (gRPC metadata) sent with every request, e.g. `authorization`; their values
+    /// are secrets (printed as `***`).
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, trike_sinks::Secret>,
+    /// `gzip` (default) or `none`.
+    #[serde(default)]
+    pub compression: Compression,
     /// Bytes queued for the hop at most (default 64 MiB).
     #[serde(default)]
     pub queue_bytes: Option<crate::config::bytes::ByteSize>,
@@ -89,7 +106,7 @@ impl Target {
         }
         for (name, value) in &self.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || http::HeaderValue::from_str(value).is_err()
+                || http::HeaderValue::from_str(value.expose()).is_err()
             {
                 return Err(format!("headers: {name:?} is not a valid header"));
             }
@@ -278,10 +295,12 @@ enum Sender {
         client: reqwest::Client,
         base: String,
         headers: reqwest::header::HeaderMap,
+        gzip: bool,
     },
     Grpc {
         channel: tonic::transport::Channel,
-        headers: BTreeMap<String, String>,
+        headers: tonic::metadata::MetadataMap,
+        gzip: bool,
     },
 }
 
@@ -291,6 +310,17 @@ enum Failure {
     /// Worth another attempt; after at least the hop's own delay, if it gave one.
     Retry(String, Option<Duration>),
     GiveUp(String),
+}
+
+/// `plain`, gzipped (the fast level: a hop's bytes cost more than this CPU).
+fn gzip(plain: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut z = flate2::write::GzEncoder::new(
+        Vec::with_capacity(plain.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    z.write_all(plain).expect("writing to memory");
+    z.finish().expect("writing to memory").into()
 }
 
 /// The wait before the next attempt: the backoff, or the hop's delay when that is longer
@@ -353,9 +383,11 @@ impl Sender {
             Protocol::Http => {
                 let mut headers = reqwest::header::HeaderMap::new();
                 for (k, v) in &t.headers {
+                    let mut value = reqwest::header::HeaderValue::from_str(v.expose())?;
+                    value.set_sensitive(true);
                     headers.insert(
                         reqwest::header::HeaderName::from_bytes(k.as_bytes())?,
-                        reqwest::header::HeaderValue::from_str(v)?,
+                        value,
                     );
                 }
                 let builder = reqwest::Client::builder()
@@ -370,6 +402,7 @@ impl Sender {
                     client: builder.build()?,
                     base: format!("{scheme}://{}", t.endpoint),
                     headers,
+                    gzip: t.compression == Compression::Gzip,
                 }
             }
             Protocol::Grpc => {
@@ -398,18 +431,42 @@ impl Sender {
                     }
                     None => endpoint.connect_lazy(),
                 };
+                let mut headers = tonic::metadata::MetadataMap::new();
+                for (k, v) in &t.headers {
+                    headers.insert(
+                        tonic::metadata::MetadataKey::from_bytes(k.as_bytes())?,
+                        v.expose().parse()?,
+                    );
+                }
                 Sender::Grpc {
                     channel,
-                    headers: t.headers.clone(),
+                    headers,
+                    gzip: t.compression == Compression::Gzip,
                 }
             }
         })
     }
 
     async fn deliver(&self, item: &Item, stats: &HopStats) {
+        // An HTTP hop's body is gzipped once, off the runtime's threads, for every attempt
+        // (tonic gzips a gRPC message as it sends it).
+        let body = match self {
+            Sender::Http { gzip: true, .. } => {
+                let plain = item.body.clone();
+                match tokio::task::spawn_blocking(move || gzip(&plain)).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        stats.dropped_failed.fetch_add(1, Relaxed);
+                        tracing::warn!(error = %e, "forwarding failed: gzipping the request");
+                        return;
+                    }
+                }
+            }
+            _ => item.body.clone(),
+        };
         let mut backoff = Duration::from_millis(100);
         for attempt in 1..=ATTEMPTS {
-            match self.send(item).await {
+            match self.send(item, &body).await {
                 Ok(()) => {
                     stats.sent.fetch_add(1, Relaxed);
                     return;
@@ -430,12 +487,14 @@ impl Sender {
         }
     }
 
-    async fn send(&self, item: &Item) -> Result<(), Failure> {
+    /// One attempt: `item` whose body, as the hop gets it, is `body`.
+    async fn send(&self, item: &Item, body: &Bytes) -> Result<(), Failure> {
         match self {
             Sender::Http {
                 client,
                 base,
                 headers,
+                gzip,
             } => {
                 let path = match item.signal {
                     SignalKind::Traces => "/v1/traces",
@@ -446,11 +505,15 @@ impl Sender {
                     Encoding::Json => "application/json",
                     _ => "application/x-protobuf",
                 };
-                let r = client
+                let mut request = client
                     .post(format!("{base}{path}"))
                     .headers(headers.clone())
-                    .header(reqwest::header::CONTENT_TYPE, content_type)
-                    .body(item.body.clone())
+                    .header(reqwest::header::CONTENT_TYPE, content_type);
+                if *gzip {
+                    request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+                }
+                let r = request
+                    .body(body.clone())
                     .send()
                     .await
                     .map_err(|e| Failure::Retry(e.to_string(), None))?;
@@ -464,7 +527,11 @@ impl Sender {
                     )),
                 }
             }
-            Sender::Grpc { channel, headers } => {
+            Sender::Grpc {
+                channel,
+                headers,
+                gzip,
+            } => {
                 let path = match item.signal {
                     SignalKind::Traces => {
                         "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -475,18 +542,14 @@ impl Sender {
                     SignalKind::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
                 };
                 let mut grpc = tonic::client::Grpc::new(channel.clone());
+                if *gzip {
+                    grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                }
                 grpc.ready()
                     .await
                     .map_err(|e| Failure::Retry(e.to_string(), None))?;
-                let mut req = tonic::Request::new(item.body.clone());
-                for (k, v) in headers {
-                    if let (Ok(k), Ok(v)) = (
-                        tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
-                        v.parse(),
-                    ) {
-                        req.metadata_mut().insert(k, v);
-                    }
-                }
+                let mut req = tonic::Request::new(body.clone());
+                *req.metadata_mut() = headers.clone();
                 let path = http::uri::PathAndQuery::from_static(path);
                 match grpc.unary(req, path, BytesCodec).await {
                     Ok(_) => Ok(()),

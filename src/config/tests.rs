@@ -383,12 +383,13 @@ policies:
 }
 
 /// Guarantees: `check-config` (which prints the validated config) shows secrets as `***`:
-/// the signing key and literal webhook header values.
+/// the signing key, literal webhook header values and a next hop's header values.
 #[test]
 fn secrets_print_as_stars() {
     let c = load(
         r#"
 signing: { key: s3cret-signing-key }
+forward: [{ endpoint: "backend:4317", headers: { authorization: "Bearer f0rward-t0ken" } }]
 actuator:
   executors:
     - { name: w, type: webhook, actions: [page], url: "https://pager.example/x", headers: { Authorization: "Bearer t0ken-value" } }
@@ -398,6 +399,11 @@ actuator:
     let printed = format!("{c:#?}");
     assert!(!printed.contains("s3cret-signing-key"), "{printed}");
     assert!(!printed.contains("t0ken-value"), "{printed}");
+    assert!(!printed.contains("f0rward-t0ken"), "{printed}");
+    assert_eq!(
+        c.forward[0].headers["authorization"].expose(),
+        "Bearer f0rward-t0ken"
+    );
     assert!(printed.contains("***"));
     assert_eq!(c.resolve_signing_key().unwrap(), b"s3cret-signing-key");
 }
@@ -507,4 +513,24 @@ fn trace_url_template_names_the_trace_id() {
     );
     let ok = load(r#"trace_url_template: "http://jaeger:16686/trace/{trace_id}""#).unwrap();
     assert!(ok.trace_url_template.unwrap().ends_with("{trace_id}"));
+}
+
+/// Guarantees: a next hop's requests are gzipped unless its `compression` is `none`, as the
+/// Collector's exporters; another value is refused, naming it.
+#[test]
+fn forward_compression() {
+    use crate::forward::Compression;
+    let c = load(
+        r#"forward: [{ endpoint: "a:4317" }, { endpoint: "b:4318", protocol: http, compression: none }, { endpoint: "c:4317", compression: gzip }]"#,
+    )
+    .unwrap();
+    let got: Vec<Compression> = c.forward.iter().map(|t| t.compression).collect();
+    assert_eq!(
+        got,
+        [Compression::Gzip, Compression::None, Compression::Gzip]
+    );
+    let refused = load(r#"forward: [{ endpoint: "a:4317", compression: zstd }]"#)
+        .unwrap_err()
+        .join("\n");
+    assert!(refused.contains("zstd"), "{refused}");
 }

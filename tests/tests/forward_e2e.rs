@@ -11,11 +11,22 @@ use trike_proto::collector::trace::v1::trace_service_server::{TraceService, Trac
 use trike_proto::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use trike_tests::{checkout, metrics_text, sample, start_trike, wait_for_requests};
 
-type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
-/// (path, content type, body) of each request an HTTP hop got.
-type SeenHttp = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+/// (`grpc-encoding`, message encoded again) of each request a gRPC hop got.
+type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
-/// A next hop speaking OTLP/gRPC: keeps each request it gets, encoded again.
+/// What an HTTP hop got of one request.
+#[derive(Clone, Debug)]
+struct HttpRequest {
+    content_type: String,
+    content_encoding: String,
+    x_team: String,
+    /// The body, gunzipped when it came gzipped.
+    body: Vec<u8>,
+}
+type SeenHttp = Arc<Mutex<Vec<HttpRequest>>>;
+
+/// A next hop speaking OTLP/gRPC (gzip accepted, as the Collector's receiver): keeps each
+/// request it gets.
 struct GrpcHop(Seen);
 
 #[tonic::async_trait]
@@ -24,12 +35,64 @@ impl TraceService for GrpcHop {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let encoding = request
+            .metadata()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         self.0
             .lock()
             .unwrap()
-            .push(request.into_inner().encode_to_vec());
+            .push((encoding, request.into_inner().encode_to_vec()));
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
+}
+
+/// A next hop speaking OTLP/HTTP on `/v1/traces`: keeps each request it gets.
+async fn http_hop() -> (std::net::SocketAddr, SeenHttp) {
+    let seen: SeenHttp = Default::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let keep = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let keep = keep.clone();
+                async move {
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    let content_encoding = header("content-encoding");
+                    let body = if content_encoding == "gzip" {
+                        let mut plain = Vec::new();
+                        std::io::Read::read_to_end(
+                            &mut flate2::read::GzDecoder::new(&body[..]),
+                            &mut plain,
+                        )
+                        .unwrap();
+                        plain
+                    } else {
+                        body.to_vec()
+                    };
+                    keep.lock().unwrap().push(HttpRequest {
+                        content_type: header("content-type"),
+                        content_encoding,
+                        x_team: header("x-team"),
+                        body,
+                    });
+                    axum::http::StatusCode::OK
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
 }
 
 /// What `/metrics` (the text `m`) counts of a hop's requests of `outcome`.
@@ -58,49 +121,30 @@ fn refusing_port() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
     (socket, addr)
 }
 
-/// Scenario: Trike forwards to an OTLP/gRPC hop, an OTLP/HTTP hop and a hop nobody listens on
-/// (a 64 KiB queue); a client sends 20 OTLP/HTTP protobuf requests of 50 spans.
-/// Guarantees: both live hops receive exactly the 20 requests, byte for byte (the HTTP hop the
-/// very bytes, with the content type; the gRPC hop the same message); Trike counted all 1 000
-/// spans as without forwarding; `/metrics` says 20 sent to each live hop and counts every
+/// Scenario: Trike forwards to an OTLP/gRPC hop, an OTLP/HTTP hop with a header, an OTLP/HTTP
+/// hop with `compression: none` and a hop nobody listens on (a 64 KiB queue); a client sends
+/// 20 uncompressed OTLP/HTTP protobuf requests of 50 spans.
+/// Guarantees: the live hops receive exactly the 20 requests, byte for byte (the HTTP hops the
+/// very bytes, with the content type, gzipped by default and as they are with `none`, the
+/// header only where configured; the gRPC hop the same message, gzipped); Trike counted all
+/// 1 000 spans as without forwarding; `/metrics` says 20 sent to each live hop and counts every
 /// request to the dead one as retried-then-dropped or dropped because its queue was full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_forwarded_unchanged() {
     let grpc_seen: Seen = Default::default();
     let (incoming, grpc_addr) = grpc_listener().await;
-    let server = TraceServiceServer::new(GrpcHop(grpc_seen.clone()));
+    let server = TraceServiceServer::new(GrpcHop(grpc_seen.clone()))
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(server)
             .serve_with_incoming(incoming),
     );
-    let http_seen: SeenHttp = Default::default();
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = http_listener.local_addr().unwrap();
-    let seen = http_seen.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(
-            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let seen = seen.clone();
-                async move {
-                    let ct = headers
-                        .get("content-type")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    seen.lock()
-                        .unwrap()
-                        .push(("/v1/traces".into(), ct, body.to_vec()));
-                    axum::http::StatusCode::OK
-                }
-            },
-        ),
-    );
-    tokio::spawn(async move { axum::serve(http_listener, app).await });
+    let (http_addr, http_seen) = http_hop().await;
+    let (plain_addr, plain_seen) = http_hop().await;
     let (_held, dead) = refusing_port();
     let running = start_trike(&format!(
-        "forward:\n  - {{ endpoint: \"{grpc_addr}\", protocol: grpc }}\n  - {{ endpoint: \"{http_addr}\", protocol: http, headers: {{ x-team: sre }} }}\n  - {{ endpoint: \"{dead}\", protocol: http, queue_bytes: 64KiB }}\n"
+        "forward:\n  - {{ endpoint: \"{grpc_addr}\", protocol: grpc }}\n  - {{ endpoint: \"{http_addr}\", protocol: http, headers: {{ x-team: sre }} }}\n  - {{ endpoint: \"{plain_addr}\", protocol: http, compression: none }}\n  - {{ endpoint: \"{dead}\", protocol: http, queue_bytes: 64KiB }}\n"
     ))
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -128,21 +172,47 @@ async fn requests_are_forwarded_unchanged() {
         1000
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while (grpc_seen.lock().unwrap().len() < 20 || http_seen.lock().unwrap().len() < 20)
+    while (grpc_seen.lock().unwrap().len() < 20
+        || http_seen.lock().unwrap().len() < 20
+        || plain_seen.lock().unwrap().len() < 20)
         && std::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut want = sent.clone();
     want.sort();
-    let mut got_grpc = grpc_seen.lock().unwrap().clone();
+    let grpc = grpc_seen.lock().unwrap().clone();
+    assert!(
+        grpc.iter().all(|(e, _)| e == "gzip"),
+        "gzipped to the gRPC hop"
+    );
+    let mut got_grpc: Vec<Vec<u8>> = grpc.into_iter().map(|(_, m)| m).collect();
     got_grpc.sort();
     assert_eq!(got_grpc, want, "the gRPC hop got every request, unchanged");
-    let http = http_seen.lock().unwrap().clone();
-    assert!(http.iter().all(|(_, ct, _)| ct == "application/x-protobuf"));
-    let mut got_http: Vec<Vec<u8>> = http.into_iter().map(|(_, _, b)| b).collect();
-    got_http.sort();
-    assert_eq!(got_http, want, "the HTTP hop got the very bytes");
+    for (hop, encoding) in [(&http_seen, "gzip"), (&plain_seen, "")] {
+        let http = hop.lock().unwrap().clone();
+        assert!(
+            http.iter()
+                .all(|r| r.content_type == "application/x-protobuf"
+                    && r.content_encoding == encoding),
+            "{encoding:?}: {:?}",
+            http.first().map(|r| (&r.content_type, &r.content_encoding))
+        );
+        let mut got_http: Vec<Vec<u8>> = http.into_iter().map(|r| r.body).collect();
+        got_http.sort();
+        assert_eq!(
+            got_http, want,
+            "the HTTP hop ({encoding:?}) got the very bytes"
+        );
+    }
+    assert!(http_seen.lock().unwrap().iter().all(|r| r.x_team == "sre"));
+    assert!(
+        plain_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| r.x_team.is_empty())
+    );
 
     // The dead hop: every request retried and dropped, or dropped at its full queue.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -157,7 +227,7 @@ async fn requests_are_forwarded_unchanged() {
         assert!(std::time::Instant::now() < deadline, "{m}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    for hop in [grpc_addr, http_addr] {
+    for hop in [grpc_addr, http_addr, plain_addr] {
         assert_eq!(forwarded(&m, hop, "sent"), 20.0, "{m}");
     }
     running.stop().await.unwrap();
@@ -308,7 +378,8 @@ impl TraceService for ScriptedHop {
 async fn scripted_grpc_hop(script: Script) -> (std::net::SocketAddr, Calls) {
     let calls: Calls = Default::default();
     let (incoming, addr) = grpc_listener().await;
-    let server = TraceServiceServer::new(ScriptedHop(calls.clone(), script));
+    let server = TraceServiceServer::new(ScriptedHop(calls.clone(), script))
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(server)

@@ -12,8 +12,9 @@
 //! probed again for `--recovery-s` after the load stops), `--queries N` for N heavy SQL queries
 //! running back to back during the load (freshness under queries).
 //!
-//! `--forward grpc|http` forwards every request to an in-process next hop (`forward:`) and
-//! counts what it receives, for the SLI path's throughput with and without forwarding.
+//! `--forward grpc|http` forwards every request to an in-process next hop (`forward:`, gzipped
+//! unless `--forward-compression none`) and counts what it receives, for the SLI path's
+//! throughput with and without forwarding.
 //!
 //! `--fleet` runs the same load through a gateway and a processor (both in this process, over
 //! an in-process broker): span sent to the gateway → visible in the processor's API.
@@ -69,10 +70,13 @@ struct Args {
     /// in-process OTLP sink that counts what it receives (`forward:`, DESIGN §10).
     #[arg(long)]
     forward: Option<String>,
+    /// The next hop's `compression` (`gzip`, the default, or `none`).
+    #[arg(long, default_value = "gzip")]
+    forward_compression: String,
 }
 
-/// A next hop for `--forward`: OTLP/HTTP `/v1/traces` and OTLP/gRPC trace export, counting
-/// requests and bytes.
+/// A next hop for `--forward`: OTLP/HTTP `/v1/traces` and OTLP/gRPC trace export (both take
+/// gzip), counting requests and bytes (HTTP: as they came over the wire; gRPC: the message).
 async fn start_sink(
     protocol: &str,
     requests: Arc<AtomicU64>,
@@ -103,7 +107,10 @@ async fn start_sink(
         drop(listener);
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(Sink(requests, bytes)))
+                .add_service(
+                    TraceServiceServer::new(Sink(requests, bytes))
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                )
                 .serve(addr),
         );
     } else {
@@ -223,7 +230,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(protocol) = &args.forward {
         let addr = start_sink(protocol, forwarded.clone(), forwarded_bytes.clone()).await?;
         yaml.push_str(&format!(
-            "forward: [{{ endpoint: \"{addr}\", protocol: {protocol} }}]\n"
+            "forward: [{{ endpoint: \"{addr}\", protocol: {protocol}, compression: {} }}]\n",
+            args.forward_compression
         ));
     }
     let broker = if args.fleet {
@@ -491,7 +499,7 @@ async fn main() -> anyhow::Result<()> {
         // Let the forwarders drain before counting.
         tokio::time::sleep(Duration::from_secs(2)).await;
         println!(
-            "forwarded:            {} requests, {:.1} MB at the next hop",
+            "forwarded:            {} requests, {:.1} MB at the next hop (HTTP: on the wire)",
             forwarded.load(Relaxed),
             forwarded_bytes.load(Relaxed) as f64 / 1e6
         );
