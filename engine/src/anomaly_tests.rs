@@ -762,8 +762,8 @@ fn samples(d: &Detector) -> u64 {
 }
 
 /// Guarantees: detectors restored from a checkpoint or taken over with a partition take on the
-/// watch's settings as it is configured now (threshold, warm-up, rest, memory), keeping what
-/// they learned; when the seasonal cycle changed, they start afresh.
+/// watch's settings as it is configured now (threshold, warm-up, rest, memory, the seasonal
+/// cycle), keeping what they learned (see `a_new_cycle_forgets_only_the_seasonal_profile`).
 #[test]
 fn restored_detectors_take_on_the_settings_of_now() {
     let then = DetectorConfig {
@@ -794,7 +794,7 @@ fn restored_detectors_take_on_the_settings_of_now() {
         ..now
     };
     assert_eq!((d.config(), samples(d)), (&want, 51));
-    // Another cycle: what was learned against the old profile is dropped.
+    // Another cycle: the cycle is the new one, and the samples seen are kept.
     for cycle in [
         DetectorConfig {
             season_bins: 48,
@@ -806,8 +806,103 @@ fn restored_detectors_take_on_the_settings_of_now() {
         w.merge(snap.clone());
         sample_once(&mut w);
         let d = &error_ratio(&w);
-        assert_eq!((d.config().season_bins, samples(d)), (cycle.season_bins, 1));
+        assert_eq!(
+            d.config(),
+            &DetectorConfig {
+                silence: false,
+                ..cycle
+            }
+        );
+        assert_eq!(samples(d), 51);
     }
+}
+
+/// Guarantees: a detector whose seasonal cycle changes forgets what it learned against the old
+/// cycle (the profile, the residuals from it and their tail history, as a new detector has
+/// them) and keeps the rest (samples seen, level, recent samples, density, the other tail
+/// histories), so it scores a spike at once instead of warming up again.
+#[test]
+fn a_new_cycle_forgets_only_the_seasonal_profile() {
+    let daily = DetectorConfig {
+        silence: false,
+        ..Default::default()
+    };
+    let mut d = Detector::new(daily);
+    for i in 0..400 {
+        d.observe(
+            i * 300,
+            10.0 + (i % 3) as f64 + if i % 288 < 100 { 5.0 } else { 0.0 },
+        );
+    }
+    let before = serde_json::to_value(&d).unwrap();
+    let hourly = DetectorConfig {
+        season_s: 3600,
+        season_bins: 12,
+        ..daily
+    };
+    d.follow(hourly);
+    let after = serde_json::to_value(&d).unwrap();
+    let fresh = serde_json::to_value(Detector::new(hourly)).unwrap();
+    assert_ne!(before["season"], fresh["season"], "a profile was learned");
+    for forgotten in ["season", "residual", "recent_residuals"] {
+        assert_eq!(after[forgotten], fresh[forgotten], "{forgotten}");
+    }
+    assert_eq!(
+        after["ranks"][1], fresh["ranks"][1],
+        "the seasonal statistic's history"
+    );
+    for kept in [
+        "n",
+        "level",
+        "recent",
+        "density",
+        "surprises",
+        "last_expected",
+    ] {
+        assert_eq!(after[kept], before[kept], "{kept}");
+    }
+    for r in [0, 2, 3] {
+        assert_eq!(after["ranks"][r], before["ranks"][r], "ranks[{r}]");
+    }
+    assert_eq!(d.config(), &hourly);
+    assert!(d.observe(400 * 300, 500.0).anomaly, "scored at once");
+}
+
+/// Guarantees: after a change of cycle the seasonal statistic warms up again before it counts:
+/// streams of plain noise raise no more anomalies in the 30 samples after the change than the
+/// same streams without it (its tail read off a few values would call anything rare).
+#[test]
+fn a_new_cycle_raises_no_false_alerts() {
+    let daily = DetectorConfig {
+        silence: false,
+        ..Default::default()
+    };
+    let hourly = DetectorConfig {
+        season_s: 3600,
+        season_bins: 12,
+        ..daily
+    };
+    let noise = Normal::new(100.0, 5.0).unwrap();
+    let (mut changed, mut unchanged) = (0, 0);
+    for seed in 0..60 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut d = Detector::new(daily);
+        for i in 0..1500 {
+            d.observe(i * 10, noise.sample(&mut rng));
+        }
+        let mut same = d.clone();
+        d.follow(hourly);
+        same.follow(daily);
+        for i in 1500..1530 {
+            let v = noise.sample(&mut rng);
+            changed += usize::from(d.observe(i * 10, v).anomaly);
+            unchanged += usize::from(same.observe(i * 10, v).anomaly);
+        }
+    }
+    assert!(
+        changed <= unchanged + 1,
+        "{changed} anomalies after the change, {unchanged} without it"
+    );
 }
 
 /// Guarantees: a rest under way when the settings change ends by the new rest at the latest.

@@ -130,6 +130,10 @@ pub struct Detector {
     surprises: Recent,
     quiet: u32,
     last_expected: f64,
+    /// Samples seen when the seasonal cycle last changed (0: never): the seasonal statistic
+    /// warms up again from there, as a new detector's statistics do.
+    #[serde(default)]
+    season_since: u64,
 }
 
 impl Detector {
@@ -154,20 +158,28 @@ impl Detector {
             surprises: Recent::default(),
             quiet: 0,
             last_expected: 0.0,
+            season_since: 0,
         }
     }
 
     /// Takes on `cfg`, the watch's settings now (a detector read from a checkpoint or taken
     /// over from another processor was saved with the settings of its time). The threshold,
     /// warm-up, rest, memory and silences apply from the next sample on, and what was learned
-    /// is kept; a detector whose seasonal cycle changed (its length, or its bins) starts
-    /// afresh, since everything it learned was against the old cycle's profile.
+    /// is kept. When the seasonal cycle changed (its length, or its bins), what was learned
+    /// against the old cycle is forgotten — the profile, the residuals from it and their tail
+    /// history — and the rest kept: the level, the density, silences and the other statistics'
+    /// histories do not depend on the cycle, so the detector goes on scoring without a new
+    /// warm-up while the new profile is learned.
     pub fn follow(&mut self, cfg: DetectorConfig) {
         let cycle =
             |c: &DetectorConfig| (c.season_s, if c.season_s == 0 { 0 } else { c.season_bins });
         if cycle(&cfg) != cycle(&self.cfg) {
-            *self = Detector::new(cfg);
-            return;
+            let fresh = Detector::new(cfg);
+            self.season = fresh.season;
+            self.residual = fresh.residual;
+            self.recent_residuals = fresh.recent_residuals;
+            self.ranks[1] = TailRank::default();
+            self.season_since = self.n;
         }
         self.judge_silences(cfg.silence);
         // (A rest under way ends by the new rest at the latest.)
@@ -269,8 +281,17 @@ impl Detector {
             tests += 1.0;
         }
         let mut p_values: f64 = 1.0;
-        for (rank, stat) in self.ranks.iter_mut().zip(stats) {
+        // The seasonal statistic's history, new after a change of cycle, is only learned from
+        // for `warmup` samples (a tail read off a few values would call anything rare).
+        // (A detector whose cycle never changed warms up as a whole, before it scores.)
+        let season_warm =
+            self.season_since == 0 || self.n >= self.season_since + u64::from(self.cfg.warmup);
+        for (i, (rank, stat)) in self.ranks.iter_mut().zip(stats).enumerate() {
             let Some(z) = stat else { continue };
+            if i == 1 && !season_warm {
+                rank.add(z);
+                continue;
+            }
             let pz = if z > 0.0 { rank.p(z) } else { 1.0 };
             p_values = p_values.min(pz * tests);
             rank.add(z);
