@@ -49,8 +49,9 @@ pub struct ControlEvent {
 pub struct Target {
     /// Service.
     pub service: String,
-    /// Version (absent when the decision is about the whole service).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Version; `null` when the decision is about the whole service (always written, as
+    /// DESIGN §4 lists it: a consumer's schema can require the key).
+    #[serde(default)]
     pub version: Option<String>,
     /// Operation, when the decision is about one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,7 +287,13 @@ mod tests {
         whole.target.version = String::new();
         whole.action = Action::Page;
         let e = ControlEvent::from_decision(&whole, "trike-0");
-        assert!(e.to_value()["data"]["target"].get("version").is_none());
+        let target = &e.to_value()["data"]["target"];
+        assert_eq!(
+            target.get("version"),
+            Some(&serde_json::Value::Null),
+            "{target}"
+        );
+        assert_eq!(ControlEvent::parse(e.to_json().as_bytes()).unwrap(), e);
         assert_eq!(e.version(), "");
         assert_eq!(e.kind, "io.trike.control.page");
     }
