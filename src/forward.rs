@@ -110,6 +110,18 @@ impl Target {
             {
                 return Err(format!("headers: {name:?} is not a valid header"));
             }
+            // gRPC metadata: ASCII values only (a `-bin` key carries binary ones).
+            if self.protocol == Protocol::Grpc
+                && (tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes()).is_err()
+                    || value
+                        .expose()
+                        .parse::<tonic::metadata::AsciiMetadataValue>()
+                        .is_err())
+            {
+                return Err(format!(
+                    "headers: {name:?} is not valid gRPC metadata (ASCII values; not a -bin key)"
+                ));
+            }
         }
         if let Some(tls) = &self.tls {
             trike_ingest::tls::hop_client_config(tls, &[]).map_err(|e| format!("tls: {e}"))?;
@@ -433,9 +445,11 @@ impl Sender {
                 };
                 let mut headers = tonic::metadata::MetadataMap::new();
                 for (k, v) in &t.headers {
+                    let mut value: tonic::metadata::AsciiMetadataValue = v.expose().parse()?;
+                    value.set_sensitive(true);
                     headers.insert(
                         tonic::metadata::MetadataKey::from_bytes(k.as_bytes())?,
-                        v.expose().parse()?,
+                        value,
                     );
                 }
                 Sender::Grpc {

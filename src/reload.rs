@@ -98,7 +98,20 @@ pub struct Reloaded {
     pub dropped_rule_state: Vec<String>,
 }
 
-/// The sections a reload does not apply, each with its printed form.
+/// A digest of secret values (their printed form is `***`, so a changed secret would not show
+/// in it): compared, never printed.
+fn secrets_digest<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for v in values {
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// The sections a reload does not apply, each with its printed form (with a digest of the
+/// secrets they hold, so a rotated header or key shows as a change too).
 fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
     vec![
         (
@@ -116,7 +129,18 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         ("engine", format!("{:?}", c.engine)),
         ("anomaly", format!("{:?}", c.anomaly)),
         ("capacity", format!("{:?}", c.capacity)),
-        ("forward", format!("{:?}", c.forward)),
+        (
+            "forward",
+            format!(
+                "{:?} {}",
+                c.forward,
+                secrets_digest(
+                    c.forward
+                        .iter()
+                        .flat_map(|t| t.headers.values().map(|v| v.expose()))
+                )
+            ),
+        ),
         (
             "metrics",
             format!("{:?} {:?}", c.metrics_windows, c.metrics_max_services),
@@ -140,8 +164,12 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         (
             "signing",
             format!(
-                "{:?} {:?} {:?} {:?}",
-                c.signing_key_env, c.signing_key, c.signing_key_id, c.verify_keys
+                "{:?} {:?} {:?} {:?} {}",
+                c.signing_key_env,
+                c.signing_key,
+                c.signing_key_id,
+                c.verify_keys,
+                secrets_digest(c.signing_key.as_ref().map(|k| k.expose()))
             ),
         ),
         ("actuator", format!("{:?}", c.actuator)),
@@ -352,5 +380,51 @@ impl Reloader {
             restart_needed,
             dropped_rule_state: dropped,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    fn sections(yaml: &str) -> Vec<(&'static str, String)> {
+        let c =
+            Config::validate(RawConfig::from_yaml(yaml).unwrap(), &Overrides::default()).unwrap();
+        restart_only(&c)
+    }
+
+    /// Guarantees: a rotated forward header or signing key is a change a reload reports as
+    /// needing a restart, though both print as `***`; the same values are no change.
+    #[test]
+    fn changed_secrets_are_changes() {
+        let config = |token: &str, key: &str| {
+            format!(
+                "forward: [{{ endpoint: \"backend:4317\", headers: {{ authorization: \"Bearer {token}\" }} }}]\nsigning: {{ key: {key} }}\n"
+            )
+        };
+        let changed = |a: &str, b: &str| -> Vec<&'static str> {
+            sections(a)
+                .into_iter()
+                .zip(sections(b))
+                .filter(|(x, y)| x.1 != y.1)
+                .map(|(x, _)| x.0)
+                .collect()
+        };
+        let first = config("token-one", "key-one");
+        assert_eq!(changed(&first, &first), Vec::<&str>::new());
+        assert_eq!(
+            changed(&first, &config("token-two", "key-one")),
+            ["forward"]
+        );
+        assert_eq!(
+            changed(&first, &config("token-one", "key-two")),
+            ["signing"]
+        );
+        assert!(
+            sections(&first)
+                .iter()
+                .all(|(_, s)| !s.contains("token-one"))
+        );
     }
 }

@@ -179,7 +179,7 @@ limits: { max_connections: 0, max_grpc_streams: 0 }
 tls: { cert_file: /nonexistent/tls.crt, key_file: /nonexistent/tls.key }
 anomaly: { threshold: 1.5, season: fortnightly }
 capacity: [{ service: a, metric: " ", limit: -1 }, { service: a, limit: 5 }, { service: a, metric: request_rate, limit: 6 }]
-forward: [{ endpoint: "collector:4317" }, { endpoint: "http://collector", protocol: http }, { endpoint: "c:4317", tls: { ca_file: /nonexistent/ca.crt } }, { endpoint: "c:4317", tls: { cert_file: /x.crt } }, { endpoint: "c:4317", timeout: 10m }]
+forward: [{ endpoint: "collector:4317", headers: { trace-bin: x } }, { endpoint: "http://collector", protocol: http }, { endpoint: "c:4317", tls: { ca_file: /nonexistent/ca.crt } }, { endpoint: "c:4317", tls: { cert_file: /x.crt } }, { endpoint: "c:4317", timeout: 10m }]
 slos:
   - { name: a, service: s, objective: 1.5, sli: availability }
   - { name: a, service: s, objective: 0.99, period: 90d, sli: { latency: { threshold_ms: -3 } } }
@@ -207,6 +207,7 @@ slos:
         "capacity[0].metric: write request_rate or a usage metric's name",
         "capacity[0].limit: -1 is not a positive number",
         "capacity[2]: \"a\" has a limit on request_rate already",
+        "forward[0].headers: \"trace-bin\" is not valid gRPC metadata",
         "forward[1].endpoint: \"http://collector\" is not host:port",
         "forward[2].tls: forward.tls.ca_file /nonexistent/ca.crt:",
         "forward[3].tls: forward.tls.cert_file /x.crt: cert_file and key_file go together: give key_file too",

@@ -11,8 +11,8 @@ use trike_proto::collector::trace::v1::trace_service_server::{TraceService, Trac
 use trike_proto::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use trike_tests::{checkout, metrics_text, sample, start_trike, wait_for_requests};
 
-/// (`grpc-encoding`, message encoded again) of each request a gRPC hop got.
-type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+/// (`grpc-encoding`, `x-team`, message encoded again) of each request a gRPC hop got.
+type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
 
 /// What an HTTP hop got of one request.
 #[derive(Clone, Debug)]
@@ -35,16 +35,19 @@ impl TraceService for GrpcHop {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let encoding = request
-            .metadata()
-            .get("grpc-encoding")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let metadata = |key: &str| {
+            request
+                .metadata()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (encoding, team) = (metadata("grpc-encoding"), metadata("x-team"));
         self.0
             .lock()
             .unwrap()
-            .push((encoding, request.into_inner().encode_to_vec()));
+            .push((encoding, team, request.into_inner().encode_to_vec()));
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -144,7 +147,7 @@ async fn requests_are_forwarded_unchanged() {
     let (plain_addr, plain_seen) = http_hop().await;
     let (_held, dead) = refusing_port();
     let running = start_trike(&format!(
-        "forward:\n  - {{ endpoint: \"{grpc_addr}\", protocol: grpc }}\n  - {{ endpoint: \"{http_addr}\", protocol: http, headers: {{ x-team: sre }} }}\n  - {{ endpoint: \"{plain_addr}\", protocol: http, compression: none }}\n  - {{ endpoint: \"{dead}\", protocol: http, queue_bytes: 64KiB }}\n"
+        "forward:\n  - {{ endpoint: \"{grpc_addr}\", protocol: grpc, headers: {{ x-team: grpc-sre }} }}\n  - {{ endpoint: \"{http_addr}\", protocol: http, headers: {{ x-team: sre }} }}\n  - {{ endpoint: \"{plain_addr}\", protocol: http, compression: none }}\n  - {{ endpoint: \"{dead}\", protocol: http, queue_bytes: 64KiB }}\n"
     ))
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -183,10 +186,11 @@ async fn requests_are_forwarded_unchanged() {
     want.sort();
     let grpc = grpc_seen.lock().unwrap().clone();
     assert!(
-        grpc.iter().all(|(e, _)| e == "gzip"),
-        "gzipped to the gRPC hop"
+        grpc.iter()
+            .all(|(e, team, _)| e == "gzip" && team == "grpc-sre"),
+        "gzipped to the gRPC hop, with its header"
     );
-    let mut got_grpc: Vec<Vec<u8>> = grpc.into_iter().map(|(_, m)| m).collect();
+    let mut got_grpc: Vec<Vec<u8>> = grpc.into_iter().map(|(_, _, m)| m).collect();
     got_grpc.sort();
     assert_eq!(got_grpc, want, "the gRPC hop got every request, unchanged");
     for (hop, encoding) in [(&http_seen, "gzip"), (&plain_seen, "")] {
