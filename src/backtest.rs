@@ -222,7 +222,18 @@ pub fn parse_time(t: &str) -> Result<u64, String> {
         })
 }
 
-/// `trike backtest`: the decisions as JSON lines, or the diff against the archived ones.
+/// What `trike backtest` prints.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The decisions the replay made, as JSON lines.
+    pub decisions: String,
+    /// The diff against the decisions archived in the same range, or why the archived
+    /// decisions could not be read (the replay's decisions stand without it).
+    pub diff: Result<String, String>,
+}
+
+/// `trike backtest`: the decisions as JSON lines, or (`against`) the diff against the
+/// archived ones.
 pub fn report(
     cfg: &Config,
     archive: &std::path::Path,
@@ -230,6 +241,22 @@ pub fn report(
     to: Option<&str>,
     against: bool,
 ) -> anyhow::Result<String> {
+    let r = backtest(cfg, archive, from, to)?;
+    if against {
+        r.diff.map_err(anyhow::Error::msg)
+    } else {
+        Ok(r.decisions)
+    }
+}
+
+/// Replays `archive` (the range `from`..`to`) through `cfg`: the decisions, and their diff
+/// against the archived ones.
+pub fn backtest(
+    cfg: &Config,
+    archive: &std::path::Path,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> anyhow::Result<Report> {
     anyhow::ensure!(
         archive.is_dir(),
         "--archive {}: not a directory (the archive.dir of a processor)",
@@ -259,29 +286,35 @@ pub fn report(
         replay.rows,
         replay.events.len()
     );
-    if !against {
-        let mut out = String::new();
-        for e in &replay.events {
-            out.push_str(&e.to_json());
-            out.push('\n');
-        }
-        return Ok(out);
+    let mut decisions = String::new();
+    for e in &replay.events {
+        decisions.push_str(&e.to_json());
+        decisions.push('\n');
     }
     let in_range = |e: &ControlEvent| {
         parse_time(&e.data.detected_at).is_ok_and(|s| (from_s..to_s).contains(&s))
     };
-    let mut archived = Vec::new();
-    for (i, v) in trike_sql::archive::read_decisions(archive)?
-        .into_iter()
-        .enumerate()
-    {
-        let e = ControlEvent::from_value(v)
-            .map_err(|e| anyhow::anyhow!("archived decision {i} in {}: {e}", archive.display()))?;
-        if in_range(&e) {
-            archived.push(e);
+    let archived = || -> anyhow::Result<Vec<ControlEvent>> {
+        let mut archived = Vec::new();
+        for (i, v) in trike_sql::archive::read_decisions(archive)?
+            .into_iter()
+            .enumerate()
+        {
+            let e = ControlEvent::from_value(v).map_err(|e| {
+                anyhow::anyhow!("archived decision {i} in {}: {e}", archive.display())
+            })?;
+            if in_range(&e) {
+                archived.push(e);
+            }
         }
-    }
-    Ok(render_diff(&diff(&replay.events, &archived)))
+        Ok(archived)
+    };
+    Ok(Report {
+        decisions,
+        diff: archived()
+            .map(|a| render_diff(&diff(&replay.events, &a)))
+            .map_err(|e| format!("{e:#}")),
+    })
 }
 
 #[cfg(test)]

@@ -78,9 +78,22 @@ pub enum Command {
         /// Query this archive directory here instead of asking a running processor.
         #[arg(long)]
         archive: Option<PathBuf>,
-        /// The running processor's admin address.
+        /// The running processor's admin address: host:port, or https://host:port over TLS.
         #[arg(long, env = "TRIKE_ADMIN_ADDR", default_value = "127.0.0.1:8480")]
         admin_addr: String,
+        /// A read token for an admin API with `auth.admin_read_tokens`.
+        #[arg(long, env = "TRIKE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The CA of the admin API's certificate (TLS; without it, https:// trusts the
+        /// system's roots).
+        #[arg(long, env = "TRIKE_ADMIN_CA_FILE")]
+        ca_file: Option<PathBuf>,
+        /// A client certificate (PEM) for an admin API that verifies them, with --key-file.
+        #[arg(long, env = "TRIKE_ADMIN_CERT_FILE", requires = "key_file")]
+        cert_file: Option<PathBuf>,
+        /// The client certificate's key (PEM).
+        #[arg(long, env = "TRIKE_ADMIN_KEY_FILE", requires = "cert_file")]
+        key_file: Option<PathBuf>,
         /// Output: a text table or JSON rows.
         #[arg(long, value_enum, default_value_t)]
         format: QueryFormat,
@@ -89,7 +102,8 @@ pub enum Command {
         limit: usize,
     },
     /// Replay an archive through a config's SLOs and policy; print the decisions it would
-    /// have made (JSON lines), or with `--against`, a diff against the archived decisions.
+    /// have made (JSON lines) and, on stderr, a diff against the archived decisions (with
+    /// `--against`, the diff alone, on stdout).
     Backtest {
         /// The config whose SLOs, canaries, stale rule and policy are replayed.
         #[arg(long, env = "TRIKE_CONFIG")]
@@ -103,7 +117,7 @@ pub enum Command {
         /// End, exclusive (default: after the archive's last second).
         #[arg(long)]
         to: Option<String>,
-        /// Print a diff against the decisions archived in the same range.
+        /// Print only the diff against the decisions archived in the same range, on stdout.
         #[arg(long)]
         against: bool,
     },

@@ -249,18 +249,31 @@ async fn main() -> ExitCode {
             sql,
             archive,
             admin_addr,
+            token,
+            ca_file,
+            cert_file,
+            key_file,
             format,
             limit,
-        } => match trike::query::run(&sql, archive, &admin_addr, format, limit).await {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
+        } => {
+            let remote = trike::query::Remote {
+                admin_addr,
+                token: token.map(trike_sinks::Secret::new),
+                ca_file,
+                cert_file,
+                key_file,
+            };
+            match trike::query::run(&sql, archive, &remote, format, limit).await {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("trike query: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("trike query: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Backtest {
             config,
             archive,
@@ -272,9 +285,27 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match trike::backtest::report(&cfg, &archive, from.as_deref(), to.as_deref(), against) {
-                Ok(text) => {
-                    print!("{text}");
+            match trike::backtest::backtest(&cfg, &archive, from.as_deref(), to.as_deref()) {
+                // The decisions (JSON lines, for scripts) on stdout and the diff on stderr, or
+                // with --against the diff alone on stdout.
+                Ok(r) if against => match r.diff {
+                    Ok(diff) => {
+                        print!("{diff}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("trike backtest: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Ok(r) => {
+                    print!("{}", r.decisions);
+                    match r.diff {
+                        Ok(diff) => {
+                            eprint!("trike backtest: against the archived decisions:\n{diff}")
+                        }
+                        Err(e) => eprintln!("trike backtest: no diff: {e}"),
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

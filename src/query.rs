@@ -1,5 +1,6 @@
-//! `trike query "SQL"`: asks a running processor (`POST /api/v1/query` on its admin address),
-//! or, with `--archive DIR`, runs the SQL here over that archive; prints a table or JSON.
+//! `trike query "SQL"`: asks a running processor (`POST /api/v1/query` on its admin address,
+//! with a read token and over TLS when the admin API asks for them), or, with `--archive DIR`,
+//! runs the SQL here over that archive; prints a table or JSON.
 
 use crate::cli::QueryFormat;
 use anyhow::Context;
@@ -7,11 +8,69 @@ use serde_json::Value;
 use std::path::PathBuf;
 use trike_sql::query::Limits;
 
+/// How to reach a running processor's admin API.
+#[derive(Clone, Debug, Default)]
+pub struct Remote {
+    /// `host:port` (plain HTTP unless a TLS file is given), or `http://host:port`,
+    /// `https://host:port`.
+    pub admin_addr: String,
+    /// A bearer token: one of `auth.admin_read_tokens` (or a write token).
+    pub token: Option<trike_sinks::Secret>,
+    /// The CA that signed the admin API's certificate (default, over `https://`: the
+    /// system's trusted roots).
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key, for an admin API that verifies them
+    /// (`tls.client_ca_file`).
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's key.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Remote {
+    /// The admin API's base URL and a client for it.
+    fn client(&self) -> anyhow::Result<(String, reqwest::Client)> {
+        let addr = self.admin_addr.trim_end_matches('/');
+        let tls_files = self.ca_file.is_some() || self.cert_file.is_some();
+        let (https, host_port) = match addr.split_once("://") {
+            Some(("https", rest)) => (true, rest),
+            Some(("http", rest)) if !tls_files => (false, rest),
+            Some(("http", _)) => anyhow::bail!(
+                "--admin-addr {addr}: --ca-file and --cert-file are for https:// (give https:// or host:port)"
+            ),
+            Some((scheme, _)) => {
+                anyhow::bail!("--admin-addr {addr}: {scheme}:// is neither http:// nor https://")
+            }
+            None => (tls_files, addr),
+        };
+        // Bounded: a stalled admin API ends the command (a query's own limit is the server's
+        // `query.timeout`, 30 s by default).
+        let builder = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(300));
+        let builder = if https {
+            let tls = trike_ingest::tls::HopTls {
+                ca_file: self.ca_file.clone(),
+                cert_file: self.cert_file.clone(),
+                key_file: self.key_file.clone(),
+                server_name_override: None,
+            };
+            // HTTP/1.1, which this client speaks (it is built without HTTP/2).
+            let cfg = trike_ingest::tls::hop_client_config(&tls, &[b"http/1.1"])
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.path, e.reason))?;
+            builder.tls_backend_preconfigured(cfg)
+        } else {
+            builder
+        };
+        let scheme = if https { "https" } else { "http" };
+        Ok((format!("{scheme}://{host_port}"), builder.build()?))
+    }
+}
+
 /// Runs the query; the text to print.
 pub async fn run(
     sql: &str,
     archive: Option<PathBuf>,
-    admin_addr: &str,
+    remote: &Remote,
     format: QueryFormat,
     limit: usize,
 ) -> anyhow::Result<String> {
@@ -36,16 +95,24 @@ pub async fn run(
         }
         return Ok(text);
     }
-    let url = format!("http://{admin_addr}/api/v1/query?limit={}", limits.max_rows);
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .body(sql.to_string())
-        .send()
-        .await
-        .with_context(|| {
-            format!("no processor answers at {admin_addr} (start `trike run`, or pass --admin-addr or --archive)")
-        })?;
+    let (base, client) = remote.client()?;
+    let mut request = client
+        .post(format!("{base}/api/v1/query?limit={}", limits.max_rows))
+        .body(sql.to_string());
+    if let Some(token) = &remote.token {
+        request = request.bearer_auth(token.expose());
+    }
+    let resp = request.send().await.with_context(|| {
+        format!("no processor answers at {base} (start `trike run`, or pass --admin-addr or --archive; over TLS, --ca-file and, for mTLS, --cert-file and --key-file)")
+    })?;
     let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        let why: Value = resp.json().await.unwrap_or_default();
+        anyhow::bail!(
+            "{base} refused the query ({status}: {}): a read token goes in --token or TRIKE_ADMIN_TOKEN, a client certificate in --cert-file and --key-file",
+            why["error"].as_str().unwrap_or("no reason given")
+        );
+    }
     let header = |name: &str| {
         resp.headers()
             .get(name)

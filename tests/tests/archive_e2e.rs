@@ -210,6 +210,9 @@ async fn archive_query_and_backtest() {
         "{diff}"
     );
     assert!(diff.starts_with("= rollback page checkout/1.5.0"), "{diff}");
+    // `trike backtest` prints both, from one replay.
+    let both = trike::backtest::backtest(&same, &dir, None, None).unwrap();
+    assert_eq!((&both.decisions, &both.diff), (&once, &Ok(diff.clone())));
     // Detected within a second or so of the live decision: the live processor saw each second
     // as its spans arrived, the replay sees it whole. (Its id is the live one when both place
     // the episode start in the same second, usual but not certain: the diff says so.)

@@ -309,3 +309,89 @@ async fn server_tls_without_client_certificates() {
     running.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Scenario: a processor with mTLS and admin tokens; `trike query` (its library call) asks it
+/// for the SLIs with the CA, a client certificate and a read token, and then without the
+/// token, without the certificate, and over plain HTTP.
+/// Guarantees: the query answers what was counted; each refusal is an error that says what
+/// the admin API wants (a token, a certificate), and plain HTTP gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trike_query_reaches_a_guarded_admin_api() {
+    use trike::cli::QueryFormat;
+    use trike::query::{Remote, run};
+    let dir = std::env::temp_dir().join(format!("trike-tls-query-{}", std::process::id()));
+    let pki = Pki::write(&dir);
+    std::fs::write(dir.join("client.crt"), &pki.client_cert_pem).unwrap();
+    std::fs::write(dir.join("client.key"), &pki.client_key_pem).unwrap();
+    let running = start(&pki, true).await;
+    let g = running.grpc_addr;
+    let p = pki.clone();
+    emit_spans(
+        move || grpc(g, &p, true, Cert::Trusted, INGEST),
+        "queried",
+        12,
+    )
+    .await;
+    let t0 = std::time::Instant::now();
+    while requests_of(&running, &pki, "queried").await < 12 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "spans never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let remote = Remote {
+        admin_addr: format!("https://localhost:{}", running.admin_addr.port()),
+        token: Some(trike_sinks::Secret::new(READ)),
+        ca_file: Some(dir.join("ca.crt")),
+        cert_file: Some(dir.join("client.crt")),
+        key_file: Some(dir.join("client.key")),
+    };
+    let sql = "SELECT service, sum(requests) AS requests FROM slis WHERE service = 'queried' \
+               AND time_window = '5m' GROUP BY service";
+    let rows = run(sql, None, &remote, QueryFormat::Json, 100)
+        .await
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&rows).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([{"service": "queried", "requests": 12}])
+    );
+
+    let refused = |r: Remote| async move {
+        run(sql, None, &r, QueryFormat::Table, 100)
+            .await
+            .expect_err("refused")
+            .to_string()
+    };
+    let no_token = refused(Remote {
+        token: None,
+        ..remote.clone()
+    })
+    .await;
+    assert!(
+        no_token.contains("401") && no_token.contains("--token"),
+        "{no_token}"
+    );
+    let no_cert = refused(Remote {
+        cert_file: None,
+        key_file: None,
+        ..remote.clone()
+    })
+    .await;
+    assert!(
+        no_cert.contains("403") && no_cert.contains("--cert-file"),
+        "{no_cert}"
+    );
+    let plain = refused(Remote {
+        admin_addr: running.admin_addr.to_string(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        ..remote.clone()
+    })
+    .await;
+    assert!(plain.contains("no processor answers"), "{plain}");
+    running.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
