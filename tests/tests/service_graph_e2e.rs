@@ -78,11 +78,9 @@ async fn a_failing_dependency_is_paged_once() {
     let waited = Instant::now();
     loop {
         let doc = get(format!("{admin}/api/v1/graph?window=5m")).await;
-        let learned = doc["edges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["client"] == "payments" && e["server"] == "db" && e["requests"] == 100);
+        let learned = doc["edges"].as_array().unwrap().iter().any(|e| {
+            e["client"] == "payments" && e["server"] == "db" && e["requests"].as_u64() >= Some(100)
+        });
         if learned {
             break;
         }
