@@ -13,8 +13,8 @@
 //! `RetryInfo`, HTTP `Retry-After` in seconds) is waited out when it is longer than the
 //! backoff, up to [`MAX_HOP_DELAY`]. The message sent is the message as received, gzipped
 //! again for the hop unless its `compression` is `none` (the HTTP hop gets the same content
-//! type). A JSON request cannot go to a gRPC hop unchanged: it is counted as `unsupported`
-//! and not sent. Header values are secrets: `check-config` and logs show them as `***`.
+//! type). An OTLP/JSON request goes to a gRPC hop re-encoded as protobuf, gRPC's only
+//! encoding (off the runtime's threads); one that cannot be is counted as `unsupported`. Header values are secrets: `check-config` and logs show them as `***`.
 
 use bytes::{Buf, BufMut, Bytes};
 use serde::Deserialize;
@@ -154,7 +154,7 @@ pub struct HopStats {
     pub dropped_full: AtomicU64,
     /// Requests dropped: every attempt failed, or the hop refused them for good.
     pub dropped_failed: AtomicU64,
-    /// JSON requests not sent to a gRPC hop.
+    /// JSON requests that could not be re-encoded for a gRPC hop.
     pub unsupported: AtomicU64,
     /// Bytes queued now.
     pub queued_bytes: AtomicUsize,
@@ -232,7 +232,7 @@ impl Forwarder {
         header(
             out,
             "trike_forward_requests_total",
-            "Requests forwarded to a next hop, by outcome (sent, retried attempts, dropped because the queue was full or every attempt failed, unsupported JSON to a gRPC hop).",
+            "Requests forwarded to a next hop, by outcome (sent, retried attempts, dropped because the queue was full or every attempt failed, JSON that could not be re-encoded for a gRPC hop).",
             "counter",
         );
         for (endpoint, s) in self.stats() {
@@ -271,10 +271,6 @@ impl Forwarder {
 impl Forward for Forwarder {
     fn forward(&self, signal: SignalKind, encoding: Encoding, body: &Bytes) {
         for h in &self.hops {
-            if h.target.protocol == Protocol::Grpc && encoding != Encoding::Protobuf {
-                h.stats.unsupported.fetch_add(1, Relaxed);
-                continue;
-            }
             let len = body.len();
             let fits = h
                 .stats
@@ -463,8 +459,29 @@ impl Sender {
 
     async fn deliver(&self, item: &Item, stats: &HopStats) {
         // An HTTP hop's body is gzipped once, off the runtime's threads, for every attempt
-        // (tonic gzips a gRPC message as it sends it).
+        // (tonic gzips a gRPC message as it sends it); a JSON request for a gRPC hop is
+        // re-encoded as protobuf once.
         let body = match self {
+            Sender::Grpc { .. } if item.encoding == Encoding::Json => {
+                let (signal, json) = (item.signal, item.body.clone());
+                let converted = tokio::task::spawn_blocking(move || {
+                    trike_ingest::decode::json_to_protobuf(signal, &json)
+                })
+                .await;
+                match converted {
+                    Ok(Ok(b)) => Bytes::from(b),
+                    Ok(Err(e)) => {
+                        stats.unsupported.fetch_add(1, Relaxed);
+                        tracing::warn!(error = %e, "a JSON request not forwarded to a gRPC hop");
+                        return;
+                    }
+                    Err(e) => {
+                        stats.dropped_failed.fetch_add(1, Relaxed);
+                        tracing::warn!(error = %e, "forwarding failed: re-encoding the request");
+                        return;
+                    }
+                }
+            }
             Sender::Http { gzip: true, .. } => {
                 let plain = item.body.clone();
                 match tokio::task::spawn_blocking(move || gzip(&plain)).await {

@@ -492,3 +492,72 @@ async fn hops_are_retried_when_and_as_they_ask() {
     }
     running.stop().await.unwrap();
 }
+
+/// Scenario: Trike forwards to an OTLP/gRPC hop and an OTLP/HTTP hop; a client sends one
+/// OTLP/JSON request of 30 spans.
+/// Guarantees: the gRPC hop gets it re-encoded as protobuf (gRPC's only encoding), the same
+/// message; the HTTP hop gets the very JSON bytes with their content type; both count it sent,
+/// none unsupported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_requests_reach_a_grpc_hop_as_protobuf() {
+    let grpc_seen: Seen = Default::default();
+    let (incoming, grpc_addr) = grpc_listener().await;
+    let server = TraceServiceServer::new(GrpcHop(grpc_seen.clone()))
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming(incoming),
+    );
+    let (http_addr, http_seen) = http_hop().await;
+    let running = start_trike(&format!(
+        "forward:\n  - {{ endpoint: \"{grpc_addr}\", protocol: grpc }}\n  - {{ endpoint: \"{http_addr}\", protocol: http }}\n"
+    ))
+    .await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let request =
+        checkout("1.0", 0.1).request(30, trike_runtime::clock::now_nanos(), 1_000_000, &mut rng);
+    let json = serde_json::to_vec(&request).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", running.http_addr))
+        .header("content-type", "application/json")
+        .body(json.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while (grpc_seen.lock().unwrap().is_empty() || http_seen.lock().unwrap().is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grpc = grpc_seen.lock().unwrap().clone();
+    assert_eq!(grpc.len(), 1);
+    assert_eq!(
+        grpc[0].2,
+        request.encode_to_vec(),
+        "the same message, as protobuf"
+    );
+    let http = http_seen.lock().unwrap().clone();
+    assert_eq!(http.len(), 1);
+    assert_eq!(http[0].content_type, "application/json");
+    assert_eq!(http[0].body, json, "the very JSON bytes");
+    // (A hop's answer is counted as it reaches the sender, just after the hop kept it.)
+    let m = loop {
+        let m = metrics_text(&running).await;
+        if [grpc_addr, http_addr]
+            .iter()
+            .all(|hop| forwarded(&m, hop, "sent") >= 1.0)
+        {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for hop in [grpc_addr, http_addr] {
+        assert_eq!(forwarded(&m, hop, "sent"), 1.0, "{m}");
+        assert_eq!(forwarded(&m, hop, "unsupported"), 0.0, "{m}");
+    }
+    running.stop().await.unwrap();
+}

@@ -13,6 +13,28 @@ fn parse<T: serde::de::DeserializeOwned>(buf: &[u8], what: &str) -> Result<T, De
         .map_err(|e| DecodeError::Malformed(format!("invalid OTLP/JSON {what}: {e}")))
 }
 
+/// An OTLP/JSON request of `signal` as protobuf, the only encoding of OTLP/gRPC (for a gRPC
+/// next hop). What OTLP/JSON does not carry, protobuf does not either; unknown fields are
+/// dropped.
+pub fn json_to_protobuf(
+    signal: crate::metrics::SignalKind,
+    buf: &[u8],
+) -> Result<Vec<u8>, DecodeError> {
+    use crate::metrics::SignalKind;
+    Ok(match signal {
+        SignalKind::Traces => {
+            parse::<ExportTraceServiceRequest>(buf, "ExportTraceServiceRequest")?.encode_to_vec()
+        }
+        SignalKind::Metrics => {
+            parse::<ExportMetricsServiceRequest>(buf, "ExportMetricsServiceRequest")?
+                .encode_to_vec()
+        }
+        SignalKind::Logs => {
+            parse::<ExportLogsServiceRequest>(buf, "ExportLogsServiceRequest")?.encode_to_vec()
+        }
+    })
+}
+
 /// Decodes an `ExportTraceServiceRequest` in OTLP/JSON.
 pub fn traces_json(buf: &[u8], cfg: &DecodeConfig) -> Result<Decoded, DecodeError> {
     let req: ExportTraceServiceRequest = parse(buf, "ExportTraceServiceRequest")?;

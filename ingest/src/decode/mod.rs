@@ -26,7 +26,7 @@ mod tests_usage;
 mod traces;
 pub mod wire;
 
-pub use json::{logs_json, metrics_json, traces_json};
+pub use json::{json_to_protobuf, logs_json, metrics_json, traces_json};
 pub use keys::Keys;
 pub(crate) use keys::Names;
 pub use logs::logs_proto;
