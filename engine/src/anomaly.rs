@@ -199,3 +199,7 @@ impl SliWatch {
 #[cfg(test)]
 #[path = "anomaly_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "anomaly_follow_tests.rs"]
+mod follow_tests;
