@@ -107,12 +107,26 @@ fn forwarded(m: &str, hop: impl std::fmt::Display, outcome: &str) -> f64 {
     .unwrap()
 }
 
-/// A listening socket for a hop's gRPC server, held from the start (no other process can
-/// take its port between choosing it and serving on it).
-async fn grpc_listener() -> (tonic::transport::server::TcpIncoming, std::net::SocketAddr) {
+/// Serves `service` as an OTLP/gRPC next hop taking gzip, on a socket held from the start (no
+/// other process can take its port between choosing it and serving on it).
+async fn serve_trace_hop(service: impl TraceService) -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    (l.into(), addr)
+    let server =
+        TraceServiceServer::new(service).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let incoming: tonic::transport::server::TcpIncoming = l.into();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+/// A [`GrpcHop`] serving, and what it keeps.
+async fn grpc_hop() -> (std::net::SocketAddr, Seen) {
+    let seen: Seen = Default::default();
+    (serve_trace_hop(GrpcHop(seen.clone())).await, seen)
 }
 
 /// A port nobody listens on, held for as long as the socket lives (bound, never listening:
@@ -134,15 +148,7 @@ fn refusing_port() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
 /// request to the dead one as retried-then-dropped or dropped because its queue was full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_forwarded_unchanged() {
-    let grpc_seen: Seen = Default::default();
-    let (incoming, grpc_addr) = grpc_listener().await;
-    let server = TraceServiceServer::new(GrpcHop(grpc_seen.clone()))
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server)
-            .serve_with_incoming(incoming),
-    );
+    let (grpc_addr, grpc_seen) = grpc_hop().await;
     let (http_addr, http_seen) = http_hop().await;
     let (plain_addr, plain_seen) = http_hop().await;
     let (_held, dead) = refusing_port();
@@ -381,15 +387,10 @@ impl TraceService for ScriptedHop {
 
 async fn scripted_grpc_hop(script: Script) -> (std::net::SocketAddr, Calls) {
     let calls: Calls = Default::default();
-    let (incoming, addr) = grpc_listener().await;
-    let server = TraceServiceServer::new(ScriptedHop(calls.clone(), script))
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server)
-            .serve_with_incoming(incoming),
-    );
-    (addr, calls)
+    (
+        serve_trace_hop(ScriptedHop(calls.clone(), script)).await,
+        calls,
+    )
 }
 
 /// Scenario: three hops refuse a request as OTLP servers do when busy: a gRPC hop answers
@@ -500,15 +501,7 @@ async fn hops_are_retried_when_and_as_they_ask() {
 /// none unsupported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_requests_reach_a_grpc_hop_as_protobuf() {
-    let grpc_seen: Seen = Default::default();
-    let (incoming, grpc_addr) = grpc_listener().await;
-    let server = TraceServiceServer::new(GrpcHop(grpc_seen.clone()))
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server)
-            .serve_with_incoming(incoming),
-    );
+    let (grpc_addr, grpc_seen) = grpc_hop().await;
     let (http_addr, http_seen) = http_hop().await;
     let running = start_trike(&format!(
         "forward:\n  - {{ endpoint: \"{grpc_addr}\", protocol: grpc }}\n  - {{ endpoint: \"{http_addr}\", protocol: http }}\n"
